@@ -1,0 +1,195 @@
+"""The ledger: credits move only as immutable, idempotent, double-entry transfers.
+
+Contract
+- A transfer moves `amount` (> 0) credits from `debit` to `credit`, under an idempotency key
+  that is unique across the whole ledger. Repeating a transfer with the same key and the same
+  accounts, amount and kind has no further effect and returns the first transfer
+  (`duplicate=True`); the same key with anything else raises `exists_with_different_amount`.
+- A user account's balance never goes below zero: the debit is one conditional UPDATE
+  (`balance >= amount`), never a read followed by a write.
+- System accounts (card sales, fees, revenue) are unbounded and keep no balance row; their
+  balance is derived from transfers. The card-sales account is where money enters, so it goes
+  negative; every other account ends >= 0. The sum over all accounts is always zero.
+- Every function runs inside the caller's transaction (`conn`). A raised LedgerError leaves
+  written rows behind in that transaction: the caller must roll it back (or use a savepoint).
+  That is what makes "debit + store the message" one atomic step.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select, union_all
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from billing.tables import ledger_accounts, ledger_transfers
+
+
+class SystemAccount:
+    CARD_SALES = "sys:card_sales"
+    FEES = "sys:fees"
+    MESSAGE_REVENUE = "sys:message_revenue"
+    PHOTO_REVENUE = "sys:photo_revenue"
+    VISIT_REVENUE = "sys:visit_revenue"
+    ALL = (CARD_SALES, FEES, MESSAGE_REVENUE, PHOTO_REVENUE, VISIT_REVENUE)
+
+
+class LedgerError(Exception):
+    """A transfer was refused; `code` is stable and shown to clients."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    id: str
+    key: str
+    debit: str
+    credit: str
+    amount: int
+    kind: str
+    ref: str | None
+    at: datetime
+    seq: int | None = None
+    duplicate: bool = False
+
+
+def _insert(conn: AsyncConnection):
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(ledger_transfers)
+
+
+async def open_account(conn: AsyncConnection, owner_id: str) -> None:
+    """A user's balance account, id equal to the owner's account id, starting at zero."""
+    await conn.execute(ledger_accounts.insert().values(
+        id=owner_id, owner_id=owner_id, kind="user", balance=0))
+
+
+async def ensure_system_accounts(conn: AsyncConnection) -> None:
+    existing = set((await conn.execute(
+        select(ledger_accounts.c.id).where(ledger_accounts.c.kind == "system"))).scalars())
+    for account in SystemAccount.ALL:
+        if account not in existing:
+            await conn.execute(ledger_accounts.insert().values(
+                id=account, owner_id=None, kind="system", balance=0))
+
+
+async def transfer(conn: AsyncConnection, *, key: str, debit: str, credit: str, amount: int,
+                   kind: str, at: datetime, ref: str | None = None) -> Transfer:
+    if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
+        raise LedgerError("invalid_amount", "a transfer moves a positive whole number of credits")
+    if debit == credit:
+        raise LedgerError("same_account", "a transfer needs two different accounts")
+    wanted = Transfer(secrets.token_hex(12), key, debit, credit, amount, kind, ref, at)
+    # Claim the key first: on PostgreSQL a concurrent claim of the same key waits here for the
+    # first to commit and then finds it, so a key can never have two effects.
+    claimed = await conn.execute(_insert(conn).values(
+        id=wanted.id, idempotency_key=key, debit_account=debit, credit_account=credit,
+        amount=amount, kind=kind, ref=ref, at=at,
+    ).on_conflict_do_nothing(index_elements=["idempotency_key"]))
+    if claimed.rowcount == 0:
+        return await _existing(conn, wanted)
+    kinds = await _kinds(conn, debit, credit)
+    # Update user rows in id order so two opposite gifts cannot deadlock on PostgreSQL.
+    for account in sorted({debit, credit}):
+        if kinds.get(account) != "user":
+            continue
+        if account == debit:
+            moved = await conn.execute(
+                ledger_accounts.update()
+                .where(ledger_accounts.c.id == debit, ledger_accounts.c.balance >= amount)
+                .values(balance=ledger_accounts.c.balance - amount))
+            if moved.rowcount != 1:
+                raise LedgerError("insufficient_credits",
+                                  f"the balance does not cover {amount} credits")
+        else:
+            await conn.execute(
+                ledger_accounts.update().where(ledger_accounts.c.id == credit)
+                .values(balance=ledger_accounts.c.balance + amount))
+    return wanted
+
+
+async def _kinds(conn: AsyncConnection, debit: str, credit: str) -> dict[str, str]:
+    rows = await conn.execute(select(ledger_accounts.c.id, ledger_accounts.c.kind)
+                              .where(ledger_accounts.c.id.in_([debit, credit])))
+    kinds = {row.id: row.kind for row in rows}
+    for account in (debit, credit):
+        if account not in kinds:
+            raise LedgerError("account_not_found", f"no ledger account {account!r}")
+    return kinds
+
+
+async def _existing(conn: AsyncConnection, wanted: Transfer) -> Transfer:
+    row = (await conn.execute(select(ledger_transfers)
+                              .where(ledger_transfers.c.idempotency_key == wanted.key))).one()
+    same = (row.debit_account, row.credit_account, row.amount, row.kind) == (
+        wanted.debit, wanted.credit, wanted.amount, wanted.kind)
+    if not same:
+        raise LedgerError("exists_with_different_amount",
+                          "this idempotency key was used for a different transfer")
+    return _from_row(row, duplicate=True)
+
+
+def _from_row(row, duplicate: bool = False) -> Transfer:
+    return Transfer(row.id, row.idempotency_key, row.debit_account, row.credit_account,
+                    row.amount, row.kind, row.ref, row.at, row.seq, duplicate)
+
+
+async def balance(conn: AsyncConnection, account: str) -> int:
+    value = (await conn.execute(select(ledger_accounts.c.balance)
+                                .where(ledger_accounts.c.id == account))).scalar_one_or_none()
+    if value is None:
+        raise LedgerError("account_not_found", f"no ledger account {account!r}")
+    return value
+
+
+async def statement(conn: AsyncConnection, account: str, *, before: int | None = None,
+                    limit: int = 50) -> list[Transfer]:
+    """The account's transfers, newest first; `before` is the seq of the last row seen."""
+    t = ledger_transfers
+    query = select(t).where((t.c.debit_account == account) | (t.c.credit_account == account))
+    if before is not None:
+        query = query.where(t.c.seq < before)
+    rows = await conn.execute(query.order_by(t.c.seq.desc()).limit(limit))
+    return [_from_row(row) for row in rows]
+
+
+async def derived_balances(conn: AsyncConnection) -> dict[str, int]:
+    """Every account's balance computed from the transfers alone (the audit view)."""
+    t = ledger_transfers
+    legs = union_all(
+        select(t.c.credit_account.label("account"), t.c.amount.label("delta")),
+        select(t.c.debit_account.label("account"), (-t.c.amount).label("delta")),
+    ).subquery()
+    rows = await conn.execute(select(legs.c.account, func.sum(legs.c.delta))
+                              .group_by(legs.c.account))
+    result = {account: 0 for account in
+              (await conn.execute(select(ledger_accounts.c.id))).scalars()}
+    result.update({account: int(total) for account, total in rows})
+    return result
+
+
+async def check_invariants(conn: AsyncConnection) -> list[str]:
+    """What is wrong with the ledger, if anything: [] when sound."""
+    problems = []
+    derived = await derived_balances(conn)
+    if sum(derived.values()) != 0:
+        problems.append(f"accounts sum to {sum(derived.values())}, not zero")
+    stored = dict((await conn.execute(
+        select(ledger_accounts.c.id, ledger_accounts.c.balance)
+        .where(ledger_accounts.c.kind == "user"))).tuples().all())
+    for account, value in stored.items():
+        if value < 0:
+            problems.append(f"{account} is negative: {value}")
+        if derived.get(account, 0) != value:
+            problems.append(f"{account} holds {value} but its transfers give {derived[account]}")
+    for account, value in derived.items():
+        if account != SystemAccount.CARD_SALES and value < 0:
+            problems.append(f"{account} is negative: {value}")
+    return problems

@@ -1,0 +1,152 @@
+"""The `kinwire` command: serve, migrate, create-admin, seed-demo, settings."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import sys
+
+from aiohttp import web
+
+from billing import ledger
+from server.settings import Settings, SettingsError, describe, from_env
+
+
+def _context(settings: Settings):
+    from billing.gateway import SandboxGateway
+    from server.auth import LoginLimiter, Passwords
+    from server.context import Context
+    from server.store import Store
+    from server.store.schema import utcnow
+
+    store = Store(settings.resolved_database_url, pool_size=2,
+                  busy_timeout_ms=settings.db_busy_timeout_ms)
+    return Context(settings=settings, store=store, gateway=SandboxGateway(),
+                   passwords=Passwords(settings.argon2_time_cost, settings.argon2_memory_kib),
+                   login_limiter=LoginLimiter(settings.login_failures_max,
+                                              settings.login_window_s), clock=utcnow)
+
+
+async def _prepared(settings: Settings):
+    from server.store.migrate import migrate
+
+    ctx = _context(settings)
+    await migrate(ctx.store)
+    async with ctx.store.write() as conn:
+        await ledger.ensure_system_accounts(conn)
+    return ctx
+
+
+async def _migrate(settings: Settings, _args) -> int:
+    ctx = await _prepared(settings)
+    await ctx.store.close()
+    print("migrations applied", flush=True)
+    return 0
+
+
+async def _seed_demo(settings: Settings, _args) -> int:
+    from server.demo import seed_demo, show_demo
+
+    ctx = await _prepared(settings)
+    try:
+        show_demo(await seed_demo(ctx))
+    finally:
+        await ctx.store.close()
+    return 0
+
+
+async def _create_admin(settings: Settings, args) -> int:
+    from server import accounts, audit
+    from server.errors import ApiError
+
+    password = getpass.getpass("Password: ") if sys.stdin.isatty() else sys.stdin.readline()
+    password = password.rstrip("\n")
+    if not 8 <= len(password) <= 200:
+        print("error: the password must be 8 to 200 characters", file=sys.stderr)
+        return 2
+    ctx = await _prepared(settings)
+    try:
+        now = ctx.clock()
+        async with ctx.store.write() as conn:
+            row = await accounts.create(conn, role="admin", name=args.name,
+                                        email=args.email.strip().lower(), now=now,
+                                        password_hash=await ctx.passwords.hash(password))
+            await audit.record(conn, actor_id="cli", actor_role="admin", action="admin.create",
+                               target=row.id, at=now, details={"email": row.email})
+    except ApiError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    finally:
+        await ctx.store.close()
+    print(f"admin {row.email} created ({row.id})", flush=True)
+    return 0
+
+
+def _serve(settings: Settings, args) -> int:
+    from server.app import create_app
+
+    host = args.host or settings.host
+    port = args.port if args.port is not None else settings.port
+    if args.demo:
+        settings = settings.replace(demo=True)
+    url = settings.public_url or f"http://{host}:{port}/"
+    print(f"Kinwire on {url} (database: {settings.resolved_database_url.split('://')[0]}, "
+          f"broker: {'redis' if settings.redis_url else 'memory'})", flush=True)
+    web.run_app(create_app(settings), host=host, port=port, print=None,
+                shutdown_timeout=10)
+    return 0
+
+
+def _settings_table(_settings: Settings, _args) -> int:
+    print("| variable | default | meaning |\n|---|---|---|")
+    for env, default, doc in describe():
+        print(f"| `{env}` | `{default}` | {doc} |")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kinwire", description=__doc__)
+    sub = p.add_subparsers(dest="command")
+    serve = sub.add_parser("serve", help="run the server")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--demo", action="store_true", help="seed and print the demo data")
+    sub.add_parser("migrate", help="apply database migrations")
+    admin = sub.add_parser("create-admin", help="create an admin (password from stdin)")
+    admin.add_argument("--email", required=True)
+    admin.add_argument("--name", default="Administrator")
+    sub.add_parser("seed-demo", help="create the demo facility, people, staff and family")
+    sub.add_parser("settings", help="print the settings table")
+    return p
+
+
+ASYNC = {"migrate": _migrate, "seed-demo": _seed_demo, "create-admin": _create_admin}
+SYNC = {"serve": _serve, "settings": _settings_table}
+
+
+def main(argv: list[str] | None = None, default: str | None = None) -> int:
+    args = parser().parse_args(argv)
+    command = args.command or default
+    if command is None:
+        parser().print_help()
+        return 2
+    if args.command is None:
+        args = parser().parse_args([command, *(argv or [])])
+    try:
+        settings = from_env()
+    except SettingsError as exc:
+        print(f"kinwire: bad setting: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # Alembic announces every plugin at INFO; its warnings are what an operator needs.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    if command in SYNC:
+        return SYNC[command](settings, args)
+    return asyncio.run(ASYNC[command](settings, args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,22 @@
+"""Everything a handler may need, built once by create_app and passed down (no globals)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from billing.gateway import PaymentGateway
+from server.auth import LoginLimiter, Passwords
+from server.settings import Settings
+from server.store import Store
+
+
+@dataclass
+class Context:
+    settings: Settings
+    store: Store
+    gateway: PaymentGateway
+    passwords: Passwords
+    login_limiter: LoginLimiter
+    clock: Callable[[], datetime]

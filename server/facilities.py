@@ -1,0 +1,131 @@
+"""Facilities and their settings (API.md, "Facility settings"), validated as a whole."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from server.errors import ApiError, not_found
+from server.ids import new_id
+from server.store.schema import facilities
+
+Keyword = Annotated[str, Field(min_length=1, max_length=64)]
+Price = Annotated[int, Field(ge=0, le=100_000)]
+HHMM = Annotated[str, Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Prices(Strict):
+    message: Price = 50
+    photo: Price = 100
+    visit_minute: Price = 50
+
+
+class VisitHours(Strict):
+    start: HHMM = "08:00"
+    end: HHMM = "21:00"
+
+    @model_validator(mode="after")
+    def _ordered(self) -> VisitHours:
+        if self.start >= self.end:
+            raise ValueError("visiting hours must start before they end")
+        return self
+
+
+class FacilitySettings(Strict):
+    review_mode: Literal["instant", "hold"] = "instant"
+    review_photos: bool = True
+    keywords: list[Keyword] = Field(default_factory=list, max_length=500)
+    visit_block_minutes: Literal[15, 30] = 30
+    visit_hours: VisitHours = Field(default_factory=VisitHours)
+    kiosks: int = Field(default=4, ge=1, le=1000)
+    booking_horizon_days: int = Field(default=14, ge=1, le=365)
+    cancel_cutoff_minutes: int = Field(default=60, ge=0, le=10_080)
+    prices: Prices = Field(default_factory=Prices)
+    media: Literal["direct", "relay"] = "direct"
+    record_visits: bool = True
+
+    @field_validator("keywords")
+    @classmethod
+    def _normalise(cls, words: list[str]) -> list[str]:
+        return sorted({w.strip().lower() for w in words if w.strip()})
+
+
+# What a family member or a person may see; the keyword watch list stays with the staff.
+PUBLIC_SETTINGS = ("review_mode", "visit_block_minutes", "visit_hours", "booking_horizon_days",
+                   "cancel_cutoff_minutes", "prices", "media", "record_visits")
+
+
+def check_timezone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ApiError(422, "invalid_timezone", f"{name!r} is not an IANA time zone") from None
+    if name not in available_timezones():
+        raise ApiError(422, "invalid_timezone", f"{name!r} is not an IANA time zone")
+    return name
+
+
+def merged_settings(current: dict[str, Any], patch: dict[str, Any]) -> FacilitySettings:
+    merged = dict(current)
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    try:
+        return FacilitySettings.model_validate(merged)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise ApiError(422, "invalid_settings", f"settings.{field}: {err['msg']}") from None
+
+
+def public_view(row: Any, *, full: bool) -> dict[str, Any]:
+    settings = row.settings if full else {k: row.settings[k] for k in PUBLIC_SETTINGS}
+    return {"id": row.id, "name": row.name, "timezone": row.timezone, "settings": settings}
+
+
+async def create(conn: AsyncConnection, *, name: str, timezone: str,
+                 settings: dict[str, Any], now: datetime) -> Any:
+    checked = merged_settings(FacilitySettings().model_dump(), settings)
+    facility_id = new_id("fac")
+    await conn.execute(facilities.insert().values(
+        id=facility_id, name=name, timezone=check_timezone(timezone),
+        settings=checked.model_dump(), created_at=now, updated_at=now))
+    return await get(conn, facility_id)
+
+
+async def get(conn: AsyncConnection, facility_id: str) -> Any:
+    row = (await conn.execute(select(facilities).where(facilities.c.id == facility_id))).first()
+    if row is None:
+        raise not_found("The facility")
+    return row
+
+
+async def update(conn: AsyncConnection, facility_id: str, *, patch: dict[str, Any],
+                 name: str | None, timezone: str | None, now: datetime) -> Any:
+    row = await get(conn, facility_id)
+    values: dict[str, Any] = {"updated_at": now,
+                              "settings": merged_settings(row.settings, patch).model_dump()}
+    if name is not None:
+        values["name"] = name
+    if timezone is not None:
+        values["timezone"] = check_timezone(timezone)
+    await conn.execute(facilities.update().where(facilities.c.id == facility_id).values(**values))
+    return await get(conn, facility_id)
+
+
+async def listing(conn: AsyncConnection, only: str | None = None) -> list[Any]:
+    query = select(facilities).order_by(facilities.c.name, facilities.c.id)
+    if only is not None:
+        query = query.where(facilities.c.id == only)
+    return list(await conn.execute(query))

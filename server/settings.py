@@ -1,0 +1,157 @@
+"""Settings: one frozen dataclass, read from the environment once at start.
+
+Every field is documented in its metadata (the README's settings table is generated from it by
+`kinwire settings`), has a default that runs the embedded configuration, and is checked by
+`validate()` so that a bad deployment fails at start with a message naming the variable.
+Units come last in names (`session_ttl_s`, `request_body_bytes_max`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """A setting is missing or out of range; the message names the environment variable."""
+
+
+def _setting(default: Any, doc: str, env: str | None = None, lo: int | None = None,
+             hi: int | None = None) -> Any:
+    meta = {"doc": doc, "env": env, "lo": lo, "hi": hi}
+    if isinstance(default, tuple | list):
+        return field(default_factory=lambda: tuple(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = _setting("127.0.0.1", "Address `kinwire serve` listens on.")
+    port: int = _setting(8080, "TCP port `kinwire serve` listens on.", lo=0, hi=65535)
+    data_dir: str = _setting("./data",
+                             "Where the SQLite file, photos and recordings live by default.")
+    database_url: str = _setting(
+        "", "`sqlite:///path/file.db` or `postgresql://user@host/db`; empty means "
+        "`sqlite:///<data_dir>/kinwire.db`.", env="DATABASE_URL")
+    redis_url: str = _setting("", "Redis for fan-out, presence and leases; empty means the "
+                              "in-memory broker (one process only).", env="REDIS_URL")
+    allowed_origins: tuple[str, ...] = _setting(
+        (), "Comma-separated Origin allowlist for /ws; empty allows only the server's own origin.")
+    public_url: str = _setting("", "The URL people reach the service at (printed at start).")
+    demo: bool = _setting(False, "Seed the demo facility, people, staff and family at start.")
+    log_level: str = _setting("INFO", "Python logging level.")
+    payment_gateway: str = _setting("sandbox", "Payment gateway; only `sandbox` is built in.")
+
+    visit_minute_s: float = _setting(60.0, "Length of one billed visit minute in seconds "
+                                     "(shortened only by tests and demos).")
+    credit_block: int = _setting(500, "Credits are bought in multiples of this.", lo=1, hi=100_000)
+    purchase_fee_cents: int = _setting(150, "Processing fee per purchase, in cents.",
+                                       lo=0, hi=10_000)
+    purchase_credits_max: int = _setting(50_000, "Most credits one purchase may buy.",
+                                         lo=1, hi=10_000_000)
+    gift_credits_max: int = _setting(50_000, "Most credits one gift may move.", lo=1, hi=10_000_000)
+
+    session_ttl_s: int = _setting(14 * 86_400, "Lifetime of a family, staff or admin session.",
+                                  lo=60, hi=366 * 86_400)
+    kiosk_session_ttl_s: int = _setting(2 * 3600, "Lifetime of a kiosk or tablet session.",
+                                        lo=60, hi=86_400)
+    login_failures_max: int = _setting(5, "Failed logins allowed per account (and per client "
+                                       "address x10) in one window before 429.", lo=1, hi=1000)
+    login_window_s: int = _setting(900, "The failed-login window.", lo=1, hi=86_400)
+    argon2_time_cost: int = _setting(3, "argon2id passes (OWASP: >= 2).", lo=1, hi=20)
+    argon2_memory_kib: int = _setting(65_536, "argon2id memory per hash in KiB (OWASP: >= 19456).",
+                                      lo=8, hi=4_194_304)
+
+    request_body_bytes_max: int = _setting(256 * 1024, "Largest JSON request body.",
+                                           lo=1024, hi=64 * 1024 * 1024)
+    page_size_max: int = _setting(100, "Most rows one listing page returns.", lo=1, hi=1000)
+    db_pool_size: int = _setting(10, "PostgreSQL connections per process.", lo=1, hi=200)
+    db_busy_timeout_ms: int = _setting(5000, "SQLite busy timeout for writers of other processes.",
+                                       lo=0, hi=600_000)
+
+    def env_name(self, name: str) -> str:
+        meta = next(f.metadata for f in fields(self) if f.name == name)
+        return meta["env"] or f"KINWIRE_{name.upper()}"
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{Path(self.data_dir) / 'kinwire.db'}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.resolved_database_url.startswith("sqlite")
+
+    def validate(self) -> Settings:
+        for f in fields(self):
+            value, lo, hi = getattr(self, f.name), f.metadata["lo"], f.metadata["hi"]
+            if (lo is not None and value < lo) or (hi is not None and value > hi):
+                raise SettingsError(f"{self.env_name(f.name)}={value} is outside {lo}..{hi}")
+        url = self.resolved_database_url
+        schemes = ("sqlite:///", "postgresql://", "postgres://", "postgresql+asyncpg://")
+        if not url.startswith(schemes):
+            raise SettingsError(
+                f"DATABASE_URL must be sqlite:///... or postgresql://..., got {url!r}")
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise SettingsError("REDIS_URL must start with redis://, rediss:// or unix://")
+        if self.visit_minute_s <= 0 or self.visit_minute_s > 3600:
+            raise SettingsError("KINWIRE_VISIT_MINUTE_S must be in (0, 3600]")
+        if self.payment_gateway != "sandbox":
+            raise SettingsError("KINWIRE_PAYMENT_GATEWAY: only 'sandbox' is built in")
+        if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise SettingsError("KINWIRE_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
+        for origin in self.allowed_origins:
+            if not origin.startswith(("http://", "https://")):
+                raise SettingsError(f"KINWIRE_ALLOWED_ORIGINS: {origin!r} is not an http(s) origin")
+        return self
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes).validate()
+
+
+def _parse(raw: str, kind: Any, env: str) -> Any:
+    try:
+        if kind in ("bool", bool):
+            if raw.lower() in {"1", "true", "yes", "on"}:
+                return True
+            if raw.lower() in {"0", "false", "no", "off", ""}:
+                return False
+            raise ValueError(raw)
+        if kind in ("int", int):
+            return int(raw)
+        if kind in ("float", float):
+            return float(raw)
+        if str(kind).startswith("tuple"):
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+        return raw
+    except ValueError:
+        raise SettingsError(f"{env}={raw!r} is not a valid {kind}") from None
+
+
+def from_env(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build validated Settings from `environ` (default: the process environment)."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    probe = Settings()
+    for f in fields(Settings):
+        env = probe.env_name(f.name)
+        if env in environ:
+            values[f.name] = _parse(environ[env], f.type, env)
+    values.update(overrides)
+    return Settings(**values).validate()
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(variable, default, description) for every setting: the README's table."""
+    probe = Settings()
+    rows = []
+    for f in fields(Settings):
+        default = getattr(probe, f.name)
+        shown = ",".join(default) if isinstance(default, tuple) else str(default)
+        rows.append((probe.env_name(f.name), shown, f.metadata["doc"]))
+    return rows

@@ -1,0 +1,120 @@
+"""The tables. The SQL database is the source of truth; these definitions are what Alembic's
+migrations create (the migrations are written by hand from this file and checked against it
+by tests/test_migrations.py)."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    UniqueConstraint,
+)
+
+from billing.tables import BigSeq, UTCDateTime, metadata, utcnow  # noqa: F401  (one MetaData)
+
+facilities = Table(
+    "facilities", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("timezone", String(64), nullable=False),
+    Column("settings", JSON, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+accounts = Table(
+    "accounts", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("role", String(16), nullable=False),
+    Column("facility_id", String(32), ForeignKey("facilities.id"), nullable=True),
+    Column("name", String(200), nullable=False),
+    Column("email", String(254), nullable=True, unique=True),
+    Column("password_hash", String(200), nullable=True),
+    Column("inmate_number", String(32), nullable=True),
+    Column("pin_hash", String(200), nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("disabled", Boolean, nullable=False, default=False),
+    CheckConstraint("role IN ('family', 'person', 'staff', 'admin')", name="ck_accounts_role"),
+    UniqueConstraint("facility_id", "inmate_number", name="uq_accounts_inmate"),
+)
+
+devices = Table(
+    "devices", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("facility_id", String(32), ForeignKey("facilities.id"), nullable=False),
+    Column("label", String(100), nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("revoked_at", UTCDateTime, nullable=True),
+)
+
+sessions = Table(
+    "sessions", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("account_id", String(32), ForeignKey("accounts.id"), nullable=False),
+    Column("device_id", String(32), ForeignKey("devices.id"), nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("revoked_at", UTCDateTime, nullable=True),
+    Index("ix_sessions_account", "account_id"),
+)
+
+login_failures = Table(
+    "login_failures", metadata,
+    Column("seq", BigSeq, primary_key=True, autoincrement=True),
+    Column("key", String(300), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Index("ix_login_failures_key_at", "key", "at"),
+)
+
+connections = Table(
+    "connections", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("facility_id", String(32), ForeignKey("facilities.id"), nullable=False),
+    Column("family_id", String(32), ForeignKey("accounts.id"), nullable=False),
+    Column("person_id", String(32), ForeignKey("accounts.id"), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("blocked_by", String(32), nullable=True),
+    Column("privileged", Boolean, nullable=False, default=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    CheckConstraint("status IN ('requested', 'approved', 'denied')", name="ck_connections_status"),
+    UniqueConstraint("family_id", "person_id", name="uq_connections_pair"),
+    Index("ix_connections_person", "person_id"),
+)
+
+audit_log = Table(
+    "audit_log", metadata,
+    Column("seq", BigSeq, primary_key=True, autoincrement=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("actor_id", String(32), nullable=False),
+    Column("actor_role", String(16), nullable=False),
+    Column("facility_id", String(32), nullable=True),
+    Column("action", String(64), nullable=False),
+    Column("target", String(64), nullable=True),
+    Column("details", JSON, nullable=False),
+    Index("ix_audit_facility_seq", "facility_id", "seq"),
+)
+
+# The HTTP idempotency record: the first successful response to (account, key), returned again
+# for a repeat with the same body. Written in the same transaction as the effect it describes.
+idempotency = Table(
+    "idempotency", metadata,
+    Column("account_id", String(32), primary_key=True),
+    Column("key", String(128), primary_key=True),
+    Column("request_hash", String(64), nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("response", JSON, nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+)
+
+# Rows of these tables are never updated or deleted; triggers enforce it in both databases.
+APPEND_ONLY = ("ledger_transfers", "audit_log")

@@ -1,0 +1,1 @@
+"""Visits: booking, the state machine, SDP/ICE relay, TURN and the aiortc relay (to come)."""

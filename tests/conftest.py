@@ -1,0 +1,133 @@
+"""Fixtures shared by the suite. Every store-backed test runs twice: on SQLite (a fresh copy of
+a migrated file) and on PostgreSQL (a database made for this run, emptied before each test)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from billing import ledger
+from server.app import create_app
+from server.settings import Settings
+from server.store import Store
+from server.store.migrate import migrate
+from server.store.schema import metadata
+from tests.helpers import Api
+
+PG_ADMIN_URL = os.environ.get("KINWIRE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+BACKENDS = ["sqlite", "postgresql"]
+
+
+def run_apart(coro) -> None:
+    """Run a coroutine to completion on its own loop in its own thread: session fixtures may
+    be set up from inside a test's running loop."""
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, coro).result()
+
+
+async def _migrated(url: str) -> None:
+    store = Store(url)
+    try:
+        await migrate(store)
+    finally:
+        await store.close()
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "kinwire.db"
+    run_apart(_migrated(f"sqlite:///{path}"))
+    return path
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    name = f"kinwire_test_{os.getpid()}_{secrets.token_hex(3)}"
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(PG_ADMIN_URL)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    run_apart(admin(f'CREATE DATABASE "{name}"'))
+    url = f"{base}/{name}"
+    run_apart(_migrated(url))
+    yield url
+    run_apart(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+TABLES = ", ".join(t.name for t in metadata.sorted_tables)
+
+
+async def reset_postgres(url: str) -> None:
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        await conn.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
+    finally:
+        await conn.close()
+
+
+def fresh_sqlite(template: Path, directory: Path) -> str:
+    target = directory / f"kinwire-{secrets.token_hex(4)}.db"
+    shutil.copyfile(template, target)
+    return f"sqlite:///{target}"
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+async def db_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if backend == "sqlite":
+        return fresh_sqlite(request.getfixturevalue("sqlite_template"), tmp_path)
+    url = request.getfixturevalue("pg_url")
+    await reset_postgres(url)
+    return url
+
+
+def test_settings(db_url: str, tmp_path: Path, **overrides) -> Settings:
+    # argon2id stays argon2id in tests, at a cost that keeps hundreds of sign-ups fast.
+    base = dict(database_url=db_url, data_dir=str(tmp_path), argon2_time_cost=1,
+                argon2_memory_kib=64, db_pool_size=20)
+    base.update(overrides)
+    return Settings(**base).validate()
+
+
+@pytest.fixture
+def settings(db_url: str, tmp_path: Path) -> Settings:
+    return test_settings(db_url, tmp_path)
+
+
+@pytest.fixture
+async def store(db_url: str) -> AsyncIterator[Store]:
+    store = Store(db_url, pool_size=20)
+    async with store.write() as conn:
+        await ledger.ensure_system_accounts(conn)
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[TestClient]:
+    app = create_app(settings, run_migrations=False)
+    async with TestClient(TestServer(app)) as client:
+        yield client
+
+
+@pytest.fixture
+def api(client: TestClient) -> Api:
+    return Api(client)

@@ -1,0 +1,138 @@
+"""Small helpers that talk to a running app the way a client would."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from server import accounts
+from server.routing import CONTEXT
+
+VISA = {"number": "4242424242424242", "exp_month": 12, "exp_year": 2031, "cvc": "123",
+        "name": "Test Family"}
+
+
+@dataclass
+class Reply:
+    status: int
+    body: Any
+
+    @property
+    def code(self) -> str | None:
+        return self.body.get("error", {}).get("code") if isinstance(self.body, dict) else None
+
+
+@dataclass
+class Who:
+    token: str
+    account: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        return self.account["id"]
+
+
+class Api:
+    def __init__(self, client: TestClient) -> None:
+        self.client = client
+
+    @property
+    def ctx(self):
+        return self.client.app[CONTEXT]
+
+    async def call(self, method: str, path: str, who: Who | str | None = None,
+                   json: Any = None, data: Any = None, key: str | None = None,
+                   headers: dict[str, str] | None = None) -> Reply:
+        headers = dict(headers or {})
+        token = who.token if isinstance(who, Who) else who
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        if key:
+            headers["Idempotency-Key"] = key
+        url = path if path.startswith("/") and not path.startswith("/api") else path
+        if not url.startswith(("/api/", "/healthz", "/readyz")):
+            url = "/api/v1" + url
+        async with self.client.request(method, url, json=json, data=data,
+                                       headers=headers) as resp:
+            try:
+                body = await resp.json(content_type=None)
+            except ValueError:
+                body = await resp.text()
+            return Reply(resp.status, body)
+
+    async def family(self, name: str = "Fam") -> Who:
+        email = f"{name.lower()}-{secrets.token_hex(4)}@example.test"
+        r = await self.call("POST", "/auth/signup",
+                            json={"email": email, "password": "correct horse", "name": name})
+        assert r.status == 201, r.body
+        r = await self.call("POST", "/auth/login",
+                            json={"email": email, "password": "correct horse"})
+        assert r.status == 200, r.body
+        return Who(r.body["token"], r.body["account"])
+
+    async def admin(self) -> Who:
+        ctx = self.ctx
+        email = f"admin-{secrets.token_hex(4)}@example.test"
+        async with ctx.store.write() as conn:
+            await accounts.create(conn, role="admin", name="Admin", email=email,
+                                  password_hash=await ctx.passwords.hash("admin password"),
+                                  now=ctx.clock())
+        r = await self.call("POST", "/auth/login", json={"email": email,
+                                                         "password": "admin password"})
+        assert r.status == 200, r.body
+        return Who(r.body["token"], r.body["account"])
+
+    async def facility(self, admin: Who, **settings: Any) -> str:
+        r = await self.call("POST", "/facilities", admin,
+                            json={"name": "Test Facility", "timezone": "America/Chicago",
+                                  "settings": settings})
+        assert r.status == 201, r.body
+        return r.body["facility"]["id"]
+
+    async def staff(self, admin: Who, facility_id: str) -> Who:
+        email = f"staff-{secrets.token_hex(4)}@example.test"
+        r = await self.call("POST", f"/facilities/{facility_id}/staff", admin,
+                            json={"email": email, "password": "staff password", "name": "Off"})
+        assert r.status == 201, r.body
+        r = await self.call("POST", "/auth/login", json={"email": email,
+                                                         "password": "staff password"})
+        assert r.status == 200, r.body
+        return Who(r.body["token"], r.body["account"])
+
+    async def person(self, staff: Who, facility_id: str, pin: str = "4321") -> Who:
+        number = f"P{secrets.token_hex(3)}"
+        r = await self.call("POST", f"/facilities/{facility_id}/people", staff,
+                            json={"name": "Pat Person", "inmate_number": number, "pin": pin})
+        assert r.status == 201, r.body
+        r = await self.call("POST", f"/facilities/{facility_id}/devices", staff,
+                            json={"label": "kiosk"})
+        assert r.status == 201, r.body
+        r = await self.call("POST", "/auth/kiosk",
+                            json={"facility_id": facility_id, "inmate_number": number,
+                                  "pin": pin},
+                            headers={"X-Device-Token": r.body["device_token"]})
+        assert r.status == 200, r.body
+        return Who(r.body["token"], r.body["account"])
+
+    async def buy(self, who: Who, credits: int, card: dict | None = None,
+                  key: str | None = None) -> Reply:
+        return await self.call("POST", "/purchases", who,
+                               json={"credits": credits, "card": card or VISA},
+                               key=key or secrets.token_hex(8))
+
+    async def connect(self, family: Who, person: Who) -> None:
+        """An approved connection, written straight to the store until the connection
+        routes exist (the messaging issue)."""
+        from server.ids import new_id
+        from server.store.schema import connections
+
+        ctx = self.ctx
+        now = ctx.clock()
+        async with ctx.store.write() as conn:
+            await conn.execute(connections.insert().values(
+                id=new_id("con"), facility_id=person.account["facility_id"],
+                family_id=family.id, person_id=person.id, status="approved",
+                privileged=False, created_at=now, updated_at=now))
