@@ -52,9 +52,7 @@ class Api:
             headers["Authorization"] = f"Bearer {token}"
         if key:
             headers["Idempotency-Key"] = key
-        url = path if path.startswith("/") and not path.startswith("/api") else path
-        if not url.startswith(("/api/", "/healthz", "/readyz")):
-            url = "/api/v1" + url
+        url = path if path.startswith(("/api/", "/healthz", "/readyz")) else "/api/v1" + path
         async with self.client.request(method, url, json=json, data=data,
                                        headers=headers) as resp:
             try:
