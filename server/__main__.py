@@ -4,4 +4,4 @@ import sys
 
 from server.cli import main
 
-sys.exit(main(sys.argv[1:] or None, default="serve"))
+sys.exit(main(sys.argv[1:], default="serve"))

@@ -127,13 +127,15 @@ SYNC = {"serve": _serve, "settings": _settings_table}
 
 
 def main(argv: list[str] | None = None, default: str | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {*ASYNC, *SYNC}
+    if default and not (argv and argv[0] in commands) and "-h" not in argv[:1]:
+        argv = [default, *argv]
     args = parser().parse_args(argv)
-    command = args.command or default
+    command = args.command
     if command is None:
         parser().print_help()
         return 2
-    if args.command is None:
-        args = parser().parse_args([command, *(argv or [])])
     try:
         settings = from_env()
     except SettingsError as exc:
