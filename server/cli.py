@@ -84,6 +84,43 @@ async def _create_admin(settings: Settings, args) -> int:
     return 0
 
 
+async def _facility(settings: Settings, args) -> int:
+    import json
+
+    from server import audit, facilities
+    from server.errors import ApiError
+
+    try:
+        patch = json.loads(args.settings or "{}")
+        if not isinstance(patch, dict):
+            raise ValueError("settings must be a JSON object")
+    except ValueError as exc:
+        print(f"error: --settings: {exc}", file=sys.stderr)
+        return 2
+    ctx = await _prepared(settings)
+    try:
+        now = ctx.clock()
+        async with ctx.store.write() as conn:
+            if args.action == "create":
+                if not args.name or not args.timezone:
+                    raise ApiError(422, "invalid_input", "create needs --name and --timezone")
+                row = await facilities.create(conn, name=args.name, timezone=args.timezone,
+                                              settings=patch, now=now)
+            else:
+                row = await facilities.update(conn, args.id, patch=patch, name=args.name,
+                                              timezone=args.timezone, now=now)
+            await audit.record(conn, actor_id="cli", actor_role="admin",
+                               action=f"facility.{args.action}", facility_id=row.id,
+                               target=row.id, at=now, details={"settings": patch})
+    except ApiError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    finally:
+        await ctx.store.close()
+    print(json.dumps(facilities.public_view(row, full=True), indent=2), flush=True)
+    return 0
+
+
 def _serve(settings: Settings, args) -> int:
     from server.app import create_app
 
@@ -118,11 +155,18 @@ def parser() -> argparse.ArgumentParser:
     admin.add_argument("--email", required=True)
     admin.add_argument("--name", default="Administrator")
     sub.add_parser("seed-demo", help="create the demo facility, people, staff and family")
+    fac = sub.add_parser("facility", help="create or update a facility")
+    fac.add_argument("action", choices=["create", "update"])
+    fac.add_argument("id", nargs="?", help="the facility to update")
+    fac.add_argument("--name")
+    fac.add_argument("--timezone")
+    fac.add_argument("--settings", help='JSON object, e.g. \'{"review_mode": "hold"}\'')
     sub.add_parser("settings", help="print the settings table")
     return p
 
 
-ASYNC = {"migrate": _migrate, "seed-demo": _seed_demo, "create-admin": _create_admin}
+ASYNC = {"migrate": _migrate, "seed-demo": _seed_demo, "create-admin": _create_admin,
+         "facility": _facility}
 SYNC = {"serve": _serve, "settings": _settings_table}
 
 

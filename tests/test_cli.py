@@ -51,7 +51,8 @@ async def wait_ready(base: str, proc: subprocess.Popen) -> None:
 
 async def test_demo_server_serves_signup_login_and_purchase(tmp_path: Path) -> None:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "server", "--port", str(port), "--demo"],
+    # Popen only starts the server; nothing here waits on it while the loop runs.
+    proc = subprocess.Popen([sys.executable, "-m", "server", "--port", str(port), "--demo"],  # noqa: ASYNC220
                             env=cli_env(tmp_path), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
@@ -115,3 +116,26 @@ def test_a_bad_setting_stops_the_process_with_its_name(tmp_path: Path) -> None:
         from_env({"DATABASE_URL": "mysql://x"})
     assert from_env({"KINWIRE_DEMO": "yes", "KINWIRE_ALLOWED_ORIGINS": "https://a.test, "
                      "https://b.test"}).allowed_origins == ("https://a.test", "https://b.test")
+
+
+def test_facility_create_and_update_from_the_command_line(tmp_path: Path) -> None:
+    import json
+
+    env = cli_env(tmp_path)
+    made = kinwire("facility", "create", "--name", "North Unit", "--timezone", "America/Denver",
+                   "--settings", '{"visit_block_minutes": 15}', env=env)
+    assert made.returncode == 0, made.stderr
+    facility = json.loads(made.stdout)
+    assert facility["settings"]["visit_block_minutes"] == 15
+    assert facility["settings"]["review_mode"] == "instant"
+    changed = kinwire("facility", "update", facility["id"], "--settings",
+                      '{"review_mode": "hold", "prices": {"photo": 80}}', env=env)
+    assert changed.returncode == 0, changed.stderr
+    settings = json.loads(changed.stdout)["settings"]
+    assert settings["review_mode"] == "hold" and settings["prices"]["photo"] == 80
+    assert settings["prices"]["message"] == 50 and settings["visit_block_minutes"] == 15
+    bad = kinwire("facility", "update", facility["id"], "--settings",
+                  '{"visit_block_minutes": 20}', env=env)
+    assert bad.returncode == 1 and "visit_block_minutes" in bad.stderr
+    missing = kinwire("facility", "update", "fac_nope", "--settings", "{}", env=env)
+    assert missing.returncode == 1
