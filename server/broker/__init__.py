@@ -1,0 +1,75 @@
+"""The broker port: publish/subscribe, presence and leases between Kinwire processes.
+
+Two implementations sit side by side: `memory.MemoryBroker` (one process, the embedded default)
+and `redis.RedisBroker` (several processes; chosen by REDIS_URL). One contract test suite
+(tests/test_broker_contract.py) runs against both.
+
+The broker carries *signals*, never the record: the SQL store is the source of truth, and a
+lost signal costs latency (the client resyncs), never data. So the contract is deliberately weak
+where Redis pub/sub is weak, and the memory broker is exactly as weak (it encodes every payload
+with the same codec and bounds the same queues), so tests on it mean something.
+
+Contract
+- Payloads are dicts of msgpack-able values; `publish` encodes them (a payload that cannot be
+  encoded raises TypeError in both implementations) and returns after the broker accepted it.
+  It raises BrokerUnavailable when the broker cannot be reached; it never blocks for longer
+  than the implementation's operation timeout.
+- Delivery is at most once per subscription, in publish order per channel from one publisher.
+  A payload published before `subscribe` returned is not delivered to that subscription.
+- A subscription holds at most `queue_max` undelivered payloads. When a consumer falls further
+  behind, the subscription drops its queue and yields one `Gap` marker instead, then carries on:
+  the consumer must resync from the store. The same `Gap` marker is yielded after the broker
+  connection was lost and regained (signals may have been missed meanwhile).
+- Presence: `touch(key, member, ttl_s)` marks a member present until the ttl runs out;
+  `present(key)` lists the members still present; `leave(key, member)` removes one at once.
+- Leases: `acquire(name, holder, ttl_s)` succeeds for one holder at a time; `renew` extends it
+  only for the current holder; `release` frees it only for the current holder. Each returns
+  whether it took effect. A lease whose ttl passes without renewal is free for another holder.
+  (Leases order meters between processes; fencing of stale holders is done in the store by the
+  idempotency keys, not here.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+class BrokerUnavailable(Exception):
+    """The broker could not be reached (or answered too slowly)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Signals may have been missed on this subscription: resync from the store."""
+
+    reason: str  # "overflow" | "reconnected"
+
+
+class Subscription(Protocol):
+    def __aiter__(self) -> AsyncIterator[dict[str, Any] | Gap]: ...
+
+    async def close(self) -> None: ...
+
+
+class Broker(Protocol):
+    async def publish(self, channel: str, payload: dict[str, Any]) -> None: ...
+
+    async def subscribe(self, channel: str, *, queue_max: int = 1024) -> Subscription: ...
+
+    async def touch(self, key: str, member: str, ttl_s: float) -> None: ...
+
+    async def leave(self, key: str, member: str) -> None: ...
+
+    async def present(self, key: str) -> set[str]: ...
+
+    async def acquire(self, name: str, holder: str, ttl_s: float) -> bool: ...
+
+    async def renew(self, name: str, holder: str, ttl_s: float) -> bool: ...
+
+    async def release(self, name: str, holder: str) -> bool: ...
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...

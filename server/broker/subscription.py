@@ -1,0 +1,98 @@
+"""The local end of a subscription, shared by both brokers so overflow behaves identically."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from server.broker import Gap, codec
+
+OVERFLOW = Gap("overflow")
+RECONNECTED = Gap("reconnected")
+
+
+class QueuedSubscription:
+    """A bounded queue of encoded payloads for one consumer, iterated with `async for`.
+
+    - At most `queue_max` payloads wait here, as bytes; each is decoded when it is taken, so
+      every subscription gets its own copy.
+    - `push` never blocks the broker: when the queue is full it is dropped and replaced by one
+      pending `Gap("overflow")`, then filling starts again. `mark_gap` drops the queue the same
+      way (the consumer resyncs from the store after a Gap, so older signals are superseded).
+      So the queue never holds more than `queue_max` payloads and one Gap.
+    - After `close()` (or the broker closing) iteration ends and nothing more is delivered.
+    One task consumes a subscription; pushing happens on the same event loop.
+    """
+
+    def __init__(
+        self,
+        channel: str,
+        queue_max: int,
+        on_close: Callable[[QueuedSubscription], Awaitable[None]],
+    ) -> None:
+        if queue_max < 1:
+            raise ValueError("queue_max must be at least 1")
+        self.channel = channel
+        self.queue_max = queue_max
+        self.live = False  # set by the broker once payloads published from now on will arrive
+        self._on_close = on_close
+        self._payloads: deque[bytes] = deque()
+        self._gap: Gap | None = None
+        self._closed = False
+        self._ready = asyncio.Event()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def backlog(self) -> int:
+        """Entries waiting to be taken (payloads plus a pending Gap): at most queue_max + 1."""
+        return len(self._payloads) + (self._gap is not None)
+
+    def push(self, data: bytes) -> None:
+        if self._closed:
+            return
+        if len(self._payloads) >= self.queue_max:
+            self.mark_gap(OVERFLOW)
+        self._payloads.append(data)
+        self._ready.set()
+
+    def mark_gap(self, gap: Gap) -> None:
+        if self._closed:
+            return
+        self._payloads.clear()
+        # One marker is enough: whatever the reason, the consumer's answer is the same resync.
+        self._gap = self._gap or gap
+        self._ready.set()
+
+    def end(self) -> None:
+        """Stop delivery without telling the broker (the broker is the one ending it)."""
+        self._closed = True
+        self._payloads.clear()
+        self._gap = None
+        self._ready.set()
+
+    async def close(self) -> None:
+        """Stop delivery now; idempotent. Payloads still queued are discarded."""
+        if self._closed:
+            return
+        self.end()
+        await self._on_close(self)
+
+    def __aiter__(self) -> QueuedSubscription:
+        return self
+
+    async def __anext__(self) -> dict[str, Any] | Gap:
+        while True:
+            if self._closed:
+                raise StopAsyncIteration
+            if self._gap is not None:
+                gap, self._gap = self._gap, None
+                return gap
+            if self._payloads:
+                return codec.decode(self._payloads.popleft())
+            self._ready.clear()
+            await self._ready.wait()
