@@ -79,7 +79,8 @@ def card_brand(number: str) -> str | None:
 def check_card(card: Card, now: datetime) -> str:
     """Validate a card as any gateway would before charging; returns its brand."""
     number = card.number.replace(" ", "").replace("-", "")
-    if not number.isdigit() or not 12 <= len(number) <= 19:
+    # isascii(): str.isdigit() also accepts digits such as "²" that int() cannot read.
+    if not (number.isascii() and number.isdigit()) or not 12 <= len(number) <= 19:
         raise CardError("invalid_card", "The card number must be 12 to 19 digits.", 422)
     if not luhn_ok(number):
         raise CardError("invalid_card", "The card number is not valid (check digit).", 422)

@@ -87,6 +87,9 @@ async def transfer(conn: AsyncConnection, *, key: str, debit: str, credit: str, 
     if debit == credit:
         raise LedgerError("same_account", "a transfer needs two different accounts")
     wanted = Transfer(secrets.token_hex(12), key, debit, credit, amount, kind, ref, at)
+    # Both accounts must exist before the claim, or the claim's foreign keys would refuse it as
+    # a database error instead of `account_not_found`.
+    kinds = await _kinds(conn, debit, credit)
     # Claim the key first: on PostgreSQL a concurrent claim of the same key waits here for the
     # first to commit and then finds it, so a key can never have two effects.
     claimed = await conn.execute(_insert(conn).values(
@@ -95,7 +98,6 @@ async def transfer(conn: AsyncConnection, *, key: str, debit: str, credit: str, 
     ).on_conflict_do_nothing(index_elements=["idempotency_key"]))
     if claimed.rowcount == 0:
         return await _existing(conn, wanted)
-    kinds = await _kinds(conn, debit, credit)
     # Update user rows in id order so two opposite gifts cannot deadlock on PostgreSQL.
     for account in sorted({debit, credit}):
         if kinds.get(account) != "user":
@@ -183,7 +185,7 @@ async def check_invariants(conn: AsyncConnection) -> list[str]:
         problems.append(f"accounts sum to {sum(derived.values())}, not zero")
     stored = dict((await conn.execute(
         select(ledger_accounts.c.id, ledger_accounts.c.balance)
-        .where(ledger_accounts.c.kind == "user"))).tuples().all())
+        .where(ledger_accounts.c.kind == "user"))).all())
     for account, value in stored.items():
         if value < 0:
             problems.append(f"{account} is negative: {value}")

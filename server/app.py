@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from aiohttp import web
 
 from billing import ledger
 from billing.gateway import PaymentGateway, SandboxGateway
-from server import routes_auth, routes_facilities, routes_money
+from server import (
+    events,
+    routes_auth,
+    routes_connections,
+    routes_facilities,
+    routes_messages,
+    routes_money,
+)
 from server.auth import LoginLimiter, Passwords
+from server.broker import Broker
 from server.context import Context
+from server.gateway.client import RESTARTING
+from server.gateway.endpoint import HUB, websocket
+from server.gateway.hub import Hub
 from server.openapi import build as build_openapi
 from server.routes_ops import healthz, readyz
 from server.routing import CONTEXT, Route, add_routes, error_middleware, json_response
@@ -25,7 +38,35 @@ from server.store.schema import utcnow
 log = logging.getLogger("kinwire")
 STATIC = Path(__file__).resolve().parent.parent / "static"
 
-ROUTES: list[Route] = [*routes_auth.ROUTES, *routes_facilities.ROUTES, *routes_money.ROUTES]
+ROUTES: list[Route] = [*routes_auth.ROUTES, *routes_facilities.ROUTES, *routes_money.ROUTES,
+                       *routes_connections.ROUTES, *routes_messages.ROUTES]
+
+
+async def sweep(ctx: Context, hub: Hub, stop: asyncio.Event, interval_s: float = 30.0) -> None:
+    """Housekeeping: close sockets of expired sessions, prune events past retention. Stopped
+    by `stop`, never cancelled, so that no database call is cut in half."""
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval_s)
+        if stop.is_set():
+            return
+        try:
+            now = ctx.clock()
+            hub.close_expired(now)
+            async with ctx.store.write() as conn:
+                await events.prune(conn, now - timedelta(seconds=ctx.settings.event_retention_s))
+        except Exception:
+            log.exception("housekeeping failed; retrying next round")
+
+
+def make_broker(settings: Settings) -> Broker:
+    if settings.redis_url:
+        from server.broker.redis import RedisBroker
+
+        return RedisBroker(settings.redis_url)
+    from server.broker.memory import MemoryBroker
+
+    return MemoryBroker()
 
 
 def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
@@ -35,12 +76,16 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
                           client_max_size=settings.request_body_bytes_max)
     store = Store(settings.resolved_database_url, pool_size=settings.db_pool_size,
                   busy_timeout_ms=settings.db_busy_timeout_ms)
+    broker = make_broker(settings)
     ctx = Context(
-        settings=settings, store=store, gateway=gateway or SandboxGateway(),
+        settings=settings, store=store, broker=broker, gateway=gateway or SandboxGateway(),
         passwords=Passwords(settings.argon2_time_cost, settings.argon2_memory_kib),
         login_limiter=LoginLimiter(settings.login_failures_max, settings.login_window_s),
         clock=clock)
     app[CONTEXT] = ctx
+    hub = Hub(store, broker, per_user_max=settings.ws_connections_per_user_max,
+              page_max=settings.sync_page_max)
+    app[HUB] = hub
 
     async def database(app: web.Application) -> AsyncIterator[None]:
         if run_migrations:
@@ -54,7 +99,24 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
         yield
         await store.close()
 
+    async def messaging(app: web.Application) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+        sweeper = asyncio.create_task(sweep(ctx, hub, stop), name="sweeper")
+        yield
+        stop.set()
+        await sweeper
+        await hub.close_all(RESTARTING, "server restarting")
+        await hub.stop_all()
+        await broker.close()
+
+    async def on_shutdown(app: web.Application) -> None:
+        # Sockets first, with 1012 so that clients reconnect (to another process, at scale).
+        await hub.close_all(RESTARTING, "server restarting")
+
     app.cleanup_ctx.append(database)
+    app.cleanup_ctx.append(messaging)
+    app.on_shutdown.append(on_shutdown)
+    app.router.add_get("/ws", websocket)
     add_routes(app, ROUTES)
     spec = build_openapi(ROUTES)
 

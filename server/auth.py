@@ -35,6 +35,7 @@ class Principal:
     session_id: str
     name: str
     device_id: str | None = None
+    expires_at: datetime | None = None
 
 
 class Passwords:
@@ -75,14 +76,15 @@ async def open_session(conn: AsyncConnection, *, account_id: str, ttl_s: int, no
 async def principal_for(conn: AsyncConnection, token: str, now: datetime) -> Principal | None:
     s, a = sessions, accounts
     row = (await conn.execute(
-        select(s.c.id, s.c.device_id, a.c.id.label("account_id"), a.c.role, a.c.facility_id,
-               a.c.name)
+        select(s.c.id, s.c.device_id, s.c.expires_at, a.c.id.label("account_id"), a.c.role,
+               a.c.facility_id, a.c.name)
         .join(a, a.c.id == s.c.account_id)
         .where(s.c.token_hash == token_hash(token), s.c.revoked_at.is_(None),
                s.c.expires_at > now, a.c.disabled.is_(False)))).first()
     if row is None:
         return None
-    return Principal(row.account_id, row.role, row.facility_id, row.id, row.name, row.device_id)
+    return Principal(row.account_id, row.role, row.facility_id, row.id, row.name, row.device_id,
+                     row.expires_at)
 
 
 async def revoke_session(conn: AsyncConnection, session_id: str, now: datetime) -> None:

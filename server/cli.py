@@ -23,7 +23,11 @@ def _context(settings: Settings):
 
     store = Store(settings.resolved_database_url, pool_size=2,
                   busy_timeout_ms=settings.db_busy_timeout_ms)
-    return Context(settings=settings, store=store, gateway=SandboxGateway(),
+    from server.broker.memory import MemoryBroker
+
+    # One-shot commands publish nothing that a socket waits for; the memory broker suffices.
+    return Context(settings=settings, store=store, broker=MemoryBroker(),
+                   gateway=SandboxGateway(),
                    passwords=Passwords(settings.argon2_time_cost, settings.argon2_memory_kib),
                    login_limiter=LoginLimiter(settings.login_failures_max,
                                               settings.login_window_s), clock=utcnow)

@@ -1,21 +1,116 @@
 """Connections between a family member and an incarcerated person.
 
-Only an approved, unblocked connection lets the two message, gift or book visits. Requests,
-approval and blocking arrive with the messaging work; gifts already ask this module.
+A family member requests; the person approves or denies. Only an approved, unblocked
+connection lets the two message, gift or book visits. Either side may block (and unblock its
+own block); staff of the person's facility may block or unblock any connection and mark it
+privileged (attorney, clergy: never recorded). Every change is an event for both sides.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any
+
 from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from server.store.schema import connections
+from server.errors import ApiError, forbidden, not_found
+from server.events import Outbox
+from server.ids import new_id
+from server.store.schema import accounts, connections
 
 
 async def is_approved_contact(conn: AsyncConnection, a: str, b: str) -> bool:
+    return await approved_between(conn, a, b) is not None
+
+
+async def approved_between(conn: AsyncConnection, a: str, b: str) -> Any:
     c = connections
-    row = (await conn.execute(select(c.c.id).where(
+    return (await conn.execute(select(c).where(
         or_(and_(c.c.family_id == a, c.c.person_id == b),
             and_(c.c.family_id == b, c.c.person_id == a)),
         c.c.status == "approved", c.c.blocked_by.is_(None)))).first()
-    return row is not None
+
+
+async def get(conn: AsyncConnection, connection_id: str) -> Any:
+    row = (await conn.execute(select(connections)
+                              .where(connections.c.id == connection_id))).first()
+    if row is None:
+        raise not_found("The connection")
+    return row
+
+
+def view(row: Any, names: dict[str, str] | None = None) -> dict[str, Any]:
+    names = names or {}
+    return {"id": row.id, "facility_id": row.facility_id, "family_id": row.family_id,
+            "person_id": row.person_id, "status": row.status,
+            "blocked": row.blocked_by is not None, "blocked_by": row.blocked_by,
+            "privileged": row.privileged, "updated_at": row.updated_at.isoformat(),
+            "family_name": names.get(row.family_id), "person_name": names.get(row.person_id)}
+
+
+async def _names(conn: AsyncConnection, ids: set[str]) -> dict[str, str]:
+    if not ids:
+        return {}
+    rows = await conn.execute(select(accounts.c.id, accounts.c.name)
+                              .where(accounts.c.id.in_(ids)))
+    return {r.id: r.name for r in rows}
+
+
+async def _announce(conn: AsyncConnection, outbox: Outbox, row: Any, at: datetime) -> dict:
+    shown = view(row, await _names(conn, {row.family_id, row.person_id}))
+    for party in (row.family_id, row.person_id):
+        await outbox.emit(conn, party, "connection.updated", shown, at)
+    return shown
+
+
+async def request(conn: AsyncConnection, outbox: Outbox, *, family_id: str, person_id: str,
+                  at: datetime) -> dict:
+    person = (await conn.execute(select(accounts).where(
+        accounts.c.id == person_id, accounts.c.role == "person",
+        accounts.c.disabled.is_(False)))).first()
+    if person is None:
+        raise not_found("The person")
+    existing = (await conn.execute(select(connections).where(
+        connections.c.family_id == family_id, connections.c.person_id == person_id))).first()
+    if existing is not None:
+        if existing.blocked_by is not None:
+            raise ApiError(403, "blocked", "This connection is blocked.")
+        if existing.status != "denied":
+            return view(existing, await _names(conn, {family_id, person_id}))
+        await conn.execute(connections.update().where(connections.c.id == existing.id)
+                           .values(status="requested", updated_at=at))
+        return await _announce(conn, outbox, await get(conn, existing.id), at)
+    connection_id = new_id("con")
+    await conn.execute(connections.insert().values(
+        id=connection_id, facility_id=person.facility_id, family_id=family_id,
+        person_id=person_id, status="requested", privileged=False, created_at=at,
+        updated_at=at))
+    return await _announce(conn, outbox, await get(conn, connection_id), at)
+
+
+async def change(conn: AsyncConnection, outbox: Outbox, connection_id: str, *,
+                 at: datetime, **values: Any) -> dict:
+    await conn.execute(connections.update().where(connections.c.id == connection_id)
+                       .values(updated_at=at, **values))
+    return await _announce(conn, outbox, await get(conn, connection_id), at)
+
+
+def check_party(row: Any, account_id: str) -> None:
+    if account_id not in (row.family_id, row.person_id):
+        raise not_found("The connection")
+
+
+async def listing(conn: AsyncConnection, *, account_id: str | None = None,
+                  facility_id: str | None = None, limit: int = 500) -> list[dict]:
+    query = select(connections)
+    if account_id is not None:
+        query = query.where(or_(connections.c.family_id == account_id,
+                                connections.c.person_id == account_id))
+    elif facility_id is not None:
+        query = query.where(connections.c.facility_id == facility_id)
+    else:
+        raise forbidden()
+    rows = list(await conn.execute(query.order_by(connections.c.updated_at.desc()).limit(limit)))
+    names = await _names(conn, {r.family_id for r in rows} | {r.person_id for r in rows})
+    return [view(r, names) for r in rows]

@@ -8,6 +8,7 @@ from datetime import datetime
 
 from billing.gateway import PaymentGateway
 from server.auth import LoginLimiter, Passwords
+from server.broker import Broker
 from server.settings import Settings
 from server.store import Store
 
@@ -16,6 +17,7 @@ from server.store import Store
 class Context:
     settings: Settings
     store: Store
+    broker: Broker
     gateway: PaymentGateway
     passwords: Passwords
     login_limiter: LoginLimiter

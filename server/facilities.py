@@ -19,8 +19,28 @@ Price = Annotated[int, Field(ge=0, le=100_000)]
 HHMM = Annotated[str, Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")]
 
 
+def has_nul(value: Any) -> bool:
+    """Whether a string anywhere in `value` holds U+0000, which PostgreSQL cannot store."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(has_nul(k) or has_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(has_nul(v) for v in value)
+    return False
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
+
+    @field_validator("*")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        # Every request body (HTTP or WebSocket) is a Strict model: no name, email, message
+        # or setting needs a NUL, and one would fail in PostgreSQL rather than here.
+        if has_nul(value):
+            raise ValueError("text may not contain NUL (U+0000) characters")
+        return value
 
 
 class Prices(Strict):
@@ -69,7 +89,8 @@ def check_timezone(name: str) -> str:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
         raise ApiError(422, "invalid_timezone", f"{name!r} is not an IANA time zone") from None
-    if name not in available_timezones():
+    # "localtime" is listed on some hosts (a link to /etc/localtime): the server's zone, not IANA.
+    if name not in available_timezones() or name == "localtime":
         raise ApiError(422, "invalid_timezone", f"{name!r} is not an IANA time zone")
     return name
 

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 from aiohttp import web
 from pydantic import AfterValidator, Field
 
 from billing import ledger
-from server import accounts
+from server import accounts, events
 from server.auth import open_session, revoke_session
+from server.broker import BrokerUnavailable
 from server.errors import ApiError
 from server.facilities import Strict
 from server.routing import ANY_SESSION, ANYONE, COOKIE, Call, Route, json_response
+
+log = logging.getLogger("kinwire.auth")
 
 
 def _email(value: str) -> str:
@@ -23,10 +27,17 @@ def _email(value: str) -> str:
     return value
 
 
+def _name(value: str) -> str:
+    value = value.strip()
+    if not value:
+        raise ValueError("must not be blank")
+    return value
+
+
 Email = Annotated[str, Field(min_length=3, max_length=254), AfterValidator(_email)]
 Password = Annotated[str, Field(min_length=8, max_length=200)]
-Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(str.strip)]
-Pin = Annotated[str, Field(pattern=r"^\d{4,8}$")]
+Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_name)]
+Pin = Annotated[str, Field(pattern=r"^[0-9]{4,8}$")]  # ASCII: \d admits any script
 InmateNumber = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9-]+$")]
 
 
@@ -116,6 +127,12 @@ async def logout(call: Call) -> web.Response:
     """End this session now (its open sockets close too)."""
     async with call.ctx.store.write() as conn:
         await revoke_session(conn, call.me.session_id, call.now())
+    try:
+        await call.ctx.broker.publish(events.channel(call.me.account_id),
+                                      {"revoked": call.me.session_id})
+    except BrokerUnavailable:
+        # The session is revoked in the store; its sockets will fail their next check.
+        log.warning("broker unavailable: sockets of a revoked session stay open for now")
     response = json_response({"ok": True})
     response.del_cookie(COOKIE, path="/")
     return response

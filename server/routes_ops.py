@@ -21,5 +21,10 @@ async def readyz(request: web.Request) -> web.Response:
         checks["database"] = "ok"
     except Exception as exc:  # any failure means not ready; say which kind
         checks["database"] = f"down: {type(exc).__name__}"
+    try:
+        await asyncio.wait_for(ctx.broker.ping(), timeout=2)
+        checks["broker"] = "ok"
+    except Exception as exc:
+        checks["broker"] = f"down: {type(exc).__name__}"
     ready = all(v == "ok" for v in checks.values())
     return json_response({"ready": ready, "checks": checks}, 200 if ready else 503)

@@ -21,12 +21,14 @@ from pydantic import BaseModel, ValidationError
 from server.auth import Principal, principal_for
 from server.context import Context
 from server.errors import ApiError, forbidden, unauthorized
+from server.facilities import has_nul
 
 log = logging.getLogger("kinwire.http")
 
 ANYONE = frozenset({"anyone"})
 ANY_SESSION = frozenset({"family", "person", "staff", "admin"})
 COOKIE = "kw_session"
+BIGINT_MAX = 2**63 - 1  # the largest SQL BIGINT; a larger number cannot reach the database
 CONTEXT = web.AppKey("context", Context)
 
 Handler = Callable[["Call"], Awaitable[web.StreamResponse]]
@@ -81,7 +83,7 @@ class Call:
             value = int(raw)
         except ValueError:
             raise ApiError(422, "invalid_input", f"{name} must be a whole number") from None
-        if value < lo or (hi is not None and value > hi):
+        if value < lo or value > (BIGINT_MAX if hi is None else hi):
             raise ApiError(422, "invalid_input", f"{name} is out of range")
         return value
 
@@ -158,6 +160,9 @@ def wrap(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]
                 raise forbidden()
         if by_cookie:
             _check_origin(request)
+        # PostgreSQL cannot store or compare U+0000; bodies are checked by their models.
+        if has_nul(dict(request.match_info)) or has_nul(list(request.query.items())):
+            raise ApiError(422, "invalid_input", "The address may not contain NUL characters.")
         body = await _parse_body(request, route.body) if route.body else None
         return await route.handler(Call(request, ctx, principal, body, token))
 

@@ -69,6 +69,33 @@ class Settings:
     request_body_bytes_max: int = _setting(256 * 1024, "Largest JSON request body.",
                                            lo=1024, hi=64 * 1024 * 1024)
     page_size_max: int = _setting(100, "Most rows one listing page returns.", lo=1, hi=1000)
+    blob_dir: str = _setting("", "Where photos are stored; empty means <data_dir>/blobs.")
+    message_chars_max: int = _setting(30_000, "Longest message text, in characters.",
+                                      lo=1, hi=1_000_000)
+    photos_per_message_max: int = _setting(5, "Most photos one message carries.", lo=0, hi=50)
+    photo_bytes_max: int = _setting(10 * 1024 * 1024, "Largest photo upload (413 beyond).",
+                                    lo=1024, hi=200 * 1024 * 1024)
+    photo_pixels_max: int = _setting(40_000_000, "Most pixels a photo may declare; checked "
+                                     "before it is decoded.", lo=1, hi=500_000_000)
+    photo_side_px_max: int = _setting(2048, "Photos are scaled to fit this on their long side.",
+                                      lo=64, hi=16_384)
+    photo_uploads_per_hour_max: int = _setting(60, "Photo uploads per user per hour.",
+                                               lo=1, hi=100_000)
+    ws_frame_bytes_max: int = _setting(64 * 1024, "Largest WebSocket frame accepted (else 1009).",
+                                       lo=1024, hi=16 * 1024 * 1024)
+    ws_send_queue_max: int = _setting(256, "Frames queued for one socket before it is closed "
+                                      "as too slow (4008).", lo=8, hi=100_000)
+    ws_heartbeat_s: float = _setting(20.0, "WebSocket ping interval; a missed pong closes it.")
+    ws_auth_timeout_s: float = _setting(10.0, "Time a socket has to authenticate.")
+    ws_commands_per_s: int = _setting(20, "Commands per second one socket may send (burst "
+                                      "twice that); more are refused `rate_limited`.",
+                                      lo=1, hi=100_000)
+    ws_connections_per_user_max: int = _setting(10, "Open sockets per user per process.",
+                                                lo=1, hi=10_000)
+    sync_page_max: int = _setting(500, "Most events one sync reply carries (`more` says "
+                                  "there are more).", lo=1, hi=100_000)
+    event_retention_s: int = _setting(30 * 86_400, "How long events are kept for sync; an "
+                                      "older `since` gets `reset`.", lo=60, hi=3650 * 86_400)
     db_pool_size: int = _setting(10, "PostgreSQL connections per process.", lo=1, hi=200)
     db_busy_timeout_ms: int = _setting(5000, "SQLite busy timeout for writers of other processes.",
                                        lo=0, hi=600_000)
@@ -82,6 +109,10 @@ class Settings:
         if self.database_url:
             return self.database_url
         return f"sqlite:///{Path(self.data_dir) / 'kinwire.db'}"
+
+    @property
+    def resolved_blob_dir(self) -> Path:
+        return Path(self.blob_dir) if self.blob_dir else Path(self.data_dir) / "blobs"
 
     @property
     def is_sqlite(self) -> bool:
@@ -101,6 +132,9 @@ class Settings:
             raise SettingsError("REDIS_URL must start with redis://, rediss:// or unix://")
         if self.visit_minute_s <= 0 or self.visit_minute_s > 3600:
             raise SettingsError("KINWIRE_VISIT_MINUTE_S must be in (0, 3600]")
+        for name in ("ws_heartbeat_s", "ws_auth_timeout_s"):
+            if not 0 < getattr(self, name) <= 3600:
+                raise SettingsError(f"{self.env_name(name)} must be in (0, 3600]")
         if self.payment_gateway != "sandbox":
             raise SettingsError("KINWIRE_PAYMENT_GATEWAY: only 'sandbox' is built in")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:

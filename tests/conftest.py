@@ -9,6 +9,7 @@ import secrets
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
@@ -107,6 +108,9 @@ def test_settings(db_url: str, tmp_path: Path, **overrides) -> Settings:
     return Settings(**base).validate()
 
 
+test_settings.__test__ = False  # a helper, not a test, wherever it is imported
+
+
 @pytest.fixture
 def settings(db_url: str, tmp_path: Path) -> Settings:
     return test_settings(db_url, tmp_path)
@@ -119,6 +123,16 @@ async def store(db_url: str) -> AsyncIterator[Store]:
         await ledger.ensure_system_accounts(conn)
     yield store
     await store.close()
+
+
+@asynccontextmanager
+async def app_client(db_url: str, tmp_path: Path, clock=None,
+                     **overrides) -> AsyncIterator[TestClient]:
+    """A client of an app with some settings changed (limits shortened for a test)."""
+    extra = {"clock": clock} if clock else {}
+    app = create_app(test_settings(db_url, tmp_path, **overrides), run_migrations=False, **extra)
+    async with TestClient(TestServer(app)) as client:
+        yield client
 
 
 @pytest.fixture

@@ -52,7 +52,7 @@ async def wait_ready(base: str, proc: subprocess.Popen) -> None:
 async def test_demo_server_serves_signup_login_and_purchase(tmp_path: Path) -> None:
     port = free_port()
     # Popen only starts the server; nothing here waits on it while the loop runs.
-    proc = subprocess.Popen([sys.executable, "-m", "server", "--port", str(port), "--demo"],  # noqa: ASYNC220
+    proc = subprocess.Popen([sys.executable, "-m", "server", "--port", str(port), "--demo"],
                             env=cli_env(tmp_path), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     CheckConstraint,
     Column,
@@ -14,6 +15,7 @@ from sqlalchemy import (
     Integer,
     String,
     Table,
+    Text,
     UniqueConstraint,
 )
 
@@ -118,3 +120,68 @@ idempotency = Table(
 
 # Rows of these tables are never updated or deleted; triggers enforce it in both databases.
 APPEND_ONLY = ("ledger_transfers", "audit_log")
+
+# --- the per-user event stream (API.md: pushes with `seq`) ---------------------------------
+
+# One row per user: the last sequence number handed out, and how far old events were pruned
+# (a sync from before that point is told to reset).
+event_heads = Table(
+    "event_heads", metadata,
+    Column("account_id", String(32), primary_key=True),
+    Column("last_seq", BigInteger, nullable=False),
+    Column("pruned_through", BigInteger, nullable=False),
+)
+
+events = Table(
+    "events", metadata,
+    Column("account_id", String(32), primary_key=True),
+    Column("seq", BigInteger, primary_key=True),
+    Column("type", String(32), nullable=False),
+    Column("data", JSON, nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Index("ix_events_at", "at"),
+)
+
+# --- messages and photos -------------------------------------------------------------------
+
+messages = Table(
+    "messages", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("facility_id", String(32), ForeignKey("facilities.id"), nullable=False),
+    Column("sender_id", String(32), ForeignKey("accounts.id"), nullable=False),
+    Column("recipient_id", String(32), ForeignKey("accounts.id"), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("photo_count", Integer, nullable=False),
+    Column("price", BigInteger, nullable=False),
+    Column("cod", Boolean, nullable=False),
+    # held -> delivered | rejected; `opened_at` marks the read receipt, `paid_by` who paid.
+    Column("status", String(16), nullable=False),
+    Column("held_for", String(64), nullable=True),
+    Column("paid_by", String(32), nullable=True),
+    Column("client_key", String(128), nullable=False),
+    Column("reject_reason", String(500), nullable=True),
+    Column("reviewed_by", String(32), nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("opened_at", UTCDateTime, nullable=True),
+    Column("sender_removed", Boolean, nullable=False),
+    Column("recipient_removed", Boolean, nullable=False),
+    CheckConstraint("status IN ('held', 'delivered', 'rejected')", name="ck_messages_status"),
+    UniqueConstraint("sender_id", "client_key", name="uq_messages_client_key"),
+    Index("ix_messages_recipient", "recipient_id", "created_at"),
+    Index("ix_messages_sender", "sender_id", "created_at"),
+    Index("ix_messages_review", "facility_id", "status"),
+)
+
+photos = Table(
+    "photos", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("owner_id", String(32), ForeignKey("accounts.id"), nullable=False),
+    Column("message_id", String(32), ForeignKey("messages.id"), nullable=True),
+    Column("position", Integer, nullable=True),
+    Column("width", Integer, nullable=False),
+    Column("height", Integer, nullable=False),
+    Column("bytes", Integer, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index("ix_photos_message", "message_id"),
+    Index("ix_photos_owner_created", "owner_id", "created_at"),
+)

@@ -1,0 +1,111 @@
+"""The per-user event stream: every change a user must see, numbered gap-free per user.
+
+An event is written with the user's next sequence number in the same transaction as the change
+it reports, so it exists exactly when the change does. After the commit a signal `{seq}` goes
+through the broker on the user's channel; a lost signal only delays delivery, because the
+gateway reads the events themselves from the store. A client that reconnects asks for
+everything after its last seq (`since`) and gets it in order, or `reset` when those events
+were pruned.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from server.broker import Broker, BrokerUnavailable
+from server.store.schema import event_heads, events
+
+log = logging.getLogger("kinwire.events")
+
+
+def channel(account_id: str) -> str:
+    return f"user:{account_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    seq: int
+    type: str
+    data: dict[str, Any]
+
+
+async def _next_seq(conn: AsyncConnection, account_id: str) -> int:
+    h = event_heads
+    bumped = await conn.execute(h.update().where(h.c.account_id == account_id)
+                                .values(last_seq=h.c.last_seq + 1).returning(h.c.last_seq))
+    seq = bumped.scalar_one_or_none()
+    if seq is not None:
+        return seq
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    made = await conn.execute(dialect.insert(h).values(
+        account_id=account_id, last_seq=1, pruned_through=0)
+        .on_conflict_do_nothing(index_elements=["account_id"]))
+    if made.rowcount == 1:
+        return 1
+    return await _next_seq(conn, account_id)  # another transaction made the head first
+
+
+@dataclass
+class Outbox:
+    """Events written in one transaction, signalled through the broker after it commits."""
+
+    written: list[tuple[str, int]] = field(default_factory=list)
+
+    async def emit(self, conn: AsyncConnection, account_id: str, kind: str,
+                   data: dict[str, Any], at: datetime) -> int:
+        seq = await _next_seq(conn, account_id)
+        await conn.execute(events.insert().values(account_id=account_id, seq=seq, type=kind,
+                                                  data=data, at=at))
+        self.written.append((account_id, seq))
+        return seq
+
+    async def signal(self, broker: Broker) -> None:
+        """Call after the commit. A broker outage is logged, not raised: the events are stored
+        and every client gets them when it resyncs."""
+        latest: dict[str, int] = {}
+        for account_id, seq in self.written:
+            latest[account_id] = max(seq, latest.get(account_id, 0))
+        self.written.clear()
+        for account_id, seq in latest.items():
+            try:
+                await broker.publish(channel(account_id), {"seq": seq})
+            except BrokerUnavailable:
+                log.warning("broker unavailable: event signal for seq %d deferred to resync", seq)
+
+
+async def head(conn: AsyncConnection, account_id: str) -> tuple[int, int]:
+    """(last_seq, pruned_through) of a user's stream; (0, 0) before the first event."""
+    row = (await conn.execute(select(event_heads.c.last_seq, event_heads.c.pruned_through)
+                              .where(event_heads.c.account_id == account_id))).first()
+    return (row.last_seq, row.pruned_through) if row else (0, 0)
+
+
+async def since(conn: AsyncConnection, account_id: str, after: int, limit: int) -> list[Event]:
+    rows = await conn.execute(
+        select(events.c.seq, events.c.type, events.c.data)
+        .where(events.c.account_id == account_id, events.c.seq > after)
+        .order_by(events.c.seq).limit(limit))
+    return [Event(r.seq, r.type, r.data) for r in rows]
+
+
+async def prune(conn: AsyncConnection, older_than: datetime) -> int:
+    """Delete events written before `older_than`, remembering per user how far it went."""
+    through = dict((await conn.execute(
+        select(events.c.account_id, func.max(events.c.seq)).where(events.c.at < older_than)
+        .group_by(events.c.account_id))).all())
+    pruned = 0
+    for account_id, seq in through.items():
+        await conn.execute(event_heads.update().where(event_heads.c.account_id == account_id,
+                                                      event_heads.c.pruned_through < seq)
+                           .values(pruned_through=seq))
+        gone = await conn.execute(delete(events).where(events.c.account_id == account_id,
+                                                       events.c.seq <= seq))
+        pruned += gone.rowcount
+    return pruned

@@ -1,0 +1,124 @@
+"""One open WebSocket: its bounded send queue, its writer task and its command budget.
+
+Frames to a client are encoded by the producer and queued; one writer task per socket sends
+them in order. The queue is bounded: a client that cannot keep up is closed with 4008 rather
+than allowed to grow the server's memory (it reconnects later and resyncs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+from aiohttp import web
+
+from server.auth import Principal
+from server.gateway.envelope import JSON, encode
+
+TOO_SLOW = 4008
+UNAUTHORISED = 4001
+REVOKED = 4009
+RESTARTING = 1012
+_CLOSE = object()
+
+
+class Client:
+    def __init__(self, ws: web.WebSocketResponse, request: web.Request, codec: str, *,
+                 queue_max: int, commands_per_s: int) -> None:
+        self.ws = ws
+        self.request = request
+        self.codec = codec
+        self.principal: Principal | None = None
+        self.last_seq = 0  # the highest event seq this socket has been sent
+        self.closing = False
+        self._queue: asyncio.Queue[Any] = asyncio.Queue(queue_max)
+        self._writer: asyncio.Task | None = None
+        self._closer: asyncio.Task | None = None
+        self._rate = commands_per_s
+        self._tokens = float(commands_per_s * 2)
+        self._stamp = time.monotonic()
+
+    def start(self) -> None:
+        self._writer = asyncio.create_task(self._write(), name="ws-writer")
+
+    def send(self, frame: dict[str, Any]) -> bool:
+        """Queue a frame; False when the socket is closing or was just closed for being slow."""
+        return self.send_encoded(encode(self.codec, frame))
+
+    def send_encoded(self, data: str | bytes) -> bool:
+        if self.closing:
+            return False
+        try:
+            self._queue.put_nowait(data)
+        except asyncio.QueueFull:
+            self.close(TOO_SLOW, "too slow", abandon=True)
+            return False
+        return True
+
+    def take_token(self) -> bool:
+        """Token bucket: `commands_per_s` a second, bursts of twice that."""
+        now = time.monotonic()
+        self._tokens = min(self._rate * 2.0, self._tokens + (now - self._stamp) * self._rate)
+        self._stamp = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+    def close(self, code: int, reason: str, *, abandon: bool = False) -> None:
+        """Close soon, from any task. Frames already queued go out first, unless `abandon`:
+        a client too slow to read them gets none (it resyncs when it reconnects)."""
+        if self.closing:
+            return
+        self.closing = True
+        if abandon:
+            while not self._queue.empty():
+                self._queue.get_nowait()
+            if self._writer is not None:
+                self._writer.cancel()
+            self._closer = asyncio.create_task(self._close_now(code, reason))
+            return
+        try:
+            self._queue.put_nowait((_CLOSE, code, reason))
+        except asyncio.QueueFull:
+            if self._writer is not None:
+                self._writer.cancel()
+            self._closer = asyncio.create_task(self._close_now(code, reason))
+
+    async def _close_now(self, code: int, reason: str) -> None:
+        try:
+            await asyncio.wait_for(self.ws.close(code=code, message=reason.encode()), 1.0)
+        except (TimeoutError, ConnectionError, RuntimeError):
+            # The peer is not reading: drop the connection instead of waiting on it.
+            if self.request.transport is not None:
+                self.request.transport.abort()
+
+    async def _write(self) -> None:
+        send_text = self.codec == JSON
+        while True:
+            data = await self._queue.get()
+            if isinstance(data, tuple) and data and data[0] is _CLOSE:
+                await self._close_now(data[1], data[2])
+                return
+            try:
+                if send_text:
+                    await self.ws.send_str(data)
+                else:
+                    await self.ws.send_bytes(data)
+            except (ConnectionError, RuntimeError):
+                return
+
+    async def finish(self, grace_s: float = 1.0) -> None:
+        """Let an orderly close frame go out, but never wait long on a peer not reading."""
+        for task in (self._writer, self._closer):
+            if task is not None and not task.done():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(task), grace_s)
+        self.closing = True
+        for task in (self._writer, self._closer):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task

@@ -1,0 +1,141 @@
+"""GET /ws: upgrade, authenticate, then one reader loop per socket.
+
+Checks in order: Origin (browsers only send one; it must be ours or allowlisted), subprotocol
+(JSON unless msgpack is asked for), authentication (the session cookie at upgrade, or a first
+command `auth {token}` within ws_auth_timeout_s, else 4001), the per-user connection limit
+(4008). Then every command is rate limited, decoded, checked against its op's roles, handled,
+and answered on the same socket in order.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from server.auth import principal_for
+from server.errors import ApiError
+from server.gateway.client import TOO_SLOW, UNAUTHORISED, Client
+from server.gateway.envelope import CODECS, JSON, BadFrame, decode, reply_error, reply_ok
+from server.gateway.hub import Hub
+from server.gateway.ops import HANDLERS, WsCall
+from server.routing import CONTEXT, COOKIE
+
+log = logging.getLogger("kinwire.gateway")
+HUB = web.AppKey("hub", Hub)
+
+
+def _origin_allowed(request: web.Request) -> bool:
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True  # not a browser: kiosks and programs authenticate by token
+    own = f"{request.scheme}://{request.host}"
+    return origin == own or origin in request.app[CONTEXT].settings.allowed_origins
+
+
+async def websocket(request: web.Request) -> web.StreamResponse:
+    ctx, hub = request.app[CONTEXT], request.app[HUB]
+    if not _origin_allowed(request):
+        raise ApiError(403, "forbidden_origin", "This origin may not open a socket here.")
+    s = ctx.settings
+    ws = web.WebSocketResponse(protocols=CODECS, heartbeat=s.ws_heartbeat_s,
+                               max_msg_size=s.ws_frame_bytes_max)
+    await ws.prepare(request)
+    client = Client(ws, request, ws.ws_protocol or JSON, queue_max=s.ws_send_queue_max,
+                    commands_per_s=s.ws_commands_per_s)
+    client.start()
+    try:
+        cookie = request.cookies.get(COOKIE)
+        if cookie:
+            async with ctx.store.read() as conn:
+                client.principal = await principal_for(conn, cookie, ctx.clock())
+        auth_id = None
+        if client.principal is None:
+            auth_id = await _authenticate(client, request)
+        if client.principal is not None:
+            await _attach(client, hub)
+        if auth_id is not None and not client.closing:
+            # Answered once attached, so that a client that saw `ok` misses no push.
+            client.send(reply_ok(auth_id, {"account_id": client.principal.account_id,
+                                           "role": client.principal.role}))
+        if client.principal is not None and not client.closing:
+            await _read(client, request)
+    finally:
+        await hub.detach(client)
+        if not client.closing:
+            client.close(1000, "bye")
+        await client.finish()
+    return ws
+
+
+async def _attach(client: Client, hub: Hub) -> None:
+    try:
+        await hub.attach(client)
+    except ApiError as exc:
+        client.send(reply_error(None, exc.code, exc.message))
+        client.close(TOO_SLOW, exc.code)
+
+
+async def _authenticate(client: Client, request: web.Request) -> int | str | None:
+    """The first frame must be `auth {token}`; anything else, or nothing in time, is 4001.
+    Returns the command id to answer once the socket is attached."""
+    ctx = request.app[CONTEXT]
+    try:
+        msg = await client.ws.receive(timeout=ctx.settings.ws_auth_timeout_s)
+    except TimeoutError:
+        client.close(UNAUTHORISED, "authenticate first")
+        return None
+    if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+        return None
+    try:
+        command = decode(client.codec, msg.data)
+    except BadFrame:
+        client.close(UNAUTHORISED, "authenticate first")
+        return None
+    token = command.args.get("token")
+    if command.op != "auth" or not isinstance(token, str) or not 0 < len(token) <= 200:
+        client.send(reply_error(command.id, "unauthorized", "Send auth {token} first."))
+        client.close(UNAUTHORISED, "authenticate first")
+        return None
+    async with ctx.store.read() as conn:
+        client.principal = await principal_for(conn, token, ctx.clock())
+    if client.principal is None:
+        client.send(reply_error(command.id, "unauthorized", "The token is not valid."))
+        client.close(UNAUTHORISED, "bad token")
+        return None
+    return command.id
+
+
+async def _read(client: Client, request: web.Request) -> None:
+    ctx, hub = request.app[CONTEXT], request.app[HUB]
+    async for msg in client.ws:
+        if client.closing:
+            return
+        if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+            continue
+        if not client.take_token():
+            client.send(reply_error(None, "rate_limited", "Too many commands; slow down."))
+            continue
+        try:
+            command = decode(client.codec, msg.data)
+        except BadFrame as exc:
+            client.send(reply_error(exc.command_id, exc.code, exc.message))
+            continue
+        client.send(await _dispatch(WsCall(client, ctx, hub, command.args), command.op,
+                                    command.id))
+
+
+async def _dispatch(call: WsCall, op: str, command_id: Any) -> dict[str, Any]:
+    entry = HANDLERS.get(op)
+    if entry is None:
+        return reply_error(command_id, "unknown_op", f"No such op {op!r}.")
+    if call.me.role not in entry.roles:
+        return reply_error(command_id, "forbidden", "You may not do that.")
+    try:
+        return reply_ok(command_id, await entry.handler(call))
+    except ApiError as exc:
+        return reply_error(command_id, exc.code, exc.message)
+    except Exception:
+        log.exception("op %s failed", op)
+        return reply_error(command_id, "internal_error", "Something went wrong on our side.")

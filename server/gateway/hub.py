@@ -1,0 +1,215 @@
+"""This process's sockets, grouped by user, each user fed from the broker.
+
+A user with at least one socket here has one Feed: one broker subscription to the user's
+channel and one pump task. A signal `{seq}` (or a Gap) makes the pump read the user's events
+after what its sockets have been sent and push them in order; `{live: frame}` is pushed as is
+(typing, visit signalling); `{revoked: session_id}` closes that session's sockets with 4009.
+Sync and the pump take the same per-user lock, so a socket never sees an event twice from the
+server, nor out of order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import datetime
+from typing import Any
+
+from server import events
+from server.broker import Broker, BrokerUnavailable, Gap
+from server.errors import ApiError
+from server.gateway.client import REVOKED, Client
+from server.gateway.envelope import encode, push
+from server.store import Store
+
+log = logging.getLogger("kinwire.gateway")
+
+
+class Feed:
+    def __init__(self, hub: Hub, account_id: str) -> None:
+        self.hub = hub
+        self.account_id = account_id
+        self.clients: set[Client] = set()
+        self.lock = asyncio.Lock()
+        self.subscription: Any = None
+        self.task: asyncio.Task | None = None
+        self.stopping = False
+
+    async def start(self) -> None:
+        self.task = asyncio.create_task(self._run(), name=f"feed-{self.account_id}")
+
+    async def stop(self) -> None:
+        """End the feed without cancelling it mid-query: a task cancelled inside a database
+        call leaves its connection to be torn down behind everyone's back. Closing the
+        subscription ends the loop at its next step; cancel only a feed that will not end."""
+        self.stopping = True
+        if self.subscription is not None:
+            with contextlib.suppress(BrokerUnavailable):
+                await self.subscription.close()
+        if self.task is None or self.task.done():
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self.task), 5.0)
+        except TimeoutError:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+    async def _run(self) -> None:
+        """Subscribe (retrying while the broker is away), catch up on what was written
+        meanwhile, then follow the signals. A socket never waits on the broker to be served:
+        without it, events still reach it by sync and at the next catch-up."""
+        delay_s = 0.1
+        while not self.stopping:
+            try:
+                subscription = await self.hub.broker.subscribe(
+                    events.channel(self.account_id), queue_max=1024)
+            except BrokerUnavailable:
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, 2.0)
+                continue
+            if self.stopping:
+                await subscription.close()
+                return
+            self.subscription = subscription
+            await self._deliver(Gap("subscribed"))
+            async for item in subscription:
+                await self._deliver(item)
+            return  # the subscription was closed: the feed or the process is stopping
+
+    async def _deliver(self, item: Any) -> None:
+        try:
+            if isinstance(item, Gap) or "seq" in item:
+                await self.catch_up(None if isinstance(item, Gap) else item["seq"])
+            elif "live" in item:
+                self.fan_out(item["live"])
+            elif "revoked" in item:
+                for client in list(self.clients):
+                    if client.principal and client.principal.session_id == item["revoked"]:
+                        client.close(REVOKED, "session revoked")
+        except Exception:
+            # One bad signal or a store hiccup must not end the user's feed.
+            log.exception("feed for %s failed to deliver; the next signal retries",
+                          self.account_id)
+
+    def fan_out(self, frame: dict[str, Any]) -> None:
+        encoded: dict[str, str | bytes] = {}
+        for client in list(self.clients):
+            if client.codec not in encoded:
+                encoded[client.codec] = encode(client.codec, frame)
+            client.send_encoded(encoded[client.codec])
+
+    async def catch_up(self, seq: int | None) -> None:
+        async with self.lock:
+            live = [c for c in self.clients if not c.closing]
+            if not live:
+                return
+            floor = min(c.last_seq for c in live)
+            if seq is not None and seq <= floor:
+                return
+            page = self.hub.page_max
+            while True:
+                async with self.hub.store.read() as conn:
+                    batch = await events.since(conn, self.account_id, floor, page)
+                for event in batch:
+                    frame = push(event.type, event.data, event.seq)
+                    for client in live:
+                        if event.seq > client.last_seq and client.send(frame):
+                            client.last_seq = event.seq
+                if len(batch) < page:
+                    return
+                floor = batch[-1].seq
+
+
+class Hub:
+    def __init__(self, store: Store, broker: Broker, *, per_user_max: int, page_max: int) -> None:
+        self.store = store
+        self.broker = broker
+        self.per_user_max = per_user_max
+        self.page_max = page_max
+        self.feeds: dict[str, Feed] = {}
+        self._feed_locks: dict[str, asyncio.Lock] = {}
+        self._ending: set[Feed] = set()  # detached feeds still winding down
+
+    def count(self) -> int:
+        return sum(len(f.clients) for f in self.feeds.values())
+
+    async def attach(self, client: Client) -> None:
+        assert client.principal is not None
+        account_id = client.principal.account_id
+        lock = self._feed_locks.setdefault(account_id, asyncio.Lock())
+        async with lock:
+            feed = self.feeds.get(account_id)
+            if feed is not None and len(feed.clients) >= self.per_user_max:
+                raise ApiError(429, "too_many_connections",
+                               f"At most {self.per_user_max} open connections per user.")
+            if feed is None:
+                feed = Feed(self, account_id)
+                await feed.start()  # its first catch-up covers anything after the head below
+                self.feeds[account_id] = feed
+            async with feed.lock:
+                async with self.store.read() as conn:
+                    client.last_seq = (await events.head(conn, account_id))[0]
+                feed.clients.add(client)
+
+    async def detach(self, client: Client) -> None:
+        if client.principal is None:
+            return
+        account_id = client.principal.account_id
+        lock = self._feed_locks.setdefault(account_id, asyncio.Lock())
+        async with lock:
+            feed = self.feeds.get(account_id)
+            if feed is None or client not in feed.clients:
+                return
+            feed.clients.discard(client)
+            if not feed.clients:
+                del self.feeds[account_id]
+                self._feed_locks.pop(account_id, None)
+                self._ending.add(feed)
+                try:
+                    await feed.stop()
+                finally:
+                    if feed.task is None or feed.task.done():
+                        self._ending.discard(feed)
+
+    async def sync(self, client: Client, since: int) -> dict[str, Any]:
+        assert client.principal is not None
+        account_id = client.principal.account_id
+        feed = self.feeds[account_id]
+        async with feed.lock:
+            async with self.store.read() as conn:
+                last, pruned = await events.head(conn, account_id)
+                if since < pruned or since > last:
+                    client.last_seq = max(client.last_seq, last)
+                    return {"reset": True, "seq": last}
+                batch = await events.since(conn, account_id, since, self.page_max)
+            if batch:
+                client.last_seq = max(client.last_seq, batch[-1].seq)
+            more = bool(batch) and batch[-1].seq < last
+            return {"events": [{"type": e.type, "seq": e.seq, "data": e.data} for e in batch],
+                    "more": more, "seq": batch[-1].seq if batch else since}
+
+    def close_expired(self, now: datetime) -> int:
+        """Sockets outlive no session: close those whose session has expired (4009)."""
+        closed = 0
+        for feed in list(self.feeds.values()):
+            for client in list(feed.clients):
+                expires = client.principal.expires_at if client.principal else None
+                if expires is not None and expires <= now:
+                    client.close(REVOKED, "session expired")
+                    closed += 1
+        return closed
+
+    async def stop_all(self) -> None:
+        """At shutdown, after the sockets: let every feed finish its current step and end."""
+        feeds = [*self.feeds.values(), *self._ending]
+        self.feeds.clear()
+        self._ending.clear()
+        await asyncio.gather(*(feed.stop() for feed in feeds), return_exceptions=True)
+
+    async def close_all(self, code: int, reason: str) -> None:
+        for feed in list(self.feeds.values()):
+            for client in list(feed.clients):
+                client.close(code, reason)
+

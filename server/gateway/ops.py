@@ -1,0 +1,131 @@
+"""The WebSocket ops: an explicit dispatch table, each op with the roles it admits.
+
+Handlers receive a WsCall, return the reply's `ok` value or raise ApiError; they parse, check,
+call the service and answer, like the HTTP handlers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from server import events, messages
+from server.auth import Principal, principal_for
+from server.broker import BrokerUnavailable
+from server.connections import is_approved_contact
+from server.context import Context
+from server.errors import ApiError
+from server.events import Outbox
+
+if TYPE_CHECKING:
+    from server.gateway.client import Client
+    from server.gateway.hub import Hub
+
+ANY = frozenset({"family", "person", "staff", "admin"})
+PARTIES = frozenset({"family", "person"})
+
+
+@dataclass
+class WsCall:
+    client: Client
+    ctx: Context
+    hub: Hub
+    args: dict[str, Any]
+
+    @property
+    def me(self) -> Principal:
+        assert self.client.principal is not None
+        return self.client.principal
+
+    def arg_int(self, name: str, *, lo: int = 0) -> int:
+        value = self.args.get(name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < lo:
+            raise ApiError(422, "invalid_input", f"{name} must be a whole number >= {lo}")
+        return value
+
+    def arg_str(self, name: str, *, max_len: int = 64) -> str:
+        value = self.args.get(name)
+        if not isinstance(value, str) or not 0 < len(value) <= max_len:
+            raise ApiError(422, "invalid_input", f"{name} must be a string of 1..{max_len}")
+        return value
+
+
+@dataclass(frozen=True)
+class Op:
+    handler: Callable[[WsCall], Awaitable[Any]]
+    roles: frozenset[str]
+
+
+async def ping(call: WsCall) -> dict[str, Any]:
+    return {"pong": True, "at": call.ctx.clock().isoformat()}
+
+
+async def auth_again(call: WsCall) -> dict[str, Any]:
+    """A socket authenticated by its cookie may still send `auth`: fine for the same account."""
+    token = call.arg_str("token", max_len=200)
+    async with call.ctx.store.read() as conn:
+        other = await principal_for(conn, token, call.ctx.clock())
+    if other is None or other.account_id != call.me.account_id:
+        raise ApiError(409, "already_authenticated",
+                       "This socket is already authenticated as someone else.")
+    return {"account_id": call.me.account_id, "role": call.me.role}
+
+
+async def sync(call: WsCall) -> dict[str, Any]:
+    return await call.hub.sync(call.client, call.arg_int("since"))
+
+
+async def typing(call: WsCall) -> dict[str, Any]:
+    """Live only, never stored: goes to the contact's sockets on every process."""
+    to = call.arg_str("to")
+    async with call.ctx.store.read() as conn:
+        if not await is_approved_contact(conn, call.me.account_id, to):
+            raise ApiError(403, "not_connected", "Only an approved contact.")
+    frame = {"type": "typing", "data": {"from": call.me.account_id}}
+    try:
+        await call.ctx.broker.publish(events.channel(to), {"live": frame})
+    except BrokerUnavailable:
+        return {"delivered": False}
+    return {"delivered": True}
+
+
+async def send_message(call: WsCall) -> dict[str, Any]:
+    """As POST /messages; the idempotency key travels as args.key."""
+    from server.routes_messages import MessageIn, draft_from
+
+    key = call.arg_str("key", max_len=128)
+    fields = {k: v for k, v in call.args.items() if k != "key"}
+    try:
+        body = MessageIn.model_validate(fields)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ApiError(422, "invalid_input",
+                       f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from None
+    draft = draft_from(call.ctx.settings, body, key)
+    outbox = Outbox()
+    async with call.ctx.store.write() as conn:
+        shown = await messages.send(conn, outbox, call.me, draft, call.ctx.clock())
+    await outbox.signal(call.ctx.broker)
+    return {"message": shown}
+
+
+async def open_message(call: WsCall) -> dict[str, Any]:
+    outbox = Outbox()
+    async with call.ctx.store.write() as conn:
+        shown = await messages.open_message(conn, outbox, call.me, call.arg_str("message_id"),
+                                            call.ctx.clock())
+    await outbox.signal(call.ctx.broker)
+    return {"message": shown}
+
+
+HANDLERS: dict[str, Op] = {
+    "message.send": Op(send_message, PARTIES),
+    "message.open": Op(open_message, PARTIES),
+    "ping": Op(ping, ANY),
+    "auth": Op(auth_again, ANY),
+    "sync": Op(sync, ANY),
+    "typing": Op(typing, PARTIES),
+}

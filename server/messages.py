@@ -1,0 +1,245 @@
+"""Messages: send (charged in the same transaction that stores it), open (read receipt; a COD
+message is paid by its recipient here, once), remove from one's own view, and list.
+
+Who sees what: the sender sees all of their message; the recipient sees a delivered message,
+but a COD message's body and photos only once it is paid; staff see their facility's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from billing import ledger
+from billing.ledger import LedgerError, SystemAccount
+from server import connections, facilities
+from server.auth import Principal
+from server.errors import LEDGER_STATUS, ApiError, not_found
+from server.events import Outbox
+from server.ids import new_id
+from server.store.schema import messages, photos
+
+
+@dataclass(frozen=True)
+class Draft:
+    to: str
+    body: str
+    photo_ids: tuple[str, ...]
+    cod: bool
+    key: str
+
+    def fingerprint(self) -> str:
+        raw = "\x1f".join([self.to, self.body, ",".join(self.photo_ids), str(self.cod)])
+        return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def watched(body: str, keywords: list[str]) -> str | None:
+    """The first watched word or phrase the text contains as whole words, or None."""
+    text = body.casefold()
+    for word in keywords:
+        if re.search(rf"(?<!\w){re.escape(word.casefold())}(?!\w)", text):
+            return word
+    return None
+
+
+def _charge_error(exc: LedgerError) -> ApiError:
+    return ApiError(LEDGER_STATUS.get(exc.code, 409), exc.code, exc.message)
+
+
+async def photo_ids_of(conn: AsyncConnection, message_id: str) -> list[str]:
+    rows = await conn.execute(select(photos.c.id).where(photos.c.message_id == message_id)
+                              .order_by(photos.c.position))
+    return list(rows.scalars())
+
+
+def view(row: Any, viewer: Principal, photo_ids: list[str]) -> dict[str, Any]:
+    mine = viewer.account_id == row.sender_id
+    locked = not mine and viewer.role != "staff" and viewer.role != "admin" \
+        and row.cod and row.paid_by is None
+    shown = {"id": row.id, "from": row.sender_id, "to": row.recipient_id,
+             "created_at": row.created_at.isoformat(), "status": row.status, "cod": row.cod,
+             "price": row.price, "paid": row.paid_by is not None, "locked": locked,
+             "opened_at": row.opened_at.isoformat() if row.opened_at else None,
+             "photo_count": row.photo_count}
+    if not locked:
+        shown["body"] = row.body
+        shown["photo_ids"] = photo_ids
+    if row.status == "rejected" and (mine or viewer.role in ("staff", "admin")):
+        shown["reject_reason"] = row.reject_reason
+    if viewer.role in ("staff", "admin"):
+        shown["held_for"] = row.held_for
+    return shown
+
+
+async def get(conn: AsyncConnection, message_id: str) -> Any:
+    row = (await conn.execute(select(messages).where(messages.c.id == message_id))).first()
+    if row is None:
+        raise not_found("The message")
+    return row
+
+
+def _viewer_from(account_id: str, role: str) -> Principal:
+    return Principal(account_id, role, None, "", "")
+
+
+async def announce(conn: AsyncConnection, outbox: Outbox, row: Any, at: datetime,
+                   *, new_for_recipient: bool, status_for_sender: bool) -> None:
+    ids = await photo_ids_of(conn, row.id)
+    if status_for_sender:
+        await outbox.emit(conn, row.sender_id, "message.status",
+                          view(row, _viewer_from(row.sender_id, "party"), ids), at)
+    if new_for_recipient:
+        await outbox.emit(conn, row.recipient_id, "message.new",
+                          view(row, _viewer_from(row.recipient_id, "party"), ids), at)
+
+
+async def _existing(conn: AsyncConnection, sender: Principal, draft: Draft) -> Any:
+    row = (await conn.execute(select(messages).where(
+        messages.c.sender_id == sender.account_id, messages.c.client_key == draft.key))).first()
+    if row is None:
+        return None
+    same = (row.recipient_id, row.body, tuple(await photo_ids_of(conn, row.id)), row.cod) == (
+        draft.to, draft.body, draft.photo_ids, draft.cod)
+    if not same:
+        raise ApiError(409, "idempotency_conflict",
+                       "This key was used for a different message.")
+    return row
+
+
+async def _attach_photos(conn: AsyncConnection, owner: str, message_id: str,
+                         photo_ids: tuple[str, ...]) -> None:
+    for position, photo_id in enumerate(photo_ids):
+        attached = await conn.execute(photos.update().where(
+            photos.c.id == photo_id, photos.c.owner_id == owner,
+            photos.c.message_id.is_(None)).values(message_id=message_id, position=position))
+        if attached.rowcount != 1:
+            raise ApiError(422, "invalid_photo",
+                           "A photo is not yours, does not exist or is already sent.")
+
+
+async def _charge(conn: AsyncConnection, payer: str, row: Any, photo_count: int,
+                  prices: dict[str, int], prefix: str, at: datetime) -> None:
+    parts = [(SystemAccount.MESSAGE_REVENUE, prices["message"], "message", "text")]
+    if photo_count:
+        parts.append((SystemAccount.PHOTO_REVENUE, prices["photo"] * photo_count, "photo",
+                      "photos"))
+    for revenue, amount, kind, part in parts:
+        if amount <= 0:
+            continue  # a facility may make messages free
+        try:
+            await ledger.transfer(conn, key=f"{prefix}:{row.id}:{part}", debit=payer,
+                                  credit=revenue, amount=amount, kind=kind, ref=row.id, at=at)
+        except LedgerError as exc:
+            raise _charge_error(exc) from None
+
+
+async def send(conn: AsyncConnection, outbox: Outbox, sender: Principal, draft: Draft,
+               at: datetime) -> dict[str, Any]:
+    existing = await _existing(conn, sender, draft)
+    if existing is not None:
+        return view(existing, sender, await photo_ids_of(conn, existing.id))
+    if draft.cod and sender.role != "person":
+        raise ApiError(403, "forbidden", "Only an incarcerated person may send collect.")
+    link = await connections.approved_between(conn, sender.account_id, draft.to)
+    if link is None:
+        raise ApiError(403, "not_connected", "You can message only an approved contact.")
+    facility = await facilities.get(conn, link.facility_id)
+    rules = facility.settings
+    hold_for = None
+    if rules["review_mode"] == "hold":
+        hold_for = "review"
+    elif draft.photo_ids and rules["review_photos"]:
+        hold_for = "photos"
+    word = watched(draft.body, rules["keywords"])
+    if word is not None:
+        hold_for = f"keyword:{word}"
+    prices = rules["prices"]
+    message_id = new_id("msg")
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    claimed = await conn.execute(dialect.insert(messages).values(
+        id=message_id, facility_id=facility.id, sender_id=sender.account_id,
+        recipient_id=draft.to, body=draft.body, photo_count=len(draft.photo_ids),
+        price=prices["message"] + prices["photo"] * len(draft.photo_ids), cod=draft.cod,
+        status="held" if hold_for else "delivered", held_for=hold_for,
+        paid_by=None if draft.cod else sender.account_id, client_key=draft.key,
+        created_at=at, sender_removed=False, recipient_removed=False,
+    ).on_conflict_do_nothing(index_elements=["sender_id", "client_key"]))
+    if claimed.rowcount == 0:  # a concurrent send with the same key won the race
+        row = await _existing(conn, sender, draft)
+        return view(row, sender, await photo_ids_of(conn, row.id))
+    await _attach_photos(conn, sender.account_id, message_id, draft.photo_ids)
+    row = await get(conn, message_id)
+    if not draft.cod:
+        await _charge(conn, sender.account_id, row, len(draft.photo_ids), prices, "msg", at)
+        await outbox.emit(conn, sender.account_id, "balance",
+                          {"balance": await ledger.balance(conn, sender.account_id)}, at)
+    ids = list(draft.photo_ids)
+    await outbox.emit(conn, sender.account_id, "message.new", view(row, sender, ids), at)
+    if row.status == "delivered":
+        await outbox.emit(conn, draft.to, "message.new",
+                          view(row, _viewer_from(draft.to, "party"), ids), at)
+    return view(row, sender, ids)
+
+
+async def open_message(conn: AsyncConnection, outbox: Outbox, reader: Principal,
+                       message_id: str, at: datetime) -> dict[str, Any]:
+    row = await get(conn, message_id)
+    if row.recipient_id != reader.account_id or row.status != "delivered":
+        raise not_found("The message")
+    if row.cod and row.paid_by is None:
+        facility = await facilities.get(conn, row.facility_id)
+        await _charge(conn, reader.account_id, row, row.photo_count,
+                      facility.settings["prices"], "cod", at)
+        # Conditional, so two opens racing pay once: the second finds it paid (and the ledger
+        # keys above already made its debit a duplicate).
+        await conn.execute(messages.update().where(messages.c.id == row.id,
+                                                   messages.c.paid_by.is_(None))
+                           .values(paid_by=reader.account_id))
+        await outbox.emit(conn, reader.account_id, "balance",
+                          {"balance": await ledger.balance(conn, reader.account_id)}, at)
+    if row.opened_at is None:
+        await conn.execute(messages.update().where(messages.c.id == row.id,
+                                                   messages.c.opened_at.is_(None))
+                           .values(opened_at=at))
+        row = await get(conn, row.id)
+        await announce(conn, outbox, row, at, new_for_recipient=False, status_for_sender=True)
+        await outbox.emit(conn, reader.account_id, "message.status",
+                          view(row, reader, await photo_ids_of(conn, row.id)), at)
+    row = await get(conn, row.id)
+    return view(row, reader, await photo_ids_of(conn, row.id))
+
+
+async def remove(conn: AsyncConnection, who: Principal, message_id: str) -> None:
+    row = await get(conn, message_id)
+    if who.account_id == row.sender_id:
+        await conn.execute(messages.update().where(messages.c.id == row.id)
+                           .values(sender_removed=True))
+    elif who.account_id == row.recipient_id and row.status == "delivered":
+        await conn.execute(messages.update().where(messages.c.id == row.id)
+                           .values(recipient_removed=True))
+    else:
+        raise not_found("The message")
+
+
+async def listing(conn: AsyncConnection, who: Principal, folder: str, before: str | None,
+                  limit: int) -> list[dict[str, Any]]:
+    m = messages
+    if folder == "inbox":
+        query = select(m).where(m.c.recipient_id == who.account_id, m.c.status == "delivered",
+                                m.c.recipient_removed.is_(False))
+    else:
+        query = select(m).where(m.c.sender_id == who.account_id, m.c.sender_removed.is_(False))
+    if before:
+        anchor = await get(conn, before)
+        query = query.where(or_(m.c.created_at < anchor.created_at,
+                                and_(m.c.created_at == anchor.created_at, m.c.id < anchor.id)))
+    rows = list(await conn.execute(query.order_by(m.c.created_at.desc(), m.c.id.desc())
+                                   .limit(limit)))
+    return [view(r, who, await photo_ids_of(conn, r.id)) for r in rows]

@@ -1,0 +1,132 @@
+"""Photo intake: limits before work, content before names, and no metadata out.
+
+Order of checks, cheapest first: the declared length and then the bytes actually read against
+photo_bytes_max (reading stops at the limit); the first bytes against the JPEG and PNG
+signatures (never the file name or the part's content type); the pixel count from the header
+against photo_pixels_max, before any decoding. Only then is the image decoded (off the event
+loop), turned upright, scaled, and re-encoded as a fresh JPEG from its pixels alone, so no
+EXIF, GPS, comment or colour-profile data survives. A thumbnail is made from the same pixels.
+Files live in the blob directory under generated names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from server.errors import ApiError
+
+SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG"}
+THUMB_SIDE_PX = 320
+
+
+@dataclass(frozen=True, slots=True)
+class CleanPhoto:
+    full: bytes
+    thumb: bytes
+    width: int
+    height: int
+
+
+def sniff(head: bytes) -> str:
+    for signature, kind in SIGNATURES.items():
+        if head.startswith(signature):
+            return kind
+    raise ApiError(415, "unsupported_media_type", "Only JPEG and PNG photos are accepted.")
+
+
+def declared_size(data: bytes, kind: str) -> tuple[int, int]:
+    """Width and height as the file's header declares them, read without Pillow, so that a
+    decompression bomb is refused before any library starts on it."""
+    if kind == "PNG":
+        if len(data) < 24 or data[12:16] != b"IHDR":
+            raise ApiError(415, "invalid_image", "The photo could not be read.")
+        return struct.unpack(">II", data[16:24])
+    at = 2
+    while at + 9 < len(data):
+        if data[at] != 0xFF:
+            break
+        marker = data[at + 1]
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            at += 2
+            continue
+        length = struct.unpack(">H", data[at + 2:at + 4])[0]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            height, width = struct.unpack(">HH", data[at + 5:at + 9])
+            return width, height
+        at += 2 + length
+    raise ApiError(415, "invalid_image", "The photo could not be read.")
+
+
+def _encode(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    # Saved from pixels with no exif/icc arguments: nothing of the original's metadata is kept.
+    image.save(out, "JPEG", quality=85, optimize=True)
+    return out.getvalue()
+
+
+def clean(data: bytes, *, pixels_max: int, side_px_max: int) -> CleanPhoto:
+    """Validate and re-encode; CPU-bound, so callers run it in a thread."""
+    kind = sniff(data[:16])
+    width, height = declared_size(data, kind)
+    if width < 1 or height < 1 or width * height > pixels_max:
+        raise ApiError(413, "too_many_pixels",
+                       f"The photo is {width}x{height}; at most {pixels_max} pixels.")
+    try:
+        with Image.open(io.BytesIO(data), formats=[kind]) as image:
+            if image.size != (width, height):
+                raise ApiError(415, "invalid_image", "The photo's header disagrees with itself.")
+            image.load()
+            upright = ImageOps.exif_transpose(image)
+            if upright.mode in ("RGBA", "LA") or "transparency" in upright.info:
+                background = Image.new("RGB", upright.size, (255, 255, 255))
+                background.paste(upright.convert("RGBA"), mask=upright.convert("RGBA"))
+                pixels = background
+            else:
+                pixels = upright.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
+            Image.DecompressionBombError):
+        raise ApiError(415, "invalid_image", "The photo could not be read.") from None
+    fresh = Image.frombytes("RGB", pixels.size, pixels.tobytes())
+    fresh.thumbnail((side_px_max, side_px_max))
+    thumb = fresh.copy()
+    thumb.thumbnail((THUMB_SIDE_PX, THUMB_SIDE_PX))
+    return CleanPhoto(_encode(fresh), _encode(thumb), fresh.width, fresh.height)
+
+
+async def clean_async(data: bytes, *, pixels_max: int, side_px_max: int) -> CleanPhoto:
+    return await asyncio.to_thread(clean, data, pixels_max=pixels_max, side_px_max=side_px_max)
+
+
+class BlobStore:
+    """Photos on disk: `<dir>/<id>.jpg` and `<id>.thumb.jpg`, written atomically."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def path(self, photo_id: str, thumb: bool = False) -> Path:
+        if not photo_id.replace("_", "").isalnum():
+            raise ApiError(404, "not_found", "The photo was not found.")
+        return self.directory / f"{photo_id}{'.thumb' if thumb else ''}.jpg"
+
+    def _write(self, target: Path, data: bytes) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(".part")
+        with open(partial, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        partial.replace(target)
+
+    async def put(self, photo_id: str, photo: CleanPhoto) -> None:
+        await asyncio.to_thread(self._write, self.path(photo_id), photo.full)
+        await asyncio.to_thread(self._write, self.path(photo_id, thumb=True), photo.thumb)
+
+    async def read(self, photo_id: str, thumb: bool = False) -> bytes:
+        return await asyncio.to_thread(self.path(photo_id, thumb).read_bytes)

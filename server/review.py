@@ -1,0 +1,75 @@
+"""The facility's review queue: held messages, approved or rejected by its staff.
+
+A decision is a conditional update (`WHERE status = 'held'`), so two officers deciding at once
+cannot both win. A rejection returns every credit the message cost to whoever paid, as new
+transfers keyed on the originals (so a retried rejection refunds once). Every decision goes to
+the audit log and, live, to the sender.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from billing import ledger
+from billing.tables import ledger_transfers
+from server import audit, messages
+from server.auth import Principal
+from server.errors import ApiError
+from server.events import Outbox
+from server.store.schema import messages as messages_table
+
+
+async def queue(conn: AsyncConnection, staff: Principal, facility_id: str,
+                limit: int) -> list[dict[str, Any]]:
+    m = messages_table
+    rows = list(await conn.execute(select(m).where(m.c.facility_id == facility_id,
+                                                   m.c.status == "held")
+                                   .order_by(m.c.created_at, m.c.id).limit(limit)))
+    return [messages.view(r, staff, await messages.photo_ids_of(conn, r.id)) for r in rows]
+
+
+async def _decide(conn: AsyncConnection, staff: Principal, message_id: str, status: str,
+                  reason: str | None, at: datetime) -> Any:
+    row = await messages.get(conn, message_id)
+    if staff.role != "admin" and row.facility_id != staff.facility_id:
+        raise ApiError(404, "not_found", "The message was not found.")
+    decided = await conn.execute(messages_table.update().where(
+        messages_table.c.id == row.id, messages_table.c.status == "held")
+        .values(status=status, reviewed_by=staff.account_id, reject_reason=reason))
+    if decided.rowcount != 1:
+        raise ApiError(409, "already_reviewed", f"The message is already {row.status}.")
+    await audit.record(conn, actor_id=staff.account_id, actor_role=staff.role,
+                       action=f"message.{'approve' if status == 'delivered' else 'reject'}",
+                       facility_id=row.facility_id, target=row.id, at=at,
+                       details={"reason": reason} if reason else {})
+    return await messages.get(conn, row.id)
+
+
+async def approve(conn: AsyncConnection, outbox: Outbox, staff: Principal, message_id: str,
+                  at: datetime) -> dict[str, Any]:
+    row = await _decide(conn, staff, message_id, "delivered", None, at)
+    await messages.announce(conn, outbox, row, at, new_for_recipient=True,
+                            status_for_sender=True)
+    return messages.view(row, staff, await messages.photo_ids_of(conn, row.id))
+
+
+async def reject(conn: AsyncConnection, outbox: Outbox, staff: Principal, message_id: str,
+                 reason: str, at: datetime) -> dict[str, Any]:
+    row = await _decide(conn, staff, message_id, "rejected", reason, at)
+    paid = list(await conn.execute(select(ledger_transfers).where(
+        ledger_transfers.c.ref == row.id, ledger_transfers.c.kind.in_(("message", "photo")))))
+    for t in paid:
+        await ledger.transfer(conn, key=f"refund:{t.idempotency_key}", debit=t.credit_account,
+                              credit=t.debit_account, amount=t.amount, kind="refund",
+                              ref=row.id, at=at)
+    if paid:
+        payer = paid[0].debit_account
+        await outbox.emit(conn, payer, "balance",
+                          {"balance": await ledger.balance(conn, payer)}, at)
+    await messages.announce(conn, outbox, row, at, new_for_recipient=False,
+                            status_for_sender=True)
+    return messages.view(row, staff, await messages.photo_ids_of(conn, row.id))
