@@ -139,3 +139,12 @@ def test_facility_create_and_update_from_the_command_line(tmp_path: Path) -> Non
     assert bad.returncode == 1 and "visit_block_minutes" in bad.stderr
     missing = kinwire("facility", "update", "fac_nope", "--settings", "{}", env=env)
     assert missing.returncode == 1
+
+
+def test_the_readme_lists_every_setting_as_the_code_defines_it() -> None:
+    from server.settings import describe
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for env, default, doc in describe():
+        row = f"| `{env}` | `{default}` | {doc} |"
+        assert row in readme, f"README's settings table is stale for {env}: `kinwire settings`"

@@ -215,20 +215,26 @@ async def test_sync_after_pruning_says_reset(api: Api, client: TestClient) -> No
     assert (await sock.call("sync", since=first))["ok"]["events"] == []
 
 
-async def test_a_slow_reader_is_closed_4008_and_memory_stays_bounded(
-        api: Api, client: TestClient) -> None:
-    fam = await api.family()
+async def raw_upgrade(client: TestClient, token: str) -> tuple[asyncio.StreamReader,
+                                                                asyncio.StreamWriter]:
+    """A bare TCP WebSocket upgrade that then neither reads nor answers pings."""
     host, port = client.server.host, client.server.port
-    # A raw socket that upgrades and then never reads: the server's writes back up.
     reader, writer = await asyncio.open_connection(host, port)
     key = base64.b64encode(os.urandom(16)).decode()
     writer.write((f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
                   f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
                   "Sec-WebSocket-Version: 13\r\n"
-                  f"Authorization: Bearer {fam.token}\r\n"
-                  f"Cookie: kw_session={fam.token}\r\n\r\n").encode())
+                  f"Cookie: kw_session={token}\r\n\r\n").encode())
     await writer.drain()
     assert b"101" in await reader.readline()
+    return reader, writer
+
+
+async def test_a_slow_reader_is_closed_4008_and_memory_stays_bounded(
+        api: Api, client: TestClient) -> None:
+    fam = await api.family()
+    # A raw socket that upgrades and then never reads: the server's writes back up.
+    _, writer = await raw_upgrade(client, fam.token)
     hub = client.app[HUB]
     for _ in range(100):
         if fam.id in hub.feeds:
@@ -295,3 +301,21 @@ async def test_invalid_msgpack_and_wrong_types_get_errors(api: Api, client: Test
     other_sock = await open_socket(client, other, JSON)
     assert "ok" in await other_sock.call("ping"), "others are unaffected"
     assert "ok" in await sock.call("ping")
+
+
+async def test_a_peer_that_ignores_pings_is_dropped(db_url: str, tmp_path) -> None:
+    async with app_client(db_url, tmp_path, ws_heartbeat_s=0.2) as client:
+        fam = await Api(client).family()
+        _, writer = await raw_upgrade(client, fam.token)
+        hub = client.app[HUB]
+        for _ in range(100):
+            if fam.id in hub.feeds:
+                break
+            await asyncio.sleep(0.02)
+        assert fam.id in hub.feeds
+        for _ in range(150):  # ~3 s: the server pings every 0.2 s and waits 0.1 s for a pong
+            if fam.id not in hub.feeds:
+                break
+            await asyncio.sleep(0.02)
+        assert fam.id not in hub.feeds, "the silent peer was not dropped"
+        writer.close()
