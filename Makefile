@@ -10,6 +10,7 @@ run: $(STAMP)
 	$(BIN)/kinwire serve --demo
 
 test: $(STAMP)
+	scripts/system-deps.sh
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# System packages the test suite needs beyond Python: coturn (TURN tests) and, for the
+# browser tests, Debian's Chromium. Installed from Debian's packages only when missing.
+set -euo pipefail
+need=()
+command -v turnserver >/dev/null 2>&1 || need+=(coturn)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+if [ ${#need[@]} -eq 0 ]; then
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "system-deps: missing ${need[*]}; run 'sudo apt-get install ${need[*]}'" >&2
+  exit 1
+fi
+echo "system-deps: installing ${need[*]} from Debian's packages"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+# The package's own service is not wanted: tests start private turnservers on free ports.
+if command -v systemctl >/dev/null 2>&1; then systemctl disable --now coturn >/dev/null 2>&1 || true; fi
