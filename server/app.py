@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -14,16 +15,20 @@ from aiohttp import web
 from billing import ledger
 from billing.gateway import PaymentGateway, SandboxGateway
 from server import (
+    calls,
     events,
     routes_auth,
+    routes_calls,
     routes_connections,
     routes_facilities,
     routes_messages,
     routes_money,
+    routes_visits,
 )
 from server.auth import LoginLimiter, Passwords
 from server.broker import Broker
 from server.context import Context
+from server.events import Outbox
 from server.gateway.client import RESTARTING
 from server.gateway.endpoint import HUB, websocket
 from server.gateway.hub import Hub
@@ -34,12 +39,14 @@ from server.settings import Settings
 from server.store import Store
 from server.store.migrate import migrate
 from server.store.schema import utcnow
+from signalling.meters import Meters
 
 log = logging.getLogger("kinwire")
 STATIC = Path(__file__).resolve().parent.parent / "static"
 
 ROUTES: list[Route] = [*routes_auth.ROUTES, *routes_facilities.ROUTES, *routes_money.ROUTES,
-                       *routes_connections.ROUTES, *routes_messages.ROUTES]
+                       *routes_connections.ROUTES, *routes_messages.ROUTES,
+                       *routes_visits.ROUTES, *routes_calls.ROUTES]
 
 
 async def sweep(ctx: Context, hub: Hub, stop: asyncio.Event, interval_s: float = 30.0) -> None:
@@ -83,6 +90,11 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
         login_limiter=LoginLimiter(settings.login_failures_max, settings.login_window_s),
         clock=clock)
     app[CONTEXT] = ctx
+    ctx.meters = Meters(store, broker, clock, minute_s=settings.visit_minute_s,
+                        lease_s=settings.meter_lease_s, node_id=secrets.token_hex(6),
+                        sink=Outbox,
+                        push_live=lambda who, kind, data: calls.push_live(broker, who, kind,
+                                                                           data))
     hub = Hub(store, broker, per_user_max=settings.ws_connections_per_user_max,
               page_max=settings.sync_page_max)
     app[HUB] = hub
@@ -102,7 +114,9 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
     async def messaging(app: web.Application) -> AsyncIterator[None]:
         stop = asyncio.Event()
         sweeper = asyncio.create_task(sweep(ctx, hub, stop), name="sweeper")
+        await ctx.meters.start()
         yield
+        await ctx.meters.stop()
         stop.set()
         await sweeper
         await hub.close_all(RESTARTING, "server restarting")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from billing.gateway import PaymentGateway
 from server.auth import LoginLimiter, Passwords
@@ -22,3 +23,4 @@ class Context:
     passwords: Passwords
     login_limiter: LoginLimiter
     clock: Callable[[], datetime]
+    meters: Any = None  # signalling.meters.Meters, on a serving process

@@ -96,6 +96,13 @@ class Settings:
                                   "there are more).", lo=1, hi=100_000)
     event_retention_s: int = _setting(30 * 86_400, "How long events are kept for sync; an "
                                       "older `since` gets `reset`.", lo=60, hi=3650 * 86_400)
+    turn_secret: str = _setting("", "Shared secret with coturn (`static-auth-secret`) for TURN "
+                                "REST credentials; empty means no TURN servers are offered.")
+    turn_urls: tuple[str, ...] = _setting((), "Comma-separated TURN URLs, e.g. "
+                                          "`turn:turn.example:3478?transport=udp`.")
+    stun_urls: tuple[str, ...] = _setting((), "Comma-separated STUN URLs.")
+    meter_lease_s: float = _setting(6.0, "A visit meter's lease in the broker; another process "
+                                    "takes a meter over within this after its holder dies.")
     db_pool_size: int = _setting(10, "PostgreSQL connections per process.", lo=1, hi=200)
     db_busy_timeout_ms: int = _setting(5000, "SQLite busy timeout for writers of other processes.",
                                        lo=0, hi=600_000)
@@ -132,7 +139,12 @@ class Settings:
             raise SettingsError("REDIS_URL must start with redis://, rediss:// or unix://")
         if self.visit_minute_s <= 0 or self.visit_minute_s > 3600:
             raise SettingsError("KINWIRE_VISIT_MINUTE_S must be in (0, 3600]")
-        for name in ("ws_heartbeat_s", "ws_auth_timeout_s"):
+        for url in self.turn_urls + self.stun_urls:
+            if not url.startswith(("turn:", "turns:", "stun:", "stuns:")):
+                raise SettingsError(f"{url!r} is not a turn:/turns:/stun: URL")
+        if self.turn_urls and not self.turn_secret:
+            raise SettingsError("KINWIRE_TURN_URLS needs KINWIRE_TURN_SECRET")
+        for name in ("ws_heartbeat_s", "ws_auth_timeout_s", "meter_lease_s"):
             if not 0 < getattr(self, name) <= 3600:
                 raise SettingsError(f"{self.env_name(name)} must be in (0, 3600]")
         if self.payment_gateway != "sandbox":

@@ -15,7 +15,9 @@ import json
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from aiohttp import FormData
 from PIL import Image
@@ -323,6 +325,55 @@ async def _held(world: World, role: str) -> Req:
     return Req(params={"message_id": message}, json={"reason": "not allowed"})
 
 
+_slots = itertools.count()
+
+
+def _tomorrow() -> datetime:
+    """Tomorrow in the world's facility (America/Chicago), by the real clock."""
+    zone = ZoneInfo("America/Chicago")
+    return datetime.combine(datetime.now(zone).date() + timedelta(days=1), time(), zone)
+
+
+def _next_slot() -> str:
+    """A 30-minute block from tomorrow on, 09:00-18:30 local, never the same one twice."""
+    n = next(_slots)
+    day = _tomorrow().date() + timedelta(days=n // 20)
+    wall = time(9 + (n % 20) // 2, 30 * (n % 2))
+    return datetime.combine(day, wall, ZoneInfo("America/Chicago")).astimezone(UTC).isoformat()
+
+
+async def _slot_day(world: World, role: str) -> Req:
+    return Req(query=f"?date={_tomorrow().date().isoformat()}")
+
+
+async def _booking(world: World, role: str) -> Req:
+    return Req(json={"connection_id": world.ids["connection"], "start": _next_slot(),
+                     "blocks": 1})
+
+
+async def _visit(world: World, role: str) -> Req:
+    """A new scheduled visit of the world's family and person, well before the cut-off."""
+    r = await world.api.call("POST", "/visits", world.family,
+                             json=(await _booking(world, role)).json)
+    return Req(params={"visit_id": ok(r, 201)["visit"]["id"]})
+
+
+async def _visit_under_way(world: World, role: str) -> Req:
+    """A visit whose window is open now (booking cannot make one in the past)."""
+    from server.ids import new_id
+    from server.store.schema import utcnow, visits
+
+    now, visit_id = utcnow(), new_id("vis")
+    async with world.api.ctx.store.write() as conn:
+        await conn.execute(visits.insert().values(
+            id=visit_id, facility_id=world.facility, connection_id=world.ids["connection"],
+            family_id=world.family.id, person_id=world.person.id, booked_by=world.family.id,
+            start_at=now - timedelta(minutes=1), end_at=now + timedelta(minutes=29), blocks=1,
+            minute_price=50, media="direct", record=True, status="open", created_at=now,
+            updated_at=now))
+    return Req(params={"visit_id": visit_id}, json={"reason": "checking"})
+
+
 STAFF_HERE = frozenset({"staff", "admin"})  # "staff" = staff of the facility in the path
 ADMIN = frozenset({"admin"})
 PARTIES = frozenset({"family", "person"})
@@ -385,6 +436,19 @@ EXPECTED: dict[tuple[str, str], Expect] = {
                                                      hidden_from=OTHER_STAFF),
     ("POST", "/review/{message_id}/reject"): Expect(STAFF_HERE, 200, _held,
                                                     hidden_from=OTHER_STAFF),
+    # Visits. Slots: families, and staff of the facility (another's staff get 403 from the
+    # facility check). Listing: every role its own. Cancel: the family, staff of the facility
+    # (another facility's visit is hidden) and admins.
+    ("GET", "/facilities/{facility_id}/slots"): Expect(frozenset({"family", "staff", "admin"}),
+                                                       200, _slot_day),
+    ("POST", "/visits"): Expect(frozenset({"family"}), 201, _booking),
+    ("GET", "/visits"): Expect(ANY_SESSION, 200, _req()),
+    ("POST", "/visits/{visit_id}/cancel"): Expect(frozenset({"family", "staff", "admin"}), 200,
+                                                  _visit, hidden_from=OTHER_STAFF),
+    # A call: staff of the facility end it (another's staff: hidden); the parties get ICE.
+    ("POST", "/visits/{visit_id}/end"): Expect(STAFF_HERE, 200, _visit_under_way,
+                                               hidden_from=OTHER_STAFF),
+    ("GET", "/visits/{visit_id}/ice"): Expect(PARTIES, 200, _visit),
 }
 
 

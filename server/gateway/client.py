@@ -32,6 +32,7 @@ class Client:
         self.codec = codec
         self.principal: Principal | None = None
         self.last_seq = 0  # the highest event seq this socket has been sent
+        self.visits: set[str] = set()  # visits this socket joined (dropped when it closes)
         self.closing = False
         self._queue: asyncio.Queue[Any] = asyncio.Queue(queue_max)
         self._writer: asyncio.Task | None = None

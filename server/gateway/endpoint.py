@@ -14,13 +14,16 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from server import calls
 from server.auth import principal_for
 from server.errors import ApiError
+from server.events import Outbox
 from server.gateway.client import TOO_SLOW, UNAUTHORISED, Client
 from server.gateway.envelope import CODECS, JSON, BadFrame, decode, reply_error, reply_ok
 from server.gateway.hub import Hub
 from server.gateway.ops import HANDLERS, WsCall
 from server.routing import CONTEXT, COOKIE
+from signalling import visits
 
 log = logging.getLogger("kinwire.gateway")
 HUB = web.AppKey("hub", Hub)
@@ -62,11 +65,37 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         if client.principal is not None and not client.closing:
             await _read(client, request)
     finally:
-        await hub.detach(client)
-        if not client.closing:
-            client.close(1000, "bye")
-        await client.finish()
+        # aiohttp cancels a WebSocket handler whose peer went away; the clean-up must not be
+        # cut in half (a database call cancelled midway loses the party's departure), so it
+        # runs as its own task, which the hub waits for at shutdown.
+        await hub.shielded(_leave(client, request))
     return ws
+
+
+async def _leave(client: Client, request: web.Request) -> None:
+    await _drop_visits(client, request)
+    await request.app[HUB].detach(client)
+    if not client.closing:
+        client.close(1000, "bye")
+    await client.finish()
+
+
+async def _drop_visits(client: Client, request: web.Request) -> None:
+    """A socket that closes without hanging up leaves its visits: the meter pauses and the
+    peer is told; the party may rejoin inside the window."""
+    ctx = request.app[CONTEXT]
+    for visit_id in list(client.visits):
+        outbox = Outbox()
+        try:
+            async with ctx.store.write() as conn:
+                row = await visits.drop(conn, outbox, visit_id, client.principal.account_id,
+                                        ctx.clock())
+            await outbox.signal(ctx.broker)
+            await calls.push_live(ctx.broker, visits.peer_of(row, client.principal.account_id),
+                                  "visit.peer", {"visit_id": visit_id, "present": False})
+            await ctx.meters.poke(visit_id)
+        except Exception:
+            log.exception("could not record that a party left visit %s", visit_id)
 
 
 async def _attach(client: Client, hub: Hub) -> None:

@@ -131,6 +131,7 @@ class Hub:
         self.feeds: dict[str, Feed] = {}
         self._feed_locks: dict[str, asyncio.Lock] = {}
         self._ending: set[Feed] = set()  # detached feeds still winding down
+        self._cleanups: set[asyncio.Task] = set()
 
     def count(self) -> int:
         return sum(len(f.clients) for f in self.feeds.values())
@@ -201,8 +202,17 @@ class Hub:
                     closed += 1
         return closed
 
+    async def shielded(self, work: Any) -> None:
+        """Run `work` to completion even if the caller is cancelled."""
+        task = asyncio.create_task(work)
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+        await asyncio.shield(task)
+
     async def stop_all(self) -> None:
         """At shutdown, after the sockets: let every feed finish its current step and end."""
+        if self._cleanups:
+            await asyncio.wait(list(self._cleanups), timeout=10)
         feeds = [*self.feeds.values(), *self._ending]
         self.feeds.clear()
         self._ending.clear()

@@ -12,13 +12,15 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from server import events, messages
+from server import calls, events, messages
 from server.auth import Principal, principal_for
 from server.broker import BrokerUnavailable
 from server.connections import is_approved_contact
 from server.context import Context
 from server.errors import ApiError
 from server.events import Outbox
+from signalling import visits
+from signalling.visits import VisitError
 
 if TYPE_CHECKING:
     from server.gateway.client import Client
@@ -121,7 +123,86 @@ async def open_message(call: WsCall) -> dict[str, Any]:
     return {"message": shown}
 
 
+async def _in_visit(call: WsCall, work):
+    outbox = Outbox()
+    try:
+        async with call.ctx.store.write() as conn:
+            result = await work(conn, outbox)
+    except VisitError as exc:
+        raise calls.api_error(exc) from None
+    await outbox.signal(call.ctx.broker)
+    return result
+
+
+async def visit_join(call: WsCall) -> dict[str, Any]:
+    visit_id = call.arg_str("visit_id")
+    now = call.ctx.clock()
+    joined = await _in_visit(call, lambda conn, outbox: visits.join(
+        conn, outbox, visit_id, call.me.account_id, now))
+    call.client.visits.add(visit_id)
+    await calls.push_live(call.ctx.broker, joined.peer_id, "visit.peer",
+                          {"visit_id": visit_id, "present": True})
+    return {"visit": visits.public(joined.visit), "role": joined.role,
+            "peer_present": joined.peer_present, "media": joined.visit.media}
+
+
+async def visit_signal(call: WsCall) -> dict[str, Any]:
+    visit_id = call.arg_str("visit_id")
+    try:
+        signal = visits.checked_signal(call.args)
+    except VisitError as exc:
+        raise calls.api_error(exc) from None
+    if visit_id not in call.client.visits:
+        raise ApiError(409, "not_joined", "Join the visit first.")
+    async with call.ctx.store.read() as conn:
+        try:
+            row = await visits.get(conn, visit_id)
+            peer = visits.peer_of(row, call.me.account_id)
+        except VisitError as exc:
+            raise calls.api_error(exc) from None
+    if row.status not in visits.IN_CALL:
+        raise ApiError(409, "not_in_call", f"The visit is {row.status}.")
+    delivered = await calls.push_live(call.ctx.broker, peer, "visit.signal",
+                                      {"visit_id": visit_id, "from": call.me.account_id,
+                                       **signal})
+    return {"relayed": delivered}
+
+
+async def visit_media(call: WsCall) -> dict[str, Any]:
+    visit_id = call.arg_str("visit_id")
+    state = call.args.get("state")
+    if state not in ("connected", "disconnected"):
+        raise ApiError(422, "invalid_input", "state is connected or disconnected")
+    now = call.ctx.clock()
+    row = await _in_visit(call, lambda conn, outbox: visits.set_media(
+        conn, outbox, visit_id, call.me.account_id, state == "connected", now))
+    await call.ctx.meters.poke(visit_id)
+    return {"visit": visits.public(row)}
+
+
+async def visit_leave(call: WsCall) -> dict[str, Any]:
+    """Hang up: the visit ends for both (`hung_up`)."""
+    visit_id = call.arg_str("visit_id")
+    now = call.ctx.clock()
+
+    async def work(conn, outbox):
+        row = await visits.get(conn, visit_id)
+        visits.role_of(row, call.me.account_id)
+        return await visits.end(conn, outbox, visit_id, "hung_up", now)
+
+    row = await _in_visit(call, work)
+    call.client.visits.discard(visit_id)
+    if row is not None:
+        await calls.announce_end(call.ctx.broker, row)
+        await call.ctx.meters.poke(visit_id)
+    return {"ended": row is not None}
+
+
 HANDLERS: dict[str, Op] = {
+    "visit.join": Op(visit_join, PARTIES),
+    "visit.signal": Op(visit_signal, PARTIES),
+    "visit.media": Op(visit_media, PARTIES),
+    "visit.leave": Op(visit_leave, PARTIES),
     "message.send": Op(send_message, PARTIES),
     "message.open": Op(open_message, PARTIES),
     "ping": Op(ping, ANY),

@@ -186,35 +186,5 @@ photos = Table(
     Index("ix_photos_owner_created", "owner_id", "created_at"),
 )
 
-# --- video visits ---------------------------------------------------------------------------
-
-visits = Table(
-    "visits", metadata,
-    Column("id", String(32), primary_key=True),
-    Column("facility_id", String(32), ForeignKey("facilities.id"), nullable=False),
-    Column("connection_id", String(32), ForeignKey("connections.id"), nullable=False),
-    Column("family_id", String(32), ForeignKey("accounts.id"), nullable=False),
-    Column("person_id", String(32), ForeignKey("accounts.id"), nullable=False),
-    Column("booked_by", String(32), nullable=False),
-    # The window [start_at, end_at) on the facility's block grid, in UTC.
-    Column("start_at", UTCDateTime, nullable=False),
-    Column("end_at", UTCDateTime, nullable=False),
-    Column("blocks", Integer, nullable=False),
-    # Prices and media mode are fixed at booking, so a settings change never reprices a visit.
-    Column("minute_price", Integer, nullable=False),
-    Column("media", String(8), nullable=False),
-    Column("record", Boolean, nullable=False),
-    # scheduled -> open -> live <-> paused -> ended; or cancelled, missed.
-    Column("status", String(12), nullable=False),
-    Column("end_reason", String(24), nullable=True),
-    Column("created_at", UTCDateTime, nullable=False),
-    Column("updated_at", UTCDateTime, nullable=False),
-    # The meter's persisted state (billing/meter.py), so another process can take it over.
-    Column("meter", JSON, nullable=True),
-    CheckConstraint("status IN ('scheduled', 'open', 'live', 'paused', 'ended', 'cancelled', "
-                    "'missed')", name="ck_visits_status"),
-    CheckConstraint("blocks >= 1", name="ck_visits_blocks"),
-    Index("ix_visits_facility_start", "facility_id", "start_at"),
-    Index("ix_visits_family_start", "family_id", "start_at"),
-    Index("ix_visits_person_start", "person_id", "start_at"),
-)
+# --- video visits: defined by signalling/ (which may not import server/), on the same MetaData
+from signalling.tables import visits  # noqa: E402,F401

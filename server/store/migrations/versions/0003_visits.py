@@ -33,6 +33,10 @@ def upgrade() -> None:
         sa.Column("end_reason", sa.String(length=24), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("family_media", sa.String(length=12), nullable=False),
+        sa.Column("person_media", sa.String(length=12), nullable=False),
+        sa.Column("media_changed_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("ended_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("meter", sa.JSON(), nullable=True),
         sa.CheckConstraint(
             "status IN ('scheduled', 'open', 'live', 'paused', 'ended', 'cancelled', 'missed')",

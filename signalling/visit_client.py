@@ -1,0 +1,597 @@
+"""The reference visit client: one party of a video visit, in Python on aiortc.
+
+    async with VisitClient(base_url, token, visit_id, loopback_only=True) as client:
+        async with asyncio.timeout(20):
+            await client.wait_frames("video", 50)
+        print(client.frames)          # {"video": n, "audio": m}, frames received per track kind
+    # leaving the block sends visit.leave and closes; or call `start()`, then `leave()`/`close()`
+
+What it does, in order (API.md, "WebSocket /ws"; the server side follows the same rules):
+1. Opens /ws with subprotocol `kinwire.v1.json` or `kinwire.v1.msgpack`, sends `auth {token}`.
+2. Sends `visit.join {visit_id}`. The reply is `{visit, role: family|person, peer_present,
+   media: direct|relay}`. Then GET /api/v1/visits/{id}/ice gives the `ice_servers`.
+3. Who offers: in `direct` mode the FAMILY side offers whenever the peer is present and it has no
+   peer connection (on the join reply, or on a `visit.peer {present: true}` push); the person
+   answers. In `relay` mode the server answers both parties: the client offers right after joining.
+4. Offer/answer go out as `visit.signal {visit_id, description: {type, sdp}}`. aiortc gathers all
+   its candidates into the SDP before it is sent, so the client sends no trickle candidates, but it
+   accepts `visit.signal {candidate: {candidate, sdpMid, sdpMLineIndex}}` pushes from the other
+   side (a browser trickles) and adds them to its peer connection.
+5. It reports `visit.media {visit_id, state: connected|disconnected}` as its peer connection's
+   state changes, counts received frames per track kind, and surfaces the pushes `visit.live`,
+   `visit.tick`, `visit.warning`, `visit.ended` (in `events`, and to `on_event` if given).
+   `visit.ended` ends the client. `leave()` sends `visit.leave` and closes everything.
+
+`loopback_only=True` (tests, benchmarks on one machine) forces ICE relay-only policy and insists
+that every ICE server is on a loopback address: then no host candidate is gathered at all and the
+only sockets the client opens are connected to the TURN server on 127.0.0.1 (docs/turn.md).
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import contextlib
+import fractions
+import ipaddress
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import msgpack
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCIceServer,
+    RTCIceTransportPolicy,
+    RTCPeerConnection,
+    RTCSessionDescription,
+    VideoStreamTrack,
+)
+from aiortc.contrib.media import MediaPlayer
+from aiortc.mediastreams import MediaStreamError
+from aiortc.sdp import candidate_from_sdp
+from av import AudioFrame, VideoFrame
+
+log = logging.getLogger("kinwire.visit_client")
+
+REPLY_TIMEOUT_S = 10.0
+JSON = "kinwire.v1.json"
+MSGPACK = "kinwire.v1.msgpack"
+SURFACED = ("visit.live", "visit.tick", "visit.warning", "visit.ended", "visit.peer",
+            "visit.updated")
+
+
+class VisitError(Exception):
+    """The server answered a command with an error, or the visit could not be joined."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+# --- ICE configuration -------------------------------------------------------------------------
+
+def _url_host(url: str) -> str:
+    """The host of a `stun:`/`turn:`/`turns:` URL (`turn:[::1]:3478?transport=udp` -> `::1`)."""
+    rest = url.split(":", 1)[1].split("?", 1)[0]
+    return urlsplit("//" + rest).hostname or ""
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def rtc_configuration(ice_servers: list[dict[str, Any]], *,
+                      loopback_only: bool = False) -> RTCConfiguration:
+    """RTCConfiguration from WebRTC `iceServers` dicts (as GET /visits/{id}/ice returns them).
+
+    An empty list stays empty: aiortc then uses no STUN server at all (it falls back to a public
+    STUN server only when iceServers is None, which this never passes).
+
+    `loopback_only`: relay-only ICE (`iceTransportPolicy: relay`), and every server URL must be on
+    a loopback address, else ValueError. With the relay policy aioice gathers no host and no
+    server-reflexive candidate; its only socket is the TURN client's, connected to the TURN
+    server; and the coturn of docs/turn.md relays to 127.0.0.1 alone. The server's own aiortc
+    peer in relay mode uses the same function in tests.
+    """
+    servers = []
+    for entry in ice_servers:
+        urls = entry["urls"] if isinstance(entry["urls"], list) else [entry["urls"]]
+        if loopback_only:
+            far = [u for u in urls if not _is_loopback(_url_host(u))]
+            if far:
+                raise ValueError(f"loopback_only, but these ICE servers are not: {far}")
+        servers.append(RTCIceServer(urls=urls, username=entry.get("username"),
+                                    credential=entry.get("credential")))
+    if loopback_only and not any(u.startswith("turn") for s in servers for u in s.urls):
+        raise ValueError("loopback_only needs a TURN server on a loopback address")
+    policy = RTCIceTransportPolicy.RELAY if loopback_only else RTCIceTransportPolicy.ALL
+    return RTCConfiguration(iceServers=servers, iceTransportPolicy=policy)
+
+
+# --- synthetic camera and microphone -----------------------------------------------------------
+
+class SyntheticVideoTrack(VideoStreamTrack):
+    """A moving test pattern (a diagonal gradient that scrolls, and a bar that sweeps across),
+    `width` x `height` at `fps`. Built from bytes, so no numpy is needed."""
+
+    def __init__(self, width: int = 640, height: int = 480, fps: int = 30) -> None:
+        super().__init__()
+        self.width, self.height, self.fps = width, height, fps
+        self._n = 0
+        self._t0: float | None = None
+        self._ramp = bytes((16 + (i * 219) // max(1, width - 1)) for i in range(width)) * 2
+
+    async def recv(self) -> VideoFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._t0 is None:
+            self._t0 = time.monotonic()
+        else:
+            await asyncio.sleep(max(0.0, self._t0 + self._n / self.fps - time.monotonic()))
+        frame = VideoFrame(width=self.width, height=self.height, format="yuv420p")
+        y, u, v = frame.planes
+        shift = (self._n * 8) % self.width
+        bar = (self._n * 4) % self.height
+        rows = []
+        for row in range(self.height):
+            start = (shift + row) % self.width
+            line = self._ramp[start:start + self.width]
+            if bar <= row < bar + 16:
+                line = b"\xeb" * self.width
+            rows.append(line.ljust(y.line_size, b"\x10"))
+        y.update(b"".join(rows))
+        chroma_rows = (self.height + 1) // 2
+        u.update(bytes([96 + (self._n % 64)]) * (u.line_size * chroma_rows))
+        v.update(b"\x80" * (v.line_size * chroma_rows))
+        frame.pts = int(self._n * 90000 / self.fps)
+        frame.time_base = fractions.Fraction(1, 90000)
+        self._n += 1
+        return frame
+
+
+class ToneAudioTrack(MediaStreamTrack):
+    """A quiet 400 Hz tone, 48 kHz mono, 20 ms frames (400 Hz is a whole number of cycles per
+    frame, so frames join without a click)."""
+
+    kind = "audio"
+    RATE = 48000
+    SAMPLES = 960
+
+    def __init__(self, amplitude: float = 0.05) -> None:
+        super().__init__()
+        pcm = array.array("h", (int(amplitude * 32767 * math.sin(2 * math.pi * 400 * i / self.RATE))
+                               for i in range(self.SAMPLES)))
+        self._pcm = pcm.tobytes()
+        self._n = 0
+        self._t0: float | None = None
+
+    async def recv(self) -> AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._t0 is None:
+            self._t0 = time.monotonic()
+        else:
+            await asyncio.sleep(max(0.0, self._t0 + self._n * 0.02 - time.monotonic()))
+        frame = AudioFrame(format="s16", layout="mono", samples=self.SAMPLES)
+        frame.planes[0].update(self._pcm)
+        frame.pts = self._n * self.SAMPLES
+        frame.sample_rate = self.RATE
+        frame.time_base = fractions.Fraction(1, self.RATE)
+        self._n += 1
+        return frame
+
+
+# --- the client ------------------------------------------------------------------------------
+
+class VisitClient:
+    """One party of a visit. See the module docstring for the protocol.
+
+    Public state: `role`, `media` ("direct"|"relay"), `visit` (the join reply's visit),
+    `peer_present`, `connection_state` (the current peer connection's), `frames` (received frames
+    per track kind, over all of the visit's peer connections), `events` (surfaced pushes as
+    `(type, data)`, in order), `ended` (the `visit.ended` reason, or None), `closed`, `pc` (the
+    current RTCPeerConnection, or None), `ice_servers`.
+    """
+
+    def __init__(self, base_url: str, token: str, visit_id: str, *, codec: str = "json",
+                 camera: str = "synthetic", loopback_only: bool = False,
+                 width: int = 640, height: int = 480, fps: int = 30,
+                 on_event: Callable[[str, dict[str, Any]], Any] | None = None) -> None:
+        if codec not in ("json", "msgpack"):
+            raise ValueError("codec is 'json' or 'msgpack'")
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.visit_id = visit_id
+        self.codec = codec
+        self.camera = camera
+        self.loopback_only = loopback_only
+        self.size = (width, height, fps)
+        self.on_event = on_event
+        self.role: str | None = None
+        self.media: str | None = None
+        self.visit: dict[str, Any] | None = None
+        self.peer_present = False
+        self.ice_servers: list[dict[str, Any]] = []
+        self.pc: RTCPeerConnection | None = None
+        self.connection_state = "new"
+        self.frames: dict[str, int] = {}
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.ended: str | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._next_id = 0
+        self._replies: dict[int, asyncio.Future[Any]] = {}
+        self._pushes: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._reader: asyncio.Task[None] | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._local: list[MediaStreamTrack] = []
+        self._reported: str | None = None  # the last visit.media state sent
+        self._pending_candidates: list[dict[str, Any]] = []
+        self._changed = asyncio.Condition()
+        self._closed = False
+        self._close_task: asyncio.Task[None] | None = None
+
+    # -- lifecycle
+
+    async def __aenter__(self) -> VisitClient:
+        try:
+            await self.start()
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.leave()
+
+    async def start(self) -> dict[str, Any]:
+        """Connect, authenticate, join, fetch the ICE servers, and offer when it is our turn.
+        Returns the join reply."""
+        self._session = aiohttp.ClientSession()
+        protocol = JSON if self.codec == "json" else MSGPACK
+        self._ws = await self._session.ws_connect(f"{self.base_url}/ws", protocols=(protocol,),
+                                                  heartbeat=20)
+        self._reader = asyncio.create_task(self._read(), name="visit-client-reader")
+        await self.call("auth", {"token": self.token})
+        joined = await self.call("visit.join", {"visit_id": self.visit_id})
+        self.visit = joined.get("visit")
+        self.role = joined.get("role")
+        self.media = joined.get("media", "direct")
+        self.peer_present = bool(joined.get("peer_present"))
+        headers = {"Authorization": f"Bearer {self.token}"}
+        async with self._session.get(f"{self.base_url}/api/v1/visits/{self.visit_id}/ice",
+                                     headers=headers) as resp:
+            body = await resp.json(content_type=None)
+            if resp.status != 200:
+                error = (body or {}).get("error", {}) if isinstance(body, dict) else {}
+                raise VisitError(error.get("code", f"http_{resp.status}"),
+                                 error.get("message", "could not fetch the ICE servers"))
+        self.ice_servers = body["ice_servers"]
+        rtc_configuration(self.ice_servers, loopback_only=self.loopback_only)  # fail early
+        self._worker = asyncio.create_task(self._work(), name="visit-client-worker")
+        await self._pushes.put({"type": "_offer", "data": {}})  # offers if it is our turn
+        return joined
+
+    async def leave(self) -> None:
+        """Send `visit.leave` (unless the visit already ended) and close everything."""
+        if not self._closed and self.ended is None and self._ws is not None \
+                and not self._ws.closed:
+            with contextlib.suppress(VisitError, ConnectionError, TimeoutError,
+                                     aiohttp.ClientError):
+                await asyncio.wait_for(self.call("visit.leave", {"visit_id": self.visit_id}), 5)
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the peer connection, the local tracks, the socket and the HTTP session.
+        Idempotent; it also runs by itself on `visit.ended` or when the server closes the socket
+        (this reference client does not reconnect)."""
+        self._begin_close()
+        assert self._close_task is not None
+        await asyncio.shield(self._close_task)
+
+    def _begin_close(self) -> None:
+        if self._close_task is None:
+            self._closed = True
+            self._close_task = asyncio.create_task(self._shutdown(), name="visit-client-close")
+
+    async def _shutdown(self) -> None:
+        tasks = [t for t in (self._worker, self._reader, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self._drop_pc()
+        if self._ws is not None:
+            await self._ws.close()
+        if self._session is not None:
+            await self._session.close()
+        for future in self._replies.values():
+            if not future.done():
+                future.set_exception(ConnectionError("the visit client closed"))
+        self._replies.clear()
+        await self._notify()
+
+    @property
+    def closed(self) -> bool:
+        """True once the client is closing or closed (by `leave`, `close`, `visit.ended`, or the
+        server closing the socket)."""
+        return self._closed
+
+    # -- waiting helpers (tests, benchmarks, the CLI)
+
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        """Wait until `predicate()` holds (re-checked whenever the client's state changes).
+        Bound it with `asyncio.timeout(...)`."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: predicate() or self._closed)
+        if not predicate():
+            raise ConnectionError(f"the visit client closed (ended: {self.ended})")
+
+    async def wait_frames(self, kind: str, count: int) -> None:
+        await self.wait_for(lambda: self.frames.get(kind, 0) >= count)
+
+    async def wait_connected(self) -> None:
+        await self.wait_for(lambda: self.connection_state == "connected")
+
+    async def wait_event(self, kind: str) -> dict[str, Any]:
+        await self.wait_for(lambda: any(k == kind for k, _ in self.events))
+        return next(d for k, d in self.events if k == kind)
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    # -- the socket
+
+    def _encode(self, value: dict[str, Any]) -> str | bytes:
+        if self.codec == "json":
+            return json.dumps(value, separators=(",", ":"))
+        return msgpack.packb(value, use_bin_type=True)
+
+    async def call(self, op: str, args: dict[str, Any]) -> Any:
+        """Send a command and wait for its reply's `ok`; VisitError on an `error` reply."""
+        if self._ws is None or self._ws.closed:
+            raise ConnectionError("the socket is closed")
+        self._next_id += 1
+        command_id = self._next_id
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._replies[command_id] = future
+        frame = self._encode({"id": command_id, "op": op, "args": args})
+        try:
+            if isinstance(frame, str):
+                await self._ws.send_str(frame)
+            else:
+                await self._ws.send_bytes(frame)
+            return await asyncio.wait_for(future, REPLY_TIMEOUT_S)
+        finally:
+            self._replies.pop(command_id, None)
+
+    async def _read(self) -> None:
+        assert self._ws is not None
+        try:
+            async for msg in self._ws:
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    value = json.loads(msg.data)
+                elif msg.type == aiohttp.WSMsgType.BINARY:
+                    value = msgpack.unpackb(msg.data, raw=False)
+                else:
+                    continue
+                if not isinstance(value, dict):
+                    continue
+                if "type" in value:
+                    await self._pushes.put(value)
+                    continue
+                future = self._replies.get(value.get("id"))
+                if future is None:
+                    log.warning("unsolicited reply %s", value)
+                elif not future.done():
+                    if "error" in value:
+                        err = value["error"] or {}
+                        future.set_exception(VisitError(err.get("code", "error"),
+                                                        err.get("message", "")))
+                    else:
+                        future.set_result(value.get("ok"))
+        finally:
+            for future in self._replies.values():
+                if not future.done():
+                    future.set_exception(ConnectionError(
+                        f"the socket closed ({self._ws.close_code})"))
+            await self._pushes.put({"type": "_closed", "data": {}})
+
+    # -- pushes, handled one at a time in arrival order
+
+    async def _work(self) -> None:
+        while True:
+            push = await self._pushes.get()
+            kind, data = push.get("type"), push.get("data") or {}
+            try:
+                await self._handle(kind, data)
+            except (VisitError, ConnectionError, ValueError) as exc:
+                log.warning("visit client: %s while handling %s", exc, kind)
+            await self._notify()
+            if kind == "_closed" or self.ended is not None:
+                self._begin_close()
+                return
+
+    async def _handle(self, kind: str | None, data: dict[str, Any]) -> None:
+        if kind == "_offer":
+            if self._should_offer():
+                await self._offer()
+            return
+        if data.get("visit_id") not in (None, self.visit_id):
+            return
+        if kind in SURFACED:
+            self.events.append((kind, data))
+            if self.on_event is not None:
+                result = self.on_event(kind, data)
+                if asyncio.iscoroutine(result):
+                    await result
+        if kind == "visit.peer":
+            self.peer_present = bool(data.get("present"))
+            if self.media == "relay":
+                return
+            if not self.peer_present:
+                await self._drop_pc()  # the peer left: wait for it to come back
+            elif self._should_offer():
+                await self._offer()
+        elif kind == "visit.signal":
+            if "description" in data:
+                await self._on_description(data["description"])
+            elif "candidate" in data:
+                await self._on_candidate(data["candidate"])
+        elif kind == "visit.ended":
+            self.ended = str(data.get("reason", "ended"))
+
+    def _should_offer(self) -> bool:
+        if self.pc is not None:
+            return False
+        return self.media == "relay" or (self.role == "family" and self.peer_present)
+
+    # -- WebRTC
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _new_local_tracks(self) -> list[MediaStreamTrack]:
+        """Fresh camera and microphone tracks for each peer connection: aiortc does not resume
+        sending a track that a closed peer connection's sender was reading."""
+        width, height, fps = self.size
+        if self.camera == "synthetic":
+            return [SyntheticVideoTrack(width, height, fps), ToneAudioTrack()]
+        player = MediaPlayer(self.camera, loop=True)
+        tracks = [t for t in (player.video, player.audio) if t is not None]
+        if player.audio is None:
+            tracks.append(ToneAudioTrack())
+        return tracks
+
+    async def _new_pc(self) -> RTCPeerConnection:
+        await self._drop_pc()
+        pc = RTCPeerConnection(rtc_configuration(self.ice_servers,
+                                                 loopback_only=self.loopback_only))
+        self.pc = pc
+        self._pending_candidates = []
+        self._local = self._new_local_tracks()
+        for track in self._local:
+            pc.addTrack(track)
+
+        @pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            self._spawn(self._count(track))
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            if pc is not self.pc:
+                return
+            self.connection_state = pc.connectionState
+            if pc.connectionState == "connected":
+                await self._report("connected")
+            elif pc.connectionState in ("failed", "closed", "disconnected"):
+                await self._report("disconnected")
+            await self._notify()
+
+        return pc
+
+    async def _drop_pc(self) -> None:
+        pc, self.pc = self.pc, None
+        if pc is None:
+            return
+        if self._reported == "connected":
+            await self._report("disconnected")
+        self.connection_state = "closed"
+        await pc.close()
+        for track in self._local:  # aiortc stops the senders, not the tracks they read
+            track.stop()
+        self._local = []
+
+    async def _report(self, state: str) -> None:
+        if self._reported == state:
+            return
+        self._reported = state
+        if self._closed or self._ws is None or self._ws.closed:
+            return  # leaving: visit.leave says it all
+        try:
+            await self.call("visit.media", {"visit_id": self.visit_id, "state": state})
+        except (VisitError, ConnectionError, TimeoutError) as exc:
+            log.info("visit.media %s not reported: %s", state, exc)
+
+    async def _count(self, track: MediaStreamTrack) -> None:
+        kind = track.kind
+        self.frames.setdefault(kind, 0)
+        while True:
+            try:
+                await track.recv()
+            except MediaStreamError:
+                return
+            self.frames[kind] += 1
+            if self.frames[kind] % 10 == 1:
+                await self._notify()
+
+    async def _offer(self) -> None:
+        pc = await self._new_pc()
+        await pc.setLocalDescription(await pc.createOffer())
+        await self._send_description(pc)
+
+    async def _send_description(self, pc: RTCPeerConnection) -> None:
+        desc = pc.localDescription
+        await self.call("visit.signal", {"visit_id": self.visit_id,
+                                         "description": {"type": desc.type, "sdp": desc.sdp}})
+
+    async def _on_description(self, description: dict[str, Any]) -> None:
+        kind, sdp = description.get("type"), description.get("sdp")
+        if kind not in ("offer", "answer") or not isinstance(sdp, str):
+            raise ValueError(f"unusable description type {kind!r}")
+        if kind == "offer":
+            pc = await self._new_pc()  # an offer always starts a new session
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+            await self._flush_candidates(pc)
+            await pc.setLocalDescription(await pc.createAnswer())
+            await self._send_description(pc)
+            return
+        pc = self.pc
+        if pc is None or pc.signalingState != "have-local-offer":
+            raise ValueError("an answer with no offer outstanding")
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+        await self._flush_candidates(pc)
+
+    async def _on_candidate(self, candidate: dict[str, Any]) -> None:
+        pc = self.pc
+        if pc is None or pc.remoteDescription is None:
+            self._pending_candidates.append(candidate)  # it raced ahead of its description
+            return
+        await self._add_candidate(pc, candidate)
+
+    async def _flush_candidates(self, pc: RTCPeerConnection) -> None:
+        pending, self._pending_candidates = self._pending_candidates, []
+        for candidate in pending:
+            await self._add_candidate(pc, candidate)
+
+    async def _add_candidate(self, pc: RTCPeerConnection, candidate: dict[str, Any]) -> None:
+        line = candidate.get("candidate") or ""
+        if line.startswith("candidate:"):
+            line = line[len("candidate:"):]
+        if not line:
+            await pc.addIceCandidate(None)  # end of candidates
+            return
+        try:
+            parsed = candidate_from_sdp(line)
+        except (AssertionError, ValueError, IndexError) as exc:
+            raise ValueError(f"unusable ICE candidate {line[:80]!r}") from exc
+        parsed.sdpMid = candidate.get("sdpMid")
+        parsed.sdpMLineIndex = candidate.get("sdpMLineIndex")
+        if parsed.sdpMid is None and parsed.sdpMLineIndex is None:
+            parsed.sdpMLineIndex = 0
+        await pc.addIceCandidate(parsed)

@@ -1,0 +1,214 @@
+"""The visit state machine: scheduled -> open -> live <-> paused -> ended (or cancelled, missed).
+
+Each party's media state ("absent", "joined", "connected") is stored on the visit row, so any
+process may record it; the row's status follows from them: the visit is live exactly while both
+parties report "connected", paused while it was live and one is not, open once anyone joined.
+`media_changed_at` marks the moment "both connected" last changed: the meter bills from these
+instants, whichever process it runs on. Every status change is a `visit.updated` event for both
+parties, written in the same transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import column, select, table
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from signalling.tables import visits
+
+ACTIVE = ("scheduled", "open", "live", "paused")
+IN_CALL = ("open", "live", "paused")
+END_REASONS = ("time_up", "balance_exhausted", "hung_up", "staff_ended", "failed")
+SDP_CHARS_MAX = 32_000
+CANDIDATE_CHARS_MAX = 1_024
+
+
+class EventSink(Protocol):
+    """Somewhere to write a user's event inside the current transaction (server's Outbox)."""
+
+    async def emit(self, conn: AsyncConnection, account_id: str, kind: str,
+                   data: dict[str, Any], at: datetime) -> int: ...
+
+
+class VisitError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+@dataclass(frozen=True)
+class Joined:
+    visit: Any
+    role: str
+    peer_id: str
+    peer_present: bool
+
+
+# The facility's time zone, by name only: signalling does not import server's tables.
+_facilities = table("facilities", column("id"), column("timezone"))
+
+
+def public(row: Any) -> dict[str, Any]:
+    """A visit as clients see it: UTC times, and the same in the facility's time zone."""
+    zone = ZoneInfo(row.timezone)
+    return {"id": row.id, "facility_id": row.facility_id, "connection_id": row.connection_id,
+            "family_id": row.family_id, "person_id": row.person_id,
+            "start": row.start_at.isoformat(), "end": row.end_at.isoformat(),
+            "timezone": row.timezone, "local_start": row.start_at.astimezone(zone).isoformat(),
+            "local_end": row.end_at.astimezone(zone).isoformat(), "blocks": row.blocks,
+            "status": row.status, "end_reason": row.end_reason,
+            "minute_price": row.minute_price, "media": row.media, "record": row.record,
+            "family_media": row.family_media, "person_media": row.person_media}
+
+
+async def get(conn: AsyncConnection, visit_id: str) -> Any:
+    """The visit's row, with its facility's `timezone` alongside."""
+    row = (await conn.execute(
+        select(visits, _facilities.c.timezone)
+        .join(_facilities, _facilities.c.id == visits.c.facility_id)
+        .where(visits.c.id == visit_id))).first()
+    if row is None:
+        raise VisitError(404, "not_found", "The visit was not found.")
+    return row
+
+
+def role_of(row: Any, account_id: str) -> str:
+    if account_id == row.family_id:
+        return "family"
+    if account_id == row.person_id:
+        return "person"
+    # A stranger learns nothing, not even that the visit exists.
+    raise VisitError(404, "not_found", "The visit was not found.")
+
+
+def peer_of(row: Any, account_id: str) -> str:
+    return row.person_id if role_of(row, account_id) == "family" else row.family_id
+
+
+async def announce(conn: AsyncConnection, sink: EventSink, row: Any, at: datetime) -> None:
+    for party in (row.family_id, row.person_id):
+        await sink.emit(conn, party, "visit.updated", public(row), at)
+
+
+def _status(current: str, family: str, person: str) -> str:
+    both = family == "connected" and person == "connected"
+    if both:
+        return "live"
+    if current in ("live", "paused"):
+        return "paused"
+    return "open"
+
+
+async def _set_party(conn: AsyncConnection, sink: EventSink, row: Any, role: str, state: str,
+                     now: datetime) -> Any:
+    family = state if role == "family" else row.family_media
+    person = state if role == "person" else row.person_media
+    status = _status(row.status, family, person)
+    values: dict[str, Any] = {f"{role}_media": state, "status": status, "updated_at": now}
+    was_both = row.status == "live"
+    if (status == "live") != was_both:
+        values["media_changed_at"] = now
+    # Conditional on the status read, so two processes recording at once cannot interleave.
+    changed = await conn.execute(visits.update().where(
+        visits.c.id == row.id, visits.c.status == row.status,
+        visits.c.family_media == row.family_media, visits.c.person_media == row.person_media)
+        .values(**values))
+    if changed.rowcount != 1:
+        return await _set_party(conn, sink, await get(conn, row.id), role, state, now)
+    fresh = await get(conn, row.id)
+    if fresh.status != row.status:
+        await announce(conn, sink, fresh, now)
+    return fresh
+
+
+def _check_window(row: Any, now: datetime) -> None:
+    if row.status not in IN_CALL and row.status != "scheduled":
+        raise VisitError(409, "visit_over", f"The visit is {row.status}.")
+    if now < row.start_at:
+        raise VisitError(409, "too_early", "The visit has not started yet.")
+    if now >= row.end_at:
+        raise VisitError(409, "visit_over", "The visit window has ended.")
+
+
+async def join(conn: AsyncConnection, sink: EventSink, visit_id: str, account_id: str,
+               now: datetime) -> Joined:
+    row = await get(conn, visit_id)
+    role = role_of(row, account_id)
+    _check_window(row, now)
+    current = row.family_media if role == "family" else row.person_media
+    if current == "absent":
+        row = await _set_party(conn, sink, row, role, "joined", now)
+    peer_state = row.person_media if role == "family" else row.family_media
+    return Joined(row, role, peer_of(row, account_id), peer_state != "absent")
+
+
+async def set_media(conn: AsyncConnection, sink: EventSink, visit_id: str, account_id: str,
+                    connected: bool, now: datetime) -> Any:
+    row = await get(conn, visit_id)
+    role = role_of(row, account_id)
+    if row.status not in IN_CALL:
+        raise VisitError(409, "not_in_call", f"The visit is {row.status}.")
+    if (row.family_media if role == "family" else row.person_media) == "absent":
+        raise VisitError(409, "not_joined", "Join the visit first.")
+    return await _set_party(conn, sink, row, role, "connected" if connected else "joined", now)
+
+
+async def drop(conn: AsyncConnection, sink: EventSink, visit_id: str, account_id: str,
+               now: datetime) -> Any:
+    """A party's socket went away without hanging up: absent, and the meter pauses."""
+    row = await get(conn, visit_id)
+    role = role_of(row, account_id)
+    if row.status not in IN_CALL:
+        return row
+    return await _set_party(conn, sink, row, role, "absent", now)
+
+
+async def end(conn: AsyncConnection, sink: EventSink, visit_id: str, reason: str,
+              now: datetime) -> Any | None:
+    """End a visit in a call (or one whose window passed); None if it had already ended."""
+    if reason not in END_REASONS:
+        raise ValueError(reason)
+    ended = await conn.execute(visits.update().where(
+        visits.c.id == visit_id, visits.c.status.in_(IN_CALL))
+        .values(status="ended", end_reason=reason, ended_at=now, updated_at=now,
+                family_media="absent", person_media="absent"))
+    if ended.rowcount != 1:
+        return None
+    row = await get(conn, visit_id)
+    await announce(conn, sink, row, now)
+    return row
+
+
+def checked_signal(args: dict[str, Any]) -> dict[str, Any]:
+    """An offer/answer or an ICE candidate, checked for shape and size before it is relayed."""
+    description, candidate = args.get("description"), args.get("candidate")
+    if (description is None) == (candidate is None):
+        raise VisitError(422, "invalid_signal", "Send either a description or a candidate.")
+    if description is not None:
+        if not isinstance(description, dict) or description.get("type") not in (
+                "offer", "answer"):
+            raise VisitError(422, "invalid_signal", "description.type is offer or answer.")
+        sdp = description.get("sdp")
+        if not isinstance(sdp, str) or not sdp.startswith("v=0") or len(sdp) > SDP_CHARS_MAX:
+            raise VisitError(422, "invalid_sdp",
+                             f"description.sdp must be SDP (v=0...) of at most {SDP_CHARS_MAX}.")
+        return {"description": {"type": description["type"], "sdp": sdp}}
+    if not isinstance(candidate, dict):
+        raise VisitError(422, "invalid_signal", "candidate must be an object.")
+    text = candidate.get("candidate")
+    mid, index = candidate.get("sdpMid"), candidate.get("sdpMLineIndex")
+    if not isinstance(text, str) or len(text) > CANDIDATE_CHARS_MAX:
+        raise VisitError(422, "invalid_candidate",
+                         f"candidate.candidate must be text of at most {CANDIDATE_CHARS_MAX}.")
+    if text and not text.startswith(("candidate:", "a=candidate:")):
+        raise VisitError(422, "invalid_candidate", "candidate.candidate is not an ICE candidate.")
+    if mid is not None and (not isinstance(mid, str) or len(mid) > 64):
+        raise VisitError(422, "invalid_candidate", "candidate.sdpMid is a short string.")
+    if index is not None and (not isinstance(index, int) or isinstance(index, bool)
+                              or not 0 <= index < 64):
+        raise VisitError(422, "invalid_candidate", "candidate.sdpMLineIndex is 0..63.")
+    return {"candidate": {"candidate": text, "sdpMid": mid, "sdpMLineIndex": index}}

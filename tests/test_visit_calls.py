@@ -1,0 +1,198 @@
+"""A visit's call through the real gateway and meter (signalling only, no media here): join,
+relay, live, the per-minute debits, pause, hang-up and staff end, on both databases."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from datetime import timedelta
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from billing import ledger
+from server.ids import new_id
+from server.store.schema import connections, utcnow, visits
+from tests.conftest import app_client
+from tests.helpers import Api
+from tests.test_gateway import MSGPACK, Sock, open_socket
+from tests.test_messaging import Cast, balance, cast
+
+MINUTE_S = 0.4
+
+
+async def book_now(api: Api, c: Cast, *, minutes: int = 30, started_s: float = 60,
+                   price: int = 50) -> str:
+    """A visit whose window is under way (booking itself is tested in test_booking.py)."""
+    now = utcnow()
+    visit_id = new_id("vis")
+    async with api.ctx.store.write() as conn:
+        con = (await conn.execute(connections.select().where(
+            connections.c.family_id == c.family.id))).first()
+        await conn.execute(visits.insert().values(
+            id=visit_id, facility_id=c.facility, connection_id=con.id, family_id=c.family.id,
+            person_id=c.person.id, booked_by=c.family.id,
+            start_at=now - timedelta(seconds=started_s),
+            end_at=now - timedelta(seconds=started_s) + timedelta(minutes=minutes), blocks=1,
+            minute_price=price, media="direct", record=True, status="scheduled",
+            created_at=now, updated_at=now))
+    return visit_id
+
+
+async def until(sock: Sock, kind: str, timeout: float = 10) -> dict[str, Any]:
+    """The next push of `kind`, skipping others."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        left = deadline - asyncio.get_running_loop().time()
+        assert left > 0, f"no {kind} push arrived"
+        frame = await sock.push(timeout=left)
+        if frame.get("type") == kind:
+            return frame
+
+
+async def join_both(client: TestClient, c: Cast, visit_id: str) -> tuple[Sock, Sock]:
+    fam = await open_socket(client, c.family)
+    per = await open_socket(client, c.person, MSGPACK)
+    first = await fam.call("visit.join", visit_id=visit_id)
+    assert first["ok"]["role"] == "family" and first["ok"]["peer_present"] is False
+    second = await per.call("visit.join", visit_id=visit_id)
+    assert second["ok"]["peer_present"] is True
+    assert (await until(fam, "visit.peer"))["data"]["present"] is True
+    return fam, per
+
+
+async def connect_media(fam: Sock, per: Sock, visit_id: str) -> None:
+    for sock in (fam, per):
+        reply = await sock.call("visit.media", visit_id=visit_id, state="connected")
+        assert "ok" in reply, reply
+
+
+async def test_signals_are_relayed_only_between_the_parties(api: Api,
+                                                            client: TestClient) -> None:
+    c = await cast(api, credits=500)
+    visit_id = await book_now(api, c)
+    fam, per = await join_both(client, c, visit_id)
+    offer = {"type": "offer", "sdp": "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\n"}
+    assert (await fam.call("visit.signal", visit_id=visit_id, description=offer))["ok"]
+    relayed = await until(per, "visit.signal")
+    assert relayed["data"]["description"] == offer and relayed["data"]["from"] == c.family.id
+    cand = {"candidate": "candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host",
+            "sdpMid": "0", "sdpMLineIndex": 0}
+    assert (await per.call("visit.signal", visit_id=visit_id, candidate=cand))["ok"]
+    assert (await until(fam, "visit.signal"))["data"]["candidate"] == cand
+    bad = [
+        ({"description": {"type": "offer", "sdp": "hello"}}, "invalid_sdp"),
+        ({"description": {"type": "rollback", "sdp": "v=0"}}, "invalid_signal"),
+        ({"candidate": {"candidate": "x" * 2000, "sdpMid": "0"}}, "invalid_candidate"),
+        ({"candidate": {"candidate": "not a candidate"}}, "invalid_candidate"),
+        ({}, "invalid_signal"),
+    ]
+    for args, code in bad:
+        reply = await fam.call("visit.signal", visit_id=visit_id, **args)
+        assert reply["error"]["code"] == code, (args, reply)
+    stranger = await api.family("Stranger")
+    s_sock = await open_socket(client, stranger)
+    assert (await s_sock.call("visit.join", visit_id=visit_id))["error"]["code"] == "not_found"
+    assert (await s_sock.call("visit.signal", visit_id=visit_id, description=offer))[
+        "error"]["code"] == "not_joined"
+
+
+async def test_the_meter_bills_connected_minutes_until_the_balance_runs_out(
+        db_url: str, tmp_path) -> None:
+    async with app_client(db_url, tmp_path, visit_minute_s=MINUTE_S, meter_lease_s=1.0) as client:
+        api = Api(client)
+        c = await cast(api, credits=500)
+        # Leave the family 120 credits: two minutes and 20 over.
+        r = await api.call("POST", "/gifts", c.family, json={"to": c.person.id, "credits": 380},
+                           key=secrets.token_hex(4))
+        assert r.status == 201 and r.body["balance"] == 120
+        visit_id = await book_now(api, c)
+        fam, per = await join_both(client, c, visit_id)
+        await connect_media(fam, per, visit_id)
+        started = asyncio.get_running_loop().time()
+        ended = await until(fam, "visit.ended", timeout=15)
+        elapsed = asyncio.get_running_loop().time() - started
+        assert ended["data"]["reason"] == "balance_exhausted"
+        assert (await until(per, "visit.ended"))["data"]["reason"] == "balance_exhausted"
+        assert 2 * MINUTE_S - 0.15 <= elapsed <= 2 * MINUTE_S + 1.0, elapsed
+        assert await balance(api, c.family) == 20
+        async with api.ctx.store.read() as conn:
+            entries = await ledger.statement(conn, c.family.id)
+            assert await ledger.check_invariants(conn) == []
+        minutes = [e for e in entries if e.kind == "visit_minute"]
+        assert sorted(e.key for e in minutes) == [f"visit:{visit_id}:minute:{k}" for k in (1, 2)]
+        assert all(e.amount == 50 for e in minutes)
+
+
+async def test_a_pause_is_not_billed(db_url: str, tmp_path) -> None:
+    async with app_client(db_url, tmp_path, visit_minute_s=MINUTE_S, meter_lease_s=1.0) as client:
+        api = Api(client)
+        c = await cast(api, credits=1000)
+        visit_id = await book_now(api, c)
+        fam, per = await join_both(client, c, visit_id)
+        await connect_media(fam, per, visit_id)
+        await asyncio.sleep(MINUTE_S * 1.5)  # live: minutes 1 and 2 paid
+        assert "ok" in await per.call("visit.media", visit_id=visit_id, state="disconnected")
+        await asyncio.sleep(MINUTE_S * 4)  # paused: nothing billed
+        paused_balance = await balance(api, c.family)
+        assert paused_balance == 900, paused_balance
+        assert "ok" in await per.call("visit.media", visit_id=visit_id, state="connected")
+        # 0.5 minute of paid time carried over; the third minute starts after it.
+        await asyncio.sleep(MINUTE_S * 0.2)
+        assert await balance(api, c.family) == 900, "carried-over seconds are used first"
+        await asyncio.sleep(MINUTE_S * 0.8)
+        assert await balance(api, c.family) == 850
+        assert "ok" in await fam.call("visit.leave", visit_id=visit_id)
+        assert (await until(per, "visit.ended"))["data"]["reason"] == "hung_up"
+        await asyncio.sleep(MINUTE_S * 2)
+        assert await balance(api, c.family) == 850, "nothing after hanging up"
+
+
+async def test_staff_end_a_live_visit(api: Api, client: TestClient) -> None:
+    c = await cast(api, credits=500)
+    visit_id = await book_now(api, c)
+    fam, per = await join_both(client, c, visit_id)
+    await connect_media(fam, per, visit_id)
+    other_staff = await api.staff(c.admin, await api.facility(c.admin))
+    assert (await api.call("POST", f"/visits/{visit_id}/end", other_staff, json={})).status \
+        == 404
+    r = await api.call("POST", f"/visits/{visit_id}/end", c.staff, json={"reason": "rules"})
+    assert r.status == 200 and r.body["visit"]["end_reason"] == "staff_ended"
+    for sock in (fam, per):
+        assert (await until(sock, "visit.ended"))["data"]["reason"] == "staff_ended"
+    again = await api.call("POST", f"/visits/{visit_id}/end", c.staff, json={})
+    assert again.status == 409
+    audit = (await api.call("GET", "/audit", c.staff)).body["entries"]
+    assert audit[0]["action"] == "visit.end" and audit[0]["details"] == {"reason": "rules"}
+    assert (await fam.call("visit.join", visit_id=visit_id))["error"]["code"] == "visit_over"
+
+
+async def test_a_dropped_socket_pauses_and_the_party_may_rejoin(api: Api,
+                                                                client: TestClient) -> None:
+    c = await cast(api, credits=500)
+    visit_id = await book_now(api, c)
+    fam, per = await join_both(client, c, visit_id)
+    await connect_media(fam, per, visit_id)
+    await per.ws.close()
+    assert (await until(fam, "visit.peer"))["data"]["present"] is False
+    async with api.ctx.store.read() as conn:
+        row = (await conn.execute(visits.select().where(visits.c.id == visit_id))).first()
+    assert row.status == "paused" and row.person_media == "absent"
+    per = await open_socket(client, c.person, MSGPACK)
+    assert (await per.call("visit.join", visit_id=visit_id))["ok"]["peer_present"] is True
+    assert "ok" in await per.call("visit.media", visit_id=visit_id, state="connected")
+    async with api.ctx.store.read() as conn:
+        row = (await conn.execute(visits.select().where(visits.c.id == visit_id))).first()
+    assert row.status == "live"
+
+
+async def test_joining_outside_the_window_is_refused(api: Api, client: TestClient) -> None:
+    c = await cast(api, credits=500)
+    later = await book_now(api, c, started_s=-3600)  # starts in an hour
+    fam = await open_socket(client, c.family)
+    assert (await fam.call("visit.join", visit_id=later))["error"]["code"] == "too_early"
+    over = await book_now(api, c, minutes=1, started_s=120)  # ended a minute ago
+    assert (await fam.call("visit.join", visit_id=over))["error"]["code"] == "visit_over"
+    ice = await api.call("GET", f"/visits/{later}/ice", c.family)
+    assert ice.status == 200 and ice.body["expires_at"]
+    assert (await api.call("GET", f"/visits/{later}/ice", await api.family("X"))).status == 404

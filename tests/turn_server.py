@@ -1,0 +1,189 @@
+"""A private coturn for tests: on 127.0.0.1 only, on free ports, stopped when the test ends.
+
+    async with private_coturn() as turn:
+        servers = ice_servers(secret=turn.secret, turn_urls=[turn.url], ...)
+
+The configuration file it writes is `signalling.turn.coturn_config(..., loopback_test=True)`, the
+same function docs/turn.md is checked against. It listens on 127.0.0.1 alone, relays from
+127.0.0.1 alone and lets allocations reach peers on 127.0.0.1 alone, so no test packet through it
+can leave the machine's loopback interface. Its log is kept in a temporary folder and shown when
+it fails to start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import secrets
+import shutil
+import socket
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from aioice import stun
+
+from signalling.turn import coturn_config
+
+HOST = "127.0.0.1"
+REALM = "kinwire.test"
+RELAY_PORTS = 32
+START_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class TurnServer:
+    host: str
+    port: int
+    secret: str
+    realm: str
+    min_port: int
+    max_port: int
+    config: str
+    log_file: Path
+
+    @property
+    def url(self) -> str:
+        return f"turn:{self.host}:{self.port}?transport=udp"
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+    def log(self) -> str:
+        try:
+            return self.log_file.read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+def _free(port: int) -> bool:
+    """True when nobody holds `port` on 127.0.0.1, for UDP and TCP (a plain bind, without
+    SO_REUSEPORT, fails even against a coturn that holds the port with it)."""
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(socket.AF_INET, kind) as sock:
+            try:
+                sock.bind((HOST, port))
+            except OSError:
+                return False
+    return True
+
+
+def _port_space() -> range:
+    """Ports above the kernel's ephemeral range, so that no client socket of this machine is
+    handed one of them while coturn is starting."""
+    try:
+        _low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        high = 60999
+    start = high + 1 if high < 65535 - 4 * RELAY_PORTS else 20000
+    return range(start, 65536 if start > 20000 else 32768)
+
+
+def _pick_ports() -> tuple[int, int]:
+    """A free listening port and the first port of a free relay range of RELAY_PORTS."""
+    space = _port_space()
+    rng = random.Random(secrets.randbits(32))
+    for _ in range(200):
+        listen = rng.randrange(space.start, space.stop)
+        first = rng.randrange(space.start, space.stop - RELAY_PORTS)
+        relay = range(first, first + RELAY_PORTS)
+        if listen in relay or not _free(listen):
+            continue
+        if all(_free(p) for p in relay):
+            return listen, first
+    raise RuntimeError("no free ports for a private coturn")
+
+
+class _Probe(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if not self.answer.done():
+            self.answer.set_result(data)
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # ICMP port unreachable while coturn is still starting: try again
+
+
+async def _answers_stun(port: int) -> bool:
+    """One STUN Binding request to 127.0.0.1:port; True on a Binding success response."""
+    loop = asyncio.get_running_loop()
+    transport, probe = await loop.create_datagram_endpoint(_Probe, remote_addr=(HOST, port))
+    try:
+        request = stun.Message(message_method=stun.Method.BINDING,
+                               message_class=stun.Class.REQUEST)
+        transport.sendto(bytes(request))
+        try:
+            data = await asyncio.wait_for(probe.answer, 0.2)
+        except TimeoutError:
+            return False
+        reply = stun.parse_message(data)
+        return (reply.transaction_id == request.transaction_id
+                and reply.message_class == stun.Class.RESPONSE)
+    finally:
+        transport.close()
+
+
+async def _stop(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 5)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def private_coturn(secret: str | None = None, *,
+                         loopback_test: bool = True) -> AsyncIterator[TurnServer]:
+    """Start coturn on 127.0.0.1 (free ports), wait until it answers STUN, stop it on exit.
+    `loopback_test=False` runs the production variant (every private peer denied, loopback
+    too) on the same loopback listener: it allocates, but relays to nobody here."""
+    binary = shutil.which("turnserver")
+    if binary is None:
+        raise RuntimeError("coturn's turnserver is missing: run scripts/system-deps.sh")
+    secret = secret or secrets.token_hex(16)
+    with tempfile.TemporaryDirectory(prefix="kinwire-coturn-") as folder:
+        tmp = Path(folder)
+        last_error = ""
+        for _attempt in range(3):  # a port taken between the check and coturn's bind: retry
+            port, first = _pick_ports()
+            server = TurnServer(
+                host=HOST, port=port, secret=secret, realm=REALM, min_port=first,
+                max_port=first + RELAY_PORTS - 1, log_file=tmp / f"turn-{port}.log",
+                config=coturn_config(
+                    secret=secret, realm=REALM, listening_ip=HOST, listening_port=port,
+                    relay_ip=HOST, min_port=first, max_port=first + RELAY_PORTS - 1,
+                    log_file=str(tmp / f"turn-{port}.log"), pid_file=str(tmp / "turn.pid"),
+                    userdb=str(tmp / "turndb"), loopback_test=loopback_test))
+            conf = tmp / "turnserver.conf"
+            conf.write_text(server.config)
+            proc = await asyncio.create_subprocess_exec(
+                binary, "-c", str(conf), stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+            try:
+                started = await _wait_started(proc, port)
+                if started:
+                    yield server
+                    return
+                last_error = server.log()[-2000:]
+            finally:
+                await _stop(proc)
+        raise RuntimeError(f"coturn did not start; its log ends with:\n{last_error}")
+
+
+async def _wait_started(proc: asyncio.subprocess.Process, port: int) -> bool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + START_TIMEOUT_S
+    while loop.time() < deadline:
+        if proc.returncode is not None:
+            return False
+        if await _answers_stun(port):
+            return True
+        await asyncio.sleep(0.05)
+    return False
