@@ -125,6 +125,41 @@ async def _facility(settings: Settings, args) -> int:
     return 0
 
 
+async def _visit_client(_settings: Settings, args) -> int:
+    """Join a visit with aiortc, send a synthetic or file camera, report frames received."""
+    import json
+    import os
+
+    from signalling.visit_client import VisitClient, VisitError
+
+    token = args.token or os.environ.get("KINWIRE_TOKEN", "")
+    if not token:
+        print("error: pass --token or set KINWIRE_TOKEN", file=sys.stderr)
+        return 2
+    client = VisitClient(args.url, token, args.visit, codec=args.codec, camera=args.camera,
+                         loopback_only=args.loopback_only)
+    try:
+        joined = await client.start()
+    except (VisitError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        await client.close()
+        return 1
+    print(json.dumps({"joined": joined.get("role"), "media": joined.get("media")}), flush=True)
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + args.seconds
+        while loop.time() < deadline and client.ended is None and not client.closed:
+            await asyncio.sleep(1)
+            print(json.dumps({"state": client.connection_state, "frames": client.frames}),
+                  flush=True)
+    finally:
+        if client.ended is None:
+            await client.leave()
+        await client.close()
+    print(json.dumps({"ended": client.ended, "frames": client.frames}), flush=True)
+    return 0
+
+
 def _serve(settings: Settings, args) -> int:
     from server.app import create_app
 
@@ -166,11 +201,20 @@ def parser() -> argparse.ArgumentParser:
     fac.add_argument("--timezone")
     fac.add_argument("--settings", help='JSON object, e.g. \'{"review_mode": "hold"}\'')
     sub.add_parser("settings", help="print the settings table")
+    vc = sub.add_parser("visit-client", help="join a visit with the aiortc reference client")
+    vc.add_argument("--url", default="http://127.0.0.1:8080")
+    vc.add_argument("--token", help="a session token (or KINWIRE_TOKEN)")
+    vc.add_argument("--visit", required=True)
+    vc.add_argument("--codec", choices=["json", "msgpack"], default="json")
+    vc.add_argument("--camera", default="synthetic", help="'synthetic' or a video file")
+    vc.add_argument("--seconds", type=float, default=60.0, help="stay this long at most")
+    vc.add_argument("--loopback-only", action="store_true",
+                    help="relay-only ICE through a TURN server on loopback (tests)")
     return p
 
 
 ASYNC = {"migrate": _migrate, "seed-demo": _seed_demo, "create-admin": _create_admin,
-         "facility": _facility}
+         "facility": _facility, "visit-client": _visit_client}
 SYNC = {"serve": _serve, "settings": _settings_table}
 
 

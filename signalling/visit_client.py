@@ -444,7 +444,12 @@ class VisitClient:
                 return
             if not self.peer_present:
                 await self._drop_pc()  # the peer left: wait for it to come back
-            elif self._should_offer():
+                return
+            if self.pc is not None and self.role == "family":
+                # The peer (re)joined while we still hold a session: its process may have died
+                # without saying it left, so the old session is dead. Start a new one.
+                await self._drop_pc()
+            if self._should_offer():
                 await self._offer()
         elif kind == "visit.signal":
             if "description" in data:

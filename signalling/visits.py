@@ -140,7 +140,9 @@ async def join(conn: AsyncConnection, sink: EventSink, visit_id: str, account_id
     role = role_of(row, account_id)
     _check_window(row, now)
     current = row.family_media if role == "family" else row.person_media
-    if current == "absent":
+    if current != "joined":
+        # A party joining has no media yet, even if the row says "connected": its last
+        # process may have died without recording that it left.
         row = await _set_party(conn, sink, row, role, "joined", now)
     peer_state = row.person_media if role == "family" else row.family_media
     return Joined(row, role, peer_of(row, account_id), peer_state != "absent")

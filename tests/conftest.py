@@ -100,6 +100,14 @@ async def db_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -
     return url
 
 
+@pytest.fixture
+async def pg_db(request: pytest.FixtureRequest) -> str:
+    """The run's PostgreSQL database, emptied: for tests of several server processes."""
+    url = request.getfixturevalue("pg_url")
+    await reset_postgres(url)
+    return url
+
+
 def test_settings(db_url: str, tmp_path: Path, **overrides) -> Settings:
     # argon2id stays argon2id in tests, at a cost that keeps hundreds of sign-ups fast.
     base = dict(database_url=db_url, data_dir=str(tmp_path), argon2_time_cost=1,

@@ -16,9 +16,7 @@ from typing import Any
 
 import aiohttp
 import msgpack
-import pytest
 
-from tests.conftest import reset_postgres
 from tests.test_cli import free_port, wait_ready
 
 VISA = {"number": "4242424242424242", "exp_month": 12, "exp_year": 2031, "cvc": "123",
@@ -65,12 +63,12 @@ class Node:
 
 
 @asynccontextmanager
-async def cluster(db: str, redis_url: str, tmp_path: Path, n: int = 2) -> AsyncIterator[
-        list[Node]]:
+async def cluster(db: str, redis_url: str, tmp_path: Path, n: int = 2,
+                  **settings: str) -> AsyncIterator[list[Node]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KINWIRE_")}
     env.update(DATABASE_URL=db, REDIS_URL=redis_url, KINWIRE_DATA_DIR=str(tmp_path),
                KINWIRE_ARGON2_MEMORY_KIB="1024", KINWIRE_ARGON2_TIME_COST="1",
-               KINWIRE_LOG_LEVEL="WARNING")
+               KINWIRE_LOG_LEVEL="WARNING", **settings)
     nodes = []
     try:
         for _ in range(n):
@@ -215,13 +213,6 @@ async def make_pair(http: aiohttp.ClientSession, a: Node, b: Node, db: str) -> t
                            **{"Idempotency-Key": "gift"})
     assert status == 201, r
     return family, person
-
-
-@pytest.fixture
-async def pg_db(request: pytest.FixtureRequest) -> str:
-    url = request.getfixturevalue("pg_url")
-    await reset_postgres(url)
-    return url
 
 
 @asynccontextmanager
