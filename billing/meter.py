@@ -40,11 +40,12 @@ Persistence and failover
 - `LeaseLost`: this process must stop. The state stays as last stored, nothing is persisted,
   and every later event is ignored until `TakenOver`.
 - `TakenOver(at)`: a new process resumes from the stored state. The parties are not assumed
-  connected (presence reports stamped before `at` are stale) and the time between the stored
-  state's last accounting and the takeover is never billed. A pending debit is issued again with
-  its key, which settles it whether or not the old process's attempt reached the ledger. An
-  ended state is announced again (`End`): the old process may have stored the end and died
-  before announcing it.
+  connected until the shell reports their current presence (a `Live` stamped with the moment
+  they connected, before the takeover, is fine: it applies from the takeover on), so the time
+  between the stored state's last accounting and the takeover is never billed. A pending debit
+  is issued again with its key, which settles it whether or not the old process's attempt
+  reached the ledger. An ended state is announced again (`End`): the old process may have
+  stored the end and died before announcing it.
 """
 
 from __future__ import annotations
@@ -341,7 +342,6 @@ def _on_debit_unknown(config: MeterConfig, s: MeterState, event: DebitUnknown, t
 
 
 def _on_taken_over(config: MeterConfig, s: MeterState, event: TakenOver, t: float) -> Result:
-    s = replace(s, presence_at=event.at)
     return s, [_debit(config, s.pending)] if s.pending is not None else []
 
 

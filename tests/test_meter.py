@@ -339,12 +339,16 @@ def test_takeover_settles_a_pending_debit_with_its_key():
     assert second.state.paid_minutes == 1 and second.balance == 9_950  # charged once
 
 
-def test_reports_from_before_a_takeover_are_stale():
+def test_after_a_takeover_the_current_presence_applies_from_the_takeover_on():
     shell = Shell(config(), 10_000)
     shell.feed(Live(0.0))
+    shell.feed(Paused(20.0))
     shell.feed(TakenOver(30.0))
-    shell.feed(Live(25.0))
+    shell.feed(Live(10.0))  # older than the last report applied: stale
     assert not shell.state.connected
+    shell.feed(Live(25.0))  # connected since 25, as the visit row says: billed from 30
+    assert shell.state.connected and shell.state.since == 30.0
+    assert shell.wake == 70.0  # 40 paid seconds were left after 20 s of the first minute
 
 
 def test_after_the_lease_is_lost_the_process_does_nothing():
