@@ -1,0 +1,247 @@
+// The kiosk app (docs/clients.md): a registered device (facility id and device token kept in
+// localStorage, the token sent as X-Device-Token), sign-in by inmate number and PIN, connection
+// requests to approve or deny, and the inbox with replies (collect when the balance is short).
+import { api, h, newKey, say } from "./api.js";
+import { KinwireSocket } from "./socket.js";
+import { Inbox, bubble } from "./threads.js";
+
+const DEFAULT_PRICES = { message: 50, photo: 100, visit_minute: 50 };
+const $ = (id) => document.getElementById(id);
+const state = { me: null, balance: 0, prices: DEFAULT_PRICES, connections: new Map(), inbox: null,
+                current: null, socket: null };
+
+// ---------- device and sign-in ----------
+function device() {
+  return { facility: localStorage.getItem("kinwire.facility") || "",
+           token: localStorage.getItem("kinwire.deviceToken") || "" };
+}
+function showDevice() {
+  const d = device();
+  $("device-facility").value = d.facility;
+  $("device-token").value = d.token;
+  $("device").open = !d.facility || !d.token;
+  say($("device-notice"), d.token ? "This device is registered." : "Enter the facility id and device token from staff.");
+}
+$("device-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  localStorage.setItem("kinwire.facility", $("device-facility").value.trim());
+  localStorage.setItem("kinwire.deviceToken", $("device-token").value.trim());
+  showDevice();
+  say($("device-notice"), "Saved on this device.", "ok");
+  $("login-number").focus();
+});
+
+$("login-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const d = device();
+  if (!d.facility || !d.token) {
+    say($("login-notice"), "This kiosk is not set up yet: ask staff to register it.", "error");
+    $("device").open = true;
+    return;
+  }
+  try {
+    await api("POST", "/auth/kiosk", {
+      headers: { "X-Device-Token": d.token },
+      body: { facility_id: d.facility, inmate_number: $("login-number").value.trim(), pin: $("login-pin").value } });
+    $("login-pin").value = "";
+    await start();
+  } catch (err) {
+    say($("login-notice"), err.message, "error");
+  }
+});
+
+$("logout").addEventListener("click", async () => {
+  try { await api("POST", "/auth/logout"); } catch { /* signed out either way */ }
+  if (state.socket) state.socket.stop();
+  location.reload();
+});
+
+// ---------- requests ----------
+function renderRequests() {
+  const pending = [...state.connections.values()].filter((c) => c.status === "requested");
+  const list = $("requests");
+  list.replaceChildren(...pending.map((c) => {
+    const name = c.family_name || "Someone";
+    const approve = h("button", { type: "button", class: "primary", "aria-label": `Approve ${name}` }, "Approve");
+    const deny = h("button", { type: "button", class: "danger", "aria-label": `Deny ${name}` }, "Deny");
+    approve.addEventListener("click", () => decide(c, "approve", approve, deny));
+    deny.addEventListener("click", () => decide(c, "deny", approve, deny));
+    return h("li", { dataset: { connection: c.id } }, h("span", {}, h("strong", {}, name), " wants to connect"),
+             h("span", { class: "row" }, approve, deny));
+  }));
+  if (!pending.length) list.append(h("li", { class: "muted" }, "No requests."));
+}
+
+async function decide(c, action, ...buttons) {
+  for (const b of buttons) b.disabled = true;
+  try {
+    const r = await api("POST", `/connections/${encodeURIComponent(c.id)}/${action}`);
+    upsertConnection(r.connection || { ...c, status: action === "approve" ? "approved" : "denied" });
+  } catch (err) {
+    for (const b of buttons) b.disabled = false;
+    alert(err.message);
+  }
+}
+
+function upsertConnection(c) {
+  const old = state.connections.get(c.id) || {};
+  state.connections.set(c.id, { ...old, ...c, family_name: c.family_name || old.family_name });
+  renderRequests();
+  renderThreads();
+  renderThread();
+}
+
+// ---------- inbox ----------
+function approvedContacts() {
+  return [...state.connections.values()].filter((c) => c.status === "approved");
+}
+
+function contactOf(familyId) {
+  return [...state.connections.values()].find((c) => c.family_id === familyId);
+}
+
+function renderThreads() {
+  const contacts = approvedContacts();
+  $("no-threads").hidden = contacts.length > 0;
+  $("threads").replaceChildren(...contacts.map((c) => {
+    const unread = state.inbox.unread(c.family_id);
+    const btn = h("button", { type: "button", "aria-current": String(state.current === c.family_id),
+                              dataset: { family: c.family_id } },
+      h("strong", {}, c.family_name || "Contact"),
+      unread ? h("span", { class: "count", "aria-label": `${unread} unread` }, unread) : null);
+    btn.addEventListener("click", () => { state.current = c.family_id; renderThreads(); renderThread(); $("compose-body").focus(); });
+    return h("li", {}, btn);
+  }));
+}
+
+async function payToOpen(msg) {
+  try {
+    const r = await api("POST", `/messages/${encodeURIComponent(msg.id)}/open`);
+    state.inbox.upsert(r.message);
+    renderThread();
+  } catch (err) {
+    say($("compose-notice"), err.message, "error");
+  }
+}
+
+const opening = new Set();
+function markRead(msgs) {
+  for (const m of msgs) {
+    if (m.from === state.me.id || m.opened_at || m.locked || m.status !== "delivered" || opening.has(m.id)) continue;
+    opening.add(m.id);
+    api("POST", `/messages/${encodeURIComponent(m.id)}/open`)
+      .then((r) => { state.inbox.upsert(r.message); })
+      .catch(() => {})
+      .finally(() => opening.delete(m.id));
+  }
+}
+
+function renderThread() {
+  const id = state.current;
+  $("thread").hidden = !id;
+  if (!id) return;
+  const c = contactOf(id);
+  $("thread-h").textContent = c ? (c.family_name || "Contact") : "";
+  const msgs = state.inbox.thread(id);
+  $("messages").replaceChildren(...msgs.map((m) => bubble(m, state.me.id, { onOpen: payToOpen })));
+  if (!msgs.length) $("messages").append(h("li", { class: "muted" }, "No messages yet."));
+  $("messages").scrollTop = $("messages").scrollHeight;
+  markRead(msgs);
+  renderCompose();
+}
+
+function renderCompose() {
+  if (!state.current) return;
+  const price = state.prices.message;
+  const short = state.balance < price;
+  $("send").textContent = `Send (${price} credits)`;
+  $("send").disabled = short;
+  $("send-cod").hidden = !short;
+  $("compose-price").textContent = short
+    ? `You have ${state.balance} credits; a message costs ${price}. Send it collect: they pay ${price} credits to open it.`
+    : `Sending costs ${price} credits (balance after: ${state.balance - price}).`;
+}
+
+let sendKey = null;
+async function send(cod) {
+  const body = $("compose-body").value;
+  if (!body.trim() || !state.current) return;
+  $("send").disabled = $("send-cod").disabled = true;
+  sendKey = sendKey || newKey();
+  try {
+    const r = await api("POST", "/messages", { key: sendKey, body: { to: state.current, body, cod } });
+    sendKey = null;
+    state.inbox.upsert(r.message);
+    $("compose-body").value = "";
+    say($("compose-notice"), cod ? "Sent collect." : "");
+    renderThread();
+  } catch (err) {
+    if (err.status && err.status < 500) sendKey = null;
+    say($("compose-notice"), err.message, "error");
+  } finally {
+    $("send-cod").disabled = false;
+    renderCompose();
+  }
+}
+$("compose").addEventListener("submit", (ev) => { ev.preventDefault(); send(false); });
+$("send-cod").addEventListener("click", () => send(true));
+$("compose-body").addEventListener("input", () => { sendKey = null; });
+
+// ---------- data and live events ----------
+function setBalance(n) {
+  state.balance = n;
+  $("balance").textContent = `${n} credits`;
+  $("balance").dataset.balance = String(n);
+  renderCompose();
+}
+
+async function reloadAll() {
+  const [me, conns, inbox, sent] = await Promise.all([
+    api("GET", "/me"), api("GET", "/connections"),
+    api("GET", "/messages?folder=inbox"), api("GET", "/messages?folder=sent")]);
+  setBalance(me.balance);
+  state.connections = new Map(conns.connections.map((c) => [c.id, c]));
+  state.inbox.clear();
+  for (const m of [...inbox.messages, ...sent.messages]) state.inbox.upsert(m);
+  renderRequests();
+  renderThreads();
+  renderThread();
+}
+
+function onEvent(type, data) {
+  if (type === "balance") setBalance(data.balance);
+  else if (type === "message.new" || type === "message.status") {
+    state.inbox.upsert(data);
+    renderThreads();
+    if (state.current === state.inbox.other(data)) renderThread();
+  } else if (type === "connection.updated") upsertConnection(data);
+}
+
+async function start() {
+  const me = await api("GET", "/me");
+  if (me.account.role !== "person") throw new Error("not a kiosk session");
+  state.me = me.account;
+  state.inbox = new Inbox(me.account.id);
+  $("me-name").textContent = me.account.name;
+  try {
+    const f = await api("GET", `/facilities/${encodeURIComponent(me.account.facility_id)}`);
+    state.prices = (f.facility.settings && f.facility.settings.prices) || DEFAULT_PRICES;
+  } catch { /* the defaults */ }
+  $("auth").hidden = true;
+  $("app").hidden = false;
+  $("who").hidden = false;
+  await reloadAll();
+  state.socket = new KinwireSocket({ onEvent, onReset: reloadAll, onUnauthorised: () => location.reload() }).start();
+  window.kinwire = state;
+  document.body.dataset.ready = "signed-in";
+}
+
+(async () => {
+  showDevice();
+  try {
+    await start();
+  } catch {
+    $("auth").hidden = false;
+    document.body.dataset.ready = "signed-out";
+  }
+})();

@@ -1,0 +1,230 @@
+// Kinwire's one socket client (docs/API.md, "WebSocket /ws"; docs/clients.md).
+// An ES module, no build step. It opens /ws with the kinwire.v1.json subprotocol (the session
+// cookie authenticates it, or a token given to the constructor), keeps it open with capped
+// exponential backoff, resumes the user's event stream from the last seq it applied (sync
+// {since} with paging; {reset} makes the page reload its data), drops duplicate seqs, shows its
+// state on the page and answers request/reply by id with a timeout.
+
+const PROTOCOL = "kinwire.v1.json";
+const NO_CURSOR = Number.MAX_SAFE_INTEGER; // beyond any head: the server answers {reset, seq}
+const NO_RECONNECT = new Set([4001, 4009]); // unauthorised, session revoked
+
+export class SocketError extends Error {
+  constructor(code, message) {
+    super(message || code);
+    this.code = code;
+  }
+}
+
+export class KinwireSocket {
+  /**
+   * @param {object} o
+   * @param {(type: string, data: object, seq?: number) => void} o.onEvent every push, in order
+   * @param {() => Promise<void>} o.onReset reload everything from HTTP (first connect, or the
+   *   stream was pruned past our cursor)
+   * @param {(state: string) => void} [o.onState] connecting | online | offline | closed
+   * @param {() => void} [o.onUnauthorised] the server closed 4001/4009: log in again
+   * @param {string} [o.token] a bearer token to send as `auth` (kiosks may use the cookie too)
+   */
+  constructor({ onEvent, onReset, onState, onUnauthorised, token, url, timeoutMs = 10000,
+                backoffMinMs = 250, backoffMaxMs = 15000 }) {
+    this.onEvent = onEvent;
+    this.onReset = onReset;
+    this.onState = onState || (() => {});
+    this.onUnauthorised = onUnauthorised || (() => {});
+    this.token = token || null;
+    this.url = url || `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
+    this.timeoutMs = timeoutMs;
+    this.backoffMinMs = backoffMinMs;
+    this.backoffMaxMs = backoffMaxMs;
+    this.lastSeq = null; // the highest seq applied; null until the first sync
+    this.nextId = 1;
+    this.pending = new Map(); // id -> {resolve, reject, timer}
+    this.buffer = []; // pushes with seq that arrive while a sync runs
+    this.syncing = false;
+    this.attempt = 0;
+    this.ws = null;
+    this.stopped = false;
+    this.state = "offline";
+    this.retryTimer = null;
+  }
+
+  start() {
+    this.stopped = false;
+    this._connect();
+    return this;
+  }
+
+  stop() {
+    this.stopped = true;
+    clearTimeout(this.retryTimer);
+    if (this.ws) this.ws.close(1000, "bye");
+    this._setState("closed");
+  }
+
+  _setState(state) {
+    if (state === this.state) return;
+    this.state = state;
+    document.documentElement.dataset.socket = state;
+    for (const el of document.querySelectorAll("[data-socket-state]")) {
+      el.dataset.socketState = state;
+      el.textContent = { connecting: "Connecting…", online: "Online", offline: "Offline – reconnecting",
+                         closed: "Signed out" }[state] || state;
+    }
+    this.onState(state);
+  }
+
+  _connect() {
+    if (this.stopped) return;
+    this._setState("connecting");
+    let ws;
+    try {
+      ws = new WebSocket(this.url, PROTOCOL);
+    } catch (err) {
+      this._scheduleRetry();
+      return;
+    }
+    this.ws = ws;
+    ws.onopen = () => this._opened(ws);
+    ws.onmessage = (ev) => this._frame(ws, ev.data);
+    ws.onclose = (ev) => this._closed(ws, ev.code);
+    ws.onerror = () => {}; // onclose follows and decides
+  }
+
+  async _opened(ws) {
+    try {
+      if (this.token) await this.request("auth", { token: this.token });
+      await this._resync();
+      if (ws !== this.ws) return;
+      this.attempt = 0;
+      this._setState("online");
+    } catch (err) {
+      // A failed sync on a live socket: drop it and let reconnection start over.
+      if (ws === this.ws && ws.readyState === WebSocket.OPEN) ws.close(4000, "resync failed");
+    }
+  }
+
+  _closed(ws, code) {
+    if (ws !== this.ws) return;
+    this.ws = null;
+    this.syncing = false;
+    this.buffer = [];
+    for (const [id, p] of this.pending) {
+      clearTimeout(p.timer);
+      p.reject(new SocketError("disconnected", "The connection was lost."));
+      this.pending.delete(id);
+    }
+    if (this.stopped) return;
+    if (NO_RECONNECT.has(code)) {
+      this.stopped = true;
+      this._setState("closed");
+      this.onUnauthorised(code);
+      return;
+    }
+    this._setState("offline");
+    this._scheduleRetry(code === 4008 ? 5 : 0);
+  }
+
+  _scheduleRetry(extraSteps = 0) {
+    const step = Math.min(this.attempt + extraSteps, 16);
+    const cap = Math.min(this.backoffMaxMs, this.backoffMinMs * 2 ** step);
+    const delay = cap / 2 + Math.random() * (cap / 2); // "equal jitter"
+    this.attempt += 1;
+    clearTimeout(this.retryTimer);
+    this.retryTimer = setTimeout(() => this._connect(), delay);
+  }
+
+  _frame(ws, text) {
+    if (ws !== this.ws) return;
+    let frame;
+    try {
+      frame = JSON.parse(text);
+    } catch {
+      return;
+    }
+    if (frame.id !== undefined && frame.id !== null && !frame.type) {
+      const p = this.pending.get(frame.id);
+      if (!p) return;
+      this.pending.delete(frame.id);
+      clearTimeout(p.timer);
+      if (frame.error) p.reject(new SocketError(frame.error.code, frame.error.message));
+      else p.resolve(frame.ok);
+      return;
+    }
+    if (typeof frame.type !== "string") return;
+    if (frame.seq === undefined || frame.seq === null) {
+      this._emit(frame.type, frame.data); // live-only: typing, signalling, meter ticks
+      return;
+    }
+    if (this.syncing || this.lastSeq === null) {
+      this.buffer.push(frame);
+      return;
+    }
+    this._apply(frame);
+  }
+
+  _apply(frame) {
+    if (frame.seq <= this.lastSeq) return; // a duplicate: already applied
+    if (frame.seq > this.lastSeq + 1) {
+      // A gap (should not happen on one socket): fetch what is missing, in order.
+      this.buffer.push(frame);
+      this._resync().catch(() => this.ws && this.ws.close(4000, "resync failed"));
+      return;
+    }
+    this.lastSeq = frame.seq;
+    this._emit(frame.type, frame.data, frame.seq);
+  }
+
+  _emit(type, data, seq) {
+    try {
+      this.onEvent(type, data || {}, seq);
+    } catch (err) {
+      console.error("kinwire: event handler failed", type, err);
+    }
+  }
+
+  async _resync() {
+    if (this.syncing) return;
+    this.syncing = true;
+    try {
+      for (;;) {
+        const since = this.lastSeq === null ? NO_CURSOR : this.lastSeq;
+        const r = await this.request("sync", { since });
+        if (r.reset) {
+          this.lastSeq = r.seq;
+          await this.onReset();
+          break;
+        }
+        for (const e of r.events) {
+          if (e.seq > this.lastSeq) {
+            this.lastSeq = e.seq;
+            this._emit(e.type, e.data, e.seq);
+          }
+        }
+        if (!r.more) break;
+      }
+    } finally {
+      this.syncing = false;
+    }
+    const held = this.buffer.sort((a, b) => a.seq - b.seq);
+    this.buffer = [];
+    for (const frame of held) this._apply(frame);
+  }
+
+  /** Send a command; resolves with `ok`, rejects with SocketError(code). */
+  request(op, args = {}, timeoutMs = this.timeoutMs) {
+    const ws = this.ws;
+    if (!ws || ws.readyState !== WebSocket.OPEN) {
+      return Promise.reject(new SocketError("disconnected", "Not connected."));
+    }
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        reject(new SocketError("timeout", `No answer to ${op} in time.`));
+      }, timeoutMs);
+      this.pending.set(id, { resolve, reject, timer });
+      ws.send(JSON.stringify({ id, op, args }));
+    });
+  }
+}

@@ -1,0 +1,76 @@
+// The chat model and view shared by the family app and the kiosk: messages kept by id (so a
+// push and a reload never show one twice), one thread per contact, bubbles with their status.
+import { h } from "./api.js";
+
+export class Inbox {
+  constructor(meId) {
+    this.me = meId;
+    this.byId = new Map();
+  }
+  clear() {
+    this.byId.clear();
+  }
+  upsert(msg) {
+    const old = this.byId.get(msg.id);
+    this.byId.set(msg.id, old ? { ...old, ...msg } : msg);
+  }
+  other(msg) {
+    return msg.from === this.me ? msg.to : msg.from;
+  }
+  thread(otherId) {
+    return [...this.byId.values()]
+      .filter((m) => this.other(m) === otherId)
+      .sort((a, b) => (a.created_at < b.created_at ? -1 : a.created_at > b.created_at ? 1
+                       : a.id < b.id ? -1 : 1));
+  }
+  unread(otherId) {
+    return this.thread(otherId).filter((m) => m.from !== this.me && !m.opened_at).length;
+  }
+  last(otherId) {
+    const t = this.thread(otherId);
+    return t[t.length - 1];
+  }
+}
+
+function when(iso) {
+  const d = new Date(iso);
+  return d.toLocaleString([], { month: "short", day: "numeric", hour: "numeric", minute: "2-digit" });
+}
+
+/** One message as a list item. `onOpen(msg)` pays for and opens a locked COD message. */
+export function bubble(msg, me, { onOpen, codPrice } = {}) {
+  const mine = msg.from === me;
+  const status = [];
+  if (mine) {
+    if (msg.status === "held") status.push(h("span", { class: "badge held" }, "Held for review"));
+    else if (msg.status === "rejected") {
+      status.push(h("span", { class: "badge rejected" },
+                    `Rejected${msg.reject_reason ? ": " + msg.reject_reason : ""}`));
+    } else if (msg.opened_at) status.push(h("span", { class: "badge read", "data-receipt": "read" }, "Read"));
+    else status.push(h("span", { class: "badge sent", "data-receipt": "delivered" }, "Delivered"));
+    if (msg.cod) status.push(h("span", { class: "badge" }, "Collect"));
+    else if (msg.price) status.push(h("span", { class: "price" }, `${msg.price} credits`));
+  } else if (msg.cod) {
+    status.push(h("span", { class: "badge" }, msg.locked ? "Collect message" : "Collect, paid"));
+  }
+  let content;
+  if (msg.locked) {
+    const price = codPrice || msg.price || 50;
+    content = h("div", { class: "locked" },
+      h("span", { class: "lock-icon", "aria-hidden": "true" }),
+      h("span", {}, "Locked collect message."),
+      onOpen ? h("button", { type: "button", class: "pay-open", onclick: () => onOpen(msg) },
+                 `Pay ${price} credits to open`) : null);
+  } else {
+    content = h("p", { class: "body" }, msg.body || "");
+    if (msg.photo_count) content.append(h("span", { class: "photos" }, ` (${msg.photo_count} photo${msg.photo_count > 1 ? "s" : ""})`));
+  }
+  return h("li", { class: `msg ${mine ? "mine" : "theirs"}`, dataset: { id: msg.id, status: msg.status } },
+    content,
+    h("div", { class: "meta" }, h("time", { datetime: msg.created_at }, when(msg.created_at)), " ", ...status));
+}
+
+export function connectionState() {
+  return h("span", { class: "conn", role: "status", "aria-live": "polite", "data-socket-state": "connecting" },
+           "Connecting…");
+}

@@ -1,0 +1,164 @@
+"""The family web app and the kiosk in Debian's Chromium (issue 5, "What must be shown"): a family
+member signs up, buys 500 credits ($5.00 + $1.50 = $6.50), asks to connect; the person approves
+on the kiosk; they exchange messages live both ways; the family sees the read receipt and the
+balance fall by 50. Each screen is saved under docs/screenshots/ (linked from docs/clients.md)."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from aiohttp.test_utils import TestClient, TestServer
+
+from server.app import create_app
+from tests.browser import KIOSK, PHONE, chromium, require_chromium, shot
+from tests.conftest import fresh_sqlite, test_settings
+from tests.helpers import Api
+
+PIN = "2468"
+
+
+async def _seed(api: Api) -> dict[str, str]:
+    """A facility with one person and one registered kiosk, made through the API."""
+    admin = await api.admin()
+    facility_id = await api.facility(admin)
+    staff = await api.staff(admin, facility_id)
+    number = f"A{secrets.token_hex(3).upper()}"
+    r = await api.call("POST", f"/facilities/{facility_id}/people", staff,
+                       json={"name": "Dana Rivers", "inmate_number": number, "pin": PIN})
+    assert r.status == 201, r.body
+    r = await api.call("POST", f"/facilities/{facility_id}/devices", staff,
+                       json={"label": "Unit B kiosk 1"})
+    assert r.status == 201, r.body
+    return {"facility_id": facility_id, "number": number, "device_token": r.body["device_token"]}
+
+
+async def test_family_and_kiosk_first_scenario(sqlite_template: Path, tmp_path: Path) -> None:
+    require_chromium()
+    from playwright.async_api import expect
+
+    expect.set_options(timeout=10_000)
+    app = create_app(test_settings(fresh_sqlite(sqlite_template, tmp_path), tmp_path),
+                     run_migrations=False)
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client, chromium() as browser:
+        seed = await _seed(Api(client))
+        base = str(client.make_url("/")).rstrip("/")
+        fam_ctx = await browser.new_context(viewport=PHONE, device_scale_factor=1)
+        kiosk_ctx = await browser.new_context(viewport=KIOSK)
+        try:
+            fam, kiosk = await fam_ctx.new_page(), await kiosk_ctx.new_page()
+            errors: list[str] = []
+            for page in (fam, kiosk):
+                page.on("pageerror", lambda e: errors.append(str(e)))
+
+            # --- the family signs up ---
+            await fam.goto(base + "/")
+            await expect(fam.locator("body")).to_have_attribute("data-ready", "signed-out")
+            await fam.get_by_label("Your name").fill("Alex Rivers")
+            await fam.locator("#signup-email").fill(f"alex-{secrets.token_hex(3)}@example.test")
+            await fam.locator("#signup-password").fill("correct horse battery")
+            await shot(fam, "family-signup")
+            await fam.get_by_role("button", name="Sign up").click()
+            await expect(fam.locator("#app")).to_be_visible()
+            await expect(fam.locator("html")).to_have_attribute("data-socket", "online")
+            await expect(fam.locator("#balance")).to_have_text("0 credits")
+
+            # --- buys 500 credits, the fee shown before paying ---
+            await fam.get_by_role("tab", name="Buy credits").click()
+            await fam.get_by_label("Credits", exact=True).select_option("500")
+            await expect(fam.locator("#buy-price")).to_have_text("$5.00")
+            await expect(fam.locator("#buy-fee")).to_have_text("$1.50")
+            await expect(fam.locator("#buy-total")).to_have_text("$6.50")
+            await expect(fam.locator("#buy-summary")).to_contain_text(
+                "$5.00 + $1.50 fee = $6.50 total")
+            await fam.get_by_label("Card number").fill("4242 4242 4242 4242")
+            await fam.get_by_label("Month").fill("12")
+            await fam.get_by_label("Year").fill("2031")
+            await fam.get_by_label("CVC").fill("123")
+            await shot(fam, "family-buy-credits")
+            await fam.get_by_role("button", name="Pay $6.50").click()
+            await expect(fam.locator("#buy-notice")).to_contain_text("Paid $6.50")
+            await expect(fam.locator("#balance")).to_have_text("500 credits")
+
+            # --- finds the person and asks to connect ---
+            await fam.get_by_role("tab", name="Find a person").click()
+            await fam.get_by_label("Name or inmate number").fill("dana")
+            await fam.get_by_role("button", name="Search").click()
+            await fam.get_by_role("button", name="Request connection with Dana Rivers").click()
+            await expect(fam.locator("#connections")).to_contain_text("Waiting for approval")
+            await shot(fam, "family-find-person")
+
+            # --- the person signs in on a registered kiosk and approves ---
+            await kiosk.goto(base + "/static/kiosk.html")
+            await expect(kiosk.locator("body")).to_have_attribute("data-ready", "signed-out")
+            await kiosk.get_by_label("Facility id").fill(seed["facility_id"])
+            await kiosk.get_by_label("Device token").fill(seed["device_token"])
+            await kiosk.get_by_role("button", name="Save on this device").click()
+            await kiosk.get_by_label("Inmate number").fill(seed["number"])
+            await kiosk.get_by_label("PIN").fill(PIN)
+            await shot(kiosk, "kiosk-sign-in")
+            await kiosk.get_by_role("button", name="Sign in").click()
+            await expect(kiosk.locator("html")).to_have_attribute("data-socket", "online")
+            await expect(kiosk.locator("#requests")).to_contain_text("Alex Rivers wants to connect")
+            await shot(kiosk, "kiosk-requests")
+            await kiosk.get_by_role("button", name="Approve Alex Rivers").click()
+
+            # --- the family sees the approval live and writes ---
+            await fam.get_by_role("tab", name="Messages").click()
+            thread = fam.locator("#threads button", has_text="Dana Rivers")
+            await expect(thread).to_contain_text("No messages yet")  # approved, live
+            await thread.click()
+            await expect(fam.locator("#compose-price")).to_have_text(
+                "Sending costs 50 credits (balance after: 450).")
+            compose = fam.get_by_role("textbox", name="Message")
+            await compose.fill("Hi Dana, it's Alex. We miss you!")
+            await fam.get_by_role("button", name="Send (50 credits)").click()
+            await expect(fam.locator("#balance")).to_have_text("450 credits")
+
+            # --- the kiosk receives it live; opening it sends the read receipt ---
+            k_thread = kiosk.locator("#threads button", has_text="Alex Rivers")
+            await expect(k_thread).to_contain_text("1")  # the unread count, live
+            await k_thread.click()
+            await expect(kiosk.locator("#messages")).to_contain_text("We miss you!")
+            mine = fam.locator("li.msg.mine", has_text="We miss you!")
+            await expect(mine.locator("[data-receipt]")).to_have_text("Read")
+
+            # --- the person has no credits: the reply goes collect ---
+            await expect(kiosk.locator("#send-cod")).to_be_visible()
+            await kiosk.get_by_label("Reply").fill("Thank you! Tell Mom I said hello.")
+            await shot(kiosk, "kiosk-chat")
+            await kiosk.get_by_role("button", name="Send collect (they pay)").click()
+            await expect(kiosk.locator("li.msg.mine")).to_contain_text("Tell Mom")
+
+            # --- the family sees it live, locked, and pays 50 to open it ---
+            locked = fam.locator("li.msg.theirs")
+            pay = locked.get_by_role("button", name="Pay 50 credits to open")
+            await expect(pay).to_be_visible()
+            await expect(fam.locator("#balance")).to_have_text("450 credits")
+            await shot(fam, "family-chat-locked")
+            await pay.click()
+            await expect(locked).to_contain_text("Tell Mom I said hello.")
+            await expect(fam.locator("#balance")).to_have_text("400 credits")
+            await expect(kiosk.locator("li.msg.mine [data-receipt]")).to_have_text("Read")
+            await shot(fam, "family-chat")
+
+            # --- the socket is cut: the page shows it, resumes from its last seq, and a
+            # message sent meanwhile appears exactly once ---
+            await fam.evaluate("() => { const s = window.kinwire.socket;"
+                               " s.backoffMinMs = 1500; s.ws.close(4000, 'test'); }")
+            await expect(fam.locator("html")).to_have_attribute("data-socket", "offline")
+            await expect(fam.locator(".conn")).to_have_text("Offline – reconnecting")
+            sent = await kiosk.evaluate("""async () => {
+                const r = await fetch('/api/v1/messages', {method: 'POST',
+                  headers: {'Content-Type': 'application/json',
+                            'Idempotency-Key': crypto.randomUUID()},
+                  body: JSON.stringify({to: window.kinwire.current,
+                                        body: 'Sent while you were away', cod: true})});
+                return r.status; }""")
+            assert sent == 201
+            await expect(fam.locator("html")).to_have_attribute("data-socket", "online")
+            await expect(fam.locator("li.msg.theirs")).to_have_count(2)
+            assert errors == [], errors
+        finally:
+            await fam_ctx.close()
+            await kiosk_ctx.close()
