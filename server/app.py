@@ -40,6 +40,7 @@ from server.store import Store
 from server.store.migrate import migrate
 from server.store.schema import utcnow
 from signalling.meters import Meters
+from signalling.relay import Relay
 
 log = logging.getLogger("kinwire")
 STATIC = Path(__file__).resolve().parent.parent / "static"
@@ -95,6 +96,14 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
                         sink=Outbox,
                         push_live=lambda who, kind, data: calls.push_live(broker, who, kind,
                                                                            data))
+    # --- relay mode (signalling/relay.py): this process's relayed visits ---
+    ctx.relay = Relay(store, broker, node_id=ctx.meters.node_id, lease_s=settings.relay_lease_s,
+                      turn_secret=settings.turn_secret, turn_urls=settings.turn_urls,
+                      stun_urls=settings.stun_urls, loopback_only=settings.relay_loopback_only,
+                      recordings_dir=settings.resolved_recordings_dir,
+                      push_live=lambda who, kind, data: calls.push_live(broker, who, kind, data),
+                      party_channel=events.channel)
+    # --- end relay mode ---
     hub = Hub(store, broker, per_user_max=settings.ws_connections_per_user_max,
               page_max=settings.sync_page_max)
     app[HUB] = hub
@@ -115,7 +124,9 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
         stop = asyncio.Event()
         sweeper = asyncio.create_task(sweep(ctx, hub, stop), name="sweeper")
         await ctx.meters.start()
+        await ctx.relay.start()
         yield
+        await ctx.relay.stop()  # relay mode: cut the media and finish the recordings
         await ctx.meters.stop()
         stop.set()
         await sweeper

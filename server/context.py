@@ -24,3 +24,4 @@ class Context:
     login_limiter: LoginLimiter
     clock: Callable[[], datetime]
     meters: Any = None  # signalling.meters.Meters, on a serving process
+    relay: Any = None  # signalling.relay.Relay (relay-mode media), on a serving process

@@ -103,6 +103,14 @@ class Settings:
     stun_urls: tuple[str, ...] = _setting((), "Comma-separated STUN URLs.")
     meter_lease_s: float = _setting(6.0, "A visit meter's lease in the broker; another process "
                                     "takes a meter over within this after its holder dies.")
+    relay_lease_s: float = _setting(6.0, "A relay-mode visit's lease in the broker: the process "
+                                    "holding it terminates both parties' peer connections; a "
+                                    "dead holder's visits are free again after this.")
+    relay_loopback_only: bool = _setting(False, "Relay mode's server-side peers use relay-only "
+                                         "ICE through TURN servers on loopback (tests on one "
+                                         "machine; docs/turn.md).")
+    recordings_dir: str = _setting("", "Where relay-mode visit recordings are written; empty "
+                                   "means <data_dir>/recordings.")
     db_pool_size: int = _setting(10, "PostgreSQL connections per process.", lo=1, hi=200)
     db_busy_timeout_ms: int = _setting(5000, "SQLite busy timeout for writers of other processes.",
                                        lo=0, hi=600_000)
@@ -120,6 +128,11 @@ class Settings:
     @property
     def resolved_blob_dir(self) -> Path:
         return Path(self.blob_dir) if self.blob_dir else Path(self.data_dir) / "blobs"
+
+    @property
+    def resolved_recordings_dir(self) -> Path:
+        return Path(self.recordings_dir) if self.recordings_dir else \
+            Path(self.data_dir) / "recordings"
 
     @property
     def is_sqlite(self) -> bool:
@@ -144,7 +157,9 @@ class Settings:
                 raise SettingsError(f"{url!r} is not a turn:/turns:/stun: URL")
         if self.turn_urls and not self.turn_secret:
             raise SettingsError("KINWIRE_TURN_URLS needs KINWIRE_TURN_SECRET")
-        for name in ("ws_heartbeat_s", "ws_auth_timeout_s", "meter_lease_s"):
+        if self.relay_loopback_only and not self.turn_urls:
+            raise SettingsError("KINWIRE_RELAY_LOOPBACK_ONLY needs KINWIRE_TURN_URLS on loopback")
+        for name in ("ws_heartbeat_s", "ws_auth_timeout_s", "meter_lease_s", "relay_lease_s"):
             if not 0 < getattr(self, name) <= 3600:
                 raise SettingsError(f"{self.env_name(name)} must be in (0, 3600]")
         if self.payment_gateway != "sandbox":

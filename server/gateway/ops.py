@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from server import calls, events, messages
+from server import audit, calls, events, messages
 from server.auth import Principal, principal_for
 from server.broker import BrokerUnavailable
 from server.connections import is_approved_contact
@@ -20,6 +20,7 @@ from server.context import Context
 from server.errors import ApiError
 from server.events import Outbox
 from signalling import visits
+from signalling.turn import ice_servers
 from signalling.visits import VisitError
 
 if TYPE_CHECKING:
@@ -162,6 +163,10 @@ async def visit_signal(call: WsCall) -> dict[str, Any]:
             raise calls.api_error(exc) from None
     if row.status not in visits.IN_CALL:
         raise ApiError(409, "not_in_call", f"The visit is {row.status}.")
+    # --- relay mode (signalling/relay.py): the server answers; nothing goes to the peer ---
+    if row.media == "relay":
+        return {"relayed": await call.ctx.relay.forward(visit_id, call.me.account_id, signal)}
+    # --- end relay mode ---
     delivered = await calls.push_live(call.ctx.broker, peer, "visit.signal",
                                       {"visit_id": visit_id, "from": call.me.account_id,
                                        **signal})
@@ -198,11 +203,52 @@ async def visit_leave(call: WsCall) -> dict[str, Any]:
     return {"ended": row is not None}
 
 
+# --- relay mode: staff watch a visit live (signalling/relay.py, docs/visits.md) ---
+async def visit_watch(call: WsCall) -> dict[str, Any]:
+    """Staff of the visit's facility (or an admin) watch a relay-mode visit in a call.
+    `visit.watch {visit_id}` answers the ICE servers. The staff client then sends its
+    receive-only offer (audited: that starts the watch) and any trickled candidates as
+    `visit.watch {visit_id, description | candidate}`; the answer comes as a push
+    `visit.signal {visit_id, from: "server", description}`."""
+    visit_id = call.arg_str("visit_id")
+    signal = None
+    if "description" in call.args or "candidate" in call.args:
+        try:
+            signal = visits.checked_signal(call.args)
+        except VisitError as exc:
+            raise calls.api_error(exc) from None
+    me, now, s = call.me, call.ctx.clock(), call.ctx.settings
+    async with call.ctx.store.write() as conn:
+        try:
+            row = await visits.get(conn, visit_id)
+        except VisitError as exc:
+            raise calls.api_error(exc) from None
+        if me.role != "admin" and row.facility_id != me.facility_id:
+            raise ApiError(404, "not_found", "The visit was not found.")
+        if row.media != "relay":
+            raise ApiError(409, "not_relayed", "Only relay-mode visits can be watched.")
+        if row.status not in visits.IN_CALL:
+            raise ApiError(409, "not_in_call", f"The visit is {row.status}.")
+        if signal is not None and "description" in signal:
+            await audit.record(conn, actor_id=me.account_id, actor_role=me.role,
+                               action="visit.watch", facility_id=row.facility_id,
+                               target=row.id, at=now, details={})
+    if signal is not None:
+        return {"relayed": await call.ctx.relay.forward(visit_id, me.account_id, signal,
+                                                        watch=True)}
+    servers = ice_servers(secret=s.turn_secret, turn_urls=list(s.turn_urls),
+                          stun_urls=list(s.stun_urls), account_id=me.account_id,
+                          expires_at=row.end_at)
+    return {"visit": visits.public(row), "ice_servers": servers}
+# --- end relay mode ---
+
+
 HANDLERS: dict[str, Op] = {
     "visit.join": Op(visit_join, PARTIES),
     "visit.signal": Op(visit_signal, PARTIES),
     "visit.media": Op(visit_media, PARTIES),
     "visit.leave": Op(visit_leave, PARTIES),
+    "visit.watch": Op(visit_watch, frozenset({"staff", "admin"})),  # relay mode
     "message.send": Op(send_message, PARTIES),
     "message.open": Op(open_message, PARTIES),
     "ping": Op(ping, ANY),

@@ -1,0 +1,328 @@
+"""One relayed visit on the process that holds its lease (signalling/relay.py says which):
+the sessions (one aiortc peer connection per party and per watching staff member), the
+outlets that feed them and the recording, and the end that cuts the media.
+
+A party's offer starts a new session for that party. The consumers of its media switch to the
+new session's tracks, the old session is closed, and the server answers. The server never
+offers. A watcher's offer gets, on its video m-lines and then its audio m-lines, the family's
+and then the person's camera and microphone. Offers and candidates are handled one at a time,
+in arrival order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.contrib.media import MediaRelay
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.sdp import candidate_from_sdp
+
+from signalling import visits
+from signalling.outlets import Outlet, Timeline
+from signalling.recording import STREAMS, Recording
+
+if TYPE_CHECKING:
+    from signalling.relay import Relay
+
+log = logging.getLogger("kinwire.relay")
+SIGNALS_MAX = 256  # queued signals per visit; beyond, new ones are dropped
+WATCHERS_MAX = 4  # staff sessions per visit
+
+
+@dataclass
+class Session:
+    """One account's peer connection with the server, and what feeds it."""
+
+    account_id: str
+    role: str  # family | person | watcher
+    pc: RTCPeerConnection
+    incoming: dict[str, MediaStreamTrack] = field(default_factory=dict)  # a party's, by kind
+    outlets: list[Outlet] = field(default_factory=list)
+    drains: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def close(self) -> None:
+        for outlet in self.outlets:
+            outlet.stop()
+        await self.pc.close()
+        for task in self.drains:
+            task.cancel()
+        await asyncio.gather(*self.drains, return_exceptions=True)
+
+
+class VisitRelay:
+    """One relayed visit on its holder."""
+
+    def __init__(self, relay: Relay, row: Any) -> None:
+        self.r = relay
+        self.visit_id, self.end_at, self.record = row.id, row.end_at, bool(row.record)
+        self.parties = {row.family_id: "family", row.person_id: "person"}
+        self.media = MediaRelay()
+        self.sessions: dict[str, Session] = {}
+        self.feeds: list[tuple[str, Outlet]] = []  # (party role, outlet) of every consumer
+        self.received: dict[str, int] = {}  # frames decoded here, by "family video" etc.
+        self.recording: Recording | None = None
+        self.closing = False
+        self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(SIGNALS_MAX)
+        self._wake = asyncio.Event()
+        self._subscriptions: list[Any] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closer: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        for account_id in self.parties:
+            try:
+                self._subscriptions.append(await self.r.broker.subscribe(
+                    self.r.party_channel(account_id), queue_max=256))
+            except Exception:  # no broker: the keeper's reads of the row still end it
+                log.warning("visit %s: not following %s's channel", self.visit_id, account_id)
+        self._tasks = [asyncio.create_task(self._work(), name=f"relay-{self.visit_id}"),
+                       asyncio.create_task(self._keep(), name=f"relay-keep-{self.visit_id}"),
+                       *(asyncio.create_task(self._follow(s)) for s in self._subscriptions)]
+
+    def enqueue(self, message: dict[str, Any]) -> None:
+        if self.closing:
+            return
+        try:
+            self._queue.put_nowait(message)
+        except asyncio.QueueFull:
+            log.warning("visit %s: signal from %s dropped (queue full)", self.visit_id,
+                        message.get("from"))
+
+    # -- signals
+
+    async def _work(self) -> None:
+        while (message := await self._queue.get()) is not None and not self.closing:
+            try:
+                await self._handle(message)
+            except Exception as exc:  # a bad offer from one client must not stop the visit
+                if self.closing:
+                    return
+                log.warning("visit %s: signal from %s not handled: %r", self.visit_id,
+                            message.get("from"), exc)
+
+    async def _handle(self, message: dict[str, Any]) -> None:
+        sender = message.get("from")
+        role = "watcher" if message.get("watch") else self.parties.get(sender)
+        if role is None or not isinstance(sender, str):
+            return
+        if "description" in message:
+            description = message["description"]
+            if description.get("type") != "offer":  # the server answers, it never offers
+                log.info("visit %s: %s sent an %s; ignored", self.visit_id, role,
+                         description.get("type"))
+                return
+            await self._answer(sender, role, description["sdp"])
+        elif "candidate" in message and sender in self.sessions:
+            await _add_candidate(self.sessions[sender].pc, message["candidate"])
+
+    async def _answer(self, sender: str, role: str, sdp: str) -> None:
+        watchers = [s for s in self.sessions.values() if s.role == "watcher"]
+        if role == "watcher" and sender not in self.sessions and len(watchers) >= WATCHERS_MAX:
+            log.warning("visit %s: watcher %s refused (%d watching)", self.visit_id, sender,
+                        len(watchers))
+            return
+        session = Session(sender, role, RTCPeerConnection(self.r.rtc_configuration(self.end_at)))
+        pc, early = session.pc, []
+
+        @pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            if role == "watcher":
+                return
+            if self.sessions.get(sender) is session:
+                self._incoming(session, track)
+            else:
+                early.append(track)
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            # failed: ICE consent ran out; closed: the client closed its side (DTLS close)
+            if pc.connectionState in ("failed", "closed") and self.sessions.get(sender) is session:
+                await self._forget(session)
+
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        except BaseException:
+            await session.close()  # a bad offer leaves the current session as it was
+            raise
+        if self.closing:
+            await session.close()
+            return
+        old, self.sessions[sender] = self.sessions.get(sender), session
+        for track in early:  # the consumers of its media switch to the new session's
+            self._incoming(session, track)
+        if old is not None:
+            await self._drop(old)
+        self._attach_outlets(session)
+        try:
+            await pc.setLocalDescription(await pc.createAnswer())
+        except BaseException:
+            await self._forget(session)
+            raise
+        if self.closing or self.sessions.get(sender) is not session:
+            await self._forget(session)
+            return
+        answer = pc.localDescription
+        await self.r.push_live(sender, "visit.signal", {
+            "visit_id": self.visit_id, "from": "server",
+            "description": {"type": answer.type, "sdp": answer.sdp}})
+
+    def _attach_outlets(self, session: Session) -> None:
+        """What the session is sent: a party gets the other party's camera and microphone; a
+        watcher gets, on its video m-lines then its audio m-lines, family's then person's."""
+        if session.role == "watcher":
+            wanted = {"video": ["family", "person"], "audio": ["family", "person"]}
+        else:
+            other = "person" if session.role == "family" else "family"
+            wanted = {"video": [other], "audio": [other]}
+        for transceiver in session.pc.getTransceivers():
+            queue = wanted.get(transceiver.kind) or []
+            if queue and transceiver.sender.track is None:
+                outlet = self._outlet(queue.pop(0), transceiver.kind)
+                session.outlets.append(outlet)
+                transceiver.sender.replaceTrack(outlet)
+                transceiver.direction = "sendrecv"
+
+    def _outlet(self, party: str, kind: str, timeline: Timeline | None = None) -> Outlet:
+        outlet = Outlet(kind, self.media, timeline)
+        outlet.switch(self._current(party, kind))
+        self.feeds.append((party, outlet))
+        return outlet
+
+    def _current(self, party: str, kind: str) -> MediaStreamTrack | None:
+        account = next(a for a, r in self.parties.items() if r == party)
+        session = self.sessions.get(account)
+        return session.incoming.get(kind) if session is not None else None
+
+    def _incoming(self, session: Session, track: MediaStreamTrack) -> None:
+        """A party's new camera or microphone: every consumer of it switches over; a drain
+        keeps reading it (and counts) so that it never queues up unread."""
+        session.incoming[track.kind] = track
+        for party, outlet in self.feeds:
+            if party == session.role and outlet.kind == track.kind:
+                outlet.switch(track)
+        session.drains.append(asyncio.create_task(
+            self._drain(f"{session.role} {track.kind}", self.media.subscribe(track, False))))
+        if self.record and self.recording is None:
+            timeline = Timeline()
+            self.recording = Recording(self.r.recordings_dir, self.visit_id, [
+                self._outlet(party, kind, timeline) for party, kind in STREAMS])
+            self.recording.start()
+
+    async def _drain(self, name: str, track: MediaStreamTrack) -> None:
+        self.received.setdefault(name, 0)
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                await track.recv()
+                self.received[name] += 1
+
+    async def _forget(self, session: Session) -> None:
+        if self.sessions.get(session.account_id) is session:
+            del self.sessions[session.account_id]
+        await self._drop(session)
+
+    async def _drop(self, session: Session) -> None:
+        self.feeds = [(p, o) for p, o in self.feeds if o not in session.outlets]
+        await session.close()
+
+    # -- the end
+
+    def end(self, reason: str) -> None:
+        """Cut the media now and wind the relay down (idempotent)."""
+        if self._closer is None:
+            self.closing = True
+            self._closer = asyncio.create_task(self._close(reason),
+                                               name=f"relay-end-{self.visit_id}")
+
+    async def closed(self) -> None:
+        if self._closer is not None:
+            await asyncio.shield(self._closer)
+
+    async def _close(self, reason: str) -> None:
+        started = time.monotonic()
+        sessions, self.sessions = list(self.sessions.values()), {}
+        await asyncio.gather(*(self._drop(s) for s in sessions), return_exceptions=True)
+        cut_s = time.monotonic() - started
+        self._wake.set()
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(None)
+        for subscription in self._subscriptions:
+            with contextlib.suppress(Exception):
+                await subscription.close()
+        if self._tasks:
+            work = self._tasks[0]  # let it finish the offer in hand, if any
+            try:
+                await asyncio.wait_for(asyncio.shield(work), 5.0)
+            except TimeoutError:
+                work.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        late, self.sessions = list(self.sessions.values()), {}  # made while ending
+        await asyncio.gather(*(self._drop(s) for s in late), return_exceptions=True)
+        path = await self.recording.close() if self.recording is not None else None
+        with contextlib.suppress(Exception):
+            await self.r.broker.release(f"relay:{self.visit_id}", self.r.node_id)
+        if self.r.running.get(self.visit_id) is self:
+            del self.r.running[self.visit_id]
+        log.info("visit %s relay ended (%s): media cut in %.3f s; frames received %s; "
+                 "recording %s", self.visit_id, reason, cut_s, self.received, path)
+
+    async def _follow(self, subscription: Any) -> None:
+        async for item in subscription:
+            live = item.get("live") if isinstance(item, dict) else None
+            if isinstance(live, dict):
+                data = live.get("data") or {}
+                if live.get("type") == "visit.ended" and data.get("visit_id") == self.visit_id:
+                    self.end(str(data.get("reason", "ended")))
+                    return
+            else:  # a stored event (or a gap): the visit may have ended; look at the row
+                self._wake.set()
+
+    async def _keep(self) -> None:
+        """Renew the lease; read the row at each renewal and whenever woken. Stopped by the
+        flag, never cancelled, so no database call is cut in half."""
+        period = self.r.lease_s / 3
+        renew_at = time.monotonic()
+        while not self.closing:
+            self._wake.clear()  # before looking: a wake during this pass brings the next one
+            try:
+                async with self.r.store.read() as conn:
+                    row = await visits.get(conn, self.visit_id)
+                if row.status not in visits.IN_CALL:
+                    self.end(row.end_reason or row.status)
+                    return
+            except Exception:
+                log.warning("visit %s: could not read the visit", self.visit_id, exc_info=True)
+            if time.monotonic() >= renew_at:
+                if not await self._renew():
+                    self.end("lease lost")
+                    return
+                renew_at = time.monotonic() + period
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.0, renew_at - time.monotonic()))
+
+    async def _renew(self) -> bool:
+        try:
+            return await self.r.broker.renew(f"relay:{self.visit_id}", self.r.node_id,
+                                             self.r.lease_s)
+        except Exception:
+            return True  # no broker, no rival: nobody else can take the lease meanwhile
+
+
+async def _add_candidate(pc: RTCPeerConnection, candidate: dict[str, Any]) -> None:
+    """A trickled candidate (browsers trickle; aiortc clients put theirs in the SDP)."""
+    line = candidate.get("candidate") or ""
+    line = line.split("candidate:", 1)[1] if "candidate:" in line else line
+    if not line:
+        await pc.addIceCandidate(None)
+        return
+    parsed = candidate_from_sdp(line)
+    parsed.sdpMid = candidate.get("sdpMid")
+    parsed.sdpMLineIndex = candidate.get("sdpMLineIndex")
+    if parsed.sdpMid is None and parsed.sdpMLineIndex is None:
+        parsed.sdpMLineIndex = 0
+    await pc.addIceCandidate(parsed)
