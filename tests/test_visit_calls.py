@@ -65,6 +65,8 @@ async def connect_media(fam: Sock, per: Sock, visit_id: str) -> None:
     for sock in (fam, per):
         reply = await sock.call("visit.media", visit_id=visit_id, state="connected")
         assert "ok" in reply, reply
+    for sock in (fam, per):
+        assert (await until(sock, "visit.live"))["data"]["visit_id"] == visit_id
 
 
 async def test_signals_are_relayed_only_between_the_parties(api: Api,

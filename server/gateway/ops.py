@@ -182,6 +182,9 @@ async def visit_media(call: WsCall) -> dict[str, Any]:
     row = await _in_visit(call, lambda conn, outbox: visits.set_media(
         conn, outbox, visit_id, call.me.account_id, state == "connected", now))
     await call.ctx.meters.poke(visit_id)
+    if row.status == "live" and row.media_changed_at == now:  # this report made it live
+        for party in (row.family_id, row.person_id):
+            await calls.push_live(call.ctx.broker, party, "visit.live", {"visit_id": visit_id})
     return {"visit": visits.public(row)}
 
 
