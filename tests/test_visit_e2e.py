@@ -194,3 +194,45 @@ async def test_the_command_line_visit_client(pg_db: str, tmp_path: Path) -> None
         assert lines[0] == {"joined": "person", "media": "direct"}, err.decode()[-2000:]
         assert lines[-1]["ended"] == "hung_up"
         assert lines[-1]["frames"].get("video", 0) > 5
+
+
+async def test_a_pause_of_half_the_window_is_not_billed(pg_db: str, tmp_path: Path) -> None:
+    """A 16 s window (8 billed minutes of 2 s): the family is gone for half of it."""
+    window_s = 16.0
+    async with stack(pg_db, tmp_path) as ((a, b), http):
+        family_token, person_token = await make_pair(http, a, b, pg_db)
+        family_id = await _account_id(http, a.base, family_token)
+        visit_id = await visit_now(pg_db, family_id)
+        store = Store(pg_db)
+        async with store.write() as conn:  # shrink the window to end 16 s from now
+            await conn.execute(visits.update().where(visits.c.id == visit_id).values(
+                end_at=utcnow() + timedelta(seconds=window_s)))
+        person = client(b, person_token, visit_id, "msgpack")
+        family = client(a, family_token, visit_id, "json")
+        try:
+            await person.start()
+            await family.start()
+            async with asyncio.timeout(20):
+                await family.wait_frames("video", 5)
+            await family.close()  # gone: the socket drops, the meter pauses
+            await asyncio.sleep(window_s / 2)
+            family = client(a, family_token, visit_id, "json")
+            await family.start()
+            async with asyncio.timeout(30):
+                ended = await person.wait_event("visit.ended")
+        finally:
+            await family.close()
+            await person.close()
+        assert ended["reason"] == "time_up"
+        async with store.read() as conn:
+            row = (await conn.execute(visits.select().where(visits.c.id == visit_id))).first()
+        await store.close()
+        connected_s = row.meter["connected_s"]
+        assert connected_s <= window_s / 2 + 0.5, "the pause was not counted as connected"
+        charged = await debits(pg_db, visit_id)
+        # DESIGN.md's rule: a minute is paid when connected time reaches the paid time and
+        # connected time never runs past it, so m paid minutes cover (m - 1, m] minutes of it.
+        m = len(charged)
+        assert (m - 1) * MINUTE_S < connected_s <= m * MINUTE_S + 1e-3, (m, connected_s)
+        assert sum(t.amount for t in charged) == 50 * len(charged)
+        assert len(charged) < window_s / MINUTE_S, "the paused half was not billed"
