@@ -112,8 +112,15 @@ async def test_the_meter_bills_connected_minutes_until_the_balance_runs_out(
         fam, per = await join_both(client, c, visit_id)
         await connect_media(fam, per, visit_id)
         started = asyncio.get_running_loop().time()
-        ended = await until(fam, "visit.ended", timeout=15)
+        seen: list[dict[str, Any]] = []
+        while not seen or seen[-1].get("type") != "visit.ended":
+            seen.append(await fam.push(timeout=15))
+        ended = seen[-1]
         elapsed = asyncio.get_running_loop().time() - started
+        ticks = [f["data"] for f in seen if f["type"] == "visit.tick"]
+        assert ticks and ticks[-1]["paid_minutes"] == 2 and ticks[-1]["balance"] == 20
+        warnings = [f["data"]["kind"] for f in seen if f["type"] == "visit.warning"]
+        assert warnings == ["low_balance"], "70 left after minute 1 covers one more minute"
         assert ended["data"]["reason"] == "balance_exhausted"
         assert (await until(per, "visit.ended"))["data"]["reason"] == "balance_exhausted"
         assert 2 * MINUTE_S - 0.15 <= elapsed <= 2 * MINUTE_S + 1.0, elapsed
@@ -198,3 +205,19 @@ async def test_joining_outside_the_window_is_refused(api: Api, client: TestClien
     ice = await api.call("GET", f"/visits/{later}/ice", c.family)
     assert ice.status == 200 and ice.body["expires_at"]
     assert (await api.call("GET", f"/visits/{later}/ice", await api.family("X"))).status == 404
+
+
+async def test_a_visit_nobody_joined_is_marked_missed(db_url: str, tmp_path) -> None:
+    async with app_client(db_url, tmp_path, meter_lease_s=0.4) as client:
+        api = Api(client)
+        c = await cast(api, credits=500)
+        over = await book_now(api, c, minutes=1, started_s=120)  # ended a minute ago
+        for _ in range(100):
+            async with api.ctx.store.read() as conn:
+                row = (await conn.execute(visits.select().where(visits.c.id == over))).first()
+            if row.status == "missed":
+                break
+            await asyncio.sleep(0.05)
+        assert row.status == "missed"
+        listed = await api.call("GET", "/visits", c.family)
+        assert [v["status"] for v in listed.body["visits"] if v["id"] == over] == ["missed"]
