@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from server.app import create_app
 from tests.browser import KIOSK, PHONE, chromium, require_chromium, shot
 from tests.conftest import fresh_sqlite, test_settings
-from tests.helpers import Api
+from tests.helpers import Api, Who
 
 PIN = "2468"
 
@@ -162,3 +162,117 @@ async def test_family_and_kiosk_first_scenario(sqlite_template: Path, tmp_path: 
         finally:
             await fam_ctx.close()
             await kiosk_ctx.close()
+
+
+def _png(path: Path) -> Path:
+    """A small, colourful PNG made on the spot (Pillow is a server dependency)."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (160, 120), (70, 130, 180))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((20, 20, 80, 80), fill=(250, 210, 60))
+    draw.rectangle((0, 90, 160, 120), fill=(60, 160, 80))
+    image.save(path, format="PNG")
+    return path
+
+
+async def test_staff_reject_held_photo(sqlite_template: Path, tmp_path: Path) -> None:
+    """Staff reject a held photo; the family sees the rejection with the reason and the
+    credits back, live (issue 5, "What must be shown")."""
+    require_chromium()
+    from playwright.async_api import expect
+
+    expect.set_options(timeout=10_000)
+    app = create_app(test_settings(fresh_sqlite(sqlite_template, tmp_path), tmp_path),
+                     run_migrations=False)
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client, chromium() as browser:
+        api = Api(client)
+        admin = await api.admin()
+        facility_id = await api.facility(admin)  # review_photos is on by default
+        staff_email = f"officer-{secrets.token_hex(3)}@example.test"
+        r = await api.call("POST", f"/facilities/{facility_id}/staff", admin,
+                           json={"email": staff_email, "password": "staff password",
+                                 "name": "Officer Lane"})
+        assert r.status == 201, r.body
+        staff = await api.staff(admin, facility_id)
+        person = await api.person(staff, facility_id)
+        fam_email = f"sam-{secrets.token_hex(3)}@example.test"
+        r = await api.call("POST", "/auth/signup", json={
+            "email": fam_email, "password": "correct horse", "name": "Sam Rivers"})
+        assert r.status == 201, r.body
+        r = await api.call("POST", "/auth/login",
+                           json={"email": fam_email, "password": "correct horse"})
+        family = Who(r.body["token"], r.body["account"])
+        assert (await api.buy(family, 500)).status == 201
+        await api.connect(family, person)
+        photo = _png(tmp_path / "park.png")
+
+        base = str(client.make_url("/")).rstrip("/")
+        fam_ctx = await browser.new_context(viewport=PHONE, device_scale_factor=1)
+        staff_ctx = await browser.new_context(viewport=PHONE, device_scale_factor=1)
+        try:
+            fam, desk = await fam_ctx.new_page(), await staff_ctx.new_page()
+            errors: list[str] = []
+            for page in (fam, desk):
+                page.on("pageerror", lambda e: errors.append(str(e)))
+
+            # --- the family logs in and attaches a photo: the price includes it ---
+            await fam.goto(base + "/")
+            await expect(fam.locator("body")).to_have_attribute("data-ready", "signed-out")
+            await fam.get_by_label("Email").first.fill(fam_email)
+            await fam.locator("#login-password").fill("correct horse")
+            await fam.get_by_role("button", name="Log in").click()
+            await expect(fam.locator("html")).to_have_attribute("data-socket", "online")
+            await expect(fam.locator("#balance")).to_have_text("500 credits")
+            await fam.locator("#threads button", has_text="Pat Person").click()
+            await expect(fam.locator("#compose-price")).to_have_text(
+                "Sending costs 50 credits (balance after: 450).")
+            await fam.get_by_label("Attach photos").set_input_files(str(photo))
+            preview = fam.get_by_role("img", name="Photo 1: park.png")
+            await expect(preview).to_be_visible()
+            await expect(fam.locator("#compose-price")).to_have_text(
+                "Sending costs 150 credits (50 + 1 photo × 100) (balance after: 350).")
+            await fam.get_by_role("textbox", name="Message").fill("Us at the park on Sunday")
+            await fam.get_by_role("button", name="Send (150 credits)").click()
+            await expect(fam.locator("#balance")).to_have_text("350 credits")
+            mine = fam.locator("li.msg.mine", has_text="Us at the park")
+            await expect(mine).to_contain_text("Held for review")
+            await expect(fam.locator("#compose-previews img")).to_have_count(0)
+            thumb = mine.get_by_role("img", name="Photo 1 of 1")
+            await expect(thumb).to_be_visible()
+            assert await thumb.evaluate("i => i.complete && i.naturalWidth > 0")
+
+            # --- staff log in to the console and reject it with a reason ---
+            await desk.goto(base + "/static/staff.html")
+            await expect(desk.locator("body")).to_have_attribute("data-ready", "signed-out")
+            await desk.get_by_label("Email").fill(staff_email)
+            await desk.get_by_label("Password").fill("staff password")
+            await desk.get_by_role("button", name="Log in").click()
+            await expect(desk.locator("body")).to_have_attribute("data-ready", "signed-in")
+            item = desk.locator("#queue li", has_text="Us at the park")
+            await expect(item).to_contain_text("Sam Rivers")
+            await expect(desk.locator("#review-count")).to_have_text("1")
+            held = item.get_by_role("img", name="Photo 1 of 1 from Sam Rivers")
+            await expect(held).to_be_visible()
+            await desk.wait_for_function(
+                "() => [...document.querySelectorAll('#queue img')]"
+                ".every(i => i.complete && i.naturalWidth > 0)")
+            await item.get_by_label("Reason for rejecting (sent to Sam Rivers)").fill(
+                "Photos of other residents are not allowed")
+            await shot(desk, "staff-console")
+            await item.get_by_role("button", name="Reject message from Sam Rivers").click()
+            await expect(desk.locator("#notice")).to_contain_text("Rejected the message")
+            await expect(desk.locator("#queue li")).to_have_count(0)
+            await expect(desk.locator("#queue-empty")).to_be_visible()
+            await expect(desk.locator("#audit-rows")).to_contain_text("reject")
+
+            # --- the family sees it live: rejected with the reason, the credits back ---
+            await expect(mine.locator(".badge.rejected")).to_have_text(
+                "Rejected: Photos of other residents are not allowed")
+            await expect(mine).to_contain_text("150 credits returned")
+            await expect(fam.locator("#balance")).to_have_text("500 credits")
+            await shot(fam, "family-photo-rejected")
+            assert errors == [], errors
+        finally:
+            await fam_ctx.close()
+            await staff_ctx.close()

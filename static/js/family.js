@@ -189,10 +189,14 @@ function contactOf(personId) {
   return [...state.connections.values()].find((c) => c.person_id === personId);
 }
 
-function priceFor(personId) {
+function pricesFor(personId) {
   const c = contactOf(personId);
   const f = c && state.facilities.get(c.facility_id);
-  return ((f && f.settings && f.settings.prices) || DEFAULT_PRICES).message;
+  return { ...DEFAULT_PRICES, ...((f && f.settings && f.settings.prices) || {}) };
+}
+
+function priceFor(personId) {
+  return pricesFor(personId).message;
 }
 
 function renderThreads() {
@@ -213,6 +217,7 @@ function renderThreads() {
 }
 
 function openThread(personId) {
+  if (state.current !== personId) clearAttached();
   state.current = personId;
   renderThreads();
   renderThread();
@@ -251,7 +256,7 @@ function renderThread() {
   $("thread-h").textContent = c ? `${c.person_name || "Contact"} · ${statusText(c)}` : "";
   const msgs = state.inbox.thread(personId);
   const list = $("messages");
-  list.replaceChildren(...msgs.map((m) => bubble(m, state.me.id, { onOpen: payToOpen })));
+  list.replaceChildren(...msgs.map((m) => withPhotos(bubble(m, state.me.id, { onOpen: payToOpen }), m)));
   if (!msgs.length) list.append(h("li", { class: "muted" }, "No messages yet."));
   list.scrollTop = list.scrollHeight;
   markRead(msgs);
@@ -261,13 +266,17 @@ function renderThread() {
 function renderCompose() {
   if (!state.current || !state.me) return;
   const c = contactOf(state.current);
-  const price = priceFor(state.current);
+  const prices = pricesFor(state.current);
+  const n = attached.length;
+  const price = prices.message + prices.photo * n;
   const approved = c && c.status === "approved" && !c.blocked;
   $("compose").hidden = !approved;
   const short = state.balance < price;
+  const parts = n ? ` (${prices.message} + ${n} photo${n > 1 ? "s" : ""} × ${prices.photo})` : "";
   $("compose-price").textContent = short
-    ? `Sending costs ${price} credits; you have ${state.balance}. Buy credits to send.`
-    : `Sending costs ${price} credits (balance after: ${state.balance - price}).`;
+    ? `Sending costs ${price} credits${parts}; you have ${state.balance}. Buy credits to send.`
+    : `Sending costs ${price} credits${parts} (balance after: ${state.balance - price}).`;
+  $("compose-body").required = n === 0;
   $("send").textContent = `Send (${price} credits)`;
   $("send").disabled = short;
 }
@@ -276,13 +285,21 @@ let sendKey = null;
 $("compose").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const body = $("compose-body").value;
-  if (!body.trim() || !state.current) return;
+  if ((!body.trim() && !attached.length) || !state.current) return;
   $("send").disabled = true;
   sendKey = sendKey || newKey();
   try {
-    const r = await api("POST", "/messages", { key: sendKey, body: { to: state.current, body } });
+    // Each photo is uploaded once; a retry after a failed send reuses the ids already known.
+    for (const [i, a] of attached.entries()) {
+      if (a.photoId) continue;
+      say($("compose-notice"), `Uploading photo ${i + 1} of ${attached.length}…`);
+      a.photoId = await uploadPhoto(a.file);
+    }
+    const photo_ids = attached.map((a) => a.photoId);
+    const r = await api("POST", "/messages", { key: sendKey, body: { to: state.current, body, photo_ids } });
     sendKey = null;
     state.inbox.upsert(r.message);
+    clearAttached();
     $("compose-body").value = "";
     say($("compose-notice"), "");
     renderThread();
@@ -297,6 +314,90 @@ $("compose-body").addEventListener("input", () => { sendKey = null; });
 $("compose-body").addEventListener("keydown", (ev) => {
   if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) $("compose").requestSubmit();
 });
+
+// ---------- photos ----------
+// Attach (file input), preview before sending, upload each with POST /photos, then send the
+// message with photo_ids. The form's controls are added here so index.html stays as it was.
+const MAX_PHOTOS = 5; // server default photos_per_message_max
+let attached = []; // [{file, url, photoId?}]
+
+const photoInput = h("input", { type: "file", id: "compose-photos", accept: "image/jpeg,image/png",
+                                multiple: true, class: "sr-only" });
+const photoLabel = h("label", { for: "compose-photos", class: "attach" }, "Attach photos");
+const photoHint = h("span", { class: "muted", id: "compose-photos-hint" },
+                    ` JPEG or PNG, up to ${MAX_PHOTOS}; each photo costs extra and may be held for review.`);
+const previews = h("ul", { class: "previews", id: "compose-previews", "aria-label": "Photos to send" });
+photoInput.setAttribute("aria-describedby", "compose-photos-hint");
+$("compose-body").after(h("div", { class: "attach-row" }, photoInput, photoLabel, photoHint), previews);
+
+photoInput.addEventListener("change", () => {
+  const files = [...photoInput.files];
+  photoInput.value = "";
+  const room = MAX_PHOTOS - attached.length;
+  for (const file of files.slice(0, Math.max(room, 0))) {
+    attached.push({ file, url: URL.createObjectURL(file) });
+  }
+  say($("compose-notice"), files.length > room ? `At most ${MAX_PHOTOS} photos per message.` : "",
+      files.length > room ? "error" : "info");
+  sendKey = null;
+  renderPreviews();
+});
+
+function renderPreviews() {
+  previews.replaceChildren(...attached.map((a, i) => {
+    const remove = h("button", { type: "button", class: "remove", "aria-label": `Remove photo ${i + 1} (${a.file.name})` }, "×");
+    remove.addEventListener("click", () => {
+      URL.revokeObjectURL(a.url);
+      attached.splice(i, 1);
+      sendKey = null;
+      renderPreviews();
+      photoLabel.focus();
+    });
+    return h("li", {}, h("img", { src: a.url, alt: `Photo ${i + 1}: ${a.file.name}` }), remove);
+  }));
+  renderCompose();
+}
+
+function clearAttached() {
+  for (const a of attached) URL.revokeObjectURL(a.url);
+  attached = [];
+  renderPreviews();
+}
+
+async function uploadPhoto(file) {
+  const form = new FormData();
+  form.append("file", file, file.name);
+  let resp;
+  try {
+    resp = await fetch("/api/v1/photos", { method: "POST", body: form, credentials: "same-origin" });
+  } catch {
+    throw new ApiError(0, "network", "The server could not be reached. Check your connection.");
+  }
+  const data = await resp.json().catch(() => null);
+  if (!resp.ok) {
+    const e = (data && data.error) || {};
+    throw new ApiError(resp.status, e.code || `http_${resp.status}`,
+                       `${file.name}: ${e.message || `the server answered ${resp.status}.`}`, e.details);
+  }
+  return data.photo_id;
+}
+
+/** A bubble with its photos' thumbnails and, for a rejected paid message, the refund. */
+function withPhotos(li, msg) {
+  const ids = msg.photo_ids || [];
+  if (ids.length) {
+    li.querySelector(".photos")?.remove();
+    li.insertBefore(h("div", { class: "thumbs" }, ...ids.map((id, i) =>
+      h("a", { href: `/api/v1/photos/${encodeURIComponent(id)}`, target: "_blank", rel: "noopener" },
+        h("img", { src: `/api/v1/photos/${encodeURIComponent(id)}/thumb`, alt: `Photo ${i + 1} of ${ids.length}`,
+                   loading: "lazy" })))), li.querySelector(".meta"));
+  }
+  if (msg.from === state.me.id && msg.status === "rejected" && !msg.cod && msg.price) {
+    li.querySelector(".meta").append(h("span", { class: "badge refund", "data-refund": msg.price },
+                                       `${msg.price} credits returned`));
+  }
+  return li;
+}
 
 // ---------- data and live events ----------
 async function reloadAll() {
