@@ -41,9 +41,9 @@ from typing import Any
 from aiortc import RTCBundlePolicy
 
 from signalling import visits
+from signalling.media import rtc_configuration
 from signalling.relayed_visit import VisitRelay
 from signalling.turn import ice_servers
-from signalling.visit_client import rtc_configuration
 
 log = logging.getLogger("kinwire.relay")
 CHANNEL = "relay"
