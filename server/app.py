@@ -32,6 +32,10 @@ from server.events import Outbox
 from server.gateway.client import RESTARTING
 from server.gateway.endpoint import HUB, websocket
 from server.gateway.hub import Hub
+from server.logs import request_id_middleware
+from server.metrics import Metrics
+from server.metrics import install as install_metrics
+from server.metrics import middleware as metrics_middleware
 from server.openapi import build as build_openapi
 from server.routes_ops import healthz, readyz
 from server.routing import CONTEXT, Route, add_routes, error_middleware, json_response
@@ -80,7 +84,10 @@ def make_broker(settings: Settings) -> Broker:
 def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
                gateway: PaymentGateway | None = None,
                run_migrations: bool = True) -> web.Application:
-    app = web.Application(middlewares=[error_middleware],
+    # --- metrics/logs: request ids outermost, then send timing, then the error shape ---
+    metrics = Metrics()
+    app = web.Application(middlewares=[request_id_middleware, metrics_middleware(metrics),
+                                       error_middleware],
                           client_max_size=settings.request_body_bytes_max)
     store = Store(settings.resolved_database_url, pool_size=settings.db_pool_size,
                   busy_timeout_ms=settings.db_busy_timeout_ms)
@@ -89,13 +96,14 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
         settings=settings, store=store, broker=broker, gateway=gateway or SandboxGateway(),
         passwords=Passwords(settings.argon2_time_cost, settings.argon2_memory_kib),
         login_limiter=LoginLimiter(settings.login_failures_max, settings.login_window_s),
-        clock=clock)
+        clock=clock, metrics=metrics)
     app[CONTEXT] = ctx
     ctx.meters = Meters(store, broker, clock, minute_s=settings.visit_minute_s,
                         lease_s=settings.meter_lease_s, node_id=secrets.token_hex(6),
                         sink=Outbox,
                         push_live=lambda who, kind, data: calls.push_live(broker, who, kind,
-                                                                           data))
+                                                                           data),
+                        metrics=metrics)
     # --- relay mode (signalling/relay.py): this process's relayed visits ---
     ctx.relay = Relay(store, broker, node_id=ctx.meters.node_id, lease_s=settings.relay_lease_s,
                       turn_secret=settings.turn_secret, turn_urls=settings.turn_urls,
@@ -105,8 +113,9 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
                       party_channel=events.channel)
     # --- end relay mode ---
     hub = Hub(store, broker, per_user_max=settings.ws_connections_per_user_max,
-              page_max=settings.sync_page_max)
+              page_max=settings.sync_page_max, metrics=metrics)
     app[HUB] = hub
+    install_metrics(app, metrics, hub=hub, store=store, broker=broker)  # GET /metrics
 
     async def database(app: web.Application) -> AsyncIterator[None]:
         if run_migrations:

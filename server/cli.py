@@ -170,8 +170,10 @@ def _serve(settings: Settings, args) -> int:
     url = settings.public_url or f"http://{host}:{port}/"
     print(f"Kinwire on {url} (database: {settings.resolved_database_url.split('://')[0]}, "
           f"broker: {'redis' if settings.redis_url else 'memory'})", flush=True)
+    from server.logs import AccessLogger  # metrics/logs: no query strings, with request ids
+
     web.run_app(create_app(settings), host=host, port=port, print=None,
-                shutdown_timeout=10)
+                shutdown_timeout=10, access_log_class=AccessLogger)
     return 0
 
 
@@ -233,8 +235,10 @@ def main(argv: list[str] | None = None, default: str | None = None) -> int:
     except SettingsError as exc:
         print(f"kinwire: bad setting: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # metrics/logs: JSON lines (KINWIRE_LOG_FORMAT=json, the default) or plain text.
+    from server.logs import configure
+
+    configure(settings.log_level, settings.log_format)
     # Alembic announces every plugin at INFO; its warnings are what an operator needs.
     logging.getLogger("alembic").setLevel(logging.WARNING)
     if command in SYNC:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from billing.gateway import PaymentGateway
 from server.auth import LoginLimiter, Passwords
 from server.broker import Broker
+from server.metrics import Metrics
 from server.settings import Settings
 from server.store import Store
 
@@ -25,3 +26,4 @@ class Context:
     clock: Callable[[], datetime]
     meters: Any = None  # signalling.meters.Meters, on a serving process
     relay: Any = None  # signalling.relay.Relay (relay-mode media), on a serving process
+    metrics: Metrics = field(default_factory=Metrics)  # create_app's; a private one elsewhere

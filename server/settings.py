@@ -44,6 +44,8 @@ class Settings:
     public_url: str = _setting("", "The URL people reach the service at (printed at start).")
     demo: bool = _setting(False, "Seed the demo facility, people, staff and family at start.")
     log_level: str = _setting("INFO", "Python logging level.")
+    log_format: str = _setting("json", "`json` (one object a line, with request ids) or "
+                               "`text` for `kinwire serve` logs.")
     payment_gateway: str = _setting("sandbox", "Payment gateway; only `sandbox` is built in.")
 
     visit_minute_s: float = _setting(60.0, "Length of one billed visit minute in seconds "
@@ -166,6 +168,8 @@ class Settings:
             raise SettingsError("KINWIRE_PAYMENT_GATEWAY: only 'sandbox' is built in")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise SettingsError("KINWIRE_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
+        if self.log_format not in {"json", "text"}:
+            raise SettingsError("KINWIRE_LOG_FORMAT must be json or text")
         for origin in self.allowed_origins:
             if not origin.startswith(("http://", "https://")):
                 raise SettingsError(f"KINWIRE_ALLOWED_ORIGINS: {origin!r} is not an http(s) origin")

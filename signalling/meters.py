@@ -38,6 +38,12 @@ class Sink(visits.EventSink, Protocol):
     async def signal(self, broker: Any) -> None: ...
 
 
+class _NoMetrics:
+    def inc(self, name: str, amount: float = 1.0, **labels: str) -> None: ...
+
+    def observe(self, name: str, seconds: float) -> None: ...
+
+
 def ts(moment: datetime) -> float:
     return moment.timestamp()
 
@@ -46,7 +52,10 @@ class Meters:
     def __init__(self, store: Any, broker: Any, clock: Callable[[], datetime], *,
                  minute_s: float, lease_s: float, node_id: str,
                  sink: Callable[[], Sink],
-                 push_live: Callable[[str, str, dict[str, Any]], Awaitable[Any]]) -> None:
+                 push_live: Callable[[str, str, dict[str, Any]], Awaitable[Any]],
+                 metrics: Any = None) -> None:
+        # metrics: anything with inc(name, **labels) and observe(name, s); None counts nothing
+        self.metrics = metrics if metrics is not None else _NoMetrics()
         self.store, self.broker, self.clock = store, broker, clock
         self.minute_s, self.lease_s, self.node_id = minute_s, lease_s, node_id
         self.sink, self.push_live = sink, push_live
@@ -152,6 +161,7 @@ class VisitMeter:
         self.visit_id = visit_id
         self._wake = asyncio.Event()
         self.wake_at: float | None = None
+        self._wake_seen: float | None = None  # metrics: the WakeAt already measured
         self.events: deque[meter.Event] = deque()
         self.done = False
 
@@ -200,6 +210,17 @@ class VisitMeter:
             deadline = min(x for x in (self.wake_at, renew_at) if x is not None)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(0.0, deadline - now))
+            self._observe_lateness()
+
+    def _observe_lateness(self) -> None:
+        """metrics: once per WakeAt, how long after its instant the meter got to it."""
+        due = self.wake_at
+        if due is None or due == self._wake_seen:
+            return
+        now = ts(self.m.clock())
+        if now >= due:
+            self._wake_seen = due
+            self.m.metrics.observe("kinwire_meter_lateness_seconds", now - due)
 
     async def _renew(self) -> bool:
         try:
@@ -269,6 +290,7 @@ class VisitMeter:
                     balance = await ledger.balance(conn, self.family_id)
                     await sink.emit(conn, self.family_id, "balance", {"balance": balance}, now)
             except LedgerError as exc:
+                self.m.metrics.inc("kinwire_meter_debits_total", result="refused")  # metrics
                 if exc.code == "insufficient_credits":
                     return meter.DebitRefused(ts(now), action.minute)
                 log.error("visit %s minute %d refused: %s", self.visit_id, action.minute,
@@ -276,10 +298,12 @@ class VisitMeter:
                 return meter.Failed(ts(now))
             except Exception:
                 # The outcome is unknown; the same key settles it on the next attempt.
+                self.m.metrics.inc("kinwire_meter_debits_total", result="unknown")  # metrics
                 log.warning("visit %s minute %d: debit outcome unknown (attempt %d)",
                             self.visit_id, action.minute, attempt + 1)
                 await asyncio.sleep(min(0.1 * 2 ** attempt, 2.0))
                 continue
+            self.m.metrics.inc("kinwire_meter_debits_total", result="ok")  # metrics
             await sink.signal(self.m.broker)
             return meter.DebitOk(ts(now), action.minute, balance)
         return meter.Failed(ts(self.m.clock()))

@@ -128,6 +128,11 @@ async def test_the_meter_bills_connected_minutes_until_the_balance_runs_out(
         async with api.ctx.store.read() as conn:
             entries = await ledger.statement(conn, c.family.id)
             assert await ledger.check_invariants(conn) == []
+        async with client.get("/metrics") as r:
+            metrics = await r.text()
+        assert 'kinwire_meter_debits_total{result="ok"} 2' in metrics
+        assert 'kinwire_meter_debits_total{result="refused"} 1' in metrics
+        assert "kinwire_meter_lateness_seconds_count" in metrics
         minutes = [e for e in entries if e.kind == "visit_minute"]
         assert sorted(e.key for e in minutes) == [f"visit:{visit_id}:minute:{k}" for k in (1, 2)]
         assert all(e.amount == 50 for e in minutes)

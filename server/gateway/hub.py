@@ -21,6 +21,7 @@ from server.broker import Broker, BrokerUnavailable, Gap
 from server.errors import ApiError
 from server.gateway.client import REVOKED, Client
 from server.gateway.envelope import encode, push
+from server.metrics import Metrics
 from server.store import Store
 
 log = logging.getLogger("kinwire.gateway")
@@ -95,10 +96,12 @@ class Feed:
 
     def fan_out(self, frame: dict[str, Any]) -> None:
         encoded: dict[str, str | bytes] = {}
+        pushed = 0
         for client in list(self.clients):
             if client.codec not in encoded:
                 encoded[client.codec] = encode(client.codec, frame)
-            client.send_encoded(encoded[client.codec])
+            pushed += client.send_encoded(encoded[client.codec])
+        self.hub.metrics.inc("kinwire_pushes_total", pushed)  # metrics
 
     async def catch_up(self, seq: int | None) -> None:
         async with self.lock:
@@ -117,13 +120,16 @@ class Feed:
                     for client in live:
                         if event.seq > client.last_seq and client.send(frame):
                             client.last_seq = event.seq
+                            self.hub.metrics.inc("kinwire_pushes_total")  # metrics
                 if len(batch) < page:
                     return
                 floor = batch[-1].seq
 
 
 class Hub:
-    def __init__(self, store: Store, broker: Broker, *, per_user_max: int, page_max: int) -> None:
+    def __init__(self, store: Store, broker: Broker, *, per_user_max: int, page_max: int,
+                 metrics: Metrics | None = None) -> None:
+        self.metrics = metrics or Metrics()  # metrics: kinwire_pushes_total
         self.store = store
         self.broker = broker
         self.per_user_max = per_user_max

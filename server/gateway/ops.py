@@ -6,6 +6,7 @@ call the service and answer, like the HTTP handlers.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -109,9 +110,12 @@ async def send_message(call: WsCall) -> dict[str, Any]:
                        f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from None
     draft = draft_from(call.ctx.settings, body, key)
     outbox = Outbox()
+    started = time.perf_counter()  # metrics: kinwire_send_seconds
     async with call.ctx.store.write() as conn:
         shown = await messages.send(conn, outbox, call.me, draft, call.ctx.clock())
     await outbox.signal(call.ctx.broker)
+    call.ctx.metrics.observe("kinwire_send_seconds", time.perf_counter() - started)
+    call.ctx.metrics.inc("kinwire_messages_sent_total")
     return {"message": shown}
 
 
