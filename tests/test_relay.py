@@ -12,9 +12,6 @@ import json
 import os
 import re
 import secrets
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,33 +23,14 @@ from aiortc.mediastreams import MediaStreamError
 from argon2 import PasswordHasher
 
 from server import accounts
-from server.ids import new_id
 from server.store import Store
-from server.store.schema import connections, utcnow, visits
+from server.store.schema import utcnow
 from signalling.visit_client import VisitClient, VisitError, rtc_configuration
-from tests.test_cluster import RedisServer, cluster, make_pair, post
-from tests.turn_server import private_coturn
+from tests.test_cluster import make_pair, post
+from tests.test_visit_e2e import account_id, stack, visit_now
 
-MINUTE_S = 2.0
 FAMILY_SIZE, PERSON_SIZE = (320, 240), (240, 176)  # told apart by the watcher
-
-
-async def visit_now(db: str, family_id: str, *, record: bool) -> tuple[str, str]:
-    """A relay-mode visit whose window is open; returns (visit id, facility id)."""
-    store, now, visit_id = Store(db), utcnow(), new_id("vis")
-    try:
-        async with store.write() as conn:
-            con = (await conn.execute(connections.select().where(
-                connections.c.family_id == family_id))).first()
-            await conn.execute(visits.insert().values(
-                id=visit_id, facility_id=con.facility_id, connection_id=con.id,
-                family_id=family_id, person_id=con.person_id, booked_by=family_id,
-                start_at=now - timedelta(minutes=1), end_at=now + timedelta(minutes=29),
-                blocks=1, minute_price=50, media="relay", record=record, status="scheduled",
-                created_at=now, updated_at=now))
-    finally:
-        await store.close()
-    return visit_id, con.facility_id
+RELAY = {"KINWIRE_RELAY_LEASE_S": "3", "KINWIRE_RELAY_LOOPBACK_ONLY": "1"}
 
 
 async def staff_of(http: aiohttp.ClientSession, node: Any, db: str, facility_id: str) -> str:
@@ -71,28 +49,6 @@ async def staff_of(http: aiohttp.ClientSession, node: Any, db: str, facility_id:
                                                             "password": "staff pass"})
     assert status == 200, r
     return r["token"]
-
-
-async def account_id(http: aiohttp.ClientSession, node: Any, token: str) -> str:
-    async with http.get(node.base + "/api/v1/me",
-                        headers={"Authorization": f"Bearer {token}"}) as r:
-        return (await r.json())["account"]["id"]
-
-
-@asynccontextmanager
-async def stack(pg: str, tmp_path: Path) -> AsyncIterator[tuple]:
-    redis = RedisServer(tmp_path)
-    await redis.start()
-    try:
-        async with private_coturn() as turn, cluster(
-                pg, redis.url, tmp_path, KINWIRE_VISIT_MINUTE_S=str(MINUTE_S),
-                KINWIRE_METER_LEASE_S="1.5", KINWIRE_RELAY_LEASE_S="3",
-                KINWIRE_TURN_SECRET=turn.secret, KINWIRE_TURN_URLS=turn.url,
-                KINWIRE_RELAY_LOOPBACK_ONLY="1") as nodes, \
-                aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
-            yield nodes, turn, http
-    finally:
-        redis.stop()
 
 
 def party(node: Any, token: str, visit_id: str, size: tuple[int, int], *,
@@ -167,7 +123,7 @@ async def until(predicate: Any, timeout_s: float, step_s: float = 0.02) -> float
 
 async def test_a_relayed_visit_flows_through_the_server_and_is_recorded(
         pg_db: str, tmp_path: Path) -> None:
-    async with stack(pg_db, tmp_path) as (nodes, turn, http):
+    async with stack(pg_db, tmp_path, **RELAY) as (nodes, turn, http):
         a, b = nodes
         family_token, person_token = await make_pair(http, a, b, pg_db)
         family_id = await account_id(http, a, family_token)
@@ -179,7 +135,7 @@ async def test_a_relayed_visit_flows_through_the_server_and_is_recorded(
                                {"to": person_id, "credits": spare},
                                **{"Idempotency-Key": "leave-120"})
         assert status == 201
-        visit_id, _ = await visit_now(pg_db, family_id, record=True)
+        visit_id, _ = await visit_now(pg_db, family_id, media="relay", record=True)
         family = party(a, family_token, visit_id, FAMILY_SIZE)
         person = party(b, person_token, visit_id, PERSON_SIZE)
         loop = asyncio.get_running_loop()
@@ -226,11 +182,11 @@ async def test_a_relayed_visit_flows_through_the_server_and_is_recorded(
 
 
 async def test_a_privileged_visit_leaves_no_recording(pg_db: str, tmp_path: Path) -> None:
-    async with stack(pg_db, tmp_path) as (nodes, turn, http):
+    async with stack(pg_db, tmp_path, **RELAY) as (nodes, turn, http):
         a, b = nodes
         family_token, person_token = await make_pair(http, a, b, pg_db)
         family_id = await account_id(http, a, family_token)
-        visit_id, _ = await visit_now(pg_db, family_id, record=False)
+        visit_id, _ = await visit_now(pg_db, family_id, media="relay", record=False)
         family = party(a, family_token, visit_id, FAMILY_SIZE)
         person = party(b, person_token, visit_id, PERSON_SIZE)
         try:
@@ -253,11 +209,11 @@ async def test_a_privileged_visit_leaves_no_recording(pg_db: str, tmp_path: Path
 
 
 async def test_staff_end_cuts_the_media_at_the_server(pg_db: str, tmp_path: Path) -> None:
-    async with stack(pg_db, tmp_path) as (nodes, turn, http):
+    async with stack(pg_db, tmp_path, **RELAY) as (nodes, turn, http):
         a, b = nodes
         family_token, person_token = await make_pair(http, a, b, pg_db)
         family_id = await account_id(http, a, family_token)
-        visit_id, facility_id = await visit_now(pg_db, family_id, record=True)
+        visit_id, facility_id = await visit_now(pg_db, family_id, media="relay", record=True)
         staff = await staff_of(http, b, pg_db, facility_id)
         family = party(a, family_token, visit_id, FAMILY_SIZE, kind=Stubborn)
         person = party(b, person_token, visit_id, PERSON_SIZE, kind=Stubborn)
@@ -371,11 +327,11 @@ class Watcher:
 
 
 async def test_staff_watch_both_parties_live(pg_db: str, tmp_path: Path) -> None:
-    async with stack(pg_db, tmp_path) as (nodes, turn, http):
+    async with stack(pg_db, tmp_path, **RELAY) as (nodes, turn, http):
         a, b = nodes
         family_token, person_token = await make_pair(http, a, b, pg_db)
         family_id = await account_id(http, a, family_token)
-        visit_id, facility_id = await visit_now(pg_db, family_id, record=False)
+        visit_id, facility_id = await visit_now(pg_db, family_id, media="relay", record=False)
         staff = await staff_of(http, b, pg_db, facility_id)
         family = party(a, family_token, visit_id, FAMILY_SIZE)
         person = party(b, person_token, visit_id, PERSON_SIZE)

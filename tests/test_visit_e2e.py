@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -25,13 +26,16 @@ from tests.turn_server import private_coturn
 MINUTE_S = 2.0
 
 
-async def _account_id(http: aiohttp.ClientSession, base: str, token: str) -> str:
-    async with http.get(base + "/api/v1/me", headers={"Authorization": f"Bearer {token}"}) as r:
+async def account_id(http: aiohttp.ClientSession, node: Any, token: str) -> str:
+    async with http.get(node.base + "/api/v1/me",
+                        headers={"Authorization": f"Bearer {token}"}) as r:
         return (await r.json())["account"]["id"]
 
 
-async def visit_now(db: str, family_id: str) -> str:
-    """A visit whose window is open (booking is tested elsewhere; this test is the call)."""
+async def visit_now(db: str, family_id: str, *, media: str = "direct",
+                    record: bool = True) -> tuple[str, str]:
+    """A visit whose window is open (booking is tested elsewhere; this test is the call);
+    returns (visit id, facility id)."""
     store, now, visit_id = Store(db), utcnow(), new_id("vis")
     try:
         async with store.write() as conn:
@@ -41,11 +45,11 @@ async def visit_now(db: str, family_id: str) -> str:
                 id=visit_id, facility_id=con.facility_id, connection_id=con.id,
                 family_id=family_id, person_id=con.person_id, booked_by=family_id,
                 start_at=now - timedelta(minutes=1), end_at=now + timedelta(minutes=29),
-                blocks=1, minute_price=50, media="direct", record=True, status="scheduled",
+                blocks=1, minute_price=50, media=media, record=record, status="scheduled",
                 created_at=now, updated_at=now))
     finally:
         await store.close()
-    return visit_id
+    return visit_id, con.facility_id
 
 
 async def debits(db: str, visit_id: str) -> list[ledger.Transfer]:
@@ -62,16 +66,18 @@ async def debits(db: str, visit_id: str) -> list[ledger.Transfer]:
 
 
 @asynccontextmanager
-async def stack(pg: str, tmp_path: Path) -> AsyncIterator[tuple]:
+async def stack(pg: str, tmp_path: Path, **settings: str) -> AsyncIterator[tuple]:
+    """Two server processes on `pg`, a private Redis and a private coturn on loopback;
+    yields (nodes, turn, http)."""
     redis = RedisServer(tmp_path)
     await redis.start()
     try:
         async with private_coturn() as turn, cluster(
                 pg, redis.url, tmp_path, KINWIRE_VISIT_MINUTE_S=str(MINUTE_S),
                 KINWIRE_METER_LEASE_S="1.5", KINWIRE_TURN_SECRET=turn.secret,
-                KINWIRE_TURN_URLS=turn.url) as nodes, \
+                KINWIRE_TURN_URLS=turn.url, **settings) as nodes, \
                 aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
-            yield nodes, http
+            yield nodes, turn, http
     finally:
         redis.stop()
 
@@ -83,10 +89,10 @@ def client(node, token: str, visit_id: str, codec: str) -> VisitClient:
 
 async def test_a_direct_visit_bills_until_the_balance_runs_out(pg_db: str,
                                                                tmp_path: Path) -> None:
-    async with stack(pg_db, tmp_path) as ((a, b), http):
+    async with stack(pg_db, tmp_path) as ((a, b), _turn, http):
         family_token, person_token = await make_pair(http, a, b, pg_db)
-        family_id = await _account_id(http, a.base, family_token)
-        person_id = await _account_id(http, b.base, person_token)
+        family_id = await account_id(http, a, family_token)
+        person_id = await account_id(http, b, person_token)
         # Leave the family exactly 120 credits: two minutes at 50, and 20 over.
         async with http.get(a.base + "/api/v1/me",
                             headers={"Authorization": f"Bearer {family_token}"}) as r:
@@ -95,7 +101,7 @@ async def test_a_direct_visit_bills_until_the_balance_runs_out(pg_db: str,
                                {"to": person_id, "credits": spare},
                                **{"Idempotency-Key": "leave-120"})
         assert status == 201
-        visit_id = await visit_now(pg_db, family_id)
+        visit_id, _ = await visit_now(pg_db, family_id)
         family = client(a, family_token, visit_id, "json")
         person = client(b, person_token, visit_id, "msgpack")
         try:
@@ -125,10 +131,10 @@ async def test_a_direct_visit_bills_until_the_balance_runs_out(pg_db: str,
 
 @pytest.mark.slow
 async def test_the_meter_survives_kill_9_of_its_process(pg_db: str, tmp_path: Path) -> None:
-    async with stack(pg_db, tmp_path) as ((a, b), http):
+    async with stack(pg_db, tmp_path) as ((a, b), _turn, http):
         family_token, person_token = await make_pair(http, a, b, pg_db)
-        family_id = await _account_id(http, a.base, family_token)
-        visit_id = await visit_now(pg_db, family_id)
+        family_id = await account_id(http, a, family_token)
+        visit_id, _ = await visit_now(pg_db, family_id)
         # The person joins first, on B: B claims the meter. The family is on A.
         person = client(b, person_token, visit_id, "msgpack")
         family = client(a, family_token, visit_id, "json")
@@ -169,10 +175,10 @@ async def test_the_command_line_visit_client(pg_db: str, tmp_path: Path) -> None
     import json
     import sys
 
-    async with stack(pg_db, tmp_path) as ((a, b), http):
+    async with stack(pg_db, tmp_path) as ((a, b), _turn, http):
         family_token, person_token = await make_pair(http, a, b, pg_db)
-        family_id = await _account_id(http, a.base, family_token)
-        visit_id = await visit_now(pg_db, family_id)
+        family_id = await account_id(http, a, family_token)
+        visit_id, _ = await visit_now(pg_db, family_id)
         kiosk = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "server", "visit-client", "--url", b.base, "--token",
             person_token, "--visit", visit_id, "--codec", "msgpack", "--seconds", "40",
@@ -199,10 +205,10 @@ async def test_the_command_line_visit_client(pg_db: str, tmp_path: Path) -> None
 async def test_a_pause_of_half_the_window_is_not_billed(pg_db: str, tmp_path: Path) -> None:
     """A 16 s window (8 billed minutes of 2 s): the family is gone for half of it."""
     window_s = 16.0
-    async with stack(pg_db, tmp_path) as ((a, b), http):
+    async with stack(pg_db, tmp_path) as ((a, b), _turn, http):
         family_token, person_token = await make_pair(http, a, b, pg_db)
-        family_id = await _account_id(http, a.base, family_token)
-        visit_id = await visit_now(pg_db, family_id)
+        family_id = await account_id(http, a, family_token)
+        visit_id, _ = await visit_now(pg_db, family_id)
         store = Store(pg_db)
         async with store.write() as conn:  # shrink the window to end 16 s from now
             await conn.execute(visits.update().where(visits.c.id == visit_id).values(
