@@ -39,6 +39,12 @@ def invalid(message: str, **details: Any) -> ApiError:
     return ApiError(422, "invalid_input", message, **details)
 
 
+def ledger_error(exc: Exception) -> ApiError:
+    """A refused ledger transfer (billing.ledger.LedgerError) as the client sees it."""
+    code = getattr(exc, "code", "ledger_error")
+    return ApiError(LEDGER_STATUS.get(code, 409), code, getattr(exc, "message", str(exc)))
+
+
 # Result codes of the ledger and the gateway, mapped onto HTTP statuses.
 LEDGER_STATUS = {
     "insufficient_credits": 402,

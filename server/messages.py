@@ -21,7 +21,7 @@ from billing import ledger
 from billing.ledger import LedgerError, SystemAccount
 from server import connections, facilities
 from server.auth import Principal
-from server.errors import LEDGER_STATUS, ApiError, not_found
+from server.errors import ApiError, ledger_error, not_found
 from server.events import Outbox
 from server.ids import new_id
 from server.store.schema import messages, photos
@@ -49,8 +49,21 @@ def watched(body: str, keywords: list[str]) -> str | None:
     return None
 
 
-def _charge_error(exc: LedgerError) -> ApiError:
-    return ApiError(LEDGER_STATUS.get(exc.code, 409), exc.code, exc.message)
+async def photo_ids_by_message(conn: AsyncConnection,
+                               message_ids: list[str]) -> dict[str, list[str]]:
+    """Every listed message's photo ids in one query (not one query per message)."""
+    found: dict[str, list[str]] = {m: [] for m in message_ids}
+    if message_ids:
+        rows = await conn.execute(select(photos.c.message_id, photos.c.id)
+                                  .where(photos.c.message_id.in_(message_ids))
+                                  .order_by(photos.c.message_id, photos.c.position))
+        for message_id, photo_id in rows:
+            found[message_id].append(photo_id)
+    return found
+
+
+def views(rows: list[Any], viewer: Principal, ids: dict[str, list[str]]) -> list[dict[str, Any]]:
+    return [view(r, viewer, ids[r.id]) for r in rows]
 
 
 async def photo_ids_of(conn: AsyncConnection, message_id: str) -> list[str]:
@@ -137,7 +150,7 @@ async def _charge(conn: AsyncConnection, payer: str, row: Any, photo_count: int,
             await ledger.transfer(conn, key=f"{prefix}:{row.id}:{part}", debit=payer,
                                   credit=revenue, amount=amount, kind=kind, ref=row.id, at=at)
         except LedgerError as exc:
-            raise _charge_error(exc) from None
+            raise ledger_error(exc) from None
 
 
 async def send(conn: AsyncConnection, outbox: Outbox, sender: Principal, draft: Draft,
@@ -242,4 +255,4 @@ async def listing(conn: AsyncConnection, who: Principal, folder: str, before: st
                                 and_(m.c.created_at == anchor.created_at, m.c.id < anchor.id)))
     rows = list(await conn.execute(query.order_by(m.c.created_at.desc(), m.c.id.desc())
                                    .limit(limit)))
-    return [view(r, who, await photo_ids_of(conn, r.id)) for r in rows]
+    return views(rows, who, await photo_ids_by_message(conn, [r.id for r in rows]))

@@ -29,7 +29,8 @@ async def queue(conn: AsyncConnection, staff: Principal, facility_id: str,
     rows = list(await conn.execute(select(m).where(m.c.facility_id == facility_id,
                                                    m.c.status == "held")
                                    .order_by(m.c.created_at, m.c.id).limit(limit)))
-    return [messages.view(r, staff, await messages.photo_ids_of(conn, r.id)) for r in rows]
+    return messages.views(rows, staff,
+                          await messages.photo_ids_by_message(conn, [r.id for r in rows]))
 
 
 async def _decide(conn: AsyncConnection, staff: Principal, message_id: str, status: str,

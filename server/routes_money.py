@@ -14,7 +14,7 @@ from billing.pricing import PricingError, quote_purchase
 from billing.purchases import buy_credits
 from server import idempotency
 from server.connections import is_approved_contact
-from server.errors import LEDGER_STATUS, ApiError
+from server.errors import ApiError, ledger_error
 from server.facilities import Strict
 from server.routing import ANY_SESSION, Call, Route, json_response
 
@@ -37,10 +37,6 @@ class PurchaseIn(Strict):
 class GiftIn(Strict):
     to: Annotated[str, Field(min_length=1, max_length=32)]
     credits: Credits
-
-
-def _ledger_error(exc: LedgerError) -> ApiError:
-    return ApiError(LEDGER_STATUS.get(exc.code, 409), exc.code, exc.message)
 
 
 def _purchase_fingerprint(call: Call, body: PurchaseIn) -> str:
@@ -75,7 +71,7 @@ async def purchase(call: Call) -> web.Response:
         except CardError as exc:
             raise ApiError(exc.status, exc.code, exc.message) from None
         except LedgerError as exc:
-            raise _ledger_error(exc) from None
+            raise ledger_error(exc) from None
         result = {"purchase": bought.public(), "balance": await ledger.balance(conn, me.account_id)}
         await idempotency.store(conn, account_id=me.account_id, key=key, status=201, body=result)
     return json_response(result, 201)
@@ -102,7 +98,7 @@ async def gift(call: Call) -> web.Response:
             await ledger.transfer(conn, key=f"gift:{me.account_id}:{key}", debit=me.account_id,
                                   credit=body.to, amount=body.credits, kind="gift", at=now)
         except LedgerError as exc:
-            raise _ledger_error(exc) from None
+            raise ledger_error(exc) from None
         result = {"balance": await ledger.balance(conn, me.account_id)}
         await idempotency.store(conn, account_id=me.account_id, key=key, status=201, body=result)
     return json_response(result, 201)

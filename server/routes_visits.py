@@ -223,7 +223,7 @@ async def list_visits(call: Call) -> web.Response:
     limit = call.query_int("limit", lo=1, hi=call.ctx.settings.page_size_max) or 100
     async with call.ctx.store.read() as conn:
         rows = await conn.execute(query.order_by(v.start_at, v.id).limit(limit))
-        shown = [visit_view(r, r.timezone) for r in rows]
+        shown = [visit_view(r) for r in rows]
     return json_response({"visits": shown})
 
 

@@ -17,7 +17,7 @@ from server.events import Outbox
 from signalling import visits
 
 
-def visit_view(row: Any, timezone: str | None = None) -> dict[str, Any]:
+def visit_view(row: Any) -> dict[str, Any]:
     """`row` is a visits row read with its facility's `timezone` (see `get`)."""
     return visits.public(row)
 
