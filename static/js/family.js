@@ -2,7 +2,7 @@
 // to connect, and a chat-style inbox kept live by the shared socket.
 import { api, ApiError, dollars, h, newKey, say } from "./api.js";
 import { KinwireSocket } from "./socket.js";
-import { Inbox, bubble } from "./threads.js";
+import { Inbox, applyEvent, bubble, loadConversations } from "./threads.js";
 
 // The server's purchase terms: credits are bought in blocks of KINWIRE_CREDIT_BLOCK (500) and
 // each purchase carries KINWIRE_PURCHASE_FEE_CENTS (150). The API does not publish them yet
@@ -401,25 +401,14 @@ function withPhotos(li, msg) {
 
 // ---------- data and live events ----------
 async function reloadAll() {
-  const [me, conns, inbox, sent] = await Promise.all([
-    api("GET", "/me"), api("GET", "/connections"),
-    api("GET", "/messages?folder=inbox"), api("GET", "/messages?folder=sent")]);
-  setBalance(me.balance);
-  state.connections = new Map(conns.connections.map((c) => [c.id, c]));
-  state.inbox.clear();
-  for (const m of [...inbox.messages, ...sent.messages]) state.inbox.upsert(m);
+  setBalance(await loadConversations(state));
   renderConnections();
   renderThreads();
   renderThread();
 }
 
 function onEvent(type, data) {
-  if (type === "balance") setBalance(data.balance);
-  else if (type === "message.new" || type === "message.status") {
-    state.inbox.upsert(data);
-    renderThreads();
-    if (state.current === state.inbox.other(data)) renderThread();
-  } else if (type === "connection.updated") upsertConnection(data);
+  applyEvent(state, type, data, { setBalance, renderThreads, renderThread, upsertConnection });
 }
 
 async function start() {

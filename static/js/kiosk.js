@@ -3,7 +3,7 @@
 // requests to approve or deny, and the inbox with replies (collect when the balance is short).
 import { api, h, newKey, say } from "./api.js";
 import { KinwireSocket } from "./socket.js";
-import { Inbox, bubble } from "./threads.js";
+import { Inbox, applyEvent, bubble, loadConversations } from "./threads.js";
 
 const DEFAULT_PRICES = { message: 50, photo: 100, visit_minute: 50 };
 const $ = (id) => document.getElementById(id);
@@ -196,25 +196,14 @@ function setBalance(n) {
 }
 
 async function reloadAll() {
-  const [me, conns, inbox, sent] = await Promise.all([
-    api("GET", "/me"), api("GET", "/connections"),
-    api("GET", "/messages?folder=inbox"), api("GET", "/messages?folder=sent")]);
-  setBalance(me.balance);
-  state.connections = new Map(conns.connections.map((c) => [c.id, c]));
-  state.inbox.clear();
-  for (const m of [...inbox.messages, ...sent.messages]) state.inbox.upsert(m);
+  setBalance(await loadConversations(state));
   renderRequests();
   renderThreads();
   renderThread();
 }
 
 function onEvent(type, data) {
-  if (type === "balance") setBalance(data.balance);
-  else if (type === "message.new" || type === "message.status") {
-    state.inbox.upsert(data);
-    renderThreads();
-    if (state.current === state.inbox.other(data)) renderThread();
-  } else if (type === "connection.updated") upsertConnection(data);
+  applyEvent(state, type, data, { setBalance, renderThreads, renderThread, upsertConnection });
 }
 
 async function start() {

@@ -1,6 +1,6 @@
 // The chat model and view shared by the family app and the kiosk: messages kept by id (so a
 // push and a reload never show one twice), one thread per contact, bubbles with their status.
-import { h } from "./api.js";
+import { api, h } from "./api.js";
 
 export class Inbox {
   constructor(meId) {
@@ -73,4 +73,27 @@ export function bubble(msg, me, { onOpen, codPrice } = {}) {
 export function connectionState() {
   return h("span", { class: "conn", role: "status", "aria-live": "polite", "data-socket-state": "connecting" },
            "Connecting…");
+}
+
+// Both apps keep the same conversation state: connections by id and an Inbox of messages.
+// Load it all over HTTP (at start and after a sync reset); returns the caller's balance.
+export async function loadConversations(state) {
+  const [me, conns, inbox, sent] = await Promise.all([
+    api("GET", "/me"), api("GET", "/connections"),
+    api("GET", "/messages?folder=inbox"), api("GET", "/messages?folder=sent")]);
+  state.connections = new Map(conns.connections.map((c) => [c.id, c]));
+  state.inbox.clear();
+  for (const m of [...inbox.messages, ...sent.messages]) state.inbox.upsert(m);
+  return me.balance;
+}
+
+// Apply one pushed event to that state; the app supplies how to redraw.
+export function applyEvent(state, type, data, { setBalance, renderThreads, renderThread,
+                                                upsertConnection }) {
+  if (type === "balance") setBalance(data.balance);
+  else if (type === "message.new" || type === "message.status") {
+    state.inbox.upsert(data);
+    renderThreads();
+    if (state.current === state.inbox.other(data)) renderThread();
+  } else if (type === "connection.updated") upsertConnection(data);
 }
