@@ -1,0 +1,1 @@
+"""Kinwire's benchmarks: each scenario beside a bare baseline (docs/BENCHMARKS.md)."""

@@ -1,0 +1,1 @@
+"""Small programs doing only the bare job with the same libraries, run as separate processes."""

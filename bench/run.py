@@ -1,0 +1,154 @@
+"""Run the benchmarks: `python -m bench.run [--size full|tiny] [--runs N] [--only a,b]`.
+
+Each scenario runs in a fresh process of its own (`python -m bench.run --one NAME`), N times;
+the table and bench/results.json give, for every number, the median over the runs (this machine
+is shared and noisy) and the runs themselves. Charts are drawn by bench/charts.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import math
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+from bench import common
+
+SCENARIOS = ("fanout", "sends", "idle", "connect", "signalling", "meters", "cluster", "relay")
+RESULTS = Path(__file__).resolve().parent / "results.json"
+
+
+def run_one(name: str, size: str) -> dict[str, Any]:
+    """In this process: pin to the load core, run the scenario, return its result."""
+    common.pin_self(common.LOAD_CPU)
+    module = importlib.import_module(f"bench.scenarios.{name}")
+    started = time.monotonic()
+    result = asyncio.run(module.run(size))
+    result["seconds"] = round(time.monotonic() - started, 1)
+    return result
+
+
+def run_isolated(name: str, size: str, timeout_s: float) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, "-m", "bench.run", "--one", name, "--size", size],
+                          cwd=common.ROOT, capture_output=True, text=True, timeout=timeout_s,
+                          check=False)
+    if proc.returncode != 0:
+        return {"scenario": name, "size": size, "error": proc.stderr[-3000:], "rows": [],
+                "targets": [], "notes": []}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _median_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows matched by (case, system) across runs; numbers become their median."""
+    keyed: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for run in runs:
+        for row in run.get("rows", []):
+            keyed.setdefault((row.get("case", ""), row.get("system", "")), []).append(row)
+    merged = []
+    for rows in keyed.values():
+        out: dict[str, Any] = {}
+        for field in rows[0]:
+            values = [r.get(field) for r in rows]
+            numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)
+                       and not (isinstance(v, float) and math.isnan(v))]
+            out[field] = round(median(numbers), 3) if numbers and len(numbers) == len(values) \
+                else values[0]
+        merged.append(out)
+    return merged
+
+
+def _median_targets(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    keyed: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        for t in run.get("targets", []):
+            keyed.setdefault(t["what"], []).append(t)
+    return [{"what": what, "value": round(median(t["value"] for t in ts), 3),
+             "limit": ts[0]["limit"], "met_runs": sum(t["met"] for t in ts), "runs": len(ts),
+             "met": sum(t["met"] for t in ts) * 2 > len(ts)} for what, ts in keyed.items()]
+
+
+def aggregate(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    good = [r for r in runs if "error" not in r]
+    return {"scenario": name, "runs": len(runs), "failed_runs": len(runs) - len(good),
+            "rows": _median_rows(good), "targets": _median_targets(good),
+            "notes": good[0].get("notes", []) if good else [],
+            "errors": [r["error"] for r in runs if "error" in r],
+            "each_run": runs}
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    lines = []
+    for res in results:
+        lines.append(f"\n== {res['scenario']} ({res['runs']} runs, medians)")
+        for row in res["rows"]:
+            fields = ", ".join(f"{k}={v}" for k, v in row.items() if k not in ("case", "system"))
+            lines.append(f"  {row.get('case', ''):<28} {row.get('system', ''):<10} {fields}")
+        for t in res["targets"]:
+            mark = "MET " if t["met"] else "MISS"
+            lines.append(f"  [{mark}] {t['what']}: {t['value']} (target {t['limit']}; "
+                         f"met in {t['met_runs']}/{t['runs']} runs)")
+        for err in res["errors"]:
+            lines.append("  ERROR: " + err.strip().splitlines()[-1] if err.strip() else "  ERROR")
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, Any]:
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+               platform.processor())
+    mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    return {"cpu": cpu, "cores": common.cpus(), "memory_gib": round(mem_kb / 2**20, 1),
+            "python": platform.python_version(), "kernel": platform.release(),
+            "load_average": Path("/proc/loadavg").read_text().split()[:3]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench.run", description=__doc__)
+    parser.add_argument("--size", choices=["tiny", "full"], default="full")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--only", default="", help="comma-separated scenario names")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--no-charts", action="store_true")
+    args = parser.parse_args(argv)
+    if args.one:
+        print(json.dumps(run_one(args.one, args.size)))
+        return 0
+    names = [n for n in args.only.split(",") if n] or list(SCENARIOS)
+    unknown = set(names) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    started = time.time()
+    results = []
+    for name in names:
+        runs = []
+        for i in range(args.runs):
+            print(f"[bench] {name} run {i + 1}/{args.runs} ({args.size})", file=sys.stderr,
+                  flush=True)
+            runs.append(run_isolated(name, args.size, timeout_s=900))
+        results.append(aggregate(name, runs))
+    doc = {"machine": machine(), "size": args.size, "runs": args.runs,
+           "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+           "seconds": round(time.time() - started, 1), "results": results}
+    args.out.write_text(json.dumps(doc, indent=1) + "\n")
+    print(table(results))
+    print(f"\nwritten {args.out} in {doc['seconds']} s")
+    if not args.no_charts:
+        from bench import charts
+
+        for path in charts.draw(doc, args.out.parent / "charts"):
+            print(f"chart {path}")
+    failed = sum(r["failed_runs"] for r in results)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
