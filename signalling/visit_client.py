@@ -85,7 +85,8 @@ class VisitClient:
     def __init__(self, base_url: str, token: str, visit_id: str, *, codec: str = "json",
                  camera: str = "synthetic", loopback_only: bool = False,
                  width: int = 640, height: int = 480, fps: int = 30,
-                 on_event: Callable[[str, dict[str, Any]], Any] | None = None) -> None:
+                 on_event: Callable[[str, dict[str, Any]], Any] | None = None,
+                 tracks: Callable[[], list[MediaStreamTrack]] | None = None) -> None:
         if codec not in ("json", "msgpack"):
             raise ValueError("codec is 'json' or 'msgpack'")
         self.base_url = base_url.rstrip("/")
@@ -93,6 +94,7 @@ class VisitClient:
         self.visit_id = visit_id
         self.codec = codec
         self.camera = camera
+        self.make_tracks = tracks  # overrides `camera`: fresh local tracks for each connection
         self.loopback_only = loopback_only
         self.size = (width, height, fps)
         self.on_event = on_event
@@ -353,6 +355,8 @@ class VisitClient:
     def _new_local_tracks(self) -> list[MediaStreamTrack]:
         """Fresh camera and microphone tracks for each peer connection: aiortc does not resume
         sending a track that a closed peer connection's sender was reading."""
+        if self.make_tracks is not None:
+            return self.make_tracks()
         width, height, fps = self.size
         if self.camera == "synthetic":
             return [SyntheticVideoTrack(width, height, fps), ToneAudioTrack()]
