@@ -7,6 +7,8 @@ command -v turnserver >/dev/null 2>&1 || need+=(coturn)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 # tests/test_browser.py drives Debian's Chromium through Playwright (never a downloaded browser).
 [ -x /usr/bin/chromium ] || need+=(chromium)
+# tests/test_deploy_nginx.py runs a private nginx with deploy/nginx/kinwire.conf.
+[ -x /usr/sbin/nginx ] || need+=(nginx)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi
@@ -20,3 +22,6 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 # The package's own service is not wanted: tests start private turnservers on free ports.
 if command -v systemctl >/dev/null 2>&1; then systemctl disable --now coturn >/dev/null 2>&1 || true; fi
+# Nor nginx's: tests start private nginx instances with their own prefix and ports.
+if command -v systemctl >/dev/null 2>&1; then systemctl disable --now nginx >/dev/null 2>&1 || true; fi
+command -v service >/dev/null 2>&1 && service nginx stop >/dev/null 2>&1 || true

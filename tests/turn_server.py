@@ -3,11 +3,13 @@
     async with private_coturn() as turn:
         servers = ice_servers(secret=turn.secret, turn_urls=[turn.url], ...)
 
-The configuration file it writes is `signalling.turn.coturn_config(..., loopback_test=True)`, the
-same function docs/turn.md is checked against. It listens on 127.0.0.1 alone, relays from
-127.0.0.1 alone and lets allocations reach peers on 127.0.0.1 alone, so no test packet through it
-can leave the machine's loopback interface. Its log is kept in a temporary folder and shown when
-it fails to start.
+The configuration file it writes is deploy/coturn/turnserver.conf with its values changed and,
+for the loopback test variant, the block that allows loopback peers back (`deploy_config`):
+the same text as `signalling.turn.coturn_config(..., loopback_test=True)`, which docs/turn.md is
+checked against (tests/test_deploy_nginx.py checks all three agree). It listens on 127.0.0.1
+alone, relays from 127.0.0.1 alone and lets allocations reach peers on 127.0.0.1 alone, so no
+test packet through it can leave the machine's loopback interface. Its log is kept in a
+temporary folder and shown when it fails to start.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from aioice import stun
 from signalling.turn import coturn_config
 
 HOST = "127.0.0.1"
+DEPLOY_FILE = Path(__file__).resolve().parent.parent / "deploy" / "coturn" / "turnserver.conf"
 REALM = "kinwire.test"
 RELAY_PORTS = 32
 START_TIMEOUT_S = 10.0
@@ -156,11 +159,9 @@ async def private_coturn(secret: str | None = None, *,
             server = TurnServer(
                 host=HOST, port=port, secret=secret, realm=REALM, min_port=first,
                 max_port=first + RELAY_PORTS - 1, log_file=tmp / f"turn-{port}.log",
-                config=coturn_config(
-                    secret=secret, realm=REALM, listening_ip=HOST, listening_port=port,
-                    relay_ip=HOST, min_port=first, max_port=first + RELAY_PORTS - 1,
-                    log_file=str(tmp / f"turn-{port}.log"), pid_file=str(tmp / "turn.pid"),
-                    userdb=str(tmp / "turndb"), loopback_test=loopback_test))
+                config=deploy_config(port=str(port), first=str(first),
+                                     last=str(first + RELAY_PORTS - 1), secret=secret,
+                                     folder=str(tmp), loopback_test=loopback_test))
             conf = tmp / "turnserver.conf"
             conf.write_text(server.config)
             proc = await asyncio.create_subprocess_exec(
@@ -175,6 +176,34 @@ async def private_coturn(secret: str | None = None, *,
             finally:
                 await _stop(proc)
         raise RuntimeError(f"coturn did not start; its log ends with:\n{last_error}")
+
+
+def deploy_config(*, port: str, first: str, last: str, secret: str, folder: str,
+                  loopback_test: bool = True) -> str:
+    """deploy/coturn/turnserver.conf on 127.0.0.1 with these ports, secret and files: only the
+    values of its settings change; the loopback test variant appends the block that denies
+    every peer and allows loopback back (the production file relays to no loopback peer)."""
+    values = {"listening-ip": HOST, "relay-ip": HOST, "listening-port": port, "min-port": first,
+              "max-port": last, "static-auth-secret": secret, "realm": REALM,
+              "log-file": f"{folder}/turn-{port}.log", "pidfile": f"{folder}/turn.pid",
+              "userdb": f"{folder}/turndb"}
+    lines = []
+    for line in DEPLOY_FILE.read_text().splitlines():
+        name = line.partition("=")[0]
+        lines.append(f"{name}={values.pop(name)}" if name in values else line)
+    if values:
+        raise RuntimeError(f"{DEPLOY_FILE} lacks {sorted(values)}")
+    text = "\n".join(lines) + "\n"
+    return text + _loopback_block() if loopback_test else text
+
+
+def _loopback_block() -> str:
+    """What `coturn_config(loopback_test=True)` adds at the end of the production config."""
+    args = dict(secret="s", realm="r", listening_ip="i", listening_port=1, relay_ip="i",
+                min_port=1, max_port=2, log_file="l", pid_file="p", userdb="u")
+    production, test = coturn_config(**args), coturn_config(**args, loopback_test=True)
+    assert test.startswith(production)
+    return test[len(production):]
 
 
 async def _wait_started(proc: asyncio.subprocess.Process, port: int) -> bool:
