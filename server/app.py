@@ -28,6 +28,7 @@ from server import (
 from server.auth import LoginLimiter, Passwords
 from server.broker import Broker
 from server.context import Context
+from server.drain import DRAIN, Drain
 from server.events import Outbox
 from server.gateway.client import RESTARTING
 from server.gateway.endpoint import HUB, websocket
@@ -37,6 +38,7 @@ from server.metrics import Metrics
 from server.metrics import install as install_metrics
 from server.metrics import middleware as metrics_middleware
 from server.openapi import build as build_openapi
+from server.proxy import middleware as forwarded_middleware
 from server.routes_ops import healthz, readyz
 from server.routing import CONTEXT, Route, add_routes, error_middleware, json_response
 from server.settings import Settings
@@ -84,13 +86,20 @@ def make_broker(settings: Settings) -> Broker:
 def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
                gateway: PaymentGateway | None = None,
                run_migrations: bool = True) -> web.Application:
-    # --- metrics/logs: request ids outermost, then send timing, then the error shape ---
+    # --- metrics/logs: request ids, then send timing, then the error shape (inside the
+    # forwarded-client and drain middlewares, which come first) ---
     metrics = Metrics()
-    app = web.Application(middlewares=[request_id_middleware, metrics_middleware(metrics),
+    drain = Drain()  # graceful drain on SIGTERM (server/drain.py): counts requests in flight
+    # Behind nginx: the client's address and scheme from trusted proxies (server/proxy.py).
+    app = web.Application(middlewares=[forwarded_middleware(settings.trusted_proxies),
+                                       drain.middleware, request_id_middleware,
+                                       metrics_middleware(metrics),
                                        error_middleware],
                           client_max_size=settings.request_body_bytes_max)
     store = Store(settings.resolved_database_url, pool_size=settings.db_pool_size,
-                  busy_timeout_ms=settings.db_busy_timeout_ms)
+                  busy_timeout_ms=settings.db_busy_timeout_ms, timeout_s=settings.db_timeout_s,
+                  group_max=settings.db_group_commit_max,
+                  sqlite_inline_writes=settings.db_sqlite_inline_writes)
     broker = make_broker(settings)
     ctx = Context(
         settings=settings, store=store, broker=broker, gateway=gateway or SandboxGateway(),
@@ -115,6 +124,14 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
     hub = Hub(store, broker, per_user_max=settings.ws_connections_per_user_max,
               page_max=settings.sync_page_max, metrics=metrics)
     app[HUB] = hub
+    app[DRAIN] = drain
+
+    async def close_sockets() -> None:
+        # 1012 "service restart": clients reconnect, through the balancer, to another process.
+        await hub.close_all(RESTARTING, "server restarting")
+
+    # Meters stop and release their leases, announcing it, so another process takes over now.
+    drain.steps += [close_sockets, ctx.meters.stop]
     install_metrics(app, metrics, hub=hub, store=store, broker=broker)  # GET /metrics
 
     async def database(app: web.Application) -> AsyncIterator[None]:

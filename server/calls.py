@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from server import events
+from server import connections, events
 from server.broker import Broker, BrokerUnavailable
 from server.errors import ApiError
 from signalling.visits import VisitError
@@ -16,6 +16,16 @@ log = logging.getLogger("kinwire.calls")
 
 def api_error(exc: VisitError) -> ApiError:
     return ApiError(exc.status, exc.code, exc.message)
+
+
+async def require_contact(conn: Any, row: Any) -> None:
+    """A visit was booked on an approved contact; a block since (by either side or by staff),
+    or a connection no longer approved, stops the visit as it stops messages."""
+    link = await connections.get(conn, row.connection_id)
+    if link.blocked_by is not None:
+        raise ApiError(403, "blocked", "This connection is blocked.")
+    if link.status != "approved":
+        raise ApiError(403, "not_connected", "Only an approved contact.")
 
 
 async def push_live(broker: Broker, account_id: str, kind: str, data: dict[str, Any]) -> bool:

@@ -1,4 +1,4 @@
-"""The `kinwire` command: serve, migrate, create-admin, seed-demo, settings."""
+"""The `kinwire` command: serve, migrate, create-admin, seed-demo, settings, doctor."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ import asyncio
 import getpass
 import logging
 import sys
-
-from aiohttp import web
 
 from billing import ledger
 from server.settings import Settings, SettingsError, describe, from_env
@@ -170,11 +168,20 @@ def _serve(settings: Settings, args) -> int:
     url = settings.public_url or f"http://{host}:{port}/"
     print(f"Kinwire on {url} (database: {settings.resolved_database_url.split('://')[0]}, "
           f"broker: {'redis' if settings.redis_url else 'memory'})", flush=True)
+    from server.drain import serve
     from server.logs import AccessLogger  # metrics/logs: no query strings, with request ids
 
-    web.run_app(create_app(settings), host=host, port=port, print=None,
-                shutdown_timeout=10, access_log_class=AccessLogger)
+    # SIGTERM drains (server/drain.py): 1012 to sockets, meters handed over, requests finished.
+    asyncio.run(serve(create_app(settings), host, port, timeout_s=settings.drain_timeout_s,
+                      access_log_class=AccessLogger))
     return 0
+
+
+async def _doctor(settings: Settings, _args) -> int:
+    from server.doctor import report, run
+
+    logging.getLogger("aioice").setLevel(logging.WARNING)  # the checks speak for themselves
+    return report(await run(settings))
 
 
 def _settings_table(_settings: Settings, _args) -> int:
@@ -203,6 +210,7 @@ def parser() -> argparse.ArgumentParser:
     fac.add_argument("--timezone")
     fac.add_argument("--settings", help='JSON object, e.g. \'{"review_mode": "hold"}\'')
     sub.add_parser("settings", help="print the settings table")
+    sub.add_parser("doctor", help="check settings, database, Redis, TURN, folders (docs/deploy.md)")
     vc = sub.add_parser("visit-client", help="join a visit with the aiortc reference client")
     vc.add_argument("--url", default="http://127.0.0.1:8080")
     vc.add_argument("--token", help="a session token (or KINWIRE_TOKEN)")
@@ -216,6 +224,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 ASYNC = {"migrate": _migrate, "seed-demo": _seed_demo, "create-admin": _create_admin,
+         "doctor": _doctor,
          "facility": _facility, "visit-client": _visit_client}
 SYNC = {"serve": _serve, "settings": _settings_table}
 
@@ -233,6 +242,10 @@ def main(argv: list[str] | None = None, default: str | None = None) -> int:
     try:
         settings = from_env()
     except SettingsError as exc:
+        if command == "doctor":  # a failed check like the others, in the same format
+            from server.doctor import settings_failed
+
+            return settings_failed(str(exc))
         print(f"kinwire: bad setting: {exc}", file=sys.stderr)
         return 2
     # metrics/logs: JSON lines (KINWIRE_LOG_FORMAT=json, the default) or plain text.

@@ -59,7 +59,7 @@ async def _names(conn: AsyncConnection, ids: set[str]) -> dict[str, str]:
 
 async def _announce(conn: AsyncConnection, outbox: Outbox, row: Any, at: datetime) -> dict:
     shown = view(row, await _names(conn, {row.family_id, row.person_id}))
-    for party in (row.family_id, row.person_id):
+    for party in sorted((row.family_id, row.person_id)):  # id order: see events.lock_streams
         await outbox.emit(conn, party, "connection.updated", shown, at)
     return shown
 

@@ -52,6 +52,22 @@ async def _next_seq(conn: AsyncConnection, account_id: str) -> int:
     return await _next_seq(conn, account_id)  # another transaction made the head first
 
 
+async def lock_streams(conn: AsyncConnection, account_ids: list[str]) -> None:
+    """Take the stream heads of everyone a transaction will write events for, in id order,
+    before anything else. Two transactions that each write to two users' streams (A messages B
+    while B messages A) would otherwise lock the heads in opposite orders and deadlock on
+    PostgreSQL; a missing head is made at 0 (the same as no head)."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    h = event_heads
+    for account_id in sorted(set(account_ids)):
+        touched = await conn.execute(h.update().where(h.c.account_id == account_id)
+                                     .values(last_seq=h.c.last_seq))
+        if touched.rowcount == 0:
+            await conn.execute(dialect.insert(h).values(
+                account_id=account_id, last_seq=0, pruned_through=0)
+                .on_conflict_do_nothing(index_elements=["account_id"]))
+
+
 @dataclass
 class Outbox:
     """Events written in one transaction, signalled through the broker after it commits."""

@@ -87,7 +87,8 @@ PUBLIC_SETTINGS = ("review_mode", "visit_block_minutes", "visit_hours", "booking
 def check_timezone(name: str) -> str:
     try:
         ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    # With the `tzdata` package installed, a folder of it ("America") raises IsADirectoryError.
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         raise ApiError(422, "invalid_timezone", f"{name!r} is not an IANA time zone") from None
     # "localtime" is listed on some hosts (a link to /etc/localtime): the server's zone, not IANA.
     if name not in available_timezones() or name == "localtime":

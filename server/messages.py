@@ -22,7 +22,7 @@ from billing.ledger import LedgerError, SystemAccount
 from server import connections, facilities
 from server.auth import Principal
 from server.errors import ApiError, ledger_error, not_found
-from server.events import Outbox
+from server.events import Outbox, lock_streams
 from server.ids import new_id
 from server.store.schema import messages, photos
 
@@ -191,6 +191,10 @@ async def send(conn: AsyncConnection, outbox: Outbox, sender: Principal, draft: 
     row = await get(conn, message_id)
     if not draft.cod:
         await _charge(conn, sender.account_id, row, len(draft.photo_ids), prices, "msg", at)
+    # Ledger rows first (above), then both stream heads in id order: the order every
+    # transaction takes them in, so two sends the opposite ways and a meter cannot deadlock.
+    await lock_streams(conn, [sender.account_id, draft.to])
+    if not draft.cod:
         await outbox.emit(conn, sender.account_id, "balance",
                           {"balance": await ledger.balance(conn, sender.account_id)}, at)
     ids = list(draft.photo_ids)
@@ -215,12 +219,14 @@ async def open_message(conn: AsyncConnection, outbox: Outbox, reader: Principal,
         await conn.execute(messages.update().where(messages.c.id == row.id,
                                                    messages.c.paid_by.is_(None))
                            .values(paid_by=reader.account_id))
+        await lock_streams(conn, [row.sender_id, reader.account_id])  # after the ledger row
         await outbox.emit(conn, reader.account_id, "balance",
                           {"balance": await ledger.balance(conn, reader.account_id)}, at)
     if row.opened_at is None:
         await conn.execute(messages.update().where(messages.c.id == row.id,
                                                    messages.c.opened_at.is_(None))
                            .values(opened_at=at))
+        await lock_streams(conn, [row.sender_id, reader.account_id])
         row = await get(conn, row.id)
         await announce(conn, outbox, row, at, new_for_recipient=False, status_for_sender=True)
         await outbox.emit(conn, reader.account_id, "message.status",
@@ -242,13 +248,18 @@ async def remove(conn: AsyncConnection, who: Principal, message_id: str) -> None
 
 
 async def listing(conn: AsyncConnection, who: Principal, folder: str, before: str | None,
-                  limit: int) -> list[dict[str, Any]]:
+                  limit: int, with_id: str | None = None) -> list[dict[str, Any]]:
+    """One folder, newest first; `with_id` keeps one conversation (the other party's id)."""
     m = messages
     if folder == "inbox":
         query = select(m).where(m.c.recipient_id == who.account_id, m.c.status == "delivered",
                                 m.c.recipient_removed.is_(False))
+        if with_id:
+            query = query.where(m.c.sender_id == with_id)
     else:
         query = select(m).where(m.c.sender_id == who.account_id, m.c.sender_removed.is_(False))
+        if with_id:
+            query = query.where(m.c.recipient_id == with_id)
     if before:
         anchor = await get(conn, before)
         query = query.where(or_(m.c.created_at < anchor.created_at,

@@ -14,16 +14,39 @@ ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
                    "details": {"type": "object"}}}}}
 
 
+# Routes whose success is an image, not JSON (the re-encoded photo and its thumbnail).
+IMAGES = frozenset({"/photos/{photo_id}", "/photos/{photo_id}/thumb"})
+# Routes that answer 201 (they create something); every other route answers 200.
+# tests/test_schemathesis.py calls each route validly and holds the answers to this.
+CREATED = frozenset({
+    ("POST", "/auth/signup"), ("POST", "/facilities"), ("POST", "/facilities/{facility_id}/staff"),
+    ("POST", "/facilities/{facility_id}/people"), ("POST", "/facilities/{facility_id}/devices"),
+    ("POST", "/purchases"), ("POST", "/gifts"), ("POST", "/connections"), ("POST", "/photos"),
+    ("POST", "/messages"), ("POST", "/visits")})
+# Routes that read a multipart upload rather than a JSON body: the field holding the file.
+UPLOADS = {("POST", "/photos"): "file"}
+
+
+def _responses(route: Route) -> dict[str, Any]:
+    """Success is 200, or 201 for what a route creates; every refusal is a 4xx with the one
+    error shape. No 5xx is part of the contract: a 5xx is a bug (and
+    tests/test_schemathesis.py treats one as a failure)."""
+    media = ("image/jpeg", {"type": "string", "format": "binary"}) if route.path in IMAGES \
+        else ("application/json", {"type": "object"})
+    status = "201" if (route.method, route.path) in CREATED else "200"
+    return {status: {"description": "success",
+                     "content": {media[0]: {"schema": media[1]}}},
+            "4XX": {"description": "refused: {error: {code, message}}, code stable",
+                    "content": {"application/json": {
+                        "schema": {"$ref": "#/components/schemas/Error"}}}}}
+
+
 def _operation(route: Route, components: dict[str, Any]) -> dict[str, Any]:
     op: dict[str, Any] = {
         "summary": route.summary,
         "operationId": route.handler.__name__,
         "x-roles": sorted(route.roles),
-        "responses": {"default": {"description": "an error",
-                                  "content": {"application/json": {
-                                      "schema": {"$ref": "#/components/schemas/Error"}}}},
-                      "2XX": {"description": "success",
-                              "content": {"application/json": {"schema": {"type": "object"}}}}},
+        "responses": _responses(route),
     }
     params = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
               for name in re.findall(r"{(\w+)}", route.path)]
@@ -36,6 +59,11 @@ def _operation(route: Route, components: dict[str, Any]) -> dict[str, Any]:
         op["parameters"] = params
     if route.roles is not ANYONE:
         op["security"] = [{"bearer": []}, {"cookie": []}]
+    upload = UPLOADS.get((route.method, route.path))
+    if upload is not None:
+        op["requestBody"] = {"required": True, "content": {"multipart/form-data": {"schema": {
+            "type": "object", "required": [upload],
+            "properties": {upload: {"type": "string", "format": "binary"}}}}}}
     if route.body is not None:
         schema = route.body.model_json_schema(ref_template="#/components/schemas/{model}")
         for name, sub in schema.pop("$defs", {}).items():

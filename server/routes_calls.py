@@ -12,7 +12,7 @@ from server.events import Outbox
 from server.facilities import Strict
 from server.routing import Call, Route, json_response
 from signalling import visits
-from signalling.turn import ice_servers
+from signalling.turn import ice_policy, ice_servers
 from signalling.visits import VisitError
 
 STAFF = frozenset({"staff", "admin"})
@@ -53,6 +53,7 @@ async def visit_ice(call: Call) -> web.Response:
         async with call.ctx.store.read() as conn:
             row = await visits.get(conn, call.match("visit_id"))
             visits.role_of(row, call.me.account_id)
+            await calls.require_contact(conn, row)  # no TURN credentials once blocked
     except VisitError as exc:
         raise calls.api_error(exc) from None
     if row.status not in visits.ACTIVE or call.now() >= row.end_at:
@@ -60,7 +61,8 @@ async def visit_ice(call: Call) -> web.Response:
     servers = ice_servers(secret=s.turn_secret, turn_urls=list(s.turn_urls),
                           stun_urls=list(s.stun_urls), account_id=call.me.account_id,
                           expires_at=row.end_at)
-    return json_response({"ice_servers": servers, "expires_at": row.end_at.isoformat()})
+    return json_response({"ice_servers": servers, "expires_at": row.end_at.isoformat(),
+                          "ice_transport_policy": ice_policy(s.ice_relay_only)})
 
 
 ROUTES = [

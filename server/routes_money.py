@@ -15,8 +15,9 @@ from billing.purchases import buy_credits
 from server import idempotency
 from server.connections import is_approved_contact
 from server.errors import ApiError, ledger_error
+from server.events import Outbox, lock_streams
 from server.facilities import Strict
-from server.routing import ANY_SESSION, Call, Route, json_response
+from server.routing import ANY_SESSION, ANYONE, Call, Route, json_response
 
 Credits = Annotated[int, Field(ge=1, le=10_000_000)]
 
@@ -60,6 +61,7 @@ async def purchase(call: Call) -> web.Response:
         raise ApiError(422, exc.code, exc.message) from None
     card = Card(body.card.number, body.card.exp_month, body.card.exp_year, body.card.cvc,
                 body.card.name)
+    outbox = Outbox()
     async with ctx.store.write() as conn:
         replay = await idempotency.claim(conn, account_id=me.account_id, key=key,
                                          fingerprint=_purchase_fingerprint(call, body), now=now)
@@ -73,7 +75,10 @@ async def purchase(call: Call) -> web.Response:
         except LedgerError as exc:
             raise ledger_error(exc) from None
         result = {"purchase": bought.public(), "balance": await ledger.balance(conn, me.account_id)}
+        # The user's other tabs and devices see the new balance live (a `balance` event).
+        await outbox.emit(conn, me.account_id, "balance", {"balance": result["balance"]}, now)
         await idempotency.store(conn, account_id=me.account_id, key=key, status=201, body=result)
+    await outbox.signal(ctx.broker)
     return json_response(result, 201)
 
 
@@ -86,6 +91,7 @@ async def gift(call: Call) -> web.Response:
         raise ApiError(422, "invalid_amount",
                        f"one gift moves at most {ctx.settings.gift_credits_max} credits")
     fingerprint = idempotency.request_hash("POST", call.request.path, body.model_dump())
+    outbox = Outbox()
     async with ctx.store.write() as conn:
         replay = await idempotency.claim(conn, account_id=me.account_id, key=key,
                                          fingerprint=fingerprint, now=now)
@@ -100,7 +106,14 @@ async def gift(call: Call) -> web.Response:
         except LedgerError as exc:
             raise ledger_error(exc) from None
         result = {"balance": await ledger.balance(conn, me.account_id)}
+        # Both balances live on every open screen. Ledger rows first, then both stream heads in
+        # id order: the order a message send takes them in, so the two cannot deadlock.
+        await lock_streams(conn, [me.account_id, body.to])
+        await outbox.emit(conn, me.account_id, "balance", {"balance": result["balance"]}, now)
+        await outbox.emit(conn, body.to, "balance",
+                          {"balance": await ledger.balance(conn, body.to)}, now)
         await idempotency.store(conn, account_id=me.account_id, key=key, status=201, body=result)
+    await outbox.signal(ctx.broker)
     return json_response(result, 201)
 
 
@@ -125,7 +138,18 @@ async def statement(call: Call) -> web.Response:
                           "next_before": rows[-1].seq if len(rows) == limit else None})
 
 
+async def pricing(call: Call) -> web.Response:
+    """The purchase terms, so that a client shows the fee before paying without mirroring the
+    server's settings (message and visit prices are each facility's, in GET /facilities)."""
+    s = call.ctx.settings
+    return json_response({"cents_per_credit": 1, "credit_block": s.credit_block,
+                          "purchase_fee_cents": s.purchase_fee_cents,
+                          "purchase_credits_max": s.purchase_credits_max,
+                          "gift_credits_max": s.gift_credits_max})
+
+
 ROUTES = [
+    Route("GET", "/pricing", pricing, ANYONE),
     Route("POST", "/purchases", purchase, frozenset({"family"}), body=PurchaseIn,
           idempotent=True),
     Route("POST", "/gifts", gift, frozenset({"family", "person"}), body=GiftIn, idempotent=True),

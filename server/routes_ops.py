@@ -6,6 +6,7 @@ import asyncio
 
 from aiohttp import web
 
+from server.drain import DRAIN
 from server.routing import CONTEXT, json_response
 
 
@@ -15,6 +16,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
+    drain = request.app.get(DRAIN)
+    if drain is not None and drain.draining:  # SIGTERM received: send new work elsewhere
+        return json_response({"ready": False, "checks": {"drain": "draining"}}, 503)
     checks = {}
     try:
         await asyncio.wait_for(ctx.store.ping(), timeout=2)

@@ -19,13 +19,17 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from server.auth import Principal, principal_for
+from server.broker import BrokerUnavailable
 from server.context import Context
 from server.errors import ApiError, forbidden, unauthorized
 from server.facilities import has_nul
+from server.store import is_unavailable
 
 log = logging.getLogger("kinwire.http")
 
 ANYONE = frozenset({"anyone"})
+UNAVAILABLE = {"error": {"code": "unavailable",
+                         "message": "A service we depend on is not answering; try again."}}
 ANY_SESSION = frozenset({"family", "person", "staff", "admin"})
 COOKIE = "kw_session"
 BIGINT_MAX = 2**63 - 1  # the largest SQL BIGINT; a larger number cannot reach the database
@@ -185,7 +189,15 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
         code = {404: "not_found", 405: "method_not_allowed", 413: "too_large",
                 400: "bad_request"}.get(exc.status, "http_error")
         return json_response({"error": {"code": code, "message": exc.reason}}, exc.status)
-    except Exception:
+    except Exception as exc:
+        if is_unavailable(exc) or isinstance(exc, BrokerUnavailable):
+            # A database or broker fault, not a bug: say so, so that clients retry (with the
+            # same idempotency key) instead of giving up. Only the kind is logged.
+            log.warning("service unavailable on %s %s: %s", request.method,
+                        request.rel_url.path, type(exc).__name__)
+            response = json_response(UNAVAILABLE, 503)
+            response.headers["Retry-After"] = "1"
+            return response
         # Only the route is logged: bodies may carry passwords, card numbers or messages.
         log.exception("unhandled error on %s %s", request.method, request.rel_url.path)
         return json_response({"error": {"code": "internal_error",

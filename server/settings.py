@@ -9,6 +9,7 @@ Units come last in names (`session_ttl_s`, `request_body_bytes_max`).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -42,11 +43,17 @@ class Settings:
     allowed_origins: tuple[str, ...] = _setting(
         (), "Comma-separated Origin allowlist for /ws; empty allows only the server's own origin.")
     public_url: str = _setting("", "The URL people reach the service at (printed at start).")
+    trusted_proxies: tuple[str, ...] = _setting(
+        (), "Comma-separated addresses or networks of reverse proxies (nginx) whose "
+        "X-Forwarded-For and X-Forwarded-Proto are believed; empty believes nobody "
+        "(docs/deploy.md).")
     demo: bool = _setting(False, "Seed the demo facility, people, staff and family at start.")
     log_level: str = _setting("INFO", "Python logging level.")
     log_format: str = _setting("json", "`json` (one object a line, with request ids) or "
                                "`text` for `kinwire serve` logs.")
     payment_gateway: str = _setting("sandbox", "Payment gateway; only `sandbox` is built in.")
+    drain_timeout_s: float = _setting(20.0, "On SIGTERM, how long `kinwire serve` waits for "
+                                      "HTTP requests in flight before it exits (docs/deploy.md).")
 
     visit_minute_s: float = _setting(60.0, "Length of one billed visit minute in seconds "
                                      "(shortened only by tests and demos).")
@@ -89,8 +96,9 @@ class Settings:
                                       "as too slow (4008).", lo=8, hi=100_000)
     ws_heartbeat_s: float = _setting(20.0, "WebSocket ping interval; a missed pong closes it.")
     ws_auth_timeout_s: float = _setting(10.0, "Time a socket has to authenticate.")
-    ws_commands_per_s: int = _setting(20, "Commands per second one socket may send (burst "
-                                      "twice that); more are refused `rate_limited`.",
+    ws_commands_per_s: int = _setting(20, "Commands per second one user may send, across all "
+                                      "their sockets on a process (burst twice that); more "
+                                      "are refused `rate_limited`.",
                                       lo=1, hi=100_000)
     ws_connections_per_user_max: int = _setting(10, "Open sockets per user per process.",
                                                 lo=1, hi=10_000)
@@ -111,11 +119,27 @@ class Settings:
     relay_loopback_only: bool = _setting(False, "Relay mode's server-side peers use relay-only "
                                          "ICE through TURN servers on loopback (tests on one "
                                          "machine; docs/turn.md).")
+    ice_relay_only: bool = _setting(False, "Tell visit clients to use relay-only ICE "
+                                    "(`ice_transport_policy: relay` in GET /visits/{id}/ice): "
+                                    "only TURN candidates, so neither party learns the other's "
+                                    "address; the tests' loopback coturn needs it.")
     recordings_dir: str = _setting("", "Where relay-mode visit recordings are written; empty "
                                    "means <data_dir>/recordings.")
     db_pool_size: int = _setting(10, "PostgreSQL connections per process.", lo=1, hi=200)
+    db_timeout_s: float = _setting(10.0, "PostgreSQL: longest wait for a pooled or new "
+                                   "connection, or for one statement; past it the request "
+                                   "fails with 503 `unavailable` (retry it with the same "
+                                   "idempotency key). Migrations are not bounded by it.")
     db_busy_timeout_ms: int = _setting(5000, "SQLite busy timeout for writers of other processes.",
                                        lo=0, hi=600_000)
+    db_group_commit_max: int = _setting(64, "SQLite: most concurrent message sends committed in "
+                                        "one transaction, each in its own savepoint (group "
+                                        "commit; 1 = a transaction each). PostgreSQL commits "
+                                        "each send alone.", lo=1, hi=1000)
+    db_sqlite_inline_writes: bool = _setting(False, "SQLite: run the writer's statements on the "
+                                             "event loop instead of aiosqlite's thread (about "
+                                             "twice the send rate; the loop waits while another "
+                                             "process holds the write lock). docs/messaging.md.")
 
     def env_name(self, name: str) -> str:
         meta = next(f.metadata for f in fields(self) if f.name == name)
@@ -161,7 +185,10 @@ class Settings:
             raise SettingsError("KINWIRE_TURN_URLS needs KINWIRE_TURN_SECRET")
         if self.relay_loopback_only and not self.turn_urls:
             raise SettingsError("KINWIRE_RELAY_LOOPBACK_ONLY needs KINWIRE_TURN_URLS on loopback")
-        for name in ("ws_heartbeat_s", "ws_auth_timeout_s", "meter_lease_s", "relay_lease_s"):
+        if self.ice_relay_only and not self.turn_urls:
+            raise SettingsError("KINWIRE_ICE_RELAY_ONLY needs KINWIRE_TURN_URLS")
+        for name in ("ws_heartbeat_s", "ws_auth_timeout_s", "meter_lease_s", "relay_lease_s",
+                     "drain_timeout_s", "db_timeout_s"):
             if not 0 < getattr(self, name) <= 3600:
                 raise SettingsError(f"{self.env_name(name)} must be in (0, 3600]")
         if self.payment_gateway != "sandbox":
@@ -170,6 +197,12 @@ class Settings:
             raise SettingsError("KINWIRE_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
         if self.log_format not in {"json", "text"}:
             raise SettingsError("KINWIRE_LOG_FORMAT must be json or text")
+        for proxy in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise SettingsError(f"KINWIRE_TRUSTED_PROXIES: {proxy!r} is not an address "
+                                    "or network") from None
         for origin in self.allowed_origins:
             if not origin.startswith(("http://", "https://")):
                 raise SettingsError(f"KINWIRE_ALLOWED_ORIGINS: {origin!r} is not an http(s) origin")

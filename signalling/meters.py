@@ -3,7 +3,9 @@
 Who runs a meter: the process holding the visit's lease in the broker (`meter:<visit>`). A
 process claims a visit when one of its sockets joins it or when its scanner (every half lease)
 finds a visit in a call with a free lease: so when the holder dies, another process takes the
-meter over within about one lease period, from the state stored on the visit row.
+meter over within about one lease period, from the state stored on the visit row. A process
+that stops on purpose (a drain, server/drain.py) releases its leases and announces each one on
+the meters channel (`{"handover": visit}`): the others claim it at once, not a lease later.
 
 What it does: reads the parties' media state from the visit row (any process may have
 recorded it, with its instant), feeds the pure meter the resulting events and the clock, and
@@ -31,6 +33,11 @@ from signalling.tables import visits as visits_table
 
 log = logging.getLogger("kinwire.meters")
 DEBIT_ATTEMPTS_MAX = 5
+# At most this many meters use the store at once (fewer than the default pool of 10, which
+# must keep connections for requests). A burst of meters (a block's visits going live together,
+# a process taking over thousands) queues here, in order, instead of on the connection pool,
+# whose timeout stopped them all with errors (docs/BENCHMARKS.md, "Meters").
+STORE_TURNS = 8
 CHANNEL = "meters"
 
 
@@ -60,6 +67,7 @@ class Meters:
         self.minute_s, self.lease_s, self.node_id = minute_s, lease_s, node_id
         self.sink, self.push_live = sink, push_live
         self.running: dict[str, VisitMeter] = {}
+        self.turns = asyncio.Semaphore(STORE_TURNS)
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         self._subscription: Any = None
@@ -117,8 +125,12 @@ class Meters:
                 continue
             self._subscription = subscription
             async for item in subscription:
-                if isinstance(item, dict) and item.get("visit") in self.running:
+                if not isinstance(item, dict):
+                    continue
+                if item.get("visit") in self.running:
                     self.running[item["visit"]].wake()
+                elif isinstance(item.get("handover"), str) and not self._stop.is_set():
+                    self._spawn(self.claim(item["handover"]), f"meter-claim-{item['handover']}")
             return
 
     async def _scan(self) -> None:
@@ -177,27 +189,42 @@ class VisitMeter:
         finally:
             self.m.running.pop(self.visit_id, None)
             with contextlib.suppress(Exception):
-                await self.m.broker.release(f"meter:{self.visit_id}", self.m.node_id)
+                released = await self.m.broker.release(f"meter:{self.visit_id}", self.m.node_id)
+                if released and self.m._stop.is_set() and not self.done:
+                    # Stopped, not finished: whoever hears this carries on billing now.
+                    await self.m.broker.publish(CHANNEL, {"handover": self.visit_id})
 
-    async def _run(self) -> None:
+    async def _start(self) -> bool:
+        """Load the visit and its stored meter state; False if the visit is not in a call."""
         async with self.m.store.read() as conn:
             row = await visits.get(conn, self.visit_id)
         if row.status not in visits.IN_CALL:
-            return
+            return False
         self.family_id, self.person_id = row.family_id, row.person_id
         self.config = meter.MeterConfig(self.visit_id, row.minute_price, self.m.minute_s,
                                         ts(row.start_at), ts(row.end_at))
-        now = ts(self.m.clock())
         if row.meter:
             self.state = meter.MeterState.from_dict(row.meter)
-            self.events.append(meter.TakenOver(now))
+            self.events.append(meter.TakenOver(ts(self.m.clock())))
         else:
             self.state = meter.MeterState()
-        renew_at = now + self.m.lease_s / 3
+        return True
+
+    async def _run(self) -> None:
+        renew_at: float | None = None
         while not self.done and not self.m._stop.is_set():
             self._wake.clear()  # before looking: a poke during this pass wakes the next one
-            await self._observe()
-            await self._drain()
+            # One turn covers the start and the first pass, so a burst of new meters does not
+            # queue twice (every start first, then every first debit).
+            async with self.m.turns:  # see STORE_TURNS
+                if self.m._stop.is_set():  # stopped while queued: hand over, do not bill
+                    return
+                if renew_at is None:
+                    if not await self._start():
+                        return
+                    renew_at = ts(self.m.clock()) + self.m.lease_s / 3
+                await self._observe()
+                await self._drain()
             if self.done:
                 return
             now = ts(self.m.clock())

@@ -101,6 +101,12 @@ def ice_servers(*, secret: str, turn_urls: Sequence[str], stun_urls: Sequence[st
     return servers
 
 
+def ice_policy(relay_only: bool) -> str:
+    """The `iceTransportPolicy` clients are told to use (`ice_transport_policy`): "relay", TURN
+    candidates only (KINWIRE_ICE_RELAY_ONLY), or "all"."""
+    return "relay" if relay_only else "all"
+
+
 def coturn_config(*, secret: str, realm: str, listening_ip: str, listening_port: int | str,
                   relay_ip: str, min_port: int | str, max_port: int | str, log_file: str,
                   pid_file: str, userdb: str, loopback_test: bool = False) -> str:

@@ -90,7 +90,9 @@ def peer_of(row: Any, account_id: str) -> str:
 
 
 async def announce(conn: AsyncConnection, sink: EventSink, row: Any, at: datetime) -> None:
-    for party in (row.family_id, row.person_id):
+    # In id order, as server.events.lock_streams takes them, so no two transactions wait on
+    # each other's stream heads.
+    for party in sorted((row.family_id, row.person_id)):
         await sink.emit(conn, party, "visit.updated", public(row), at)
 
 

@@ -57,8 +57,9 @@ class RedisServer:
 
 
 class Node:
-    def __init__(self, port: int, proc: subprocess.Popen) -> None:
-        self.port, self.proc = port, proc
+    def __init__(self, port: int, proc: subprocess.Popen | None,
+                 env: dict[str, str] | None = None) -> None:
+        self.port, self.proc, self.env = port, proc, env  # env: to restart it the same way
         self.base = f"http://127.0.0.1:{port}"
 
 
@@ -76,7 +77,7 @@ async def cluster(db: str, redis_url: str, tmp_path: Path, n: int = 2,
             proc = subprocess.Popen([sys.executable, "-m", "server", "--port", str(port)],
                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     text=True)
-            nodes.append(Node(port, proc))
+            nodes.append(Node(port, proc, env))
             await wait_ready(nodes[-1].base, proc)
         yield nodes
     finally:
@@ -114,7 +115,9 @@ class Peer:
             frame = json.loads(msg.data) if msg.type == aiohttp.WSMsgType.TEXT \
                 else msgpack.unpackb(msg.data)
             if "id" in frame and frame["id"] in self.replies:
-                self.replies.pop(frame["id"]).set_result(frame)
+                future = self.replies.pop(frame["id"])
+                if not future.done():  # the caller may have stopped waiting
+                    future.set_result(frame)
             elif "seq" in frame:
                 self.keep(frame)
 

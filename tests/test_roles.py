@@ -403,6 +403,7 @@ EXPECTED: dict[tuple[str, str], Expect] = {
                                                           _req({"label": "tablet"})),
     # Not facility-scoped by path: staff of any facility read their own facility's log.
     ("GET", "/audit"): Expect(ANY_STAFF, 200, _req()),
+    ("GET", "/pricing"): Expect(EVERYONE, 200, _req()),  # public purchase terms
     ("POST", "/purchases"): Expect(frozenset({"family"}), 201, _purchase),
     ("POST", "/gifts"): Expect(PARTIES, 201, _gift),
     ("GET", "/ledger"): Expect(ANY_SESSION, 200, _req()),

@@ -139,26 +139,29 @@ async def test_the_meter_bills_connected_minutes_until_the_balance_runs_out(
 
 
 async def test_a_pause_is_not_billed(db_url: str, tmp_path) -> None:
-    async with app_client(db_url, tmp_path, visit_minute_s=MINUTE_S, meter_lease_s=1.0) as client:
+    # A longer minute than the other tests': the carried-over half minute is checked from both
+    # sides, and on a loaded machine 0.4 s leaves too little margin for either check.
+    minute_s = 1.0
+    async with app_client(db_url, tmp_path, visit_minute_s=minute_s, meter_lease_s=1.0) as client:
         api = Api(client)
         c = await cast(api, credits=1000)
         visit_id = await book_now(api, c)
         fam, per = await join_both(client, c, visit_id)
         await connect_media(fam, per, visit_id)
-        await asyncio.sleep(MINUTE_S * 1.5)  # live: minutes 1 and 2 paid
+        await asyncio.sleep(minute_s * 1.5)  # live: minutes 1 and 2 paid
         assert "ok" in await per.call("visit.media", visit_id=visit_id, state="disconnected")
-        await asyncio.sleep(MINUTE_S * 4)  # paused: nothing billed
+        await asyncio.sleep(minute_s * 4)  # paused: nothing billed
         paused_balance = await balance(api, c.family)
         assert paused_balance == 900, paused_balance
         assert "ok" in await per.call("visit.media", visit_id=visit_id, state="connected")
         # 0.5 minute of paid time carried over; the third minute starts after it.
-        await asyncio.sleep(MINUTE_S * 0.2)
+        await asyncio.sleep(minute_s * 0.15)
         assert await balance(api, c.family) == 900, "carried-over seconds are used first"
-        await asyncio.sleep(MINUTE_S * 0.8)
+        await asyncio.sleep(minute_s * 0.85)
         assert await balance(api, c.family) == 850
         assert "ok" in await fam.call("visit.leave", visit_id=visit_id)
         assert (await until(per, "visit.ended"))["data"]["reason"] == "hung_up"
-        await asyncio.sleep(MINUTE_S * 2)
+        await asyncio.sleep(minute_s * 2)
         assert await balance(api, c.family) == 850, "nothing after hanging up"
 
 

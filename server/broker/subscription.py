@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -26,6 +25,10 @@ class QueuedSubscription:
     One task consumes a subscription; pushing happens on the same event loop.
     """
 
+    # No per-instance dict: a process holds one subscription per connected user.
+    __slots__ = ("_closed", "_gap", "_on_close", "_payloads", "_waiter", "channel", "live",
+                 "queue_max")
+
     def __init__(
         self,
         channel: str,
@@ -38,10 +41,13 @@ class QueuedSubscription:
         self.queue_max = queue_max
         self.live = False  # set by the broker once payloads published from now on will arrive
         self._on_close = on_close
-        self._payloads: deque[bytes] = deque()
+        # A list, not a deque: it is nearly always empty, and an empty deque is ~0.7 KB.
+        self._payloads: list[bytes] = []
         self._gap: Gap | None = None
         self._closed = False
-        self._ready = asyncio.Event()
+        # A future per wait rather than an asyncio.Event (which holds a deque, ~0.8 KB): a
+        # process holds one subscription per connected user.
+        self._waiter: asyncio.Future[None] | None = None
 
     @property
     def closed(self) -> bool:
@@ -58,7 +64,7 @@ class QueuedSubscription:
         if len(self._payloads) >= self.queue_max:
             self.mark_gap(OVERFLOW)
         self._payloads.append(data)
-        self._ready.set()
+        self._wake()
 
     def mark_gap(self, gap: Gap) -> None:
         if self._closed:
@@ -66,14 +72,18 @@ class QueuedSubscription:
         self._payloads.clear()
         # One marker is enough: whatever the reason, the consumer's answer is the same resync.
         self._gap = self._gap or gap
-        self._ready.set()
+        self._wake()
 
     def end(self) -> None:
         """Stop delivery without telling the broker (the broker is the one ending it)."""
         self._closed = True
         self._payloads.clear()
         self._gap = None
-        self._ready.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     async def close(self) -> None:
         """Stop delivery now; idempotent. Payloads still queued are discarded."""
@@ -93,6 +103,9 @@ class QueuedSubscription:
                 gap, self._gap = self._gap, None
                 return gap
             if self._payloads:
-                return codec.decode(self._payloads.popleft())
-            self._ready.clear()
-            await self._ready.wait()
+                return codec.decode(self._payloads.pop(0))
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None

@@ -24,6 +24,27 @@ RESTARTING = 1012
 _CLOSE = object()
 
 
+class Budget:
+    """A token bucket: `per_s` commands a second, bursts of twice that. The hub gives all of
+    a user's sockets on this process one Budget, so opening more sockets buys no more."""
+
+    __slots__ = ("_rate", "_stamp", "_tokens")
+
+    def __init__(self, per_s: int) -> None:
+        self._rate = per_s
+        self._tokens = float(per_s * 2)
+        self._stamp = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self._rate * 2.0, self._tokens + (now - self._stamp) * self._rate)
+        self._stamp = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+
 class Client:
     def __init__(self, ws: web.WebSocketResponse, request: web.Request, codec: str, *,
                  queue_max: int, commands_per_s: int) -> None:
@@ -34,15 +55,18 @@ class Client:
         self.last_seq = 0  # the highest event seq this socket has been sent
         self.visits: set[str] = set()  # visits this socket joined (dropped when it closes)
         self.closing = False
-        self._queue: asyncio.Queue[Any] = asyncio.Queue(queue_max)
+        # A list rather than an asyncio.Queue (four deques, ~3 KB; an empty list is 56 bytes),
+        # and a writer task only while frames wait: idle sockets are many and hold neither
+        # (docs/BENCHMARKS.md, "Idle sockets"). The queue is short, so pop(0) is cheap.
+        self._queue: list[Any] = []
+        self._queue_max = queue_max
         self._writer: asyncio.Task | None = None
+        self._write_failed = False  # the connection broke under the writer: stop writing
         self._closer: asyncio.Task | None = None
-        self._rate = commands_per_s
-        self._tokens = float(commands_per_s * 2)
-        self._stamp = time.monotonic()
+        self.budget = Budget(commands_per_s)  # replaced by the user's shared one on attach
 
     def start(self) -> None:
-        self._writer = asyncio.create_task(self._write(), name="ws-writer")
+        """Nothing to start ahead: the writer task is started by the first queued frame."""
 
     def send(self, frame: dict[str, Any]) -> bool:
         """Queue a frame; False when the socket is closing or was just closed for being slow."""
@@ -51,22 +75,26 @@ class Client:
     def send_encoded(self, data: str | bytes) -> bool:
         if self.closing:
             return False
-        try:
-            self._queue.put_nowait(data)
-        except asyncio.QueueFull:
+        if len(self._queue) >= self._queue_max:
             self.close(TOO_SLOW, "too slow", abandon=True)
             return False
+        self._queue.append(data)
+        self._notify()
         return True
 
+    @property
+    def backlog(self) -> int:
+        """Frames queued and not yet written."""
+        return len(self._queue)
+
+    def _notify(self) -> None:
+        """Make sure a writer is draining the queue."""
+        if self._write_failed or (self._writer is not None and not self._writer.done()):
+            return
+        self._writer = asyncio.create_task(self._write(), name="ws-writer")
+
     def take_token(self) -> bool:
-        """Token bucket: `commands_per_s` a second, bursts of twice that."""
-        now = time.monotonic()
-        self._tokens = min(self._rate * 2.0, self._tokens + (now - self._stamp) * self._rate)
-        self._stamp = now
-        if self._tokens < 1:
-            return False
-        self._tokens -= 1
-        return True
+        return self.budget.take()
 
     def close(self, code: int, reason: str, *, abandon: bool = False) -> None:
         """Close soon, from any task. Frames already queued go out first, unless `abandon`:
@@ -75,18 +103,18 @@ class Client:
             return
         self.closing = True
         if abandon:
-            while not self._queue.empty():
-                self._queue.get_nowait()
+            self._queue.clear()
             if self._writer is not None:
                 self._writer.cancel()
             self._closer = asyncio.create_task(self._close_now(code, reason))
             return
-        try:
-            self._queue.put_nowait((_CLOSE, code, reason))
-        except asyncio.QueueFull:
+        if len(self._queue) >= self._queue_max:
             if self._writer is not None:
                 self._writer.cancel()
             self._closer = asyncio.create_task(self._close_now(code, reason))
+            return
+        self._queue.append((_CLOSE, code, reason))
+        self._notify()
 
     async def _close_now(self, code: int, reason: str) -> None:
         try:
@@ -98,8 +126,8 @@ class Client:
 
     async def _write(self) -> None:
         send_text = self.codec == JSON
-        while True:
-            data = await self._queue.get()
+        while self._queue:  # ends when it is empty; the next frame starts a new writer
+            data = self._queue.pop(0)
             if isinstance(data, tuple) and data and data[0] is _CLOSE:
                 await self._close_now(data[1], data[2])
                 return
@@ -109,6 +137,7 @@ class Client:
                 else:
                     await self.ws.send_bytes(data)
             except (ConnectionError, RuntimeError):
+                self._write_failed = True
                 return
 
     async def finish(self, grace_s: float = 1.0) -> None:

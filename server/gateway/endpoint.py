@@ -16,6 +16,7 @@ from aiohttp import WSMsgType, web
 
 from server import calls
 from server.auth import principal_for
+from server.broker import BrokerUnavailable
 from server.errors import ApiError
 from server.events import Outbox
 from server.gateway.client import TOO_SLOW, UNAUTHORISED, Client
@@ -23,6 +24,7 @@ from server.gateway.envelope import CODECS, JSON, BadFrame, decode, reply_error,
 from server.gateway.hub import Hub
 from server.gateway.ops import HANDLERS, WsCall
 from server.routing import CONTEXT, COOKIE
+from server.store import is_unavailable
 from signalling import visits
 
 log = logging.getLogger("kinwire.gateway")
@@ -165,6 +167,10 @@ async def _dispatch(call: WsCall, op: str, command_id: Any) -> dict[str, Any]:
         return reply_ok(command_id, await entry.handler(call))
     except ApiError as exc:
         return reply_error(command_id, exc.code, exc.message)
-    except Exception:
+    except Exception as exc:
+        if is_unavailable(exc) or isinstance(exc, BrokerUnavailable):
+            log.warning("op %s: service unavailable: %s", op, type(exc).__name__)
+            return reply_error(command_id, "unavailable",
+                               "A service we depend on is not answering; try again.")
         log.exception("op %s failed", op)
         return reply_error(command_id, "internal_error", "Something went wrong on our side.")

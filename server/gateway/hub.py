@@ -19,12 +19,15 @@ from typing import Any
 from server import events
 from server.broker import Broker, BrokerUnavailable, Gap
 from server.errors import ApiError
-from server.gateway.client import REVOKED, Client
+from server.gateway.client import REVOKED, Budget, Client
 from server.gateway.envelope import encode, push
 from server.metrics import Metrics
 from server.store import Store
 
 log = logging.getLogger("kinwire.gateway")
+# A healthy broker confirms a subscription in about a millisecond; past this, a new socket is
+# served without it and its feed subscribes in the background (then catches up).
+FIRST_SUBSCRIBE_WAIT_S = 0.2
 
 
 class Feed:
@@ -32,13 +35,26 @@ class Feed:
         self.hub = hub
         self.account_id = account_id
         self.clients: set[Client] = set()
+        self.budget: Budget | None = None  # the user's command budget, shared by its sockets
         self.lock = asyncio.Lock()
         self.subscription: Any = None
         self.task: asyncio.Task | None = None
         self.stopping = False
 
     async def start(self) -> None:
-        self.task = asyncio.create_task(self._run(), name=f"feed-{self.account_id}")
+        """Subscribe before the caller reads the user's head of events, when the broker
+        answers: every event after that head then arrives as a signal, so the feed needs no
+        first catch-up (one store read less per new feed) and a live frame published once
+        `auth` is answered is not missed. If the broker is away or slow, the socket is served
+        without waiting longer than FIRST_SUBSCRIBE_WAIT_S: the task subscribes later and
+        catches up then."""
+        first = None
+        with contextlib.suppress(BrokerUnavailable, TimeoutError):
+            async with asyncio.timeout(FIRST_SUBSCRIBE_WAIT_S):
+                first = await self.hub.broker.subscribe(events.channel(self.account_id),
+                                                        queue_max=1024)
+        self.subscription = first
+        self.task = asyncio.create_task(self._run(first), name=f"feed-{self.account_id}")
 
     async def stop(self) -> None:
         """End the feed without cancelling it mid-query: a task cancelled inside a database
@@ -57,24 +73,29 @@ class Feed:
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
 
-    async def _run(self) -> None:
+    async def _run(self, first: Any = None) -> None:
         """Subscribe (retrying while the broker is away), catch up on what was written
         meanwhile, then follow the signals. A socket never waits on the broker to be served:
-        without it, events still reach it by sync and at the next catch-up."""
+        without it, events still reach it by sync and at the next catch-up. `first`, a
+        subscription taken before the sockets' head was read, needs no catch-up."""
         delay_s = 0.1
         while not self.stopping:
-            try:
-                subscription = await self.hub.broker.subscribe(
-                    events.channel(self.account_id), queue_max=1024)
-            except BrokerUnavailable:
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, 2.0)
-                continue
-            if self.stopping:
-                await subscription.close()
-                return
-            self.subscription = subscription
-            await self._deliver(Gap("subscribed"))
+            if first is not None:
+                subscription, first = first, None
+                self.subscription = subscription
+            else:
+                try:
+                    subscription = await self.hub.broker.subscribe(
+                        events.channel(self.account_id), queue_max=1024)
+                except BrokerUnavailable:
+                    await asyncio.sleep(delay_s)
+                    delay_s = min(delay_s * 2, 2.0)
+                    continue
+                if self.stopping:
+                    await subscription.close()
+                    return
+                self.subscription = subscription
+                await self._deliver(Gap("subscribed"))
             async for item in subscription:
                 await self._deliver(item)
             return  # the subscription was closed: the feed or the process is stopping
@@ -153,8 +174,11 @@ class Hub:
                                f"At most {self.per_user_max} open connections per user.")
             if feed is None:
                 feed = Feed(self, account_id)
-                await feed.start()  # its first catch-up covers anything after the head below
+                await feed.start()  # subscribed first: events after the head below are signalled
                 self.feeds[account_id] = feed
+            if feed.budget is None:
+                feed.budget = client.budget
+            client.budget = feed.budget
             async with feed.lock:
                 async with self.store.read() as conn:
                     client.last_seq = (await events.head(conn, account_id))[0]

@@ -21,7 +21,7 @@ from server.context import Context
 from server.errors import ApiError
 from server.events import Outbox
 from signalling import visits
-from signalling.turn import ice_servers
+from signalling.turn import ice_policy, ice_servers
 from signalling.visits import VisitError
 
 if TYPE_CHECKING:
@@ -111,8 +111,10 @@ async def send_message(call: WsCall) -> dict[str, Any]:
     draft = draft_from(call.ctx.settings, body, key)
     outbox = Outbox()
     started = time.perf_counter()  # metrics: kinwire_send_seconds
-    async with call.ctx.store.write() as conn:
-        shown = await messages.send(conn, outbox, call.me, draft, call.ctx.clock())
+    now = call.ctx.clock()
+    # Group commit: concurrent sends share one transaction; this returns after its COMMIT.
+    shown = await call.ctx.store.write_grouped(
+        lambda conn: messages.send(conn, outbox, call.me, draft, now))
     await outbox.signal(call.ctx.broker)
     call.ctx.metrics.observe("kinwire_send_seconds", time.perf_counter() - started)
     call.ctx.metrics.inc("kinwire_messages_sent_total")
@@ -142,8 +144,14 @@ async def _in_visit(call: WsCall, work):
 async def visit_join(call: WsCall) -> dict[str, Any]:
     visit_id = call.arg_str("visit_id")
     now = call.ctx.clock()
-    joined = await _in_visit(call, lambda conn, outbox: visits.join(
-        conn, outbox, visit_id, call.me.account_id, now))
+
+    async def work(conn, outbox):
+        row = await visits.get(conn, visit_id)
+        visits.role_of(row, call.me.account_id)  # a stranger learns nothing: not_found
+        await calls.require_contact(conn, row)
+        return await visits.join(conn, outbox, visit_id, call.me.account_id, now)
+
+    joined = await _in_visit(call, work)
     call.client.visits.add(visit_id)
     await calls.push_live(call.ctx.broker, joined.peer_id, "visit.peer",
                           {"visit_id": visit_id, "present": True})
@@ -246,7 +254,8 @@ async def visit_watch(call: WsCall) -> dict[str, Any]:
     servers = ice_servers(secret=s.turn_secret, turn_urls=list(s.turn_urls),
                           stun_urls=list(s.stun_urls), account_id=me.account_id,
                           expires_at=row.end_at)
-    return {"visit": visits.public(row), "ice_servers": servers}
+    return {"visit": visits.public(row), "ice_servers": servers,
+            "ice_transport_policy": ice_policy(s.ice_relay_only)}
 # --- end relay mode ---
 
 

@@ -6,6 +6,9 @@ Contract
   queue on an asyncio lock, other processes wait up to the busy timeout), so a transaction
   never fails half-way for want of the write lock; on PostgreSQL a plain transaction whose
   conditional UPDATEs take row locks. It commits when the block exits, rolls back on error.
+- `write_grouped(work)` runs `work(conn)` like `write()`, but on SQLite concurrent calls share
+  one transaction, each in its own savepoint (group commit, server/store/group.py); it returns
+  only after the COMMIT.
 - `read()` yields a connection inside a read-only snapshot (SQLite WAL readers never block the
   writer).
 """
@@ -13,14 +16,31 @@ Contract
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import event, text
+from sqlalchemy import exc as sqlalchemy_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
+
+from server.store.group import GroupCommit
+from server.store.inline import creator
+
+T = TypeVar("T")
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` means the database could not be reached or answered too late (a fault to
+    retry), as opposed to a refused or wrong statement (a bug)."""
+    if isinstance(exc, TimeoutError | ConnectionError | sqlalchemy_exc.TimeoutError):
+        return True  # a statement, a connection attempt or a pool wait ran out of time
+    return isinstance(exc, sqlalchemy_exc.DBAPIError) and (
+        exc.connection_invalidated or isinstance(exc, sqlalchemy_exc.InterfaceError)
+        or isinstance(exc.orig, TimeoutError | ConnectionError))
 
 
 def async_url(url: str) -> str:
@@ -33,9 +53,12 @@ def async_url(url: str) -> str:
     raise ValueError(f"unsupported database URL {url!r}")
 
 
-def _sqlite_engine(url: str, *, begin: str, pool_size: int, busy_timeout_ms: int) -> AsyncEngine:
+def _sqlite_engine(url: str, *, begin: str, pool_size: int, busy_timeout_ms: int,
+                   inline: bool = False) -> AsyncEngine:
+    # inline: statements run on the event loop, not aiosqlite's thread (server/store/inline.py)
+    extra = {"async_creator": creator(make_url(url).database)} if inline else {}
     engine = create_async_engine(url, poolclass=AsyncAdaptedQueuePool, pool_size=pool_size,
-                                 max_overflow=0, pool_timeout=60)
+                                 max_overflow=0, pool_timeout=60, hide_parameters=True, **extra)
 
     @event.listens_for(engine.sync_engine, "connect")
     def on_connect(dbapi_connection, _record):
@@ -57,23 +80,39 @@ def _sqlite_engine(url: str, *, begin: str, pool_size: int, busy_timeout_ms: int
 
 
 class Store:
-    def __init__(self, url: str, *, pool_size: int = 10, busy_timeout_ms: int = 5000) -> None:
+    """`timeout_s` (PostgreSQL) bounds each wait on the database: for a connection from the
+    pool, for a new connection, for one statement. A stalled or unreachable database then fails
+    the operation (`is_unavailable()` says so) instead of holding the request; None keeps the
+    defaults of 30 s a statement or pool wait and 10 s a connection attempt."""
+
+    def __init__(self, url: str, *, pool_size: int = 10, busy_timeout_ms: int = 5000,
+                 timeout_s: float | None = None, group_max: int = 1,
+                 sqlite_inline_writes: bool = False) -> None:
         self.url = async_url(url)
+        self.timeout_s = timeout_s
         self.dialect = "sqlite" if self.url.startswith("sqlite") else "postgresql"
         if self.dialect == "sqlite":
             path = make_url(self.url).database
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             self._writer = _sqlite_engine(self.url, begin="BEGIN IMMEDIATE", pool_size=1,
-                                          busy_timeout_ms=busy_timeout_ms)
+                                          busy_timeout_ms=busy_timeout_ms,
+                                          inline=sqlite_inline_writes)
             self._reader = _sqlite_engine(self.url, begin="BEGIN", pool_size=4,
                                           busy_timeout_ms=busy_timeout_ms)
         else:
+            # hide_parameters: an error's text never carries bound values (message bodies).
             self._writer = create_async_engine(
                 self.url, pool_size=pool_size, max_overflow=0, pool_pre_ping=True,
-                connect_args={"timeout": 10, "command_timeout": 30})
+                hide_parameters=True,
+                pool_timeout=timeout_s or 30,
+                connect_args={"timeout": timeout_s or 10, "command_timeout": timeout_s or 30})
             self._reader = self._writer
         self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
+        # Group commit (server/store/group.py) on SQLite, whose writes take turns on one
+        # connection; PostgreSQL runs each batched write in its own transaction, in parallel on
+        # the pool, and groups WAL flushes itself (docs/messaging.md, "Group commit").
+        self.group = GroupCommit(self, max_batch=group_max if self.dialect == "sqlite" else 1)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -88,6 +127,11 @@ class Store:
         async with self._write_lock, self._writer.begin() as conn:
             yield conn
 
+    async def write_grouped(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """`work(conn)` in a write transaction maybe shared with other concurrent calls, each in
+        its own savepoint; returns (or raises) once that transaction has committed."""
+        return await self.group.run(work)
+
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
         async with self._reader.begin() as conn:
@@ -98,6 +142,7 @@ class Store:
             await conn.execute(text("SELECT 1"))
 
     async def close(self) -> None:
+        await self.group.close()
         await self._writer.dispose()
         if self._reader is not self._writer:
             await self._reader.dispose()

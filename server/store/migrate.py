@@ -31,6 +31,19 @@ def _upgrade(sync_conn, cfg: Config, revision: str) -> None:
 
 
 async def migrate(store: Store, revision: str = "head") -> None:
+    if store.dialect == "postgresql" and store.timeout_s is not None:
+        # A migration (or the wait for another process's) may take longer than the store
+        # lets a request wait: it runs on its own connection with the default bounds.
+        own = Store(store.url, pool_size=1)
+        try:
+            await _migrate(own, revision)
+        finally:
+            await own.close()
+        return
+    await _migrate(store, revision)
+
+
+async def _migrate(store: Store, revision: str) -> None:
     cfg = alembic_config()
     async with store.write() as conn:
         if store.dialect == "postgresql":
