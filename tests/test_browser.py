@@ -126,6 +126,7 @@ async def test_family_and_kiosk_first_scenario(sqlite_template: Path, tmp_path: 
             # --- the person has no credits: the reply goes collect ---
             await expect(kiosk.locator("#send-cod")).to_be_visible()
             await kiosk.get_by_label("Reply").fill("Thank you! Tell Mom I said hello.")
+            await expect(fam.locator("#typing")).to_have_text("Dana Rivers is typing…")
             await shot(kiosk, "kiosk-chat")
             await kiosk.get_by_role("button", name="Send collect (they pay)").click()
             await expect(kiosk.locator("li.msg.mine")).to_contain_text("Tell Mom")
@@ -134,6 +135,7 @@ async def test_family_and_kiosk_first_scenario(sqlite_template: Path, tmp_path: 
             locked = fam.locator("li.msg.theirs")
             pay = locked.get_by_role("button", name="Pay 50 credits to open")
             await expect(pay).to_be_visible()
+            await expect(fam.locator("#typing")).to_have_text("")  # the message ends it
             await expect(fam.locator("#balance")).to_have_text("450 credits")
             await shot(fam, "family-chat-locked")
             await pay.click()

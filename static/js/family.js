@@ -1,22 +1,19 @@
 // The family web app (docs/clients.md): sign up and log in, buy credits, find a person and ask
-// to connect, and a chat-style inbox kept live by the shared socket.
+// to connect, a chat-style inbox kept live by the shared socket (with typing indicators),
+// giving credits to a contact and the statement.
 import { api, ApiError, dollars, h, newKey, say } from "./api.js";
 import { KinwireSocket } from "./socket.js";
-import { Inbox, applyEvent, bubble, loadConversations } from "./threads.js";
+import { Inbox, Typing, applyEvent, bubble, loadConversations } from "./threads.js";
+import { FamilyVisits } from "./booking.js";
 
-// The server's purchase terms: credits are bought in blocks of KINWIRE_CREDIT_BLOCK (500) and
-// each purchase carries KINWIRE_PURCHASE_FEE_CENTS (150). The API does not publish them yet
-// (docs/clients.md, "Server changes wanted"), so these mirror server/settings.py's defaults;
-// the receipt after paying shows what the server actually charged.
-const CREDIT_BLOCK = 500;
-const FEE_CENTS = 150;
-const CENTS_PER_CREDIT = 1;
+// The server's purchase terms (block, fee) come from GET /pricing at sign-in; the receipt after
+// paying shows what the server actually charged.
 const DEFAULT_PRICES = { message: 50, photo: 100, visit_minute: 50 };
 
 const $ = (id) => document.getElementById(id);
 const state = {
   me: null, balance: 0, facilities: new Map(), connections: new Map(), inbox: null,
-  current: null, socket: null,
+  current: null, socket: null, pricing: null,
 };
 
 // ---------- signed out ----------
@@ -54,19 +51,26 @@ $("logout").addEventListener("click", async () => {
 });
 
 // ---------- tabs ----------
-const tabs = ["messages", "find", "credits"];
+// Every role=tab button in the nav, so that a new section needs only its markup.
+const tabs = [...document.querySelectorAll("nav.tabs [role=tab]")].map((b) => b.id.slice(4));
 function showTab(name) {
   for (const t of tabs) {
     $(`tab-${t}`).setAttribute("aria-selected", String(t === name));
+    $(`tab-${t}`).tabIndex = t === name ? 0 : -1; // one tab stop; arrows move inside (ARIA tabs)
     $(`panel-${t}`).hidden = t !== name;
   }
   document.body.dataset.tab = name;
+  if (name === "statement") loadStatement(true);
+  if (name === "gift") renderGift();
 }
 for (const t of tabs) $(`tab-${t}`).addEventListener("click", () => showTab(t));
 document.querySelector("nav.tabs").addEventListener("keydown", (ev) => {
-  if (ev.key !== "ArrowRight" && ev.key !== "ArrowLeft") return;
   const i = tabs.indexOf(document.body.dataset.tab || "messages");
-  const next = tabs[(i + (ev.key === "ArrowRight" ? 1 : tabs.length - 1)) % tabs.length];
+  const step = { ArrowRight: 1, ArrowLeft: tabs.length - 1 }[ev.key];
+  const next = ev.key === "Home" ? tabs[0] : ev.key === "End" ? tabs[tabs.length - 1]
+    : step ? tabs[(i + step) % tabs.length] : null;
+  if (!next) return;
+  ev.preventDefault();
   showTab(next);
   $(`tab-${next}`).focus();
 });
@@ -77,25 +81,37 @@ function setBalance(n) {
   $("balance").textContent = `${n} credits`;
   $("balance").dataset.balance = String(n);
   renderCompose();
+  renderGift();
+  state.visitsUi?.setBalance(n); // video visits (booking.js)
 }
 
 // ---------- credits ----------
 function renderQuote() {
+  const p = state.pricing;
+  if (!p) return;
   const credits = Number($("buy-credits").value);
-  const price = credits * CENTS_PER_CREDIT;
-  const total = price + FEE_CENTS;
+  const price = credits * p.cents_per_credit;
+  const fee = p.purchase_fee_cents;
+  const total = price + fee;
   $("buy-price").textContent = dollars(price);
-  $("buy-fee").textContent = dollars(FEE_CENTS);
+  $("buy-fee").textContent = fee ? dollars(fee) : "none";
   $("buy-total").textContent = dollars(total);
-  $("buy-summary").textContent = `${credits} credits: ${dollars(price)} + ${dollars(FEE_CENTS)} fee = ${dollars(total)} total`;
+  $("buy-summary").textContent = fee
+    ? `${credits} credits: ${dollars(price)} + ${dollars(fee)} fee = ${dollars(total)} total`
+    : `${credits} credits: ${dollars(total)} total, no fee`;
   $("pay").textContent = `Pay ${dollars(total)}`;
 }
-for (const n of [1, 2, 4, 10]) {
-  const credits = n * CREDIT_BLOCK;
-  $("buy-credits").append(h("option", { value: credits }, `${credits} credits`));
+
+/** The server's purchase terms (GET /pricing): the amounts offered and the fee shown. */
+async function loadPricing() {
+  const p = await api("GET", "/pricing");
+  state.pricing = p;
+  const amounts = [1, 2, 4, 10].map((n) => n * p.credit_block).filter((c) => c <= p.purchase_credits_max);
+  $("buy-credits").replaceChildren(...amounts.map((c) => h("option", { value: c }, `${c} credits`)));
+  $("buy-block").textContent = String(p.credit_block);
+  renderQuote();
 }
 $("buy-credits").addEventListener("change", renderQuote);
-renderQuote();
 
 let buyKey = null; // kept across retries of one purchase, so a retry never charges twice
 $("buy-form").addEventListener("submit", async (ev) => {
@@ -174,6 +190,7 @@ function upsertConnection(c) {
   state.connections.set(c.id, { ...old, ...c, person_name: c.person_name || old.person_name });
   renderConnections();
   renderThreads();
+  renderGift();
 }
 
 function renderConnections() {
@@ -248,7 +265,7 @@ function markRead(msgs) {
   }
 }
 
-function renderThread() {
+function renderThread(keepScroll = false) {
   const personId = state.current;
   $("thread").hidden = !personId;
   if (!personId) return;
@@ -258,7 +275,9 @@ function renderThread() {
   const list = $("messages");
   list.replaceChildren(...msgs.map((m) => withPhotos(bubble(m, state.me.id, { onOpen: payToOpen }), m)));
   if (!msgs.length) list.append(h("li", { class: "muted" }, "No messages yet."));
-  list.scrollTop = list.scrollHeight;
+  if (!keepScroll) list.scrollTop = list.scrollHeight;
+  $("thread-older").hidden = olderDone.has(personId) || !msgs.length;
+  typing.render();
   markRead(msgs);
   renderCompose();
 }
@@ -310,7 +329,7 @@ $("compose").addEventListener("submit", async (ev) => {
     renderCompose();
   }
 });
-$("compose-body").addEventListener("input", () => { sendKey = null; });
+$("compose-body").addEventListener("input", () => { sendKey = null; sendTyping(); });
 $("compose-body").addEventListener("keydown", (ev) => {
   if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) $("compose").requestSubmit();
 });
@@ -399,15 +418,179 @@ function withPhotos(li, msg) {
   return li;
 }
 
+// ---------- older messages of one thread (GET /messages?with=, both folders) ----------
+const OLDER_PAGE = 20;
+const olderDone = new Set(); // contacts whose whole history is loaded
+const isOlder = (a, b) => a.created_at < b.created_at || (a.created_at === b.created_at && a.id < b.id);
+
+async function loadOlder() {
+  const personId = state.current;
+  const t = state.inbox.thread(personId); // oldest first
+  const anchors = { inbox: t.find((m) => m.from === personId && m.status === "delivered"),
+                    sent: t.find((m) => m.from === state.me.id) };
+  const url = (folder) => `/messages?folder=${folder}&with=${encodeURIComponent(personId)}&limit=${OLDER_PAGE}`
+    + (anchors[folder] ? `&before=${encodeURIComponent(anchors[folder].id)}` : "");
+  $("thread-older").disabled = true;
+  try {
+    const [inbox, sent] = await Promise.all([api("GET", url("inbox")), api("GET", url("sent"))]);
+    // A folder with more pages leaves a gap below its oldest row: keep only what is newer than
+    // that, so the thread never shows a hole; the next click fetches the rest.
+    let floor = null;
+    for (const page of [inbox, sent]) {
+      const last = page.messages.at(-1);
+      if (page.next_before && last && (!floor || isOlder(floor, last))) floor = last;
+    }
+    const fresh = [...inbox.messages, ...sent.messages].filter((m) => !state.inbox.byId.has(m.id)
+      && (!floor || !isOlder(m, floor)));
+    for (const m of fresh) state.inbox.upsert(m);
+    if (!inbox.next_before && !sent.next_before) olderDone.add(personId);
+    say($("compose-notice"), fresh.length ? "" : "No older messages.");
+    renderThread(true);
+  } catch (err) {
+    say($("compose-notice"), err.message, "error");
+  } finally {
+    $("thread-older").disabled = false;
+  }
+}
+$("thread-older").addEventListener("click", loadOlder);
+
+// ---------- typing indicators (threads.js Typing) ----------
+const typing = new Typing(state, $("typing"), (id) => (contactOf(id) || {}).person_name || "Your contact");
+
+function sendTyping() {
+  const c = state.current && contactOf(state.current);
+  if (c && c.status === "approved" && $("compose-body").value) typing.send(state.current);
+}
+
+// ---------- give credits (POST /gifts, to an approved contact) ----------
+let giftKey = null; // kept across retries of one gift
+function renderGift() {
+  const sel = $("gift-to");
+  const chosen = sel.value;
+  const contacts = [...state.connections.values()].filter((c) => c.status === "approved" && !c.blocked);
+  sel.replaceChildren(...contacts.map((c) => h("option", { value: c.person_id }, c.person_name || "Contact")));
+  if (chosen) sel.value = chosen;
+  $("gift-none").hidden = contacts.length > 0;
+  $("gift-form").hidden = !contacts.length;
+  const max = state.pricing ? state.pricing.gift_credits_max : 0;
+  $("gift-credits").max = String(Math.min(state.balance, max || state.balance));
+  const n = Number($("gift-credits").value) || 0;
+  const short = n > state.balance;
+  $("gift-summary").textContent = n
+    ? (short ? `You have ${state.balance} credits.` : `Your balance after: ${state.balance - n} credits.`) : "";
+  $("gift-send").disabled = !n || short;
+  $("gift-send").textContent = n ? `Give ${n} credits` : "Give";
+}
+$("gift-to").addEventListener("change", () => { giftKey = null; renderGift(); });
+$("gift-credits").addEventListener("input", () => { giftKey = null; renderGift(); });
+$("gift-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const to = $("gift-to").value;
+  const credits = Number($("gift-credits").value);
+  if (!to || !Number.isInteger(credits) || credits < 1) return;
+  const name = $("gift-to").selectedOptions[0].textContent;
+  $("gift-send").disabled = true;
+  giftKey = giftKey || newKey();
+  try {
+    const r = await api("POST", "/gifts", { key: giftKey, body: { to, credits } });
+    giftKey = null;
+    setBalance(r.balance);
+    $("gift-credits").value = "";
+    say($("gift-notice"), `Gave ${credits} credits to ${name}.`, "ok");
+  } catch (err) {
+    if (err.status && err.status < 500) giftKey = null;
+    say($("gift-notice"), err.message, "error");
+  } finally {
+    renderGift();
+  }
+});
+
+// ---------- statement (GET /ledger, newest first, paged by seq) ----------
+const STATEMENT_PAGE = 20;
+const statement = { rows: [], next: null, balance: 0 };
+
+function personName(id) {
+  const c = contactOf(id);
+  return (c && c.person_name) || "a contact";
+}
+
+function describe(e) {
+  const msg = state.inbox && state.inbox.byId.get(e.ref);
+  const about = msg ? ` ${msg.from === state.me.id ? "to" : "from"} ${personName(state.inbox.other(msg))}` : "";
+  switch (e.kind) {
+    case "purchase": return "Bought credits";
+    case "gift": return e.credits > 0 ? `Gift from ${personName(e.counterparty)}` : `Gift to ${personName(e.counterparty)}`;
+    case "message": return `Message${about}`;
+    case "photo": return `Photos${about}`;
+    case "refund": return `Refund: message rejected by review${about}`;
+    case "visit_minute": return "Video visit, one minute";
+    default: return e.kind.replace(/_/g, " ");
+  }
+}
+
+async function loadStatement(first) {
+  say($("statement-notice"), "");
+  try {
+    const size = state.statementPage || STATEMENT_PAGE; // smaller in tests, to show paging
+    const before = first ? "" : `&before=${statement.next}`;
+    const r = await api("GET", `/ledger?limit=${size}${before}`);
+    if (first) {
+      statement.rows = [];
+      statement.balance = r.balance;
+    }
+    // Running balance, newest first: each older line's "after" is the newer one's minus its amount.
+    let after = statement.rows.length ? statement.rows.at(-1).after - statement.rows.at(-1).credits : statement.balance;
+    for (const e of r.entries) {
+      statement.rows.push({ ...e, after });
+      after -= e.credits;
+    }
+    statement.next = r.next_before;
+    renderStatement();
+  } catch (err) {
+    say($("statement-notice"), err.message, "error");
+  }
+}
+
+function renderStatement() {
+  $("statement-balance").textContent = `${statement.balance} credits`;
+  $("statement-rows").replaceChildren(...statement.rows.map((e) =>
+    h("tr", { dataset: { kind: e.kind, credits: e.credits } },
+      h("td", {}, h("time", { datetime: e.at }, new Date(e.at).toLocaleString([], {
+        month: "short", day: "numeric", hour: "numeric", minute: "2-digit" }))),
+      h("td", {}, describe(e)),
+      h("td", { class: e.credits > 0 ? "in" : "out" }, e.credits > 0 ? `+${e.credits}` : `−${-e.credits}`),
+      h("td", {}, String(e.after)))));
+  $("statement-empty").hidden = statement.rows.length > 0;
+  $("statement-more").hidden = !statement.next;
+}
+$("statement-more").addEventListener("click", async () => {
+  const count = statement.rows.length;
+  await loadStatement(false);
+  // Keyboard users land on the first of the lines just shown.
+  const row = $("statement-rows").children[count];
+  if (row) {
+    row.tabIndex = -1;
+    row.focus();
+  }
+});
+
 // ---------- data and live events ----------
 async function reloadAll() {
   setBalance(await loadConversations(state));
   renderConnections();
   renderThreads();
   renderThread();
+  await state.visitsUi?.load().catch(() => {}); // video visits (booking.js)
 }
 
 function onEvent(type, data) {
+  state.visitsUi?.onEvent(type, data); // video visits (booking.js)
+  if (type === "typing") {
+    typing.heard(data.from);
+    return;
+  }
+  if (type === "message.new") typing.done(data.from);
+  if (type === "balance" && document.body.dataset.tab === "statement") loadStatement(true);
   applyEvent(state, type, data, { setBalance, renderThreads, renderThread, upsertConnection });
 }
 
@@ -426,7 +609,8 @@ async function start() {
   $("app").hidden = false;
   $("who").hidden = false;
   showTab("messages");
-  await loadFacilities();
+  await Promise.all([loadFacilities(), loadPricing()]);
+  state.visitsUi = new FamilyVisits(state); // video visits (booking.js)
   await reloadAll();
   state.socket = new KinwireSocket({
     onEvent, onReset: reloadAll,

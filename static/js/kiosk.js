@@ -3,7 +3,8 @@
 // requests to approve or deny, and the inbox with replies (collect when the balance is short).
 import { api, h, newKey, say } from "./api.js";
 import { KinwireSocket } from "./socket.js";
-import { Inbox, applyEvent, bubble, loadConversations } from "./threads.js";
+import { Inbox, Typing, applyEvent, bubble, loadConversations } from "./threads.js";
+import { KioskVisits } from "./visit_list.js";
 
 const DEFAULT_PRICES = { message: 50, photo: 100, visit_minute: 50 };
 const $ = (id) => document.getElementById(id);
@@ -146,6 +147,7 @@ function renderThread() {
   $("messages").replaceChildren(...msgs.map((m) => bubble(m, state.me.id, { onOpen: payToOpen })));
   if (!msgs.length) $("messages").append(h("li", { class: "muted" }, "No messages yet."));
   $("messages").scrollTop = $("messages").scrollHeight;
+  typing.render();
   markRead(msgs);
   renderCompose();
 }
@@ -185,7 +187,12 @@ async function send(cod) {
 }
 $("compose").addEventListener("submit", (ev) => { ev.preventDefault(); send(false); });
 $("send-cod").addEventListener("click", () => send(true));
-$("compose-body").addEventListener("input", () => { sendKey = null; });
+$("compose-body").addEventListener("input", () => {
+  sendKey = null;
+  if ($("compose-body").value) typing.send(state.current);
+});
+// Typing indicators both ways (threads.js Typing).
+const typing = new Typing(state, $("typing"), (id) => (contactOf(id) || {}).family_name || "Your contact");
 
 // ---------- data and live events ----------
 function setBalance(n) {
@@ -200,9 +207,13 @@ async function reloadAll() {
   renderRequests();
   renderThreads();
   renderThread();
+  await state.visitsUi?.load().catch(() => {}); // video visits (visit_list.js)
 }
 
 function onEvent(type, data) {
+  if (type === "typing") return typing.heard(data.from);
+  if (type === "message.new") typing.done(data.from);
+  state.visitsUi?.onEvent(type, data); // video visits (visit_list.js)
   applyEvent(state, type, data, { setBalance, renderThreads, renderThread, upsertConnection });
 }
 
@@ -219,6 +230,7 @@ async function start() {
   $("auth").hidden = true;
   $("app").hidden = false;
   $("who").hidden = false;
+  state.visitsUi = new KioskVisits(state, { list: $("kiosk-visits"), screen: $("visit-screen"), app: $("app") });
   await reloadAll();
   state.socket = new KinwireSocket({ onEvent, onReset: reloadAll, onUnauthorised: () => location.reload() }).start();
   window.kinwire = state;

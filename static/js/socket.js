@@ -1,11 +1,14 @@
 // Kinwire's one socket client (docs/API.md, "WebSocket /ws"; docs/clients.md).
-// An ES module, no build step. It opens /ws with the kinwire.v1.json subprotocol (the session
+// An ES module, no build step. It opens /ws with the kinwire.v1.json subprotocol, or
+// kinwire.v1.msgpack (binary frames, static/js/msgpack.js) when asked (the session
 // cookie authenticates it, or a token given to the constructor), keeps it open with capped
 // exponential backoff, resumes the user's event stream from the last seq it applied (sync
 // {since} with paging; {reset} makes the page reload its data), drops duplicate seqs, shows its
 // state on the page and answers request/reply by id with a timeout.
 
-const PROTOCOL = "kinwire.v1.json";
+import { decode as unpack, encode as pack } from "./msgpack.js";
+
+const CODECS = new Set(["json", "msgpack"]);
 const NO_CURSOR = Number.MAX_SAFE_INTEGER; // beyond any head: the server answers {reset, seq}
 const NO_RECONNECT = new Set([4001, 4009]); // unauthorised, session revoked
 
@@ -14,6 +17,16 @@ export class SocketError extends Error {
     super(message || code);
     this.code = code;
   }
+}
+
+/** The codec a page asked for: `?codec=msgpack` in its URL, else localStorage
+ * `kinwire.codec`, else JSON. */
+export function chosenCodec() {
+  let asked = new URLSearchParams(location.search).get("codec");
+  try {
+    asked = asked || localStorage.getItem("kinwire.codec");
+  } catch { /* storage may be off */ }
+  return CODECS.has(asked) ? asked : "json";
 }
 
 export class KinwireSocket {
@@ -25,9 +38,11 @@ export class KinwireSocket {
    * @param {(state: string) => void} [o.onState] connecting | online | offline | closed
    * @param {() => void} [o.onUnauthorised] the server closed 4001/4009: log in again
    * @param {string} [o.token] a bearer token to send as `auth` (kiosks may use the cookie too)
+   * @param {string} [o.codec] "json" or "msgpack"; by default chosenCodec()
    */
-  constructor({ onEvent, onReset, onState, onUnauthorised, token, url, timeoutMs = 10000,
+  constructor({ onEvent, onReset, onState, onUnauthorised, token, url, codec, timeoutMs = 10000,
                 backoffMinMs = 250, backoffMaxMs = 15000 }) {
+    this.codec = CODECS.has(codec) ? codec : chosenCodec();
     this.onEvent = onEvent;
     this.onReset = onReset;
     this.onState = onState || (() => {});
@@ -47,6 +62,16 @@ export class KinwireSocket {
     this.stopped = false;
     this.state = "offline";
     this.retryTimer = null;
+    // The network is back (laptop woke, phone left a tunnel): retry now, not at the backoff.
+    this._online = () => { if (!this.ws && !this.stopped) this.reconnectNow(); };
+    window.addEventListener("online", this._online);
+  }
+
+  /** Skip the rest of the backoff wait (the network came back, or the page asks). */
+  reconnectNow() {
+    if (this.stopped || this.ws) return;
+    clearTimeout(this.retryTimer);
+    this._connect();
   }
 
   start() {
@@ -58,6 +83,7 @@ export class KinwireSocket {
   stop() {
     this.stopped = true;
     clearTimeout(this.retryTimer);
+    window.removeEventListener("online", this._online);
     if (this.ws) this.ws.close(1000, "bye");
     this._setState("closed");
   }
@@ -66,6 +92,7 @@ export class KinwireSocket {
     if (state === this.state) return;
     this.state = state;
     document.documentElement.dataset.socket = state;
+    document.documentElement.dataset.socketCodec = this.codec;
     for (const el of document.querySelectorAll("[data-socket-state]")) {
       el.dataset.socketState = state;
       el.textContent = { connecting: "Connecting…", online: "Online", offline: "Offline – reconnecting",
@@ -79,7 +106,8 @@ export class KinwireSocket {
     this._setState("connecting");
     let ws;
     try {
-      ws = new WebSocket(this.url, PROTOCOL);
+      ws = new WebSocket(this.url, `kinwire.v1.${this.codec}`);
+      ws.binaryType = "arraybuffer";
     } catch (err) {
       this._scheduleRetry();
       return;
@@ -134,14 +162,15 @@ export class KinwireSocket {
     this.retryTimer = setTimeout(() => this._connect(), delay);
   }
 
-  _frame(ws, text) {
+  _frame(ws, data) {
     if (ws !== this.ws) return;
     let frame;
     try {
-      frame = JSON.parse(text);
+      frame = typeof data === "string" ? JSON.parse(data) : unpack(data);
     } catch {
       return;
     }
+    if (!frame || typeof frame !== "object") return;
     if (frame.id !== undefined && frame.id !== null && !frame.type) {
       const p = this.pending.get(frame.id);
       if (!p) return;
@@ -224,7 +253,8 @@ export class KinwireSocket {
         reject(new SocketError("timeout", `No answer to ${op} in time.`));
       }, timeoutMs);
       this.pending.set(id, { resolve, reject, timer });
-      ws.send(JSON.stringify({ id, op, args }));
+      const command = { id, op, args };
+      ws.send(this.codec === "msgpack" ? pack(command) : JSON.stringify(command));
     });
   }
 }

@@ -1,17 +1,24 @@
 // The staff console (docs/clients.md): log in, the review queue with photo previews (approve,
-// or reject with a reason), the facility's visits with End for those in a call, the audit log.
+// or reject with a reason), the facility's visits with End for those in a call and Watch for
+// relayed ones, the audit log, and the facility's settings (changed by administrators).
 // Plain HTTP with the session cookie; the queue and visits are polled while the page is shown.
+// The socket is opened only to watch a visit (visit.watch and its answer).
 import { api, h, say } from "./api.js";
+import { KinwireSocket } from "./socket.js";
 
 const $ = (id) => document.getElementById(id);
 const IN_CALL = new Set(["open", "live", "paused"]);
 const POLL_MS = 5000;
-const state = { me: null, names: new Map(), queueKey: "", timer: null };
+const state = { me: null, names: new Map(), queueKey: "", timer: null, facility: null,
+                facilities: new Map(), auditNext: null, socket: null, watch: null };
 
 const when = (iso) => new Date(iso).toLocaleString([], { month: "short", day: "numeric",
                                                         hour: "numeric", minute: "2-digit" });
 const nameOf = (id) => state.names.get(id) || id;
 const thumb = (id) => `/api/v1/photos/${encodeURIComponent(id)}/thumb`;
+const isAdmin = () => state.me && state.me.role === "admin";
+// Staff see their own facility; administrators say which one they are looking at.
+const scoped = (path) => (isAdmin() ? `${path}${path.includes("?") ? "&" : "?"}facility_id=${encodeURIComponent(state.facility)}` : path);
 
 // ---------- sign in / out ----------
 $("login-form").addEventListener("submit", async (ev) => {
@@ -33,6 +40,7 @@ $("logout").addEventListener("click", async () => {
 
 // ---------- names (staff see the facility's connections) ----------
 async function loadNames() {
+  if (isAdmin()) return; // GET /connections is for the facility's own staff: admins see ids
   const r = await api("GET", "/connections");
   for (const c of r.connections) {
     if (c.family_name) state.names.set(c.family_id, c.family_name);
@@ -42,7 +50,7 @@ async function loadNames() {
 
 // ---------- review queue ----------
 async function loadReview(force = false) {
-  const r = await api("GET", "/review");
+  const r = await api("GET", scoped("/review"));
   const key = r.messages.map((m) => m.id).join(",");
   if (!force && key === state.queueKey) return; // keep a reason being typed
   state.queueKey = key;
@@ -102,12 +110,17 @@ async function loadVisits() {
   const now = new Date();
   const from = new Date(now.getTime() - 12 * 3600e3).toISOString();
   const to = new Date(now.getTime() + 12 * 3600e3).toISOString();
-  const r = await api("GET", `/visits?from=${encodeURIComponent(from)}&to=${encodeURIComponent(to)}`);
+  const r = await api("GET", scoped(`/visits?from=${encodeURIComponent(from)}&to=${encodeURIComponent(to)}`));
   if (r.visits.some((v) => !state.names.has(v.family_id) || !state.names.has(v.person_id))) await loadNames();
   $("visits-empty").hidden = r.visits.length > 0;
   $("visit-list").replaceChildren(...r.visits.map((v) => {
     const who = `${nameOf(v.family_id)} and ${nameOf(v.person_id)}`;
     let end = null;
+    let watch = null;
+    if (IN_CALL.has(v.status) && v.media === "relay") {
+      watch = h("button", { type: "button", "aria-label": `Watch the visit of ${who}` }, "Watch");
+      watch.addEventListener("click", () => startWatch(v, who));
+    }
     if (IN_CALL.has(v.status)) {
       end = h("button", { type: "button", class: "danger", "aria-label": `End the visit of ${who}` }, "End");
       end.addEventListener("click", async () => {
@@ -115,6 +128,7 @@ async function loadVisits() {
         try {
           await api("POST", `/visits/${encodeURIComponent(v.id)}/end`, { body: {} });
           say($("notice"), `Ended the visit of ${who}.`, "ok");
+          if (state.watch && state.watch.visitId === v.id) stopWatch("The visit ended (ended by staff).");
         } catch (err) {
           say($("notice"), err.message, "error");
         }
@@ -126,14 +140,17 @@ async function loadVisits() {
         h("span", { class: "muted" }, `${when(v.start)} – ${when(v.end)} · ${v.media}`)),
       h("span", { class: `badge ${v.status === "live" ? "read" : ""}` },
         v.end_reason ? `${v.status} (${v.end_reason.replace(/_/g, " ")})` : v.status),
-      end);
+      watch, end);
   }));
 }
 
 // ---------- audit log ----------
-async function loadAudit() {
-  const r = await api("GET", "/audit?limit=50");
-  $("audit-rows").replaceChildren(...r.entries.map((e) => {
+async function loadAudit(more = false) {
+  const before = more && state.auditNext ? `&before=${state.auditNext}` : "";
+  const r = await api("GET", scoped(`/audit?limit=50${before}`));
+  state.auditNext = r.next_before;
+  $("audit-more").hidden = !r.next_before;
+  $("audit-rows")[more ? "append" : "replaceChildren"](...r.entries.map((e) => {
     const by = nameOf(e.actor_id) === e.actor_id ? e.actor_role : `${nameOf(e.actor_id)} (${e.actor_role})`;
     const details = e.details && Object.keys(e.details).length
       ? Object.entries(e.details).map(([k, v]) => `${k}: ${typeof v === "object" ? JSON.stringify(v) : v}`).join("; ")
@@ -148,6 +165,197 @@ async function loadAudit() {
 $("review-refresh").addEventListener("click", () => loadReview(true).catch((e) => say($("notice"), e.message, "error")));
 $("visits-refresh").addEventListener("click", () => loadVisits().catch((e) => say($("notice"), e.message, "error")));
 $("audit-refresh").addEventListener("click", () => loadAudit().catch((e) => say($("notice"), e.message, "error")));
+$("audit-more").addEventListener("click", () => loadAudit(true).catch((e) => say($("notice"), e.message, "error")));
+
+// ---------- facility settings (GET /facilities/{id}; PATCH by administrators) ----------
+const NUMBERS = ["kiosks", "booking_horizon_days", "cancel_cutoff_minutes"];
+const PRICES = ["message", "photo", "visit_minute"];
+
+function showSettings() {
+  const f = state.facilities.get(state.facility);
+  if (!f) return;
+  const st = f.settings;
+  $("set-review_mode").value = st.review_mode;
+  $("set-review_photos").checked = Boolean(st.review_photos);
+  $("set-keywords").value = (st.keywords || []).join("\n");
+  for (const k of PRICES) $(`set-price-${k}`).value = st.prices[k];
+  $("set-visit_block_minutes").value = String(st.visit_block_minutes);
+  $("set-hours-start").value = st.visit_hours.start;
+  $("set-hours-end").value = st.visit_hours.end;
+  for (const k of NUMBERS) $(`set-${k}`).value = st[k];
+  $("set-media").value = st.media;
+  $("set-record_visits").checked = Boolean(st.record_visits);
+  $("settings-fields").disabled = !isAdmin();
+  $("settings-save").hidden = !isAdmin();
+  $("settings-who").textContent = isAdmin()
+    ? `${f.name} (${f.timezone}). Changes apply at once and are written to the audit log.`
+    : `${f.name} (${f.timezone}). Only an administrator can change these settings.`;
+}
+
+function formSettings() {
+  const num = (id) => Number($(id).value);
+  return {
+    review_mode: $("set-review_mode").value,
+    review_photos: $("set-review_photos").checked,
+    keywords: $("set-keywords").value.split(/[\n,]/).map((w) => w.trim()).filter(Boolean),
+    prices: Object.fromEntries(PRICES.map((k) => [k, num(`set-price-${k}`)])),
+    visit_block_minutes: num("set-visit_block_minutes"),
+    visit_hours: { start: $("set-hours-start").value, end: $("set-hours-end").value },
+    ...Object.fromEntries(NUMBERS.map((k) => [k, num(`set-${k}`)])),
+    media: $("set-media").value,
+    record_visits: $("set-record_visits").checked,
+  };
+}
+
+$("settings-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const f = state.facilities.get(state.facility);
+  const next = formSettings();
+  // Send only what changed, so the audit entry says what this person did.
+  const changed = Object.fromEntries(Object.entries(next).filter(
+    ([k, v]) => JSON.stringify(v) !== JSON.stringify(f.settings[k])));
+  if (!Object.keys(changed).length) {
+    say($("settings-notice"), "Nothing changed.");
+    return;
+  }
+  $("settings-save").disabled = true;
+  try {
+    const r = await api("PATCH", `/facilities/${encodeURIComponent(f.id)}`, { body: { settings: changed } });
+    state.facilities.set(f.id, r.facility);
+    showSettings();
+    say($("settings-notice"), `Saved: ${Object.keys(changed).map((k) => k.replace(/_/g, " ")).join(", ")}.`, "ok");
+    await loadAudit();
+  } catch (err) {
+    say($("settings-notice"), err.message, "error");
+  } finally {
+    $("settings-save").disabled = false;
+  }
+});
+
+async function loadFacilities() {
+  const r = await api("GET", "/facilities");
+  state.facilities = new Map(r.facilities.map((f) => [f.id, f]));
+  if (!state.facility || !state.facilities.has(state.facility)) {
+    state.facility = isAdmin() ? (r.facilities[0] || {}).id : state.me.facility_id;
+  }
+  $("facility-pick").hidden = !isAdmin();
+  $("facility").replaceChildren(...r.facilities.map((f) => h("option", { value: f.id }, f.name)));
+  $("facility").value = state.facility || "";
+  showSettings();
+}
+
+$("facility").addEventListener("change", async () => {
+  state.facility = $("facility").value;
+  stopWatch();
+  showSettings();
+  await Promise.all([loadReview(true), loadVisits(), loadAudit()]).catch((e) => say($("notice"), e.message, "error"));
+});
+
+// ---------- watching a relayed visit (visit.watch, receive-only WebRTC) ----------
+function socket() {
+  if (!state.socket) {
+    $("socket-state").hidden = false;
+    state.socket = new KinwireSocket({
+      onEvent: onWatchEvent, onReset: async () => {},
+      onUnauthorised: () => location.reload(),
+    }).start();
+  }
+  return state.socket;
+}
+
+async function online(s, ms = 10000) {
+  const until = Date.now() + ms;
+  while (s.state !== "online") {
+    if (Date.now() > until) throw new Error("The live connection could not be opened.");
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+async function startWatch(v, who) {
+  stopWatch();
+  $("watch").hidden = false;
+  $("watch-h").textContent = `Watching the visit of ${who}`;
+  say($("watch-notice"), "Connecting…");
+  $("watch-h").focus();
+  try {
+    const s = socket();
+    await online(s);
+    const first = await s.request("visit.watch", { visit_id: v.id });
+    const pc = new RTCPeerConnection({ iceServers: first.ice_servers || [],
+      iceTransportPolicy: first.ice_transport_policy === "relay" ? "relay" : "all" });
+    state.watch = { visitId: v.id, pc };
+    const videos = [$("watch-family"), $("watch-person")];
+    const audios = [];
+    for (const kind of ["video", "video", "audio", "audio"]) pc.addTransceiver(kind, { direction: "recvonly" });
+    // The server fills video m-lines family then person, audio likewise (docs/visits.md).
+    pc.ontrack = (ev) => {
+      const index = pc.getTransceivers().indexOf(ev.transceiver);
+      const stream = new MediaStream([ev.track]);
+      if (index < 2) videos[index].srcObject = stream;
+      else {
+        const a = new Audio();
+        a.srcObject = stream;
+        a.muted = $("watch-sound").getAttribute("aria-pressed") !== "true";
+        a.play().catch(() => {});
+        audios.push(a);
+      }
+    };
+    state.watch.audios = audios;
+    pc.onconnectionstatechange = () => {
+      const st = pc.connectionState;
+      say($("watch-notice"), { connected: "Live.", failed: "The media could not connect.",
+                                disconnected: "Media interrupted…" }[st] || st);
+    };
+    await pc.setLocalDescription(await pc.createOffer());
+    await gathered(pc);
+    await s.request("visit.watch", { visit_id: v.id, description: { type: "offer", sdp: pc.localDescription.sdp } });
+    say($("watch-notice"), "Waiting for the server's answer…");
+    await loadAudit();
+  } catch (err) {
+    say($("watch-notice"), err.message, "error");
+  }
+}
+
+function gathered(pc, ms = 3000) {
+  // Send one offer with every candidate: the watch op takes trickled candidates too, but one
+  // offer is simpler and the gathering is on the facility's own network.
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => { if (pc.iceGatheringState === "complete") resolve(); };
+    pc.addEventListener("icegatheringstatechange", done);
+    setTimeout(resolve, ms);
+  });
+}
+
+async function onWatchEvent(type, data) {
+  const w = state.watch;
+  if (!w || data.visit_id !== w.visitId) return;
+  if (type === "visit.signal" && data.from === "server" && data.description) {
+    await w.pc.setRemoteDescription(data.description).catch((e) => say($("watch-notice"), e.message, "error"));
+  } else if (type === "visit.ended") {
+    stopWatch(`The visit ended (${(data.reason || "ended").replace(/_/g, " ")}).`);
+    loadVisits().catch(() => {});
+  }
+}
+
+function stopWatch(message) {
+  const w = state.watch;
+  state.watch = null;
+  if (w) {
+    w.pc.close();
+    for (const a of w.audios || []) a.srcObject = null;
+  }
+  for (const id of ["watch-family", "watch-person"]) $(id).srcObject = null;
+  if (message) say($("watch-notice"), message);
+  else $("watch").hidden = true;
+}
+$("watch-stop").addEventListener("click", () => stopWatch());
+$("watch-sound").addEventListener("click", () => {
+  const on = $("watch-sound").getAttribute("aria-pressed") !== "true";
+  $("watch-sound").setAttribute("aria-pressed", String(on));
+  $("watch-sound").textContent = on ? "Sound off" : "Sound on";
+  for (const a of (state.watch && state.watch.audios) || []) a.muted = !on;
+});
 
 function poll() {
   clearTimeout(state.timer);
@@ -165,11 +373,12 @@ async function start() {
     throw new Error("This console is for facility staff.");
   }
   state.me = me.account;
+  state.names.set(me.account.id, me.account.name); // "by <you>" in the audit log
   $("me-name").textContent = me.account.name;
   $("login-form").hidden = true;
   $("app").hidden = false;
   $("who").hidden = false;
-  await loadNames();
+  await Promise.all([loadNames(), loadFacilities()]);
   await Promise.all([loadReview(true), loadVisits(), loadAudit()]);
   poll();
   window.kinwire = state; // for tests and the curious

@@ -97,3 +97,37 @@ export function applyEvent(state, type, data, { setBalance, renderThreads, rende
     if (state.current === state.inbox.other(data)) renderThread();
   } else if (type === "connection.updated") upsertConnection(data);
 }
+
+// Typing indicators (live only, never stored; the `typing {to}` op). Both apps: `send(to)` from
+// the compose box's input events, `heard(from)` on a `typing` push, `done(from)` when that
+// person's message arrives; `render()` writes "<name> is typing…" for the open thread into `el`.
+const TYPING_EVERY_MS = 3000; // at most one `typing` a contact per this
+const TYPING_SHOWN_MS = 6000; // the other side's indicator fades after this without news
+
+export class Typing {
+  constructor(state, el, nameOf) {
+    this.state = state;
+    this.el = el;
+    this.nameOf = nameOf;
+    this.sentAt = 0;
+    this.until = new Map(); // account id -> when its indicator fades
+  }
+  send(to) {
+    const s = this.state.socket;
+    if (!s || s.state !== "online" || !to || Date.now() - this.sentAt < TYPING_EVERY_MS) return;
+    this.sentAt = Date.now();
+    s.request("typing", { to }).catch(() => {}); // best effort by design
+  }
+  heard(from) {
+    this.until.set(from, Date.now() + TYPING_SHOWN_MS);
+    this.render();
+    setTimeout(() => this.render(), TYPING_SHOWN_MS + 50);
+  }
+  done(from) {
+    if (this.until.delete(from)) this.render();
+  }
+  render() {
+    const who = this.state.current;
+    this.el.textContent = (this.until.get(who) || 0) > Date.now() ? `${this.nameOf(who)} is typing…` : "";
+  }
+}

@@ -1,0 +1,419 @@
+// The video visit screen (docs/clients.md, "Video visits"), shared by the family app and the
+// kiosk: own camera preview, the other party's video, one RTCPeerConnection signalled over the
+// socket with the visit.* ops (docs/visits.md, "The call"), the meter's ticks and warnings, and
+// why the visit ended. The visit lists are visit_list.js.
+import { api, h, say } from "./api.js";
+
+export const ACTIVE = new Set(["scheduled", "open", "live", "paused"]);
+
+/** Why a visit ended, in words; `byMe` when this side hung up. */
+export function endedText(reason, { byMe = false, peer = "The other side", payer = "the" } = {}) {
+  switch (reason) {
+    case "balance_exhausted": return `Visit ended: ${payer} balance ran out.`;
+    case "time_up": return "Visit ended: the visiting time is over.";
+    case "staff_ended": return "Visit ended by staff.";
+    case "hung_up": return byMe ? "Visit ended: you hung up." : `Visit ended: ${peer} hung up.`;
+    case "failed": return "Visit ended: a billing error stopped it. Unpaid minutes are not charged.";
+    case "cancelled_by_family": return "Visit cancelled by the family.";
+    case "cancelled_by_staff": return "Visit cancelled by staff.";
+    case "missed": return "Visit missed: nobody joined in time.";
+    default: return `Visit ended${reason ? ` (${reason})` : ""}.`;
+  }
+}
+
+/** "12:00" from a facility-local ISO time: the facility's wall clock, whatever the browser's. */
+export function wallTime(iso) {
+  return iso.slice(11, 16);
+}
+
+/** "Fri 27 Nov" from a facility-local ISO time (its date part, read as a plain date). */
+export function wallDay(iso) {
+  const d = new Date(`${iso.slice(0, 10)}T12:00:00Z`);
+  return d.toLocaleDateString("en-GB", { weekday: "short", day: "numeric", month: "short", timeZone: "UTC" });
+}
+
+function clock(seconds) {
+  const s = Math.max(0, Math.floor(seconds));
+  return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
+}
+
+/**
+ * One visit's call. `side` is "family" or "person"; `peer` the other party's name;
+ * `balance` the family's balance when known (the family app), shown until the first tick.
+ */
+export class VisitCall {
+  constructor({ root, socket, visit, side, peer, balance = null, onClose }) {
+    Object.assign(this, { root, socket, visit, side, peer, onClose });
+    this.pc = null;
+    this.pending = []; // candidates that came before the remote description
+    this.local = null;
+    this.remoteStream = null;
+    this.reported = false; // "connected" told to the server for the current pc
+    this.ended = null;
+    this.byMe = false;
+    this.media = visit.media;
+    this.config = null;
+    this.price = visit.minute_price || 0;
+    this.paid = 0;
+    this.balance = balance;
+    this.leftUntil = null;
+    this.ticks = []; // every tick shown, for tests and support: [{paid, balance}]
+    this.render();
+  }
+
+  // ---------- the screen ----------
+  render() {
+    const them = this.peer || "your contact";
+    this.el = {
+      status: h("p", { class: "visit-status", role: "status", id: "visit-status" }, "Starting your camera…"),
+      remote: h("video", { id: "visit-remote", autoplay: true, playsinline: true, "aria-label": `${them}'s video` }),
+      local: h("video", { id: "visit-local", autoplay: true, playsinline: true, "aria-label": "Your camera" }),
+      paid: h("dd", { id: "visit-paid", "data-paid": "0" }, "0"),
+      balance: h("dd", { id: "visit-balance" }, this.balance === null ? "—" : this.balanceText()),
+      left: h("dd", { id: "visit-left" }, "—"),
+      warning: h("p", { class: "notice visit-warning", role: "alert", id: "visit-warning" }),
+      // Focused when the visit ends: named by its own text (an alert takes no name from its
+      // content), so a screen reader says why it ended on focus, not only as an alert.
+      ended: h("p", { class: "visit-ended", role: "alert", id: "visit-ended", tabindex: "-1", hidden: true,
+                      "aria-labelledby": "visit-ended" }),
+      mic: h("button", { type: "button", id: "visit-mic", "aria-pressed": "false" }, "Mute microphone"),
+      cam: h("button", { type: "button", id: "visit-cam", "aria-pressed": "false" }, "Turn camera off"),
+      hangup: h("button", { type: "button", class: "danger", id: "visit-hangup" }, "Hang up"),
+      back: h("button", { type: "button", class: "primary", id: "visit-back", hidden: true }, "Back"),
+    };
+    this.el.local.muted = true; // never play our own microphone back
+    const e = this.el;
+    e.videos = h("div", { class: "videos" },
+      h("figure", { class: "remote" }, e.remote, h("figcaption", {}, them)),
+      h("figure", { class: "self" }, e.local, h("figcaption", {}, "You")));
+    e.leftBox = h("dl", {}, h("div", {}, h("dt", {}, "Time left in the visit"), e.left));
+    e.mic.addEventListener("click", () => this.toggle("audio", e.mic, "Mute microphone", "Unmute microphone"));
+    e.cam.addEventListener("click", () => this.toggle("video", e.cam, "Turn camera off", "Turn camera on"));
+    e.hangup.addEventListener("click", () => this.hangUp());
+    e.back.addEventListener("click", () => this.close());
+    const balanceLabel = this.side === "family" ? "Your balance" : "Family's balance";
+    this.root.replaceChildren(h("section", { class: "card visit", "aria-labelledby": "visit-h",
+                                              dataset: { visit: this.visit.id } },
+      h("h2", { id: "visit-h", tabindex: "-1" }, `Video visit with ${them}`),
+      e.status, e.ended,
+      e.videos,
+      // Paid minutes and balance change once a minute: announced politely. Time left counts
+      // down every second, so it is not a live region.
+      h("div", { class: "meter" },
+        h("dl", { role: "status", "aria-live": "polite", id: "visit-meter" },
+          h("div", {}, h("dt", {}, "Minutes paid"), e.paid),
+          h("div", {}, h("dt", {}, balanceLabel), e.balance)),
+        e.leftBox),
+      e.warning,
+      h("div", { class: "row visit-controls" }, e.mic, e.cam, e.hangup, e.back)));
+    this.root.hidden = false;
+    this.root.querySelector("#visit-h").focus(); // keyboard and screen-reader users land here
+    this.timer = setInterval(() => this.showLeft(), 1000);
+  }
+
+  balanceText() {
+    const mins = this.price > 0 ? Math.floor(this.balance / this.price) : null;
+    return mins === null ? `${this.balance} credits`
+      : `${this.balance} credits (${mins} more minute${mins === 1 ? "" : "s"})`;
+  }
+
+  showLeft() {
+    if (this.leftUntil === null || this.ended) return;
+    this.el.left.textContent = clock((this.leftUntil - performance.now()) / 1000);
+  }
+
+  setStatus(text, state) {
+    this.el.status.textContent = text;
+    if (state) this.root.dataset.call = state;
+  }
+
+  toggle(kind, button, onText, offText) {
+    if (!this.local) return;
+    const tracks = this.local.getTracks().filter((t) => t.kind === kind);
+    const off = button.getAttribute("aria-pressed") !== "true";
+    for (const t of tracks) t.enabled = !off;
+    button.setAttribute("aria-pressed", String(off));
+    button.textContent = off ? offText : onText;
+  }
+
+  // ---------- joining ----------
+  async start() {
+    try {
+      this.local = await navigator.mediaDevices.getUserMedia({ video: true, audio: true });
+      this.el.local.srcObject = this.local;
+    } catch (err) {
+      // Still join: the other side may be seen and heard; ours is reported on screen.
+      say(this.el.warning, `Camera or microphone not available (${err.name || err}). You can still see and hear ${this.peer}.`, "error");
+    }
+    this.watchSocket();
+    await this.join();
+  }
+
+  async join() {
+    this.setStatus("Joining…", "joining");
+    let j;
+    this.joining = true; // visit.peer pushes meanwhile are kept in peerSeen, acted on below
+    this.peerSeen = null;
+    try {
+      j = await this.socket.request("visit.join", { visit_id: this.visit.id });
+      const ice = await api("GET", `/visits/${encodeURIComponent(this.visit.id)}/ice`);
+      // The server decides: "relay" means TURN candidates only (docs/API.md extensions).
+      this.config = { iceServers: ice.ice_servers,
+                      iceTransportPolicy: ice.ice_transport_policy === "relay" ? "relay" : "all" };
+    } catch (err) {
+      if (err.code === "visit_over") return this.end(this.visit.end_reason || "time_up");
+      this.setStatus(err.code === "too_early" ? "The visit has not started yet. Try again at its start time."
+                                               : `Could not join: ${err.message}`, "error");
+      this.failed = true; // not in the call: Back closes the screen
+      this.el.back.hidden = false;
+      this.el.hangup.hidden = true;
+      return;
+    } finally {
+      this.joining = false;
+    }
+    this.visit = j.visit;
+    this.media = j.media;
+    this.price = j.visit.minute_price || this.price;
+    if (this.media === "relay") {
+      this.offer(); // relay mode: every party offers to the server at once
+    } else if (this.side === "family" && (this.peerSeen ?? j.peer_present)) {
+      this.offer(); // direct mode: the family offers, the person answers
+    } else if (this.side === "person" && (this.peerSeen ?? j.peer_present)) {
+      this.setStatus(`${this.peer} is here; connecting…`, "connecting");
+    } else {
+      this.setStatus(`Waiting for ${this.peer} to join…`, "waiting");
+    }
+  }
+
+  /** After the socket reconnects the server has dropped us from the visit: join again. */
+  watchSocket() {
+    let wasOffline = false;
+    this.observer = new MutationObserver(() => {
+      const s = document.documentElement.dataset.socket;
+      if (s === "offline") wasOffline = true;
+      if (s === "online" && wasOffline && !this.ended) {
+        wasOffline = false;
+        this.closePc();
+        this.join();
+      }
+    });
+    this.observer.observe(document.documentElement, { attributes: true, attributeFilter: ["data-socket"] });
+  }
+
+  // ---------- WebRTC ----------
+  newPc() {
+    this.closePc();
+    const pc = new RTCPeerConnection(this.config);
+    this.pc = pc;
+    this.pending = [];
+    this.reported = false;
+    this.remoteStream = new MediaStream();
+    this.el.remote.srcObject = this.remoteStream;
+    if (this.local) {
+      for (const t of this.local.getTracks()) pc.addTrack(t, this.local);
+    } else {
+      pc.addTransceiver("audio", { direction: "recvonly" });
+      pc.addTransceiver("video", { direction: "recvonly" });
+    }
+    pc.onicecandidate = (ev) => {
+      if (ev.candidate && ev.candidate.candidate && pc === this.pc) this.signal({ candidate: ev.candidate.toJSON() });
+    };
+    pc.ontrack = (ev) => {
+      if (pc !== this.pc) return;
+      this.remoteStream.addTrack(ev.track);
+      this.el.remote.play().catch(() => {});
+    };
+    pc.onconnectionstatechange = () => this.pcState(pc);
+    return pc;
+  }
+
+  closePc() {
+    if (!this.pc) return;
+    const pc = this.pc;
+    this.pc = null;
+    pc.onicecandidate = pc.ontrack = pc.onconnectionstatechange = null;
+    pc.close();
+  }
+
+  async offer() {
+    const pc = this.newPc();
+    this.setStatus(`Connecting to ${this.peer}…`, "connecting");
+    try {
+      await pc.setLocalDescription(await pc.createOffer());
+      if (pc !== this.pc) return;
+      await this.signal({ description: { type: "offer", sdp: pc.localDescription.sdp } });
+    } catch (err) {
+      if (pc === this.pc) this.setStatus(`Could not start the call: ${err.message}`, "error");
+    }
+  }
+
+  async answer(description) {
+    const pc = this.newPc(); // a new offer is a new session (the other side rejoined)
+    this.setStatus(`Connecting to ${this.peer}…`, "connecting");
+    try {
+      await pc.setRemoteDescription(description);
+      await this.flush(pc);
+      await pc.setLocalDescription(await pc.createAnswer());
+      if (pc !== this.pc) return;
+      await this.signal({ description: { type: "answer", sdp: pc.localDescription.sdp } });
+    } catch (err) {
+      if (pc === this.pc) this.setStatus(`Could not answer the call: ${err.message}`, "error");
+    }
+  }
+
+  async flush(pc) {
+    const held = this.pending;
+    this.pending = [];
+    for (const c of held) await pc.addIceCandidate(c).catch(() => {});
+  }
+
+  async signal(args) {
+    try {
+      await this.socket.request("visit.signal", { visit_id: this.visit.id, ...args });
+    } catch {
+      // The visit ended or the socket dropped: the end or the rejoin takes it from here.
+    }
+  }
+
+  async pcState(pc) {
+    if (pc !== this.pc || this.ended) return;
+    const s = pc.connectionState;
+    if (s === "connected" && !this.reported) {
+      this.reported = true;
+      this.setStatus(`Connected to ${this.peer}.`, "connected");
+      await this.media_("connected");
+    } else if ((s === "disconnected" || s === "failed") && this.reported) {
+      this.reported = false;
+      this.setStatus(`Connection to ${this.peer} lost; reconnecting…`, "reconnecting");
+      await this.media_("disconnected");
+    }
+    // The offering side starts a new session when the path has failed for good (also when
+    // it never connected: two offers crossed and an answer met the wrong session).
+    if (s === "failed" && pc === this.pc && (this.media === "relay" || this.side === "family")) {
+      setTimeout(() => { if (pc === this.pc && !this.ended) this.offer(); }, 1000);
+    }
+  }
+
+  async media_(state) {
+    try {
+      await this.socket.request("visit.media", { visit_id: this.visit.id, state });
+    } catch {
+      // not_in_call once it has ended: nothing to report.
+    }
+  }
+
+  // ---------- pushes ----------
+  onEvent(type, data) {
+    if (type === "visit.updated") {
+      if (data.id === this.visit.id && !ACTIVE.has(data.status)) this.end(data.end_reason);
+      return;
+    }
+    if (!data || data.visit_id !== this.visit.id || this.ended) return;
+    if (type === "visit.signal") this.onSignal(data);
+    else if (type === "visit.peer") this.onPeer(data.present);
+    else if (type === "visit.tick") this.onTick(data);
+    else if (type === "visit.warning") this.onWarning(data.kind);
+    else if (type === "visit.live") this.setStatus(`Connected to ${this.peer}. The meter is running.`, "live");
+    else if (type === "visit.ended") this.end(data.reason);
+  }
+
+  onSignal(data) {
+    const d = data.description;
+    if (d && d.type === "offer" && this.media !== "relay") this.answer(d);
+    else if (d && d.type === "answer") {
+      const pc = this.pc;
+      if (pc && pc.signalingState === "have-local-offer") {
+        // An answer that does not fit (it answered an older offer) makes the page offer again.
+        pc.setRemoteDescription(d).then(() => this.flush(pc))
+          .catch(() => { if (pc === this.pc && !this.ended) this.offer(); });
+      }
+    } else if (data.candidate) {
+      if (this.pc && this.pc.remoteDescription) this.pc.addIceCandidate(data.candidate).catch(() => {});
+      else this.pending.push(data.candidate);
+    }
+  }
+
+  onPeer(present) {
+    if (this.media === "relay") return; // the server is our peer in relay mode
+    if (this.joining) {
+      this.peerSeen = present; // the newest word on the peer, once our join is through
+      return;
+    }
+    if (present) {
+      if (this.side === "family") this.offer();
+      else this.setStatus(`${this.peer} joined; connecting…`, "connecting");
+    } else {
+      if (this.reported) this.media_("disconnected"); // our side of the path is gone too
+      this.closePc();
+      this.setStatus(`${this.peer} left. Waiting for them to come back…`, "waiting");
+    }
+  }
+
+  onTick(t) {
+    this.paid = t.paid_minutes;
+    this.ticks.push({ paid: t.paid_minutes, balance: t.balance });
+    this.el.paid.textContent = String(t.paid_minutes);
+    this.el.paid.dataset.paid = String(t.paid_minutes);
+    if (typeof t.balance === "number") { // null until the first minute is paid
+      this.balance = t.balance;
+      this.el.balance.textContent = this.balanceText();
+      this.el.balance.dataset.balance = String(t.balance);
+    }
+    this.leftUntil = performance.now() + t.seconds_left * 1000;
+    this.showLeft();
+  }
+
+  onWarning(kind) {
+    const text = kind === "low_balance"
+      ? (this.side === "family" ? "Low balance: your credits cover one more minute or less."
+                                : "The family's balance is nearly used up: about one minute left.")
+      : kind === "time" ? "The visiting time is almost over." : `Warning: ${kind}`;
+    say(this.el.warning, text, "warn");
+    this.el.warning.dataset.warning = kind;
+  }
+
+  // ---------- the end ----------
+  async hangUp() {
+    this.byMe = true;
+    this.el.hangup.disabled = true;
+    try {
+      await this.socket.request("visit.leave", { visit_id: this.visit.id });
+    } catch {
+      // Over already, or offline: either way this side is done.
+    }
+    this.end("hung_up");
+  }
+
+  end(reason) {
+    if (this.ended) return;
+    this.ended = reason || "ended";
+    this.cleanup();
+    const text = endedText(reason, { byMe: this.byMe, peer: this.peer,
+                                     payer: this.side === "family" ? "your" : "the family's" });
+    this.setStatus(`The visit has ended after ${this.paid} paid minute${this.paid === 1 ? "" : "s"}.`, "ended");
+    this.el.videos.hidden = this.el.leftBox.hidden = true;
+    this.el.ended.textContent = text;
+    this.el.ended.dataset.reason = this.ended;
+    this.el.ended.hidden = false;
+    this.el.hangup.hidden = this.el.mic.hidden = this.el.cam.hidden = true;
+    this.el.back.hidden = false;
+    this.el.ended.focus();
+  }
+
+  cleanup() {
+    clearInterval(this.timer);
+    if (this.observer) this.observer.disconnect();
+    this.closePc();
+    if (this.local) for (const t of this.local.getTracks()) t.stop();
+    this.el.remote.srcObject = null;
+    this.el.local.srcObject = null;
+  }
+
+  close() {
+    if (!this.ended && !this.failed) return; // in a call: Hang up first
+    this.cleanup();
+    this.root.hidden = true;
+    this.root.replaceChildren();
+    if (this.onClose) this.onClose(this);
+  }
+}

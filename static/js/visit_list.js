@@ -1,0 +1,90 @@
+// A user's visits (docs/clients.md, "Video visits"): when, with whom, status or why it ended,
+// Join while active and (families) Cancel while booked; and the kiosk's "Video visits" card.
+import { api, h } from "./api.js";
+import { ACTIVE, VisitCall, endedText, wallDay, wallTime } from "./visit.js";
+
+const STATUS_TEXT = {
+  scheduled: "Booked", open: "Open", live: "In a call", paused: "Paused", ended: "Ended",
+  cancelled: "Cancelled", missed: "Missed",
+};
+
+/**
+ * A user's visits: when, with whom, status; Join for the active ones, Cancel for booked ones
+ * when `onCancel` is given (families). `nameOf(visit)` names the other party.
+ */
+export function renderVisitList(list, visits, { nameOf, onJoin, onCancel, empty = "No visits booked." }) {
+  const shown = [...visits].sort((a, b) => a.start.localeCompare(b.start));
+  list.replaceChildren(...shown.map((v) => {
+    const who = nameOf(v);
+    const when = `${wallDay(v.local_start)}, ${wallTime(v.local_start)}–${wallTime(v.local_end)}`;
+    const status = v.end_reason && !ACTIVE.has(v.status)
+      ? endedText(v.end_reason, { payer: "the" }) : STATUS_TEXT[v.status] || v.status;
+    const actions = [];
+    if (ACTIVE.has(v.status) && onJoin) {
+      actions.push(h("button", { type: "button", class: "primary", "aria-label": `Join the visit with ${who} at ${wallTime(v.local_start)}`,
+                                 onclick: () => onJoin(v) }, "Join"));
+    }
+    if (v.status === "scheduled" && onCancel) {
+      actions.push(h("button", { type: "button", class: "danger", "aria-label": `Cancel the visit with ${who} at ${wallTime(v.local_start)}`,
+                                 onclick: (ev) => onCancel(v, ev.currentTarget) }, "Cancel"));
+    }
+    return h("li", { dataset: { visit: v.id, status: v.status } },
+      h("span", {}, h("strong", {}, when), ` · ${who} · `, h("span", { class: "badge", "data-visit-status": v.status }, status)),
+      actions.length ? h("span", { class: "row" }, ...actions) : null);
+  }));
+  if (!shown.length) list.append(h("li", { class: "muted" }, empty));
+}
+
+/** The list API call both apps use: visits from 12 hours ago on, soonest first. */
+export async function loadVisits() {
+  const from = new Date(Date.now() - 12 * 3600 * 1000).toISOString();
+  const r = await api("GET", `/visits?from=${encodeURIComponent(from)}`);
+  return r.visits;
+}
+
+/** The kiosk's "Video visits" card: the person's visits with Join, and the call screen. */
+export class KioskVisits {
+  constructor(state, { list, screen, app }) {
+    Object.assign(this, { state, list, screen, app });
+    this.visits = new Map();
+    this.call = null;
+  }
+
+  nameOf(v) {
+    const c = [...this.state.connections.values()].find((x) => x.id === v.connection_id);
+    return (c && c.family_name) || "your visitor";
+  }
+
+  async load() {
+    this.visits = new Map((await loadVisits()).map((v) => [v.id, v]));
+    this.render();
+  }
+
+  render() {
+    renderVisitList(this.list, this.visits.values(), {
+      nameOf: (v) => this.nameOf(v), onJoin: (v) => this.join(v), empty: "No visits booked.",
+    });
+  }
+
+  join(v) {
+    if (this.call && !this.call.ended) return;
+    this.app.hidden = true;
+    this.call = new VisitCall({ root: this.screen, socket: this.state.socket, visit: v, side: "person",
+                                peer: this.nameOf(v), onClose: () => {
+                                  this.app.hidden = false;
+                                  this.call = null;
+                                  document.getElementById("kiosk-visits-h")?.setAttribute("tabindex", "-1");
+                                  document.getElementById("kiosk-visits-h")?.focus();
+                                } });
+    window.kinwireVisit = this.call; // for tests and the curious
+    this.call.start();
+  }
+
+  onEvent(type, data) {
+    if (type === "visit.updated") {
+      this.visits.set(data.id, data);
+      this.render();
+    }
+    if (this.call) this.call.onEvent(type, data);
+  }
+}

@@ -1,0 +1,283 @@
+"""A video visit in two Chromium browsers (issue 5, "What must be shown"): the family books a
+block on the facility's grid (greyed while the balance covers no minute), cancels a booking,
+books the block under way; the family and the kiosk join; each sees the other's camera (Chromium's
+fake device) through a private coturn on loopback with relay-only ICE; the meter's minutes and the
+falling balance show on both screens; the visit ends when the balance runs out, with the reason
+on both screens; the ledger agrees. Screens saved under docs/screenshots/ (docs/clients.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from datetime import UTC, datetime, timedelta
+from datetime import time as wall
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from billing import ledger
+from server.app import create_app
+from server.ids import new_id
+from server.settings import SettingsError
+from server.store.schema import connections, utcnow, visits
+from tests.browser import ARGS, CHROMIUM, KIOSK, PHONE, require_chromium, shot
+from tests.conftest import app_client, fresh_sqlite, test_settings
+from tests.helpers import Api, Who
+from tests.turn_server import private_coturn
+
+PIN = "1357"
+ZONE = ZoneInfo("America/Chicago")  # tests/helpers.py Api.facility's time zone
+MINUTE_S = 2.0
+CREDITS = 300  # six visit minutes at 50
+MEDIA = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
+
+
+def noon_clock():
+    """The server's clock, running at real speed but reading 12:00:20 tomorrow at the facility:
+    the block under way (12:00-12:30) is then always bookable and joinable, whenever the test
+    runs. Only ahead of real time, so the TURN credentials (expiring at the window's end) are
+    valid for coturn, which reads the real clock."""
+    real = utcnow()
+    day = real.astimezone(ZONE).date() + timedelta(days=1)
+    offset = datetime.combine(day, wall(12, 0, 20), ZONE).astimezone(UTC) - real
+    return lambda: utcnow() + offset
+
+
+async def _parties(api: Api, password: str) -> dict:
+    """A facility, a person with a kiosk device, and a connected family with no credits."""
+    admin = await api.admin()
+    facility_id = await api.facility(admin)
+    staff = await api.staff(admin, facility_id)
+    number = f"V{secrets.token_hex(3).upper()}"
+    r = await api.call("POST", f"/facilities/{facility_id}/people", staff,
+                       json={"name": "Dana Rivers", "inmate_number": number, "pin": PIN})
+    assert r.status == 201, r.body
+    r = await api.call("POST", f"/facilities/{facility_id}/devices", staff,
+                       json={"label": "Unit B kiosk 1"})
+    assert r.status == 201, r.body
+    device = r.body["device_token"]
+    r = await api.call("POST", "/auth/kiosk", headers={"X-Device-Token": device},
+                       json={"facility_id": facility_id, "inmate_number": number, "pin": PIN})
+    assert r.status == 200, r.body
+    person = Who(r.body["token"], r.body["account"])
+    email = f"alex-{secrets.token_hex(3)}@example.test"
+    r = await api.call("POST", "/auth/signup",
+                       json={"email": email, "password": password, "name": "Alex Rivers"})
+    assert r.status == 201, r.body
+    r = await api.call("POST", "/auth/login", json={"email": email, "password": password})
+    family = Who(r.body["token"], r.body["account"])
+    await api.connect(family, person)
+    return {"facility_id": facility_id, "number": number, "device": device, "email": email,
+            "family": family, "person": person}
+
+
+PLAYING = """async () => {
+  const v = document.getElementById('visit-remote');
+  while (!(v.videoWidth > 0 && v.currentTime > 0)) await new Promise(r => setTimeout(r, 50));
+  const t0 = v.currentTime;
+  while (v.currentTime < t0 + 0.5) await new Promise(r => setTimeout(r, 50));
+  return {width: v.videoWidth, from: t0, to: v.currentTime};
+}"""
+
+
+async def test_a_booked_video_visit_in_two_browsers(sqlite_template: Path,
+                                                    tmp_path: Path) -> None:
+    require_chromium()
+    from playwright.async_api import async_playwright, expect
+
+    expect.set_options(timeout=15_000)
+    password = "correct horse battery"
+    async with private_coturn() as turn:
+        settings = test_settings(fresh_sqlite(sqlite_template, tmp_path), tmp_path,
+                                 visit_minute_s=MINUTE_S, credit_block=150,
+                                 turn_secret=turn.secret, turn_urls=(turn.url,),
+                                 ice_relay_only=True)
+        app = create_app(settings, run_migrations=False, clock=noon_clock())
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client, \
+                async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                               args=ARGS + MEDIA)
+            api = Api(client)
+            seed = await _parties(api, password)
+            base = str(client.make_url("/")).rstrip("/")
+            fam_ctx = await browser.new_context(viewport=PHONE, device_scale_factor=1)
+            kiosk_ctx = await browser.new_context(viewport=KIOSK)
+            try:
+                await _scenario(api, seed, base, fam_ctx, kiosk_ctx, password, expect)
+            finally:
+                await fam_ctx.close()
+                await kiosk_ctx.close()
+                await browser.close()
+
+
+async def _scenario(api: Api, seed: dict, base: str, fam_ctx, kiosk_ctx, password: str,
+                    expect) -> None:
+    fam, kiosk = await fam_ctx.new_page(), await kiosk_ctx.new_page()
+    errors: list[str] = []
+    for page in (fam, kiosk):
+        page.on("pageerror", lambda e: errors.append(str(e)))
+
+    # --- the person signs in on the kiosk: no visits yet ---
+    await kiosk.goto(base + "/static/kiosk.html")
+    await expect(kiosk.locator("body")).to_have_attribute("data-ready", "signed-out")
+    await kiosk.get_by_label("Facility id").fill(seed["facility_id"])
+    await kiosk.get_by_label("Device token").fill(seed["device"])
+    await kiosk.get_by_role("button", name="Save on this device").click()
+    await kiosk.get_by_label("Inmate number").fill(seed["number"])
+    await kiosk.get_by_label("PIN").fill(PIN)
+    await kiosk.get_by_role("button", name="Sign in").click()
+    await expect(kiosk.locator("html")).to_have_attribute("data-socket", "online")
+    await expect(kiosk.locator("#kiosk-visits")).to_contain_text("No visits booked.")
+
+    # --- the family, with no credits, sees the grid greyed ---
+    await fam.goto(base + "/")
+    await expect(fam.locator("body")).to_have_attribute("data-ready", "signed-out")
+    await fam.locator("#login-email").fill(seed["email"])
+    await fam.locator("#login-password").fill(password)
+    await fam.get_by_role("button", name="Log in").click()
+    await expect(fam.locator("html")).to_have_attribute("data-socket", "online")
+    await fam.get_by_role("tab", name="Visits").click()
+    await expect(fam.get_by_label("Visit with")).to_have_value(
+        await _connection_id(api, seed))
+    now_slot = fam.locator("#slots button.slot").first
+    await expect(now_slot).to_contain_text("12:00–12:30")
+    await expect(now_slot).to_be_disabled()
+    await expect(now_slot).to_contain_text("Buy credits to book")
+    await expect(fam.locator("#book-info")).to_contain_text("covers 0 minutes")
+
+    # --- buys credits: back on the grid, the blocks are bookable ---
+    await fam.get_by_role("tab", name="Buy credits").click()
+    await fam.get_by_label("Credits", exact=True).select_option(str(CREDITS))
+    await fam.get_by_label("Card number").fill("4242 4242 4242 4242")
+    await fam.get_by_label("Month").fill("12")
+    await fam.get_by_label("Year").fill("2031")
+    await fam.get_by_label("CVC").fill("123")
+    await fam.get_by_role("button", name="Pay").click()
+    await expect(fam.locator("#balance")).to_have_text(f"{CREDITS} credits")
+    await fam.get_by_role("tab", name="Visits").click()
+    await expect(fam.locator("#book-info")).to_contain_text("covers 6 minutes")
+    await expect(now_slot).to_be_enabled()
+    await expect(now_slot).to_have_attribute("data-covered", "6")
+    await expect(now_slot).to_contain_text("covers 6 of 30 min")
+
+    # --- books 15:00, cancels it, books the block under way ---
+    later = fam.get_by_role("button", name="Book 15:00–15:30 with Dana Rivers", exact=False)
+    await later.click()
+    await expect(fam.locator("#book-notice")).to_contain_text("Booked:")
+    await expect(fam.locator("#book-notice")).to_contain_text("15:00–15:30 with Dana Rivers")
+    await fam.get_by_role("button", name="Cancel the visit with Dana Rivers at 15:00").click()
+    await expect(fam.locator("#book-notice")).to_have_text("Cancelled the visit at 15:00.")
+    await expect(fam.locator("#visit-list")).to_contain_text("Visit cancelled by the family.")
+    await now_slot.click()
+    await expect(fam.locator("#book-notice")).to_contain_text("12:00–12:30 with Dana Rivers")
+    await expect(now_slot).to_have_attribute("data-free", "3")  # one of 4 kiosks taken
+    await shot(fam, "family-booking")
+
+    # --- the kiosk sees the booking live; both join ---
+    k_join = kiosk.get_by_role("button", name="Join the visit with Alex Rivers at 12:00")
+    await expect(k_join).to_be_visible()
+    await k_join.click()
+    await expect(kiosk.locator("#visit-status")).to_have_text("Waiting for Alex Rivers to join…")
+    await fam.get_by_role("button", name="Join the visit with Dana Rivers at 12:00").click()
+
+    # --- each side's remote video plays ---
+    for page in (fam, kiosk):
+        played = await asyncio.wait_for(page.evaluate(PLAYING), 15)
+        assert played["width"] > 0 and played["to"] > played["from"], played
+        await expect(page.locator("#visit-paid")).not_to_have_attribute("data-paid", "0")
+    # The relay-only policy came from the server: the page gathered relay candidates alone,
+    # all on the loopback coturn. (A remote candidate may show as peer-reflexive when the
+    # peer's check arrives before its trickled candidate; it is still the peer's relay port.)
+    assert await fam.evaluate("() => window.kinwireVisit.config.iceTransportPolicy") == "relay"
+    local = await fam.evaluate("""async () => {
+        const stats = await window.kinwireVisit.pc.getStats(); const out = [];
+        stats.forEach(s => { if (s.type === 'local-candidate')
+          out.push([s.candidateType, s.address || s.ip]); }); return out; }""")
+    assert local and all(c == ["relay", "127.0.0.1"] for c in local), local
+    await shot(fam, "family-visit")
+    await shot(kiosk, "kiosk-visit")
+
+    # --- the meter ticks on both screens until the balance runs out ---
+    for page, text in ((fam, "Visit ended: your balance ran out."),
+                       (kiosk, "Visit ended: the family's balance ran out.")):
+        ended = page.locator("#visit-ended")
+        await expect(ended).to_have_attribute("data-reason", "balance_exhausted",
+                                              timeout=30_000)
+        await expect(ended).to_have_text(text)
+        await expect(page.locator("#visit-warning")).to_have_attribute("data-warning",
+                                                                        "low_balance")
+        await expect(page.locator("#visit-paid")).to_have_text("6")
+        await expect(page.locator("#visit-balance")).to_have_attribute("data-balance", "0")
+    await expect(fam.locator("#balance")).to_have_text("0 credits")
+    await shot(fam, "visit-ended")
+    expected = [{"paid": k, "balance": CREDITS - 50 * k} for k in range(1, 7)]
+    for page in (fam, kiosk):
+        ticks = await page.evaluate("() => window.kinwireVisit.ticks")
+        shown = [t for t in ticks if t["paid"] > 0]
+        # A pause and resume repeats the current minute's tick; each minute shows once more.
+        assert [t for i, t in enumerate(shown) if i == 0 or t != shown[i - 1]] == expected, ticks
+
+    # --- the ledger agrees with the screens ---
+    family = seed["family"]
+    visit_id = await fam.evaluate("() => window.kinwireVisit.visit.id")
+    async with api.ctx.store.read() as conn:
+        rows = await ledger.statement(conn, family.id, limit=100)
+        assert await ledger.check_invariants(conn) == []
+        row = (await conn.execute(visits.select().where(visits.c.id == visit_id))).first()
+    minutes = sorted((t for t in rows if t.kind == "visit_minute" and t.ref == visit_id),
+                     key=lambda t: t.seq)
+    assert [t.key for t in minutes] == [f"visit:{visit_id}:minute:{k}" for k in range(1, 7)]
+    assert [t.amount for t in minutes] == [50] * 6
+    assert (row.status, row.end_reason) == ("ended", "balance_exhausted")
+    me = await api.call("GET", "/me", family)
+    assert me.body["balance"] == 0
+
+    # --- back to the app: the list shows why it ended, on both ---
+    await fam.get_by_role("button", name="Back").click()
+    await expect(fam.locator("#visit-list li[data-status=ended]")).to_contain_text(
+        "Visit ended: the balance ran out.")
+    await kiosk.get_by_role("button", name="Back").click()
+    await expect(kiosk.locator("#kiosk-visits li[data-status=ended]")).to_contain_text(
+        "Visit ended: the balance ran out.")
+    assert errors == [], errors
+
+
+async def _connection_id(api: Api, seed: dict) -> str:
+    r = await api.call("GET", "/connections", seed["family"])
+    return r.body["connections"][0]["id"]
+
+
+async def test_ice_transport_policy_follows_the_setting(sqlite_template: Path,
+                                                        tmp_path: Path) -> None:
+    """GET /visits/{id}/ice says "relay" only with KINWIRE_ICE_RELAY_ONLY."""
+    turn = {"turn_secret": "s3cret", "turn_urls": ("turn:127.0.0.1:3478?transport=udp",)}
+    seen = []
+    for relay_only in (False, True):
+        db = fresh_sqlite(sqlite_template, tmp_path)
+        async with app_client(db, tmp_path, ice_relay_only=relay_only, **turn) as client:
+            api = Api(client)
+            admin = await api.admin()
+            facility_id = await api.facility(admin)
+            person = await api.person(await api.staff(admin, facility_id), facility_id)
+            family = await api.family()
+            await api.connect(family, person)
+            visit_id, now = new_id("vis"), api.ctx.clock()
+            async with api.ctx.store.write() as conn:
+                con = (await conn.execute(connections.select())).first()
+                await conn.execute(visits.insert().values(
+                    id=visit_id, facility_id=facility_id, connection_id=con.id,
+                    family_id=family.id, person_id=person.id, booked_by=family.id,
+                    start_at=now - timedelta(minutes=1), end_at=now + timedelta(minutes=29),
+                    blocks=1, minute_price=50, media="direct", record=False,
+                    status="scheduled", created_at=now, updated_at=now))
+            for who in (family, person):
+                r = await api.call("GET", f"/visits/{visit_id}/ice", who)
+                assert r.status == 200, r.body
+                assert r.body["ice_servers"][0]["urls"] == list(turn["turn_urls"])
+                seen.append(r.body["ice_transport_policy"])
+    assert seen == ["all", "all", "relay", "relay"]
+    # And relay-only without a TURN server is refused at start.
+    with pytest.raises(SettingsError, match="KINWIRE_ICE_RELAY_ONLY"):
+        test_settings(fresh_sqlite(sqlite_template, tmp_path), tmp_path, ice_relay_only=True)
