@@ -36,6 +36,16 @@ def run_one(name: str, size: str) -> dict[str, Any]:
     return result
 
 
+def runs_for(name: str, wanted: int, size: str) -> int:
+    """How many runs of a scenario: `wanted`, capped at full size by the module's RUNS_MAX.
+    The heaviest scenarios (thousands of sockets) run fewer times so that `make bench` fits in
+    15 minutes on two cores; each still repeats its own measurement inside a run."""
+    if size != "full":
+        return wanted
+    module = importlib.import_module(f"bench.scenarios.{name}")
+    return max(1, min(wanted, getattr(module, "RUNS_MAX", wanted)))
+
+
 def run_isolated(name: str, size: str, timeout_s: float) -> dict[str, Any]:
     proc = subprocess.run([sys.executable, "-m", "bench.run", "--one", name, "--size", size],
                           cwd=common.ROOT, capture_output=True, text=True, timeout=timeout_s,
@@ -130,8 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for name in names:
         runs = []
-        for i in range(args.runs):
-            print(f"[bench] {name} run {i + 1}/{args.runs} ({args.size})", file=sys.stderr,
+        count = runs_for(name, args.runs, args.size)
+        for i in range(count):
+            print(f"[bench] {name} run {i + 1}/{count} ({args.size})", file=sys.stderr,
                   flush=True)
             runs.append(run_isolated(name, args.size, timeout_s=900))
         results.append(aggregate(name, runs))

@@ -34,6 +34,8 @@ from bench import common, load_ws
 from bench.common import User
 from server.broker import codec
 
+# Opening 10k-20k authenticated sockets takes minutes: one run a `make bench` (bench/run.py).
+RUNS_MAX = 1
 SIZES = {"tiny": [20], "full": [1000, 5000, 10000]}
 SATURATE_S = {"tiny": 0.5, "full": 2.0}
 PACED_S = {"tiny": 0.5, "full": 2.0}

@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import os
 import sys
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -56,23 +55,10 @@ def _coturn_pid(turn: Any) -> int | None:
 
 
 async def _visit_rows(db: str, family_id: str, record: bool) -> str:
-    from server.ids import new_id
-    from server.store import Store
-    from server.store.schema import connections, utcnow, visits
+    """A relay-mode visit whose window is open now (the test suite's own helper)."""
+    from tests.test_visit_e2e import visit_now
 
-    store, now, visit_id = Store(db), utcnow(), new_id("vis")
-    try:
-        async with store.write() as conn:
-            con = (await conn.execute(connections.select().where(
-                connections.c.family_id == family_id))).first()
-            await conn.execute(visits.insert().values(
-                id=visit_id, facility_id=con.facility_id, connection_id=con.id,
-                family_id=family_id, person_id=con.person_id, booked_by=family_id,
-                start_at=now - timedelta(minutes=1), end_at=now + timedelta(minutes=29),
-                blocks=1, minute_price=50, media="relay", record=record, status="scheduled",
-                created_at=now, updated_at=now))
-    finally:
-        await store.close()
+    visit_id, _facility_id = await visit_now(db, family_id, media="relay", record=record)
     return visit_id
 
 
