@@ -18,14 +18,17 @@ import json
 import os
 import resource
 import secrets
+import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
 import aiohttp
 
+from bench import common
 from bench.common import User
 
 JSON_PROTOCOL = "kinwire.v1.json"
@@ -57,18 +60,25 @@ async def open_authed(http: aiohttp.ClientSession, url: str, token: str,
     try:
         await ws.send_str(auth_frame(token))
         async with asyncio.timeout(timeout_s):
-            while True:
-                msg = await ws.receive()
-                if msg.type != aiohttp.WSMsgType.TEXT:
-                    raise RuntimeError(f"socket closed during auth: {msg.type} {msg.data}")
-                reply = json.loads(msg.data)
-                if reply.get("id") == 1:
-                    if "ok" not in reply:
-                        raise RuntimeError(f"auth refused: {reply.get('error')}")
-                    return ws
+            await reply_to(ws, 1, "auth")
+        return ws
     except BaseException:
         await ws.close()
         raise
+
+
+async def reply_to(ws: aiohttp.ClientWebSocketResponse, command_id: int, op: str) -> None:
+    """Read frames until the reply to command `command_id`; raise if it is an error or the
+    socket closes first (pushes in between are skipped)."""
+    while True:
+        msg = await ws.receive()
+        if msg.type != aiohttp.WSMsgType.TEXT:
+            raise RuntimeError(f"socket closed before the {op} reply: {msg.type} {msg.data}")
+        reply = json.loads(msg.data)
+        if reply.get("id") == command_id:
+            if "ok" not in reply:
+                raise RuntimeError(f"{op} refused: {reply.get('error')}")
+            return
 
 
 async def open_many(http: aiohttp.ClientSession, url: str, tokens: Iterable[str],
@@ -110,6 +120,15 @@ async def close_all(sockets: list[aiohttp.ClientWebSocketResponse],
                 await asyncio.wait_for(ws.close(), 2.0)
 
     await asyncio.gather(*(one(ws) for ws in sockets))
+
+
+async def close_with_readers(sockets: list[aiohttp.ClientWebSocketResponse],
+                             readers: list[asyncio.Task]) -> None:
+    """Close a run's sockets, then stop the tasks that read them."""
+    await close_all(sockets, concurrency=1000)
+    for task in readers:
+        task.cancel()
+    await asyncio.gather(*readers, return_exceptions=True)
 
 
 # --- receiving timestamped frames ----------------------------------------------------------
@@ -298,6 +317,22 @@ def write_tokens(path: Path, users: list[User]) -> Path:
     """The token -> account id map a baseline server loads at start (its 'session table')."""
     path.write_text(json.dumps({u.token: u.account_id for u in users}))
     return path
+
+
+@asynccontextmanager
+async def baseline(module: str, tokens: Path, workdir: Path,
+                   *args: str) -> AsyncIterator[tuple[str, int]]:
+    """Run `python -m bench.baselines.<module> --port P --tokens TOKENS ARGS...` for the
+    block; yield its /ws URL and pid once /readyz answers."""
+    port = common.free_port()
+    proc = common.spawn([sys.executable, "-m", f"bench.baselines.{module}", "--port", str(port),
+                         "--tokens", str(tokens), *args], cwd=common.ROOT,
+                        log=workdir / "baseline.log")
+    try:
+        await common.wait_http(f"http://127.0.0.1:{port}/readyz", proc)
+        yield f"ws://127.0.0.1:{port}/ws", proc.pid
+    finally:
+        common.stop(proc)
 
 
 def process_cpu_s() -> float:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import Api
+
 CHROMIUM = os.environ.get("KINWIRE_CHROMIUM", "/usr/bin/chromium")
 SHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -51,3 +53,48 @@ async def shot(page, name: str) -> Path:
     path = SHOTS / f"{name}.png"
     await page.screenshot(path=str(path), full_page=True)
     return path
+
+
+async def seed_kiosk(api: Api, pin: str) -> dict[str, str]:
+    """A facility with one person (Dana Rivers, signing in with `pin`) and one registered
+    kiosk, made through the API: the facility id, the inmate number, the device token."""
+    admin = await api.admin()
+    facility_id = await api.facility(admin)
+    staff = await api.staff(admin, facility_id)
+    number, device = await api.kiosk_person(staff, facility_id, pin, "Dana Rivers")
+    return {"facility_id": facility_id, "number": number, "device": device}
+
+
+async def kiosk_sign_in(kiosk, base: str, seed: dict, pin: str,
+                        shot_as: str | None = None) -> None:
+    """Register the kiosk page with the seed's device token, sign the person in, and wait
+    for its socket; `shot_as` saves the filled form before signing in."""
+    from playwright.async_api import expect
+
+    await kiosk.goto(base + "/static/kiosk.html")
+    await expect(kiosk.locator("body")).to_have_attribute("data-ready", "signed-out")
+    await kiosk.get_by_label("Facility id").fill(seed["facility_id"])
+    await kiosk.get_by_label("Device token").fill(seed["device"])
+    await kiosk.get_by_role("button", name="Save on this device").click()
+    await kiosk.get_by_label("Inmate number").fill(seed["number"])
+    await kiosk.get_by_label("PIN").fill(pin)
+    if shot_as:
+        await shot(kiosk, shot_as)
+    await kiosk.get_by_role("button", name="Sign in").click()
+    await expect(kiosk.locator("html")).to_have_attribute("data-socket", "online")
+
+
+async def fill_card(page) -> None:
+    """The sandbox gateway's test card in the purchase form."""
+    await page.get_by_label("Card number").fill("4242 4242 4242 4242")
+    await page.get_by_label("Month").fill("12")
+    await page.get_by_label("Year").fill("2031")
+    await page.get_by_label("CVC").fill("123")
+
+
+async def buy_credits(page, credits: int) -> None:
+    """Buy `credits` in the family app's "Buy credits" tab with the test card."""
+    await page.get_by_role("tab", name="Buy credits").click()
+    await page.get_by_label("Credits", exact=True).select_option(str(credits))
+    await fill_card(page)
+    await page.get_by_role("button", name="Pay").click()

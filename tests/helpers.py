@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
+import msgpack
 from aiohttp.test_utils import TestClient
 
 from server import accounts
@@ -13,6 +16,16 @@ from server.routing import CONTEXT
 
 VISA = {"number": "4242424242424242", "exp_month": 12, "exp_year": 2031, "cvc": "123",
         "name": "Test Family"}
+
+
+def decode_frame(msg: aiohttp.WSMessage) -> dict[str, Any] | None:
+    """A /ws frame as the client received it: text is JSON, binary is msgpack; None when the
+    socket closed or failed instead."""
+    if msg.type == aiohttp.WSMsgType.TEXT:
+        return json.loads(msg.data)
+    if msg.type == aiohttp.WSMsgType.BINARY:
+        return msgpack.unpackb(msg.data)
+    return None
 
 
 @dataclass
@@ -101,17 +114,27 @@ class Api:
         return Who(r.body["token"], r.body["account"])
 
     async def person(self, staff: Who, facility_id: str, pin: str = "4321") -> Who:
+        number, device = await self.kiosk_person(staff, facility_id, pin)
+        return await self.kiosk_login(facility_id, number, pin, device)
+
+    async def kiosk_person(self, staff: Who, facility_id: str, pin: str = "4321",
+                           name: str = "Pat Person") -> tuple[str, str]:
+        """A person of the facility and a kiosk registered there: (inmate number, the
+        kiosk's device token)."""
         number = f"P{secrets.token_hex(3)}"
         r = await self.call("POST", f"/facilities/{facility_id}/people", staff,
-                            json={"name": "Pat Person", "inmate_number": number, "pin": pin})
+                            json={"name": name, "inmate_number": number, "pin": pin})
         assert r.status == 201, r.body
         r = await self.call("POST", f"/facilities/{facility_id}/devices", staff,
                             json={"label": "kiosk"})
         assert r.status == 201, r.body
+        return number, r.body["device_token"]
+
+    async def kiosk_login(self, facility_id: str, number: str, pin: str, device: str) -> Who:
         r = await self.call("POST", "/auth/kiosk",
                             json={"facility_id": facility_id, "inmate_number": number,
                                   "pin": pin},
-                            headers={"X-Device-Token": r.body["device_token"]})
+                            headers={"X-Device-Token": device})
         assert r.status == 200, r.body
         return Who(r.body["token"], r.body["account"])
 

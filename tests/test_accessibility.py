@@ -24,7 +24,7 @@ from typing import Any
 from aiohttp.test_utils import TestClient, TestServer
 
 from server.app import create_app
-from tests.browser import ARGS, CHROMIUM, require_chromium
+from tests.browser import ARGS, CHROMIUM, fill_card, require_chromium
 from tests.conftest import fresh_sqlite, test_settings
 from tests.helpers import Api, Who
 from tests.test_browser_visit import PIN, ZONE, _parties
@@ -223,10 +223,7 @@ async def _family(page, base: str, seed: dict, audit: Audit, expect) -> None:
         await page.keyboard.press("ArrowRight")
     await expect(page.get_by_role("tab", name="Buy credits")).to_be_focused()
     await audit.screen(page, "family buy credits")
-    await page.get_by_label("Card number").fill("4242 4242 4242 4242")
-    await page.get_by_label("Month").fill("12")
-    await page.get_by_label("Year").fill("2031")
-    await page.get_by_label("CVC").fill("123")
+    await fill_card(page)
     await tab_to(page, page.locator("#pay"))
     await page.keyboard.press("Enter")
     await expect(page.locator("#buy-notice")).to_contain_text("credits added")

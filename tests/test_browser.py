@@ -11,26 +11,20 @@ from pathlib import Path
 from aiohttp.test_utils import TestClient, TestServer
 
 from server.app import create_app
-from tests.browser import KIOSK, PHONE, chromium, require_chromium, shot
+from tests.browser import (
+    KIOSK,
+    PHONE,
+    chromium,
+    fill_card,
+    kiosk_sign_in,
+    require_chromium,
+    seed_kiosk,
+    shot,
+)
 from tests.conftest import fresh_sqlite, test_settings
 from tests.helpers import Api, Who
 
 PIN = "2468"
-
-
-async def _seed(api: Api) -> dict[str, str]:
-    """A facility with one person and one registered kiosk, made through the API."""
-    admin = await api.admin()
-    facility_id = await api.facility(admin)
-    staff = await api.staff(admin, facility_id)
-    number = f"A{secrets.token_hex(3).upper()}"
-    r = await api.call("POST", f"/facilities/{facility_id}/people", staff,
-                       json={"name": "Dana Rivers", "inmate_number": number, "pin": PIN})
-    assert r.status == 201, r.body
-    r = await api.call("POST", f"/facilities/{facility_id}/devices", staff,
-                       json={"label": "Unit B kiosk 1"})
-    assert r.status == 201, r.body
-    return {"facility_id": facility_id, "number": number, "device_token": r.body["device_token"]}
 
 
 async def test_family_and_kiosk_first_scenario(sqlite_template: Path, tmp_path: Path) -> None:
@@ -41,7 +35,7 @@ async def test_family_and_kiosk_first_scenario(sqlite_template: Path, tmp_path: 
     app = create_app(test_settings(fresh_sqlite(sqlite_template, tmp_path), tmp_path),
                      run_migrations=False)
     async with TestClient(TestServer(app, host="127.0.0.1")) as client, chromium() as browser:
-        seed = await _seed(Api(client))
+        seed = await seed_kiosk(Api(client), PIN)
         base = str(client.make_url("/")).rstrip("/")
         fam_ctx = await browser.new_context(viewport=PHONE, device_scale_factor=1)
         kiosk_ctx = await browser.new_context(viewport=KIOSK)
@@ -71,10 +65,7 @@ async def test_family_and_kiosk_first_scenario(sqlite_template: Path, tmp_path: 
             await expect(fam.locator("#buy-total")).to_have_text("$6.50")
             await expect(fam.locator("#buy-summary")).to_contain_text(
                 "$5.00 + $1.50 fee = $6.50 total")
-            await fam.get_by_label("Card number").fill("4242 4242 4242 4242")
-            await fam.get_by_label("Month").fill("12")
-            await fam.get_by_label("Year").fill("2031")
-            await fam.get_by_label("CVC").fill("123")
+            await fill_card(fam)
             await shot(fam, "family-buy-credits")
             await fam.get_by_role("button", name="Pay $6.50").click()
             await expect(fam.locator("#buy-notice")).to_contain_text("Paid $6.50")
@@ -89,16 +80,7 @@ async def test_family_and_kiosk_first_scenario(sqlite_template: Path, tmp_path: 
             await shot(fam, "family-find-person")
 
             # --- the person signs in on a registered kiosk and approves ---
-            await kiosk.goto(base + "/static/kiosk.html")
-            await expect(kiosk.locator("body")).to_have_attribute("data-ready", "signed-out")
-            await kiosk.get_by_label("Facility id").fill(seed["facility_id"])
-            await kiosk.get_by_label("Device token").fill(seed["device_token"])
-            await kiosk.get_by_role("button", name="Save on this device").click()
-            await kiosk.get_by_label("Inmate number").fill(seed["number"])
-            await kiosk.get_by_label("PIN").fill(PIN)
-            await shot(kiosk, "kiosk-sign-in")
-            await kiosk.get_by_role("button", name="Sign in").click()
-            await expect(kiosk.locator("html")).to_have_attribute("data-socket", "online")
+            await kiosk_sign_in(kiosk, base, seed, PIN, shot_as="kiosk-sign-in")
             await expect(kiosk.locator("#requests")).to_contain_text("Alex Rivers wants to connect")
             await shot(kiosk, "kiosk-requests")
             await kiosk.get_by_role("button", name="Approve Alex Rivers").click()

@@ -24,7 +24,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from billing import ledger
 from server.app import create_app
 from server.store.schema import visits
-from tests.browser import ARGS, CHROMIUM, KIOSK, PHONE, require_chromium
+from tests.browser import ARGS, CHROMIUM, KIOSK, PHONE, buy_credits, kiosk_sign_in, require_chromium
 from tests.conftest import fresh_sqlite, test_settings
 from tests.helpers import Api, Who
 from tests.test_accessibility import Audit
@@ -74,18 +74,6 @@ async def _pages(browser, errors: list[str]):
     return fam, kiosk
 
 
-async def _kiosk_sign_in(kiosk, base: str, seed: dict, expect) -> None:
-    await kiosk.goto(base + "/static/kiosk.html")
-    await expect(kiosk.locator("body")).to_have_attribute("data-ready", "signed-out")
-    await kiosk.get_by_label("Facility id").fill(seed["facility_id"])
-    await kiosk.get_by_label("Device token").fill(seed["device"])
-    await kiosk.get_by_role("button", name="Save on this device").click()
-    await kiosk.get_by_label("Inmate number").fill(seed["number"])
-    await kiosk.get_by_label("PIN").fill(PIN)
-    await kiosk.get_by_role("button", name="Sign in").click()
-    await expect(kiosk.locator("html")).to_have_attribute("data-socket", "online")
-
-
 async def _book_now(api: Api, seed: dict) -> str:
     """Book the block under way (12:00 at the facility by the test's clock) over HTTP: the
     grid itself is tested in tests/test_browser_visit.py."""
@@ -125,7 +113,7 @@ async def _family_hangs_up(api: Api, browser, base: str, errors: list[str],
                            expect) -> tuple[Who, str, list[int], float]:
     seed = await _parties(api, PASSWORD)
     fam, kiosk = await _pages(browser, errors)
-    await _kiosk_sign_in(kiosk, base, seed, expect)
+    await kiosk_sign_in(kiosk, base, seed, PIN)
     await _log_in(fam, base, seed["email"], PASSWORD)
     other = await fam.context.new_page()  # a second tab of the same family (same cookie)
     other.on("pageerror", lambda e: errors.append(str(e)))
@@ -134,13 +122,7 @@ async def _family_hangs_up(api: Api, browser, base: str, errors: list[str],
     await expect(other.locator("#balance")).to_have_text("0 credits")
 
     # --- buys in the first tab; the second shows the new balance live, without a reload ---
-    await fam.get_by_role("tab", name="Buy credits").click()
-    await fam.get_by_label("Credits", exact=True).select_option(str(CREDITS))
-    await fam.get_by_label("Card number").fill("4242 4242 4242 4242")
-    await fam.get_by_label("Month").fill("12")
-    await fam.get_by_label("Year").fill("2031")
-    await fam.get_by_label("CVC").fill("123")
-    await fam.get_by_role("button", name="Pay").click()
+    await buy_credits(fam, CREDITS)
     await expect(fam.locator("#balance")).to_have_text(f"{CREDITS} credits")
     await expect(other.locator("#balance")).to_have_text(f"{CREDITS} credits")
     assert await other.evaluate("() => performance.getEntriesByType('navigation').length") == 1
@@ -208,7 +190,7 @@ async def _staff_end_it(api: Api, browser, base: str, clock, errors: list[str],
     assert (await api.buy(seed["family"], CREDITS)).status == 201
     visit_id = await _book_now(api, seed)
     fam, kiosk = await _pages(browser, errors)
-    await _kiosk_sign_in(kiosk, base, seed, expect)
+    await kiosk_sign_in(kiosk, base, seed, PIN)
     await _collect_follows_the_balance(api, kiosk, seed, expect)
     await _log_in(fam, base, seed["email"], PASSWORD)
     await _join_both(fam, kiosk, expect)

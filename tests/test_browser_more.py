@@ -370,15 +370,11 @@ async def test_staff_watch_a_relayed_visit_in_the_console(sqlite_template: Path,
     require_chromium()
     import asyncio
 
-    from argon2 import PasswordHasher
     from playwright.async_api import expect
 
-    from server import accounts
-    from server.store import Store
-    from server.store.schema import utcnow
     from tests.test_cluster import cluster, make_pair
-    from tests.test_relay import FAMILY_SIZE, PERSON_SIZE, RELAY, party
-    from tests.test_visit_e2e import account_id, visit_now
+    from tests.test_relay import FAMILY_SIZE, PERSON_SIZE, RELAY, STAFF_PASSWORD, new_staff, party
+    from tests.test_visit_e2e import account_id, start_both, visit_now
     from tests.turn_server import private_coturn
 
     expect.set_options(timeout=10_000)
@@ -392,29 +388,16 @@ async def test_staff_watch_a_relayed_visit_in_the_console(sqlite_template: Path,
         family_token, person_token = await make_pair(http, a, b, db)
         family_id = await account_id(http, a, family_token)
         visit_id, facility_id = await visit_now(db, family_id, media="relay", record=False)
-        email = f"watch-{secrets.token_hex(3)}@example.test"
-        store = Store(db)
-        try:
-            async with store.write() as conn:
-                hashed = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
-                await accounts.create(conn, role="staff", name="Officer Watts", email=email,
-                                      password_hash=hashed.hash("staff password"),
-                                      facility_id=facility_id, now=utcnow())
-        finally:
-            await store.close()
+        email = await new_staff(db, facility_id, "Officer Watts")
         family = party(a, family_token, visit_id, FAMILY_SIZE)
         person = party(b, person_token, visit_id, PERSON_SIZE)
         ctx = await browser.new_context(viewport={"width": 1024, "height": 900})
         try:
-            await family.start()
-            await person.start()
-            async with asyncio.timeout(30):
-                await family.wait_frames("video", 10)
-                await person.wait_frames("video", 10)
+            await start_both(family, person)
             desk = await ctx.new_page()
             errors: list[str] = []
             desk.on("pageerror", lambda e: errors.append(str(e)))
-            await _log_in(desk, b.base, email, "staff password", "/static/staff.html")
+            await _log_in(desk, b.base, email, STAFF_PASSWORD, "/static/staff.html")
             item = desk.locator(f"#visit-list li[data-visit='{visit_id}']")
             await expect(item).to_have_attribute("data-status", "live")
             await item.locator("button", has_text="Watch").click()

@@ -22,7 +22,17 @@ from server.app import create_app
 from server.ids import new_id
 from server.settings import SettingsError
 from server.store.schema import connections, utcnow, visits
-from tests.browser import ARGS, CHROMIUM, KIOSK, PHONE, require_chromium, shot
+from tests.browser import (
+    ARGS,
+    CHROMIUM,
+    KIOSK,
+    PHONE,
+    buy_credits,
+    kiosk_sign_in,
+    require_chromium,
+    seed_kiosk,
+    shot,
+)
 from tests.conftest import app_client, fresh_sqlite, test_settings
 from tests.helpers import Api, Who
 from tests.turn_server import private_coturn
@@ -47,21 +57,8 @@ def noon_clock():
 
 async def _parties(api: Api, password: str) -> dict:
     """A facility, a person with a kiosk device, and a connected family with no credits."""
-    admin = await api.admin()
-    facility_id = await api.facility(admin)
-    staff = await api.staff(admin, facility_id)
-    number = f"V{secrets.token_hex(3).upper()}"
-    r = await api.call("POST", f"/facilities/{facility_id}/people", staff,
-                       json={"name": "Dana Rivers", "inmate_number": number, "pin": PIN})
-    assert r.status == 201, r.body
-    r = await api.call("POST", f"/facilities/{facility_id}/devices", staff,
-                       json={"label": "Unit B kiosk 1"})
-    assert r.status == 201, r.body
-    device = r.body["device_token"]
-    r = await api.call("POST", "/auth/kiosk", headers={"X-Device-Token": device},
-                       json={"facility_id": facility_id, "inmate_number": number, "pin": PIN})
-    assert r.status == 200, r.body
-    person = Who(r.body["token"], r.body["account"])
+    seed = await seed_kiosk(api, PIN)
+    person = await api.kiosk_login(seed["facility_id"], seed["number"], PIN, seed["device"])
     email = f"alex-{secrets.token_hex(3)}@example.test"
     r = await api.call("POST", "/auth/signup",
                        json={"email": email, "password": password, "name": "Alex Rivers"})
@@ -69,8 +66,7 @@ async def _parties(api: Api, password: str) -> dict:
     r = await api.call("POST", "/auth/login", json={"email": email, "password": password})
     family = Who(r.body["token"], r.body["account"])
     await api.connect(family, person)
-    return {"facility_id": facility_id, "number": number, "device": device, "email": email,
-            "family": family, "person": person}
+    return {**seed, "email": email, "family": family, "person": person}
 
 
 PLAYING = """async () => {
@@ -120,15 +116,7 @@ async def _scenario(api: Api, seed: dict, base: str, fam_ctx, kiosk_ctx, passwor
         page.on("pageerror", lambda e: errors.append(str(e)))
 
     # --- the person signs in on the kiosk: no visits yet ---
-    await kiosk.goto(base + "/static/kiosk.html")
-    await expect(kiosk.locator("body")).to_have_attribute("data-ready", "signed-out")
-    await kiosk.get_by_label("Facility id").fill(seed["facility_id"])
-    await kiosk.get_by_label("Device token").fill(seed["device"])
-    await kiosk.get_by_role("button", name="Save on this device").click()
-    await kiosk.get_by_label("Inmate number").fill(seed["number"])
-    await kiosk.get_by_label("PIN").fill(PIN)
-    await kiosk.get_by_role("button", name="Sign in").click()
-    await expect(kiosk.locator("html")).to_have_attribute("data-socket", "online")
+    await kiosk_sign_in(kiosk, base, seed, PIN)
     await expect(kiosk.locator("#kiosk-visits")).to_contain_text("No visits booked.")
 
     # --- the family, with no credits, sees the grid greyed ---
@@ -148,13 +136,7 @@ async def _scenario(api: Api, seed: dict, base: str, fam_ctx, kiosk_ctx, passwor
     await expect(fam.locator("#book-info")).to_contain_text("covers 0 minutes")
 
     # --- buys credits: back on the grid, the blocks are bookable ---
-    await fam.get_by_role("tab", name="Buy credits").click()
-    await fam.get_by_label("Credits", exact=True).select_option(str(CREDITS))
-    await fam.get_by_label("Card number").fill("4242 4242 4242 4242")
-    await fam.get_by_label("Month").fill("12")
-    await fam.get_by_label("Year").fill("2031")
-    await fam.get_by_label("CVC").fill("123")
-    await fam.get_by_role("button", name="Pay").click()
+    await buy_credits(fam, CREDITS)
     await expect(fam.locator("#balance")).to_have_text(f"{CREDITS} credits")
     await fam.get_by_role("tab", name="Visits").click()
     await expect(fam.locator("#book-info")).to_contain_text("covers 6 minutes")

@@ -25,12 +25,12 @@ import pytest
 
 from server.store.schema import utcnow
 from tests.test_cli import free_port
-from tests.test_cluster import Node, Peer, RedisServer, make_pair
+from tests.test_cluster import Node, RedisServer
 from tests.test_faults import (
     Sender,
-    book_live_visit,
     check_books,
     check_clients_recover,
+    metered_pair,
     minute_debits,
     readiness,
     until,
@@ -135,12 +135,7 @@ async def test_kill_9_under_load_loses_nothing_and_bills_on(pg_db: str,
                                  KINWIRE_DB_TIMEOUT_S="5") as nodes, \
                 aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
             a, b = nodes
-            family_token, person_token = await make_pair(http, a, b, pg_db)
-            family = Peer(http, a, family_token, "kinwire.v1.json")
-            person = Peer(http, b, person_token, "kinwire.v1.msgpack")
-            await family.connect()
-            await person.connect()
-            visit_id = await book_live_visit(pg_db, family, person)
+            family, person, visit_id = await metered_pair(http, a, b, pg_db)
             live_at = time.monotonic()
             senders = [Sender("family", http, family, person.account_id, nodes, via_ws=False),
                        Sender("person", http, person, family.account_id, nodes, via_ws=False,

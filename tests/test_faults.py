@@ -77,6 +77,18 @@ async def book_live_visit(db: str, family: Peer, person: Peer,
     return visit_id
 
 
+async def metered_pair(http: aiohttp.ClientSession, family_node: Node, person_node: Node,
+                       db: str) -> tuple[Peer, Peer, str]:
+    """A connected family (JSON socket on `family_node`) and person (msgpack socket on
+    `person_node`) in a visit the meter bills: (family, person, visit id)."""
+    family_token, person_token = await make_pair(http, family_node, person_node, db)
+    family = Peer(http, family_node, family_token, "kinwire.v1.json")
+    person = Peer(http, person_node, person_token, "kinwire.v1.msgpack")
+    await family.connect()
+    await person.connect()
+    return family, person, await book_live_visit(db, family, person)
+
+
 @dataclass
 class Sender:
     """A party sending numbered messages the way a client does: each one under its own
@@ -260,12 +272,7 @@ async def rig(pg_db: str, tmp_path: Path) -> AsyncIterator[tuple]:
         await server.start_server()
         node = Node(server.port, None)
         async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
-            family_token, person_token = await make_pair(http, node, node, pg_db)
-            family = Peer(http, node, family_token, "kinwire.v1.json")
-            person = Peer(http, node, person_token, "kinwire.v1.msgpack")
-            await family.connect()
-            await person.connect()
-            visit_id = await book_live_visit(pg_db, family, person)
+            family, person, visit_id = await metered_pair(http, node, node, pg_db)
             yield proxies, http, node, family, person, visit_id
             await family.close()
             await person.close()

@@ -33,20 +33,30 @@ FAMILY_SIZE, PERSON_SIZE = (320, 240), (240, 176)  # told apart by the watcher
 RELAY = {"KINWIRE_RELAY_LEASE_S": "3", "KINWIRE_RELAY_LOOPBACK_ONLY": "1"}
 
 
-async def staff_of(http: aiohttp.ClientSession, node: Any, db: str, facility_id: str) -> str:
-    """A staff account of the facility; returns its token."""
+STAFF_PASSWORD = "staff pass"
+
+
+async def new_staff(db: str, facility_id: str, name: str = "Officer") -> str:
+    """A staff account of the facility, written straight to the store (the servers under
+    test are other processes); returns its email. Its password is STAFF_PASSWORD."""
     email = f"staff-{secrets.token_hex(3)}@x.test"
     store = Store(db)
     try:
         async with store.write() as conn:
             hasher = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
-            await accounts.create(conn, role="staff", name="Officer", email=email,
-                                  password_hash=hasher.hash("staff pass"),
+            await accounts.create(conn, role="staff", name=name, email=email,
+                                  password_hash=hasher.hash(STAFF_PASSWORD),
                                   facility_id=facility_id, now=utcnow())
     finally:
         await store.close()
+    return email
+
+
+async def staff_of(http: aiohttp.ClientSession, node: Any, db: str, facility_id: str) -> str:
+    """A staff account of the facility; returns its token."""
+    email = await new_staff(db, facility_id)
     status, r = await post(http, node, "/auth/login", body={"email": email,
-                                                            "password": "staff pass"})
+                                                            "password": STAFF_PASSWORD})
     assert status == 200, r
     return r["token"]
 

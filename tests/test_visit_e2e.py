@@ -82,6 +82,16 @@ async def stack(pg: str, tmp_path: Path, **settings: str) -> AsyncIterator[tuple
         redis.stop()
 
 
+async def start_both(first: VisitClient, second: VisitClient) -> None:
+    """Start both parties (in this order); return once each has received 10 video frames,
+    within 30 s."""
+    await first.start()
+    await second.start()
+    async with asyncio.timeout(30):
+        await first.wait_frames("video", 10)
+        await second.wait_frames("video", 10)
+
+
 def client(node, token: str, visit_id: str, codec: str) -> VisitClient:
     return VisitClient(node.base, token, visit_id, codec=codec, loopback_only=True,
                        width=320, height=240, fps=15)
@@ -105,11 +115,8 @@ async def test_a_direct_visit_bills_until_the_balance_runs_out(pg_db: str,
         family = client(a, family_token, visit_id, "json")
         person = client(b, person_token, visit_id, "msgpack")
         try:
-            await family.start()
-            await person.start()
+            await start_both(family, person)
             async with asyncio.timeout(30):
-                await family.wait_frames("video", 10)
-                await person.wait_frames("video", 10)
                 live_at = asyncio.get_running_loop().time()
                 ended = await family.wait_event("visit.ended")
                 await person.wait_event("visit.ended")
@@ -139,11 +146,7 @@ async def test_the_meter_survives_kill_9_of_its_process(pg_db: str, tmp_path: Pa
         person = client(b, person_token, visit_id, "msgpack")
         family = client(a, family_token, visit_id, "json")
         try:
-            await person.start()
-            await family.start()
-            async with asyncio.timeout(30):
-                await family.wait_frames("video", 10)
-                await person.wait_frames("video", 10)
+            await start_both(person, family)
             await asyncio.sleep(MINUTE_S * 1.5)  # minutes 1 and 2 paid
             b.proc.send_signal(signal.SIGKILL)
             killed_at = utcnow()

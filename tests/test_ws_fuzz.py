@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from server import events
 from server.gateway.ops import HANDLERS
 from tests.conftest import app_client
-from tests.helpers import Api, Who
+from tests.helpers import Api, Who, decode_frame
 
 JSON, MSGPACK = "kinwire.v1.json", "kinwire.v1.msgpack"
 FRAME_BYTES_MAX = 16 * 1024  # the app's limit in this test: oversize frames stay cheap
@@ -62,14 +62,8 @@ class Sock:
         Raises TimeoutError when nothing came back: a stuck socket."""
         async with asyncio.timeout(timeout):
             while True:
-                msg = await self.ws.receive()
-                if msg.type == aiohttp.WSMsgType.TEXT:
-                    frame = json.loads(msg.data)
-                elif msg.type == aiohttp.WSMsgType.BINARY:
-                    frame = msgpack.unpackb(msg.data)
-                else:
-                    return None
-                if "id" in frame:
+                frame = decode_frame(await self.ws.receive())
+                if frame is None or "id" in frame:
                     return frame
 
     async def ping(self, command_id: int) -> dict[str, Any] | None:

@@ -28,7 +28,7 @@ from server.gateway.ops import HANDLERS
 from server.ids import new_id
 from server.store.schema import connections, utcnow, visits
 from tests.conftest import app_client
-from tests.helpers import Api, Who
+from tests.helpers import Api, Who, decode_frame
 from tests.test_roles import ACCOUNT_ROLES, World, build_world, ok, unique
 
 JSON, MSGPACK = "kinwire.v1.json", "kinwire.v1.msgpack"
@@ -52,14 +52,8 @@ class Sock:
         else:
             await self.ws.send_bytes(msgpack.packb(frame))
         while True:
-            msg = await self.ws.receive(timeout=5)
-            if msg.type == aiohttp.WSMsgType.TEXT:
-                reply = json.loads(msg.data)
-            elif msg.type == aiohttp.WSMsgType.BINARY:
-                reply = msgpack.unpackb(msg.data)
-            else:
-                return None
-            if reply.get("id") == command_id:
+            reply = decode_frame(await self.ws.receive(timeout=5))
+            if reply is None or reply.get("id") == command_id:
                 return reply
 
     async def close_code(self) -> int | None:

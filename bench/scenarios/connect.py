@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
 from typing import Any
 
@@ -29,15 +28,7 @@ async def one_cycle(http: aiohttp.ClientSession, url: str, token: str) -> None:
     ws = await load_ws.open_authed(http, url, token)
     try:
         await ws.send_str(SYNC)
-        while True:
-            msg = await ws.receive()
-            if msg.type != aiohttp.WSMsgType.TEXT:
-                raise RuntimeError(f"socket closed before the sync reply: {msg.data}")
-            reply = json.loads(msg.data)
-            if reply.get("id") == 2:
-                if "ok" not in reply:
-                    raise RuntimeError(f"sync refused: {reply.get('error')}")
-                return
+        await load_ws.reply_to(ws, 2, "sync")
     finally:
         await ws.close()
 
@@ -87,16 +78,8 @@ async def run(size: str) -> dict[str, Any]:
                                       ws_commands_per_s=1000) as server:
                 rows.append(await hammer("kinwire", server.ws_url, server.proc.pid, users, size))
             tokens = load_ws.write_tokens(workdir / "tokens.json", users)
-            port = common.free_port()
-            proc = common.spawn([sys.executable, "-m", "bench.baselines.connect_ws", "--port",
-                                 str(port), "--tokens", str(tokens)], cwd=common.ROOT,
-                                log=workdir / "baseline.log")
-            try:
-                await common.wait_http(f"http://127.0.0.1:{port}/readyz", proc)
-                rows.append(await hammer("baseline", f"ws://127.0.0.1:{port}/ws", proc.pid,
-                                         users, size))
-            finally:
-                common.stop(proc)
+            async with load_ws.baseline("connect_ws", tokens, workdir) as (ws_url, pid):
+                rows.append(await hammer("baseline", ws_url, pid, users, size))
     ours, base = rows
     ratio = ours["connects_per_s"] / base["connects_per_s"]
     return {"scenario": "connect", "size": size, "rows": rows,

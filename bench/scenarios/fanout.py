@@ -268,10 +268,7 @@ async def measure(target: Target, users: list[User], size: str) -> list[dict[str
                 rows.append({"case": f"{n} clients", "system": target.name, "clients": n,
                              **sat, **pace, "connect_s": round(connect_s, 2)})
         finally:
-            await load_ws.close_all(sockets, concurrency=1000)
-            for task in readers:
-                task.cancel()
-            await asyncio.gather(*readers, return_exceptions=True)
+            await load_ws.close_with_readers(sockets, readers)
     return rows
 
 
@@ -303,18 +300,10 @@ async def run(size: str) -> dict[str, Any]:
                                           ws_auth_timeout_s=120) as server, \
                         redis_target("kinwire", server.ws_url, redis, server.proc.pid) as t:
                     rows += await measure(t, users, size)
-                port = common.free_port()
-                proc = common.spawn([sys.executable, "-m", "bench.baselines.fanout_relay",
-                                     "--port", str(port), "--tokens", str(tokens),
-                                     "--redis-port", str(redis.port)], cwd=common.ROOT,
-                                    log=workdir / "baseline.log")
-                try:
-                    await common.wait_http(f"http://127.0.0.1:{port}/readyz", proc)
-                    async with redis_target("baseline", f"ws://127.0.0.1:{port}/ws", redis,
-                                            proc.pid) as t:
-                        rows += await measure(t, users, size)
-                finally:
-                    common.stop(proc)
+                async with load_ws.baseline("fanout_relay", tokens, workdir, "--redis-port",
+                                            str(redis.port)) as (ws_url, pid), \
+                        redis_target("baseline", ws_url, redis, pid) as t:
+                    rows += await measure(t, users, size)
             async with nats_target(workdir) as t:
                 rows += await measure(t, users, size)
     return {"scenario": "fanout", "size": size, "rows": rows, "targets": targets(rows, size),

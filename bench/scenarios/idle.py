@@ -11,7 +11,6 @@ Kinwire's heartbeat pings are answered) but sends nothing.
 from __future__ import annotations
 
 import asyncio
-import sys
 from typing import Any
 
 from bench import common, load_ws
@@ -51,10 +50,7 @@ async def measure(system: str, ws_url: str, pid: int, users: list[common.User],
                              "rss_after_mib": round(after / 2**20, 1),
                              "kb_per_socket": round((after - before) / n / 1024, 2)})
         finally:
-            await load_ws.close_all(sockets, concurrency=1000)
-            for task in readers:
-                task.cancel()
-            await asyncio.gather(*readers, return_exceptions=True)
+            await load_ws.close_with_readers(sockets, readers)
     return rows
 
 
@@ -74,16 +70,8 @@ async def run(size: str) -> dict[str, Any]:
                 rows += await measure("kinwire", server.ws_url, server.proc.pid, users, warmup,
                                       steps)
             tokens = load_ws.write_tokens(workdir / "tokens.json", users + warmup)
-            port = common.free_port()
-            proc = common.spawn([sys.executable, "-m", "bench.baselines.idle_ws", "--port",
-                                 str(port), "--tokens", str(tokens)], cwd=common.ROOT,
-                                log=workdir / "baseline.log")
-            try:
-                await common.wait_http(f"http://127.0.0.1:{port}/readyz", proc)
-                rows += await measure("baseline", f"ws://127.0.0.1:{port}/ws", proc.pid, users,
-                                      warmup, steps)
-            finally:
-                common.stop(proc)
+            async with load_ws.baseline("idle_ws", tokens, workdir) as (ws_url, pid):
+                rows += await measure("baseline", ws_url, pid, users, warmup, steps)
     return {"scenario": "idle", "size": size, "rows": rows, "targets": targets(rows, n),
             "notes": notes(limit, most)}
 
