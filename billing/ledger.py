@@ -18,10 +18,10 @@ Contract
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
-from sqlalchemy import func, select, union_all
+from sqlalchemy import bindparam, func, select, union_all
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -58,11 +58,28 @@ class Transfer:
     at: datetime
     seq: int | None = None
     duplicate: bool = False
+    # The debited user account's balance right after this transfer (read by the debit's own
+    # UPDATE ... RETURNING); None for a duplicate or a system debit.
+    debit_balance: int | None = None
 
 
 def _insert(conn: AsyncConnection):
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     return dialect.insert(ledger_transfers)
+
+
+# transfer()'s statements, built once: building a statement and its cache key costs more CPU
+# than SQLite takes to run it (docs/BENCHMARKS.md, "Durable sends").
+_a = ledger_accounts
+_KINDS = select(_a.c.id, _a.c.kind).where(
+    (_a.c.id == bindparam("p_debit")) | (_a.c.id == bindparam("p_credit")))
+_CLAIM = {d.__name__.rsplit(".", 1)[-1]: d.insert(ledger_transfers).on_conflict_do_nothing(
+    index_elements=["idempotency_key"]) for d in (postgresql, sqlite)}
+_DEBIT = (_a.update().where(_a.c.id == bindparam("p_account"),
+                            _a.c.balance >= bindparam("p_amount"))
+          .values(balance=_a.c.balance - bindparam("p_amount")).returning(_a.c.balance))
+_CREDIT = (_a.update().where(_a.c.id == bindparam("p_account"))
+           .values(balance=_a.c.balance + bindparam("p_amount")))
 
 
 async def open_account(conn: AsyncConnection, owner_id: str) -> None:
@@ -92,34 +109,29 @@ async def transfer(conn: AsyncConnection, *, key: str, debit: str, credit: str, 
     kinds = await _kinds(conn, debit, credit)
     # Claim the key first: on PostgreSQL a concurrent claim of the same key waits here for the
     # first to commit and then finds it, so a key can never have two effects.
-    claimed = await conn.execute(_insert(conn).values(
-        id=wanted.id, idempotency_key=key, debit_account=debit, credit_account=credit,
-        amount=amount, kind=kind, ref=ref, at=at,
-    ).on_conflict_do_nothing(index_elements=["idempotency_key"]))
+    claimed = await conn.execute(_CLAIM[conn.dialect.name], {
+        "id": wanted.id, "idempotency_key": key, "debit_account": debit,
+        "credit_account": credit, "amount": amount, "kind": kind, "ref": ref, "at": at})
     if claimed.rowcount == 0:
         return await _existing(conn, wanted)
     # Update user rows in id order so two opposite gifts cannot deadlock on PostgreSQL.
+    debit_balance = None
     for account in sorted({debit, credit}):
         if kinds.get(account) != "user":
             continue
         if account == debit:
-            moved = await conn.execute(
-                ledger_accounts.update()
-                .where(ledger_accounts.c.id == debit, ledger_accounts.c.balance >= amount)
-                .values(balance=ledger_accounts.c.balance - amount))
-            if moved.rowcount != 1:
+            moved = await conn.execute(_DEBIT, {"p_account": debit, "p_amount": amount})
+            debit_balance = moved.scalar_one_or_none()
+            if debit_balance is None:
                 raise LedgerError("insufficient_credits",
                                   f"the balance does not cover {amount} credits")
         else:
-            await conn.execute(
-                ledger_accounts.update().where(ledger_accounts.c.id == credit)
-                .values(balance=ledger_accounts.c.balance + amount))
-    return wanted
+            await conn.execute(_CREDIT, {"p_account": credit, "p_amount": amount})
+    return wanted if debit_balance is None else replace(wanted, debit_balance=debit_balance)
 
 
 async def _kinds(conn: AsyncConnection, debit: str, credit: str) -> dict[str, str]:
-    rows = await conn.execute(select(ledger_accounts.c.id, ledger_accounts.c.kind)
-                              .where(ledger_accounts.c.id.in_([debit, credit])))
+    rows = await conn.execute(_KINDS, {"p_debit": debit, "p_credit": credit})
     kinds = {row.id: row.kind for row in rows}
     for account in (debit, credit):
         if account not in kinds:

@@ -39,7 +39,11 @@ async def push_live(broker: Broker, account_id: str, kind: str, data: dict[str, 
     return True
 
 
-async def announce_end(broker: Broker, row: Any) -> None:
+async def announce_end(broker: Broker, row: Any, meters: Any = None) -> None:
+    """Both parties hear `visit.ended`; with `meters`, every process's gateway drops its cached
+    "in a call" for the visit at once (server/gateway/ops.py visit_signal)."""
+    if meters is not None:
+        await meters.announce_end(row.id)
     for party in (row.family_id, row.person_id):
         await push_live(broker, party, "visit.ended",
                         {"visit_id": row.id, "reason": row.end_reason})

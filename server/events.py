@@ -11,11 +11,13 @@ were pruned.
 from __future__ import annotations
 
 import logging
+import weakref
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import bindparam, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -68,11 +70,94 @@ async def lock_streams(conn: AsyncConnection, account_ids: list[str]) -> None:
                 .on_conflict_do_nothing(index_elements=["account_id"]))
 
 
+# emit_many()'s statements, built once (building one costs more CPU than running it).
+_BUMP = (event_heads.update().where(event_heads.c.account_id == bindparam("p_account"))
+         .values(last_seq=event_heads.c.last_seq + bindparam("p_n"))
+         .returning(event_heads.c.last_seq))
+_MAKE_HEAD = {d.__name__.rsplit(".", 1)[-1]: d.insert(event_heads).on_conflict_do_nothing(
+    index_elements=["account_id"]) for d in (postgresql, sqlite)}
+_INSERT = events.insert()
+
+
+async def _reserve(conn: AsyncConnection, counts: dict[str, int]) -> dict[str, int]:
+    """Take `counts[a]` consecutive seqs of each account's stream with ONE statement per
+    account, in id order (as lock_streams: no deadlock with other writers); returns each
+    account's first seq."""
+    first: dict[str, int] = {}
+    for account_id in sorted(counts):
+        n = counts[account_id]
+        while True:
+            bumped = await conn.execute(_BUMP, {"p_account": account_id, "p_n": n})
+            last = bumped.scalar_one_or_none()
+            if last is not None:
+                break
+            made = await conn.execute(_MAKE_HEAD[conn.dialect.name], {
+                "account_id": account_id, "last_seq": n, "pruned_through": 0})
+            if made.rowcount == 1:
+                last = n
+                break
+            # another transaction made the head first: bump it
+        first[account_id] = last - n + 1
+    return first
+
+
+# Events this process committed lately, per broker and user: a feed here that is signalled
+# for them pushes them from memory instead of reading them back (server/gateway/hub.py).
+# Only committed events get here (Outbox.signal runs after the commit); a feed uses them only
+# when they continue its sockets' sequence without a gap, otherwise it reads the store. A feed
+# consumes them within milliseconds, so a small budget of events in all (oldest users dropped
+# first) is plenty, and bounds the memory (a message body may be 30,000 characters).
+RECENT_PER_USER = 8
+RECENT_EVENTS = 512
+_recent: weakref.WeakKeyDictionary[Any, _Recent] = weakref.WeakKeyDictionary()
+
+
+class _Recent:
+    def __init__(self) -> None:
+        self.users: dict[str, deque[Event]] = {}  # least recently written first
+        self.count = 0
+
+    def add(self, account_id: str, event: Event) -> None:
+        kept = self.users.pop(account_id, None)
+        if kept is None:
+            kept = deque(maxlen=RECENT_PER_USER)
+        elif kept[-1].seq >= event.seq:
+            self.count -= len(kept)  # out of order (another writer interleaved): start again
+            kept.clear()
+        self.users[account_id] = kept  # now the most recently written
+        self.count -= len(kept)
+        kept.append(event)
+        self.count += len(kept)
+        while self.count > RECENT_EVENTS:
+            oldest = next(iter(self.users))
+            self.count -= len(self.users.pop(oldest))
+
+
+def recent(broker: Broker, account_id: str) -> deque[Event] | None:
+    try:
+        kept = _recent.get(broker)
+    except TypeError:  # see _remember
+        return None
+    return None if kept is None else kept.users.get(account_id)
+
+
+def _remember(broker: Broker, account_id: str, event: Event) -> None:
+    try:
+        kept = _recent.get(broker)
+        if kept is None:
+            kept = _recent[broker] = _Recent()
+    except TypeError:  # a broker that cannot be weakly referenced: no memory, feeds read
+        return
+    kept.add(account_id, event)
+
+
 @dataclass
 class Outbox:
     """Events written in one transaction, signalled through the broker after it commits."""
 
     written: list[tuple[str, int]] = field(default_factory=list)
+    # (account_id, Event) of this outbox's events, for the feeds of this process
+    kept: list[tuple[str, Event]] = field(default_factory=list)
 
     async def emit(self, conn: AsyncConnection, account_id: str, kind: str,
                    data: dict[str, Any], at: datetime) -> int:
@@ -82,9 +167,31 @@ class Outbox:
         self.written.append((account_id, seq))
         return seq
 
+    async def emit_many(self, conn: AsyncConnection, items: list[tuple[str, str, dict[str, Any]]],
+                        at: datetime) -> None:
+        """Several events (account_id, type, data), each user's in the given order: one
+        head bump per user (in id order, like lock_streams, which it replaces) and one
+        multi-row insert, instead of two statements per event."""
+        counts: dict[str, int] = {}
+        for account_id, _, _ in items:
+            counts[account_id] = counts.get(account_id, 0) + 1
+        nxt = await _reserve(conn, counts)
+        rows = []
+        for account_id, kind, data in items:
+            seq = nxt[account_id]
+            nxt[account_id] = seq + 1
+            rows.append({"account_id": account_id, "seq": seq, "type": kind, "data": data,
+                         "at": at})
+            self.written.append((account_id, seq))
+            self.kept.append((account_id, Event(seq, kind, data)))
+        await conn.execute(_INSERT, rows)
+
     async def signal(self, broker: Broker) -> None:
         """Call after the commit. A broker outage is logged, not raised: the events are stored
         and every client gets them when it resyncs."""
+        for account_id, event in self.kept:
+            _remember(broker, account_id, event)
+        self.kept.clear()
         latest: dict[str, int] = {}
         for account_id, seq in self.written:
             latest[account_id] = max(seq, latest.get(account_id, 0))

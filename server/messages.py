@@ -10,20 +10,22 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, bindparam, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from billing import ledger
 from billing.ledger import LedgerError, SystemAccount
-from server import connections, facilities
+from server import facilities
 from server.auth import Principal
 from server.errors import ApiError, ledger_error, not_found
 from server.events import Outbox, lock_streams
 from server.ids import new_id
+from server.store.schema import connections as connections_table
+from server.store.schema import facilities as facilities_table
 from server.store.schema import messages, photos
 
 
@@ -113,9 +115,22 @@ async def announce(conn: AsyncConnection, outbox: Outbox, row: Any, at: datetime
                           view(row, _viewer_from(row.recipient_id, "party"), ids), at)
 
 
+# send()'s statements, built once: building a statement and its cache key costs more CPU than
+# SQLite takes to run it (docs/BENCHMARKS.md, "Durable sends").
+_BY_KEY = select(messages).where(messages.c.sender_id == bindparam("p_sender"),
+                                 messages.c.client_key == bindparam("p_key"))
+_c, _f = connections_table, facilities_table
+_LINK_RULES = select(_c.c.facility_id, _f.c.settings).join(_f, _f.c.id == _c.c.facility_id).where(
+    or_(and_(_c.c.family_id == bindparam("p_a"), _c.c.person_id == bindparam("p_b")),
+        and_(_c.c.family_id == bindparam("p_b"), _c.c.person_id == bindparam("p_a"))),
+    _c.c.status == "approved", _c.c.blocked_by.is_(None))
+_INSERT = {d.__name__.rsplit(".", 1)[-1]: d.insert(messages).on_conflict_do_nothing(
+    index_elements=["sender_id", "client_key"]) for d in (postgresql, sqlite)}
+
+
 async def _existing(conn: AsyncConnection, sender: Principal, draft: Draft) -> Any:
-    row = (await conn.execute(select(messages).where(
-        messages.c.sender_id == sender.account_id, messages.c.client_key == draft.key))).first()
+    row = (await conn.execute(_BY_KEY, {"p_sender": sender.account_id,
+                                        "p_key": draft.key})).first()
     if row is None:
         return None
     same = (row.recipient_id, row.body, tuple(await photo_ids_of(conn, row.id)), row.cod) == (
@@ -138,7 +153,10 @@ async def _attach_photos(conn: AsyncConnection, owner: str, message_id: str,
 
 
 async def _charge(conn: AsyncConnection, payer: str, row: Any, photo_count: int,
-                  prices: dict[str, int], prefix: str, at: datetime) -> None:
+                  prices: dict[str, int], prefix: str, at: datetime) -> int | None:
+    """Debit the payer; returns their balance after it when the debit's own UPDATE read it
+    (None: nothing charged now, e.g. a repeat or a free message; read it if needed)."""
+    balance = None
     parts = [(SystemAccount.MESSAGE_REVENUE, prices["message"], "message", "text")]
     if photo_count:
         parts.append((SystemAccount.PHOTO_REVENUE, prices["photo"] * photo_count, "photo",
@@ -147,10 +165,13 @@ async def _charge(conn: AsyncConnection, payer: str, row: Any, photo_count: int,
         if amount <= 0:
             continue  # a facility may make messages free
         try:
-            await ledger.transfer(conn, key=f"{prefix}:{row.id}:{part}", debit=payer,
-                                  credit=revenue, amount=amount, kind=kind, ref=row.id, at=at)
+            done = await ledger.transfer(conn, key=f"{prefix}:{row.id}:{part}", debit=payer,
+                                         credit=revenue, amount=amount, kind=kind, ref=row.id,
+                                         at=at)
         except LedgerError as exc:
             raise ledger_error(exc) from None
+        balance = done.debit_balance
+    return balance
 
 
 async def send(conn: AsyncConnection, outbox: Outbox, sender: Principal, draft: Draft,
@@ -160,11 +181,10 @@ async def send(conn: AsyncConnection, outbox: Outbox, sender: Principal, draft: 
         return view(existing, sender, await photo_ids_of(conn, existing.id))
     if draft.cod and sender.role != "person":
         raise ApiError(403, "forbidden", "Only an incarcerated person may send collect.")
-    link = await connections.approved_between(conn, sender.account_id, draft.to)
-    if link is None:
+    found = await _link_rules(conn, sender.account_id, draft.to)
+    if found is None:
         raise ApiError(403, "not_connected", "You can message only an approved contact.")
-    facility = await facilities.get(conn, link.facility_id)
-    rules = facility.settings
+    facility_id, rules = found
     hold_for = None
     if rules["review_mode"] == "hold":
         hold_for = "review"
@@ -174,35 +194,71 @@ async def send(conn: AsyncConnection, outbox: Outbox, sender: Principal, draft: 
     if word is not None:
         hold_for = f"keyword:{word}"
     prices = rules["prices"]
-    message_id = new_id("msg")
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    claimed = await conn.execute(dialect.insert(messages).values(
-        id=message_id, facility_id=facility.id, sender_id=sender.account_id,
+    # The row as stored, built here rather than read back (one statement less a send).
+    row = Stored(
+        id=new_id("msg"), facility_id=facility_id, sender_id=sender.account_id,
         recipient_id=draft.to, body=draft.body, photo_count=len(draft.photo_ids),
         price=prices["message"] + prices["photo"] * len(draft.photo_ids), cod=draft.cod,
         status="held" if hold_for else "delivered", held_for=hold_for,
         paid_by=None if draft.cod else sender.account_id, client_key=draft.key,
-        created_at=at, sender_removed=False, recipient_removed=False,
-    ).on_conflict_do_nothing(index_elements=["sender_id", "client_key"]))
+        created_at=at.astimezone(UTC), sender_removed=False, recipient_removed=False)
+    claimed = await conn.execute(_INSERT[conn.dialect.name], row.columns())
     if claimed.rowcount == 0:  # a concurrent send with the same key won the race
-        row = await _existing(conn, sender, draft)
-        return view(row, sender, await photo_ids_of(conn, row.id))
-    await _attach_photos(conn, sender.account_id, message_id, draft.photo_ids)
-    row = await get(conn, message_id)
+        existing = await _existing(conn, sender, draft)
+        return view(existing, sender, await photo_ids_of(conn, existing.id))
+    await _attach_photos(conn, sender.account_id, row.id, draft.photo_ids)
+    balance = None
     if not draft.cod:
-        await _charge(conn, sender.account_id, row, len(draft.photo_ids), prices, "msg", at)
-    # Ledger rows first (above), then both stream heads in id order: the order every
-    # transaction takes them in, so two sends the opposite ways and a meter cannot deadlock.
-    await lock_streams(conn, [sender.account_id, draft.to])
-    if not draft.cod:
-        await outbox.emit(conn, sender.account_id, "balance",
-                          {"balance": await ledger.balance(conn, sender.account_id)}, at)
+        balance = await _charge(conn, sender.account_id, row, len(draft.photo_ids), prices,
+                                "msg", at)
+        if balance is None:
+            balance = await ledger.balance(conn, sender.account_id)
+    # Ledger rows first (above), then the stream heads, in id order (emit_many): the order
+    # every transaction takes them in, so two sends the opposite ways and a meter cannot
+    # deadlock.
     ids = list(draft.photo_ids)
-    await outbox.emit(conn, sender.account_id, "message.new", view(row, sender, ids), at)
+    items: list[tuple[str, str, dict[str, Any]]] = []
+    if balance is not None:
+        items.append((sender.account_id, "balance", {"balance": balance}))
+    items.append((sender.account_id, "message.new", view(row, sender, ids)))
     if row.status == "delivered":
-        await outbox.emit(conn, draft.to, "message.new",
-                          view(row, _viewer_from(draft.to, "party"), ids), at)
+        items.append((draft.to, "message.new", view(row, _viewer_from(draft.to, "party"), ids)))
+    await outbox.emit_many(conn, items, at)
     return view(row, sender, ids)
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """A new message row, as `select(messages)` would return it."""
+    id: str
+    facility_id: str
+    sender_id: str
+    recipient_id: str
+    body: str
+    photo_count: int
+    price: int
+    cod: bool
+    status: str
+    held_for: str | None
+    paid_by: str | None
+    client_key: str
+    created_at: datetime
+    sender_removed: bool
+    recipient_removed: bool
+    opened_at: datetime | None = None
+    reject_reason: str | None = None
+
+    def columns(self) -> dict[str, Any]:
+        values = {name: getattr(self, name) for name in self.__slots__}
+        del values["opened_at"], values["reject_reason"]
+        return values
+
+
+async def _link_rules(conn: AsyncConnection, a: str, b: str) -> tuple[str, Any] | None:
+    """(facility id, facility settings) of the approved connection between a and b, in one
+    query (connections.approved_between, then facilities.get, joined)."""
+    row = (await conn.execute(_LINK_RULES, {"p_a": a, "p_b": b})).first()
+    return None if row is None else (row.facility_id, row.settings)
 
 
 async def open_message(conn: AsyncConnection, outbox: Outbox, reader: Principal,

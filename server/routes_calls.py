@@ -41,7 +41,7 @@ async def end_visit(call: Call) -> web.Response:
     except VisitError as exc:
         raise calls.api_error(exc) from None
     await outbox.signal(call.ctx.broker)
-    await calls.announce_end(call.ctx.broker, ended)
+    await calls.announce_end(call.ctx.broker, ended, call.ctx.meters)
     await call.ctx.meters.poke(ended.id)
     return json_response({"visit": visits.public(ended)})
 

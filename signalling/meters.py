@@ -7,11 +7,12 @@ meter over within about one lease period, from the state stored on the visit row
 that stops on purpose (a drain, server/drain.py) releases its leases and announces each one on
 the meters channel (`{"handover": visit}`): the others claim it at once, not a lease later.
 
-What it does: reads the parties' media state from the visit row (any process may have
-recorded it, with its instant), feeds the pure meter the resulting events and the clock, and
-performs the actions in order: persist the state on the row, debit a minute through the ledger
-(idempotent on its key), push warnings and ticks to both parties, end the visit. It never
-cancels itself inside a database call: stopping is a flag checked between steps.
+What it does, in one transaction per pass (VisitMeter): reads the parties' media state from
+the visit row (any process may have recorded it, with its instant), feeds the pure meter the
+resulting events and the clock, and performs the actions: debit a minute through the ledger
+(idempotent on its key), end the visit, store the meter's state; after the commit, push
+warnings and ticks to both parties. It never cancels itself inside a database call: stopping
+is a flag checked between passes. One task renews every running meter's lease.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
@@ -39,6 +41,8 @@ DEBIT_ATTEMPTS_MAX = 5
 # whose timeout stopped them all with errors (docs/BENCHMARKS.md, "Meters").
 STORE_TURNS = 8
 CHANNEL = "meters"
+RENEW_CHUNK = 200  # lease renewals in flight at once
+ENDED_KEPT, ENDED_KEEP_S = 10_000, 60.0  # remembered ends: far longer than a cached check
 
 
 class Sink(visits.EventSink, Protocol):
@@ -71,10 +75,26 @@ class Meters:
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         self._subscription: Any = None
+        # Visits whose end this process heard of on the meters channel, with when (monotonic):
+        # the gateway drops its cached "in a call" for them (server/gateway/ops.py).
+        self.ended: dict[str, float] = {}
+
+    def heard_end(self, visit_id: str) -> None:
+        now = time.monotonic()
+        if len(self.ended) >= ENDED_KEPT:  # older ends: every cache entry has expired since
+            self.ended = {v: at for v, at in self.ended.items() if now - at < ENDED_KEEP_S}
+        self.ended[visit_id] = now
+
+    async def announce_end(self, visit_id: str) -> None:
+        """Tell every process (this one too) that the visit ended."""
+        self.heard_end(visit_id)
+        with contextlib.suppress(Exception):
+            await self.broker.publish(CHANNEL, {"ended": visit_id})
 
     async def start(self) -> None:
         self._spawn(self._scan(), "meter-scan")
         self._spawn(self._listen(), "meter-pokes")
+        self._spawn(self._keep_leases(), "meter-leases")
 
     async def stop(self) -> None:
         self._stop.set()
@@ -127,6 +147,8 @@ class Meters:
             async for item in subscription:
                 if not isinstance(item, dict):
                     continue
+                if isinstance(item.get("ended"), str):
+                    self.heard_end(item["ended"])
                 if item.get("visit") in self.running:
                     self.running[item["visit"]].wake()
                 elif isinstance(item.get("handover"), str) and not self._stop.is_set():
@@ -148,6 +170,40 @@ class Meters:
                 log.exception("meter scan failed; retrying")
             await self._pause(self.lease_s / 2)
 
+    async def _keep_leases(self) -> None:
+        """Every third of a lease: renew every running meter's lease (queued ones too: a burst
+        can queue longer than a lease), and look at the rows of the paused ones in one query.
+
+        One task for all, instead of each meter waking for its own: 10,000 meters woke 5,000
+        times a second for their leases alone, more than their debits cost (docs/BENCHMARKS.md,
+        "Meters")."""
+        while not self._stop.is_set():
+            await self._pause(self.lease_s / 3)
+            running = list(self.running.values())
+            for start in range(0, len(running), RENEW_CHUNK):
+                await asyncio.gather(*(vm.renew() for vm in running[start:start + RENEW_CHUNK]))
+            try:
+                await self._look_at_paused([vm for vm in running if vm.paused()])
+            except Exception:
+                log.exception("meter lease pass: could not read paused visits; retrying")
+
+    async def _look_at_paused(self, paused: list[VisitMeter]) -> None:
+        """Wake the paused meters whose visit went live or ended.
+
+        Pokes bring presence changes; one may be lost (the broker away). While a visit is
+        connected that costs nothing: its next minute's pass reads the row before it debits,
+        and a pause or an end found there is applied at its own instant. While it is paused a
+        lost poke would leave it running unbilled, hence this look."""
+        t = visits_table
+        for start in range(0, len(paused), 1000):
+            chunk = {vm.visit_id: vm for vm in paused[start:start + 1000]}
+            async with self.store.read() as conn:
+                changed = (await conn.execute(select(t.c.id).where(
+                    t.c.id.in_(list(chunk)), t.c.status != "paused", t.c.status != "open",
+                    t.c.status != "scheduled"))).scalars().all()
+            for visit_id in changed:
+                chunk[visit_id].wake()
+
     async def _mark_missed(self, now: datetime) -> None:
         sink = self.sink()
         async with self.store.write() as conn:
@@ -166,7 +222,17 @@ class Meters:
 
 
 class VisitMeter:
-    """One visit's meter on this process, while it holds the lease."""
+    """One visit's meter on this process, while it holds the lease.
+
+    Each pass is ONE write transaction (store.write_grouped): read the visit row, feed the pure
+    meter what changed and the clock, and carry out its actions inside it: the minute's debit
+    with its balance event, the end, and the meter's state, written once at the pass's end. A
+    minute costs one transaction, not four (a read, a `Persist` of the pending minute, the
+    debit, a `Persist` after it: docs/BENCHMARKS.md, "Meters"): the pending state needs no
+    record of its own, since it commits or rolls back with the debit, and a retried or
+    taken-over pass debits the same minute under the same key. The new state is adopted only
+    after the commit; pushes go out after it. A pass runs on a poke (the row changed) or at
+    the meter's own `WakeAt`; a lease renewal alone reads and writes nothing."""
 
     def __init__(self, meters: Meters, visit_id: str) -> None:
         self.m = meters
@@ -174,8 +240,13 @@ class VisitMeter:
         self._wake = asyncio.Event()
         self.wake_at: float | None = None
         self._wake_seen: float | None = None  # metrics: the WakeAt already measured
-        self.events: deque[meter.Event] = deque()
+        self.events: deque[meter.Event] = deque()  # carried into the next pass (TakenOver)
+        self.config: meter.MeterConfig | None = None
+        self.state = meter.MeterState()
         self.done = False
+        self.refused: int | None = None  # the minute the ledger refused (insufficient credits)
+        self.give_up = False  # the ledger kept failing: the next pass ends the visit `failed`
+        self.lost = False  # the lease is gone (another process may hold it): stop, bill no more
 
     def wake(self) -> None:
         self._wake.set()
@@ -194,50 +265,31 @@ class VisitMeter:
                     # Stopped, not finished: whoever hears this carries on billing now.
                     await self.m.broker.publish(CHANNEL, {"handover": self.visit_id})
 
-    async def _start(self) -> bool:
-        """Load the visit and its stored meter state; False if the visit is not in a call."""
-        async with self.m.store.read() as conn:
-            row = await visits.get(conn, self.visit_id)
-        if row.status not in visits.IN_CALL:
-            return False
-        self.family_id, self.person_id = row.family_id, row.person_id
-        self.config = meter.MeterConfig(self.visit_id, row.minute_price, self.m.minute_s,
-                                        ts(row.start_at), ts(row.end_at))
-        if row.meter:
-            self.state = meter.MeterState.from_dict(row.meter)
-            self.events.append(meter.TakenOver(ts(self.m.clock())))
-        else:
-            self.state = meter.MeterState()
-        return True
-
     async def _run(self) -> None:
-        renew_at: float | None = None
-        while not self.done and not self.m._stop.is_set():
-            self._wake.clear()  # before looking: a poke during this pass wakes the next one
-            # One turn covers the start and the first pass, so a burst of new meters does not
-            # queue twice (every start first, then every first debit).
-            async with self.m.turns:  # see STORE_TURNS
-                if self.m._stop.is_set():  # stopped while queued: hand over, do not bill
-                    return
-                if renew_at is None:
-                    if not await self._start():
+        due = True  # a pass is due: the first, a poke, or the meter's WakeAt
+        while not self.done and not self.m._stop.is_set() and not self.lost:
+            if due:
+                self._wake.clear()  # before looking: a poke during this pass wakes the next
+                async with self.m.turns:  # see STORE_TURNS
+                    # stopped while queued: hand over, do not bill; lease lost: another bills
+                    if self.m._stop.is_set() or self.lost:
                         return
-                    renew_at = ts(self.m.clock()) + self.m.lease_s / 3
-                await self._observe()
-                await self._drain()
-            if self.done:
-                return
-            now = ts(self.m.clock())
-            if now >= renew_at:
-                if not await self._renew():
-                    self.events.append(meter.LeaseLost(now))
-                    await self._drain()
+                    if not await self._pass():
+                        return
+                if self.done:
                     return
-                renew_at = now + self.m.lease_s / 3
-            deadline = min(x for x in (self.wake_at, renew_at) if x is not None)
+            now = ts(self.m.clock())
+            timeout = None if self.wake_at is None else max(0.0, self.wake_at - now)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.0, deadline - now))
+                await asyncio.wait_for(self._wake.wait(), timeout)
             self._observe_lateness()
+            due = self._wake.is_set() or (
+                self.wake_at is not None and ts(self.m.clock()) >= self.wake_at)
+
+    def paused(self) -> bool:
+        """Started, running, and not connected as far as the meter knows."""
+        return self.config is not None and not self.done and not self.lost \
+            and not self.state.connected
 
     def _observe_lateness(self) -> None:
         """metrics: once per WakeAt, how long after its instant the meter got to it."""
@@ -249,102 +301,173 @@ class VisitMeter:
             self._wake_seen = due
             self.m.metrics.observe("kinwire_meter_lateness_seconds", now - due)
 
-    async def _renew(self) -> bool:
+    async def renew(self) -> None:
+        """Keep the lease (Meters._keep_leases); lost: this meter stops at once."""
         try:
-            return await self.m.broker.renew(f"meter:{self.visit_id}", self.m.node_id,
+            kept = await self.m.broker.renew(f"meter:{self.visit_id}", self.m.node_id,
                                              self.m.lease_s)
         except Exception:
             # No broker, no rival: nobody else can take the lease while it is away, and the
             # minute keys make a double debit impossible anyway.
-            return True
-
-    async def _observe(self) -> None:
-        """Turn the visit row into events: hang-ups and staff ends, and presence changes."""
-        async with self.m.store.read() as conn:
-            row = await visits.get(conn, self.visit_id)
-        if row.status == "ended":
-            at = ts(row.ended_at or self.m.clock())
-            if row.end_reason == "staff_ended":
-                self.events.append(meter.StaffEnded(at))
-            elif row.end_reason == "hung_up":
-                self.events.append(meter.HungUp(at))
-            else:
-                self.done = True
             return
-        live = row.status == "live"
-        changed = ts(row.media_changed_at) if row.media_changed_at else ts(self.m.clock())
-        if live and not self.state.connected:
-            self.events.append(meter.Live(changed))
-        elif not live and self.state.connected:
-            self.events.append(meter.Paused(changed))
-        self.events.append(meter.Clock(ts(self.m.clock())))
+        if not kept and not self.lost:
+            self.lost = True
+            self.state, _ = meter.step(self.config, self.state, meter.LeaseLost(
+                ts(self.m.clock()))) if self.config is not None else (self.state, [])
+            self.wake()
 
-    async def _drain(self) -> None:
-        while self.events and not self.done:
-            event = self.events.popleft()
-            self.state, actions = meter.step(self.config, self.state, event)
-            for action in actions:
-                await self._perform(action)
-
-    async def _perform(self, action: meter.Action) -> None:
-        if isinstance(action, meter.Persist):
-            async with self.m.store.write() as conn:
-                await conn.execute(visits_table.update().where(
-                    visits_table.c.id == self.visit_id).values(meter=action.state.to_dict()))
-        elif isinstance(action, meter.Debit):
-            self.events.append(await self._debit(action))
-        elif isinstance(action, meter.Warn):
-            await self._both("visit.warning", {"visit_id": self.visit_id, "kind": action.kind})
-        elif isinstance(action, meter.Tick):
-            await self._both("visit.tick", {
-                "visit_id": self.visit_id, "paid_minutes": action.paid_minutes,
-                "seconds_left": round(action.seconds_left, 3), "balance": action.balance})
-        elif isinstance(action, meter.End):
-            await self._end(action.reason)
-        elif isinstance(action, meter.WakeAt):
-            self.wake_at = action.at
-
-    async def _debit(self, action: meter.Debit) -> meter.Event:
-        for attempt in range(DEBIT_ATTEMPTS_MAX):
-            now = self.m.clock()
-            sink = self.m.sink()
+    async def _pass(self) -> bool:
+        """One pass in one transaction, retried (same minute, same key) while its outcome is
+        unknown; False if the visit is not in a call."""
+        for attempt in range(DEBIT_ATTEMPTS_MAX + 1):
+            work = _Pass(self, self.m.sink())
             try:
-                async with self.m.store.write() as conn:
-                    await ledger.transfer(conn, key=action.key, debit=self.family_id,
-                                          credit=SystemAccount.VISIT_REVENUE,
-                                          amount=action.amount, kind="visit_minute",
-                                          ref=self.visit_id, at=now)
-                    balance = await ledger.balance(conn, self.family_id)
-                    await sink.emit(conn, self.family_id, "balance", {"balance": balance}, now)
-            except LedgerError as exc:
+                in_call = await self.m.store.write_grouped(work.run)
+            except LedgerError as exc:  # rolled back, the claim of the key with it
                 self.m.metrics.inc("kinwire_meter_debits_total", result="refused")  # metrics
-                if exc.code == "insufficient_credits":
-                    return meter.DebitRefused(ts(now), action.minute)
-                log.error("visit %s minute %d refused: %s", self.visit_id, action.minute,
-                          exc.code)
-                return meter.Failed(ts(now))
+                if exc.code == "insufficient_credits" and work.debiting is not None:
+                    self.refused = work.debiting
+                else:
+                    log.error("visit %s minute %s refused: %s", self.visit_id, work.debiting,
+                              exc.code)
+                    self.give_up = True
+                continue
             except Exception:
+                if work.debiting is None:
+                    raise  # not a debit's doubt (or the end itself failed): the meter stops;
+                    # the scan claims the visit again
                 # The outcome is unknown; the same key settles it on the next attempt.
                 self.m.metrics.inc("kinwire_meter_debits_total", result="unknown")  # metrics
                 log.warning("visit %s minute %d: debit outcome unknown (attempt %d)",
-                            self.visit_id, action.minute, attempt + 1)
+                            self.visit_id, work.debiting, attempt + 1)
                 await asyncio.sleep(min(0.1 * 2 ** attempt, 2.0))
+                if attempt >= DEBIT_ATTEMPTS_MAX - 1:
+                    self.give_up = True  # after as many attempts as before: end it `failed`
                 continue
-            self.m.metrics.inc("kinwire_meter_debits_total", result="ok")  # metrics
-            await sink.signal(self.m.broker)
-            return meter.DebitOk(ts(now), action.minute, balance)
-        return meter.Failed(ts(self.m.clock()))
+            await work.adopt()
+            return in_call
+        raise RuntimeError("meter pass kept failing")
 
-    async def _end(self, reason: str) -> None:
-        self.done = True
-        now = self.m.clock()
-        sink = self.m.sink()
-        async with self.m.store.write() as conn:
-            row = await visits.end(conn, sink, self.visit_id, reason, now)
-        await sink.signal(self.m.broker)
-        if row is not None:  # ended here; an end recorded elsewhere was announced there
-            await self._both("visit.ended", {"visit_id": self.visit_id, "reason": reason})
 
-    async def _both(self, kind: str, data: dict[str, Any]) -> None:
-        for party in (self.family_id, self.person_id):
-            await self.m.push_live(party, kind, data)
+class _Pass:
+    """One pass's work inside its transaction; its results stay here until the commit."""
+
+    def __init__(self, vm: VisitMeter, sink: Sink) -> None:
+        self.vm, self.sink = vm, sink
+        self.config, self.state = vm.config, vm.state
+        self.wake_at, self.done = vm.wake_at, vm.done
+        self.pushes: list[tuple[str, dict[str, Any]]] = []
+        self.debiting: int | None = None  # the minute this pass tried to debit
+        self.debited = 0
+        self.parties: tuple[str, str] | None = None
+
+    async def run(self, conn: Any) -> bool:
+        vm = self.vm
+        events = deque(vm.events)
+        # The visit row is locked first (FOR UPDATE; SQLite's writer is alone anyway), then the
+        # event heads: the order a media report's or an end's transaction takes them in, so
+        # the two cannot deadlock.
+        self.debiting, self.debited, self.pushes = None, 0, []
+        t = visits_table
+        if self.config is None:  # the meter's start: the visit, and its stored meter state
+            row = (await conn.execute(select(t).where(t.c.id == vm.visit_id)
+                                      .with_for_update())).first()
+            if row is None or row.status not in visits.IN_CALL:
+                return False
+            self.parties = (row.family_id, row.person_id)
+            self.config = meter.MeterConfig(vm.visit_id, row.minute_price, vm.m.minute_s,
+                                            ts(row.start_at), ts(row.end_at))
+            if row.meter:
+                self.state = meter.MeterState.from_dict(row.meter)
+                events.append(meter.TakenOver(ts(vm.m.clock())))
+            else:
+                self.state = meter.MeterState()
+        else:
+            row = (await conn.execute(select(
+                t.c.status, t.c.ended_at, t.c.end_reason, t.c.media_changed_at)
+                .where(t.c.id == vm.visit_id).with_for_update())).one()
+        events += self._observed(row)
+        start = self.state
+        family = self.parties[0] if self.parties else vm.family_id
+        while events and not self.done:
+            event = events.popleft()
+            self.state, actions = meter.step(self.config, self.state, event)
+            for action in actions:
+                if isinstance(action, meter.Debit):
+                    events.append(await self._debit(conn, action, family))
+                elif isinstance(action, meter.Warn):
+                    self.pushes.append(("visit.warning", {"visit_id": vm.visit_id,
+                                                          "kind": action.kind}))
+                elif isinstance(action, meter.Tick):
+                    self.pushes.append(("visit.tick", {
+                        "visit_id": vm.visit_id, "paid_minutes": action.paid_minutes,
+                        "seconds_left": round(action.seconds_left, 3),
+                        "balance": action.balance}))
+                elif isinstance(action, meter.End):
+                    self.done = True
+                    now = vm.m.clock()
+                    if await visits.end(conn, self.sink, vm.visit_id, action.reason,
+                                        now) is not None:
+                        # ended here; an end recorded elsewhere was announced there
+                        self.pushes.append(("visit.ended", {"visit_id": vm.visit_id,
+                                                            "reason": action.reason}))
+                elif isinstance(action, meter.WakeAt):
+                    self.wake_at = action.at
+                # Persist: the state is written once, below, with everything else
+        if self.state != start or vm.config is None:
+            await conn.execute(t.update().where(t.c.id == vm.visit_id)
+                               .values(meter=self.state.to_dict()))
+        return True
+
+    def _observed(self, row: Any) -> list[meter.Event]:
+        """The visit row as events: hang-ups and staff ends, presence changes, the clock."""
+        clock = ts(self.vm.m.clock())
+        if row.status == "ended":
+            at = ts(row.ended_at) if row.ended_at else clock
+            if row.end_reason == "staff_ended":
+                return [meter.StaffEnded(at)]
+            if row.end_reason == "hung_up":
+                return [meter.HungUp(at)]
+            self.done = True  # ended by the meter itself, elsewhere: nothing left to do
+            return []
+        live = row.status == "live"
+        changed = ts(row.media_changed_at) if row.media_changed_at else clock
+        events: list[meter.Event] = []
+        if live and not self.state.connected:
+            events.append(meter.Live(changed))
+        elif not live and self.state.connected:
+            events.append(meter.Paused(changed))
+        return [*events, meter.Clock(clock)]
+
+    async def _debit(self, conn: Any, action: meter.Debit, family: str) -> meter.Event:
+        vm = self.vm
+        now = vm.m.clock()
+        if vm.refused == action.minute:
+            return meter.DebitRefused(ts(now), action.minute)
+        if vm.give_up:
+            return meter.Failed(ts(now))
+        self.debiting = action.minute
+        await ledger.transfer(conn, key=action.key, debit=family,
+                              credit=SystemAccount.VISIT_REVENUE, amount=action.amount,
+                              kind="visit_minute", ref=vm.visit_id, at=now)
+        balance = await ledger.balance(conn, family)
+        await self.sink.emit(conn, family, "balance", {"balance": balance}, now)
+        self.debited += 1
+        return meter.DebitOk(ts(now), action.minute, balance)
+
+    async def adopt(self) -> None:
+        """Committed: the meter takes this pass's state, then the pushes go out."""
+        vm = self.vm
+        if self.parties is not None:
+            vm.family_id, vm.person_id = self.parties
+        vm.config, vm.state = self.config, self.state
+        vm.wake_at, vm.done = self.wake_at, self.done
+        vm.events.clear()
+        if self.debited:
+            vm.m.metrics.inc("kinwire_meter_debits_total", self.debited, result="ok")  # metrics
+        await self.sink.signal(vm.m.broker)
+        if any(kind == "visit.ended" for kind, _ in self.pushes):
+            await vm.m.announce_end(vm.visit_id)
+        for kind, data in self.pushes:
+            for party in (vm.family_id, vm.person_id):
+                await vm.m.push_live(party, kind, data)

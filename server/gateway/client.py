@@ -1,8 +1,9 @@
 """One open WebSocket: its bounded send queue, its writer task and its command budget.
 
-Frames to a client are encoded by the producer and queued; one writer task per socket sends
-them in order. The queue is bounded: a client that cannot keep up is closed with 4008 rather
-than allowed to grow the server's memory (it reconnects later and resyncs).
+Frames to a client are encoded by the producer and queued; one writer task per socket, alive
+only while frames wait, sends them in order. The queue is bounded: a client that cannot keep up
+is closed with 4008 rather than allowed to grow the server's memory (it reconnects later and
+resyncs).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class Client:
         self.codec = codec
         self.principal: Principal | None = None
         self.last_seq = 0  # the highest event seq this socket has been sent
-        self.visits: set[str] = set()  # visits this socket joined (dropped when it closes)
+        self._visits: set[str] | None = None  # made on first use: most sockets join none
         self.closing = False
         # A list rather than an asyncio.Queue (four deques, ~3 KB; an empty list is 56 bytes),
         # and a writer task only while frames wait: idle sockets are many and hold neither
@@ -64,6 +65,13 @@ class Client:
         self._write_failed = False  # the connection broke under the writer: stop writing
         self._closer: asyncio.Task | None = None
         self.budget = Budget(commands_per_s)  # replaced by the user's shared one on attach
+
+    @property
+    def visits(self) -> set[str]:
+        """Visits this socket joined (dropped when it closes)."""
+        if self._visits is None:
+            self._visits = set()
+        return self._visits
 
     def start(self) -> None:
         """Nothing to start ahead: the writer task is started by the first queued frame."""

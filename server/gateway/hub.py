@@ -40,6 +40,9 @@ class Feed:
         self.subscription: Any = None
         self.task: asyncio.Task | None = None
         self.stopping = False
+        # Set while a broker subscription delivers to this feed: live frames (visit signalling)
+        # published before it are lost, so a visit join waits for it (Hub.wait_live).
+        self.live = asyncio.Event()
 
     async def start(self) -> None:
         """Subscribe before the caller reads the user's head of events, when the broker
@@ -54,6 +57,8 @@ class Feed:
                 first = await self.hub.broker.subscribe(events.channel(self.account_id),
                                                         queue_max=1024)
         self.subscription = first
+        if first is not None:
+            self.live.set()
         self.task = asyncio.create_task(self._run(first), name=f"feed-{self.account_id}")
 
     async def stop(self) -> None:
@@ -95,9 +100,11 @@ class Feed:
                     await subscription.close()
                     return
                 self.subscription = subscription
+                self.live.set()
                 await self._deliver(Gap("subscribed"))
             async for item in subscription:
                 await self._deliver(item)
+            self.live.clear()
             return  # the subscription was closed: the feed or the process is stopping
 
     async def _deliver(self, item: Any) -> None:
@@ -132,19 +139,38 @@ class Feed:
             floor = min(c.last_seq for c in live)
             if seq is not None and seq <= floor:
                 return
+            if seq is not None:
+                kept = self._kept(floor, seq)
+                if kept is not None:
+                    self._push(kept, live)
+                    return
             page = self.hub.page_max
             while True:
                 async with self.hub.store.read() as conn:
                     batch = await events.since(conn, self.account_id, floor, page)
-                for event in batch:
-                    frame = push(event.type, event.data, event.seq)
-                    for client in live:
-                        if event.seq > client.last_seq and client.send(frame):
-                            client.last_seq = event.seq
-                            self.hub.metrics.inc("kinwire_pushes_total")  # metrics
+                self._push(batch, live)
                 if len(batch) < page:
                     return
                 floor = batch[-1].seq
+
+    def _kept(self, floor: int, seq: int) -> list[events.Event] | None:
+        """floor+1 .. seq from the events this process just committed, when it has every one
+        of them (a send's push then costs no store read); else None: read the store."""
+        kept = events.recent(self.hub.broker, self.account_id)
+        if not kept or kept[-1].seq < seq:
+            return None
+        found = [e for e in kept if e.seq > floor]
+        if not found or found[0].seq != floor + 1 or found[-1].seq - floor != len(found):
+            return None  # a gap: an event written elsewhere, or not remembered
+        return found
+
+    def _push(self, batch: list[events.Event], live: list[Client]) -> None:
+        for event in batch:
+            frame = push(event.type, event.data, event.seq)
+            for client in live:
+                if event.seq > client.last_seq and client.send(frame):
+                    client.last_seq = event.seq
+                    self.hub.metrics.inc("kinwire_pushes_total")  # metrics
 
 
 class Hub:
@@ -183,6 +209,17 @@ class Hub:
                 async with self.store.read() as conn:
                     client.last_seq = (await events.head(conn, account_id))[0]
                 feed.clients.add(client)
+
+    async def wait_live(self, client: Client, timeout_s: float) -> bool:
+        """Wait until the client's feed receives from the broker (at most `timeout_s`); False
+        if it does not. Durable events never need this (the feed catches up); live frames do."""
+        feed = self.feeds.get(client.principal.account_id) if client.principal else None
+        if feed is None:
+            return False
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await feed.live.wait()
+        return feed.live.is_set()
 
     async def detach(self, client: Client) -> None:
         if client.principal is None:

@@ -7,6 +7,7 @@ call the service and answer, like the HTTP handlers.
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -141,6 +142,39 @@ async def _in_visit(call: WsCall, work):
     return result
 
 
+@dataclass(frozen=True)
+class InCall:
+    """What a socket's `visit.signal` needs, as of `checked_at` (monotonic): the peer and the
+    media mode never change; the status is trusted for CHECK_FRESH_S, or until this process
+    hears that the visit ended (Meters.ended: every end is announced on the meters channel)."""
+    peer: str
+    media: str
+    checked_at: float
+
+
+# A signal re-reads the visit row when its last check is older than this. Ends are heard at
+# once on the meters channel; this bounds a missed notice (the broker away) to two seconds.
+CHECK_FRESH_S = 2.0
+JOIN_LIVE_WAIT_S = 5.0  # how long a join waits for its socket's feed to be subscribed
+# Per socket (dropped with it): visit id -> InCall, set by a successful join or check.
+_in_call: weakref.WeakKeyDictionary[Any, dict[str, InCall]] = weakref.WeakKeyDictionary()
+
+
+def _cached(call: WsCall, visit_id: str) -> InCall | None:
+    known = _in_call.get(call.client, {}).get(visit_id)
+    if known is None or time.monotonic() - known.checked_at > CHECK_FRESH_S:
+        return None
+    ended_at = getattr(call.ctx.meters, "ended", {}).get(visit_id)
+    if ended_at is not None and ended_at >= known.checked_at:
+        return None
+    return known
+
+
+def _remember(call: WsCall, visit_id: str, row: Any, checked_at: float) -> None:
+    _in_call.setdefault(call.client, {})[visit_id] = InCall(
+        visits.peer_of(row, call.me.account_id), row.media, checked_at)
+
+
 async def visit_join(call: WsCall) -> dict[str, Any]:
     visit_id = call.arg_str("visit_id")
     now = call.ctx.clock()
@@ -149,10 +183,16 @@ async def visit_join(call: WsCall) -> dict[str, Any]:
         row = await visits.get(conn, visit_id)
         visits.role_of(row, call.me.account_id)  # a stranger learns nothing: not_found
         await calls.require_contact(conn, row)
-        return await visits.join(conn, outbox, visit_id, call.me.account_id, now)
+        return await visits.join(conn, outbox, visit_id, call.me.account_id, now, row)
 
+    # The peer offers as soon as it hears we are here, over live frames that are lost if our
+    # feed is not yet subscribed (a slow broker at connect): be reachable before announcing.
+    if not await call.hub.wait_live(call.client, JOIN_LIVE_WAIT_S):
+        raise ApiError(503, "unavailable", "Live delivery is not ready; join again shortly.")
+    checked_at = time.monotonic()
     joined = await _in_visit(call, work)
     call.client.visits.add(visit_id)
+    _remember(call, visit_id, joined.visit, checked_at)
     await calls.push_live(call.ctx.broker, joined.peer_id, "visit.peer",
                           {"visit_id": visit_id, "present": True})
     return {"visit": visits.public(joined.visit), "role": joined.role,
@@ -167,16 +207,25 @@ async def visit_signal(call: WsCall) -> dict[str, Any]:
         raise calls.api_error(exc) from None
     if visit_id not in call.client.visits:
         raise ApiError(409, "not_joined", "Join the visit first.")
-    async with call.ctx.store.read() as conn:
-        try:
-            row = await visits.get(conn, visit_id)
-            peer = visits.peer_of(row, call.me.account_id)
-        except VisitError as exc:
-            raise calls.api_error(exc) from None
-    if row.status not in visits.IN_CALL:
-        raise ApiError(409, "not_in_call", f"The visit is {row.status}.")
+    # The join (or a check under CHECK_FRESH_S ago) found the visit in a call: no store read
+    # per signal, which cost most of a signal's CPU (docs/BENCHMARKS.md, "Signalling").
+    known = _cached(call, visit_id)
+    if known is None:
+        checked_at = time.monotonic()
+        async with call.ctx.store.read() as conn:
+            try:
+                row = await visits.get(conn, visit_id)
+                visits.role_of(row, call.me.account_id)
+            except VisitError as exc:
+                raise calls.api_error(exc) from None
+        if row.status not in visits.IN_CALL:
+            _in_call.get(call.client, {}).pop(visit_id, None)
+            raise ApiError(409, "not_in_call", f"The visit is {row.status}.")
+        _remember(call, visit_id, row, checked_at)
+        known = _in_call[call.client][visit_id]
+    peer = known.peer
     # --- relay mode (signalling/relay.py): the server answers; nothing goes to the peer ---
-    if row.media == "relay":
+    if known.media == "relay":
         return {"relayed": await call.ctx.relay.forward(visit_id, call.me.account_id, signal)}
     # --- end relay mode ---
     delivered = await calls.push_live(call.ctx.broker, peer, "visit.signal",
@@ -212,8 +261,9 @@ async def visit_leave(call: WsCall) -> dict[str, Any]:
 
     row = await _in_visit(call, work)
     call.client.visits.discard(visit_id)
+    _in_call.get(call.client, {}).pop(visit_id, None)
     if row is not None:
-        await calls.announce_end(call.ctx.broker, row)
+        await calls.announce_end(call.ctx.broker, row, call.ctx.meters)
         await call.ctx.meters.poke(visit_id)
     return {"ended": row is not None}
 

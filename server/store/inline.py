@@ -7,13 +7,22 @@ sends benchmark showed half the event loop's busy time in that hand-off (docs/BE
 a commit does not fsync), so for the one writer connection running the statement on the loop is
 cheaper than handing it over.
 
-The cost: the loop blocks while a statement runs. That is short, except when another process
-holds the write lock (`BEGIN IMMEDIATE` then waits up to the busy timeout) or a WAL checkpoint
-runs; hence opt-in (`KINWIRE_DB_SQLITE_INLINE_WRITES`), and readers keep their threads.
+The loop blocks while a statement runs; two cases would make that long, and both are kept off
+the loop:
+- Another process holds the write lock: SQLite's own busy handler would sleep in the
+  statement. The connection's busy timeout is 0 instead, and a statement refused with
+  SQLITE_BUSY outside a transaction (the `BEGIN IMMEDIATE` that takes the lock; nothing was
+  done) is retried here with `asyncio.sleep` until `busy_timeout_ms` has passed, so the loop
+  serves everyone else meanwhile. Inside a transaction the lock is already held (WAL: a
+  writer's statements and COMMIT take no further lock), so nothing there waits on others.
+- COMMIT, which may run a WAL checkpoint (and its fsync): it runs on a worker thread, one hop
+  per transaction (a group-committed batch of sends) rather than two per statement.
+Readers keep their threads.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from typing import Any
 
@@ -36,10 +45,15 @@ class _RunNow:
             future.set_result(result)
 
 
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_BUSY
+
+
 class InlineConnection(aiosqlite.Connection):
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, busy_timeout_ms: int = 5000) -> None:
         super().__init__(lambda: sqlite3.connect(path, check_same_thread=False), 64)
         self._tx = _RunNow()  # no worker thread is ever started
+        self._busy_s = busy_timeout_ms / 1000
 
     def __await__(self):
         return self._connect().__await__()
@@ -47,7 +61,23 @@ class InlineConnection(aiosqlite.Connection):
     async def _execute(self, fn, *args, **kwargs):
         if not self._running or self._connection is None:
             raise ValueError("Connection closed")
-        return fn(*args, **kwargs)
+        name = getattr(fn, "__name__", "")
+        if name == "commit":
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        if self._connection.in_transaction or name == "executemany":
+            return fn(*args, **kwargs)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._busy_s
+        pause = 0.001
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except sqlite3.OperationalError as exc:
+                left = deadline - loop.time()
+                if not _busy(exc) or left <= 0:
+                    raise
+                await asyncio.sleep(min(pause, left))  # another process writes: wait, off-loop
+                pause = min(pause * 2, 0.05)
 
     def stop(self) -> None:
         self._running = False
@@ -56,8 +86,9 @@ class InlineConnection(aiosqlite.Connection):
             self._connection = None
 
 
-def creator(path: str):
-    """For create_async_engine(async_creator=...)."""
+def creator(path: str, busy_timeout_ms: int = 5000):
+    """For create_async_engine(async_creator=...). The engine must set the connection's own
+    busy timeout to 0 (PRAGMA busy_timeout), so that waits happen here, off the loop."""
     async def connect() -> InlineConnection:
-        return await InlineConnection(path)
+        return await InlineConnection(path, busy_timeout_ms)
     return connect
