@@ -37,6 +37,8 @@ from sqlalchemy import select
 from bench import common
 from bench.load_visits import make_visits, set_live
 
+# 10,000 live visits take over a minute a run: fewer runs a `make bench` (bench/run.py).
+RUNS_MAX = 1
 SIZES = {"tiny": 20, "full": int(os.environ.get("KINWIRE_BENCH_METERS_N", 10_000))}
 MINUTE_S = {"tiny": 1.0, "full": float(os.environ.get("KINWIRE_BENCH_METERS_MINUTE_S", 5.0))}
 RUN_S = {"tiny": 5.0, "full": 20.0}  # metered time after the last wave

@@ -32,16 +32,17 @@ SIZES = {
     # senders (= recipients), [(rate/s, seconds)], credits each
     # tiny (the test suite's smoke run) is SQLite only: the same scenario code, in seconds
     "tiny": {"pairs": 8, "steps": [(40, 1.0)], "kinds": ("sqlite",)},
-    # full: each database once; SQLite served twice (aiosqlite's thread, then inline writes)
+    # full: each database once; SQLite served twice (inline writes, then aiosqlite's thread)
     "full": {"pairs": 150, "steps": [(100, 2.0), (250, 2.0), (500, 2.0), (1000, 2.0), (2000, 2.0),
                                      (3000, 2.0)], "kinds": ("sqlite", "postgresql")},
 }
 PRICE = 50  # the default facility price of a message
 BATCH = 64  # the server's send_batch_max in this run (also the baseline's K)
 BODY = "bench message " + "x" * 100
-# Server configurations per database: SQLite with the default writer (aiosqlite's thread) and
-# with KINWIRE_DB_SQLITE_INLINE_WRITES (server/store/inline.py); group commit on both.
-VARIANTS = {"sqlite": ("sqlite", "sqlite inline"), "postgresql": ("postgresql",)}
+# Server configurations per database: SQLite with the default writer (inline on the loop,
+# server/store/inline.py) and with KINWIRE_DB_SQLITE_INLINE_WRITES=false (aiosqlite's thread);
+# group commit on both.
+VARIANTS = {"sqlite": ("sqlite", "sqlite thread"), "postgresql": ("postgresql",)}
 
 
 # --- setup: a facility, families with credits, people, approved connections -------------
@@ -262,7 +263,7 @@ async def one_backend(kind: str, size: str) -> tuple[list[dict[str, Any]], dict[
                 async with common.kinwire(url, work / "data", ws_commands_per_s=100_000,
                                           ws_send_queue_max=100_000,
                                           db_group_commit_max=BATCH,
-                                          db_sqlite_inline_writes=variant == "sqlite inline"
+                                          db_sqlite_inline_writes=variant != "sqlite thread"
                                           ) as server:
                     rows += await ladder(server, pairs, plan["steps"], variant)
             seconds = 0.3 if size == "tiny" else 2.0
@@ -327,8 +328,8 @@ async def run(size: str) -> dict[str, Any]:
         f"raw insert baseline: bench/baselines/raw_insert.py, same driver, pinned to the "
         f"server core, message-sized rows, 1 row per commit and {BATCH} rows per commit "
         "(PostgreSQL: 10 concurrent writers, as the server's pool).",
-        "server variants: 'sqlite' = defaults (group commit of 64, aiosqlite's thread), "
-        "'sqlite inline' = KINWIRE_DB_SQLITE_INLINE_WRITES=true (full size only), "
+        "server variants: 'sqlite' = defaults (group commit of 64, inline writer), "
+        "'sqlite thread' = KINWIRE_DB_SQLITE_INLINE_WRITES=false (full size only), "
         "'postgresql' = a transaction per send on the pool. server_cpu_ms_per_send = the "
         "server's CPU over the step / acked sends.",
     ]
