@@ -30,7 +30,6 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -118,11 +117,6 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError(f"no VmRSS for {pid}")
-
-
-def real_pid(proc: subprocess.Popen) -> int:
-    """The pid doing the work: `taskset` execs its command, so it is the same pid."""
-    return proc.pid
 
 
 # --- statistics ------------------------------------------------------------------------
@@ -300,7 +294,3 @@ async def grant(conn: Any, account_id: str, credits: int, now: Any) -> None:
     await buy_credits(conn, SandboxGateway(), account_id=account_id, quote=quote,
                       card=Card("4242424242424242", 12, now.year + 3, "123", "Bench"),
                       key=f"bench-grant-{secrets.token_hex(8)}", now=now)
-
-
-def elapsed_since(start: float) -> timedelta:
-    return timedelta(seconds=time.monotonic() - start)

@@ -25,7 +25,7 @@ from typing import Any
 
 import aiohttp
 
-from bench import common
+from bench import common, load_ws
 
 JSON_PROTOCOL = "kinwire.v1.json"
 
@@ -169,15 +169,9 @@ class Socket:
                                    max_msg_size=0)
         sock = cls(ws)
         await ws.send_str(json.dumps({"id": 0, "op": "auth", "args": {"token": token}}))
-        while True:
-            msg = await ws.receive(timeout=30)
-            if msg.type != aiohttp.WSMsgType.TEXT:
-                raise RuntimeError(f"auth: socket closed ({ws.close_code})")
-            frame = json.loads(msg.data)
-            if frame.get("id") == 0:
-                if "ok" not in frame:
-                    raise RuntimeError(f"auth refused: {frame}")
-                return sock
+        async with asyncio.timeout(30):
+            await load_ws.reply_to(ws, 0, "auth")
+        return sock
 
     def send(self, op: str, **args: Any) -> Any:
         """Send a command: (future of its reply frame, the coroutine writing it); the reply

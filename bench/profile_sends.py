@@ -52,7 +52,7 @@ async def measure(kind: str, rate: int, seconds: float, inline: bool, pyspy: str
                     nxt = await sends.offer(targets, tally, rate, 1.0, 1, run_key)  # warm-up
                     await sends.drain(tally, range(1, nxt), 10)
                     spy = None
-                    pid = common.real_pid(server.proc)
+                    pid = server.proc.pid
                     if pyspy:
                         fmt = "raw" if pyspy.endswith(".txt") else "flamegraph"
                         spy = subprocess.Popen(

@@ -26,7 +26,7 @@ from typing import Any
 
 import aiohttp
 
-from bench import common
+from bench import common, load_ws
 
 SIZES = {
     # senders (= recipients), [(rate/s, seconds)], credits each
@@ -99,15 +99,9 @@ class Tally:
 async def open_socket(http: aiohttp.ClientSession, url: str, token: str) -> Any:
     ws = await http.ws_connect(url, max_msg_size=0, heartbeat=None)
     await ws.send_str(json.dumps({"id": 0, "op": "auth", "args": {"token": token}}))
-    while True:
-        msg = await ws.receive(timeout=30)
-        if msg.type != aiohttp.WSMsgType.TEXT:
-            raise RuntimeError(f"socket closed while authenticating: {msg}")
-        frame = json.loads(msg.data)
-        if frame.get("id") == 0:
-            if "ok" not in frame:
-                raise RuntimeError(f"auth refused: {frame}")
-            return ws
+    async with asyncio.timeout(30):
+        await load_ws.reply_to(ws, 0, "auth")
+    return ws
 
 
 async def read_sender(ws: Any, tally: Tally) -> None:

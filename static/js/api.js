@@ -78,3 +78,20 @@ export function say(el, text, kind = "info") {
   el.textContent = text || "";
   el.dataset.kind = kind;
 }
+
+/** The e-mail sign-in form (#login-form, #login-email, #login-password, #login-notice) of the
+ * family app and the staff console: sign in, then `start()`; errors go to the notice. */
+export function bindEmailLogin(start) {
+  const $ = (id) => document.getElementById(id);
+  $("login-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    say($("login-notice"), "");
+    try {
+      await api("POST", "/auth/login", { body: { email: $("login-email").value.trim(),
+                                                 password: $("login-password").value } });
+      await start();
+    } catch (err) {
+      say($("login-notice"), err.message, "error");
+    }
+  });
+}

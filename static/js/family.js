@@ -1,7 +1,7 @@
 // The family web app (docs/clients.md): sign up and log in, buy credits, find a person and ask
 // to connect, a chat-style inbox kept live by the shared socket (with typing indicators),
 // giving credits to a contact and the statement.
-import { api, ApiError, dollars, h, newKey, say } from "./api.js";
+import { api, ApiError, bindEmailLogin, dollars, h, newKey, say } from "./api.js";
 import { KinwireSocket } from "./socket.js";
 import { Inbox, Typing, applyEvent, bubble, loadConversations } from "./threads.js";
 import { FamilyVisits } from "./booking.js";
@@ -17,17 +17,7 @@ const state = {
 };
 
 // ---------- signed out ----------
-$("login-form").addEventListener("submit", async (ev) => {
-  ev.preventDefault();
-  say($("login-notice"), "");
-  try {
-    await api("POST", "/auth/login", { body: { email: $("login-email").value.trim(),
-                                               password: $("login-password").value } });
-    await start();
-  } catch (err) {
-    say($("login-notice"), err.message, "error");
-  }
-});
+bindEmailLogin(() => start());
 
 $("signup-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();

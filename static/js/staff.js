@@ -3,7 +3,7 @@
 // relayed ones, the audit log, and the facility's settings (changed by administrators).
 // Plain HTTP with the session cookie; the queue and visits are polled while the page is shown.
 // The socket is opened only to watch a visit (visit.watch and its answer).
-import { api, h, say } from "./api.js";
+import { api, bindEmailLogin, h, say } from "./api.js";
 import { KinwireSocket } from "./socket.js";
 
 const $ = (id) => document.getElementById(id);
@@ -21,17 +21,7 @@ const isAdmin = () => state.me && state.me.role === "admin";
 const scoped = (path) => (isAdmin() ? `${path}${path.includes("?") ? "&" : "?"}facility_id=${encodeURIComponent(state.facility)}` : path);
 
 // ---------- sign in / out ----------
-$("login-form").addEventListener("submit", async (ev) => {
-  ev.preventDefault();
-  say($("login-notice"), "");
-  try {
-    await api("POST", "/auth/login", { body: { email: $("login-email").value.trim(),
-                                               password: $("login-password").value } });
-    await start();
-  } catch (err) {
-    say($("login-notice"), err.message, "error");
-  }
-});
+bindEmailLogin(() => start());
 
 $("logout").addEventListener("click", async () => {
   try { await api("POST", "/auth/logout"); } catch { /* signed out either way */ }
