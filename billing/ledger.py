@@ -17,15 +17,15 @@ Contract
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from sqlalchemy import bindparam, func, select, union_all
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import func, select, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from billing.tables import ledger_accounts, ledger_transfers
+from server.ids import ordered_id
+from server.store import raw
 
 
 class SystemAccount:
@@ -63,23 +63,17 @@ class Transfer:
     debit_balance: int | None = None
 
 
-def _insert(conn: AsyncConnection):
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return dialect.insert(ledger_transfers)
-
-
-# transfer()'s statements, built once: building a statement and its cache key costs more CPU
-# than SQLite takes to run it (docs/BENCHMARKS.md, "Durable sends").
+# transfer()'s statements, as driver SQL (server/store/raw.py): a send or a billed minute runs
+# them on its hot path, where SQLAlchemy's per-statement machinery cost more CPU than the
+# database did (docs/BENCHMARKS.md, "Durable sends").
 _a = ledger_accounts
-_KINDS = select(_a.c.id, _a.c.kind).where(
-    (_a.c.id == bindparam("p_debit")) | (_a.c.id == bindparam("p_credit")))
-_CLAIM = {d.__name__.rsplit(".", 1)[-1]: d.insert(ledger_transfers).on_conflict_do_nothing(
-    index_elements=["idempotency_key"]) for d in (postgresql, sqlite)}
-_DEBIT = (_a.update().where(_a.c.id == bindparam("p_account"),
-                            _a.c.balance >= bindparam("p_amount"))
-          .values(balance=_a.c.balance - bindparam("p_amount")).returning(_a.c.balance))
-_CREDIT = (_a.update().where(_a.c.id == bindparam("p_account"))
-           .values(balance=_a.c.balance + bindparam("p_amount")))
+_KINDS = "SELECT id, kind FROM ledger_accounts WHERE id = ? OR id = ?"
+_CLAIM = raw.insert_sql(ledger_transfers, _CLAIM_COLUMNS := (
+    "id", "idempotency_key", "debit_account", "credit_account", "amount", "kind", "ref", "at"),
+    conflict=("idempotency_key",))
+_DEBIT = ("UPDATE ledger_accounts SET balance = balance - ? WHERE id = ? AND balance >= ?"
+          " RETURNING balance")
+_CREDIT = "UPDATE ledger_accounts SET balance = balance + ? WHERE id = ?"
 
 
 async def open_account(conn: AsyncConnection, owner_id: str) -> None:
@@ -103,16 +97,16 @@ async def transfer(conn: AsyncConnection, *, key: str, debit: str, credit: str, 
         raise LedgerError("invalid_amount", "a transfer moves a positive whole number of credits")
     if debit == credit:
         raise LedgerError("same_account", "a transfer needs two different accounts")
-    wanted = Transfer(secrets.token_hex(12), key, debit, credit, amount, kind, ref, at)
+    wanted = Transfer(ordered_id(), key, debit, credit, amount, kind, ref, at)
     # Both accounts must exist before the claim, or the claim's foreign keys would refuse it as
     # a database error instead of `account_not_found`.
-    kinds = await _kinds(conn, debit, credit)
+    db = raw.Raw(conn)
+    kinds = await _kinds(db, debit, credit)
     # Claim the key first: on PostgreSQL a concurrent claim of the same key waits here for the
     # first to commit and then finds it, so a key can never have two effects.
-    claimed = await conn.execute(_CLAIM[conn.dialect.name], {
-        "id": wanted.id, "idempotency_key": key, "debit_account": debit,
-        "credit_account": credit, "amount": amount, "kind": kind, "ref": ref, "at": at})
-    if claimed.rowcount == 0:
+    claimed = await db.run(_CLAIM, db.values(ledger_transfers, _CLAIM_COLUMNS, (
+        wanted.id, key, debit, credit, amount, kind, ref, at)))
+    if claimed == 0:
         return await _existing(conn, wanted)
     # Update user rows in id order so two opposite gifts cannot deadlock on PostgreSQL.
     debit_balance = None
@@ -120,19 +114,18 @@ async def transfer(conn: AsyncConnection, *, key: str, debit: str, credit: str, 
         if kinds.get(account) != "user":
             continue
         if account == debit:
-            moved = await conn.execute(_DEBIT, {"p_account": debit, "p_amount": amount})
-            debit_balance = moved.scalar_one_or_none()
-            if debit_balance is None:
+            moved = await db.row(_DEBIT, (amount, debit, amount))
+            if moved is None:
                 raise LedgerError("insufficient_credits",
                                   f"the balance does not cover {amount} credits")
+            debit_balance = moved[0]
         else:
-            await conn.execute(_CREDIT, {"p_account": credit, "p_amount": amount})
+            await db.run(_CREDIT, (amount, credit))
     return wanted if debit_balance is None else replace(wanted, debit_balance=debit_balance)
 
 
-async def _kinds(conn: AsyncConnection, debit: str, credit: str) -> dict[str, str]:
-    rows = await conn.execute(_KINDS, {"p_debit": debit, "p_credit": credit})
-    kinds = {row.id: row.kind for row in rows}
+async def _kinds(db: raw.Raw, debit: str, credit: str) -> dict[str, str]:
+    kinds = dict(await db.rows(_KINDS, (debit, credit)))
     for account in (debit, credit):
         if account not in kinds:
             raise LedgerError("account_not_found", f"no ledger account {account!r}")

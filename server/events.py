@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server.broker import Broker, BrokerUnavailable
+from server.store import raw
 from server.store.schema import event_heads, events
 
 log = logging.getLogger("kinwire.events")
@@ -36,22 +37,6 @@ class Event:
     seq: int
     type: str
     data: dict[str, Any]
-
-
-async def _next_seq(conn: AsyncConnection, account_id: str) -> int:
-    h = event_heads
-    bumped = await conn.execute(h.update().where(h.c.account_id == account_id)
-                                .values(last_seq=h.c.last_seq + 1).returning(h.c.last_seq))
-    seq = bumped.scalar_one_or_none()
-    if seq is not None:
-        return seq
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    made = await conn.execute(dialect.insert(h).values(
-        account_id=account_id, last_seq=1, pruned_through=0)
-        .on_conflict_do_nothing(index_elements=["account_id"]))
-    if made.rowcount == 1:
-        return 1
-    return await _next_seq(conn, account_id)  # another transaction made the head first
 
 
 async def lock_streams(conn: AsyncConnection, account_ids: list[str]) -> None:
@@ -70,16 +55,16 @@ async def lock_streams(conn: AsyncConnection, account_ids: list[str]) -> None:
                 .on_conflict_do_nothing(index_elements=["account_id"]))
 
 
-# emit_many()'s statements, built once (building one costs more CPU than running it).
-_BUMP = (event_heads.update().where(event_heads.c.account_id == bindparam("p_account"))
-         .values(last_seq=event_heads.c.last_seq + bindparam("p_n"))
-         .returning(event_heads.c.last_seq))
-_MAKE_HEAD = {d.__name__.rsplit(".", 1)[-1]: d.insert(event_heads).on_conflict_do_nothing(
-    index_elements=["account_id"]) for d in (postgresql, sqlite)}
-_INSERT = events.insert()
+# emit_many()'s statements, as driver SQL (server/store/raw.py): every send and billed minute
+# runs them, and SQLAlchemy's per-statement machinery cost more CPU than the database did.
+_BUMP = "UPDATE event_heads SET last_seq = last_seq + ? WHERE account_id = ? RETURNING last_seq"
+_MAKE_HEAD = raw.insert_sql(event_heads, ("account_id", "last_seq", "pruned_through"),
+                            conflict=("account_id",))
+_EVENT_COLUMNS = ("account_id", "seq", "type", "data", "at")
+_INSERT = raw.insert_sql(events, _EVENT_COLUMNS)
 
 
-async def _reserve(conn: AsyncConnection, counts: dict[str, int]) -> dict[str, int]:
+async def _reserve(db: raw.Raw, counts: dict[str, int]) -> dict[str, int]:
     """Take `counts[a]` consecutive seqs of each account's stream with ONE statement per
     account, in id order (as lock_streams: no deadlock with other writers); returns each
     account's first seq."""
@@ -87,13 +72,11 @@ async def _reserve(conn: AsyncConnection, counts: dict[str, int]) -> dict[str, i
     for account_id in sorted(counts):
         n = counts[account_id]
         while True:
-            bumped = await conn.execute(_BUMP, {"p_account": account_id, "p_n": n})
-            last = bumped.scalar_one_or_none()
-            if last is not None:
+            bumped = await db.row(_BUMP, (n, account_id))
+            if bumped is not None:
+                last = bumped[0]
                 break
-            made = await conn.execute(_MAKE_HEAD[conn.dialect.name], {
-                "account_id": account_id, "last_seq": n, "pruned_through": 0})
-            if made.rowcount == 1:
+            if await db.run(_MAKE_HEAD, (account_id, n, 0)) == 1:
                 last = n
                 break
             # another transaction made the head first: bump it
@@ -161,11 +144,8 @@ class Outbox:
 
     async def emit(self, conn: AsyncConnection, account_id: str, kind: str,
                    data: dict[str, Any], at: datetime) -> int:
-        seq = await _next_seq(conn, account_id)
-        await conn.execute(events.insert().values(account_id=account_id, seq=seq, type=kind,
-                                                  data=data, at=at))
-        self.written.append((account_id, seq))
-        return seq
+        await self.emit_many(conn, [(account_id, kind, data)], at)
+        return self.written[-1][1]
 
     async def emit_many(self, conn: AsyncConnection, items: list[tuple[str, str, dict[str, Any]]],
                         at: datetime) -> None:
@@ -175,16 +155,16 @@ class Outbox:
         counts: dict[str, int] = {}
         for account_id, _, _ in items:
             counts[account_id] = counts.get(account_id, 0) + 1
-        nxt = await _reserve(conn, counts)
+        db = raw.Raw(conn)
+        nxt = await _reserve(db, counts)
         rows = []
         for account_id, kind, data in items:
             seq = nxt[account_id]
             nxt[account_id] = seq + 1
-            rows.append({"account_id": account_id, "seq": seq, "type": kind, "data": data,
-                         "at": at})
+            rows.append(db.values(events, _EVENT_COLUMNS, (account_id, seq, kind, data, at)))
             self.written.append((account_id, seq))
             self.kept.append((account_id, Event(seq, kind, data)))
-        await conn.execute(_INSERT, rows)
+        await db.run_many(_INSERT, rows)
 
     async def signal(self, broker: Broker) -> None:
         """Call after the commit. A broker outage is logged, not raised: the events are stored

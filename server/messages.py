@@ -14,7 +14,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import and_, bindparam, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from billing import ledger
@@ -23,8 +22,8 @@ from server import facilities
 from server.auth import Principal
 from server.errors import ApiError, ledger_error, not_found
 from server.events import Outbox, lock_streams
-from server.ids import new_id
-from server.store.schema import connections as connections_table
+from server.ids import ordered_id
+from server.store import raw
 from server.store.schema import facilities as facilities_table
 from server.store.schema import messages, photos
 
@@ -115,17 +114,19 @@ async def announce(conn: AsyncConnection, outbox: Outbox, row: Any, at: datetime
                           view(row, _viewer_from(row.recipient_id, "party"), ids), at)
 
 
-# send()'s statements, built once: building a statement and its cache key costs more CPU than
-# SQLite takes to run it (docs/BENCHMARKS.md, "Durable sends").
+# send()'s statements. Repeats (a send retried with its key) are rare, so the lookup by key
+# stays in Core; the rest are driver SQL (server/store/raw.py), being on every send's path.
 _BY_KEY = select(messages).where(messages.c.sender_id == bindparam("p_sender"),
                                  messages.c.client_key == bindparam("p_key"))
-_c, _f = connections_table, facilities_table
-_LINK_RULES = select(_c.c.facility_id, _f.c.settings).join(_f, _f.c.id == _c.c.facility_id).where(
-    or_(and_(_c.c.family_id == bindparam("p_a"), _c.c.person_id == bindparam("p_b")),
-        and_(_c.c.family_id == bindparam("p_b"), _c.c.person_id == bindparam("p_a"))),
-    _c.c.status == "approved", _c.c.blocked_by.is_(None))
-_INSERT = {d.__name__.rsplit(".", 1)[-1]: d.insert(messages).on_conflict_do_nothing(
-    index_elements=["sender_id", "client_key"]) for d in (postgresql, sqlite)}
+_LINK_RULES = (
+    "SELECT c.facility_id, f.settings FROM connections c JOIN facilities f"
+    " ON f.id = c.facility_id WHERE ((c.family_id = ? AND c.person_id = ?)"
+    " OR (c.family_id = ? AND c.person_id = ?)) AND c.status = 'approved'"
+    " AND c.blocked_by IS NULL")
+_INSERT_COLUMNS = ("id", "facility_id", "sender_id", "recipient_id", "body", "photo_count",
+                   "price", "cod", "status", "held_for", "paid_by", "client_key", "created_at",
+                   "sender_removed", "recipient_removed")
+_INSERT = raw.insert_sql(messages, _INSERT_COLUMNS, conflict=("sender_id", "client_key"))
 
 
 async def _existing(conn: AsyncConnection, sender: Principal, draft: Draft) -> Any:
@@ -176,14 +177,20 @@ async def _charge(conn: AsyncConnection, payer: str, row: Any, photo_count: int,
 
 async def send(conn: AsyncConnection, outbox: Outbox, sender: Principal, draft: Draft,
                at: datetime) -> dict[str, Any]:
-    existing = await _existing(conn, sender, draft)
-    if existing is not None:
-        return view(existing, sender, await photo_ids_of(conn, existing.id))
+    # A repeat (same key) answers the first send even if the rules changed since: it is found
+    # before any refusal below, and by the insert's conflict otherwise.
+    db = raw.Raw(conn)
+    refusal = None
     if draft.cod and sender.role != "person":
-        raise ApiError(403, "forbidden", "Only an incarcerated person may send collect.")
-    found = await _link_rules(conn, sender.account_id, draft.to)
+        refusal = ApiError(403, "forbidden", "Only an incarcerated person may send collect.")
+    found = await _link_rules(db, sender.account_id, draft.to)
     if found is None:
-        raise ApiError(403, "not_connected", "You can message only an approved contact.")
+        refusal = ApiError(403, "not_connected", "You can message only an approved contact.")
+    if refusal is not None:
+        existing = await _existing(conn, sender, draft)
+        if existing is None:
+            raise refusal
+        return view(existing, sender, await photo_ids_of(conn, existing.id))
     facility_id, rules = found
     hold_for = None
     if rules["review_mode"] == "hold":
@@ -196,14 +203,14 @@ async def send(conn: AsyncConnection, outbox: Outbox, sender: Principal, draft: 
     prices = rules["prices"]
     # The row as stored, built here rather than read back (one statement less a send).
     row = Stored(
-        id=new_id("msg"), facility_id=facility_id, sender_id=sender.account_id,
+        id=ordered_id("msg"), facility_id=facility_id, sender_id=sender.account_id,
         recipient_id=draft.to, body=draft.body, photo_count=len(draft.photo_ids),
         price=prices["message"] + prices["photo"] * len(draft.photo_ids), cod=draft.cod,
         status="held" if hold_for else "delivered", held_for=hold_for,
         paid_by=None if draft.cod else sender.account_id, client_key=draft.key,
         created_at=at.astimezone(UTC), sender_removed=False, recipient_removed=False)
-    claimed = await conn.execute(_INSERT[conn.dialect.name], row.columns())
-    if claimed.rowcount == 0:  # a concurrent send with the same key won the race
+    claimed = await db.run(_INSERT, db.values(messages, _INSERT_COLUMNS, row.values()))
+    if claimed == 0:  # a send with the same key was stored first (a repeat, or a race)
         existing = await _existing(conn, sender, draft)
         return view(existing, sender, await photo_ids_of(conn, existing.id))
     await _attach_photos(conn, sender.account_id, row.id, draft.photo_ids)
@@ -248,17 +255,16 @@ class Stored:
     opened_at: datetime | None = None
     reject_reason: str | None = None
 
-    def columns(self) -> dict[str, Any]:
-        values = {name: getattr(self, name) for name in self.__slots__}
-        del values["opened_at"], values["reject_reason"]
-        return values
+    def values(self) -> tuple:
+        """The values of send()'s INSERT (_INSERT_COLUMNS)."""
+        return tuple(getattr(self, name) for name in _INSERT_COLUMNS)
 
 
-async def _link_rules(conn: AsyncConnection, a: str, b: str) -> tuple[str, Any] | None:
+async def _link_rules(db: raw.Raw, a: str, b: str) -> tuple[str, Any] | None:
     """(facility id, facility settings) of the approved connection between a and b, in one
     query (connections.approved_between, then facilities.get, joined)."""
-    row = (await conn.execute(_LINK_RULES, {"p_a": a, "p_b": b})).first()
-    return None if row is None else (row.facility_id, row.settings)
+    row = await db.row(_LINK_RULES, (a, b, b, a))
+    return None if row is None else (row[0], db.read(facilities_table.c.settings, row[1]))
 
 
 async def open_message(conn: AsyncConnection, outbox: Outbox, reader: Principal,

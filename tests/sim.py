@@ -52,8 +52,15 @@ class SyncConn:
         self._sync = sync
         self.dialect = sync.dialect
 
+    @property
+    def sync_connection(self):
+        return self._sync
+
     async def execute(self, statement, *args):
         return self._sync.execute(statement, *args)
+
+    async def exec_driver_sql(self, sql, params):  # server/store/raw.py's statements
+        return self._sync.exec_driver_sql(sql, params)
 
 
 def drive(coro):

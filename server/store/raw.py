@@ -1,0 +1,117 @@
+"""Driver-level statements inside the caller's SQLAlchemy transaction, for the hot paths.
+
+Why: profiling the durable sends benchmark (docs/BENCHMARKS.md, "Durable sends") put most of a
+send's CPU in SQLAlchemy's per-statement machinery (compiled-cache lookup, execution context,
+result proxy, greenlet switches) and aiosqlite's hand-off, not in the database: SQLite ran the
+same 12 statements in a fifth of the time. A `Raw` runs plain SQL on the transaction's own
+DBAPI connection:
+- on SQLite's inline writer (server/store/inline.py), straight on the sqlite3 connection, on
+  the loop (`direct`): the statements of a transaction never wait for a lock (it is held);
+- anywhere else (PostgreSQL, SQLite on aiosqlite's thread), through `exec_driver_sql`, which
+  skips compiling but keeps SQLAlchemy's transaction start, error wrapping and pool
+  invalidation, so a dead database still reads as `unavailable` (server/store is_unavailable).
+
+SQL is written once with `?` placeholders; PostgreSQL gets `$1..$n`. Values go through the
+columns' own SQLAlchemy type processors (`bind`, `read`), so a row written here is stored exactly
+as one written through Core (UTC datetimes, JSON text, booleans), and read back the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sqlalchemy import Column, Table
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from server.store.inline import InlineConnection
+
+_DOLLAR: dict[str, str] = {}
+_PROCESSORS: dict[tuple[str, str, str, str], Callable[[Any], Any] | None] = {}
+
+
+def _dollar(sql: str) -> str:
+    """`?` placeholders as PostgreSQL's `$n` (our statements have no `?` in literals)."""
+    done = _DOLLAR.get(sql)
+    if done is None:
+        head, *rest = sql.split("?")
+        done = _DOLLAR[sql] = head + "".join(f"${n}{part}" for n, part in enumerate(rest, 1))
+    return done
+
+
+def _processor(column: Column, dialect: Dialect, way: str) -> Callable[[Any], Any] | None:
+    key = (column.table.name, column.name, dialect.name, way)
+    try:
+        return _PROCESSORS[key]
+    except KeyError:
+        kind = column.type
+        made = (kind.bind_processor(dialect) if way == "bind"
+                else kind.result_processor(dialect, None))
+        _PROCESSORS[key] = made
+        return made
+
+
+def insert_sql(table: Table, names: Sequence[str], conflict: Sequence[str] = ()) -> str:
+    """INSERT INTO table (names) VALUES (?, ...) [ON CONFLICT (conflict) DO NOTHING]. Built at
+    import from our own table definitions (never from input): each name must be a column."""
+    for name in (*names, *conflict):
+        table.c[name]  # KeyError for a name that is not a column
+    sql = (f"INSERT INTO {table.name} ({', '.join(names)})"  # noqa: S608
+           f" VALUES ({', '.join('?' * len(names))})")
+    return sql + (f" ON CONFLICT ({', '.join(conflict)}) DO NOTHING" if conflict else "")
+
+
+class Raw:
+    __slots__ = ("_conn", "_db", "dialect", "direct")
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+        self.dialect = conn.dialect
+        driver = conn.sync_connection.connection.driver_connection
+        self._db = driver._connection if isinstance(driver, InlineConnection) else None
+        self.direct = self._db is not None
+
+    def bind(self, column: Column, value: Any) -> Any:
+        """`value` as the driver must receive it for `column` (what Core would send)."""
+        process = _processor(column, self.dialect, "bind")
+        return value if process is None or value is None else process(value)
+
+    def values(self, table: Table, names: Sequence[str], values: Sequence[Any]) -> tuple:
+        """One row's `values` for `names` of `table`, each bound as its column's type."""
+        return tuple(self.bind(table.c[name], value) for name, value in zip(names, values,
+                                                                            strict=True))
+
+    def read(self, column: Column, value: Any) -> Any:
+        """A value of `column` as the driver returned it, as Core would return it."""
+        process = _processor(column, self.dialect, "result")
+        return value if process is None else process(value)
+
+    async def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        if self._db is not None:
+            return self._db.execute(sql, params).fetchall()
+        return [tuple(r) for r in await self._driver(sql, tuple(params))]
+
+    async def row(self, sql: str, params: Sequence[Any] = ()) -> tuple | None:
+        if self._db is not None:
+            return self._db.execute(sql, params).fetchone()
+        got = (await self._driver(sql, tuple(params))).first()
+        return None if got is None else tuple(got)
+
+    async def run(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """A statement without RETURNING; the number of rows it changed."""
+        if self._db is not None:
+            return self._db.execute(sql, params).rowcount
+        return (await self._driver(sql, tuple(params))).rowcount
+
+    async def run_many(self, sql: str, rows: list[Sequence[Any]]) -> None:
+        if self._db is not None:
+            self._db.executemany(sql, rows)
+            return
+        await self._driver(sql, [tuple(r) for r in rows])
+
+    async def _driver(self, sql: str, params: Sequence[Any] | list[tuple]):
+        # a list of tuples is executemany; one statement's values go as a tuple
+        text = _dollar(sql) if self.dialect.name == "postgresql" else sql
+        return await self._conn.exec_driver_sql(
+            text, params)
