@@ -15,11 +15,13 @@ from datetime import datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import delete, func, select
+from sqlalchemy import bindparam, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from server import quickread
 from server.errors import ApiError
 from server.ids import new_id
+from server.store import Store
 from server.store.schema import accounts, login_failures, sessions
 
 ROLES = ("family", "person", "staff", "admin")
@@ -73,18 +75,43 @@ async def open_session(conn: AsyncConnection, *, account_id: str, ttl_s: int, no
     return token
 
 
+# principal_for()'s statement, built once: every request and every socket's auth runs it, and
+# building it cost more CPU than SQLite took to answer it (docs/BENCHMARKS.md, "Connect").
+_s, _a = sessions, accounts
+_PRINCIPAL = (
+    select(_s.c.id, _s.c.device_id, _s.c.expires_at, _a.c.id.label("account_id"), _a.c.role,
+           _a.c.facility_id, _a.c.name)
+    .join(_a, _a.c.id == _s.c.account_id)
+    .where(_s.c.token_hash == bindparam("p_hash", type_=_s.c.token_hash.type),
+           _s.c.revoked_at.is_(None),
+           _s.c.expires_at > bindparam("p_now", type_=_s.c.expires_at.type),
+           _a.c.disabled.is_(False)))
+
+
 async def principal_for(conn: AsyncConnection, token: str, now: datetime) -> Principal | None:
-    s, a = sessions, accounts
-    row = (await conn.execute(
-        select(s.c.id, s.c.device_id, s.c.expires_at, a.c.id.label("account_id"), a.c.role,
-               a.c.facility_id, a.c.name)
-        .join(a, a.c.id == s.c.account_id)
-        .where(s.c.token_hash == token_hash(token), s.c.revoked_at.is_(None),
-               s.c.expires_at > now, a.c.disabled.is_(False)))).first()
-    if row is None:
-        return None
-    return Principal(row.account_id, row.role, row.facility_id, row.id, row.name, row.device_id,
-                     row.expires_at)
+    """The live session's caller, read on every call (never cached): a revoked or expired
+    session is refused at once."""
+    row = (await conn.execute(_PRINCIPAL, {"p_hash": token_hash(token), "p_now": now})).first()
+    return None if row is None else _principal(tuple(row))
+
+
+_PRINCIPAL_QUICK = quickread.Lookup(_PRINCIPAL)
+
+
+async def session_principal(store: Store, token: str, now: datetime) -> Principal | None:
+    """principal_for() as a read of its own: on SQLite one statement on the loop (a socket's
+    auth is on every connect; server/quickread.py), else a read transaction from the pool.
+    Same statement either way, so a revoked or expired session is refused at once."""
+    row = _PRINCIPAL_QUICK.row(store, {"p_hash": token_hash(token), "p_now": now})
+    if row is quickread.NOT_SERVED:
+        async with store.read() as conn:
+            return await principal_for(conn, token, now)
+    return None if row is None else _principal(row)
+
+
+def _principal(row: tuple) -> Principal:
+    session_id, device_id, expires_at, account_id, role, facility_id, name = row
+    return Principal(account_id, role, facility_id, session_id, name, device_id, expires_at)
 
 
 async def revoke_session(conn: AsyncConnection, session_id: str, now: datetime) -> None:

@@ -54,6 +54,9 @@ class Client:
         self.codec = codec
         self.principal: Principal | None = None
         self.last_seq = 0  # the highest event seq this socket has been sent
+        # (last_seq, monotonic time) of the user's stream as read on attach while the feed was
+        # subscribed; lets the first sync answer without a store read (Hub.sync).
+        self.attached_head: tuple[int, float] | None = None
         self._visits: set[str] | None = None  # made on first use: most sockets join none
         self.closing = False
         # A list rather than an asyncio.Queue (four deques, ~3 KB; an empty list is 56 bytes),
@@ -110,6 +113,11 @@ class Client:
         if self.closing:
             return
         self.closing = True
+        if self.ws.closed:
+            # Already closed (the peer closed first, the usual end): nothing can go out, so
+            # no writer task and no close to wait on.
+            self._queue.clear()
+            return
         if abandon:
             self._queue.clear()
             if self._writer is not None:

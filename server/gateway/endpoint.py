@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from server import calls
-from server.auth import principal_for
+from server.auth import session_principal
 from server.broker import BrokerUnavailable
 from server.errors import ApiError
 from server.events import Outbox
@@ -53,8 +53,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     try:
         cookie = request.cookies.get(COOKIE)
         if cookie:
-            async with ctx.store.read() as conn:
-                client.principal = await principal_for(conn, cookie, ctx.clock())
+            client.principal = await session_principal(ctx.store, cookie, ctx.clock())
         auth_id = None
         if client.principal is None:
             auth_id = await _authenticate(client, request)
@@ -129,8 +128,7 @@ async def _authenticate(client: Client, request: web.Request) -> int | str | Non
         client.send(reply_error(command.id, "unauthorized", "Send auth {token} first."))
         client.close(UNAUTHORISED, "authenticate first")
         return None
-    async with ctx.store.read() as conn:
-        client.principal = await principal_for(conn, token, ctx.clock())
+    client.principal = await session_principal(ctx.store, token, ctx.clock())
     if client.principal is None:
         client.send(reply_error(command.id, "unauthorized", "The token is not valid."))
         client.close(UNAUTHORISED, "bad token")

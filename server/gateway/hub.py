@@ -13,21 +13,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from datetime import datetime
 from typing import Any
 
-from server import events
+from sqlalchemy import bindparam, select
+
+from server import events, quickread
 from server.broker import Broker, BrokerUnavailable, Gap
 from server.errors import ApiError
 from server.gateway.client import REVOKED, Budget, Client
 from server.gateway.envelope import encode, push
 from server.metrics import Metrics
 from server.store import Store
+from server.store.schema import event_heads
 
 log = logging.getLogger("kinwire.gateway")
 # A healthy broker confirms a subscription in about a millisecond; past this, a new socket is
 # served without it and its feed subscribes in the background (then catches up).
 FIRST_SUBSCRIBE_WAIT_S = 0.2
+# A socket's first sync within this long of attaching, from the seq its attach read, is
+# answered from that read (Hub.sync); later syncs, a client's way to heal, read the store.
+ATTACHED_HEAD_FRESH_S = 5.0
+# events.head()'s statement, built once: every socket's attach runs it, and building it cost
+# more CPU than SQLite took to answer (docs/BENCHMARKS.md, "Connect").
+_HEAD = (select(event_heads.c.last_seq)
+         .where(event_heads.c.account_id == bindparam("p_account")))
+_HEAD_QUICK = quickread.Lookup(_HEAD)  # a read by primary key: on the loop on SQLite
 
 
 class Feed:
@@ -70,6 +82,11 @@ class Feed:
             with contextlib.suppress(BrokerUnavailable):
                 await self.subscription.close()
         if self.task is None or self.task.done():
+            return
+        # An idle feed ends at its next step: let it take that step before arming a timer
+        # and a shield (every last socket of a user pays this on close).
+        await asyncio.sleep(0)
+        if self.task.done():
             return
         try:
             await asyncio.wait_for(asyncio.shield(self.task), 5.0)
@@ -206,9 +223,20 @@ class Hub:
                 feed.budget = client.budget
             client.budget = feed.budget
             async with feed.lock:
-                async with self.store.read() as conn:
-                    client.last_seq = (await events.head(conn, account_id))[0]
+                subscribed = feed.live.is_set()  # before the read: later events are signalled
+                client.last_seq = await self._head(account_id)
+                if subscribed:
+                    client.attached_head = (client.last_seq, time.monotonic())
                 feed.clients.add(client)
+
+    async def _head(self, account_id: str) -> int:
+        """The user's last event seq (0 before the first), as events.head() reads it."""
+        params = {"p_account": account_id}
+        row = _HEAD_QUICK.row(self.store, params)
+        if row is quickread.NOT_SERVED:
+            async with self.store.read() as conn:
+                row = (await conn.execute(_HEAD, params)).first()
+        return row[0] if row else 0
 
     async def wait_live(self, client: Client, timeout_s: float) -> bool:
         """Wait until the client's feed receives from the broker (at most `timeout_s`); False
@@ -246,6 +274,14 @@ class Hub:
         account_id = client.principal.account_id
         feed = self.feeds[account_id]
         async with feed.lock:
+            attached, client.attached_head = client.attached_head, None
+            if (attached is not None and since == attached[0] == client.last_seq
+                    and feed.live.is_set()
+                    and time.monotonic() - attached[1] < ATTACHED_HEAD_FRESH_S):
+                # Nothing newer than `since` as of attach, read once the feed was subscribed:
+                # every event since is signalled to the feed, which pushes it after this reply
+                # (or a Gap makes it read the store). `since` is the head, so never < pruned.
+                return {"events": [], "more": False, "seq": since}
             async with self.store.read() as conn:
                 last, pruned = await events.head(conn, account_id)
                 if since < pruned or since > last:
