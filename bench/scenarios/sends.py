@@ -33,8 +33,9 @@ SIZES = {
     # tiny (the test suite's smoke run) is SQLite only: the same scenario code, in seconds
     "tiny": {"pairs": 8, "steps": [(40, 1.0)], "kinds": ("sqlite",)},
     # full: each database once; SQLite served twice (inline writes, then aiosqlite's thread)
-    "full": {"pairs": 150, "steps": [(100, 2.0), (250, 2.0), (500, 2.0), (1000, 2.0), (2000, 2.0),
-                                     (3000, 2.0)], "kinds": ("sqlite", "postgresql")},
+    "full": {"pairs": 150, "steps": [(100, 2.0), (250, 2.0), (500, 2.0), (750, 2.0), (1000, 2.0),
+                                     (1500, 2.0), (2000, 2.0), (3000, 2.0)],
+             "kinds": ("sqlite", "postgresql")},
 }
 PRICE = 50  # the default facility price of a message
 BATCH = 64  # the server's send_batch_max in this run (also the baseline's K)
