@@ -68,7 +68,7 @@ class Transfer:
 # database did (docs/BENCHMARKS.md, "Durable sends").
 _a = ledger_accounts
 _KINDS = "SELECT id, kind FROM ledger_accounts WHERE id = ? OR id = ?"
-_CLAIM = raw.insert_sql(ledger_transfers, _CLAIM_COLUMNS := (
+_CLAIM = raw.Insert(ledger_transfers, (
     "id", "idempotency_key", "debit_account", "credit_account", "amount", "kind", "ref", "at"),
     conflict=("idempotency_key",))
 _DEBIT = ("UPDATE ledger_accounts SET balance = balance - ? WHERE id = ? AND balance >= ?"
@@ -104,7 +104,7 @@ async def transfer(conn: AsyncConnection, *, key: str, debit: str, credit: str, 
     kinds = await _kinds(db, debit, credit)
     # Claim the key first: on PostgreSQL a concurrent claim of the same key waits here for the
     # first to commit and then finds it, so a key can never have two effects.
-    claimed = await db.run(_CLAIM, db.values(ledger_transfers, _CLAIM_COLUMNS, (
+    claimed = await db.run(_CLAIM.sql, db.values(_CLAIM, (
         wanted.id, key, debit, credit, amount, kind, ref, at)))
     if claimed == 0:
         return await _existing(conn, wanted)

@@ -58,10 +58,9 @@ async def lock_streams(conn: AsyncConnection, account_ids: list[str]) -> None:
 # emit_many()'s statements, as driver SQL (server/store/raw.py): every send and billed minute
 # runs them, and SQLAlchemy's per-statement machinery cost more CPU than the database did.
 _BUMP = "UPDATE event_heads SET last_seq = last_seq + ? WHERE account_id = ? RETURNING last_seq"
-_MAKE_HEAD = raw.insert_sql(event_heads, ("account_id", "last_seq", "pruned_through"),
-                            conflict=("account_id",))
-_EVENT_COLUMNS = ("account_id", "seq", "type", "data", "at")
-_INSERT = raw.insert_sql(events, _EVENT_COLUMNS)
+_MAKE_HEAD = raw.Insert(event_heads, ("account_id", "last_seq", "pruned_through"),
+                        conflict=("account_id",)).sql
+_INSERT = raw.Insert(events, ("account_id", "seq", "type", "data", "at"))
 
 
 async def _reserve(db: raw.Raw, counts: dict[str, int]) -> dict[str, int]:
@@ -161,10 +160,10 @@ class Outbox:
         for account_id, kind, data in items:
             seq = nxt[account_id]
             nxt[account_id] = seq + 1
-            rows.append(db.values(events, _EVENT_COLUMNS, (account_id, seq, kind, data, at)))
+            rows.append(db.values(_INSERT, (account_id, seq, kind, data, at)))
             self.written.append((account_id, seq))
             self.kept.append((account_id, Event(seq, kind, data)))
-        await db.run_many(_INSERT, rows)
+        await db.run_many(_INSERT.sql, rows)
 
     async def signal(self, broker: Broker) -> None:
         """Call after the commit. A broker outage is logged, not raised: the events are stored

@@ -126,7 +126,7 @@ _LINK_RULES = (
 _INSERT_COLUMNS = ("id", "facility_id", "sender_id", "recipient_id", "body", "photo_count",
                    "price", "cod", "status", "held_for", "paid_by", "client_key", "created_at",
                    "sender_removed", "recipient_removed")
-_INSERT = raw.insert_sql(messages, _INSERT_COLUMNS, conflict=("sender_id", "client_key"))
+_INSERT = raw.Insert(messages, _INSERT_COLUMNS, conflict=("sender_id", "client_key"))
 
 
 async def _existing(conn: AsyncConnection, sender: Principal, draft: Draft) -> Any:
@@ -209,7 +209,7 @@ async def send(conn: AsyncConnection, outbox: Outbox, sender: Principal, draft: 
         status="held" if hold_for else "delivered", held_for=hold_for,
         paid_by=None if draft.cod else sender.account_id, client_key=draft.key,
         created_at=at.astimezone(UTC), sender_removed=False, recipient_removed=False)
-    claimed = await db.run(_INSERT, db.values(messages, _INSERT_COLUMNS, row.values()))
+    claimed = await db.run(_INSERT.sql, db.values(_INSERT, row.values()))
     if claimed == 0:  # a send with the same key was stored first (a repeat, or a race)
         existing = await _existing(conn, sender, draft)
         return view(existing, sender, await photo_ids_of(conn, existing.id))

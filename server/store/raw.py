@@ -52,14 +52,27 @@ def _processor(column: Column, dialect: Dialect, way: str) -> Callable[[Any], An
         return made
 
 
-def insert_sql(table: Table, names: Sequence[str], conflict: Sequence[str] = ()) -> str:
-    """INSERT INTO table (names) VALUES (?, ...) [ON CONFLICT (conflict) DO NOTHING]. Built at
-    import from our own table definitions (never from input): each name must be a column."""
-    for name in (*names, *conflict):
-        table.c[name]  # KeyError for a name that is not a column
-    sql = (f"INSERT INTO {table.name} ({', '.join(names)})"  # noqa: S608
-           f" VALUES ({', '.join('?' * len(names))})")
-    return sql + (f" ON CONFLICT ({', '.join(conflict)}) DO NOTHING" if conflict else "")
+class Insert:
+    """INSERT INTO table (names) VALUES (?, ...) [ON CONFLICT (conflict) DO NOTHING], built at
+    import from our own table definitions (never from input: each name must be a column), with
+    its columns' bind processors looked up once per dialect."""
+
+    def __init__(self, table: Table, names: Sequence[str], conflict: Sequence[str] = ()) -> None:
+        self.columns = [table.c[name] for name in names]  # KeyError for a non-column
+        for name in conflict:
+            table.c[name]
+        sql = (f"INSERT INTO {table.name} ({', '.join(names)})"  # noqa: S608
+               f" VALUES ({', '.join('?' * len(names))})")
+        self.sql = sql + (f" ON CONFLICT ({', '.join(conflict)}) DO NOTHING" if conflict
+                          else "")
+        self._binders: dict[str, list[Callable[[Any], Any] | None]] = {}
+
+    def binders(self, dialect: Dialect) -> list[Callable[[Any], Any] | None]:
+        made = self._binders.get(dialect.name)
+        if made is None:
+            made = self._binders[dialect.name] = [_processor(c, dialect, "bind")
+                                                  for c in self.columns]
+        return made
 
 
 class Raw:
@@ -72,15 +85,10 @@ class Raw:
         self._db = driver._connection if isinstance(driver, InlineConnection) else None
         self.direct = self._db is not None
 
-    def bind(self, column: Column, value: Any) -> Any:
-        """`value` as the driver must receive it for `column` (what Core would send)."""
-        process = _processor(column, self.dialect, "bind")
-        return value if process is None or value is None else process(value)
-
-    def values(self, table: Table, names: Sequence[str], values: Sequence[Any]) -> tuple:
-        """One row's `values` for `names` of `table`, each bound as its column's type."""
-        return tuple(self.bind(table.c[name], value) for name, value in zip(names, values,
-                                                                            strict=True))
+    def values(self, insert: Insert, values: Sequence[Any]) -> tuple:
+        """One row's `values` for `insert`'s columns, each bound as its column's type."""
+        return tuple(value if bind is None or value is None else bind(value)
+                     for bind, value in zip(insert.binders(self.dialect), values, strict=True))
 
     def read(self, column: Column, value: Any) -> Any:
         """A value of `column` as the driver returned it, as Core would return it."""
