@@ -26,10 +26,11 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from billing import ledger, meter
 from billing.ledger import LedgerError, SystemAccount
+from server.store import raw
 from signalling import visits
 from signalling.tables import visits as visits_table
 
@@ -43,6 +44,15 @@ STORE_TURNS = 8
 CHANNEL = "meters"
 RENEW_CHUNK = 200  # lease renewals in flight at once
 ENDED_KEPT, ENDED_KEEP_S = 10_000, 60.0  # remembered ends: far longer than a cached check
+
+# A pass's own statements, compiled once (server/store/raw.py): every live visit runs them
+# every minute. The row is locked first (FOR UPDATE), see MeterPass.run.
+_t = visits_table
+_WHOLE_ROW = raw.Query(select(_t).where(_t.c.id == bindparam("p_id")).with_for_update())
+_PRESENCE = raw.Query(select(_t.c.status, _t.c.ended_at, _t.c.end_reason, _t.c.media_changed_at)
+                      .where(_t.c.id == bindparam("p_id")).with_for_update())
+_KEEP_STATE = raw.Query(_t.update().where(_t.c.id == bindparam("p_id"))
+                        .values(meter=bindparam("p_meter")))
 
 
 class Sink(visits.EventSink, Protocol):
@@ -368,10 +378,10 @@ class _Pass:
         # event heads: the order a media report's or an end's transaction takes them in, so
         # the two cannot deadlock.
         self.debiting, self.debited, self.pushes = None, 0, []
-        t = visits_table
+        db = raw.Raw(conn)
         if self.config is None:  # the meter's start: the visit, and its stored meter state
-            row = (await conn.execute(select(t).where(t.c.id == vm.visit_id)
-                                      .with_for_update())).first()
+            found = await db.query(_WHOLE_ROW, {"p_id": vm.visit_id})
+            row = found[0] if found else None
             if row is None or row.status not in visits.IN_CALL:
                 return False
             self.parties = (row.family_id, row.person_id)
@@ -383,9 +393,7 @@ class _Pass:
             else:
                 self.state = meter.MeterState()
         else:
-            row = (await conn.execute(select(
-                t.c.status, t.c.ended_at, t.c.end_reason, t.c.media_changed_at)
-                .where(t.c.id == vm.visit_id).with_for_update())).one()
+            row = (await db.query(_PRESENCE, {"p_id": vm.visit_id}))[0]
         events += self._observed(row)
         start = self.state
         family = self.parties[0] if self.parties else vm.family_id
@@ -415,8 +423,7 @@ class _Pass:
                     self.wake_at = action.at
                 # Persist: the state is written once, below, with everything else
         if self.state != start or vm.config is None:
-            await conn.execute(t.update().where(t.c.id == vm.visit_id)
-                               .values(meter=self.state.to_dict()))
+            await db.query(_KEEP_STATE, {"p_id": vm.visit_id, "p_meter": self.state.to_dict()})
         return True
 
     def _observed(self, row: Any) -> list[meter.Event]:
@@ -447,10 +454,12 @@ class _Pass:
         if vm.give_up:
             return meter.Failed(ts(now))
         self.debiting = action.minute
-        await ledger.transfer(conn, key=action.key, debit=family,
-                              credit=SystemAccount.VISIT_REVENUE, amount=action.amount,
-                              kind="visit_minute", ref=vm.visit_id, at=now)
-        balance = await ledger.balance(conn, family)
+        done = await ledger.transfer(conn, key=action.key, debit=family,
+                                     credit=SystemAccount.VISIT_REVENUE, amount=action.amount,
+                                     kind="visit_minute", ref=vm.visit_id, at=now)
+        balance = done.debit_balance  # read by the debit itself; None for a repeated key
+        if balance is None:
+            balance = await ledger.balance(conn, family)
         await self.sink.emit(conn, family, "balance", {"balance": balance}, now)
         self.debited += 1
         return meter.DebitOk(ts(now), action.minute, balance)

@@ -18,10 +18,11 @@ as one written through Core (UTC datetimes, JSON text, booleans), and read back 
 
 from __future__ import annotations
 
+from collections import namedtuple
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import Column, Table
+from sqlalchemy import Column, Executable, Select, Table
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -75,6 +76,33 @@ class Insert:
         return made
 
 
+class Query:
+    """A Core SELECT, UPDATE or INSERT (named `bindparam`s, no RETURNING) compiled once per
+    dialect and run as driver SQL: its parameters bound and its columns read back through their
+    SQLAlchemy types, rows as named tuples. For hot statements too shaped for hand-written SQL
+    (a whole row, FOR UPDATE, JSON): no per-call building, compiling or execution context."""
+
+    def __init__(self, statement: Executable) -> None:
+        self.statement = statement
+        self._plans: dict[str, tuple] = {}
+
+    def plan(self, dialect: Dialect) -> tuple:
+        """(sql, [(name, bind processor)], row type | None, [result processors])."""
+        made = self._plans.get(dialect.name)
+        if made is None:
+            compiled = self.statement.compile(dialect=dialect)
+            names = list(compiled.positiontup or ())
+            binds = [(n, compiled.binds[n].type.dialect_impl(dialect).bind_processor(dialect))
+                     for n in names]
+            columns = (list(self.statement.selected_columns)
+                       if isinstance(self.statement, Select) else [])
+            shape = namedtuple("Row", [c.key for c in columns]) if columns else None
+            reads = [c.type.dialect_impl(dialect).result_processor(dialect, None)
+                     for c in columns]
+            made = self._plans[dialect.name] = (str(compiled), binds, shape, reads)
+        return made
+
+
 class Raw:
     __slots__ = ("_conn", "_db", "dialect", "direct")
 
@@ -94,6 +122,19 @@ class Raw:
         """A value of `column` as the driver returned it, as Core would return it."""
         process = _processor(column, self.dialect, "result")
         return value if process is None else process(value)
+
+    async def query(self, query: Query, params: dict[str, Any]) -> list[Any]:
+        """`query`'s rows (named tuples) with `params` ({bindparam name: value}); [] for a
+        statement that returns none."""
+        sql, binds, shape, reads = query.plan(self.dialect)
+        values = [params[name] if bind is None or params[name] is None else bind(params[name])
+                  for name, bind in binds]
+        if shape is None:
+            await self.run(sql, values)
+            return []
+        return [shape(*(v if read is None else read(v) for v, read in zip(row, reads,
+                                                                            strict=True)))
+                for row in await self.rows(sql, values)]
 
     async def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         if self._db is not None:
