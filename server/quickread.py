@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import sqlite3
 import weakref
-from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Select
@@ -28,6 +27,7 @@ from sqlalchemy.dialects.sqlite.aiosqlite import SQLiteDialect_aiosqlite
 from sqlalchemy.engine import make_url
 
 from server.store import Store
+from server.store.raw import Query
 
 log = logging.getLogger("kinwire.store")
 NOT_SERVED: Any = object()
@@ -58,35 +58,25 @@ def _connection(store: Store) -> sqlite3.Connection | None:
 
 
 class Lookup:
-    """A SELECT built with SQLAlchemy Core, compiled once for SQLite; values are bound and
-    read back through the columns' own types, as Core would."""
+    """A SELECT built with SQLAlchemy Core, compiled once for SQLite (server/store/raw.py
+    `Query`: values bound and read back through the columns' own types, as Core would)."""
 
     def __init__(self, statement: Select) -> None:
-        compiled = statement.compile(dialect=_DIALECT)
-        self.sql = str(compiled)
-        self._names = list(compiled.positiontup or ())
-        # dialect_impl: SQLite's own type (its DATETIME is text in a fixed format)
-        self._bind: dict[str, Callable[[Any], Any] | None] = {
-            name: compiled.binds[name].type.dialect_impl(_DIALECT).bind_processor(_DIALECT)
-            for name in self._names}
-        self._read = [column.type.dialect_impl(_DIALECT).result_processor(_DIALECT, None)
-                      for column in statement.selected_columns]
+        self.query = Query(statement)
 
     def row(self, store: Store, params: dict[str, Any]) -> tuple | None:
         """The first row, None if there is none, or NOT_SERVED: read through the store."""
         db = _connection(store)
         if db is None:
             return NOT_SERVED
-        values = []
-        for name in self._names:
-            value, process = params[name], self._bind[name]
-            values.append(value if process is None or value is None else process(value))
+        sql, _, _, reads = self.query.plan(_DIALECT)
+        values = self.query.values(_DIALECT, params)
         try:
-            rows = db.execute(self.sql, values).fetchall()  # all: the statement ends here
+            rows = db.execute(sql, values).fetchall()  # all: the statement ends here
         except sqlite3.Error as exc:
             log.debug("quick read not served (%s); through the pool", exc)
             return NOT_SERVED
         if not rows:
             return None
         return tuple(value if process is None else process(value)
-                     for value, process in zip(rows[0], self._read, strict=True))
+                     for value, process in zip(rows[0], reads, strict=True))

@@ -102,6 +102,11 @@ class Query:
             made = self._plans[dialect.name] = (str(compiled), binds, shape, reads)
         return made
 
+    def values(self, dialect: Dialect, params: dict[str, Any]) -> list[Any]:
+        """`params` ({bindparam name: value}) in the compiled order, bound as their types."""
+        return [params[name] if bind is None or params[name] is None else bind(params[name])
+                for name, bind in self.plan(dialect)[1]]
+
 
 class Raw:
     __slots__ = ("_conn", "_db", "dialect", "direct")
@@ -126,9 +131,8 @@ class Raw:
     async def query(self, query: Query, params: dict[str, Any]) -> list[Any]:
         """`query`'s rows (named tuples) with `params` ({bindparam name: value}); [] for a
         statement that returns none."""
-        sql, binds, shape, reads = query.plan(self.dialect)
-        values = [params[name] if bind is None or params[name] is None else bind(params[name])
-                  for name, bind in binds]
+        sql, _, shape, reads = query.plan(self.dialect)
+        values = query.values(self.dialect, params)
         if shape is None:
             await self.run(sql, values)
             return []
