@@ -19,7 +19,9 @@ The counts grow on the same sockets (1k, then 5k, then 10k) so that connecting i
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -36,8 +38,14 @@ from server.broker import codec
 
 # Opening 10k-20k authenticated sockets takes minutes: one run a `make bench` (bench/run.py).
 RUNS_MAX = 1
-SIZES = {"tiny": [20], "full": [1000, 5000, 10000]}
-SATURATE_S = {"tiny": 0.5, "full": 2.0}
+# KINWIRE_BENCH_FANOUT_SIZES="1000,10000" measures only those counts; _SYSTEMS="kinwire,baseline"
+# skips the others; _SATURATE_S lengthens the saturation phase; _PYSPY=/tmp/fo (with
+# _SYSTEMS) records the server's saturation phase to /tmp/fo-<system>-<n>.txt (py-spy raw).
+SIZES = {"tiny": [20], "full": [int(n) for n in os.environ.get(
+    "KINWIRE_BENCH_FANOUT_SIZES", "1000,5000,10000").split(",")]}
+SYSTEMS = os.environ.get("KINWIRE_BENCH_FANOUT_SYSTEMS", "kinwire,baseline,nats").split(",")
+SATURATE_S = {"tiny": 0.5, "full": float(os.environ.get("KINWIRE_BENCH_FANOUT_SATURATE_S", 2.0))}
+PYSPY = os.environ.get("KINWIRE_BENCH_FANOUT_PYSPY", "")
 PACED_S = {"tiny": 0.5, "full": 2.0}
 CHANNELS = b"kinwire:channel:user:*"
 
@@ -195,6 +203,13 @@ async def saturate(target: Target, users: list[User], tally: load_ws.Tally,
     published = 0
     start = 0
     lost = False
+    spy = None
+    if PYSPY:
+        spy = subprocess.Popen(
+            [str(common.ROOT / ".venv/bin/py-spy"), "record", "--nonblocking", "--format", "raw",
+             "-r", "100", "-p", str(target.pids["server"]), "-d", str(int(duration_s)),
+             "-o", f"{PYSPY}-{target.name}-{n}.txt"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     with load_ws.CpuMeter(target.pids, common.cpu_seconds) as cpu:
         t0 = time.monotonic()
         while time.monotonic() - t0 < duration_s:
@@ -208,6 +223,8 @@ async def saturate(target: Target, users: list[User], tally: load_ws.Tally,
             await target.drain()
         lost = lost or not await tally.wait_for(base + published, 5.0)
         elapsed = time.monotonic() - t0
+    if spy:
+        spy.wait(timeout=60)
     delivered = tally.delivered - base
     return {"deliveries_per_s": round(delivered / elapsed, 1), "published": published,
             "lost": published - delivered if lost else 0,
@@ -215,7 +232,10 @@ async def saturate(target: Target, users: list[User], tally: load_ws.Tally,
             "server_cpu_pct": round(sum(cpu.pct.values()), 1),
             # CPU per delivery holds even when the shared machine starves the servers
             "server_cpu_us_per_delivery": round(10_000 * sum(cpu.pct.values()) * cpu.wall
-                                                / max(1, delivered), 1)}
+                                                / max(1, delivered), 1),
+            # the same split by process (the server alone; its redis-server)
+            **{f"cpu_us_per_delivery_{name}": round(10_000 * pct * cpu.wall / max(1, delivered), 1)
+               for name, pct in cpu.pct.items()}}
 
 
 async def paced(target: Target, users: list[User], tally: load_ws.Tally,
@@ -296,16 +316,20 @@ async def run(size: str) -> dict[str, Any]:
             users = await load_ws.fast_users(url, max(sizes))
             tokens = load_ws.write_tokens(workdir / "tokens.json", users)
             async with private_redis(workdir) as redis:
-                async with common.kinwire(url, workdir / "kinwire", redis_url=redis.url,
-                                          ws_auth_timeout_s=120) as server, \
-                        redis_target("kinwire", server.ws_url, redis, server.proc.pid) as t:
+                if "kinwire" in SYSTEMS:
+                    async with common.kinwire(url, workdir / "kinwire", redis_url=redis.url,
+                                              ws_auth_timeout_s=120) as server, \
+                            redis_target("kinwire", server.ws_url, redis,
+                                         server.proc.pid) as t:
+                        rows += await measure(t, users, size)
+                if "baseline" in SYSTEMS:
+                    async with load_ws.baseline("fanout_relay", tokens, workdir, "--redis-port",
+                                                str(redis.port)) as (ws_url, pid), \
+                            redis_target("baseline", ws_url, redis, pid) as t:
+                        rows += await measure(t, users, size)
+            if "nats" in SYSTEMS:
+                async with nats_target(workdir) as t:
                     rows += await measure(t, users, size)
-                async with load_ws.baseline("fanout_relay", tokens, workdir, "--redis-port",
-                                            str(redis.port)) as (ws_url, pid), \
-                        redis_target("baseline", ws_url, redis, pid) as t:
-                    rows += await measure(t, users, size)
-            async with nats_target(workdir) as t:
-                rows += await measure(t, users, size)
     return {"scenario": "fanout", "size": size, "rows": rows, "targets": targets(rows, size),
             "notes": NOTES}
 

@@ -21,13 +21,16 @@ class QueuedSubscription:
       pending `Gap("overflow")`, then filling starts again. `mark_gap` drops the queue the same
       way (the consumer resyncs from the store after a Gap, so older signals are superseded).
       So the queue never holds more than `queue_max` payloads and one Gap.
+    - `direct`, when set, is offered each payload that arrives while the consumer is idle
+      (waiting in `async for`, nothing queued before it): if it returns True it has handled
+      the payload, in order, without waking the consumer; else the payload is queued.
     - After `close()` (or the broker closing) iteration ends and nothing more is delivered.
     One task consumes a subscription; pushing happens on the same event loop.
     """
 
     # No per-instance dict: a process holds one subscription per connected user.
-    __slots__ = ("_closed", "_gap", "_on_close", "_payloads", "_waiter", "channel", "live",
-                 "queue_max")
+    __slots__ = ("_closed", "_gap", "_on_close", "_payloads", "_waiter", "channel", "direct",
+                 "live", "queue_max")
 
     def __init__(
         self,
@@ -48,6 +51,7 @@ class QueuedSubscription:
         # A future per wait rather than an asyncio.Event (which holds a deque, ~0.8 KB): a
         # process holds one subscription per connected user.
         self._waiter: asyncio.Future[None] | None = None
+        self.direct: Callable[[bytes], bool] | None = None
 
     @property
     def closed(self) -> bool:
@@ -60,6 +64,13 @@ class QueuedSubscription:
 
     def push(self, data: bytes) -> None:
         if self._closed:
+            return
+        # Handled here, a payload costs no wake-up of the consumer, nor the new waiter and
+        # coroutine its next wait makes: with 10k subscriptions those live until the next
+        # payload, get promoted by the collector and bring full collections on sooner. Only
+        # while the consumer is idle, so nothing it has yet to take is overtaken.
+        if (self.direct is not None and self._waiter is not None and not self._waiter.done()
+                and not self._payloads and self._gap is None and self.direct(data)):
             return
         if len(self._payloads) >= self.queue_max:
             self.mark_gap(OVERFLOW)
@@ -79,6 +90,7 @@ class QueuedSubscription:
         self._closed = True
         self._payloads.clear()
         self._gap = None
+        self.direct = None
         self._wake()
 
     def _wake(self) -> None:

@@ -20,7 +20,8 @@ from typing import Any
 from sqlalchemy import bindparam, select
 
 from server import events, quickread
-from server.broker import Broker, BrokerUnavailable, Gap
+from server.broker import Broker, BrokerUnavailable, Gap, codec
+from server.broker.subscription import QueuedSubscription
 from server.errors import ApiError
 from server.gateway.client import REVOKED, Budget, Client
 from server.gateway.envelope import encode, push
@@ -119,6 +120,8 @@ class Feed:
                 self.subscription = subscription
                 self.live.set()
                 await self._deliver(Gap("subscribed"))
+            if isinstance(subscription, QueuedSubscription):
+                subscription.direct = self._deliver_live
             async for item in subscription:
                 await self._deliver(item)
             self.live.clear()
@@ -138,6 +141,19 @@ class Feed:
             # One bad signal or a store hiccup must not end the user's feed.
             log.exception("feed for %s failed to deliver; the next signal retries",
                           self.account_id)
+
+    def _deliver_live(self, data: bytes) -> bool:
+        """A live frame arriving while this feed waits for the next item: pushed now, from
+        the broker's reader, rather than by waking the feed's task (which would push it the
+        same way, nothing being ahead of it). Anything else is left to the task: False."""
+        try:
+            item = codec.decode(data)
+            if "live" not in item or "seq" in item:
+                return False
+            self.fan_out(item["live"])
+        except Exception:
+            log.exception("feed for %s failed to push a live frame", self.account_id)
+        return True
 
     def fan_out(self, frame: dict[str, Any]) -> None:
         encoded: dict[str, str | bytes] = {}
