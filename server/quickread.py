@@ -64,19 +64,17 @@ class Lookup:
     def __init__(self, statement: Select) -> None:
         self.query = Query(statement)
 
-    def row(self, store: Store, params: dict[str, Any]) -> tuple | None:
-        """The first row, None if there is none, or NOT_SERVED: read through the store."""
+    def row(self, store: Store, params: dict[str, Any]) -> Any:
+        """The first row (a named tuple), None if there is none, or NOT_SERVED: read through
+        the store."""
         db = _connection(store)
         if db is None:
             return NOT_SERVED
-        sql, _, _, reads = self.query.plan(_DIALECT)
+        sql = self.query.plan(_DIALECT)[0]
         values = self.query.values(_DIALECT, params)
         try:
             rows = db.execute(sql, values).fetchall()  # all: the statement ends here
         except sqlite3.Error as exc:
             log.debug("quick read not served (%s); through the pool", exc)
             return NOT_SERVED
-        if not rows:
-            return None
-        return tuple(value if process is None else process(value)
-                     for value, process in zip(rows[0], reads, strict=True))
+        return self.query.row(_DIALECT, rows[0]) if rows else None

@@ -170,9 +170,10 @@ def _cached(call: WsCall, visit_id: str) -> InCall | None:
     return known
 
 
-def _remember(call: WsCall, visit_id: str, row: Any, checked_at: float) -> None:
-    _in_call.setdefault(call.client, {})[visit_id] = InCall(
+def _remember(call: WsCall, visit_id: str, row: Any, checked_at: float) -> InCall:
+    known = _in_call.setdefault(call.client, {})[visit_id] = InCall(
         visits.peer_of(row, call.me.account_id), row.media, checked_at)
+    return known
 
 
 async def visit_join(call: WsCall) -> dict[str, Any]:
@@ -221,8 +222,7 @@ async def visit_signal(call: WsCall) -> dict[str, Any]:
         if row.status not in visits.IN_CALL:
             _in_call.get(call.client, {}).pop(visit_id, None)
             raise ApiError(409, "not_in_call", f"The visit is {row.status}.")
-        _remember(call, visit_id, row, checked_at)
-        known = _in_call[call.client][visit_id]
+        known = _remember(call, visit_id, row, checked_at)
     peer = known.peer
     # --- relay mode (signalling/relay.py): the server answers; nothing goes to the peer ---
     if known.media == "relay":

@@ -108,15 +108,9 @@ class GroupCommit:
 
 
 async def _isolated(conn: AsyncConnection, db: Raw, n: int, work: Work) -> tuple[bool, Any]:
-    """One work inside its own savepoint: an exception rolls back this work only."""
-    if not db.direct:
-        try:
-            async with conn.begin_nested():
-                return True, await work(conn)
-        except Exception as exc:
-            return False, exc
-    # On the inline writer the savepoint is driver SQL too (two statements a send through
-    # SQLAlchemy's nested transactions cost more than the send's own inserts).
+    """One work inside its own savepoint: an exception rolls back this work only. The savepoint
+    is driver SQL (through SQLAlchemy's nested transactions its two statements cost more than a
+    send's own inserts on the inline writer)."""
     await db.run(f"SAVEPOINT g{n}")
     try:
         result = await work(conn)

@@ -6,7 +6,7 @@ result proxy, greenlet switches) and aiosqlite's hand-off, not in the database: 
 same 12 statements in a fifth of the time. A `Raw` runs plain SQL on the transaction's own
 DBAPI connection:
 - on SQLite's inline writer (server/store/inline.py), straight on the sqlite3 connection, on
-  the loop (`direct`): the statements of a transaction never wait for a lock (it is held);
+  the loop: the statements of a transaction never wait for a lock (it is held);
 - anywhere else (PostgreSQL, SQLite on aiosqlite's thread), through `exec_driver_sql`, which
   skips compiling but keeps SQLAlchemy's transaction start, error wrapping and pool
   invalidation, so a dead database still reads as `unavailable` (server/store is_unavailable).
@@ -107,16 +107,21 @@ class Query:
         return [params[name] if bind is None or params[name] is None else bind(params[name])
                 for name, bind in self.plan(dialect)[1]]
 
+    def row(self, dialect: Dialect, raw_row: Sequence[Any]) -> Any:
+        """A row as the driver returned it, as a named tuple of the values Core would give."""
+        _, _, shape, reads = self.plan(dialect)
+        return shape(*(v if read is None else read(v)
+                       for v, read in zip(raw_row, reads, strict=True)))
+
 
 class Raw:
-    __slots__ = ("_conn", "_db", "dialect", "direct")
+    __slots__ = ("_conn", "_db", "dialect")
 
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
         self.dialect = conn.dialect
         driver = conn.sync_connection.connection.driver_connection
         self._db = driver._connection if isinstance(driver, InlineConnection) else None
-        self.direct = self._db is not None
 
     def values(self, insert: Insert, values: Sequence[Any]) -> tuple:
         """One row's `values` for `insert`'s columns, each bound as its column's type."""
@@ -131,14 +136,12 @@ class Raw:
     async def query(self, query: Query, params: dict[str, Any]) -> list[Any]:
         """`query`'s rows (named tuples) with `params` ({bindparam name: value}); [] for a
         statement that returns none."""
-        sql, _, shape, reads = query.plan(self.dialect)
+        sql, _, shape, _ = query.plan(self.dialect)
         values = query.values(self.dialect, params)
         if shape is None:
             await self.run(sql, values)
             return []
-        return [shape(*(v if read is None else read(v) for v, read in zip(row, reads,
-                                                                            strict=True)))
-                for row in await self.rows(sql, values)]
+        return [query.row(self.dialect, row) for row in await self.rows(sql, values)]
 
     async def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         if self._db is not None:
@@ -166,5 +169,4 @@ class Raw:
     async def _driver(self, sql: str, params: Sequence[Any] | list[tuple]):
         # a list of tuples is executemany; one statement's values go as a tuple
         text = _dollar(sql) if self.dialect.name == "postgresql" else sql
-        return await self._conn.exec_driver_sql(
-            text, params)
+        return await self._conn.exec_driver_sql(text, params)
