@@ -191,6 +191,7 @@ async def ladder(server: common.Server, pairs: list[Pair], steps: list[tuple[int
             for rate, seconds in steps:
                 errors_before = sum(tally.errors.values())
                 cpu_before = common.cpu_seconds(server.proc.pid)
+                load_before = time.process_time()
                 started = time.perf_counter()
                 first = next_id
                 next_id = await offer(targets, tally, rate, seconds, first, run_key)
@@ -208,7 +209,11 @@ async def ladder(server: common.Server, pairs: list[Pair], steps: list[tuple[int
                        "pushed": len(pushed),
                        "push_p99_ms": common.summary_ms(pushed)["p99_ms"] if pushed else 0.0,
                        "server_cpu_s": round(common.cpu_seconds(server.proc.pid)
-                                             - cpu_before, 2)}
+                                             - cpu_before, 2),
+                       # this process alone on its core: near 100 means the generator, not
+                       # the server, set the rate
+                       "loadgen_cpu_pct": round(100 * (time.process_time() - load_before)
+                                                / (time.perf_counter() - started), 1)}
                 # Server CPU per acked send: the capacity of one quiet core is ~1000 / this.
                 row["server_cpu_ms_per_send"] = round(
                     1000 * row["server_cpu_s"] / max(1, len(acked)), 2)
