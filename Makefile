@@ -17,7 +17,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-# All benchmark scenarios, 3 runs each (docs/BENCHMARKS.md): bench/results.json + charts.
+# All benchmark scenarios, up to 3 runs each within 14 minutes (docs/BENCHMARKS.md): results.json + charts.
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
 

@@ -36,14 +36,29 @@ def run_one(name: str, size: str) -> dict[str, Any]:
     return result
 
 
-def runs_for(name: str, wanted: int, size: str) -> int:
-    """How many runs of a scenario: `wanted`, capped at full size by the module's RUNS_MAX.
-    The heaviest scenarios (thousands of sockets) run fewer times so that `make bench` fits in
-    15 minutes on two cores; each still repeats its own measurement inside a run."""
-    if size != "full":
-        return wanted
-    module = importlib.import_module(f"bench.scenarios.{name}")
-    return max(1, min(wanted, getattr(module, "RUNS_MAX", wanted)))
+# `make bench` must finish within 15 minutes: every scenario runs once, then the scenarios are
+# run again, round after round, while the next run (expected to last as long as the
+# scenario's last one) still ends within the budget, up to --runs each. So a fast machine gets
+# three runs of everything and a slow or busy one fewer of the long scenarios, instead of a
+# fixed count tuned to one machine.
+BUDGET_S = {"full": 840.0, "tiny": float("inf")}
+
+
+def schedule(names: list[str], wanted: int, budget_s: float, run: Any,
+             clock: Any = time.monotonic) -> dict[str, list[dict[str, Any]]]:
+    """Run every name once, then more rounds while they fit in `budget_s`; `run(name, i)`
+    runs one and returns its result. Returns each name's runs."""
+    started = clock()
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    took: dict[str, float] = {}
+    for round_no in range(max(1, wanted)):
+        for name in names:
+            if round_no and clock() - started + took[name] > budget_s:
+                continue  # would overrun: the earlier runs stand
+            t0 = clock()
+            runs[name].append(run(name, round_no))
+            took[name] = clock() - t0
+    return runs
 
 
 def run_isolated(name: str, size: str, timeout_s: float) -> dict[str, Any]:
@@ -128,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--no-charts", action="store_true")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="repeat runs only while they fit (default: 840 s at full size)")
     args = parser.parse_args(argv)
     if args.one:
         print(json.dumps(run_one(args.one, args.size)))
@@ -137,15 +154,15 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
     started = time.time()
-    results = []
-    for name in names:
-        runs = []
-        count = runs_for(name, args.runs, args.size)
-        for i in range(count):
-            print(f"[bench] {name} run {i + 1}/{count} ({args.size})", file=sys.stderr,
-                  flush=True)
-            runs.append(run_isolated(name, args.size, timeout_s=900))
-        results.append(aggregate(name, runs))
+
+    def one(name: str, i: int) -> dict[str, Any]:
+        print(f"[bench] {name} run {i + 1} of up to {args.runs} ({args.size}, "
+              f"{time.time() - started:.0f} s in)", file=sys.stderr, flush=True)
+        return run_isolated(name, args.size, timeout_s=900)
+
+    budget = args.budget_s if args.budget_s is not None else BUDGET_S[args.size]
+    each = schedule(names, args.runs, budget, one)
+    results = [aggregate(name, each[name]) for name in names]
     doc = {"machine": machine(), "size": args.size, "runs": args.runs,
            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
            "seconds": round(time.time() - started, 1), "results": results}

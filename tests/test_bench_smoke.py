@@ -38,3 +38,28 @@ def test_scenario_runs_at_tiny_size(name):
     for t in result["targets"]:
         assert set(t) >= {"what", "value", "limit", "met"}, t
     assert result["notes"]
+
+
+def test_the_schedule_repeats_runs_only_while_they_fit_the_budget():
+    """Every scenario runs once; later rounds only where the run (as long as its last) still
+    ends within the budget. A clock that advances by each run's length stands in for time."""
+    lengths = {"quick": 10.0, "long": 100.0}
+    now = [0.0]
+    order = []
+
+    def one(name, i):
+        order.append((name, i))
+        now[0] += lengths[name]
+        return {"scenario": name, "round": i}
+
+    runs = run.schedule(["long", "quick"], 3, 250.0, one, clock=lambda: now[0])
+    # round 1: long (100), quick (110); round 2: long fits (210), quick fits (220);
+    # round 3: long would end at 320 > 250: skipped; quick fits (230)
+    assert order == [("long", 0), ("quick", 0), ("long", 1), ("quick", 1), ("quick", 2)]
+    assert [r["round"] for r in runs["long"]] == [0, 1]
+    assert len(runs["quick"]) == 3
+    # A budget too small for any repeat still runs everything once.
+    now[0] = 0.0
+    order.clear()
+    runs = run.schedule(["long", "quick"], 3, 1.0, one, clock=lambda: now[0])
+    assert order == [("long", 0), ("quick", 0)]

@@ -25,9 +25,6 @@ import aiohttp
 from bench import common
 from bench.load_visits import Pair, Socket, http_session, kinwire_pair, make_visits, redis_server
 
-# Two runs a `make bench` (~30 s each; bench/run.py), to keep the whole under 15 minutes.
-RUNS_MAX = 2
-
 SIZES = {"tiny": (3, 2.0), "full": (25, 20.0)}  # pairs per group, seconds of sending
 RATE = 5.0  # typing frames a second per sender (the server allows 20)
 LIMIT_MS = 2.0

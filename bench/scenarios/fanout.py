@@ -36,8 +36,6 @@ from bench import common, load_ws
 from bench.common import User
 from server.broker import codec
 
-# Opening 10k-20k authenticated sockets takes minutes: one run a `make bench` (bench/run.py).
-RUNS_MAX = 1
 # KINWIRE_BENCH_FANOUT_SIZES="1000,10000" measures only those counts; _SYSTEMS="kinwire,baseline"
 # skips the others; _SATURATE_S lengthens the saturation phase; _PYSPY=/tmp/fo (with
 # _SYSTEMS) records the server's saturation phase to /tmp/fo-<system>-<n>.txt (py-spy raw).

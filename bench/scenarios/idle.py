@@ -15,8 +15,6 @@ from typing import Any
 
 from bench import common, load_ws
 
-# Opening 10k-20k authenticated sockets takes minutes: one run a `make bench` (bench/run.py).
-RUNS_MAX = 1
 SIZES = {"tiny": (20, 40), "full": (10_000, None)}  # None: as many as the file limit allows
 FD_MARGIN = 200  # descriptors left for the database, logs, listening socket, the loadgen's own
 WARMUP = 20

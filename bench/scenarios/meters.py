@@ -37,8 +37,6 @@ from sqlalchemy import select
 from bench import common
 from bench.load_visits import make_visits, set_live
 
-# 10,000 live visits take over a minute a run: fewer runs a `make bench` (bench/run.py).
-RUNS_MAX = 1
 SIZES = {"tiny": 20, "full": int(os.environ.get("KINWIRE_BENCH_METERS_N", 10_000))}
 # The shortened minute: 45 s is 222 debits a second at 10,000 visits, 1.33x production's load
 # (60 s). A 5 s minute (2,000 a second) is beyond one core for the bare timer baseline too

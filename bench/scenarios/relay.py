@@ -30,9 +30,6 @@ from bench.clip import ClipTrack, encode_clip
 from signalling.media import ToneAudioTrack
 from signalling.visit_client import VisitClient
 
-# A run ramps both servers up to the first step that drops frames (~40-50 s): one run a
-# `make bench` (bench/run.py), to keep the whole under 15 minutes.
-RUNS_MAX = 1
 FPS_MIN = 25
 # What the parties send: a webcam's usual 30 frames/s, so that ">= 25 received" has a margin;
 # sent at exactly 25, one frame late or a window edge would read as 24.8 and fail the step.

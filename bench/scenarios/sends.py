@@ -28,9 +28,6 @@ import aiohttp
 
 from bench import common, load_ws
 
-# Two runs a `make bench` (~50 s each; bench/run.py), to keep the whole under 15 minutes.
-RUNS_MAX = 2
-
 SIZES = {
     # senders (= recipients), [(rate/s, seconds)], credits each
     # tiny (the test suite's smoke run) is SQLite only: the same scenario code, in seconds
