@@ -299,15 +299,23 @@ def variant_targets(variant: str, rows: list[dict[str, Any]],
                 if r["p99_ms"] <= 50 and r["acked"] >= 0.99 * r["sends"]), default=0.0)
     peak = max(r["sends_per_s"] for r in rows)
     found = []
+    # "sqlite thread" is not how Kinwire runs (the default writes inline): its figures are
+    # there to show what inline writes buy, reported beside the targets, not held to them.
+    held = variant != "sqlite thread"
+
+    def target(what: str, value: float, limit: str, met: bool) -> dict[str, Any]:
+        return common.target(what, value, limit if held else "reported (not the default)",
+                             met if held else True)
+
     if variant.startswith("sqlite"):
-        found.append(common.target(f"{variant}: sends/s sustained with ack p99 <= 50 ms",
-                                   best, ">= 2000", best >= 2000))
+        found.append(target(f"{variant}: sends/s sustained with ack p99 <= 50 ms",
+                            best, ">= 2000", best >= 2000))
     # Against the raw rate under the commit policy the server uses: SQLite sends are
     # group-committed (K rows a commit), PostgreSQL sends commit one by one.
     raw_rate = raw["batched"] if variant.startswith("sqlite") else raw["per_row"]
     ratio = raw_rate / peak if peak else 1e9
-    found.append(common.target(f"{variant}: raw insert rate / peak sends/s", ratio, "<= 2",
-                               ratio <= 2))
+    found.append(target(f"{variant}: raw insert rate / peak sends/s", ratio, "<= 2",
+                        ratio <= 2))
     found.append(common.target(f"{variant}: every acked send pushed to its recipient",
                                float(sum(r["pushed"] for r in rows)), "== acked",
                                all(r["pushed"] == r["acked"] for r in rows)))
