@@ -260,6 +260,8 @@ class Hub:
         feed = self.feeds.get(client.principal.account_id) if client.principal else None
         if feed is None:
             return False
+        if feed.live.is_set():
+            return True  # the usual case: no timer to arm and cancel
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
                 await feed.live.wait()

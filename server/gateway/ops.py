@@ -181,9 +181,11 @@ async def visit_join(call: WsCall) -> dict[str, Any]:
     now = call.ctx.clock()
 
     async def work(conn, outbox):
-        row = await visits.get(conn, visit_id)
+        # One read for the visit and its connection's block and status; the checks below run
+        # in the same order as with two reads.
+        row = await calls.visit_and_link(conn, visit_id)
         visits.role_of(row, call.me.account_id)  # a stranger learns nothing: not_found
-        await calls.require_contact(conn, row)
+        calls.require_contact_of(row)
         return await visits.join(conn, outbox, visit_id, call.me.account_id, now, row)
 
     # The peer offers as soon as it hears we are here, over live frames that are lost if our
