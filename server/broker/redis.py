@@ -109,6 +109,10 @@ class RedisBroker:
             "socket_connect_timeout": op_timeout_s,
             "socket_keepalive": True,
             "retry": Retry(NoBackoff(), 0),
+            # No CLIENT SETINFO on connect: two round trips and a read of the package's
+            # metadata for every new connection, which a burst (100 visits joining at once)
+            # opens by the dozen (docs/BENCHMARKS.md, "Signalling").
+            "driver_info": None,
         }
         pool = BlockingConnectionPool.from_url(
             url, max_connections=connections_max, timeout=op_timeout_s, **common
