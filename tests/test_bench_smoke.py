@@ -53,9 +53,9 @@ def test_the_schedule_repeats_runs_only_while_they_fit_the_budget():
         return {"scenario": name, "round": i}
 
     runs = run.schedule(["long", "quick"], 3, 250.0, one, clock=lambda: now[0])
-    # round 1: long (100), quick (110); round 2: long fits (210), quick fits (220);
-    # round 3: long would end at 320 > 250: skipped; quick fits (230)
-    assert order == [("long", 0), ("quick", 0), ("long", 1), ("quick", 1), ("quick", 2)]
+    # round 1 in the given order: long (ends at 100), quick (110); later rounds shortest
+    # first: quick (120), long (220); quick (230), long would end at 330 > 250: skipped
+    assert order == [("long", 0), ("quick", 0), ("quick", 1), ("long", 1), ("quick", 2)]
     assert [r["round"] for r in runs["long"]] == [0, 1]
     assert len(runs["quick"]) == 3
     # A budget too small for any repeat still runs everything once.

@@ -113,6 +113,15 @@ async def test_payloads_arrive_in_publish_order(kit: Kit) -> None:
     assert received == [{"seq": seq} for seq in range(1000)]
 
 
+async def test_concurrent_publishes_arrive_in_the_order_they_started(kit: Kit) -> None:
+    """Publishes started together (Redis sends them as pipelines) arrive in start order, each
+    once, and each caller returns once its own is accepted."""
+    subscription = await kit.broker.subscribe("user.1", queue_max=1000)
+    await asyncio.gather(*(kit.broker.publish("user.1", {"seq": seq}) for seq in range(600)))
+    received = [await receive(subscription) for _ in range(600)]
+    assert received == [{"seq": seq} for seq in range(600)]
+
+
 async def test_nothing_published_before_subscribe_is_delivered(kit: Kit) -> None:
     await kit.broker.publish("user.1", {"seq": 1})
     first = await kit.broker.subscribe("user.1")
@@ -343,6 +352,23 @@ async def test_redis_restart_raises_then_gaps_and_resumes(private_redis: Private
         assert await asyncio.wait_for(anext(aiter(subscription)), 5) == Gap("reconnected")
         await broker.publish("user.1", {"seq": 3})
         assert await receive(subscription) == {"seq": 3}
+    finally:
+        await broker.close()
+
+
+async def test_concurrent_publishes_to_a_lost_redis_all_raise_in_time(
+        private_redis: PrivateRedis) -> None:
+    op_timeout_s = 0.4
+    broker = RedisBroker(private_redis.url, op_timeout_s=op_timeout_s)
+    try:
+        await broker.publish("user.1", {"seq": 0})
+        private_redis.kill()
+        started = time.monotonic()
+        outcomes = await asyncio.gather(
+            *(broker.publish("user.1", {"seq": seq}) for seq in range(50)),
+            return_exceptions=True)
+        assert all(isinstance(o, BrokerUnavailable) for o in outcomes), outcomes
+        assert time.monotonic() - started < op_timeout_s + 0.5
     finally:
         await broker.close()
 

@@ -6,9 +6,10 @@ Contract (see server.broker), and how Redis gives it:
   twice, and delivery is at most once. Pub/sub is fire-and-forget: a process that is
   disconnected misses payloads, and its subscriptions get Gap("reconnected") when it is back.
 - Ordering is per channel from one publisher: a publish awaited before the next one started
-  reached Redis first, and Redis forwards in the order it received. (Publishes started
-  concurrently may use different pool connections, so they have no order.) Subscriptions share
-  one pub/sub connection per process (RedisFanout), which preserves Redis' order.
+  reached Redis first, and Redis forwards in the order it received. Publishes are queued and
+  sent in that order, those that wait together as one pipeline (one write, one round trip:
+  a burst of signals costs a fraction of a PUBLISH each); subscriptions share one pub/sub
+  connection per process (RedisFanout), which preserves Redis' order.
 - Every Redis call is bounded by `op_timeout_s`; a lost, refusing or slow Redis raises
   BrokerUnavailable. Other Redis errors (a script bug, WRONGTYPE) propagate as they are.
 - Presence is a sorted set per key: member -> expiry in milliseconds of the *Redis server's*
@@ -39,6 +40,7 @@ from server.broker.subscription import QueuedSubscription
 
 T = TypeVar("T")
 UNAVAILABLE_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
+PUBLISH_BATCH_MAX = 256  # publishes in one pipeline (each a few hundred bytes to ~5 KB)
 
 _NOW_MS = """
 local now = redis.call('TIME')
@@ -132,10 +134,53 @@ class RedisBroker:
         self._renew = self._redis.register_script(RENEW_LUA)
         self._release = self._redis.register_script(RELEASE_LUA)
         self._closed = False
+        self._outgoing: list[tuple[bytes, bytes, asyncio.Future]] = []
+        self._sender: asyncio.Task | None = None
 
     async def publish(self, channel: str, payload: dict[str, Any]) -> None:
-        data = codec.encode(payload)
-        await self._call(self._redis.publish, self._channel(channel), data)
+        self._check_open()
+        done: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._outgoing.append((self._channel(channel), codec.encode(payload), done))
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.create_task(self._send_published(), name="redis-publish")
+        try:
+            async with asyncio.timeout(self._op_timeout_s):  # queued time included
+                await done
+        except TimeoutError:
+            raise BrokerUnavailable("redis: publish timed out") from None
+
+    async def _send_published(self) -> None:
+        """Send queued publishes in order: alone as one PUBLISH, several as one pipeline (no
+        MULTI) bounded by op_timeout_s like any call. On failure every publish of the batch
+        raises BrokerUnavailable; some of them may have been delivered (at most once)."""
+        while self._outgoing:
+            batch = self._outgoing[:PUBLISH_BATCH_MAX]
+            del self._outgoing[:PUBLISH_BATCH_MAX]
+            try:
+                if len(batch) == 1:
+                    await self._bounded(self._redis.publish, batch[0][0], batch[0][1])
+                else:
+                    await self._bounded(self._pipeline_publish, batch)
+            except asyncio.CancelledError:  # shutting down: nobody may wait forever
+                for _, _, done in batch + self._outgoing:
+                    if not done.done():
+                        done.set_exception(BrokerUnavailable("redis: publisher stopped"))
+                self._outgoing.clear()
+                raise
+            except Exception as error:  # handed to every waiting publisher of the batch
+                for _, _, done in batch:
+                    if not done.done():
+                        done.set_exception(error)
+                continue
+            for _, _, done in batch:
+                if not done.done():
+                    done.set_result(None)
+
+    async def _pipeline_publish(self, batch: list[tuple[bytes, bytes, asyncio.Future]]) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for channel, data, _ in batch:
+                pipe.publish(channel, data)
+            await pipe.execute()
 
     async def subscribe(self, channel: str, *, queue_max: int = 1024) -> QueuedSubscription:
         """A live subscription (see RedisFanout); BrokerUnavailable if Redis cannot confirm it
@@ -177,11 +222,17 @@ class RedisBroker:
         if self._closed:
             return
         self._closed = True
+        if self._sender is not None and not self._sender.done():
+            await self._sender  # publishes already accepted go out (or fail) first
         await self._fanout.close()
         await self._redis.aclose()
 
     async def _call(self, command: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         self._check_open()
+        return await self._bounded(command, *args, **kwargs)
+
+    async def _bounded(self, command: Callable[..., Awaitable[T]], *args: Any,
+                       **kwargs: Any) -> T:
         try:
             async with asyncio.timeout(self._op_timeout_s):
                 return await command(*args, **kwargs)
