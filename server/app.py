@@ -40,7 +40,7 @@ from server.metrics import middleware as metrics_middleware
 from server.openapi import build as build_openapi
 from server.proxy import middleware as forwarded_middleware
 from server.routes_ops import healthz, readyz
-from server.routing import CONTEXT, Route, add_routes, error_middleware, json_response
+from server.routing import CONTEXT, WS_PATH, Route, add_routes, error_middleware, json_response
 from server.settings import Settings
 from server.store import Store
 from server.store.migrate import migrate
@@ -167,7 +167,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
     app.cleanup_ctx.append(database)
     app.cleanup_ctx.append(messaging)
     app.on_shutdown.append(on_shutdown)
-    app.router.add_get("/ws", websocket)
+    app.router.add_get(WS_PATH, websocket)
     add_routes(app, ROUTES)
     spec = build_openapi(ROUTES)
 

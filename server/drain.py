@@ -23,8 +23,9 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from server.routing import WS_PATH  # sockets are closed with 1012, not waited for
+
 log = logging.getLogger("kinwire.drain")
-WS_PATH = "/ws"  # sockets are closed with 1012, not waited for
 
 
 class Drain:
@@ -46,11 +47,16 @@ class Drain:
                 log.exception("drain step %s failed", getattr(step, "__name__", step))
 
     @web.middleware
-    async def middleware(self, request: web.Request,
-                         handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                         ) -> web.StreamResponse:
+    def middleware(self, request: web.Request,
+                   handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                   ) -> Awaitable[web.StreamResponse]:
         if request.path == WS_PATH:
-            return await handler(request)
+            return handler(request)  # not awaited here: see server/routing.py WS_PATH
+        return self._counted(request, handler)
+
+    async def _counted(self, request: web.Request,
+                       handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                       ) -> web.StreamResponse:
         self.in_flight += 1
         try:
             return await handler(request)

@@ -22,6 +22,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from server.routing import WS_PATH
+
 HEADER = "X-Request-Id"
 REQUEST_KEY = web.RequestKey("request_id", str)
 REQUEST_ID: ContextVar[str | None] = ContextVar("kinwire_request_id", default=None)
@@ -58,7 +60,17 @@ def request_id_for(request: web.BaseRequest) -> str:
 
 
 @web.middleware
-async def request_id_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+def request_id_middleware(request: web.Request, handler: Any) -> Any:
+    if request.path == WS_PATH:
+        # Not awaited here (see server/routing.py WS_PATH): the id stays set in this request's
+        # task, which ends with the socket; the socket's handler adds the header to a refusal.
+        request_id = request[REQUEST_KEY] = request_id_for(request)
+        REQUEST_ID.set(request_id)
+        return handler(request)
+    return _with_request_id(request, handler)
+
+
+async def _with_request_id(request: web.Request, handler: Any) -> web.StreamResponse:
     request_id = request_id_for(request)
     request[REQUEST_KEY] = request_id
     token = REQUEST_ID.set(request_id)

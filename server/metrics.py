@@ -164,9 +164,12 @@ def middleware(metrics: Metrics) -> Any:
     """Times POST /messages and counts the accepted ones (2xx, replays included)."""
 
     @web.middleware
-    async def send_metrics(request: web.Request, handler: Any) -> web.StreamResponse:
+    def send_metrics(request: web.Request, handler: Any) -> Any:
         if request.method != "POST" or request.path != SEND_PATH:
-            return await handler(request)
+            return handler(request)  # not awaited here: see server/routing.py WS_PATH
+        return timed(request, handler)
+
+    async def timed(request: web.Request, handler: Any) -> web.StreamResponse:
         start = time.perf_counter()
         response = await handler(request)
         metrics.observe("kinwire_send_seconds", time.perf_counter() - start)

@@ -55,9 +55,11 @@ def middleware(trusted_proxies: Sequence[str]) -> Callable:
     trusted = networks(trusted_proxies)
 
     @web.middleware
-    async def forwarded(request: web.Request,
-                        handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                        ) -> web.StreamResponse:
+    def forwarded(request: web.Request,
+                  handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                  ) -> Awaitable[web.StreamResponse]:
+        # Work before the handler only, so it hands on the handler's coroutine rather than
+        # awaiting it (no frame kept per request; see server/routing.py WS_PATH).
         if trusted and _trusted(_address(request.remote or ""), trusted):
             changes: dict[str, str] = {}
             remote = client_address(request.remote, request.headers.get(
@@ -69,6 +71,6 @@ def middleware(trusted_proxies: Sequence[str]) -> Callable:
                 changes["scheme"] = proto
             if changes:
                 request = request.clone(**changes)
-        return await handler(request)
+        return handler(request)
 
     return forwarded

@@ -174,34 +174,57 @@ def wrap(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]
     return handle
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ApiError as exc:
+# The WebSocket path. Every middleware passes it straight through without awaiting (a plain
+# function returning the handler's coroutine): a middleware that awaits keeps a coroutine
+# frame alive for the socket's whole life, ~0.3-0.4 KB each on every idle socket
+# (docs/BENCHMARKS.md, "Idle sockets"). The socket's handler answers its own errors.
+WS_PATH = "/ws"
+
+
+def error_response(request: web.BaseRequest, exc: Exception) -> web.Response | None:
+    """The JSON error answer for `exc` raised by a handler; None to let it propagate (an
+    HTTP redirect)."""
+    if isinstance(exc, ApiError):
         response = json_response(exc.body(), exc.status)
         if exc.status == 429 and "retry_after_s" in exc.details:
             response.headers["Retry-After"] = str(exc.details["retry_after_s"])
         return response
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            return None
         code = {404: "not_found", 405: "method_not_allowed", 413: "too_large",
                 400: "bad_request"}.get(exc.status, "http_error")
         return json_response({"error": {"code": code, "message": exc.reason}}, exc.status)
+    if is_unavailable(exc) or isinstance(exc, BrokerUnavailable):
+        # A database or broker fault, not a bug: say so, so that clients retry (with the
+        # same idempotency key) instead of giving up. Only the kind is logged.
+        log.warning("service unavailable on %s %s: %s", request.method,
+                    request.rel_url.path, type(exc).__name__)
+        response = json_response(UNAVAILABLE, 503)
+        response.headers["Retry-After"] = "1"
+        return response
+    # Only the route is logged: bodies may carry passwords, card numbers or messages.
+    log.error("unhandled error on %s %s", request.method, request.rel_url.path,
+              exc_info=exc)
+    return json_response({"error": {"code": "internal_error",
+                                    "message": "Something went wrong on our side."}}, 500)
+
+
+@web.middleware
+def error_middleware(request: web.Request, handler) -> Awaitable[web.StreamResponse]:
+    if request.path == WS_PATH:
+        return handler(request)
+    return _answering_errors(request, handler)
+
+
+async def _answering_errors(request: web.Request, handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
     except Exception as exc:
-        if is_unavailable(exc) or isinstance(exc, BrokerUnavailable):
-            # A database or broker fault, not a bug: say so, so that clients retry (with the
-            # same idempotency key) instead of giving up. Only the kind is logged.
-            log.warning("service unavailable on %s %s: %s", request.method,
-                        request.rel_url.path, type(exc).__name__)
-            response = json_response(UNAVAILABLE, 503)
-            response.headers["Retry-After"] = "1"
-            return response
-        # Only the route is logged: bodies may carry passwords, card numbers or messages.
-        log.exception("unhandled error on %s %s", request.method, request.rel_url.path)
-        return json_response({"error": {"code": "internal_error",
-                                        "message": "Something went wrong on our side."}}, 500)
+        response = error_response(request, exc)
+        if response is None:
+            raise
+        return response
 
 
 def add_routes(app: web.Application, routes: list[Route], prefix: str = "/api/v1") -> None:

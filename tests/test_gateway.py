@@ -176,6 +176,20 @@ async def test_a_foreign_origin_is_refused(api: Api, client: TestClient) -> None
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
         await client.ws_connect("/ws", headers={"Origin": "https://evil.example"})
     assert refused.value.status == 403
+    # The same refusal as plain HTTP: the error body and the request's id, which the socket's
+    # handler adds itself (the middlewares pass /ws through without awaiting it).
+    resp = await client.get("/ws", headers={"Origin": "https://evil.example",
+                                            "X-Request-Id": "req-ws-1"})
+    assert resp.status == 403
+    assert (await resp.json())["error"]["code"] == "forbidden_origin"
+    assert resp.headers["X-Request-Id"] == "req-ws-1"
+
+
+async def test_a_plain_get_of_the_socket_path_is_a_json_400(api: Api, client: TestClient) -> None:
+    resp = await client.get("/ws")
+    assert resp.status == 400
+    assert (await resp.json())["error"]["code"] == "bad_request"
+    assert resp.headers["X-Request-Id"]
 
 
 async def test_logout_closes_the_sessions_sockets_4009(api: Api, client: TestClient) -> None:

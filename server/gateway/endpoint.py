@@ -23,7 +23,9 @@ from server.gateway.client import TOO_SLOW, UNAUTHORISED, Client
 from server.gateway.envelope import CODECS, JSON, BadFrame, decode, reply_error, reply_ok
 from server.gateway.hub import Hub
 from server.gateway.ops import HANDLERS, WsCall
-from server.routing import CONTEXT, COOKIE
+from server.logs import HEADER as REQUEST_ID_HEADER
+from server.logs import REQUEST_KEY
+from server.routing import CONTEXT, COOKIE, error_response
 from server.store import is_unavailable
 from signalling import visits
 
@@ -39,14 +41,28 @@ def _origin_allowed(request: web.Request) -> bool:
     return origin == own or origin in request.app[CONTEXT].settings.allowed_origins
 
 
+def _refusal(request: web.Request, exc: Exception) -> web.StreamResponse:
+    """The HTTP answer to an upgrade refused before it happened (the middlewares pass this
+    path through, server/routing.py WS_PATH), with the request's id as every answer has."""
+    response = error_response(request, exc)
+    if response is None:
+        raise exc
+    response.headers[REQUEST_ID_HEADER] = request.get(REQUEST_KEY, "")
+    return response
+
+
 async def websocket(request: web.Request) -> web.StreamResponse:
     ctx, hub = request.app[CONTEXT], request.app[HUB]
     if not _origin_allowed(request):
-        raise ApiError(403, "forbidden_origin", "This origin may not open a socket here.")
+        return _refusal(request, ApiError(403, "forbidden_origin",
+                                          "This origin may not open a socket here."))
     s = ctx.settings
     ws = web.WebSocketResponse(protocols=CODECS, heartbeat=s.ws_heartbeat_s,
                                max_msg_size=s.ws_frame_bytes_max)
-    await ws.prepare(request)
+    try:
+        await ws.prepare(request)
+    except web.HTTPException as exc:  # not an upgrade request, or a malformed one
+        return _refusal(request, exc)
     client = Client(ws, request, ws.ws_protocol or JSON, queue_max=s.ws_send_queue_max,
                     commands_per_s=s.ws_commands_per_s)
     client.start()
@@ -65,6 +81,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                                            "role": client.principal.role}))
         if client.principal is not None and not client.closing:
             await _read(client, request)
+    except Exception as exc:  # logged as any request's would be; the socket closes below
+        error_response(request, exc)
     finally:
         # aiohttp cancels a WebSocket handler whose peer went away; the clean-up must not be
         # cut in half (a database call cancelled midway loses the party's departure), so it
