@@ -38,9 +38,9 @@ def run_one(name: str, size: str) -> dict[str, Any]:
 
 # `make bench` must finish within 15 minutes: every scenario runs once, then the scenarios are
 # run again (shortest first), round after round, while the next run (expected to last as long
-# as the scenario's last one) still ends within the budget, up to --runs each. So a fast machine gets
-# three runs of everything and a slow or busy one fewer of the long scenarios, instead of a
-# fixed count tuned to one machine.
+# as the scenario's last one) still ends within the budget, up to --runs each. So a fast
+# machine gets three runs of everything and a slow or busy one fewer of the long scenarios,
+# instead of a fixed count tuned to one machine.
 BUDGET_S = {"full": 840.0, "tiny": float("inf")}
 
 
