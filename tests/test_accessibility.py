@@ -79,6 +79,28 @@ class Audit:
             await self._check(page, f"{name} @{label}", overflow=label == "phone")
 
     async def _check(self, page, where: str, overflow: bool) -> None:
+        # Chromium brings its accessibility tree up to date after layout, asynchronously: just
+        # after a viewport change (or a re-render by a live push) a fresh node can be missing
+        # from it for a moment. A real problem stays; so look again before reporting one.
+        for attempt in range(3):
+            found, problems, count = await self._tree(page, where)
+            if not problems:
+                break
+            await page.wait_for_timeout(250 * (attempt + 1))
+        self.problems.extend(problems)
+        self.checked[where] = count
+        for html in found["noAlt"]:
+            self.problems.append(f"{where}: image without alt: {html}")
+        if overflow and found["scrollWidth"] > found["innerWidth"]:
+            wide = await page.evaluate("""() => [...document.querySelectorAll('body *')]
+              .filter((el) => el.getBoundingClientRect().right > innerWidth + 0.5
+                      && el.checkVisibility())
+              .slice(0, 5).map((el) => el.outerHTML.slice(0, 100))""")
+            self.problems.append(f"{where}: {found['scrollWidth']} px wide at "
+                                 f"{found['innerWidth']}: {wide}")
+
+
+    async def _tree(self, page, where: str) -> tuple[dict, list[str], int]:
         found = await page.evaluate(MARK)
         cdp = await page.context.new_cdp_session(page)
         try:
@@ -89,25 +111,17 @@ class Audit:
         by_backend: dict[int, int] = {}
         _marks(doc["root"], by_backend)
         names = {n["backendDOMNodeId"]: n for n in ax["nodes"] if "backendDOMNodeId" in n}
+        problems = []
         for backend, i in by_backend.items():
             html = found["marked"][str(i)]
             node = names.get(backend)
             if node is None or node.get("ignored"):
-                self.problems.append(f"{where}: hidden from the accessibility tree: {html}")
+                problems.append(f"{where}: hidden from the accessibility tree: {html}")
                 continue
             name = str((node.get("name") or {}).get("value") or "").strip()
             if not name:
-                self.problems.append(f"{where}: no accessible name: {html}")
-        self.checked[where] = len(by_backend)
-        for html in found["noAlt"]:
-            self.problems.append(f"{where}: image without alt: {html}")
-        if overflow and found["scrollWidth"] > found["innerWidth"]:
-            wide = await page.evaluate("""() => [...document.querySelectorAll('body *')]
-              .filter((el) => el.getBoundingClientRect().right > innerWidth + 0.5
-                      && el.checkVisibility())
-              .slice(0, 5).map((el) => el.outerHTML.slice(0, 100))""")
-            self.problems.append(f"{where}: {found['scrollWidth']} px wide at "
-                                 f"{found['innerWidth']}: {wide}")
+                problems.append(f"{where}: no accessible name: {html}")
+        return found, problems, len(by_backend)
 
 
 async def tab_to(page, target, *, back: bool = False, presses: int = 60) -> int:
