@@ -2,8 +2,8 @@
 
 `python -m bench.charts [results.json] [out_dir]` redraws them without re-running anything.
 Fan-out, idle and connect have charts of their own; every other scenario gets a generic grouped
-bar chart of its rows' first number (x: case, one bar per system), so a new scenario is charted
-from the day it exists.
+bar chart of its main figure (FIELD; else its rows' first number; x: case, one bar per system),
+so a new scenario is charted from the day it exists.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ def _plt() -> Any:
 
 def _title(doc: dict[str, Any], text: str) -> str:
     load = doc.get("machine", {}).get("load_average", ["?"])[0]
-    return f"{text}\n{doc.get('size', '')} size, median of {doc.get('runs', '?')} runs, " \
+    # Scenarios get different run counts within make bench's budget: results.json has each.
+    return f"{text}\n{doc.get('size', '')} size, medians of up to {doc.get('runs', '?')} runs, " \
            f"load average {load} at start"
 
 
@@ -118,10 +119,20 @@ def _connect(doc: dict[str, Any], rows: list[dict[str, Any]], out: Path) -> list
                   out / "connect_rate.png")]
 
 
+# The figure each generic chart shows, where the rows' first number is only a count.
+FIELD = {"sends": "p99_ms", "signalling": "hop_p99_ms", "meters": "lateness_p99_ms",
+         "cluster": "p99_ms", "relay": "fps_min"}
+
+
 def _generic(doc: dict[str, Any], name: str, rows: list[dict[str, Any]],
              out: Path) -> list[Path]:
-    field = next((k for k in rows[0] if k not in ("case", "system") and k not in SKIP_FIELDS
-                  and _number(rows[0][k])), None)
+    field = FIELD.get(name)
+    shown = [r for r in rows if _number(r.get(field))]  # e.g. not the raw-insert rows
+    if shown:
+        rows = shown
+    else:
+        field = next((k for k in rows[0] if k not in ("case", "system")
+                      and k not in SKIP_FIELDS and _number(rows[0][k])), None)
     if field is None:
         return []
     return [_bars(doc, rows, field, field.replace("_", " "), f"{name}: {field}",
