@@ -12,10 +12,11 @@ message body, an account id or a card number.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -26,6 +27,7 @@ SEND_PATH = "/api/v1/messages"
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LATENESS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+PAUSE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 COUNTERS = {
     "kinwire_pushes_total": "Frames pushed to sockets (stored events and live frames).",
@@ -36,6 +38,8 @@ HISTOGRAMS = {
     "kinwire_send_seconds": ("Latency of POST /messages and message.send.", LATENCY_BUCKETS),
     "kinwire_meter_lateness_seconds": ("How late a meter's wake-up was handled.",
                                        LATENESS_BUCKETS),
+    "kinwire_gc_full_seconds": ("Full (generation 2) garbage collections: each stops the "
+                                "process for this long.", PAUSE_BUCKETS),
 }
 GAUGES = {
     "kinwire_sockets": "Open WebSockets on this process.",
@@ -149,6 +153,24 @@ def install(app: web.Application, metrics: Metrics, *, hub: Any, store: Any,
             return 0
         return 1
 
+    # Full collections scan every live object, each socket's included: with many sockets
+    # they are the process's longest pauses (docs/BENCHMARKS.md, "Fan-out"), so measure them.
+    started: list[float] = []
+
+    def gc_timer(phase: str, info: dict[str, Any]) -> None:
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            started[:] = [time.perf_counter()]
+        elif started:
+            metrics.observe("kinwire_gc_full_seconds", time.perf_counter() - started.pop())
+
+    async def gc_timing(app: web.Application) -> AsyncIterator[None]:
+        gc.callbacks.append(gc_timer)
+        yield
+        gc.callbacks.remove(gc_timer)
+
+    app.cleanup_ctx.append(gc_timing)
     metrics.collect("kinwire_sockets", sockets)
     metrics.collect("kinwire_review_queue_depth", review_queue_depth)
     metrics.collect("kinwire_broker_up", broker_up)

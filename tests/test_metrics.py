@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import json
 import logging
@@ -59,6 +60,14 @@ async def test_sends_sockets_and_pushes_move_the_metrics(api: Api, client: TestC
     assert after["kinwire_meter_lateness_seconds_count"] == 0
     assert "kinwire_meter_debits_total" in after
     await sock.ws.close()
+
+
+async def test_full_garbage_collections_are_timed(api: Api, client: TestClient) -> None:
+    before = await scrape(client)
+    gc.collect()  # a full collection, as the collector runs them
+    after = await scrape(client)
+    assert after["kinwire_gc_full_seconds_count"] >= before["kinwire_gc_full_seconds_count"] + 1
+    assert after["kinwire_gc_full_seconds_sum"] > before["kinwire_gc_full_seconds_sum"]
 
 
 async def test_the_review_gauge_counts_held_messages(api: Api, client: TestClient) -> None:

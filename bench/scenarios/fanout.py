@@ -305,6 +305,24 @@ async def private_redis(workdir: Path) -> AsyncIterator[Any]:
         common.stop(proc)
 
 
+async def full_collections(base: str, clients_most: int) -> dict[str, Any]:
+    """Kinwire's full garbage collections over the whole run (its /metrics): they scan every
+    socket's objects, so they are the longest pauses a process with thousands of sockets has."""
+    async with aiohttp.ClientSession() as http, http.get(f"{base}/metrics") as resp:
+        text = await resp.text()
+    samples = dict(line.rsplit(" ", 1) for line in text.splitlines()
+                   if line.startswith("kinwire_gc_full_seconds"))
+    count = float(samples.get("kinwire_gc_full_seconds_count", 0))
+    # the smallest bucket bound holding every collection: the longest one was at most this
+    longest = next((float(k.split('le="')[1].rstrip('"}')) for k, v in samples.items()
+                    if "_bucket" in k and "+Inf" not in k and float(v) >= count), None)
+    return {"case": "full garbage collections, whole run", "system": "kinwire",
+            "clients_most": clients_most, "full_gcs": int(count),
+            "gc_seconds": round(float(samples.get("kinwire_gc_full_seconds_sum", 0)), 3),
+            "longest_at_most_s": 0.0 if not count else longest if longest is not None
+            else "> 1"}
+
+
 async def run(size: str) -> dict[str, Any]:
     load_ws.raise_nofile()
     sizes = SIZES[size]
@@ -320,6 +338,7 @@ async def run(size: str) -> dict[str, Any]:
                             redis_target("kinwire", server.ws_url, redis,
                                          server.proc.pid) as t:
                         rows += await measure(t, users, size)
+                        rows.append(await full_collections(server.base, max(sizes)))
                 if "baseline" in SYSTEMS:
                     async with load_ws.baseline("fanout_relay", tokens, workdir, "--redis-port",
                                                 str(redis.port)) as (ws_url, pid), \
@@ -333,7 +352,7 @@ async def run(size: str) -> dict[str, Any]:
 
 
 def targets(rows: list[dict[str, Any]], size: str) -> list[dict[str, Any]]:
-    by = {(r["clients"], r["system"]): r for r in rows}
+    by = {(r["clients"], r["system"]): r for r in rows if "clients" in r}
     out = []
     for n in SIZES[size]:
         ours, base = by.get((n, "kinwire")), by.get((n, "baseline"))
