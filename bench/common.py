@@ -92,6 +92,31 @@ async def wait_http(url: str, proc: subprocess.Popen | None = None,
     raise RuntimeError(f"{url} did not answer 200 within {timeout_s} s")
 
 
+async def scrape(base: str, prefixes: tuple[str, ...]) -> dict[str, float]:
+    """A Kinwire server's /metrics lines whose names start with one of `prefixes`:
+    name{labels} -> value."""
+    async with aiohttp.ClientSession() as http, http.get(f"{base}/metrics") as r:
+        text = await r.text()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(prefixes):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def bucket_bound(samples: dict[str, float], histogram: str, share: float) -> float:
+    """The upper bound of the bucket of `histogram` (from scrape) holding `share` of its
+    observations (inf past the last bound); nan when it has none."""
+    total = samples.get(f"{histogram}_count", 0.0)
+    buckets = sorted((float(k.split('le="', 1)[1].rstrip('"}').replace("+Inf", "inf")), v)
+                     for k, v in samples.items() if k.startswith(f"{histogram}_bucket{{"))
+    for bound, count in buckets:
+        if total and count >= share * total:
+            return bound
+    return float("nan")
+
+
 async def wait_tcp(port: int, timeout_s: float = 15.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

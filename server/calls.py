@@ -6,15 +6,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sqlalchemy import bindparam, select
-
 from server import connections, events
 from server.broker import Broker, BrokerUnavailable
 from server.errors import ApiError, not_found
 from server.store import raw
 from server.store.schema import connections as connections_table
-from server.store.schema import facilities, visits
+from server.store.schema import visits
+from signalling.visits import ROW as VISIT_ROW
 from signalling.visits import VisitError
+from signalling.visits import get as get_visit
 
 log = logging.getLogger("kinwire.calls")
 
@@ -37,28 +37,22 @@ def _check_link(blocked_by: str | None, status: str) -> None:
         raise ApiError(403, "not_connected", "Only an approved contact.")
 
 
-# A join's one read: the visit row as signalling.visits.get reads it (with its facility's
-# timezone) and its connection's block and status, compiled once (server/store/raw.py). 200
-# joins at once queue on one core, and reading the connection apart cost a round trip and a
-# Core statement each. An outer join, so a missing connection still answers as
-# connections.get does.
-_t, _c = visits, connections_table
+# A join's one read: the visit row as signalling.visits.get reads it, with its connection's
+# block and status alongside, compiled once (server/store/raw.py). 200 joins at once queue on
+# one core, and reading the connection apart cost a round trip and a Core statement each. An
+# outer join, so a missing connection still answers as connections.get does.
+_c = connections_table
 _VISIT_AND_LINK = raw.Query(
-    select(_t, facilities.c.timezone, _c.c.id.label("link_id"),
-           _c.c.blocked_by.label("link_blocked_by"), _c.c.status.label("link_status"))
-    .join(facilities, facilities.c.id == _t.c.facility_id)
-    .outerjoin(_c, _c.c.id == _t.c.connection_id)
-    .where(_t.c.id == bindparam("p_id")))
+    VISIT_ROW.add_columns(_c.c.id.label("link_id"), _c.c.blocked_by.label("link_blocked_by"),
+                          _c.c.status.label("link_status"))
+    .outerjoin(_c, _c.c.id == visits.c.connection_id))
 
 
 async def visit_and_link(conn: Any, visit_id: str) -> Any:
     """The visit's row as signalling.visits.get returns it (VisitError 404 if none), with
     `link_id`, `link_blocked_by` and `link_status` (its connection's) alongside; check those
     with `require_contact_of` once the caller is known to be a party."""
-    found = await raw.Raw(conn).query(_VISIT_AND_LINK, {"p_id": visit_id})
-    if not found:
-        raise VisitError(404, "not_found", "The visit was not found.")
-    return found[0]
+    return await get_visit(conn, visit_id, _VISIT_AND_LINK)
 
 
 def require_contact_of(row: Any) -> None:

@@ -71,15 +71,18 @@ def public(row: Any) -> dict[str, Any]:
 
 
 # get()'s statement, compiled once (server/store/raw.py): every join, media report, drop and
-# signal check reads the row, and 200 joins at once queue on one core.
-_GET = raw.Query(select(visits, _facilities.c.timezone)
-                 .join(_facilities, _facilities.c.id == visits.c.facility_id)
-                 .where(visits.c.id == bindparam("p_id")))
+# signal check reads the row, and 200 joins at once queue on one core. ROW is the Core select a
+# caller may extend with more columns (server/calls.py visit_and_link) and pass to get().
+ROW = (select(visits, _facilities.c.timezone)
+       .join(_facilities, _facilities.c.id == visits.c.facility_id)
+       .where(visits.c.id == bindparam("p_id")))
+_GET = raw.Query(ROW)
 
 
-async def get(conn: AsyncConnection, visit_id: str) -> Any:
-    """The visit's row (a named tuple), with its facility's `timezone` alongside."""
-    found = await raw.Raw(conn).query(_GET, {"p_id": visit_id})
+async def get(conn: AsyncConnection, visit_id: str, query: raw.Query = _GET) -> Any:
+    """The visit's row (a named tuple), with its facility's `timezone` alongside (and whatever
+    else `query`, ROW extended, reads)."""
+    found = await raw.Raw(conn).query(query, {"p_id": visit_id})
     if not found:
         raise VisitError(404, "not_found", "The visit was not found.")
     return found[0]

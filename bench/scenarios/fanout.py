@@ -320,19 +320,15 @@ async def private_redis(workdir: Path) -> AsyncIterator[Any]:
 async def full_collections(base: str, clients_most: int) -> dict[str, Any]:
     """Kinwire's full garbage collections over the whole run (its /metrics): they scan every
     socket's objects, so they are the longest pauses a process with thousands of sockets has."""
-    async with aiohttp.ClientSession() as http, http.get(f"{base}/metrics") as resp:
-        text = await resp.text()
-    samples = dict(line.rsplit(" ", 1) for line in text.splitlines()
-                   if line.startswith("kinwire_gc_full_seconds"))
-    count = float(samples.get("kinwire_gc_full_seconds_count", 0))
+    samples = await common.scrape(base, ("kinwire_gc_full_seconds",))
+    count = samples.get("kinwire_gc_full_seconds_count", 0.0)
     # the smallest bucket bound holding every collection: the longest one was at most this
-    longest = next((float(k.split('le="')[1].rstrip('"}')) for k, v in samples.items()
-                    if "_bucket" in k and "+Inf" not in k and float(v) >= count), None)
+    longest = common.bucket_bound(samples, "kinwire_gc_full_seconds", 1.0)
     return {"case": "full garbage collections, whole run", "system": "kinwire",
             "clients_most": clients_most, "full_gcs": int(count),
-            "gc_seconds": round(float(samples.get("kinwire_gc_full_seconds_sum", 0)), 3),
-            "longest_at_most_s": 0.0 if not count else longest if longest is not None
-            else "> 1"}
+            "gc_seconds": round(samples.get("kinwire_gc_full_seconds_sum", 0.0), 3),
+            "longest_at_most_s": 0.0 if not count else "> 1" if longest == float("inf")
+            else longest}
 
 
 async def run(size: str) -> dict[str, Any]:

@@ -31,7 +31,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from sqlalchemy import select
 
 from bench import common
@@ -157,29 +156,6 @@ async def end_all(database_url: str, visit_ids: list[str]) -> None:
         await store.close()
 
 
-async def scrape(base: str) -> dict[str, float]:
-    """The meter's lines of /metrics: name{labels} -> value."""
-    async with aiohttp.ClientSession() as http, http.get(f"{base}/metrics") as r:
-        text = await r.text()
-    out = {}
-    for line in text.splitlines():
-        if line.startswith(("kinwire_meter_lateness_seconds", "kinwire_meter_debits_total")):
-            name, value = line.rsplit(" ", 1)
-            out[name] = float(value)
-    return out
-
-
-def histogram_p99(metrics: dict[str, float]) -> float:
-    """The upper bound of the bucket holding the 99th percentile of the meter's histogram."""
-    total = metrics.get("kinwire_meter_lateness_seconds_count", 0.0)
-    buckets = sorted((float(k.split('le="', 1)[1].rstrip('"}').replace("+Inf", "inf")), v)
-                     for k, v in metrics.items() if "_bucket{" in k)
-    for bound, count in buckets:
-        if total and count >= 0.99 * total:
-            return bound
-    return float("nan")
-
-
 async def run_baseline(db: str, work: Path, ids: list[str], minute_s: float,
                        run_s: float) -> dict[str, Any]:
     listing = work / "baseline-visits.txt"
@@ -219,7 +195,8 @@ async def run(size: str) -> dict[str, Any]:
                 stop_at = time.time()
                 cpu_s = common.cpu_seconds(pid) - cpu0
                 wall_s = time.monotonic() - started
-                metrics = await scrape(server.base)
+                metrics = await common.scrape(server.base, ("kinwire_meter_lateness_seconds",
+                                                             "kinwire_meter_debits_total"))
             chains = await ledger_chains(db, set(base_ids) | set(kin_ids))
             problems = await invariants(db)
     kin = judge(until(chains, live_at, stop_at), live_at, stop_at, minute_s)
@@ -227,7 +204,8 @@ async def run(size: str) -> dict[str, Any]:
                 base["stop_at"], minute_s)
     kin_row = result_row("kinwire", n, minute_s, kin, cpu_s, wall_s)
     if metrics.get("kinwire_meter_lateness_seconds_count"):
-        kin_row["histogram_p99_le_ms"] = histogram_p99(metrics) * 1000
+        kin_row["histogram_p99_le_ms"] = common.bucket_bound(
+            metrics, "kinwire_meter_lateness_seconds", 0.99) * 1000
         kin_row["histogram_count"] = metrics["kinwire_meter_lateness_seconds_count"]
     base_row = result_row("timers", n, minute_s, bas, base["cpu_s"], base["wall_s"])
     if problems:
