@@ -93,6 +93,18 @@ connections = Table(
     Index("ix_connections_person", "person_id"),
 )
 
+# One row per blocker of a connection: its family member, its person, and the facility's staff
+# each hold their own block, and only its owner lifts it (a party can never clear a staff
+# block). `connections.blocked_by` is kept as the summary the read paths test (NULL: no block).
+connection_blocks = Table(
+    "connection_blocks", metadata,
+    Column("connection_id", String(32), ForeignKey("connections.id"), primary_key=True),
+    Column("side", String(8), primary_key=True),
+    Column("blocked_by", String(32), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    CheckConstraint("side IN ('family', 'person', 'staff')", name="ck_connection_blocks_side"),
+)
+
 audit_log = Table(
     "audit_log", metadata,
     Column("seq", BigSeq, primary_key=True, autoincrement=True),
