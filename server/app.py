@@ -104,7 +104,8 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
     ctx = Context(
         settings=settings, store=store, broker=broker, gateway=gateway or SandboxGateway(),
         passwords=Passwords(settings.argon2_time_cost, settings.argon2_memory_kib),
-        login_limiter=LoginLimiter(settings.login_failures_max, settings.login_window_s),
+        login_limiter=LoginLimiter(settings.login_failures_max, settings.login_window_s,
+                                   settings.login_backoff_base_s),
         clock=clock, metrics=metrics)
     app[CONTEXT] = ctx
     ctx.meters = Meters(store, broker, clock, minute_s=settings.visit_minute_s,

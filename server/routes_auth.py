@@ -83,13 +83,17 @@ async def login(call: Call) -> web.Response:
     """Log in with email and password (family, staff, admin)."""
     body: Login = call.body
     ctx, now = call.ctx, call.now()
-    async with ctx.store.read() as conn:
-        await ctx.login_limiter.check(conn, body.email, _address(call), now)
-        row = await accounts.by_email(conn, body.email)
-    hashed = row.password_hash if row is not None and not row.disabled else None
-    if not await ctx.passwords.verify(hashed, body.password):
-        async with ctx.store.write() as conn:
-            await ctx.login_limiter.failed(conn, body.email, _address(call), now)
+    keys = ctx.login_limiter.password_keys(body.email, _address(call))
+    await ctx.login_limiter.reserve(ctx.store, keys, now)  # counted before it is verified
+    matched = False
+    try:
+        async with ctx.store.read() as conn:
+            row = await accounts.by_email(conn, body.email)
+        hashed = row.password_hash if row is not None and not row.disabled else None
+        matched = await ctx.passwords.verify(hashed, body.password)
+    finally:
+        await ctx.login_limiter.settle(ctx.store, keys, now, succeeded=matched)
+    if not matched:
         raise ApiError(401, "invalid_credentials", "The email or password is wrong.")
     async with ctx.store.write() as conn:
         token = await open_session(conn, account_id=row.id, ttl_s=ctx.settings.session_ttl_s,
@@ -103,18 +107,24 @@ async def kiosk_login(call: Call) -> web.Response:
     body: KioskLogin = call.body
     ctx, now = call.ctx, call.now()
     device_token = call.request.headers.get("X-Device-Token", "")
-    identity = f"{body.facility_id}/{body.inmate_number}"
     async with ctx.store.read() as conn:
-        await ctx.login_limiter.check(conn, identity, _address(call), now)
         device = await accounts.device_for(conn, body.facility_id, device_token) \
             if 0 < len(device_token) <= 200 else None
-        row = await accounts.person_by_number(conn, body.facility_id, body.inmate_number)
-    if device is None:
+    if device is None:  # before any PIN is tried: only a registered kiosk may guess at all
         raise ApiError(403, "unknown_device", "This device is not registered for the facility.")
-    hashed = row.pin_hash if row is not None and not row.disabled else None
-    if not await ctx.passwords.verify(hashed, body.pin):
-        async with ctx.store.write() as conn:
-            await ctx.login_limiter.failed(conn, identity, _address(call), now)
+    keys = ctx.login_limiter.pin_keys(body.facility_id, body.inmate_number, device.id)
+    await ctx.login_limiter.reserve(ctx.store, keys, now)  # counted before it is verified
+    matched = False
+    try:
+        async with ctx.store.read() as conn:
+            row = await accounts.person_by_number(conn, body.facility_id, body.inmate_number)
+        hashed = row.pin_hash if row is not None and not row.disabled else None
+        matched = await ctx.passwords.verify(hashed, body.pin)
+    finally:
+        await ctx.login_limiter.settle(ctx.store, keys, now, succeeded=matched,
+                                       facility_id=body.facility_id, actor_id=device.id,
+                                       target=body.inmate_number)
+    if not matched:
         raise ApiError(401, "invalid_credentials", "The inmate number or PIN is wrong.")
     ttl = ctx.settings.kiosk_session_ttl_s
     async with ctx.store.write() as conn:

@@ -68,9 +68,14 @@ class Settings:
                                   lo=60, hi=366 * 86_400)
     kiosk_session_ttl_s: int = _setting(2 * 3600, "Lifetime of a kiosk or tablet session.",
                                         lo=60, hi=86_400)
-    login_failures_max: int = _setting(5, "Failed logins allowed per account (and per client "
-                                       "address x10) in one window before 429.", lo=1, hi=1000)
+    login_failures_max: int = _setting(5, "Failed logins allowed per account and client address "
+                                       "(x10 per address) in one window before 429; PINs: per "
+                                       "person on one kiosk, then back-off (docs/security.md).",
+                                       lo=1, hi=1000)
     login_window_s: int = _setting(900, "The failed-login window.", lo=1, hi=86_400)
+    login_backoff_base_s: float = _setting(30.0, "First PIN back-off past the limit; doubles with "
+                                           "each further failure, up to the window.",
+                                           lo=0.001, hi=86_400)
     argon2_time_cost: int = _setting(3, "argon2id passes (OWASP: >= 2).", lo=1, hi=20)
     argon2_memory_kib: int = _setting(65_536, "argon2id memory per hash in KiB (OWASP: >= 19456).",
                                       lo=8, hi=4_194_304)

@@ -69,12 +69,16 @@ sessions = Table(
     Index("ix_sessions_account", "account_id"),
 )
 
-login_failures = Table(
-    "login_failures", metadata,
-    Column("seq", BigSeq, primary_key=True, autoincrement=True),
-    Column("key", String(300), nullable=False),
-    Column("at", UTCDateTime, nullable=False),
-    Index("ix_login_failures_key_at", "key", "at"),
+# One attempt counter a key (server/auth.py, LoginLimiter): reserved by a conditional UPDATE
+# before a password or PIN is verified; `busy_until` is the one verification in flight,
+# `next_at` the back-off.
+login_attempts = Table(
+    "login_attempts", metadata,
+    Column("key", String(300), primary_key=True),
+    Column("count", Integer, nullable=False),
+    Column("window_start", UTCDateTime, nullable=False),
+    Column("busy_until", UTCDateTime, nullable=True),
+    Column("next_at", UTCDateTime, nullable=True),
 )
 
 connections = Table(
