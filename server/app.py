@@ -38,6 +38,7 @@ from server.metrics import Metrics
 from server.metrics import install as install_metrics
 from server.metrics import middleware as metrics_middleware
 from server.openapi import build as build_openapi
+from server.photos import PhotoWork
 from server.proxy import middleware as forwarded_middleware
 from server.routes_ops import healthz, readyz
 from server.routing import CONTEXT, WS_PATH, Route, add_routes, error_middleware, json_response
@@ -103,10 +104,12 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
     broker = make_broker(settings)
     ctx = Context(
         settings=settings, store=store, broker=broker, gateway=gateway or SandboxGateway(),
-        passwords=Passwords(settings.argon2_time_cost, settings.argon2_memory_kib),
+        passwords=Passwords(settings.argon2_time_cost, settings.argon2_memory_kib,
+                            settings.argon2_workers),
         login_limiter=LoginLimiter(settings.login_failures_max, settings.login_window_s,
                                    settings.login_backoff_base_s),
-        clock=clock, metrics=metrics)
+        clock=clock, metrics=metrics,
+        photo_work=PhotoWork(settings.photo_workers, settings.photo_queue_max))
     app[CONTEXT] = ctx
     ctx.meters = Meters(store, broker, clock, minute_s=settings.visit_minute_s,
                         lease_s=settings.meter_lease_s, node_id=secrets.token_hex(6),
@@ -146,6 +149,8 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
             show_demo(await seed_demo(ctx))
         yield
         await store.close()
+        ctx.photo_work.close()
+        ctx.passwords.close()
 
     async def messaging(app: web.Application) -> AsyncIterator[None]:
         stop = asyncio.Event()

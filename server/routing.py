@@ -186,7 +186,7 @@ def error_response(request: web.BaseRequest, exc: Exception) -> web.Response | N
     HTTP redirect)."""
     if isinstance(exc, ApiError):
         response = json_response(exc.body(), exc.status)
-        if exc.status == 429 and "retry_after_s" in exc.details:
+        if exc.status in (429, 503) and "retry_after_s" in exc.details:
             response.headers["Retry-After"] = str(exc.details["retry_after_s"])
         return response
     if isinstance(exc, web.HTTPException):

@@ -79,6 +79,8 @@ class Settings:
     argon2_time_cost: int = _setting(3, "argon2id passes (OWASP: >= 2).", lo=1, hi=20)
     argon2_memory_kib: int = _setting(65_536, "argon2id memory per hash in KiB (OWASP: >= 19456).",
                                       lo=8, hi=4_194_304)
+    argon2_workers: int = _setting(2, "Threads hashing passwords and PINs (a pool of their own, "
+                                   "apart from photo work).", lo=1, hi=64)
 
     request_body_bytes_max: int = _setting(256 * 1024, "Largest JSON request body.",
                                            lo=1024, hi=64 * 1024 * 1024)
@@ -89,11 +91,18 @@ class Settings:
     photos_per_message_max: int = _setting(5, "Most photos one message carries.", lo=0, hi=50)
     photo_bytes_max: int = _setting(10 * 1024 * 1024, "Largest photo upload (413 beyond).",
                                     lo=1024, hi=200 * 1024 * 1024)
-    photo_pixels_max: int = _setting(40_000_000, "Most pixels a photo may declare; checked "
-                                     "before it is decoded.", lo=1, hi=500_000_000)
+    photo_pixels_max: int = _setting(12_600_000, "Most pixels a photo may declare; checked "
+                                     "before it is decoded (12.6 MP: a 4096x3072 PNG decodes "
+                                     "in about 0.8 s here, docs/security.md).",
+                                     lo=1, hi=500_000_000)
+    photo_workers: int = _setting(1, "Threads decoding and re-encoding photos (a pool of their "
+                                  "own, apart from password hashing).", lo=1, hi=64)
+    photo_queue_max: int = _setting(4, "Photos waiting for a photo thread before more are "
+                                    "refused 503 busy.", lo=0, hi=1000)
     photo_side_px_max: int = _setting(2048, "Photos are scaled to fit this on their long side.",
                                       lo=64, hi=16_384)
-    photo_uploads_per_hour_max: int = _setting(60, "Photo uploads per user per hour.",
+    photo_uploads_per_hour_max: int = _setting(60, "Photo uploads per user per hour, counted "
+                                               "before the work, one at a time.",
                                                lo=1, hi=100_000)
     ws_frame_bytes_max: int = _setting(64 * 1024, "Largest WebSocket frame accepted (else 1009).",
                                        lo=1024, hi=16 * 1024 * 1024)

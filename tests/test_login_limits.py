@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from server.auth import ATTEMPT_LEASE_S
+from server.attempts import ATTEMPT_LEASE_S
 from tests.conftest import app_client
 from tests.helpers import Api, Reply
 from tests.test_auth import Clock

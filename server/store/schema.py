@@ -69,11 +69,11 @@ sessions = Table(
     Index("ix_sessions_account", "account_id"),
 )
 
-# One attempt counter a key (server/auth.py, LoginLimiter): reserved by a conditional UPDATE
+# One attempt counter a key (server/attempts.py): reserved by a conditional UPDATE
 # before a password or PIN is verified; `busy_until` is the one verification in flight,
 # `next_at` the back-off.
-login_attempts = Table(
-    "login_attempts", metadata,
+attempts = Table(
+    "attempts", metadata,
     Column("key", String(300), primary_key=True),
     Column("count", Integer, nullable=False),
     Column("window_start", UTCDateTime, nullable=False),

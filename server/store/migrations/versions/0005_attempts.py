@@ -1,4 +1,4 @@
-"""login_attempts: attempts reserved before verifying (replaces login_failures)
+"""attempts: logins and uploads reserved before verifying (replaces login_failures)
 
 Revision ID: 0005
 Revises: 0004
@@ -16,7 +16,7 @@ depends_on = None
 
 def upgrade() -> None:
     op.create_table(
-        "login_attempts",
+        "attempts",
         sa.Column("key", sa.String(length=300), nullable=False),
         sa.Column("count", sa.Integer(), nullable=False),
         sa.Column("window_start", sa.DateTime(timezone=True), nullable=False),
@@ -41,4 +41,4 @@ def downgrade() -> None:
     )
     with op.batch_alter_table("login_failures", schema=None) as batch_op:
         batch_op.create_index("ix_login_failures_key_at", ["key", "at"], unique=False)
-    op.drop_table("login_attempts")
+    op.drop_table("attempts")
