@@ -29,6 +29,7 @@ from server.auth import LoginLimiter, Passwords
 from server.broker import Broker
 from server.context import Context
 from server.drain import DRAIN, Drain
+from server.edge import handler_args, security_headers
 from server.events import Outbox
 from server.gateway.client import RESTARTING
 from server.gateway.endpoint import HUB, websocket
@@ -40,6 +41,7 @@ from server.metrics import middleware as metrics_middleware
 from server.openapi import build as build_openapi
 from server.photos import PhotoWork
 from server.proxy import middleware as forwarded_middleware
+from server.proxy import networks
 from server.routes_ops import healthz, readyz
 from server.routing import CONTEXT, WS_PATH, Route, add_routes, error_middleware, json_response
 from server.settings import Settings
@@ -96,7 +98,9 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
                                        drain.middleware, request_id_middleware,
                                        metrics_middleware(metrics),
                                        error_middleware],
-                          client_max_size=settings.request_body_bytes_max)
+                          client_max_size=settings.request_body_bytes_max,
+                          handler_args=handler_args(settings.http_header_timeout_s))
+    app.on_response_prepare.append(security_headers(networks(settings.trusted_proxies)))
     store = Store(settings.resolved_database_url, pool_size=settings.db_pool_size,
                   busy_timeout_ms=settings.db_busy_timeout_ms, timeout_s=settings.db_timeout_s,
                   group_max=settings.db_group_commit_max,

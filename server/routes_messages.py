@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from server import messages, review
 from server.attempts import Key
+from server.edge import read_body
 from server.errors import ApiError, not_found
 from server.events import Outbox
 from server.facilities import Strict
@@ -132,7 +133,8 @@ async def _read_upload(call: Call) -> bytes:
     if (call.request.content_length or 0) > limit + 64 * 1024:
         raise ApiError(413, "too_large", f"A photo may be at most {limit} bytes.")
     try:
-        return await _read_file_part(call, limit)
+        return await read_body(call.request, call.ctx.settings.http_body_timeout_s,
+                               lambda: _read_file_part(call, limit))
     except (ValueError, AssertionError, KeyError, HttpProcessingError):
         # A malformed form (bad boundary, part headers that are not HTTP headers) is the
         # client's mistake, not ours: found by tests/test_schemathesis.py as a 500.

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 from server.auth import Principal, principal_for
 from server.broker import BrokerUnavailable
 from server.context import Context
+from server.edge import read_body
 from server.errors import ApiError, forbidden, unauthorized
 from server.facilities import has_nul
 from server.store import is_unavailable
@@ -131,10 +132,15 @@ def _check_origin(request: web.Request) -> None:
         raise forbidden("Cross-site request refused.")
 
 
-async def _parse_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
-    raw = await request.read()
+async def _parse_body(request: web.Request, model: type[BaseModel],
+                      timeout_s: float) -> BaseModel:
+    raw = await read_body(request, timeout_s)
     if not raw.strip():
         raw = b"{}"
+    elif request.content_type != "application/json":
+        # A form post from another site cannot send this type without a CORS preflight.
+        raise ApiError(415, "unsupported_media_type",
+                       "Send the body as JSON, with Content-Type: application/json.")
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
@@ -167,7 +173,8 @@ def wrap(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]
         # PostgreSQL cannot store or compare U+0000; bodies are checked by their models.
         if has_nul(dict(request.match_info)) or has_nul(list(request.query.items())):
             raise ApiError(422, "invalid_input", "The address may not contain NUL characters.")
-        body = await _parse_body(request, route.body) if route.body else None
+        body = (await _parse_body(request, route.body, ctx.settings.http_body_timeout_s)
+                if route.body else None)
         return await route.handler(Call(request, ctx, principal, body, token))
 
     handle.__name__ = route.handler.__name__
@@ -186,6 +193,8 @@ def error_response(request: web.BaseRequest, exc: Exception) -> web.Response | N
     HTTP redirect)."""
     if isinstance(exc, ApiError):
         response = json_response(exc.body(), exc.status)
+        if exc.status == 408:  # the body never came: the connection is not reusable
+            response.force_close()
         if exc.status in (429, 503) and "retry_after_s" in exc.details:
             response.headers["Retry-After"] = str(exc.details["retry_after_s"])
         return response

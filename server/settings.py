@@ -82,6 +82,11 @@ class Settings:
     argon2_workers: int = _setting(2, "Threads hashing passwords and PINs (a pool of their own, "
                                    "apart from photo work).", lo=1, hi=64)
 
+    http_header_timeout_s: float = _setting(15.0, "Time a connection has to send a whole request's "
+                                            "headers, from connecting or from its last answer "
+                                            "(also the idle keep-alive).", lo=0.1, hi=3600)
+    http_body_timeout_s: float = _setting(60.0, "Time a request has to send its whole body "
+                                          "(JSON or a photo) before 408.", lo=0.1, hi=3600)
     request_body_bytes_max: int = _setting(256 * 1024, "Largest JSON request body.",
                                            lo=1024, hi=64 * 1024 * 1024)
     page_size_max: int = _setting(100, "Most rows one listing page returns.", lo=1, hi=1000)
