@@ -20,9 +20,9 @@ log = logging.getLogger("kinwire.auth")
 
 
 def _email(value: str) -> str:
-    value = value.strip().lower()
+    value = accounts.normal_email(value)
     local, at, domain = value.partition("@")
-    if not at or not local or "." not in domain or " " in value or domain.startswith("."):
+    if not at or not local or "." not in domain or domain.startswith("."):
         raise ValueError("not an email address")
     return value
 
