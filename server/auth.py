@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import secrets
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -16,14 +17,14 @@ from datetime import datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import bindparam, select
+from sqlalchemy import and_, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server import quickread
 from server.attempts import Attempts, Key
 from server.ids import new_id
 from server.store import Store
-from server.store.schema import accounts, sessions
+from server.store.schema import accounts, devices, sessions
 
 ROLES = ("family", "person", "staff", "admin")
 
@@ -39,6 +40,15 @@ class Principal:
     name: str
     device_id: str | None = None
     expires_at: datetime | None = None
+    device_hash: str | None = None  # a kiosk session's device token (SHA-256), while not revoked
+
+    def device_matches(self, device_token: str | None) -> bool:
+        """A kiosk or tablet session is used only with its own device's token (issue 17: it
+        was a bearer token for 2 hours without it); other sessions have no device."""
+        if self.device_id is None:
+            return True
+        return (self.device_hash is not None and bool(device_token)
+                and hmac.compare_digest(token_hash(device_token), self.device_hash))
 
 
 class Passwords:
@@ -86,11 +96,12 @@ async def open_session(conn: AsyncConnection, *, account_id: str, ttl_s: int, no
 
 # principal_for()'s statement, built once: every request and every socket's auth runs it, and
 # building it cost more CPU than SQLite took to answer it (docs/BENCHMARKS.md, "Connect").
-_s, _a = sessions, accounts
+_s, _a, _d = sessions, accounts, devices
 _PRINCIPAL = (
     select(_s.c.id, _s.c.device_id, _s.c.expires_at, _a.c.id.label("account_id"), _a.c.role,
-           _a.c.facility_id, _a.c.name)
+           _a.c.facility_id, _a.c.name, _d.c.token_hash.label("device_hash"))
     .join(_a, _a.c.id == _s.c.account_id)
+    .outerjoin(_d, and_(_d.c.id == _s.c.device_id, _d.c.revoked_at.is_(None)))
     .where(_s.c.token_hash == bindparam("p_hash", type_=_s.c.token_hash.type),
            _s.c.revoked_at.is_(None),
            _s.c.expires_at > bindparam("p_now", type_=_s.c.expires_at.type),
@@ -119,8 +130,9 @@ async def session_principal(store: Store, token: str, now: datetime) -> Principa
 
 
 def _principal(row: tuple) -> Principal:
-    session_id, device_id, expires_at, account_id, role, facility_id, name = row
-    return Principal(account_id, role, facility_id, session_id, name, device_id, expires_at)
+    session_id, device_id, expires_at, account_id, role, facility_id, name, device_hash = row
+    return Principal(account_id, role, facility_id, session_id, name, device_id, expires_at,
+                     device_hash)
 
 
 async def revoke_session(conn: AsyncConnection, session_id: str, now: datetime) -> None:

@@ -14,7 +14,7 @@ from server.auth import open_session, revoke_session
 from server.broker import BrokerUnavailable
 from server.errors import ApiError
 from server.facilities import Strict
-from server.routing import ANY_SESSION, ANYONE, COOKIE, Call, Route, json_response
+from server.routing import ANY_SESSION, ANYONE, COOKIE, DEVICE_COOKIE, Call, Route, json_response
 
 log = logging.getLogger("kinwire.auth")
 
@@ -130,7 +130,12 @@ async def kiosk_login(call: Call) -> web.Response:
     async with ctx.store.write() as conn:
         token = await open_session(conn, account_id=row.id, ttl_s=ttl, now=now,
                                    device_id=device.id)
-    return _with_cookie(call, {"token": token, "account": accounts.public(row)}, token, ttl)
+    response = _with_cookie(call, {"token": token, "account": accounts.public(row)}, token, ttl)
+    # The session is bound to this device: the browser sends this cookie with every request
+    # and socket; a program sends X-Device-Token (server/routing.py).
+    response.set_cookie(DEVICE_COOKIE, device_token, max_age=ttl, httponly=True,
+                        samesite="Strict", secure=call.request.secure, path="/")
+    return response
 
 
 async def logout(call: Call) -> web.Response:
@@ -145,6 +150,7 @@ async def logout(call: Call) -> web.Response:
         log.warning("broker unavailable: sockets of a revoked session stay open for now")
     response = json_response({"ok": True})
     response.del_cookie(COOKIE, path="/")
+    response.del_cookie(DEVICE_COOKIE, path="/")
     return response
 
 
@@ -153,7 +159,10 @@ async def me(call: Call) -> web.Response:
     async with call.ctx.store.read() as conn:
         row = await accounts.get(conn, call.me.account_id)
         balance = await ledger.balance(conn, row.id) if row.role in accounts.HOLDERS else 0
-    return json_response({"account": accounts.public(row), "balance": balance})
+    body = {"account": accounts.public(row), "balance": balance}
+    if call.me.device_id is not None:  # a kiosk or tablet session: the page's idle sign-out
+        body["kiosk"] = {"idle_sign_out_s": call.ctx.settings.kiosk_idle_sign_out_s}
+    return json_response(body)
 
 
 ROUTES = [

@@ -33,6 +33,10 @@ UNAVAILABLE = {"error": {"code": "unavailable",
                          "message": "A service we depend on is not answering; try again."}}
 ANY_SESSION = frozenset({"family", "person", "staff", "admin"})
 COOKIE = "kw_session"
+# A kiosk's device token as a cookie (HttpOnly, set at kiosk login): a browser kiosk then sends
+# it with every request, image and socket; programs send the X-Device-Token header instead.
+DEVICE_COOKIE = "kw_device"
+DEVICE_HEADER = "X-Device-Token"
 BIGINT_MAX = 2**63 - 1  # the largest SQL BIGINT; a larger number cannot reach the database
 CONTEXT = web.AppKey("context", Context)
 
@@ -120,6 +124,15 @@ def _token(request: web.Request) -> tuple[str | None, bool]:
     return (cookie, True) if cookie else (None, False)
 
 
+def device_token(request: web.BaseRequest) -> str | None:
+    return request.headers.get(DEVICE_HEADER) or request.cookies.get(DEVICE_COOKIE)
+
+
+def device_refused() -> ApiError:
+    return ApiError(401, "device_required",
+                    "This kiosk session works only on its own registered device.")
+
+
 def _check_origin(request: web.Request) -> None:
     # SameSite=Strict already keeps the cookie off cross-site requests; refusing a foreign
     # Origin on cookie-authenticated writes is the second lock on that door.
@@ -163,6 +176,10 @@ def wrap(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]
                 principal = await principal_for(conn, token, ctx.clock())
             if principal is None and route.roles is not ANYONE:
                 raise unauthorized("Your session has expired or was ended; log in again.")
+            if principal is not None and not principal.device_matches(device_token(request)):
+                if route.roles is not ANYONE:
+                    raise device_refused()
+                principal = None
         if route.roles is not ANYONE:
             if principal is None:
                 raise unauthorized()

@@ -66,6 +66,10 @@ class Settings:
 
     session_ttl_s: int = _setting(14 * 86_400, "Lifetime of a family, staff or admin session.",
                                   lo=60, hi=366 * 86_400)
+    kiosk_idle_sign_out_s: float = _setting(120.0, "The kiosk page signs its person out after "
+                                            "this long without input (not during a visit), "
+                                            "counting down the last 30 s on screen.",
+                                            lo=1, hi=86_400)
     kiosk_session_ttl_s: int = _setting(2 * 3600, "Lifetime of a kiosk or tablet session.",
                                         lo=60, hi=86_400)
     login_failures_max: int = _setting(5, "Failed logins allowed per account and client address "
