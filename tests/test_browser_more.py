@@ -118,6 +118,7 @@ async def test_reconnect_across_server_restart_msgpack(sqlite_template: Path,
                 async with http.post(server.base + "/api/v1/messages", json={
                         "to": family.id, "body": body},
                         headers={"Authorization": f"Bearer {person.token}",
+                                 "X-Device-Token": person.device,  # a kiosk's session
                                  "Idempotency-Key": secrets.token_hex(8)}) as resp:
                     assert resp.status == 201, await resp.text()
                     return (await resp.json())["message"]["id"]
