@@ -19,6 +19,12 @@ from server.events import Outbox
 from server.ids import new_id
 from server.store.schema import accounts, connections
 
+# What a family member may say they are to the person, shown with the request on the kiosk.
+# Codes rather than free text: a free field would carry words to the person that no one paid
+# for or reviewed; the apps turn each code into words.
+RELATIONSHIPS = ("parent", "child", "partner", "sibling", "grandparent", "grandchild",
+                 "other_family", "friend", "attorney", "clergy", "other")
+
 
 async def is_approved_contact(conn: AsyncConnection, a: str, b: str) -> bool:
     return await approved_between(conn, a, b) is not None
@@ -46,6 +52,8 @@ def view(row: Any, names: dict[str, str] | None = None) -> dict[str, Any]:
             "person_id": row.person_id, "status": row.status,
             "blocked": row.blocked_by is not None, "blocked_by": row.blocked_by,
             "privileged": row.privileged, "updated_at": row.updated_at.isoformat(),
+            "relationship": row.relationship,
+            "requested_at": (row.requested_at or row.created_at).isoformat(),
             "family_name": names.get(row.family_id), "person_name": names.get(row.person_id)}
 
 
@@ -65,7 +73,9 @@ async def _announce(conn: AsyncConnection, outbox: Outbox, row: Any, at: datetim
 
 
 async def request(conn: AsyncConnection, outbox: Outbox, *, family_id: str, person_id: str,
-                  at: datetime) -> dict:
+                  at: datetime, relationship: str | None = None) -> dict:
+    """Ask; asking again while a request is pending or approved changes nothing, and asking
+    again after a denial is a new request (its relationship and time replace the old)."""
     person = (await conn.execute(select(accounts).where(
         accounts.c.id == person_id, accounts.c.role == "person",
         accounts.c.disabled.is_(False)))).first()
@@ -79,13 +89,14 @@ async def request(conn: AsyncConnection, outbox: Outbox, *, family_id: str, pers
         if existing.status != "denied":
             return view(existing, await _names(conn, {family_id, person_id}))
         await conn.execute(connections.update().where(connections.c.id == existing.id)
-                           .values(status="requested", updated_at=at))
+                           .values(status="requested", relationship=relationship,
+                                   requested_at=at, updated_at=at))
         return await _announce(conn, outbox, await get(conn, existing.id), at)
     connection_id = new_id("con")
     await conn.execute(connections.insert().values(
         id=connection_id, facility_id=person.facility_id, family_id=family_id,
-        person_id=person_id, status="requested", privileged=False, created_at=at,
-        updated_at=at))
+        person_id=person_id, status="requested", privileged=False, relationship=relationship,
+        requested_at=at, created_at=at, updated_at=at))
     return await _announce(conn, outbox, await get(conn, connection_id), at)
 
 
