@@ -47,11 +47,12 @@ async def chromium() -> AsyncIterator[object]:
             await browser.close()
 
 
-async def shot(page, name: str) -> Path:
-    """Save a screenshot of the page as a documentation artifact (docs/screenshots/)."""
+async def shot(page, name: str, full_page: bool = True) -> Path:
+    """Save a screenshot of the page as a documentation artifact (docs/screenshots/); the
+    viewport only (`full_page=False`) for a modal dialog, whose backdrop covers only that."""
     SHOTS.mkdir(parents=True, exist_ok=True)
     path = SHOTS / f"{name}.png"
-    await page.screenshot(path=str(path), full_page=True)
+    await page.screenshot(path=str(path), full_page=full_page)
     return path
 
 
