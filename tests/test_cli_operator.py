@@ -215,3 +215,21 @@ def test_every_kinwire_variable_the_project_reads_is_known() -> None:
     unknown = {name for name in found - settings - OTHER_VARIABLES
                if not name.startswith(OTHER_PREFIXES)}
     assert unknown == set(), f"add to OTHER_VARIABLES in server/settings.py: {unknown}"
+
+
+def test_text_lines_are_masked_like_json_ones() -> None:
+    """A token or card number that slipped into a message is masked in text logs too."""
+    import logging
+
+    from server.logs import REQUEST_ID, TextFormatter
+
+    record = logging.LogRecord("kinwire.test", logging.WARNING, __file__, 1,
+                               "client sent Authorization: Bearer %s with card %s",
+                               ("tok.en-secret", "4242 4242 4242 4242"), None)
+    token = REQUEST_ID.set("abc123")
+    try:
+        line = TextFormatter().format(record)
+    finally:
+        REQUEST_ID.reset(token)
+    assert re.fullmatch(r"\d\d:\d\d:\d\d WARNING kinwire\.test \[req abc123\] client sent "
+                        r"Authorization: Bearer \[redacted\] with card \[redacted\]", line), line
