@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import secrets
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,19 +21,13 @@ from PIL import Image, ImageDraw
 
 from server.app import create_app
 from tests.browser import KIOSK, PHONE, chromium, require_chromium, seed_kiosk, shot
+from tests.clock import running_clock
 from tests.conftest import fresh_sqlite, test_settings
 from tests.helpers import Api, Who
 from tests.test_photos import upload
 
 PIN = "8642"
 T0 = datetime(2026, 3, 2, 15, 10, tzinfo=UTC)  # 09:10 at the facility (America/Chicago)
-
-
-def running_clock(start: datetime):
-    """The server's clock: `start`, then advancing at real speed (the tests never read the
-    real date, and times still move forward for ordering)."""
-    began = time.monotonic()
-    return lambda: start + timedelta(seconds=time.monotonic() - began)
 
 
 def garden_photo() -> bytes:

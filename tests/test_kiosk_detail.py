@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.clock import Clock
 from tests.conftest import app_client
 from tests.helpers import Api
-from tests.test_booking import Clock
 from tests.test_gateway import open_socket
 from tests.test_messaging import cast, send
 from tests.test_photos import png, upload
