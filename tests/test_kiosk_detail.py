@@ -2,14 +2,16 @@
 who asks to connect (name, the relationship the family gave, when), and the photos of messages
 addressed to the person, fetched by a real kiosk session, only once a message is approved.
 
-Adversaries: a family member who tries to pass words to the person through the relationship
-field (free text would be an unpaid, unreviewed message), or re-asks while pending to rewrite
-what the person was told; a person who fetches a held or rejected photo by its id (read from
-nowhere but guessed or leaked), by the full route and by the thumbnail route; the next resident
-on a shared kiosk, whose browser must not be handed the last one's photos from its cache."""
+Adversaries: requests sent all at once (two taps, two tabs); a family member who tries to pass
+words to the person through the relationship field (free text would be an unpaid, unreviewed
+message), or re-asks while pending to rewrite what the person was told; a person who fetches a
+held or rejected photo by its id (guessed or leaked), by the full route and by the thumbnail
+route; the next resident on a shared kiosk, whose browser must not be handed the last one's
+photos from its cache."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -76,6 +78,42 @@ async def test_relationship_is_a_code_never_free_text(api: Api) -> None:
         assert r.status == 422 and r.code == "invalid_input", (said, r.body)
     r = await api.call("POST", "/connections", c.family, json={"person_id": c.person.id})
     assert r.status == 201 and r.body["connection"]["relationship"] is None
+
+
+async def _announced(api: Api, who) -> int:
+    from sqlalchemy import func, select
+
+    from server.store.schema import events
+
+    async with api.ctx.store.read() as conn:
+        return (await conn.execute(select(func.count()).select_from(events).where(
+            events.c.account_id == who.id, events.c.type == "connection.updated"))).scalar_one()
+
+
+async def test_requests_sent_all_at_once_make_one_connection(api: Api, clock: Clock) -> None:
+    """Two taps, two tabs: eight requests at the same moment, then eight re-requests at once
+    after a denial. Each answers the one connection (never a 500 from the pair's unique key),
+    and the person is told once each time."""
+    c = await cast(api, connected=False)
+    said = ("parent", "sibling", "friend", "child") * 2
+
+    async def ask_all() -> list:
+        return await asyncio.gather(*(api.call(
+            "POST", "/connections", c.family,
+            json={"person_id": c.person.id, "relationship": r}) for r in said))
+
+    first = await ask_all()
+    assert [r.status for r in first] == [201] * 8, [r.body for r in first]
+    assert len({r.body["connection"]["id"] for r in first}) == 1
+    assert len({r.body["connection"]["relationship"] for r in first}) == 1
+    assert await _announced(api, c.person) == 1
+    con_id = first[0].body["connection"]["id"]
+    assert (await api.call("POST", f"/connections/{con_id}/deny", c.person)).status == 200
+    clock.now = T0 + timedelta(hours=1)
+    again = await ask_all()
+    assert [r.status for r in again] == [201] * 8, [r.body for r in again]
+    assert {r.body["connection"]["status"] for r in again} == {"requested"}
+    assert await _announced(api, c.person) == 3, "the request, the denial, one re-request"
 
 
 async def _status(api: Api, token: str, path: str) -> tuple[int, str | None]:
