@@ -9,6 +9,8 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 # tests/test_deploy_nginx.py runs a private nginx with deploy/nginx/kinwire.conf.
 [ -x /usr/sbin/nginx ] || need+=(nginx)
+# tests/test_wall_clock.py moves the tests' clock to awkward hours with libfaketime.
+[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || need+=(faketime)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi
@@ -18,8 +20,9 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 echo "system-deps: installing ${need[*]} from Debian's packages"
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+# Another apt run (a developer's, or a parallel set-up) may hold the lock: wait for it.
+apt-get -o DPkg::Lock::Timeout=300 update -qq
+apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 # The package's own service is not wanted: tests start private turnservers on free ports.
 if command -v systemctl >/dev/null 2>&1; then systemctl disable --now coturn >/dev/null 2>&1 || true; fi
 # Nor nginx's: tests start private nginx instances with their own prefix and ports.

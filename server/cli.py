@@ -1,4 +1,6 @@
-"""The `kinwire` command: serve, migrate, create-admin, seed-demo, settings, doctor."""
+"""The `kinwire` command: serve, migrate, create-admin, seed-demo, facility, settings, doctor,
+visit-client. Settings come from the environment (`kinwire settings` lists them); a failure to
+start is one line on standard error and exit status 1 (server/startup.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ import logging
 import sys
 
 from billing import ledger
-from server.settings import Settings, SettingsError, describe, from_env
+from server.settings import Settings, SettingsError, describe, from_env, unknown_variables
+from server.startup import StartError, check_database, check_redis
 
 
 def _context(settings: Settings):
@@ -35,6 +38,7 @@ def _context(settings: Settings):
 async def _prepared(settings: Settings):
     from server.store.migrate import migrate
 
+    await check_database(settings)  # unreachable: one line, not a traceback
     ctx = _context(settings)
     await migrate(ctx.store)
     async with ctx.store.write() as conn:
@@ -166,9 +170,15 @@ def _serve(settings: Settings, args) -> int:
     port = args.port if args.port is not None else settings.port
     if args.demo:
         settings = settings.replace(demo=True)
-    url = settings.public_url or f"http://{host}:{port}/"
-    print(f"Kinwire on {url} (database: {settings.resolved_database_url.split('://')[0]}, "
-          f"broker: {'redis' if settings.redis_url else 'memory'})", flush=True)
+    asyncio.run(_reachable(settings))
+
+    def banner(addresses: list) -> None:
+        # Printed once the port is bound, so that it never announces a server that is not there.
+        bound = addresses[0][1] if addresses else port
+        url = settings.public_url or f"http://{host}:{bound}/"
+        print(f"Kinwire on {url} (database: {settings.resolved_database_url.split('://')[0]}, "
+              f"broker: {'redis' if settings.redis_url else 'memory'})", flush=True)
+
     from server.drain import serve
     from server.logs import AccessLogger  # metrics/logs: no query strings, with request ids
 
@@ -182,8 +192,13 @@ def _serve(settings: Settings, args) -> int:
     gc.set_threshold(50_000, 20, 10)
     # SIGTERM drains (server/drain.py): 1012 to sockets, meters handed over, requests finished.
     asyncio.run(serve(app, host, port, timeout_s=settings.drain_timeout_s,
-                      access_log_class=AccessLogger))
+                      access_log_class=AccessLogger, on_listening=banner))
     return 0
+
+
+async def _reachable(settings: Settings) -> None:
+    await check_database(settings)
+    await check_redis(settings)
 
 
 async def _doctor(settings: Settings, _args) -> int:
@@ -201,32 +216,72 @@ def _settings_table(_settings: Settings, _args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kinwire", description=__doc__)
-    sub = p.add_subparsers(dest="command")
-    serve = sub.add_parser("serve", help="run the server")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--demo", action="store_true", help="seed and print the demo data")
-    sub.add_parser("migrate", help="apply database migrations")
-    admin = sub.add_parser("create-admin", help="create an admin (password from stdin)")
-    admin.add_argument("--email", required=True)
-    admin.add_argument("--name", default="Administrator")
-    sub.add_parser("seed-demo", help="create the demo facility, people, staff and family")
-    fac = sub.add_parser("facility", help="create or update a facility")
-    fac.add_argument("action", choices=["create", "update"])
-    fac.add_argument("id", nargs="?", help="the facility to update")
-    fac.add_argument("--name")
-    fac.add_argument("--timezone")
-    fac.add_argument("--settings", help='JSON object, e.g. \'{"review_mode": "hold"}\'')
-    sub.add_parser("settings", help="print the settings table")
-    sub.add_parser("doctor", help="check settings, database, Redis, TURN, folders (docs/deploy.md)")
-    vc = sub.add_parser("visit-client", help="join a visit with the aiortc reference client")
-    vc.add_argument("--url", default="http://127.0.0.1:8080")
-    vc.add_argument("--token", help="a session token (or KINWIRE_TOKEN)")
-    vc.add_argument("--visit", required=True)
-    vc.add_argument("--codec", choices=["json", "msgpack"], default="json")
-    vc.add_argument("--camera", default="synthetic", help="'synthetic' or a video file")
-    vc.add_argument("--seconds", type=float, default=60.0, help="stay this long at most")
+    p = argparse.ArgumentParser(
+        prog="kinwire", description="Kinwire: messaging and video visits for families and "
+        "incarcerated people. A failure to start is one line on standard error (what failed, "
+        "why, what to do) and exit status 1.",
+        epilog="Every command reads its settings from the environment: `kinwire settings` "
+        "lists them, README.md explains them. `kinwire COMMAND --help` describes a command.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    serve = sub.add_parser(
+        "serve", help="run the server (the default of `python -m server`)",
+        description="Run the HTTP and WebSocket server until SIGTERM or Ctrl-C, then drain "
+        "(docs/deploy.md). Applies migrations first; checks that the database and Redis answer "
+        "before it listens.")
+    serve.add_argument("--host", help="address to listen on (default: KINWIRE_HOST, "
+                       "127.0.0.1; 0.0.0.0 for every address)")
+    serve.add_argument("--port", type=int, help="TCP port to listen on (default: KINWIRE_PORT, "
+                       "8080; 0 picks a free one)")
+    serve.add_argument("--demo", action="store_true",
+                       help="seed the demo facility, people, staff and family, and print their "
+                       "logins (like KINWIRE_DEMO=true)")
+    sub.add_parser("migrate", help="apply database migrations",
+                   description="Bring the database (DATABASE_URL) to the newest schema; safe to "
+                   "run again, and from several processes at once.")
+    admin = sub.add_parser(
+        "create-admin", help="create an administrator (password on standard input)",
+        description="Create an administrator account. The password is read from standard "
+        "input (asked for, unechoed, at a terminal): 8 to 200 characters.")
+    admin.add_argument("--email", required=True, help="the administrator's sign-in email")
+    admin.add_argument("--name", default="Administrator",
+                       help="the name shown in the audit log (default: Administrator)")
+    sub.add_parser("seed-demo", help="create the demo facility, people, staff and family",
+                   description="Create the demo data (a facility, two people, staff, a kiosk "
+                   "device and a family account) and print the logins; safe to run again.")
+    fac = sub.add_parser(
+        "facility", help="create or update a facility",
+        description="Create a facility, or change one's name, time zone or settings (audited "
+        "as done by `cli`). Prints the facility as JSON.")
+    fac.add_argument("action", choices=["create", "update"],
+                     help="create (needs --name and --timezone) or update (needs the id)")
+    fac.add_argument("id", nargs="?", help="the facility to update (its id)")
+    fac.add_argument("--name", help="the facility's name")
+    fac.add_argument("--timezone", help="an IANA time zone, e.g. America/Chicago")
+    fac.add_argument("--settings", help='facility settings to set, a JSON object, e.g. '
+                     '\'{"review_mode": "hold"}\' (docs/API.md lists them)')
+    sub.add_parser("settings", help="print the settings table (Markdown)",
+                   description="Print every setting: its environment variable, default and "
+                   "meaning, as README.md's table.")
+    sub.add_parser("doctor", help="check settings, database, Redis, TURN, folders "
+                   "(docs/deploy.md)",
+                   description="Check a deployment before it serves: one ok/warn/fail line "
+                   "each; exit status 1 on any failure. Changes nothing.")
+    vc = sub.add_parser(
+        "visit-client", help="join a visit with the aiortc reference client",
+        description="Join a video visit as its family member or person with the Python "
+        "reference client (aiortc): send a synthetic or file camera, print the connection "
+        "state and frames received each second as JSON lines, leave at the end.")
+    vc.add_argument("--url", default="http://127.0.0.1:8080",
+                    help="the server's base URL (default: http://127.0.0.1:8080)")
+    vc.add_argument("--token", help="a session token of a party of the visit (default: "
+                    "KINWIRE_TOKEN)")
+    vc.add_argument("--visit", required=True, help="the visit's id")
+    vc.add_argument("--codec", choices=["json", "msgpack"], default="json",
+                    help="the WebSocket subprotocol's codec (default: json)")
+    vc.add_argument("--camera", default="synthetic",
+                    help="'synthetic' (default) or the path of a video file to send")
+    vc.add_argument("--seconds", type=float, default=60.0,
+                    help="stay this long at most, in seconds (default: 60)")
     vc.add_argument("--loopback-only", action="store_true",
                     help="relay-only ICE through a TURN server on loopback (tests)")
     return p
@@ -241,7 +296,7 @@ SYNC = {"serve": _serve, "settings": _settings_table}
 def main(argv: list[str] | None = None, default: str | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {*ASYNC, *SYNC}
-    if default and not (argv and argv[0] in commands) and "-h" not in argv[:1]:
+    if default and not (argv and argv[0] in commands) and argv[:1] not in (["-h"], ["--help"]):
         argv = [default, *argv]
     args = parser().parse_args(argv)
     command = args.command
@@ -257,15 +312,21 @@ def main(argv: list[str] | None = None, default: str | None = None) -> int:
             return settings_failed(str(exc))
         print(f"kinwire: bad setting: {exc}", file=sys.stderr)
         return 2
-    # metrics/logs: JSON lines (KINWIRE_LOG_FORMAT=json, the default) or plain text.
+    for warning in unknown_variables():  # a misspelt setting is otherwise silently ignored
+        print(warning, file=sys.stderr, flush=True)
+    # metrics/logs: JSON lines or text (KINWIRE_LOG_FORMAT; `auto`: text at a terminal).
     from server.logs import configure
 
     configure(settings.log_level, settings.log_format)
     # Alembic announces every plugin at INFO; its warnings are what an operator needs.
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    if command in SYNC:
-        return SYNC[command](settings, args)
-    return asyncio.run(ASYNC[command](settings, args))
+    try:
+        if command in SYNC:
+            return SYNC[command](settings, args)
+        return asyncio.run(ASYNC[command](settings, args))
+    except StartError as exc:
+        print(exc, file=sys.stderr, flush=True)
+        return 1
 
 
 if __name__ == "__main__":

@@ -14,12 +14,19 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server.errors import ApiError, forbidden, not_found
 from server.events import Outbox
 from server.ids import new_id
 from server.store.schema import accounts, connection_blocks, connections
+
+# What a family member may say they are to the person, shown with the request on the kiosk.
+# Codes rather than free text: a free field would carry words to the person that no one paid
+# for or reviewed; the apps turn each code into words.
+RELATIONSHIPS = ("parent", "child", "partner", "sibling", "grandparent", "grandchild",
+                 "other_family", "friend", "attorney", "clergy", "other")
 
 
 async def is_approved_contact(conn: AsyncConnection, a: str, b: str) -> bool:
@@ -50,6 +57,8 @@ def view(row: Any, names: dict[str, str] | None = None,
             "blocked": row.blocked_by is not None, "blocked_by": row.blocked_by,
             "blocked_sides": (sides or {}).get(row.id, []),
             "privileged": row.privileged, "updated_at": row.updated_at.isoformat(),
+            "relationship": row.relationship,
+            "requested_at": (row.requested_at or row.created_at).isoformat(),
             "family_name": names.get(row.family_id), "person_name": names.get(row.person_id)}
 
 
@@ -83,28 +92,50 @@ async def _announce(conn: AsyncConnection, outbox: Outbox, row: Any, at: datetim
 
 
 async def request(conn: AsyncConnection, outbox: Outbox, *, family_id: str, person_id: str,
-                  at: datetime) -> dict:
+                  at: datetime, relationship: str | None = None) -> dict:
+    """Ask; asking again while a request is pending or approved changes nothing, and asking
+    again after a denial is a new request (its relationship and time replace the old). Two
+    requests at once (two taps, two tabs) make one connection and one announcement: the
+    insert is guarded by the pair's unique key, the re-request by a conditional update."""
     person = (await conn.execute(select(accounts).where(
         accounts.c.id == person_id, accounts.c.role == "person",
         accounts.c.disabled.is_(False)))).first()
     if person is None:
         raise not_found("The person")
-    existing = (await conn.execute(select(connections).where(
+    existing = await _pair(conn, family_id, person_id)
+    if existing is None:
+        connection_id = new_id("con")
+        try:
+            async with conn.begin_nested():  # a duplicate leaves the transaction usable
+                await conn.execute(connections.insert().values(
+                    id=connection_id, facility_id=person.facility_id, family_id=family_id,
+                    person_id=person_id, status="requested", privileged=False,
+                    relationship=relationship, requested_at=at, created_at=at, updated_at=at))
+        except IntegrityError:  # the same request, made at the same moment, came first
+            return await _unchanged(conn, await _pair(conn, family_id, person_id))
+        return await _announce(conn, outbox, await get(conn, connection_id), at)
+    if existing.status == "denied" and existing.blocked_by is None:
+        asked = await conn.execute(
+            connections.update().where(connections.c.id == existing.id,
+                                       connections.c.status == "denied")
+            .values(status="requested", relationship=relationship, requested_at=at,
+                    updated_at=at))
+        if asked.rowcount == 1:
+            return await _announce(conn, outbox, await get(conn, existing.id), at)
+        existing = await get(conn, existing.id)
+    return await _unchanged(conn, existing)
+
+
+async def _pair(conn: AsyncConnection, family_id: str, person_id: str) -> Any:
+    return (await conn.execute(select(connections).where(
         connections.c.family_id == family_id, connections.c.person_id == person_id))).first()
-    if existing is not None:
-        if existing.blocked_by is not None:
-            raise ApiError(403, "blocked", "This connection is blocked.")
-        if existing.status != "denied":
-            return view(existing, await _names(conn, {family_id, person_id}))
-        await conn.execute(connections.update().where(connections.c.id == existing.id)
-                           .values(status="requested", updated_at=at))
-        return await _announce(conn, outbox, await get(conn, existing.id), at)
-    connection_id = new_id("con")
-    await conn.execute(connections.insert().values(
-        id=connection_id, facility_id=person.facility_id, family_id=family_id,
-        person_id=person_id, status="requested", privileged=False, created_at=at,
-        updated_at=at))
-    return await _announce(conn, outbox, await get(conn, connection_id), at)
+
+
+async def _unchanged(conn: AsyncConnection, row: Any) -> dict:
+    """A request that changes nothing: the connection as it is, or why it cannot be asked."""
+    if row.blocked_by is not None:
+        raise ApiError(403, "blocked", "This connection is blocked.")
+    return view(row, await _names(conn, {row.family_id, row.person_id}))
 
 
 async def change(conn: AsyncConnection, outbox: Outbox, connection_id: str, *,

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from server.routing import WS_PATH  # sockets are closed with 1012, not waited for
+from server.startup import listen_error
 
 log = logging.getLogger("kinwire.drain")
 
@@ -83,19 +84,28 @@ DRAIN = web.AppKey("drain", Drain)
 
 
 async def serve(app: web.Application, host: str, port: int, *, timeout_s: float,
-                **runner_args) -> None:
+                on_listening: Callable[[list], None] | None = None, **runner_args) -> None:
     """Run `app` until SIGTERM or SIGINT, then drain it: the steps create_app registered
-    (close the sockets, hand the meters over), then in-flight requests get `timeout_s`."""
+    (close the sockets, hand the meters over), then in-flight requests get `timeout_s`.
+    `on_listening(addresses)` runs once the port is bound (the start-up banner); a port that
+    cannot be bound raises StartError, after the app's start-up is undone."""
     drain = app[DRAIN]
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0, **runner_args)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise listen_error(exc, host, port) from exc
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
+        # After the handlers: whoever reads the banner and at once sends SIGTERM gets a drain.
+        if on_listening is not None:
+            on_listening(runner.addresses)
         await stop.wait()
         started = loop.time()
         drain.draining = True

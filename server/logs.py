@@ -1,9 +1,12 @@
-"""JSON log lines and request ids.
+"""Log lines and request ids.
 
 `JsonFormatter` writes one JSON object a line: time, level, logger, message, request_id (when
 the line was logged while serving a request) and exc (the traceback text, if any). As a last
 line of defence it masks bearer tokens and card-number-like digit runs in the message; the
-code itself never logs tokens, bodies or card data.
+code itself never logs tokens, bodies or card data. `TextFormatter` writes the same for a
+person at a terminal ("07:02:11 INFO kinwire.drain [req 4f2a] message"), masked the same way.
+`configure` picks one: KINWIRE_LOG_FORMAT `json` or `text`, or `auto` (the default): text when
+the logs go to a terminal, JSON when they go to a file, a pipe or the journal.
 
 `request_id_middleware` takes the client's X-Request-Id when it is a short safe token (else
 makes one), echoes it in the response header and keeps it in a contextvar for the request.
@@ -15,6 +18,7 @@ import json
 import logging
 import re
 import secrets
+import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
@@ -52,6 +56,16 @@ class JsonFormatter(logging.Formatter):
         elif record.exc_text:
             line["exc"] = scrub(record.exc_text)
         return json.dumps(line, ensure_ascii=False, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s%(rid)s %(message)s", "%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        request_id = getattr(record, "request_id", None) or REQUEST_ID.get()
+        record.rid = f" [req {request_id}]" if request_id else ""
+        return scrub(super().format(record))
 
 
 def request_id_for(request: web.BaseRequest) -> str:
@@ -95,10 +109,12 @@ class AccessLogger(AbstractAccessLogger):
                          extra={"request_id": request.get(REQUEST_KEY)})
 
 
-def configure(level: str, fmt: str) -> None:
-    handler = logging.StreamHandler()
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+def configure(level: str, fmt: str, stream: Any = None) -> None:
+    """Log to `stream` (standard error) at `level`, as `fmt`: json, text, or auto (text when
+    the stream is a terminal)."""
+    stream = stream or sys.stderr
+    handler = logging.StreamHandler(stream)
+    if fmt == "auto":
+        fmt = "text" if stream.isatty() else "json"
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     logging.basicConfig(level=level.upper(), handlers=[handler])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from aiohttp import web
 from pydantic import Field
@@ -19,6 +19,8 @@ PARTIES_AND_STAFF = frozenset({"family", "person", "staff"})
 
 class ConnectionRequest(Strict):
     person_id: Annotated[str, Field(min_length=1, max_length=32)]
+    relationship: Literal[connections.RELATIONSHIPS] | None = Field(
+        None, description="what the family member is to the person; shown with the request")
 
 
 class Privileged(Strict):
@@ -35,7 +37,8 @@ async def request_connection(call: Call) -> web.Response:
     outbox = Outbox()
     async with call.ctx.store.write() as conn:
         shown = await connections.request(conn, outbox, family_id=call.me.account_id,
-                                          person_id=call.body.person_id, at=call.now())
+                                          person_id=call.body.person_id, at=call.now(),
+                                          relationship=call.body.relationship)
     return await _done(call, outbox, shown, 201)
 
 

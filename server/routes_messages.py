@@ -211,9 +211,11 @@ async def _serve_photo(call: Call, thumb: bool) -> web.Response:
         data = await BlobStore(call.ctx.settings.resolved_blob_dir).read(photo_id, thumb)
     except FileNotFoundError:
         raise not_found("The photo") from None
+    # A kiosk or tablet is shared by the people of a facility: its browser keeps no copy that
+    # the next person signed in could be shown from the cache.
+    cache = "private, no-store" if call.me.role == "person" else "private, max-age=3600"
     return web.Response(body=data, content_type="image/jpeg",
-                        headers={"Cache-Control": "private, max-age=3600",
-                                 "X-Content-Type-Options": "nosniff"})
+                        headers={"Cache-Control": cache, "X-Content-Type-Options": "nosniff"})
 
 
 async def get_photo(call: Call) -> web.Response:

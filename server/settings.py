@@ -9,6 +9,7 @@ Units come last in names (`session_ttl_s`, `request_body_bytes_max`).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import os
 from collections.abc import Mapping
@@ -49,8 +50,8 @@ class Settings:
         "(docs/deploy.md).")
     demo: bool = _setting(False, "Seed the demo facility, people, staff and family at start.")
     log_level: str = _setting("INFO", "Python logging level.")
-    log_format: str = _setting("json", "`json` (one object a line, with request ids) or "
-                               "`text` for `kinwire serve` logs.")
+    log_format: str = _setting("auto", "`json` (one object a line, with request ids), `text`, "
+                               "or `auto`: text when the logs go to a terminal, JSON otherwise.")
     payment_gateway: str = _setting("sandbox", "Payment gateway; only `sandbox` is built in.")
     drain_timeout_s: float = _setting(20.0, "On SIGTERM, how long `kinwire serve` waits for "
                                       "HTTP requests in flight before it exits (docs/deploy.md).")
@@ -219,8 +220,8 @@ class Settings:
             raise SettingsError("KINWIRE_PAYMENT_GATEWAY: only 'sandbox' is built in")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise SettingsError("KINWIRE_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
-        if self.log_format not in {"json", "text"}:
-            raise SettingsError("KINWIRE_LOG_FORMAT must be json or text")
+        if self.log_format not in {"auto", "json", "text"}:
+            raise SettingsError("KINWIRE_LOG_FORMAT must be auto, json or text")
         for proxy in self.trusted_proxies:
             try:
                 ipaddress.ip_network(proxy, strict=False)
@@ -277,3 +278,33 @@ def describe() -> list[tuple[str, str, str]]:
         shown = ",".join(default) if isinstance(default, tuple) else str(default)
         rows.append((probe.env_name(f.name), shown, f.metadata["doc"]))
     return rows
+
+
+# KINWIRE_* variables that are not settings but that Kinwire's own tools read: the visit client's
+# token, the tests' PostgreSQL, Chromium and crash seed, and the benchmarks' (KINWIRE_BENCH_*).
+# tests/test_cli_operator.py keeps this list true against the repository.
+OTHER_VARIABLES = frozenset({"KINWIRE_TOKEN", "KINWIRE_TEST_PG", "KINWIRE_CHROMIUM",
+                             "KINWIRE_CRASH_SEED"})
+OTHER_PREFIXES = ("KINWIRE_BENCH_",)
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """A warning for each KINWIRE_* variable in the environment that nothing reads (a misspelt
+    setting is otherwise silently ignored), naming the closest setting when one is close."""
+    environ = os.environ if environ is None else environ
+    probe = Settings()
+    known = [probe.env_name(f.name) for f in fields(Settings)]
+    warnings = []
+    for name in sorted(environ):
+        if (not name.startswith("KINWIRE_") or name in known or name in OTHER_VARIABLES
+                or name.startswith(OTHER_PREFIXES)):
+            continue
+        # Compared without the prefix, which every candidate shares and would make any two
+        # names look alike; DATABASE_URL and REDIS_URL (no prefix) are candidates too.
+        bare = {k.removeprefix("KINWIRE_"): k for k in known}
+        close = difflib.get_close_matches(name.removeprefix("KINWIRE_"), bare, n=1, cutoff=0.6)
+        hint = (f"did you mean {bare[close[0]]}?" if close
+                else "`kinwire settings` lists them all")
+        warnings.append(f"kinwire: warning: {name} is not a Kinwire setting and is ignored "
+                        f"({hint})")
+    return warnings

@@ -33,6 +33,19 @@ def require_chromium() -> None:
         pytest.fail("playwright is not installed: pip install -e '.[test]'", pytrace=False)
 
 
+# libfaketime's variables (tests/test_wall_clock.py moves the test process's clock with them)
+# are kept from the browser: Chromium under libfaketime takes a minute to draw a page, and its
+# pages get the server's clock from tests/clock.py browser_clock instead.
+FAKETIME_VARS = ("LD_PRELOAD", "FAKETIME", "FAKETIME_DONT_FAKE_MONOTONIC")
+
+
+async def launch(pw, *extra_args: str):
+    """Debian's headless Chromium through a started Playwright."""
+    env = {k: v for k, v in os.environ.items() if k not in FAKETIME_VARS}
+    return await pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=[*ARGS, *extra_args], env=env)
+
+
 @asynccontextmanager
 async def chromium() -> AsyncIterator[object]:
     """A headless Debian Chromium, closed on the way out."""
@@ -40,18 +53,19 @@ async def chromium() -> AsyncIterator[object]:
     from playwright.async_api import async_playwright
 
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        browser = await launch(pw)
         try:
             yield browser
         finally:
             await browser.close()
 
 
-async def shot(page, name: str) -> Path:
-    """Save a screenshot of the page as a documentation artifact (docs/screenshots/)."""
+async def shot(page, name: str, full_page: bool = True) -> Path:
+    """Save a screenshot of the page as a documentation artifact (docs/screenshots/); the
+    viewport only (`full_page=False`) for a modal dialog, whose backdrop covers only that."""
     SHOTS.mkdir(parents=True, exist_ok=True)
     path = SHOTS / f"{name}.png"
-    await page.screenshot(path=str(path), full_page=True)
+    await page.screenshot(path=str(path), full_page=full_page)
     return path
 
 

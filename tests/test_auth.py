@@ -6,7 +6,7 @@ import hashlib
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from server.app import create_app
 from server.routing import COOKIE
 from server.store.schema import accounts, devices, sessions
 from tests import conftest
+from tests.clock import Clock
 from tests.helpers import Api, Reply, Who
 
 PASSWORD = "correct horse battery"
@@ -29,19 +30,6 @@ def assert_error(reply: Reply, status: int, code: str) -> None:
     assert isinstance(reply.body, dict) and set(reply.body) == {"error"}, reply
     assert reply.body["error"]["code"] == code, reply
     assert isinstance(reply.body["error"]["message"], str), reply
-
-
-@dataclass
-class Clock:
-    """A clock the test moves by hand."""
-
-    now: datetime
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
 
 
 @dataclass

@@ -25,6 +25,7 @@ from server.facilities import FacilitySettings
 from server.store.schema import visits
 from signalling.booking import Refused, Rules, grid, window
 from signalling.visits import ACTIVE
+from tests.clock import Clock
 from tests.conftest import app_client
 from tests.helpers import Api, Reply, Who
 from tests.test_bad_input import assert_error
@@ -47,14 +48,6 @@ def local(day: str, hhmm: str) -> datetime:
 
 def at(day: str, hhmm: str) -> str:
     return local(day, hhmm).isoformat()
-
-
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture

@@ -74,6 +74,7 @@ async def test_family_and_kiosk_first_scenario(sqlite_template: Path, tmp_path: 
             # --- finds the person and asks to connect ---
             await fam.get_by_role("tab", name="Find a person").click()
             await fam.get_by_label("Name or inmate number").fill("dana")
+            await fam.get_by_label("You are").select_option("parent")
             await fam.get_by_role("button", name="Search").click()
             await fam.get_by_role("button", name="Request connection with Dana Rivers").click()
             await expect(fam.locator("#connections")).to_contain_text("Waiting for approval")
@@ -82,6 +83,7 @@ async def test_family_and_kiosk_first_scenario(sqlite_template: Path, tmp_path: 
             # --- the person signs in on a registered kiosk and approves ---
             await kiosk_sign_in(kiosk, base, seed, PIN, shot_as="kiosk-sign-in")
             await expect(kiosk.locator("#requests")).to_contain_text("Alex Rivers wants to connect")
+            await expect(kiosk.locator("#requests")).to_contain_text("Says they are your parent.")
             await shot(kiosk, "kiosk-requests")
             await kiosk.get_by_role("button", name="Approve Alex Rivers").click()
 

@@ -24,12 +24,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from billing import ledger
 from server.app import create_app
 from server.store.schema import visits
-from tests.browser import ARGS, CHROMIUM, KIOSK, PHONE, buy_credits, kiosk_sign_in, require_chromium
+from tests.browser import KIOSK, PHONE, buy_credits, kiosk_sign_in, launch, require_chromium
+from tests.clock import ZONE, browser_clock, scene_clock
 from tests.conftest import fresh_sqlite, test_settings
 from tests.helpers import Api, Who
 from tests.test_accessibility import Audit
 from tests.test_browser_more import _log_in
-from tests.test_browser_visit import MEDIA, MINUTE_S, PIN, ZONE, _parties, noon_clock
+from tests.test_browser_visit import MEDIA, MINUTE_S, PIN, _parties
 from tests.turn_server import private_coturn
 
 PASSWORD = "correct horse battery"
@@ -47,12 +48,11 @@ async def test_hang_up_and_staff_end_in_the_browsers(sqlite_template: Path,
                                  visit_minute_s=MINUTE_S, credit_block=150,
                                  turn_secret=turn.secret, turn_urls=(turn.url,),
                                  ice_relay_only=True)
-        clock = noon_clock()
+        clock = scene_clock()
         app = create_app(settings, run_migrations=False, clock=clock)
         async with TestClient(TestServer(app, host="127.0.0.1")) as client, \
                 async_playwright() as pw:
-            browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                               args=ARGS + MEDIA)
+            browser = await launch(pw, *MEDIA)
             api = Api(client)
             base = str(client.make_url("/")).rstrip("/")
             errors: list[str] = []
@@ -200,7 +200,7 @@ async def _staff_end_it(api: Api, browser, base: str, clock, errors: list[str],
     desk.on("pageerror", lambda e: errors.append(str(e)))
     # The console lists the visits of the 12 hours around the browser's now: give the browser
     # the server's (shifted) clock, so the visit under way at 12:00 is in its window.
-    await desk.clock.set_system_time(clock())
+    await browser_clock(desk_ctx, clock)
     await _log_in(desk, base, staff.account["email"], "staff password", "/static/staff.html")
     end = desk.get_by_role("button", name="End the visit of Alex Rivers and Dana Rivers")
     await end.click()

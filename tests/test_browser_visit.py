@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from datetime import UTC, datetime, timedelta
-from datetime import time as wall
+from datetime import timedelta
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -21,38 +19,26 @@ from billing import ledger
 from server.app import create_app
 from server.ids import new_id
 from server.settings import SettingsError
-from server.store.schema import connections, utcnow, visits
+from server.store.schema import connections, visits
 from tests.browser import (
-    ARGS,
-    CHROMIUM,
     KIOSK,
     PHONE,
     buy_credits,
     kiosk_sign_in,
+    launch,
     require_chromium,
     seed_kiosk,
     shot,
 )
+from tests.clock import scene_clock
 from tests.conftest import app_client, fresh_sqlite, test_settings
 from tests.helpers import Api, Who
 from tests.turn_server import private_coturn
 
 PIN = "1357"
-ZONE = ZoneInfo("America/Chicago")  # tests/helpers.py Api.facility's time zone
 MINUTE_S = 2.0
 CREDITS = 300  # six visit minutes at 50
 MEDIA = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
-
-
-def noon_clock():
-    """The server's clock, running at real speed but reading 12:00:20 tomorrow at the facility:
-    the block under way (12:00-12:30) is then always bookable and joinable, whenever the test
-    runs. Only ahead of real time, so the TURN credentials (expiring at the window's end) are
-    valid for coturn, which reads the real clock."""
-    real = utcnow()
-    day = real.astimezone(ZONE).date() + timedelta(days=1)
-    offset = datetime.combine(day, wall(12, 0, 20), ZONE).astimezone(UTC) - real
-    return lambda: utcnow() + offset
 
 
 async def _parties(api: Api, password: str) -> dict:
@@ -90,11 +76,10 @@ async def test_a_booked_video_visit_in_two_browsers(sqlite_template: Path,
                                  visit_minute_s=MINUTE_S, credit_block=150,
                                  turn_secret=turn.secret, turn_urls=(turn.url,),
                                  ice_relay_only=True)
-        app = create_app(settings, run_migrations=False, clock=noon_clock())
+        app = create_app(settings, run_migrations=False, clock=scene_clock())
         async with TestClient(TestServer(app, host="127.0.0.1")) as client, \
                 async_playwright() as pw:
-            browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                               args=ARGS + MEDIA)
+            browser = await launch(pw, *MEDIA)
             api = Api(client)
             seed = await _parties(api, password)
             base = str(client.make_url("/")).rstrip("/")

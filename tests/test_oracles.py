@@ -71,7 +71,7 @@ async def test_the_migration_folds_stored_emails_to_their_spelling(db_url: str) 
 
     def downgrade(sync_conn) -> None:
         cfg.attributes["connection"] = sync_conn
-        command.downgrade(cfg, "0005")
+        command.downgrade(cfg, "0006")
 
     store = Store(db_url)
     try:
@@ -92,4 +92,4 @@ async def test_the_migration_folds_stored_emails_to_their_spelling(db_url: str) 
         await store.close()
     assert found == {"acc_plain": "kim@example.test", "acc_upper": "lee@example.test",
                      "acc_wide": "\uff4b\uff49\uff4d@example.test"}, found  # kim's is taken
-    assert head == "0006"
+    assert head == "0007"

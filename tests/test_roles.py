@@ -333,26 +333,27 @@ async def _held(world: World, role: str) -> Req:
 _slots = itertools.count()
 
 
-def _tomorrow() -> datetime:
-    """Tomorrow in the world's facility (America/Chicago), by the real clock."""
+def _tomorrow(world: World) -> datetime:
+    """Tomorrow in the world's facility (America/Chicago), by the app's clock."""
     zone = ZoneInfo("America/Chicago")
-    return datetime.combine(datetime.now(zone).date() + timedelta(days=1), time(), zone)
+    today = world.api.ctx.clock().astimezone(zone).date()
+    return datetime.combine(today + timedelta(days=1), time(), zone)
 
 
-def _next_slot() -> str:
+def _next_slot(world: World) -> str:
     """A 30-minute block from tomorrow on, 09:00-18:30 local, never the same one twice."""
     n = next(_slots)
-    day = _tomorrow().date() + timedelta(days=n // 20)
+    day = _tomorrow(world).date() + timedelta(days=n // 20)
     wall = time(9 + (n % 20) // 2, 30 * (n % 2))
     return datetime.combine(day, wall, ZoneInfo("America/Chicago")).astimezone(UTC).isoformat()
 
 
 async def _slot_day(world: World, role: str) -> Req:
-    return Req(query=f"?date={_tomorrow().date().isoformat()}")
+    return Req(query=f"?date={_tomorrow(world).date().isoformat()}")
 
 
 async def _booking(world: World, role: str) -> Req:
-    return Req(json={"connection_id": world.ids["connection"], "start": _next_slot(),
+    return Req(json={"connection_id": world.ids["connection"], "start": _next_slot(world),
                      "blocks": 1})
 
 

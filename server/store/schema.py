@@ -92,6 +92,10 @@ connections = Table(
     Column("privileged", Boolean, nullable=False, default=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    # What the family says they are to the person (a code of connections.RELATIONSHIPS, never
+    # free text: a free field would be an unpaid, unreviewed message), and when they last asked.
+    Column("relationship", String(16), nullable=True),
+    Column("requested_at", UTCDateTime, nullable=True),
     CheckConstraint("status IN ('requested', 'approved', 'denied')", name="ck_connections_status"),
     UniqueConstraint("family_id", "person_id", name="uq_connections_pair"),
     Index("ix_connections_person", "person_id"),

@@ -5,6 +5,7 @@ import { api, ApiError, bindEmailLogin, dollars, h, newKey, say } from "./api.js
 import { KinwireSocket } from "./socket.js";
 import { Inbox, Typing, applyEvent, bubble, loadConversations } from "./threads.js";
 import { FamilyVisits } from "./booking.js";
+import { RELATIONSHIPS } from "./relationships.js";
 
 // The server's purchase terms (block, fee) come from GET /pricing at sign-in; the receipt after
 // paying shows what the server actually charged.
@@ -137,6 +138,7 @@ async function loadFacilities() {
   sel.replaceChildren(...r.facilities.map((f) => h("option", { value: f.id }, f.name)));
 }
 
+$("find-relationship").append(...RELATIONSHIPS.map(([code, label]) => h("option", { value: code }, label)));
 $("find-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   say($("find-notice"), "");
@@ -154,7 +156,8 @@ $("find-form").addEventListener("submit", async (ev) => {
       btn.addEventListener("click", async () => {
         btn.disabled = true;
         try {
-          const c = await api("POST", "/connections", { body: { person_id: p.id } });
+          const relationship = $("find-relationship").value || undefined;
+          const c = await api("POST", "/connections", { body: { person_id: p.id, relationship } });
           upsertConnection(c.connection);
           btn.textContent = statusText(c.connection);
           say($("find-notice"), `Request sent to ${p.name}. You can write once they approve.`, "ok");
@@ -263,7 +266,8 @@ function renderThread(keepScroll = false) {
   $("thread-h").textContent = c ? `${c.person_name || "Contact"} · ${statusText(c)}` : "";
   const msgs = state.inbox.thread(personId);
   const list = $("messages");
-  list.replaceChildren(...msgs.map((m) => withPhotos(bubble(m, state.me.id, { onOpen: payToOpen }), m)));
+  const fromName = c ? c.person_name : null;
+  list.replaceChildren(...msgs.map((m) => withRefund(bubble(m, state.me.id, { onOpen: payToOpen, fromName }), m)));
   if (!msgs.length) list.append(h("li", { class: "muted" }, "No messages yet."));
   if (!keepScroll) list.scrollTop = list.scrollHeight;
   $("thread-older").hidden = olderDone.has(personId) || !msgs.length;
@@ -391,16 +395,8 @@ async function uploadPhoto(file) {
   return data.photo_id;
 }
 
-/** A bubble with its photos' thumbnails and, for a rejected paid message, the refund. */
-function withPhotos(li, msg) {
-  const ids = msg.photo_ids || [];
-  if (ids.length) {
-    li.querySelector(".photos")?.remove();
-    li.insertBefore(h("div", { class: "thumbs" }, ...ids.map((id, i) =>
-      h("a", { href: `/api/v1/photos/${encodeURIComponent(id)}`, target: "_blank", rel: "noopener" },
-        h("img", { src: `/api/v1/photos/${encodeURIComponent(id)}/thumb`, alt: `Photo ${i + 1} of ${ids.length}`,
-                   loading: "lazy" })))), li.querySelector(".meta"));
-  }
+/** For a rejected paid message, the refund beside its bubble. */
+function withRefund(li, msg) {
   if (msg.from === state.me.id && msg.status === "rejected" && !msg.cod && msg.price) {
     li.querySelector(".meta").append(h("span", { class: "badge refund", "data-refund": msg.price },
                                        `${msg.price} credits returned`));

@@ -1,9 +1,11 @@
-// The kiosk app (docs/clients.md): a registered device (facility id and device token kept in
-// localStorage, the token sent as X-Device-Token), sign-in by inmate number and PIN, connection
-// requests to approve or deny, and the inbox with replies (collect when the balance is short).
+// The kiosk app (docs/clients.md): a registered device (kiosk_device.js), sign-in by inmate
+// number and PIN, connection requests (who asks, what they say they are, when) to approve or
+// deny, and the inbox with photos and replies (collect when the balance is short).
 import { api, h, newKey, say } from "./api.js";
+import { device, showSetUp, showSignIn } from "./kiosk_device.js";
+import { toPerson } from "./relationships.js";
 import { KinwireSocket } from "./socket.js";
-import { Inbox, Typing, applyEvent, bubble, loadConversations } from "./threads.js";
+import { Inbox, Typing, applyEvent, bubble, loadConversations, when } from "./threads.js";
 import { KioskVisits } from "./visit_list.js";
 import { IdleSignOut } from "./idle.js";
 
@@ -12,33 +14,12 @@ const $ = (id) => document.getElementById(id);
 const state = { me: null, balance: 0, prices: DEFAULT_PRICES, connections: new Map(), inbox: null,
                 current: null, socket: null };
 
-// ---------- device and sign-in ----------
-function device() {
-  return { facility: localStorage.getItem("kinwire.facility") || "",
-           token: localStorage.getItem("kinwire.deviceToken") || "" };
-}
-function showDevice() {
-  const d = device();
-  $("device-facility").value = d.facility;
-  $("device-token").value = d.token;
-  $("device").open = !d.facility || !d.token;
-  say($("device-notice"), d.token ? "This device is registered." : "Enter the facility id and device token from staff.");
-}
-$("device-form").addEventListener("submit", (ev) => {
-  ev.preventDefault();
-  localStorage.setItem("kinwire.facility", $("device-facility").value.trim());
-  localStorage.setItem("kinwire.deviceToken", $("device-token").value.trim());
-  showDevice();
-  say($("device-notice"), "Saved on this device.", "ok");
-  $("login-number").focus();
-});
-
+// ---------- sign-in ----------
 $("login-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const d = device();
   if (!d.facility || !d.token) {
-    say($("login-notice"), "This kiosk is not set up yet: ask staff to register it.", "error");
-    $("device").open = true;
+    showSignIn(); // the set-up panel, alone
     return;
   }
   try {
@@ -48,7 +29,11 @@ $("login-form").addEventListener("submit", async (ev) => {
     $("login-pin").value = "";
     await start();
   } catch (err) {
-    say($("login-notice"), err.message, "error");
+    if (err.code === "unknown_device") {
+      showSetUp("This kiosk is not registered for that facility: staff must set it up again.");
+    } else {
+      say($("login-notice"), err.message, "error");
+    }
   }
 });
 
@@ -61,16 +46,25 @@ $("logout").addEventListener("click", signOut);
 
 // ---------- requests ----------
 function renderRequests() {
-  const pending = [...state.connections.values()].filter((c) => c.status === "requested");
+  const pending = [...state.connections.values()].filter((c) => c.status === "requested")
+    .sort((a, b) => (a.requested_at < b.requested_at ? -1 : 1)); // oldest first
   const list = $("requests");
   list.replaceChildren(...pending.map((c) => {
     const name = c.family_name || "Someone";
+    const says = toPerson(c.relationship);
+    const asked = c.requested_at || c.updated_at;
     const approve = h("button", { type: "button", class: "primary", "aria-label": `Approve ${name}` }, "Approve");
     const deny = h("button", { type: "button", class: "danger", "aria-label": `Deny ${name}` }, "Deny");
     approve.addEventListener("click", () => decide(c, "approve", approve, deny));
     deny.addEventListener("click", () => decide(c, "deny", approve, deny));
-    return h("li", { dataset: { connection: c.id } }, h("span", {}, h("strong", {}, name), " wants to connect"),
-             h("span", { class: "row" }, approve, deny));
+    return h("li", { class: "request", dataset: { connection: c.id } },
+      h("div", { class: "who-asks" },
+        h("p", {}, h("strong", {}, name), " wants to connect"),
+        h("p", { class: "muted" },
+          says ? h("span", { class: "relationship" }, `Says they are ${says}. `)
+               : h("span", { class: "relationship" }, "Did not say how they know you. "),
+          "Asked ", h("time", { datetime: asked }, when(asked)), ".")),
+      h("span", { class: "row" }, approve, deny));
   }));
   if (!pending.length) list.append(h("li", { class: "muted" }, "No requests."));
 }
@@ -146,7 +140,8 @@ function renderThread() {
   const c = contactOf(id);
   $("thread-h").textContent = c ? (c.family_name || "Contact") : "";
   const msgs = state.inbox.thread(id);
-  $("messages").replaceChildren(...msgs.map((m) => bubble(m, state.me.id, { onOpen: payToOpen })));
+  const fromName = c ? c.family_name : null;
+  $("messages").replaceChildren(...msgs.map((m) => bubble(m, state.me.id, { onOpen: payToOpen, fromName })));
   if (!msgs.length) $("messages").append(h("li", { class: "muted" }, "No messages yet."));
   $("messages").scrollTop = $("messages").scrollHeight;
   typing.render();
@@ -244,7 +239,7 @@ async function start() {
 }
 
 (async () => {
-  showDevice();
+  showSignIn();
   try {
     await start();
   } catch {

@@ -4,7 +4,10 @@
 // cookie authenticates it, or a token given to the constructor), keeps it open with capped
 // exponential backoff, resumes the user's event stream from the last seq it applied (sync
 // {since} with paging; {reset} makes the page reload its data), drops duplicate seqs, shows its
-// state on the page and answers request/reply by id with a timeout.
+// state on the page and answers request/reply by id with a timeout. A heartbeat finds a socket
+// that died without a close (a phone in a tunnel, a router that forgot the connection): when
+// nothing has arrived for heartbeatIdleMs it sends `ping`, and a socket that then stays silent for
+// heartbeatDeadlineMs is dropped and reconnected (docs/clients.md: within 5 s by default).
 
 import { decode as unpack, encode as pack } from "./msgpack.js";
 
@@ -41,7 +44,8 @@ export class KinwireSocket {
    * @param {string} [o.codec] "json" or "msgpack"; by default chosenCodec()
    */
   constructor({ onEvent, onReset, onState, onUnauthorised, token, url, codec, timeoutMs = 10000,
-                backoffMinMs = 250, backoffMaxMs = 15000 }) {
+                backoffMinMs = 250, backoffMaxMs = 15000, heartbeatIdleMs = 2500,
+                heartbeatDeadlineMs = 2000 }) {
     this.codec = CODECS.has(codec) ? codec : chosenCodec();
     this.onEvent = onEvent;
     this.onReset = onReset;
@@ -62,6 +66,11 @@ export class KinwireSocket {
     this.stopped = false;
     this.state = "offline";
     this.retryTimer = null;
+    this.heartbeatIdleMs = heartbeatIdleMs;
+    this.heartbeatDeadlineMs = heartbeatDeadlineMs;
+    this.lastFrameAt = 0; // performance.now() of the last frame received on this.ws
+    this.pingAt = null; // when the unanswered heartbeat ping went out
+    this.watchTimer = null;
     // The network is back (laptop woke, phone left a tunnel): retry now, not at the backoff.
     this._online = () => { if (!this.ws && !this.stopped) this.reconnectNow(); };
     window.addEventListener("online", this._online);
@@ -83,6 +92,7 @@ export class KinwireSocket {
   stop() {
     this.stopped = true;
     clearTimeout(this.retryTimer);
+    clearInterval(this.watchTimer);
     window.removeEventListener("online", this._online);
     if (this.ws) this.ws.close(1000, "bye");
     this._setState("closed");
@@ -113,6 +123,7 @@ export class KinwireSocket {
       return;
     }
     this.ws = ws;
+    this._watch(ws);
     ws.onopen = () => this._opened(ws);
     ws.onmessage = (ev) => this._frame(ws, ev.data);
     ws.onclose = (ev) => this._closed(ws, ev.code);
@@ -128,13 +139,52 @@ export class KinwireSocket {
       this._setState("online");
     } catch (err) {
       // A failed sync on a live socket: drop it and let reconnection start over.
-      if (ws === this.ws && ws.readyState === WebSocket.OPEN) ws.close(4000, "resync failed");
+      if (ws === this.ws) this._abandon(ws, "resync failed");
     }
+  }
+
+  /** Watch `ws` until it is replaced: not open and synced within timeoutMs, or silent past the
+   * heartbeat's deadline, it is abandoned. One interval a socket; pings only when idle. */
+  _watch(ws) {
+    clearInterval(this.watchTimer);
+    const openedBy = performance.now() + this.timeoutMs;
+    this.lastFrameAt = performance.now();
+    this.pingAt = null;
+    const tick = Math.max(100, Math.min(this.heartbeatIdleMs, this.heartbeatDeadlineMs) / 8);
+    this.watchTimer = setInterval(() => {
+      if (ws !== this.ws) return;
+      const now = performance.now();
+      if (this.state !== "online") {
+        if (now > openedBy) this._abandon(ws, "open timed out");
+        return;
+      }
+      const answered = this.pingAt === null || this.lastFrameAt >= this.pingAt;
+      if (!answered) {
+        if (now - this.pingAt >= this.heartbeatDeadlineMs) this._abandon(ws, "heartbeat missed");
+        return;
+      }
+      if (now - this.lastFrameAt >= this.heartbeatIdleMs) {
+        this.pingAt = now;
+        this.request("ping", {}, this.heartbeatDeadlineMs + this.timeoutMs).catch(() => {});
+      }
+    }, tick);
+  }
+
+  /** Give up on `ws` now: a dead connection may never finish a closing handshake, so its
+   * close event is not awaited; the page goes offline and reconnection starts at once. */
+  _abandon(ws, why) {
+    if (ws !== this.ws) return;
+    ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+    try {
+      ws.close(4000, why);
+    } catch { /* already closing */ }
+    this._closed(ws, 4000);
   }
 
   _closed(ws, code) {
     if (ws !== this.ws) return;
     this.ws = null;
+    clearInterval(this.watchTimer);
     this.syncing = false;
     this.buffer = [];
     for (const [id, p] of this.pending) {
@@ -164,6 +214,7 @@ export class KinwireSocket {
 
   _frame(ws, data) {
     if (ws !== this.ws) return;
+    this.lastFrameAt = performance.now();
     let frame;
     try {
       frame = typeof data === "string" ? JSON.parse(data) : unpack(data);
@@ -197,7 +248,7 @@ export class KinwireSocket {
     if (frame.seq > this.lastSeq + 1) {
       // A gap (should not happen on one socket): fetch what is missing, in order.
       this.buffer.push(frame);
-      this._resync().catch(() => this.ws && this.ws.close(4000, "resync failed"));
+      this._resync().catch(() => this.ws && this._abandon(this.ws, "resync failed"));
       return;
     }
     this.lastSeq = frame.seq;

@@ -1,6 +1,7 @@
 // The chat model and view shared by the family app and the kiosk: messages kept by id (so a
 // push and a reload never show one twice), one thread per contact, bubbles with their status.
 import { api, h } from "./api.js";
+import { photoThumbs } from "./photo_viewer.js";
 
 export class Inbox {
   constructor(meId) {
@@ -32,13 +33,16 @@ export class Inbox {
   }
 }
 
-function when(iso) {
+/** A time as people read it, in the browser's settings. */
+export function when(iso) {
   const d = new Date(iso);
   return d.toLocaleString([], { month: "short", day: "numeric", hour: "numeric", minute: "2-digit" });
 }
 
-/** One message as a list item. `onOpen(msg)` pays for and opens a locked COD message. */
-export function bubble(msg, me, { onOpen, codPrice } = {}) {
+/** One message as a list item. `onOpen(msg)` pays for and opens a locked COD message; its
+ * photos (ids only when the server lets this reader see them) show as thumbnails, described
+ * as from `fromName` when given. */
+export function bubble(msg, me, { onOpen, codPrice, fromName } = {}) {
   const mine = msg.from === me;
   const status = [];
   if (mine) {
@@ -63,10 +67,14 @@ export function bubble(msg, me, { onOpen, codPrice } = {}) {
                  `Pay ${price} credits to open`) : null);
   } else {
     content = h("p", { class: "body" }, msg.body || "");
-    if (msg.photo_count) content.append(h("span", { class: "photos" }, ` (${msg.photo_count} photo${msg.photo_count > 1 ? "s" : ""})`));
+    if (msg.photo_count && !(msg.photo_ids || []).length) {
+      content.append(h("span", { class: "photos" }, ` (${msg.photo_count} photo${msg.photo_count > 1 ? "s" : ""})`));
+    }
   }
+  const ids = (!msg.locked && msg.photo_ids) || [];
   return h("li", { class: `msg ${mine ? "mine" : "theirs"}`, dataset: { id: msg.id, status: msg.status } },
     content,
+    ids.length ? photoThumbs(ids, mine ? null : fromName) : null,
     h("div", { class: "meta" }, h("time", { datetime: msg.created_at }, when(msg.created_at)), " ", ...status));
 }
 

@@ -1,7 +1,7 @@
 """accounts.email: stored in its one spelling (NFKC, lower case), as sign-up now writes it
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-12-06 07:05:00
 
 An address that folds onto another account's is left as it is (and reported): which of the
@@ -15,8 +15,8 @@ import unicodedata
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006"
-down_revision = "0005"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
