@@ -72,6 +72,7 @@ async def sweep(ctx: Context, hub: Hub, stop: asyncio.Event, interval_s: float =
             hub.close_expired(now)
             async with ctx.store.write() as conn:
                 await events.prune(conn, now - timedelta(seconds=ctx.settings.event_retention_s))
+                await ctx.login_limiter.prune(conn, now)
         except Exception:
             log.exception("housekeeping failed; retrying next round")
 

@@ -27,6 +27,9 @@ from server.store.schema import attempts as _A
 # died mid-attempt reaches this.
 ATTEMPT_LEASE_S = 10.0
 
+# Longer than any window in use (logins: KINWIRE_LOGIN_WINDOW_S, at most a day; uploads: an hour).
+PRUNE_AFTER = timedelta(days=2)
+
 MESSAGES = {
     "attempt_in_progress": "Another sign-in attempt for this account is being checked.",
     "too_many_attempts": "Too many failed attempts; try again later.",
@@ -104,6 +107,15 @@ class Attempts:
             return ApiError(429, key.busy, MESSAGES[key.busy], retry_after_s=1)
         return ApiError(429, key.over, MESSAGES[key.over],
                         retry_after_s=max(1, math.ceil((until - now).total_seconds())))
+
+    async def prune(self, conn: AsyncConnection, now: datetime) -> int:
+        """Forget counters untouched for PRUNE_AFTER (longer than any key's window, back-off or
+        lease), so that the table holds only recent attempts. Run by the housekeeping loop."""
+        old = now - PRUNE_AFTER
+        gone = await conn.execute(_A.delete().where(
+            _A.c.window_start <= old, or_(_A.c.next_at.is_(None), _A.c.next_at <= now),
+            or_(_A.c.busy_until.is_(None), _A.c.busy_until <= now)))
+        return gone.rowcount
 
     async def settle(self, store: Store, keys: list[Key], now: datetime, *, succeeded: bool,
                      facility_id: str | None = None, target: str | None = None,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from server.attempts import ATTEMPT_LEASE_S
+from server.attempts import ATTEMPT_LEASE_S, PRUNE_AFTER
 from tests.conftest import app_client
 from tests.helpers import Api, Reply
 from tests.test_auth import Clock
@@ -169,3 +169,18 @@ async def test_an_attempt_whose_process_died_frees_its_lease(rig: Rig) -> None:
     assert r.status == 429 and r.code == "attempt_in_progress", r
     rig.clock.advance(seconds=ATTEMPT_LEASE_S + 0.5)
     assert (await api.call("POST", "/auth/login", json=body)).status == 200
+
+
+async def test_old_counters_are_forgotten(rig: Rig) -> None:
+    """The table holds recent attempts only: an address that failed once is forgotten after
+    PRUNE_AFTER, a counter still in use is kept."""
+    api = rig.api
+    victim = await api.family()
+    await api.call("POST", "/auth/login", json={"email": victim.account["email"],
+                                                "password": "wrong guess"})
+    limiter, store = api.ctx.login_limiter, api.ctx.store
+    async with store.write() as conn:
+        assert await limiter.prune(conn, rig.clock()) == 0
+    rig.clock.advance(seconds=PRUNE_AFTER.total_seconds() + 1)
+    async with store.write() as conn:
+        assert await limiter.prune(conn, rig.clock()) == 3  # account, account+address, address
