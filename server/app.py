@@ -25,6 +25,7 @@ from server import (
     routes_money,
     routes_visits,
 )
+from server.attempts import Attempts
 from server.auth import LoginLimiter, Passwords
 from server.broker import Broker
 from server.context import Context
@@ -87,6 +88,16 @@ def make_broker(settings: Settings) -> Broker:
     return MemoryBroker()
 
 
+def make_attempts(settings: Settings) -> Attempts | None:
+    """Attempt counters in Redis where it is configured; else (None) the store's."""
+    if not settings.redis_url:
+        return None
+    from server.attempts_redis import RedisAttempts
+
+    return RedisAttempts(settings.redis_url, settings.login_window_s,
+                         settings.login_backoff_base_s)
+
+
 def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
                gateway: PaymentGateway | None = None,
                run_migrations: bool = True) -> web.Application:
@@ -112,7 +123,8 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
         passwords=Passwords(settings.argon2_time_cost, settings.argon2_memory_kib,
                             settings.argon2_workers),
         login_limiter=LoginLimiter(settings.login_failures_max, settings.login_window_s,
-                                   settings.login_backoff_base_s),
+                                   settings.login_backoff_base_s,
+                                   make_attempts(settings)),
         clock=clock, metrics=metrics,
         photo_work=PhotoWork(settings.photo_workers, settings.photo_queue_max))
     app[CONTEXT] = ctx
@@ -170,6 +182,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
         await hub.close_all(RESTARTING, "server restarting")
         await hub.stop_all()
         await broker.close()
+        await ctx.login_limiter.counters.close()
 
     async def on_shutdown(app: web.Application) -> None:
         # Sockets first, with 1012 so that clients reconnect (to another process, at scale).

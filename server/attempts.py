@@ -58,8 +58,19 @@ class Key:
     over: str = "too_many_attempts"
 
 
+async def alert(conn: AsyncConnection, key: Key, count: int, now: datetime, *,
+                facility_id: str | None, actor_id: str, target: str | None) -> None:
+    """Staff are told, on the facility's audit log, when a back-off key first passes its
+    limit in a window."""
+    if key.alert and facility_id:
+        await audit.record(conn, actor_id=actor_id, actor_role="kiosk", action="login.backoff",
+                           facility_id=facility_id, target=target, at=now,
+                           details={"scope": key.alert, "failures": count})
+
+
 class Attempts:
-    """Reserve attempts under Keys before their work, settle them after (table `attempts`)."""
+    """Reserve attempts under Keys before their work, settle them after, in the store's
+    `attempts` table (server/attempts_redis.py keeps the same counters in Redis)."""
 
     def __init__(self, window_s: float, backoff_base_s: float = 30.0) -> None:
         self.window = timedelta(seconds=window_s)
@@ -67,6 +78,14 @@ class Attempts:
 
     def _window(self, key: Key) -> timedelta:
         return self.window if key.window_s is None else timedelta(seconds=key.window_s)
+
+    def backoff(self, key: Key, count: int) -> timedelta:
+        """The wait after failure number `count` of a back-off key past its limit."""
+        doublings = min(count - (key.limit or 0), 20)
+        return min(self.backoff_base * 2 ** doublings, self._window(key))
+
+    async def close(self) -> None:
+        """Nothing to close: the counters live in the store."""
 
     async def reserve(self, store: Store, keys: list[Key], now: datetime) -> None:
         """Count one attempt under every key, or none (429) when any key refuses it."""
@@ -132,13 +151,9 @@ class Attempts:
                 if succeeded:
                     values["count"] = max(0, row.count - 1)
                 elif key.backoff and row.count >= key.limit:
-                    doublings = min(row.count - key.limit, 20)
-                    delay = min(self.backoff_base * 2 ** doublings, self._window(key))
-                    values["next_at"] = now + delay
-                    if key.alert and row.count == key.limit and facility_id:
-                        await audit.record(conn, actor_id=actor_id, actor_role="kiosk",
-                                           action="login.backoff", facility_id=facility_id,
-                                           target=target, at=now,
-                                           details={"scope": key.alert, "failures": row.count})
+                    values["next_at"] = now + self.backoff(key, row.count)
+                    if row.count == key.limit:
+                        await alert(conn, key, row.count, now, facility_id=facility_id,
+                                    actor_id=actor_id, target=target)
                 if values:
                     await conn.execute(_A.update().where(_A.c.key == key.name).values(**values))

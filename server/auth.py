@@ -141,17 +141,22 @@ async def revoke_session(conn: AsyncConnection, session_id: str, now: datetime) 
                        .values(revoked_at=now))
 
 
-class LoginLimiter(Attempts):
+class LoginLimiter:
     """The login keys (docs/security.md, "Attempt limits"): a password login is limited per
     account and client address (`failures_max`) and per address (x10), with one verification
     in flight per account; a PIN login per person and kiosk (`failures_max`, then back-off),
     per person across kiosks (x4, back-off) and per kiosk (x10, back-off), one verification in
     flight per person. No PIN key is a facility's or an address's alone, and a victim's own
-    address or kiosk is never locked by another's failures."""
+    address or kiosk is never locked by another's failures. The counters are `counters`: the
+    store's (server/attempts.py), or Redis's where configured (server/attempts_redis.py)."""
 
-    def __init__(self, failures_max: int, window_s: int, backoff_base_s: float = 30.0) -> None:
-        super().__init__(window_s, backoff_base_s)
+    def __init__(self, failures_max: int, window_s: int, backoff_base_s: float = 30.0,
+                 counters: Attempts | None = None) -> None:
         self.failures_max = failures_max
+        self.counters = counters or Attempts(window_s, backoff_base_s)
+        self.reserve = self.counters.reserve
+        self.settle = self.counters.settle
+        self.prune = self.counters.prune
 
     def password_keys(self, email: str, address: str) -> list[Key]:
         m = self.failures_max

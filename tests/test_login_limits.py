@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 
 from server.attempts import ATTEMPT_LEASE_S, PRUNE_AFTER
+from tests.clock import Clock
 from tests.conftest import app_client
 from tests.helpers import Api, Reply
-from tests.test_auth import Clock
+from tests.test_cluster import RedisServer
 
 PIN = "2468"
 
@@ -31,24 +32,42 @@ class Rig:
     api: Api
     clock: Clock
     verified: list[str]  # every secret the server really verified (argon2id), in order
+    counters: str  # "store" or "redis"
 
 
-@pytest.fixture
-async def rig(db_url: str, tmp_path: Path) -> AsyncIterator[Rig]:
+@pytest.fixture(params=["store", "redis"])
+async def rig(request: pytest.FixtureRequest, db_url: str,
+              tmp_path: Path) -> AsyncIterator[Rig]:
+    """An app with a hand-moved clock; its attempt counters in the store, or in a private
+    Redis (where Redis is configured, the counters live there)."""
     clock = Clock(datetime(2026, 12, 1, 12, 0, tzinfo=UTC))
-    async with app_client(db_url, tmp_path, clock=clock,
-                          trusted_proxies=("127.0.0.1",)) as client:
-        api = Api(client)
-        verified: list[str] = []
-        passwords = api.ctx.passwords
-        real = passwords.verify
+    extra = {}
+    redis = None
+    if request.param == "redis":
+        redis = RedisServer(tmp_path)
+        await redis.start()
+        extra["redis_url"] = redis.url
+    try:
+        async with app_client(db_url, tmp_path, clock=clock, trusted_proxies=("127.0.0.1",),
+                              **extra) as client:
+            yield await _rigged(client, clock, request.param)
+    finally:
+        if redis is not None:
+            redis.stop()
 
-        async def counted(hashed: str | None, secret: str) -> bool:
-            verified.append(secret)
-            return await real(hashed, secret)
 
-        passwords.verify = counted  # the real verify, counted
-        yield Rig(api, clock, verified)
+async def _rigged(client, clock: Clock, counters: str) -> Rig:
+    api = Api(client)
+    verified: list[str] = []
+    passwords = api.ctx.passwords
+    real = passwords.verify
+
+    async def counted(hashed: str | None, secret: str) -> bool:
+        verified.append(secret)
+        return await real(hashed, secret)
+
+    passwords.verify = counted  # the real verify, counted
+    return Rig(api, clock, verified, counters)
 
 
 def _from(address: str) -> dict[str, str]:
@@ -179,8 +198,32 @@ async def test_old_counters_are_forgotten(rig: Rig) -> None:
     await api.call("POST", "/auth/login", json={"email": victim.account["email"],
                                                 "password": "wrong guess"})
     limiter, store = api.ctx.login_limiter, api.ctx.store
+    if rig.counters == "redis":  # Redis forgets each key by itself
+        r = limiter.counters._redis
+        ttls = [await r.pttl(k) async for k in r.scan_iter("kinwire:attempt:*")]
+        assert len(ttls) == 3 and all(0 < t <= PRUNE_AFTER.total_seconds() * 1000
+                                      for t in ttls), ttls
+        return
     async with store.write() as conn:
         assert await limiter.prune(conn, rig.clock()) == 0
     rig.clock.advance(seconds=PRUNE_AFTER.total_seconds() + 1)
     async with store.write() as conn:
         assert await limiter.prune(conn, rig.clock()) == 3  # account, account+address, address
+
+
+async def test_with_redis_down_a_login_is_refused_not_let_through(db_url: str,
+                                                                  tmp_path: Path) -> None:
+    """Where the counters are in Redis and Redis stops answering, no attempt is verified
+    uncounted: 503 `unavailable` (retry), never a login past the limits."""
+    redis = RedisServer(tmp_path)
+    await redis.start()
+    try:
+        async with app_client(db_url, tmp_path, redis_url=redis.url) as client:
+            api = Api(client)
+            fam = await api.family()
+            redis.stop()
+            r = await api.call("POST", "/auth/login", json={"email": fam.account["email"],
+                                                             "password": "correct horse"})
+            assert r.status == 503 and r.code == "unavailable", r
+    finally:
+        redis.stop()

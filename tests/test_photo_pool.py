@@ -12,15 +12,18 @@ a login waited behind the decodes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import time
 from pathlib import Path
 
+import pytest
 from aiohttp import FormData
 from PIL import Image
 
 from tests.conftest import app_client
 from tests.helpers import Api, Reply, Who
+from tests.test_cluster import RedisServer
 
 # Real argon2id at OWASP's minimum (19 MiB, 2 passes): the login below does real work.
 REAL_HASH = {"argon2_time_cost": 2, "argon2_memory_kib": 19_456}
@@ -85,9 +88,19 @@ async def test_photos_at_the_cap_from_six_accounts_leave_logins_fast(db_url: str
     print(f"login {took:.3f} s while {statuses.count(201)} photos took {decoding:.2f} s")
 
 
-async def test_uploads_sent_at_once_hold_the_hourly_quota(db_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("counters", ["store", "redis"])
+async def test_uploads_sent_at_once_hold_the_hourly_quota(db_url: str, tmp_path: Path,
+                                                         counters: str) -> None:
     small = gradient_png(40, 40, "RGB")
-    async with app_client(db_url, tmp_path, photo_uploads_per_hour_max=3) as client:
+    async with contextlib.AsyncExitStack() as stack:
+        extra = {}
+        if counters == "redis":  # where Redis is configured, the counters live there
+            redis = RedisServer(tmp_path)
+            await redis.start()
+            stack.callback(redis.stop)
+            extra["redis_url"] = redis.url
+        client = await stack.enter_async_context(
+            app_client(db_url, tmp_path, photo_uploads_per_hour_max=3, **extra))
         api = Api(client)
         fam = await api.family()
 
