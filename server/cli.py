@@ -21,7 +21,8 @@ def _context(settings: Settings):
     from server.store.schema import utcnow
 
     store = Store(settings.resolved_database_url, pool_size=2,
-                  busy_timeout_ms=settings.db_busy_timeout_ms)
+                  busy_timeout_ms=settings.db_busy_timeout_ms,
+                  durable=settings.db_durable_commits)
     from server.broker.memory import MemoryBroker
 
     # One-shot commands publish nothing that a socket waits for; the memory broker suffices.
@@ -181,8 +182,14 @@ def _serve(settings: Settings, args) -> int:
     gc.freeze()
     gc.set_threshold(50_000, 20, 10)
     # SIGTERM drains (server/drain.py): 1012 to sockets, meters handed over, requests finished.
-    asyncio.run(serve(app, host, port, timeout_s=settings.drain_timeout_s,
-                      access_log_class=AccessLogger))
+    from server.store.safety import UnsafeStart
+
+    try:
+        asyncio.run(serve(app, host, port, timeout_s=settings.drain_timeout_s,
+                          access_log_class=AccessLogger))
+    except UnsafeStart as exc:
+        print(f"kinwire: {exc}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 
@@ -265,7 +272,13 @@ def main(argv: list[str] | None = None, default: str | None = None) -> int:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     if command in SYNC:
         return SYNC[command](settings, args)
-    return asyncio.run(ASYNC[command](settings, args))
+    from server.store.safety import UnsafeStart
+
+    try:
+        return asyncio.run(ASYNC[command](settings, args))
+    except UnsafeStart as exc:
+        print(f"kinwire: {exc}", file=sys.stderr, flush=True)
+        return 1
 
 
 if __name__ == "__main__":
