@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# System packages the test suite needs beyond Python: coturn (TURN tests) and, for the
-# browser tests, Debian's Chromium. Installed from Debian's packages only when missing.
+# System packages the test suite needs beyond Python: coturn (TURN tests), strace (durability
+# tests) and, for the browser tests, Debian's Chromium. Installed from Debian's packages only
+# when missing.
 set -euo pipefail
 need=()
 command -v turnserver >/dev/null 2>&1 || need+=(coturn)
@@ -9,6 +10,8 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 # tests/test_deploy_nginx.py runs a private nginx with deploy/nginx/kinwire.conf.
 [ -x /usr/sbin/nginx ] || need+=(nginx)
+# tests/test_durability.py traces a real server's system calls (fsync before the reply).
+command -v strace >/dev/null 2>&1 || need+=(strace)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi
