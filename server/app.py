@@ -44,7 +44,7 @@ from server.routing import CONTEXT, WS_PATH, Route, add_routes, error_middleware
 from server.settings import Settings
 from server.store import Store
 from server.store.migrate import migrate
-from server.store.safety import check_durability
+from server.store.safety import check_durability, check_not_copied_file
 from server.store.schema import utcnow
 from signalling.meters import Meters
 from signalling.relay import Relay
@@ -138,6 +138,8 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
 
     async def database(app: web.Application) -> AsyncIterator[None]:
         if run_migrations:
+            await check_not_copied_file(store, [settings.resolved_blob_dir,
+                                                settings.resolved_recordings_dir])
             await migrate(store)
         await check_durability(store, log)  # refuses (UnsafeStart) or warns
         async with store.write() as conn:

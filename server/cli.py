@@ -1,4 +1,5 @@
-"""The `kinwire` command: serve, migrate, create-admin, seed-demo, settings, doctor."""
+"""The `kinwire` command: serve, migrate, create-admin, seed-demo, settings, doctor, backup,
+restore."""
 
 from __future__ import annotations
 
@@ -35,8 +36,11 @@ def _context(settings: Settings):
 
 async def _prepared(settings: Settings):
     from server.store.migrate import migrate
+    from server.store.safety import check_not_copied_file
 
     ctx = _context(settings)
+    await check_not_copied_file(ctx.store, [settings.resolved_blob_dir,
+                                            settings.resolved_recordings_dir])
     await migrate(ctx.store)
     async with ctx.store.write() as conn:
         await ledger.ensure_system_accounts(conn)
@@ -193,6 +197,53 @@ def _serve(settings: Settings, args) -> int:
     return 0
 
 
+async def _backup(settings: Settings, args) -> int:
+    from pathlib import Path
+
+    from server import backup
+
+    if args.words[0] == "verify":
+        if len(args.words) != 2:
+            print("usage: kinwire backup verify DIR", file=sys.stderr)
+            return 2
+        problems = backup.verify(Path(args.words[1]))
+        for problem in problems:
+            print(f"FAIL {problem}", flush=True)
+        print("backup verify: " + (f"{len(problems)} problems" if problems else "ok"), flush=True)
+        return 1 if problems else 0
+    if len(args.words) != 1:
+        print("usage: kinwire backup DIR | kinwire backup verify DIR", file=sys.stderr)
+        return 2
+    try:
+        manifest = await backup.backup(settings, Path(args.words[0]))
+    except backup.BackupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"backup {args.words[0]}: {manifest['dialect']} database at revision "
+          f"{manifest['revision']}, {len(manifest['photos'])} photos, "
+          f"{len(manifest['files'])} files", flush=True)
+    for name in manifest["missing"]:
+        print(f"warning: {name} is referenced by the database but was not on disk",
+              file=sys.stderr)
+    return 1 if manifest["missing"] else 0
+
+
+async def _restore(settings: Settings, args) -> int:
+    from pathlib import Path
+
+    from server import backup
+
+    try:
+        manifest = await backup.restore(settings, Path(args.dir))
+    except backup.BackupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"restored {args.dir} (taken {manifest['taken_at']}): "
+          f"{len(manifest['photos'])} photos, {len(manifest['files'])} files; "
+          "`kinwire serve` migrates it if it is older than this version", flush=True)
+    return 0
+
+
 async def _doctor(settings: Settings, _args) -> int:
     from server.doctor import report, run
 
@@ -227,6 +278,11 @@ def parser() -> argparse.ArgumentParser:
     fac.add_argument("--settings", help='JSON object, e.g. \'{"review_mode": "hold"}\'')
     sub.add_parser("settings", help="print the settings table")
     sub.add_parser("doctor", help="check settings, database, Redis, TURN, folders (docs/deploy.md)")
+    bk = sub.add_parser("backup", help="online backup of the database and its blobs into an "
+                        "empty folder; `backup verify DIR` checks one (docs/operations.md)")
+    bk.add_argument("words", nargs="+", metavar="[verify] DIR")
+    rs = sub.add_parser("restore", help="restore a backup into an empty data directory/database")
+    rs.add_argument("dir")
     vc = sub.add_parser("visit-client", help="join a visit with the aiortc reference client")
     vc.add_argument("--url", default="http://127.0.0.1:8080")
     vc.add_argument("--token", help="a session token (or KINWIRE_TOKEN)")
@@ -240,7 +296,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 ASYNC = {"migrate": _migrate, "seed-demo": _seed_demo, "create-admin": _create_admin,
-         "doctor": _doctor,
+         "doctor": _doctor, "backup": _backup, "restore": _restore,
          "facility": _facility, "visit-client": _visit_client}
 SYNC = {"serve": _serve, "settings": _settings_table}
 
