@@ -4,17 +4,19 @@ commit behind it is on disk.
 The adversary is a power cut (or an OS crash) just after a family was told "done": anything
 not yet fsynced is gone, while the card was charged and the family believes it. This cannot be
 staged on this machine, so the tests watch what the server does instead: a real `kinwire serve`
-runs under `strace -f`, and for a purchase, a gift (HTTP) and a message send (WebSocket, the
-group-commit path) the trace must show, in this order: the commit's last write to the WAL, a
-completed fsync/fdatasync of the WAL, and only then the reply's first write to the socket (with
-no write to a client's socket in between). On PostgreSQL the server itself syncs; what this
-process can do is refuse to run on a database whose sessions commit with
-`synchronous_commit=off` (set here per database, never for the shared server).
+runs under `strace -f`, and for a purchase, a gift, a photo upload (HTTP) and a message send
+(WebSocket, the group-commit path) the trace must show, in this order: the commit's last write
+to the WAL, a completed fsync/fdatasync of the WAL, and only then the reply's first write to the
+socket (with no write to a client's socket in between); a photo's folder is synced too. On
+PostgreSQL the server itself syncs; what this process can do is refuse to run on a database
+whose sessions commit with `synchronous_commit=off` (set here per database, never for the
+shared server).
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import re
@@ -29,6 +31,7 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 import pytest
+from PIL import Image
 
 from tests.conftest import PG_ADMIN_URL
 from tests.helpers import VISA
@@ -130,7 +133,7 @@ async def _traced_operations(tmp_path: Path, **env: str) -> tuple[list[Call], di
         stderr=subprocess.STDOUT, text=True)
     tag = secrets.token_hex(4)
     markers = {"purchase": f"dur-purchase-{tag}", "gift": f"dur-gift-{tag}",
-               "send": str(700_000 + secrets.randbelow(99_999))}
+               "photo": f"dur-photo-{tag}", "send": str(700_000 + secrets.randbelow(99_999))}
     try:
         await wait_ready(base, proc)
         async with aiohttp.ClientSession(base_url=base) as http:
@@ -148,6 +151,14 @@ async def _traced_operations(tmp_path: Path, **env: str) -> tuple[list[Call], di
             async with http.post("/api/v1/gifts", json={"to": person, "credits": 100},
                                  headers={**auth, "Idempotency-Key": f"g-{tag}",
                                           "X-Request-Id": markers["gift"]}) as r:
+                assert r.status == 201, await r.text()
+            picture = io.BytesIO()
+            Image.new("RGB", (32, 24), (200, 40, 40)).save(picture, "PNG")
+            form = aiohttp.FormData()
+            form.add_field("file", picture.getvalue(), filename="p.png",
+                           content_type="image/png")
+            async with http.post("/api/v1/photos", data=form,
+                                 headers={**auth, "X-Request-Id": markers["photo"]}) as r:
                 assert r.status == 201, await r.text()
             ws = await http.ws_connect("/ws", protocols=("kinwire.v1.json",))
             await ws.send_str(json.dumps({"id": 1, "op": "auth", "args": {"token": token}}))
@@ -168,11 +179,23 @@ async def _traced_operations(tmp_path: Path, **env: str) -> tuple[list[Call], di
     return parse(trace.read_text()), markers, wal, out
 
 
+def synced_before_reply(calls: list[Call], marker: str, path: str) -> bool:
+    """Whether `path` (a folder) was fsynced, and the call returned, before the reply that
+    carries `marker` and after the reply before it."""
+    reply = next(i for i, c in enumerate(calls) if _client(c) and marker in c.text)
+    since = max((i for i in range(reply) if _client(calls[i])), default=-1)
+    return any(c.name in SYNCS and c.path == path for c in calls[since + 1:reply])
+
+
 @pytest.mark.timeout(180)
 async def test_sqlite_syncs_the_wal_before_each_acknowledgement(tmp_path: Path) -> None:
     calls, markers, wal, log = await _traced_operations(tmp_path)
     assert any(c.path == wal for c in calls), "the trace shows no WAL writes at all"
     assert violations(calls, markers, wal) == {}
+    # A photo's file is renamed into place before its row commits: the folder must be synced
+    # too, or a power cut could keep the row and lose the file.
+    blobs = str((tmp_path / "data" / "blobs").resolve())
+    assert synced_before_reply(calls, markers["photo"], blobs), "blob folder never synced"
     assert "NOT DURABLE" not in log
 
 
@@ -183,7 +206,7 @@ async def test_relaxed_sqlite_acknowledges_before_the_sync_and_says_so(tmp_path:
     calls, markers, wal, log = await _traced_operations(
         tmp_path, KINWIRE_DB_DURABLE_COMMITS="false")
     found = violations(calls, markers, wal)
-    assert set(found) == {"purchase", "gift", "send"}, found
+    assert set(found) == {"purchase", "gift", "photo", "send"}, found
     assert all("no fsync/fdatasync" in why for why in found.values()), found
     assert "NOT DURABLE" in log
 
