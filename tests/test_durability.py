@@ -266,6 +266,27 @@ async def test_postgresql_with_synchronous_commit_off_is_refused_at_start(tmp_pa
 
 
 @pytest.mark.timeout(120)
+async def test_doctor_fails_a_database_that_would_lose_acknowledged_commits(
+        tmp_path: Path) -> None:
+    from server.doctor import database
+    from server.settings import from_env
+
+    url = await _pg_database("off")
+    try:
+        env = cli_env(tmp_path, DATABASE_URL=url)
+        migrated = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "server", "migrate", env=env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        assert await asyncio.wait_for(migrated.wait(), 60) == 0
+        check = await database(from_env(env))
+        assert check.status == "fail" and "synchronous_commit=off" in check.detail, check
+        relaxed = await database(from_env({**env, "KINWIRE_DB_DURABLE_COMMITS": "false"}))
+        assert relaxed.status == "warn" and "NOT DURABLE" in relaxed.detail, relaxed
+    finally:
+        await _drop(url)
+
+
+@pytest.mark.timeout(120)
 async def test_postgresql_with_synchronous_commit_on_starts_without_a_warning(
         tmp_path: Path) -> None:
     url = await _pg_database("on")
