@@ -20,7 +20,6 @@ import asyncio
 import io
 import json
 import os
-import secrets
 import time
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -278,5 +277,4 @@ async def run(size: str) -> dict[str, Any]:
                 "end scaled to 10,000 cycles. Books checked after: ledger invariants, one "
                 "stored message per acknowledged send.",
                 f"failures by kind: {json.dumps(failures)}",
-                "(cycles, RSS MB, fds, tasks) every tenth of the run: " + json.dumps(series),
-                f"run id {secrets.token_hex(3)}"]}
+                "(cycles, RSS MB, fds, tasks) every tenth of the run: " + json.dumps(series)]}
