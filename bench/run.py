@@ -22,7 +22,8 @@ from typing import Any
 
 from bench import common
 
-SCENARIOS = ("fanout", "sends", "idle", "connect", "signalling", "meters", "cluster", "relay")
+SCENARIOS = ("fanout", "sends", "idle", "connect", "signalling", "meters", "cluster", "relay",
+             "soak")
 RESULTS = Path(__file__).resolve().parent / "results.json"
 
 

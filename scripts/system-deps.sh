@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# System packages the test suite needs beyond Python: coturn (TURN tests) and, for the
-# browser tests, Debian's Chromium. Installed from Debian's packages only when missing.
+# System packages the test suite needs beyond Python: coturn (TURN tests), strace (durability
+# tests) and, for the browser tests, Debian's Chromium. Installed from Debian's packages only
+# when missing.
 set -euo pipefail
 need=()
 command -v turnserver >/dev/null 2>&1 || need+=(coturn)
@@ -11,6 +12,12 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 [ -x /usr/sbin/nginx ] || need+=(nginx)
 # tests/test_wall_clock.py moves the tests' clock to awkward hours with libfaketime.
 [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || need+=(faketime)
+# tests/test_durability.py traces a real server's system calls (fsync before the reply).
+command -v strace >/dev/null 2>&1 || need+=(strace)
+# `kinwire backup`/`restore` on PostgreSQL run pg_dump/pg_restore (tests/test_backup.py). Debian's
+# postgresql-client is the release's major version (15 on bookworm), which must be at least
+# the server's: check `pg_dump --version` against `SELECT version()`.
+command -v pg_dump >/dev/null 2>&1 || need+=(postgresql-client)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi

@@ -48,6 +48,7 @@ from server.routing import CONTEXT, WS_PATH, Route, add_routes, error_middleware
 from server.settings import Settings
 from server.store import Store
 from server.store.migrate import migrate
+from server.store.safety import check_durability, check_not_copied_file
 from server.store.schema import utcnow
 from signalling.meters import Meters
 from signalling.relay import Relay
@@ -116,7 +117,8 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
     store = Store(settings.resolved_database_url, pool_size=settings.db_pool_size,
                   busy_timeout_ms=settings.db_busy_timeout_ms, timeout_s=settings.db_timeout_s,
                   group_max=settings.db_group_commit_max,
-                  sqlite_inline_writes=settings.db_sqlite_inline_writes)
+                  sqlite_inline_writes=settings.db_sqlite_inline_writes,
+                  durable=settings.db_durable_commits)
     broker = make_broker(settings)
     ctx = Context(
         settings=settings, store=store, broker=broker, gateway=gateway or SandboxGateway(),
@@ -157,7 +159,10 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
 
     async def database(app: web.Application) -> AsyncIterator[None]:
         if run_migrations:
+            await check_not_copied_file(store, [settings.resolved_blob_dir,
+                                                settings.resolved_recordings_dir])
             await migrate(store)
+        await check_durability(store, log)  # refuses (UnsafeStart) or warns
         async with store.write() as conn:
             await ledger.ensure_system_accounts(conn)
         if settings.demo:

@@ -1,6 +1,6 @@
 """The `kinwire` command: serve, migrate, create-admin, seed-demo, facility, settings, doctor,
-visit-client. Settings come from the environment (`kinwire settings` lists them); a failure to
-start is one line on standard error and exit status 1 (server/startup.py)."""
+backup, restore, visit-client. Settings come from the environment (`kinwire settings` lists
+them); a failure to start is one line on standard error and exit status 1 (server/startup.py)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ def _context(settings: Settings):
     from server.store.schema import utcnow
 
     store = Store(settings.resolved_database_url, pool_size=2,
-                  busy_timeout_ms=settings.db_busy_timeout_ms)
+                  busy_timeout_ms=settings.db_busy_timeout_ms,
+                  durable=settings.db_durable_commits)
     from server.broker.memory import MemoryBroker
 
     # One-shot commands publish nothing that a socket waits for; the memory broker suffices.
@@ -37,9 +38,12 @@ def _context(settings: Settings):
 
 async def _prepared(settings: Settings):
     from server.store.migrate import migrate
+    from server.store.safety import check_not_copied_file
 
     await check_database(settings)  # unreachable: one line, not a traceback
     ctx = _context(settings)
+    await check_not_copied_file(ctx.store, [settings.resolved_blob_dir,
+                                            settings.resolved_recordings_dir])
     await migrate(ctx.store)
     async with ctx.store.write() as conn:
         await ledger.ensure_system_accounts(conn)
@@ -200,6 +204,54 @@ def _serve(settings: Settings, args) -> int:
     return 0
 
 
+
+async def _backup(settings: Settings, args) -> int:
+    from pathlib import Path
+
+    from server import backup
+
+    if args.words[0] == "verify":
+        if len(args.words) != 2:
+            print("usage: kinwire backup verify DIR", file=sys.stderr)
+            return 2
+        problems = backup.verify(Path(args.words[1]))
+        for problem in problems:
+            print(f"FAIL {problem}", flush=True)
+        print("backup verify: " + (f"{len(problems)} problems" if problems else "ok"), flush=True)
+        return 1 if problems else 0
+    if len(args.words) != 1:
+        print("usage: kinwire backup DIR | kinwire backup verify DIR", file=sys.stderr)
+        return 2
+    try:
+        manifest = await backup.backup(settings, Path(args.words[0]))
+    except backup.BackupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"backup {args.words[0]}: {manifest['dialect']} database at revision "
+          f"{manifest['revision']}, {len(manifest['photos'])} photos, "
+          f"{len(manifest['files'])} files", flush=True)
+    for name in manifest["missing"]:
+        print(f"warning: {name} is referenced by the database but was not on disk",
+              file=sys.stderr)
+    return 1 if manifest["missing"] else 0
+
+
+async def _restore(settings: Settings, args) -> int:
+    from pathlib import Path
+
+    from server import backup
+
+    try:
+        manifest = await backup.restore(settings, Path(args.dir))
+    except backup.BackupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"restored {args.dir} (taken {manifest['taken_at']}): "
+          f"{len(manifest['photos'])} photos, {len(manifest['files'])} files; "
+          "`kinwire serve` migrates it if it is older than this version", flush=True)
+    return 0
+
+
 async def _reachable(settings: Settings) -> None:
     await check_database(settings)
     await check_redis(settings)
@@ -270,6 +322,18 @@ def parser() -> argparse.ArgumentParser:
                    "(docs/deploy.md)",
                    description="Check a deployment before it serves: one ok/warn/fail line "
                    "each; exit status 1 on any failure. Changes nothing.")
+    bk = sub.add_parser(
+        "backup", help="online backup of the database and the files it references",
+        description="Write a consistent online snapshot of the database, exactly the photos "
+        "and recordings it references and a manifest of SHA-256 checksums into an empty "
+        "folder; `kinwire backup verify DIR` re-checks one (docs/operations.md).")
+    bk.add_argument("words", nargs="+", metavar="[verify] DIR",
+                    help="the backup folder (empty), or `verify` and a backup folder")
+    rs = sub.add_parser(
+        "restore", help="restore a backup into an empty data directory or database",
+        description="Verify a backup, then restore its files and database into an empty "
+        "KINWIRE_DATA_DIR (SQLite) or an empty DATABASE_URL (PostgreSQL).")
+    rs.add_argument("dir", help="the backup folder")
     vc = sub.add_parser(
         "visit-client", help="join a visit with the aiortc reference client",
         description="Join a video visit as its family member or person with the Python "
@@ -292,7 +356,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 ASYNC = {"migrate": _migrate, "seed-demo": _seed_demo, "create-admin": _create_admin,
-         "doctor": _doctor,
+         "doctor": _doctor, "backup": _backup, "restore": _restore,
          "facility": _facility, "visit-client": _visit_client}
 SYNC = {"serve": _serve, "settings": _settings_table}
 
@@ -324,12 +388,19 @@ def main(argv: list[str] | None = None, default: str | None = None) -> int:
     configure(settings.log_level, settings.log_format)
     # Alembic announces every plugin at INFO; its warnings are what an operator needs.
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    from server.store.safety import UnsafeStart
+
+    # A server that cannot or must not start (unreachable database, a copied file without its
+    # WAL, commits that would not be durable) says why in one line: main answers for every command.
     try:
         if command in SYNC:
             return SYNC[command](settings, args)
         return asyncio.run(ASYNC[command](settings, args))
     except StartError as exc:
         print(exc, file=sys.stderr, flush=True)
+        return 1
+    except UnsafeStart as exc:
+        print(f"kinwire: {exc}", file=sys.stderr, flush=True)
         return 1
 
 

@@ -3,9 +3,9 @@
 One line a check, `ok`, `warn` or `fail`, then the exit code: 0 without failures, 1 with any.
 It reads the same environment as `kinwire serve`, changes nothing (it writes and removes one
 probe file in each storage folder) and gives each network check a few seconds at most.
-Checks: settings, database (reachable, migrations at head), Redis, each TURN/STUN URL (a STUN
-Binding, then a TURN Allocate with REST credentials made from the secret), storage folders,
-public URL and origins, argon2 cost. docs/deploy.md shows it in use.
+Checks: settings, database (reachable, migrations at head, commits durable), Redis, each
+TURN/STUN URL (a STUN Binding, then a TURN Allocate with REST credentials made from the secret),
+storage folders, public URL and origins, argon2 cost. docs/deploy.md shows it in use.
 """
 
 from __future__ import annotations
@@ -82,18 +82,20 @@ async def database(settings: Settings) -> Check:
 
     from server.store import Store
     from server.store.migrate import alembic_config
+    from server.store.safety import durability_problems
 
     url = settings.resolved_database_url
     missing = _missing_sqlite(settings)
     if missing is not None:
         return fail("database", f"SQLite file {missing} does not exist: run `kinwire migrate`")
     heads = set(ScriptDirectory.from_config(alembic_config()).get_heads())
-    store = Store(url, pool_size=1)
+    store = Store(url, pool_size=1, durable=settings.db_durable_commits)
     try:
         async with asyncio.timeout(NET_TIMEOUT_S):
             async with store.read() as conn:
                 current = set(await conn.run_sync(
                     lambda sync: MigrationContext.configure(sync).get_current_heads()))
+            lost = await durability_problems(store)
     except Exception as exc:
         return fail("database", f"{store.dialect} unreachable ({_why(exc)})")
     finally:
@@ -101,8 +103,15 @@ async def database(settings: Settings) -> Check:
     if current != heads:
         return fail("database", f"migrations at {sorted(current) or 'none'}, head is "
                     f"{sorted(heads)}: run `kinwire migrate`")
+    if lost and settings.db_durable_commits:
+        return fail("database", f"acknowledged commits would not be durable ({'; '.join(lost)}): "
+                    "`kinwire serve` refuses to start (docs/operations.md, \"Durability\")")
     kind = "SQLite: one host only" if settings.is_sqlite else "PostgreSQL"
-    return ok("database", f"{kind} reachable, migrations at head ({', '.join(sorted(heads))})")
+    detail = f"{kind} reachable, migrations at head ({', '.join(sorted(heads))})"
+    if not settings.db_durable_commits:
+        return warn("database", f"{detail}; NOT DURABLE (KINWIRE_DB_DURABLE_COMMITS=false"
+                    f"{': ' + '; '.join(lost) if lost else ''})")
+    return ok("database", f"{detail}, commits durable")
 
 
 # --- redis --------------------------------------------------------------------------------------

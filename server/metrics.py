@@ -45,6 +45,7 @@ GAUGES = {
     "kinwire_sockets": "Open WebSockets on this process.",
     "kinwire_review_queue_depth": "Messages held for review (all facilities).",
     "kinwire_broker_up": "1 when the broker answered a ping at scrape, else 0.",
+    "kinwire_asyncio_tasks": "asyncio tasks alive in this process (a leak grows it).",
 }
 
 Labels = tuple[tuple[str, str], ...]
@@ -146,6 +147,9 @@ def install(app: web.Application, metrics: Metrics, *, hub: Any, store: Any,
             return (await conn.execute(select(func.count()).select_from(messages_table)
                                        .where(messages_table.c.status == "held"))).scalar_one()
 
+    async def asyncio_tasks() -> float:
+        return len(asyncio.all_tasks())
+
     async def broker_up() -> float:
         try:
             await asyncio.wait_for(broker.ping(), ping_timeout_s)
@@ -174,6 +178,7 @@ def install(app: web.Application, metrics: Metrics, *, hub: Any, store: Any,
     metrics.collect("kinwire_sockets", sockets)
     metrics.collect("kinwire_review_queue_depth", review_queue_depth)
     metrics.collect("kinwire_broker_up", broker_up)
+    metrics.collect("kinwire_asyncio_tasks", asyncio_tasks)
 
     async def scrape(request: web.Request) -> web.Response:
         return web.Response(body=(await metrics.render()).encode(),

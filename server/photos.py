@@ -144,6 +144,13 @@ class BlobStore:
             f.flush()
             os.fsync(f.fileno())
         partial.replace(target)
+        # The rename is durable only once the folder is synced: without it a power cut could
+        # keep the photo's row (committed after this) and lose its file.
+        folder = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
 
     async def put(self, photo_id: str, photo: CleanPhoto) -> None:
         await asyncio.to_thread(self._write, self.path(photo_id), photo.full)

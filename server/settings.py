@@ -160,6 +160,14 @@ class Settings:
                                         "one transaction, each in its own savepoint (group "
                                         "commit; 1 = a transaction each). PostgreSQL commits "
                                         "each send alone.", lo=1, hi=1000)
+    db_durable_commits: bool = _setting(True, "Every commit is on disk before its reply or "
+                                        "push leaves: SQLite `synchronous=FULL` (one fsync of "
+                                        "the WAL a commit, shared by a group-committed batch); "
+                                        "PostgreSQL: `kinwire serve` refuses to start when "
+                                        "`synchronous_commit` or `fsync` is off. `false` "
+                                        "(SQLite `synchronous=NORMAL`) may lose acknowledged "
+                                        "payments and messages on a power cut, and says so at "
+                                        "start. docs/operations.md.")
     db_sqlite_inline_writes: bool = _setting(True, "SQLite: run the writer's statements on the "
                                              "event loop instead of aiosqlite's thread (less "
                                              "CPU a send; waits for another process's write "

@@ -62,6 +62,25 @@ async def test_sends_sockets_and_pushes_move_the_metrics(api: Api, client: TestC
     await sock.ws.close()
 
 
+async def test_the_tasks_gauge_follows_sockets_open_and_closed(api: Api,
+                                                               client: TestClient) -> None:
+    """A socket's tasks must end with it (the soak in bench/ watches this gauge)."""
+    c = await cast(api)
+    before = (await scrape(client))["kinwire_asyncio_tasks"]
+    assert before >= 1  # at least the scrape's own request
+    socks = [await open_socket(client, who) for who in (c.family, c.person, c.family)]
+    opened = (await scrape(client))["kinwire_asyncio_tasks"]
+    assert opened >= before + 3, (before, opened)
+    for sock in socks:
+        await sock.ws.close()
+    for _ in range(100):
+        now = (await scrape(client))["kinwire_asyncio_tasks"]
+        if now <= before:
+            break
+        await asyncio.sleep(0.05)
+    assert now <= before, f"tasks left behind by closed sockets: {before} -> {now}"
+
+
 async def test_full_garbage_collections_are_timed(api: Api, client: TestClient) -> None:
     before = await scrape(client)
     gc.collect()  # a full collection, as the collector runs them

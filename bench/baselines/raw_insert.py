@@ -4,7 +4,7 @@
 scratch table shaped like `messages`, inserts rows for S seconds and prints one JSON line
 `{"rows": n, "seconds": s, "rows_per_s": r}`.
 
-- SQLite (aiosqlite, the server's pragmas: WAL, synchronous=NORMAL): one connection, as the
+- SQLite (aiosqlite, the server's pragmas: WAL, synchronous=FULL): one connection, as the
   server's single writer; each transaction is `BEGIN IMMEDIATE`, K inserts, `COMMIT`.
 - PostgreSQL (asyncpg): W concurrent writers on a pool of W connections, as the server's pool;
   each transaction is K inserts then COMMIT.
@@ -39,7 +39,7 @@ async def sqlite(path: str, seconds: float, batch: int) -> tuple[int, float]:
 
     db = await aiosqlite.connect(path, isolation_level=None)
     try:
-        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=5000"):
+        for pragma in ("journal_mode=WAL", "synchronous=FULL", "busy_timeout=5000"):
             await db.execute(f"PRAGMA {pragma}")
         await db.execute(CREATE)
         sql = f"INSERT INTO {TABLE} VALUES (?, ?, ?, ?, ?, ?)"

@@ -11,6 +11,12 @@ Contract
   only after the COMMIT.
 - `read()` yields a connection inside a read-only snapshot (SQLite WAL readers never block the
   writer).
+- Durable commits (`durable=True`, the default): when a write's block or `write_grouped` returns,
+  its COMMIT is on disk. SQLite runs `synchronous=FULL` in WAL mode: each COMMIT fsyncs the WAL,
+  so a group-committed batch shares one fsync. On PostgreSQL it depends on the server's
+  `synchronous_commit` and `fsync`, which `server/store/safety.py` checks at start.
+  `durable=False` is `synchronous=NORMAL` on SQLite: a power cut or OS crash may roll back
+  the last commits, already acknowledged (docs/operations.md, "Durability").
 """
 
 from __future__ import annotations
@@ -54,7 +60,7 @@ def async_url(url: str) -> str:
 
 
 def _sqlite_engine(url: str, *, begin: str, pool_size: int, busy_timeout_ms: int,
-                   inline: bool = False) -> AsyncEngine:
+                   durable: bool, inline: bool = False) -> AsyncEngine:
     # inline: statements run on the event loop, not aiosqlite's thread (server/store/inline.py)
     extra = {"async_creator": creator(make_url(url).database, busy_timeout_ms)} if inline else {}
     # Inline, SQLite must not sleep on the loop waiting for the lock: the connection retries
@@ -72,7 +78,9 @@ def _sqlite_engine(url: str, *, begin: str, pool_size: int, busy_timeout_ms: int
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={int(sqlite_busy_ms)}")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA synchronous=NORMAL")
+        # FULL: the COMMIT fsyncs the WAL before it returns (NORMAL only syncs at checkpoints,
+        # so a power cut may undo commits already acknowledged).
+        cursor.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
@@ -90,8 +98,9 @@ class Store:
 
     def __init__(self, url: str, *, pool_size: int = 10, busy_timeout_ms: int = 5000,
                  timeout_s: float | None = None, group_max: int = 1,
-                 sqlite_inline_writes: bool = False) -> None:
+                 sqlite_inline_writes: bool = False, durable: bool = True) -> None:
         self.url = async_url(url)
+        self.durable = durable
         self.timeout_s = timeout_s
         self.dialect = "sqlite" if self.url.startswith("sqlite") else "postgresql"
         if self.dialect == "sqlite":
@@ -99,10 +108,10 @@ class Store:
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             self._writer = _sqlite_engine(self.url, begin="BEGIN IMMEDIATE", pool_size=1,
-                                          busy_timeout_ms=busy_timeout_ms,
+                                          busy_timeout_ms=busy_timeout_ms, durable=durable,
                                           inline=sqlite_inline_writes)
             self._reader = _sqlite_engine(self.url, begin="BEGIN", pool_size=4,
-                                          busy_timeout_ms=busy_timeout_ms)
+                                          busy_timeout_ms=busy_timeout_ms, durable=durable)
         else:
             # hide_parameters: an error's text never carries bound values (message bodies).
             # No pool_pre_ping: it cost a round trip on every checkout (~13% of a send's

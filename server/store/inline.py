@@ -3,9 +3,9 @@
 aiosqlite runs every statement on a worker thread: two thread switches per statement (queue
 put, then a wake-up of the loop). A message send is ~17 statements, and profiling the durable
 sends benchmark showed half the event loop's busy time in that hand-off (docs/BENCHMARKS.md,
-"Durable sends"). SQLite itself takes microseconds per statement here (WAL, synchronous=NORMAL:
-a commit does not fsync), so for the one writer connection running the statement on the loop is
-cheaper than handing it over.
+"Durable sends"). SQLite itself takes microseconds per statement here (WAL: statements write
+to the page cache; only COMMIT goes to the disk), so for the one writer connection running the
+statement on the loop is cheaper than handing it over.
 
 The loop blocks while a statement runs; two cases would make that long, and both are kept off
 the loop:
@@ -15,8 +15,9 @@ the loop:
   done) is retried here with `asyncio.sleep` until `busy_timeout_ms` has passed, so the loop
   serves everyone else meanwhile. Inside a transaction the lock is already held (WAL: a
   writer's statements and COMMIT take no further lock), so nothing there waits on others.
-- COMMIT, which may run a WAL checkpoint (and its fsync): it runs on a worker thread, one hop
-  per transaction (a group-committed batch of sends) rather than two per statement.
+- COMMIT, which fsyncs the WAL (synchronous=FULL, server/store/__init__.py) and may run a
+  checkpoint: it runs on a worker thread, one hop and one fsync per transaction (a
+  group-committed batch of sends) rather than two hops per statement.
 Readers keep their threads.
 """
 

@@ -1,0 +1,330 @@
+"""`kinwire backup DIR`, `kinwire backup verify DIR`, `kinwire restore DIR` (docs/operations.md,
+"Backup and restore").
+
+A backup is a folder:
+
+    manifest.json        what is in it, with the size and SHA-256 of every file (written last:
+                         a folder without it is an interrupted backup)
+    kinwire.db           SQLite: one self-contained file (rollback journal, no -wal)
+    database.dump        PostgreSQL: pg_dump's custom format
+    blobs/               the photo files (full size and thumbnail) of every photo row in the
+                         snapshot, and no others
+    recordings/          the finished recordings (`<visit>.mkv`, `<visit>-2.mkv`, ...) of
+                         every visit in the snapshot
+
+The database snapshot is taken first, online, and is consistent: SQLite's backup API copies
+every page under one read transaction; PostgreSQL's dump runs in a snapshot exported by the
+transaction that also lists the photo and visit ids. The blob files are copied after it. That
+is safe because a photo's file is written, fsynced and renamed before its row is inserted, and
+neither is ever changed or deleted, so every photo in the snapshot has its file on disk; files
+of photos uploaded after the snapshot are left out. A recording still being written (`.part`)
+is left out too.
+
+Restore goes into an empty data directory (or an empty PostgreSQL database): files first, the
+database last, so an interrupted restore leaves blobs without a database, which `kinwire serve`
+refuses to start on (server/store/safety.py) rather than serving an empty service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import inspect, text
+from sqlalchemy.engine import make_url
+
+from server.settings import Settings
+from server.store import Store
+
+MANIFEST = "manifest.json"
+FORMAT = 1
+CHUNK_BYTES = 1 << 20
+
+
+class BackupError(RuntimeError):
+    """A backup or restore that cannot go on; the message says why."""
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _copy(src: Path, dst: Path) -> dict[str, Any]:
+    """Copy `src` to `dst` (fsynced), hashing on the way: the manifest's entry."""
+    digest, size = hashlib.sha256(), 0
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        while chunk := fin.read(CHUNK_BYTES):
+            digest.update(chunk)
+            fout.write(chunk)
+            size += len(chunk)
+        fout.flush()
+        os.fsync(fout.fileno())
+    return {"bytes": size, "sha256": digest.hexdigest()}
+
+
+def _hash(path: Path) -> dict[str, Any]:
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK_BYTES):
+            digest.update(chunk)
+            size += len(chunk)
+    return {"bytes": size, "sha256": digest.hexdigest()}
+
+
+def _empty_folder(dest: Path) -> None:
+    if dest.exists() and any(dest.iterdir()):
+        raise BackupError(f"{dest} is not empty")
+    dest.mkdir(parents=True, exist_ok=True)
+
+
+def _run(tool: str, *args: str) -> subprocess.CompletedProcess:
+    """PostgreSQL's own client tools (Debian's postgresql-client, of the server's major
+    version: pg_dump refuses a newer server)."""
+    path = shutil.which(tool)
+    if path is None:
+        raise BackupError(f"{tool} not found: install postgresql-client (scripts/system-deps.sh)")
+    return subprocess.run([path, *args], capture_output=True, text=True)  # noqa: S603 - our args
+
+
+def libpq_url(url: str) -> str:
+    """The store's URL in the form pg_dump and pg_restore read."""
+    return "postgresql://" + url.split("://", 1)[1]
+
+
+def _sqlite_path(store: Store) -> Path:
+    return Path(make_url(store.url).database or "")
+
+
+def _photo_files(photo_ids: list[str]) -> list[str]:
+    return [f"{pid}{kind}.jpg" for pid in sorted(photo_ids) for kind in ("", ".thumb")]
+
+
+def _recordings(folder: Path, visit_ids: set[str]) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("*.mkv") if p.stem.split("-")[0] in visit_ids)
+
+
+# --- the database snapshot ------------------------------------------------------------------
+
+def _ids_sqlite(db: sqlite3.Connection) -> tuple[list[str], set[str], str]:
+    photos = [r[0] for r in db.execute("SELECT id FROM photos")]
+    visits = {r[0] for r in db.execute("SELECT id FROM visits")}
+    revision = db.execute("SELECT version_num FROM alembic_version").fetchone()[0]
+    return photos, visits, revision
+
+
+def _snapshot_sqlite(source: Path, target: Path, busy_ms: int) -> tuple[list[str], set[str], str]:
+    if not source.exists():
+        raise BackupError(f"there is no database at {source}")
+    src = sqlite3.connect(source)
+    try:
+        src.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
+        dst = sqlite3.connect(target)
+        try:
+            src.backup(dst)  # all pages in one step: one read transaction, one snapshot
+            dst.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
+            ids = _ids_sqlite(dst)
+            dst.commit()
+        finally:
+            dst.close()
+    finally:
+        src.close()
+    return ids
+
+
+async def _snapshot_postgresql(store: Store, target: Path) -> tuple[list[str], set[str], str]:
+    async with store.engine.connect() as conn:
+        conn = await conn.execution_options(isolation_level="REPEATABLE READ")
+        async with conn.begin():
+            snapshot = (await conn.execute(text("SELECT pg_export_snapshot()"))).scalar_one()
+            photos = list((await conn.execute(text("SELECT id FROM photos"))).scalars())
+            visits = set((await conn.execute(text("SELECT id FROM visits"))).scalars())
+            revision = (await conn.execute(
+                text("SELECT version_num FROM alembic_version"))).scalar_one()
+            # The exporting transaction stays open until pg_dump has imported the snapshot.
+            done = await asyncio.to_thread(
+                _run, "pg_dump", "--format=custom", "--no-owner", "--no-privileges",
+                f"--snapshot={snapshot}", f"--file={target}", f"--dbname={libpq_url(store.url)}")
+    if done.returncode != 0:
+        raise BackupError(f"pg_dump failed: {done.stderr.strip()}")
+    return photos, visits, revision
+
+
+# --- backup ---------------------------------------------------------------------------------
+
+async def backup(settings: Settings, dest: Path) -> dict[str, Any]:
+    """Write a backup of the configured database and blobs into `dest` (absent or empty).
+    Returns the manifest; its `missing` lists referenced files that were not on disk."""
+    await asyncio.to_thread(_empty_folder, dest)
+    store = Store(settings.resolved_database_url, pool_size=1)
+    try:
+        if store.dialect == "sqlite":
+            db_name = "kinwire.db"
+            photos, visits, revision = await asyncio.to_thread(
+                _snapshot_sqlite, _sqlite_path(store), dest / db_name,
+                settings.db_busy_timeout_ms)
+        else:
+            db_name = "database.dump"
+            photos, visits, revision = await _snapshot_postgresql(store, dest / db_name)
+    finally:
+        await store.close()
+    taken_at = datetime.now(UTC).isoformat(timespec="seconds")
+    return await asyncio.to_thread(_finish, settings, dest, db_name, store.dialect, photos,
+                                   visits, revision, taken_at)
+
+
+def _finish(settings: Settings, dest: Path, db_name: str, dialect: str, photos: list[str],
+            visits: set[str], revision: str, taken_at: str) -> dict[str, Any]:
+    files = {db_name: _hash(dest / db_name)}
+    missing = []
+    for name in _photo_files(photos):
+        src = settings.resolved_blob_dir / name
+        if src.exists():
+            files[f"blobs/{name}"] = _copy(src, dest / "blobs" / name)
+        else:
+            missing.append(f"blobs/{name}")
+    for src in _recordings(settings.resolved_recordings_dir, visits):
+        files[f"recordings/{src.name}"] = _copy(src, dest / "recordings" / src.name)
+    manifest = {"format": FORMAT, "taken_at": taken_at, "dialect": dialect,
+                "database": db_name, "revision": revision, "photos": sorted(photos),
+                "visits": len(visits), "files": files, "missing": missing}
+    for folder in (dest / "blobs", dest / "recordings", dest):
+        if folder.is_dir():
+            _fsync_dir(folder)
+    partial = dest / (MANIFEST + ".part")
+    partial.write_text(json.dumps(manifest, indent=1) + "\n")
+    with open(partial, "rb") as f:
+        os.fsync(f.fileno())
+    partial.replace(dest / MANIFEST)
+    _fsync_dir(dest)
+    return manifest
+
+
+# --- verify ---------------------------------------------------------------------------------
+
+def read_manifest(src: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads((src / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise BackupError(f"{src} has no {MANIFEST}: not a backup, or an interrupted one") \
+            from None
+    if manifest.get("format") != FORMAT:
+        raise BackupError(f"{src}: unknown backup format {manifest.get('format')!r}")
+    return manifest
+
+
+def verify(src: Path) -> list[str]:
+    """What is wrong with the backup in `src`: [] when every file is there, unchanged, the
+    database reads, and every photo in it has its files."""
+    try:
+        manifest = read_manifest(src)
+    except BackupError as exc:
+        return [str(exc)]
+    problems = [f"{name}: was missing when the backup was taken"
+                for name in manifest["missing"]]
+    for name, want in manifest["files"].items():
+        path = src / name
+        if not path.is_file():
+            problems.append(f"{name}: missing")
+        elif _hash(path) != want:
+            problems.append(f"{name}: checksum or size differs from the manifest (changed)")
+    listed = set(manifest["files"])
+    for folder in ("blobs", "recordings"):
+        if (src / folder).is_dir():
+            problems += [f"{folder}/{p.name}: not in the manifest"
+                         for p in sorted((src / folder).iterdir())
+                         if f"{folder}/{p.name}" not in listed]
+    photos = manifest["photos"]
+    db = src / manifest["database"]
+    if db.is_file() and manifest["dialect"] == "sqlite":
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            check = conn.execute("PRAGMA integrity_check").fetchone()[0]
+            photos = [r[0] for r in conn.execute("SELECT id FROM photos")]
+        finally:
+            conn.close()
+        if check != "ok":
+            problems.append(f"{db.name}: integrity check: {check}")
+    elif db.is_file():
+        done = _run("pg_restore", "--list", str(db))
+        if done.returncode != 0:
+            problems.append(f"{db.name}: pg_restore cannot read it: {done.stderr.strip()}")
+    problems += [f"blobs/{name}: a photo in the database has no file in the backup"
+                 for name in _photo_files(photos)
+                 if f"blobs/{name}" not in listed and f"blobs/{name}" not in manifest["missing"]]
+    return problems
+
+
+# --- restore --------------------------------------------------------------------------------
+
+def _not_empty(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.iterdir())
+
+
+async def restore(settings: Settings, src: Path) -> dict[str, Any]:
+    """Restore the backup in `src` into the configured, empty, data directory and database."""
+    problems = await asyncio.to_thread(verify, src)
+    if problems:
+        raise BackupError("the backup does not verify:\n  " + "\n  ".join(problems))
+    manifest = read_manifest(src)
+    store = Store(settings.resolved_database_url, pool_size=1)
+    try:
+        if store.dialect != manifest["dialect"]:
+            raise BackupError(f"the backup is of a {manifest['dialect']} database; "
+                              f"DATABASE_URL is {store.dialect}")
+        for folder in (settings.resolved_blob_dir, settings.resolved_recordings_dir):
+            if _not_empty(folder):
+                raise BackupError(f"{folder} is not empty: restore into an empty data directory")
+        if store.dialect == "sqlite":
+            target = _sqlite_path(store)
+            if target.exists() or target.with_name(target.name + "-wal").exists():
+                raise BackupError(f"{target} exists: restore into an empty data directory")
+        else:
+            async with store.read() as conn:
+                if await conn.run_sync(lambda c: inspect(c).get_table_names()):
+                    raise BackupError("the database has tables: restore into an empty one")
+    finally:
+        await store.close()
+    await asyncio.to_thread(_put_files, settings, src, manifest)
+    if manifest["dialect"] == "sqlite":
+        await asyncio.to_thread(_put_sqlite, src / manifest["database"], target)
+    else:
+        done = await asyncio.to_thread(
+            _run, "pg_restore", "--exit-on-error", "--single-transaction", "--no-owner",
+            "--no-privileges", f"--dbname={libpq_url(store.url)}", str(src / manifest["database"]))
+        if done.returncode != 0:
+            raise BackupError(f"pg_restore failed: {done.stderr.strip()}")
+    return manifest
+
+
+def _put_files(settings: Settings, src: Path, manifest: dict[str, Any]) -> None:
+    homes = {"blobs": settings.resolved_blob_dir, "recordings": settings.resolved_recordings_dir}
+    for name, want in manifest["files"].items():
+        folder, _, file = name.partition("/")
+        if folder in homes and _copy(src / name, homes[folder] / file) != want:
+            raise BackupError(f"{name} changed while it was restored")
+    for folder in homes.values():
+        if folder.is_dir():
+            _fsync_dir(folder)
+
+
+def _put_sqlite(db: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".restoring")
+    _copy(db, partial)
+    partial.replace(target)
+    _fsync_dir(target.parent)
