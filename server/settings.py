@@ -38,7 +38,9 @@ class Settings:
                              "Where the SQLite file, photos and recordings live by default.")
     database_url: str = _setting(
         "", "`sqlite:///path/file.db` or `postgresql://user@host/db`; empty means "
-        "`sqlite:///<data_dir>/kinwire.db`.", env="DATABASE_URL")
+        "`sqlite:///<data_dir>/kinwire.db`. Through PgBouncer in transaction mode add "
+        "`?pool_mode=transaction` (no prepared statement cache; docs/deploy.md).",
+        env="DATABASE_URL")
     redis_url: str = _setting("", "Redis for fan-out, presence and leases; empty means the "
                               "in-memory broker (one process only).", env="REDIS_URL")
     allowed_origins: tuple[str, ...] = _setting(
@@ -176,6 +178,13 @@ class Settings:
         if not url.startswith(schemes):
             raise SettingsError(
                 f"DATABASE_URL must be sqlite:///... or postgresql://..., got {url!r}")
+        if not self.is_sqlite:
+            from server.store import pool_mode
+
+            try:
+                pool_mode(url)
+            except ValueError as exc:
+                raise SettingsError(f"DATABASE_URL: {exc}") from None
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise SettingsError("REDIS_URL must start with redis://, rediss:// or unix://")
         if self.visit_minute_s <= 0 or self.visit_minute_s > 3600:
