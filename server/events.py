@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -197,13 +197,19 @@ async def since(conn: AsyncConnection, account_id: str, after: int, limit: int) 
     return [Event(r.seq, r.type, r.data) for r in rows]
 
 
-async def prune(conn: AsyncConnection, older_than: datetime) -> int:
-    """Delete events written before `older_than`, remembering per user how far it went."""
-    through = dict((await conn.execute(
-        select(events.c.account_id, func.max(events.c.seq)).where(events.c.at < older_than)
-        .group_by(events.c.account_id))).all())
+async def prune(conn: AsyncConnection, older_than: datetime, limit: int | None = None) -> int:
+    """Delete events written before `older_than`, remembering per user how far it went; at
+    most about `limit` of them (the oldest first, through ix_events_at), so that one call is
+    one short transaction (server/housekeeping.py calls it until it prunes fewer)."""
+    oldest = select(events.c.account_id, events.c.seq).where(events.c.at < older_than)
+    if limit is not None:
+        oldest = oldest.order_by(events.c.at).limit(limit)
+    through: dict[str, int] = {}
+    for account_id, seq in (await conn.execute(oldest)).all():
+        through[account_id] = max(seq, through.get(account_id, 0))
     pruned = 0
-    for account_id, seq in through.items():
+    # Streams in id order, the order senders lock their heads in (lock_streams): no deadlock.
+    for account_id, seq in sorted(through.items()):
         await conn.execute(event_heads.update().where(event_heads.c.account_id == account_id,
                                                       event_heads.c.pruned_through < seq)
                            .values(pruned_through=seq))

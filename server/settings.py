@@ -128,6 +128,13 @@ class Settings:
                                     "address; the tests' loopback coturn needs it.")
     recordings_dir: str = _setting("", "Where relay-mode visit recordings are written; empty "
                                    "means <data_dir>/recordings.")
+    housekeeping_lease_s: float = _setting(
+        10.0, "Housekeeping (pruning events, marking visits nobody joined missed) runs on the "
+        "one process holding this lease in the broker, a pass every third of it; another "
+        "process takes it over within this after its holder dies (server/housekeeping.py).")
+    housekeeping_batch_rows: int = _setting(
+        1000, "Most rows one housekeeping transaction deletes or updates; a pass runs batches "
+        "until one comes back short.", lo=1, hi=100_000)
     db_pool_size: int = _setting(10, "PostgreSQL connections per process.", lo=1, hi=200)
     db_timeout_s: float = _setting(10.0, "PostgreSQL: longest wait for a pooled or new "
                                    "connection, or for one statement; past it the request "
@@ -199,7 +206,7 @@ class Settings:
         if self.ice_relay_only and not self.turn_urls:
             raise SettingsError("KINWIRE_ICE_RELAY_ONLY needs KINWIRE_TURN_URLS")
         for name in ("ws_heartbeat_s", "ws_auth_timeout_s", "meter_lease_s", "relay_lease_s",
-                     "drain_timeout_s", "db_timeout_s"):
+                     "drain_timeout_s", "db_timeout_s", "housekeeping_lease_s"):
             if not 0 < getattr(self, name) <= 3600:
                 raise SettingsError(f"{self.env_name(name)} must be in (0, 3600]")
         if self.payment_gateway != "sandbox":

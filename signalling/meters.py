@@ -175,7 +175,7 @@ class Meters:
                         visits_table.c.end_at > now - timedelta(days=1)))).scalars().all()
                 for visit_id in rows:
                     await self.claim(visit_id)
-                await self._mark_missed(now)
+                # (Visits nobody joined are marked missed by server/housekeeping.py.)
             except Exception:
                 log.exception("meter scan failed; retrying")
             await self._pause(self.lease_s / 2)
@@ -213,18 +213,6 @@ class Meters:
                     t.c.status != "scheduled"))).scalars().all()
             for visit_id in changed:
                 chunk[visit_id].wake()
-
-    async def _mark_missed(self, now: datetime) -> None:
-        sink = self.sink()
-        async with self.store.write() as conn:
-            rows = (await conn.execute(select(visits_table).where(
-                visits_table.c.status == "scheduled", visits_table.c.end_at <= now))).all()
-            for row in rows:
-                await conn.execute(visits_table.update().where(
-                    visits_table.c.id == row.id, visits_table.c.status == "scheduled")
-                    .values(status="missed", updated_at=now))
-                await visits.announce(conn, sink, await visits.get(conn, row.id), now)
-        await sink.signal(self.broker)
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
