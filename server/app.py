@@ -42,8 +42,9 @@ from server.proxy import middleware as forwarded_middleware
 from server.routes_ops import healthz, readyz
 from server.routing import CONTEXT, WS_PATH, Route, add_routes, error_middleware, json_response
 from server.settings import Settings
+from server.startup import StartError
 from server.store import Store
-from server.store.migrate import migrate
+from server.store.migrate import migrate, schema_behind
 from server.store.schema import utcnow
 from signalling.meters import Meters
 from signalling.relay import Relay
@@ -130,8 +131,15 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
     install_metrics(app, metrics, hub=hub, store=store, broker=broker)  # GET /metrics
 
     async def database(app: web.Application) -> AsyncIterator[None]:
-        if run_migrations:
-            await migrate(store)
+        if run_migrations and store.dialect == "sqlite":
+            await migrate(store)  # one process: it migrates itself
+        elif run_migrations:
+            # PostgreSQL: `kinwire migrate` is the deploy step (server/store/migrate.py); a
+            # process of a newer version must not serve an older schema.
+            behind = await schema_behind(store)
+            if behind is not None:
+                raise StartError(f"kinwire: the database schema is behind this version (at "
+                                 f"{behind}): run `kinwire migrate` first (docs/deploy.md).")
         async with store.write() as conn:
             await ledger.ensure_system_accounts(conn)
         if settings.demo:

@@ -140,6 +140,11 @@ class Settings:
                                    "connection, or for one statement; past it the request "
                                    "fails with 503 `unavailable` (retry it with the same "
                                    "idempotency key). Migrations are not bounded by it.")
+    db_migrate_lock_timeout_ms: int = _setting(
+        5000, "PostgreSQL: `kinwire migrate` waits at most this for a table lock, then fails "
+        "(safe to run again) rather than queue behind a long transaction and stall every query "
+        "queued behind it; 0 waits forever. Index builds (CONCURRENTLY) are not bounded by it.",
+        lo=0, hi=3_600_000)
     db_busy_timeout_ms: int = _setting(5000, "SQLite busy timeout for writers of other processes.",
                                        lo=0, hi=600_000)
     db_group_commit_max: int = _setting(64, "SQLite: most concurrent message sends committed in "
