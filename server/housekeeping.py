@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 
 from server import events
 from server.events import Outbox
@@ -38,15 +38,20 @@ LEASE = "housekeeping"
 SOCKETS_EVERY_S = 30.0  # expired sessions' sockets: a walk over every socket, so not each pass
 
 
+def missed_scan(now: datetime, limit: int) -> Select:
+    """Visits still scheduled after their window, oldest first (ix_visits_scheduled_end)."""
+    t = visits_table
+    return (select(t.c.id).where(t.c.status == "scheduled", t.c.end_at <= now)
+            .order_by(t.c.end_at).limit(limit))
+
+
 async def mark_missed(store: Any, broker: Any, now: datetime, limit: int) -> int:
     """Mark at most `limit` visits still scheduled after their window `missed` (the oldest
     first, through ix_visits_scheduled_end) and announce each; how many."""
     sink = Outbox()
     t = visits_table
     async with store.write() as conn:
-        due = (await conn.execute(select(t.c.id).where(t.c.status == "scheduled",
-                                                        t.c.end_at <= now)
-                                  .order_by(t.c.end_at).limit(limit))).scalars().all()
+        due = (await conn.execute(missed_scan(now, limit))).scalars().all()
         marked = 0
         for visit_id in due:
             changed = await conn.execute(t.update().where(t.c.id == visit_id,
