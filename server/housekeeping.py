@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, bindparam, select
 
 from server import events
 from server.events import Outbox
@@ -39,9 +39,12 @@ SOCKETS_EVERY_S = 30.0  # expired sessions' sockets: a walk over every socket, s
 
 
 def missed_scan(now: datetime, limit: int) -> Select:
-    """Visits still scheduled after their window, oldest first (ix_visits_scheduled_end)."""
+    """Visits still scheduled after their window, oldest first. The status is written into the
+    SQL, not bound: a generic plan (PostgreSQL's for a prepared statement) can use the partial
+    index ix_visits_scheduled_end only then."""
     t = visits_table
-    return (select(t.c.id).where(t.c.status == "scheduled", t.c.end_at <= now)
+    scheduled = bindparam("scheduled", "scheduled", literal_execute=True)
+    return (select(t.c.id).where(t.c.status == scheduled, t.c.end_at <= now)
             .order_by(t.c.end_at).limit(limit))
 
 

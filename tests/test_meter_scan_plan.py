@@ -21,9 +21,14 @@ async def plan(store: Store, statement) -> str:
         if conn.dialect.name == "sqlite":
             rows = await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + compiled.string, params)
             return " / ".join(str(r[-1]) for r in rows)
-        # Seq scans priced out: whatever index can serve the query is used; none can: a seq scan.
+        # Seq scans priced out: whatever index can serve the query is used; none can: a seq
+        # scan. And a generic plan, as PostgreSQL caches for a prepared statement after five
+        # runs when it looks no dearer: one that must serve any bound value.
         await conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
-        rows = await conn.exec_driver_sql("EXPLAIN " + compiled.string, params)
+        await conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_generic_plan")
+        await conn.exec_driver_sql("PREPARE scan AS " + compiled.string)
+        values = ", ".join(str(v) if isinstance(v, int) else f"'{v}'" for v in params)
+        rows = await conn.exec_driver_sql(f"EXPLAIN EXECUTE scan({values})")
         return " / ".join(r[0] for r in rows)
 
 
