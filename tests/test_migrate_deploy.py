@@ -168,3 +168,21 @@ async def test_index_builds_do_not_block_writers(empty_pg: str) -> None:
         await store.close()
         await long_writer.close()
         await setup.close()
+
+
+async def test_migrate_through_pgbouncer_says_to_go_direct(empty_pg: str, tmp_path: Path) -> None:
+    """Its session lock and lock timeout would land on any server connection: refused with the
+    fix when there is work to do; nothing to do (an admin command) passes."""
+    from tests.pgbouncer import private_pgbouncer
+
+    await at(empty_pg, "0004")
+    async with private_pgbouncer(empty_pg) as bouncer:
+        env = cli_env(tmp_path, DATABASE_URL=bouncer.url(empty_pg))
+        done = await asyncio.to_thread(kinwire, "migrate", env=env)
+        assert done.returncode == 1, done.stdout + done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and "pointing at PostgreSQL itself" in lines[0], done.stderr
+        assert await version(empty_pg) == "0004"
+        await at(empty_pg, "head")
+        done = await asyncio.to_thread(kinwire, "migrate", env=env)
+        assert done.returncode == 0, done.stderr

@@ -24,7 +24,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
-from server.store import Store
+from server.startup import StartError
+from server.store import Store, pool_mode
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 _LOCK_ID = 0x6B696E77  # "kinw"
@@ -43,6 +44,14 @@ def _upgrade(sync_conn, cfg: Config, revision: str) -> None:
 
 async def migrate(store: Store, revision: str = "head", *,
                   lock_timeout_ms: int | None = None) -> None:
+    if store.dialect == "postgresql" and pool_mode(store.url) == "transaction":
+        # Through PgBouncer in transaction mode the session advisory lock and lock timeout
+        # would land on whichever server connection is free: nothing to do is fine, else no.
+        if await schema_behind(store) is None:
+            return
+        raise StartError("kinwire: migrations cannot run through a transaction pooler "
+                         "(DATABASE_URL has pool_mode=transaction): run `kinwire migrate` with "
+                         "DATABASE_URL pointing at PostgreSQL itself (docs/deploy.md).")
     if store.dialect == "postgresql":
         # A migration (or the wait for another process's) may take longer than the store
         # lets a request wait: it runs on its own connection with the default bounds.
