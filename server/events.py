@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server.broker import Broker, BrokerUnavailable
 from server.store import raw
-from server.store.schema import event_heads, events
+from server.store.schema import event_heads, events, messages
 
 log = logging.getLogger("kinwire.events")
 
@@ -160,7 +160,7 @@ class Outbox:
         for account_id, kind, data in items:
             seq = nxt[account_id]
             nxt[account_id] = seq + 1
-            rows.append(db.values(_INSERT, (account_id, seq, kind, data, at)))
+            rows.append(db.values(_INSERT, (account_id, seq, kind, _stored(kind, data), at)))
             self.written.append((account_id, seq))
             self.kept.append((account_id, Event(seq, kind, data)))
         await db.run_many(_INSERT.sql, rows)
@@ -190,11 +190,42 @@ async def head(conn: AsyncConnection, account_id: str) -> tuple[int, int]:
 
 
 async def since(conn: AsyncConnection, account_id: str, after: int, limit: int) -> list[Event]:
-    rows = await conn.execute(
+    rows = (await conn.execute(
         select(events.c.seq, events.c.type, events.c.data)
         .where(events.c.account_id == account_id, events.c.seq > after)
-        .order_by(events.c.seq).limit(limit))
-    return [Event(r.seq, r.type, r.data) for r in rows]
+        .order_by(events.c.seq).limit(limit))).all()
+    referenced = {r.data[BODY_REF] for r in rows if BODY_REF in r.data}
+    if not referenced:
+        return [Event(r.seq, r.type, r.data) for r in rows]
+    bodies = dict((await conn.execute(select(messages.c.id, messages.c.body)
+                                      .where(messages.c.id.in_(referenced)))).all())
+    return [Event(r.seq, r.type, _with_body(r.data, bodies)) for r in rows]
+
+
+# A message's body (up to KINWIRE_MESSAGE_CHARS_MAX, 30,000 characters) was copied into every
+# event about it: the sender's and the recipient's `message.new`, and each `message.status`.
+# A body longer than this is stored once, in `messages`, and the event row keeps a reference
+# that since() resolves with one query a page. Bodies never change, so it reads the same.
+BODY_INLINE_CHARS_MAX = 512
+BODY_REF = "body_ref"
+
+
+def _stored(kind: str, data: dict[str, Any]) -> dict[str, Any]:
+    body = data.get("body")
+    if not kind.startswith("message.") or not isinstance(body, str) \
+            or len(body) <= BODY_INLINE_CHARS_MAX:
+        return data
+    stored = {k: v for k, v in data.items() if k != "body"}
+    stored[BODY_REF] = data["id"]
+    return stored
+
+
+def _with_body(data: dict[str, Any], bodies: dict[str, str]) -> dict[str, Any]:
+    if BODY_REF not in data:
+        return data
+    shown = {k: v for k, v in data.items() if k != BODY_REF}
+    shown["body"] = bodies.get(data[BODY_REF])
+    return shown
 
 
 async def prune(conn: AsyncConnection, older_than: datetime, limit: int | None = None) -> int:
