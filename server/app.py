@@ -84,6 +84,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
                   busy_timeout_ms=settings.db_busy_timeout_ms, timeout_s=settings.db_timeout_s,
                   group_max=settings.db_group_commit_max,
                   sqlite_inline_writes=settings.db_sqlite_inline_writes)
+    store.on_wait = lambda seconds: metrics.observe("kinwire_db_pool_wait_seconds", seconds)
     broker = make_broker(settings)
     ctx = Context(
         settings=settings, store=store, broker=broker, gateway=gateway or SandboxGateway(),

@@ -40,6 +40,9 @@ HISTOGRAMS = {
     "kinwire_send_seconds": ("Latency of POST /messages and message.send.", LATENCY_BUCKETS),
     "kinwire_meter_lateness_seconds": ("How late a meter's wake-up was handled.",
                                        LATENESS_BUCKETS),
+    "kinwire_db_pool_wait_seconds": ("How long each database transaction waited for its "
+                                     "connection (pool, new connection; SQLite: the writer).",
+                                     LATENCY_BUCKETS),
     "kinwire_gc_full_seconds": ("Full (generation 2) garbage collections: each stops the "
                                 "process for this long.", PAUSE_BUCKETS),
 }

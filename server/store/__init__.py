@@ -16,6 +16,7 @@ Contract
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -150,6 +151,9 @@ class Store:
                               **pooler_args})
             self._reader = self._writer
         self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
+        # metrics: called with the seconds each read() or write() waited for its connection
+        # (a free one in the pool, or a new one; on SQLite, writes also for the one writer)
+        self.on_wait: Callable[[float], None] | None = None
         # Group commit (server/store/group.py) on SQLite, whose writes take turns on one
         # connection; PostgreSQL runs each batched write in its own transaction, in parallel on
         # the pool, and groups WAL flushes itself (docs/messaging.md, "Group commit").
@@ -161,12 +165,21 @@ class Store:
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
+        started = time.perf_counter()
         if self._write_lock is None:
-            async with self._writer.begin() as conn:
-                yield conn
+            async with self._writer.connect() as conn:
+                self._waited(started)
+                async with conn.begin():
+                    yield conn
             return
-        async with self._write_lock, self._writer.begin() as conn:
-            yield conn
+        async with self._write_lock, self._writer.connect() as conn:
+            self._waited(started)  # on SQLite: for this process's one writer
+            async with conn.begin():
+                yield conn
+
+    def _waited(self, started: float) -> None:
+        if self.on_wait is not None:
+            self.on_wait(time.perf_counter() - started)
 
     async def write_grouped(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """`work(conn)` in a write transaction maybe shared with other concurrent calls, each in
@@ -175,8 +188,11 @@ class Store:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        async with self._reader.begin() as conn:
-            yield conn
+        started = time.perf_counter()
+        async with self._reader.connect() as conn:
+            self._waited(started)
+            async with conn.begin():
+                yield conn
 
     async def ping(self) -> None:
         async with self._reader.connect() as conn:
