@@ -10,6 +10,8 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 # tests/test_deploy_nginx.py runs a private nginx with deploy/nginx/kinwire.conf.
 [ -x /usr/sbin/nginx ] || need+=(nginx)
+# tests/test_pgbouncer.py runs a private PgBouncer (transaction pooling) in front of PostgreSQL.
+[ -x /usr/sbin/pgbouncer ] || need+=(pgbouncer)
 # tests/test_wall_clock.py moves the tests' clock to awkward hours with libfaketime.
 [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || need+=(faketime)
 # tests/test_durability.py traces a real server's system calls (fsync before the reply).
@@ -35,3 +37,6 @@ if command -v systemctl >/dev/null 2>&1; then systemctl disable --now coturn >/d
 # Nor nginx's: tests start private nginx instances with their own prefix and ports.
 if command -v systemctl >/dev/null 2>&1; then systemctl disable --now nginx >/dev/null 2>&1 || true; fi
 command -v service >/dev/null 2>&1 && service nginx stop >/dev/null 2>&1 || true
+# Nor PgBouncer's: tests start private ones on free ports.
+if command -v systemctl >/dev/null 2>&1; then systemctl disable --now pgbouncer >/dev/null 2>&1 || true; fi
+command -v service >/dev/null 2>&1 && service pgbouncer stop >/dev/null 2>&1 || true

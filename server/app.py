@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 from aiohttp import web
@@ -35,6 +34,7 @@ from server.events import Outbox
 from server.gateway.client import RESTARTING
 from server.gateway.endpoint import HUB, websocket
 from server.gateway.hub import Hub
+from server.housekeeping import Housekeeping
 from server.logs import request_id_middleware
 from server.metrics import Metrics
 from server.metrics import install as install_metrics
@@ -46,8 +46,9 @@ from server.proxy import networks
 from server.routes_ops import healthz, readyz
 from server.routing import CONTEXT, WS_PATH, Route, add_routes, error_middleware, json_response
 from server.settings import Settings
+from server.startup import StartError
 from server.store import Store
-from server.store.migrate import migrate
+from server.store.migrate import migrate, schema_behind
 from server.store.safety import check_durability, check_not_copied_file
 from server.store.schema import utcnow
 from signalling.meters import Meters
@@ -59,24 +60,6 @@ STATIC = Path(__file__).resolve().parent.parent / "static"
 ROUTES: list[Route] = [*routes_auth.ROUTES, *routes_facilities.ROUTES, *routes_money.ROUTES,
                        *routes_connections.ROUTES, *routes_messages.ROUTES,
                        *routes_visits.ROUTES, *routes_calls.ROUTES]
-
-
-async def sweep(ctx: Context, hub: Hub, stop: asyncio.Event, interval_s: float = 30.0) -> None:
-    """Housekeeping: close sockets of expired sessions, prune events past retention. Stopped
-    by `stop`, never cancelled, so that no database call is cut in half."""
-    while True:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), interval_s)
-        if stop.is_set():
-            return
-        try:
-            now = ctx.clock()
-            hub.close_expired(now)
-            async with ctx.store.write() as conn:
-                await events.prune(conn, now - timedelta(seconds=ctx.settings.event_retention_s))
-                await ctx.login_limiter.prune(conn, now)
-        except Exception:
-            log.exception("housekeeping failed; retrying next round")
 
 
 def make_broker(settings: Settings) -> Broker:
@@ -119,6 +102,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
                   group_max=settings.db_group_commit_max,
                   sqlite_inline_writes=settings.db_sqlite_inline_writes,
                   durable=settings.db_durable_commits)
+    store.on_wait = lambda seconds: metrics.observe("kinwire_db_pool_wait_seconds", seconds)
     broker = make_broker(settings)
     ctx = Context(
         settings=settings, store=store, broker=broker, gateway=gateway or SandboxGateway(),
@@ -153,6 +137,19 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
         # 1012 "service restart": clients reconnect, through the balancer, to another process.
         await hub.close_all(RESTARTING, "server restarting")
 
+    # Pruning and sweeps on one process (the lease holder); each process closes its own
+    # sockets whose session expired.
+    housekeeping = Housekeeping(store, broker, clock, node_id=ctx.meters.node_id,
+                                lease_s=settings.housekeeping_lease_s,
+                                batch_rows=settings.housekeeping_batch_rows,
+                                retention_s=settings.event_retention_s, metrics=metrics,
+                                per_process=hub.close_expired,
+                                attempts=ctx.login_limiter.counters)
+
+    async def holding() -> float:
+        return 1.0 if housekeeping.holding else 0.0
+
+    metrics.collect("kinwire_housekeeping_holder", holding)
     # Meters stop and release their leases, announcing it, so another process takes over now.
     drain.steps += [close_sockets, ctx.meters.stop]
     install_metrics(app, metrics, hub=hub, store=store, broker=broker)  # GET /metrics
@@ -161,8 +158,16 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
         if run_migrations:
             await check_not_copied_file(store, [settings.resolved_blob_dir,
                                                 settings.resolved_recordings_dir])
-            await migrate(store)
-        await check_durability(store, log)  # refuses (UnsafeStart) or warns
+        await check_durability(store, log)  # refuses (UnsafeStart) or warns; needs no schema
+        if run_migrations and store.dialect == "sqlite":
+            await migrate(store)  # one process: it migrates itself
+        elif run_migrations:
+            # PostgreSQL: `kinwire migrate` is the deploy step (server/store/migrate.py); a
+            # process of a newer version must not serve an older schema.
+            behind = await schema_behind(store)
+            if behind is not None:
+                raise StartError(f"kinwire: the database schema is behind this version (at "
+                                 f"{behind}): run `kinwire migrate` first (docs/deploy.md).")
         async with store.write() as conn:
             await ledger.ensure_system_accounts(conn)
         if settings.demo:
@@ -176,7 +181,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
 
     async def messaging(app: web.Application) -> AsyncIterator[None]:
         stop = asyncio.Event()
-        sweeper = asyncio.create_task(sweep(ctx, hub, stop), name="sweeper")
+        sweeper = asyncio.create_task(housekeeping.run(stop), name="housekeeping")
         await ctx.meters.start()
         await ctx.relay.start()
         yield

@@ -44,7 +44,7 @@ async def _prepared(settings: Settings):
     ctx = _context(settings)
     await check_not_copied_file(ctx.store, [settings.resolved_blob_dir,
                                             settings.resolved_recordings_dir])
-    await migrate(ctx.store)
+    await migrate(ctx.store, lock_timeout_ms=settings.db_migrate_lock_timeout_ms or None)
     async with ctx.store.write() as conn:
         await ledger.ensure_system_accounts(conn)
     return ctx
@@ -282,8 +282,9 @@ def parser() -> argparse.ArgumentParser:
     serve = sub.add_parser(
         "serve", help="run the server (the default of `python -m server`)",
         description="Run the HTTP and WebSocket server until SIGTERM or Ctrl-C, then drain "
-        "(docs/deploy.md). Applies migrations first; checks that the database and Redis answer "
-        "before it listens.")
+        "(docs/deploy.md). On SQLite applies migrations first; on PostgreSQL refuses to start "
+        "while the schema is behind (run `kinwire migrate`); checks that the database and "
+        "Redis answer before it listens.")
     serve.add_argument("--host", help="address to listen on (default: KINWIRE_HOST, "
                        "127.0.0.1; 0.0.0.0 for every address)")
     serve.add_argument("--port", type=int, help="TCP port to listen on (default: KINWIRE_PORT, "
@@ -293,7 +294,10 @@ def parser() -> argparse.ArgumentParser:
                        "logins (like KINWIRE_DEMO=true)")
     sub.add_parser("migrate", help="apply database migrations",
                    description="Bring the database (DATABASE_URL) to the newest schema; safe to "
-                   "run again, and from several processes at once.")
+                   "run again, and from several processes at once. On PostgreSQL it is the "
+                   "deploy step: each migration in its own transaction, table locks waited "
+                   "for at most KINWIRE_DB_MIGRATE_LOCK_TIMEOUT_MS, indexes built "
+                   "CONCURRENTLY while the old version keeps serving.")
     admin = sub.add_parser(
         "create-admin", help="create an administrator (password on standard input)",
         description="Create an administrator account. The password is read from standard "

@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server.broker import Broker, BrokerUnavailable
 from server.store import raw
-from server.store.schema import event_heads, events
+from server.store.schema import event_heads, events, messages
 
 log = logging.getLogger("kinwire.events")
 
@@ -160,7 +160,7 @@ class Outbox:
         for account_id, kind, data in items:
             seq = nxt[account_id]
             nxt[account_id] = seq + 1
-            rows.append(db.values(_INSERT, (account_id, seq, kind, data, at)))
+            rows.append(db.values(_INSERT, (account_id, seq, kind, _stored(kind, data), at)))
             self.written.append((account_id, seq))
             self.kept.append((account_id, Event(seq, kind, data)))
         await db.run_many(_INSERT.sql, rows)
@@ -190,20 +190,57 @@ async def head(conn: AsyncConnection, account_id: str) -> tuple[int, int]:
 
 
 async def since(conn: AsyncConnection, account_id: str, after: int, limit: int) -> list[Event]:
-    rows = await conn.execute(
+    rows = (await conn.execute(
         select(events.c.seq, events.c.type, events.c.data)
         .where(events.c.account_id == account_id, events.c.seq > after)
-        .order_by(events.c.seq).limit(limit))
-    return [Event(r.seq, r.type, r.data) for r in rows]
+        .order_by(events.c.seq).limit(limit))).all()
+    referenced = {r.data[BODY_REF] for r in rows if BODY_REF in r.data}
+    if not referenced:
+        return [Event(r.seq, r.type, r.data) for r in rows]
+    bodies = dict((await conn.execute(select(messages.c.id, messages.c.body)
+                                      .where(messages.c.id.in_(referenced)))).all())
+    return [Event(r.seq, r.type, _with_body(r.data, bodies)) for r in rows]
 
 
-async def prune(conn: AsyncConnection, older_than: datetime) -> int:
-    """Delete events written before `older_than`, remembering per user how far it went."""
-    through = dict((await conn.execute(
-        select(events.c.account_id, func.max(events.c.seq)).where(events.c.at < older_than)
-        .group_by(events.c.account_id))).all())
+# A message's body (up to KINWIRE_MESSAGE_CHARS_MAX, 30,000 characters) was copied into every
+# event about it: the sender's and the recipient's `message.new`, and each `message.status`.
+# A body longer than this is stored once, in `messages`, and the event row keeps a reference
+# that since() resolves with one query a page. Bodies never change, so it reads the same.
+BODY_INLINE_CHARS_MAX = 512
+BODY_REF = "body_ref"
+
+
+def _stored(kind: str, data: dict[str, Any]) -> dict[str, Any]:
+    body = data.get("body")
+    if not kind.startswith("message.") or not isinstance(body, str) \
+            or len(body) <= BODY_INLINE_CHARS_MAX:
+        return data
+    stored = {k: v for k, v in data.items() if k != "body"}
+    stored[BODY_REF] = data["id"]
+    return stored
+
+
+def _with_body(data: dict[str, Any], bodies: dict[str, str]) -> dict[str, Any]:
+    if BODY_REF not in data:
+        return data
+    shown = {k: v for k, v in data.items() if k != BODY_REF}
+    shown["body"] = bodies.get(data[BODY_REF])
+    return shown
+
+
+async def prune(conn: AsyncConnection, older_than: datetime, limit: int | None = None) -> int:
+    """Delete events written before `older_than`, remembering per user how far it went; at
+    most about `limit` of them (the oldest first, through ix_events_at), so that one call is
+    one short transaction (server/housekeeping.py calls it until it prunes fewer)."""
+    oldest = select(events.c.account_id, events.c.seq).where(events.c.at < older_than)
+    if limit is not None:
+        oldest = oldest.order_by(events.c.at).limit(limit)
+    through: dict[str, int] = {}
+    for account_id, seq in (await conn.execute(oldest)).all():
+        through[account_id] = max(seq, through.get(account_id, 0))
     pruned = 0
-    for account_id, seq in through.items():
+    # Streams in id order, the order senders lock their heads in (lock_streams): no deadlock.
+    for account_id, seq in sorted(through.items()):
         await conn.execute(event_heads.update().where(event_heads.c.account_id == account_id,
                                                       event_heads.c.pruned_through < seq)
                            .values(pruned_through=seq))

@@ -33,11 +33,16 @@ COUNTERS = {
     "kinwire_pushes_total": "Frames pushed to sockets (stored events and live frames).",
     "kinwire_messages_sent_total": "Messages accepted by POST /messages or message.send.",
     "kinwire_meter_debits_total": "Visit-minute debits by result (ok, refused, unknown).",
+    "kinwire_housekeeping_batches_total": "Housekeeping transactions by job (prune, missed).",
+    "kinwire_housekeeping_rows_total": "Rows pruned or marked by housekeeping, by job.",
 }
 HISTOGRAMS = {
     "kinwire_send_seconds": ("Latency of POST /messages and message.send.", LATENCY_BUCKETS),
     "kinwire_meter_lateness_seconds": ("How late a meter's wake-up was handled.",
                                        LATENESS_BUCKETS),
+    "kinwire_db_pool_wait_seconds": ("How long each database transaction waited for its "
+                                     "connection (pool, new connection; SQLite: the writer).",
+                                     LATENCY_BUCKETS),
     "kinwire_gc_full_seconds": ("Full (generation 2) garbage collections: each stops the "
                                 "process for this long.", PAUSE_BUCKETS),
 }
@@ -46,6 +51,7 @@ GAUGES = {
     "kinwire_review_queue_depth": "Messages held for review (all facilities).",
     "kinwire_broker_up": "1 when the broker answered a ping at scrape, else 0.",
     "kinwire_asyncio_tasks": "asyncio tasks alive in this process (a leak grows it).",
+    "kinwire_housekeeping_holder": "1 while this process holds the housekeeping lease.",
 }
 
 Labels = tuple[tuple[str, str], ...]

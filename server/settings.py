@@ -38,7 +38,9 @@ class Settings:
                              "Where the SQLite file, photos and recordings live by default.")
     database_url: str = _setting(
         "", "`sqlite:///path/file.db` or `postgresql://user@host/db`; empty means "
-        "`sqlite:///<data_dir>/kinwire.db`.", env="DATABASE_URL")
+        "`sqlite:///<data_dir>/kinwire.db`. Through PgBouncer in transaction mode add "
+        "`?pool_mode=transaction` (no prepared statement cache; docs/deploy.md).",
+        env="DATABASE_URL")
     redis_url: str = _setting("", "Redis for fan-out, presence and leases; empty means the "
                               "in-memory broker (one process only).", env="REDIS_URL")
     allowed_origins: tuple[str, ...] = _setting(
@@ -149,11 +151,23 @@ class Settings:
                                     "address; the tests' loopback coturn needs it.")
     recordings_dir: str = _setting("", "Where relay-mode visit recordings are written; empty "
                                    "means <data_dir>/recordings.")
+    housekeeping_lease_s: float = _setting(
+        10.0, "Housekeeping (pruning events, marking visits nobody joined missed) runs on the "
+        "one process holding this lease in the broker, a pass every third of it; another "
+        "process takes it over within this after its holder dies (server/housekeeping.py).")
+    housekeeping_batch_rows: int = _setting(
+        1000, "Most rows one housekeeping transaction deletes or updates; a pass runs batches "
+        "until one comes back short.", lo=1, hi=100_000)
     db_pool_size: int = _setting(10, "PostgreSQL connections per process.", lo=1, hi=200)
     db_timeout_s: float = _setting(10.0, "PostgreSQL: longest wait for a pooled or new "
                                    "connection, or for one statement; past it the request "
                                    "fails with 503 `unavailable` (retry it with the same "
                                    "idempotency key). Migrations are not bounded by it.")
+    db_migrate_lock_timeout_ms: int = _setting(
+        5000, "PostgreSQL: `kinwire migrate` waits at most this for a table lock, then fails "
+        "(safe to run again) rather than queue behind a long transaction and stall every query "
+        "queued behind it; 0 waits forever. Index builds (CONCURRENTLY) are not bounded by it.",
+        lo=0, hi=3_600_000)
     db_busy_timeout_ms: int = _setting(5000, "SQLite busy timeout for writers of other processes.",
                                        lo=0, hi=600_000)
     db_group_commit_max: int = _setting(64, "SQLite: most concurrent message sends committed in "
@@ -207,6 +221,13 @@ class Settings:
         if not url.startswith(schemes):
             raise SettingsError(
                 f"DATABASE_URL must be sqlite:///... or postgresql://..., got {url!r}")
+        if not self.is_sqlite:
+            from server.store import pool_mode
+
+            try:
+                pool_mode(url)
+            except ValueError as exc:
+                raise SettingsError(f"DATABASE_URL: {exc}") from None
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise SettingsError("REDIS_URL must start with redis://, rediss:// or unix://")
         if self.visit_minute_s <= 0 or self.visit_minute_s > 3600:
@@ -221,7 +242,7 @@ class Settings:
         if self.ice_relay_only and not self.turn_urls:
             raise SettingsError("KINWIRE_ICE_RELAY_ONLY needs KINWIRE_TURN_URLS")
         for name in ("ws_heartbeat_s", "ws_auth_timeout_s", "meter_lease_s", "relay_lease_s",
-                     "drain_timeout_s", "db_timeout_s"):
+                     "drain_timeout_s", "db_timeout_s", "housekeeping_lease_s"):
             if not 0 < getattr(self, name) <= 3600:
                 raise SettingsError(f"{self.env_name(name)} must be in (0, 3600]")
         if self.payment_gateway != "sandbox":

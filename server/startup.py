@@ -68,6 +68,8 @@ def reason(exc: BaseException, timeout_s: float) -> tuple[str, str]:
             return f"{cause.strerror or 'cannot open'}: {cause.filename or cause}", "other"
         if isinstance(cause, sqlite3.OperationalError):
             return str(cause), "other"
+        if name in ("DuplicatePreparedStatementError", "InvalidSQLStatementNameError"):
+            return "a prepared statement was lost between connections", "pooler"
     text = str(exc).splitlines()[0][:160] if str(exc) else ""
     return (f"{type(exc).__name__}: {text}" if text else type(exc).__name__), "other"
 
@@ -76,6 +78,8 @@ DATABASE_FIX = {
     "down": "Start PostgreSQL there, or set DATABASE_URL to where it runs",
     "login": "Fix the user and password in DATABASE_URL (or the server's pg_hba.conf)",
     "missing": "Create it (`createdb`) or fix the database name in DATABASE_URL",
+    "pooler": "Behind PgBouncer in transaction mode, add ?pool_mode=transaction to "
+              "DATABASE_URL",
     "other": "Check DATABASE_URL",
 }
 

@@ -13,6 +13,7 @@ from sqlalchemy import (
     Integer,
     String,
     Table,
+    text,
 )
 
 from billing.tables import UTCDateTime, metadata
@@ -52,4 +53,11 @@ visits = Table(
     Index("ix_visits_facility_start", "facility_id", "start_at"),
     Index("ix_visits_family_start", "family_id", "start_at"),
     Index("ix_visits_person_start", "person_id", "start_at"),
+    # The meters' scans (signalling/meters.py): only the visits in a call, or scheduled, are
+    # indexed, so these stay small however many visits are history (migration 0008).
+    Index("ix_visits_in_call_end", "end_at",
+          postgresql_where=text("status IN ('open', 'live', 'paused')"),
+          sqlite_where=text("status IN ('open', 'live', 'paused')")),
+    Index("ix_visits_scheduled_end", "end_at", postgresql_where=text("status = 'scheduled'"),
+          sqlite_where=text("status = 'scheduled'")),
 )

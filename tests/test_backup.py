@@ -172,6 +172,8 @@ async def test_backup_under_load_restores_acknowledged_money_and_photos(
     dest, quiet = tmp_path / "backup", tmp_path / "backup-quiet"
     acked: list[tuple[float, str]] = []  # (when acknowledged, purchase id)
     stop = asyncio.Event()
+    # The deploy step (on PostgreSQL `serve` does not migrate; the targets stay empty for restore).
+    assert kinwire("migrate", env=source).returncode == 0
     async with serving(source, "--demo") as base, aiohttp.ClientSession(base_url=base) as http:
         family = await Family(http).login()
 

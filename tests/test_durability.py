@@ -33,7 +33,7 @@ import asyncpg
 import pytest
 from PIL import Image
 
-from tests.conftest import PG_ADMIN_URL
+from tests.conftest import PG_ADMIN_URL, _migrated
 from tests.helpers import VISA
 from tests.test_cli import cli_env, free_port, wait_ready
 
@@ -220,7 +220,9 @@ async def _pg_database(sync_commit: str) -> str:
         await conn.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = {sync_commit}')
     finally:
         await conn.close()
-    return f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+    url = f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+    await _migrated(url)  # on PostgreSQL `kinwire migrate` is the deploy step, not `serve`
+    return url
 
 
 async def _drop(url: str) -> None:

@@ -22,6 +22,7 @@ Contract
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -57,6 +58,38 @@ def async_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+asyncpg://" + url.removeprefix(prefix)
     raise ValueError(f"unsupported database URL {url!r}")
+
+
+# DATABASE_URL's `?pool_mode=transaction`: PostgreSQL is reached through a pooler in
+# transaction mode (PgBouncer), which gives each transaction whichever server connection is
+# free. Statements prepared under a name on one server connection are then missing, or their
+# name already taken, on the next: asyncpg's numbered `__asyncpg_stmt_N__` failed with
+# "prepared statement ... already exists" (tests/test_pgbouncer.py). So nothing is cached
+# across transactions and every statement is prepared unnamed, which PostgreSQL replaces at the
+# next Parse: a statement's Parse and Execute run inside one transaction (SQLAlchemy always
+# begins one), so on the same server connection. Costs one more round trip a statement.
+POOL_MODES = ("session", "transaction")
+
+
+def pool_mode(url: str) -> str:
+    """The `pool_mode` query parameter of a PostgreSQL URL (`session`, the default: a direct
+    connection or a session pooler), or ValueError."""
+    mode = make_url(url).query.get("pool_mode", "session")
+    if mode not in POOL_MODES:
+        raise ValueError(f"pool_mode must be one of {', '.join(POOL_MODES)}, not {mode!r}")
+    return mode
+
+
+def _postgresql_connect_args(url: str) -> tuple[str, dict]:
+    """The URL without Kinwire's own parameters, and the driver arguments they ask for."""
+    plain = make_url(url).difference_update_query(["pool_mode"])
+    if pool_mode(url) != "transaction":
+        return plain.render_as_string(hide_password=False), {}
+    return plain.render_as_string(hide_password=False), {
+        "statement_cache_size": 0,  # asyncpg's own cache
+        "prepared_statement_cache_size": 0,  # SQLAlchemy's, per connection
+        "prepared_statement_name_func": lambda: "",  # the unnamed statement
+    }
 
 
 def _sqlite_engine(url: str, *, begin: str, pool_size: int, busy_timeout_ms: int,
@@ -118,13 +151,18 @@ class Store:
             # samples). A connection found dead when used fails that one request as
             # `unavailable` (is_unavailable; clients retry with their idempotency key), and
             # SQLAlchemy then invalidates the whole pool, so the retry gets a fresh connection.
+            plain, pooler_args = _postgresql_connect_args(self.url)
             self._writer = create_async_engine(
-                self.url, pool_size=pool_size, max_overflow=0,
+                plain, pool_size=pool_size, max_overflow=0,
                 hide_parameters=True,
                 pool_timeout=timeout_s or 30,
-                connect_args={"timeout": timeout_s or 10, "command_timeout": timeout_s or 30})
+                connect_args={"timeout": timeout_s or 10, "command_timeout": timeout_s or 30,
+                              **pooler_args})
             self._reader = self._writer
         self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
+        # metrics: called with the seconds each read() or write() waited for its connection
+        # (a free one in the pool, or a new one; on SQLite, writes also for the one writer)
+        self.on_wait: Callable[[float], None] | None = None
         # Group commit (server/store/group.py) on SQLite, whose writes take turns on one
         # connection; PostgreSQL runs each batched write in its own transaction, in parallel on
         # the pool, and groups WAL flushes itself (docs/messaging.md, "Group commit").
@@ -136,12 +174,21 @@ class Store:
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
+        started = time.perf_counter()
         if self._write_lock is None:
-            async with self._writer.begin() as conn:
-                yield conn
+            async with self._writer.connect() as conn:
+                self._waited(started)
+                async with conn.begin():
+                    yield conn
             return
-        async with self._write_lock, self._writer.begin() as conn:
-            yield conn
+        async with self._write_lock, self._writer.connect() as conn:
+            self._waited(started)  # on SQLite: for this process's one writer
+            async with conn.begin():
+                yield conn
+
+    def _waited(self, started: float) -> None:
+        if self.on_wait is not None:
+            self.on_wait(time.perf_counter() - started)
 
     async def write_grouped(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """`work(conn)` in a write transaction maybe shared with other concurrent calls, each in
@@ -150,8 +197,11 @@ class Store:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        async with self._reader.begin() as conn:
-            yield conn
+        started = time.perf_counter()
+        async with self._reader.connect() as conn:
+            self._waited(started)
+            async with conn.begin():
+                yield conn
 
     async def ping(self) -> None:
         async with self._reader.connect() as conn:
