@@ -17,6 +17,7 @@ from billing.gateway import PaymentGateway, SandboxGateway
 from server import (
     calls,
     events,
+    routes_audit,
     routes_auth,
     routes_calls,
     routes_connections,
@@ -51,7 +52,8 @@ from signalling.relay import Relay
 log = logging.getLogger("kinwire")
 STATIC = Path(__file__).resolve().parent.parent / "static"
 
-ROUTES: list[Route] = [*routes_auth.ROUTES, *routes_facilities.ROUTES, *routes_money.ROUTES,
+ROUTES: list[Route] = [*routes_auth.ROUTES, *routes_facilities.ROUTES, *routes_audit.ROUTES,
+                       *routes_money.ROUTES,
                        *routes_connections.ROUTES, *routes_messages.ROUTES,
                        *routes_visits.ROUTES, *routes_calls.ROUTES]
 

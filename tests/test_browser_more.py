@@ -290,7 +290,8 @@ async def test_staff_settings_review_audit_and_family_gift_statement(sqlite_temp
             await boss.get_by_role("button", name="Save settings").click()
             await expect(boss.locator("#settings-notice")).to_have_text(
                 "Saved: review mode, prices.")
-            await expect(boss.locator("#audit-rows li").first).to_contain_text("facility.update")
+            await expect(boss.locator("#audit-rows li").first).to_contain_text(
+                "Administrator Admin changed the facility's settings (prices, review mode)")
             await shot(boss, "staff-settings")
             r = await api.call("GET", f"/facilities/{facility_id}", admin)
             saved = r.body["facility"]["settings"]
@@ -338,7 +339,8 @@ async def test_staff_settings_review_audit_and_family_gift_statement(sqlite_temp
             await item.get_by_role("button", name="Approve message from Sam Rivers").click()
             await expect(desk.locator("#queue li")).to_have_count(0)
             actions = desk.locator("#audit-rows li")
-            await expect(actions.first).to_contain_text("message.approve by Officer Lane")
+            await expect(actions.first).to_contain_text(
+                "Officer Lane approved a message from Sam Rivers to Pat Person")
             await expect(desk.locator("#audit-rows li[data-action='facility.update']")) \
                 .to_have_count(1)
             await desk.locator("#audit").scroll_into_view_if_needed()
@@ -418,6 +420,8 @@ async def test_staff_watch_a_relayed_visit_in_the_console(sqlite_template: Path,
                 .to_have_count(1)
             await shot(desk, "staff-watch")
             await item.locator("button", has_text="End").click()
+            await desk.get_by_role("dialog").get_by_label("Reason").fill("checking the relay")
+            await desk.get_by_role("button", name="End visit").click()
             async with asyncio.timeout(10):
                 ended = await family.wait_event("visit.ended")
             assert ended["reason"] == "staff_ended"
