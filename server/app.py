@@ -24,6 +24,7 @@ from server import (
     routes_facilities,
     routes_messages,
     routes_money,
+    routes_statement,
     routes_visits,
 )
 from server.auth import LoginLimiter, Passwords
@@ -53,7 +54,7 @@ log = logging.getLogger("kinwire")
 STATIC = Path(__file__).resolve().parent.parent / "static"
 
 ROUTES: list[Route] = [*routes_auth.ROUTES, *routes_facilities.ROUTES, *routes_audit.ROUTES,
-                       *routes_money.ROUTES,
+                       *routes_money.ROUTES, *routes_statement.ROUTES,
                        *routes_connections.ROUTES, *routes_messages.ROUTES,
                        *routes_visits.ROUTES, *routes_calls.ROUTES]
 

@@ -17,7 +17,7 @@ ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
 # Routes whose success is an image, not JSON (the re-encoded photo and its thumbnail).
 IMAGES = frozenset({"/photos/{photo_id}", "/photos/{photo_id}/thumb"})
 # Routes whose success is a CSV download (exports).
-CSV = frozenset({"/audit/export"})
+CSV = frozenset({"/audit/export", "/statement/export"})
 # Routes that answer 201 (they create something); every other route answers 200.
 # tests/test_schemathesis.py calls each route validly and holds the answers to this.
 CREATED = frozenset({

@@ -358,8 +358,8 @@ async def test_staff_settings_review_audit_and_family_gift_statement(sqlite_temp
                 ["Message to Pat Person", "−40", "960"]]
             await fam.get_by_role("button", name="Show older entries").click()
             await expect(lines).to_have_count(3)
-            assert (await _rows(fam, "#statement-rows tr"))[2] == ["Bought credits", "+1000",
-                                                                   "1000"]
+            assert (await _rows(fam, "#statement-rows tr"))[2] == [
+                "Bought credits: $10.00 + $0.99 fee = $10.99 (card ending 4242)", "+1000", "1000"]
             await expect(fam.get_by_role("button", name="Show older entries")).to_be_hidden()
             await shot(fam, "family-statement")
             assert errors == [], errors

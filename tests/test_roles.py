@@ -417,6 +417,8 @@ EXPECTED: dict[tuple[str, str], Expect] = {
     ("POST", "/purchases"): Expect(frozenset({"family"}), 201, _purchase),
     ("POST", "/gifts"): Expect(PARTIES, 201, _gift),
     ("GET", "/ledger"): Expect(ANY_SESSION, 200, _req()),
+    ("GET", "/statement"): Expect(PARTIES, 200, _req(query="?from=2026-01-01&tz=America/Chicago")),
+    ("GET", "/statement/export"): Expect(PARTIES, 200, _req()),
     # Connections. GET: the parties their own; staff (of any facility) their facility's.
     ("POST", "/connections"): Expect(frozenset({"family"}), 201, _new_connection),
     ("GET", "/connections"): Expect(frozenset({"family", "person", "staff", "staff_other"}), 200,

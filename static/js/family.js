@@ -491,25 +491,20 @@ $("gift-form").addEventListener("submit", async (ev) => {
   }
 });
 
-// ---------- statement (GET /ledger, newest first, paged by seq) ----------
+// ---------- statement (GET /statement: one line per visit, message, refund, purchase, gift) ----------
 const STATEMENT_PAGE = 20;
 const statement = { rows: [], next: null, balance: 0 };
 
-function personName(id) {
-  const c = contactOf(id);
-  return (c && c.person_name) || "a contact";
-}
-
 function describe(e) {
-  const msg = state.inbox && state.inbox.byId.get(e.ref);
-  const about = msg ? ` ${msg.from === state.me.id ? "to" : "from"} ${personName(state.inbox.other(msg))}` : "";
+  const who = e.with || "a contact";
+  const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
   switch (e.kind) {
-    case "purchase": return "Bought credits";
-    case "gift": return e.credits > 0 ? `Gift from ${personName(e.counterparty)}` : `Gift to ${personName(e.counterparty)}`;
-    case "message": return `Message${about}`;
-    case "photo": return `Photos${about}`;
-    case "refund": return `Refund: message rejected by review${about}`;
-    case "visit_minute": return "Video visit, one minute";
+    case "purchase": return e.total_cents === undefined ? "Bought credits"
+      : `Bought credits: ${dollars(e.price_cents)} + ${dollars(e.fee_cents)} fee = ${dollars(e.total_cents)} (card ending ${e.card_last4})`;
+    case "gift": return `Gift ${e.direction} ${who}`;
+    case "message": return `Message ${e.direction || "to"} ${who}${e.photos ? ` (${plural(e.photos, "photo")})` : ""}`;
+    case "refund": return `Refund: message ${e.direction || "to"} ${who} rejected by review`;
+    case "visit": return `Video visit with ${who}, ${plural(e.minutes, "minute")}`;
     default: return e.kind.replace(/_/g, " ");
   }
 }
@@ -519,14 +514,14 @@ async function loadStatement(first) {
   try {
     const size = state.statementPage || STATEMENT_PAGE; // smaller in tests, to show paging
     const before = first ? "" : `&before=${statement.next}`;
-    const r = await api("GET", `/ledger?limit=${size}${before}`);
+    const r = await api("GET", `/statement?limit=${size}${before}`);
     if (first) {
       statement.rows = [];
       statement.balance = r.balance;
     }
     // Running balance, newest first: each older line's "after" is the newer one's minus its amount.
     let after = statement.rows.length ? statement.rows.at(-1).after - statement.rows.at(-1).credits : statement.balance;
-    for (const e of r.entries) {
+    for (const e of r.lines) {
       statement.rows.push({ ...e, after });
       after -= e.credits;
     }
@@ -549,6 +544,17 @@ function renderStatement() {
   $("statement-empty").hidden = statement.rows.length > 0;
   $("statement-more").hidden = !statement.next;
 }
+// The CSV of a range of days in this browser's zone (GET /statement/export).
+function exportLink() {
+  const q = new URLSearchParams({ tz: Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC" });
+  if ($("export-from").value) q.set("from", $("export-from").value);
+  if ($("export-to").value) q.set("to", $("export-to").value);
+  $("export-link").href = `/api/v1/statement/export?${q}`;
+}
+for (const id of ["export-from", "export-to"]) $(id).addEventListener("change", exportLink);
+$("statement-export").addEventListener("submit", (ev) => ev.preventDefault());
+exportLink();
+
 $("statement-more").addEventListener("click", async () => {
   const count = statement.rows.length;
   await loadStatement(false);
