@@ -6,6 +6,7 @@ import { KinwireSocket } from "./socket.js";
 import { Inbox, Typing, applyEvent, bubble, loadConversations } from "./threads.js";
 import { FamilyVisits } from "./booking.js";
 import { RELATIONSHIPS } from "./relationships.js";
+import { rememberZones, setHomeZone, whenText, zoneOf } from "./time.js";
 
 // The server's purchase terms (block, fee) come from GET /pricing at sign-in; the receipt after
 // paying shows what the server actually charged.
@@ -134,6 +135,7 @@ $("buy-form").addEventListener("submit", async (ev) => {
 async function loadFacilities() {
   const r = await api("GET", "/facilities");
   state.facilities = new Map(r.facilities.map((f) => [f.id, f]));
+  rememberZones(r.facilities);
   const sel = $("find-facility");
   sel.replaceChildren(...r.facilities.map((f) => h("option", { value: f.id }, f.name)));
 }
@@ -187,6 +189,9 @@ function upsertConnection(c) {
 }
 
 function renderConnections() {
+  // Times not tied to one contact (the statement) are in the family's contacts' facility zone.
+  const first = [...state.connections.values()][0];
+  setHomeZone(first ? zoneOf(first.facility_id) : null);
   const list = $("connections");
   list.replaceChildren(...[...state.connections.values()].map((c) =>
     h("li", { dataset: { connection: c.id, status: c.status } },
@@ -267,7 +272,8 @@ function renderThread(keepScroll = false) {
   const msgs = state.inbox.thread(personId);
   const list = $("messages");
   const fromName = c ? c.person_name : null;
-  list.replaceChildren(...msgs.map((m) => withRefund(bubble(m, state.me.id, { onOpen: payToOpen, fromName }), m)));
+  const zone = c ? zoneOf(c.facility_id) : undefined; // the contact's facility's clock
+  list.replaceChildren(...msgs.map((m) => withRefund(bubble(m, state.me.id, { onOpen: payToOpen, fromName, zone }), m)));
   if (!msgs.length) list.append(h("li", { class: "muted" }, "No messages yet."));
   if (!keepScroll) list.scrollTop = list.scrollHeight;
   $("thread-older").hidden = olderDone.has(personId) || !msgs.length;
@@ -536,8 +542,7 @@ function renderStatement() {
   $("statement-balance").textContent = `${statement.balance} credits`;
   $("statement-rows").replaceChildren(...statement.rows.map((e) =>
     h("tr", { dataset: { kind: e.kind, credits: e.credits } },
-      h("td", {}, h("time", { datetime: e.at }, new Date(e.at).toLocaleString([], {
-        month: "short", day: "numeric", hour: "numeric", minute: "2-digit" }))),
+      h("td", {}, h("time", { datetime: e.at }, whenText(e.at, e.facility_id ? zoneOf(e.facility_id) : undefined))),
       h("td", {}, describe(e)),
       h("td", { class: e.credits > 0 ? "in" : "out" }, e.credits > 0 ? `+${e.credits}` : `−${-e.credits}`),
       h("td", {}, String(e.after)))));

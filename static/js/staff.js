@@ -8,6 +8,7 @@ import { api, bindEmailLogin, h, say } from "./api.js";
 import { KinwireSocket } from "./socket.js";
 import { auditLog } from "./staff_audit.js";
 import { reviewQueue } from "./staff_review.js";
+import { rememberZones, setHomeZone, spanText, whenText } from "./time.js";
 
 const $ = (id) => document.getElementById(id);
 const IN_CALL = new Set(["open", "live", "paused"]);
@@ -15,8 +16,8 @@ const POLL_MS = 5000;
 const state = { me: null, names: new Map(), timer: null, facility: null,
                 facilities: new Map(), socket: null, watch: null };
 
-const when = (iso) => new Date(iso).toLocaleString([], { month: "short", day: "numeric",
-                                                        hour: "numeric", minute: "2-digit" });
+// Staff read the facility's time (time.js; the home zone follows the facility shown).
+const when = (iso) => whenText(iso);
 const nameOf = (id) => state.names.get(id) || id;
 const isAdmin = () => state.me && state.me.role === "admin";
 // Staff see their own facility; administrators say which one they are looking at.
@@ -66,7 +67,7 @@ async function loadVisits() {
     }
     return h("li", { dataset: { visit: v.id, status: v.status } },
       h("span", {}, h("strong", {}, who), h("br"),
-        h("span", { class: "muted" }, `${when(v.start)} – ${when(v.end)} · ${v.media}`)),
+        h("span", { class: "muted" }, `${spanText(v.start, v.end, v.timezone)} · ${v.media}`)),
       h("span", { class: `badge ${v.status === "live" ? "read" : ""}` },
         v.end_reason ? `${v.status} (${v.end_reason.replace(/_/g, " ")})` : v.status),
       watch, end);
@@ -127,6 +128,7 @@ const PRICES = ["message", "photo", "visit_minute"];
 function showSettings() {
   const f = state.facilities.get(state.facility);
   if (!f) return;
+  setHomeZone(f.timezone);
   const st = f.settings;
   $("set-review_mode").value = st.review_mode;
   $("set-review_photos").checked = Boolean(st.review_photos);
@@ -219,6 +221,7 @@ function showFieldErrors(fields) {
 async function loadFacilities() {
   const r = await api("GET", "/facilities");
   state.facilities = new Map(r.facilities.map((f) => [f.id, f]));
+  rememberZones(r.facilities);
   if (!state.facility || !state.facilities.has(state.facility)) {
     state.facility = isAdmin() ? (r.facilities[0] || {}).id : state.me.facility_id;
   }
