@@ -184,6 +184,11 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
         async def index(request: web.Request) -> web.FileResponse:
             return web.FileResponse(STATIC / "index.html")
 
+        async def favicon(request: web.Request) -> web.FileResponse:
+            # Browsers and bookmarks ask for /favicon.ico whatever the page links.
+            return web.FileResponse(STATIC / "img" / "favicon.ico")
+
         app.router.add_get("/", index)
+        app.router.add_get("/favicon.ico", favicon)
         app.router.add_static("/static/", STATIC)
     return app

@@ -239,6 +239,17 @@ function openThread(personId) {
   $("compose-body").focus();
 }
 
+// On a phone the open thread takes the contact list's place (app.css); Back brings the list
+// back, focus on the contact just left.
+$("thread-back").addEventListener("click", () => {
+  const left = state.current;
+  state.current = null;
+  renderThreads();
+  renderThread();
+  const btn = [...$("threads").querySelectorAll("button")].find((b) => b.dataset.person === left);
+  if (btn) btn.focus();
+});
+
 async function payToOpen(msg) {
   say($("compose-notice"), "");
   try {
@@ -266,6 +277,7 @@ function markRead(msgs) {
 function renderThread(keepScroll = false) {
   const personId = state.current;
   $("thread").hidden = !personId;
+  $("chat").classList.toggle("in-thread", Boolean(personId));
   if (!personId) return;
   const c = contactOf(personId);
   $("thread-h").textContent = c ? `${c.person_name || "Contact"} · ${statusText(c)}` : "";
@@ -276,7 +288,8 @@ function renderThread(keepScroll = false) {
   list.replaceChildren(...msgs.map((m) => withRefund(bubble(m, state.me.id, { onOpen: payToOpen, fromName, zone }), m)));
   if (!msgs.length) list.append(h("li", { class: "muted" }, "No messages yet."));
   if (!keepScroll) list.scrollTop = list.scrollHeight;
-  $("thread-older").hidden = olderDone.has(personId) || !msgs.length;
+  // Hidden when the first load already holds the whole history (no older page exists).
+  $("thread-older").hidden = state.historyComplete || olderDone.has(personId) || !msgs.length;
   typing.render();
   markRead(msgs);
   renderCompose();

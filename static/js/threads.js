@@ -92,6 +92,7 @@ export async function loadConversations(state) {
   state.connections = new Map(conns.connections.map((c) => [c.id, c]));
   state.inbox.clear();
   for (const m of [...inbox.messages, ...sent.messages]) state.inbox.upsert(m);
+  state.historyComplete = !inbox.next_before && !sent.next_before; // nothing older to fetch
   return me.balance;
 }
 
