@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import unicodedata
 from datetime import datetime
 from typing import Any
 
@@ -18,6 +19,18 @@ from server.store.schema import accounts, devices
 
 # Roles that hold credits and so get a ledger account.
 HOLDERS = ("family", "person")
+
+
+def normal_email(value: str) -> str:
+    """The one spelling of an email address, decided before it is looked up or made unique:
+    NFKC (fullwidth and other compatibility forms fold to the plain letters), lower case.
+    ValueError when it holds a format, control, private-use or unassigned character, or any
+    space: a zero-width space made a second account that looked like the first."""
+    value = unicodedata.normalize("NFKC", value.strip()).lower()
+    if any(ch.isspace() or unicodedata.category(ch) in ("Cf", "Cc", "Co", "Cs", "Cn")
+           for ch in value):
+        raise ValueError("not an email address")
+    return value
 
 
 def public(row: Any) -> dict[str, Any]:

@@ -27,10 +27,12 @@ from server import (
     routes_statement,
     routes_visits,
 )
+from server.attempts import Attempts
 from server.auth import LoginLimiter, Passwords
 from server.broker import Broker
 from server.context import Context
 from server.drain import DRAIN, Drain
+from server.edge import handler_args, security_headers
 from server.events import Outbox
 from server.gateway.client import RESTARTING
 from server.gateway.endpoint import HUB, websocket
@@ -40,7 +42,9 @@ from server.metrics import Metrics
 from server.metrics import install as install_metrics
 from server.metrics import middleware as metrics_middleware
 from server.openapi import build as build_openapi
+from server.photos import PhotoWork
 from server.proxy import middleware as forwarded_middleware
+from server.proxy import networks
 from server.routes_ops import healthz, readyz
 from server.routing import CONTEXT, WS_PATH, Route, add_routes, error_middleware, json_response
 from server.settings import Settings
@@ -72,6 +76,7 @@ async def sweep(ctx: Context, hub: Hub, stop: asyncio.Event, interval_s: float =
             hub.close_expired(now)
             async with ctx.store.write() as conn:
                 await events.prune(conn, now - timedelta(seconds=ctx.settings.event_retention_s))
+                await ctx.login_limiter.prune(conn, now)
         except Exception:
             log.exception("housekeeping failed; retrying next round")
 
@@ -86,6 +91,16 @@ def make_broker(settings: Settings) -> Broker:
     return MemoryBroker()
 
 
+def make_attempts(settings: Settings) -> Attempts | None:
+    """Attempt counters in Redis where it is configured; else (None) the store's."""
+    if not settings.redis_url:
+        return None
+    from server.attempts_redis import RedisAttempts
+
+    return RedisAttempts(settings.redis_url, settings.login_window_s,
+                         settings.login_backoff_base_s)
+
+
 def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
                gateway: PaymentGateway | None = None,
                run_migrations: bool = True) -> web.Application:
@@ -98,7 +113,9 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
                                        drain.middleware, request_id_middleware,
                                        metrics_middleware(metrics),
                                        error_middleware],
-                          client_max_size=settings.request_body_bytes_max)
+                          client_max_size=settings.request_body_bytes_max,
+                          handler_args=handler_args(settings.http_header_timeout_s))
+    app.on_response_prepare.append(security_headers(networks(settings.trusted_proxies)))
     store = Store(settings.resolved_database_url, pool_size=settings.db_pool_size,
                   busy_timeout_ms=settings.db_busy_timeout_ms, timeout_s=settings.db_timeout_s,
                   group_max=settings.db_group_commit_max,
@@ -106,9 +123,13 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
     broker = make_broker(settings)
     ctx = Context(
         settings=settings, store=store, broker=broker, gateway=gateway or SandboxGateway(),
-        passwords=Passwords(settings.argon2_time_cost, settings.argon2_memory_kib),
-        login_limiter=LoginLimiter(settings.login_failures_max, settings.login_window_s),
-        clock=clock, metrics=metrics)
+        passwords=Passwords(settings.argon2_time_cost, settings.argon2_memory_kib,
+                            settings.argon2_workers),
+        login_limiter=LoginLimiter(settings.login_failures_max, settings.login_window_s,
+                                   settings.login_backoff_base_s,
+                                   make_attempts(settings)),
+        clock=clock, metrics=metrics,
+        photo_work=PhotoWork(settings.photo_workers, settings.photo_queue_max))
     app[CONTEXT] = ctx
     ctx.meters = Meters(store, broker, clock, minute_s=settings.visit_minute_s,
                         lease_s=settings.meter_lease_s, node_id=secrets.token_hex(6),
@@ -148,6 +169,8 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
             show_demo(await seed_demo(ctx))
         yield
         await store.close()
+        ctx.photo_work.close()
+        ctx.passwords.close()
 
     async def messaging(app: web.Application) -> AsyncIterator[None]:
         stop = asyncio.Event()
@@ -162,6 +185,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
         await hub.close_all(RESTARTING, "server restarting")
         await hub.stop_all()
         await broker.close()
+        await ctx.login_limiter.counters.close()
 
     async def on_shutdown(app: web.Application) -> None:
         # Sockets first, with 1012 so that clients reconnect (to another process, at scale).

@@ -1,4 +1,4 @@
-"""Who is asking: passwords (argon2id), session tokens, and the failed-login limit.
+"""Who is asking: passwords (argon2id), session tokens, and the login attempt keys.
 
 Session tokens are 256 random bits, shown to the client once and stored only as their SHA-256
 (a token is high-entropy, so a fast hash is enough; passwords and PINs get argon2id).
@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import bindparam, delete, func, select
+from sqlalchemy import and_, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server import quickread
-from server.errors import ApiError
+from server.attempts import Attempts, Key
 from server.ids import new_id
 from server.store import Store
-from server.store.schema import accounts, login_failures, sessions
+from server.store.schema import accounts, devices, sessions
 
 ROLES = ("family", "person", "staff", "admin")
 
@@ -38,22 +40,39 @@ class Principal:
     name: str
     device_id: str | None = None
     expires_at: datetime | None = None
+    device_hash: str | None = None  # a kiosk session's device token (SHA-256), while not revoked
+
+    def device_matches(self, device_token: str | None) -> bool:
+        """A kiosk or tablet session is used only with its own device's token (issue 17: it
+        was a bearer token for 2 hours without it); other sessions have no device."""
+        if self.device_id is None:
+            return True
+        return (self.device_hash is not None and bool(device_token)
+                and hmac.compare_digest(token_hash(device_token), self.device_hash))
 
 
 class Passwords:
-    """argon2id hashing, run off the event loop (a hash costs tens of milliseconds by design)."""
+    """argon2id hashing, run off the event loop (a hash costs tens of milliseconds by design)
+    on a pool of its own: work queued elsewhere (photos, blob writes on the default pool) never
+    makes a login wait (issue 17: six slow photos made a login take 29.7 s)."""
 
-    def __init__(self, time_cost: int, memory_kib: int) -> None:
+    def __init__(self, time_cost: int, memory_kib: int, workers: int = 2) -> None:
         self._hasher = PasswordHasher(time_cost=time_cost, memory_cost=memory_kib, parallelism=1)
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="argon2")
         # Verified against when the account does not exist, so that a miss costs what a hit does.
         self._decoy = self._hasher.hash(secrets.token_hex(16))
 
     async def hash(self, secret: str) -> str:
-        return await asyncio.to_thread(self._hasher.hash, secret)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._hasher.hash,
+                                                                 secret)
 
     async def verify(self, hashed: str | None, secret: str) -> bool:
-        matched = await asyncio.to_thread(self._matches, hashed or self._decoy, secret)
+        matched = await asyncio.get_running_loop().run_in_executor(
+            self._pool, self._matches, hashed or self._decoy, secret)
         return matched and hashed is not None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _matches(self, hashed: str, secret: str) -> bool:
         try:
@@ -77,11 +96,12 @@ async def open_session(conn: AsyncConnection, *, account_id: str, ttl_s: int, no
 
 # principal_for()'s statement, built once: every request and every socket's auth runs it, and
 # building it cost more CPU than SQLite took to answer it (docs/BENCHMARKS.md, "Connect").
-_s, _a = sessions, accounts
+_s, _a, _d = sessions, accounts, devices
 _PRINCIPAL = (
     select(_s.c.id, _s.c.device_id, _s.c.expires_at, _a.c.id.label("account_id"), _a.c.role,
-           _a.c.facility_id, _a.c.name)
+           _a.c.facility_id, _a.c.name, _d.c.token_hash.label("device_hash"))
     .join(_a, _a.c.id == _s.c.account_id)
+    .outerjoin(_d, and_(_d.c.id == _s.c.device_id, _d.c.revoked_at.is_(None)))
     .where(_s.c.token_hash == bindparam("p_hash", type_=_s.c.token_hash.type),
            _s.c.revoked_at.is_(None),
            _s.c.expires_at > bindparam("p_now", type_=_s.c.expires_at.type),
@@ -110,8 +130,9 @@ async def session_principal(store: Store, token: str, now: datetime) -> Principa
 
 
 def _principal(row: tuple) -> Principal:
-    session_id, device_id, expires_at, account_id, role, facility_id, name = row
-    return Principal(account_id, role, facility_id, session_id, name, device_id, expires_at)
+    session_id, device_id, expires_at, account_id, role, facility_id, name, device_hash = row
+    return Principal(account_id, role, facility_id, session_id, name, device_id, expires_at,
+                     device_hash)
 
 
 async def revoke_session(conn: AsyncConnection, session_id: str, now: datetime) -> None:
@@ -121,31 +142,30 @@ async def revoke_session(conn: AsyncConnection, session_id: str, now: datetime) 
 
 
 class LoginLimiter:
-    """At most `failures_max` failed logins per identity (and 10x that per client address)
-    within `window_s`; counted in the database so that every process sees the same count."""
+    """The login keys (docs/security.md, "Attempt limits"): a password login is limited per
+    account and client address (`failures_max`) and per address (x10), with one verification
+    in flight per account; a PIN login per person and kiosk (`failures_max`, then back-off),
+    per person across kiosks (x4, back-off) and per kiosk (x10, back-off), one verification in
+    flight per person. No PIN key is a facility's or an address's alone, and a victim's own
+    address or kiosk is never locked by another's failures. The counters are `counters`: the
+    store's (server/attempts.py), or Redis's where configured (server/attempts_redis.py)."""
 
-    def __init__(self, failures_max: int, window_s: int) -> None:
+    def __init__(self, failures_max: int, window_s: int, backoff_base_s: float = 30.0,
+                 counters: Attempts | None = None) -> None:
         self.failures_max = failures_max
-        self.window = timedelta(seconds=window_s)
+        self.counters = counters or Attempts(window_s, backoff_base_s)
+        self.reserve = self.counters.reserve
+        self.settle = self.counters.settle
+        self.prune = self.counters.prune
 
-    def _limits(self, identity: str, address: str) -> dict[str, int]:
-        return {f"id:{identity}": self.failures_max, f"ip:{address}": self.failures_max * 10}
+    def password_keys(self, email: str, address: str) -> list[Key]:
+        m = self.failures_max
+        return [Key(f"pw:{email}", single=True), Key(f"pw:{email}|ip:{address}", limit=m),
+                Key(f"ip:{address}", limit=m * 10)]
 
-    async def check(self, conn: AsyncConnection, identity: str, address: str,
-                    now: datetime) -> None:
-        for key, limit in self._limits(identity, address).items():
-            count = (await conn.execute(
-                select(func.count()).select_from(login_failures)
-                .where(login_failures.c.key == key, login_failures.c.at > now - self.window)
-            )).scalar_one()
-            if count >= limit:
-                raise ApiError(429, "too_many_attempts",
-                               "Too many failed attempts; try again later.",
-                               retry_after_s=int(self.window.total_seconds()))
+    def pin_keys(self, facility_id: str, number: str, device_id: str) -> list[Key]:
+        m, person = self.failures_max, f"pin:{facility_id}/{number}"
+        return [Key(person, limit=m * 4, backoff=True, single=True, alert="person"),
+                Key(f"{person}|dev:{device_id}", limit=m, backoff=True, alert="person_on_kiosk"),
+                Key(f"dev:{device_id}", limit=m * 10, backoff=True, alert="kiosk")]
 
-    async def failed(self, conn: AsyncConnection, identity: str, address: str,
-                     now: datetime) -> None:
-        for key in self._limits(identity, address):
-            await conn.execute(delete(login_failures).where(
-                login_failures.c.key == key, login_failures.c.at <= now - self.window))
-            await conn.execute(login_failures.insert().values(key=key, at=now))

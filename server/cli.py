@@ -73,12 +73,16 @@ async def _create_admin(settings: Settings, args) -> int:
     if not 8 <= len(password) <= 200:
         print("error: the password must be 8 to 200 characters", file=sys.stderr)
         return 2
+    try:
+        email = accounts.normal_email(args.email)  # the one spelling sign-up and login use
+    except ValueError:
+        print("error: that is not an email address", file=sys.stderr)
+        return 2
     ctx = await _prepared(settings)
     try:
         now = ctx.clock()
         async with ctx.store.write() as conn:
-            row = await accounts.create(conn, role="admin", name=args.name,
-                                        email=args.email.strip().lower(), now=now,
+            row = await accounts.create(conn, role="admin", name=args.name, email=email, now=now,
                                         password_hash=await ctx.passwords.hash(password))
             await audit.record(conn, actor_id="cli", actor_role="admin", action="admin.create",
                                target=row.id, at=now, details={"email": row.email})

@@ -2,8 +2,10 @@
 
 A family member requests; the person approves or denies. Only an approved, unblocked
 connection lets the two message, gift or book visits. Either side may block (and unblock its
-own block); staff of the person's facility may block or unblock any connection and mark it
-privileged (attorney, clergy: never recorded). Every change is an event for both sides.
+own block); staff of the person's facility may block any connection, lift the staff block,
+and mark it privileged (attorney, clergy: never recorded). Each blocker (family, person,
+staff) holds its own row in connection_blocks and only that blocker lifts it: a party can
+never clear a staff block, nor the other party's. Every change is an event for both sides.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from server.errors import ApiError, forbidden, not_found
 from server.events import Outbox
 from server.ids import new_id
-from server.store.schema import accounts, connections
+from server.store.schema import accounts, connection_blocks, connections
 
 # What a family member may say they are to the person, shown with the request on the kiosk.
 # Codes rather than free text: a free field would carry words to the person that no one paid
@@ -47,11 +49,13 @@ async def get(conn: AsyncConnection, connection_id: str) -> Any:
     return row
 
 
-def view(row: Any, names: dict[str, str] | None = None) -> dict[str, Any]:
+def view(row: Any, names: dict[str, str] | None = None,
+         sides: dict[str, list[str]] | None = None) -> dict[str, Any]:
     names = names or {}
     return {"id": row.id, "facility_id": row.facility_id, "family_id": row.family_id,
             "person_id": row.person_id, "status": row.status,
             "blocked": row.blocked_by is not None, "blocked_by": row.blocked_by,
+            "blocked_sides": (sides or {}).get(row.id, []),
             "privileged": row.privileged, "updated_at": row.updated_at.isoformat(),
             "relationship": row.relationship,
             "requested_at": (row.requested_at or row.created_at).isoformat(),
@@ -66,8 +70,22 @@ async def _names(conn: AsyncConnection, ids: set[str]) -> dict[str, str]:
     return {r.id: r.name for r in rows}
 
 
+async def _sides(conn: AsyncConnection, rows: list[Any]) -> dict[str, list[str]]:
+    """Who holds a block on each blocked connection: "family", "person", "staff"."""
+    ids = [r.id for r in rows if r.blocked_by is not None]
+    if not ids:
+        return {}
+    found: dict[str, list[str]] = {}
+    b = connection_blocks
+    for r in await conn.execute(select(b.c.connection_id, b.c.side)
+                                .where(b.c.connection_id.in_(ids)).order_by(b.c.side)):
+        found.setdefault(r.connection_id, []).append(r.side)
+    return found
+
+
 async def _announce(conn: AsyncConnection, outbox: Outbox, row: Any, at: datetime) -> dict:
-    shown = view(row, await _names(conn, {row.family_id, row.person_id}))
+    shown = view(row, await _names(conn, {row.family_id, row.person_id}),
+                 await _sides(conn, [row]))
     for party in sorted((row.family_id, row.person_id)):  # id order: see events.lock_streams
         await outbox.emit(conn, party, "connection.updated", shown, at)
     return shown
@@ -127,6 +145,43 @@ async def change(conn: AsyncConnection, outbox: Outbox, connection_id: str, *,
     return await _announce(conn, outbox, await get(conn, connection_id), at)
 
 
+def side_of(row: Any, role: str, account_id: str) -> str:
+    """The block slot `account_id` acting as `role` owns on this connection."""
+    if role == "staff":
+        return "staff"
+    check_party(row, account_id)
+    return "family" if account_id == row.family_id else "person"
+
+
+async def set_block(conn: AsyncConnection, outbox: Outbox, row: Any, *, side: str,
+                    actor_id: str, blocked: bool, at: datetime) -> tuple[dict, bool]:
+    """Put or lift `side`'s own block; (the connection as shown, whether anything changed).
+
+    The connection's row is written first: on PostgreSQL that takes its row lock, so two
+    block changes of one connection run one after the other and the `blocked_by` summary is
+    recomputed from every committed block (SQLite writers are serialised anyway). Lifting a
+    block the caller does not hold, while another side's block stands, is refused 403."""
+    c, b = connections, connection_blocks
+    await conn.execute(c.update().where(c.c.id == row.id).values(updated_at=at))
+    own = (b.c.connection_id == row.id) & (b.c.side == side)
+    held = (await conn.execute(select(b.c.blocked_by).where(own))).first() is not None
+    if blocked and not held:
+        await conn.execute(b.insert().values(connection_id=row.id, side=side,
+                                             blocked_by=actor_id, at=at))
+    elif not blocked and held:
+        await conn.execute(b.delete().where(own))
+    elif not blocked and not held and (await conn.execute(
+            select(b.c.side).where(b.c.connection_id == row.id))).first() is not None:
+        raise ApiError(403, "forbidden", "Only whoever blocked it can lift that block.")
+    # The summary the read paths test: staff's blocker first, then a party's, else NULL.
+    first = (await conn.execute(select(b.c.blocked_by).where(b.c.connection_id == row.id)
+                                .order_by((b.c.side == "staff").desc(), b.c.side)
+                                .limit(1))).first()
+    await conn.execute(c.update().where(c.c.id == row.id)
+                       .values(blocked_by=None if first is None else first.blocked_by))
+    return await _announce(conn, outbox, await get(conn, row.id), at), blocked != held
+
+
 def check_party(row: Any, account_id: str) -> None:
     if account_id not in (row.family_id, row.person_id):
         raise not_found("The connection")
@@ -144,4 +199,5 @@ async def listing(conn: AsyncConnection, *, account_id: str | None = None,
         raise forbidden()
     rows = list(await conn.execute(query.order_by(connections.c.updated_at.desc()).limit(limit)))
     names = await _names(conn, {r.family_id for r in rows} | {r.person_id for r in rows})
-    return [view(r, names) for r in rows]
+    sides = await _sides(conn, rows)
+    return [view(r, names, sides) for r in rows]

@@ -26,4 +26,5 @@ class Context:
     clock: Callable[[], datetime]
     meters: Any = None  # signalling.meters.Meters, on a serving process
     relay: Any = None  # signalling.relay.Relay (relay-mode media), on a serving process
+    photo_work: Any = None  # server.photos.PhotoWork (the photo pool), on a serving process
     metrics: Metrics = field(default_factory=Metrics)  # create_app's; a private one elsewhere

@@ -311,19 +311,27 @@ async def remove(conn: AsyncConnection, who: Principal, message_id: str) -> None
 
 async def listing(conn: AsyncConnection, who: Principal, folder: str, before: str | None,
                   limit: int, with_id: str | None = None) -> list[dict[str, Any]]:
-    """One folder, newest first; `with_id` keeps one conversation (the other party's id)."""
+    """One folder, newest first; `with_id` keeps one conversation (the other party's id).
+
+    `before` pages from a message of this very folder: any other id (someone else's message,
+    one held from the caller, one the caller removed) is not found exactly like an id that
+    never existed, so paging says nothing about messages the caller cannot see."""
     m = messages
     if folder == "inbox":
-        query = select(m).where(m.c.recipient_id == who.account_id, m.c.status == "delivered",
-                                m.c.recipient_removed.is_(False))
-        if with_id:
-            query = query.where(m.c.sender_id == with_id)
+        mine = [m.c.recipient_id == who.account_id, m.c.status == "delivered",
+                m.c.recipient_removed.is_(False)]
+        other = m.c.sender_id
     else:
-        query = select(m).where(m.c.sender_id == who.account_id, m.c.sender_removed.is_(False))
-        if with_id:
-            query = query.where(m.c.recipient_id == with_id)
+        mine = [m.c.sender_id == who.account_id, m.c.sender_removed.is_(False)]
+        other = m.c.recipient_id
+    query = select(m).where(*mine)
+    if with_id:
+        query = query.where(other == with_id)
     if before:
-        anchor = await get(conn, before)
+        anchor = (await conn.execute(select(m.c.id, m.c.created_at)
+                                     .where(m.c.id == before, *mine))).first()
+        if anchor is None:
+            raise not_found("The message")
         query = query.where(or_(m.c.created_at < anchor.created_at,
                                 and_(m.c.created_at == anchor.created_at, m.c.id < anchor.id)))
     rows = list(await conn.execute(query.order_by(m.c.created_at.desc(), m.c.id.desc())

@@ -4,9 +4,9 @@ Order of checks, cheapest first: the declared length and then the bytes actually
 photo_bytes_max (reading stops at the limit); the first bytes against the JPEG and PNG
 signatures (never the file name or the part's content type); the pixel count from the header
 against photo_pixels_max, before any decoding. Only then is the image decoded (off the event
-loop), turned upright, scaled, and re-encoded as a fresh JPEG from its pixels alone, so no
-EXIF, GPS, comment or colour-profile data survives. A thumbnail is made from the same pixels.
-Files live in the blob directory under generated names.
+loop, on the photo pool: PhotoWork), turned upright, scaled, and re-encoded as a fresh JPEG
+from its pixels alone, so no EXIF, GPS, comment or colour-profile data survives. A thumbnail is
+made from the same pixels. Files live in the blob directory under generated names.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ import asyncio
 import io
 import os
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -82,26 +84,45 @@ def clean(data: bytes, *, pixels_max: int, side_px_max: int) -> CleanPhoto:
         with Image.open(io.BytesIO(data), formats=[kind]) as image:
             if image.size != (width, height):
                 raise ApiError(415, "invalid_image", "The photo's header disagrees with itself.")
+            if kind == "JPEG":  # DCT-scaled decode where the target is half the size or less
+                image.draft("RGB", (side_px_max, side_px_max))
             image.load()
             upright = ImageOps.exif_transpose(image)
+            upright.thumbnail((side_px_max, side_px_max))  # scale before any full-size copy
             if upright.mode in ("RGBA", "LA") or "transparency" in upright.info:
-                background = Image.new("RGB", upright.size, (255, 255, 255))
-                background.paste(upright.convert("RGBA"), mask=upright.convert("RGBA"))
-                pixels = background
+                rgba = upright.convert("RGBA")
+                pixels = Image.new("RGB", rgba.size, (255, 255, 255))
+                pixels.paste(rgba, mask=rgba.getchannel("A"))
             else:
                 pixels = upright.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
             Image.DecompressionBombError):
         raise ApiError(415, "invalid_image", "The photo could not be read.") from None
     fresh = Image.frombytes("RGB", pixels.size, pixels.tobytes())
-    fresh.thumbnail((side_px_max, side_px_max))
     thumb = fresh.copy()
     thumb.thumbnail((THUMB_SIDE_PX, THUMB_SIDE_PX))
     return CleanPhoto(_encode(fresh), _encode(thumb), fresh.width, fresh.height)
 
 
-async def clean_async(data: bytes, *, pixels_max: int, side_px_max: int) -> CleanPhoto:
-    return await asyncio.to_thread(clean, data, pixels_max=pixels_max, side_px_max=side_px_max)
+class PhotoWork:
+    """The photo pool: `workers` threads of its own (never the default pool, nor the password
+    pool), and at most `queue_max` photos waiting for them; more are refused 503 `busy` at
+    once rather than queued without bound."""
+
+    def __init__(self, workers: int, queue_max: int) -> None:
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="photos")
+        self._slots = asyncio.Semaphore(workers + queue_max)
+
+    async def clean(self, data: bytes, *, pixels_max: int, side_px_max: int) -> CleanPhoto:
+        if self._slots.locked():
+            raise ApiError(503, "busy", "Photos are being processed; try again shortly.",
+                           retry_after_s=2)
+        async with self._slots:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._pool, partial(clean, data, pixels_max=pixels_max, side_px_max=side_px_max))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 class BlobStore:

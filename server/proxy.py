@@ -51,6 +51,15 @@ def client_address(remote: str | None, forwarded_for: str, trusted: list[Network
     return str(hops[0])
 
 
+def forwarded_scheme(request: web.BaseRequest, trusted: list[Network]) -> str:
+    """The scheme the client used: the proxy's X-Forwarded-Proto when the peer is trusted."""
+    if trusted and _trusted(_address(request.remote or ""), trusted):
+        proto = request.headers.get("X-Forwarded-Proto", "").strip().lower()
+        if proto in ("http", "https"):
+            return proto
+    return request.scheme
+
+
 def middleware(trusted_proxies: Sequence[str]) -> Callable:
     trusted = networks(trusted_proxies)
 
@@ -66,8 +75,8 @@ def middleware(trusted_proxies: Sequence[str]) -> Callable:
                 "X-Forwarded-For", ""), trusted)
             if remote and remote != request.remote:
                 changes["remote"] = remote
-            proto = request.headers.get("X-Forwarded-Proto", "").strip().lower()
-            if proto in ("http", "https") and proto != request.scheme:
+            proto = forwarded_scheme(request, trusted)
+            if proto != request.scheme:
                 changes["scheme"] = proto
             if changes:
                 request = request.clone(**changes)

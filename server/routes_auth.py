@@ -14,15 +14,15 @@ from server.auth import open_session, revoke_session
 from server.broker import BrokerUnavailable
 from server.errors import ApiError
 from server.facilities import Strict
-from server.routing import ANY_SESSION, ANYONE, COOKIE, Call, Route, json_response
+from server.routing import ANY_SESSION, ANYONE, COOKIE, DEVICE_COOKIE, Call, Route, json_response
 
 log = logging.getLogger("kinwire.auth")
 
 
 def _email(value: str) -> str:
-    value = value.strip().lower()
+    value = accounts.normal_email(value)
     local, at, domain = value.partition("@")
-    if not at or not local or "." not in domain or " " in value or domain.startswith("."):
+    if not at or not local or "." not in domain or domain.startswith("."):
         raise ValueError("not an email address")
     return value
 
@@ -83,13 +83,17 @@ async def login(call: Call) -> web.Response:
     """Log in with email and password (family, staff, admin)."""
     body: Login = call.body
     ctx, now = call.ctx, call.now()
-    async with ctx.store.read() as conn:
-        await ctx.login_limiter.check(conn, body.email, _address(call), now)
-        row = await accounts.by_email(conn, body.email)
-    hashed = row.password_hash if row is not None and not row.disabled else None
-    if not await ctx.passwords.verify(hashed, body.password):
-        async with ctx.store.write() as conn:
-            await ctx.login_limiter.failed(conn, body.email, _address(call), now)
+    keys = ctx.login_limiter.password_keys(body.email, _address(call))
+    await ctx.login_limiter.reserve(ctx.store, keys, now)  # counted before it is verified
+    matched = False
+    try:
+        async with ctx.store.read() as conn:
+            row = await accounts.by_email(conn, body.email)
+        hashed = row.password_hash if row is not None and not row.disabled else None
+        matched = await ctx.passwords.verify(hashed, body.password)
+    finally:
+        await ctx.login_limiter.settle(ctx.store, keys, now, succeeded=matched)
+    if not matched:
         raise ApiError(401, "invalid_credentials", "The email or password is wrong.")
     async with ctx.store.write() as conn:
         token = await open_session(conn, account_id=row.id, ttl_s=ctx.settings.session_ttl_s,
@@ -103,24 +107,35 @@ async def kiosk_login(call: Call) -> web.Response:
     body: KioskLogin = call.body
     ctx, now = call.ctx, call.now()
     device_token = call.request.headers.get("X-Device-Token", "")
-    identity = f"{body.facility_id}/{body.inmate_number}"
     async with ctx.store.read() as conn:
-        await ctx.login_limiter.check(conn, identity, _address(call), now)
         device = await accounts.device_for(conn, body.facility_id, device_token) \
             if 0 < len(device_token) <= 200 else None
-        row = await accounts.person_by_number(conn, body.facility_id, body.inmate_number)
-    if device is None:
+    if device is None:  # before any PIN is tried: only a registered kiosk may guess at all
         raise ApiError(403, "unknown_device", "This device is not registered for the facility.")
-    hashed = row.pin_hash if row is not None and not row.disabled else None
-    if not await ctx.passwords.verify(hashed, body.pin):
-        async with ctx.store.write() as conn:
-            await ctx.login_limiter.failed(conn, identity, _address(call), now)
+    keys = ctx.login_limiter.pin_keys(body.facility_id, body.inmate_number, device.id)
+    await ctx.login_limiter.reserve(ctx.store, keys, now)  # counted before it is verified
+    matched = False
+    try:
+        async with ctx.store.read() as conn:
+            row = await accounts.person_by_number(conn, body.facility_id, body.inmate_number)
+        hashed = row.pin_hash if row is not None and not row.disabled else None
+        matched = await ctx.passwords.verify(hashed, body.pin)
+    finally:
+        await ctx.login_limiter.settle(ctx.store, keys, now, succeeded=matched,
+                                       facility_id=body.facility_id, actor_id=device.id,
+                                       target=body.inmate_number)
+    if not matched:
         raise ApiError(401, "invalid_credentials", "The inmate number or PIN is wrong.")
     ttl = ctx.settings.kiosk_session_ttl_s
     async with ctx.store.write() as conn:
         token = await open_session(conn, account_id=row.id, ttl_s=ttl, now=now,
                                    device_id=device.id)
-    return _with_cookie(call, {"token": token, "account": accounts.public(row)}, token, ttl)
+    response = _with_cookie(call, {"token": token, "account": accounts.public(row)}, token, ttl)
+    # The session is bound to this device: the browser sends this cookie with every request
+    # and socket; a program sends X-Device-Token (server/routing.py).
+    response.set_cookie(DEVICE_COOKIE, device_token, max_age=ttl, httponly=True,
+                        samesite="Strict", secure=call.request.secure, path="/")
+    return response
 
 
 async def logout(call: Call) -> web.Response:
@@ -135,6 +150,7 @@ async def logout(call: Call) -> web.Response:
         log.warning("broker unavailable: sockets of a revoked session stay open for now")
     response = json_response({"ok": True})
     response.del_cookie(COOKIE, path="/")
+    response.del_cookie(DEVICE_COOKIE, path="/")
     return response
 
 
@@ -143,7 +159,10 @@ async def me(call: Call) -> web.Response:
     async with call.ctx.store.read() as conn:
         row = await accounts.get(conn, call.me.account_id)
         balance = await ledger.balance(conn, row.id) if row.role in accounts.HOLDERS else 0
-    return json_response({"account": accounts.public(row), "balance": balance})
+    body = {"account": accounts.public(row), "balance": balance}
+    if call.me.device_id is not None:  # a kiosk or tablet session: the page's idle sign-out
+        body["kiosk"] = {"idle_sign_out_s": call.ctx.settings.kiosk_idle_sign_out_s}
+    return json_response(body)
 
 
 ROUTES = [

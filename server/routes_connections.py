@@ -81,16 +81,15 @@ async def _set_block(call: Call, blocked: bool) -> web.Response:
         row = await connections.get(conn, call.match("connection_id"))
         if me.role == "staff":
             call.require_facility(row.facility_id)
-        else:
-            connections.check_party(row, me.account_id)
-            if not blocked and row.blocked_by not in (None, me.account_id):
-                raise ApiError(403, "forbidden", "Only whoever blocked it, or staff, can unblock.")
-        shown = await connections.change(conn, outbox, row.id, at=now,
-                                         blocked_by=me.account_id if blocked else None)
-        if me.role == "staff":
-            await audit.record(conn, actor_id=me.account_id, actor_role=me.role,
-                               action="connection.block" if blocked else "connection.unblock",
-                               facility_id=row.facility_id, target=row.id, at=now)
+        side = connections.side_of(row, me.role, me.account_id)
+        shown, changed = await connections.set_block(conn, outbox, row, side=side,
+                                                     actor_id=me.account_id, blocked=blocked,
+                                                     at=now)
+        # Every block and unblock, by any side, is on the facility's record.
+        await audit.record(conn, actor_id=me.account_id, actor_role=me.role,
+                           action="connection.block" if blocked else "connection.unblock",
+                           facility_id=row.facility_id, target=row.id, at=now,
+                           details={"side": side, "changed": changed})
     return await _done(call, outbox, shown)
 
 
@@ -100,7 +99,7 @@ async def block(call: Call) -> web.Response:
 
 
 async def unblock(call: Call) -> web.Response:
-    """Unblock a connection (whoever blocked it, or staff of the facility)."""
+    """Lift your own block (staff: the staff block); another side's block stays."""
     return await _set_block(call, False)
 
 

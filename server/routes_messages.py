@@ -8,14 +8,16 @@ from typing import Annotated, Literal
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import Field
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from server import messages, review
+from server.attempts import Key
+from server.edge import read_body
 from server.errors import ApiError, not_found
 from server.events import Outbox
 from server.facilities import Strict
 from server.ids import new_id
-from server.photos import BlobStore, clean_async, sniff
+from server.photos import BlobStore, sniff
 from server.routing import ANY_SESSION, Call, Route, json_response
 from server.store.schema import photos
 
@@ -175,7 +177,8 @@ async def _read_upload(call: Call) -> bytes:
     if (call.request.content_length or 0) > limit + 64 * 1024:
         raise ApiError(413, "too_large", f"A photo may be at most {limit} bytes.")
     try:
-        return await _read_file_part(call, limit)
+        return await read_body(call.request, call.ctx.settings.http_body_timeout_s,
+                               lambda: _read_file_part(call, limit))
     except (ValueError, AssertionError, KeyError, HttpProcessingError):
         # A malformed form (bad boundary, part headers that are not HTTP headers) is the
         # client's mistake, not ours: found by tests/test_schemathesis.py as a 500.
@@ -203,22 +206,24 @@ async def _read_file_part(call: Call, limit: int) -> bytes:
 async def upload_photo(call: Call) -> web.Response:
     """Upload a photo (multipart `file`, JPEG or PNG); re-encoded without metadata."""
     ctx, me, now = call.ctx, call.me, call.now()
-    async with ctx.store.read() as conn:
-        recent = (await conn.execute(select(func.count()).select_from(photos).where(
-            photos.c.owner_id == me.account_id,
-            photos.c.created_at > now - timedelta(hours=1)))).scalar_one()
-    if recent >= ctx.settings.photo_uploads_per_hour_max:
-        raise ApiError(429, "too_many_uploads", "Too many photos this hour; try again later.",
-                       retry_after_s=3600)
-    data = await _read_upload(call)
-    clean = await clean_async(data, pixels_max=ctx.settings.photo_pixels_max,
-                              side_px_max=ctx.settings.photo_side_px_max)
-    photo_id = new_id("pho")
-    await BlobStore(ctx.settings.resolved_blob_dir).put(photo_id, clean)
-    async with ctx.store.write() as conn:
-        await conn.execute(photos.insert().values(
-            id=photo_id, owner_id=me.account_id, width=clean.width, height=clean.height,
-            bytes=len(clean.full), created_at=now))
+    # Counted before any byte is read or decoded, and one at a time per user: the hour's
+    # quota holds against uploads sent all at once (server/attempts.py).
+    keys = [Key(f"upload:{me.account_id}", limit=ctx.settings.photo_uploads_per_hour_max,
+                single=True, window_s=3600, busy="upload_in_progress", over="too_many_uploads")]
+    await ctx.login_limiter.reserve(ctx.store, keys, now)
+    try:
+        data = await _read_upload(call)
+        clean = await ctx.photo_work.clean(data, pixels_max=ctx.settings.photo_pixels_max,
+                                           side_px_max=ctx.settings.photo_side_px_max)
+        photo_id = new_id("pho")
+        await BlobStore(ctx.settings.resolved_blob_dir).put(photo_id, clean)
+        async with ctx.store.write() as conn:
+            await conn.execute(photos.insert().values(
+                id=photo_id, owner_id=me.account_id, width=clean.width, height=clean.height,
+                bytes=len(clean.full), created_at=now))
+    finally:
+        # Releases the one-at-a-time lease; the upload stays counted, done or refused.
+        await ctx.login_limiter.settle(ctx.store, keys, now, succeeded=False)
     return json_response({"photo_id": photo_id, "width": clean.width,
                           "height": clean.height}, 201)
 

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 from server.auth import Principal, principal_for
 from server.broker import BrokerUnavailable
 from server.context import Context
+from server.edge import read_body
 from server.errors import ApiError, forbidden, unauthorized
 from server.facilities import has_nul
 from server.store import is_unavailable
@@ -32,6 +33,10 @@ UNAVAILABLE = {"error": {"code": "unavailable",
                          "message": "A service we depend on is not answering; try again."}}
 ANY_SESSION = frozenset({"family", "person", "staff", "admin"})
 COOKIE = "kw_session"
+# A kiosk's device token as a cookie (HttpOnly, set at kiosk login): a browser kiosk then sends
+# it with every request, image and socket; programs send the X-Device-Token header instead.
+DEVICE_COOKIE = "kw_device"
+DEVICE_HEADER = "X-Device-Token"
 BIGINT_MAX = 2**63 - 1  # the largest SQL BIGINT; a larger number cannot reach the database
 CONTEXT = web.AppKey("context", Context)
 
@@ -119,6 +124,15 @@ def _token(request: web.Request) -> tuple[str | None, bool]:
     return (cookie, True) if cookie else (None, False)
 
 
+def device_token(request: web.BaseRequest) -> str | None:
+    return request.headers.get(DEVICE_HEADER) or request.cookies.get(DEVICE_COOKIE)
+
+
+def device_refused() -> ApiError:
+    return ApiError(401, "device_required",
+                    "This kiosk session works only on its own registered device.")
+
+
 def _check_origin(request: web.Request) -> None:
     # SameSite=Strict already keeps the cookie off cross-site requests; refusing a foreign
     # Origin on cookie-authenticated writes is the second lock on that door.
@@ -131,10 +145,15 @@ def _check_origin(request: web.Request) -> None:
         raise forbidden("Cross-site request refused.")
 
 
-async def _parse_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
-    raw = await request.read()
+async def _parse_body(request: web.Request, model: type[BaseModel],
+                      timeout_s: float) -> BaseModel:
+    raw = await read_body(request, timeout_s)
     if not raw.strip():
         raw = b"{}"
+    elif request.content_type != "application/json":
+        # A form post from another site cannot send this type without a CORS preflight.
+        raise ApiError(415, "unsupported_media_type",
+                       "Send the body as JSON, with Content-Type: application/json.")
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
@@ -157,6 +176,10 @@ def wrap(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]
                 principal = await principal_for(conn, token, ctx.clock())
             if principal is None and route.roles is not ANYONE:
                 raise unauthorized("Your session has expired or was ended; log in again.")
+            if principal is not None and not principal.device_matches(device_token(request)):
+                if route.roles is not ANYONE:
+                    raise device_refused()
+                principal = None
         if route.roles is not ANYONE:
             if principal is None:
                 raise unauthorized()
@@ -167,7 +190,8 @@ def wrap(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]
         # PostgreSQL cannot store or compare U+0000; bodies are checked by their models.
         if has_nul(dict(request.match_info)) or has_nul(list(request.query.items())):
             raise ApiError(422, "invalid_input", "The address may not contain NUL characters.")
-        body = await _parse_body(request, route.body) if route.body else None
+        body = (await _parse_body(request, route.body, ctx.settings.http_body_timeout_s)
+                if route.body else None)
         return await route.handler(Call(request, ctx, principal, body, token))
 
     handle.__name__ = route.handler.__name__
@@ -186,7 +210,9 @@ def error_response(request: web.BaseRequest, exc: Exception) -> web.Response | N
     HTTP redirect)."""
     if isinstance(exc, ApiError):
         response = json_response(exc.body(), exc.status)
-        if exc.status == 429 and "retry_after_s" in exc.details:
+        if exc.status == 408:  # the body never came: the connection is not reusable
+            response.force_close()
+        if exc.status in (429, 503) and "retry_after_s" in exc.details:
             response.headers["Retry-After"] = str(exc.details["retry_after_s"])
         return response
     if isinstance(exc, web.HTTPException):

@@ -67,15 +67,31 @@ class Settings:
 
     session_ttl_s: int = _setting(14 * 86_400, "Lifetime of a family, staff or admin session.",
                                   lo=60, hi=366 * 86_400)
+    kiosk_idle_sign_out_s: float = _setting(120.0, "The kiosk page signs its person out after "
+                                            "this long without input (not during a visit), "
+                                            "counting down the last 30 s on screen.",
+                                            lo=1, hi=86_400)
     kiosk_session_ttl_s: int = _setting(2 * 3600, "Lifetime of a kiosk or tablet session.",
                                         lo=60, hi=86_400)
-    login_failures_max: int = _setting(5, "Failed logins allowed per account (and per client "
-                                       "address x10) in one window before 429.", lo=1, hi=1000)
+    login_failures_max: int = _setting(5, "Failed logins allowed per account and client address "
+                                       "(x10 per address) in one window before 429; PINs: per "
+                                       "person on one kiosk, then back-off (docs/security.md).",
+                                       lo=1, hi=1000)
     login_window_s: int = _setting(900, "The failed-login window.", lo=1, hi=86_400)
+    login_backoff_base_s: float = _setting(30.0, "First PIN back-off past the limit; doubles with "
+                                           "each further failure, up to the window.",
+                                           lo=0.001, hi=86_400)
     argon2_time_cost: int = _setting(3, "argon2id passes (OWASP: >= 2).", lo=1, hi=20)
     argon2_memory_kib: int = _setting(65_536, "argon2id memory per hash in KiB (OWASP: >= 19456).",
                                       lo=8, hi=4_194_304)
+    argon2_workers: int = _setting(2, "Threads hashing passwords and PINs (a pool of their own, "
+                                   "apart from photo work).", lo=1, hi=64)
 
+    http_header_timeout_s: float = _setting(15.0, "Time a connection has to send a whole request's "
+                                            "headers, from connecting or from its last answer "
+                                            "(also the idle keep-alive).", lo=0.1, hi=3600)
+    http_body_timeout_s: float = _setting(60.0, "Time a request has to send its whole body "
+                                          "(JSON or a photo) before 408.", lo=0.1, hi=3600)
     request_body_bytes_max: int = _setting(256 * 1024, "Largest JSON request body.",
                                            lo=1024, hi=64 * 1024 * 1024)
     page_size_max: int = _setting(100, "Most rows one listing page returns.", lo=1, hi=1000)
@@ -88,11 +104,18 @@ class Settings:
     photos_per_message_max: int = _setting(5, "Most photos one message carries.", lo=0, hi=50)
     photo_bytes_max: int = _setting(10 * 1024 * 1024, "Largest photo upload (413 beyond).",
                                     lo=1024, hi=200 * 1024 * 1024)
-    photo_pixels_max: int = _setting(40_000_000, "Most pixels a photo may declare; checked "
-                                     "before it is decoded.", lo=1, hi=500_000_000)
+    photo_pixels_max: int = _setting(12_600_000, "Most pixels a photo may declare; checked "
+                                     "before it is decoded (12.6 MP: a 4096x3072 PNG decodes "
+                                     "in about 0.8 s here, docs/security.md).",
+                                     lo=1, hi=500_000_000)
+    photo_workers: int = _setting(1, "Threads decoding and re-encoding photos (a pool of their "
+                                  "own, apart from password hashing).", lo=1, hi=64)
+    photo_queue_max: int = _setting(4, "Photos waiting for a photo thread before more are "
+                                    "refused 503 busy.", lo=0, hi=1000)
     photo_side_px_max: int = _setting(2048, "Photos are scaled to fit this on their long side.",
                                       lo=64, hi=16_384)
-    photo_uploads_per_hour_max: int = _setting(60, "Photo uploads per user per hour.",
+    photo_uploads_per_hour_max: int = _setting(60, "Photo uploads per user per hour, counted "
+                                               "before the work, one at a time.",
                                                lo=1, hi=100_000)
     ws_frame_bytes_max: int = _setting(64 * 1024, "Largest WebSocket frame accepted (else 1009).",
                                        lo=1024, hi=16 * 1024 * 1024)

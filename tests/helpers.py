@@ -42,6 +42,7 @@ class Reply:
 class Who:
     token: str
     account: dict[str, Any]
+    device: str | None = None  # a kiosk session's device token, sent with each of its calls
 
     @property
     def id(self) -> str:
@@ -63,6 +64,8 @@ class Api:
         token = who.token if isinstance(who, Who) else who
         if token:
             headers["Authorization"] = f"Bearer {token}"
+        if isinstance(who, Who) and who.device:
+            headers.setdefault("X-Device-Token", who.device)
         if key:
             headers["Idempotency-Key"] = key
         url = path if path.startswith(("/api/", "/healthz", "/readyz")) else "/api/v1" + path
@@ -136,7 +139,7 @@ class Api:
                                   "pin": pin},
                             headers={"X-Device-Token": device})
         assert r.status == 200, r.body
-        return Who(r.body["token"], r.body["account"])
+        return Who(r.body["token"], r.body["account"], device)
 
     async def buy(self, who: Who, credits: int, card: dict | None = None,
                   key: str | None = None) -> Reply:

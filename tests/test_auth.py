@@ -312,7 +312,7 @@ async def person_on_kiosk(api: Api) -> Kiosk:
                        headers={"X-Device-Token": tokens[0]})
     assert r.status == 200, r.body
     return Kiosk(facility, other, number, pin, tokens[0], tokens[1],
-                 Who(r.body["token"], r.body["account"]), staff)
+                 Who(r.body["token"], r.body["account"], tokens[0]), staff)
 
 
 async def kiosk_login(api: Api, facility: str, number: str, pin: str,

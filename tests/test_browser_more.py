@@ -118,6 +118,7 @@ async def test_reconnect_across_server_restart_msgpack(sqlite_template: Path,
                 async with http.post(server.base + "/api/v1/messages", json={
                         "to": family.id, "body": body},
                         headers={"Authorization": f"Bearer {person.token}",
+                                 "X-Device-Token": person.device,  # a kiosk's session
                                  "Idempotency-Key": secrets.token_hex(8)}) as resp:
                     assert resp.status == 201, await resp.text()
                     return (await resp.json())["message"]["id"]
@@ -143,7 +144,8 @@ async def test_reconnect_across_server_restart_msgpack(sqlite_template: Path,
             async with http.ws_connect(server.base.replace("http", "ws") + "/ws",
                                        protocols=("kinwire.v1.json",)) as ws:
                 await ws.send_str(json.dumps({"id": 1, "op": "auth",
-                                              "args": {"token": person.token}}))
+                                              "args": {"token": person.token,
+                                                       "device_token": person.device}}))
                 assert "ok" in json.loads((await ws.receive()).data)
                 await ws.send_str(json.dumps({"id": 2, "op": "typing",
                                               "args": {"to": family.id}}))

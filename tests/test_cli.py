@@ -98,6 +98,14 @@ def test_migrate_create_admin_and_seed_demo(tmp_path: Path) -> None:
     again = kinwire("create-admin", "--email", "boss@example.test", env=env,
                     stdin="a fine password\n")
     assert again.returncode == 1 and "exists" in again.stderr
+    # The same spelling rules as sign-up: fullwidth letters are the same address, a zero-width
+    # space is refused.
+    wide = kinwire("create-admin", "--email", "\uff42oss@example.test", env=env,
+                   stdin="a fine password\n")
+    assert wide.returncode == 1 and "exists" in wide.stderr
+    hidden = kinwire("create-admin", "--email", "boss\u200b@example.test", env=env,
+                     stdin="a fine password\n")
+    assert hidden.returncode == 2 and "not an email" in hidden.stderr
     short = kinwire("create-admin", "--email", "x@example.test", env=env, stdin="short\n")
     assert short.returncode == 2
     first = kinwire("seed-demo", env=env)

@@ -171,8 +171,10 @@ async def post(http: aiohttp.ClientSession, node: Node, path: str, token: str | 
 
 
 async def make_pair(http: aiohttp.ClientSession, a: Node, b: Node, db: str) -> tuple[str, str]:
-    """A connected family (logs in on A) and person (logs in on B); returns their tokens."""
+    """A connected family (logs in on A) and person (a session of their own); returns their
+    tokens."""
     from server import accounts
+    from server.auth import open_session
     from server.store import Store
     from server.store.schema import utcnow
 
@@ -195,12 +197,15 @@ async def make_pair(http: aiohttp.ClientSession, a: Node, b: Node, db: str) -> t
     _, r = await post(http, a, f"/facilities/{facility}/people", admin,
                       {"name": "Pat", "inmate_number": "C1", "pin": "1234"})
     person_id = r["account"]["id"]
-    _, r = await post(http, a, f"/facilities/{facility}/devices", admin, {"label": "k"})
-    status, r = await post(http, b, "/auth/kiosk", None,
-                           {"facility_id": facility, "inmate_number": "C1", "pin": "1234"},
-                           **{"X-Device-Token": r["device_token"]})
-    assert status == 200, r
-    person = r["token"]
+    # The person's session is opened in the store, not bound to a kiosk device: these tests
+    # are about processes, sockets and visits; a kiosk login (bound to its device, which
+    # every call must then carry) is tested in tests/test_kiosk_device.py.
+    store = Store(db)
+    try:
+        async with store.write() as conn:
+            person = await open_session(conn, account_id=person_id, ttl_s=7200, now=utcnow())
+    finally:
+        await store.close()
     email = f"fam-{secrets.token_hex(3)}@x.test"
     await post(http, a, "/auth/signup", body={"email": email, "password": "family pass",
                                               "name": "Fam"})

@@ -159,6 +159,9 @@ async def test_two_processes_behind_the_deploy_nginx(pg_db: str, tmp_path: Path)
             del body["name"]
             async with http.post(front + "/api/v1/auth/login", json=body) as r:
                 assert r.status == 200 and "Secure" in r.headers["Set-Cookie"]
+                # Kinwire's security headers pass through; HSTS comes once (nginx's).
+                assert "frame-ancestors 'none'" in r.headers["Content-Security-Policy"]
+                assert r.headers.getall("Strict-Transport-Security") == ["max-age=63072000"]
             # A socket through nginx: the browser's https Origin is allowed, another is not.
             try:
                 await http.ws_connect(f"wss://127.0.0.1:{port}/ws",

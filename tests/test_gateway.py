@@ -78,7 +78,8 @@ async def open_socket(client: TestClient, who: Who | None = None, codec: str = J
     ws = await client.ws_connect("/ws", protocols=(codec,), **kwargs)
     sock = Sock(ws, codec)
     if who is not None:
-        reply = await sock.call("auth", token=who.token)
+        device = {"device_token": who.device} if who.device else {}  # a kiosk's session
+        reply = await sock.call("auth", token=who.token, **device)
         assert "ok" in reply, reply
     return sock
 

@@ -20,7 +20,7 @@ import pytest
 
 from tests.clock import Clock
 from tests.conftest import app_client
-from tests.helpers import Api
+from tests.helpers import Api, Who
 from tests.test_gateway import open_socket
 from tests.test_messaging import cast, send
 from tests.test_photos import png, upload
@@ -116,9 +116,12 @@ async def test_requests_sent_all_at_once_make_one_connection(api: Api, clock: Cl
     assert await _announced(api, c.person) == 3, "the request, the denial, one re-request"
 
 
-async def _status(api: Api, token: str, path: str) -> tuple[int, str | None]:
+async def _status(api: Api, who: Who, path: str) -> tuple[int, str | None]:
     api.client.session.cookie_jar.clear()  # be exactly the bearer, not a cookie of another
-    async with api.client.get(path, headers={"Authorization": f"Bearer {token}"}) as r:
+    headers = {"Authorization": f"Bearer {who.token}"}
+    if who.device:  # a kiosk session works only with its device's token
+        headers["X-Device-Token"] = who.device
+    async with api.client.get(path, headers=headers) as r:
         await r.read()
         return r.status, r.headers.get("Cache-Control")
 
@@ -138,14 +141,14 @@ async def test_the_kiosk_fetches_approved_photos_only(api: Api) -> None:
     inbox = (await api.call("GET", "/messages?folder=inbox", c.person)).body["messages"]
     assert [m["photo_ids"] for m in inbox] == [[approved]], "only the approved one is listed"
     for suffix in ("", "/thumb"):
-        status, cache = await _status(api, c.person.token, f"/api/v1/photos/{approved}{suffix}")
+        status, cache = await _status(api, c.person, f"/api/v1/photos/{approved}{suffix}")
         assert status == 200
         assert cache == "private, no-store", "a shared kiosk keeps no copy for the next person"
         for hidden in (rejected, held):
-            assert (await _status(api, c.person.token,
+            assert (await _status(api, c.person,
                                   f"/api/v1/photos/{hidden}{suffix}"))[0] == 404
     # The family's own copy may be cached by the family's own browser.
-    assert await _status(api, c.family.token, f"/api/v1/photos/{approved}") == \
+    assert await _status(api, c.family, f"/api/v1/photos/{approved}") == \
         (200, "private, max-age=3600")
     other = await api.person(c.staff, c.facility)  # another resident, same facility
-    assert (await _status(api, other.token, f"/api/v1/photos/{approved}"))[0] == 404
+    assert (await _status(api, other, f"/api/v1/photos/{approved}"))[0] == 404

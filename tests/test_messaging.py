@@ -71,7 +71,9 @@ async def test_connection_lifecycle(api: Api) -> None:
     assert (await api.call("POST", f"/connections/{con['id']}/block", c.family)).status == 200
     assert (await send(api, c.person, c.family)).code == "not_connected"
     assert (await api.call("POST", f"/connections/{con['id']}/unblock", c.person)).status == 403
-    assert (await api.call("POST", f"/connections/{con['id']}/unblock", c.staff)).status == 200
+    # Only its owner lifts a block (issue 17): not the other party, not staff.
+    assert (await api.call("POST", f"/connections/{con['id']}/unblock", c.staff)).status == 403
+    assert (await api.call("POST", f"/connections/{con['id']}/unblock", c.family)).status == 200
     r = await api.call("POST", f"/connections/{con['id']}/privileged", c.staff,
                        json={"privileged": True})
     assert r.body["connection"]["privileged"] is True

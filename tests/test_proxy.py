@@ -9,7 +9,7 @@ import aiohttp
 from sqlalchemy import select
 
 from server.proxy import client_address, networks
-from server.store.schema import login_failures
+from server.store.schema import attempts
 from tests.conftest import app_client
 from tests.helpers import Api
 
@@ -29,7 +29,7 @@ def test_the_client_is_the_rightmost_address_no_trusted_proxy_added() -> None:
 
 async def failure_keys(api: Api) -> set[str]:
     async with api.ctx.store.read() as conn:
-        return set((await conn.execute(select(login_failures.c.key))).scalars())
+        return set((await conn.execute(select(attempts.c.key))).scalars())
 
 
 async def login_and_socket(api: Api, email: str, headers: dict[str, str]) -> tuple:

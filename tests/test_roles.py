@@ -53,11 +53,15 @@ def png() -> bytes:
     return out.getvalue()
 
 
-async def fetch(api: Api, method: str, path: str, token: str | None, req: Req) -> Reply:
+async def fetch(api: Api, method: str, path: str, token: str | None, req: Req,
+                device: str | None = None) -> Reply:
     """Like Api.call, but a body that is not JSON (a photo) comes back as bytes, and no cookie
-    goes with it (a login sets one on the client; every caller here is its bearer token)."""
+    goes with it (a login sets one on the client; every caller here is its bearer token).
+    `device`: the kiosk's token, which a kiosk session needs on every call (others ignore it)."""
     api.client.session.cookie_jar.clear()
     headers = dict(req.headers)
+    if device:
+        headers.setdefault("X-Device-Token", device)
     if token:
         headers["Authorization"] = f"Bearer {token}"
     if req.key:
@@ -167,7 +171,7 @@ async def build_world(api: Api, messaging: bool = True) -> World:
     r = await api.call("POST", "/auth/kiosk",
                        json={"facility_id": facility, "inmate_number": number, "pin": PIN},
                        headers={"X-Device-Token": device_token})
-    person = Who(ok(r, 200)["token"], r.body["account"])
+    person = Who(ok(r, 200)["token"], r.body["account"], device_token)
     family = await api.family()
     world = World(api, facility, other, admin, staff, staff_other, family, person, number,
                   device_token)
@@ -283,7 +287,8 @@ async def _unblock(world: World, role: str) -> Req:
     connection = _spare(world, role)
     if role in ("family", "person", "staff"):  # only whoever blocked it (or staff) unblocks
         r = await world.api.call("POST", f"/connections/{connection}/block",
-                                 world.tokens[role])
+                                 world.tokens[role],
+                                 headers={"X-Device-Token": world.device_token})
         ok(r, 200)
     return Req(params={"connection_id": connection})
 
@@ -495,7 +500,7 @@ async def test_role_matrix(api: Api) -> None:
                 token = await world.fresh_session(caller)
             params = {"facility_id": world.facility, **req.params}
             path = route.path.format(**params) + req.query.format(**params)
-            reply = await fetch(api, route.method, path, token, req)
+            reply = await fetch(api, route.method, path, token, req, world.device_token)
             calls += 1
             where = f"{route.method} {path} as {caller}: got {reply.status} {reply.body!s:.160}"
             public = "anonymous" in expect.allowed

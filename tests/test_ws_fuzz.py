@@ -95,7 +95,9 @@ class Rig:
 async def open_socket(client: TestClient, who: Who, codec: str) -> Sock:
     client.session.cookie_jar.clear()
     sock = Sock(await client.ws_connect("/ws", protocols=(codec,)), codec)
-    frame = {"id": 0, "op": "auth", "args": {"token": who.token}}
+    frame = {"id": 0, "op": "auth", "args": {"token": who.token,
+                                             **({"device_token": who.device} if who.device
+                                                else {})}}
     await sock.send(json.dumps(frame) if codec == JSON else msgpack.packb(frame))
     reply = await sock.next_reply()
     assert reply is not None and "ok" in reply, reply

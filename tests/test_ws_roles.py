@@ -71,9 +71,12 @@ async def connect(client: TestClient, codec: str, cookie: str | None = None) -> 
     return Sock(ws, codec)
 
 
-async def signed_in(client: TestClient, token: str, codec: str) -> Sock:
+async def signed_in(client: TestClient, token: str, codec: str,
+                    device: str | None = None) -> Sock:
+    """`device`: the kiosk's token, which a kiosk session needs (others ignore it)."""
     sock = await connect(client, codec)
-    reply = await sock.call("auth", {"token": token})
+    reply = await sock.call("auth", {"token": token, **({"device_token": device} if device
+                                                        else {})})
     assert reply is not None and "ok" in reply, reply
     return sock
 
@@ -332,7 +335,7 @@ def _code(reply: dict[str, Any] | None) -> str | None:
 async def _as_account(world: World, extra: Extra, client: TestClient, op: str, expect: Expect,
                       caller: str, codec: str) -> list[str]:
     failures: list[str] = []
-    sock = await signed_in(client, world.tokens[caller], codec)
+    sock = await signed_in(client, world.tokens[caller], codec, world.device_token)
     c = Ctx(world, extra, client, caller, sock)
     try:
         reply = await sock.call(op, await expect.own(c))
@@ -420,7 +423,7 @@ async def test_a_blocked_contact_cannot_join_a_booked_visit(db_url: str, tmp_pat
         visit_id = await under_way(api, world.facility, link, world.family.id, world.person.id)
         ok(await api.call("POST", f"/connections/{link}/block", world.staff), 200)
         for who in (world.family, world.person):
-            sock = await signed_in(client, who.token, JSON)
+            sock = await signed_in(client, who.token, JSON, who.device)
             reply = await sock.call("visit.join", {"visit_id": visit_id})
             assert _code(reply) == "blocked", reply
             await sock.ws.close()
@@ -434,6 +437,6 @@ async def test_a_blocked_contact_cannot_join_a_booked_visit(db_url: str, tmp_pat
         async with api.ctx.store.write() as conn:  # a connection never approved: no visit
             await conn.execute(update(connections).where(connections.c.id == link)
                                .values(status="denied"))
-        sock = await signed_in(client, world.person.token, JSON)
+        sock = await signed_in(client, world.person.token, JSON, world.device_token)
         assert _code(await sock.call("visit.join", {"visit_id": visit_id})) == "not_connected"
         await sock.ws.close()

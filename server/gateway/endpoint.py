@@ -2,7 +2,9 @@
 
 Checks in order: Origin (browsers only send one; it must be ours or allowlisted), subprotocol
 (JSON unless msgpack is asked for), authentication (the session cookie at upgrade, or a first
-command `auth {token}` within ws_auth_timeout_s, else 4001), the per-user connection limit
+command `auth {token}` within ws_auth_timeout_s, else 4001; a kiosk session also needs its
+device's token: the kw_device cookie or X-Device-Token at upgrade, or `auth {token,
+device_token}`), the per-user connection limit
 (4008). Then every command is rate limited, decoded, checked against its op's roles, handled,
 and answered on the same socket in order.
 """
@@ -25,7 +27,7 @@ from server.gateway.hub import Hub
 from server.gateway.ops import HANDLERS, WsCall
 from server.logs import HEADER as REQUEST_ID_HEADER
 from server.logs import REQUEST_KEY
-from server.routing import CONTEXT, COOKIE, error_response
+from server.routing import CONTEXT, COOKIE, device_refused, device_token, error_response
 from server.store import is_unavailable
 from signalling import visits
 
@@ -69,9 +71,13 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     try:
         cookie = request.cookies.get(COOKIE)
         if cookie:
-            client.principal = await session_principal(ctx.store, cookie, ctx.clock())
+            found = await session_principal(ctx.store, cookie, ctx.clock())
+            if found is not None and not found.device_matches(device_token(request)):
+                client.close(UNAUTHORISED, "device required")
+                found = None
+            client.principal = found
         auth_id = None
-        if client.principal is None:
+        if client.principal is None and not client.closing:
             auth_id = await _authenticate(client, request)
         if client.principal is not None:
             await _attach(client, hub)
@@ -150,6 +156,14 @@ async def _authenticate(client: Client, request: web.Request) -> int | str | Non
     if client.principal is None:
         client.send(reply_error(command.id, "unauthorized", "The token is not valid."))
         client.close(UNAUTHORISED, "bad token")
+        return None
+    device = command.args.get("device_token")
+    if not client.principal.device_matches(device if isinstance(device, str)
+                                           else device_token(request)):
+        client.principal = None
+        refused = device_refused()
+        client.send(reply_error(command.id, refused.code, refused.message))
+        client.close(UNAUTHORISED, "device required")
         return None
     return command.id
 

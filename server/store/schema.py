@@ -69,12 +69,16 @@ sessions = Table(
     Index("ix_sessions_account", "account_id"),
 )
 
-login_failures = Table(
-    "login_failures", metadata,
-    Column("seq", BigSeq, primary_key=True, autoincrement=True),
-    Column("key", String(300), nullable=False),
-    Column("at", UTCDateTime, nullable=False),
-    Index("ix_login_failures_key_at", "key", "at"),
+# One attempt counter a key (server/attempts.py): reserved by a conditional UPDATE
+# before a password or PIN is verified; `busy_until` is the one verification in flight,
+# `next_at` the back-off.
+attempts = Table(
+    "attempts", metadata,
+    Column("key", String(300), primary_key=True),
+    Column("count", Integer, nullable=False),
+    Column("window_start", UTCDateTime, nullable=False),
+    Column("busy_until", UTCDateTime, nullable=True),
+    Column("next_at", UTCDateTime, nullable=True),
 )
 
 connections = Table(
@@ -95,6 +99,18 @@ connections = Table(
     CheckConstraint("status IN ('requested', 'approved', 'denied')", name="ck_connections_status"),
     UniqueConstraint("family_id", "person_id", name="uq_connections_pair"),
     Index("ix_connections_person", "person_id"),
+)
+
+# One row per blocker of a connection: its family member, its person, and the facility's staff
+# each hold their own block, and only its owner lifts it (a party can never clear a staff
+# block). `connections.blocked_by` is kept as the summary the read paths test (NULL: no block).
+connection_blocks = Table(
+    "connection_blocks", metadata,
+    Column("connection_id", String(32), ForeignKey("connections.id"), primary_key=True),
+    Column("side", String(8), primary_key=True),
+    Column("blocked_by", String(32), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    CheckConstraint("side IN ('family', 'person', 'staff')", name="ck_connection_blocks_side"),
 )
 
 audit_log = Table(

@@ -8,6 +8,7 @@ import { KinwireSocket } from "./socket.js";
 import { Inbox, Typing, applyEvent, bubble, loadConversations, when } from "./threads.js";
 import { KioskVisits } from "./visit_list.js";
 import { rememberZones, setHomeZone } from "./time.js";
+import { IdleSignOut } from "./idle.js";
 
 const DEFAULT_PRICES = { message: 50, photo: 100, visit_minute: 50 };
 const $ = (id) => document.getElementById(id);
@@ -37,11 +38,12 @@ $("login-form").addEventListener("submit", async (ev) => {
   }
 });
 
-$("logout").addEventListener("click", async () => {
+async function signOut() {
   try { await api("POST", "/auth/logout"); } catch { /* signed out either way */ }
   if (state.socket) state.socket.stop();
   location.reload();
-});
+}
+$("logout").addEventListener("click", signOut);
 
 // ---------- requests ----------
 function renderRequests() {
@@ -232,6 +234,10 @@ async function start() {
   await reloadAll();
   state.socket = new KinwireSocket({ onEvent, onReset: reloadAll, onUnauthorised: () => location.reload() }).start();
   window.kinwire = state;
+  if (me.kiosk) { // a shared kiosk signs its person out when left alone (idle.js)
+    state.idle = new IdleSignOut(me.kiosk.idle_sign_out_s, $("idle"),
+                                 { onExpire: signOut, busy: () => !$("visit-screen").hidden }).start();
+  }
   document.body.dataset.ready = "signed-in";
 }
 
