@@ -28,6 +28,7 @@ from tests.browser import KIOSK, PHONE, chromium, kiosk_sign_in, require_chromiu
 from tests.clock import browser_clock, running_clock
 from tests.conftest import fresh_sqlite, test_settings
 from tests.helpers import Api
+from tests.test_accessibility import Audit
 from tests.test_audit_log import named_staff
 from tests.test_browser_more import PASSWORD, _family, _log_in
 
@@ -118,6 +119,10 @@ async def test_phone_layout_logo_favicon_and_no_error_responses(sqlite_template:
             await expect(back).to_be_visible()
             await expect(fam.get_by_role("button", name="Show older messages")).to_be_hidden()
             await shot(fam, "family-phone-thread")
+            audit = Audit()
+            await audit.screen(fam, "family, a thread with its back button")
+            await fam.set_viewport_size(PHONE)
+            assert audit.problems == [], "\n".join(audit.problems)
             await back.click()
             await expect(fam.locator("#threads")).to_be_visible()
             await expect(fam.locator("#thread")).to_be_hidden()

@@ -27,6 +27,7 @@ from tests.browser import chromium, require_chromium, shot
 from tests.clock import browser_clock, running_clock
 from tests.conftest import fresh_sqlite, test_settings
 from tests.helpers import Api
+from tests.test_accessibility import Audit
 from tests.test_audit_log import named_family, named_staff, visit_in_call
 from tests.test_browser_more import _log_in
 from tests.test_photos import png
@@ -90,6 +91,9 @@ async def test_end_with_a_reason_audit_sentences_csv_bulk_review_and_settings_er
                 "Write why the visit is ended: the reason goes to the audit log.")
             assert (await api.call("GET", "/visits", ana)).body["visits"][0]["status"] == "open"
             await dialog.get_by_label("Reason").fill("threatening language")
+            audit = Audit()  # the new screens pass the same audit as the others
+            await audit.screen(desk, "staff, the End dialog")
+            await desk.set_viewport_size(DESK)
             await shot(desk, "staff-end-visit", full_page=False)
             await dialog.get_by_role("button", name="End visit").click()
             await expect(dialog).to_be_hidden()
@@ -149,6 +153,9 @@ async def test_end_with_a_reason_audit_sentences_csv_bulk_review_and_settings_er
             await expect(until).to_have_accessible_description(problem)
             await boss.locator("#settings").scroll_into_view_if_needed()
             await shot(boss, "staff-settings-error", full_page=False)
+            await audit.screen(boss, "staff, a setting refused")
+            await audit.screen(desk, "staff, review filters and a selection decided")
+            assert audit.problems == [], "\n".join(audit.problems)
             await boss.get_by_label("Visiting from").fill("07:00")
             await boss.get_by_role("button", name="Save settings").click()
             await expect(boss.locator("#settings-notice")).to_have_text("Saved: visit hours.")

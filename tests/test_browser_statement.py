@@ -20,6 +20,7 @@ from tests.browser import PHONE, chromium, require_chromium, shot
 from tests.clock import browser_clock, running_clock
 from tests.conftest import fresh_sqlite, test_settings
 from tests.helpers import Api
+from tests.test_accessibility import Audit
 from tests.test_audit_log import visit_in_call
 from tests.test_browser_more import PASSWORD, _family, _log_in, _rows
 from tests.test_photos import png
@@ -88,6 +89,9 @@ async def test_the_statement_groups_a_visit_and_exports_csv(sqlite_template: Pat
                 ("Video visit with Dana Rivers, 18 minutes", "-900"),
                 ("Bought credits: $20.00 + $1.50 fee = $21.50, visa ending 4242", "2000")]
             assert rows[3]["paid (USD)"] == "21.50"
+            audit = Audit()
+            await audit.screen(fam, "family, the grouped statement and its CSV form")
+            assert audit.problems == [], "\n".join(audit.problems)
             assert errors == [], errors
         finally:
             await ctx.close()
