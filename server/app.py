@@ -16,12 +16,14 @@ from billing.gateway import PaymentGateway, SandboxGateway
 from server import (
     calls,
     events,
+    routes_audit,
     routes_auth,
     routes_calls,
     routes_connections,
     routes_facilities,
     routes_messages,
     routes_money,
+    routes_statement,
     routes_visits,
 )
 from server.attempts import Attempts
@@ -57,7 +59,8 @@ from signalling.relay import Relay
 log = logging.getLogger("kinwire")
 STATIC = Path(__file__).resolve().parent.parent / "static"
 
-ROUTES: list[Route] = [*routes_auth.ROUTES, *routes_facilities.ROUTES, *routes_money.ROUTES,
+ROUTES: list[Route] = [*routes_auth.ROUTES, *routes_facilities.ROUTES, *routes_audit.ROUTES,
+                       *routes_money.ROUTES, *routes_statement.ROUTES,
                        *routes_connections.ROUTES, *routes_messages.ROUTES,
                        *routes_visits.ROUTES, *routes_calls.ROUTES]
 
@@ -215,6 +218,11 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
         async def index(request: web.Request) -> web.FileResponse:
             return web.FileResponse(STATIC / "index.html")
 
+        async def favicon(request: web.Request) -> web.FileResponse:
+            # Browsers and bookmarks ask for /favicon.ico whatever the page links.
+            return web.FileResponse(STATIC / "img" / "favicon.ico")
+
         app.router.add_get("/", index)
+        app.router.add_get("/favicon.ico", favicon)
         app.router.add_static("/static/", STATIC)
     return app

@@ -128,7 +128,9 @@ async def _facility(settings: Settings, args) -> int:
                                action=f"facility.{args.action}", facility_id=row.id,
                                target=row.id, at=now, details={"settings": patch})
     except ApiError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
+        # An operator wrote JSON keys: name the key beside the plain words.
+        where = [f["field"] for f in exc.details.get("fields", [])][:1]
+        print(f"error: {where[0] + ': ' if where else ''}{exc.message}", file=sys.stderr)
         return 1
     finally:
         await ctx.store.close()

@@ -106,9 +106,57 @@ def merged_settings(current: dict[str, Any], patch: dict[str, Any]) -> FacilityS
     try:
         return FacilitySettings.model_validate(merged)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
-        raise ApiError(422, "invalid_settings", f"settings.{field}: {err['msg']}") from None
+        problems = [{"field": ".".join(str(p) for p in err["loc"]), "problem": plain(err)}
+                    for err in exc.errors()[:20]]
+        raise ApiError(422, "invalid_settings", problems[0]["problem"], fields=problems) from None
+
+
+# What the staff console calls each setting, for errors a person reads beside the field.
+LABELS = {
+    "review_mode": "Message review", "review_photos": "Hold photos for review",
+    "keywords": "Watched words", "visit_block_minutes": "The visit block",
+    "visit_hours": "Visiting hours", "visit_hours.start": "Visiting from",
+    "visit_hours.end": "Visiting until", "kiosks": "Kiosks",
+    "booking_horizon_days": "The booking horizon", "cancel_cutoff_minutes": "The cancel cut-off",
+    "prices.message": "The message price", "prices.photo": "The photo price",
+    "prices.visit_minute": "The visit minute price", "media": "Visit media",
+    "record_visits": "Record relayed visits", "prices": "Prices",
+}
+
+
+def plain(err: Any) -> str:
+    """One pydantic error in words for an officer, not pydantic's own text."""
+    loc = [str(p) for p in err["loc"]]
+    field = ".".join(loc)
+    label = LABELS.get(field) or field.replace("_", " ")
+    if loc[0] == "keywords" and len(loc) > 1:
+        label = "A watched word"
+    ctx, kind = err.get("ctx") or {}, err["type"]
+    if kind == "extra_forbidden":
+        return f"{field.replace('_', ' ').capitalize()} is not a setting."
+    if kind == "missing":
+        return f"{label} is required."
+    if kind == "greater_than_equal":
+        return f"{label} must be at least {ctx['ge']}."
+    if kind == "less_than_equal":
+        return f"{label} must be at most {ctx['le']}."
+    if kind == "literal_error":
+        return f"{label} must be one of {ctx['expected']}."
+    if kind == "string_pattern_mismatch":
+        return f"{label} must be a time of day such as 08:00."
+    if kind in ("too_long", "string_too_long"):
+        return f"{label} is too long (at most {ctx.get('max_length')})."
+    if kind == "string_too_short":
+        return f"{label} may not be empty."
+    if kind.startswith("int") or kind.startswith("bool") or kind.endswith("_type"):
+        want = {"int": "a whole number", "bool": "yes or no", "str": "text",
+                "list": "a list", "dict": "a group of settings",
+                "model": "a group of settings"}
+        return f"{label} must be {want.get(kind.split('_')[0], 'another kind of value')}."
+    if kind == "value_error":
+        message = str(ctx.get("error") or err["msg"])
+        return message[:1].upper() + message[1:] + ("" if message.endswith(".") else ".")
+    return f"{label}: {err['msg']}."
 
 
 def public_view(row: Any, *, full: bool) -> dict[str, Any]:

@@ -16,6 +16,8 @@ ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
 
 # Routes whose success is an image, not JSON (the re-encoded photo and its thumbnail).
 IMAGES = frozenset({"/photos/{photo_id}", "/photos/{photo_id}/thumb"})
+# Routes whose success is a CSV download (exports).
+CSV = frozenset({"/audit/export", "/statement/export"})
 # Routes that answer 201 (they create something); every other route answers 200.
 # tests/test_schemathesis.py calls each route validly and holds the answers to this.
 CREATED = frozenset({
@@ -31,8 +33,11 @@ def _responses(route: Route) -> dict[str, Any]:
     """Success is 200, or 201 for what a route creates; every refusal is a 4xx with the one
     error shape. No 5xx is part of the contract: a 5xx is a bug (and
     tests/test_schemathesis.py treats one as a failure)."""
-    media = ("image/jpeg", {"type": "string", "format": "binary"}) if route.path in IMAGES \
-        else ("application/json", {"type": "object"})
+    media = ("application/json", {"type": "object"})
+    if route.path in IMAGES:
+        media = ("image/jpeg", {"type": "string", "format": "binary"})
+    elif route.path in CSV:
+        media = ("text/csv", {"type": "string"})
     status = "201" if (route.method, route.path) in CREATED else "200"
     return {status: {"description": "success",
                      "content": {media[0]: {"schema": media[1]}}},

@@ -9,7 +9,7 @@ the audit log and, live, to the sender.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -22,13 +22,25 @@ from server.errors import ApiError
 from server.events import Outbox
 from server.store.schema import messages as messages_table
 
+Kind = Literal["photos", "text", "keyword"]
 
-async def queue(conn: AsyncConnection, staff: Principal, facility_id: str,
-                limit: int) -> list[dict[str, Any]]:
+
+async def queue(conn: AsyncConnection, staff: Principal, facility_id: str, limit: int, *,
+                kind: Kind | None = None, held_before: datetime | None = None
+                ) -> list[dict[str, Any]]:
+    """Held messages, oldest first: only those with photos, only text, or only those a watched
+    word held (`kind`), and only those held since before `held_before` (their age)."""
     m = messages_table
-    rows = list(await conn.execute(select(m).where(m.c.facility_id == facility_id,
-                                                   m.c.status == "held")
-                                   .order_by(m.c.created_at, m.c.id).limit(limit)))
+    query = select(m).where(m.c.facility_id == facility_id, m.c.status == "held")
+    if kind == "photos":
+        query = query.where(m.c.photo_count > 0)
+    elif kind == "text":
+        query = query.where(m.c.photo_count == 0)
+    elif kind == "keyword":
+        query = query.where(m.c.held_for.like("keyword:%"))
+    if held_before is not None:
+        query = query.where(m.c.created_at <= held_before)
+    rows = list(await conn.execute(query.order_by(m.c.created_at, m.c.id).limit(limit)))
     return messages.views(rows, staff,
                           await messages.photo_ids_by_message(conn, [r.id for r in rows]))
 
@@ -42,7 +54,9 @@ async def _decide(conn: AsyncConnection, staff: Principal, message_id: str, stat
         messages_table.c.id == row.id, messages_table.c.status == "held")
         .values(status=status, reviewed_by=staff.account_id, reject_reason=reason))
     if decided.rowcount != 1:
-        raise ApiError(409, "already_reviewed", f"The message is already {row.status}.")
+        # Read again: another officer's decision may have committed since `row` was read.
+        now_status = (await messages.get(conn, row.id)).status
+        raise ApiError(409, "already_reviewed", f"The message is already {now_status}.")
     await audit.record(conn, actor_id=staff.account_id, actor_role=staff.role,
                        action=f"message.{'approve' if status == 'delivered' else 'reject'}",
                        facility_id=row.facility_id, target=row.id, at=at,

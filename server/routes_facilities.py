@@ -1,4 +1,4 @@
-"""Facilities, their staff, people and devices, and the audit log."""
+"""Facilities, their staff, people and devices (the audit log: server/routes_audit.py)."""
 
 from __future__ import annotations
 
@@ -159,18 +159,6 @@ async def add_device(call: Call) -> web.Response:
     return json_response({"device_id": device_id, "device_token": token}, 201)
 
 
-async def audit_log(call: Call) -> web.Response:
-    """The audit log: staff see their facility's, admins any (?facility_id=) or all."""
-    me = call.me
-    facility_id = me.facility_id if me.role == "staff" else call.request.query.get("facility_id")
-    limit = call.query_int("limit", lo=1, hi=call.ctx.settings.page_size_max) or 50
-    async with call.ctx.store.read() as conn:
-        rows = await audit.entries(conn, facility_id=facility_id,
-                                   before=call.query_int("before", lo=1), limit=limit)
-    next_before = rows[-1]["seq"] if len(rows) == limit else None
-    return json_response({"entries": rows, "next_before": next_before})
-
-
 ROUTES = [
     Route("GET", "/facilities", list_facilities, ANY_SESSION),
     Route("POST", "/facilities", create_facility, frozenset({"admin"}), body=NewFacility),
@@ -185,7 +173,4 @@ ROUTES = [
           frozenset({"family", "staff", "admin"}), query={"q": "name or inmate number"}),
     Route("POST", "/facilities/{facility_id}/devices", add_device,
           frozenset({"staff", "admin"}), body=NewDevice),
-    Route("GET", "/audit", audit_log, frozenset({"staff", "admin"}),
-          query={"before": "seq of the last entry seen", "limit": "page size",
-                 "facility_id": "admin only: one facility"}),
 ]

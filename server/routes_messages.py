@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from datetime import timedelta
+from typing import Annotated, Literal
 
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -34,6 +35,15 @@ class MessageIn(Strict):
 
 class RejectIn(Strict):
     reason: Annotated[str, Field(min_length=1, max_length=500)]
+
+
+MessageId = Annotated[str, Field(min_length=1, max_length=32)]
+
+
+class DecisionsIn(Strict):
+    decision: Literal["approve", "reject"]
+    message_ids: Annotated[list[MessageId], Field(min_length=1, max_length=100)]
+    reason: Annotated[str, Field(max_length=500)] = ""
 
 
 def draft_from(call_settings, body: MessageIn, key: str) -> messages.Draft:
@@ -98,14 +108,48 @@ async def remove_message(call: Call) -> web.Response:
 
 
 async def review_queue(call: Call) -> web.Response:
-    """Held messages of your facility, oldest first."""
+    """Held messages of your facility, oldest first; ?kind= and ?older_than_minutes= filter."""
     me = call.me
     facility_id = me.facility_id if me.role == "staff" else call.request.query.get("facility_id")
     if not facility_id:
         raise ApiError(422, "invalid_input", "facility_id is required for admins")
+    kind = call.request.query.get("kind") or None
+    if kind not in (None, "photos", "text", "keyword"):
+        raise ApiError(422, "invalid_input", "kind is photos, text or keyword")
+    age = call.query_int("older_than_minutes", lo=0, hi=366 * 24 * 60)
+    held_before = call.now() - timedelta(minutes=age) if age else None
     async with call.ctx.store.read() as conn:
-        rows = await review.queue(conn, me, facility_id, call.ctx.settings.page_size_max)
+        rows = await review.queue(conn, me, facility_id, call.ctx.settings.page_size_max,
+                                  kind=kind, held_before=held_before)
     return json_response({"messages": rows})
+
+
+async def decide_many(call: Call) -> web.Response:
+    """Approve or reject a selection of held messages (at most 100), each in its own
+    transaction: one already decided (by anyone, or by a retry of this request) is reported
+    and left alone, never decided or refunded twice."""
+    body: DecisionsIn = call.body
+    reason = body.reason.strip()
+    if body.decision == "reject" and not reason:
+        raise ApiError(422, "invalid_input", "reason: a rejection needs a reason")
+    results = []
+    for message_id in dict.fromkeys(body.message_ids):  # each once, in the order given
+        outbox = Outbox()
+        try:
+            async with call.ctx.store.write() as conn:
+                if body.decision == "approve":
+                    shown = await review.approve(conn, outbox, call.me, message_id, call.now())
+                else:
+                    shown = await review.reject(conn, outbox, call.me, message_id, reason,
+                                                call.now())
+        except ApiError as exc:
+            if exc.code not in ("already_reviewed", "not_found"):
+                raise
+            results.append({"id": message_id, "outcome": exc.code, "message": exc.message})
+            continue
+        await outbox.signal(call.ctx.broker)
+        results.append({"id": message_id, "outcome": shown["status"]})
+    return json_response({"results": results})
 
 
 async def approve_message(call: Call) -> web.Response:
@@ -238,7 +282,10 @@ ROUTES = [
                  "limit": "page size", "with": "the other party's account id"}),
     Route("POST", "/messages/{message_id}/open", open_message, PARTIES),
     Route("DELETE", "/messages/{message_id}", remove_message, PARTIES),
-    Route("GET", "/review", review_queue, STAFF, query={"facility_id": "admins: which"}),
+    Route("GET", "/review", review_queue, STAFF, query={
+        "facility_id": "admins: which", "kind": "photos, text or keyword (held by a watched word)",
+        "older_than_minutes": "only messages held at least this long"}),
+    Route("POST", "/review/decisions", decide_many, STAFF, body=DecisionsIn),
     Route("POST", "/review/{message_id}/approve", approve_message, STAFF),
     Route("POST", "/review/{message_id}/reject", reject_message, STAFF, body=RejectIn),
 ]

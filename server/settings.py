@@ -97,6 +97,9 @@ class Settings:
     request_body_bytes_max: int = _setting(256 * 1024, "Largest JSON request body.",
                                            lo=1024, hi=64 * 1024 * 1024)
     page_size_max: int = _setting(100, "Most rows one listing page returns.", lo=1, hi=1000)
+    export_rows_max: int = _setting(10_000, "Most rows one CSV export (audit log, statement) "
+                                    "holds; a wider range is refused with a request to narrow it.",
+                                    lo=1, hi=1_000_000)
     blob_dir: str = _setting("", "Where photos are stored; empty means <data_dir>/blobs.")
     message_chars_max: int = _setting(30_000, "Longest message text, in characters.",
                                       lo=1, hi=1_000_000)

@@ -203,7 +203,9 @@ async def _staff_end_it(api: Api, browser, base: str, clock, errors: list[str],
     await browser_clock(desk_ctx, clock)
     await _log_in(desk, base, staff.account["email"], "staff password", "/static/staff.html")
     end = desk.get_by_role("button", name="End the visit of Alex Rivers and Dana Rivers")
-    await end.click()
+    await end.click()  # asks for a reason first (tests/test_browser_staff.py has the dialog)
+    await desk.get_by_role("dialog").get_by_label("Reason").fill("shouting at the officer")
+    await desk.get_by_role("button", name="End visit").click()
     await expect(desk.locator("#notice")).to_have_text(
         "Ended the visit of Alex Rivers and Dana Rivers.")
     for page in (fam, kiosk):

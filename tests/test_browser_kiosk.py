@@ -129,7 +129,7 @@ async def test_kiosk_set_up_request_detail_and_photos(sqlite_template: Path,
             request = kiosk.locator("#requests li.request")
             await expect(request).to_contain_text("Alex Rivers wants to connect")
             await expect(request).to_contain_text("Says they are your parent.")
-            await expect(request).to_contain_text("Asked Mar 2, 9:10 AM.")
+            await expect(request).to_contain_text("Asked Mon 2 Mar, 09:10 CST.")
             asked = await request.locator("time").get_attribute("datetime")
             assert timedelta(0) <= datetime.fromisoformat(asked) - T0 < timedelta(seconds=50)
             await shot(kiosk, "kiosk-request-detail")

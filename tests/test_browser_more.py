@@ -203,7 +203,9 @@ async def test_reconnect_across_server_restart_msgpack(sqlite_template: Path,
             # never loaded: here the three oldest are dropped from the page's memory ---
             await page.evaluate("""() => { const box = window.kinwire.inbox;
                 const t = box.thread(window.kinwire.current);
-                for (const m of t.slice(0, 3)) box.byId.delete(m.id); }""")
+                for (const m of t.slice(0, 3)) box.byId.delete(m.id);
+                window.kinwire.historyComplete = false; }""")  # it no longer holds it all
+            await page.get_by_role("button", name="← All contacts").click()  # a phone
             await page.locator("#threads button", has_text="Pat Person").click()
             await expect(bodies).to_have_text(["four", "five", "six", "seven"])
             await page.get_by_role("button", name="Show older messages").click()
@@ -292,7 +294,8 @@ async def test_staff_settings_review_audit_and_family_gift_statement(sqlite_temp
             await boss.get_by_role("button", name="Save settings").click()
             await expect(boss.locator("#settings-notice")).to_have_text(
                 "Saved: review mode, prices.")
-            await expect(boss.locator("#audit-rows li").first).to_contain_text("facility.update")
+            await expect(boss.locator("#audit-rows li").first).to_contain_text(
+                "Administrator Admin changed the facility's settings (prices, review mode)")
             await shot(boss, "staff-settings")
             r = await api.call("GET", f"/facilities/{facility_id}", admin)
             saved = r.body["facility"]["settings"]
@@ -340,7 +343,8 @@ async def test_staff_settings_review_audit_and_family_gift_statement(sqlite_temp
             await item.get_by_role("button", name="Approve message from Sam Rivers").click()
             await expect(desk.locator("#queue li")).to_have_count(0)
             actions = desk.locator("#audit-rows li")
-            await expect(actions.first).to_contain_text("message.approve by Officer Lane")
+            await expect(actions.first).to_contain_text(
+                "Officer Lane approved a message from Sam Rivers to Pat Person")
             await expect(desk.locator("#audit-rows li[data-action='facility.update']")) \
                 .to_have_count(1)
             await desk.locator("#audit").scroll_into_view_if_needed()
@@ -358,8 +362,8 @@ async def test_staff_settings_review_audit_and_family_gift_statement(sqlite_temp
                 ["Message to Pat Person", "−40", "960"]]
             await fam.get_by_role("button", name="Show older entries").click()
             await expect(lines).to_have_count(3)
-            assert (await _rows(fam, "#statement-rows tr"))[2] == ["Bought credits", "+1000",
-                                                                   "1000"]
+            assert (await _rows(fam, "#statement-rows tr"))[2] == [
+                "Bought credits: $10.00 + $0.99 fee = $10.99 (card ending 4242)", "+1000", "1000"]
             await expect(fam.get_by_role("button", name="Show older entries")).to_be_hidden()
             await shot(fam, "family-statement")
             assert errors == [], errors
@@ -420,6 +424,8 @@ async def test_staff_watch_a_relayed_visit_in_the_console(sqlite_template: Path,
                 .to_have_count(1)
             await shot(desk, "staff-watch")
             await item.locator("button", has_text="End").click()
+            await desk.get_by_role("dialog").get_by_label("Reason").fill("checking the relay")
+            await desk.get_by_role("button", name="End visit").click()
             async with asyncio.timeout(10):
                 ended = await family.wait_event("visit.ended")
             assert ended["reason"] == "staff_ended"

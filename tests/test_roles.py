@@ -330,6 +330,14 @@ async def _held(world: World, role: str) -> Req:
     return Req(params={"message_id": message}, json={"reason": "not allowed"})
 
 
+async def _held_selection(world: World, role: str) -> Req:
+    """A selection of one held message of facility A to reject (another facility's staff
+    are answered per message: `not_found`, tests/test_review_bulk.py)."""
+    held = await _held(world, role)
+    return Req(json={"decision": "reject", "message_ids": [held.params["message_id"]],
+                     "reason": "not allowed"})
+
+
 _slots = itertools.count()
 
 
@@ -409,10 +417,13 @@ EXPECTED: dict[tuple[str, str], Expect] = {
                                                           _req({"label": "tablet"})),
     # Not facility-scoped by path: staff of any facility read their own facility's log.
     ("GET", "/audit"): Expect(ANY_STAFF, 200, _req()),
+    ("GET", "/audit/export"): Expect(ANY_STAFF, 200, _req()),
     ("GET", "/pricing"): Expect(EVERYONE, 200, _req()),  # public purchase terms
     ("POST", "/purchases"): Expect(frozenset({"family"}), 201, _purchase),
     ("POST", "/gifts"): Expect(PARTIES, 201, _gift),
     ("GET", "/ledger"): Expect(ANY_SESSION, 200, _req()),
+    ("GET", "/statement"): Expect(PARTIES, 200, _req(query="?from=2026-01-01&tz=America/Chicago")),
+    ("GET", "/statement/export"): Expect(PARTIES, 200, _req()),
     # Connections. GET: the parties their own; staff (of any facility) their facility's.
     ("POST", "/connections"): Expect(frozenset({"family"}), 201, _new_connection),
     ("GET", "/connections"): Expect(frozenset({"family", "person", "staff", "staff_other"}), 200,
@@ -443,6 +454,7 @@ EXPECTED: dict[tuple[str, str], Expect] = {
                                                      hidden_from=OTHER_STAFF),
     ("POST", "/review/{message_id}/reject"): Expect(STAFF_HERE, 200, _held,
                                                     hidden_from=OTHER_STAFF),
+    ("POST", "/review/decisions"): Expect(ANY_STAFF, 200, _held_selection),
     # Visits. Slots: families, and staff of the facility (another's staff get 403 from the
     # facility check). Listing: every role its own. Cancel: the family, staff of the facility
     # (another facility's visit is hidden) and admins.

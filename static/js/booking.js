@@ -3,6 +3,7 @@
 // balance covers (balance // minute price) and greyed when it covers none or no kiosk is free;
 // booking (POST /visits), the family's visits with Join and Cancel, and the call screen.
 import { api, h, say } from "./api.js";
+import { spanText, zoneLabel } from "./time.js";
 import { VisitCall, wallDay, wallTime } from "./visit.js";
 import { loadVisits, renderVisitList } from "./visit_list.js";
 
@@ -115,10 +116,11 @@ export class FamilyVisits {
     if (!g) return;
     const covered = this.covered();
     const name = this.el.contact.selectedOptions[0]?.textContent || "your contact";
-    say(this.el.info, covered === null ? `Visits are free here. Times are ${g.timezone} time.`
-      : `A visit minute costs ${g.minute_price} credits. Your balance (${this.state.balance}) covers ${covered} minute${covered === 1 ? "" : "s"}. Times are ${g.timezone} time.`);
+    const zone = `Times are the facility's (${g.timezone}, ${zoneLabel(`${g.date}T12:00:00Z`, g.timezone)}).`;
+    say(this.el.info, covered === null ? `Visits are free here. ${zone}`
+      : `A visit minute costs ${g.minute_price} credits. Your balance (${this.state.balance}) covers ${covered} minute${covered === 1 ? "" : "s"}. ${zone}`);
     this.el.slots.replaceChildren(...g.slots.map((s) => {
-      const span = `${wallTime(s.local_start)}–${wallTime(s.local_end)}`;
+      const span = `${wallTime(s.start, g.timezone)}–${wallTime(s.end, g.timezone)}`;
       const mins = covered === null ? g.block_minutes : Math.min(covered, g.block_minutes);
       const why = !s.free ? "Full" : mins < 1 ? "Buy credits to book" : null;
       const cover = covered === null ? "free" : `covers ${mins} of ${g.block_minutes} min`;
@@ -141,7 +143,7 @@ export class FamilyVisits {
       const v = r.visit;
       this.visits.set(v.id, v);
       this.renderList();
-      say(this.el.notice, `Booked: ${wallDay(v.local_start)}, ${wallTime(v.local_start)}–${wallTime(v.local_end)} with ${this.nameOf(v)}.`, "ok");
+      say(this.el.notice, `Booked: ${spanText(v.start, v.end, v.timezone)} with ${this.nameOf(v)}.`, "ok");
     } catch (err) {
       say(this.el.notice, err.message, "error");
     }
@@ -153,7 +155,7 @@ export class FamilyVisits {
     try {
       const r = await api("POST", `/visits/${encodeURIComponent(v.id)}/cancel`);
       this.visits.set(v.id, r.visit);
-      say(this.el.notice, `Cancelled the visit at ${wallTime(v.local_start)}.`, "ok");
+      say(this.el.notice, `Cancelled the visit at ${wallTime(v.start, v.timezone)} ${zoneLabel(v.start, v.timezone)}.`, "ok");
       this.renderList();
       await this.loadSlots();
     } catch (err) {

@@ -6,6 +6,7 @@ import { KinwireSocket } from "./socket.js";
 import { Inbox, Typing, applyEvent, bubble, loadConversations } from "./threads.js";
 import { FamilyVisits } from "./booking.js";
 import { RELATIONSHIPS } from "./relationships.js";
+import { rememberZones, setHomeZone, whenText, zoneOf } from "./time.js";
 
 // The server's purchase terms (block, fee) come from GET /pricing at sign-in; the receipt after
 // paying shows what the server actually charged.
@@ -134,6 +135,7 @@ $("buy-form").addEventListener("submit", async (ev) => {
 async function loadFacilities() {
   const r = await api("GET", "/facilities");
   state.facilities = new Map(r.facilities.map((f) => [f.id, f]));
+  rememberZones(r.facilities);
   const sel = $("find-facility");
   sel.replaceChildren(...r.facilities.map((f) => h("option", { value: f.id }, f.name)));
 }
@@ -187,6 +189,9 @@ function upsertConnection(c) {
 }
 
 function renderConnections() {
+  // Times not tied to one contact (the statement) are in the family's contacts' facility zone.
+  const first = [...state.connections.values()][0];
+  setHomeZone(first ? zoneOf(first.facility_id) : null);
   const list = $("connections");
   list.replaceChildren(...[...state.connections.values()].map((c) =>
     h("li", { dataset: { connection: c.id, status: c.status } },
@@ -234,6 +239,17 @@ function openThread(personId) {
   $("compose-body").focus();
 }
 
+// On a phone the open thread takes the contact list's place (app.css); Back brings the list
+// back, focus on the contact just left.
+$("thread-back").addEventListener("click", () => {
+  const left = state.current;
+  state.current = null;
+  renderThreads();
+  renderThread();
+  const btn = [...$("threads").querySelectorAll("button")].find((b) => b.dataset.person === left);
+  if (btn) btn.focus();
+});
+
 async function payToOpen(msg) {
   say($("compose-notice"), "");
   try {
@@ -261,16 +277,19 @@ function markRead(msgs) {
 function renderThread(keepScroll = false) {
   const personId = state.current;
   $("thread").hidden = !personId;
+  $("chat").classList.toggle("in-thread", Boolean(personId));
   if (!personId) return;
   const c = contactOf(personId);
   $("thread-h").textContent = c ? `${c.person_name || "Contact"} · ${statusText(c)}` : "";
   const msgs = state.inbox.thread(personId);
   const list = $("messages");
   const fromName = c ? c.person_name : null;
-  list.replaceChildren(...msgs.map((m) => withRefund(bubble(m, state.me.id, { onOpen: payToOpen, fromName }), m)));
+  const zone = c ? zoneOf(c.facility_id) : undefined; // the contact's facility's clock
+  list.replaceChildren(...msgs.map((m) => withRefund(bubble(m, state.me.id, { onOpen: payToOpen, fromName, zone }), m)));
   if (!msgs.length) list.append(h("li", { class: "muted" }, "No messages yet."));
   if (!keepScroll) list.scrollTop = list.scrollHeight;
-  $("thread-older").hidden = olderDone.has(personId) || !msgs.length;
+  // Hidden when the first load already holds the whole history (no older page exists).
+  $("thread-older").hidden = state.historyComplete || olderDone.has(personId) || !msgs.length;
   typing.render();
   markRead(msgs);
   renderCompose();
@@ -491,25 +510,20 @@ $("gift-form").addEventListener("submit", async (ev) => {
   }
 });
 
-// ---------- statement (GET /ledger, newest first, paged by seq) ----------
+// ---------- statement (GET /statement: one line per visit, message, refund, purchase, gift) ----------
 const STATEMENT_PAGE = 20;
 const statement = { rows: [], next: null, balance: 0 };
 
-function personName(id) {
-  const c = contactOf(id);
-  return (c && c.person_name) || "a contact";
-}
-
 function describe(e) {
-  const msg = state.inbox && state.inbox.byId.get(e.ref);
-  const about = msg ? ` ${msg.from === state.me.id ? "to" : "from"} ${personName(state.inbox.other(msg))}` : "";
+  const who = e.with || "a contact";
+  const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
   switch (e.kind) {
-    case "purchase": return "Bought credits";
-    case "gift": return e.credits > 0 ? `Gift from ${personName(e.counterparty)}` : `Gift to ${personName(e.counterparty)}`;
-    case "message": return `Message${about}`;
-    case "photo": return `Photos${about}`;
-    case "refund": return `Refund: message rejected by review${about}`;
-    case "visit_minute": return "Video visit, one minute";
+    case "purchase": return e.total_cents === undefined ? "Bought credits"
+      : `Bought credits: ${dollars(e.price_cents)} + ${dollars(e.fee_cents)} fee = ${dollars(e.total_cents)} (card ending ${e.card_last4})`;
+    case "gift": return `Gift ${e.direction} ${who}`;
+    case "message": return `Message ${e.direction || "to"} ${who}${e.photos ? ` (${plural(e.photos, "photo")})` : ""}`;
+    case "refund": return `Refund: message ${e.direction || "to"} ${who} rejected by review`;
+    case "visit": return `Video visit with ${who}, ${plural(e.minutes, "minute")}`;
     default: return e.kind.replace(/_/g, " ");
   }
 }
@@ -519,14 +533,14 @@ async function loadStatement(first) {
   try {
     const size = state.statementPage || STATEMENT_PAGE; // smaller in tests, to show paging
     const before = first ? "" : `&before=${statement.next}`;
-    const r = await api("GET", `/ledger?limit=${size}${before}`);
+    const r = await api("GET", `/statement?limit=${size}${before}`);
     if (first) {
       statement.rows = [];
       statement.balance = r.balance;
     }
     // Running balance, newest first: each older line's "after" is the newer one's minus its amount.
     let after = statement.rows.length ? statement.rows.at(-1).after - statement.rows.at(-1).credits : statement.balance;
-    for (const e of r.entries) {
+    for (const e of r.lines) {
       statement.rows.push({ ...e, after });
       after -= e.credits;
     }
@@ -541,14 +555,24 @@ function renderStatement() {
   $("statement-balance").textContent = `${statement.balance} credits`;
   $("statement-rows").replaceChildren(...statement.rows.map((e) =>
     h("tr", { dataset: { kind: e.kind, credits: e.credits } },
-      h("td", {}, h("time", { datetime: e.at }, new Date(e.at).toLocaleString([], {
-        month: "short", day: "numeric", hour: "numeric", minute: "2-digit" }))),
+      h("td", {}, h("time", { datetime: e.at }, whenText(e.at, e.facility_id ? zoneOf(e.facility_id) : undefined))),
       h("td", {}, describe(e)),
       h("td", { class: e.credits > 0 ? "in" : "out" }, e.credits > 0 ? `+${e.credits}` : `−${-e.credits}`),
       h("td", {}, String(e.after)))));
   $("statement-empty").hidden = statement.rows.length > 0;
   $("statement-more").hidden = !statement.next;
 }
+// The CSV of a range of days in this browser's zone (GET /statement/export).
+function exportLink() {
+  const q = new URLSearchParams({ tz: Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC" });
+  if ($("export-from").value) q.set("from", $("export-from").value);
+  if ($("export-to").value) q.set("to", $("export-to").value);
+  $("export-link").href = `/api/v1/statement/export?${q}`;
+}
+for (const id of ["export-from", "export-to"]) $(id).addEventListener("change", exportLink);
+$("statement-export").addEventListener("submit", (ev) => ev.preventDefault());
+exportLink();
+
 $("statement-more").addEventListener("click", async () => {
   const count = statement.rows.length;
   await loadStatement(false);

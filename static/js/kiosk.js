@@ -7,6 +7,7 @@ import { toPerson } from "./relationships.js";
 import { KinwireSocket } from "./socket.js";
 import { Inbox, Typing, applyEvent, bubble, loadConversations, when } from "./threads.js";
 import { KioskVisits } from "./visit_list.js";
+import { rememberZones, setHomeZone } from "./time.js";
 import { IdleSignOut } from "./idle.js";
 
 const DEFAULT_PRICES = { message: 50, photo: 100, visit_minute: 50 };
@@ -223,7 +224,9 @@ async function start() {
   try {
     const f = await api("GET", `/facilities/${encodeURIComponent(me.account.facility_id)}`);
     state.prices = (f.facility.settings && f.facility.settings.prices) || DEFAULT_PRICES;
-  } catch { /* the defaults */ }
+    rememberZones([f.facility]);
+    setHomeZone(f.facility.timezone); // every time on the kiosk is the facility's
+  } catch { /* the defaults; times in the device's own zone */ }
   $("auth").hidden = true;
   $("app").hidden = false;
   $("who").hidden = false;

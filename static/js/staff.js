@@ -1,21 +1,24 @@
-// The staff console (docs/clients.md): log in, the review queue with photo previews (approve,
-// or reject with a reason), the facility's visits with End for those in a call and Watch for
-// relayed ones, the audit log, and the facility's settings (changed by administrators).
+// The staff console (docs/clients.md): log in, the review queue (staff_review.js), the
+// facility's visits with End (confirmed, with a reason) for those in a call and Watch for
+// relayed ones, the audit log (staff_audit.js), and the facility's settings (changed by
+// administrators; a refused value is explained beside its field).
 // Plain HTTP with the session cookie; the queue and visits are polled while the page is shown.
 // The socket is opened only to watch a visit (visit.watch and its answer).
 import { api, bindEmailLogin, h, say } from "./api.js";
 import { KinwireSocket } from "./socket.js";
+import { auditLog } from "./staff_audit.js";
+import { reviewQueue } from "./staff_review.js";
+import { rememberZones, setHomeZone, spanText, whenText } from "./time.js";
 
 const $ = (id) => document.getElementById(id);
 const IN_CALL = new Set(["open", "live", "paused"]);
 const POLL_MS = 5000;
-const state = { me: null, names: new Map(), queueKey: "", timer: null, facility: null,
-                facilities: new Map(), auditNext: null, socket: null, watch: null };
+const state = { me: null, names: new Map(), timer: null, facility: null,
+                facilities: new Map(), socket: null, watch: null };
 
-const when = (iso) => new Date(iso).toLocaleString([], { month: "short", day: "numeric",
-                                                        hour: "numeric", minute: "2-digit" });
+// Staff read the facility's time (time.js; the home zone follows the facility shown).
+const when = (iso) => whenText(iso);
 const nameOf = (id) => state.names.get(id) || id;
-const thumb = (id) => `/api/v1/photos/${encodeURIComponent(id)}/thumb`;
 const isAdmin = () => state.me && state.me.role === "admin";
 // Staff see their own facility; administrators say which one they are looking at.
 const scoped = (path) => (isAdmin() ? `${path}${path.includes("?") ? "&" : "?"}facility_id=${encodeURIComponent(state.facility)}` : path);
@@ -38,62 +41,9 @@ async function loadNames() {
   }
 }
 
-// ---------- review queue ----------
-async function loadReview(force = false) {
-  const r = await api("GET", scoped("/review"));
-  const key = r.messages.map((m) => m.id).join(",");
-  if (!force && key === state.queueKey) return; // keep a reason being typed
-  state.queueKey = key;
-  if (r.messages.some((m) => !state.names.has(m.from) || !state.names.has(m.to))) await loadNames();
-  $("review-count").textContent = String(r.messages.length);
-  $("queue-empty").hidden = r.messages.length > 0;
-  $("queue").replaceChildren(...r.messages.map(reviewItem));
-}
-
-function reviewItem(m) {
-  const from = nameOf(m.from);
-  const to = nameOf(m.to);
-  const ids = m.photo_ids || [];
-  const reasonId = `reason-${m.id}`;
-  const approve = h("button", { type: "button", class: "primary", "aria-label": `Approve message from ${from}` }, "Approve");
-  approve.addEventListener("click", () => decide(m, "approve", null, approve));
-  const reason = h("input", { id: reasonId, required: true, maxlength: "500", autocomplete: "off" });
-  const reject = h("button", { type: "submit", class: "danger", "aria-label": `Reject message from ${from}` }, "Reject");
-  const form = h("form", { class: "actions" },
-    h("div", {}, h("label", { for: reasonId }, `Reason for rejecting (sent to ${from})`), reason),
-    h("div", {}, reject));
-  form.addEventListener("submit", (ev) => {
-    ev.preventDefault();
-    if (!reason.value.trim()) { reason.focus(); return; }
-    decide(m, "reject", reason.value.trim(), reject);
-  });
-  return h("li", { dataset: { id: m.id } },
-    h("p", {}, h("strong", {}, from), " → ", h("strong", {}, to), " · ",
-      h("time", { datetime: m.created_at }, when(m.created_at)), " · ",
-      h("span", { class: "badge held" }, `Held: ${m.held_for || "review"}`), " ",
-      h("span", { class: "muted" }, `${m.price} credits${m.cod ? ", collect" : ""}`)),
-    m.body ? h("p", { class: "body" }, m.body) : h("p", { class: "muted" }, "(no text)"),
-    ids.length ? h("div", { class: "thumbs" }, ...ids.map((id, i) =>
-      h("a", { href: `/api/v1/photos/${encodeURIComponent(id)}`, target: "_blank", rel: "noopener" },
-        h("img", { src: thumb(id), alt: `Photo ${i + 1} of ${ids.length} from ${from}` })))) : null,
-    h("div", { class: "actions" }, h("div", {}, approve)),
-    form);
-}
-
-async function decide(m, action, reason, btn) {
-  btn.disabled = true;
-  try {
-    await api("POST", `/review/${encodeURIComponent(m.id)}/${action}`,
-              action === "reject" ? { body: { reason } } : {});
-    say($("notice"), action === "approve" ? `Approved the message from ${nameOf(m.from)}.`
-      : `Rejected the message from ${nameOf(m.from)}: ${reason}. The credits went back.`, "ok");
-  } catch (err) {
-    btn.disabled = false;
-    say($("notice"), err.message, "error");
-  }
-  await Promise.all([loadReview(true), loadAudit()]).catch((err) => say($("notice"), err.message, "error"));
-  $("review-h").focus(); // the decided item is gone: keep keyboard users in the queue
-}
+const review = reviewQueue({ scoped, names: state.names, nameOf, loadNames, when,
+                             decided: () => audit.load() });
+const audit = auditLog({ scoped, when });
 
 // ---------- visits ----------
 async function loadVisits() {
@@ -113,49 +63,63 @@ async function loadVisits() {
     }
     if (IN_CALL.has(v.status)) {
       end = h("button", { type: "button", class: "danger", "aria-label": `End the visit of ${who}` }, "End");
-      end.addEventListener("click", async () => {
-        end.disabled = true;
-        try {
-          await api("POST", `/visits/${encodeURIComponent(v.id)}/end`, { body: {} });
-          say($("notice"), `Ended the visit of ${who}.`, "ok");
-          if (state.watch && state.watch.visitId === v.id) stopWatch("The visit ended (ended by staff).");
-        } catch (err) {
-          say($("notice"), err.message, "error");
-        }
-        await Promise.all([loadVisits(), loadAudit()]).catch(() => {});
-      });
+      end.addEventListener("click", () => askToEnd(v, who, end));
     }
     return h("li", { dataset: { visit: v.id, status: v.status } },
       h("span", {}, h("strong", {}, who), h("br"),
-        h("span", { class: "muted" }, `${when(v.start)} – ${when(v.end)} · ${v.media}`)),
+        h("span", { class: "muted" }, `${spanText(v.start, v.end, v.timezone)} · ${v.media}`)),
       h("span", { class: `badge ${v.status === "live" ? "read" : ""}` },
         v.end_reason ? `${v.status} (${v.end_reason.replace(/_/g, " ")})` : v.status),
       watch, end);
   }));
 }
 
-// ---------- audit log ----------
-async function loadAudit(more = false) {
-  const before = more && state.auditNext ? `&before=${state.auditNext}` : "";
-  const r = await api("GET", scoped(`/audit?limit=50${before}`));
-  state.auditNext = r.next_before;
-  $("audit-more").hidden = !r.next_before;
-  $("audit-rows")[more ? "append" : "replaceChildren"](...r.entries.map((e) => {
-    const by = nameOf(e.actor_id) === e.actor_id ? e.actor_role : `${nameOf(e.actor_id)} (${e.actor_role})`;
-    const details = e.details && Object.keys(e.details).length
-      ? Object.entries(e.details).map(([k, v]) => `${k}: ${typeof v === "object" ? JSON.stringify(v) : v}`).join("; ")
-      : "";
-    return h("li", { dataset: { action: e.action } },
-      h("p", {}, h("strong", {}, e.action), " by ", by, " · ", h("time", { datetime: e.at }, when(e.at))),
-      e.target ? h("p", { class: "muted" }, `Target: ${nameOf(e.target)}`) : null,
-      details ? h("p", { class: "muted details" }, details) : null);
-  }));
+// ---------- ending a visit: confirmed, with a reason (written to the audit log) ----------
+let ending = null;
+
+function askToEnd(v, who, button) {
+  ending = { v, who, button };
+  $("end-who").textContent = `The call of ${who} stops at once for both sides.`;
+  $("end-reason").value = "";
+  say($("end-notice"), "");
+  $("end-dialog").showModal();
+  $("end-reason").focus();
 }
 
-$("review-refresh").addEventListener("click", () => loadReview(true).catch((e) => say($("notice"), e.message, "error")));
+$("end-cancel").addEventListener("click", () => {
+  $("end-dialog").close();
+  if (ending) ending.button.focus();
+  ending = null;
+});
+
+$("end-reason").addEventListener("input", () => say($("end-notice"), ""));
+
+$("end-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const reason = $("end-reason").value.trim();
+  if (!reason) {
+    say($("end-notice"), "Write why the visit is ended: the reason goes to the audit log.", "error");
+    $("end-reason").focus();
+    return;
+  }
+  const { v, who } = ending;
+  $("end-confirm").disabled = true;
+  try {
+    await api("POST", `/visits/${encodeURIComponent(v.id)}/end`, { body: { reason } });
+    $("end-dialog").close();
+    ending = null;
+    say($("notice"), `Ended the visit of ${who}.`, "ok");
+    if (state.watch && state.watch.visitId === v.id) stopWatch("The visit ended (ended by staff).");
+  } catch (err) {
+    say($("end-notice"), err.message, "error");
+  } finally {
+    $("end-confirm").disabled = false;
+  }
+  await Promise.all([loadVisits(), audit.load()]).catch(() => {});
+});
+
 $("visits-refresh").addEventListener("click", () => loadVisits().catch((e) => say($("notice"), e.message, "error")));
-$("audit-refresh").addEventListener("click", () => loadAudit().catch((e) => say($("notice"), e.message, "error")));
-$("audit-more").addEventListener("click", () => loadAudit(true).catch((e) => say($("notice"), e.message, "error")));
+$("review-refresh").addEventListener("click", () => review.load(true).catch((e) => say($("notice"), e.message, "error")));
 
 // ---------- facility settings (GET /facilities/{id}; PATCH by administrators) ----------
 const NUMBERS = ["kiosks", "booking_horizon_days", "cancel_cutoff_minutes"];
@@ -164,6 +128,7 @@ const PRICES = ["message", "photo", "visit_minute"];
 function showSettings() {
   const f = state.facilities.get(state.facility);
   if (!f) return;
+  setHomeZone(f.timezone);
   const st = f.settings;
   $("set-review_mode").value = st.review_mode;
   $("set-review_photos").checked = Boolean(st.review_photos);
@@ -209,22 +174,54 @@ $("settings-form").addEventListener("submit", async (ev) => {
     return;
   }
   $("settings-save").disabled = true;
+  clearFieldErrors();
   try {
     const r = await api("PATCH", `/facilities/${encodeURIComponent(f.id)}`, { body: { settings: changed } });
     state.facilities.set(f.id, r.facility);
     showSettings();
     say($("settings-notice"), `Saved: ${Object.keys(changed).map((k) => k.replace(/_/g, " ")).join(", ")}.`, "ok");
-    await loadAudit();
+    await audit.load();
   } catch (err) {
+    showFieldErrors((err.details && err.details.fields) || []);
     say($("settings-notice"), err.message, "error");
   } finally {
     $("settings-save").disabled = false;
   }
 });
 
+// A refused setting is explained beside its field (the server's words: "Visiting hours must
+// start before they end."), and the field is marked invalid for screen readers.
+function fieldInput(path) {
+  const [top, sub] = path.split(".");
+  if (top === "prices") return $(`set-price-${sub}`);
+  if (top === "visit_hours") return $(sub === "start" ? "set-hours-start" : "set-hours-end");
+  return $(`set-${top}`);
+}
+
+function clearFieldErrors() {
+  for (const p of document.querySelectorAll("#settings-form p.field-error")) p.remove();
+  for (const el of document.querySelectorAll("#settings-form [aria-invalid]")) {
+    el.removeAttribute("aria-invalid");
+    el.removeAttribute("aria-describedby");
+  }
+}
+
+function showFieldErrors(fields) {
+  clearFieldErrors();
+  for (const f of fields) {
+    const input = fieldInput(f.field);
+    if (!input || input.getAttribute("aria-invalid")) continue;
+    const id = `err-${input.id}`;
+    input.setAttribute("aria-invalid", "true");
+    input.setAttribute("aria-describedby", id);
+    (input.closest("label.check") || input).after(h("p", { class: "field-error", id }, f.problem));
+  }
+}
+
 async function loadFacilities() {
   const r = await api("GET", "/facilities");
   state.facilities = new Map(r.facilities.map((f) => [f.id, f]));
+  rememberZones(r.facilities);
   if (!state.facility || !state.facilities.has(state.facility)) {
     state.facility = isAdmin() ? (r.facilities[0] || {}).id : state.me.facility_id;
   }
@@ -238,7 +235,7 @@ $("facility").addEventListener("change", async () => {
   state.facility = $("facility").value;
   stopWatch();
   showSettings();
-  await Promise.all([loadReview(true), loadVisits(), loadAudit()]).catch((e) => say($("notice"), e.message, "error"));
+  await Promise.all([review.load(true), loadVisits(), audit.load()]).catch((e) => say($("notice"), e.message, "error"));
 });
 
 // ---------- watching a relayed visit (visit.watch, receive-only WebRTC) ----------
@@ -300,7 +297,7 @@ async function startWatch(v, who) {
     await gathered(pc);
     await s.request("visit.watch", { visit_id: v.id, description: { type: "offer", sdp: pc.localDescription.sdp } });
     say($("watch-notice"), "Waiting for the server's answer…");
-    await loadAudit();
+    await audit.load();
   } catch (err) {
     say($("watch-notice"), err.message, "error");
   }
@@ -351,7 +348,7 @@ function poll() {
   clearTimeout(state.timer);
   state.timer = setTimeout(async () => {
     if (document.visibilityState !== "hidden") {
-      await Promise.all([loadReview(), loadVisits()]).catch(() => {});
+      await Promise.all([review.load(), loadVisits()]).catch(() => {});
     }
     poll();
   }, POLL_MS);
@@ -369,7 +366,7 @@ async function start() {
   $("app").hidden = false;
   $("who").hidden = false;
   await Promise.all([loadNames(), loadFacilities()]);
-  await Promise.all([loadReview(true), loadVisits(), loadAudit()]);
+  await Promise.all([review.load(true), loadVisits(), audit.load()]);
   poll();
   window.kinwire = state; // for tests and the curious
   document.body.dataset.ready = "signed-in";

@@ -2,6 +2,7 @@
 // push and a reload never show one twice), one thread per contact, bubbles with their status.
 import { api, h } from "./api.js";
 import { photoThumbs } from "./photo_viewer.js";
+import { whenText } from "./time.js";
 
 export class Inbox {
   constructor(meId) {
@@ -33,16 +34,15 @@ export class Inbox {
   }
 }
 
-/** A time as people read it, in the browser's settings. */
-export function when(iso) {
-  const d = new Date(iso);
-  return d.toLocaleString([], { month: "short", day: "numeric", hour: "numeric", minute: "2-digit" });
+/** A time as people read it: the one format (time.js), in `zone` (the home zone by default). */
+export function when(iso, zone) {
+  return whenText(iso, zone);
 }
 
 /** One message as a list item. `onOpen(msg)` pays for and opens a locked COD message; its
  * photos (ids only when the server lets this reader see them) show as thumbnails, described
  * as from `fromName` when given. */
-export function bubble(msg, me, { onOpen, codPrice, fromName } = {}) {
+export function bubble(msg, me, { onOpen, codPrice, fromName, zone } = {}) {
   const mine = msg.from === me;
   const status = [];
   if (mine) {
@@ -75,7 +75,7 @@ export function bubble(msg, me, { onOpen, codPrice, fromName } = {}) {
   return h("li", { class: `msg ${mine ? "mine" : "theirs"}`, dataset: { id: msg.id, status: msg.status } },
     content,
     ids.length ? photoThumbs(ids, mine ? null : fromName) : null,
-    h("div", { class: "meta" }, h("time", { datetime: msg.created_at }, when(msg.created_at)), " ", ...status));
+    h("div", { class: "meta" }, h("time", { datetime: msg.created_at }, when(msg.created_at, zone)), " ", ...status));
 }
 
 export function connectionState() {
@@ -92,6 +92,7 @@ export async function loadConversations(state) {
   state.connections = new Map(conns.connections.map((c) => [c.id, c]));
   state.inbox.clear();
   for (const m of [...inbox.messages, ...sent.messages]) state.inbox.upsert(m);
+  state.historyComplete = !inbox.next_before && !sent.next_before; // nothing older to fetch
   return me.balance;
 }
 

@@ -3,6 +3,7 @@
 // socket with the visit.* ops (docs/visits.md, "The call"), the meter's ticks and warnings, and
 // why the visit ended. The visit lists are visit_list.js.
 import { api, h, say } from "./api.js";
+import { dayText, timeText } from "./time.js";
 
 export const ACTIVE = new Set(["scheduled", "open", "live", "paused"]);
 
@@ -21,15 +22,14 @@ export function endedText(reason, { byMe = false, peer = "The other side", payer
   }
 }
 
-/** "12:00" from a facility-local ISO time: the facility's wall clock, whatever the browser's. */
-export function wallTime(iso) {
-  return iso.slice(11, 16);
+/** "12:00" on the facility's wall clock (`zone`), whatever the browser's (time.js). */
+export function wallTime(iso, zone) {
+  return timeText(iso, zone);
 }
 
-/** "Fri 27 Nov" from a facility-local ISO time (its date part, read as a plain date). */
-export function wallDay(iso) {
-  const d = new Date(`${iso.slice(0, 10)}T12:00:00Z`);
-  return d.toLocaleDateString("en-GB", { weekday: "short", day: "numeric", month: "short", timeZone: "UTC" });
+/** "Fri 27 Nov": an instant's day at the facility (`zone`), or a plain date (time.js). */
+export function wallDay(iso, zone) {
+  return dayText(iso, zone);
 }
 
 function clock(seconds) {

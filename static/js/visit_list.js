@@ -1,7 +1,8 @@
 // A user's visits (docs/clients.md, "Video visits"): when, with whom, status or why it ended,
 // Join while active and (families) Cancel while booked; and the kiosk's "Video visits" card.
 import { api, h } from "./api.js";
-import { ACTIVE, VisitCall, endedText, wallDay, wallTime } from "./visit.js";
+import { spanText } from "./time.js";
+import { ACTIVE, VisitCall, endedText, wallTime } from "./visit.js";
 
 const STATUS_TEXT = {
   scheduled: "Booked", open: "Open", live: "In a call", paused: "Paused", ended: "Ended",
@@ -16,16 +17,16 @@ export function renderVisitList(list, visits, { nameOf, onJoin, onCancel, empty 
   const shown = [...visits].sort((a, b) => a.start.localeCompare(b.start));
   list.replaceChildren(...shown.map((v) => {
     const who = nameOf(v);
-    const when = `${wallDay(v.local_start)}, ${wallTime(v.local_start)}–${wallTime(v.local_end)}`;
+    const when = spanText(v.start, v.end, v.timezone);
     const status = v.end_reason && !ACTIVE.has(v.status)
       ? endedText(v.end_reason, { payer: "the" }) : STATUS_TEXT[v.status] || v.status;
     const actions = [];
     if (ACTIVE.has(v.status) && onJoin) {
-      actions.push(h("button", { type: "button", class: "primary", "aria-label": `Join the visit with ${who} at ${wallTime(v.local_start)}`,
+      actions.push(h("button", { type: "button", class: "primary", "aria-label": `Join the visit with ${who} at ${wallTime(v.start, v.timezone)}`,
                                  onclick: () => onJoin(v) }, "Join"));
     }
     if (v.status === "scheduled" && onCancel) {
-      actions.push(h("button", { type: "button", class: "danger", "aria-label": `Cancel the visit with ${who} at ${wallTime(v.local_start)}`,
+      actions.push(h("button", { type: "button", class: "danger", "aria-label": `Cancel the visit with ${who} at ${wallTime(v.start, v.timezone)}`,
                                  onclick: (ev) => onCancel(v, ev.currentTarget) }, "Cancel"));
     }
     return h("li", { dataset: { visit: v.id, status: v.status } },
