@@ -59,6 +59,7 @@ class Rules:
         self.decided = 0  # the highest minute ever decided
         self.warned: set[str] = set()
         self.live_once = False
+        self.met = False  # both parties were ever present at once (else the visit is missed)
         self.now: float | None = None
         self.last_report: float | None = None
         self.ended: str | None = None
@@ -79,13 +80,13 @@ class Rules:
         self._bill(min(t, c.window_end))
         exp = Expect(t)
         if t >= c.window_end:
-            self.ended = exp.end = "time_up"
+            self.ended = exp.end = "time_up" if self.met else "missed"
             return exp
         if isinstance(event, Live | Paused):
             fresh = event.at >= c.window_start and (self.last_report is None
                                                     or event.at >= self.last_report)
             if fresh:
-                self.last_report = event.at
+                self.last_report, self.met = event.at, True
                 if isinstance(event, Live) and not self.on:
                     self.on, self.mark, self.live_once = True, t, True
                 elif isinstance(event, Paused):
