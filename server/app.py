@@ -112,14 +112,15 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
                         sink=Outbox,
                         push_live=lambda who, kind, data: calls.push_live(broker, who, kind,
                                                                            data),
-                        metrics=metrics)
+                        metrics=metrics, node_lease_s=settings.node_lease_s)
     # --- relay mode (signalling/relay.py): this process's relayed visits ---
     ctx.relay = Relay(store, broker, node_id=ctx.meters.node_id, lease_s=settings.relay_lease_s,
                       turn_secret=settings.turn_secret, turn_urls=settings.turn_urls,
                       stun_urls=settings.stun_urls, loopback_only=settings.relay_loopback_only,
                       recordings_dir=settings.resolved_recordings_dir,
                       push_live=lambda who, kind, data: calls.push_live(broker, who, kind, data),
-                      party_channel=events.channel)
+                      party_channel=events.channel, clock=clock, sink=Outbox,
+                      poke=ctx.meters.poke, stall_s=settings.media_stall_s)
     # --- end relay mode ---
     hub = Hub(store, broker, per_user_max=settings.ws_connections_per_user_max,
               page_max=settings.sync_page_max, metrics=metrics)

@@ -186,7 +186,8 @@ async def visit_join(call: WsCall) -> dict[str, Any]:
         row = await calls.visit_and_link(conn, visit_id)
         visits.role_of(row, call.me.account_id)  # a stranger learns nothing: not_found
         calls.require_contact_of(row)
-        return await visits.join(conn, outbox, visit_id, call.me.account_id, now, row)
+        return await visits.join(conn, outbox, visit_id, call.me.account_id, now, row,
+                                 node=call.ctx.meters.node_id)
 
     # The peer offers as soon as it hears we are here, over live frames that are lost if our
     # feed is not yet subscribed (a slow broker at connect): be reachable before announcing.
@@ -237,13 +238,20 @@ async def visit_signal(call: WsCall) -> dict[str, Any]:
 
 
 async def visit_media(call: WsCall) -> dict[str, Any]:
+    """A party's report of its own peer connection, and (the kiosk) whether its outbound
+    media is advancing: `sending`, optional. Who is believed is the meter's trust model's
+    business (billing/meter.py, docs/visits.md "Trust")."""
     visit_id = call.arg_str("visit_id")
     state = call.args.get("state")
     if state not in ("connected", "disconnected"):
         raise ApiError(422, "invalid_input", "state is connected or disconnected")
+    sending = call.args.get("sending")
+    if sending is not None and not isinstance(sending, bool):
+        raise ApiError(422, "invalid_input", "sending is true or false")
     now = call.ctx.clock()
     row = await _in_visit(call, lambda conn, outbox: visits.set_media(
-        conn, outbox, visit_id, call.me.account_id, state == "connected", now))
+        conn, outbox, visit_id, call.me.account_id, state == "connected", now,
+        node=call.ctx.meters.node_id, sending=sending))
     await call.ctx.meters.poke(visit_id)
     if row.status == "live" and row.media_changed_at == now:  # this report made it live
         for party in (row.family_id, row.person_id):
