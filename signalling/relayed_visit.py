@@ -269,13 +269,16 @@ class VisitRelay:
 
     async def _record(self, seeing: bool) -> None:
         try:
-            sink = self.r.sink()
+            sink, now = self.r.sink(), self.r.clock()
             async with self.r.store.write() as conn:
-                await visits.observe(conn, sink, self.visit_id, seeing, self.r.clock(),
-                                     self.r.node_id)
+                row = await visits.observe(conn, sink, self.visit_id, seeing, now,
+                                           self.r.node_id)
             await sink.signal(self.r.broker)
             self.observed = seeing
             await self.r.poke(self.visit_id)
+            if row.status == "live" and row.media_changed_at == now:  # this made it live
+                for party in self.parties:
+                    await self.r.push_live(party, "visit.live", {"visit_id": self.visit_id})
         except Exception:
             log.warning("visit %s: could not record the media seen", self.visit_id,
                         exc_info=True)

@@ -18,7 +18,11 @@ What it does, in order (API.md, "WebSocket /ws"; the server side follows the sam
    accepts `visit.signal {candidate: {candidate, sdpMid, sdpMLineIndex}}` pushes from the other
    side (a browser trickles) and adds them to its peer connection.
 5. It reports `visit.media {visit_id, state: connected|disconnected}` as its peer connection's
-   state changes, counts received frames per track kind, and surfaces the pushes `visit.live`,
+   state changes. The person's side (the kiosk: the authority in direct mode, docs/visits.md
+   "Trust") reports `connected` only while its peer connection is connected AND frames from the
+   family keep arriving, and adds `sending`: whether every one of its own senders' packet
+   counts advanced within the join reply's `media_stall_s` (looked at every WATCH_S). It counts
+   received frames per track kind, and surfaces the pushes `visit.live`,
    `visit.tick`, `visit.warning`, `visit.ended` (in `events`, and to `on_event` if given).
    `visit.ended` ends the client. `leave()` sends `visit.leave` and closes everything.
 
@@ -58,6 +62,7 @@ log = logging.getLogger("kinwire.visit_client")
 REPLY_TIMEOUT_S = 10.0
 JSON = "kinwire.v1.json"
 MSGPACK = "kinwire.v1.msgpack"
+WATCH_S = 0.5  # how often the person's side looks at its media (direct mode)
 SURFACED = ("visit.live", "visit.tick", "visit.warning", "visit.ended", "visit.peer",
             "visit.updated")
 
@@ -117,7 +122,9 @@ class VisitClient:
         self._reader: asyncio.Task[None] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._local: list[MediaStreamTrack] = []
-        self._reported: str | None = None  # the last visit.media state sent
+        self._reported: tuple[str, bool | None] | None = None  # the last visit.media sent
+        self.stall_s = 10.0  # the join reply's media_stall_s
+        self._moved: dict[str, tuple[int, float]] = {}  # counter -> (value, when it moved)
         self._pending_candidates: list[dict[str, Any]] = []
         self._changed = asyncio.Condition()
         self._closed = False
@@ -150,6 +157,7 @@ class VisitClient:
         self.role = joined.get("role")
         self.media = joined.get("media", "direct")
         self.peer_present = bool(joined.get("peer_present"))
+        self.stall_s = float(joined.get("media_stall_s", self.stall_s))
         headers = {"Authorization": f"Bearer {self.token}"}
         async with self._session.get(f"{self.base_url}/api/v1/visits/{self.visit_id}/ice",
                                      headers=headers) as resp:
@@ -162,6 +170,8 @@ class VisitClient:
         rtc_configuration(self.ice_servers, loopback_only=self.loopback_only)  # fail early
         self._worker = asyncio.create_task(self._work(), name="visit-client-worker")
         await self._pushes.put({"type": "_offer", "data": {}})  # offers if it is our turn
+        if self.role == "person" and self.media == "direct":
+            self._spawn(self._watch_media())
         return joined
 
     async def leave(self) -> None:
@@ -386,9 +396,10 @@ class VisitClient:
                 return
             self.connection_state = pc.connectionState
             if pc.connectionState == "connected":
-                await self._report("connected")
+                if not self._watching():  # the kiosk reports once media is seen flowing
+                    await self._report("connected")
             elif pc.connectionState in ("failed", "closed", "disconnected"):
-                await self._report("disconnected")
+                await self._report("disconnected", self._reported_sending())
             await self._notify()
 
         return pc
@@ -397,24 +408,67 @@ class VisitClient:
         pc, self.pc = self.pc, None
         if pc is None:
             return
-        if self._reported == "connected":
-            await self._report("disconnected")
+        if self._reported is not None and self._reported[0] == "connected":
+            await self._report("disconnected", self._reported_sending())
         self.connection_state = "closed"
         await pc.close()
         for track in self._local:  # aiortc stops the senders, not the tracks they read
             track.stop()
         self._local = []
 
-    async def _report(self, state: str) -> None:
-        if self._reported == state:
+    async def _report(self, state: str, sending: bool | None = None) -> None:
+        if self._reported == (state, sending):
             return
-        self._reported = state
+        self._reported = (state, sending)
         if self._closed or self._ws is None or self._ws.closed:
             return  # leaving: visit.leave says it all
+        args: dict[str, Any] = {"visit_id": self.visit_id, "state": state}
+        if sending is not None:
+            args["sending"] = sending
         try:
-            await self.call("visit.media", {"visit_id": self.visit_id, "state": state})
+            await self.call("visit.media", args)
         except (VisitError, ConnectionError, TimeoutError) as exc:
             log.info("visit.media %s not reported: %s", state, exc)
+
+    def _reported_sending(self) -> bool | None:
+        return self._reported[1] if self._reported is not None else None
+
+    def _watching(self) -> bool:
+        return self.role == "person" and self.media == "direct"
+
+    def _advancing(self, name: str, value: int, now: float) -> bool:
+        """Whether counter `name` moved within the stall threshold (and ever moved)."""
+        seen, moved_at = self._moved.get(name, (0, now))
+        if value != seen:
+            seen, moved_at = value, now
+        self._moved[name] = (seen, moved_at)
+        return value > 0 and now - moved_at <= self.stall_s
+
+    async def media_now(self) -> tuple[str, bool]:
+        """The person's side's view: (connected with media arriving from the family, own
+        outbound media advancing), from the frames received and the senders' packet counts."""
+        pc, now = self.pc, asyncio.get_running_loop().time()
+        if pc is None:
+            return "disconnected", self._reported_sending() is not False
+        receiving = self._advancing("received", sum(self.frames.values()), now)
+        sending = True
+        for sender in pc.getSenders():
+            if sender.track is None:
+                continue
+            sent = sum(getattr(stat, "packetsSent", 0) for stat in
+                       (await sender.getStats()).values() if stat.type == "outbound-rtp")
+            sending = self._advancing(f"sent {sender.kind}", sent, now) and sending
+        connected = pc.connectionState == "connected" and receiving
+        return ("connected" if connected else "disconnected"), sending
+
+    async def _watch_media(self) -> None:
+        """The kiosk's reports (direct mode): what it sees, whenever that changes."""
+        while not self._closed:
+            await asyncio.sleep(WATCH_S)
+            if self.pc is None or self.pc.connectionState != "connected":
+                continue  # before and between connections: the state changes report
+            state, sending = await self.media_now()
+            await self._report(state, sending)
 
     async def _count(self, track: MediaStreamTrack) -> None:
         kind = track.kind

@@ -200,7 +200,9 @@ async def visit_join(call: WsCall) -> dict[str, Any]:
     await calls.push_live(call.ctx.broker, joined.peer_id, "visit.peer",
                           {"visit_id": visit_id, "present": True})
     return {"visit": visits.public(joined.visit), "role": joined.role,
-            "peer_present": joined.peer_present, "media": joined.visit.media}
+            "peer_present": joined.peer_present, "media": joined.visit.media,
+            # how long the kiosk's outbound media may stall before it reports `sending: false`
+            "media_stall_s": call.ctx.settings.media_stall_s}
 
 
 async def visit_signal(call: WsCall) -> dict[str, Any]:
