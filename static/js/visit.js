@@ -22,7 +22,7 @@ export function endedText(reason, { byMe = false, peer = "The other side", payer
     case "failed": return "Visit ended: a billing error stopped it. Unpaid minutes are not charged.";
     case "cancelled_by_family": return "Visit cancelled by the family.";
     case "cancelled_by_staff": return "Visit cancelled by staff.";
-    case "missed": return "Visit missed: nobody joined in time.";
+    case "missed": return "Visit missed: the two sides were never in the call together. Nothing was charged.";
     default: return `Visit ended${reason ? ` (${reason})` : ""}.`;
   }
 }
