@@ -199,8 +199,16 @@ async def visit_join(call: WsCall) -> dict[str, Any]:
     _remember(call, visit_id, joined.visit, checked_at)
     await calls.push_live(call.ctx.broker, joined.peer_id, "visit.peer",
                           {"visit_id": visit_id, "present": True})
+    await _live_news(call, joined.visit, now)
+    peer_present = joined.peer_present
+    peer_node = getattr(joined.visit, "person_node" if joined.role == "family" else "family_node")
+    if peer_present and peer_node not in (None, call.ctx.meters.node_id):
+        # The row still names a peer whose process may have died (a meter drops it within a
+        # liveness lease): offering to it would only race the offer it makes when it is back.
+        alive, known = await call.ctx.meters.alive()
+        peer_present = not known or peer_node in alive
     return {"visit": visits.public(joined.visit), "role": joined.role,
-            "peer_present": joined.peer_present, "media": joined.visit.media,
+            "peer_present": peer_present, "media": joined.visit.media,
             # how long the kiosk's outbound media may stall before it reports `sending: false`
             "media_stall_s": call.ctx.settings.media_stall_s}
 
@@ -255,10 +263,16 @@ async def visit_media(call: WsCall) -> dict[str, Any]:
         conn, outbox, visit_id, call.me.account_id, state == "connected", now,
         node=call.ctx.meters.node_id, sending=sending))
     await call.ctx.meters.poke(visit_id)
-    if row.status == "live" and row.media_changed_at == now:  # this report made it live
-        for party in (row.family_id, row.person_id):
-            await calls.push_live(call.ctx.broker, party, "visit.live", {"visit_id": visit_id})
+    await _live_news(call, row, now)
     return {"visit": visits.public(row)}
+
+
+async def _live_news(call: WsCall, row: Any, now: Any) -> None:
+    """`visit.live` to both parties when this command made the visit live: a report, or a
+    join (the kiosk's report counts from before the family joins: docs/visits.md, "Trust")."""
+    if row.status == "live" and row.media_changed_at == now:
+        for party in (row.family_id, row.person_id):
+            await calls.push_live(call.ctx.broker, party, "visit.live", {"visit_id": row.id})
 
 
 async def visit_leave(call: WsCall) -> dict[str, Any]:
