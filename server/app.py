@@ -45,6 +45,7 @@ from server.settings import Settings
 from server.store import Store
 from server.store.migrate import migrate
 from server.store.schema import utcnow
+from signalling import visits
 from signalling.meters import Meters
 from signalling.relay import Relay
 
@@ -131,6 +132,26 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
         # 1012 "service restart": clients reconnect, through the balancer, to another process.
         await hub.close_all(RESTARTING, "server restarting")
 
+    async def rejoin_dropped() -> None:
+        """This process's liveness lease lapsed (signalling/meters.py): a socket whose party
+        another process's meter dropped from its visit meanwhile reconnects (1012) and
+        rejoins; the others carry on."""
+        for client in hub.in_visits():
+            for visit_id in list(client.visits):
+                try:
+                    async with store.read() as conn:
+                        row = await visits.get(conn, visit_id)
+                    role = visits.role_of(row, client.principal.account_id)
+                except Exception:
+                    logging.getLogger("kinwire.meters").warning(
+                        "could not check visit %s after a lapse", visit_id, exc_info=True)
+                    continue
+                if row.status in visits.IN_CALL \
+                        and getattr(row, f"{role}_node") != ctx.meters.node_id:
+                    client.close(RESTARTING, "rejoin the visit")
+                    break
+
+    ctx.meters.on_lapse = rejoin_dropped
     # Meters stop and release their leases, announcing it, so another process takes over now.
     drain.steps += [close_sockets, ctx.meters.stop]
     install_metrics(app, metrics, hub=hub, store=store, broker=broker)  # GET /metrics

@@ -14,7 +14,9 @@ the broker which processes are alive first, and drops a dead process's parties f
 in its transaction (visits.drop, conditional on that process still holding them); the liveness
 loop wakes any meter whose parties' process it no longer sees. A process always counts itself
 alive; when the broker cannot answer, other processes' parties are not billed (nor dropped)
-until it can.
+until it can. A process whose own lease lapsed (no touch for a whole lease: a partition) may
+have had its parties dropped by another's meter: when it touches again it calls `on_lapse`
+(server/app.py: the sockets whose party was dropped reconnect and rejoin).
 
 What it does, in one transaction per pass (VisitMeter): reads what is known of the call from
 the visit row (any process may have recorded it, with its instant), feeds the pure meter those
@@ -94,6 +96,8 @@ class Meters:
         self.minute_s, self.lease_s, self.node_id = minute_s, lease_s, node_id
         self.sink, self.push_live = sink, push_live
         self.node_lease_s = node_lease_s
+        self.on_lapse: Callable[[], Awaitable[Any]] | None = None
+        self._touched_at: float | None = None  # monotonic, the last touch that went through
         self.running: dict[str, VisitMeter] = {}
         self.turns = asyncio.Semaphore(STORE_TURNS)
         self._stop = asyncio.Event()
@@ -126,8 +130,19 @@ class Meters:
     async def _keep_alive(self) -> None:
         """This process's liveness lease; and wake the meters whose parties' process is gone."""
         while not self._stop.is_set():
+            touched = False  # the broker away: the next try is a third of a lease away
             with contextlib.suppress(Exception):
                 await self.broker.touch(NODES, self.node_id, self.node_lease_s)
+                touched = True
+            if touched:
+                now = time.monotonic()
+                lapsed = self._touched_at is not None \
+                    and now - self._touched_at >= self.node_lease_s
+                self._touched_at = now
+                if lapsed and self.on_lapse is not None:
+                    log.warning("this process's liveness lease lapsed; its parties may have "
+                                "been dropped elsewhere")
+                    self._spawn(self.on_lapse(), "node-lapsed")
             alive, known = await self.alive()
             for running in list(self.running.values()):
                 if running.holders - alive and (known or running.state.connected):
