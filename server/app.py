@@ -113,7 +113,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
                         sink=Outbox,
                         push_live=lambda who, kind, data: calls.push_live(broker, who, kind,
                                                                            data),
-                        metrics=metrics, node_lease_s=settings.node_lease_s)
+                        metrics=metrics, node_lease_s=settings.resolved_node_lease_s)
     # --- relay mode (signalling/relay.py): this process's relayed visits ---
     ctx.relay = Relay(store, broker, node_id=ctx.meters.node_id, lease_s=settings.relay_lease_s,
                       turn_secret=settings.turn_secret, turn_urls=settings.turn_urls,

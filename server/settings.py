@@ -116,8 +116,10 @@ class Settings:
     node_lease_s: float = _setting(3.0, "A process's liveness lease in the broker, renewed "
                                    "every third of it: a visit party counts as present only "
                                    "while the process holding its socket holds it, so a crash "
-                                   "pauses the meter within this. Keep it under two thirds of "
-                                   "KINWIRE_METER_LEASE_S (docs/visits.md, \"Trust\").")
+                                   "pauses the meter within this. Capped at half of "
+                                   "KINWIRE_METER_LEASE_S, so that a process taking a dead "
+                                   "one's meter over finds its parties gone (docs/visits.md, "
+                                   "\"Trust\").")
     media_stall_s: float = _setting(10.0, "A visit's media stalled longer than this pauses "
                                     "the meter: the kiosk's outbound audio or video not "
                                     "advancing (direct mode, the kiosk reports it), or no "
@@ -154,6 +156,13 @@ class Settings:
     def env_name(self, name: str) -> str:
         meta = next(f.metadata for f in fields(self) if f.name == name)
         return meta["env"] or f"KINWIRE_{name.upper()}"
+
+    @property
+    def resolved_node_lease_s(self) -> float:
+        """node_lease_s, at most half the meter's lease: a meter lease outlives its dead
+        holder's last renewal by at least two thirds of it, the liveness lease by at most its
+        own length, so a survivor never claims a meter while the dead process looks alive."""
+        return min(self.node_lease_s, self.meter_lease_s / 2)
 
     @property
     def resolved_database_url(self) -> str:
