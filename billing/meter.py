@@ -5,10 +5,24 @@ Times are floats in seconds on the caller's timeline. The async shell around it 
 performs the returned actions in order and stores the state; tests/sim.py drives it against
 the real ledger under injected faults.
 
+Presence: who may say the call is connected (the trust model, docs/visits.md)
+- The shell reports what it knows as `Observed(at, facts)`: each party present or not (its
+  socket joined, and the process holding that socket alive: a crashed holder's party is
+  absent), what the person's side (the facility's kiosk) reports, and in relay mode what the
+  server itself sees. The meter decides from them (`is_connected`), never the shell:
+  - a party that is absent makes the call not connected, whatever anyone says;
+  - direct mode: the kiosk is the authority. Connected while it reports an ICE-connected peer
+    connection with media arriving from the family AND its own outbound media advancing
+    (`sending`; a stall past the threshold makes it False). The family's own report is
+    advisory and changes nothing;
+  - relay mode: the server's own observation (media arriving from both parties, the person's
+    advancing) is the only one; both clients' reports change nothing.
+- `Live(at)` and `Paused(at)` are shorthands for the call as a whole: `Live` is every fact
+  saying connected, `Paused` both parties present and the call not connected.
+
 Billing
-- Prepaid by the connected minute. Connected time counts only while the meter knows both
-  parties are connected (from `Live` until `Paused`), and never beyond the paid time
-  (`paid_minutes * minute_s`).
+- Prepaid by the connected minute. Connected time counts only while the call is connected by
+  the rule above, and never beyond the paid time (`paid_minutes * minute_s`).
 - When connected time has reached the paid time (at once when the visit goes live, then after
   each `minute_s` of connected time) minute k = paid_minutes + 1 is debited, under the key
   `visit:{visit_id}:minute:{k}`. While that debit is pending, connected time stays at the paid
@@ -18,9 +32,14 @@ Billing
   have started. `DebitUnknown` (a timeout) issues the same `Debit` again, same key.
 - No minute is debited when less than `minute_s` of the window remains at the moment it would
   start (within a microsecond): the visit runs unbilled to the window's end.
-- Any event at or after `window_end` ends the visit `time_up` before the event is considered.
+- Any event at or after `window_end` ends the visit before the event is considered: `time_up`,
+  or `missed` when the two parties were never present at once (one never joined; nothing was
+  billed then, since billing needs both).
   `StaffEnded`, `HungUp` and `Failed` (the shell gives up) end it at once. After the end nothing
   happens.
+- Ticks: one when the visit goes live or resumes, and one after each successful debit. Going
+  live with no unused paid seconds issues a debit, and its outcome's tick is the first one, so
+  the first tick a client sees carries the balance.
 - Warnings, each at most once per visit: `low_balance` after a successful debit that leaves
   `balance // price <= 1` (the balance covers one more minute or less); `time` at the first step
   at which the visit has gone live (it may be paused since) and at most
@@ -55,7 +74,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 EPSILON_S = 1e-6
-END_REASONS = ("time_up", "balance_exhausted", "hung_up", "staff_ended", "failed")
+END_REASONS = ("time_up", "balance_exhausted", "hung_up", "staff_ended", "failed", "missed")
+MEDIA_MODES = ("direct", "relay")
+PARTY_STATES = ("absent", "joined", "connected")
 
 
 def minute_key(visit_id: str, minute: int) -> str:
@@ -71,10 +92,13 @@ class MeterConfig:
     window_start: float
     window_end: float
     warn_before_end_minutes: int = 2
+    media: str = "direct"  # who observes the call: the kiosk (direct) or the server (relay)
 
     def __post_init__(self) -> None:
         if not isinstance(self.price, int) or self.price <= 0:
             raise ValueError("price must be a positive whole number of credits")
+        if self.media not in MEDIA_MODES:
+            raise ValueError(f"media must be one of {MEDIA_MODES}")
         if self.minute_s <= 0 or self.window_end <= self.window_start:
             raise ValueError("minute_s must be positive and the window must not be empty")
 
@@ -84,12 +108,44 @@ class MeterConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class Facts:
+    """What the meter is told about the call, each fact from the side allowed to say it."""
+
+    # Each party: "absent" (not joined, left, or the process holding its socket is dead),
+    # "joined", or "connected" (its own report of its peer connection).
+    family: str = "absent"  # the family's report is advisory: is_connected never reads it
+    person: str = "absent"  # the kiosk's: ICE connected with media arriving from the family
+    sending: bool = True  # the kiosk's outbound audio/video advancing (False: stalled)
+    server: bool = False  # relay mode: the server sees media from both, the person's advancing
+
+    def __post_init__(self) -> None:
+        if self.family not in PARTY_STATES or self.person not in PARTY_STATES:
+            raise ValueError(f"a party's state is one of {PARTY_STATES}")
+
+
+NOBODY = Facts()
+EVERYTHING = Facts("connected", "connected", True, True)  # what Live stands for
+NOT_CONNECTED = Facts("joined", "joined", True, False)  # what Paused stands for
+
+
+def is_connected(media: str, facts: Facts) -> bool:
+    """The trust model (docs/visits.md): who may say a visit is connected."""
+    if facts.family == "absent" or facts.person == "absent":
+        return False
+    if media == "relay":
+        return facts.server
+    return facts.person == "connected" and facts.sending
+
+
+@dataclass(frozen=True, slots=True)
 class MeterState:
     """Everything a process needs to carry on a visit's meter; JSON-serialisable."""
 
     paid_minutes: int = 0
     connected_s: float = 0.0  # connected time accounted so far; <= paid_minutes * minute_s
-    connected: bool = False  # both parties connected, as last reported
+    connected: bool = False  # connected by is_connected, from the facts last applied
+    facts: Facts = NOBODY  # the facts last applied
+    met: bool = False  # both parties were present at once at some moment
     since: float | None = None  # connected time is accounted up to here (None: not connected)
     pending: int | None = None  # the minute whose debit awaits an outcome
     balance: int | None = None  # the balance after the last successful debit
@@ -103,22 +159,31 @@ class MeterState:
     def to_dict(self) -> dict[str, Any]:
         data = {name: getattr(self, name) for name in self.__slots__}
         data["warned"] = list(self.warned)
+        data["facts"] = {name: getattr(self.facts, name) for name in Facts.__slots__}
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MeterState:
-        return cls(**{**data, "warned": tuple(data["warned"])})
+        # A state stored before facts existed has none: the takeover asks for them anyway.
+        facts = Facts(**data["facts"]) if data.get("facts") else NOBODY
+        return cls(**{**data, "warned": tuple(data["warned"]), "facts": facts})
 
 
 # --- events: each carries `at`, the time it happened on the caller's timeline ------------
 
 @dataclass(frozen=True, slots=True)
-class Live:  # both parties are connected: the visit goes live, or resumes
+class Observed:  # what is known of the call now (see Presence above)
+    at: float
+    facts: Facts
+
+
+@dataclass(frozen=True, slots=True)
+class Live:  # shorthand: Observed(at, EVERYTHING)
     at: float
 
 
 @dataclass(frozen=True, slots=True)
-class Paused:  # a party disconnected
+class Paused:  # shorthand: Observed(at, NOT_CONNECTED)
     at: float
 
 
@@ -171,8 +236,8 @@ class TakenOver:  # this process resumes the visit from the stored state
     at: float
 
 
-Event = (Live | Paused | Clock | DebitOk | DebitRefused | DebitUnknown | StaffEnded | HungUp
-         | Failed | LeaseLost | TakenOver)
+Event = (Observed | Live | Paused | Clock | DebitOk | DebitRefused | DebitUnknown | StaffEnded
+         | HungUp | Failed | LeaseLost | TakenOver)
 
 
 # --- actions -----------------------------------------------------------------------------
@@ -222,7 +287,7 @@ def step(config: MeterConfig, state: MeterState, event: Event) -> Result:
     if state.ended is not None:
         return state, [End(state.ended)] if isinstance(event, TakenOver) else []
     if isinstance(event, TakenOver):
-        state = replace(state, connected=False, since=None, halted=False)
+        state = replace(state, connected=False, since=None, halted=False, facts=NOBODY)
     elif state.halted:
         return state, []
     elif isinstance(event, LeaseLost):
@@ -230,7 +295,8 @@ def step(config: MeterConfig, state: MeterState, event: Event) -> Result:
     t = event.at if state.now is None else max(event.at, state.now)
     s = replace(_account(config, state, min(t, config.window_end)), now=t)
     if t >= config.window_end:
-        s, effects = replace(s, ended="time_up"), [End("time_up")]
+        reason = "time_up" if s.met else "missed"
+        s, effects = replace(s, ended=reason), [End(reason)]
     else:
         s, effects = HANDLERS[type(event)](config, s, event, t)
     if s.ended is None:
@@ -298,20 +364,29 @@ def _stale(s: MeterState, at: float) -> bool:
 
 
 
-def _on_live(config: MeterConfig, s: MeterState, event: Live, t: float) -> Result:
+def _on_observed(config: MeterConfig, s: MeterState, event: Observed, t: float) -> Result:
     if event.at < config.window_start or _stale(s, event.at):
         return s, []
-    s = replace(s, presence_at=event.at)
-    if s.connected:
+    facts = event.facts
+    met = s.met or (facts.family != "absent" and facts.person != "absent")
+    s = replace(s, presence_at=event.at, facts=facts, met=met)
+    connected = PRESENCE_RULE(config.media, facts)
+    if connected == s.connected:
         return s, []
+    if not connected:
+        return replace(s, connected=False, since=None), []
     s = replace(s, connected=True, since=t, went_live=True)
+    if s.connected_s >= s.paid_minutes * config.minute_s:
+        return s, []  # a debit follows at once; its outcome ticks, with the balance
     return s, [_tick(config, s, t)]
 
 
+def _on_live(config: MeterConfig, s: MeterState, event: Live, t: float) -> Result:
+    return _on_observed(config, s, Observed(event.at, EVERYTHING), t)
+
+
 def _on_paused(config: MeterConfig, s: MeterState, event: Paused, t: float) -> Result:
-    if event.at < config.window_start or _stale(s, event.at):
-        return s, []
-    return replace(s, presence_at=event.at, connected=False, since=None), []
+    return _on_observed(config, s, Observed(event.at, NOT_CONNECTED), t)
 
 
 def _on_clock(config: MeterConfig, s: MeterState, event: Clock, t: float) -> Result:
@@ -351,7 +426,12 @@ def _ender(reason: str) -> Callable[..., Result]:
     return end
 
 
+# The rule the machine takes presence from. A name, so a test can swap in a broken rule and
+# see the simulator's checker catch it (tests/test_meter_sim.py).
+PRESENCE_RULE: Callable[[str, Facts], bool] = is_connected
+
 HANDLERS: dict[type, Callable[..., Result]] = {
+    Observed: _on_observed,
     Live: _on_live,
     Paused: _on_paused,
     Clock: _on_clock,

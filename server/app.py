@@ -53,6 +53,7 @@ from server.store import Store
 from server.store.migrate import migrate, schema_behind
 from server.store.safety import check_durability, check_not_copied_file
 from server.store.schema import utcnow
+from signalling import visits
 from signalling.meters import Meters
 from signalling.relay import Relay
 
@@ -122,14 +123,15 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
                         sink=Outbox,
                         push_live=lambda who, kind, data: calls.push_live(broker, who, kind,
                                                                            data),
-                        metrics=metrics)
+                        metrics=metrics, node_lease_s=settings.resolved_node_lease_s)
     # --- relay mode (signalling/relay.py): this process's relayed visits ---
     ctx.relay = Relay(store, broker, node_id=ctx.meters.node_id, lease_s=settings.relay_lease_s,
                       turn_secret=settings.turn_secret, turn_urls=settings.turn_urls,
                       stun_urls=settings.stun_urls, loopback_only=settings.relay_loopback_only,
                       recordings_dir=settings.resolved_recordings_dir,
                       push_live=lambda who, kind, data: calls.push_live(broker, who, kind, data),
-                      party_channel=events.channel)
+                      party_channel=events.channel, clock=clock, sink=Outbox,
+                      poke=ctx.meters.poke, stall_s=settings.media_stall_s)
     # --- end relay mode ---
     hub = Hub(store, broker, per_user_max=settings.ws_connections_per_user_max,
               page_max=settings.sync_page_max, metrics=metrics)
@@ -153,6 +155,27 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
         return 1.0 if housekeeping.holding else 0.0
 
     metrics.collect("kinwire_housekeeping_holder", holding)
+
+    async def rejoin_dropped() -> None:
+        """This process's liveness lease lapsed (signalling/meters.py): a socket whose party
+        another process's meter dropped from its visit meanwhile reconnects (1012) and
+        rejoins; the others carry on."""
+        for client in hub.in_visits():
+            for visit_id in list(client.visits):
+                try:
+                    async with store.read() as conn:
+                        row = await visits.get(conn, visit_id)
+                    role = visits.role_of(row, client.principal.account_id)
+                except Exception:
+                    logging.getLogger("kinwire.meters").warning(
+                        "could not check visit %s after a lapse", visit_id, exc_info=True)
+                    continue
+                if row.status in visits.IN_CALL \
+                        and getattr(row, f"{role}_node") != ctx.meters.node_id:
+                    client.close(RESTARTING, "rejoin the visit")
+                    break
+
+    ctx.meters.on_lapse = rejoin_dropped
     # Meters stop and release their leases, announcing it, so another process takes over now.
     drain.steps += [close_sockets, ctx.meters.stop]
     install_metrics(app, metrics, hub=hub, store=store, broker=broker)  # GET /metrics

@@ -142,6 +142,17 @@ class Settings:
     stun_urls: tuple[str, ...] = _setting((), "Comma-separated STUN URLs.")
     meter_lease_s: float = _setting(6.0, "A visit meter's lease in the broker; another process "
                                     "takes a meter over within this after its holder dies.")
+    node_lease_s: float = _setting(3.0, "A process's liveness lease in the broker, renewed "
+                                   "every third of it: a visit party counts as present only "
+                                   "while the process holding its socket holds it, so a crash "
+                                   "pauses the meter within this. Capped at half of "
+                                   "KINWIRE_METER_LEASE_S, so that a process taking a dead "
+                                   "one's meter over finds its parties gone (docs/visits.md, "
+                                   "\"Trust\").")
+    media_stall_s: float = _setting(10.0, "A visit's media stalled longer than this pauses "
+                                    "the meter: the kiosk's outbound audio or video not "
+                                    "advancing (direct mode, the kiosk reports it), or no "
+                                    "frames from a party reaching the server (relay mode).")
     relay_lease_s: float = _setting(6.0, "A relay-mode visit's lease in the broker: the process "
                                     "holding it terminates both parties' peer connections; a "
                                     "dead holder's visits are free again after this.")
@@ -196,6 +207,13 @@ class Settings:
         return meta["env"] or f"KINWIRE_{name.upper()}"
 
     @property
+    def resolved_node_lease_s(self) -> float:
+        """node_lease_s, at most half the meter's lease: a meter lease outlives its dead
+        holder's last renewal by at least two thirds of it, the liveness lease by at most its
+        own length, so a survivor never claims a meter while the dead process looks alive."""
+        return min(self.node_lease_s, self.meter_lease_s / 2)
+
+    @property
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
@@ -245,7 +263,8 @@ class Settings:
         if self.ice_relay_only and not self.turn_urls:
             raise SettingsError("KINWIRE_ICE_RELAY_ONLY needs KINWIRE_TURN_URLS")
         for name in ("ws_heartbeat_s", "ws_auth_timeout_s", "meter_lease_s", "relay_lease_s",
-                     "drain_timeout_s", "db_timeout_s", "housekeeping_lease_s"):
+                     "drain_timeout_s", "db_timeout_s", "housekeeping_lease_s", "node_lease_s",
+                     "media_stall_s"):
             if not 0 < getattr(self, name) <= 3600:
                 raise SettingsError(f"{self.env_name(name)} must be in (0, 3600]")
         if self.payment_gateway != "sandbox":

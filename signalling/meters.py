@@ -7,9 +7,21 @@ meter over within about one lease period, from the state stored on the visit row
 that stops on purpose (a drain, server/drain.py) releases its leases and announces each one on
 the meters channel (`{"handover": visit}`): the others claim it at once, not a lease later.
 
-What it does, in one transaction per pass (VisitMeter): reads the parties' media state from
-the visit row (any process may have recorded it, with its instant), feeds the pure meter the
-resulting events and the clock, and performs the actions: debit a minute through the ledger
+Liveness: every process touches its node id in the broker's presence set `nodes` every third
+of `node_lease_s` (Meters._keep_alive): its liveness lease. The visit row names the process
+holding each party's socket; a party whose process's lease has run out is absent. A pass asks
+the broker which processes are alive first, and drops a dead process's parties from the row
+in its transaction (visits.drop, conditional on that process still holding them); the liveness
+loop wakes any meter whose parties' process it no longer sees. A process always counts itself
+alive; when the broker cannot answer, other processes' parties are not billed (nor dropped)
+until it can. A process whose own lease lapsed (no touch for a whole lease: a partition) may
+have had its parties dropped by another's meter: when it touches again it calls `on_lapse`
+(server/app.py: the sockets whose party was dropped reconnect and rejoin).
+
+What it does, in one transaction per pass (VisitMeter): reads what is known of the call from
+the visit row (any process may have recorded it, with its instant), feeds the pure meter those
+facts (meter.Observed: the meter decides, by its trust model, whether the call is connected)
+and the clock, and performs the actions: debit a minute through the ledger
 (idempotent on its key), end the visit, store the meter's state; after the commit, push
 warnings and ticks to both parties. It never cancels itself inside a database call: stopping
 is a flag checked between passes. One task renews every running meter's lease.
@@ -49,8 +61,11 @@ ENDED_KEPT, ENDED_KEEP_S = 10_000, 60.0  # remembered ends: far longer than a ca
 # every minute. The row is locked first (FOR UPDATE), see MeterPass.run.
 _t = visits_table
 _WHOLE_ROW = raw.Query(select(_t).where(_t.c.id == bindparam("p_id")).with_for_update())
-_PRESENCE = raw.Query(select(_t.c.status, _t.c.ended_at, _t.c.end_reason, _t.c.media_changed_at)
-                      .where(_t.c.id == bindparam("p_id")).with_for_update())
+_PRESENCE = raw.Query(select(
+    _t.c.status, _t.c.ended_at, _t.c.end_reason, _t.c.media_changed_at, _t.c.family_media,
+    _t.c.person_media, _t.c.family_node, _t.c.person_node, _t.c.person_sending,
+    _t.c.server_media, _t.c.server_node).where(_t.c.id == bindparam("p_id")).with_for_update())
+NODES = "nodes"  # the broker presence key of the processes' liveness leases
 _KEEP_STATE = raw.Query(_t.update().where(_t.c.id == bindparam("p_id"))
                         .values(meter=bindparam("p_meter")))
 
@@ -84,12 +99,15 @@ class Meters:
                  minute_s: float, lease_s: float, node_id: str,
                  sink: Callable[[], Sink],
                  push_live: Callable[[str, str, dict[str, Any]], Awaitable[Any]],
-                 metrics: Any = None) -> None:
+                 metrics: Any = None, node_lease_s: float = 3.0) -> None:
         # metrics: anything with inc(name, **labels) and observe(name, s); None counts nothing
         self.metrics = metrics if metrics is not None else _NoMetrics()
         self.store, self.broker, self.clock = store, broker, clock
         self.minute_s, self.lease_s, self.node_id = minute_s, lease_s, node_id
         self.sink, self.push_live = sink, push_live
+        self.node_lease_s = node_lease_s
+        self.on_lapse: Callable[[], Awaitable[Any]] | None = None
+        self._touched_at: float | None = None  # monotonic, the last touch that went through
         self.running: dict[str, VisitMeter] = {}
         self.turns = asyncio.Semaphore(STORE_TURNS)
         self._stop = asyncio.Event()
@@ -111,7 +129,38 @@ class Meters:
         with contextlib.suppress(Exception):
             await self.broker.publish(CHANNEL, {"ended": visit_id})
 
+    async def alive(self) -> tuple[set[str], bool]:
+        """The processes whose liveness lease is current (this one always), and whether the
+        broker answered: if not, the others are unknown and treated as not alive."""
+        try:
+            return await self.broker.present(NODES) | {self.node_id}, True
+        except Exception:
+            return {self.node_id}, False
+
+    async def _keep_alive(self) -> None:
+        """This process's liveness lease; and wake the meters whose parties' process is gone."""
+        while not self._stop.is_set():
+            touched = False  # the broker away: the next try is a third of a lease away
+            with contextlib.suppress(Exception):
+                await self.broker.touch(NODES, self.node_id, self.node_lease_s)
+                touched = True
+            if touched:
+                now = time.monotonic()
+                lapsed = self._touched_at is not None \
+                    and now - self._touched_at >= self.node_lease_s
+                self._touched_at = now
+                if lapsed and self.on_lapse is not None:
+                    log.warning("this process's liveness lease lapsed; its parties may have "
+                                "been dropped elsewhere")
+                    self._spawn(self.on_lapse(), "node-lapsed")
+            alive, known = await self.alive()
+            for running in list(self.running.values()):
+                if running.holders - alive and (known or running.state.connected):
+                    running.wake()
+            await self._pause(self.node_lease_s / 3)
+
     async def start(self) -> None:
+        self._spawn(self._keep_alive(), "node-liveness")
         self._spawn(self._scan(), "meter-scan")
         self._spawn(self._listen(), "meter-pokes")
         self._spawn(self._keep_leases(), "meter-leases")
@@ -253,6 +302,7 @@ class VisitMeter:
         self.refused: int | None = None  # the minute the ledger refused (insufficient credits)
         self.give_up = False  # the ledger kept failing: the next pass ends the visit `failed`
         self.lost = False  # the lease is gone (another process may hold it): stop, bill no more
+        self.holders: set[str] = set()  # the processes holding its parties, as last read
 
     def wake(self) -> None:
         self._wake.set()
@@ -326,7 +376,7 @@ class VisitMeter:
         """One pass in one transaction, retried (same minute, same key) while its outcome is
         unknown; False if the visit is not in a call."""
         for attempt in range(DEBIT_ATTEMPTS_MAX + 1):
-            work = _Pass(self, self.m.sink())
+            work = _Pass(self, self.m.sink(), await self.m.alive())
             try:
                 in_call = await self.m.store.write_grouped(work.run)
             except LedgerError as exc:  # rolled back, the claim of the key with it
@@ -358,8 +408,10 @@ class VisitMeter:
 class _Pass:
     """One pass's work inside its transaction; its results stay here until the commit."""
 
-    def __init__(self, vm: VisitMeter, sink: Sink) -> None:
+    def __init__(self, vm: VisitMeter, sink: Sink, alive: tuple[set[str], bool]) -> None:
         self.vm, self.sink = vm, sink
+        self.alive, self.alive_known = alive
+        self.holders: set[str] = set()
         self.config, self.state = vm.config, vm.state
         self.wake_at, self.done = vm.wake_at, vm.done
         self.pushes: list[tuple[str, dict[str, Any]]] = []
@@ -382,7 +434,7 @@ class _Pass:
                 return False
             self.parties = (row.family_id, row.person_id)
             self.config = meter.MeterConfig(vm.visit_id, row.minute_price, vm.m.minute_s,
-                                            ts(row.start_at), ts(row.end_at))
+                                            ts(row.start_at), ts(row.end_at), media=row.media)
             if row.meter:
                 self.state = meter.MeterState.from_dict(row.meter)
                 events.append(meter.TakenOver(ts(vm.m.clock())))
@@ -390,7 +442,7 @@ class _Pass:
                 self.state = meter.MeterState()
         else:
             row = (await db.query(_PRESENCE, {"p_id": vm.visit_id}))[0]
-        events += self._observed(row)
+        events += await self._observed(conn, row)
         start = self.state
         family = self.parties[0] if self.parties else vm.family_id
         while events and not self.done:
@@ -422,8 +474,9 @@ class _Pass:
             await db.query(_KEEP_STATE, {"p_id": vm.visit_id, "p_meter": self.state.to_dict()})
         return True
 
-    def _observed(self, row: Any) -> list[meter.Event]:
-        """The visit row as events: hang-ups and staff ends, presence changes, the clock."""
+    async def _observed(self, conn: Any, row: Any) -> list[meter.Event]:
+        """The visit row as events: hang-ups and staff ends, what is known of the call (a dead
+        process's parties absent, and dropped from the row), the clock."""
         clock = ts(self.vm.m.clock())
         if row.status == "ended":
             at = ts(row.ended_at) if row.ended_at else clock
@@ -433,14 +486,31 @@ class _Pass:
                 return [meter.HungUp(at)]
             self.done = True  # ended by the meter itself, elsewhere: nothing left to do
             return []
-        live = row.status == "live"
+        self.holders = {n for n in (row.family_node, row.person_node, row.server_node) if n}
+        facts = visits.facts(row, self.alive)
         changed = ts(row.media_changed_at) if row.media_changed_at else clock
+        if facts != visits.facts(row):  # a holder is gone (or unknown): from now on
+            changed = clock
+            if self.alive_known:
+                await self._drop_dead(conn, row)
+        last = self.state.presence_at
+        if last is not None and changed < last:
+            changed = clock  # news of an older change (say, the broker is back): from now on
         events: list[meter.Event] = []
-        if live and not self.state.connected:
-            events.append(meter.Live(changed))
-        elif not live and self.state.connected:
-            events.append(meter.Paused(changed))
+        if facts != self.state.facts:
+            events.append(meter.Observed(changed, facts))
         return [*events, meter.Clock(clock)]
+
+    async def _drop_dead(self, conn: Any, row: Any) -> None:
+        """The parties whose process died are absent on the row too (visit.updated)."""
+        vm, now = self.vm, self.vm.m.clock()
+        family, person = self.parties if self.parties else (vm.family_id, vm.person_id)
+        for account, node in ((family, row.family_node), (person, row.person_node)):
+            if node is not None and node not in self.alive:
+                await visits.drop(conn, self.sink, vm.visit_id, account, now, node=node)
+        if row.server_node is not None and row.server_node not in self.alive \
+                and row.server_media:
+            await visits.observe(conn, self.sink, vm.visit_id, False, now, row.server_node)
 
     async def _debit(self, conn: Any, action: meter.Debit, family: str) -> meter.Event:
         vm = self.vm
@@ -466,7 +536,7 @@ class _Pass:
         if self.parties is not None:
             vm.family_id, vm.person_id = self.parties
         vm.config, vm.state = self.config, self.state
-        vm.wake_at, vm.done = self.wake_at, self.done
+        vm.wake_at, vm.done, vm.holders = self.wake_at, self.done, self.holders
         vm.events.clear()
         if self.debited:
             vm.m.metrics.inc("kinwire_meter_debits_total", self.debited, result="ok")  # metrics

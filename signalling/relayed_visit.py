@@ -2,6 +2,11 @@
 the sessions (one aiortc peer connection per party and per watching staff member), the
 outlets that feed them and the recording, and the end that cuts the media.
 
+The server is the only judge of a relayed call (docs/visits.md, "Trust"): every OBSERVE_S it
+looks at the frames each party's tracks delivered here, and records on the visit row whether
+media is arriving from both (the person's every track advancing within the stall threshold),
+then pokes the meter. The clients' own `visit.media` reports change nothing in relay mode.
+
 A party's offer starts a new session for that party. The consumers of its media switch to the
 new session's tracks, the old session is closed, and the server answers. The server never
 offers. A watcher's offer gets, on its video m-lines and then its audio m-lines, the family's
@@ -33,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("kinwire.relay")
 SIGNALS_MAX = 256  # queued signals per visit; beyond, new ones are dropped
 WATCHERS_MAX = 4  # staff sessions per visit
+OBSERVE_S = 0.5  # how often the media is looked at: the meter follows within this
 
 
 @dataclass
@@ -66,6 +72,8 @@ class VisitRelay:
         self.sessions: dict[str, Session] = {}
         self.feeds: list[tuple[str, Outlet]] = []  # (party role, outlet) of every consumer
         self.received: dict[str, int] = {}  # frames decoded here, by "family video" etc.
+        self._advanced: dict[str, tuple[int, float]] = {}  # name -> (count, when it moved)
+        self.observed = False  # what was last recorded: media arriving from both
         self.recording: Recording | None = None
         self.closing = False
         self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(SIGNALS_MAX)
@@ -83,6 +91,7 @@ class VisitRelay:
                 log.warning("visit %s: not following %s's channel", self.visit_id, account_id)
         self._tasks = [asyncio.create_task(self._work(), name=f"relay-{self.visit_id}"),
                        asyncio.create_task(self._keep(), name=f"relay-keep-{self.visit_id}"),
+                       asyncio.create_task(self._observe(), name=f"relay-see-{self.visit_id}"),
                        *(asyncio.create_task(self._follow(s)) for s in self._subscriptions)]
 
     def enqueue(self, message: dict[str, Any]) -> None:
@@ -230,6 +239,50 @@ class VisitRelay:
         self.feeds = [(p, o) for p, o in self.feeds if o not in session.outlets]
         await session.close()
 
+    # -- what the server sees
+
+    def seeing(self, now: float) -> bool:
+        """Media arriving from both parties: each has a session; the family some track, the
+        person every track, that delivered a frame within the stall threshold (monotonic)."""
+        fresh: dict[str, list[bool]] = {"family": [], "person": []}
+        for session in self.sessions.values():
+            if session.role not in fresh:
+                continue
+            for kind in session.incoming:
+                name = f"{session.role} {kind}"
+                count = self.received.get(name, 0)
+                seen, moved_at = self._advanced.get(name, (0, now))
+                if count != seen:
+                    seen, moved_at = count, now
+                self._advanced[name] = (seen, moved_at)
+                fresh[session.role].append(count > 0 and now - moved_at <= self.r.stall_s)
+        return any(fresh["family"]) and bool(fresh["person"]) and all(fresh["person"])
+
+    async def _observe(self) -> None:
+        """Record on the visit what the server sees whenever it changes, and poke the meter.
+        Stopped by the flag, never cancelled, so no database call is cut in half."""
+        while not self.closing:
+            seeing = self.seeing(time.monotonic())
+            if seeing != self.observed:
+                await self._record(seeing)
+            await asyncio.sleep(OBSERVE_S)
+
+    async def _record(self, seeing: bool) -> None:
+        try:
+            sink, now = self.r.sink(), self.r.clock()
+            async with self.r.store.write() as conn:
+                row = await visits.observe(conn, sink, self.visit_id, seeing, now,
+                                           self.r.node_id)
+            await sink.signal(self.r.broker)
+            self.observed = seeing
+            await self.r.poke(self.visit_id)
+            if row.status == "live" and row.media_changed_at == now:  # this made it live
+                for party in self.parties:
+                    await self.r.push_live(party, "visit.live", {"visit_id": self.visit_id})
+        except Exception:
+            log.warning("visit %s: could not record the media seen", self.visit_id,
+                        exc_info=True)
+
     # -- the end
 
     def end(self, reason: str) -> None:
@@ -263,6 +316,8 @@ class VisitRelay:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         late, self.sessions = list(self.sessions.values()), {}  # made while ending
         await asyncio.gather(*(self._drop(s) for s in late), return_exceptions=True)
+        if self.observed:  # the media is cut: the meter must not wait for this lease to lapse
+            await self._record(False)
         path = await self.recording.close() if self.recording is not None else None
         with contextlib.suppress(Exception):
             await self.r.broker.release(f"relay:{self.visit_id}", self.r.node_id)

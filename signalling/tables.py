@@ -13,7 +13,9 @@ from sqlalchemy import (
     Integer,
     String,
     Table,
+    false,
     text,
+    true,
 )
 
 from billing.tables import UTCDateTime, metadata
@@ -39,10 +41,17 @@ visits = Table(
     Column("end_reason", String(24), nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
-    # Who is in the call: each party's media state ("absent", "joined", "connected"), and when
-    # "both connected" last changed: the meter reads these, so any process may record them.
+    # Who is in the call: each party's media state ("absent", "joined", "connected"), the
+    # process (node id) holding its socket, the kiosk's outbound media advancing, the relay's
+    # own observation, and when any of these last changed: the meter reads them and decides
+    # (billing/meter.py, "Presence"), so any process may record them.
     Column("family_media", String(12), nullable=False, default="absent"),
     Column("person_media", String(12), nullable=False, default="absent"),
+    Column("family_node", String(32), nullable=True),
+    Column("person_node", String(32), nullable=True),
+    Column("person_sending", Boolean, nullable=False, default=True, server_default=true()),
+    Column("server_media", Boolean, nullable=False, default=False, server_default=false()),
+    Column("server_node", String(32), nullable=True),
     Column("media_changed_at", UTCDateTime, nullable=True),
     Column("ended_at", UTCDateTime, nullable=True),
     # The meter's persisted state (billing/meter.py), so another process can take it over.

@@ -18,9 +18,20 @@ What it does, in order (API.md, "WebSocket /ws"; the server side follows the sam
    accepts `visit.signal {candidate: {candidate, sdpMid, sdpMLineIndex}}` pushes from the other
    side (a browser trickles) and adds them to its peer connection.
 5. It reports `visit.media {visit_id, state: connected|disconnected}` as its peer connection's
-   state changes, counts received frames per track kind, and surfaces the pushes `visit.live`,
+   state changes. The person's side (the kiosk: the authority in direct mode, docs/visits.md
+   "Trust") reports `connected` only while its peer connection is connected AND frames from the
+   family keep arriving, and adds `sending`: whether every one of its own senders' packet
+   counts advanced within the join reply's `media_stall_s` (looked at every WATCH_S). It counts
+   received frames per track kind, and surfaces the pushes `visit.live`,
    `visit.tick`, `visit.warning`, `visit.ended` (in `events`, and to `on_event` if given).
    `visit.ended` ends the client. `leave()` sends `visit.leave` and closes everything.
+6. If the socket drops (its server process died or restarted), it reconnects to the same URL
+   (another process behind it, or the restarted one) every RECONNECT_PAUSE_S for up to
+   `reconnect_s`, authenticates, joins the visit again and starts a new session: the family
+   (direct mode) or each party (relay mode) offers afresh, the person answers the new offer
+   (aiortc has no in-place ICE restart, so a new peer connection carries the restart). A
+   rejoined party reports its media again. It gives up, and closes, when the visit is over
+   or the time runs out.
 
 `loopback_only=True` (tests, benchmarks on one machine) forces ICE relay-only policy and insists
 that every ICE server is on a loopback address: then no host candidate is gathered at all and the
@@ -58,6 +69,12 @@ log = logging.getLogger("kinwire.visit_client")
 REPLY_TIMEOUT_S = 10.0
 JSON = "kinwire.v1.json"
 MSGPACK = "kinwire.v1.msgpack"
+WATCH_S = 0.5  # how often the person's side looks at its media (direct mode)
+RECONNECT_PAUSE_S = 0.5  # between attempts to reach the service again
+# The offering side offers again when its session has not connected within this: two offers
+# crossed (both parties rejoining at once), and the first answer met the second offer.
+CONNECT_WAIT_S = 10.0
+FRESH_OFFER_S = 2.0  # see VisitClient._offer_fresh
 SURFACED = ("visit.live", "visit.tick", "visit.warning", "visit.ended", "visit.peer",
             "visit.updated")
 
@@ -86,7 +103,8 @@ class VisitClient:
                  camera: str = "synthetic", loopback_only: bool = False,
                  width: int = 640, height: int = 480, fps: int = 30,
                  on_event: Callable[[str, dict[str, Any]], Any] | None = None,
-                 tracks: Callable[[], list[MediaStreamTrack]] | None = None) -> None:
+                 tracks: Callable[[], list[MediaStreamTrack]] | None = None,
+                 reconnect_s: float = 60.0) -> None:
         if codec not in ("json", "msgpack"):
             raise ValueError("codec is 'json' or 'msgpack'")
         self.base_url = base_url.rstrip("/")
@@ -98,6 +116,8 @@ class VisitClient:
         self.loopback_only = loopback_only
         self.size = (width, height, fps)
         self.on_event = on_event
+        self.reconnect_s = reconnect_s  # 0: no reconnecting, the client closes with its socket
+        self.reconnects = 0  # how many times it came back after losing its socket
         self.role: str | None = None
         self.media: str | None = None
         self.visit: dict[str, Any] | None = None
@@ -117,8 +137,11 @@ class VisitClient:
         self._reader: asyncio.Task[None] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._local: list[MediaStreamTrack] = []
-        self._reported: str | None = None  # the last visit.media state sent
+        self._reported: tuple[str, bool | None] | None = None  # the last visit.media sent
+        self.stall_s = 10.0  # the join reply's media_stall_s
+        self._moved: dict[str, tuple[int, float]] = {}  # counter -> (value, when it moved)
         self._pending_candidates: list[dict[str, Any]] = []
+        self._offered_at = 0.0  # loop time of our last offer
         self._changed = asyncio.Condition()
         self._closed = False
         self._close_task: asyncio.Task[None] | None = None
@@ -140,16 +163,7 @@ class VisitClient:
         """Connect, authenticate, join, fetch the ICE servers, and offer when it is our turn.
         Returns the join reply."""
         self._session = aiohttp.ClientSession()
-        protocol = JSON if self.codec == "json" else MSGPACK
-        self._ws = await self._session.ws_connect(f"{self.base_url}/ws", protocols=(protocol,),
-                                                  heartbeat=20)
-        self._reader = asyncio.create_task(self._read(), name="visit-client-reader")
-        await self.call("auth", {"token": self.token})
-        joined = await self.call("visit.join", {"visit_id": self.visit_id})
-        self.visit = joined.get("visit")
-        self.role = joined.get("role")
-        self.media = joined.get("media", "direct")
-        self.peer_present = bool(joined.get("peer_present"))
+        joined = await self._connect_and_join()
         headers = {"Authorization": f"Bearer {self.token}"}
         async with self._session.get(f"{self.base_url}/api/v1/visits/{self.visit_id}/ice",
                                      headers=headers) as resp:
@@ -162,7 +176,53 @@ class VisitClient:
         rtc_configuration(self.ice_servers, loopback_only=self.loopback_only)  # fail early
         self._worker = asyncio.create_task(self._work(), name="visit-client-worker")
         await self._pushes.put({"type": "_offer", "data": {}})  # offers if it is our turn
+        if self.role == "person" and self.media == "direct":
+            self._spawn(self._watch_media())
         return joined
+
+    async def _connect_and_join(self) -> dict[str, Any]:
+        """Open the socket, authenticate and join the visit; the join reply."""
+        assert self._session is not None
+        protocol = JSON if self.codec == "json" else MSGPACK
+        self._ws = await self._session.ws_connect(f"{self.base_url}/ws", protocols=(protocol,),
+                                                  heartbeat=20)
+        self._reader = asyncio.create_task(self._read(), name="visit-client-reader")
+        await self.call("auth", {"token": self.token})
+        joined = await self.call("visit.join", {"visit_id": self.visit_id})
+        self.visit = joined.get("visit")
+        self.role = joined.get("role")
+        self.media = joined.get("media", "direct")
+        self.peer_present = bool(joined.get("peer_present"))
+        self.stall_s = float(joined.get("media_stall_s", self.stall_s))
+        return joined
+
+    async def _reconnect(self) -> bool:
+        """The socket dropped: reach the service again, rejoin, start a new session. False
+        when it gave up (the visit is over, or `reconnect_s` passed)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.reconnect_s
+        while not self._closed and loop.time() < deadline:
+            with contextlib.suppress(Exception):
+                if self._ws is not None:
+                    await self._ws.close()
+            try:
+                await self._connect_and_join()
+            except VisitError as exc:
+                if exc.code in ("visit_over", "not_found", "forbidden"):
+                    log.info("visit client: not rejoining (%s)", exc.code)
+                    return False
+            except (aiohttp.ClientError, ConnectionError, TimeoutError, OSError) as exc:
+                log.info("visit client: service not reachable yet (%s)", exc)
+            else:
+                self.reconnects += 1
+                self._reported = None  # the rejoin reset our media on the row: report again
+                if self.media == "relay" or self.role == "family":
+                    await self._drop_pc()  # the offering side starts the new session
+                    if self._should_offer():
+                        await self._offer()
+                return True
+            await asyncio.sleep(RECONNECT_PAUSE_S)
+        return False
 
     async def leave(self) -> None:
         """Send `visit.leave` (unless the visit already ended) and close everything."""
@@ -175,8 +235,8 @@ class VisitClient:
 
     async def close(self) -> None:
         """Close the peer connection, the local tracks, the socket and the HTTP session.
-        Idempotent; it also runs by itself on `visit.ended` or when the server closes the socket
-        (this reference client does not reconnect)."""
+        Idempotent; it also runs by itself on `visit.ended`, or when the socket is lost and
+        reconnecting gives up."""
         self._begin_close()
         assert self._close_task is not None
         await asyncio.shield(self._close_task)
@@ -260,9 +320,10 @@ class VisitClient:
             self._replies.pop(command_id, None)
 
     async def _read(self) -> None:
-        assert self._ws is not None
+        ws = self._ws
+        assert ws is not None
         try:
-            async for msg in self._ws:
+            async for msg in ws:
                 if msg.type == aiohttp.WSMsgType.TEXT:
                     value = json.loads(msg.data)
                 elif msg.type == aiohttp.WSMsgType.BINARY:
@@ -288,8 +349,8 @@ class VisitClient:
             for future in self._replies.values():
                 if not future.done():
                     future.set_exception(ConnectionError(
-                        f"the socket closed ({self._ws.close_code})"))
-            await self._pushes.put({"type": "_closed", "data": {}})
+                        f"the socket closed ({ws.close_code})"))
+            await self._pushes.put({"type": "_lost", "data": {"ws": id(ws)}})
 
     # -- pushes, handled one at a time in arrival order
 
@@ -297,10 +358,17 @@ class VisitClient:
         while True:
             push = await self._pushes.get()
             kind, data = push.get("type"), push.get("data") or {}
-            try:
-                await self._handle(kind, data)
-            except (VisitError, ConnectionError, ValueError) as exc:
-                log.warning("visit client: %s while handling %s", exc, kind)
+            if kind == "_lost":
+                if data.get("ws") != id(self._ws):
+                    continue  # an older socket's end, already replaced
+                if self.ended is not None or self._closed or not self.reconnect_s \
+                        or not await self._reconnect():
+                    kind = "_closed"
+            else:
+                try:
+                    await self._handle(kind, data)
+                except (VisitError, ConnectionError, ValueError) as exc:
+                    log.warning("visit client: %s while handling %s", exc, kind)
             await self._notify()
             if kind == "_closed" or self.ended is not None:
                 self._begin_close()
@@ -310,6 +378,12 @@ class VisitClient:
         if kind == "_offer":
             if self._should_offer():
                 await self._offer()
+            return
+        if kind == "_offer_again":
+            if self.pc is not None and id(self.pc) == data.get("pc"):
+                await self._drop_pc()
+                if self._should_offer():
+                    await self._offer()
             return
         if data.get("visit_id") not in (None, self.visit_id):
             return
@@ -327,6 +401,8 @@ class VisitClient:
                 await self._drop_pc()  # the peer left: wait for it to come back
                 return
             if self.pc is not None and self.role == "family":
+                if self._offer_fresh():
+                    return  # offered since the peer's join was known: it is on its way
                 # The peer (re)joined while we still hold a session: its process may have died
                 # without saying it left, so the old session is dead. Start a new one.
                 await self._drop_pc()
@@ -386,9 +462,10 @@ class VisitClient:
                 return
             self.connection_state = pc.connectionState
             if pc.connectionState == "connected":
-                await self._report("connected")
+                if not self._watching():  # the kiosk reports once media is seen flowing
+                    await self._report("connected")
             elif pc.connectionState in ("failed", "closed", "disconnected"):
-                await self._report("disconnected")
+                await self._report("disconnected", self._reported_sending())
             await self._notify()
 
         return pc
@@ -397,24 +474,67 @@ class VisitClient:
         pc, self.pc = self.pc, None
         if pc is None:
             return
-        if self._reported == "connected":
-            await self._report("disconnected")
+        if self._reported is not None and self._reported[0] == "connected":
+            await self._report("disconnected", self._reported_sending())
         self.connection_state = "closed"
         await pc.close()
         for track in self._local:  # aiortc stops the senders, not the tracks they read
             track.stop()
         self._local = []
 
-    async def _report(self, state: str) -> None:
-        if self._reported == state:
+    async def _report(self, state: str, sending: bool | None = None) -> None:
+        if self._reported == (state, sending):
             return
-        self._reported = state
+        self._reported = (state, sending)
         if self._closed or self._ws is None or self._ws.closed:
             return  # leaving: visit.leave says it all
+        args: dict[str, Any] = {"visit_id": self.visit_id, "state": state}
+        if sending is not None:
+            args["sending"] = sending
         try:
-            await self.call("visit.media", {"visit_id": self.visit_id, "state": state})
+            await self.call("visit.media", args)
         except (VisitError, ConnectionError, TimeoutError) as exc:
             log.info("visit.media %s not reported: %s", state, exc)
+
+    def _reported_sending(self) -> bool | None:
+        return self._reported[1] if self._reported is not None else None
+
+    def _watching(self) -> bool:
+        return self.role == "person" and self.media == "direct"
+
+    def _advancing(self, name: str, value: int, now: float) -> bool:
+        """Whether counter `name` moved within the stall threshold (and ever moved)."""
+        seen, moved_at = self._moved.get(name, (0, now))
+        if value != seen:
+            seen, moved_at = value, now
+        self._moved[name] = (seen, moved_at)
+        return value > 0 and now - moved_at <= self.stall_s
+
+    async def media_now(self) -> tuple[str, bool]:
+        """The person's side's view: (connected with media arriving from the family, own
+        outbound media advancing), from the frames received and the senders' packet counts."""
+        pc, now = self.pc, asyncio.get_running_loop().time()
+        if pc is None:
+            return "disconnected", self._reported_sending() is not False
+        receiving = self._advancing("received", sum(self.frames.values()), now)
+        sending = True
+        for sender in pc.getSenders():
+            if sender.track is None:
+                continue
+            sent = sum(getattr(stat, "packetsSent", 0) for stat in
+                       (await sender.getStats()).values() if stat.type == "outbound-rtp")
+            sending = self._advancing(f"sent {sender.kind}", sent, now) and sending
+        connected = pc.connectionState == "connected" and receiving
+        return ("connected" if connected else "disconnected"), sending
+
+    async def _watch_media(self) -> None:
+        """The kiosk's reports (direct mode): what it sees, whenever that changes."""
+        while not self._closed:
+            await asyncio.sleep(WATCH_S)
+            if self.pc is None or self.pc.connectionState != "connected":
+                continue  # before and between connections: the state changes report
+            state, sending = await self.media_now()
+            await self._report(state, sending)
 
     async def _count(self, track: MediaStreamTrack) -> None:
         kind = track.kind
@@ -432,6 +552,21 @@ class VisitClient:
         pc = await self._new_pc()
         await pc.setLocalDescription(await pc.createOffer())
         await self._send_description(pc)
+        self._offered_at = asyncio.get_running_loop().time()
+        self._spawn(self._offer_again_unless_connected(pc))
+
+    def _offer_fresh(self) -> bool:
+        """An offer of ours awaits its answer, sent moments ago: a `visit.peer` push that
+        reports the arrival our join reply already reported must not replace it (the answer
+        to the first offer would meet the second)."""
+        return (self.pc is not None and self.pc.signalingState == "have-local-offer"
+                and asyncio.get_running_loop().time() - self._offered_at < FRESH_OFFER_S)
+
+    async def _offer_again_unless_connected(self, pc: RTCPeerConnection) -> None:
+        await asyncio.sleep(CONNECT_WAIT_S)
+        if pc is self.pc and pc.connectionState != "connected" and not self._closed:
+            log.info("visit client: no connection in %.0f s; offering again", CONNECT_WAIT_S)
+            await self._pushes.put({"type": "_offer_again", "data": {"pc": id(pc)}})
 
     async def _send_description(self, pc: RTCPeerConnection) -> None:
         desc = pc.localDescription

@@ -1,11 +1,15 @@
 """The visit state machine: scheduled -> open -> live <-> paused -> ended (or cancelled, missed).
 
-Each party's media state ("absent", "joined", "connected") is stored on the visit row, so any
-process may record it; the row's status follows from them: the visit is live exactly while both
-parties report "connected", paused while it was live and one is not, open once anyone joined.
-`media_changed_at` marks the moment "both connected" last changed: the meter bills from these
-instants, whichever process it runs on. Every status change is a `visit.updated` event for both
-parties, written in the same transaction.
+What is known of the call is stored on the visit row, so any process may record it: each
+party's media state ("absent", "joined", "connected") and the process (node id) holding its
+socket, whether the kiosk's outbound media is advancing, and in relay mode what the server
+itself sees. The row's status follows from them by the meter's trust model
+(billing.meter.is_connected): live exactly while the call is connected by that rule, paused
+while it was live and is not, open once anyone joined. `media_changed_at` marks the moment
+"connected" last changed: the meter bills from these instants, whichever process it runs on.
+A party whose holder process died stays on the row until a meter finds that process's
+liveness lease gone and drops it (`drop` with the dead node). Every status change is a
+`visit.updated` event for both parties, written in the same transaction.
 """
 
 from __future__ import annotations
@@ -19,12 +23,13 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import bindparam, column, select, table
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from billing import meter
 from server.store import raw
 from signalling.tables import visits
 
 ACTIVE = ("scheduled", "open", "live", "paused")
 IN_CALL = ("open", "live", "paused")
-END_REASONS = ("time_up", "balance_exhausted", "hung_up", "staff_ended", "failed")
+END_REASONS = meter.END_REASONS
 SDP_CHARS_MAX = 32_000
 CANDIDATE_CHARS_MAX = 1_024
 
@@ -67,7 +72,39 @@ def public(row: Any) -> dict[str, Any]:
             "local_end": row.end_at.astimezone(zone).isoformat(), "blocks": row.blocks,
             "status": row.status, "end_reason": row.end_reason,
             "minute_price": row.minute_price, "media": row.media, "record": row.record,
-            "family_media": row.family_media, "person_media": row.person_media}
+            "family_media": row.family_media, "person_media": row.person_media,
+            "pause_reason": pause_reason(row)}
+
+
+def facts(row: Any, alive: set[str] | None = None) -> meter.Facts:
+    """The row's facts for the meter. `alive`: the nodes whose liveness lease is current; a
+    party held by any other node is absent (its process died). A row that names no node was
+    written without one (by hand, or by a bench's loader): it is taken as it reads."""
+    def gone(node: str | None) -> bool:
+        return alive is not None and node is not None and node not in alive
+
+    def party(state: str, node: str | None) -> str:
+        return "absent" if gone(node) else state
+    server = bool(row.server_media) and not gone(row.server_node)
+    return meter.Facts(party(row.family_media, row.family_node),
+                       party(row.person_media, row.person_node),
+                       bool(row.person_sending), server)
+
+
+def pause_reason(row: Any) -> str | None:
+    """Why a visit in a call is not live, for both screens (docs/visits.md, "Trust"):
+    family_away, person_away, not_connected (the kiosk, or in relay mode the server, sees no
+    media from the family), person_not_sending (the facility's camera or microphone stalled)."""
+    if row.status not in ("open", "paused"):
+        return None
+    known = facts(row)
+    if known.family == "absent":
+        return "family_away"
+    if known.person == "absent":
+        return "person_away"
+    if row.media != "relay" and known.person == "connected" and not known.sending:
+        return "person_not_sending"
+    return "not_connected"
 
 
 # get()'s statement, compiled once (server/store/raw.py): every join, media report, drop and
@@ -110,51 +147,51 @@ async def announce(conn: AsyncConnection, sink: EventSink, row: Any, at: datetim
                                 for party in sorted((row.family_id, row.person_id))], at)
 
 
-def _status(current: str, family: str, person: str) -> str:
-    both = family == "connected" and person == "connected"
-    if both:
+def _status(current: str, media: str, known: meter.Facts) -> str:
+    if meter.is_connected(media, known):
         return "live"
     if current in ("live", "paused"):
         return "paused"
     return "open"
 
 
-def _set_party_update(role: str, both_changed: bool) -> raw.Query:
-    values = {f"{role}_media": bindparam("p_state"), "status": bindparam("p_new_status"),
-              "updated_at": bindparam("p_now")}
-    if both_changed:
-        values["media_changed_at"] = bindparam("p_changed_at")
-    return raw.Query(visits.update().where(
-        visits.c.id == bindparam("p_id"), visits.c.status == bindparam("p_status"),
-        visits.c.family_media == bindparam("p_family"),
-        visits.c.person_media == bindparam("p_person")).values(**values))
+# What the call's facts are on the row; an update is conditional on all of them as read.
+_FACT_COLUMNS = ("status", "family_media", "person_media", "family_node", "person_node",
+                 "person_sending", "server_media", "server_node")
+_UPDATES: dict[tuple[str, ...], raw.Query] = {}
 
 
-# _set_party's conditional UPDATE, compiled once per (party, whether "both connected" changed):
-# every join, media report and drop runs one, and building and compiling it through Core cost
-# more CPU than the database did.
-_SET_PARTY = {(role, both_changed): _set_party_update(role, both_changed)
-              for role in ("family", "person") for both_changed in (False, True)}
+def _update(columns: tuple[str, ...]) -> raw.Query:
+    """The conditional UPDATE setting `columns`, compiled once per set of columns: every join,
+    media report and drop runs one, and building and compiling it through Core cost more CPU
+    than the database did."""
+    query = _UPDATES.get(columns)
+    if query is None:
+        checks = [visits.c[name].is_not_distinct_from(bindparam(f"was_{name}"))
+                  for name in _FACT_COLUMNS]  # the nodes may be NULL
+        query = _UPDATES[columns] = raw.Query(visits.update().where(
+            visits.c.id == bindparam("p_id"), *checks).values(
+            **{name: bindparam(f"new_{name}") for name in columns}))
+    return query
 
 
-async def _set_party(conn: AsyncConnection, sink: EventSink, row: Any, role: str, state: str,
-                     now: datetime) -> Any:
-    family = state if role == "family" else row.family_media
-    person = state if role == "person" else row.person_media
-    status = _status(row.status, family, person)
-    values: dict[str, Any] = {f"{role}_media": state, "status": status, "updated_at": now}
-    was_both = row.status == "live"
-    if (status == "live") != was_both:
+async def _change(conn: AsyncConnection, sink: EventSink, row: Any, changes: dict[str, Any],
+                  now: datetime) -> Any:
+    """Record `changes` (fact columns) on the visit; the status follows from the facts."""
+    merged = {**_fields(row), **changes}
+    status = _status(row.status, row.media, facts(SimpleNamespace(**merged)))
+    values: dict[str, Any] = {**changes, "status": status, "updated_at": now}
+    if (status == "live") != (row.status == "live"):
         values["media_changed_at"] = now
-    # Conditional on the status read, so two processes recording at once cannot interleave.
-    update = _SET_PARTY[role, "media_changed_at" in values]
+    columns = tuple(sorted(values))
+    update = _update(columns)
+    params = {"p_id": row.id, **{f"was_{name}": getattr(row, name) for name in _FACT_COLUMNS},
+              **{f"new_{name}": values[name] for name in columns}}
     sql, _, _, _ = update.plan(conn.dialect)
-    changed = await raw.Raw(conn).run(sql, update.values(conn.dialect, {
-        "p_id": row.id, "p_status": row.status, "p_family": row.family_media,
-        "p_person": row.person_media, "p_state": state, "p_new_status": status, "p_now": now,
-        "p_changed_at": now}))
+    # Conditional on the facts read, so two processes recording at once cannot interleave.
+    changed = await raw.Raw(conn).run(sql, update.values(conn.dialect, params))
     if changed != 1:
-        return await _set_party(conn, sink, await get(conn, row.id), role, state, now)
+        return await _change(conn, sink, await get(conn, row.id), changes, now)
     # The update was conditional on the row as read: the row now is that row with `values`
     # (no second SELECT; a join costs a write transaction, and 200 of them at once queue).
     fresh = SimpleNamespace(**{**_fields(row), **values})
@@ -164,7 +201,7 @@ async def _set_party(conn: AsyncConnection, sink: EventSink, row: Any, role: str
 
 
 def _fields(row: Any) -> dict[str, Any]:
-    """A row from get() (a named tuple) or from _set_party (a namespace) as a dict."""
+    """A row from get() (a named tuple) or from _change (a namespace) as a dict."""
     return row._asdict() if hasattr(row, "_asdict") else vars(row)
 
 
@@ -178,40 +215,71 @@ def _check_window(row: Any, now: datetime) -> None:
 
 
 async def join(conn: AsyncConnection, sink: EventSink, visit_id: str, account_id: str,
-               now: datetime, row: Any = None) -> Joined:
-    """`row`: the visit's row as `get` read it in this transaction, if the caller has it."""
+               now: datetime, row: Any = None, node: str | None = None) -> Joined:
+    """`row`: the visit's row as `get` read it in this transaction, if the caller has it.
+    `node`: the process holding the party's socket (its liveness lease names it)."""
     if row is None:
         row = await get(conn, visit_id)
     role = role_of(row, account_id)
     _check_window(row, now)
-    current = row.family_media if role == "family" else row.person_media
-    if current != "joined":
+    changes: dict[str, Any] = {f"{role}_media": "joined", f"{role}_node": node}
+    if role == "person":
+        changes["person_sending"] = True  # a fresh start: no stall until it says so
+    if any(getattr(row, name) != value for name, value in changes.items()):
         # A party joining has no media yet, even if the row says "connected": its last
         # process may have died without recording that it left.
-        row = await _set_party(conn, sink, row, role, "joined", now)
+        row = await _change(conn, sink, row, changes, now)
     peer_state = row.person_media if role == "family" else row.family_media
     return Joined(row, role, peer_of(row, account_id), peer_state != "absent")
 
 
 async def set_media(conn: AsyncConnection, sink: EventSink, visit_id: str, account_id: str,
-                    connected: bool, now: datetime) -> Any:
+                    connected: bool, now: datetime, node: str | None = None,
+                    sending: bool | None = None) -> Any:
+    """A party's report of its own peer connection. Only the person's (the kiosk's) counts
+    for billing in direct mode; `sending` (its outbound media advancing) is taken from the
+    person alone. In relay mode neither counts: the server observes (`observe`)."""
     row = await get(conn, visit_id)
     role = role_of(row, account_id)
     if row.status not in IN_CALL:
         raise VisitError(409, "not_in_call", f"The visit is {row.status}.")
     if (row.family_media if role == "family" else row.person_media) == "absent":
         raise VisitError(409, "not_joined", "Join the visit first.")
-    return await _set_party(conn, sink, row, role, "connected" if connected else "joined", now)
+    changes: dict[str, Any] = {f"{role}_media": "connected" if connected else "joined"}
+    if node is not None:
+        changes[f"{role}_node"] = node
+    if role == "person" and sending is not None:
+        changes["person_sending"] = sending
+    if all(getattr(row, name) == value for name, value in changes.items()):
+        return row
+    return await _change(conn, sink, row, changes, now)
 
 
 async def drop(conn: AsyncConnection, sink: EventSink, visit_id: str, account_id: str,
-               now: datetime) -> Any:
-    """A party's socket went away without hanging up: absent, and the meter pauses."""
+               now: datetime, node: str | None = None) -> Any:
+    """A party's socket went away without hanging up, or its process died: absent, and the
+    meter pauses. With `node`, only if that process still holds the party: one that has
+    rejoined elsewhere meanwhile stays."""
     row = await get(conn, visit_id)
     role = role_of(row, account_id)
+    if row.status not in IN_CALL or (node is not None and getattr(row, f"{role}_node") != node):
+        return row
+    if getattr(row, f"{role}_media") == "absent":
+        return row
+    return await _change(conn, sink, row, {f"{role}_media": "absent", f"{role}_node": None},
+                         now)
+
+
+async def observe(conn: AsyncConnection, sink: EventSink, visit_id: str, connected: bool,
+                  now: datetime, node: str) -> Any:
+    """Relay mode: what the server holding the visit's media sees (media arriving from both
+    parties, the person's advancing). The only presence report that counts in relay mode."""
+    row = await get(conn, visit_id)
     if row.status not in IN_CALL:
         return row
-    return await _set_party(conn, sink, row, role, "absent", now)
+    if (bool(row.server_media), row.server_node) == (connected, node):
+        return row
+    return await _change(conn, sink, row, {"server_media": connected, "server_node": node}, now)
 
 
 async def end(conn: AsyncConnection, sink: EventSink, visit_id: str, reason: str,
@@ -222,7 +290,8 @@ async def end(conn: AsyncConnection, sink: EventSink, visit_id: str, reason: str
     ended = await conn.execute(visits.update().where(
         visits.c.id == visit_id, visits.c.status.in_(IN_CALL))
         .values(status="ended", end_reason=reason, ended_at=now, updated_at=now,
-                family_media="absent", person_media="absent"))
+                family_media="absent", person_media="absent", family_node=None,
+                person_node=None, server_media=False, server_node=None))
     if ended.rowcount != 1:
         return None
     row = await get(conn, visit_id)

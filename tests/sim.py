@@ -253,11 +253,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "sim.db"
         asyncio.run(_migrate(f"sqlite:///{path}"))
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         result = simulate(seed, args.visits, path, only=args.only)
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     print(describe(result, trace=args.only is not None))
-    print(f"{result.visits} visits in {elapsed:.1f} s")
+    print(f"{result.visits} visits in {elapsed:.1f} s ({cpu:.1f} s of CPU)")
     return 0 if result.ok else 1
 
 

@@ -7,6 +7,11 @@ debit, which warning, which end, by when to wake); it resumes after a takeover f
 copy of the state taken when the meter's Persist was performed. Then the ledger must show
 exactly the minutes that were decided (each once, under its key), and they must pay for the
 connected time the rules billed: (m - 1) minutes < billed time <= m minutes.
+
+`check_truth` judges against the world instead (the "truth" records: both parties there and
+the person's media really flowing): billed seconds never exceed connected-with-media seconds
+plus the lags the product allows (a crashed holder's lease, a stall's threshold, a late
+report), to the credit; and in a visit without meter faults no honest minute goes unbilled.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from billing.meter import (
     LeaseLost,
     Live,
     MeterConfig,
+    Observed,
     Paused,
     Persist,
     StaffEnded,
@@ -59,6 +65,7 @@ class Rules:
         self.decided = 0  # the highest minute ever decided
         self.warned: set[str] = set()
         self.live_once = False
+        self.met = False  # both parties were ever present at once (else the visit is missed)
         self.now: float | None = None
         self.last_report: float | None = None
         self.ended: str | None = None
@@ -79,16 +86,18 @@ class Rules:
         self._bill(min(t, c.window_end))
         exp = Expect(t)
         if t >= c.window_end:
-            self.ended = exp.end = "time_up"
+            self.ended = exp.end = "time_up" if self.met else "missed"
             return exp
-        if isinstance(event, Live | Paused):
+        if isinstance(event, Live | Paused | Observed):
             fresh = event.at >= c.window_start and (self.last_report is None
                                                     or event.at >= self.last_report)
             if fresh:
                 self.last_report = event.at
-                if isinstance(event, Live) and not self.on:
+                both_there, connected = self._presence(event)
+                self.met = self.met or both_there
+                if connected and not self.on:
                     self.on, self.mark, self.live_once = True, t, True
-                elif isinstance(event, Paused):
+                elif not connected:
                     self.on, self.mark = False, None
         elif isinstance(event, DebitOk) and event.minute == self.pending:
             self.paid, self.pending = event.minute, None
@@ -106,6 +115,17 @@ class Rules:
         if not self.ended:
             self._decide(exp, t)
         return exp
+
+    def _presence(self, event) -> tuple[bool, bool]:
+        """(both parties there, connected), restated: the kiosk decides in direct mode, the
+        server in relay mode, the family's own word never; an absent party, never."""
+        if isinstance(event, Live | Paused):
+            return True, isinstance(event, Live)
+        f = event.facts
+        there = f.family != "absent" and f.person != "absent"
+        if self.c.media == "relay":
+            return there, there and f.server
+        return there, there and f.person == "connected" and f.sending
 
     def _bill(self, t: float) -> None:
         if self.on and t > self.mark:
@@ -167,7 +187,8 @@ def check_visit(plan, run, rows: list, account: tuple[int, int]) -> list[str]:
     `rows` are the family account's visit_minute transfers (key, debit, credit, amount, ref, at
     seconds); `account` is its stored balance and the balance its transfers give."""
     problems, rules = walk(plan, run)
-    return problems + check_ledger(plan, run, rules, rows, account)
+    return (problems + check_ledger(plan, run, rules, rows, account)
+            + check_truth(plan, run, rows, account, rules))
 
 
 def check_money(plan, run, rows: list, account: tuple[int, int]) -> list[str]:
@@ -246,4 +267,46 @@ def check_ledger(plan, run, rules: Rules, rows: list, account: tuple[int, int]) 
     stored, derived = account
     if stored < 0 or stored != derived:
         problems.append(f"the family's balance is {stored}; its transfers give {derived}")
+    return problems
+
+
+def truth_seconds(plan, run) -> tuple[float, float, float | None]:
+    """(connected-with-media seconds in the window up to the end, the lags allowed, the end)."""
+    c = plan.config
+    end = next((r[1] for r in run.trace if r[0] == "ended"), c.window_end)
+    end = min(end, c.window_end)
+    truth, since, total, allowed = False, None, 0.0, 0.0
+    for record in run.trace:
+        if record[0] == "allow":
+            allowed += record[2]
+        elif record[0] == "truth":
+            t = min(max(record[1], c.window_start), end)
+            if truth and since is not None:
+                total += max(0.0, t - since)
+            truth, since = record[2], t
+    if truth and since is not None:
+        total += max(0.0, end - since)
+    return total, allowed, end
+
+
+def check_truth(plan, run, rows: list, account: tuple[int, int],
+                rules: Rules | None = None) -> list[str]:
+    """The world's side alone: what the family paid against what it really got."""
+    c, problems = plan.config, []
+    if rules is None:
+        _, rules = walk(plan, run)
+    paid = len(rows)
+    truth_s, allowed_s, _ = truth_seconds(plan, run)
+    if rules.billed > truth_s + allowed_s + EPS:
+        problems.append(f"billed {rules.billed:.4f} s; connected with media {truth_s:.4f} s "
+                        f"(+ {allowed_s:.4f} s of allowed lag)")
+    if paid > 0 and (paid - 1) * c.minute_s > truth_s + allowed_s + EPS:
+        problems.append(f"{paid} minutes paid for {truth_s:.4f} s connected with media "
+                        f"(+ {allowed_s:.4f} s allowed)")
+    clean = (not any(r[0] in ("crash", "lease_lost") for r in run.trace)
+             and not plan.enders and run.ended in ("time_up", "missed")
+             and not any(plan.faults[f] for f in ("unknown", "late", "midcrash")))
+    if clean and paid * c.minute_s < truth_s - c.minute_s - EPS:
+        problems.append(f"only {paid} minutes paid for {truth_s:.4f} s connected with media: "
+                        f"an honest minute went unbilled")
     return problems

@@ -2,8 +2,20 @@
 lease, and a shell that performs the meter's actions against the real ledger, with every fault
 drawn from the seed. Nothing here judges the meter; tests/sim_check.py does, from the trace.
 
+The world (docs/visits.md, "Trust"): each party comes and goes (its socket joined and its
+media flowing, or not); the process holding a party's socket may crash, and the party is
+gone until its client reconnects elsewhere, while the shell learns of the crash only when
+that process's liveness lease runs out (up to `node_lease_s` later); the kiosk's outbound
+media may stall, which it reports once the stall has lasted `stall_s`; the family's client
+may lie (never report connected, or always). The shell reports what it knows as
+meter.Observed facts: the family's own report, the kiosk's, and in relay mode the server's.
+
 Trace records (tuples, in the order things happened):
-  ("presence", t, both)                 the truth: both parties connected or not
+  ("truth", t, connected)               the truth: both parties there and the person's media
+                                        really flowing (what a family should pay for)
+  ("allow", t, seconds)                 a lag the product allows to be billed: a crashed
+                                        holder's lease running out, a stall's threshold, a
+                                        report delivered late
   ("step", t, gen, event, actions)      an event fed to process `gen` and what its meter returned
   ("persisted", t, gen, state_dict)     a Persist action performed (the stored state)
   ("debit", t, gen, minute, key, code, balance_before)   a ledger attempt; code is the ledger's
@@ -29,13 +41,13 @@ from billing.meter import (
     DebitRefused,
     DebitUnknown,
     End,
+    Facts,
     Failed,
     HungUp,
     LeaseLost,
-    Live,
     MeterConfig,
     MeterState,
-    Paused,
+    Observed,
     Persist,
     StaffEnded,
     TakenOver,
@@ -66,6 +78,12 @@ class Plan:
     enders: list[tuple[float, str]]
     money: list[tuple[float, str, int]]  # (t, purchase | gift | spend, credits)
     faults: dict[str, float]  # probabilities
+    liar: str | None = None  # the family's client: None (honest), "silent" or "always"
+    holder_crashes: list[tuple[float, int, float, float]] = field(default_factory=list)
+    # (t, party, back after s, the shell learns of it after s <= node_lease_s)
+    stalls: list[tuple[float, float]] = field(default_factory=list)  # the kiosk's, [start, end)
+    node_lease_s: float = 1.0
+    stall_s: float = 1.0
 
 
 def draw_plan(seed: int, index: int) -> Plan:
@@ -78,7 +96,8 @@ def draw_plan(seed: int, index: int) -> Plan:
         length += q(rng.uniform(0, minute_s))  # a window that is not whole minutes long
     end = start + length
     config = MeterConfig(f"v{index}", price, minute_s, start, end,
-                         warn_before_end_minutes=rng.choice([2, 2, 1]))
+                         warn_before_end_minutes=rng.choice([2, 2, 1]),
+                         media=rng.choice(["direct"] * 4 + ["relay"]))
     if rng.random() < 0.2:
         funds = price * rng.randint(10, 30)
     else:
@@ -117,8 +136,19 @@ def draw_plan(seed: int, index: int) -> Plan:
               "midcrash": rng.choice([0.0, 0.0, 0.01, 0.05])}
     if steady:
         faults.update(unknown=0.0, late=0.0)
+    liar = rng.choice([None, None, "silent", "always"])
+    node_lease_s = q(rng.uniform(0.02, 0.1) * minute_s)
+    holder_crashes = [(moment(), rng.randrange(2), q(rng.uniform(0.01, 1.0) * minute_s),
+                       q(rng.uniform(0, node_lease_s)))
+                      for _ in range(rng.choice([0, 0, 1, 2]))]
+    stall_s = q(rng.uniform(0.05, 0.3) * minute_s)
+    stalls = []
+    for _ in range(rng.choice([0, 0, 1, 2])):
+        began = moment()
+        stalls.append((began, began + q(rng.uniform(0.02, 2.0) * minute_s)))
     return Plan(seed, index, config, f"fam_{index}", funds, presence, crashes, lease_losses,
-                q(rng.uniform(0.02, 0.5) * minute_s), enders, money, faults)
+                q(rng.uniform(0.02, 0.5) * minute_s), enders, money, faults, liar,
+                holder_crashes, stalls, node_lease_s, stall_s)
 
 
 @dataclass
@@ -142,19 +172,33 @@ class VisitSim:
         self.owner: int | None = None  # the process holding the lease
         self.gen = 0
         self.stored: dict | None = None
-        self.parties = [False, False]
-        self.both = False
-        self.changed_at: float | None = None  # when `both` last changed
+        self.want = [False, False]  # each party's own schedule: there, media flowing
+        self.gone_until = [0.0, 0.0]  # its holder process crashed: gone until it is back
+        self.detected = [False, False]  # ... and the shell knows (the lease ran out)
+        self.stalled: float | None = None  # the kiosk's media stalled since then
+        self.stall_reported = False  # the kiosk said `sending: false`
+        self.truth = False
+        self.facts = Facts()  # what the shell last reported
+        self.changed_at: float | None = None  # when the reported facts last changed
         self.backlog: list = []  # enders that came while no process held the lease
         self.wakes: set[tuple[int, float]] = set()
         self.run = Run()
+        if plan.liar:
+            self.run.stats[f"family {plan.liar}"] += 1
         self.handlers = {"party": self._party, "deliver": self._deliver, "wake": self._wake,
                          "outcome": self._outcome, "crash": self._crash, "money": self._money,
-                         "lease_lost": self._lease_lost, "takeover": self._takeover}
+                         "lease_lost": self._lease_lost, "takeover": self._takeover,
+                         "holder_crash": self._holder_crash, "back": self._back,
+                         "detect": self._detect, "stall": self._stall,
+                         "stall_seen": self._stall_seen, "unstall": self._unstall,
+                         "report": self._report}
 
     def push(self, t: float, kind: str, *payload) -> None:
         self.seq += 1
-        heapq.heappush(self.queue, (t, self.seq, kind, payload))
+        # Reports are made after everything else that happens at the same instant (phase 1):
+        # the shell reads the row once per pass, so one instant gives one report, and two
+        # reports never share a stamp (a late copy of the older would look fresh).
+        heapq.heappush(self.queue, (t, kind == "report", self.seq, kind, payload))
 
     def go(self) -> Run:
         plan = self.plan
@@ -169,11 +213,15 @@ class VisitSim:
             self.push(t, "lease_lost")
         for t, what in plan.enders:
             self.push(t, "deliver", ENDERS[what](t))
+        for t, party, back_s, detect_s in plan.holder_crashes:
+            self.push(t, "holder_crash", party, back_s, detect_s)
+        for began, ended in plan.stalls:
+            self.push(began, "stall", began, ended)
         for t, kind, amount in plan.money:
             self.push(t, "money", kind, amount)
         steps = 0
         while self.queue and self.run.ended is None:
-            self.now, _, kind, payload = heapq.heappop(self.queue)
+            self.now, _, _, kind, payload = heapq.heappop(self.queue)
             self.handlers[kind](*payload)
             steps += 1
             if steps > STEPS_MAX:
@@ -186,14 +234,86 @@ class VisitSim:
     # --- the world ---------------------------------------------------------------------
 
     def _party(self, party: int, up: bool) -> None:
-        self.parties[party] = up
-        both = all(self.parties)
-        if both == self.both:
+        self.want[party] = up
+        self._changed()
+
+    def _there(self, party: int) -> bool:
+        return self.want[party] and self.now >= self.gone_until[party]
+
+    def _holder_crash(self, party: int, back_s: float, detect_s: float) -> None:
+        """The process holding the party's socket dies; its client is back after `back_s`
+        (on another process); the shell learns of the death after `detect_s`."""
+        if not self._there(party):
             return
-        self.both, self.changed_at = both, self.now
-        self.run.trace.append(("presence", self.now, both))
-        report = Live(self.now) if both else Paused(self.now)
+        self.gone_until[party] = self.now + back_s
+        self.detected[party] = False
+        self.run.trace.append(("holder_crash", self.now, party))
+        self.run.stats["holder_crashes"] += 1
+        self.run.trace.append(("allow", self.now, detect_s))  # billed until the shell knows
+        self.push(self.now + back_s, "back", party)
+        self.push(self.now + detect_s, "detect", party)
+        self._changed()
+
+    def _detect(self, party: int) -> None:
+        if self.now < self.gone_until[party]:
+            self.detected[party] = True
+            self._changed()
+
+    def _back(self, party: int) -> None:
+        if self.now >= self.gone_until[party]:
+            self.detected[party] = False
+            self._changed()
+
+    def _stall(self, began: float, ended: float) -> None:
+        if self.stalled is not None:
+            return
+        self.stalled = began
+        self.run.stats["stalls"] += 1
+        self.run.trace.append(("allow", self.now, min(self.plan.stall_s, ended - began)))
+        self.push(began + self.plan.stall_s, "stall_seen", began)
+        self.push(ended, "unstall", began)
+        self._changed()
+
+    def _stall_seen(self, began: float) -> None:
+        if self.stalled == began:
+            self.stall_reported = True  # the kiosk: its outbound media has not advanced
+            self._changed()
+
+    def _unstall(self, began: float) -> None:
+        if self.stalled == began:
+            self.stalled, self.stall_reported = None, False
+            self._changed()
+
+    def _seen(self, party: int) -> bool:
+        """The party as the shell sees it: there, unless its dead holder's lease ran out."""
+        return self.want[party] and not self.detected[party]
+
+    def _facts(self) -> Facts:
+        family, person = self._seen(0), self._seen(1)
+        media = self.want[0] and self.want[1]  # media flows peer to peer, holders or not
+        honest = "connected" if media else "joined"
+        said = {None: honest, "silent": "joined", "always": "connected"}[self.plan.liar]
+        return Facts(family=said if family else "absent",
+                     person=("connected" if media else "joined") if person else "absent",
+                     sending=not self.stall_reported,
+                     server=media and not self.stall_reported)
+
+    def _changed(self) -> None:
+        truth = self._there(0) and self._there(1) and self.stalled is None
+        if truth != self.truth:
+            self.truth = truth
+            self.run.trace.append(("truth", self.now, truth))
+        self.push(self.now, "report")
+
+    def _report(self) -> None:
+        facts = self._facts()
+        if facts == self.facts:
+            return
+        self.facts, self.changed_at = facts, self.now
+        report = Observed(self.now, facts)
         delay = q(self.rng.uniform(0, 0.4) * self.config.minute_s) if self._chance("late") else 0
+        if delay:
+            self.run.trace.append(("allow", self.now, delay))
         self.push(self.now + delay, "deliver", report)
         if self._chance("dup"):
             self.push(self.now + delay + q(self.rng.uniform(0, 0.3) * self.config.minute_s),
@@ -202,7 +322,7 @@ class VisitSim:
     def _deliver(self, event) -> None:
         if self.owner is not None:
             self._feed(self.owner, event)
-        elif isinstance(event, Live | Paused):
+        elif isinstance(event, Observed):
             self.run.trace.append(("lost", self.now, event))  # the new owner asks afresh
         else:
             self.backlog.append(event)
@@ -246,9 +366,9 @@ class VisitSim:
         self.run.stats["takeovers"] += 1
         self._feed(gen, TakenOver(self.now))
         if self.owner == gen and self.changed_at is not None:
-            # The new owner reads the parties' presence as the visit row keeps it: connected
-            # or not, since the moment that last changed (before the takeover).
-            self._feed(gen, (Live if self.both else Paused)(self.changed_at))
+            # The new owner reads what the visit row keeps: the facts, since the moment they
+            # last changed (before the takeover).
+            self._feed(gen, Observed(self.changed_at, self.facts))
         backlog, self.backlog = self.backlog, []
         for event in backlog:
             self._deliver(event)

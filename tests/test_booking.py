@@ -37,7 +37,7 @@ TODAY = "2026-03-02"
 T0 = datetime(2026, 3, 2, 15, 10, tzinfo=UTC)  # 09:10 CST
 VIEW_KEYS = {"id", "facility_id", "connection_id", "family_id", "person_id", "start", "end",
              "timezone", "local_start", "local_end", "blocks", "status", "end_reason",
-             "minute_price", "media", "record", "family_media", "person_media"}
+             "minute_price", "media", "record", "family_media", "person_media", "pause_reason"}
 
 
 def local(day: str, hhmm: str) -> datetime:
@@ -270,7 +270,7 @@ async def test_a_booking_is_stored_in_utc_and_told_to_both_parties(api: Api) -> 
         "timezone": "America/Chicago", "local_start": "2026-03-02T11:00:00-06:00",
         "local_end": "2026-03-02T12:00:00-06:00", "blocks": 2, "status": "scheduled",
         "end_reason": None, "minute_price": 50, "media": "direct", "record": True,
-        "family_media": "absent", "person_media": "absent"}
+        "family_media": "absent", "person_media": "absent", "pause_reason": None}
     pushed = await sock.push()
     assert pushed["type"] == "visit.updated" and pushed["data"] == visit
     async with api.ctx.store.read() as conn:

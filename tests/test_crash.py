@@ -2,8 +2,10 @@
 crashes"). Two processes share PostgreSQL and a private Redis; a family and a person send
 messages to both (retrying on the other with the same idempotency key, as behind a load
 balancer) while a visit is metered. Each round SIGKILLs the process running the meter at a
-random moment and restarts it. Afterwards: every acknowledged message is stored and charged
-once, every stored message is charged, the ledger sums to zero, the meter moved to the survivor
+random moment and restarts it; the visit's parties whose socket was on it reconnect to the
+survivor and rejoin, as clients do (a dead process's parties are absent until they come back:
+docs/visits.md, "Trust"). Afterwards: every acknowledged message is stored and charged once,
+every stored message is charged, the ledger sums to zero, the meter moved to the survivor
 within its lease each time, and no minute was billed twice or skipped."""
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from tests.test_faults import (
 ROUNDS = 3
 MINUTE_S = 0.5
 LEASE_S = 1.0
+NODE_LEASE_S = 0.6  # a process's liveness: under two thirds of the meter's lease
 # The survivor's scanner looks every half lease, the dead holder's lease lasts at most one, and
 # the next minute starts within one minute of the takeover; plus slack for a loaded machine.
 TAKEOVER_LIMIT_S = LEASE_S * 1.5 + MINUTE_S + 3.0
@@ -70,6 +73,17 @@ def kill(node: Node) -> str:
     node.proc.send_signal(signal.SIGKILL)
     out, _ = node.proc.communicate(timeout=10)
     return out
+
+
+async def rejoin_elsewhere(peers: list, victim: Node, survivor: Node, visit_id: str) -> None:
+    """The parties whose socket died with `victim` reconnect to `survivor`, rejoin the visit
+    and report their media again, as the clients do."""
+    for peer in peers:
+        if peer.node is victim:
+            peer.node = survivor
+            await peer.connect()
+            assert "ok" in await peer.call("visit.join", visit_id=visit_id)
+            assert "ok" in await peer.call("visit.media", visit_id=visit_id, state="connected")
 
 
 def restart(node: Node) -> None:
@@ -132,6 +146,7 @@ async def test_kill_9_under_load_loses_nothing_and_bills_on(pg_db: str,
         async with nodes_started(pg_db, redis.url, tmp_path,
                                  KINWIRE_VISIT_MINUTE_S=str(MINUTE_S),
                                  KINWIRE_METER_LEASE_S=str(LEASE_S),
+                                 KINWIRE_NODE_LEASE_S=str(NODE_LEASE_S),
                                  KINWIRE_DB_TIMEOUT_S="5") as nodes, \
                 aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
             a, b = nodes
@@ -157,6 +172,8 @@ async def test_kill_9_under_load_loses_nothing_and_bills_on(pg_db: str,
                     killed_at = utcnow()
                     out = kill(victim)
                     print(f"--- killed node {victim.port} ---\n{out}")
+                    survivor = next(node for node in nodes if node is not victim)
+                    await rejoin_elsewhere([family, person], victim, survivor, visit_id)
                     if round_number < ROUNDS - 1:
                         restart(victim)  # it starts while the survivor takes the meter over
                     takeovers.append(await until_billed_after(pg_db, visit_id, killed_at,

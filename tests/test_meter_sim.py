@@ -1,5 +1,8 @@
-"""The billing simulator in the suite: a thousand faulty visits with a fresh seed every run, and
-proof that its checks bite: meters with one rule flipped are caught within a thousand visits.
+"""The billing simulator in the suite: a thousand faulty visits with a fresh seed every run (and
+ten thousand within 60 s of CPU), and proof that its checks bite: meters with one rule flipped
+are caught within a thousand visits, among them the two that issue 14 fixed (trusting the
+family's own report; a crashed process's parties kept present), caught by the world's side
+alone (sim_check.check_truth: billed seconds against connected-with-media seconds).
 A failure prints the seed; `python -m tests.sim --seed N --only VISIT` replays it."""
 
 from __future__ import annotations
@@ -13,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from billing import meter
-from billing.meter import Clock, Debit, Paused, TakenOver, WakeAt
+from billing.meter import Clock, Debit, Observed, Paused, TakenOver, WakeAt
 from tests.conftest import fresh_sqlite
 from tests.sim import SimLedger, describe, main, simulate
-from tests.sim_check import check_money
+from tests.sim_check import check_money, check_truth
 from tests.sim_visit import VisitSim, draw_plan
 
 
@@ -37,13 +40,64 @@ def test_a_thousand_visits_bill_exactly_their_connected_minutes(db_path):
     stats = result.stats
     # The faults really happened, and visits ended every way they can.
     assert stats["takeovers"] > 200 and stats["lease_losses"] > 30 and stats["timeouts"] > 50
-    for reason in ("time_up", "balance_exhausted", "hung_up", "staff_ended"):
+    for reason in ("time_up", "balance_exhausted", "hung_up", "staff_ended", "missed"):
         assert stats[f"ended {reason}"] > 5, stats
+    # Issue 14's faults: crashed holders, stalled kiosks, lying families.
+    assert stats["holder_crashes"] > 150 and stats["stalls"] > 200, stats
+    assert stats["family silent"] > 100 and stats["family always"] > 100, stats
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_ten_thousand_visits_within_a_minute_of_cpu(db_path):
+    """Timed in CPU seconds: the machine is shared, and its load says nothing of the code."""
+    seed = secrets.randbelow(2**32)
+    print(f"simulator seed {seed}")
+    started, cpu = time.perf_counter(), time.process_time()
+    result = simulate(seed, 10_000, db_path)
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    assert result.ok, describe(result)
+    assert result.visits == 10_000
+    print(f"10000 visits in {elapsed:.1f} s ({cpu:.1f} s of CPU)")
+    assert cpu < 60, f"10000 visits took {cpu:.1f} s of CPU"
+
+
+def trusts_the_family(monkeypatch):
+    """Issue 14's bug 2: the call counts as connected when the FAMILY says so (and the
+    person is there), whatever the kiosk or the server sees."""
+    monkeypatch.setattr(meter, "PRESENCE_RULE", lambda media, facts: (
+        facts.family == "connected" and facts.person != "absent"))
+    return meter.step
+
+
+def keeps_absent_parties_present(monkeypatch):
+    """Issue 14's bug 1: a party's presence outlives it (the stored flag that nothing cleared
+    when its process died): an absent party is taken as it was last seen."""
+    def step(config, state, event):
+        if isinstance(event, Observed):
+            f, was = event.facts, state.facts
+            event = Observed(event.at, replace(
+                f, family=was.family if f.family == "absent" else f.family,
+                person=was.person if f.person == "absent" else f.person))
+        return meter.step(config, state, event)
+    return step
+
+
+@pytest.mark.parametrize("broken", [trusts_the_family, keeps_absent_parties_present])
+def test_the_world_alone_exposes_issue_14s_meters(db_path, monkeypatch, broken):
+    seed = secrets.randbelow(2**32)
+    print(f"simulator seed {seed}")
+    result = simulate(seed, 1000, db_path, step=broken(monkeypatch), judge=check_truth)
+    assert not result.ok, f"seed {seed}: 1000 visits and the broken meter was not caught"
+    print(result.problems)
+    assert any("connected with media" in p for p in result.problems)
 
 
 def bills_paused_time(config, state, event):
-    """One rule flipped: a party's disconnection does not stop the meter."""
-    if isinstance(event, Paused):
+    """One rule flipped: a party's disconnection does not stop the meter (a report that the
+    call is no longer connected is taken as the clock)."""
+    if isinstance(event, Paused) or (isinstance(event, Observed) and state.connected
+                                      and not meter.is_connected(config.media, event.facts)):
         event = Clock(event.at)
     return meter.step(config, state, event)
 

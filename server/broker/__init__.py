@@ -22,6 +22,9 @@ Contract
   connection was lost and regained (signals may have been missed meanwhile).
 - Presence: `touch(key, member, ttl_s)` marks a member present until the ttl runs out;
   `present(key)` lists the members still present; `leave(key, member)` removes one at once.
+  Each process's liveness lease is its node id in the presence key `nodes`, touched every
+  third of KINWIRE_NODE_LEASE_S: a visit party counts only while the process holding its
+  socket is present there (signalling/meters.py, docs/visits.md "Trust").
 - Leases: `acquire(name, holder, ttl_s)` succeeds for one holder at a time; `renew` extends it
   only for the current holder; `release` frees it only for the current holder. Each returns
   whether it took effect. A lease whose ttl passes without renewal is free for another holder.

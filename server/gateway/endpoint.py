@@ -114,7 +114,7 @@ async def _drop_visits(client: Client, request: web.Request) -> None:
         try:
             async with ctx.store.write() as conn:
                 row = await visits.drop(conn, outbox, visit_id, client.principal.account_id,
-                                        ctx.clock())
+                                        ctx.clock(), node=ctx.meters.node_id)
             await outbox.signal(ctx.broker)
             await calls.push_live(ctx.broker, visits.peer_of(row, client.principal.account_id),
                                   "visit.peer", {"visit_id": visit_id, "present": False})

@@ -339,6 +339,10 @@ class Hub:
         self._ending.clear()
         await asyncio.gather(*(feed.stop() for feed in feeds), return_exceptions=True)
 
+    def in_visits(self) -> list[Client]:
+        """The sockets that joined a visit."""
+        return [c for feed in self.feeds.values() for c in feed.clients if c.visits]
+
     async def close_all(self, code: int, reason: str) -> None:
         for feed in list(self.feeds.values()):
             for client in list(feed.clients):

@@ -186,7 +186,8 @@ async def visit_join(call: WsCall) -> dict[str, Any]:
         row = await calls.visit_and_link(conn, visit_id)
         visits.role_of(row, call.me.account_id)  # a stranger learns nothing: not_found
         calls.require_contact_of(row)
-        return await visits.join(conn, outbox, visit_id, call.me.account_id, now, row)
+        return await visits.join(conn, outbox, visit_id, call.me.account_id, now, row,
+                                 node=call.ctx.meters.node_id)
 
     # The peer offers as soon as it hears we are here, over live frames that are lost if our
     # feed is not yet subscribed (a slow broker at connect): be reachable before announcing.
@@ -198,8 +199,18 @@ async def visit_join(call: WsCall) -> dict[str, Any]:
     _remember(call, visit_id, joined.visit, checked_at)
     await calls.push_live(call.ctx.broker, joined.peer_id, "visit.peer",
                           {"visit_id": visit_id, "present": True})
+    await _live_news(call, joined.visit, now)
+    peer_present = joined.peer_present
+    peer_node = getattr(joined.visit, "person_node" if joined.role == "family" else "family_node")
+    if peer_present and peer_node not in (None, call.ctx.meters.node_id):
+        # The row still names a peer whose process may have died (a meter drops it within a
+        # liveness lease): offering to it would only race the offer it makes when it is back.
+        alive, known = await call.ctx.meters.alive()
+        peer_present = not known or peer_node in alive
     return {"visit": visits.public(joined.visit), "role": joined.role,
-            "peer_present": joined.peer_present, "media": joined.visit.media}
+            "peer_present": peer_present, "media": joined.visit.media,
+            # how long the kiosk's outbound media may stall before it reports `sending: false`
+            "media_stall_s": call.ctx.settings.media_stall_s}
 
 
 async def visit_signal(call: WsCall) -> dict[str, Any]:
@@ -237,18 +248,31 @@ async def visit_signal(call: WsCall) -> dict[str, Any]:
 
 
 async def visit_media(call: WsCall) -> dict[str, Any]:
+    """A party's report of its own peer connection, and (the kiosk) whether its outbound
+    media is advancing: `sending`, optional. Who is believed is the meter's trust model's
+    business (billing/meter.py, docs/visits.md "Trust")."""
     visit_id = call.arg_str("visit_id")
     state = call.args.get("state")
     if state not in ("connected", "disconnected"):
         raise ApiError(422, "invalid_input", "state is connected or disconnected")
+    sending = call.args.get("sending")
+    if sending is not None and not isinstance(sending, bool):
+        raise ApiError(422, "invalid_input", "sending is true or false")
     now = call.ctx.clock()
     row = await _in_visit(call, lambda conn, outbox: visits.set_media(
-        conn, outbox, visit_id, call.me.account_id, state == "connected", now))
+        conn, outbox, visit_id, call.me.account_id, state == "connected", now,
+        node=call.ctx.meters.node_id, sending=sending))
     await call.ctx.meters.poke(visit_id)
-    if row.status == "live" and row.media_changed_at == now:  # this report made it live
-        for party in (row.family_id, row.person_id):
-            await calls.push_live(call.ctx.broker, party, "visit.live", {"visit_id": visit_id})
+    await _live_news(call, row, now)
     return {"visit": visits.public(row)}
+
+
+async def _live_news(call: WsCall, row: Any, now: Any) -> None:
+    """`visit.live` to both parties when this command made the visit live: a report, or a
+    join (the kiosk's report counts from before the family joins: docs/visits.md, "Trust")."""
+    if row.status == "live" and row.media_changed_at == now:
+        for party in (row.family_id, row.person_id):
+            await calls.push_live(call.ctx.broker, party, "visit.live", {"visit_id": row.id})
 
 
 async def visit_leave(call: WsCall) -> dict[str, Any]:

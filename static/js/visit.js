@@ -2,6 +2,12 @@
 // kiosk: own camera preview, the other party's video, one RTCPeerConnection signalled over the
 // socket with the visit.* ops (docs/visits.md, "The call"), the meter's ticks and warnings, and
 // why the visit ended. The visit lists are visit_list.js.
+//
+// Trust (docs/visits.md): in direct mode the kiosk (side "person") is the authority on whether
+// the call is connected. It reports `connected` only while its peer connection is connected
+// and packets from the family keep arriving, and `sending`: whether its own outbound audio and
+// video packet counts advanced within the server's `media_stall_s`, from getStats() every
+// second. The family's reports are advisory.
 import { api, h, say } from "./api.js";
 import { dayText, timeText } from "./time.js";
 
@@ -17,7 +23,7 @@ export function endedText(reason, { byMe = false, peer = "The other side", payer
     case "failed": return "Visit ended: a billing error stopped it. Unpaid minutes are not charged.";
     case "cancelled_by_family": return "Visit cancelled by the family.";
     case "cancelled_by_staff": return "Visit cancelled by staff.";
-    case "missed": return "Visit missed: nobody joined in time.";
+    case "missed": return "Visit missed: the two sides were never in the call together. Nothing was charged.";
     default: return `Visit ended${reason ? ` (${reason})` : ""}.`;
   }
 }
@@ -49,6 +55,9 @@ export class VisitCall {
     this.local = null;
     this.remoteStream = null;
     this.reported = false; // "connected" told to the server for the current pc
+    this.said = null; // the kiosk's last report: "state/sending"
+    this.moved = {}; // getStats counter -> [value, when it last moved (ms)]
+    this.stallMs = 10000;
     this.ended = null;
     this.byMe = false;
     this.media = visit.media;
@@ -173,6 +182,10 @@ export class VisitCall {
     }
     this.visit = j.visit;
     this.media = j.media;
+    if (typeof j.media_stall_s === "number") this.stallMs = j.media_stall_s * 1000;
+    if (this.side === "person" && this.media !== "relay" && !this.watcher) {
+      this.watcher = setInterval(() => this.checkMedia(), 1000);
+    }
     this.price = j.visit.minute_price || this.price;
     if (this.media === "relay") {
       this.offer(); // relay mode: every party offers to the server at once
@@ -207,6 +220,8 @@ export class VisitCall {
     this.pc = pc;
     this.pending = [];
     this.reported = false;
+    this.said = null;
+    this.moved = {};
     this.remoteStream = new MediaStream();
     this.el.remote.srcObject = this.remoteStream;
     if (this.local) {
@@ -281,7 +296,7 @@ export class VisitCall {
     if (s === "connected" && !this.reported) {
       this.reported = true;
       this.setStatus(`Connected to ${this.peer}.`, "connected");
-      await this.media_("connected");
+      if (!this.watcher) await this.media_("connected"); // the kiosk reports from its stats
     } else if ((s === "disconnected" || s === "failed") && this.reported) {
       this.reported = false;
       this.setStatus(`Connection to ${this.peer} lost; reconnecting…`, "reconnecting");
@@ -294,18 +309,57 @@ export class VisitCall {
     }
   }
 
-  async media_(state) {
+  async media_(state, sending) {
+    const args = { visit_id: this.visit.id, state };
+    if (typeof sending === "boolean") args.sending = sending;
+    this.said = `${state}/${sending}`;
     try {
-      await this.socket.request("visit.media", { visit_id: this.visit.id, state });
+      await this.socket.request("visit.media", args);
     } catch {
       // not_in_call once it has ended: nothing to report.
     }
   }
 
+  /** Whether getStats counter `name` moved within the stall threshold (and ever moved). */
+  advancing(name, value, now) {
+    const [seen, at] = this.moved[name] || [0, now];
+    this.moved[name] = value !== seen ? [value, now] : [seen, at];
+    return value > 0 && now - this.moved[name][1] <= this.stallMs;
+  }
+
+  /** The kiosk's view of the call (direct mode), reported whenever it changes. */
+  async checkMedia() {
+    const pc = this.pc;
+    if (!pc || pc.connectionState !== "connected" || this.ended) return;
+    const stats = await pc.getStats();
+    if (pc !== this.pc) return;
+    let received = 0;
+    const sent = {};
+    stats.forEach((r) => {
+      if (r.type === "inbound-rtp") received += r.packetsReceived || 0;
+      if (r.type === "outbound-rtp") sent[r.kind] = (sent[r.kind] || 0) + (r.packetsSent || 0);
+    });
+    const now = performance.now();
+    const receiving = this.advancing("received", received, now);
+    const kinds = Object.keys(sent);
+    let sending = kinds.length > 0; // no camera or microphone at all: nothing is sent
+    for (const kind of kinds) sending = this.advancing(`sent ${kind}`, sent[kind], now) && sending;
+    const state = receiving ? "connected" : "disconnected";
+    if (this.said !== `${state}/${sending}`) await this.media_(state, sending);
+  }
+
   // ---------- pushes ----------
   onEvent(type, data) {
     if (type === "visit.updated") {
-      if (data.id === this.visit.id && !ACTIVE.has(data.status)) this.end(data.end_reason);
+      if (data.id !== this.visit.id) return;
+      if (!ACTIVE.has(data.status)) this.end(data.end_reason);
+      else if (data.pause_reason === "person_not_sending" && !this.ended) {
+        // Both screens say why the meter stopped (docs/visits.md, "Trust").
+        this.setStatus(this.side === "person"
+          ? "Your camera or microphone is not sending. The meter is paused until it does."
+          : `The facility's camera is not sending. The meter is paused; you are not charged.`,
+        "stalled");
+      }
       return;
     }
     if (!data || data.visit_id !== this.visit.id || this.ended) return;
@@ -402,6 +456,7 @@ export class VisitCall {
 
   cleanup() {
     clearInterval(this.timer);
+    clearInterval(this.watcher);
     if (this.observer) this.observer.disconnect();
     this.closePc();
     if (this.local) for (const t of this.local.getTracks()) t.stop();

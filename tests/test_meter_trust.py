@@ -1,0 +1,106 @@
+"""The meter's trust model (billing/meter.py, "Presence"): who may say a visit is connected.
+
+Adversaries: a family client that lies about its own connection (never reports connected, or
+reports disconnected while media flows), clients that report anything in relay mode, a process
+that died holding a party (reported absent), a kiosk whose camera froze."""
+
+from __future__ import annotations
+
+import pytest
+
+from billing.meter import (
+    EVERYTHING,
+    Facts,
+    MeterConfig,
+    Observed,
+    Tick,
+    is_connected,
+)
+from tests.test_meter import MINUTE, Shell
+
+KIOSK_UP = Facts(family="joined", person="connected", sending=True)
+
+
+def config(media: str = "direct", window_end: float = 600.0) -> MeterConfig:
+    return MeterConfig("v1", 50, MINUTE, 0.0, window_end, media=media)
+
+
+def billed(media: str, timeline: list[tuple[float, Facts]], until: float = 600.0) -> Shell:
+    shell = Shell(config(media, window_end=until), 100_000)
+    for at, facts in timeline:
+        shell.run_until(at)
+        shell.feed(Observed(at, facts))
+    shell.run_until(until)
+    return shell
+
+
+@pytest.mark.parametrize("family_says", ["joined", "connected"])
+def test_direct_the_family_report_changes_nothing(family_says):
+    honest = billed("direct", [(10.0, Facts("connected", "connected"))])
+    lying = billed("direct", [(10.0, Facts(family_says, "connected"))])
+    assert lying.charged == honest.charged and len(honest.charged) == 9
+    assert lying.state.connected_s == honest.state.connected_s
+
+
+def test_direct_a_family_that_reports_disconnected_while_media_flows_still_pays():
+    flowing = Facts("connected", "connected")
+    honest = billed("direct", [(0.0, flowing)])
+    lying = billed("direct", [(0.0, flowing), (65.0, Facts("joined", "connected")),
+                              (130.0, Facts("joined", "connected"))])
+    assert lying.charged == honest.charged
+
+
+def test_direct_the_family_alone_saying_connected_bills_nothing():
+    shell = billed("direct", [(0.0, Facts("connected", "joined"))])
+    assert shell.charged == {} and shell.state.connected_s == 0.0
+    assert shell.ended() == (600.0, "time_up")  # both were there: not missed
+
+
+@pytest.mark.parametrize("reports", [Facts("connected", "connected", True, False),
+                                     Facts("joined", "joined", True, False),
+                                     Facts("joined", "connected", False, False)])
+def test_relay_only_the_server_decides(reports):
+    assert billed("relay", [(0.0, reports)]).charged == {}
+    seen = Facts(reports.family, reports.person, reports.sending, True)
+    assert len(billed("relay", [(0.0, seen)]).charged) == 10
+
+
+@pytest.mark.parametrize("media", ["direct", "relay"])
+@pytest.mark.parametrize("away", ["family", "person"])
+def test_an_absent_party_is_never_connected_whatever_is_reported(media, away):
+    facts = Facts(**{**{"family": "connected", "person": "connected"}, away: "absent"},
+                  sending=True, server=True)
+    assert not is_connected(media, facts)
+    assert billed(media, [(0.0, facts)]).charged == {}
+
+
+def test_a_holder_crash_pauses_and_rejoining_resumes_with_the_unused_seconds():
+    # Live at 0 (minute 1 paid); at 20 s the process holding the family died: reported absent.
+    shell = billed("direct", [(0.0, KIOSK_UP), (20.0, Facts("absent", "connected")),
+                              (300.0, KIOSK_UP)], until=600.0)
+    # Minute 2 when the carried 40 s ran out; none in the window's last 20 s.
+    assert shell.debits() == [(0.0, 1), (340.0, 2), (400.0, 3), (460.0, 4), (520.0, 5)]
+    assert shell.state.connected_s == 300.0
+
+
+def test_a_stalled_kiosk_pauses_and_the_paid_seconds_carry_over():
+    stalled = Facts("joined", "connected", sending=False)
+    shell = billed("direct", [(0.0, KIOSK_UP), (30.0, stalled), (90.0, KIOSK_UP)], until=600.0)
+    assert shell.debits()[:2] == [(0.0, 1), (120.0, 2)]
+    assert shell.state.connected_s == 540.0  # 600 s less the 60 s stalled
+
+
+def test_a_visit_only_one_party_joined_ends_missed_with_nothing_billed():
+    for alone in (Facts("joined", "absent"), Facts("absent", "connected")):
+        shell = billed("direct", [(0.0, alone)])
+        assert shell.ended() == (600.0, "missed") and shell.charged == {}
+
+
+def test_the_first_tick_carries_the_balance():
+    shell = billed("direct", [(5.0, EVERYTHING)], until=100.0)
+    first = shell.of(Tick)[0][1]
+    assert first.paid_minutes == 1 and first.balance == 100_000 - 50
+    # Resuming with unused paid seconds ticks at once, with the balance already known.
+    shell = billed("direct", [(0.0, EVERYTHING), (10.0, Facts("joined", "joined")),
+                              (20.0, EVERYTHING)], until=75.0)
+    assert [t.balance for _, t in shell.of(Tick)] == [99_950, 99_950]
