@@ -119,7 +119,8 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
                       stun_urls=settings.stun_urls, loopback_only=settings.relay_loopback_only,
                       recordings_dir=settings.resolved_recordings_dir,
                       push_live=lambda who, kind, data: calls.push_live(broker, who, kind, data),
-                      party_channel=events.channel)
+                      party_channel=events.channel, metrics=metrics,
+                      transcode=settings.relay_transcode)
     # --- end relay mode ---
     hub = Hub(store, broker, per_user_max=settings.ws_connections_per_user_max,
               page_max=settings.sync_page_max, metrics=metrics)

@@ -110,7 +110,7 @@ def candidate_ports(sdp: str) -> set[int]:
 def assert_through_the_server(family: VisitClient, person: VisitClient) -> None:
     """Each client's DTLS peer is not the other client (its certificate fingerprint differs:
     SRTP from the other client could not even be decrypted), and no candidate of one is the
-    other's: both talk to the server, which decrypts, decodes and re-encodes."""
+    other's: both talk to the server, which decrypts and forwards the encoded frames."""
     assert family.pc is not None and person.pc is not None
     for one, other in ((family.pc, person.pc), (person.pc, family.pc)):
         assert fingerprints(one.remoteDescription.sdp)
@@ -179,6 +179,9 @@ async def test_a_relayed_visit_flows_through_the_server_and_is_recorded(
         with av.open(str(recording)) as container:
             titles = [s.metadata.get("title") for s in container.streams]
             assert titles == ["family video", "person video", "family audio", "person audio"]
+            # forwarded and remuxed as the parties encoded them (no x264/AAC re-encoding)
+            assert [s.codec_context.name for s in container.streams] == \
+                ["vp8", "vp8", "opus", "opus"]
             assert [s.type for s in container.streams] == ["video", "video", "audio", "audio"]
             duration_s = container.duration / 1_000_000
             packets = dict.fromkeys(range(4), 0)
