@@ -26,4 +26,5 @@ class Context:
     clock: Callable[[], datetime]
     meters: Any = None  # signalling.meters.Meters, on a serving process
     relay: Any = None  # signalling.relay.Relay (relay-mode media), on a serving process
+    recordings: Any = None  # server.recordings.Recordings
     metrics: Metrics = field(default_factory=Metrics)  # create_app's; a private one elsewhere

@@ -127,8 +127,9 @@ class Settings:
                                      "it again for every consumer (and x264 for the recording) "
                                      "instead of forwarding the encoded frames; kept as the "
                                      "benchmarks' baseline (docs/BENCHMARKS.md).")
-    recordings_dir: str = _setting("", "Where relay-mode visit recordings are written; empty "
-                                   "means <data_dir>/recordings.")
+    recordings_dir: str = _setting("", "The recordings' blob store (a folder): kept recordings "
+                                   "under <facility_id>/, files being written under .partial/; "
+                                   "empty means <data_dir>/recordings.")
     db_pool_size: int = _setting(10, "PostgreSQL connections per process.", lo=1, hi=200)
     db_timeout_s: float = _setting(10.0, "PostgreSQL: longest wait for a pooled or new "
                                    "connection, or for one statement; past it the request "

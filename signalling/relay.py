@@ -58,12 +58,15 @@ class Relay:
                  turn_secret: str, turn_urls: tuple[str, ...], stun_urls: tuple[str, ...],
                  loopback_only: bool, recordings_dir: Path, push_live: Push,
                  party_channel: Callable[[str], str], metrics: Any,
+                 keep_recording: Callable[[Any, Path], Awaitable[Any]] | None = None,
                  transcode: bool = False) -> None:
         self.store, self.broker, self.node_id, self.lease_s = store, broker, node_id, lease_s
         self.turn = (turn_secret, turn_urls, stun_urls)
         self.loopback_only, self.recordings_dir = loopback_only, recordings_dir
         self.push_live, self.party_channel = push_live, party_channel
         self.metrics, self.transcode = metrics, transcode
+        # server/recordings.py's keep: a finished file becomes a record in the blob store
+        self.keep_recording = keep_recording
         self.running: dict[str, VisitRelay] = {}
         self._claims: dict[str, asyncio.Future[VisitRelay | None]] = {}
         self._early: dict[str, list[dict[str, Any]]] = {}  # signals that came while claiming

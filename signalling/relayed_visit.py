@@ -69,7 +69,7 @@ class VisitRelay:
     """One relayed visit on its holder."""
 
     def __init__(self, relay: Relay, row: Any) -> None:
-        self.r = relay
+        self.r, self.row = relay, row
         self.visit_id, self.end_at, self.record = row.id, row.end_at, bool(row.record)
         self.parties = {row.family_id: "family", row.person_id: "person"}
         self.forward = not relay.transcode
@@ -307,6 +307,11 @@ class VisitRelay:
         late, self.sessions = list(self.sessions.values()), {}  # made while ending
         await asyncio.gather(*(self._drop(s) for s in late), return_exceptions=True)
         path = await self.recording.close() if self.recording is not None else None
+        if path is not None and self.r.keep_recording is not None:
+            try:
+                await self.r.keep_recording(self.row, path)
+            except Exception:
+                log.exception("visit %s: recording %s not kept", self.visit_id, path)
         with contextlib.suppress(Exception):
             await self.r.broker.release(f"relay:{self.visit_id}", self.r.node_id)
         if self.r.running.get(self.visit_id) is self:

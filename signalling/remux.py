@@ -1,5 +1,6 @@
 """A forwarded visit's recording: the parties' encoded frames written as they are into one
-Matroska (WebM-compatible: VP8 and Opus) file per visit, with no decoding or encoding.
+WebM file (Matroska with VP8 and Opus, which browsers play) per visit, with no decoding or
+encoding.
 
 The four streams, in `recording.STREAMS` order and titled as there: family video, person
 video (VP8), family audio, person audio (Opus). All are on one timeline that starts at the first
@@ -11,7 +12,8 @@ Matroska's header needs each video's size, which only a VP8 keyframe tells: fram
 (up to PENDING_MAX) until both parties' first keyframes have come, or until the limit, when a
 missing size is taken as DEFAULT_SIZE (players read the real one from the keyframe anyway).
 
-Files are named as in `recording.reserve` (`<visit_id>.mkv.part`, renamed when complete).
+Files are named as in `recording.reserve` (`<visit_id>.webm.part`, renamed when complete;
+the relay then hands the file to server/recordings.py, which keeps it in the blob store).
 Muxing runs on one worker thread per recording (tens of microseconds a frame, but file writes
 do not belong on the event loop). A recording more than BACKLOG_MAX frames behind drops frames
 (counted in /metrics as outcome "backlog", consumer "recording"; a video stream then waits for
@@ -97,7 +99,7 @@ class RemuxRecording:
                     pending.append(item)
                     if len(sizes) < 2 and len(pending) < PENDING_MAX:
                         continue
-                    part, final = reserve(self.directory, self.visit_id)
+                    part, final = reserve(self.directory, self.visit_id, ".webm")
                     container = _open(part, sizes)
                     for held in pending:
                         _mux(container, *held)
@@ -105,7 +107,7 @@ class RemuxRecording:
                     continue
                 _mux(container, *item)
             if container is None and pending:
-                part, final = reserve(self.directory, self.visit_id)
+                part, final = reserve(self.directory, self.visit_id, ".webm")
                 container = _open(part, sizes)
                 for held in pending:
                     _mux(container, *held)
@@ -124,7 +126,7 @@ class RemuxRecording:
 
 
 def _open(path: Path, sizes: dict[int, tuple[int, int]]) -> Any:
-    container = av.open(str(path), mode="w", format="matroska")
+    container = av.open(str(path), mode="w", format="webm")
     for index, (party, kind) in enumerate(STREAMS):
         if kind == "video":
             stream: Any = container.add_stream("vp8", rate=30)

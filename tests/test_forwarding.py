@@ -261,7 +261,7 @@ async def test_a_remuxed_recording_has_both_parties_in_step(tmp_path: Path) -> N
     finally:
         await family.close()
         await person.close()
-    assert path == tmp_path / "vis_x.mkv" and names(tmp_path) == ["vis_x.mkv"]
+    assert path == tmp_path / "vis_x.webm" and names(tmp_path) == ["vis_x.webm"]
     with av.open(str(path)) as container:
         streams = container.streams
         assert [s.metadata.get("title") for s in streams] == \
