@@ -10,7 +10,11 @@ reaches past its public API):
   `Source` on the event loop, and the decoder thread, which now never gets a frame, just waits
   for the receiver's stop. The receiver still sends NACKs, PLIs when it loses a frame, REMB and
   receiver reports, as it would for a decoded track. Its timestamps start at 0 with each
-  session (aiortc maps them and handles the 32-bit wrap).
+  session (aiortc maps them and handles the 32-bit wrap). Its jitter buffer is replaced too:
+  aiortc's declares a video frame complete only when the next frame's first packet arrives (one
+  frame interval, 33 ms at 30 frames/s, added at every hop) and holds four audio packets
+  (80 ms). `_EagerVideo` hands a frame on as soon as its marker packet completes it (falling
+  back to aiortc's rule after a loss), `_EagerAudio` each packet as it comes.
 - Out: an RTCRtpSender whose track yields `av.Packet`s packs them without encoding (it calls
   its encoder's `pack`: VP8 payload descriptors, or the Opus packet as it is). It numbers the
   RTP packets itself and adds its own random timestamp origin, so each outgoing stream's
@@ -42,7 +46,9 @@ from typing import Any
 import av
 from aiortc import MediaStreamTrack
 from aiortc.codecs import is_rtx
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamError
+from aiortc.utils import uint16_gt
 
 from signalling.outlets import Timeline
 
@@ -160,14 +166,58 @@ class _Tap(queue.Queue):  # type: ignore[type-arg]
             self._deliver(frame.data, frame.timestamp)
 
 
+class _EagerVideo(JitterBuffer):
+    """aiortc's video jitter buffer (reordering, loss, PLI flags), but a frame leaves as soon as
+    it is complete: its packets lie contiguous from the buffer's start up to one with the marker
+    bit, and the first begins a VP8 frame (descriptor S bit set, partition 0). Checked on every
+    packet, so a frame whose marker came before a reordered middle packet leaves with that."""
+
+    def __init__(self) -> None:
+        super().__init__(capacity=512, is_video=True)
+
+    def add(self, packet: Any) -> tuple[bool, JitterFrame | None]:
+        pli, frame = super().add(packet)
+        if frame is not None or self._origin is None:
+            return pli, frame
+        first = self._packets[self._origin % self.capacity]
+        if first is None or not first.payload or first.payload[0] & 0x17 != 0x10:
+            return pli, None
+        run = []
+        for count in range(self.capacity):
+            stored = self._packets[(self._origin + count) % self.capacity]
+            if stored is None or stored.timestamp != first.timestamp:
+                return pli, None
+            run.append(stored)
+            if stored.marker:
+                break
+        self.remove(len(run))
+        return pli, JitterFrame(b"".join(p._data for p in run), first.timestamp)
+
+
+class _EagerAudio(JitterBuffer):
+    """Every audio packet is a frame: hand it on at once; one older than the last is dropped
+    (its moment has passed)."""
+
+    def __init__(self) -> None:
+        super().__init__(capacity=16)
+        self._last: int | None = None
+
+    def add(self, packet: Any) -> tuple[bool, JitterFrame | None]:
+        if self._last is not None and not uint16_gt(packet.sequence_number, self._last):
+            return False, None
+        self._last = packet.sequence_number
+        return False, JitterFrame(packet._data, packet.timestamp)
+
+
 def tap(transceiver: Any, source: Source) -> None:
     """Route what `transceiver`'s receiver reassembles to `source` instead of a decoder. Must be
     called before the receiver starts (in the peer connection's "track" event)."""
     receiver = transceiver.receiver
-    name = "_RTCRtpReceiver__decoder_queue"
-    if not hasattr(receiver, name) or not hasattr(receiver, "_handle_rtp_packet"):
+    queue_name, buffer_name = "_RTCRtpReceiver__decoder_queue", "_RTCRtpReceiver__jitter_buffer"
+    if not all(hasattr(receiver, n) for n in (queue_name, buffer_name, "_handle_rtp_packet")):
         raise RuntimeError("aiortc's receiver has changed; forwarding cannot tap it")
-    setattr(receiver, name, _Tap(lambda data, ts: source.receive(receiver, data, ts)))
+    setattr(receiver, queue_name, _Tap(lambda data, ts: source.receive(receiver, data, ts)))
+    setattr(receiver, buffer_name, _EagerVideo() if source.kind == "video" else _EagerAudio())
     handle = receiver._handle_rtp_packet
 
     async def counted(packet: Any, arrival_time_ms: int) -> None:

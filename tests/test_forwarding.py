@@ -294,3 +294,41 @@ def test_vp8_size_reads_a_keyframe_only() -> None:
     frames += [bytes(p) for p in encoder.encode(None)]
     assert vp8_size(frames[0]) == (176, 144)
     assert [vp8_size(f) for f in frames[1:]] == [None] * (len(frames) - 1)
+
+
+def vp8_packet(seq: int, timestamp: int, *, start: bool, marker: bool) -> Any:
+    from aiortc.rtp import RtpPacket
+
+    packet = RtpPacket(payload_type=97, sequence_number=seq, timestamp=timestamp)
+    packet.marker = int(marker)
+    packet.payload = bytes([0x10 if start else 0x00]) + bytes([seq % 256]) * 10
+    packet._data = packet.payload[1:]
+    return packet
+
+
+def test_a_video_frame_leaves_the_buffer_with_its_marker_packet() -> None:
+    from aiortc.jitterbuffer import JitterBuffer
+
+    from signalling.forwarding import _EagerVideo
+
+    eager, stock = _EagerVideo(), JitterBuffer(capacity=512, is_video=True)
+    # Frame 1 (seq 10-12) in order; frame 2 (13-15) with its marker before its middle packet;
+    # frame 3 (16-18) loses seq 17.
+    arrivals = [vp8_packet(10, 3000, start=True, marker=False),
+                vp8_packet(11, 3000, start=False, marker=False),
+                vp8_packet(12, 3000, start=False, marker=True),
+                vp8_packet(13, 6000, start=True, marker=False),
+                vp8_packet(15, 6000, start=False, marker=True),
+                vp8_packet(14, 6000, start=False, marker=False),
+                vp8_packet(16, 9000, start=True, marker=False),
+                vp8_packet(18, 9000, start=False, marker=True)]
+    out = [(p.sequence_number, eager.add(p)[1]) for p in arrivals]
+    done = {seq: frame.timestamp for seq, frame in out if frame is not None}
+    assert done == {12: 3000, 14: 6000}, "each frame as soon as it is complete, not later"
+    frame = next(f for s, f in out if s == 12)
+    assert frame.data == bytes([10]) * 10 + bytes([11]) * 10 + bytes([12]) * 10
+    assert next(f for s, f in out if s == 14).data == \
+        bytes([13]) * 10 + bytes([14]) * 10 + bytes([15]) * 10
+    # aiortc's own buffer waits for the next frame's first packet to see one complete.
+    stock_out = {p.sequence_number: stock.add(p)[1] for p in arrivals}
+    assert stock_out[12] is None and stock_out[13] is not None
