@@ -25,7 +25,7 @@ reaches past its public API):
   encoder would force the next keyframe; here it asks the party's receiver to send a PLI
   upstream (at most one per KEYFRAME_GAP_S per source). A video feed starts at a keyframe (a
   new watcher, or a party's new session) and asks for one at once, so the consumer sees
-  pictures within a round trip plus one frame. When a consumer falls BACKLOG_MAX frames behind,
+  pictures within a round trip plus one frame. When a consumer falls BACKLOG_MAX behind,
   its video feed drops frames until the next keyframe (a decoder cannot resume mid-stream).
 
 Both legs must use the same codec: `forward_codecs` keeps only VP8 and Opus on every m-line of
@@ -54,7 +54,10 @@ from signalling.outlets import Timeline
 
 MIME = {"video": "video/vp8", "audio": "audio/opus"}
 CLOCK = {"video": 90_000, "audio": 48_000}
-BACKLOG_MAX = 64  # frames queued for one consumer (about 2 s of video, 1.3 s of audio)
+# Frames queued for one peer consumer: 0.5 s of either kind. Longer queues only turn a slow
+# moment into lasting delay (64 frames measured 2 s behind in a loaded run); past this the
+# frames are dropped (counted) and the video resumes at a keyframe.
+BACKLOG_MAX = {"video": 15, "audio": 25}
 KEYFRAME_GAP_S = 0.25  # shortest time between two keyframe requests sent to one party
 FRAMES = "kinwire_relay_frames_total"
 KEYFRAME_REQUESTS = "kinwire_relay_keyframe_requests_total"
@@ -166,32 +169,77 @@ class _Tap(queue.Queue):  # type: ignore[type-arg]
             self._deliver(frame.data, frame.timestamp)
 
 
+def _starts_frame(packet: Any) -> bool:
+    """A VP8 payload descriptor with the S bit set and partition 0 (RFC 7741, 4.2)."""
+    return bool(packet.payload) and packet.payload[0] & 0x17 == 0x10
+
+
 class _EagerVideo(JitterBuffer):
-    """aiortc's video jitter buffer (reordering, loss, PLI flags), but a frame leaves as soon as
-    it is complete: its packets lie contiguous from the buffer's start up to one with the marker
-    bit, and the first begins a VP8 frame (descriptor S bit set, partition 0). Checked on every
-    packet, so a frame whose marker came before a reordered middle packet leaves with that."""
+    """aiortc's video jitter buffer (reordering, NACKs, PLI flags), with two changes:
+
+    - A frame leaves as soon as it is complete: its packets lie contiguous from the buffer's
+      start up to one with the marker bit, and the first begins a VP8 frame. Checked on every
+      packet, so a frame whose marker came before a reordered middle packet leaves with that.
+    - A lost packet is waited for LOSS_WAIT_S (time for a NACK and its retransmission), not
+      until 512 packets have piled up behind it (aiortc's rule: seconds of frozen video on a
+      loaded host, where full UDP buffers drop packets). Then the incomplete frame is skipped
+      and a keyframe asked for (the PLI flag), so the picture recovers in a round trip.
+    """
+
+    LOSS_WAIT_S = 0.15
 
     def __init__(self) -> None:
         super().__init__(capacity=512, is_video=True)
+        self._stuck_since: float | None = None
+        self.skipped = 0  # incomplete frames given up on
 
     def add(self, packet: Any) -> tuple[bool, JitterFrame | None]:
         pli, frame = super().add(packet)
-        if frame is not None or self._origin is None:
-            return pli, frame
+        if frame is None and self._origin is not None:
+            frame = self._complete()
+            if frame is None and self._stuck():
+                pli = True
+                frame = self._complete()
+        if frame is not None:
+            self._stuck_since = None
+        return pli, frame
+
+    def _complete(self) -> JitterFrame | None:
+        assert self._origin is not None
         first = self._packets[self._origin % self.capacity]
-        if first is None or not first.payload or first.payload[0] & 0x17 != 0x10:
-            return pli, None
+        if first is None or not _starts_frame(first):
+            return None
         run = []
         for count in range(self.capacity):
             stored = self._packets[(self._origin + count) % self.capacity]
             if stored is None or stored.timestamp != first.timestamp:
-                return pli, None
+                return None
             run.append(stored)
             if stored.marker:
                 break
         self.remove(len(run))
-        return pli, JitterFrame(b"".join(p._data for p in run), first.timestamp)
+        return JitterFrame(b"".join(p._data for p in run), first.timestamp)
+
+    def _stuck(self) -> bool:
+        """The head frame has been incomplete for LOSS_WAIT_S: drop up to the next frame's
+        first packet, if one has come. Returns whether anything was dropped."""
+        now = time.monotonic()
+        if self._stuck_since is None:
+            self._stuck_since = now
+            return False
+        if now - self._stuck_since < self.LOSS_WAIT_S:
+            return False
+        assert self._origin is not None
+        head = self._packets[self._origin % self.capacity]
+        for count in range(1, self.capacity):
+            stored = self._packets[(self._origin + count) % self.capacity]
+            if stored is not None and _starts_frame(stored) and (
+                    head is None or stored.timestamp != head.timestamp):
+                self.remove(count)
+                self._stuck_since = None
+                self.skipped += 1
+                return True
+        return False
 
 
 class _EagerAudio(JitterBuffer):
@@ -292,7 +340,7 @@ class ForwardTrack(MediaStreamTrack):
     def __init__(self, source: Source, consumer: str = "peer") -> None:
         super().__init__()
         self.kind = source.kind
-        self._queue: asyncio.Queue[av.Packet | None] = asyncio.Queue(BACKLOG_MAX)
+        self._queue: asyncio.Queue[av.Packet | None] = asyncio.Queue(BACKLOG_MAX[self.kind])
         self.feed = Feed(source, Timeline(), self._offer, consumer)
         self.feed.start()
 

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import fractions
 import itertools
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from server.metrics import Metrics
 from signalling.forwarding import (
+    BACKLOG_MAX,
     FRAMES,
     KEYFRAME_REQUESTS,
     ForwardTrack,
@@ -224,7 +226,7 @@ async def test_a_stalled_consumer_drops_counted_frames_and_holds_no_more() -> No
         await viewer.connect()
         await until(lambda: metrics.counter_value(FRAMES, outcome="backlog", kind="video",
                                                   consumer="stalled") >= 5, 20)
-        assert stalled._queue.qsize() <= 64
+        assert stalled._queue.qsize() <= BACKLOG_MAX["video"]
         before = viewer.frames["video"]
         await until(lambda: viewer.frames["video"] >= before + 10, 10)  # the others go on
         assert dropped(metrics, kind="video", consumer="peer") <= 1  # only its first wait
@@ -332,3 +334,21 @@ def test_a_video_frame_leaves_the_buffer_with_its_marker_packet() -> None:
     # aiortc's own buffer waits for the next frame's first packet to see one complete.
     stock_out = {p.sequence_number: stock.add(p)[1] for p in arrivals}
     assert stock_out[12] is None and stock_out[13] is not None
+
+
+def test_a_lost_packet_is_given_up_on_and_a_keyframe_asked_for() -> None:
+    from signalling.forwarding import _EagerVideo
+
+    buffer = _EagerVideo()
+    buffer.LOSS_WAIT_S = 0.05
+    # Frame 1 (10-11) loses 11 for good; frames 2 and 3 arrive whole behind it.
+    assert buffer.add(vp8_packet(10, 3000, start=True, marker=False)) == (False, None)
+    assert buffer.add(vp8_packet(12, 6000, start=True, marker=False)) == (False, None)
+    assert buffer.add(vp8_packet(13, 6000, start=False, marker=True)) == (False, None)
+    time.sleep(0.06)
+    pli, frame = buffer.add(vp8_packet(14, 9000, start=True, marker=True))
+    assert pli is True, "a keyframe is asked for"
+    assert frame is not None and frame.timestamp == 6000, "frame 1 skipped, frame 2 goes on"
+    assert buffer.skipped == 1
+    pli, frame = buffer.add(vp8_packet(15, 12000, start=True, marker=True))
+    assert frame is not None and frame.timestamp == 9000  # the next one, in order
