@@ -352,3 +352,33 @@ def test_a_lost_packet_is_given_up_on_and_a_keyframe_asked_for() -> None:
     assert buffer.skipped == 1
     pli, frame = buffer.add(vp8_packet(15, 12000, start=True, marker=True))
     assert frame is not None and frame.timestamp == 9000  # the next one, in order
+
+
+def test_media_seen_reads_what_each_party_sent_per_kind() -> None:
+    """The presence reading (Relay.media_seen): frames, RTP packets and the last frame's time,
+    per party and kind; a frame from a replaced session does not count."""
+    from types import SimpleNamespace
+
+    from signalling.relayed_visit import VisitRelay
+
+    relay = SimpleNamespace(metrics=Metrics(), transcode=False)
+    row = SimpleNamespace(id="vis_1", end_at=None, record=False, family_id="acc_f",
+                          person_id="acc_p")
+    held = VisitRelay(relay, row)  # type: ignore[arg-type]
+    assert held.media_seen() == {"family": {"video": (0, 0, None), "audio": (0, 0, None)},
+                                 "person": {"video": (0, 0, None), "audio": (0, 0, None)}}
+    old, new = object(), object()
+    video = held.sources[("family", "video")]
+    video.attach(old)
+    video.attach(new)  # the family rejoined
+    before = time.monotonic()
+    for n in range(3):
+        video.saw_packet(new, 1234, True)
+        video.saw_packet(new, 1234, True)
+        video.receive(new, b"\x00\x00\x00", n * 3000)
+    video.saw_packet(old, 99, True)
+    video.receive(old, b"\x00", 0)  # late, from the replaced session
+    seen = held.media_seen()
+    frames, packets, last_at = seen["family"]["video"]
+    assert (frames, packets) == (3, 6) and last_at is not None and last_at >= before
+    assert seen["person"]["video"] == (0, 0, None)
