@@ -44,6 +44,7 @@ from signalling.forwarding import tap
 from signalling.visit_client import VisitClient
 
 FPS_MIN = 25
+FPS_GIVE_UP = 10  # a step this starved says nothing more about the relay
 # What the parties send: a webcam's usual 30 frames/s, so that ">= 25 received" has a margin;
 # sent at exactly 25, one frame late or a window edge would read as 24.8 and fail the step.
 SOURCE_FPS = 30
@@ -186,9 +187,12 @@ async def _step(base: str, pid: int, visits: list[tuple[str, str, str]], clip: l
             clients += pair
         for i in range(0, len(clients), START_AT_ONCE):
             await asyncio.gather(*(c.start() for c in clients[i:i + START_AT_ONCE]))
-        async with asyncio.timeout(60):
-            for client in clients:
-                await client.wait_frames("video", 5)
+        # A client that has no picture within a minute (a starved machine) counts as 0 frames/s
+        # rather than ending the run.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(60):
+                for client in clients:
+                    await client.wait_frames("video", 5)
         await asyncio.sleep(warm_s)
         before = [c.frames.get("video", 0) for c in clients]
         for client in clients:
@@ -233,14 +237,18 @@ async def _step(base: str, pid: int, visits: list[tuple[str, str, str]], clip: l
 
 
 async def _ramp(step: Any, steps: list[int]) -> tuple[list[dict[str, Any]], int]:
-    """Steps until one is not sustained; returns the rows and the most visits sustained."""
-    rows, sustained = [], 0
+    """Steps until one falls below FPS_GIVE_UP; returns the rows and the most visits sustained
+    (every step up to it at >= FPS_MIN). Steps past the first unsustained one still measure
+    CPU per visit, which is what a shared, busy machine lets us compare."""
+    rows, sustained, failed = [], 0, False
     for n in steps:
         row = await step(n)
         rows.append(row)
-        if row["fps_min"] < FPS_MIN:
+        failed = failed or row["fps_min"] < FPS_MIN
+        if not failed:
+            sustained = n
+        if row["fps_min"] < FPS_GIVE_UP:
             break
-        sustained = n
     return rows, sustained
 
 
@@ -285,8 +293,8 @@ async def run(size: str) -> dict[str, Any]:
 
     tiny = size == "tiny"
     width, height = (320, 240) if tiny else (640, 480)
-    bare_steps, transcode_steps = ([1], [1]) if tiny else ([1, 2, 3, 4], [1, 2, 3])
-    forward_steps = [1] if tiny else [1, 2, 4, 8, 12, 16, 20, 25, 30]
+    bare_steps, transcode_steps = ([1], [1]) if tiny else ([1, 2, 3], [1, 2])
+    forward_steps = [1] if tiny else [1, 2, 4, 8, 12, 16]
     warm_s, window_s = (0.5, 1.5) if tiny else (3.0, 5.0)
     turn_server.RELAY_PORTS = 4 * max(forward_steps) * 2 + 16  # four allocations a visit
     clip = await encode_clip(width, height, SOURCE_FPS, 4.0)
@@ -311,6 +319,9 @@ async def run(size: str) -> dict[str, Any]:
     one, old_one = rows[0], old_rows[0]
     ratio = one["cpu_per_visit_pct"] / max(old_one["cpu_per_visit_pct"], 0.01)
     best = next((r for r in rows if r["visits"] == sustained), one)
+    # A starved step does less work, so its CPU per visit would flatter: take the largest
+    # sustained step's.
+    by_cpu = 100 / max(best["cpu_per_visit_pct"], 0.01)
     delay_p99 = max((r.get("delay_p99_ms", 0.0) for r in rows if r["fps_min"] >= FPS_MIN),
                     default=float("nan"))
     dropped = sum(v for k, v in counters.items()
@@ -325,6 +336,9 @@ async def run(size: str) -> dict[str, Any]:
                 common.target("end-to-end frame delay p99 through the forwarding relay, ms "
                               "(bounds the delay it adds)", delay_p99, "<= 20",
                               delay_p99 <= 20),
+                common.target(f"recorded visits one core carries by CPU (100% / CPU per visit at "
+                              f"{best['visits']} visits, the most sustained)", by_cpu, ">= 15",
+                              by_cpu >= 15),
                 common.target("recorded visits sustained, transcoding relay", old_sustained,
                               "reported", True),
                 common.target("visits sustained, bare aiortc relay (not recorded)",
