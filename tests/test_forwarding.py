@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import av
+import pytest
 from aiortc import RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
 
@@ -382,3 +383,44 @@ def test_media_seen_reads_what_each_party_sent_per_kind() -> None:
     frames, packets, last_at = seen["family"]["video"]
     assert (frames, packets) == (3, 6) and last_at is not None and last_at >= before
     assert seen["person"]["video"] == (0, 0, None)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+async def test_a_two_minute_recording_lasts_two_minutes_and_plays(tmp_path: Path) -> None:
+    """Issue 15: a 2-minute visit's recording opens in PyAV with its duration right within
+    1 s a minute, with both parties' streams; the person drops out for 5 s midway."""
+    metrics = Metrics()
+    family_sources, person_sources = new_sources(metrics), new_sources(metrics)
+    family, person = Party(family_sources, (96, 72)), Party(person_sources, (96, 72))
+    loop = asyncio.get_running_loop()
+    recording = RemuxRecording(tmp_path, "vis_long", [
+        family_sources["video"], person_sources["video"],
+        family_sources["audio"], person_sources["audio"]])
+    try:
+        await family.connect()
+        await person.connect()
+        await until(lambda: family_sources["video"].frames > 0
+                    and person_sources["video"].frames > 0, 20)
+        recording.start()
+        started = loop.time()
+        await asyncio.sleep(60.0)
+        await person.close()
+        await asyncio.sleep(5.0)
+        person = Party(person_sources, (96, 72))
+        await person.connect()
+        await asyncio.sleep(max(0.0, started + 120.0 - loop.time()))
+        path = await recording.close()
+        expected_s = loop.time() - started
+    finally:
+        await family.close()
+        await person.close()
+    assert path is not None
+    with av.open(str(path)) as container:
+        duration_s = container.duration / 1_000_000
+        video = [0, 0]
+        for packet in container.demux(video=(0, 1)):
+            video[packet.stream.index] += len(packet.decode())
+    assert abs(duration_s - expected_s) <= 2.0, (duration_s, expected_s)  # 1 s a minute
+    assert video[0] >= FPS * (expected_s - 3), video
+    assert video[1] >= FPS * (expected_s - 5 - 5), video
