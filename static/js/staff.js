@@ -152,6 +152,31 @@ async function loadAudit(more = false) {
   }));
 }
 
+// ---------- recordings (GET /recordings; the file plays from /recordings/{id}/media, by byte
+// ranges, each request audited) ----------
+async function loadRecordings() {
+  const r = await api("GET", scoped("/recordings?limit=50"));
+  if (r.recordings.some((x) => !state.names.has(x.family_id) || !state.names.has(x.person_id))) await loadNames();
+  $("recordings-empty").hidden = r.recordings.length > 0;
+  $("recording-list").replaceChildren(...r.recordings.map((x) => {
+    const who = `${nameOf(x.family_id)} and ${nameOf(x.person_id)}`;
+    const play = h("button", { type: "button", "aria-label": `Play the recording of ${who} at ${when(x.started_at)}` }, "Play");
+    play.addEventListener("click", () => {
+      $("recording-player").src = `/api/v1/recordings/${encodeURIComponent(x.id)}/media`;
+      $("recording-cap").textContent = `${who}, ${when(x.started_at)}`;
+      $("recording-figure").hidden = false;
+      $("recording-player").play().catch(() => {}); // autoplay may be refused: the controls remain
+    });
+    const minutes = Math.floor(x.duration_s / 60);
+    const seconds = String(Math.round(x.duration_s % 60)).padStart(2, "0");
+    return h("li", { dataset: { recording: x.id } },
+      h("span", {}, h("strong", {}, who), h("br"),
+        h("span", { class: "muted" }, `${when(x.started_at)} · ${minutes}:${seconds} · kept until ${when(x.retain_until)}`)),
+      play);
+  }));
+}
+
+$("recordings-refresh").addEventListener("click", () => loadRecordings().catch((e) => say($("notice"), e.message, "error")));
 $("review-refresh").addEventListener("click", () => loadReview(true).catch((e) => say($("notice"), e.message, "error")));
 $("visits-refresh").addEventListener("click", () => loadVisits().catch((e) => say($("notice"), e.message, "error")));
 $("audit-refresh").addEventListener("click", () => loadAudit().catch((e) => say($("notice"), e.message, "error")));
@@ -238,7 +263,7 @@ $("facility").addEventListener("change", async () => {
   state.facility = $("facility").value;
   stopWatch();
   showSettings();
-  await Promise.all([loadReview(true), loadVisits(), loadAudit()]).catch((e) => say($("notice"), e.message, "error"));
+  await Promise.all([loadReview(true), loadVisits(), loadAudit(), loadRecordings()]).catch((e) => say($("notice"), e.message, "error"));
 });
 
 // ---------- watching a relayed visit (visit.watch, receive-only WebRTC) ----------
@@ -369,7 +394,7 @@ async function start() {
   $("app").hidden = false;
   $("who").hidden = false;
   await Promise.all([loadNames(), loadFacilities()]);
-  await Promise.all([loadReview(true), loadVisits(), loadAudit()]);
+  await Promise.all([loadReview(true), loadVisits(), loadAudit(), loadRecordings()]);
   poll();
   window.kinwire = state; // for tests and the curious
   document.body.dataset.ready = "signed-in";
