@@ -34,7 +34,9 @@ from server.store import Store
 from server.store.schema import facilities, recordings
 
 log = logging.getLogger("kinwire.recording")
-CONTENT_TYPE = "video/webm"
+# By the file's suffix: the forwarding relay remuxes into WebM; the transcoding relay (the
+# benchmarks' baseline) encodes H.264 and AAC into Matroska.
+CONTENT_TYPES = {".webm": "video/webm", ".mkv": "video/x-matroska"}
 EXPIRE_BATCH = 100  # rows per expiry pass; the sweeper runs again 30 s later
 
 
@@ -67,10 +69,11 @@ class Recordings:
     async def keep(self, visit: Any, path: Path) -> dict[str, Any]:
         """Store a finished recording file of `visit` (a visits row) and describe it; the
         local file is taken over. Its end is now; its start, now less its duration."""
+        content_type = CONTENT_TYPES[path.suffix]
         size, sha256, duration_ms = await asyncio.to_thread(_inspect, path)
         ended_at = self.clock()
         recording_id = ordered_id("rec")  # ids sort by time: GET /recordings pages by id
-        key = f"{visit.facility_id}/{recording_id}.webm"
+        key = f"{visit.facility_id}/{recording_id}{path.suffix}"
         await self.blobs.put(key, path)
         try:
             async with self.store.write() as conn:
@@ -84,7 +87,7 @@ class Recordings:
                     facility_id=visit.facility_id, family_id=visit.family_id,
                     person_id=visit.person_id, started_at=ended_at - timedelta(
                         milliseconds=duration_ms), ended_at=ended_at, duration_ms=duration_ms,
-                    bytes=size, sha256=sha256, content_type=CONTENT_TYPE, location=key,
+                    bytes=size, sha256=sha256, content_type=content_type, location=key,
                     retain_until=ended_at + timedelta(days=days), created_at=ended_at)
                 await conn.execute(recordings.insert().values(**values))
         except BaseException:

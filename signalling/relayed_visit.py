@@ -225,8 +225,9 @@ class VisitRelay:
         return session.incoming.get(kind) if session is not None else None
 
     def _incoming(self, session: Session, track: MediaStreamTrack) -> None:
-        """A party's new camera or microphone: every consumer of it switches over; a drain
-        keeps reading it (and counts) so that it never queues up unread."""
+        """A party's new camera or microphone: every consumer of it switches over (forwarding:
+        its source reads the new session's receiver; transcoding: each outlet switches, and a
+        drain keeps reading the track, and counts, so that it never queues up unread)."""
         session.incoming[track.kind] = track
         if self.forward:
             self.sources[(session.role, track.kind)].attach(session.receivers[track.kind])
