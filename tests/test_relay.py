@@ -425,3 +425,46 @@ async def test_staff_watch_both_parties_live(pg_db: str, tmp_path: Path) -> None
             await watcher.close()
             await family.close()
             await person.close()
+
+
+async def test_a_stopping_server_finishes_and_keeps_its_recordings(pg_db: str,
+                                                                   tmp_path: Path) -> None:
+    """SIGTERM (a deploy, a drain) of the process relaying a recorded visit mid-call: it cuts
+    the media, finishes the file and keeps it as a record before it exits; the file plays to
+    the moment the process stopped."""
+    from tests.test_cluster import cluster
+    from tests.test_visit_e2e import start_both
+    from tests.turn_server import private_coturn
+
+    async with private_coturn() as turn, \
+            cluster(pg_db, "", tmp_path, n=1, KINWIRE_TURN_SECRET=turn.secret,
+                    KINWIRE_TURN_URLS=turn.url, KINWIRE_DRAIN_TIMEOUT_S="2", **RELAY) as (node,), \
+            aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+        family_token, person_token = await make_pair(http, node, node, pg_db)
+        family_id = await account_id(http, node, family_token)
+        visit_id, _ = await visit_now(pg_db, family_id, media="relay", record=True)
+        family = party(node, family_token, visit_id, FAMILY_SIZE)
+        person = party(node, person_token, visit_id, PERSON_SIZE)
+        loop = asyncio.get_running_loop()
+        try:
+            await start_both(family, person)
+            started = loop.time()
+            async with asyncio.timeout(20):
+                await family.wait_for(lambda: family.frames["video"] >= 40)
+            node.proc.terminate()
+            stopped = loop.time()
+            await asyncio.wait_for(asyncio.to_thread(node.proc.wait), 20)
+        finally:
+            await family.close()
+            await person.close()
+        assert node.proc.returncode == 0
+        record = await recorded(pg_db, visit_id, timeout_s=1.0)  # kept before it exited
+        data = await asyncio.to_thread((tmp_path / "recordings" / record.location).read_bytes)
+        assert hashlib.sha256(data).hexdigest() == record.sha256
+        with av.open(str(tmp_path / "recordings" / record.location)) as container:
+            assert len(container.streams) == 4
+            duration_s = container.duration / 1_000_000
+        # From the first frame recorded (after the connections were up) to the stop.
+        assert stopped - started - 1.5 <= duration_s <= stopped - started + 3.0, \
+            (duration_s, stopped - started)
+        assert names(tmp_path / "recordings" / ".partial") == []
