@@ -182,8 +182,12 @@ async def test_frames_are_forwarded_undecoded_and_numbered_on_across_a_reconnect
     ssrcs = {ssrc for ssrc, _, _ in viewer.rtp}
     assert len(ssrcs) == 1, "one outgoing stream throughout"
     sequence = [seq for _, seq, _ in viewer.rtp]
-    steps = {(b - a) % 65536 for a, b in itertools.pairwise(sequence)}
-    assert steps == {1}, f"sequence numbers not contiguous: steps {sorted(steps)[:5]}"
+    steps = [(b - a) % 65536 for a, b in itertools.pairwise(sequence)]
+    # Contiguous. This host drops UDP under load (RcvbufErrors), so a lost packet may show as a
+    # step of a few; a sender that carried the new session's numbers on would jump by
+    # thousands (or go back).
+    assert all(1 <= step <= 20 for step in steps), sorted(set(steps))[-5:]
+    assert steps.count(1) >= 0.98 * len(steps), sorted(set(steps))
     stamps = [ts for _, _, ts in viewer.rtp]
     jumps = [(b - a) % (1 << 32) for a, b in itertools.pairwise(stamps)]
     assert all(j < 90_000 * 30 for j in jumps), "timestamps never go back"
