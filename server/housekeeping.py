@@ -12,6 +12,8 @@ transaction each (until a batch comes back short), so that no transaction holds 
 senders need for long, however far behind it is:
 - events past KINWIRE_EVENT_RETENTION_S are pruned (server/events.py `prune`);
 - visits still `scheduled` after their window ended are marked `missed`;
+- recordings past their facility's retention are deleted, blob then row, each audited
+  (server/recordings.py `expire`);
 - login attempt counters untouched for two days are forgotten (server/attempts.py `prune`: one
   statement, on a table that holds only recent attempts; a no-op where Redis keeps them).
 Every process still closes its own sockets whose session expired (that is per process).
@@ -73,11 +75,12 @@ class Housekeeping:
     def __init__(self, store: Any, broker: Any, clock: Callable[[], datetime], *,
                  node_id: str, lease_s: float, batch_rows: int, retention_s: float,
                  metrics: Any, per_process: Callable[[datetime], None],
-                 attempts: Any = None) -> None:
+                 attempts: Any = None, recordings: Any = None) -> None:
         self.store, self.broker, self.clock = store, broker, clock
         self.node_id, self.lease_s, self.batch_rows = node_id, lease_s, batch_rows
         self.retention_s, self.metrics, self.per_process = retention_s, metrics, per_process
         self.attempts = attempts  # server.attempts counters (SQL or Redis), or None
+        self.recordings = recordings  # server.recordings.Recordings, or None
         self.holding = False
         self._sockets_at = time.monotonic()
 
@@ -111,6 +114,9 @@ class Housekeeping:
         await self._batches("prune", lambda: self._prune(cutoff), stop)
         await self._batches("missed", lambda: mark_missed(self.store, self.broker, now,
                                                           self.batch_rows), stop)
+        if self.recordings is not None:
+            await self._batches("recordings", lambda: self.recordings.expire(
+                now, self.batch_rows), stop)
         if self.attempts is not None:
             await self._batches("attempts", lambda: self._prune_attempts(now), stop)
 

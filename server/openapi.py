@@ -18,6 +18,8 @@ ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
 IMAGES = frozenset({"/photos/{photo_id}", "/photos/{photo_id}/thumb"})
 # Routes whose success is a CSV download (exports).
 CSV = frozenset({"/audit/export", "/statement/export"})
+# Routes whose success is a recording's file (200 whole; 206 for a Range request).
+VIDEOS = frozenset({"/recordings/{recording_id}/media"})
 # Routes that answer 201 (they create something); every other route answers 200.
 # tests/test_schemathesis.py calls each route validly and holds the answers to this.
 CREATED = frozenset({
@@ -36,11 +38,16 @@ def _responses(route: Route) -> dict[str, Any]:
     media = ("application/json", {"type": "object"})
     if route.path in IMAGES:
         media = ("image/jpeg", {"type": "string", "format": "binary"})
+    elif route.path in VIDEOS:
+        media = ("video/webm", {"type": "string", "format": "binary"})
     elif route.path in CSV:
         media = ("text/csv", {"type": "string"})
     status = "201" if (route.method, route.path) in CREATED else "200"
-    return {status: {"description": "success",
-                     "content": {media[0]: {"schema": media[1]}}},
+    success = {"description": "success", "content": {media[0]: {"schema": media[1]}}}
+    partial = {"206": {"description": "the byte range asked for",
+                       "content": {media[0]: {"schema": media[1]}}}} \
+        if route.path in VIDEOS else {}
+    return {status: success, **partial,
             "4XX": {"description": "refused: {error: {code, message}}, code stable",
                     "content": {"application/json": {
                         "schema": {"$ref": "#/components/schemas/Error"}}}}}

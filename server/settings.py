@@ -163,8 +163,13 @@ class Settings:
                                     "(`ice_transport_policy: relay` in GET /visits/{id}/ice): "
                                     "only TURN candidates, so neither party learns the other's "
                                     "address; the tests' loopback coturn needs it.")
-    recordings_dir: str = _setting("", "Where relay-mode visit recordings are written; empty "
-                                   "means <data_dir>/recordings.")
+    relay_transcode: bool = _setting(False, "Relay mode decodes each party's media and encodes "
+                                     "it again for every consumer (and x264 for the recording) "
+                                     "instead of forwarding the encoded frames; kept as the "
+                                     "benchmarks' baseline (docs/BENCHMARKS.md).")
+    recordings_dir: str = _setting("", "The recordings' blob store (a folder): kept recordings "
+                                   "under <facility_id>/, files being written under .partial/; "
+                                   "empty means <data_dir>/recordings.")
     housekeeping_lease_s: float = _setting(
         10.0, "Housekeeping (pruning events, marking visits nobody joined missed) runs on the "
         "one process holding this lease in the broker, a pass every third of it; another "

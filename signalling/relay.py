@@ -59,7 +59,9 @@ class Relay:
                  loopback_only: bool, recordings_dir: Path, push_live: Push,
                  party_channel: Callable[[str], str], clock: Callable[[], datetime],
                  sink: Callable[[], Any], poke: Callable[[str], Awaitable[Any]],
-                 stall_s: float) -> None:
+                 stall_s: float, metrics: Any,
+                 keep_recording: Callable[[Any, Path], Awaitable[Any]] | None = None,
+                 transcode: bool = False) -> None:
         # clock, sink, poke, stall_s: the server observes each visit's media itself and
         # records it (visits.observe), then pokes the visit's meter (relayed_visit.py).
         self.store, self.broker, self.node_id, self.lease_s = store, broker, node_id, lease_s
@@ -67,6 +69,9 @@ class Relay:
         self.turn = (turn_secret, turn_urls, stun_urls)
         self.loopback_only, self.recordings_dir = loopback_only, recordings_dir
         self.push_live, self.party_channel = push_live, party_channel
+        self.metrics, self.transcode = metrics, transcode
+        # server/recordings.py's keep: a finished file becomes a record in the blob store
+        self.keep_recording = keep_recording
         self.running: dict[str, VisitRelay] = {}
         self._claims: dict[str, asyncio.Future[VisitRelay | None]] = {}
         self._early: dict[str, list[dict[str, Any]]] = {}  # signals that came while claiming
@@ -100,6 +105,12 @@ class Relay:
         if self._listener is not None:
             self._listener.cancel()
             await asyncio.gather(self._listener, return_exceptions=True)
+
+    def media_seen(self, visit_id: str) -> dict[str, dict[str, tuple[int, int, float | None]]]:
+        """For presence: what this process's relay of the visit has received from each party
+        (`VisitRelay.media_seen`); empty when the visit is not relayed here."""
+        held = self.running.get(visit_id)
+        return held.media_seen() if held is not None else {}
 
     async def forward(self, visit_id: str, sender: str, signal: dict[str, Any], *,
                       watch: bool = False) -> bool:

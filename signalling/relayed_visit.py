@@ -7,6 +7,13 @@ looks at the frames each party's tracks delivered here, and records on the visit
 media is arriving from both (the person's every track advancing within the stall threshold),
 then pokes the meter. The clients' own `visit.media` reports change nothing in relay mode.
 
+Two ways to relay (the `relay_transcode` setting): forwarding (the default,
+signalling/forwarding.py), where each party's encoded frames go to the other party, to the
+watchers and into the recording (signalling/remux.py) as they came; or transcoding, where
+they are decoded and each consumer encodes its own copy through an `outlets.Outlet`
+(signalling/recording.py records with x264). Transcoding is kept as the benchmarks' baseline
+(docs/BENCHMARKS.md).
+
 A party's offer starts a new session for that party. The consumers of its media switch to the
 new session's tracks, the old session is closed, and the server answers. The server never
 offers. A watcher's offer gets, on its video m-lines and then its audio m-lines, the family's
@@ -29,8 +36,10 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
 
 from signalling import visits
+from signalling.forwarding import ForwardTrack, Source, forward_codecs, tap
 from signalling.outlets import Outlet, Timeline
 from signalling.recording import STREAMS, Recording
+from signalling.remux import RemuxRecording
 
 if TYPE_CHECKING:
     from signalling.relay import Relay
@@ -49,7 +58,8 @@ class Session:
     role: str  # family | person | watcher
     pc: RTCPeerConnection
     incoming: dict[str, MediaStreamTrack] = field(default_factory=dict)  # a party's, by kind
-    outlets: list[Outlet] = field(default_factory=list)
+    receivers: dict[str, Any] = field(default_factory=dict)  # forwarding: by kind
+    outlets: list[MediaStreamTrack] = field(default_factory=list)  # Outlet | ForwardTrack
     drains: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def close(self) -> None:
@@ -65,16 +75,20 @@ class VisitRelay:
     """One relayed visit on its holder."""
 
     def __init__(self, relay: Relay, row: Any) -> None:
-        self.r = relay
+        self.r, self.row = relay, row
         self.visit_id, self.end_at, self.record = row.id, row.end_at, bool(row.record)
         self.parties = {row.family_id: "family", row.person_id: "person"}
+        self.forward = not relay.transcode
         self.media = MediaRelay()
         self.sessions: dict[str, Session] = {}
-        self.feeds: list[tuple[str, Outlet]] = []  # (party role, outlet) of every consumer
-        self.received: dict[str, int] = {}  # frames decoded here, by "family video" etc.
+        self.feeds: list[tuple[str, Outlet]] = []  # transcoding: (party role, outlet)
+        self.received: dict[str, int] = {}  # transcoding: frames decoded, by "family video"
+        # forwarding: each party's camera and microphone, across its sessions
+        self.sources = {(party, kind): Source(kind, relay.metrics)
+                        for party in ("family", "person") for kind in ("video", "audio")}
         self._advanced: dict[str, tuple[int, float]] = {}  # name -> (count, when it moved)
         self.observed = False  # what was last recorded: media arriving from both
-        self.recording: Recording | None = None
+        self.recording: Recording | RemuxRecording | None = None
         self.closing = False
         self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(SIGNALS_MAX)
         self._wake = asyncio.Event()
@@ -143,6 +157,10 @@ class VisitRelay:
         def on_track(track: MediaStreamTrack) -> None:
             if role == "watcher":
                 return
+            if self.forward:  # before the receiver starts, so that it never decodes
+                transceiver = next(t for t in pc.getTransceivers() if t.receiver.track is track)
+                tap(transceiver, self.sources[(role, track.kind)])
+                session.receivers[track.kind] = transceiver.receiver
             if self.sessions.get(sender) is session:
                 self._incoming(session, track)
             else:
@@ -156,6 +174,8 @@ class VisitRelay:
 
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+            if self.forward:
+                forward_codecs(pc)
         except BaseException:
             await session.close()  # a bad offer leaves the current session as it was
             raise
@@ -191,7 +211,12 @@ class VisitRelay:
             wanted = {"video": [other], "audio": [other]}
         for transceiver in session.pc.getTransceivers():
             queue = wanted.get(transceiver.kind) or []
-            if queue and transceiver.sender.track is None:
+            if queue and transceiver.sender.track is None and self.forward:
+                track = ForwardTrack(self.sources[(queue.pop(0), transceiver.kind)])
+                session.outlets.append(track)
+                track.attach_to(transceiver.sender)
+                transceiver.direction = "sendrecv"
+            elif queue and transceiver.sender.track is None:
                 outlet = self._outlet(queue.pop(0), transceiver.kind)
                 session.outlets.append(outlet)
                 transceiver.sender.replaceTrack(outlet)
@@ -209,9 +234,17 @@ class VisitRelay:
         return session.incoming.get(kind) if session is not None else None
 
     def _incoming(self, session: Session, track: MediaStreamTrack) -> None:
-        """A party's new camera or microphone: every consumer of it switches over; a drain
-        keeps reading it (and counts) so that it never queues up unread."""
+        """A party's new camera or microphone: every consumer of it switches over (forwarding:
+        its source reads the new session's receiver; transcoding: each outlet switches, and a
+        drain keeps reading the track, and counts, so that it never queues up unread)."""
         session.incoming[track.kind] = track
+        if self.forward:
+            self.sources[(session.role, track.kind)].attach(session.receivers[track.kind])
+            if self.record and self.recording is None:
+                self.recording = RemuxRecording(self.r.recordings_dir, self.visit_id, [
+                    self.sources[stream] for stream in STREAMS])
+                self.recording.start()
+            return
         for party, outlet in self.feeds:
             if party == session.role and outlet.kind == track.kind:
                 outlet.switch(track)
@@ -236,6 +269,8 @@ class VisitRelay:
         await self._drop(session)
 
     async def _drop(self, session: Session) -> None:
+        for kind, receiver in session.receivers.items():
+            self.sources[(session.role, kind)].detach(receiver)
         self.feeds = [(p, o) for p, o in self.feeds if o not in session.outlets]
         await session.close()
 
@@ -250,7 +285,7 @@ class VisitRelay:
                 continue
             for kind in session.incoming:
                 name = f"{session.role} {kind}"
-                count = self.received.get(name, 0)
+                count = self._frames(session.role, kind)
                 seen, moved_at = self._advanced.get(name, (0, now))
                 if count != seen:
                     seen, moved_at = count, now
@@ -282,6 +317,22 @@ class VisitRelay:
         except Exception:
             log.warning("visit %s: could not record the media seen", self.visit_id,
                         exc_info=True)
+
+    def _frames(self, role: str, kind: str) -> int:
+        """Frames received here on a party's track so far: encoded frames forwarded, or frames
+        decoded (transcoding)."""
+        if self.forward:
+            return self.sources[(role, kind)].frames
+        return self.received.get(f"{role} {kind}", 0)
+
+    def media_seen(self) -> dict[str, dict[str, tuple[int, int, float | None]]]:
+        """What the server has received from each party, by kind: (frames, RTP packets,
+        time.monotonic() of the last frame or None). Forwarding only (transcoding counts
+        decoded frames in `received`). Read by presence: the server's own view of the media."""
+        seen: dict[str, dict[str, tuple[int, int, float | None]]] = {}
+        for (party, kind), source in self.sources.items():
+            seen.setdefault(party, {})[kind] = (source.frames, source.packets, source.last_at)
+        return seen
 
     # -- the end
 
@@ -319,12 +370,19 @@ class VisitRelay:
         if self.observed:  # the media is cut: the meter must not wait for this lease to lapse
             await self._record(False)
         path = await self.recording.close() if self.recording is not None else None
+        if path is not None and self.r.keep_recording is not None:
+            try:
+                await self.r.keep_recording(self.row, path)
+            except Exception:
+                log.exception("visit %s: recording %s not kept", self.visit_id, path)
         with contextlib.suppress(Exception):
             await self.r.broker.release(f"relay:{self.visit_id}", self.r.node_id)
         if self.r.running.get(self.visit_id) is self:
             del self.r.running[self.visit_id]
+        received = self.received if not self.forward else {
+            f"{party} {kind}": s.frames for (party, kind), s in self.sources.items()}
         log.info("visit %s relay ended (%s): media cut in %.3f s; frames received %s; "
-                 "recording %s", self.visit_id, reason, cut_s, self.received, path)
+                 "recording %s", self.visit_id, reason, cut_s, received, path)
 
     async def _follow(self, subscription: Any) -> None:
         async for item in subscription:

@@ -436,3 +436,74 @@ async def test_staff_watch_a_relayed_visit_in_the_console(sqlite_template: Path,
             await ctx.close()
             await family.close()
             await person.close()
+
+
+async def test_staff_play_a_relayed_visits_recording_in_the_console(sqlite_template: Path,
+                                                                    tmp_path: Path) -> None:
+    """Relay mode, recorded: two aiortc parties through a `kinwire serve` process (forwarding,
+    the recording remuxed), staff end it; the console lists the recording and Chromium's
+    <video> plays it from /recordings/{id}/media (byte ranges) with the expected duration and
+    the family's picture; each request for the file is in the audit log."""
+    require_chromium()
+    import asyncio
+
+    from playwright.async_api import expect
+
+    from tests.test_cluster import cluster, make_pair
+    from tests.test_relay import (
+        FAMILY_SIZE,
+        PERSON_SIZE,
+        RELAY,
+        STAFF_PASSWORD,
+        new_staff,
+        party,
+        recorded,
+    )
+    from tests.test_visit_e2e import account_id, start_both, visit_now
+    from tests.turn_server import private_coturn
+
+    expect.set_options(timeout=10_000)
+    db = fresh_sqlite(sqlite_template, tmp_path)
+    async with private_coturn() as turn, \
+            cluster(db, "", tmp_path, n=1, KINWIRE_TURN_SECRET=turn.secret,
+                    KINWIRE_TURN_URLS=turn.url, **RELAY) as (node,), \
+            aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http, \
+            chromium() as browser:
+        family_token, person_token = await make_pair(http, node, node, db)
+        family_id = await account_id(http, node, family_token)
+        visit_id, facility_id = await visit_now(db, family_id, media="relay", record=True)
+        email = await new_staff(db, facility_id, "Officer Reyes")
+        family = party(node, family_token, visit_id, FAMILY_SIZE)
+        person = party(node, person_token, visit_id, PERSON_SIZE)
+        ctx = await browser.new_context(viewport={"width": 1024, "height": 900})
+        try:
+            await start_both(family, person)
+            async with asyncio.timeout(20):
+                await family.wait_frames("video", 60)  # about 4 s at 15 frames/s
+            desk = await ctx.new_page()
+            errors: list[str] = []
+            desk.on("pageerror", lambda e: errors.append(str(e)))
+            await _log_in(desk, node.base, email, STAFF_PASSWORD, "/static/staff.html")
+            item = desk.locator(f"#visit-list li[data-visit='{visit_id}']")
+            await item.locator("button", has_text="End").click()
+            record = await recorded(db, visit_id)
+            await desk.locator("#recordings-refresh").click()
+            row = desk.locator(f"#recording-list li[data-recording='{record.id}']")
+            await row.locator("button", has_text="Play").click()
+            await desk.wait_for_function(
+                """() => { const v = document.getElementById('recording-player');
+                           return v.readyState >= 2 && isFinite(v.duration)
+                                  && v.videoWidth > 0; }""",
+                timeout=20_000)
+            duration, width, height = await desk.eval_on_selector(
+                "#recording-player", "v => [v.duration, v.videoWidth, v.videoHeight]")
+            assert abs(duration - record.duration_ms / 1000) <= 1.0, (duration, record.duration_ms)
+            assert (width, height) == FAMILY_SIZE, "the first video stream: the family's"
+            await desk.locator("#audit-refresh").click()
+            await expect(desk.locator("#audit-rows li[data-action='recording.play']").first) \
+                .to_be_visible()
+            assert errors == [], errors
+        finally:
+            await ctx.close()
+            await family.close()
+            await person.close()

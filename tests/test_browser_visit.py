@@ -13,6 +13,7 @@ import secrets
 from datetime import timedelta
 from pathlib import Path
 
+import av
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -150,9 +151,16 @@ async def _scenario(api: Api, seed: dict, base: str, fam_ctx, kiosk_ctx, passwor
     # --- the kiosk sees the booking live; both join ---
     k_join = kiosk.get_by_role("button", name="Join the visit with Alex Rivers at 12:00")
     await expect(k_join).to_be_visible()
+    # Told before joining, and during the call, whether the visit is recorded (a direct-mode
+    # visit never passes through the server, so it cannot be).
+    for page in (kiosk, fam):
+        await expect(page.locator("[data-recording-notice]").first).to_have_text(
+            "This visit is not recorded.")
     await k_join.click()
     await expect(kiosk.locator("#visit-status")).to_have_text("Waiting for Alex Rivers to join…")
+    await expect(kiosk.locator("#visit-recording")).to_have_text("This visit is not recorded.")
     await fam.get_by_role("button", name="Join the visit with Dana Rivers at 12:00").click()
+    await expect(fam.locator("#visit-recording")).to_have_text("This visit is not recorded.")
 
     # --- each side's remote video plays ---
     for page in (fam, kiosk):
@@ -253,3 +261,98 @@ async def test_ice_transport_policy_follows_the_setting(sqlite_template: Path,
     # And relay-only without a TURN server is refused at start.
     with pytest.raises(SettingsError, match="KINWIRE_ICE_RELAY_ONLY"):
         test_settings(fresh_sqlite(sqlite_template, tmp_path), tmp_path, ice_relay_only=True)
+
+
+async def test_a_relayed_recorded_visit_in_two_browsers(sqlite_template: Path,
+                                                        tmp_path: Path) -> None:
+    """Relay mode with Chromium on both sides (fake cameras): both are told the visit is
+    recorded and may be monitored, before joining and during the call; both remote videos play
+    through the server (which forwards the browsers' VP8 and Opus as they come); the family
+    hangs up; the recording is kept with both parties' streams, as the browsers sent them."""
+    require_chromium()
+    from datetime import datetime, time
+
+    from playwright.async_api import async_playwright, expect
+
+    from tests.clock import ZONE
+    from tests.test_relay import recorded
+
+    expect.set_options(timeout=15_000)
+    password = "correct horse battery"
+    clock = scene_clock()
+    notice = "This visit is recorded and may be monitored by facility staff."
+    async with private_coturn() as turn:
+        db = fresh_sqlite(sqlite_template, tmp_path)
+        settings = test_settings(db, tmp_path, turn_secret=turn.secret, turn_urls=(turn.url,),
+                                 ice_relay_only=True, relay_loopback_only=True)
+        app = create_app(settings, run_migrations=False, clock=clock)
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client, \
+                async_playwright() as pw:
+            browser = await launch(pw, *MEDIA)
+            api = Api(client)
+            seed = await _parties(api, password)
+            admin = await api.admin()
+            r = await api.call("PATCH", f"/facilities/{seed['facility_id']}", admin,
+                               json={"settings": {"media": "relay"}})
+            assert r.status == 200, r.body
+            family = seed["family"]
+            assert (await api.buy(family, 500)).status == 201
+            start = datetime.combine(clock().astimezone(ZONE).date(), time(12, 0), ZONE)
+            r = await api.call("POST", "/visits", family, json={
+                "connection_id": await _connection_id(api, seed), "start": start.isoformat()})
+            assert r.status == 201, r.body
+            visit = r.body["visit"]
+            assert (visit["media"], visit["record"]) == ("relay", True)
+            base = str(client.make_url("/")).rstrip("/")
+            fam_ctx = await browser.new_context(viewport=PHONE)
+            kiosk_ctx = await browser.new_context(viewport=KIOSK)
+            try:
+                fam, kiosk = await fam_ctx.new_page(), await kiosk_ctx.new_page()
+                errors: list[str] = []
+                for page in (fam, kiosk):
+                    page.on("pageerror", lambda e: errors.append(str(e)))
+                await kiosk_sign_in(kiosk, base, seed, PIN)
+                await fam.goto(base + "/")
+                await fam.locator("#login-email").fill(seed["email"])
+                await fam.locator("#login-password").fill(password)
+                await fam.get_by_role("button", name="Log in").click()
+                await expect(fam.locator("html")).to_have_attribute("data-socket", "online")
+                await fam.get_by_role("tab", name="Visits").click()
+                for page in (kiosk, fam):
+                    await expect(page.locator(f"[data-recording-notice='{visit['id']}']")) \
+                        .to_have_text(notice)
+                await kiosk.get_by_role("button",
+                                        name="Join the visit with Alex Rivers at 12:00").click()
+                await fam.get_by_role("button",
+                                      name="Join the visit with Dana Rivers at 12:00").click()
+                for page in (fam, kiosk):
+                    await expect(page.locator("#visit-recording")).to_have_text(notice)
+                    played = await asyncio.wait_for(page.evaluate(PLAYING), 20)
+                    assert played["width"] > 0 and played["to"] > played["from"], played
+                # Each browser's peer is the server: its answer's fingerprint is not the other
+                # browser's.
+                prints = [await p.evaluate(
+                    "() => window.kinwireVisit.pc.remoteDescription.sdp.match("
+                    "/a=fingerprint:\\S+ (\\S+)/)[1]") for p in (fam, kiosk)]
+                own = [await p.evaluate(
+                    "() => window.kinwireVisit.pc.localDescription.sdp.match("
+                    "/a=fingerprint:\\S+ (\\S+)/)[1]") for p in (fam, kiosk)]
+                assert prints[0] != own[1] and prints[1] != own[0]
+                await asyncio.sleep(2.0)
+                await fam.get_by_role("button", name="Hang up").click()
+                await expect(kiosk.locator("#visit-ended")).to_have_attribute(
+                    "data-reason", "hung_up")
+                assert errors == [], errors
+            finally:
+                await fam_ctx.close()
+                await kiosk_ctx.close()
+                await browser.close()
+        record = await recorded(db, visit["id"])
+    with av.open(str(tmp_path / "recordings" / record.location)) as container:
+        assert [s.codec_context.name for s in container.streams] == \
+            ["vp8", "vp8", "opus", "opus"]
+        packets = [0, 0, 0, 0]
+        for packet in container.demux():
+            if packet.size:
+                packets[packet.stream.index] += 1
+    assert record.duration_ms >= 2000 and min(packets) > 0, (record.duration_ms, packets)

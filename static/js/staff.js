@@ -118,6 +118,31 @@ $("end-form").addEventListener("submit", async (ev) => {
   await Promise.all([loadVisits(), audit.load()]).catch(() => {});
 });
 
+// ---------- recordings (GET /recordings; the file plays from /recordings/{id}/media, by byte
+// ranges, each request audited) ----------
+async function loadRecordings() {
+  const r = await api("GET", scoped("/recordings?limit=50"));
+  if (r.recordings.some((x) => !state.names.has(x.family_id) || !state.names.has(x.person_id))) await loadNames();
+  $("recordings-empty").hidden = r.recordings.length > 0;
+  $("recording-list").replaceChildren(...r.recordings.map((x) => {
+    const who = `${nameOf(x.family_id)} and ${nameOf(x.person_id)}`;
+    const play = h("button", { type: "button", "aria-label": `Play the recording of ${who} at ${when(x.started_at)}` }, "Play");
+    play.addEventListener("click", () => {
+      $("recording-player").src = `/api/v1/recordings/${encodeURIComponent(x.id)}/media`;
+      $("recording-cap").textContent = `${who}, ${when(x.started_at)}`;
+      $("recording-figure").hidden = false;
+      $("recording-player").play().catch(() => {}); // autoplay may be refused: the controls remain
+    });
+    const minutes = Math.floor(x.duration_s / 60);
+    const seconds = String(Math.round(x.duration_s % 60)).padStart(2, "0");
+    return h("li", { dataset: { recording: x.id } },
+      h("span", {}, h("strong", {}, who), h("br"),
+        h("span", { class: "muted" }, `${when(x.started_at)} · ${minutes}:${seconds} · kept until ${when(x.retain_until)}`)),
+      play);
+  }));
+}
+
+$("recordings-refresh").addEventListener("click", () => loadRecordings().catch((e) => say($("notice"), e.message, "error")));
 $("visits-refresh").addEventListener("click", () => loadVisits().catch((e) => say($("notice"), e.message, "error")));
 $("review-refresh").addEventListener("click", () => review.load(true).catch((e) => say($("notice"), e.message, "error")));
 
@@ -235,7 +260,7 @@ $("facility").addEventListener("change", async () => {
   state.facility = $("facility").value;
   stopWatch();
   showSettings();
-  await Promise.all([review.load(true), loadVisits(), audit.load()]).catch((e) => say($("notice"), e.message, "error"));
+  await Promise.all([review.load(true), loadVisits(), audit.load(), loadRecordings()]).catch((e) => say($("notice"), e.message, "error"));
 });
 
 // ---------- watching a relayed visit (visit.watch, receive-only WebRTC) ----------
@@ -366,7 +391,7 @@ async function start() {
   $("app").hidden = false;
   $("who").hidden = false;
   await Promise.all([loadNames(), loadFacilities()]);
-  await Promise.all([review.load(true), loadVisits(), audit.load()]);
+  await Promise.all([review.load(true), loadVisits(), audit.load(), loadRecordings()]);
   poll();
   window.kinwire = state; // for tests and the curious
   document.body.dataset.ready = "signed-in";
