@@ -64,3 +64,50 @@ class ClipTrack(MediaStreamTrack):
         packet.time_base = fractions.Fraction(1, CLOCK)
         self._n += 1
         return packet
+
+
+async def encode_tone(seconds: float = 1.0) -> list[bytes]:
+    """`seconds` of the 400 Hz test tone as Opus packets (20 ms each), so that the load
+    generator's clients do not run an Opus encoder each."""
+    from signalling.media import ToneAudioTrack
+
+    codec = av.CodecContext.create("libopus", "w")
+    codec.sample_rate, codec.layout, codec.format = 48_000, "stereo", "s16"
+    codec.time_base = fractions.Fraction(1, 48_000)
+    resampler = av.AudioResampler(format="s16", layout="stereo", rate=48_000)
+    tone = ToneAudioTrack()
+    tone_frames = []
+    for _ in range(round(seconds * 50)):
+        tone._t0 = None  # no pacing
+        tone_frames.append(await tone.recv())
+    packets: list[bytes] = []
+    for frame in tone_frames:
+        for resampled in resampler.resample(frame):
+            packets.extend(bytes(p) for p in codec.encode(resampled))
+    tone.stop()
+    return packets
+
+
+class ToneClip(MediaStreamTrack):
+    """Sends Opus `packets` in a loop, one every 20 ms."""
+
+    kind = "audio"
+
+    def __init__(self, packets: list[bytes]) -> None:
+        super().__init__()
+        self.packets = packets
+        self._n = 0
+        self._t0: float | None = None
+
+    async def recv(self) -> av.Packet:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._t0 is None:
+            self._t0 = time.monotonic()
+        else:
+            await asyncio.sleep(max(0.0, self._t0 + self._n * 0.02 - time.monotonic()))
+        packet = av.Packet(self.packets[self._n % len(self.packets)])
+        packet.pts = self._n * 960
+        packet.time_base = fractions.Fraction(1, 48_000)
+        self._n += 1
+        return packet

@@ -23,10 +23,12 @@ from server import (
     routes_facilities,
     routes_messages,
     routes_money,
+    routes_recordings,
     routes_visits,
 )
 from server.attempts import Attempts
 from server.auth import LoginLimiter, Passwords
+from server.blobs.files import FileBlobs
 from server.broker import Broker
 from server.context import Context
 from server.drain import DRAIN, Drain
@@ -43,6 +45,7 @@ from server.openapi import build as build_openapi
 from server.photos import PhotoWork
 from server.proxy import middleware as forwarded_middleware
 from server.proxy import networks
+from server.recordings import Recordings
 from server.routes_ops import healthz, readyz
 from server.routing import CONTEXT, WS_PATH, Route, add_routes, error_middleware, json_response
 from server.settings import Settings
@@ -57,7 +60,7 @@ STATIC = Path(__file__).resolve().parent.parent / "static"
 
 ROUTES: list[Route] = [*routes_auth.ROUTES, *routes_facilities.ROUTES, *routes_money.ROUTES,
                        *routes_connections.ROUTES, *routes_messages.ROUTES,
-                       *routes_visits.ROUTES, *routes_calls.ROUTES]
+                       *routes_visits.ROUTES, *routes_calls.ROUTES, *routes_recordings.ROUTES]
 
 
 async def sweep(ctx: Context, hub: Hub, stop: asyncio.Event, interval_s: float = 30.0) -> None:
@@ -74,6 +77,7 @@ async def sweep(ctx: Context, hub: Hub, stop: asyncio.Event, interval_s: float =
             async with ctx.store.write() as conn:
                 await events.prune(conn, now - timedelta(seconds=ctx.settings.event_retention_s))
                 await ctx.login_limiter.prune(conn, now)
+            await ctx.recordings.expire(now)
         except Exception:
             log.exception("housekeeping failed; retrying next round")
 
@@ -134,13 +138,16 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
                         push_live=lambda who, kind, data: calls.push_live(broker, who, kind,
                                                                            data),
                         metrics=metrics)
-    # --- relay mode (signalling/relay.py): this process's relayed visits ---
+    # --- relay mode (signalling/relay.py): this process's relayed visits, their recordings
+    # written under the blob store's root (.partial/) and then kept there as records ---
+    ctx.recordings = Recordings(store, FileBlobs(settings.resolved_recordings_dir), clock)
     ctx.relay = Relay(store, broker, node_id=ctx.meters.node_id, lease_s=settings.relay_lease_s,
                       turn_secret=settings.turn_secret, turn_urls=settings.turn_urls,
                       stun_urls=settings.stun_urls, loopback_only=settings.relay_loopback_only,
-                      recordings_dir=settings.resolved_recordings_dir,
+                      recordings_dir=settings.resolved_recordings_dir / ".partial",
                       push_live=lambda who, kind, data: calls.push_live(broker, who, kind, data),
-                      party_channel=events.channel)
+                      party_channel=events.channel, metrics=metrics,
+                      keep_recording=ctx.recordings.keep, transcode=settings.relay_transcode)
     # --- end relay mode ---
     hub = Hub(store, broker, per_user_max=settings.ws_connections_per_user_max,
               page_max=settings.sync_page_max, metrics=metrics)

@@ -27,4 +27,5 @@ class Context:
     meters: Any = None  # signalling.meters.Meters, on a serving process
     relay: Any = None  # signalling.relay.Relay (relay-mode media), on a serving process
     photo_work: Any = None  # server.photos.PhotoWork (the photo pool), on a serving process
+    recordings: Any = None  # server.recordings.Recordings
     metrics: Metrics = field(default_factory=Metrics)  # create_app's; a private one elsewhere

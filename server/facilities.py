@@ -60,6 +60,9 @@ class VisitHours(Strict):
         return self
 
 
+RETENTION_DAYS_DEFAULT = 90  # recording_retention_days
+
+
 class FacilitySettings(Strict):
     review_mode: Literal["instant", "hold"] = "instant"
     review_photos: bool = True
@@ -72,6 +75,8 @@ class FacilitySettings(Strict):
     prices: Prices = Field(default_factory=Prices)
     media: Literal["direct", "relay"] = "direct"
     record_visits: bool = True
+    # Staff only (not in PUBLIC_SETTINGS): days a recording is kept after its visit ends.
+    recording_retention_days: int = Field(default=RETENTION_DAYS_DEFAULT, ge=1, le=3650)
 
     @field_validator("keywords")
     @classmethod

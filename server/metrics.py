@@ -33,6 +33,11 @@ COUNTERS = {
     "kinwire_pushes_total": "Frames pushed to sockets (stored events and live frames).",
     "kinwire_messages_sent_total": "Messages accepted by POST /messages or message.send.",
     "kinwire_meter_debits_total": "Visit-minute debits by result (ok, refused, unknown).",
+    "kinwire_relay_frames_total": "Relay mode, forwarding: encoded frames by kind, consumer "
+                                  "(peer, recording) and outcome (forwarded; dropped: backlog, "
+                                  "awaiting_keyframe).",
+    "kinwire_relay_keyframe_requests_total": "Relay mode, forwarding: PLIs sent to a party for "
+                                             "a consumer that needs a keyframe.",
 }
 HISTOGRAMS = {
     "kinwire_send_seconds": ("Latency of POST /messages and message.send.", LATENCY_BUCKETS),

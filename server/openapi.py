@@ -16,6 +16,8 @@ ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
 
 # Routes whose success is an image, not JSON (the re-encoded photo and its thumbnail).
 IMAGES = frozenset({"/photos/{photo_id}", "/photos/{photo_id}/thumb"})
+# Routes whose success is a recording's file (200 whole; 206 for a Range request).
+VIDEOS = frozenset({"/recordings/{recording_id}/media"})
 # Routes that answer 201 (they create something); every other route answers 200.
 # tests/test_schemathesis.py calls each route validly and holds the answers to this.
 CREATED = frozenset({
@@ -32,10 +34,14 @@ def _responses(route: Route) -> dict[str, Any]:
     error shape. No 5xx is part of the contract: a 5xx is a bug (and
     tests/test_schemathesis.py treats one as a failure)."""
     media = ("image/jpeg", {"type": "string", "format": "binary"}) if route.path in IMAGES \
+        else ("video/webm", {"type": "string", "format": "binary"}) if route.path in VIDEOS \
         else ("application/json", {"type": "object"})
     status = "201" if (route.method, route.path) in CREATED else "200"
-    return {status: {"description": "success",
-                     "content": {media[0]: {"schema": media[1]}}},
+    success = {"description": "success", "content": {media[0]: {"schema": media[1]}}}
+    partial = {"206": {"description": "the byte range asked for",
+                       "content": {media[0]: {"schema": media[1]}}}} \
+        if route.path in VIDEOS else {}
+    return {status: success, **partial,
             "4XX": {"description": "refused: {error: {code, message}}, code stable",
                     "content": {"application/json": {
                         "schema": {"$ref": "#/components/schemas/Error"}}}}}

@@ -147,8 +147,13 @@ class Settings:
                                     "(`ice_transport_policy: relay` in GET /visits/{id}/ice): "
                                     "only TURN candidates, so neither party learns the other's "
                                     "address; the tests' loopback coturn needs it.")
-    recordings_dir: str = _setting("", "Where relay-mode visit recordings are written; empty "
-                                   "means <data_dir>/recordings.")
+    relay_transcode: bool = _setting(False, "Relay mode decodes each party's media and encodes "
+                                     "it again for every consumer (and x264 for the recording) "
+                                     "instead of forwarding the encoded frames; kept as the "
+                                     "benchmarks' baseline (docs/BENCHMARKS.md).")
+    recordings_dir: str = _setting("", "The recordings' blob store (a folder): kept recordings "
+                                   "under <facility_id>/, files being written under .partial/; "
+                                   "empty means <data_dir>/recordings.")
     db_pool_size: int = _setting(10, "PostgreSQL connections per process.", lo=1, hi=200)
     db_timeout_s: float = _setting(10.0, "PostgreSQL: longest wait for a pooled or new "
                                    "connection, or for one statement; past it the request "

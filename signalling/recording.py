@@ -53,15 +53,15 @@ PENDING_MAX = 500
 _STOP = None
 
 
-def reserve(directory: Path, visit_id: str) -> tuple[Path, Path]:
+def reserve(directory: Path, visit_id: str, suffix: str = ".mkv") -> tuple[Path, Path]:
     """Pick the visit's next free file name, and create its `.part` file so that nobody else
     picks it. Returns (part, final)."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     n = 1
     while True:
         stem = visit_id if n == 1 else f"{visit_id}-{n}"
-        final = directory / f"{stem}.mkv"
-        part = directory / f"{stem}.mkv.part"
+        final = directory / f"{stem}{suffix}"
+        part = directory / f"{stem}{suffix}.part"
         if not final.exists():
             try:
                 os.close(os.open(part, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))

@@ -57,11 +57,16 @@ class Relay:
     def __init__(self, store: Any, broker: Any, *, node_id: str, lease_s: float,
                  turn_secret: str, turn_urls: tuple[str, ...], stun_urls: tuple[str, ...],
                  loopback_only: bool, recordings_dir: Path, push_live: Push,
-                 party_channel: Callable[[str], str]) -> None:
+                 party_channel: Callable[[str], str], metrics: Any,
+                 keep_recording: Callable[[Any, Path], Awaitable[Any]] | None = None,
+                 transcode: bool = False) -> None:
         self.store, self.broker, self.node_id, self.lease_s = store, broker, node_id, lease_s
         self.turn = (turn_secret, turn_urls, stun_urls)
         self.loopback_only, self.recordings_dir = loopback_only, recordings_dir
         self.push_live, self.party_channel = push_live, party_channel
+        self.metrics, self.transcode = metrics, transcode
+        # server/recordings.py's keep: a finished file becomes a record in the blob store
+        self.keep_recording = keep_recording
         self.running: dict[str, VisitRelay] = {}
         self._claims: dict[str, asyncio.Future[VisitRelay | None]] = {}
         self._early: dict[str, list[dict[str, Any]]] = {}  # signals that came while claiming
@@ -95,6 +100,12 @@ class Relay:
         if self._listener is not None:
             self._listener.cancel()
             await asyncio.gather(self._listener, return_exceptions=True)
+
+    def media_seen(self, visit_id: str) -> dict[str, dict[str, tuple[int, int, float | None]]]:
+        """For presence: what this process's relay of the visit has received from each party
+        (`VisitRelay.media_seen`); empty when the visit is not relayed here."""
+        held = self.running.get(visit_id)
+        return held.media_seen() if held is not None else {}
 
     async def forward(self, visit_id: str, sender: str, signal: dict[str, Any], *,
                       watch: bool = False) -> bool:

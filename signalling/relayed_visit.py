@@ -2,6 +2,13 @@
 the sessions (one aiortc peer connection per party and per watching staff member), the
 outlets that feed them and the recording, and the end that cuts the media.
 
+Two ways to relay (the `relay_transcode` setting): forwarding (the default,
+signalling/forwarding.py), where each party's encoded frames go to the other party, to the
+watchers and into the recording (signalling/remux.py) as they came; or transcoding, where
+they are decoded and each consumer encodes its own copy through an `outlets.Outlet`
+(signalling/recording.py records with x264). Transcoding is kept as the benchmarks' baseline
+(docs/BENCHMARKS.md).
+
 A party's offer starts a new session for that party. The consumers of its media switch to the
 new session's tracks, the old session is closed, and the server answers. The server never
 offers. A watcher's offer gets, on its video m-lines and then its audio m-lines, the family's
@@ -24,8 +31,10 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
 
 from signalling import visits
+from signalling.forwarding import ForwardTrack, Source, forward_codecs, tap
 from signalling.outlets import Outlet, Timeline
 from signalling.recording import STREAMS, Recording
+from signalling.remux import RemuxRecording
 
 if TYPE_CHECKING:
     from signalling.relay import Relay
@@ -43,7 +52,8 @@ class Session:
     role: str  # family | person | watcher
     pc: RTCPeerConnection
     incoming: dict[str, MediaStreamTrack] = field(default_factory=dict)  # a party's, by kind
-    outlets: list[Outlet] = field(default_factory=list)
+    receivers: dict[str, Any] = field(default_factory=dict)  # forwarding: by kind
+    outlets: list[MediaStreamTrack] = field(default_factory=list)  # Outlet | ForwardTrack
     drains: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def close(self) -> None:
@@ -59,14 +69,18 @@ class VisitRelay:
     """One relayed visit on its holder."""
 
     def __init__(self, relay: Relay, row: Any) -> None:
-        self.r = relay
+        self.r, self.row = relay, row
         self.visit_id, self.end_at, self.record = row.id, row.end_at, bool(row.record)
         self.parties = {row.family_id: "family", row.person_id: "person"}
+        self.forward = not relay.transcode
         self.media = MediaRelay()
         self.sessions: dict[str, Session] = {}
-        self.feeds: list[tuple[str, Outlet]] = []  # (party role, outlet) of every consumer
-        self.received: dict[str, int] = {}  # frames decoded here, by "family video" etc.
-        self.recording: Recording | None = None
+        self.feeds: list[tuple[str, Outlet]] = []  # transcoding: (party role, outlet)
+        self.received: dict[str, int] = {}  # transcoding: frames decoded, by "family video"
+        # forwarding: each party's camera and microphone, across its sessions
+        self.sources = {(party, kind): Source(kind, relay.metrics)
+                        for party in ("family", "person") for kind in ("video", "audio")}
+        self.recording: Recording | RemuxRecording | None = None
         self.closing = False
         self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(SIGNALS_MAX)
         self._wake = asyncio.Event()
@@ -134,6 +148,10 @@ class VisitRelay:
         def on_track(track: MediaStreamTrack) -> None:
             if role == "watcher":
                 return
+            if self.forward:  # before the receiver starts, so that it never decodes
+                transceiver = next(t for t in pc.getTransceivers() if t.receiver.track is track)
+                tap(transceiver, self.sources[(role, track.kind)])
+                session.receivers[track.kind] = transceiver.receiver
             if self.sessions.get(sender) is session:
                 self._incoming(session, track)
             else:
@@ -147,6 +165,8 @@ class VisitRelay:
 
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+            if self.forward:
+                forward_codecs(pc)
         except BaseException:
             await session.close()  # a bad offer leaves the current session as it was
             raise
@@ -182,7 +202,12 @@ class VisitRelay:
             wanted = {"video": [other], "audio": [other]}
         for transceiver in session.pc.getTransceivers():
             queue = wanted.get(transceiver.kind) or []
-            if queue and transceiver.sender.track is None:
+            if queue and transceiver.sender.track is None and self.forward:
+                track = ForwardTrack(self.sources[(queue.pop(0), transceiver.kind)])
+                session.outlets.append(track)
+                track.attach_to(transceiver.sender)
+                transceiver.direction = "sendrecv"
+            elif queue and transceiver.sender.track is None:
                 outlet = self._outlet(queue.pop(0), transceiver.kind)
                 session.outlets.append(outlet)
                 transceiver.sender.replaceTrack(outlet)
@@ -203,6 +228,13 @@ class VisitRelay:
         """A party's new camera or microphone: every consumer of it switches over; a drain
         keeps reading it (and counts) so that it never queues up unread."""
         session.incoming[track.kind] = track
+        if self.forward:
+            self.sources[(session.role, track.kind)].attach(session.receivers[track.kind])
+            if self.record and self.recording is None:
+                self.recording = RemuxRecording(self.r.recordings_dir, self.visit_id, [
+                    self.sources[stream] for stream in STREAMS])
+                self.recording.start()
+            return
         for party, outlet in self.feeds:
             if party == session.role and outlet.kind == track.kind:
                 outlet.switch(track)
@@ -227,8 +259,19 @@ class VisitRelay:
         await self._drop(session)
 
     async def _drop(self, session: Session) -> None:
+        for kind, receiver in session.receivers.items():
+            self.sources[(session.role, kind)].detach(receiver)
         self.feeds = [(p, o) for p, o in self.feeds if o not in session.outlets]
         await session.close()
+
+    def media_seen(self) -> dict[str, dict[str, tuple[int, int, float | None]]]:
+        """What the server has received from each party, by kind: (frames, RTP packets,
+        time.monotonic() of the last frame or None). Forwarding only (transcoding counts
+        decoded frames in `received`). Read by presence: the server's own view of the media."""
+        seen: dict[str, dict[str, tuple[int, int, float | None]]] = {}
+        for (party, kind), source in self.sources.items():
+            seen.setdefault(party, {})[kind] = (source.frames, source.packets, source.last_at)
+        return seen
 
     # -- the end
 
@@ -264,12 +307,19 @@ class VisitRelay:
         late, self.sessions = list(self.sessions.values()), {}  # made while ending
         await asyncio.gather(*(self._drop(s) for s in late), return_exceptions=True)
         path = await self.recording.close() if self.recording is not None else None
+        if path is not None and self.r.keep_recording is not None:
+            try:
+                await self.r.keep_recording(self.row, path)
+            except Exception:
+                log.exception("visit %s: recording %s not kept", self.visit_id, path)
         with contextlib.suppress(Exception):
             await self.r.broker.release(f"relay:{self.visit_id}", self.r.node_id)
         if self.r.running.get(self.visit_id) is self:
             del self.r.running[self.visit_id]
+        received = self.received if not self.forward else {
+            f"{party} {kind}": s.frames for (party, kind), s in self.sources.items()}
         log.info("visit %s relay ended (%s): media cut in %.3f s; frames received %s; "
-                 "recording %s", self.visit_id, reason, cut_s, self.received, path)
+                 "recording %s", self.visit_id, reason, cut_s, received, path)
 
     async def _follow(self, subscription: Any) -> None:
         async for item in subscription:

@@ -145,9 +145,16 @@ async def _scenario(api: Api, seed: dict, base: str, fam_ctx, kiosk_ctx, passwor
     # --- the kiosk sees the booking live; both join ---
     k_join = kiosk.get_by_role("button", name="Join the visit with Alex Rivers at 12:00")
     await expect(k_join).to_be_visible()
+    # Told before joining, and during the call, whether the visit is recorded (a direct-mode
+    # visit never passes through the server, so it cannot be).
+    for page in (kiosk, fam):
+        await expect(page.locator("[data-recording-notice]").first).to_have_text(
+            "This visit is not recorded.")
     await k_join.click()
     await expect(kiosk.locator("#visit-status")).to_have_text("Waiting for Alex Rivers to join…")
+    await expect(kiosk.locator("#visit-recording")).to_have_text("This visit is not recorded.")
     await fam.get_by_role("button", name="Join the visit with Dana Rivers at 12:00").click()
+    await expect(fam.locator("#visit-recording")).to_have_text("This visit is not recorded.")
 
     # --- each side's remote video plays ---
     for page in (fam, kiosk):

@@ -20,6 +20,7 @@ API_DEFAULTS: dict[str, Any] = {
     "prices": {"message": 50, "photo": 100, "visit_minute": 50},
     "media": "direct",
     "record_visits": True,
+    "recording_retention_days": 90,
 }
 
 

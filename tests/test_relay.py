@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import itertools
 import json
 import os
 import re
@@ -21,10 +23,11 @@ import pytest
 from aiortc import RTCBundlePolicy, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from argon2 import PasswordHasher
+from sqlalchemy import select
 
 from server import accounts
 from server.store import Store
-from server.store.schema import utcnow
+from server.store.schema import recordings, utcnow
 from signalling.visit_client import VisitClient, VisitError, rtc_configuration
 from tests.test_cluster import make_pair, post
 from tests.test_visit_e2e import account_id, stack, visit_now
@@ -110,7 +113,7 @@ def candidate_ports(sdp: str) -> set[int]:
 def assert_through_the_server(family: VisitClient, person: VisitClient) -> None:
     """Each client's DTLS peer is not the other client (its certificate fingerprint differs:
     SRTP from the other client could not even be decrypted), and no candidate of one is the
-    other's: both talk to the server, which decrypts, decodes and re-encodes."""
+    other's: both talk to the server, which decrypts and forwards the encoded frames."""
     assert family.pc is not None and person.pc is not None
     for one, other in ((family.pc, person.pc), (person.pc, family.pc)):
         assert fingerprints(one.remoteDescription.sdp)
@@ -119,6 +122,31 @@ def assert_through_the_server(family: VisitClient, person: VisitClient) -> None:
         assert candidate_ports(one.remoteDescription.sdp)
         assert candidate_ports(one.remoteDescription.sdp).isdisjoint(
             candidate_ports(other.localDescription.sdp))
+
+
+def names(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+async def rows_of(db: str, visit_id: str) -> list[Any]:
+    store = Store(db)
+    try:
+        async with store.read() as conn:
+            return list((await conn.execute(select(recordings).where(
+                recordings.c.visit_id == visit_id))).all())
+    finally:
+        await store.close()
+
+
+async def recorded(db: str, visit_id: str, timeout_s: float = 10.0) -> Any:
+    """The visit's one recording row, once the relay has kept it."""
+    async with asyncio.timeout(timeout_s):
+        for _ in itertools.count():
+            if rows := await rows_of(db, visit_id):
+                break
+            await asyncio.sleep(0.1)
+    assert len(rows) == 1, rows
+    return rows[0]
 
 
 async def until(predicate: Any, timeout_s: float, step_s: float = 0.02) -> float:
@@ -173,12 +201,20 @@ async def test_a_relayed_visit_flows_through_the_server_and_is_recorded(
             await person.close()
         assert ended["reason"] == "balance_exhausted"
         assert family.frames.get("audio", 0) > 0 and person.frames.get("audio", 0) > 0
-        recording = tmp_path / "recordings" / f"{visit_id}.mkv"
-        await until(recording.exists, 10)
+        record = await recorded(pg_db, visit_id)
+        recording = tmp_path / "recordings" / record.location
+        assert record.location.endswith(".webm") and record.segment == 1
+        data = await asyncio.to_thread(recording.read_bytes)
+        assert (len(data), hashlib.sha256(data).hexdigest()) == (record.bytes, record.sha256)
+        assert (record.family_id, record.person_id) == (family_id, person_id)
         expected_s = ended_at - min(connected.values())
+        assert abs(record.duration_ms / 1000 - expected_s) <= 1.0
         with av.open(str(recording)) as container:
             titles = [s.metadata.get("title") for s in container.streams]
             assert titles == ["family video", "person video", "family audio", "person audio"]
+            # forwarded and remuxed as the parties encoded them (no x264/AAC re-encoding)
+            assert [s.codec_context.name for s in container.streams] == \
+                ["vp8", "vp8", "opus", "opus"]
             assert [s.type for s in container.streams] == ["video", "video", "audio", "audio"]
             duration_s = container.duration / 1_000_000
             packets = dict.fromkeys(range(4), 0)
@@ -188,7 +224,7 @@ async def test_a_relayed_visit_flows_through_the_server_and_is_recorded(
         assert abs(duration_s - expected_s) <= 1.0, (duration_s, expected_s)
         assert packets[0] >= 10 * expected_s and packets[1] >= 10 * expected_s, packets
         assert packets[2] >= 20 * expected_s and packets[3] >= 20 * expected_s, packets
-        assert sorted(p.name for p in recording.parent.iterdir()) == [recording.name]
+        assert names(tmp_path / "recordings" / ".partial") == [], "nothing left half-written"
 
 
 async def test_a_privileged_visit_leaves_no_recording(pg_db: str, tmp_path: Path) -> None:
@@ -215,7 +251,9 @@ async def test_a_privileged_visit_leaves_no_recording(pg_db: str, tmp_path: Path
         await until(lambda: server_sockets(nodes, turn) == 0, 5)  # the relay has ended
         await asyncio.sleep(0.5)
         folder = tmp_path / "recordings"
-        assert not folder.exists() or list(folder.iterdir()) == []
+        assert not folder.exists() or names(folder) in ([], [".partial"])
+        assert not folder.exists() or names(folder / ".partial") == []
+        assert await rows_of(pg_db, visit_id) == []
 
 
 async def test_staff_end_cuts_the_media_at_the_server(pg_db: str, tmp_path: Path) -> None:

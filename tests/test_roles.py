@@ -380,6 +380,23 @@ async def _visit_under_way(world: World, role: str) -> Req:
     return Req(params={"visit_id": visit_id}, json={"reason": "checking"})
 
 
+async def _recording(world: World, role: str) -> Req:
+    """A recording of a relay-mode visit in facility A, kept as the relay keeps one."""
+    import tempfile
+    from pathlib import Path
+
+    from server.store.schema import visits
+    from tests.test_recordings import webm
+
+    visit_req = await _visit_under_way(world, role)
+    async with world.api.ctx.store.read() as conn:
+        visit = (await conn.execute(visits.select().where(
+            visits.c.id == visit_req.params["visit_id"]))).one()
+    with tempfile.TemporaryDirectory() as folder:  # keep() takes the file over
+        kept = await world.api.ctx.recordings.keep(visit, webm(Path(folder) / "r.webm", 0.5))
+    return Req(params={"recording_id": kept["id"]})
+
+
 STAFF_HERE = frozenset({"staff", "admin"})  # "staff" = staff of the facility in the path
 ADMIN = frozenset({"admin"})
 PARTIES = frozenset({"family", "person"})
@@ -456,6 +473,13 @@ EXPECTED: dict[tuple[str, str], Expect] = {
     ("POST", "/visits/{visit_id}/end"): Expect(STAFF_HERE, 200, _visit_under_way,
                                                hidden_from=OTHER_STAFF),
     ("GET", "/visits/{visit_id}/ice"): Expect(PARTIES, 200, _visit),
+    # Recordings: staff list their own facility's (another's staff get an empty list), admins
+    # all; one recording and its file only to staff of its facility and admins.
+    ("GET", "/recordings"): Expect(ANY_STAFF, 200, _req()),
+    ("GET", "/recordings/{recording_id}"): Expect(STAFF_HERE, 200, _recording,
+                                                  hidden_from=OTHER_STAFF),
+    ("GET", "/recordings/{recording_id}/media"): Expect(STAFF_HERE, 200, _recording,
+                                                        hidden_from=OTHER_STAFF),
 }
 
 

@@ -208,3 +208,29 @@ photos = Table(
 
 # --- video visits: defined by signalling/ (which may not import server/), on the same MetaData
 from signalling.tables import visits  # noqa: E402,F401
+
+# One row per recorded file of a relay-mode visit (server/recordings.py); the file itself is in
+# the blob store under `location`. Written once, when the file is complete; deleted (with the
+# blob, and an audit entry) when `retain_until` has passed.
+recordings = Table(
+    "recordings", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("visit_id", String(32), ForeignKey("visits.id"), nullable=False),
+    # 1 for the visit's first file; a relay that restarts on another process writes the next.
+    Column("segment", Integer, nullable=False),
+    Column("facility_id", String(32), ForeignKey("facilities.id"), nullable=False),
+    Column("family_id", String(32), ForeignKey("accounts.id"), nullable=False),
+    Column("person_id", String(32), ForeignKey("accounts.id"), nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("ended_at", UTCDateTime, nullable=False),
+    Column("duration_ms", Integer, nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("content_type", String(32), nullable=False),
+    Column("location", String(200), nullable=False),  # the blob key
+    Column("retain_until", UTCDateTime, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("visit_id", "segment", name="uq_recordings_visit_segment"),
+    Index("ix_recordings_facility_started", "facility_id", "started_at"),
+    Index("ix_recordings_retain_until", "retain_until"),
+)

@@ -7,6 +7,17 @@ import { api, h, say } from "./api.js";
 export const ACTIVE = new Set(["scheduled", "open", "live", "paused"]);
 
 /** Why a visit ended, in words; `byMe` when this side hung up. */
+/**
+ * What a party is told about recording and monitoring (issue 15: before joining and during the
+ * call). Only relay-mode visits pass through the server, so only they can be recorded or
+ * watched; a privileged connection's visit (`record` false) is not recorded.
+ */
+export function recordingNotice(v) {
+  if (v.media !== "relay") return "This visit is not recorded.";
+  return v.record ? "This visit is recorded and may be monitored by facility staff."
+    : "This visit is not recorded.";
+}
+
 export function endedText(reason, { byMe = false, peer = "The other side", payer = "the" } = {}) {
   switch (reason) {
     case "balance_exhausted": return `Visit ended: ${payer} balance ran out.`;
@@ -95,6 +106,8 @@ export class VisitCall {
     this.root.replaceChildren(h("section", { class: "card visit", "aria-labelledby": "visit-h",
                                               dataset: { visit: this.visit.id } },
       h("h2", { id: "visit-h", tabindex: "-1" }, `Video visit with ${them}`),
+      h("p", { class: "visit-recording", id: "visit-recording", dataset: { recorded: String(this.visit.media === "relay" && Boolean(this.visit.record)) } },
+        recordingNotice(this.visit)),
       e.status, e.ended,
       e.videos,
       // Paid minutes and balance change once a minute: announced politely. Time left counts

@@ -1,7 +1,7 @@
 // A user's visits (docs/clients.md, "Video visits"): when, with whom, status or why it ended,
 // Join while active and (families) Cancel while booked; and the kiosk's "Video visits" card.
 import { api, h } from "./api.js";
-import { ACTIVE, VisitCall, endedText, wallDay, wallTime } from "./visit.js";
+import { ACTIVE, VisitCall, endedText, recordingNotice, wallDay, wallTime } from "./visit.js";
 
 const STATUS_TEXT = {
   scheduled: "Booked", open: "Open", live: "In a call", paused: "Paused", ended: "Ended",
@@ -28,8 +28,12 @@ export function renderVisitList(list, visits, { nameOf, onJoin, onCancel, empty 
       actions.push(h("button", { type: "button", class: "danger", "aria-label": `Cancel the visit with ${who} at ${wallTime(v.local_start)}`,
                                  onclick: (ev) => onCancel(v, ev.currentTarget) }, "Cancel"));
     }
+    // Told before joining: shown on every visit that can still be joined.
+    const notice = ACTIVE.has(v.status)
+      ? h("span", { class: "muted visit-recording-notice", "data-recording-notice": v.id }, recordingNotice(v)) : null;
     return h("li", { dataset: { visit: v.id, status: v.status } },
       h("span", {}, h("strong", {}, when), ` · ${who} · `, h("span", { class: "badge", "data-visit-status": v.status }, status)),
+      notice,
       actions.length ? h("span", { class: "row" }, ...actions) : null);
   }));
   if (!shown.length) list.append(h("li", { class: "muted" }, empty));

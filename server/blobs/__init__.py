@@ -1,0 +1,61 @@
+"""The blob-store port: where large immutable files (visit recordings) are kept.
+
+One implementation today, `files.FileBlobs` (a folder on the local filesystem, the embedded
+default). An object store (S3 and the like) fits behind the same four calls: `put` is an upload
+(multipart for large files) followed by removing the local file, `read` a ranged GET, `size` a
+HEAD, `delete` a DELETE. tests/test_blobs.py holds the contract; run it against any new one.
+Photos are not stored here yet: they keep their own store (server/photos.py, `BlobStore`).
+
+Contract
+- Keys are relative names of `/`-separated segments of `[A-Za-z0-9_.-]`, neither empty nor
+  `.` or `..`, at most KEY_MAX characters; anything else raises ValueError.
+- Blobs are immutable: `put(key, path)` stores the local file at `path` under `key` and takes it
+  over (the local file is gone when `put` returns), returning the blob's size in bytes. It never
+  replaces a blob: if `key` exists it raises BlobExists and leaves both alone. When `put`
+  returns, the blob survives a crash of this process (it is on disk, or acknowledged by the
+  store). A `put` that fails leaves no blob under `key`.
+- `size(key)` is the blob's size in bytes, or None when there is none.
+- `read(key, start, end)` yields the bytes [start, end) in order, in chunks of at most
+  CHUNK_BYTES (fewer when the blob is shorter than `end`); 0 <= start <= end. It raises
+  BlobMissing (before yielding anything) when there is no blob under `key`.
+- `delete(key)` removes the blob and returns True, or returns False when there was none: it is
+  idempotent, so two processes expiring the same blob at once both succeed.
+- Calls never block the event loop (file work runs on threads).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Protocol
+
+KEY_MAX = 200
+CHUNK_BYTES = 256 * 1024
+_SEGMENT = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+class BlobExists(Exception):
+    """`put` to a key that already holds a blob."""
+
+
+class BlobMissing(Exception):
+    """`read` of a key that holds no blob."""
+
+
+def check_key(key: str) -> str:
+    parts = key.split("/")
+    if not key or len(key) > KEY_MAX or any(
+            p in ("", ".", "..") or not _SEGMENT.match(p) for p in parts):
+        raise ValueError(f"not a blob key: {key!r}")
+    return key
+
+
+class BlobStore(Protocol):
+    async def put(self, key: str, path: Path) -> int: ...
+
+    async def size(self, key: str) -> int | None: ...
+
+    def read(self, key: str, start: int, end: int) -> AsyncIterator[bytes]: ...
+
+    async def delete(self, key: str) -> bool: ...

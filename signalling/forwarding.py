@@ -1,0 +1,377 @@
+"""Forwarding: a relayed party's encoded frames go to every consumer as they came, never decoded
+or encoded on the server (signalling/relayed_visit.py wires it; docs/visits.md, "Relay mode").
+
+How the frames are taken and given, inside aiortc (1.16; pinned in pyproject.toml because this
+reaches past its public API):
+
+- In: an RTCRtpReceiver reassembles each encoded frame in its jitter buffer (after NACKs, RTX
+  and reordering) and puts `(codec, JitterFrame)` on a queue read by its decoder thread. `tap`
+  puts a queue of ours in its place before the receiver starts: the frame goes to the party's
+  `Source` on the event loop, and the decoder thread, which now never gets a frame, just waits
+  for the receiver's stop. The receiver still sends NACKs, PLIs when it loses a frame, REMB and
+  receiver reports, as it would for a decoded track. Its timestamps start at 0 with each
+  session (aiortc maps them and handles the 32-bit wrap). Its jitter buffer is replaced too:
+  aiortc's declares a video frame complete only when the next frame's first packet arrives (one
+  frame interval, 33 ms at 30 frames/s, added at every hop) and holds four audio packets
+  (80 ms). `_EagerVideo` hands a frame on as soon as its marker packet completes it (falling
+  back to aiortc's rule after a loss), `_EagerAudio` each packet as it comes.
+- Out: an RTCRtpSender whose track yields `av.Packet`s packs them without encoding (it calls
+  its encoder's `pack`: VP8 payload descriptors, or the Opus packet as it is). It numbers the
+  RTP packets itself and adds its own random timestamp origin, so each outgoing stream's
+  sequence numbers and timestamps run on whatever source feeds it. A `Feed` gives each consumer
+  its own timestamps, continuous across the party's sessions (a new session restarts at 0:
+  the feed jumps ahead by the time that passed instead).
+- Keyframes: a consumer's PLI or FIR reaches its sender's `_send_keyframe`, which for an
+  encoder would force the next keyframe; here it asks the party's receiver to send a PLI
+  upstream (at most one per KEYFRAME_GAP_S per source). A video feed starts at a keyframe (a
+  new watcher, or a party's new session) and asks for one at once, so the consumer sees
+  pictures within a round trip plus one frame. When a consumer falls BACKLOG_MAX behind,
+  its video feed drops frames until the next keyframe (a decoder cannot resume mid-stream).
+
+Both legs must use the same codec: `forward_codecs` keeps only VP8 and Opus on every m-line of
+an offer (browsers and aiortc offer both). Drops and keyframe requests are counted in /metrics
+(`kinwire_relay_frames_total{outcome}`, `kinwire_relay_keyframe_requests_total`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import queue
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import av
+from aiortc import MediaStreamTrack
+from aiortc.codecs import is_rtx
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
+from aiortc.mediastreams import MediaStreamError
+from aiortc.utils import uint16_gt
+
+from signalling.outlets import Timeline
+
+MIME = {"video": "video/vp8", "audio": "audio/opus"}
+CLOCK = {"video": 90_000, "audio": 48_000}
+# Frames queued for one peer consumer: 0.5 s of either kind. Longer queues only turn a slow
+# moment into lasting delay (64 frames measured 2 s behind in a loaded run); past this the
+# frames are dropped (counted) and the video resumes at a keyframe.
+BACKLOG_MAX = {"video": 15, "audio": 25}
+KEYFRAME_GAP_S = 0.25  # shortest time between two keyframe requests sent to one party
+FRAMES = "kinwire_relay_frames_total"
+KEYFRAME_REQUESTS = "kinwire_relay_keyframe_requests_total"
+
+
+def forward_codecs(pc: Any) -> None:
+    """After an offer is applied: keep only the forwarded codec (and its RTX) on each m-line, so
+    that both legs of a visit carry the same one. ValueError when an m-line does not offer it."""
+    for transceiver in pc.getTransceivers():
+        codecs = transceiver._codecs
+        main = [c for c in codecs if c.mimeType.lower() == MIME[transceiver.kind]]
+        if not main:
+            raise ValueError(f"the offer has no {MIME[transceiver.kind]} on a "
+                             f"{transceiver.kind} m-line")
+        pt = main[0].payloadType
+        transceiver._codecs = [main[0], *(c for c in codecs
+                                          if is_rtx(c) and c.parameters.get("apt") == pt)]
+
+
+def is_keyframe(kind: str, data: bytes) -> bool:
+    """Audio frames all stand alone; a VP8 frame is a keyframe when its first bit is 0."""
+    return kind == "audio" or (len(data) > 0 and data[0] & 1 == 0)
+
+
+def vp8_size(data: bytes) -> tuple[int, int] | None:
+    """Width and height from a VP8 keyframe's header (RFC 6386, 9.1); None for other frames."""
+    if len(data) < 10 or data[0] & 1 or data[3:6] != b"\x9d\x01\x2a":
+        return None
+    return (int.from_bytes(data[6:8], "little") & 0x3FFF,
+            int.from_bytes(data[8:10], "little") & 0x3FFF)
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """One encoded frame as it left a party's jitter buffer."""
+
+    data: bytes
+    timestamp: int  # RTP units, from the session's first frame
+    keyframe: bool
+    epoch: int  # which of the party's sessions it came from
+
+
+class Source:
+    """One party's camera or microphone as the relay receives it, across the party's sessions:
+    the receiver of its current session (`attach`) and the feeds that read it. `frames`,
+    `packets` and `last_at` (time.monotonic of the last frame) are what the server has seen."""
+
+    def __init__(self, kind: str, metrics: Any) -> None:
+        self.kind, self.metrics = kind, metrics
+        self.feeds: set[Feed] = set()
+        self.frames = self.packets = 0
+        self.last_at: float | None = None
+        self.epoch = 0
+        self._receiver: Any = None
+        self._ssrc: int | None = None
+        self._asked_at = -KEYFRAME_GAP_S
+        self._asking: set[asyncio.Task[None]] = set()
+
+    def attach(self, receiver: Any) -> None:
+        """Read the party's new session from now on (frames of any other are ignored)."""
+        self._receiver, self._ssrc = receiver, None
+        self.epoch += 1
+
+    def detach(self, receiver: Any) -> None:
+        if self._receiver is receiver:
+            self._receiver, self._ssrc = None, None
+
+    def saw_packet(self, receiver: Any, ssrc: int, primary: bool) -> None:
+        if receiver is self._receiver:
+            self.packets += 1
+            if primary:
+                self._ssrc = ssrc
+
+    def receive(self, receiver: Any, data: bytes, timestamp: int) -> None:
+        if receiver is not self._receiver:
+            return
+        self.frames += 1
+        self.last_at = time.monotonic()
+        frame = Encoded(data, timestamp, is_keyframe(self.kind, data), self.epoch)
+        for feed in list(self.feeds):
+            feed.offer(frame)
+
+    def request_keyframe(self) -> None:
+        """Ask the party for a keyframe (a PLI on its session), at most once per gap."""
+        now = time.monotonic()
+        if self.kind != "video" or self._receiver is None or self._ssrc is None \
+                or now - self._asked_at < KEYFRAME_GAP_S:
+            return
+        self._asked_at = now
+        self.metrics.inc(KEYFRAME_REQUESTS)
+        task = asyncio.ensure_future(self._receiver._send_rtcp_pli(self._ssrc))
+        self._asking.add(task)
+        task.add_done_callback(self._asking.discard)
+
+
+class _Tap(queue.Queue):  # type: ignore[type-arg]
+    """Stands in for an RTCRtpReceiver's decoder queue (module docstring). `put` is called on
+    the event loop by the receiver; only its closing None reaches the (idle) decoder thread."""
+
+    def __init__(self, deliver: Callable[[bytes, int], None]) -> None:
+        super().__init__()
+        self._deliver = deliver
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        if item is None:
+            super().put(None, block, timeout)
+        else:
+            _codec, frame = item
+            self._deliver(frame.data, frame.timestamp)
+
+
+def _starts_frame(packet: Any) -> bool:
+    """A VP8 payload descriptor with the S bit set and partition 0 (RFC 7741, 4.2)."""
+    return bool(packet.payload) and packet.payload[0] & 0x17 == 0x10
+
+
+class _EagerVideo(JitterBuffer):
+    """aiortc's video jitter buffer (reordering, NACKs, PLI flags), with two changes:
+
+    - A frame leaves as soon as it is complete: its packets lie contiguous from the buffer's
+      start up to one with the marker bit, and the first begins a VP8 frame. Checked on every
+      packet, so a frame whose marker came before a reordered middle packet leaves with that.
+    - A lost packet is waited for LOSS_WAIT_S (time for a NACK and its retransmission), not
+      until 512 packets have piled up behind it (aiortc's rule: seconds of frozen video on a
+      loaded host, where full UDP buffers drop packets). Then the incomplete frame is skipped
+      and a keyframe asked for (the PLI flag), so the picture recovers in a round trip.
+    """
+
+    LOSS_WAIT_S = 0.15
+
+    def __init__(self) -> None:
+        super().__init__(capacity=512, is_video=True)
+        self._stuck_since: float | None = None
+        self.skipped = 0  # incomplete frames given up on
+
+    def add(self, packet: Any) -> tuple[bool, JitterFrame | None]:
+        pli, frame = super().add(packet)
+        if frame is None and self._origin is not None:
+            frame = self._complete()
+            if frame is None and self._stuck():
+                pli = True
+                frame = self._complete()
+        if frame is not None:
+            self._stuck_since = None
+        return pli, frame
+
+    def _complete(self) -> JitterFrame | None:
+        assert self._origin is not None
+        first = self._packets[self._origin % self.capacity]
+        if first is None or not _starts_frame(first):
+            return None
+        run = []
+        for count in range(self.capacity):
+            stored = self._packets[(self._origin + count) % self.capacity]
+            if stored is None or stored.timestamp != first.timestamp:
+                return None
+            run.append(stored)
+            if stored.marker:
+                break
+        self.remove(len(run))
+        return JitterFrame(b"".join(p._data for p in run), first.timestamp)
+
+    def _stuck(self) -> bool:
+        """The head frame has been incomplete for LOSS_WAIT_S: drop up to the next frame's
+        first packet, if one has come. Returns whether anything was dropped."""
+        now = time.monotonic()
+        if self._stuck_since is None:
+            self._stuck_since = now
+            return False
+        if now - self._stuck_since < self.LOSS_WAIT_S:
+            return False
+        assert self._origin is not None
+        head = self._packets[self._origin % self.capacity]
+        for count in range(1, self.capacity):
+            stored = self._packets[(self._origin + count) % self.capacity]
+            if stored is not None and _starts_frame(stored) and (
+                    head is None or stored.timestamp != head.timestamp):
+                self.remove(count)
+                self._stuck_since = None
+                self.skipped += 1
+                return True
+        return False
+
+
+class _EagerAudio(JitterBuffer):
+    """Every audio packet is a frame: hand it on at once; one older than the last is dropped
+    (its moment has passed)."""
+
+    def __init__(self) -> None:
+        super().__init__(capacity=16)
+        self._last: int | None = None
+
+    def add(self, packet: Any) -> tuple[bool, JitterFrame | None]:
+        if self._last is not None and not uint16_gt(packet.sequence_number, self._last):
+            return False, None
+        self._last = packet.sequence_number
+        return False, JitterFrame(packet._data, packet.timestamp)
+
+
+def tap(transceiver: Any, source: Source) -> None:
+    """Route what `transceiver`'s receiver reassembles to `source` instead of a decoder. Must be
+    called before the receiver starts (in the peer connection's "track" event)."""
+    receiver = transceiver.receiver
+    queue_name, buffer_name = "_RTCRtpReceiver__decoder_queue", "_RTCRtpReceiver__jitter_buffer"
+    if not all(hasattr(receiver, n) for n in (queue_name, buffer_name, "_handle_rtp_packet")):
+        raise RuntimeError("aiortc's receiver has changed; forwarding cannot tap it")
+    setattr(receiver, queue_name, _Tap(lambda data, ts: source.receive(receiver, data, ts)))
+    setattr(receiver, buffer_name, _EagerVideo() if source.kind == "video" else _EagerAudio())
+    handle = receiver._handle_rtp_packet
+
+    async def counted(packet: Any, arrival_time_ms: int) -> None:
+        codecs = transceiver._codecs
+        source.saw_packet(receiver, packet.ssrc,
+                          bool(codecs) and packet.payload_type == codecs[0].payloadType)
+        await handle(packet, arrival_time_ms)
+
+    receiver._handle_rtp_packet = counted
+
+
+class Feed:
+    """One consumer's stream of one source: packets with the consumer's own timestamps on
+    `timeline`, video from a keyframe on, drops counted. `put` hands a packet over and says
+    whether the consumer took it (False: it is BACKLOG_MAX behind)."""
+
+    def __init__(self, source: Source, timeline: Timeline, put: Callable[[av.Packet], bool],
+                 consumer: str) -> None:
+        self.source, self.timeline, self._put, self.consumer = source, timeline, put, consumer
+        self.kind = source.kind
+        self.time_base = fractions.Fraction(1, CLOCK[self.kind])
+        self.awaiting_keyframe = self.kind == "video"
+        self._epoch: int | None = None
+        self._base_in = self._base_out = 0
+        self._last: int | None = None
+
+    def start(self) -> None:
+        self.source.feeds.add(self)
+        self.source.request_keyframe()
+
+    def stop(self) -> None:
+        self.source.feeds.discard(self)
+
+    def offer(self, frame: Encoded) -> None:
+        if self.awaiting_keyframe:
+            if not frame.keyframe:
+                self._count("awaiting_keyframe")
+                self.source.request_keyframe()
+                return
+            self.awaiting_keyframe = False
+        packet = av.Packet(frame.data)
+        packet.pts = packet.dts = self._pts(frame)
+        packet.time_base = self.time_base
+        packet.is_keyframe = frame.keyframe
+        if self._put(packet):
+            self._count("forwarded")
+            return
+        self._count("backlog")
+        if self.kind == "video":
+            self.awaiting_keyframe = True
+            self.source.request_keyframe()
+
+    def _pts(self, frame: Encoded) -> int:
+        if frame.epoch != self._epoch:  # a new session of the party: carry on from the wall
+            self._epoch, self._base_in = frame.epoch, frame.timestamp
+            wall = round(self.timeline.elapsed_s() * CLOCK[self.kind])
+            self._base_out = wall if self._last is None else max(wall, self._last + 1)
+        pts = self._base_out + frame.timestamp - self._base_in
+        if self._last is not None and pts <= self._last:
+            pts = self._last + 1
+        self._last = pts
+        return pts
+
+    def _count(self, outcome: str) -> None:
+        self.source.metrics.inc(FRAMES, outcome=outcome, kind=self.kind, consumer=self.consumer)
+
+
+class ForwardTrack(MediaStreamTrack):
+    """What a peer's RTCRtpSender reads to forward one source: encoded packets, which it packs
+    without encoding. `want_keyframe` takes the sender's place for PLI/FIR (module docstring)."""
+
+    def __init__(self, source: Source, consumer: str = "peer") -> None:
+        super().__init__()
+        self.kind = source.kind
+        self._queue: asyncio.Queue[av.Packet | None] = asyncio.Queue(BACKLOG_MAX[self.kind])
+        self.feed = Feed(source, Timeline(), self._offer, consumer)
+        self.feed.start()
+
+    def attach_to(self, sender: Any) -> None:
+        sender.replaceTrack(self)
+        sender._send_keyframe = self.want_keyframe
+
+    def want_keyframe(self) -> None:
+        self.feed.source.request_keyframe()
+
+    def _offer(self, packet: av.Packet) -> bool:
+        if self.readyState != "live":
+            return True  # stopped: nobody reads; not a drop
+        try:
+            self._queue.put_nowait(packet)
+        except asyncio.QueueFull:
+            return False
+        return True
+
+    async def recv(self) -> av.Packet:  # type: ignore[override]
+        if self.readyState != "live":
+            raise MediaStreamError
+        packet = await self._queue.get()
+        if packet is None:
+            raise MediaStreamError
+        return packet
+
+    def stop(self) -> None:
+        if self.readyState == "live":
+            super().stop()
+        self.feed.stop()
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        self._queue.put_nowait(None)
