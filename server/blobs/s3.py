@@ -1,0 +1,185 @@
+"""The blob store on S3 or an S3-compatible object store (the contract is in
+server/blobs/__init__.py), through aiobotocore: botocore's request signing, retries and error
+model on aiohttp, which the server already runs on.
+
+- `put` uploads with `If-None-Match: *`, so the store itself refuses to replace a blob, even
+  for two processes putting one key at once (412 or 409 become BlobExists). Files of up to
+  `part_bytes` go in one PUT; larger ones as a multipart upload of `part_bytes` parts, aborted
+  if anything fails, so a failed `put` leaves no blob. The local file is removed once the
+  store has acknowledged the upload.
+- `read` is a ranged GET, streamed in chunks of at most CHUNK_BYTES.
+- `size` is a HEAD.
+- `delete` is a HEAD (to answer whether there was a blob) and a DELETE, which S3 makes
+  idempotent; two processes deleting one blob at once may both be told True.
+
+One S3Connection (one HTTP connection pool, opened on first use) serves every S3Blobs of a
+process; each S3Blobs is a key prefix in the connection's bucket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.exceptions import ClientError
+
+from server.blobs import CHUNK_BYTES, BlobExists, BlobMissing, check_key
+
+PART_BYTES_MIN = 5 * 1024 * 1024  # S3's smallest part (all but the last)
+_EXISTS = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
+_MISSING = {"NoSuchKey", "404", "NotFound"}
+
+
+def parse_url(url: str) -> tuple[str, str]:
+    """`s3://bucket/prefix` -> (bucket, prefix without slashes at either end)."""
+    parts = urlsplit(url)
+    if parts.scheme != "s3" or not parts.netloc:
+        raise ValueError(f"not an s3://bucket/prefix URL: {url!r}")
+    return parts.netloc, parts.path.strip("/")
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _read_part(path: Path, offset: int, length: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(length)
+
+
+class S3Connection:
+    def __init__(self, url: str, *, endpoint_url: str = "", region: str = "",
+                 access_key_id: str = "", secret_access_key: str = "",
+                 part_bytes: int = 8 * 1024 * 1024, timeout_s: float = 30.0) -> None:
+        self.bucket, self.prefix = parse_url(url)
+        self.part_bytes = max(part_bytes, PART_BYTES_MIN)
+        # Credentials left empty fall to botocore's own chain (AWS_* variables, an instance
+        # or pod role), so a deployment on AWS needs no key in Kinwire's settings at all.
+        self._options: dict[str, Any] = {
+            "endpoint_url": endpoint_url or None, "region_name": region or None,
+            "aws_access_key_id": access_key_id or None,
+            "aws_secret_access_key": secret_access_key or None,
+            "config": AioConfig(
+                connect_timeout=timeout_s, read_timeout=timeout_s,
+                retries={"max_attempts": 4, "mode": "standard"},
+                # Most S3-compatible servers (SeaweedFS, MinIO, Ceph) take path-style
+                # addresses; AWS itself is left to choose.
+                s3={"addressing_style": "path" if endpoint_url else "auto"})}
+        self._client: Any = None
+        self._stack = contextlib.AsyncExitStack()
+        self._opening = asyncio.Lock()
+
+    def __repr__(self) -> str:  # never the secret
+        return f"S3Connection(s3://{self.bucket}/{self.prefix})"
+
+    async def client(self) -> Any:
+        if self._client is None:
+            async with self._opening:
+                if self._client is None:
+                    self._client = await self._stack.enter_async_context(
+                        get_session().create_client("s3", **self._options))
+        return self._client
+
+    def store(self, sub: str = "") -> S3Blobs:
+        prefix = "/".join(p for p in (self.prefix, sub.strip("/")) if p)
+        return S3Blobs(self, prefix)
+
+    async def close(self) -> None:
+        self._client = None
+        await self._stack.aclose()
+
+
+class S3Blobs:
+    def __init__(self, connection: S3Connection, prefix: str) -> None:
+        self.connection, self.prefix = connection, prefix
+
+    def __repr__(self) -> str:
+        return f"S3Blobs(s3://{self.connection.bucket}/{self.prefix})"
+
+    def _key(self, key: str) -> str:
+        check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    async def put(self, key: str, path: Path) -> int:
+        name, bucket = self._key(key), self.connection.bucket
+        client = await self.connection.client()
+        size = (await asyncio.to_thread(path.stat)).st_size
+        part = self.connection.part_bytes
+        try:
+            if size <= part:
+                body = await asyncio.to_thread(path.read_bytes)
+                await client.put_object(Bucket=bucket, Key=name, Body=body, IfNoneMatch="*")
+            else:
+                await self._multipart(client, bucket, name, path, size, part)
+        except ClientError as exc:
+            if _code(exc) in _EXISTS:
+                raise BlobExists(key) from None
+            raise
+        await asyncio.to_thread(path.unlink)
+        return size
+
+    @staticmethod
+    async def _multipart(client: Any, bucket: str, name: str, path: Path, size: int,
+                         part: int) -> None:
+        upload = (await client.create_multipart_upload(Bucket=bucket, Key=name))["UploadId"]
+        try:
+            parts = []
+            for number, offset in enumerate(range(0, size, part), start=1):
+                body = await asyncio.to_thread(_read_part, path, offset, part)
+                done = await client.upload_part(Bucket=bucket, Key=name, UploadId=upload,
+                                                PartNumber=number, Body=body)
+                parts.append({"PartNumber": number, "ETag": done["ETag"]})
+            await client.complete_multipart_upload(
+                Bucket=bucket, Key=name, UploadId=upload, IfNoneMatch="*",
+                MultipartUpload={"Parts": parts})
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await client.abort_multipart_upload(Bucket=bucket, Key=name, UploadId=upload)
+            raise
+
+    async def size(self, key: str) -> int | None:
+        client = await self.connection.client()
+        try:
+            head = await client.head_object(Bucket=self.connection.bucket, Key=self._key(key))
+        except ClientError as exc:
+            if _code(exc) in _MISSING:
+                return None
+            raise
+        return int(head["ContentLength"])
+
+    async def read(self, key: str, start: int, end: int) -> AsyncIterator[bytes]:
+        if not 0 <= start <= end:
+            raise ValueError("read needs 0 <= start <= end")
+        name, client = self._key(key), await self.connection.client()
+        if start == end:  # no range to ask for; still BlobMissing for a missing blob
+            if await self.size(key) is None:
+                raise BlobMissing(key)
+            return
+        try:
+            answer = await client.get_object(Bucket=self.connection.bucket, Key=name,
+                                             Range=f"bytes={start}-{end - 1}")
+        except ClientError as exc:
+            if _code(exc) in _MISSING:
+                raise BlobMissing(key) from None
+            if _code(exc) == "InvalidRange":  # start at or past the end: nothing to yield
+                if await self.size(key) is None:
+                    raise BlobMissing(key) from None
+                return
+            raise
+        async with answer["Body"] as body:
+            while chunk := await body.read(CHUNK_BYTES):
+                yield chunk
+
+    async def delete(self, key: str) -> bool:
+        if await self.size(key) is None:
+            return False
+        client = await self.connection.client()
+        await client.delete_object(Bucket=self.connection.bucket, Key=self._key(key))
+        return True
