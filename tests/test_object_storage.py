@@ -1,0 +1,99 @@
+"""Photos and recordings on S3 (a private SeaweedFS): any process serves any of them.
+
+Two app processes (A and B, each an in-process app with its own data dir) share one database
+and one bucket. Adversaries: a client of process B asking for a photo it may not see (another
+family guessing the id), and a deployment that still keeps files on one host's disk (the
+folder store: B answers 404, which is what S3 fixes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from botocore.session import get_session
+
+from tests.clock import Clock
+from tests.conftest import app_client
+from tests.helpers import Api
+from tests.seaweed import BUCKET, Seaweed
+from tests.test_photos import fetch, jpeg_with_gps, upload
+from tests.test_recordings import START, read_bytes, relayed_visit, webm
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def s3_settings(s3: Seaweed, prefix: str) -> dict[str, str]:
+    return {"blob_url": f"s3://{BUCKET}/{prefix}", "s3_endpoint_url": s3.endpoint,
+            "s3_region": "us-east-1", "s3_access_key_id": s3.access_key_id,
+            "s3_secret_access_key": s3.secret_access_key}
+
+
+def bucket_keys(s3: Seaweed, prefix: str) -> list[str]:
+    client = get_session().create_client(
+        "s3", endpoint_url=s3.endpoint, region_name="us-east-1",
+        aws_access_key_id=s3.access_key_id, aws_secret_access_key=s3.secret_access_key)
+    listed = client.list_objects_v2(Bucket=BUCKET, Prefix=prefix + "/")
+    return sorted(o["Key"] for o in listed.get("Contents", []))
+
+
+def local_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and not p.name.startswith("kinwire")]
+
+
+@pytest.mark.parametrize("on_s3", [True, False], ids=["s3", "folders"])
+async def test_a_photo_uploaded_through_one_process_is_served_by_another(
+        db_url: str, tmp_path: Path, request: pytest.FixtureRequest, on_s3: bool) -> None:
+    prefix = f"p-{secrets.token_hex(4)}"
+    extra = s3_settings(request.getfixturevalue("seaweed"), prefix) if on_s3 else {}
+    async with app_client(db_url, tmp_path / "a", **extra) as a, \
+            app_client(db_url, tmp_path / "b", **extra) as b:
+        api_a, api_b = Api(a), Api(b)
+        family, stranger = await api_a.family(), await api_a.family("Other")
+        r = await upload(api_a, family, jpeg_with_gps())
+        assert r.status == 201, r.body
+        photo_id = r.body["photo_id"]
+        status, body = await fetch(api_a, family, photo_id)
+        assert status == 200
+        served_by_b = await fetch(api_b, family, photo_id)
+        thumb_by_b = await fetch(api_b, family, photo_id, thumb=True)
+        if not on_s3:  # one host's disk: process B has no such file
+            assert served_by_b[0] == 404 and thumb_by_b[0] == 404
+            return
+        assert served_by_b == (200, body)
+        assert thumb_by_b[0] == 200 and thumb_by_b[1][:3] == b"\xff\xd8\xff"
+        assert (await fetch(api_b, stranger, photo_id))[0] == 404  # same authorisation
+        async with b.get(f"/api/v1/photos/{photo_id}",
+                         headers={"Authorization": f"Bearer {family.token}"}) as resp:
+            assert resp.headers["Cache-Control"] == "private, max-age=3600"
+        assert bucket_keys(request.getfixturevalue("seaweed"), prefix) == [
+            f"{prefix}/photos/{photo_id}.jpg", f"{prefix}/photos/{photo_id}.thumb.jpg"]
+        assert local_files(tmp_path / "a" / "blobs") == [], "no copy left on A's disk"
+
+
+async def test_recordings_land_in_s3_and_another_process_plays_them(
+        db_url: str, tmp_path: Path, seaweed: Seaweed) -> None:
+    prefix = f"r-{secrets.token_hex(4)}"
+    extra = s3_settings(seaweed, prefix)
+    async with app_client(db_url, tmp_path / "a", clock=Clock(START), **extra) as a, \
+            app_client(db_url, tmp_path / "b", clock=Clock(START), **extra) as b:
+        api_a = Api(a)
+        admin = await api_a.admin()
+        here = await api_a.facility(admin)
+        staff = await api_a.staff(admin, here)
+        visit = await relayed_visit(api_a, admin, here)
+        source = webm(tmp_path / "scratch.webm", 2.0)
+        data = await asyncio.to_thread(read_bytes, source)
+        kept = await api_a.ctx.recordings.keep(visit, source)
+        assert bucket_keys(seaweed, prefix) == [f"{prefix}/recordings/{kept['location']}"]
+        path = f"/api/v1/recordings/{kept['id']}/media"
+        headers = {"Authorization": f"Bearer {staff.token}"}
+        async with b.get(path, headers=headers) as r:
+            assert r.status == 200 and await r.read() == data
+        async with b.get(path, headers={**headers, "Range": "bytes=100-1099"}) as r:
+            assert r.status == 206 and await r.read() == data[100:1100]
+        assert await api_a.ctx.recordings.expire(START + timedelta(days=91)) == 1
+        assert bucket_keys(seaweed, prefix) == []
