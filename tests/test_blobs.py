@@ -167,3 +167,32 @@ async def test_the_wrong_secret_is_refused_and_never_shown(
         assert (tmp_path / "f").exists()
     finally:
         await connection.close()
+
+
+@pytest.mark.parametrize("size", [1000, PART_BYTES_MIN + 1], ids=["single", "multipart"])
+async def test_a_retried_upload_that_had_landed_is_this_put_not_a_conflict(
+        seaweed: Seaweed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int) -> None:
+    """botocore retries a PUT whose answer was lost; the retry meets the object its first try
+    wrote and is refused (412). The state a retry meets is made here by writing that object
+    first, with the id the put will carry: the put must count it as its own, and a put with
+    another id must not."""
+    import server.blobs.s3 as s3
+
+    connection = connect(seaweed, f"t-{secrets.token_hex(4)}", part_bytes=PART_BYTES_MIN)
+    blobs = connection.store()
+    try:
+        client = await connection.client()
+        data = secrets.token_bytes(size)
+        await client.put_object(Bucket=BUCKET, Key=f"{blobs.prefix}/mine", Body=data,
+                                Metadata={s3.PUT_ID: "first-try"})
+        monkeypatch.setattr(s3, "put_id", lambda: "first-try")
+        source = write(tmp_path / "mine", data)
+        assert await blobs.put("mine", source) == size
+        assert not source.exists()
+        monkeypatch.setattr(s3, "put_id", lambda: "someone-else")
+        other = write(tmp_path / "other", data)
+        with pytest.raises(BlobExists):
+            await blobs.put("mine", other)
+        assert other.exists()
+    finally:
+        await connection.close()

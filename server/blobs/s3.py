@@ -3,10 +3,11 @@ server/blobs/__init__.py), through aiobotocore: botocore's request signing, retr
 model on aiohttp, which the server already runs on.
 
 - `put` uploads with `If-None-Match: *`, so the store itself refuses to replace a blob, even
-  for two processes putting one key at once (412 or 409 become BlobExists). Files of up to
-  `part_bytes` go in one PUT; larger ones as a multipart upload of `part_bytes` parts, aborted
-  if anything fails, so a failed `put` leaves no blob. The local file is removed once the
-  store has acknowledged the upload.
+  for two processes putting one key at once (412 or 409 become BlobExists, unless the object
+  there carries this put's own id: botocore's retry of an upload whose answer was lost).
+  Files of up to `part_bytes` go in one PUT; larger ones as a multipart upload of
+  `part_bytes` parts, aborted if anything fails, so a failed `put` leaves no blob. The local
+  file is removed once the store has acknowledged the upload.
 - `read` is a ranged GET, streamed in chunks of at most CHUNK_BYTES.
 - `size` is a HEAD.
 - `delete` is a HEAD (to answer whether there was a blob) and a DELETE, which S3 makes
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,11 @@ from server.blobs import CHUNK_BYTES, BlobExists, BlobMissing, check_key
 PART_BYTES_MIN = 5 * 1024 * 1024  # S3's smallest part (all but the last)
 _EXISTS = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
 _MISSING = {"NoSuchKey", "404", "NotFound"}
+PUT_ID = "kinwire-put"  # object metadata: which put wrote it (a retried write finds itself)
+
+
+def put_id() -> str:
+    return secrets.token_hex(12)
 
 
 def parse_url(url: str) -> tuple[str, str]:
@@ -112,23 +119,33 @@ class S3Blobs:
         client = await self.connection.client()
         size = (await asyncio.to_thread(path.stat)).st_size
         part = self.connection.part_bytes
+        mark = {PUT_ID: put_id()}
         try:
             if size <= part:
                 body = await asyncio.to_thread(path.read_bytes)
-                await client.put_object(Bucket=bucket, Key=name, Body=body, IfNoneMatch="*")
+                await client.put_object(Bucket=bucket, Key=name, Body=body, IfNoneMatch="*",
+                                        Metadata=mark)
             else:
-                await self._multipart(client, bucket, name, path, size, part)
+                await self._multipart(client, bucket, name, path, size, part, mark)
         except ClientError as exc:
-            if _code(exc) in _EXISTS:
+            if _code(exc) not in _EXISTS:
+                raise
+            # botocore retries a request whose answer was lost; the retry of a write that did
+            # land is refused as a conflict. The object carries this put's id: then it is ours.
+            try:
+                head = await client.head_object(Bucket=bucket, Key=name)
+            except ClientError:  # 409: another put of the key is under way; it wins or fails
                 raise BlobExists(key) from None
-            raise
+            if head.get("Metadata", {}).get(PUT_ID) != mark[PUT_ID]:
+                raise BlobExists(key) from None
         await asyncio.to_thread(path.unlink)
         return size
 
     @staticmethod
     async def _multipart(client: Any, bucket: str, name: str, path: Path, size: int,
-                         part: int) -> None:
-        upload = (await client.create_multipart_upload(Bucket=bucket, Key=name))["UploadId"]
+                         part: int, mark: dict[str, str]) -> None:
+        upload = (await client.create_multipart_upload(Bucket=bucket, Key=name,
+                                                       Metadata=mark))["UploadId"]
         try:
             parts = []
             for number, offset in enumerate(range(0, size, part), start=1):
