@@ -2,8 +2,9 @@
 
 Two app processes (A and B, each an in-process app with its own data dir) share one database
 and one bucket. Adversaries: a client of process B asking for a photo it may not see (another
-family guessing the id), and a deployment that still keeps files on one host's disk (the
-folder store: B answers 404, which is what S3 fixes).
+family, or another resident, guessing the id; a photo still held for review), and a deployment
+that still keeps files on one host's disk (the folder store: B answers 404, which is what S3
+fixes).
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from tests.clock import Clock
 from tests.conftest import app_client
 from tests.helpers import Api
 from tests.seaweed import BUCKET, Seaweed
-from tests.test_photos import fetch, jpeg_with_gps, upload
+from tests.test_kiosk_detail import _status
+from tests.test_messaging import cast, send
+from tests.test_photos import fetch, jpeg_with_gps, png, upload
 from tests.test_recordings import START, read_bytes, relayed_visit, webm
 
 pytestmark = pytest.mark.timeout(180)
@@ -97,3 +100,28 @@ async def test_recordings_land_in_s3_and_another_process_plays_them(
             assert r.status == 206 and await r.read() == data[100:1100]
         assert await api_a.ctx.recordings.expire(START + timedelta(days=91)) == 1
         assert bucket_keys(seaweed, prefix) == []
+
+
+async def test_a_persons_photo_from_another_process_keeps_its_rules(
+        db_url: str, tmp_path: Path, seaweed: Seaweed) -> None:
+    """The kiosk rules (tests/test_kiosk_detail.py) hold when process B serves what A stored:
+    the approved photo with `no-store`, the held one and another resident's request 404."""
+    extra = s3_settings(seaweed, f"k-{secrets.token_hex(4)}")
+    async with app_client(db_url, tmp_path / "a", **extra) as a, \
+            app_client(db_url, tmp_path / "b", **extra) as b:
+        api_a, api_b = Api(a), Api(b)
+        c = await cast(api_a, credits=1000)  # photos are held for review by default
+        ids = []
+        for _ in range(2):
+            photo = (await upload(api_a, c.family, png((64, 48), "RGB"), "p.png")
+                     ).body["photo_id"]
+            sent = await send(api_a, c.family, c.person, "look", photo_ids=[photo])
+            ids.append((photo, sent.body["message"]["id"]))
+        (approved, approved_msg), (held, _) = ids
+        await api_a.call("POST", f"/review/{approved_msg}/approve", c.staff)
+        other = await api_a.person(c.staff, c.facility)
+        for suffix in ("", "/thumb"):
+            assert await _status(api_b, c.person, f"/api/v1/photos/{approved}{suffix}") == \
+                (200, "private, no-store")
+            assert (await _status(api_b, c.person, f"/api/v1/photos/{held}{suffix}"))[0] == 404
+            assert (await _status(api_b, other, f"/api/v1/photos/{approved}{suffix}"))[0] == 404
