@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 
+import aiohttp
 import pytest
 from botocore.session import get_session
 
@@ -21,6 +24,7 @@ from tests.clock import Clock
 from tests.conftest import app_client
 from tests.helpers import Api
 from tests.seaweed import BUCKET, Seaweed
+from tests.test_cli import cli_env, free_port, wait_ready
 from tests.test_kiosk_detail import _status
 from tests.test_messaging import cast, send
 from tests.test_photos import fetch, jpeg_with_gps, png, upload
@@ -125,3 +129,45 @@ async def test_a_persons_photo_from_another_process_keeps_its_rules(
                 (200, "private, no-store")
             assert (await _status(api_b, c.person, f"/api/v1/photos/{held}{suffix}"))[0] == 404
             assert (await _status(api_b, other, f"/api/v1/photos/{approved}{suffix}"))[0] == 404
+
+
+async def test_two_real_serve_processes_with_their_own_data_dirs_share_photos(
+        tmp_path: Path, seaweed: Seaweed) -> None:
+    """The same as operators run it: two `kinwire serve` processes, one database file, each
+    its own data dir (another host's disk), one bucket."""
+    s3 = {f"KINWIRE_{k.upper()}": v
+          for k, v in s3_settings(seaweed, f"serve-{secrets.token_hex(4)}").items()}
+    database = f"sqlite:///{tmp_path / 'shared.db'}"
+    procs, bases = [], []
+    try:
+        for name in ("a", "b"):  # one after the other: the first applies the migrations
+            port = free_port()
+            env = cli_env(tmp_path / name, DATABASE_URL=database, **s3)
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "server", "serve", "--port", str(port)], env=env,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+            bases.append(f"http://127.0.0.1:{port}")
+            await wait_ready(bases[-1], procs[-1])
+        async with aiohttp.ClientSession() as http:
+            body = {"email": "f@example.test", "password": "a long password", "name": "F"}
+            async with http.post(bases[0] + "/api/v1/auth/signup", json=body) as r:
+                assert r.status == 201
+            async with http.post(bases[0] + "/api/v1/auth/login", json={
+                    "email": body["email"], "password": body["password"]}) as r:
+                token = (await r.json())["token"]
+            auth = {"Authorization": f"Bearer {token}"}
+            form = aiohttp.FormData()
+            form.add_field("file", jpeg_with_gps(), filename="p.jpg", content_type="image/jpeg")
+            async with http.post(bases[0] + "/api/v1/photos", data=form, headers=auth) as r:
+                assert r.status == 201, await r.text()
+                photo_id = (await r.json())["photo_id"]
+            served = []
+            for base in bases:
+                async with http.get(f"{base}/api/v1/photos/{photo_id}", headers=auth) as r:
+                    served.append((r.status, await r.read()))
+        assert served[1] == served[0] and served[0][0] == 200
+        assert local_files(tmp_path / "a" / "data" / "blobs") == [], "not on A's disk"
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.communicate(timeout=30)  # waits, and closes its output pipe
