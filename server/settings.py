@@ -110,6 +110,9 @@ class Settings:
                                      "instance or pod role).")
     s3_secret_access_key: str = _setting("", "S3 secret access key (never logged or shown).",
                                          secret=True)
+    s3_timeout_s: float = _setting(10.0, "S3: longest wait to connect, or for the next bytes of "
+                                   "an answer; a request is tried up to 3 times, then the "
+                                   "client gets 503 `unavailable`.")
     s3_part_bytes: int = _setting(8 * 1024 * 1024, "Files larger than this go to S3 as a "
                                   "multipart upload of parts this size.",
                                   lo=5 * 1024 * 1024, hi=1024 * 1024 * 1024)
@@ -236,7 +239,7 @@ class Settings:
         if self.ice_relay_only and not self.turn_urls:
             raise SettingsError("KINWIRE_ICE_RELAY_ONLY needs KINWIRE_TURN_URLS")
         for name in ("ws_heartbeat_s", "ws_auth_timeout_s", "meter_lease_s", "relay_lease_s",
-                     "drain_timeout_s", "db_timeout_s"):
+                     "drain_timeout_s", "db_timeout_s", "s3_timeout_s"):
             if not 0 < getattr(self, name) <= 3600:
                 raise SettingsError(f"{self.env_name(name)} must be in (0, 3600]")
         if self.blob_url and not self.blob_url.startswith("s3://"):

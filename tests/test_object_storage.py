@@ -171,3 +171,36 @@ async def test_two_real_serve_processes_with_their_own_data_dirs_share_photos(
         for proc in procs:
             proc.terminate()
             proc.communicate(timeout=30)  # waits, and closes its output pipe
+
+
+async def test_a_stalled_or_cut_store_is_503_in_bounded_time_then_serves_again(
+        tmp_path: Path, seaweed: Seaweed, sqlite_template: Path) -> None:
+    """Adversary: the object store stalls (bytes stop moving, connections stay open), then
+    drops every connection. A photo request must answer 503 `unavailable` within the S3
+    timeout and its retries (never hang, never a 404 as if the photo were gone), and the same
+    request succeed once the store is back."""
+    from tests.conftest import fresh_sqlite
+    from tests.faultproxy import FaultProxy
+
+    host, port = seaweed.endpoint.removeprefix("http://").split(":")
+    proxy = await FaultProxy(host, int(port)).start()
+    extra = {**s3_settings(seaweed, f"f-{secrets.token_hex(4)}"),
+             "s3_endpoint_url": f"http://127.0.0.1:{proxy.port}", "s3_timeout_s": 1.0}
+    try:
+        async with app_client(fresh_sqlite(sqlite_template, tmp_path), tmp_path, **extra) as a:
+            api = Api(a)
+            family = await api.family()
+            photo_id = (await upload(api, family, jpeg_with_gps())).body["photo_id"]
+            assert (await fetch(api, family, photo_id))[0] == 200
+            for fault in (proxy.stall, lambda: proxy.cut(refuse_s=30)):
+                fault()
+                started = asyncio.get_running_loop().time()
+                r = await api.call("GET", f"/photos/{photo_id}", family)
+                took = asyncio.get_running_loop().time() - started
+                assert r.status == 503 and r.body["error"]["code"] == "unavailable", r.body
+                # 3 tries of 1 s and botocore's jittered back-off: 8.7 s stalled, 2.9 s cut here
+                assert took < 20, f"answered after {took:.1f} s"
+                proxy.heal()
+                assert (await fetch(api, family, photo_id))[0] == 200
+    finally:
+        await proxy.close()

@@ -21,6 +21,8 @@ Contract
 - `delete(key)` removes the blob and returns True, or returns False when there was none: it is
   idempotent, so two processes expiring the same blob at once both succeed (on S3 both may be
   told True).
+- A store that cannot be reached, stalls past its timeout, or fails on its side raises
+  BlobUnavailable (a folder store raises OSError instead).
 - Calls never block the event loop (file work runs on threads, S3 calls are async).
 """
 
@@ -42,6 +44,11 @@ class BlobExists(Exception):
 
 class BlobMissing(Exception):
     """`read` of a key that holds no blob."""
+
+
+class BlobUnavailable(Exception):
+    """The store did not answer in time or failed on its side (after the client's retries):
+    answered 503 `unavailable` like a database fault, never taken as a missing blob."""
 
 
 def check_key(key: str) -> str:

@@ -42,6 +42,7 @@ def open_blobs(settings: Settings) -> Blobs:
     connection = S3Connection(
         settings.blob_url, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region,
         access_key_id=settings.s3_access_key_id,
-        secret_access_key=settings.s3_secret_access_key, part_bytes=settings.s3_part_bytes)
+        secret_access_key=settings.s3_secret_access_key, part_bytes=settings.s3_part_bytes,
+        timeout_s=settings.s3_timeout_s)
     return Blobs(connection.store("photos"), connection.store("recordings"), staging,
                  settings.blob_url, connection)

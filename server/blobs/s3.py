@@ -29,9 +29,9 @@ from urllib.parse import urlsplit
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
-from server.blobs import CHUNK_BYTES, BlobExists, BlobMissing, check_key
+from server.blobs import CHUNK_BYTES, BlobExists, BlobMissing, BlobUnavailable, check_key
 
 PART_BYTES_MIN = 5 * 1024 * 1024  # S3's smallest part (all but the last)
 _EXISTS = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
@@ -61,10 +61,25 @@ def _read_part(path: Path, offset: int, length: int) -> bytes:
         return f.read(length)
 
 
+@contextlib.asynccontextmanager
+async def _answered() -> AsyncIterator[None]:
+    """botocore's network faults and timeouts, and the store's own 5xx (after the client's
+    retries), as BlobUnavailable; its other answers pass as they are."""
+    try:
+        yield
+    except BotoCoreError as exc:
+        raise BlobUnavailable(type(exc).__name__) from exc
+    except ClientError as exc:
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        if status >= 500:
+            raise BlobUnavailable(f"{_code(exc)} ({status})") from exc
+        raise
+
+
 class S3Connection:
     def __init__(self, url: str, *, endpoint_url: str = "", region: str = "",
                  access_key_id: str = "", secret_access_key: str = "",
-                 part_bytes: int = 8 * 1024 * 1024, timeout_s: float = 30.0) -> None:
+                 part_bytes: int = 8 * 1024 * 1024, timeout_s: float = 10.0) -> None:
         self.bucket, self.prefix = parse_url(url)
         self.part_bytes = max(part_bytes, PART_BYTES_MIN)
         # Credentials left empty fall to botocore's own chain (AWS_* variables, an instance
@@ -75,7 +90,7 @@ class S3Connection:
             "aws_secret_access_key": secret_access_key or None,
             "config": AioConfig(
                 connect_timeout=timeout_s, read_timeout=timeout_s,
-                retries={"max_attempts": 4, "mode": "standard"},
+                retries={"max_attempts": 3, "mode": "standard"},
                 # Most S3-compatible servers (SeaweedFS, MinIO, Ceph) take path-style
                 # addresses; AWS itself is left to choose.
                 s3={"addressing_style": "path" if endpoint_url else "auto"})}
@@ -115,6 +130,10 @@ class S3Blobs:
         return f"{self.prefix}/{key}" if self.prefix else key
 
     async def put(self, key: str, path: Path) -> int:
+        async with _answered():
+            return await self._put(key, path)
+
+    async def _put(self, key: str, path: Path) -> int:
         name, bucket = self._key(key), self.connection.bucket
         client = await self.connection.client()
         size = (await asyncio.to_thread(path.stat)).st_size
@@ -162,6 +181,10 @@ class S3Blobs:
             raise
 
     async def size(self, key: str) -> int | None:
+        async with _answered():
+            return await self._size(key)
+
+    async def _size(self, key: str) -> int | None:
         client = await self.connection.client()
         try:
             head = await client.head_object(Bucket=self.connection.bucket, Key=self._key(key))
@@ -172,6 +195,11 @@ class S3Blobs:
         return int(head["ContentLength"])
 
     async def read(self, key: str, start: int, end: int) -> AsyncIterator[bytes]:
+        async with _answered():
+            async for chunk in self._read(key, start, end):
+                yield chunk
+
+    async def _read(self, key: str, start: int, end: int) -> AsyncIterator[bytes]:
         if not 0 <= start <= end:
             raise ValueError("read needs 0 <= start <= end")
         name, client = self._key(key), await self.connection.client()
@@ -195,6 +223,10 @@ class S3Blobs:
                 yield chunk
 
     async def delete(self, key: str) -> bool:
+        async with _answered():
+            return await self._delete(key)
+
+    async def _delete(self, key: str) -> bool:
         if await self.size(key) is None:
             return False
         client = await self.connection.client()
