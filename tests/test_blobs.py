@@ -196,3 +196,15 @@ async def test_a_retried_upload_that_had_landed_is_this_put_not_a_conflict(
         assert other.exists()
     finally:
         await connection.close()
+
+
+def test_the_blob_url_settings_are_checked_at_start() -> None:
+    from server.settings import Settings, SettingsError
+
+    for bad in ({"blob_url": "https://bucket.example/prefix"}, {"blob_url": "s3:///prefix"},
+                {"blob_url": "s3://b/p", "s3_access_key_id": "AKIA"}):
+        with pytest.raises(SettingsError):
+            Settings(**bad).validate()
+    good = Settings(blob_url="s3://b/p", s3_access_key_id="AKIA",
+                    s3_secret_access_key="very-secret").validate()
+    assert "very-secret" not in repr(good)

@@ -57,6 +57,7 @@ async def test_migrate_copies_verifies_reports_a_corrupt_copy_and_resumes(
     (data_dir / "recordings" / ".partial").mkdir()
     (data_dir / "recordings" / ".partial" / "vis_1.webm").write_bytes(b"being written")
     (data_dir / "blobs" / "pho_half.part").write_bytes(b"interrupted")
+    (data_dir / "blobs" / "notes for me.txt").write_bytes(b"an operator's stray file")
 
     prefix = f"m-{secrets.token_hex(4)}"
     s3 = client(seaweed)
@@ -74,6 +75,7 @@ async def test_migrate_copies_verifies_reports_a_corrupt_copy_and_resumes(
     assert sum("copied, SHA-256 verified" in line for line in lines) == 4, first.stdout
     assert "done: 4 copied" in lines[-1] and "1 mismatched" in lines[-1]
     assert "vis_1" not in first.stdout and "pho_half" not in first.stdout
+    assert "'notes for me.txt': skipped, not a blob key" in first.stdout
     assert seaweed.secret_access_key not in first.stdout + first.stderr
     body = s3.get_object(Bucket=BUCKET, Key=f"{prefix}/recordings/fac_1/rec_2.webm")["Body"]
     assert body.read() == corrupt, "a mismatched blob is reported, never replaced"

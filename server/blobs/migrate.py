@@ -47,22 +47,29 @@ async def _sha256_blob(store: BlobStore, key: str, size: int) -> str:
     return digest.hexdigest()
 
 
-def keys(root: Path) -> list[str]:
+def keys(root: Path) -> tuple[list[str], list[str]]:
+    """The folder's blob keys, and the names of files that cannot be keys (never stored by
+    Kinwire: reported, not copied)."""
     if not root.is_dir():
-        return []
-    found = []
+        return [], []
+    found, strays = [], []
     for path in root.rglob("*"):
         relative = path.relative_to(root)
         if not path.is_file() or any(p.startswith(".") for p in relative.parts) \
                 or path.name.endswith(".part"):
             continue
-        found.append(check_key(relative.as_posix()))
-    return sorted(found)
+        try:
+            found.append(check_key(relative.as_posix()))
+        except ValueError:
+            strays.append(relative.as_posix())
+    return sorted(found), sorted(strays)
 
 
 async def copy_verified(root: Path, store: BlobStore, say: Callable[[str], None],
                         tally: Tally, label: str) -> None:
-    names = await asyncio.to_thread(keys, root)
+    names, strays = await asyncio.to_thread(keys, root)
+    for stray in strays:
+        say(f"[{label}] {stray!r}: skipped, not a blob key (not a file Kinwire stored)")
     scratch = Path(tempfile.mkdtemp(prefix="kinwire-migrate-"))
     try:
         for n, key in enumerate(names, start=1):
