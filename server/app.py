@@ -29,7 +29,7 @@ from server import (
 )
 from server.attempts import Attempts
 from server.auth import LoginLimiter, Passwords
-from server.blobs.files import FileBlobs
+from server.blobs.configured import open_blobs
 from server.broker import Broker
 from server.context import Context
 from server.drain import DRAIN, Drain
@@ -127,9 +127,10 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
                         push_live=lambda who, kind, data: calls.push_live(broker, who, kind,
                                                                            data),
                         metrics=metrics, node_lease_s=settings.resolved_node_lease_s)
+    ctx.blobs = open_blobs(settings)  # photos and recordings: folders or S3 (server/blobs)
     # --- relay mode (signalling/relay.py): this process's relayed visits, their recordings
-    # written under the blob store's root (.partial/) and then kept there as records ---
-    ctx.recordings = Recordings(store, FileBlobs(settings.resolved_recordings_dir), clock)
+    # written under the recordings dir (.partial/) and then kept in the blob store as records ---
+    ctx.recordings = Recordings(store, ctx.blobs.recordings, clock)
     ctx.relay = Relay(store, broker, node_id=ctx.meters.node_id, lease_s=settings.relay_lease_s,
                       turn_secret=settings.turn_secret, turn_urls=settings.turn_urls,
                       stun_urls=settings.stun_urls, loopback_only=settings.relay_loopback_only,
@@ -210,6 +211,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
             show_demo(await seed_demo(ctx))
         yield
         await store.close()
+        await ctx.blobs.close()  # after the relay's last recordings were put (messaging)
         ctx.photo_work.close()
         ctx.passwords.close()
 

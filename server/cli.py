@@ -1,5 +1,5 @@
 """The `kinwire` command: serve, migrate, create-admin, seed-demo, facility, settings, doctor,
-backup, restore, visit-client. Settings come from the environment (`kinwire settings` lists
+backup, restore, blobs, visit-client. Settings come from the environment (`kinwire settings` lists
 them); a failure to start is one line on standard error and exit status 1 (server/startup.py)."""
 
 from __future__ import annotations
@@ -266,6 +266,24 @@ async def _doctor(settings: Settings, _args) -> int:
     return report(await run(settings))
 
 
+async def _blobs(settings: Settings, args) -> int:
+    from server.blobs.configured import open_blobs
+    from server.blobs.migrate import migrate
+
+    if not settings.blob_url:
+        print("kinwire blobs migrate: KINWIRE_BLOB_URL is not set: there is no S3 store to "
+              "copy to (docs/deploy.md, \"Object storage\")", file=sys.stderr)
+        return 1
+    blobs = open_blobs(settings)
+    try:
+        tally = await migrate([("photos", settings.resolved_blob_dir, blobs.photos),
+                               ("recordings", settings.resolved_recordings_dir,
+                                blobs.recordings)], lambda line: print(line, flush=True))
+    finally:
+        await blobs.close()
+    return 1 if tally.mismatched else 0
+
+
 def _settings_table(_settings: Settings, _args) -> int:
     print("| variable | default | meaning |\n|---|---|---|")
     for env, default, doc in describe():
@@ -321,6 +339,14 @@ def parser() -> argparse.ArgumentParser:
     fac.add_argument("--timezone", help="an IANA time zone, e.g. America/Chicago")
     fac.add_argument("--settings", help='facility settings to set, a JSON object, e.g. '
                      '\'{"review_mode": "hold"}\' (docs/API.md lists them)')
+    blobs = sub.add_parser(
+        "blobs", help="blob store tasks: `blobs migrate` copies the photo and recording "
+        "folders to S3", description="migrate: copy the photo and recording folders "
+        "(KINWIRE_BLOB_DIR, KINWIRE_RECORDINGS_DIR) into the S3 store of KINWIRE_BLOB_URL, "
+        "verifying every blob's SHA-256; files already there with the same checksum are "
+        "skipped, so it can be run again after an interruption. One line per blob; exit "
+        "status 1 on any mismatch. Deletes nothing.")
+    blobs.add_argument("action", choices=["migrate"])
     sub.add_parser("settings", help="print the settings table (Markdown)",
                    description="Print every setting: its environment variable, default and "
                    "meaning, as README.md's table.")
@@ -362,7 +388,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 ASYNC = {"migrate": _migrate, "seed-demo": _seed_demo, "create-admin": _create_admin,
-         "doctor": _doctor, "backup": _backup, "restore": _restore,
+         "doctor": _doctor, "backup": _backup, "restore": _restore, "blobs": _blobs,
          "facility": _facility, "visit-client": _visit_client}
 SYNC = {"serve": _serve, "settings": _settings_table}
 

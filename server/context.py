@@ -28,4 +28,5 @@ class Context:
     relay: Any = None  # signalling.relay.Relay (relay-mode media), on a serving process
     photo_work: Any = None  # server.photos.PhotoWork (the photo pool), on a serving process
     recordings: Any = None  # server.recordings.Recordings
+    blobs: Any = None  # server.blobs.configured.Blobs: the photo and recording stores
     metrics: Metrics = field(default_factory=Metrics)  # create_app's; a private one elsewhere

@@ -247,6 +247,35 @@ def folders(settings: Settings) -> list[Check]:
     return checks
 
 
+async def blob_store(settings: Settings) -> list[Check]:
+    """The S3 store of KINWIRE_BLOB_URL answers, and takes, reads back and deletes a probe
+    blob under `.kinwire-doctor/` (the folders have their own checks above)."""
+    if not settings.blob_url:
+        return []
+    import secrets
+
+    from server.blobs.configured import open_blobs
+
+    name, blobs = "blob store", open_blobs(settings)
+    key, probe = f".kinwire-doctor/{secrets.token_hex(8)}", secrets.token_bytes(64)
+    try:
+        async with asyncio.timeout(NET_TIMEOUT_S * 3):  # HEADs, a PUT, a GET, a DELETE
+            blobs.staging.mkdir(parents=True, exist_ok=True)
+            path = blobs.staging / key.replace("/", "-")
+            await asyncio.to_thread(path.write_bytes, probe)
+            await blobs.photos.put(key, path)
+            back = b"".join([c async for c in blobs.photos.read(key, 0, len(probe))])
+            await blobs.photos.delete(key)
+        if back != probe:
+            return [fail(name, f"{settings.blob_url}: the probe blob came back changed")]
+    except Exception as exc:
+        return [fail(name, f"{settings.blob_url} is not reachable or not writable "
+                     f"({_why(exc)})")]
+    finally:
+        await blobs.close()
+    return [ok(name, f"{settings.blob_url} took, returned and deleted a probe blob")]
+
+
 def urls(settings: Settings) -> list[Check]:
     checks = []
     public = urlsplit(settings.public_url) if settings.public_url else None
@@ -296,9 +325,10 @@ def argon2(settings: Settings) -> Check:
 
 async def run(settings: Settings) -> list[Check]:
     """Every check, the slow network ones at once."""
-    db, broker, turn = await asyncio.gather(database(settings), redis(settings), ice(settings))
-    return [ok("settings", "valid"), db, broker, *turn, *folders(settings), *urls(settings),
-            argon2(settings)]
+    db, broker, turn, blobs = await asyncio.gather(
+        database(settings), redis(settings), ice(settings), blob_store(settings))
+    return [ok("settings", "valid"), db, broker, *turn, *folders(settings), *blobs,
+            *urls(settings), argon2(settings)]
 
 
 def report(checks: list[Check], out: Callable[[str], None] = print) -> int:

@@ -6,14 +6,15 @@ signatures (never the file name or the part's content type); the pixel count fro
 against photo_pixels_max, before any decoding. Only then is the image decoded (off the event
 loop, on the photo pool: PhotoWork), turned upright, scaled, and re-encoded as a fresh JPEG
 from its pixels alone, so no EXIF, GPS, comment or colour-profile data survives. A thumbnail is
-made from the same pixels. Files live in the blob directory under generated names.
+made from the same pixels. Both are kept in the blob store (server/blobs: a folder, or S3 so
+that any process serves any photo) under generated names.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
-import os
+import secrets
 import struct
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,10 +23,13 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from server.blobs import BlobMissing
+from server.blobs.configured import Blobs
 from server.errors import ApiError
 
 SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG"}
 THUMB_SIDE_PX = 320
+READ_END = 1 << 40  # a read to the end of any photo (the store stops at the blob's end)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,36 +129,37 @@ class PhotoWork:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-class BlobStore:
-    """Photos on disk: `<dir>/<id>.jpg` and `<id>.thumb.jpg`, written atomically."""
+def photo_key(photo_id: str, thumb: bool = False) -> str:
+    """A photo's key in the blob store: `<id>.jpg` and `<id>.thumb.jpg` (the names the photo
+    folder always had, so a folder store keeps serving the photos stored before)."""
+    if not photo_id.replace("_", "").isalnum():
+        raise ApiError(404, "not_found", "The photo was not found.")
+    return f"{photo_id}{'.thumb' if thumb else ''}.jpg"
 
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
 
-    def path(self, photo_id: str, thumb: bool = False) -> Path:
-        if not photo_id.replace("_", "").isalnum():
-            raise ApiError(404, "not_found", "The photo was not found.")
-        return self.directory / f"{photo_id}{'.thumb' if thumb else ''}.jpg"
+def _stage(staging: Path, name: str, data: bytes) -> Path:
+    staging.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = staging / f"{name}.{secrets.token_hex(6)}"
+    path.write_bytes(data)
+    return path
 
-    def _write(self, target: Path, data: bytes) -> None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_suffix(".part")
-        with open(partial, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        partial.replace(target)
-        # The rename is durable only once the folder is synced: without it a power cut could
-        # keep the photo's row (committed after this) and lose its file.
-        folder = os.open(target.parent, os.O_RDONLY)
+
+async def store(blobs: Blobs, photo_id: str, photo: CleanPhoto) -> None:
+    """Put the photo and its thumbnail in the blob store (server/blobs), each written to the
+    staging folder first, since a `put` takes a local file over."""
+    for thumb, data in ((False, photo.full), (True, photo.thumb)):
+        key = photo_key(photo_id, thumb)
+        path = await asyncio.to_thread(_stage, blobs.staging, key, data)
         try:
-            os.fsync(folder)
+            await blobs.photos.put(key, path)
         finally:
-            os.close(folder)
+            await asyncio.to_thread(path.unlink, missing_ok=True)  # gone already when put
 
-    async def put(self, photo_id: str, photo: CleanPhoto) -> None:
-        await asyncio.to_thread(self._write, self.path(photo_id), photo.full)
-        await asyncio.to_thread(self._write, self.path(photo_id, thumb=True), photo.thumb)
 
-    async def read(self, photo_id: str, thumb: bool = False) -> bytes:
-        return await asyncio.to_thread(self.path(photo_id, thumb).read_bytes)
+async def load(blobs: Blobs, photo_id: str, thumb: bool = False) -> bytes:
+    """The photo's bytes, from whichever process stored them (404 when there are none)."""
+    try:
+        return b"".join([chunk async for chunk in blobs.photos.read(
+            photo_key(photo_id, thumb), 0, READ_END)])
+    except BlobMissing:
+        raise ApiError(404, "not_found", "The photo was not found.") from None

@@ -11,13 +11,14 @@ from pydantic import Field
 from sqlalchemy import select
 
 from server import messages, review
+from server import photos as photo_files
 from server.attempts import Key
 from server.edge import read_body
 from server.errors import ApiError, not_found
 from server.events import Outbox
 from server.facilities import Strict
 from server.ids import new_id
-from server.photos import BlobStore, sniff
+from server.photos import sniff
 from server.routing import ANY_SESSION, Call, Route, json_response
 from server.store.schema import photos
 
@@ -216,7 +217,7 @@ async def upload_photo(call: Call) -> web.Response:
         clean = await ctx.photo_work.clean(data, pixels_max=ctx.settings.photo_pixels_max,
                                            side_px_max=ctx.settings.photo_side_px_max)
         photo_id = new_id("pho")
-        await BlobStore(ctx.settings.resolved_blob_dir).put(photo_id, clean)
+        await photo_files.store(ctx.blobs, photo_id, clean)
         async with ctx.store.write() as conn:
             await conn.execute(photos.insert().values(
                 id=photo_id, owner_id=me.account_id, width=clean.width, height=clean.height,
@@ -251,10 +252,7 @@ async def _may_see_photo(call: Call, photo_id: str) -> None:
 async def _serve_photo(call: Call, thumb: bool) -> web.Response:
     photo_id = call.match("photo_id")
     await _may_see_photo(call, photo_id)
-    try:
-        data = await BlobStore(call.ctx.settings.resolved_blob_dir).read(photo_id, thumb)
-    except FileNotFoundError:
-        raise not_found("The photo") from None
+    data = await photo_files.load(call.ctx.blobs, photo_id, thumb)
     # A kiosk or tablet is shared by the people of a facility: its browser keeps no copy that
     # the next person signed in could be shown from the cache.
     cache = "private, no-store" if call.me.role == "person" else "private, max-age=3600"

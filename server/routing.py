@@ -19,6 +19,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from server.auth import Principal, principal_for
+from server.blobs import BlobUnavailable
 from server.broker import BrokerUnavailable
 from server.context import Context
 from server.edge import read_body
@@ -221,8 +222,8 @@ def error_response(request: web.BaseRequest, exc: Exception) -> web.Response | N
         code = {404: "not_found", 405: "method_not_allowed", 413: "too_large",
                 400: "bad_request"}.get(exc.status, "http_error")
         return json_response({"error": {"code": code, "message": exc.reason}}, exc.status)
-    if is_unavailable(exc) or isinstance(exc, BrokerUnavailable):
-        # A database or broker fault, not a bug: say so, so that clients retry (with the
+    if is_unavailable(exc) or isinstance(exc, BrokerUnavailable | BlobUnavailable):
+        # A database, broker or blob store fault, not a bug: say so, so that clients retry (with the
         # same idempotency key) instead of giving up. Only the kind is logged.
         log.warning("service unavailable on %s %s: %s", request.method,
                     request.rel_url.path, type(exc).__name__)

@@ -23,11 +23,11 @@ class SettingsError(ValueError):
 
 
 def _setting(default: Any, doc: str, env: str | None = None, lo: int | None = None,
-             hi: int | None = None) -> Any:
+             hi: int | None = None, secret: bool = False) -> Any:
     meta = {"doc": doc, "env": env, "lo": lo, "hi": hi}
     if isinstance(default, tuple | list):
         return field(default_factory=lambda: tuple(default), metadata=meta)
-    return field(default=default, metadata=meta)
+    return field(default=default, metadata=meta, repr=not secret)  # a secret stays out of logs
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,27 @@ class Settings:
     export_rows_max: int = _setting(10_000, "Most rows one CSV export (audit log, statement) "
                                     "holds; a wider range is refused with a request to narrow it.",
                                     lo=1, hi=1_000_000)
-    blob_dir: str = _setting("", "Where photos are stored; empty means <data_dir>/blobs.")
+    blob_dir: str = _setting("", "Where photos are stored when KINWIRE_BLOB_URL is empty; "
+                             "empty means <data_dir>/blobs.")
+    blob_url: str = _setting("", "`s3://bucket/prefix`: photos (under `photos/`) and recordings "
+                             "(under `recordings/`) go to that S3 or S3-compatible store, so "
+                             "any process serves any of them; empty keeps them in the folders "
+                             "KINWIRE_BLOB_DIR and KINWIRE_RECORDINGS_DIR (docs/deploy.md, "
+                             "\"Object storage\").")
+    s3_endpoint_url: str = _setting("", "S3-compatible server's URL (SeaweedFS, MinIO, Ceph; "
+                                    "path-style addresses); empty means AWS S3.")
+    s3_region: str = _setting("", "S3 region; empty means botocore's default (AWS_REGION).")
+    s3_access_key_id: str = _setting("", "S3 access key id; empty (with the secret) means "
+                                     "botocore's own credentials chain (AWS_* variables, an "
+                                     "instance or pod role).")
+    s3_secret_access_key: str = _setting("", "S3 secret access key (never logged or shown).",
+                                         secret=True)
+    s3_timeout_s: float = _setting(10.0, "S3: longest wait to connect, or for the next bytes of "
+                                   "an answer; a request is tried up to 3 times, then the "
+                                   "client gets 503 `unavailable`.")
+    s3_part_bytes: int = _setting(8 * 1024 * 1024, "Files larger than this go to S3 as a "
+                                  "multipart upload of parts this size.",
+                                  lo=5 * 1024 * 1024, hi=1024 * 1024 * 1024)
     message_chars_max: int = _setting(30_000, "Longest message text, in characters.",
                                       lo=1, hi=1_000_000)
     photos_per_message_max: int = _setting(5, "Most photos one message carries.", lo=0, hi=50)
@@ -167,9 +187,10 @@ class Settings:
                                      "it again for every consumer (and x264 for the recording) "
                                      "instead of forwarding the encoded frames; kept as the "
                                      "benchmarks' baseline (docs/BENCHMARKS.md).")
-    recordings_dir: str = _setting("", "The recordings' blob store (a folder): kept recordings "
-                                   "under <facility_id>/, files being written under .partial/; "
-                                   "empty means <data_dir>/recordings.")
+    recordings_dir: str = _setting("", "The recordings' blob store (a folder) when "
+                                   "KINWIRE_BLOB_URL is empty: kept recordings under "
+                                   "<facility_id>/; files being written under .partial/ (on S3 "
+                                   "too); empty means <data_dir>/recordings.")
     housekeeping_lease_s: float = _setting(
         10.0, "Housekeeping (pruning events, marking visits nobody joined missed) runs on the "
         "one process holding this lease in the broker, a pass every third of it; another "
@@ -269,9 +290,16 @@ class Settings:
             raise SettingsError("KINWIRE_ICE_RELAY_ONLY needs KINWIRE_TURN_URLS")
         for name in ("ws_heartbeat_s", "ws_auth_timeout_s", "meter_lease_s", "relay_lease_s",
                      "drain_timeout_s", "db_timeout_s", "housekeeping_lease_s", "node_lease_s",
-                     "media_stall_s"):
+                     "media_stall_s", "s3_timeout_s"):
             if not 0 < getattr(self, name) <= 3600:
                 raise SettingsError(f"{self.env_name(name)} must be in (0, 3600]")
+        if self.blob_url and not self.blob_url.startswith("s3://"):
+            raise SettingsError("KINWIRE_BLOB_URL must be empty or s3://bucket/prefix")
+        if self.blob_url.startswith("s3://") and not self.blob_url[5:].split("/")[0]:
+            raise SettingsError("KINWIRE_BLOB_URL needs a bucket: s3://bucket/prefix")
+        if bool(self.s3_access_key_id) != bool(self.s3_secret_access_key):
+            raise SettingsError("KINWIRE_S3_ACCESS_KEY_ID and KINWIRE_S3_SECRET_ACCESS_KEY "
+                                "go together")
         if self.payment_gateway != "sandbox":
             raise SettingsError("KINWIRE_PAYMENT_GATEWAY: only 'sandbox' is built in")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:

@@ -23,6 +23,7 @@ from server.store import Store
 from server.store.migrate import migrate
 from server.store.schema import metadata
 from tests.helpers import Api
+from tests.seaweed import Seaweed, private_seaweed
 
 PG_ADMIN_URL = os.environ.get("KINWIRE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 BACKENDS = ["sqlite", "postgresql"]
@@ -117,6 +118,13 @@ def test_settings(db_url: str, tmp_path: Path, **overrides) -> Settings:
 
 
 test_settings.__test__ = False  # a helper, not a test, wherever it is imported
+
+
+@pytest.fixture(scope="module")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
+    """A private SeaweedFS S3 server (tests/seaweed.py), one per test module that asks."""
+    with private_seaweed(tmp_path_factory.mktemp("seaweed")) as server:
+        yield server
 
 
 @pytest.fixture

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from server.cli import main
-from server.doctor import argon2, parse_ice_url, report, run, urls
+from server.doctor import argon2, blob_store, parse_ice_url, report, run, urls
 from server.settings import Settings, from_env
+from tests.seaweed import BUCKET, Seaweed
 from tests.test_cli import cli_env, free_port
 from tests.test_cluster import RedisServer
 from tests.turn_server import private_coturn
@@ -103,3 +104,24 @@ def test_doctor_reads_ice_urls_and_judges_urls_and_password_cost() -> None:
     assert [c.status for c in trusted] == ["ok", "ok", "ok"], trusted
     assert argon2(Settings(argon2_time_cost=2, argon2_memory_kib=19_455)).status == "fail"
     assert argon2(Settings(argon2_time_cost=1, argon2_memory_kib=47_104)).status == "ok"
+
+
+async def test_doctor_checks_the_s3_store_takes_and_returns_a_blob(
+        seaweed: Seaweed, tmp_path: Path) -> None:
+    """Adversaries: a wrong secret, a store that is not there. (A missing bucket is not tried:
+    SeaweedFS creates one on a first PUT by an admin identity, as the tests' key is.)"""
+    base = Settings(data_dir=str(tmp_path), blob_url=f"s3://{BUCKET}/doctor",
+                    s3_endpoint_url=seaweed.endpoint, s3_region="us-east-1",
+                    s3_access_key_id=seaweed.access_key_id,
+                    s3_secret_access_key=seaweed.secret_access_key)
+    [good] = await blob_store(base)
+    assert good.status == "ok" and "probe" in good.detail, good
+    assert await blob_store(Settings(data_dir=str(tmp_path))) == []  # folders: checked above
+    wrong = "wrong-" + seaweed.secret_access_key
+    broken = [base.replace(s3_secret_access_key=wrong),
+              base.replace(s3_endpoint_url=f"http://127.0.0.1:{free_port()}")]
+    for settings in broken:
+        [check] = await blob_store(settings)
+        assert check.status == "fail" and "not reachable or not writable" in check.detail, check
+        assert wrong not in check.line()
+    assert wrong not in repr(broken[0])

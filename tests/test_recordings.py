@@ -1,12 +1,11 @@
-"""Recordings as records: the blob-store contract (server/blobs), keeping a finished file as a
-`recordings` row (server/recordings.py), retention, and playback over HTTP with ranges and an
-audit entry per request (server/routes_recordings.py). Who may call the routes at all is in
-tests/test_roles.py.
+"""Recordings as records: keeping a finished file as a `recordings` row (server/recordings.py),
+retention, and playback over HTTP with ranges and an audit entry per request
+(server/routes_recordings.py). The blob-store contract is in tests/test_blobs.py; who may call
+the routes at all in tests/test_roles.py.
 
-Adversaries: two processes putting the same key at once, and two expiring the same recordings
-at once (requests sent all at once); a process killed between deleting a blob and its row; a
-staff member of another facility guessing a recording id; a client asking for a range outside
-the file; a clock moved past the retention deadline.
+Adversaries: two processes expiring the same recordings at once; a process killed between
+deleting a blob and its row; a staff member of another facility guessing a recording id; a
+client asking for a range outside the file; a clock moved past the retention deadline.
 """
 
 from __future__ import annotations
@@ -19,11 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import av
-import pytest
 from sqlalchemy import select
 
-from server.blobs import CHUNK_BYTES, BlobExists, BlobMissing
-from server.blobs.files import FileBlobs
 from server.ids import new_id
 from server.store.schema import audit_log, recordings, visits
 from tests.clock import Clock
@@ -56,55 +52,6 @@ def write(path: Path, data: bytes) -> Path:
 
 def read_bytes(path: Path) -> bytes:
     return path.read_bytes()
-
-
-async def collect(blobs: FileBlobs, key: str, start: int, end: int) -> bytes:
-    return b"".join([chunk async for chunk in blobs.read(key, start, end)])
-
-
-# --- the blob-store contract ---------------------------------------------------------------
-
-async def test_blob_put_takes_the_file_over_and_never_replaces(tmp_path: Path) -> None:
-    blobs = FileBlobs(tmp_path / "store")
-    data = bytes(range(256)) * 3000  # 768,000 bytes: several chunks
-    source = write(tmp_path / "a.bin", data)
-    assert await blobs.put("fac_1/rec_1.webm", source) == len(data)
-    assert not source.exists()
-    assert await blobs.size("fac_1/rec_1.webm") == len(data)
-    assert await collect(blobs, "fac_1/rec_1.webm", 0, len(data)) == data
-    assert await collect(blobs, "fac_1/rec_1.webm", 1000, 5000) == data[1000:5000]
-    assert await collect(blobs, "fac_1/rec_1.webm", 700_000, 10**9) == data[700_000:]
-    chunks = [c async for c in blobs.read("fac_1/rec_1.webm", 0, len(data))]
-    assert max(len(c) for c in chunks) <= CHUNK_BYTES
-    other = write(tmp_path / "b.bin", b"other")
-    with pytest.raises(BlobExists):
-        await blobs.put("fac_1/rec_1.webm", other)
-    assert other.exists() and await blobs.size("fac_1/rec_1.webm") == len(data)
-    with pytest.raises(BlobMissing):
-        await collect(blobs, "fac_1/nothing.webm", 0, 10)
-    assert await blobs.size("fac_1/nothing.webm") is None
-    assert await blobs.delete("fac_1/rec_1.webm") is True
-    assert await blobs.delete("fac_1/rec_1.webm") is False  # idempotent
-    assert await blobs.size("fac_1/rec_1.webm") is None
-
-
-async def test_two_puts_of_one_key_at_once_store_exactly_one(tmp_path: Path) -> None:
-    blobs = FileBlobs(tmp_path / "store")
-    sources = [write(tmp_path / f"{n}.bin", bytes([n]) * 100_000) for n in range(8)]
-    results = await asyncio.gather(*(blobs.put("k/same", s) for s in sources),
-                                   return_exceptions=True)
-    winners = [i for i, r in enumerate(results) if r == 100_000]
-    assert len(winners) == 1, results
-    assert all(isinstance(r, BlobExists) for i, r in enumerate(results) if i not in winners)
-    assert await collect(blobs, "k/same", 0, 100_000) == bytes([winners[0]]) * 100_000
-
-
-@pytest.mark.parametrize("key", ["", "/abs", "a/../b", "a//b", ".", "a/./b", "sp ace", "x" * 201,
-                                 "a/\x00"])
-async def test_blob_keys_outside_the_grammar_are_refused(tmp_path: Path, key: str) -> None:
-    blobs = FileBlobs(tmp_path / "store")
-    with pytest.raises(ValueError):
-        await blobs.size(key)
 
 
 # --- records, retention, playback -----------------------------------------------------------

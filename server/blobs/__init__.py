@@ -1,10 +1,10 @@
-"""The blob-store port: where large immutable files (visit recordings) are kept.
+"""The blob-store port: where large immutable files (photos, visit recordings) are kept.
 
-One implementation today, `files.FileBlobs` (a folder on the local filesystem, the embedded
-default). An object store (S3 and the like) fits behind the same four calls: `put` is an upload
-(multipart for large files) followed by removing the local file, `read` a ranged GET, `size` a
-HEAD, `delete` a DELETE. tests/test_blobs.py holds the contract; run it against any new one.
-Photos are not stored here yet: they keep their own store (server/photos.py, `BlobStore`).
+Two implementations: `files.FileBlobs` (a folder on the local filesystem, the embedded
+default) and `s3.S3Blobs` (S3 or an S3-compatible store: `put` is an upload, multipart for
+large files, followed by removing the local file, `read` a ranged GET, `size` a HEAD, `delete`
+a DELETE). `configured.open_blobs` picks one from the settings. tests/test_blobs.py holds the
+contract and runs it against both (S3 on a private SeaweedFS).
 
 Contract
 - Keys are relative names of `/`-separated segments of `[A-Za-z0-9_.-]`, neither empty nor
@@ -19,8 +19,11 @@ Contract
   CHUNK_BYTES (fewer when the blob is shorter than `end`); 0 <= start <= end. It raises
   BlobMissing (before yielding anything) when there is no blob under `key`.
 - `delete(key)` removes the blob and returns True, or returns False when there was none: it is
-  idempotent, so two processes expiring the same blob at once both succeed.
-- Calls never block the event loop (file work runs on threads).
+  idempotent, so two processes expiring the same blob at once both succeed (on S3 both may be
+  told True).
+- A store that cannot be reached, stalls past its timeout, or fails on its side raises
+  BlobUnavailable (a folder store raises OSError instead).
+- Calls never block the event loop (file work runs on threads, S3 calls are async).
 """
 
 from __future__ import annotations
@@ -41,6 +44,11 @@ class BlobExists(Exception):
 
 class BlobMissing(Exception):
     """`read` of a key that holds no blob."""
+
+
+class BlobUnavailable(Exception):
+    """The store did not answer in time or failed on its side (after the client's retries):
+    answered 503 `unavailable` like a database fault, never taken as a missing blob."""
 
 
 def check_key(key: str) -> str:
