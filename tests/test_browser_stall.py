@@ -13,12 +13,13 @@ from pathlib import Path
 from aiohttp.test_utils import TestClient, TestServer
 
 from server.app import create_app
-from tests.browser import ARGS, CHROMIUM, buy_credits, kiosk_sign_in, require_chromium
+from tests.browser import buy_credits, kiosk_sign_in, launch, require_chromium
+from tests.clock import scene_clock
 from tests.conftest import fresh_sqlite, test_settings
 from tests.helpers import Api
 from tests.test_browser_endings import PASSWORD, _book_now, _join_both, _minutes, _pages
 from tests.test_browser_more import _log_in
-from tests.test_browser_visit import MEDIA, MINUTE_S, PIN, _parties, noon_clock
+from tests.test_browser_visit import MEDIA, MINUTE_S, PIN, _parties
 from tests.turn_server import private_coturn
 
 STALL_S = 2.0
@@ -44,11 +45,10 @@ async def test_a_stopped_kiosk_camera_pauses_the_meter_on_both_screens(
                                  visit_minute_s=MINUTE_S, credit_block=500,
                                  media_stall_s=STALL_S, turn_secret=turn.secret,
                                  turn_urls=(turn.url,), ice_relay_only=True)
-        app = create_app(settings, run_migrations=False, clock=noon_clock())
+        app = create_app(settings, run_migrations=False, clock=scene_clock())
         async with TestClient(TestServer(app, host="127.0.0.1")) as client, \
                 async_playwright() as pw:
-            browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                               args=ARGS + MEDIA)
+            browser = await launch(pw, *MEDIA)
             api = Api(client)
             base = str(client.make_url("/")).rstrip("/")
             errors: list[str] = []
