@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from server import audit, calls, events, messages
+from server import audit, calls, connections, events, messages
 from server.auth import Principal, principal_for
 from server.broker import BrokerUnavailable
 from server.connections import is_approved_contact
@@ -320,6 +320,11 @@ async def visit_watch(call: WsCall) -> dict[str, Any]:
             raise ApiError(409, "not_relayed", "Only relay-mode visits can be watched.")
         if row.status not in visits.IN_CALL:
             raise ApiError(409, "not_in_call", f"The visit is {row.status}.")
+        # A privileged contact's visit (attorney, clergy) is neither recorded nor monitored:
+        # checked against the mark as it stands now, on every watch command (the first one and
+        # the offer that starts the media).
+        if (await connections.get(conn, row.connection_id)).privileged:
+            raise ApiError(403, "privileged", "A privileged visit cannot be watched.")
         if signal is not None and "description" in signal:
             await audit.record(conn, actor_id=me.account_id, actor_role=me.role,
                                action="visit.watch", facility_id=row.facility_id,
