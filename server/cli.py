@@ -150,7 +150,7 @@ async def _visit_client(_settings: Settings, args) -> int:
         print("error: pass --token or set KINWIRE_TOKEN", file=sys.stderr)
         return 2
     client = VisitClient(args.url, token, args.visit, codec=args.codec, camera=args.camera,
-                         loopback_only=args.loopback_only)
+                         loopback_only=args.loopback_only, device_token=args.device_token)
     try:
         joined = await client.start()
     except (VisitError, OSError) as exc:
@@ -375,6 +375,8 @@ def parser() -> argparse.ArgumentParser:
                     help="the server's base URL (default: http://127.0.0.1:8080)")
     vc.add_argument("--token", help="a session token of a party of the visit (default: "
                     "KINWIRE_TOKEN)")
+    vc.add_argument("--device-token", help="a kiosk session's device token (kiosk sessions "
+                    "answer only with their device's token)")
     vc.add_argument("--visit", required=True, help="the visit's id")
     vc.add_argument("--codec", choices=["json", "msgpack"], default="json",
                     help="the WebSocket subprotocol's codec (default: json)")

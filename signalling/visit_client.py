@@ -7,7 +7,8 @@
     # leaving the block sends visit.leave and closes; or call `start()`, then `leave()`/`close()`
 
 What it does, in order (API.md, "WebSocket /ws"; the server side follows the same rules):
-1. Opens /ws with subprotocol `kinwire.v1.json` or `kinwire.v1.msgpack`, sends `auth {token}`.
+1. Opens /ws with subprotocol `kinwire.v1.json` or `kinwire.v1.msgpack`, sends `auth {token}`
+   (with `device_token` for a kiosk session, which answers only with its device's token).
 2. Sends `visit.join {visit_id}`. The reply is `{visit, role: family|person, peer_present,
    media: direct|relay}`. Then GET /api/v1/visits/{id}/ice gives the `ice_servers`.
 3. Who offers: in `direct` mode the FAMILY side offers whenever the peer is present and it has no
@@ -104,11 +105,12 @@ class VisitClient:
                  width: int = 640, height: int = 480, fps: int = 30,
                  on_event: Callable[[str, dict[str, Any]], Any] | None = None,
                  tracks: Callable[[], list[MediaStreamTrack]] | None = None,
-                 reconnect_s: float = 60.0) -> None:
+                 reconnect_s: float = 60.0, device_token: str | None = None) -> None:
         if codec not in ("json", "msgpack"):
             raise ValueError("codec is 'json' or 'msgpack'")
         self.base_url = base_url.rstrip("/")
         self.token = token
+        self.device_token = device_token  # a kiosk session's: its device's token, on every call
         self.visit_id = visit_id
         self.codec = codec
         self.camera = camera
@@ -165,6 +167,8 @@ class VisitClient:
         self._session = aiohttp.ClientSession()
         joined = await self._connect_and_join()
         headers = {"Authorization": f"Bearer {self.token}"}
+        if self.device_token:
+            headers["X-Device-Token"] = self.device_token
         async with self._session.get(f"{self.base_url}/api/v1/visits/{self.visit_id}/ice",
                                      headers=headers) as resp:
             body = await resp.json(content_type=None)
@@ -187,7 +191,8 @@ class VisitClient:
         self._ws = await self._session.ws_connect(f"{self.base_url}/ws", protocols=(protocol,),
                                                   heartbeat=20)
         self._reader = asyncio.create_task(self._read(), name="visit-client-reader")
-        await self.call("auth", {"token": self.token})
+        device = {"device_token": self.device_token} if self.device_token else {}
+        await self.call("auth", {"token": self.token, **device})
         joined = await self.call("visit.join", {"visit_id": self.visit_id})
         self.visit = joined.get("visit")
         self.role = joined.get("role")
