@@ -346,7 +346,7 @@ def parser() -> argparse.ArgumentParser:
         "verifying every blob's SHA-256; files already there with the same checksum are "
         "skipped, so it can be run again after an interruption. One line per blob; exit "
         "status 1 on any mismatch. Deletes nothing.")
-    blobs.add_argument("action", choices=["migrate"])
+    blobs.add_argument("action", choices=["migrate"], help="migrate: copy the folders to S3")
     sub.add_parser("settings", help="print the settings table (Markdown)",
                    description="Print every setting: its environment variable, default and "
                    "meaning, as README.md's table.")

@@ -486,6 +486,8 @@ async def test_staff_play_a_relayed_visits_recording_in_the_console(sqlite_templ
             await _log_in(desk, node.base, email, STAFF_PASSWORD, "/static/staff.html")
             item = desk.locator(f"#visit-list li[data-visit='{visit_id}']")
             await item.locator("button", has_text="End").click()
+            await desk.get_by_role("dialog").get_by_label("Reason").fill("end of the test")
+            await desk.get_by_role("button", name="End visit").click()
             record = await recorded(db, visit_id)
             await desk.locator("#recordings-refresh").click()
             row = desk.locator(f"#recording-list li[data-recording='{record.id}']")

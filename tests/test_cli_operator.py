@@ -182,7 +182,7 @@ def test_help_describes_every_command_and_option() -> None:
     named = {choice.dest: choice.help for choice in commands._choices_actions}
     assert set(named) == set(commands.choices) == {
         "serve", "migrate", "create-admin", "seed-demo", "facility", "settings", "doctor",
-        "backup", "restore", "visit-client"}
+        "backup", "restore", "blobs", "visit-client"}
     assert all(named.values()), named
     for name, sub in commands.choices.items():
         assert sub.description, f"`kinwire {name} --help` has no description"

@@ -119,11 +119,3 @@ def create_index_concurrently(name: str, table: str, columns: list[str], *,
         op.create_index(name, table, columns, postgresql_concurrently=True, **condition)
         op.execute(f"SET lock_timeout = '{kept}'")
 
-
-def drop_index_concurrently(name: str, table: str) -> None:
-    """In a migration: the reverse of create_index_concurrently."""
-    if op.get_bind().dialect.name != "postgresql":
-        op.drop_index(name, table_name=table)
-        return
-    with op.get_context().autocommit_block():
-        op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")

@@ -12,7 +12,9 @@ partial indexes hold only the few rows in those states, so they stay small howev
 visits are history (docs/BENCHMARKS.md, "Meter scans").
 """
 
-from server.store.migrate import create_index_concurrently, drop_index_concurrently
+from alembic import op
+
+from server.store.migrate import create_index_concurrently
 
 revision = "0008"
 down_revision = "0007"
@@ -29,5 +31,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    drop_index_concurrently("ix_visits_scheduled_end", "visits")
-    drop_index_concurrently("ix_visits_in_call_end", "visits")
+    # A plain DROP INDEX (a brief lock), not CONCURRENTLY: a downgrade is maintenance, and it
+    # may run inside a caller's transaction, where CONCURRENTLY cannot (tests/test_oracles.py).
+    op.drop_index("ix_visits_scheduled_end", table_name="visits")
+    op.drop_index("ix_visits_in_call_end", table_name="visits")
