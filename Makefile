@@ -12,7 +12,7 @@ run: $(STAMP)
 test: $(STAMP)
 	scripts/system-deps.sh
 	$(BIN)/ruff check .
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
