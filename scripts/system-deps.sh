@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# System packages the test suite needs beyond Python: coturn (TURN tests), strace (durability
-# tests) and, for the browser tests, Debian's Chromium. Installed from Debian's packages only
-# when missing.
+# System packages the test suite runs for real beyond Python (each line below says which tests):
+# coturn, Redis, Chromium, nginx, PgBouncer, libfaketime, strace, the PostgreSQL client tools.
+# Installed from Debian's packages only when missing.
 set -euo pipefail
 need=()
 command -v turnserver >/dev/null 2>&1 || need+=(coturn)
