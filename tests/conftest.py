@@ -25,6 +25,18 @@ from server.store.schema import metadata
 from tests.helpers import Api
 from tests.seaweed import Seaweed, private_seaweed
 
+# The longest modules start first, so that `make test`'s two processes (pytest-xdist, a module
+# each at a time, in collection order) finish together instead of one waiting on a late 3-minute
+# module: 11 min 2 s with them in name order.
+LONG_FIRST = ("test_wall_clock.py", "test_forwarding.py", "test_meter_sim.py",
+              "test_presence_crash.py", "test_visit_e2e.py", "test_backup.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FIRST)))  # stable
+
+
 PG_ADMIN_URL = os.environ.get("KINWIRE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 BACKENDS = ["sqlite", "postgresql"]
 
