@@ -45,6 +45,9 @@ class Rig:
 @pytest.fixture
 async def rig(db_url: str, tmp_path: Path) -> AsyncIterator[Rig]:
     """An app of its own with a hand-moved clock and one trusted foreign origin."""
+    # Starts at the real instant only so that the session cookies' Expires (set from this
+    # clock) are live for the test client's cookie jar, which reads the real clock; every
+    # expectation is relative to it (TTLs, windows, moved by hand), none to the hour or date.
     clock = Clock(datetime.now(UTC).replace(microsecond=0))
     settings = conftest.test_settings(db_url, tmp_path, allowed_origins=(TRUSTED_ORIGIN,))
     app = create_app(settings, clock=clock, run_migrations=False)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import secrets
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -117,7 +116,7 @@ def card(**changes: Any) -> dict[str, Any]:
 
 async def test_purchase_refuses_bad_input_and_charges_nothing(api: Api) -> None:
     fam = await api.family()
-    now = datetime.now(UTC)
+    now = api.ctx.clock()  # the month the app checks expiry against, not the machine's
     last_month = (now.year - 1, 12) if now.month == 1 else (now.year, now.month - 1)
     cases: list[tuple[str, Any, int, str]] = [
         ("credits as a string", {"credits": "500", "card": VISA}, 422, "invalid_input"),

@@ -46,6 +46,8 @@ def self_signed(folder: Path) -> tuple[Path, Path]:
     """A certificate for kinwire.example and 127.0.0.1, and its key."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kinwire.example")])
+    # The real clock on purpose: nginx and the TLS client check validity against it; a window
+    # of minutes either side of now holds at any hour.
     now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())

@@ -16,7 +16,7 @@ import fractions
 import itertools
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import av
 import pytest
@@ -146,6 +146,36 @@ def new_sources(metrics: Metrics) -> dict[str, Source]:
     return {kind: Source(kind, metrics) for kind in ("video", "audio")}
 
 
+class Recorded(NamedTuple):
+    family_sources: dict[str, Source]
+    person_sources: dict[str, Source]
+    family: Party
+    person: Party
+    recording: RemuxRecording
+
+
+def recorded_pair(tmp_path: Path, visit_id: str, family_size: tuple[int, int],
+                  person_size: tuple[int, int]) -> Recorded:
+    """Both parties' sources and peers, and a remuxed recording of their four streams (family
+    video, person video, family audio, person audio), not yet started."""
+    metrics = Metrics()
+    family_sources, person_sources = new_sources(metrics), new_sources(metrics)
+    return Recorded(family_sources, person_sources, Party(family_sources, family_size),
+                    Party(person_sources, person_size),
+                    RemuxRecording(tmp_path, visit_id, [
+                        family_sources["video"], person_sources["video"],
+                        family_sources["audio"], person_sources["audio"]]))
+
+
+async def start_recording(pair: Recorded) -> None:
+    """Connect both parties and start the recording once both cameras deliver."""
+    await pair.family.connect()
+    await pair.person.connect()
+    await until(lambda: pair.family_sources["video"].frames > 0
+                and pair.person_sources["video"].frames > 0, 20)
+    pair.recording.start()
+
+
 def names(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
 
@@ -242,20 +272,11 @@ async def test_a_stalled_consumer_drops_counted_frames_and_holds_no_more() -> No
 
 
 async def test_a_remuxed_recording_has_both_parties_in_step(tmp_path: Path) -> None:
-    metrics = Metrics()
-    family_sources, person_sources = new_sources(metrics), new_sources(metrics)
-    family = Party(family_sources, (160, 120))
-    person = Party(person_sources, (128, 96))
+    pair = recorded_pair(tmp_path, "vis_x", (160, 120), (128, 96))
+    _, person_sources, family, person, recording = pair
     loop = asyncio.get_running_loop()
-    recording = RemuxRecording(tmp_path, "vis_x", [
-        family_sources["video"], person_sources["video"],
-        family_sources["audio"], person_sources["audio"]])
     try:
-        await family.connect()
-        await person.connect()
-        await until(lambda: family_sources["video"].frames > 0
-                    and person_sources["video"].frames > 0, 20)
-        recording.start()
+        await start_recording(pair)
         started = loop.time()
         await asyncio.sleep(4.0)
         await person.close()  # the person's kiosk drops for a while, then comes back
@@ -394,19 +415,11 @@ def test_media_seen_reads_what_each_party_sent_per_kind() -> None:
 async def test_a_two_minute_recording_lasts_two_minutes_and_plays(tmp_path: Path) -> None:
     """Issue 15: a 2-minute visit's recording opens in PyAV with its duration right within
     1 s a minute, with both parties' streams; the person drops out for 5 s midway."""
-    metrics = Metrics()
-    family_sources, person_sources = new_sources(metrics), new_sources(metrics)
-    family, person = Party(family_sources, (96, 72)), Party(person_sources, (96, 72))
+    pair = recorded_pair(tmp_path, "vis_long", (96, 72), (96, 72))
+    _, person_sources, family, person, recording = pair
     loop = asyncio.get_running_loop()
-    recording = RemuxRecording(tmp_path, "vis_long", [
-        family_sources["video"], person_sources["video"],
-        family_sources["audio"], person_sources["audio"]])
     try:
-        await family.connect()
-        await person.connect()
-        await until(lambda: family_sources["video"].frames > 0
-                    and person_sources["video"].frames > 0, 20)
-        recording.start()
+        await start_recording(pair)
         started = loop.time()
         await asyncio.sleep(60.0)
         await person.close()

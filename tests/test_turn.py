@@ -129,6 +129,8 @@ async def _permission(turn, username: str, password: str, peer: str) -> int:
 
 async def test_rest_credentials_allocate_and_forged_or_expired_ones_are_refused() -> None:
     async with private_coturn() as turn:
+        # The real clock on purpose: coturn checks a credential's expiry against it. Only
+        # offsets of minutes from now are used, so the hour and date cannot matter.
         soon = int(time.time()) + 300
         good = ice_servers(secret=turn.secret, turn_urls=[turn.url], stun_urls=[],
                            account_id="acc_family", expires_at=soon)[0]

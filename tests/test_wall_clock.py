@@ -46,6 +46,7 @@ SCENE_CLOCK_ONLY = [
 
 
 def _local_today_at(wall: time) -> datetime:
+    # The real date on purpose: this check moves the machine's clock relative to it.
     return datetime.combine(utcnow().astimezone(ZONE).date(), wall, ZONE)
 
 
