@@ -133,18 +133,17 @@ class Audit:
 
 
 async def tab_to(page, target, *, back: bool = False, presses: int = 60) -> int:
-    """Press Tab (Shift+Tab) until `target` (a locator) has the focus; the number of presses."""
-    await target.evaluate("el => el.setAttribute('data-a11y-target', '')")
-    try:
-        for n in range(1, presses + 1):
-            await page.keyboard.press("Shift+Tab" if back else "Tab")
-            if await page.evaluate("() => document.activeElement?.hasAttribute("
-                                   "'data-a11y-target') ?? false"):
-                return n
-        focused = await page.evaluate("() => document.activeElement?.outerHTML.slice(0, 120)")
-        raise AssertionError(f"{presses} × Tab did not reach {target}; focus on {focused}")
-    finally:
-        await target.evaluate("el => el.removeAttribute('data-a11y-target')")
+    """Press Tab (Shift+Tab) until `target` (a locator) has the focus; the number of presses.
+
+    The locator is resolved again after every press: a screen may re-render (a push for the
+    message just sent) and replace the element while the focus travels, so a mark set on the
+    element once would be lost with it (this failed under load)."""
+    for n in range(1, presses + 1):
+        await page.keyboard.press("Shift+Tab" if back else "Tab")
+        if await target.evaluate("el => el === document.activeElement"):
+            return n
+    focused = await page.evaluate("() => document.activeElement?.outerHTML.slice(0, 120)")
+    raise AssertionError(f"{presses} × Tab did not reach {target}; focus on {focused}")
 
 
 async def _seed(api: Api) -> dict[str, Any]:
