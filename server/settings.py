@@ -275,8 +275,13 @@ class Settings:
                 pool_mode(url)
             except ValueError as exc:
                 raise SettingsError(f"DATABASE_URL: {exc}") from None
-        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise SettingsError("REDIS_URL must start with redis://, rediss:// or unix://")
+        if self.redis_url:
+            from server.broker import redis_url
+
+            try:
+                redis_url.parse(self.redis_url)
+            except ValueError as exc:
+                raise SettingsError(f"REDIS_URL {exc}") from None
         if self.visit_minute_s <= 0 or self.visit_minute_s > 3600:
             raise SettingsError("KINWIRE_VISIT_MINUTE_S must be in (0, 3600]")
         for url in self.turn_urls + self.stun_urls:
