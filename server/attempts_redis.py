@@ -154,4 +154,4 @@ class RedisAttempts(Attempts):
         return 0  # each key expires by itself (PEXPIRE in RESERVE_LUA)
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        await redis_url.close(self._redis)

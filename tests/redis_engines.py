@@ -173,10 +173,21 @@ class Sentinels:
 
     def _watching(self) -> bool:
         for sentinel in self.sentinels:
-            state = sentinel.client().execute_command("SENTINEL", "MASTER", self.SERVICE)
-            fields = dict(zip(state[::2], state[1::2], strict=True))
-            if int(fields[b"num-slaves"]) < len(self.replicas) \
-                    or int(fields[b"num-other-sentinels"]) < len(self.sentinels) - 1:
+            state = sentinel.client().sentinel_master(self.SERVICE)
+            if int(state["num-slaves"]) < len(self.replicas) \
+                    or int(state["num-other-sentinels"]) < len(self.sentinels) - 1:
+                return False
+        return True
+
+    def whole(self) -> bool:
+        """Every sentinel sees as many healthy replicas as were started (a failover needs one:
+        the sentinels learn of a replica from the master's INFO, every 10 s)."""
+        for sentinel in self.sentinels:
+            healthy = [r for r in sentinel.client().sentinel_slaves(self.SERVICE)
+                       if not (r.get("is_sdown") or r.get("is_odown")
+                               or r.get("is_disconnected"))
+                       and r.get("master-link-status") == "ok"]
+            if len(healthy) < len(self.replicas):
                 return False
         return True
 

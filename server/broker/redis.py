@@ -156,8 +156,8 @@ class RedisBroker:
                 **fanout_options)
         else:
             # Only a factory for the one pub/sub connection, which RedisFanout owns outright.
-            self._fanout = RedisFanout(
-                redis_url.connection_factory(target, protocol=2, **common), **fanout_options)
+            self._connect = redis_url.connection_factory(target, protocol=2, **common)
+            self._fanout = RedisFanout(self._connect, **fanout_options)
         self._spublish = self._cluster
         self._touch = self._redis.register_script(TOUCH_LUA)
         self._present = self._redis.register_script(PRESENT_LUA)
@@ -276,7 +276,9 @@ class RedisBroker:
         if self._sender is not None and not self._sender.done():
             await self._sender  # publishes already accepted go out (or fail) first
         await self._fanout.close()
-        await self._redis.aclose()
+        await redis_url.close(self._redis)
+        if not self._cluster:
+            await redis_url.close_sentinels(getattr(self._connect, "__self__", None))
 
     async def _call(self, command: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         self._check_open()

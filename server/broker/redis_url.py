@@ -131,7 +131,7 @@ def connection_factory(target: RedisTarget, **kwargs: Any) -> Callable[[], Any]:
     if target.kind == "sentinel":
         pool = SentinelConnectionPool(target.service, sentinel_manager(target, **kwargs),
                                       db=target.db, **target.client_kwargs(), **kwargs)
-        return pool.make_connection  # the bound method keeps the pool alive
+        return pool.make_connection  # the bound method keeps the pool alive (close_sentinels)
     raise ValueError("a cluster has a connection per node: see node_connection")
 
 
@@ -160,6 +160,19 @@ def sentinel_manager(target: RedisTarget, **kwargs: Any) -> Any:
     return Sentinel(list(target.hosts), sentinel_kwargs=sentinel_kwargs, **kwargs)
 
 
+async def close(client: Any) -> None:
+    """Close a command client, and on Sentinel its connections to the sentinels too."""
+    await client.aclose()
+    await close_sentinels(getattr(client, "connection_pool", None))
+
+
+async def close_sentinels(pool: Any) -> None:
+    """Close the sentinel clients behind a SentinelConnectionPool (a no-op for other pools)."""
+    manager = getattr(pool, "sentinel_manager", None)
+    for sentinel in getattr(manager, "sentinels", ()):
+        await sentinel.aclose()
+
+
 async def ping(url: str, timeout_s: float) -> dict[str, Any]:
     """PING the deployment REDIS_URL names, within timeout_s; returns the server's INFO
     `cluster` section (a plain redis:// URL pointing at a cluster node is refused by the caller).
@@ -176,4 +189,4 @@ async def ping(url: str, timeout_s: float) -> dict[str, Any]:
                 return {"cluster_enabled": 1}
             return await client.info("cluster")
     finally:
-        await client.aclose()
+        await close(client)
