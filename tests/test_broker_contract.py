@@ -227,6 +227,22 @@ async def test_lease_one_holder_at_a_time(kit: Kit) -> None:
     assert await broker.acquire("meter.5", "a", 10)
 
 
+async def test_lease_grants_carry_rising_epochs(kit: Kit) -> None:
+    """Each grant's epoch is above every earlier grant's of the name (a holder that lost its
+    lease is told apart from its successor by it: fencing, signalling/meters.py); a refused
+    acquire returns 0, and other names count on their own."""
+    broker = kit.broker
+    first = await broker.acquire("meter.6", "a", 0.3)
+    assert first >= 1
+    assert await broker.acquire("meter.6", "b", 0.3) == 0
+    await kit.advance(0.4)  # expired, not released: the next grant is still a later one
+    second = await broker.acquire("meter.6", "b", 10)
+    assert await broker.release("meter.6", "b")
+    third = await broker.acquire("meter.6", "a", 10)
+    assert first < second < third
+    assert await broker.acquire("meter.7", "a", 10) >= 1
+
+
 async def test_lease_renew_extends(kit: Kit) -> None:
     assert await kit.broker.acquire("meter.5", "a", 0.5)
     await kit.advance(0.3)
