@@ -41,8 +41,11 @@ class Settings:
         "`sqlite:///<data_dir>/kinwire.db`. Through PgBouncer in transaction mode add "
         "`?pool_mode=transaction` (no prepared statement cache; docs/deploy.md).",
         env="DATABASE_URL")
-    redis_url: str = _setting("", "Redis for fan-out, presence and leases; empty means the "
-                              "in-memory broker (one process only).", env="REDIS_URL")
+    redis_url: str = _setting("", "Redis for fan-out, presence and leases: redis://host:port/db "
+                              "(TLS rediss://), redis+sentinel://s1:26379,s2:26379/service[/db] "
+                              "or redis+cluster://n1:6379,n2:6379 (docs/deploy.md, \"Redis\"); "
+                              "empty means the in-memory broker (one process only).",
+                              env="REDIS_URL")
     allowed_origins: tuple[str, ...] = _setting(
         (), "Comma-separated Origin allowlist for /ws; empty allows only the server's own origin.")
     public_url: str = _setting("", "The URL people reach the service at (printed at start).")
