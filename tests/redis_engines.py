@@ -14,6 +14,15 @@ import redis
 from tests.test_cli import free_port
 
 START_S = 20.0  # bound on starting one deployment (a loaded machine: a few seconds usually)
+_taken: set[int] = set()  # ports handed out here: a probe may return one twice
+
+
+def port() -> int:
+    while True:
+        candidate = free_port()
+        if candidate not in _taken:
+            _taken.add(candidate)
+            return candidate
 
 
 def _wait(check, what: str, timeout_s: float = START_S) -> None:
@@ -23,6 +32,8 @@ def _wait(check, what: str, timeout_s: float = START_S) -> None:
         try:
             if check():
                 return
+        except AssertionError:
+            raise
         except Exception as error:  # not up yet
             last = error
         time.sleep(0.05)
@@ -33,7 +44,7 @@ class Server:
     """One redis-server; `args` are its extra options."""
 
     def __init__(self, directory: Path, args: list[str], *, sentinel: bool = False) -> None:
-        self.port = free_port()
+        self.port = port()
         self.directory = directory
         self.args = args
         self.sentinel = sentinel
@@ -51,9 +62,16 @@ class Server:
         else:
             command += ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                         "--appendonly", "no", "--dir", str(self.directory), *self.args]
-        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        _wait(lambda: self.client().ping(), f"redis on {self.port} answers")
+        log = self.directory / "redis.log"
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+
+        def up() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"redis on {self.port} exited: {log.read_text()[-2000:]}")
+            return bool(self.client().ping())
+
+        _wait(up, f"redis on {self.port} answers")
 
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port, socket_timeout=2, socket_connect_timeout=2)
@@ -72,7 +90,7 @@ class Cluster:
                  node_timeout_ms: int = 1000) -> None:
         self.servers: list[Server] = []
         for i in range(masters * (1 + replicas)):
-            bus = free_port()
+            bus = port()
             self.servers.append(Server(directory / f"node{i}", [
                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                 "--cluster-node-timeout", str(node_timeout_ms), "--cluster-port", str(bus),

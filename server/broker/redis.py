@@ -41,6 +41,7 @@ from typing import Any, TypeVar
 
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ClusterDownError, RedisClusterException, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -50,7 +51,10 @@ from server.broker.redis_shards import ShardedFanout
 from server.broker.subscription import QueuedSubscription
 
 T = TypeVar("T")
-UNAVAILABLE_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
+# A Cluster mid-failover answers CLUSTERDOWN/TRYAGAIN, or has no node for a slot: unavailable
+# too, for as long as the promotion takes.
+UNAVAILABLE_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError,
+                      ClusterDownError, TryAgainError, RedisClusterException)
 PUBLISH_BATCH_MAX = 256  # publishes in one pipeline (each a few hundred bytes to ~5 KB)
 
 _NOW_MS = """
