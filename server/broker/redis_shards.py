@@ -21,6 +21,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from redis.exceptions import RedisClusterException
+
 from server.broker import BrokerUnavailable
 from server.broker.redis_fanout import DOWN_ERRORS, RedisFanout
 from server.broker.subscription import QueuedSubscription
@@ -55,8 +57,9 @@ class ShardedFanout:
         if self._closed:
             raise BrokerUnavailable("broker is closed")
         try:
-            node = await self._owner(wire)
-        except DOWN_ERRORS as error:
+            async with asyncio.timeout(self._options["op_timeout_s"]):
+                node = await self._owner(wire)
+        except (*DOWN_ERRORS, RedisClusterException) as error:
             raise BrokerUnavailable(f"redis cluster: no slot map: {error!r}") from error
         return await self._fanout(node).subscribe(wire, channel, queue_max)
 
