@@ -46,7 +46,11 @@ async def meter_row(db: str, visit_id: str) -> tuple[int, int, int]:
     """(meter_epoch, paid_minutes in the stored meter state, minute debits), one snapshot."""
     store = Store(db)
     try:
-        async with store.write() as conn:  # one transaction: the meter writes both at once
+        # One snapshot for both reads (the meter writes both in one transaction); under READ
+        # COMMITTED a pass committing between them would make them disagree.
+        async with store.engine.connect() as raw:
+            conn = await raw.execution_options(isolation_level="REPEATABLE READ")
+            await conn.begin()
             row = (await conn.execute(select(visits.c.meter_epoch, visits.c.meter)
                                       .where(visits.c.id == visit_id))).one()
             debits = (await conn.execute(select(func.count()).select_from(ledger_transfers)
