@@ -6,6 +6,7 @@ userspace link emulator that applies delay, random loss, a rate cap and total ou
         link.set(delay_ms=150, loss=0.02)      # each way
         link.set(rate_kbit=1000)               # each way; a queue of RATE_QUEUE_S, then drops
         link.down(); link.up()                 # a total outage: every packet dropped
+        link.down(only="udp")                  # UDP alone (the media), TCP still through
         link.run(["python", "-c", ...])        # a process on the family's side
         link.far                               # the family's address, link.near the test's
 
@@ -48,6 +49,7 @@ from pathlib import Path
 TUNSETIFF = 0x400454CA
 IFF_TUN, IFF_NO_PI = 0x0001, 0x1000
 PREFIX = "kwl"
+UDP = 17  # the IPv4 header's protocol number
 RATE_QUEUE_S = 0.5  # a rate-capped direction queues at most this much, then drops (a router's)
 _numbers = itertools.count(1)
 _lock = threading.Lock()
@@ -125,7 +127,7 @@ class ImpairedLink:
         self.random = random.Random(seed)
         self.out = Impairment()  # far -> near: what the family sends
         self.back = Impairment()  # near -> far: what the family receives
-        self.outage = False
+        self.outage: bool | str = False
         self.counters = {"out": Counters(), "back": Counters()}
         self._fds: list[int] = []
         self._stop = threading.Event()
@@ -147,9 +149,13 @@ class ImpairedLink:
             if uncapped:
                 way.rate_bps = None
 
-    def down(self) -> None:
-        """A total outage: every packet, both ways, dropped until `up`."""
-        self.outage = True
+    def down(self, only: str | None = None) -> None:
+        """An outage: every packet, both ways, dropped until `up`; `only="udp"` drops UDP
+        alone (the media through TURN dies while the page's TCP socket lives: a network that
+        blocks or loses UDP)."""
+        if only not in (None, "udp"):
+            raise ValueError(only)
+        self.outage = True if only is None else only
 
     def up(self) -> None:
         self.outage = False
@@ -259,7 +265,8 @@ class ImpairedLink:
                 name, dst = ways[fd]
                 way = self.out if name == "out" else self.back
                 counts = self.counters[name]
-                if self.outage:
+                if self.outage is True or (self.outage == "udp" and len(packet) > 9
+                                           and packet[0] >> 4 == 4 and packet[9] == UDP):
                     counts.cut += 1
                     continue
                 if way.loss and self.random.random() < way.loss:

@@ -60,9 +60,10 @@ def _listen(link: ImpairedLink, kind: int = socket.SOCK_STREAM) -> socket.socket
 
 def _echo(server: socket.socket) -> None:
     conn, _ = server.accept()
-    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    while data := conn.recv(64):
-        conn.sendall(data)
+    with conn:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        while data := conn.recv(64):
+            conn.sendall(data)
 
 
 def test_delay_is_applied_each_way() -> None:
@@ -134,6 +135,22 @@ def test_an_outage_drops_everything_until_the_link_is_up() -> None:
         _probe(link, port, "udp", 5)
         assert u.recv(64) == b"0"
         u.close()
+
+
+def test_a_udp_outage_lets_tcp_through() -> None:
+    with ImpairedLink(seed=6) as link:
+        server = _listen(link)
+        threading.Thread(target=_echo, args=(server,), daemon=True).start()
+        u = _listen(link, socket.SOCK_DGRAM)
+        u.settimeout(0.5)
+        link.down(only="udp")
+        _probe(link, u.getsockname()[1], "udp", 20)
+        with pytest.raises(TimeoutError):
+            u.recv(64)
+        assert len(_probe(link, server.getsockname()[1], "rtt", 3)) == 3
+        assert link.counters["out"].cut == 20
+        u.close()
+        server.close()
 
 
 def test_nothing_is_left_behind_when_the_test_fails() -> None:
