@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import re
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -311,3 +312,41 @@ async def test_after_a_60_s_outage_the_page_reconnects_by_itself(sqlite_template
     # "Reconnecting" within 5 s of the socket dying: the link's death is the socket's.
     assert figures["watched"]["reconnecting_s"] <= 5.0, figures
     assert figures["back_s"] <= 5.0, figures
+
+
+@pytest.mark.timeout(180)
+async def test_when_only_the_media_dies_both_screens_say_paused_and_why(
+        sqlite_template: Path, tmp_path: Path) -> None:
+    """UDP alone is cut (the media through TURN; the pages' sockets are TCP and live on): a
+    network that drops UDP. The family's screen must say it is paused and not charged, with how
+    long it has had no picture, and the kiosk's the same for its side; both state the
+    frozen-call bound; and the meter agrees with what they say."""
+    from playwright.async_api import expect
+
+    with ImpairedLink(seed=16) as link:
+        async with linked_call(tmp_path, sqlite_template, link) as call:
+            for page in (call.fam, call.kiosk):
+                await expect(page.locator("#visit-threshold")).to_have_text(
+                    f"A frozen call is never charged for more than {STALL_S:.0f} s.")
+            await call.run_for(3)
+            link.down(only="udp")
+            down_at = time.monotonic()
+            await expect(call.fam.locator("#visit-status")).to_have_text(re.compile(
+                r"Paused: no picture from Dana Rivers for \d+ s, you are not being charged\."))
+            family_s = time.monotonic() - down_at
+            await expect(call.kiosk.locator("#visit-status")).to_have_text(re.compile(
+                r"Paused: no picture from Alex Rivers for \d+ s\. The family is not being "
+                r"charged\."))
+            paused = await call.sample()
+            assert paused.status == "paused"
+            await asyncio.sleep(3)
+            counted = await call.fam.locator("#visit-status").text_content()
+            seconds = int(re.search(r"for (\d+) s", counted).group(1))
+            assert seconds >= 4, counted  # it counts on: 2 s to pause, 3 s since
+            assert (await call.sample()).billed_s == pytest.approx(paused.billed_s, abs=1e-3)
+            link.up()
+            await expect(call.fam.locator("#visit-status")).to_have_text(
+                "Connected to Dana Rivers. The meter is running.")
+            assert call.errors == [], call.errors
+    print(f"\nUDP cut: the family's screen said paused {family_s:.1f} s after")
+    assert family_s <= 5.0
