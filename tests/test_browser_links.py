@@ -131,9 +131,10 @@ def fps(samples: list[Sample], attr: str) -> float:
 
 @contextlib.asynccontextmanager
 async def linked_call(tmp_path: Path, sqlite_template: Path, link: ImpairedLink,
-                      **overrides) -> AsyncIterator[Call]:
+                      relay: bool = False, **overrides) -> AsyncIterator[Call]:
     """A visit in a call, billing: the family's Chromium behind `link`, the kiosk's beside the
-    server. Everything the test started is stopped on the way out."""
+    server (`relay`: the facility's visits in relay mode, the server between the two).
+    Everything the test started is stopped on the way out."""
     require_chromium()
     from playwright.async_api import async_playwright, expect
 
@@ -142,7 +143,8 @@ async def linked_call(tmp_path: Path, sqlite_template: Path, link: ImpairedLink,
         settings = test_settings(fresh_sqlite(sqlite_template, tmp_path), tmp_path,
                                  visit_minute_s=MINUTE_S, credit_block=CREDITS,
                                  media_stall_s=STALL_S, turn_secret=turn.secret,
-                                 turn_urls=(turn.url,), ice_relay_only=True, **overrides)
+                                 turn_urls=(turn.url,), ice_relay_only=True,
+                                 relay_loopback_only=relay, **overrides)
         clock = scene_clock()
         app = create_app(settings, run_migrations=False, clock=clock)
         async with TestClient(TestServer(app, host=link.near)) as client, \
@@ -157,6 +159,10 @@ async def linked_call(tmp_path: Path, sqlite_template: Path, link: ImpairedLink,
             try:
                 api = Api(client)
                 seed = await _parties(api, PASSWORD)
+                if relay:
+                    r = await api.call("PATCH", f"/facilities/{seed['facility_id']}",
+                                       await api.admin(), json={"settings": {"media": "relay"}})
+                    assert r.status == 200, r.body
                 fam = await (await fam_browser.new_context(viewport=PHONE)).new_page()
                 kiosk = await (await kiosk_browser.new_context(viewport=KIOSK)).new_page()
                 call = Call(api, link, fam, kiosk, seed, "", clock)
@@ -280,6 +286,18 @@ async def test_a_15_s_outage_mid_call_bills_no_frozen_time(sqlite_template: Path
     assert figures["back_s"] <= 5.0, figures
 
 
+@pytest.mark.timeout(180)
+async def test_a_15_s_outage_in_relay_mode(sqlite_template: Path, tmp_path: Path) -> None:
+    """The same outage with the server between the parties: the server itself sees the
+    family's picture stop and pauses the meter from its last frame."""
+    with ImpairedLink(seed=17) as link:
+        async with linked_call(tmp_path, sqlite_template, link, relay=True) as call:
+            figures = await _outage(call, 15, "relay15")
+            assert call.errors == [], call.errors
+    _check_billing(figures)
+    assert figures["back_s"] <= 5.0, figures
+
+
 @pytest.mark.timeout(240)
 async def test_after_a_60_s_outage_the_page_reconnects_by_itself(sqlite_template: Path,
                                                                  tmp_path: Path) -> None:
@@ -350,3 +368,59 @@ async def test_when_only_the_media_dies_both_screens_say_paused_and_why(
             assert call.errors == [], call.errors
     print(f"\nUDP cut: the family's screen said paused {family_s:.1f} s after")
     assert family_s <= 5.0
+
+
+PHASE_S = 14.0
+LINKS = [  # name, impairment each way, whether the call must stay whole on it
+    ("clean", {}, True),
+    ("150 ms + 2% loss", {"delay_ms": 150, "loss": 0.02}, True),
+    ("1 Mbit/s + 80 ms", {"delay_ms": 80, "loss": 0.0, "rate_kbit": 1000}, True),
+    ("300 kbit/s + 80 ms", {"delay_ms": 80, "rate_kbit": 300}, False),
+]
+
+
+@pytest.mark.timeout(240)
+async def test_a_call_across_thin_and_lossy_links(sqlite_template: Path, tmp_path: Path) -> None:
+    """One call, the link changed under it every PHASE_S: clean, 150 ms each way with 2% loss,
+    1 Mbit/s with 80 ms, 300 kbit/s. On each: frames a second each way, seconds of two-way media
+    (both pictures moving) and seconds billed. On any link the family is never billed for a
+    freeze beyond the outage gap (plus one sample's blur); the first three must carry the call
+    whole. 300 kbit/s is below what the camera sends (issue 21 item 4, not done):
+    its figures are printed, and only the billing rule is held there."""
+    with ImpairedLink(seed=21) as link:
+        async with linked_call(tmp_path, sqlite_template, link) as call:
+            phases = []
+            for name, impairment, whole in LINKS:
+                link.set(uncapped=True, delay_ms=0, loss=0)
+                link.set(**impairment)
+                start = time.monotonic()
+                await call.run_for(PHASE_S)
+                phases.append((name, whole, call.between(start + 3, time.monotonic())))
+            assert call.errors == [], call.errors
+    print()
+    for name, whole, samples in phases:
+        two_way = sum(later.at - earlier.at for earlier, later in itertools.pairwise(samples)
+                      if _moved(earlier, later, "fam_frames")
+                      and _moved(earlier, later, "kiosk_frames"))
+        billed = samples[-1].billed_s - samples[0].billed_s
+        span = samples[-1].at - samples[0].at
+        f, k = fps(samples, "fam_frames"), fps(samples, "kiosk_frames")
+        print(f"{name}: frames/s family<-kiosk {f:.1f}, kiosk<-family {k:.1f}; two-way media "
+              f"{two_way:.1f} s of {span:.1f} s, billed {billed:.1f} s")
+        assert billed <= span - _unbillable(samples) + 2 * SAMPLE_S + 0.2, \
+            (name, billed, two_way, span)
+        if whole:
+            assert two_way >= 0.85 * span and min(f, k) >= 10, (name, two_way, span, f, k)
+
+
+def _unbillable(samples: list[Sample]) -> float:
+    """Frozen seconds the meter must not bill: of each stretch in which the pictures did not
+    both move, what lasted beyond media_gap_s (2 s) and the kiosk's half-second poll. A
+    shorter stutter is part of a call (a keyframe wait, a burst of loss) and is billed."""
+    frozen, run = 0.0, 0.0
+    for earlier, later in itertools.pairwise(samples):
+        if _moved(earlier, later, "fam_frames") and _moved(earlier, later, "kiosk_frames"):
+            frozen, run = frozen + max(0.0, run - 2.5), 0.0
+        else:
+            run += later.at - earlier.at
+    return frozen + max(0.0, run - 2.5)
