@@ -133,7 +133,10 @@ def fps(samples: list[Sample], attr: str) -> float:
 async def linked_call(tmp_path: Path, sqlite_template: Path, link: ImpairedLink,
                       relay: bool = False, **overrides) -> AsyncIterator[Call]:
     """A visit in a call, billing: the family's Chromium behind `link`, the kiosk's beside the
-    server (`relay`: the facility's visits in relay mode, the server between the two).
+    server (`relay`: the facility's visits in relay mode, the server between the two; its
+    peers cannot use KINWIRE_RELAY_LOOPBACK_ONLY, which wants the TURN URL on loopback while
+    the family needs the link's address, so they gather all candidates and reach the browsers
+    through their own allocation on the same coturn).
     Everything the test started is stopped on the way out."""
     require_chromium()
     from playwright.async_api import async_playwright, expect
@@ -143,8 +146,7 @@ async def linked_call(tmp_path: Path, sqlite_template: Path, link: ImpairedLink,
         settings = test_settings(fresh_sqlite(sqlite_template, tmp_path), tmp_path,
                                  visit_minute_s=MINUTE_S, credit_block=CREDITS,
                                  media_stall_s=STALL_S, turn_secret=turn.secret,
-                                 turn_urls=(turn.url,), ice_relay_only=True,
-                                 relay_loopback_only=relay, **overrides)
+                                 turn_urls=(turn.url,), ice_relay_only=True, **overrides)
         clock = scene_clock()
         app = create_app(settings, run_migrations=False, clock=clock)
         async with TestClient(TestServer(app, host=link.near)) as client, \
