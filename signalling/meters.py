@@ -550,7 +550,10 @@ class _Pass:
             changed = clock  # news of an older change (say, the broker is back): from now on
         events: list[meter.Event] = []
         if facts != self.state.facts:
-            events.append(meter.Observed(changed, facts))
+            # Not live: the call stopped at `changed` (a stall's report backdates it to the last
+            # frame, bounded: visits.set_media), so the meter takes back the time since.
+            stopped = changed if not meter.is_connected(self.config.media, facts) else None
+            events.append(meter.Observed(changed, facts, stopped_at=stopped))
         return [*events, meter.Clock(clock)]
 
     async def _drop_dead(self, conn: Any, row: Any) -> None:
