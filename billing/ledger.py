@@ -24,8 +24,8 @@ from sqlalchemy import func, select, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from billing.tables import ledger_accounts, ledger_transfers
-from server.ids import ordered_id
-from server.store import raw
+from store import raw
+from store.ids import ordered_id
 
 
 class SystemAccount:
@@ -63,7 +63,7 @@ class Transfer:
     debit_balance: int | None = None
 
 
-# transfer()'s statements, as driver SQL (server/store/raw.py): a send or a billed minute runs
+# transfer()'s statements, as driver SQL (store/raw.py): a send or a billed minute runs
 # them on its hot path, where SQLAlchemy's per-statement machinery cost more CPU than the
 # database did (docs/BENCHMARKS.md, "Durable sends").
 _a = ledger_accounts

@@ -14,8 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from billing import ledger
 from server.auth import token_hash
 from server.errors import ApiError, not_found
-from server.ids import new_id
-from server.store.schema import accounts, devices
+from server.schema import accounts, devices
+from store.ids import new_id
 
 # Roles that hold credits and so get a ledger account.
 HOLDERS = ("family", "person")

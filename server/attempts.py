@@ -19,8 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server import audit
 from server.errors import ApiError
-from server.store import Store
-from server.store.schema import attempts as _A
+from server.schema import attempts as _A
+from store import Store
 
 # How long a reserved attempt may stay unsettled before another may start under a `single`
 # key: a verify takes tens of milliseconds and a photo about a second, so only a process that

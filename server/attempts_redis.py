@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from server.attempts import ATTEMPT_LEASE_S, MESSAGES, PRUNE_AFTER, Attempts, Key, alert
 from server.broker import BrokerUnavailable
 from server.errors import ApiError
-from server.store import Store
+from store import Store
 
 # KEYS: the attempt's keys in order. ARGV: now, lease, keep (ms), then per key its window
 # (ms), limit (-1: none), backoff (0/1), single (0/1). Returns {0} when every key took the

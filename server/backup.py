@@ -22,7 +22,7 @@ is left out too.
 
 Restore goes into an empty data directory (or an empty PostgreSQL database): files first, the
 database last, so an interrupted restore leaves blobs without a database, which `kinwire serve`
-refuses to start on (server/store/safety.py) rather than serving an empty service.
+refuses to start on (store/safety.py) rather than serving an empty service.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from sqlalchemy import inspect, text
 from sqlalchemy.engine import make_url
 
 from server.settings import Settings
-from server.store import Store
+from store import Store
 
 MANIFEST = "manifest.json"
 FORMAT = 1

@@ -9,12 +9,12 @@ from typing import Any
 from server import connections, events
 from server.broker import Broker, BrokerUnavailable
 from server.errors import ApiError, not_found
-from server.store import raw
-from server.store.schema import connections as connections_table
-from server.store.schema import visits
+from server.schema import connections as connections_table
+from server.schema import visits
 from signalling.visits import ROW as VISIT_ROW
 from signalling.visits import VisitError
 from signalling.visits import get as get_visit
+from store import raw
 
 log = logging.getLogger("kinwire.calls")
 
@@ -38,7 +38,7 @@ def _check_link(blocked_by: str | None, status: str) -> None:
 
 
 # A join's one read: the visit row as signalling.visits.get reads it, with its connection's
-# block and status alongside, compiled once (server/store/raw.py). 200 joins at once queue on
+# block and status alongside, compiled once (store/raw.py). 200 joins at once queue on
 # one core, and reading the connection apart cost a round trip and a Core statement each. An
 # outer join, so a missing connection still answers as connections.get does.
 _c = connections_table

@@ -19,8 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server.errors import ApiError, forbidden, not_found
 from server.events import Outbox
-from server.ids import new_id
-from server.store.schema import accounts, connection_blocks, connections
+from server.schema import accounts, connection_blocks, connections
+from store.ids import new_id
 
 # What a family member may say they are to the person, shown with the request on the kiosk.
 # Codes rather than free text: a free field would carry words to the person that no one paid

@@ -22,8 +22,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server.broker import Broker, BrokerUnavailable
-from server.store import raw
-from server.store.schema import event_heads, events, messages
+from server.schema import event_heads, events, messages
+from store import raw
 
 log = logging.getLogger("kinwire.events")
 
@@ -55,7 +55,7 @@ async def lock_streams(conn: AsyncConnection, account_ids: list[str]) -> None:
                 .on_conflict_do_nothing(index_elements=["account_id"]))
 
 
-# emit_many()'s statements, as driver SQL (server/store/raw.py): every send and billed minute
+# emit_many()'s statements, as driver SQL (store/raw.py): every send and billed minute
 # runs them, and SQLAlchemy's per-statement machinery cost more CPU than the database did.
 _BUMP = "UPDATE event_heads SET last_seq = last_seq + ? WHERE account_id = ? RETURNING last_seq"
 _MAKE_HEAD = raw.Insert(event_heads, ("account_id", "last_seq", "pruned_through"),

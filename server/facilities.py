@@ -11,8 +11,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server.errors import ApiError, not_found
-from server.ids import new_id
-from server.store.schema import facilities
+from server.schema import facilities
+from store.ids import new_id
 
 Keyword = Annotated[str, Field(min_length=1, max_length=64)]
 Price = Annotated[int, Field(ge=0, le=100_000)]

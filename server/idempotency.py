@@ -20,7 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server.errors import ApiError
-from server.store.schema import idempotency
+from server.schema import idempotency
 
 
 def request_hash(method: str, path: str, body: Any) -> str:

@@ -22,10 +22,10 @@ from server import facilities
 from server.auth import Principal
 from server.errors import ApiError, ledger_error, not_found
 from server.events import Outbox, lock_streams
-from server.ids import ordered_id
-from server.store import raw
-from server.store.schema import facilities as facilities_table
-from server.store.schema import messages, photos
+from server.schema import facilities as facilities_table
+from server.schema import messages, photos
+from store import raw
+from store.ids import ordered_id
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ async def announce(conn: AsyncConnection, outbox: Outbox, row: Any, at: datetime
 
 
 # send()'s statements. Repeats (a send retried with its key) are rare, so the lookup by key
-# stays in Core; the rest are driver SQL (server/store/raw.py), being on every send's path.
+# stays in Core; the rest are driver SQL (store/raw.py), being on every send's path.
 _BY_KEY = select(messages).where(messages.c.sender_id == bindparam("p_sender"),
                                  messages.c.client_key == bindparam("p_key"))
 _LINK_RULES = (

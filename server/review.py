@@ -20,7 +20,7 @@ from server import audit, messages
 from server.auth import Principal
 from server.errors import ApiError
 from server.events import Outbox
-from server.store.schema import messages as messages_table
+from server.schema import messages as messages_table
 
 Kind = Literal["photos", "text", "keyword"]
 

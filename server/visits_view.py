@@ -1,6 +1,6 @@
 """A visit as clients see it, and the `visit.updated` event that tells both parties of a change.
 
-Shared by booking (server/routes_visits.py) and everything else that changes a visit: whoever
+Shared by booking (server/http/routes_visits.py) and everything else that changes a visit: whoever
 changes a visit's row calls `announce` in the same transaction, then signals the outbox after
 the commit.
 """

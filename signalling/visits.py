@@ -24,8 +24,8 @@ from sqlalchemy import bindparam, column, select, table
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from billing import meter
-from server.store import raw
 from signalling.tables import visits
+from store import raw
 
 ACTIVE = ("scheduled", "open", "live", "paused")
 IN_CALL = ("open", "live", "paused")
@@ -107,7 +107,7 @@ def pause_reason(row: Any) -> str | None:
     return "not_connected"
 
 
-# get()'s statement, compiled once (server/store/raw.py): every join, media report, drop and
+# get()'s statement, compiled once (store/raw.py): every join, media report, drop and
 # signal check reads the row, and 200 joins at once queue on one core. ROW is the Core select a
 # caller may extend with more columns (server/calls.py visit_and_link) and pass to get().
 ROW = (select(visits, _facilities.c.timezone)

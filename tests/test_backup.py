@@ -27,7 +27,7 @@ import pytest
 from PIL import Image
 
 from billing import ledger
-from server.store import Store
+from store import Store
 from tests.conftest import PG_ADMIN_URL
 from tests.helpers import VISA
 from tests.test_cli import cli_env, free_port, wait_ready

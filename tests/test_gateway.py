@@ -287,7 +287,7 @@ async def test_typing_reaches_the_contact_live(api: Api, client: TestClient) -> 
 async def test_sockets_close_when_their_session_expires(db_url: str, tmp_path) -> None:
     from datetime import timedelta
 
-    from server.store.schema import utcnow
+    from server.schema import utcnow
 
     offset = timedelta(0)
     async with app_client(db_url, tmp_path, clock=lambda: utcnow() + offset,

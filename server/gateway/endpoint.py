@@ -25,11 +25,11 @@ from server.gateway.client import TOO_SLOW, UNAUTHORISED, Client
 from server.gateway.envelope import CODECS, JSON, BadFrame, decode, reply_error, reply_ok
 from server.gateway.hub import Hub
 from server.gateway.ops import HANDLERS, WsCall
-from server.logs import HEADER as REQUEST_ID_HEADER
-from server.logs import REQUEST_KEY
-from server.routing import CONTEXT, COOKIE, device_refused, device_token, error_response
-from server.store import is_unavailable
+from server.http.logs import HEADER as REQUEST_ID_HEADER
+from server.http.logs import REQUEST_KEY
+from server.http.routing import CONTEXT, COOKIE, device_refused, device_token, error_response
 from signalling import visits
+from store import is_unavailable
 
 log = logging.getLogger("kinwire.gateway")
 HUB = web.AppKey("hub", Hub)
@@ -45,7 +45,7 @@ def _origin_allowed(request: web.Request) -> bool:
 
 def _refusal(request: web.Request, exc: Exception) -> web.StreamResponse:
     """The HTTP answer to an upgrade refused before it happened (the middlewares pass this
-    path through, server/routing.py WS_PATH), with the request's id as every answer has."""
+    path through, server/http/routing.py WS_PATH), with the request's id as every answer has."""
     response = error_response(request, exc)
     if response is None:
         raise exc

@@ -99,7 +99,7 @@ async def typing(call: WsCall) -> dict[str, Any]:
 
 async def send_message(call: WsCall) -> dict[str, Any]:
     """As POST /messages; the idempotency key travels as args.key."""
-    from server.routes_messages import MessageIn, draft_from
+    from server.http.routes_messages import MessageIn, draft_from
 
     key = call.arg_str("key", max_len=128)
     fields = {k: v for k, v in call.args.items() if k != "key"}
