@@ -66,7 +66,6 @@ class Transfer:
 # transfer()'s statements, as driver SQL (store/raw.py): a send or a billed minute runs
 # them on its hot path, where SQLAlchemy's per-statement machinery cost more CPU than the
 # database did (docs/BENCHMARKS.md, "Durable sends").
-_a = ledger_accounts
 _KINDS = "SELECT id, kind FROM ledger_accounts WHERE id = ? OR id = ?"
 _CLAIM = raw.Insert(ledger_transfers, (
     "id", "idempotency_key", "debit_account", "credit_account", "amount", "kind", "ref", "at"),

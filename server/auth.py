@@ -25,8 +25,6 @@ from server.schema import accounts, devices, sessions
 from store import Store, quickread
 from store.ids import new_id
 
-ROLES = ("family", "person", "staff", "admin")
-
 
 @dataclass(frozen=True, slots=True)
 class Principal:

@@ -17,11 +17,6 @@ from server.events import Outbox
 from signalling import visits
 
 
-def visit_view(row: Any) -> dict[str, Any]:
-    """`row` is a visits row read with its facility's `timezone` (see `get`)."""
-    return visits.public(row)
-
-
 async def get(conn: AsyncConnection, visit_id: str) -> Any:
     try:
         return await visits.get(conn, visit_id)

@@ -76,9 +76,6 @@ class Client:
             self._visits = set()
         return self._visits
 
-    def start(self) -> None:
-        """Nothing to start ahead: the writer task is started by the first queued frame."""
-
     def send(self, frame: dict[str, Any]) -> bool:
         """Queue a frame; False when the socket is closing or was just closed for being slow."""
         return self.send_encoded(encode(self.codec, frame))

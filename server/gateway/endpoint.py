@@ -67,7 +67,6 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         return _refusal(request, exc)
     client = Client(ws, request, ws.ws_protocol or JSON, queue_max=s.ws_send_queue_max,
                     commands_per_s=s.ws_commands_per_s)
-    client.start()
     try:
         cookie = request.cookies.get(COOKIE)
         if cookie:

@@ -98,6 +98,7 @@ class Metrics:
         self._collectors[name] = read
 
     def counter_value(self, name: str, **labels: str) -> float:
+        """One counter's value by its labels: what the tests read to check what was counted."""
         return self._counters[name].get(tuple(sorted(labels.items())), 0.0)
 
     async def render(self) -> str:

@@ -25,10 +25,11 @@ from server.events import Outbox
 from server.facilities import Strict
 from server.http.routing import ANY_SESSION, Call, Route, json_response
 from server.schema import accounts, connections, facilities, visits
-from server.visits_view import announce, get, visit_view
+from server.visits_view import announce, get
 from signalling import booking
 from signalling.booking import Refused, Rules
 from signalling.visits import ACTIVE
+from signalling.visits import public as public_view
 from store.ids import new_id
 
 FAMILY = frozenset({"family"})
@@ -223,7 +224,7 @@ async def list_visits(call: Call) -> web.Response:
     limit = call.query_int("limit", lo=1, hi=call.ctx.settings.page_size_max) or 100
     async with call.ctx.store.read() as conn:
         rows = await conn.execute(query.order_by(v.start_at, v.id).limit(limit))
-        shown = [visit_view(r) for r in rows]
+        shown = [public_view(r) for r in rows]
     return json_response({"visits": shown})
 
 
