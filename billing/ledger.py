@@ -24,6 +24,7 @@ from sqlalchemy import func, select, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from billing.tables import ledger_accounts, ledger_transfers
+from common.errors import Refused
 from store import raw
 from store.ids import ordered_id
 
@@ -37,13 +38,8 @@ class SystemAccount:
     ALL = (CARD_SALES, FEES, MESSAGE_REVENUE, PHOTO_REVENUE, VISIT_REVENUE)
 
 
-class LedgerError(Exception):
+class LedgerError(Refused):
     """A transfer was refused; `code` is stable and shown to clients."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)

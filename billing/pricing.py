@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from common.errors import Refused
+
 
 @dataclass(frozen=True, slots=True)
 class PurchaseQuote:
@@ -14,11 +16,8 @@ class PurchaseQuote:
     total_cents: int
 
 
-class PricingError(ValueError):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+class PricingError(Refused):
+    """A purchase of an amount that cannot be bought."""
 
 
 def quote_purchase(credits: int, *, block: int, fee_cents: int, credits_max: int) -> PurchaseQuote:

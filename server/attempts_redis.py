@@ -14,9 +14,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from common.errors import Refused
 from server.attempts import ATTEMPT_LEASE_S, MESSAGES, PRUNE_AFTER, Attempts, Key, alert
 from server.broker import BrokerUnavailable
-from server.errors import ApiError
 from store import Store
 
 # KEYS: the attempt's keys in order. ARGV: now, lease, keep (ms), then per key its window
@@ -121,8 +121,8 @@ class RedisAttempts(Attempts):
             return
         key, kind, wait_ms = keys[int(answer[0]) - 1], answer[1], int(answer[2])
         if kind in (b"busy", "busy"):
-            raise ApiError(429, key.busy, MESSAGES[key.busy], retry_after_s=1)
-        raise ApiError(429, key.over, MESSAGES[key.over],
+            raise Refused(key.busy, MESSAGES[key.busy], retry_after_s=1)
+        raise Refused(key.over, MESSAGES[key.over],
                        retry_after_s=max(1, math.ceil(wait_ms / 1000)))
 
     async def settle(self, store: Store, keys: list[Key], now: datetime, *, succeeded: bool,

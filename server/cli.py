@@ -70,7 +70,7 @@ async def _seed_demo(settings: Settings, _args) -> int:
 
 async def _create_admin(settings: Settings, args) -> int:
     from server import accounts, audit
-    from server.errors import ApiError
+    from server.errors import Refused
 
     password = getpass.getpass("Password: ") if sys.stdin.isatty() else sys.stdin.readline()
     password = password.rstrip("\n")
@@ -90,7 +90,7 @@ async def _create_admin(settings: Settings, args) -> int:
                                         password_hash=await ctx.passwords.hash(password))
             await audit.record(conn, actor_id="cli", actor_role="admin", action="admin.create",
                                target=row.id, at=now, details={"email": row.email})
-    except ApiError as exc:
+    except Refused as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 1
     finally:
@@ -103,7 +103,7 @@ async def _facility(settings: Settings, args) -> int:
     import json
 
     from server import audit, facilities
-    from server.errors import ApiError
+    from server.errors import Refused
 
     try:
         patch = json.loads(args.settings or "{}")
@@ -118,7 +118,7 @@ async def _facility(settings: Settings, args) -> int:
         async with ctx.store.write() as conn:
             if args.action == "create":
                 if not args.name or not args.timezone:
-                    raise ApiError(422, "invalid_input", "create needs --name and --timezone")
+                    raise Refused("invalid_input", "create needs --name and --timezone")
                 row = await facilities.create(conn, name=args.name, timezone=args.timezone,
                                               settings=patch, now=now)
             else:
@@ -127,7 +127,7 @@ async def _facility(settings: Settings, args) -> int:
             await audit.record(conn, actor_id="cli", actor_role="admin",
                                action=f"facility.{args.action}", facility_id=row.id,
                                target=row.id, at=now, details={"settings": patch})
-    except ApiError as exc:
+    except Refused as exc:
         # An operator wrote JSON keys: name the key beside the plain words.
         where = [f["field"] for f in exc.details.get("fields", [])][:1]
         print(f"error: {where[0] + ': ' if where else ''}{exc.message}", file=sys.stderr)

@@ -12,21 +12,13 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from server.errors import not_found
 from server.events import Outbox
 from signalling import visits
-
-
-async def get(conn: AsyncConnection, visit_id: str) -> Any:
-    try:
-        return await visits.get(conn, visit_id)
-    except visits.VisitError:
-        raise not_found("The visit") from None
 
 
 async def announce(conn: AsyncConnection, outbox: Outbox, visit_id: str,
                    at: datetime) -> dict[str, Any]:
     """Read the visit back and write `visit.updated` to both parties' streams; the view."""
-    row = await get(conn, visit_id)
+    row = await visits.get(conn, visit_id)  # VisitError not_found if it is not there
     await visits.announce(conn, outbox, row, at)
     return visits.public(row)

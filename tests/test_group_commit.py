@@ -17,9 +17,9 @@ from sqlalchemy import func, select
 
 from billing import ledger
 from billing.ledger import SystemAccount
+from common.errors import Refused
 from server import accounts, facilities, messages
 from server.auth import Principal
-from server.errors import ApiError
 from server.events import Outbox
 from server.schema import connections, events
 from server.schema import messages as messages_table
@@ -66,7 +66,7 @@ async def send(group: GroupCommit, sender: str, to: str, key: str,
     outbox = Outbox()
     try:
         shown = await group.run(lambda conn: messages.send(conn, outbox, me, draft, AT))
-    except ApiError as exc:
+    except Refused as exc:
         return exc.code
     return shown
 

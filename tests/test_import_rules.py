@@ -4,6 +4,7 @@ The adversary: a developer in a hurry who reaches across a layer for a helper, o
 import inside a function to dodge a cycle. Every `import` and `from ... import` anywhere in a
 module counts, relative ones resolved; the rules are:
 
+- common/ (the error model every layer raises) imports no other Kinwire package;
 - store/ imports no web (server/), billing or signalling code: it runs statements, knows no
   table of its own domain, and every layer may use it;
 - billing/ imports neither signalling/ nor server/;
@@ -24,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # (package whose modules are checked, packages they must not import, modules exempted)
 RULES = [
+    ("common", ("store", "server", "billing", "signalling"), ()),
     ("store", ("server", "billing", "signalling"), ()),
     ("billing", ("server", "signalling"), ()),
     ("signalling", ("server",), ()),
@@ -79,7 +81,7 @@ def violations(path: Path) -> list[str]:
 
 
 def modules() -> list[Path]:
-    return sorted(p for package in ("store", "billing", "signalling", "server")
+    return sorted(p for package in ("common", "store", "billing", "signalling", "server")
                   for p in (ROOT / package).rglob("*.py"))
 
 

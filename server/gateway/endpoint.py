@@ -16,10 +16,10 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from common.errors import Refused
 from server import calls
 from server.auth import session_principal
 from server.broker import BrokerUnavailable
-from server.errors import ApiError
 from server.events import Outbox
 from server.gateway.client import TOO_SLOW, UNAUTHORISED, Client
 from server.gateway.envelope import CODECS, JSON, BadFrame, decode, reply_error, reply_ok
@@ -56,7 +56,7 @@ def _refusal(request: web.Request, exc: Exception) -> web.StreamResponse:
 async def websocket(request: web.Request) -> web.StreamResponse:
     ctx, hub = request.app[CONTEXT], request.app[HUB]
     if not _origin_allowed(request):
-        return _refusal(request, ApiError(403, "forbidden_origin",
+        return _refusal(request, Refused("forbidden_origin",
                                           "This origin may not open a socket here."))
     s = ctx.settings
     ws = web.WebSocketResponse(protocols=CODECS, heartbeat=s.ws_heartbeat_s,
@@ -125,7 +125,7 @@ async def _drop_visits(client: Client, request: web.Request) -> None:
 async def _attach(client: Client, hub: Hub) -> None:
     try:
         await hub.attach(client)
-    except ApiError as exc:
+    except Refused as exc:
         client.send(reply_error(None, exc.code, exc.message))
         client.close(TOO_SLOW, exc.code)
 
@@ -194,7 +194,7 @@ async def _dispatch(call: WsCall, op: str, command_id: Any) -> dict[str, Any]:
         return reply_error(command_id, "forbidden", "You may not do that.")
     try:
         return reply_ok(command_id, await entry.handler(call))
-    except ApiError as exc:
+    except Refused as exc:
         return reply_error(command_id, exc.code, exc.message)
     except Exception as exc:
         if is_unavailable(exc) or isinstance(exc, BrokerUnavailable):

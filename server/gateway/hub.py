@@ -19,10 +19,10 @@ from typing import Any
 
 from sqlalchemy import bindparam, select
 
+from common.errors import Refused
 from server import events
 from server.broker import Broker, BrokerUnavailable, Gap, codec
 from server.broker.subscription import QueuedSubscription
-from server.errors import ApiError
 from server.gateway.client import REVOKED, Budget, Client
 from server.gateway.envelope import encode, push
 from server.http.metrics import Metrics
@@ -229,7 +229,7 @@ class Hub:
         async with lock:
             feed = self.feeds.get(account_id)
             if feed is not None and len(feed.clients) >= self.per_user_max:
-                raise ApiError(429, "too_many_connections",
+                raise Refused("too_many_connections",
                                f"At most {self.per_user_max} open connections per user.")
             if feed is None:
                 feed = Feed(self, account_id)

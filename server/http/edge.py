@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from server.errors import ApiError
+from common.errors import Refused
 from server.http.proxy import Network, forwarded_scheme
 
 CSP = "; ".join([
@@ -59,7 +59,7 @@ async def read_body(request: web.BaseRequest, timeout_s: float,
         async with asyncio.timeout(timeout_s):
             return await (reading or request.read)()
     except TimeoutError:
-        raise ApiError(408, "request_timeout",
+        raise Refused("request_timeout",
                        f"The request body did not arrive within {timeout_s:g} s.") from None
 
 

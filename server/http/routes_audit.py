@@ -12,8 +12,9 @@ from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
+from common.errors import Refused
 from server import audit, audit_text, facilities
-from server.errors import ApiError, invalid
+from server.errors import invalid
 from server.http.routing import Call, Route, json_response
 
 READERS = frozenset({"staff", "admin"})
@@ -80,7 +81,7 @@ async def audit_export(call: Call) -> web.Response:
         where, zone = await _where(call, conn)
         rows = await audit.entries(conn, where, cap + 1)
         if len(rows) > cap:
-            raise ApiError(422, "too_many_rows", f"More than {cap} entries match: choose a "
+            raise Refused("too_many_rows", f"More than {cap} entries match: choose a "
                                                  "shorter date range or a filter.")
         text = audit_text.to_csv(await audit_text.described(conn, rows), zone)
     return web.Response(text=text, content_type="text/csv", charset="utf-8", headers={

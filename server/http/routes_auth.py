@@ -9,10 +9,10 @@ from aiohttp import web
 from pydantic import AfterValidator, Field
 
 from billing import ledger
+from common.errors import Refused
 from server import accounts, events
 from server.auth import open_session, revoke_session
 from server.broker import BrokerUnavailable
-from server.errors import ApiError
 from server.facilities import Strict
 from server.http.routing import (
     ANY_SESSION,
@@ -102,7 +102,7 @@ async def login(call: Call) -> web.Response:
     finally:
         await ctx.login_limiter.settle(ctx.store, keys, now, succeeded=matched)
     if not matched:
-        raise ApiError(401, "invalid_credentials", "The email or password is wrong.")
+        raise Refused("invalid_credentials", "The email or password is wrong.")
     async with ctx.store.write() as conn:
         token = await open_session(conn, account_id=row.id, ttl_s=ctx.settings.session_ttl_s,
                                    now=now)
@@ -119,7 +119,7 @@ async def kiosk_login(call: Call) -> web.Response:
         device = await accounts.device_for(conn, body.facility_id, device_token) \
             if 0 < len(device_token) <= 200 else None
     if device is None:  # before any PIN is tried: only a registered kiosk may guess at all
-        raise ApiError(403, "unknown_device", "This device is not registered for the facility.")
+        raise Refused("unknown_device", "This device is not registered for the facility.")
     keys = ctx.login_limiter.pin_keys(body.facility_id, body.inmate_number, device.id)
     await ctx.login_limiter.reserve(ctx.store, keys, now)  # counted before it is verified
     matched = False
@@ -133,7 +133,7 @@ async def kiosk_login(call: Call) -> web.Response:
                                        facility_id=body.facility_id, actor_id=device.id,
                                        target=body.inmate_number)
     if not matched:
-        raise ApiError(401, "invalid_credentials", "The inmate number or PIN is wrong.")
+        raise Refused("invalid_credentials", "The inmate number or PIN is wrong.")
     ttl = ctx.settings.kiosk_session_ttl_s
     async with ctx.store.write() as conn:
         token = await open_session(conn, account_id=row.id, ttl_s=ttl, now=now,

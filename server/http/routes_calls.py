@@ -27,19 +27,16 @@ async def end_visit(call: Call) -> web.Response:
     """End a visit in progress at once (staff of its facility); the media stops too."""
     body: EndIn = call.body
     me, now, outbox = call.me, call.now(), Outbox()
-    try:
-        async with call.ctx.store.write() as conn:
-            row = await visits.get(conn, call.match("visit_id"))
-            if me.role != "admin" and row.facility_id != me.facility_id:
-                raise VisitError(404, "not_found", "The visit was not found.")
-            ended = await visits.end(conn, outbox, row.id, "staff_ended", now)
-            if ended is None:
-                raise VisitError(409, "not_in_call", f"The visit is {row.status}.")
-            await audit.record(conn, actor_id=me.account_id, actor_role=me.role,
-                               action="visit.end", facility_id=row.facility_id, target=row.id,
-                               at=now, details={"reason": body.reason} if body.reason else {})
-    except VisitError as exc:
-        raise calls.api_error(exc) from None
+    async with call.ctx.store.write() as conn:
+        row = await visits.get(conn, call.match("visit_id"))
+        if me.role != "admin" and row.facility_id != me.facility_id:
+            raise VisitError("not_found", "The visit was not found.")
+        ended = await visits.end(conn, outbox, row.id, "staff_ended", now)
+        if ended is None:
+            raise VisitError("not_in_call", f"The visit is {row.status}.")
+        await audit.record(conn, actor_id=me.account_id, actor_role=me.role,
+                           action="visit.end", facility_id=row.facility_id, target=row.id,
+                           at=now, details={"reason": body.reason} if body.reason else {})
     await outbox.signal(call.ctx.broker)
     await calls.announce_end(call.ctx.broker, ended, call.ctx.meters)
     await call.ctx.meters.poke(ended.id)
@@ -49,15 +46,12 @@ async def end_visit(call: Call) -> web.Response:
 async def visit_ice(call: Call) -> web.Response:
     """STUN/TURN servers for a party of the visit; TURN credentials expire with the window."""
     s = call.ctx.settings
-    try:
-        async with call.ctx.store.read() as conn:
-            row = await visits.get(conn, call.match("visit_id"))
-            visits.role_of(row, call.me.account_id)
-            await calls.require_contact(conn, row)  # no TURN credentials once blocked
-    except VisitError as exc:
-        raise calls.api_error(exc) from None
+    async with call.ctx.store.read() as conn:
+        row = await visits.get(conn, call.match("visit_id"))
+        visits.role_of(row, call.me.account_id)
+        await calls.require_contact(conn, row)  # no TURN credentials once blocked
     if row.status not in visits.ACTIVE or call.now() >= row.end_at:
-        raise calls.api_error(VisitError(409, "visit_over", f"The visit is {row.status}."))
+        raise VisitError("visit_over", f"The visit is {row.status}.")
     servers = ice_servers(secret=s.turn_secret, turn_urls=list(s.turn_urls),
                           stun_urls=list(s.stun_urls), account_id=call.me.account_id,
                           expires_at=row.end_at)

@@ -7,8 +7,8 @@ from typing import Annotated, Literal
 from aiohttp import web
 from pydantic import Field
 
+from common.errors import Refused
 from server import audit, connections
-from server.errors import ApiError
 from server.events import Outbox
 from server.facilities import Strict
 from server.http.routing import Call, Route, json_response
@@ -58,9 +58,9 @@ async def _decide(call: Call, status: str) -> web.Response:
     async with call.ctx.store.write() as conn:
         row = await connections.get(conn, call.match("connection_id"))
         if row.person_id != call.me.account_id:
-            raise ApiError(404, "not_found", "The connection was not found.")
+            raise Refused("not_found", "The connection was not found.")
         if row.status != "requested":
-            raise ApiError(409, "not_requested", f"The connection is {row.status}, not requested.")
+            raise Refused("not_requested", f"The connection is {row.status}, not requested.")
         shown = await connections.change(conn, outbox, row.id, status=status, at=call.now())
     return await _done(call, outbox, shown)
 

@@ -7,8 +7,9 @@ from typing import Annotated, Any
 from aiohttp import web
 from pydantic import Field
 
+from common.errors import Refused
 from server import accounts, audit, facilities
-from server.errors import ApiError, forbidden
+from server.errors import forbidden
 from server.facilities import Strict
 from server.http.routes_auth import Email, InmateNumber, Name, Password, Pin
 from server.http.routing import ANY_SESSION, Call, Route, json_response
@@ -136,7 +137,7 @@ async def search_people(call: Call) -> web.Response:
         call.require_facility(facility_id)
     q = call.request.query.get("q", "").strip()
     if not 2 <= len(q) <= 100:
-        raise ApiError(422, "invalid_input", "q must be 2 to 100 characters")
+        raise Refused("invalid_input", "q must be 2 to 100 characters")
     async with call.ctx.store.read() as conn:
         await facilities.get(conn, facility_id)
         people = await accounts.search_people(conn, facility_id, q,

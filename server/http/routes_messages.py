@@ -10,10 +10,11 @@ from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import Field
 from sqlalchemy import select
 
+from common.errors import Refused
 from server import messages, review
 from server import photos as photo_files
 from server.attempts import Key
-from server.errors import ApiError, not_found
+from server.errors import not_found
 from server.events import Outbox
 from server.facilities import Strict
 from server.http.edge import read_body
@@ -50,15 +51,15 @@ class DecisionsIn(Strict):
 def draft_from(call_settings, body: MessageIn, key: str) -> messages.Draft:
     """Shared by POST /messages and the message.send op: the same limits either way."""
     if len(body.body) > call_settings.message_chars_max:
-        raise ApiError(422, "too_long",
+        raise Refused("too_long",
                        f"A message holds at most {call_settings.message_chars_max} characters.")
     if len(body.photo_ids) > call_settings.photos_per_message_max:
-        raise ApiError(422, "too_many_photos",
+        raise Refused("too_many_photos",
                        f"At most {call_settings.photos_per_message_max} photos a message.")
     if len(set(body.photo_ids)) != len(body.photo_ids):
-        raise ApiError(422, "invalid_photo", "The same photo is attached twice.")
+        raise Refused("invalid_photo", "The same photo is attached twice.")
     if not body.body.strip() and not body.photo_ids:
-        raise ApiError(422, "empty_message", "Write something or attach a photo.")
+        raise Refused("empty_message", "Write something or attach a photo.")
     return messages.Draft(body.to, body.body, tuple(body.photo_ids), body.cod, key)
 
 
@@ -79,11 +80,11 @@ async def list_messages(call: Call) -> web.Response:
     id> keeps the conversation with that person)."""
     folder = call.request.query.get("folder", "inbox")
     if folder not in ("inbox", "sent"):
-        raise ApiError(422, "invalid_input", "folder is inbox or sent")
+        raise Refused("invalid_input", "folder is inbox or sent")
     before = call.request.query.get("before") or None
     with_id = call.request.query.get("with") or None
     if with_id is not None and len(with_id) > 32:
-        raise ApiError(422, "invalid_input", "with is an account id")
+        raise Refused("invalid_input", "with is an account id")
     limit = call.query_int("limit", lo=1, hi=call.ctx.settings.page_size_max) or 50
     async with call.ctx.store.read() as conn:
         rows = await messages.listing(conn, call.me, folder, before, limit, with_id)
@@ -113,10 +114,10 @@ async def review_queue(call: Call) -> web.Response:
     me = call.me
     facility_id = me.facility_id if me.role == "staff" else call.request.query.get("facility_id")
     if not facility_id:
-        raise ApiError(422, "invalid_input", "facility_id is required for admins")
+        raise Refused("invalid_input", "facility_id is required for admins")
     kind = call.request.query.get("kind") or None
     if kind not in (None, "photos", "text", "keyword"):
-        raise ApiError(422, "invalid_input", "kind is photos, text or keyword")
+        raise Refused("invalid_input", "kind is photos, text or keyword")
     age = call.query_int("older_than_minutes", lo=0, hi=366 * 24 * 60)
     held_before = call.now() - timedelta(minutes=age) if age else None
     async with call.ctx.store.read() as conn:
@@ -132,7 +133,7 @@ async def decide_many(call: Call) -> web.Response:
     body: DecisionsIn = call.body
     reason = body.reason.strip()
     if body.decision == "reject" and not reason:
-        raise ApiError(422, "invalid_input", "reason: a rejection needs a reason")
+        raise Refused("invalid_input", "reason: a rejection needs a reason")
     results = []
     for message_id in dict.fromkeys(body.message_ids):  # each once, in the order given
         outbox = Outbox()
@@ -143,7 +144,7 @@ async def decide_many(call: Call) -> web.Response:
                 else:
                     shown = await review.reject(conn, outbox, call.me, message_id, reason,
                                                 call.now())
-        except ApiError as exc:
+        except Refused as exc:
             if exc.code not in ("already_reviewed", "not_found"):
                 raise
             results.append({"id": message_id, "outcome": exc.code, "message": exc.message})
@@ -176,14 +177,14 @@ async def reject_message(call: Call) -> web.Response:
 async def _read_upload(call: Call) -> bytes:
     limit = call.ctx.settings.photo_bytes_max
     if (call.request.content_length or 0) > limit + 64 * 1024:
-        raise ApiError(413, "too_large", f"A photo may be at most {limit} bytes.")
+        raise Refused("too_large", f"A photo may be at most {limit} bytes.")
     try:
         return await read_body(call.request, call.ctx.settings.http_body_timeout_s,
                                lambda: _read_file_part(call, limit))
     except (ValueError, AssertionError, KeyError, HttpProcessingError):
         # A malformed form (bad boundary, part headers that are not HTTP headers) is the
         # client's mistake, not ours: found by tests/test_schemathesis.py as a 500.
-        raise ApiError(400, "bad_request", "Send the photo as multipart/form-data.") from None
+        raise Refused("bad_request", "Send the photo as multipart/form-data.") from None
 
 
 async def _read_file_part(call: Call, limit: int) -> bytes:
@@ -191,14 +192,14 @@ async def _read_file_part(call: Call, limit: int) -> bytes:
     while True:
         part = await reader.next()
         if part is None:
-            raise ApiError(422, "invalid_input", "The form has no `file` part.")
+            raise Refused("invalid_input", "The form has no `file` part.")
         if isinstance(part, BodyPartReader) and part.name == "file":  # not a nested form
             break
     data = bytearray()
     while chunk := await part.read_chunk(64 * 1024):
         data += chunk
         if len(data) > limit:
-            raise ApiError(413, "too_large", f"A photo may be at most {limit} bytes.")
+            raise Refused("too_large", f"A photo may be at most {limit} bytes.")
         if len(data) >= 16 and len(data) - len(chunk) < 16:
             sniff(bytes(data[:16]))  # refuse a non-image before reading the rest
     return bytes(data)

@@ -8,13 +8,12 @@ from aiohttp import web
 from pydantic import Field
 
 from billing import ledger
-from billing.gateway import Card, CardError
-from billing.ledger import LedgerError
-from billing.pricing import PricingError, quote_purchase
+from billing.gateway import Card
+from billing.pricing import quote_purchase
 from billing.purchases import buy_credits
+from common.errors import Refused
 from server import idempotency
 from server.connections import is_approved_contact
-from server.errors import ApiError, ledger_error
 from server.events import Outbox, lock_streams
 from server.facilities import Strict
 from server.http.routing import ANY_SESSION, ANYONE, Call, Route, json_response
@@ -54,11 +53,8 @@ async def purchase(call: Call) -> web.Response:
     ctx, me, now = call.ctx, call.me, call.now()
     key = call.idempotency_key()
     s = ctx.settings
-    try:
-        quote = quote_purchase(body.credits, block=s.credit_block, fee_cents=s.purchase_fee_cents,
-                               credits_max=s.purchase_credits_max)
-    except PricingError as exc:
-        raise ApiError(422, exc.code, exc.message) from None
+    quote = quote_purchase(body.credits, block=s.credit_block, fee_cents=s.purchase_fee_cents,
+                           credits_max=s.purchase_credits_max)
     card = Card(body.card.number, body.card.exp_month, body.card.exp_year, body.card.cvc,
                 body.card.name)
     outbox = Outbox()
@@ -67,13 +63,8 @@ async def purchase(call: Call) -> web.Response:
                                          fingerprint=_purchase_fingerprint(call, body), now=now)
         if replay is not None:
             return json_response(replay[1], replay[0])
-        try:
-            bought = await buy_credits(conn, ctx.gateway, account_id=me.account_id, quote=quote,
-                                       card=card, key=f"purchase:{me.account_id}:{key}", now=now)
-        except CardError as exc:
-            raise ApiError(exc.status, exc.code, exc.message) from None
-        except LedgerError as exc:
-            raise ledger_error(exc) from None
+        bought = await buy_credits(conn, ctx.gateway, account_id=me.account_id, quote=quote,
+                                   card=card, key=f"purchase:{me.account_id}:{key}", now=now)
         result = {"purchase": bought.public(), "balance": await ledger.balance(conn, me.account_id)}
         # The user's other tabs and devices see the new balance live (a `balance` event).
         await outbox.emit(conn, me.account_id, "balance", {"balance": result["balance"]}, now)
@@ -88,7 +79,7 @@ async def gift(call: Call) -> web.Response:
     ctx, me, now = call.ctx, call.me, call.now()
     key = call.idempotency_key()
     if body.credits > ctx.settings.gift_credits_max:
-        raise ApiError(422, "invalid_amount",
+        raise Refused("invalid_amount",
                        f"one gift moves at most {ctx.settings.gift_credits_max} credits")
     fingerprint = idempotency.request_hash("POST", call.request.path, body.model_dump())
     outbox = Outbox()
@@ -98,13 +89,10 @@ async def gift(call: Call) -> web.Response:
         if replay is not None:
             return json_response(replay[1], replay[0])
         if not await is_approved_contact(conn, me.account_id, body.to):
-            raise ApiError(403, "not_connected",
+            raise Refused("not_connected",
                            "You can give credits only to an approved contact.")
-        try:
-            await ledger.transfer(conn, key=f"gift:{me.account_id}:{key}", debit=me.account_id,
-                                  credit=body.to, amount=body.credits, kind="gift", at=now)
-        except LedgerError as exc:
-            raise ledger_error(exc) from None
+        await ledger.transfer(conn, key=f"gift:{me.account_id}:{key}", debit=me.account_id,
+                              credit=body.to, amount=body.credits, kind="gift", at=now)
         result = {"balance": await ledger.balance(conn, me.account_id)}
         # Both balances live on every open screen. Ledger rows first, then both stream heads in
         # id order: the order a message send takes them in, so the two cannot deadlock.

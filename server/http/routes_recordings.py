@@ -13,8 +13,9 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy import select
 
+from common.errors import Refused
 from server import audit
-from server.errors import ApiError, not_found
+from server.errors import not_found
 from server.http.routing import Call, Route, json_response
 from server.recordings import view
 from server.schema import recordings
@@ -26,19 +27,19 @@ RANGE = re.compile(r"^bytes=(\d{0,18})-(\d{0,18})$")
 def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     """[start, end) asked for by a Range header, or None for the whole file (no header, or one
     this does not serve: several ranges, another unit; RFC 9110 lets a server ignore those).
-    ApiError 416 for a range that lies outside the file."""
+    Refused 416 for a range that lies outside the file."""
     match = RANGE.match(header.strip()) if header else None
     if match is None or match[1] == match[2] == "":
         return None
     if match[1] == "":  # the last N bytes
         last = int(match[2])
         if last == 0 or size == 0:
-            raise ApiError(416, "range_not_satisfiable", "That range is outside the file.")
+            raise Refused("range_not_satisfiable", "That range is outside the file.")
         return max(0, size - last), size
     start = int(match[1])
     end = size if match[2] == "" else min(size, int(match[2]) + 1)
     if start >= size or end <= start:
-        raise ApiError(416, "range_not_satisfiable", "That range is outside the file.")
+        raise Refused("range_not_satisfiable", "That range is outside the file.")
     return start, end
 
 

@@ -9,8 +9,9 @@ from zoneinfo import ZoneInfo
 from aiohttp import web
 
 from billing import ledger
+from common.errors import Refused
 from server import statement
-from server.errors import ApiError, invalid
+from server.errors import invalid
 from server.facilities import check_timezone
 from server.http.routing import Call, Route, json_response
 
@@ -56,7 +57,7 @@ async def statement_export(call: Call) -> web.Response:
     async with call.ctx.store.read() as conn:
         rows = await statement.lines(conn, call.me.account_id, where, cap + 1)
     if len(rows) > cap:
-        raise ApiError(422, "too_many_rows", f"More than {cap} lines match: choose a shorter "
+        raise Refused("too_many_rows", f"More than {cap} lines match: choose a shorter "
                                              "date range.")
     return web.Response(text=statement.to_csv(rows, zone), content_type="text/csv",
                         charset="utf-8", headers={

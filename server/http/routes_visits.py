@@ -17,18 +17,19 @@ from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from billing import ledger
+from common.errors import Refused
 from server import audit
 from server import facilities as facilities_service
 from server.auth import Principal
-from server.errors import ApiError, invalid, not_found
+from server.errors import invalid, not_found
 from server.events import Outbox
 from server.facilities import Strict
 from server.http.routing import ANY_SESSION, Call, Route, json_response
 from server.schema import accounts, connections, facilities, visits
-from server.visits_view import announce, get
+from server.visits_view import announce
 from signalling import booking
-from signalling.booking import Refused, Rules
-from signalling.visits import ACTIVE
+from signalling.booking import Rules
+from signalling.visits import ACTIVE, get
 from signalling.visits import public as public_view
 from store.ids import new_id
 
@@ -37,8 +38,6 @@ SLOT_VIEWERS = frozenset({"family", "staff", "admin"})
 CANCELLERS = frozenset({"family", "staff", "admin"})
 BLOCKS_MAX = 96  # a whole day of 15-minute blocks; visiting hours usually allow far fewer
 
-STATUS = {"in_the_past": 422, "beyond_horizon": 422, "not_on_grid": 422, "outside_hours": 422,
-          "slot_taken": 409, "no_capacity": 409, "too_late_to_cancel": 409}
 DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
@@ -46,10 +45,6 @@ class BookingIn(Strict):
     connection_id: Annotated[str, Field(min_length=1, max_length=32)]
     start: AwareDatetime
     blocks: Annotated[int, Field(ge=1, le=BLOCKS_MAX)] = 1
-
-
-def refused(exc: Refused) -> ApiError:
-    return ApiError(STATUS[exc.code], exc.code, exc.message)
 
 
 def _rules(facility: Any) -> Rules:
@@ -108,8 +103,8 @@ async def list_slots(call: Call) -> web.Response:
         rules = _rules(facility)
         day = _day(call, rules)
         if day > rules.last_day(now):
-            raise refused(Refused("beyond_horizon", f"Visits can be booked at most "
-                                                    f"{rules.horizon_days} days ahead."))
+            raise Refused("beyond_horizon", f"Visits can be booked at most "
+                                            f"{rules.horizon_days} days ahead.")
         blocks = booking.open_blocks(rules, day, now)
         active = await _active(conn, blocks[0].start, blocks[-1].end,
                                facility_id=facility_id) if blocks else []
@@ -135,7 +130,7 @@ async def _connection(conn: AsyncConnection, connection_id: str, family_id: str)
         c.id == connection_id, c.family_id == family_id, c.status == "approved",
         c.blocked_by.is_(None)))).first()
     if row is None:
-        raise ApiError(403, "not_connected", "You can book visits only with an approved contact.")
+        raise Refused("not_connected", "You can book visits only with an approved contact.")
     return row
 
 
@@ -151,19 +146,16 @@ async def book_visit(conn: AsyncConnection, outbox: Outbox, *, family_id: str, b
     await conn.execute(select(accounts.c.id).where(accounts.c.id == family_id)
                        .with_for_update())
     rules = _rules(facility)
-    try:
-        covered = booking.window(rules, body.start, body.blocks, now)
-        start, end = covered[0].start, covered[-1].end
-        active = await _active(conn, start, end, facility_id=facility.id, family_id=family_id,
-                               person_id=link.person_id)
-        booking.check_room(covered, facility_id=facility.id, family_id=family_id,
-                           person_id=link.person_id, kiosks=rules.kiosks, active=active)
-    except Refused as exc:
-        raise refused(exc) from None
+    covered = booking.window(rules, body.start, body.blocks, now)
+    start, end = covered[0].start, covered[-1].end
+    active = await _active(conn, start, end, facility_id=facility.id, family_id=family_id,
+                           person_id=link.person_id)
+    booking.check_room(covered, facility_id=facility.id, family_id=family_id,
+                       person_id=link.person_id, kiosks=rules.kiosks, active=active)
     settings = facility.settings
     price = settings["prices"]["visit_minute"]
     if await _balance(conn, family_id) < price:
-        raise ApiError(402, "insufficient_credits",
+        raise Refused("insufficient_credits",
                        f"Booking needs a balance of at least one minute ({price} credits).")
     visit_id = new_id("vis")
     await conn.execute(visits.insert().values(
@@ -238,22 +230,19 @@ async def cancel_visit(conn: AsyncConnection, outbox: Outbox, me: Principal, vis
     if me.role == "staff" and row.facility_id != me.facility_id:
         raise not_found("The visit")
     if row.status != "scheduled":
-        raise ApiError(409, "not_scheduled", f"The visit is {row.status}; only a scheduled "
+        raise Refused("not_scheduled", f"The visit is {row.status}; only a scheduled "
                                              "visit can be cancelled.")
     by_family = me.role == "family"
     if by_family:
-        try:
-            facility = await facilities_service.get(conn, row.facility_id)
-            booking.check_cancel(Rules.of(row.timezone, facility.settings), row.start_at, now)
-        except Refused as exc:
-            raise refused(exc) from None
+        facility = await facilities_service.get(conn, row.facility_id)
+        booking.check_cancel(Rules.of(row.timezone, facility.settings), row.start_at, now)
     reason = "cancelled_by_family" if by_family else "cancelled_by_staff"
     # Conditional, so a cancellation racing the visit's opening cannot undo it.
     done = await conn.execute(visits.update().where(
         visits.c.id == row.id, visits.c.status == "scheduled").values(
         status="cancelled", end_reason=reason, updated_at=now))
     if done.rowcount != 1:
-        raise ApiError(409, "not_scheduled", "The visit is no longer scheduled.")
+        raise Refused("not_scheduled", "The visit is no longer scheduled.")
     if not by_family:
         await audit.record(conn, actor_id=me.account_id, actor_role=me.role,
                            action="visit.cancel", facility_id=row.facility_id, target=row.id,

@@ -18,13 +18,15 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from common.errors import Refused
 from server.auth import Principal, principal_for
 from server.blobs import BlobUnavailable
 from server.broker import BrokerUnavailable
 from server.context import Context
-from server.errors import ApiError, forbidden, unauthorized
+from server.errors import forbidden, unauthorized
 from server.facilities import has_nul
 from server.http.edge import read_body
+from server.http.errors import STATUS, status_of
 from store import is_unavailable
 
 log = logging.getLogger("kinwire.http")
@@ -92,15 +94,15 @@ class Call:
         try:
             value = int(raw)
         except ValueError:
-            raise ApiError(422, "invalid_input", f"{name} must be a whole number") from None
+            raise Refused("invalid_input", f"{name} must be a whole number") from None
         if value < lo or value > (BIGINT_MAX if hi is None else hi):
-            raise ApiError(422, "invalid_input", f"{name} is out of range")
+            raise Refused("invalid_input", f"{name} is out of range")
         return value
 
     def idempotency_key(self) -> str:
         key = self.request.headers.get("Idempotency-Key", "")
         if not 1 <= len(key) <= 128 or not key.isprintable():
-            raise ApiError(400, "idempotency_key_required",
+            raise Refused("idempotency_key_required",
                            "This request moves credits: send an Idempotency-Key header "
                            "of 1 to 128 printable characters.")
         return key
@@ -129,8 +131,8 @@ def device_token(request: web.BaseRequest) -> str | None:
     return request.headers.get(DEVICE_HEADER) or request.cookies.get(DEVICE_COOKIE)
 
 
-def device_refused() -> ApiError:
-    return ApiError(401, "device_required",
+def device_refused() -> Refused:
+    return Refused("device_required",
                     "This kiosk session works only on its own registered device.")
 
 
@@ -153,17 +155,17 @@ async def _parse_body(request: web.Request, model: type[BaseModel],
         raw = b"{}"
     elif request.content_type != "application/json":
         # A form post from another site cannot send this type without a CORS preflight.
-        raise ApiError(415, "unsupported_media_type",
+        raise Refused("unsupported_media_type",
                        "Send the body as JSON, with Content-Type: application/json.")
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
         if any(err["type"] == "json_invalid" for err in exc.errors()):
-            raise ApiError(400, "malformed_json", "The request body is not valid JSON.") from None
+            raise Refused("malformed_json", "The request body is not valid JSON.") from None
         problems = [{"field": ".".join(str(p) for p in err["loc"]) or "(body)",
                      "problem": err["msg"]} for err in exc.errors()[:20]]
         first = problems[0]
-        raise ApiError(422, "invalid_input", f"{first['field']}: {first['problem']}",
+        raise Refused("invalid_input", f"{first['field']}: {first['problem']}",
                        fields=problems) from None
 
 
@@ -190,7 +192,7 @@ def wrap(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]
             _check_origin(request)
         # PostgreSQL cannot store or compare U+0000; bodies are checked by their models.
         if has_nul(dict(request.match_info)) or has_nul(list(request.query.items())):
-            raise ApiError(422, "invalid_input", "The address may not contain NUL characters.")
+            raise Refused("invalid_input", "The address may not contain NUL characters.")
         body = (await _parse_body(request, route.body, ctx.settings.http_body_timeout_s)
                 if route.body else None)
         return await route.handler(Call(request, ctx, principal, body, token))
@@ -209,11 +211,12 @@ WS_PATH = "/ws"
 def error_response(request: web.BaseRequest, exc: Exception) -> web.Response | None:
     """The JSON error answer for `exc` raised by a handler; None to let it propagate (an
     HTTP redirect)."""
-    if isinstance(exc, ApiError):
-        response = json_response(exc.body(), exc.status)
-        if exc.status == 408:  # the body never came: the connection is not reusable
+    if isinstance(exc, Refused) and exc.code in STATUS:
+        status = status_of(exc)
+        response = json_response(exc.body(), status)
+        if status == 408:  # the body never came: the connection is not reusable
             response.force_close()
-        if exc.status in (429, 503) and "retry_after_s" in exc.details:
+        if status in (429, 503) and "retry_after_s" in exc.details:
             response.headers["Retry-After"] = str(exc.details["retry_after_s"])
         return response
     if isinstance(exc, web.HTTPException):
