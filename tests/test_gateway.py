@@ -169,7 +169,7 @@ async def test_connections_per_user_are_limited(db_url: str, tmp_path) -> None:
         extra = await open_socket(client)
         await extra.send_raw({"id": 1, "op": "auth", "args": {"token": fam.token}})
         assert (await extra.frame())["error"]["code"] == "too_many_connections"
-        assert await extra.closed_with() == 4008
+        assert await extra.closed_with() == 4029
         assert "ok" in await keep[0].call("ping")
 
 

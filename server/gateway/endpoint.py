@@ -5,7 +5,7 @@ Checks in order: Origin (browsers only send one; it must be ours or allowlisted)
 command `auth {token}` within ws_auth_timeout_s, else 4001; a kiosk session also needs its
 device's token: the kw_device cookie or X-Device-Token at upgrade, or `auth {token,
 device_token}`), the per-user connection limit
-(4008). Then every command is rate limited, decoded, checked against its op's roles, handled,
+(4029). Then every command is rate limited, decoded, checked against its op's roles, handled,
 and answered on the same socket in order.
 """
 
@@ -21,7 +21,7 @@ from server import calls
 from server.auth import session_principal
 from server.broker import BrokerUnavailable
 from server.events import Outbox
-from server.gateway.client import TOO_SLOW, UNAUTHORISED, Client
+from server.gateway.client import NORMAL, TOO_MANY_CONNECTIONS, UNAUTHORISED, Client
 from server.gateway.envelope import CODECS, JSON, BadFrame, decode, reply_error, reply_ok
 from server.gateway.hub import Hub
 from server.gateway.ops import HANDLERS, WsCall
@@ -100,7 +100,7 @@ async def _leave(client: Client, request: web.Request) -> None:
     await _drop_visits(client, request)
     await request.app[HUB].detach(client)
     if not client.closing:
-        client.close(1000, "bye")
+        client.close(NORMAL, "bye")
     await client.finish()
 
 
@@ -127,7 +127,7 @@ async def _attach(client: Client, hub: Hub) -> None:
         await hub.attach(client)
     except Refused as exc:
         client.send(reply_error(None, exc.code, exc.message))
-        client.close(TOO_SLOW, exc.code)
+        client.close(TOO_MANY_CONNECTIONS, exc.code)  # the only refusal attach makes
 
 
 async def _authenticate(client: Client, request: web.Request) -> int | str | None:
