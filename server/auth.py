@@ -25,6 +25,15 @@ from server.schema import accounts, devices, sessions
 from store import Store, quickread
 from store.ids import new_id
 
+# The role sets every HTTP route and WebSocket op is declared with (server/http/routing.py
+# Route, server/gateway/ops.py Op): one place, so "staff" means the same everywhere. An admin
+# acts as staff of any facility.
+FAMILY = frozenset({"family"})
+PERSON = frozenset({"person"})
+PARTIES = frozenset({"family", "person"})
+STAFF = frozenset({"staff", "admin"})
+ANY_SESSION = PARTIES | STAFF
+
 
 @dataclass(frozen=True, slots=True)
 class Principal:

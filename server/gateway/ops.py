@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from common.errors import Refused
 from server import audit, calls, connections, events, messages
-from server.auth import Principal, principal_for
+from server.auth import ANY_SESSION, PARTIES, STAFF, Principal, principal_for
 from server.broker import BrokerUnavailable
 from server.connections import is_approved_contact
 from server.context import Context
@@ -28,8 +28,6 @@ if TYPE_CHECKING:
     from server.gateway.client import Client
     from server.gateway.hub import Hub
 
-ANY = frozenset({"family", "person", "staff", "admin"})
-PARTIES = frozenset({"family", "person"})
 
 
 @dataclass
@@ -329,11 +327,11 @@ HANDLERS: dict[str, Op] = {
     "visit.signal": Op(visit_signal, PARTIES),
     "visit.media": Op(visit_media, PARTIES),
     "visit.leave": Op(visit_leave, PARTIES),
-    "visit.watch": Op(visit_watch, frozenset({"staff", "admin"})),  # relay mode
+    "visit.watch": Op(visit_watch, STAFF),  # relay mode
     "message.send": Op(send_message, PARTIES),
     "message.open": Op(open_message, PARTIES),
-    "ping": Op(ping, ANY),
-    "auth": Op(auth_again, ANY),
-    "sync": Op(sync, ANY),
+    "ping": Op(ping, ANY_SESSION),
+    "auth": Op(auth_again, ANY_SESSION),
+    "sync": Op(sync, ANY_SESSION),
     "typing": Op(typing, PARTIES),
 }

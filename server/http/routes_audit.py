@@ -14,10 +14,10 @@ from aiohttp import web
 
 from common.errors import Refused
 from server import audit, audit_text, facilities
+from server.auth import STAFF
 from server.errors import invalid
 from server.http.routing import Call, Route, json_response
 
-READERS = frozenset({"staff", "admin"})
 ACTORS_MAX = 200
 QUERY = {"actor_id": "only this actor's entries", "action": "only this action (e.g. visit.end)",
          "from": "first day, YYYY-MM-DD, at the facility", "to": "last day, YYYY-MM-DD, inclusive",
@@ -90,7 +90,7 @@ async def audit_export(call: Call) -> web.Response:
 
 
 ROUTES = [
-    Route("GET", "/audit", audit_log, READERS,
+    Route("GET", "/audit", audit_log, STAFF,
           query={"before": "seq of the last entry seen", "limit": "page size", **QUERY}),
-    Route("GET", "/audit/export", audit_export, READERS, query=QUERY),
+    Route("GET", "/audit/export", audit_export, STAFF, query=QUERY),
 ]

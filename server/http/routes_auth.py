@@ -11,11 +11,10 @@ from pydantic import AfterValidator, Field
 from billing import ledger
 from common.errors import Refused
 from server import accounts, events
-from server.auth import open_session, revoke_session
+from server.auth import ANY_SESSION, open_session, revoke_session
 from server.broker import BrokerUnavailable
 from server.facilities import Strict
 from server.http.routing import (
-    ANY_SESSION,
     ANYONE,
     COOKIE,
     DEVICE_COOKIE,

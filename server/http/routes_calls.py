@@ -8,15 +8,13 @@ from aiohttp import web
 from pydantic import Field
 
 from server import audit, calls
+from server.auth import PARTIES, STAFF
 from server.events import Outbox
 from server.facilities import Strict
 from server.http.routing import Call, Route, json_response
 from signalling import visits
 from signalling.turn import ice_policy, ice_servers
 from signalling.visits import VisitError
-
-STAFF = frozenset({"staff", "admin"})
-PARTIES = frozenset({"family", "person"})
 
 
 class EndIn(Strict):

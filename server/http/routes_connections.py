@@ -9,11 +9,11 @@ from pydantic import Field
 
 from common.errors import Refused
 from server import audit, connections
+from server.auth import FAMILY, PERSON
 from server.events import Outbox
 from server.facilities import Strict
 from server.http.routing import Call, Route, json_response
 
-FAMILY, PERSON = frozenset({"family"}), frozenset({"person"})
 PARTIES_AND_STAFF = frozenset({"family", "person", "staff"})
 
 

@@ -9,10 +9,11 @@ from pydantic import Field
 
 from common.errors import Refused
 from server import accounts, audit, facilities
+from server.auth import ANY_SESSION
 from server.errors import forbidden
 from server.facilities import Strict
 from server.http.routes_auth import Email, InmateNumber, Name, Password, Pin
-from server.http.routing import ANY_SESSION, Call, Route, json_response
+from server.http.routing import Call, Route, json_response
 
 TimeZone = Annotated[str, Field(min_length=1, max_length=64)]
 

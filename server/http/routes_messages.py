@@ -14,17 +14,15 @@ from common.errors import Refused
 from server import messages, review
 from server import photos as photo_files
 from server.attempts import Key
+from server.auth import ANY_SESSION, PARTIES, STAFF
 from server.errors import not_found
 from server.events import Outbox
 from server.facilities import Strict
 from server.http.edge import read_body
-from server.http.routing import ANY_SESSION, Call, Route, json_response
+from server.http.routing import Call, Route, json_response
 from server.photos import sniff
 from server.schema import photos
 from store.ids import new_id
-
-PARTIES = frozenset({"family", "person"})
-STAFF = frozenset({"staff", "admin"})
 
 
 class MessageIn(Strict):

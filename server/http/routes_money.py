@@ -13,10 +13,11 @@ from billing.pricing import quote_purchase
 from billing.purchases import buy_credits
 from common.errors import Refused
 from server import idempotency
+from server.auth import ANY_SESSION
 from server.connections import is_approved_contact
 from server.events import Outbox, lock_streams
 from server.facilities import Strict
-from server.http.routing import ANY_SESSION, ANYONE, Call, Route, json_response
+from server.http.routing import ANYONE, Call, Route, json_response
 
 Credits = Annotated[int, Field(ge=1, le=10_000_000)]
 

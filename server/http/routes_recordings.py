@@ -15,12 +15,12 @@ from sqlalchemy import select
 
 from common.errors import Refused
 from server import audit
+from server.auth import STAFF
 from server.errors import not_found
 from server.http.routing import Call, Route, json_response
 from server.recordings import view
 from server.schema import recordings
 
-STAFF = frozenset({"staff", "admin"})
 RANGE = re.compile(r"^bytes=(\d{0,18})-(\d{0,18})$")
 
 

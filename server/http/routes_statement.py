@@ -11,11 +11,11 @@ from aiohttp import web
 from billing import ledger
 from common.errors import Refused
 from server import statement
+from server.auth import PARTIES
 from server.errors import invalid
 from server.facilities import check_timezone
 from server.http.routing import Call, Route, json_response
 
-PARTIES = frozenset({"family", "person"})
 QUERY = {"from": "first day, YYYY-MM-DD", "to": "last day, YYYY-MM-DD, inclusive",
          "tz": "the IANA zone those days are in (UTC by default)"}
 

@@ -20,11 +20,11 @@ from billing import ledger
 from common.errors import Refused
 from server import audit
 from server import facilities as facilities_service
-from server.auth import Principal
+from server.auth import ANY_SESSION, FAMILY, STAFF, Principal
 from server.errors import invalid, not_found
 from server.events import Outbox
 from server.facilities import Strict
-from server.http.routing import ANY_SESSION, Call, Route, json_response
+from server.http.routing import Call, Route, json_response
 from server.schema import accounts, connections, facilities, visits
 from server.visits_view import announce
 from signalling import booking
@@ -33,9 +33,6 @@ from signalling.visits import ACTIVE, get
 from signalling.visits import public as public_view
 from store.ids import new_id
 
-FAMILY = frozenset({"family"})
-SLOT_VIEWERS = frozenset({"family", "staff", "admin"})
-CANCELLERS = frozenset({"family", "staff", "admin"})
 BLOCKS_MAX = 96  # a whole day of 15-minute blocks; visiting hours usually allow far fewer
 
 DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -260,12 +257,12 @@ async def cancel(call: Call) -> web.Response:
 
 
 ROUTES = [
-    Route("GET", "/facilities/{facility_id}/slots", list_slots, SLOT_VIEWERS,
+    Route("GET", "/facilities/{facility_id}/slots", list_slots, FAMILY | STAFF,
           query={"date": "a local date, YYYY-MM-DD (today by default)"}),
     Route("POST", "/visits", book, FAMILY, body=BookingIn),
     Route("GET", "/visits", list_visits, ANY_SESSION,
           query={"from": "ISO 8601 time: visits ending after it",
                  "to": "ISO 8601 time: visits starting before it",
                  "facility_id": "admins: one facility", "limit": "page size"}),
-    Route("POST", "/visits/{visit_id}/cancel", cancel, CANCELLERS),
+    Route("POST", "/visits/{visit_id}/cancel", cancel, FAMILY | STAFF),
 ]

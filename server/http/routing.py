@@ -34,7 +34,6 @@ log = logging.getLogger("kinwire.http")
 ANYONE = frozenset({"anyone"})
 UNAVAILABLE = {"error": {"code": "unavailable",
                          "message": "A service we depend on is not answering; try again."}}
-ANY_SESSION = frozenset({"family", "person", "staff", "admin"})
 COOKIE = "kw_session"
 # A kiosk's device token as a cookie (HttpOnly, set at kiosk login): a browser kiosk then sends
 # it with every request, image and socket; programs send the X-Device-Token header instead.
