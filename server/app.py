@@ -139,11 +139,21 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
                       party_channel=events.channel, clock=clock, sink=Outbox,
                       poke=ctx.meters.poke, stall_s=settings.media_stall_s,
                       metrics=metrics, keep_recording=ctx.recordings.keep,
-                      transcode=settings.relay_transcode)
+                      transcode=settings.relay_transcode, capacity=settings.relay_capacity)
     # --- end relay mode ---
     hub = Hub(store, broker, per_user_max=settings.ws_connections_per_user_max,
               page_max=settings.sync_page_max, metrics=metrics)
     app[HUB] = hub
+    ctx.relay.sockets = hub.count  # advertised with its load: placement prefers fewer
+
+    async def relay_visits() -> float:
+        return float(ctx.relay.relayed())
+
+    async def relay_capacity() -> float:
+        return float(ctx.relay.capacity)
+
+    metrics.collect("kinwire_relay_visits", relay_visits)
+    metrics.collect("kinwire_relay_capacity", relay_capacity)
     app[DRAIN] = drain
 
     async def close_sockets() -> None:

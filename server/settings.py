@@ -176,6 +176,11 @@ class Settings:
     relay_lease_s: float = _setting(6.0, "A relay-mode visit's lease in the broker: the process "
                                     "holding it terminates both parties' peer connections; a "
                                     "dead holder's visits are free again after this.")
+    relay_capacity: int = _setting(20, "The most relay-mode visits this process relays at once; "
+                                   "a visit is placed on a process with room (the one with "
+                                   "the fewest sockets), and a join when every process is full "
+                                   "is refused with `relay_full` (docs/visits.md, \"Relay "
+                                   "capacity\"). 0: this process relays none.", lo=0, hi=10_000)
     relay_loopback_only: bool = _setting(False, "Relay mode's server-side peers use relay-only "
                                          "ICE through TURN servers on loopback (tests on one "
                                          "machine; docs/turn.md).")

@@ -28,6 +28,9 @@ Contract
 - Leases: `acquire(name, holder, ttl_s)` succeeds for one holder at a time; `renew` extends it
   only for the current holder; `release` frees it only for the current holder. Each returns
   whether it took effect. A lease whose ttl passes without renewal is free for another holder.
+  `holder(name)` is the current holder, or None when the lease is free. Releasing a lease on
+  behalf of a holder known to be dead (`release(name, dead_holder)`) is a compare-and-delete:
+  it frees the lease only if that holder still has it.
   (Leases order meters between processes; fencing of stale holders is done in the store by the
   idempotency keys, not here.)
 """
@@ -72,6 +75,8 @@ class Broker(Protocol):
     async def renew(self, name: str, holder: str, ttl_s: float) -> bool: ...
 
     async def release(self, name: str, holder: str) -> bool: ...
+
+    async def holder(self, name: str) -> str | None: ...
 
     async def ping(self) -> None: ...
 

@@ -213,6 +213,10 @@ class RedisBroker:
         released = await self._call(self._release, keys=[self._key("lease", name)], args=[holder])
         return bool(released)
 
+    async def holder(self, name: str) -> str | None:
+        held = await self._call(self._redis.get, self._key("lease", name))
+        return held.decode() if held is not None else None
+
     async def ping(self) -> None:
         await self._call(self._redis.ping)
 

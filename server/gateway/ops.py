@@ -22,6 +22,7 @@ from server.context import Context
 from server.errors import ApiError
 from server.events import Outbox
 from signalling import visits
+from signalling.placement import RelayFull
 from signalling.turn import ice_policy, ice_servers
 from signalling.visits import VisitError
 
@@ -195,6 +196,8 @@ async def visit_join(call: WsCall) -> dict[str, Any]:
         raise ApiError(503, "unavailable", "Live delivery is not ready; join again shortly.")
     checked_at = time.monotonic()
     joined = await _in_visit(call, work)
+    if joined.visit.media == "relay":
+        await _place(call, visit_id, now)
     call.client.visits.add(visit_id)
     _remember(call, visit_id, joined.visit, checked_at)
     await calls.push_live(call.ctx.broker, joined.peer_id, "visit.peer",
@@ -211,6 +214,35 @@ async def visit_join(call: WsCall) -> dict[str, Any]:
             "peer_present": peer_present, "media": joined.visit.media,
             # how long the kiosk's outbound media may stall before it reports `sending: false`
             "media_stall_s": call.ctx.settings.media_stall_s}
+
+
+# --- relay mode: capacity (signalling/placement.py) ---
+RELAY_FULL = "Every server is relaying as many visits as it can; join again in a minute."
+
+
+async def _place(call: WsCall, visit_id: str, now: Any) -> None:
+    """A relay-mode visit is placed on a process with room when a party joins; when every
+    process is full the join is undone (the party is absent again) and refused."""
+    try:
+        await call.ctx.relay.place(visit_id)
+        return
+    except BrokerUnavailable:
+        return  # its first signal places it, once the broker is back
+    except RelayFull:
+        pass
+    await _in_visit(call, lambda conn, outbox: visits.drop(
+        conn, outbox, visit_id, call.me.account_id, now, node=call.ctx.meters.node_id))
+    raise ApiError(503, "relay_full", RELAY_FULL)
+
+
+async def _relay(call: WsCall, visit_id: str, signal: dict[str, Any], *,
+                 watch: bool = False) -> dict[str, Any]:
+    try:
+        return {"relayed": await call.ctx.relay.forward(visit_id, call.me.account_id, signal,
+                                                        watch=watch)}
+    except RelayFull:
+        raise ApiError(503, "relay_full", RELAY_FULL) from None
+# --- end relay mode ---
 
 
 async def visit_signal(call: WsCall) -> dict[str, Any]:
@@ -239,7 +271,7 @@ async def visit_signal(call: WsCall) -> dict[str, Any]:
     peer = known.peer
     # --- relay mode (signalling/relay.py): the server answers; nothing goes to the peer ---
     if known.media == "relay":
-        return {"relayed": await call.ctx.relay.forward(visit_id, call.me.account_id, signal)}
+        return await _relay(call, visit_id, signal)
     # --- end relay mode ---
     delivered = await calls.push_live(call.ctx.broker, peer, "visit.signal",
                                       {"visit_id": visit_id, "from": call.me.account_id,
@@ -330,8 +362,7 @@ async def visit_watch(call: WsCall) -> dict[str, Any]:
                                action="visit.watch", facility_id=row.facility_id,
                                target=row.id, at=now, details={})
     if signal is not None:
-        return {"relayed": await call.ctx.relay.forward(visit_id, me.account_id, signal,
-                                                        watch=True)}
+        return await _relay(call, visit_id, signal, watch=True)
     servers = ice_servers(secret=s.turn_secret, turn_urls=list(s.turn_urls),
                           stun_urls=list(s.stun_urls), account_id=me.account_id,
                           expires_at=row.end_at)
