@@ -168,7 +168,12 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
                                 retention_s=settings.event_retention_s, metrics=metrics,
                                 per_process=hub.close_expired,
                                 attempts=ctx.login_limiter.counters,
-                                recordings=ctx.recordings)
+                                recordings=ctx.recordings,
+                                blobs={"recordings": ctx.blobs.recordings,
+                                       "photos": ctx.blobs.photos},
+                                partials=(ctx.blobs.staging, ctx.relay.recordings_dir),
+                                in_use=ctx.relay.writing,
+                                orphan_grace_s=settings.orphan_grace_s)
 
     async def holding() -> float:
         return 1.0 if housekeeping.holding else 0.0

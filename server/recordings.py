@@ -5,8 +5,8 @@ and the deletion written to the audit log.
 
 Order of writes, so that a crash at any point leaves nothing unaccounted for:
 - keep: the blob is put first, then the row inserted. If the insert fails the blob is deleted;
-  a process killed between the two leaves a blob with no row (found by comparing the store with
-  the blob keys; no such sweep exists yet), never a row without its file.
+  a process killed between the two leaves a blob with no row (housekeeping deletes it once
+  older than KINWIRE_ORPHAN_GRACE_S, server/orphans.py), never a row without its file.
 - expire: the blob is deleted first (idempotent), then the row, with its audit entry in the same
   transaction. A process killed between the two leaves a row whose blob is gone, which the next
   run deletes; two processes expiring at once both delete the blob, and only the one whose

@@ -129,6 +129,12 @@ class Relay:
             with contextlib.suppress(Exception):
                 await self.broker.leave(placement.LOADS, self._advertised.member())
 
+    def writing(self, path: Path) -> bool:
+        """Whether a file under the recordings' .partial/ folder may be one of this process's
+        recordings in progress (`<visit_id>[-n].webm[.part]`, recording.reserve): not stale,
+        however long since it changed (housekeeping's orphan sweep asks)."""
+        return path.name.split(".", 1)[0].split("-", 1)[0] in self.running
+
     def media_seen(self, visit_id: str) -> dict[str, dict[str, tuple[int, int, float | None]]]:
         """For presence: what this process's relay of the visit has received from each party
         (`VisitRelay.media_seen`); empty when the visit is not relayed here."""
