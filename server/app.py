@@ -201,7 +201,8 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
 
     ctx.meters.on_lapse = rejoin_dropped
     # Meters stop and release their leases, announcing it, so another process takes over now.
-    drain.steps += [close_sockets, ctx.meters.stop]
+    # The relays move first, while the parties' sockets can still hear `visit.relay_moved`.
+    drain.steps += [ctx.relay.hand_over, close_sockets, ctx.meters.stop]
     install_metrics(app, metrics, hub=hub, store=store, broker=broker)  # GET /metrics
 
     async def database(app: web.Application) -> AsyncIterator[None]:

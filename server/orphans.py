@@ -2,8 +2,8 @@
 (docs/operations.md, "Orphans"). Both sweeps run from housekeeping (server/housekeeping.py).
 
 - Blobs (the elected process): a blob of the recordings store whose key is no `recordings`
-  row's `location`, or of the photo store whose photo id has no `photos` row, put more than
-  `grace_s` ago, is deleted, and each deletion written to the audit log
+  or `recording_segments` row's `location`, or of the photo store whose photo id has no
+  `photos` row, put more than `grace_s` ago, is deleted, and each deletion written to the audit log
   (`blob.orphan_deleted`, actor `system`, with the store, key and bytes). The grace is what
   makes it safe: a recording's blob is put before its row is inserted (server/recordings.py)
   and a photo's before its message's transaction, so a young blob with no row may be one whose
@@ -34,7 +34,7 @@ from typing import Any
 from sqlalchemy import select
 
 from server import audit
-from server.store.schema import photos, recordings
+from server.store.schema import photos, recording_segments, recordings
 
 log = logging.getLogger("kinwire.housekeeping")
 CHECK_BATCH = 500  # keys looked up in one statement
@@ -53,13 +53,15 @@ def _photo_id(key: str) -> str:
 
 async def _referenced(store: Any, kind: str, keys: list[str]) -> set[str]:
     """Which of the keys (recordings: blob keys; photos: photo ids) a row names."""
-    column = recordings.c.location if kind == "recordings" else photos.c.id
+    columns = [recordings.c.location, recording_segments.c.location] \
+        if kind == "recordings" else [photos.c.id]
     found: set[str] = set()
     async with store.read() as conn:
         for i in range(0, len(keys), CHECK_BATCH):
             chunk = keys[i:i + CHECK_BATCH]
-            found.update((await conn.execute(select(column).where(
-                column.in_(chunk)))).scalars().all())
+            for column in columns:
+                found.update((await conn.execute(select(column).where(
+                    column.in_(chunk)))).scalars().all())
     return found
 
 

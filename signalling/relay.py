@@ -39,14 +39,14 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from aiortc import RTCBundlePolicy
 
 from server.broker import BrokerUnavailable
-from signalling import placement, visits
+from signalling import placement, remux, visits
 from signalling.media import rtc_configuration
 from signalling.relayed_visit import VisitRelay
 from signalling.turn import ice_servers
@@ -54,7 +54,13 @@ from signalling.turn import ice_servers
 log = logging.getLogger("kinwire.relay")
 CHANNEL = "relay"
 TURN_ACCOUNT = "kinwire-relay"
-RECENT_S, RECENT_PER_VISIT, RECENT_VISITS = 3.0, 32, 256  # signals kept for a late placement
+WATCH_S = 0.5  # how often the visits relayed elsewhere are checked for a dead relay
+ELSEWHERE_MAX = 10_000  # visits watched; an ended one leaves when its relay dies or by age
+# Signals for a visit relayed nowhere here, kept this long for a placement message that may
+# come just after them (published by another process at about the same moment). Only that
+# race: a signal kept longer would be replayed to a relay that takes the visit over much
+# later (an offer its client has long replaced).
+RECENT_S, RECENT_PER_VISIT, RECENT_VISITS = 1.0, 32, 256
 Push = Callable[[str, str, dict[str, Any]], Awaitable[Any]]
 
 
@@ -67,7 +73,7 @@ class Relay:
                  party_channel: Callable[[str], str], clock: Callable[[], datetime],
                  sink: Callable[[], Any], poke: Callable[[str], Awaitable[Any]],
                  stall_s: float, metrics: Any,
-                 keep_recording: Callable[[Any, Path], Awaitable[Any]] | None = None,
+                 keep_recording: Callable[..., Awaitable[Any]] | None = None,
                  transcode: bool = False, capacity: int = 20) -> None:
         # clock, sink, poke, stall_s: the server observes each visit's media itself and
         # records it (visits.observe), then pokes the visit's meter (relayed_visit.py).
@@ -109,7 +115,8 @@ class Relay:
 
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(self._listen(), name="relay-signals"),
-                       asyncio.create_task(self._advertise(), name="relay-load")]
+                       asyncio.create_task(self._advertise(), name="relay-load"),
+                       asyncio.create_task(self._watch(), name="relay-watch")]
 
     async def stop(self) -> None:
         """End every relayed visit here (recordings are finished), then stop listening."""
@@ -134,6 +141,21 @@ class Relay:
         recordings in progress (`<visit_id>[-n].webm[.part]`, recording.reserve): not stale,
         however long since it changed (housekeeping's orphan sweep asks)."""
         return path.name.split(".", 1)[0].split("-", 1)[0] in self.running
+
+    async def hand_over(self) -> None:
+        """A drain (server/drain.py): no more visits are placed here, every visit relayed here
+        is placed on another process and its parties told to offer there (`move`), then the
+        relays here end, keeping what they recorded as a segment of each recording."""
+        self._stopping = True
+        if self._advertised is not None:
+            with contextlib.suppress(Exception):
+                await self.broker.leave(placement.LOADS, self._advertised.member())
+        await asyncio.gather(*self._claiming, return_exceptions=True)
+        for visit_id, held in list(self.running.items()):
+            await self.move(visit_id, "draining", avoid=self.node_id)
+            held.end("moved: this process is draining")
+        await asyncio.gather(*(h.closed() for h in list(self.running.values())),
+                             return_exceptions=True)
 
     def media_seen(self, visit_id: str) -> dict[str, dict[str, tuple[int, int, float | None]]]:
         """For presence: what this process's relay of the visit has received from each party
@@ -163,7 +185,15 @@ class Relay:
         return found
 
     async def place(self, visit_id: str, *, avoid: str | None = None) -> str:
-        """The node relaying the visit, placing it first if nobody (alive) does: on the
+        holder = await self._place(visit_id, avoid)
+        node = placement.node_of(holder)
+        if node != self.node_id:  # watched from here: a party's signals come through here
+            self.elsewhere[visit_id] = node
+        return holder
+
+    async def _place(self, visit_id: str, avoid: str | None) -> str:
+        """Who relays the visit (its lease's holder, `<node>/<token>`: placement.node_of
+        reads the node), placing it first if nobody (alive) does: on the
         process with room that carries the fewest sockets. RelayFull when none has room;
         BrokerUnavailable as the broker raises it. `avoid`: a process that must not keep or
         take it (a draining one)."""
@@ -174,7 +204,7 @@ class Relay:
             node = placement.node_of(holder)
             if node != avoid and node in loads and (
                     node != self.node_id or self._local(visit_id) is not None):
-                return node
+                return holder
             # dead, draining, or a run here that is winding down: free it (only if it still
             # holds it), its slot lapses or is released with it
             await self.broker.release(name, holder)
@@ -185,13 +215,13 @@ class Relay:
             holder = f"{load.node}/{secrets.token_hex(4)}"
             if await self.broker.acquire(name, holder, self.lease_s):
                 await self._hand(visit_id, load.node, holder, slot)
-                return load.node
+                return holder
             # placed meanwhile by another process: give the slot back, go where it went
             with contextlib.suppress(Exception):
                 await self.broker.release(placement.slot_name(load.node, slot), visit_id)
             other = await self.broker.holder(name)
             if other is not None:
-                return placement.node_of(other)
+                return other
         self.metrics.inc("kinwire_relay_refused_total")
         log.warning("visit %s: no process has room to relay it (%d known)", visit_id,
                     len(loads))
@@ -210,7 +240,6 @@ class Relay:
         if node == self.node_id:
             self._begin(visit_id, holder, slot)
             return
-        self.elsewhere[visit_id] = node
         await self.broker.publish(CHANNEL, {"place": visit_id, "node": node,
                                             "holder": holder, "slot": slot})
 
@@ -220,7 +249,9 @@ class Relay:
             return
         claim: asyncio.Future[VisitRelay | None] = asyncio.get_running_loop().create_future()
         self._claims[visit_id] = claim
-        self._early[visit_id] = [m for _, m in self._recent.pop(visit_id, [])]
+        now = time.monotonic()
+        self._early[visit_id] = [m for t, m in self._recent.pop(visit_id, [])
+                                 if now - t <= RECENT_S]
         self.elsewhere.pop(visit_id, None)
         self._changed.set()
 
@@ -254,12 +285,10 @@ class Relay:
         message = {"visit_id": visit_id, "from": sender, "watch": watch, **signal}
         if not self._stopping and self._local(visit_id) is None:
             try:
-                node = await self.place(visit_id)
+                await self.place(visit_id)
             except BrokerUnavailable:
                 log.warning("visit %s: signal not forwarded (broker unavailable)", visit_id)
                 return False
-            if node != self.node_id:
-                self.elsewhere[visit_id] = node
         local = self._local(visit_id)
         if isinstance(local, asyncio.Future):
             local = await asyncio.shield(local)
@@ -267,7 +296,7 @@ class Relay:
             local.enqueue(message)
             return True
         try:
-            await self.broker.publish(CHANNEL, message)
+            await self.broker.publish(CHANNEL, {**message, "via": self.node_id})
         except Exception:
             log.warning("visit %s: signal not forwarded (broker unavailable)", visit_id)
             return False
@@ -289,7 +318,30 @@ class Relay:
         for message in self._early.pop(visit_id, []):  # in the order they came
             held.enqueue(message)
         await held.start()
+        if row.record and self.keep_recording is not None:
+            task = asyncio.create_task(self._salvage(row), name=f"relay-salvage-{visit_id}")
+            self._claiming.add(task)
+            task.add_done_callback(self._claiming.discard)
         return held
+
+    async def _salvage(self, row: Any) -> None:
+        """A relay taking a visit over (its last relay died) keeps what that one recorded,
+        when its `.part` file is in reach (a shared folder, or this process's own from before
+        a restart): copied into a complete file (remux.salvage) and kept as the next segment
+        of the visit's recording. A file that changed within half a lease may still be
+        written by a relay that is not dead after all: left alone (housekeeping's orphan sweep
+        deletes what is never salvaged)."""
+        cutoff = time.time() - self.lease_s / 2
+        for part in await asyncio.to_thread(_stale_parts, self.recordings_dir, row.id, cutoff):
+            try:
+                ended_at = datetime.fromtimestamp(part.stat().st_mtime, UTC)
+                done = await asyncio.to_thread(remux.salvage, part)
+                if done is not None:
+                    await self.keep_recording(row, done, ended_at)
+                    log.warning("visit %s: kept the recording a dead relay left (%s)", row.id,
+                                part.name)
+            except Exception:
+                log.exception("visit %s: could not salvage %s", row.id, part.name)
 
     def ended(self, held: VisitRelay) -> None:
         """A relay here has wound down (relayed_visit.py): room again."""
@@ -299,7 +351,7 @@ class Relay:
 
     async def _advertise(self) -> None:
         """Touch this process's load every third of the lease, and whenever it changed."""
-        while True:
+        while not self._stopping:
             self._changed.clear()
             load = self.load()
             try:
@@ -311,6 +363,53 @@ class Relay:
                 log.warning("relay: could not advertise this process's load")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), self.lease_s / 3)
+
+    # -- failover
+
+    async def _watch(self) -> None:
+        """Every WATCH_S, the visits relayed elsewhere whose signals passed through here: one
+        whose process's load has lapsed (dead, or drained) is placed again and both parties
+        are told to offer anew (`move`)."""
+        while True:
+            await asyncio.sleep(WATCH_S)
+            if not self.elsewhere or self._stopping:
+                continue
+            try:
+                alive = await self.loads()
+            except BrokerUnavailable:
+                continue  # nobody can be placed anyway
+            while len(self.elsewhere) > ELSEWHERE_MAX:  # ended long ago: the oldest first
+                del self.elsewhere[next(iter(self.elsewhere))]
+            for visit_id, node in list(self.elsewhere.items()):
+                if node not in alive:
+                    await self.move(visit_id, f"{node} gone")
+
+    async def move(self, visit_id: str, why: str, *, avoid: str | None = None) -> None:
+        """Place a visit whose relay died or is draining again, and push both parties
+        `visit.relay_moved {visit_id, relay}` (the new relay's lease holder): the clients offer
+        to it. Every process that notices does this; the placement is made once (the lease),
+        and a client offers once per new relay (it compares `relay` with its own)."""
+        try:
+            async with self.store.read() as conn:
+                row = await visits.get(conn, visit_id)
+        except Exception:
+            log.warning("visit %s: could not read it to move its relay", visit_id)
+            return
+        if row.media != "relay" or row.status not in visits.IN_CALL:
+            self.elsewhere.pop(visit_id, None)
+            return
+        try:
+            holder = await self.place(visit_id, avoid=avoid)
+        except Exception:
+            log.warning("visit %s: its relay could not be moved (%s); trying again", visit_id,
+                        why, exc_info=True)
+            return
+        node = placement.node_of(holder)
+        log.warning("visit %s: relay moved to %s (%s)", visit_id, node, why)
+        for party in (row.family_id, row.person_id):
+            with contextlib.suppress(Exception):
+                await self.push_live(party, "visit.relay_moved",
+                                     {"visit_id": visit_id, "relay": holder})
 
     async def _listen(self) -> None:
         while not self._stopping:
@@ -327,6 +426,8 @@ class Relay:
                         self._begin(str(item["place"]), str(item["holder"]), int(item["slot"]))
                     continue
                 visit_id = item.get("visit_id")
+                if item.get("via") == self.node_id and visit_id not in self.running:
+                    continue  # its own, sent on because the visit was relayed elsewhere
                 if visit_id in self.running:
                     self.running[visit_id].enqueue(item)
                 elif visit_id in self._early:
@@ -347,3 +448,20 @@ class Relay:
                     del self._recent[visit]
             while len(self._recent) > RECENT_VISITS:
                 del self._recent[next(iter(self._recent))]
+
+
+def _stale_parts(folder: Path, visit_id: str, cutoff: float) -> list[Path]:
+    """The visit's `.part` recordings in the folder (`<visit>.webm.part`, `<visit>-n.webm.part`)
+    last modified before `cutoff` (time.time())."""
+    found = []
+    for path in sorted(folder.glob(f"{visit_id}*.webm.part")):
+        stem = path.name.removesuffix(".webm.part")
+        if stem != visit_id and not (stem.startswith(f"{visit_id}-")
+                                     and stem[len(visit_id) + 1:].isdigit()):
+            continue
+        try:
+            if path.stat().st_mtime <= cutoff:
+                found.append(path)
+        except FileNotFoundError:
+            continue
+    return found

@@ -200,7 +200,7 @@ class VisitRelay:
             return
         answer = pc.localDescription
         await self.r.push_live(sender, "visit.signal", {
-            "visit_id": self.visit_id, "from": "server",
+            "visit_id": self.visit_id, "from": "server", "relay": self.holder,
             "description": {"type": answer.type, "sdp": answer.sdp}})
 
     def _attach_outlets(self, session: Session) -> None:
