@@ -85,7 +85,8 @@ class Housekeeping:
                  blobs: dict[str, Any] | None = None, partials: tuple[Path, ...] = (),
                  in_use: Callable[[Path], bool] = lambda path: False,
                  orphan_grace_s: float = 86_400.0,
-                 orphans_every_s: float = ORPHANS_EVERY_S) -> None:
+                 orphans_every_s: float = ORPHANS_EVERY_S,
+                 wall: Callable[[], datetime] = orphans.real_now) -> None:
         self.store, self.broker, self.clock = store, broker, clock
         self.node_id, self.lease_s, self.batch_rows = node_id, lease_s, batch_rows
         self.retention_s, self.metrics, self.per_process = retention_s, metrics, per_process
@@ -95,6 +96,7 @@ class Housekeeping:
         # folders, whether a file there is a recording this process is writing now
         self.blobs, self.partials, self.in_use = blobs or {}, partials, in_use
         self.orphan_grace_s, self.orphans_every_s = orphan_grace_s, orphans_every_s
+        self.wall = wall  # ages of blobs and files: the machine's clock (server/orphans.py)
         self.holding = False
         self._sockets_at = time.monotonic()
         self._partials_at = self._orphans_at = -float("inf")  # the first pass sweeps
@@ -126,7 +128,8 @@ class Housekeeping:
         if self.partials and time.monotonic() - self._partials_at >= self.orphans_every_s:
             self._partials_at = time.monotonic()
             await self._batches("partials", lambda: orphans.sweep_partials(
-                self.store, list(self.partials), now, self.orphan_grace_s, self.in_use), stop,
+                self.store, list(self.partials), now, self.orphan_grace_s, self.in_use,
+                self.wall), stop,
                 once=True)
         if not await self._hold():
             return
@@ -142,7 +145,8 @@ class Housekeeping:
         if self.blobs and time.monotonic() - self._orphans_at >= self.orphans_every_s:
             self._orphans_at = time.monotonic()
             await self._batches("orphans", lambda: orphans.sweep_blobs(
-                self.store, self.blobs, now, self.orphan_grace_s, self.batch_rows), stop,
+                self.store, self.blobs, now, self.orphan_grace_s, self.batch_rows, self.wall),
+                stop,
                 once=True)
 
     async def _prune_attempts(self, now: datetime) -> int:

@@ -18,6 +18,10 @@
   process that died mid-visit (the relay moved on and recorded the rest as the next segment).
 Two processes sweeping at once both try each deletion; only the one whose delete took effect
 writes the audit entry.
+
+Ages are measured on the machine's clock (`wall`), not the app's: a blob's time is the
+store's and a file's the filesystem's, both real, while the app's clock may be moved (tests
+run months ahead), which made every fresh blob look old enough to delete.
 """
 
 from __future__ import annotations
@@ -65,12 +69,16 @@ async def _referenced(store: Any, kind: str, keys: list[str]) -> set[str]:
     return found
 
 
+def real_now() -> datetime:
+    return datetime.now(UTC)
+
+
 async def sweep_blobs(store: Any, stores: dict[str, Any], now: datetime, grace_s: float,
-                      limit: int) -> int:
-    """Delete up to `limit` orphan blobs older than the grace from each store ("recordings",
-    "photos"); how many this call deleted."""
+                      limit: int, wall: Callable[[], datetime] = real_now) -> int:
+    """Delete up to `limit` orphan blobs older than the grace (by `wall`) from each store
+    ("recordings", "photos"); how many this call deleted. `now` stamps the audit entries."""
     deleted = 0
-    cutoff = now - timedelta(seconds=grace_s)
+    cutoff = wall() - timedelta(seconds=grace_s)
     for kind, blobs in stores.items():
         old = [item async for item in blobs.listing() if item.modified_at <= cutoff]
         names = [item.key if kind == "recordings" else _photo_id(item.key) for item in old]
@@ -118,9 +126,11 @@ def stale_partials(folders: list[Path], cutoff: datetime,
 
 
 async def sweep_partials(store: Any, folders: list[Path], now: datetime, grace_s: float,
-                         in_use: Callable[[Path], bool]) -> int:
-    """Delete this process's work-in-progress files older than the grace; how many."""
-    cutoff = now - timedelta(seconds=grace_s)
+                         in_use: Callable[[Path], bool],
+                         wall: Callable[[], datetime] = real_now) -> int:
+    """Delete this process's work-in-progress files older than the grace (by `wall`); how
+    many. `now` stamps the audit entries."""
+    cutoff = wall() - timedelta(seconds=grace_s)
     deleted = 0
     for partial in await asyncio.to_thread(stale_partials, folders, cutoff, in_use):
         try:

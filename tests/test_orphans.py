@@ -15,7 +15,7 @@ import os
 import signal
 import subprocess
 import sys
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
@@ -63,13 +63,15 @@ while True:
 
 
 def age(path: Path, when) -> None:
-    """Set the file's modification time to `when` (the test clock's terms)."""
+    """Set the file's modification time to `when` (on the test's wall clock)."""
     os.utime(path, (when.timestamp(), when.timestamp()))
 
 
-def keeper(api: Api, clock: Clock, in_use=lambda path: False) -> Housekeeping:
+def keeper(api: Api, clock: Clock, wall: Clock, in_use=lambda path: False) -> Housekeeping:
+    """A housekeeper: the app's clock stamps the audit; ages are on `wall`, the machine's
+    clock as it was when the test began (blob and file times are the real clock's)."""
     ctx = api.ctx
-    return Housekeeping(ctx.store, MemoryBroker(), clock, node_id="n1", lease_s=3.0,
+    return Housekeeping(ctx.store, MemoryBroker(), clock, wall=wall, node_id="n1", lease_s=3.0,
                         batch_rows=50, retention_s=86_400, metrics=Metrics(),
                         per_process=lambda now: None,
                         blobs={"recordings": ctx.blobs.recordings, "photos": ctx.blobs.photos},
@@ -79,7 +81,7 @@ def keeper(api: Api, clock: Clock, in_use=lambda path: False) -> Housekeeping:
 
 async def test_a_crashed_recordings_partial_file_is_swept_once_stale_and_audited(
         db_url: str, tmp_path: Path) -> None:
-    clock = Clock(START)
+    clock, wall = Clock(START), Clock(datetime.now(UTC))
     # the app's own housekeeping (first pass a third of its lease in) stays out of the way
     async with app_client(db_url, tmp_path, clock=clock, housekeeping_lease_s=3600) as client:
         api = Api(client)
@@ -107,11 +109,12 @@ async def test_a_crashed_recordings_partial_file_is_swept_once_stale_and_audited
         fresh.parent.mkdir(parents=True, exist_ok=True)
         fresh.write_bytes(b"jpeg")
         for path in (crashed, writing):
-            age(path, START - timedelta(seconds=GRACE_S + 60))
-        age(fresh, START - timedelta(seconds=GRACE_S - 60))
+            age(path, wall() - timedelta(seconds=GRACE_S + 60))
+        age(fresh, wall() - timedelta(seconds=GRACE_S - 60))
         size = crashed.stat().st_size
 
-        sweeper = keeper(api, clock, in_use=lambda path: path.name.startswith("vis_live"))
+        sweeper = keeper(api, clock, wall,
+                         in_use=lambda path: path.name.startswith("vis_live"))
         await sweeper.run_pass(asyncio.Event())
         assert not crashed.exists()
         assert writing.exists() and fresh.exists()
@@ -119,7 +122,7 @@ async def test_a_crashed_recordings_partial_file_is_swept_once_stale_and_audited
         assert [(e.target, e.actor_role, e.details["bytes"]) for e in deleted] == [
             ("vis_crashed.webm.part", "system", size)]
         # the next sweep, the clock past the fresh file's grace: it goes too, once
-        clock.advance(seconds=120)
+        wall.advance(seconds=120)
         sweeper.orphans_every_s = 0
         await sweeper.run_pass(asyncio.Event())
         assert not fresh.exists() and writing.exists()
@@ -129,7 +132,7 @@ async def test_a_crashed_recordings_partial_file_is_swept_once_stale_and_audited
 
 async def test_blobs_no_row_references_are_deleted_after_the_grace(
         db_url: str, tmp_path: Path) -> None:
-    clock = Clock(START)
+    clock, wall = Clock(START), Clock(datetime.now(UTC))
     # the app's own housekeeping (first pass a third of its lease in) stays out of the way
     async with app_client(db_url, tmp_path, clock=clock, housekeeping_lease_s=3600) as client:
         api = Api(client)
@@ -154,14 +157,14 @@ async def test_blobs_no_row_references_are_deleted_after_the_grace(
             (tmp_path / name).write_bytes(b"jpeg")
             await ctx.blobs.photos.put(name, tmp_path / name)
         root_r, root_p = ctx.blobs.recordings.root, ctx.blobs.photos.root
-        old = START - timedelta(seconds=GRACE_S + 1)
+        old = wall() - timedelta(seconds=GRACE_S + 1)
         for path in (root_r / kept["location"], root_r / orphan_key, root_p / f"{photo_id}.jpg",
                      root_p / f"{photo_id}.thumb.jpg", root_p / "pho_gone.jpg",
                      root_p / "pho_gone.thumb.jpg"):
             age(path, old)
-        age(root_r / young_key, START - timedelta(seconds=60))
+        age(root_r / young_key, wall() - timedelta(seconds=60))
 
-        await keeper(api, clock).run_pass(asyncio.Event())
+        await keeper(api, clock, wall).run_pass(asyncio.Event())
         listed = {item.key async for item in ctx.blobs.recordings.listing()}
         assert listed == {kept["location"], young_key}
         listed = {item.key async for item in ctx.blobs.photos.listing()}
