@@ -142,8 +142,15 @@ class RemuxRecording:
                     container.close()
 
 
+# Written through to the file a packet at a time, in clusters of at most a second: a process
+# that dies mid-visit leaves a `.part` readable up to its last second (the next relay salvages
+# it, signalling/relay.py). With FFmpeg's defaults a 32 KB buffer and 5 s clusters stayed in
+# memory: a short visit's file was still empty on disk, and could not be salvaged.
+DURABLE = {"flush_packets": "1", "cluster_time_limit": "1000"}
+
+
 def _open(path: Path, sizes: dict[int, tuple[int, int]]) -> Any:
-    container = av.open(str(path), mode="w", format="webm")
+    container = av.open(str(path), mode="w", format="webm", options=DURABLE)
     for index, (party, kind) in enumerate(STREAMS):
         if kind == "video":
             stream: Any = container.add_stream("vp8", rate=30)

@@ -17,6 +17,7 @@ import signal
 from pathlib import Path
 
 import av
+import pytest
 from sqlalchemy import select
 
 from server.recordings import segments_of
@@ -64,8 +65,12 @@ async def meter_of(db: str, visit_id: str):
         await store.close()
 
 
-async def test_kill_9_of_the_relay_moves_the_visit_and_media_resumes_within_5_s(
-        pg_db: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "drain"])
+async def test_the_relay_process_dies_or_drains_and_media_resumes_within_5_s(
+        pg_db: str, tmp_path: Path, stop: signal.Signals) -> None:
+    """SIGKILL: the other process notices the dead relay's load lapse and moves the visit;
+    the dead one's half-written file is salvaged. SIGTERM (a deploy): the draining process
+    hands the visit over itself before closing its sockets, and keeps its own file."""
     async with stack(pg_db, tmp_path, **FAILOVER) as (nodes, _turn, http):
         a, b = nodes
         family_token, person_token = await make_pair(http, a, b, pg_db)
@@ -92,9 +97,8 @@ async def test_kill_9_of_the_relay_moves_the_visit_and_media_resumes_within_5_s(
             assert first_relay is not None and first_relay == person.relay
             await asyncio.sleep(2.0)  # a stretch recorded on A
 
-            a.proc.send_signal(signal.SIGKILL)
+            a.proc.send_signal(stop)
             killed_at = loop.time()
-            a.proc.wait(timeout=10)
             seen = {"family": family.frames["video"], "person": person.frames["video"]}
             took = await until(lambda: family.frames["video"] >= seen["family"] + 10
                                and person.frames["video"] >= seen["person"] + 10
@@ -109,6 +113,7 @@ async def test_kill_9_of_the_relay_moves_the_visit_and_media_resumes_within_5_s(
             assert family.relay_moves == 1 and person.relay_moves == 1
             assert family.reconnects == 0 and person.reconnects == 0, "nobody rejoined"
             assert await relayed_here(http, b) == 1.0
+            await asyncio.wait_for(asyncio.to_thread(a.proc.wait), 20)
             await asyncio.sleep(2.0)  # a stretch recorded on B
             await family.leave()
             ended_at = loop.time()
