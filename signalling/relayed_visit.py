@@ -431,7 +431,9 @@ class VisitRelay:
             if not await self.r.broker.renew(slot, self.visit_id, self.r.lease_s):
                 await self.r.broker.acquire(slot, self.visit_id, self.r.lease_s)  # lapsed
             return True
-        except Exception:
+        except Exception as error:  # counted by the broker (kinwire_leases_total)
+            log.warning("visit %s: relay lease not renewed (%r); kept, retried", self.visit_id,
+                        error)
             return True  # no broker, no rival: nobody else can take the lease meanwhile
 
 

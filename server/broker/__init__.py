@@ -25,14 +25,17 @@ Contract
   Each process's liveness lease is its node id in the presence key `nodes`, touched every
   third of KINWIRE_NODE_LEASE_S: a visit party counts only while the process holding its
   socket is present there (signalling/meters.py, docs/visits.md "Trust").
-- Leases: `acquire(name, holder, ttl_s)` succeeds for one holder at a time; `renew` extends it
-  only for the current holder; `release` frees it only for the current holder. Each returns
-  whether it took effect. A lease whose ttl passes without renewal is free for another holder.
+- Leases: `acquire(name, holder, ttl_s)` succeeds for one holder at a time and returns the
+  grant's epoch (0 when it did not succeed): the epochs of one name's grants increase, so a
+  holder can carry its epoch into its writes and the store can refuse an older one (fencing,
+  signalling/meters.py). `renew` extends it only for the current holder; `release` frees it
+  only for the current holder; each returns whether it took effect. A lease whose ttl passes
+  without renewal is free for another holder. A broker that fails over may lose a lease (two
+  holders then believe they hold it) and even the epoch counter: the store's fencing check,
+  not the broker, is what keeps a stale holder from writing.
   `holder(name)` is the current holder, or None when the lease is free. Releasing a lease on
   behalf of a holder known to be dead (`release(name, dead_holder)`) is a compare-and-delete:
   it frees the lease only if that holder still has it.
-  (Leases order meters between processes; fencing of stale holders is done in the store by the
-  idempotency keys, not here.)
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ class Broker(Protocol):
 
     async def present(self, key: str) -> set[str]: ...
 
-    async def acquire(self, name: str, holder: str, ttl_s: float) -> bool: ...
+    async def acquire(self, name: str, holder: str, ttl_s: float) -> int: ...
 
     async def renew(self, name: str, holder: str, ttl_s: float) -> bool: ...
 

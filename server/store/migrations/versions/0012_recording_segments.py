@@ -2,16 +2,16 @@
 moved to another process mid-visit: issue 15 item 5); each segment's file is its own blob with
 its own SHA-256. Existing recordings become their own first segment.
 
-Revision ID: 0011
-Revises: 0010
+Revision ID: 0012
+Revises: 0011
 Create Date: 2026-12-06 11:00:00
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0011"
-down_revision = "0010"
+revision = "0012"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 
