@@ -14,8 +14,9 @@ with capacity C has C slot leases `relay-slot:<node>:<i>`, and placing visit V t
 (held by V; SET NX in Redis, so at most C visits hold one). The relaying process renews its
 visit's slot with the visit's lease and releases it when the relay ends; a dead process's
 slots lapse with it. The lease `relay:<visit>` names the process relaying the visit, as
-`<node>/<token>` (a token per relay run, so that a relay that is winding down cannot release
-the next one's lease on the same process).
+`<node>/<token>/<slot>` (a token per relay run, so that a relay that is winding down cannot
+release the next one's lease on the same process; the slot, so that the process can begin a
+run placed on it before the placing process's message arrives).
 """
 
 from __future__ import annotations
@@ -79,5 +80,9 @@ def slot_name(node: str, slot: int) -> str:
 
 
 def node_of(holder: str) -> str:
-    """The node id in a relay lease's holder (`<node>/<token>`)."""
+    """The node id in a relay lease's holder (`<node>/<token>/<slot>`)."""
     return holder.split("/", 1)[0]
+
+
+def slot_of(holder: str) -> int:
+    return int(holder.rsplit("/", 1)[1])

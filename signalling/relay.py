@@ -202,8 +202,15 @@ class Relay:
         holder = await self.broker.holder(name)
         if holder is not None:
             node = placement.node_of(holder)
-            if node != avoid and node in loads and (
-                    node != self.node_id or self._local(visit_id) is not None):
+            winding_down = visit_id in self.running and self.running[visit_id].closing \
+                and self.running[visit_id].holder == holder
+            if node == self.node_id and node != avoid and self._local(visit_id) is None \
+                    and not winding_down:
+                # placed here by another process, its message still on the way: begin now
+                # (the message is then ignored); a signal must not wait for it, nor lose it
+                self._begin(visit_id, holder, placement.slot_of(holder))
+                return holder
+            if node != avoid and node in loads and not winding_down:
                 return holder
             # dead, draining, or a run here that is winding down: free it (only if it still
             # holds it), its slot lapses or is released with it
@@ -212,7 +219,7 @@ class Relay:
             slot = await self._take_slot(load, visit_id)
             if slot is None:
                 continue
-            holder = f"{load.node}/{secrets.token_hex(4)}"
+            holder = f"{load.node}/{secrets.token_hex(4)}/{slot}"
             if await self.broker.acquire(name, holder, self.lease_s):
                 await self._hand(visit_id, load.node, holder, slot)
                 return holder

@@ -24,7 +24,7 @@ def test_placement_prefers_room_then_fewer_sockets() -> None:
     assert loads["a"].relayed == 1
     assert [load.node for load in placement.candidates(loads)] == ["b", "a"]
     assert [load.node for load in placement.candidates(loads, avoid="b")] == ["a"]
-    assert placement.node_of("a/1f2e") == "a"
+    assert placement.node_of("a/1f2e/3") == "a" and placement.slot_of("a/1f2e/3") == 3
 
 
 async def metric(http: aiohttp.ClientSession, node, name: str) -> float:
