@@ -27,3 +27,8 @@ class Refused(Exception):
         if self.details:
             error["details"] = self.details
         return {"error": error}
+
+
+class BrokerUnavailable(Exception):
+    """The broker could not be reached (or answered too slowly). Defined here, not in
+    server/broker, so that signalling (which may not import server) can catch it."""

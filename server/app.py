@@ -139,11 +139,21 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
                       poke=ctx.meters.poke, stall_s=settings.media_stall_s,
                       gap_s=settings.media_gap_s,
                       metrics=metrics, keep_recording=ctx.recordings.keep,
-                      transcode=settings.relay_transcode)
+                      transcode=settings.relay_transcode, capacity=settings.relay_capacity)
     # --- end relay mode ---
     hub = Hub(store, broker, per_user_max=settings.ws_connections_per_user_max,
               page_max=settings.sync_page_max, metrics=metrics)
     app[HUB] = hub
+    ctx.relay.sockets = hub.count  # advertised with its load: placement prefers fewer
+
+    async def relay_visits() -> float:
+        return float(ctx.relay.relayed())
+
+    async def relay_capacity() -> float:
+        return float(ctx.relay.capacity)
+
+    metrics.collect("kinwire_relay_visits", relay_visits)
+    metrics.collect("kinwire_relay_capacity", relay_capacity)
     app[DRAIN] = drain
 
     async def close_sockets() -> None:
@@ -158,7 +168,12 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
                                 retention_s=settings.event_retention_s, metrics=metrics,
                                 per_process=hub.close_expired,
                                 attempts=ctx.login_limiter.counters,
-                                recordings=ctx.recordings)
+                                recordings=ctx.recordings,
+                                blobs={"recordings": ctx.blobs.recordings,
+                                       "photos": ctx.blobs.photos},
+                                partials=(ctx.blobs.staging, ctx.relay.recordings_dir),
+                                in_use=ctx.relay.writing,
+                                orphan_grace_s=settings.orphan_grace_s)
 
     async def holding() -> float:
         return 1.0 if housekeeping.holding else 0.0
@@ -186,7 +201,8 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
 
     ctx.meters.on_lapse = rejoin_dropped
     # Meters stop and release their leases, announcing it, so another process takes over now.
-    drain.steps += [close_sockets, ctx.meters.stop]
+    # The relays move first, while the parties' sockets can still hear `visit.relay_moved`.
+    drain.steps += [ctx.relay.hand_over, close_sockets, ctx.meters.stop]
     install_metrics(app, metrics, hub=hub, store=store, broker=broker)  # GET /metrics
 
     async def database(app: web.Application) -> AsyncIterator[None]:

@@ -15,8 +15,12 @@ senders need for long, however far behind it is:
 - recordings past their facility's retention are deleted, blob then row, each audited
   (server/recordings.py `expire`);
 - login attempt counters untouched for two days are forgotten (server/attempts.py `prune`: one
-  statement, on a table that holds only recent attempts; a no-op where Redis keeps them).
-Every process still closes its own sockets whose session expired (that is per process).
+  statement, on a table that holds only recent attempts; a no-op where Redis keeps them);
+- every ORPHANS_EVERY_S (a listing of both blob stores is not for every pass), blobs that no
+  recording or photo row references, put more than KINWIRE_ORPHAN_GRACE_S ago, are deleted
+  and audited (server/orphans.py).
+Every process still closes its own sockets whose session expired, and deletes its own stale
+`.partial` files (audited; server/orphans.py), since both are per process.
 /metrics counts batches and rows by job (kinwire_housekeeping_*).
 """
 
@@ -28,11 +32,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Select, bindparam, select
 
-from server import events
+from server import events, orphans
 from server.events import Outbox
 from signalling import visits
 from signalling.tables import visits as visits_table
@@ -40,6 +45,7 @@ from signalling.tables import visits as visits_table
 log = logging.getLogger("kinwire.housekeeping")
 LEASE = "housekeeping"
 SOCKETS_EVERY_S = 30.0  # expired sessions' sockets: a walk over every socket, so not each pass
+ORPHANS_EVERY_S = 600.0  # orphan blobs and stale .partial files: listings, so seldom
 
 
 def missed_scan(now: datetime, limit: int) -> Select:
@@ -75,14 +81,25 @@ class Housekeeping:
     def __init__(self, store: Any, broker: Any, clock: Callable[[], datetime], *,
                  node_id: str, lease_s: float, batch_rows: int, retention_s: float,
                  metrics: Any, per_process: Callable[[datetime], None],
-                 attempts: Any = None, recordings: Any = None) -> None:
+                 attempts: Any = None, recordings: Any = None,
+                 blobs: dict[str, Any] | None = None, partials: tuple[Path, ...] = (),
+                 in_use: Callable[[Path], bool] = lambda path: False,
+                 orphan_grace_s: float = 86_400.0,
+                 orphans_every_s: float = ORPHANS_EVERY_S,
+                 wall: Callable[[], datetime] = orphans.real_now) -> None:
         self.store, self.broker, self.clock = store, broker, clock
         self.node_id, self.lease_s, self.batch_rows = node_id, lease_s, batch_rows
         self.retention_s, self.metrics, self.per_process = retention_s, metrics, per_process
         self.attempts = attempts  # server.attempts counters (SQL or Redis), or None
         self.recordings = recordings  # server.recordings.Recordings, or None
+        # orphans (server/orphans.py): the blob stores by kind, this process's .partial
+        # folders, whether a file there is a recording this process is writing now
+        self.blobs, self.partials, self.in_use = blobs or {}, partials, in_use
+        self.orphan_grace_s, self.orphans_every_s = orphan_grace_s, orphans_every_s
+        self.wall = wall  # ages of blobs and files: the machine's clock (server/orphans.py)
         self.holding = False
         self._sockets_at = time.monotonic()
+        self._partials_at = self._orphans_at = -float("inf")  # the first pass sweeps
 
     async def run(self, stop: asyncio.Event) -> None:
         """Passes every third of the lease until `stop`; never cancelled, so that no database
@@ -108,6 +125,12 @@ class Housekeeping:
                 self.per_process(now)
             except Exception:
                 log.exception("housekeeping: closing expired sockets failed")
+        if self.partials and time.monotonic() - self._partials_at >= self.orphans_every_s:
+            self._partials_at = time.monotonic()
+            await self._batches("partials", lambda: orphans.sweep_partials(
+                self.store, list(self.partials), now, self.orphan_grace_s, self.in_use,
+                self.wall), stop,
+                once=True)
         if not await self._hold():
             return
         cutoff = now - timedelta(seconds=self.retention_s)
@@ -119,6 +142,12 @@ class Housekeeping:
                 now, self.batch_rows), stop)
         if self.attempts is not None:
             await self._batches("attempts", lambda: self._prune_attempts(now), stop)
+        if self.blobs and time.monotonic() - self._orphans_at >= self.orphans_every_s:
+            self._orphans_at = time.monotonic()
+            await self._batches("orphans", lambda: orphans.sweep_blobs(
+                self.store, self.blobs, now, self.orphan_grace_s, self.batch_rows, self.wall),
+                stop,
+                once=True)
 
     async def _prune_attempts(self, now: datetime) -> int:
         async with self.store.write() as conn:
@@ -144,9 +173,10 @@ class Housekeeping:
         return self.holding
 
     async def _batches(self, job: str, batch: Callable[[], Awaitable[int]],
-                       stop: asyncio.Event) -> None:
+                       stop: asyncio.Event, once: bool = False) -> None:
         """Batches of one job until one comes back short (or the process stops, or it
-        fails: the next pass carries on where this one stopped)."""
+        fails: the next pass carries on where this one stopped). `once`: one batch only
+        (a sweep that lists a whole store: the next sweep carries on)."""
         while not stop.is_set():
             try:
                 rows = await batch()
@@ -155,5 +185,5 @@ class Housekeeping:
                 return
             self.metrics.inc("kinwire_housekeeping_batches_total", job=job)
             self.metrics.inc("kinwire_housekeeping_rows_total", rows, job=job)
-            if rows < self.batch_rows:
+            if rows < self.batch_rows or once:
                 return

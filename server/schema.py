@@ -211,9 +211,12 @@ photos = Table(
 # --- video visits: defined by signalling/ (which may not import server/), on the same MetaData
 from signalling.tables import visits  # noqa: E402,F401
 
-# One row per recorded file of a relay-mode visit (server/recordings.py); the file itself is in
-# the blob store under `location`. Written once, when the file is complete; deleted (with the
-# blob, and an audit entry) when `retain_until` has passed.
+# One row per recorded relay-mode visit (server/recordings.py), written when its first file is
+# complete; its files are its segments (below; more than one when the relay moved to another
+# process mid-visit). `segment` is how many it has; `location`, `sha256` and `content_type` are
+# the first segment's, `bytes` and `duration_ms` the sum, `started_at` the first start and
+# `ended_at` the last end. Deleted (with every segment's blob, and an audit entry) when
+# `retain_until` has passed.
 recordings = Table(
     "recordings", metadata,
     Column("id", String(32), primary_key=True),
@@ -235,4 +238,21 @@ recordings = Table(
     UniqueConstraint("visit_id", "segment", name="uq_recordings_visit_segment"),
     Index("ix_recordings_facility_started", "facility_id", "started_at"),
     Index("ix_recordings_retain_until", "retain_until"),
+)
+
+# Each file of a recording, in the order they were kept; the file is in the blob store under
+# `location`, with its own SHA-256.
+recording_segments = Table(
+    "recording_segments", metadata,
+    Column("recording_id", String(32), ForeignKey("recordings.id"), primary_key=True),
+    Column("segment", Integer, primary_key=True),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("ended_at", UTCDateTime, nullable=False),
+    Column("duration_ms", Integer, nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("content_type", String(32), nullable=False),
+    Column("location", String(200), nullable=False),  # the blob key
+    Column("created_at", UTCDateTime, nullable=False),
+    Index("ix_recording_segments_location", "location"),
 )

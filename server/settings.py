@@ -185,6 +185,11 @@ class Settings:
     relay_lease_s: float = _setting(6.0, "A relay-mode visit's lease in the broker: the process "
                                     "holding it terminates both parties' peer connections; a "
                                     "dead holder's visits are free again after this.")
+    relay_capacity: int = _setting(20, "The most relay-mode visits this process relays at once; "
+                                   "a visit is placed on a process with room (the one with "
+                                   "the fewest sockets), and a join when every process is full "
+                                   "is refused with `relay_full` (docs/visits.md, \"Relay "
+                                   "capacity\"). 0: this process relays none.", lo=0, hi=10_000)
     relay_loopback_only: bool = _setting(False, "Relay mode's server-side peers use relay-only "
                                          "ICE through TURN servers on loopback (tests on one "
                                          "machine; docs/turn.md).")
@@ -200,6 +205,11 @@ class Settings:
                                    "KINWIRE_BLOB_URL is empty: kept recordings under "
                                    "<facility_id>/; files being written under .partial/ (on S3 "
                                    "too); empty means <data_dir>/recordings.")
+    orphan_grace_s: float = _setting(86_400.0, "Housekeeping deletes (and audits) a blob that "
+                                     "no recording or photo references once it is this old, "
+                                     "and a file under a .partial/ folder unchanged this long "
+                                     "(a recording or upload a crash left behind); "
+                                     "docs/operations.md, \"Orphans\".")
     housekeeping_lease_s: float = _setting(
         10.0, "Housekeeping (pruning events, marking visits nobody joined missed) runs on the "
         "one process holding this lease in the broker, a pass every third of it; another "
@@ -302,6 +312,8 @@ class Settings:
             raise SettingsError("KINWIRE_RELAY_LOOPBACK_ONLY needs KINWIRE_TURN_URLS on loopback")
         if self.ice_relay_only and not self.turn_urls:
             raise SettingsError("KINWIRE_ICE_RELAY_ONLY needs KINWIRE_TURN_URLS")
+        if not 60 <= self.orphan_grace_s <= 30 * 86_400:
+            raise SettingsError("KINWIRE_ORPHAN_GRACE_S must be in [60, 2592000]")
         for name in ("ws_heartbeat_s", "ws_auth_timeout_s", "meter_lease_s", "relay_lease_s",
                      "drain_timeout_s", "db_timeout_s", "housekeeping_lease_s", "node_lease_s",
                      "media_stall_s", "media_gap_s", "s3_timeout_s"):

@@ -36,7 +36,7 @@ from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
 
-from signalling import visits
+from signalling import placement, visits
 from signalling.forwarding import ForwardTrack, Source, forward_codecs, tap
 from signalling.outlets import Outlet, Timeline
 from signalling.recording import STREAMS, Recording
@@ -75,8 +75,10 @@ class Session:
 class VisitRelay:
     """One relayed visit on its holder."""
 
-    def __init__(self, relay: Relay, row: Any) -> None:
+    def __init__(self, relay: Relay, row: Any, *, holder: str, slot: int) -> None:
         self.r, self.row = relay, row
+        # the visit's lease names this run (`<node>/<token>`); its slot here (placement.py)
+        self.holder, self.slot = holder, slot
         self.visit_id, self.end_at, self.record = row.id, row.end_at, bool(row.record)
         self.parties = {row.family_id: "family", row.person_id: "person"}
         self.forward = not relay.transcode
@@ -200,7 +202,7 @@ class VisitRelay:
             return
         answer = pc.localDescription
         await self.r.push_live(sender, "visit.signal", {
-            "visit_id": self.visit_id, "from": "server",
+            "visit_id": self.visit_id, "from": "server", "relay": self.holder,
             "description": {"type": answer.type, "sdp": answer.sdp}})
 
     def _attach_outlets(self, session: Session) -> None:
@@ -393,9 +395,11 @@ class VisitRelay:
             except Exception:
                 log.exception("visit %s: recording %s not kept", self.visit_id, path)
         with contextlib.suppress(Exception):
-            await self.r.broker.release(f"relay:{self.visit_id}", self.r.node_id)
-        if self.r.running.get(self.visit_id) is self:
-            del self.r.running[self.visit_id]
+            await self.r.broker.release(placement.lease_name(self.visit_id), self.holder)
+        with contextlib.suppress(Exception):
+            await self.r.broker.release(placement.slot_name(self.r.node_id, self.slot),
+                                        self.visit_id)
+        self.r.ended(self)
         received = self.received if not self.forward else {
             f"{party} {kind}": s.frames for (party, kind), s in self.sources.items()}
         log.info("visit %s relay ended (%s): media cut in %.3f s; frames received %s; "
@@ -437,8 +441,13 @@ class VisitRelay:
 
     async def _renew(self) -> bool:
         try:
-            return await self.r.broker.renew(f"relay:{self.visit_id}", self.r.node_id,
-                                             self.r.lease_s)
+            if not await self.r.broker.renew(placement.lease_name(self.visit_id), self.holder,
+                                             self.r.lease_s):
+                return False
+            slot = placement.slot_name(self.r.node_id, self.slot)
+            if not await self.r.broker.renew(slot, self.visit_id, self.r.lease_s):
+                await self.r.broker.acquire(slot, self.visit_id, self.r.lease_s)  # lapsed
+            return True
         except Exception as error:  # counted by the broker (kinwire_leases_total)
             log.warning("visit %s: relay lease not renewed (%r); kept, retried", self.visit_id,
                         error)

@@ -142,8 +142,15 @@ class RemuxRecording:
                     container.close()
 
 
+# Written through to the file a packet at a time, in clusters of at most a second: a process
+# that dies mid-visit leaves a `.part` readable up to its last second (the next relay salvages
+# it, signalling/relay.py). With FFmpeg's defaults a 32 KB buffer and 5 s clusters stayed in
+# memory: a short visit's file was still empty on disk, and could not be salvaged.
+DURABLE = {"flush_packets": "1", "cluster_time_limit": "1000"}
+
+
 def _open(path: Path, sizes: dict[int, tuple[int, int]]) -> Any:
-    container = av.open(str(path), mode="w", format="webm")
+    container = av.open(str(path), mode="w", format="webm", options=DURABLE)
     for index, (party, kind) in enumerate(STREAMS):
         if kind == "video":
             stream: Any = container.add_stream("vp8", rate=30)
@@ -163,3 +170,34 @@ def _mux(container: Any, index: int, packet: av.Packet) -> None:
         container.mux(packet)
     except av.FFmpegError as exc:  # one bad packet must not end the recording
         log.warning("recording: packet dropped (%s)", exc)
+
+
+def salvage(part: Path) -> Path | None:
+    """A recording's `.part` file left by a process that died mid-visit (Matroska reads up to
+    its last complete cluster), copied packet by packet into a complete file beside it,
+    `<name>.salvaged.webm`, which is returned; the `.part` is then removed. None, and the
+    `.part` left for housekeeping's orphan sweep, when nothing in it can be read."""
+    stem = part.name.removesuffix(".part").removesuffix(".webm")
+    done = part.with_name(f"{stem}.salvaged.webm")
+    copied = 0
+    try:
+        with av.open(str(part)) as source, av.open(str(done), "w", format="webm") as out:
+            streams = {}
+            for stream in source.streams:
+                streams[stream.index] = out.add_stream_from_template(stream)
+                streams[stream.index].metadata["title"] = stream.metadata.get("title", "")
+            with contextlib.suppress(av.FFmpegError):  # the torn end of the file
+                for packet in source.demux():
+                    if packet.dts is None or not packet.size:
+                        continue
+                    packet.stream = streams[packet.stream.index]
+                    out.mux(packet)
+                    copied += 1
+    except (av.FFmpegError, OSError) as exc:
+        log.warning("recording %s could not be salvaged (%s)", part.name, exc)
+        copied = 0
+    if not copied:
+        done.unlink(missing_ok=True)
+        return None
+    part.unlink()
+    return done

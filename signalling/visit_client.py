@@ -35,6 +35,10 @@ What it does, in order (API.md, "WebSocket /ws"; the server side follows the sam
    (aiortc has no in-place ICE restart, so a new peer connection carries the restart). A
    rejoined party reports its media again. It gives up, and closes, when the visit is over
    or the time runs out.
+7. Relay mode: the server's answer names the relay that made it (`visit.signal {from: "server",
+   relay}`). A `visit.relay_moved {visit_id, relay}` push naming another relay (the one relaying
+   the visit died or is draining; docs/visits.md "Relay failover") makes it drop its session and
+   offer at once, without waiting for ICE to notice that the old relay is gone (~30 s).
 
 `loopback_only=True` (tests, benchmarks on one machine) forces ICE relay-only policy and insists
 that every ICE server is on a loopback address: then no host candidate is gathered at all and the
@@ -79,7 +83,7 @@ RECONNECT_PAUSE_S = 0.5  # between attempts to reach the service again
 CONNECT_WAIT_S = 10.0
 FRESH_OFFER_S = 2.0  # see VisitClient._offer_fresh
 SURFACED = ("visit.live", "visit.tick", "visit.warning", "visit.ended", "visit.peer",
-            "visit.updated")
+            "visit.updated", "visit.relay_moved")
 
 
 class VisitError(Exception):
@@ -122,6 +126,9 @@ class VisitClient:
         self.on_event = on_event
         self.reconnect_s = reconnect_s  # 0: no reconnecting, the client closes with its socket
         self.reconnects = 0  # how many times it came back after losing its socket
+        self.relay: str | None = None  # relay mode: the server relay that answered us last
+        self.relay_moves = 0  # relay mode: offers made because the relay moved
+        self._moved_to: str | None = None
         self.role: str | None = None
         self.media: str | None = None
         self.visit: dict[str, Any] | None = None
@@ -418,13 +425,28 @@ class VisitClient:
                 await self._drop_pc()
             if self._should_offer():
                 await self._offer()
+        elif kind == "visit.relay_moved":
+            await self._relay_moved(str(data.get("relay")))
         elif kind == "visit.signal":
+            if data.get("from") == "server" and data.get("relay"):
+                self.relay = str(data["relay"])  # the relay that answered this session
             if "description" in data:
                 await self._on_description(data["description"])
             elif "candidate" in data:
                 await self._on_candidate(data["candidate"])
         elif kind == "visit.ended":
             self.ended = str(data.get("reason", "ended"))
+
+    async def _relay_moved(self, relay: str) -> None:
+        """Relay mode: the server's relay of this visit moved (its process died or drained):
+        offer to the new one at once. Once per new relay: several processes may say so."""
+        if self.media != "relay" or relay in (self.relay, self._moved_to):
+            return
+        log.info("visit client: the relay moved to %s; offering to it", relay)
+        self._moved_to = relay
+        self.relay_moves += 1
+        await self._drop_pc()
+        await self._offer()
 
     def _should_offer(self) -> bool:
         if self.pc is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,24 @@ async def test_blob_put_takes_the_file_over_and_never_replaces(
     assert await blobs.delete("fac_1/rec_1.webm") is True
     assert await blobs.delete("fac_1/rec_1.webm") is False  # idempotent
     assert await blobs.size("fac_1/rec_1.webm") is None
+
+
+async def test_the_listing_names_every_blob_and_nothing_else(blobs: BlobStore,
+                                                             tmp_path: Path) -> None:
+    """What the orphan sweep reads (server/orphans.py): every blob with its size and when it
+    was put; a folder store's work in progress (`.partial/`) is not a blob."""
+    before = datetime.now(UTC) - timedelta(minutes=5)  # the store's clock, not the test's
+    await blobs.put("fac_1/rec_1.webm", write(tmp_path / "a", b"a" * 10))
+    await blobs.put("p_2.jpg", write(tmp_path / "b", b"b" * 3))
+    if isinstance(blobs, FileBlobs):
+        (blobs.root / ".partial").mkdir()
+        (blobs.root / ".partial" / "vis_1.webm.part").write_bytes(b"half")
+    listed = {item.key: item async for item in blobs.listing()}
+    assert {key: item.size for key, item in listed.items()} == {"fac_1/rec_1.webm": 10,
+                                                                "p_2.jpg": 3}
+    assert all(item.modified_at > before for item in listed.values())
+    await blobs.delete("p_2.jpg")
+    assert [item.key async for item in blobs.listing()] == ["fac_1/rec_1.webm"]
 
 
 async def test_two_puts_of_one_key_at_once_store_exactly_one(

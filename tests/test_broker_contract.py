@@ -228,6 +228,20 @@ async def test_lease_one_holder_at_a_time(kit: Kit) -> None:
     assert await broker.acquire("meter.5", "a", 10)
 
 
+async def test_lease_holder_is_read_and_lapses(kit: Kit) -> None:
+    """`holder` names the current holder, None once the ttl passed; releasing on behalf of a
+    dead holder frees only a lease that holder still has (another took it meanwhile: kept)."""
+    broker = kit.broker
+    assert await broker.holder("relay:v") is None
+    assert await broker.acquire("relay:v", "node-a", 0.3)
+    assert await broker.holder("relay:v") == "node-a"
+    await kit.advance(0.4)
+    assert await broker.holder("relay:v") is None
+    assert await broker.acquire("relay:v", "node-b", 10)
+    assert not await broker.release("relay:v", "node-a")  # the dead one's: long gone
+    assert await broker.holder("relay:v") == "node-b"
+
+
 async def test_lease_grants_carry_rising_epochs(kit: Kit) -> None:
     """Each grant's epoch is above every earlier grant's of the name (a holder that lost its
     lease is told apart from its successor by it: fencing, signalling/meters.py); a refused

@@ -390,7 +390,7 @@ def test_media_seen_reads_what_each_party_sent_per_kind() -> None:
     relay = SimpleNamespace(metrics=Metrics(), transcode=False)
     row = SimpleNamespace(id="vis_1", end_at=None, record=False, family_id="acc_f",
                           person_id="acc_p")
-    held = VisitRelay(relay, row)  # type: ignore[arg-type]
+    held = VisitRelay(relay, row, holder="n/t", slot=0)  # type: ignore[arg-type]
     assert held.media_seen() == {"family": {"video": (0, 0, None), "audio": (0, 0, None)},
                                  "person": {"video": (0, 0, None), "audio": (0, 0, None)}}
     old, new = object(), object()

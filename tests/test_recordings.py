@@ -184,3 +184,54 @@ async def test_a_row_left_by_a_crash_after_its_blob_was_deleted_is_expired_next_
         assert await recorder.expire(START + timedelta(days=2)) == 1
         assert [e.target for e in await audit_entries(api, "recording.expired")] == \
             [record["id"]]
+
+
+async def test_two_files_of_one_visit_are_one_record_in_two_segments(
+        db_url: str, tmp_path: Path) -> None:
+    """Adversary: two processes keep a file of the same visit at the same moment (the relay
+    moved, and the new one salvaged the dead one's file while the visit was ending): one
+    record, two segments, each with its own checksum, each played on its own, both deleted
+    by retention."""
+    clock = Clock(START)
+    async with app_client(db_url, tmp_path, clock=clock) as client:
+        api = Api(client)
+        admin = await api.admin()
+        here = await api.facility(admin)
+        staff = await api.staff(admin, here)
+        visit = await relayed_visit(api, admin, here)
+        first, second = webm(tmp_path / "a.webm", 2.0), webm(tmp_path / "b.webm", 1.0)
+        data = [await asyncio.to_thread(read_bytes, p) for p in (first, second)]
+        recorder = api.ctx.recordings
+        await asyncio.gather(recorder.keep(visit, first, START - timedelta(seconds=30)),
+                             recorder.keep(visit, second))
+        listed = (await api.call("GET", "/recordings", staff)).body["recordings"]
+        assert len(listed) == 1, listed
+        record = listed[0]
+        assert record["segment"] == 2 and record["bytes"] == sum(map(len, data))
+        assert abs(record["duration_s"] - 3.0) <= 0.3
+        shown = (await api.call("GET", f"/recordings/{record['id']}", staff)).body["recording"]
+        segments = shown["segments"]
+        assert [s["segment"] for s in segments] == [1, 2]
+        assert sorted(s["sha256"] for s in segments) == sorted(
+            hashlib.sha256(d).hexdigest() for d in data)
+        headers = {"Authorization": f"Bearer {staff.token}"}
+        for segment in segments:
+            path = f"/api/v1/recordings/{record['id']}/media?segment={segment['segment']}"
+            async with client.get(path, headers=headers) as r:
+                assert r.status == 200
+                assert hashlib.sha256(await r.read()).hexdigest() == segment["sha256"]
+        async with client.get(f"/api/v1/recordings/{record['id']}/media?segment=3",
+                              headers=headers) as r:
+            assert r.status == 404
+        async with api.ctx.store.read() as conn:
+            from server.schema import recording_segments
+
+            keys = (await conn.execute(select(recording_segments.c.location))).scalars().all()
+        assert len(keys) == 2
+        assert await recorder.expire(START + timedelta(days=91)) == 1
+        for key in keys:
+            assert await recorder.blobs.size(key) is None
+        async with api.ctx.store.read() as conn:
+            assert (await conn.execute(select(recording_segments))).all() == []
+        expired = await audit_entries(api, "recording.expired")
+        assert [(e.target, e.details["segments"]) for e in expired] == [(record["id"], 2)]

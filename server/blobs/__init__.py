@@ -21,6 +21,9 @@ Contract
 - `delete(key)` removes the blob and returns True, or returns False when there was none: it is
   idempotent, so two processes expiring the same blob at once both succeed (on S3 both may be
   told True).
+- `listing()` yields every blob as a `Listed(key, size, modified_at)` (UTC), in no set order
+  and never anything that is not a blob (a folder store's `.partial/` work in progress, its
+  staged copies). A blob put while a listing runs may or may not appear.
 - A store that cannot be reached, stalls past its timeout, or fails on its side raises
   BlobUnavailable (a folder store raises OSError instead).
 - Calls never block the event loop (file work runs on threads, S3 calls are async).
@@ -30,12 +33,21 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
 KEY_MAX = 200
 CHUNK_BYTES = 256 * 1024
 _SEGMENT = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+@dataclass(frozen=True)
+class Listed:
+    key: str
+    size: int
+    modified_at: datetime  # when it was put (UTC)
 
 
 class BlobExists(Exception):
@@ -67,3 +79,5 @@ class BlobStore(Protocol):
     def read(self, key: str, start: int, end: int) -> AsyncIterator[bytes]: ...
 
     async def delete(self, key: str) -> bool: ...
+
+    def listing(self) -> AsyncIterator[Listed]: ...

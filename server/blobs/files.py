@@ -13,9 +13,10 @@ import errno
 import os
 import shutil
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
-from server.blobs import CHUNK_BYTES, BlobExists, BlobMissing, check_key
+from server.blobs import CHUNK_BYTES, BlobExists, BlobMissing, Listed, check_key
 
 
 class FileBlobs:
@@ -91,3 +92,24 @@ class FileBlobs:
         except FileNotFoundError:
             return False
         return True
+
+    async def listing(self) -> AsyncIterator[Listed]:
+        for listed in await asyncio.to_thread(self._listing):
+            yield listed
+
+    def _listing(self) -> list[Listed]:
+        """Every file whose relative name is a key (names beginning with `.`, the
+        `.partial/` folder and staged copies, are never keys)."""
+        found = []
+        for folder, dirs, files in os.walk(self.root):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            for name in files:
+                path = Path(folder) / name
+                try:
+                    key = check_key(path.relative_to(self.root).as_posix())
+                    info = path.stat()
+                except (ValueError, FileNotFoundError):
+                    continue
+                found.append(Listed(key, info.st_size,
+                                    datetime.fromtimestamp(info.st_mtime, UTC)))
+        return found

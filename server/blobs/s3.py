@@ -31,7 +31,14 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
-from server.blobs import CHUNK_BYTES, BlobExists, BlobMissing, BlobUnavailable, check_key
+from server.blobs import (
+    CHUNK_BYTES,
+    BlobExists,
+    BlobMissing,
+    BlobUnavailable,
+    Listed,
+    check_key,
+)
 
 PART_BYTES_MIN = 5 * 1024 * 1024  # S3's smallest part (all but the last)
 _EXISTS = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
@@ -232,3 +239,17 @@ class S3Blobs:
         client = await self.connection.client()
         await client.delete_object(Bucket=self.connection.bucket, Key=self._key(key))
         return True
+
+    async def listing(self) -> AsyncIterator[Listed]:
+        async with _answered():
+            client = await self.connection.client()
+            start = f"{self.prefix}/" if self.prefix else ""
+            pages = client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.connection.bucket, Prefix=start)
+            async for page in pages:
+                for item in page.get("Contents", []):
+                    try:
+                        key = check_key(item["Key"][len(start):])
+                    except ValueError:
+                        continue  # not one of this store's blobs
+                    yield Listed(key, int(item["Size"]), item["LastModified"])

@@ -33,6 +33,9 @@ Contract
   without renewal is free for another holder. A broker that fails over may lose a lease (two
   holders then believe they hold it) and even the epoch counter: the store's fencing check,
   not the broker, is what keeps a stale holder from writing.
+  `holder(name)` is the current holder, or None when the lease is free. Releasing a lease on
+  behalf of a holder known to be dead (`release(name, dead_holder)`) is a compare-and-delete:
+  it frees the lease only if that holder still has it.
 """
 
 from __future__ import annotations
@@ -41,9 +44,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-
-class BrokerUnavailable(Exception):
-    """The broker could not be reached (or answered too slowly)."""
+from common.errors import BrokerUnavailable  # noqa: F401 (the broker port's error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +76,8 @@ class Broker(Protocol):
     async def renew(self, name: str, holder: str, ttl_s: float) -> bool: ...
 
     async def release(self, name: str, holder: str) -> bool: ...
+
+    async def holder(self, name: str) -> str | None: ...
 
     async def ping(self) -> None: ...
 

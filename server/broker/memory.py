@@ -98,6 +98,10 @@ class MemoryBroker:
         del self._leases[name]
         return True
 
+    async def holder(self, name: str) -> str | None:
+        self._check_open()
+        return self._holder(name, self._now())
+
     async def ping(self) -> None:
         self._check_open()
 

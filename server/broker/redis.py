@@ -256,6 +256,10 @@ class RedisBroker:
                                      keys=[self._key("lease", name)], args=[holder])
         return bool(released)
 
+    async def holder(self, name: str) -> str | None:
+        held = await self._call(self._redis.get, self._key("lease", name))
+        return held.decode() if held is not None else None
+
     async def _lease(self, op: str, name: str, script: Any, **kwargs: Any) -> Any:
         """One lease operation, counted by kind and result; an error is counted and raised."""
         kind = name.split(":", 1)[0]

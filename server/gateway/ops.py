@@ -23,6 +23,7 @@ from server.connections import is_approved_contact
 from server.context import Context
 from server.events import Outbox
 from signalling import visits
+from signalling.placement import RelayFull
 from signalling.turn import ice_policy, ice_servers
 
 if TYPE_CHECKING:
@@ -195,6 +196,8 @@ async def visit_join(call: WsCall) -> dict[str, Any]:
     call.client.visits.add(visit_id)
     try:
         joined = await _in_visit(call, work)
+        if joined.visit.media == "relay":
+            await _place(call, visit_id, now)
     except BaseException:
         if not was_in:
             call.client.visits.discard(visit_id)
@@ -221,6 +224,35 @@ async def visit_join(call: WsCall) -> dict[str, Any]:
             "media_gap_s": min(call.ctx.settings.media_gap_s, call.ctx.settings.media_stall_s)}
 
 
+# --- relay mode: capacity (signalling/placement.py) ---
+RELAY_FULL = "Every server is relaying as many visits as it can; join again in a minute."
+
+
+async def _place(call: WsCall, visit_id: str, now: Any) -> None:
+    """A relay-mode visit is placed on a process with room when a party joins; when every
+    process is full the join is undone (the party is absent again) and refused."""
+    try:
+        await call.ctx.relay.place(visit_id)
+        return
+    except BrokerUnavailable:
+        return  # its first signal places it, once the broker is back
+    except RelayFull:
+        pass
+    await _in_visit(call, lambda conn, outbox: visits.drop(
+        conn, outbox, visit_id, call.me.account_id, now, node=call.ctx.meters.node_id))
+    raise Refused("relay_full", RELAY_FULL)
+
+
+async def _relay(call: WsCall, visit_id: str, signal: dict[str, Any], *,
+                 watch: bool = False) -> dict[str, Any]:
+    try:
+        return {"relayed": await call.ctx.relay.forward(visit_id, call.me.account_id, signal,
+                                                        watch=watch)}
+    except RelayFull:
+        raise Refused("relay_full", RELAY_FULL) from None
+# --- end relay mode ---
+
+
 async def visit_signal(call: WsCall) -> dict[str, Any]:
     visit_id = call.arg_str("visit_id")
     signal = visits.checked_signal(call.args)
@@ -241,7 +273,7 @@ async def visit_signal(call: WsCall) -> dict[str, Any]:
     peer = known.peer
     # --- relay mode (signalling/relay.py): the server answers; nothing goes to the peer ---
     if known.media == "relay":
-        return {"relayed": await call.ctx.relay.forward(visit_id, call.me.account_id, signal)}
+        return await _relay(call, visit_id, signal)
     # --- end relay mode ---
     delivered = await calls.push_live(call.ctx.broker, peer, "visit.signal",
                                       {"visit_id": visit_id, "from": call.me.account_id,
@@ -336,8 +368,7 @@ async def visit_watch(call: WsCall) -> dict[str, Any]:
                                action="visit.watch", facility_id=row.facility_id,
                                target=row.id, at=now, details={})
     if signal is not None:
-        return {"relayed": await call.ctx.relay.forward(visit_id, me.account_id, signal,
-                                                        watch=True)}
+        return await _relay(call, visit_id, signal, watch=True)
     servers = ice_servers(secret=s.turn_secret, turn_urls=list(s.turn_urls),
                           stun_urls=list(s.stun_urls), account_id=me.account_id,
                           expires_at=row.end_at)

@@ -2,6 +2,8 @@
 
 1. /readyz answers 503 `draining` from now on (a balancer that probes it stops sending here);
 2. the listening socket closes: no new connections (nginx sends new ones to the others);
+2b. relay mode: the visits relayed here move to other processes (signalling/relay.py
+   `hand_over`): their parties are told to offer there, and the recordings here are kept;
 3. every WebSocket is closed with 1012 "service restart", so that clients reconnect, through
    the balancer, to another process; their visits pause until they rejoin there;
 4. the visit meters stop and release their broker leases at once, and say so on the meters

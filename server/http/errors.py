@@ -44,6 +44,7 @@ STATUS: dict[str, int] = {
     "too_many_connections": 429,
     "busy": 503,
     "unavailable": 503,
+    "relay_full": 503,
     # things and their state
     "not_found": 404,
     "idempotency_conflict": 409,

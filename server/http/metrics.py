@@ -39,6 +39,8 @@ COUNTERS = {
     "kinwire_relay_frames_total": "Relay mode, forwarding: encoded frames by kind, consumer "
                                   "(peer, recording) and outcome (forwarded; dropped: backlog, "
                                   "awaiting_keyframe).",
+    "kinwire_relay_refused_total": "Relay mode: visits that no process had room to relay "
+                                   "(the join or signal answered `relay_full`).",
     "kinwire_meter_fenced_total": "Meter passes refused because another process took the "
                                   "visit's meter over (a stale lease holder; nothing written).",
     "kinwire_leases_total": "Broker lease operations by kind (meter, relay, housekeeping), op "
@@ -69,6 +71,9 @@ GAUGES = {
     "kinwire_broker_up": "1 when the broker answered a ping at scrape, else 0.",
     "kinwire_asyncio_tasks": "asyncio tasks alive in this process (a leak grows it).",
     "kinwire_housekeeping_holder": "1 while this process holds the housekeeping lease.",
+    "kinwire_relay_visits": "Relay mode: visits this process relays (or is taking on).",
+    "kinwire_relay_capacity": "Relay mode: the most visits this process relays "
+                              "(KINWIRE_RELAY_CAPACITY).",
 }
 
 Labels = tuple[tuple[str, str], ...]

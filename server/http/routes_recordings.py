@@ -18,7 +18,7 @@ from server import audit
 from server.auth import STAFF
 from server.errors import not_found
 from server.http.routing import Call, Route, json_response
-from server.recordings import view
+from server.recordings import segments_of, view
 from server.schema import recordings
 
 RANGE = re.compile(r"^bytes=(\d{0,18})-(\d{0,18})$")
@@ -74,15 +74,25 @@ async def list_recordings(call: Call) -> web.Response:
 
 
 async def get_recording(call: Call) -> web.Response:
-    """One recording's record (staff of its facility, admins)."""
-    return json_response({"recording": view(await _visible(call, call.match("recording_id")))})
+    """One recording's record with its segments (staff of its facility, admins)."""
+    row = await _visible(call, call.match("recording_id"))
+    async with call.ctx.store.read() as conn:
+        segments = await segments_of(conn, row.id)
+    return json_response({"recording": view(row, segments)})
 
 
 async def play_recording(call: Call) -> web.Response:
-    """A recording's file (video/webm), whole or one byte range; every request is audited."""
+    """One segment's file (video/webm; ?segment=n, the first by default), whole or one byte
+    range; every request is audited."""
     row = await _visible(call, call.match("recording_id"))
+    number = call.query_int("segment", lo=1, hi=10_000) or 1
+    async with call.ctx.store.read() as conn:
+        segment = next((s for s in await segments_of(conn, row.id) if s.segment == number),
+                       None)
+    if segment is None:
+        raise not_found("The recording's segment")
     blobs = call.ctx.recordings.blobs
-    size = await blobs.size(row.location)
+    size = await blobs.size(segment.location)
     if size is None:
         raise not_found("The recording's file")
     asked = byte_range(call.request.headers.get("Range"), size)
@@ -92,13 +102,14 @@ async def play_recording(call: Call) -> web.Response:
         await audit.record(conn, actor_id=me.account_id, actor_role=me.role,
                            action="recording.play", facility_id=row.facility_id,
                            target=row.id, at=call.now(),
-                           details={"visit_id": row.visit_id, "range": [start, end]})
+                           details={"visit_id": row.visit_id, "segment": number,
+                                    "range": [start, end]})
     headers = {"Accept-Ranges": "bytes", "Content-Length": str(end - start),
                "Cache-Control": "private, no-store", "X-Content-Type-Options": "nosniff"}
     if asked is not None:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-    return web.Response(status=206 if asked else 200, content_type=row.content_type,
-                        headers=headers, body=blobs.read(row.location, start, end))
+    return web.Response(status=206 if asked else 200, content_type=segment.content_type,
+                        headers=headers, body=blobs.read(segment.location, start, end))
 
 
 ROUTES = [
@@ -106,5 +117,6 @@ ROUTES = [
           query={"facility_id": "admin only: one facility", "visit_id": "one visit's",
                  "before": "id of the last recording seen", "limit": "page size"}),
     Route("GET", "/recordings/{recording_id}", get_recording, STAFF),
-    Route("GET", "/recordings/{recording_id}/media", play_recording, STAFF),
+    Route("GET", "/recordings/{recording_id}/media", play_recording, STAFF,
+          query={"segment": "which segment's file (1, the first, by default)"}),
 ]

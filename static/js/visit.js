@@ -70,6 +70,8 @@ export class VisitCall {
     this.reported = false; // "connected" told to the server for the current pc
     this.said = null; // the kiosk's last report: "state/sending"
     this.moved = {}; // getStats counter -> [value, when it last moved (ms)]
+    this.relay = null; // relay mode: the server relay that answered our last offer
+    this.movedTo = null; // relay mode: the relay we last offered to after a visit.relay_moved
     this.stallMs = 10000;
     this.gapMs = 2000; // the family's media stopped this long is an outage (media_gap_s)
     this.ended = null;
@@ -426,6 +428,7 @@ export class VisitCall {
     if (!data || data.visit_id !== this.visit.id || this.ended) return;
     if (type === "visit.signal") this.onSignal(data);
     else if (type === "visit.peer") this.onPeer(data.present);
+    else if (type === "visit.relay_moved") this.onRelayMoved(data.relay);
     else if (type === "visit.tick") this.onTick(data);
     else if (type === "visit.warning") this.onWarning(data.kind);
     else if (type === "visit.live") {
@@ -435,8 +438,18 @@ export class VisitCall {
     else if (type === "visit.ended") this.end(data.reason);
   }
 
+  // Relay mode: the server process relaying this visit died or is draining; another took it
+  // (docs/visits.md, "Relay failover"). Offer to it at once rather than wait for ICE to find
+  // the old one gone. Several processes may say so: once per new relay.
+  onRelayMoved(relay) {
+    if (this.media !== "relay" || !relay || relay === this.relay || relay === this.movedTo) return;
+    this.movedTo = relay;
+    this.offer();
+  }
+
   onSignal(data) {
     const d = data.description;
+    if (data.from === "server" && data.relay) this.relay = data.relay; // who answered us
     if (d && d.type === "offer" && this.media !== "relay") this.answer(d);
     else if (d && d.type === "answer") {
       const pc = this.pc;
