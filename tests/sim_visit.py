@@ -363,10 +363,21 @@ class VisitSim:
 
     def _wake(self, gen: int, at: float) -> None:
         self.wakes.discard((gen, at))
+        if gen not in self.procs:
+            return
+        wanted = proof_wanted(self.config, self.procs[gen]) if self.plan.remote else None
+        if wanted is not None and at >= wanted and (self.proof_fed is None
+                                                    or self.proof_fed < wanted):
+            # The minute falls due unproven: as the real shell, skip this pass; the proof's
+            # arrival feeds it, or a lease later a look anyway.
+            again = self.now + self.plan.node_lease_s
+            if (gen, again) not in self.wakes:
+                self.wakes.add((gen, again))
+                self.push(again, "wake", gen, again)
+            return
+        self._prove(gen)
         if gen in self.procs:
-            self._prove(gen)
-            if gen in self.procs:
-                self._feed(gen, Clock(self.now))
+            self._feed(gen, Clock(self.now))
 
     # --- proofs of the holders' liveness (Facts.remote) -----------------------------------
 
