@@ -121,7 +121,8 @@ class Meters:
         self.on_lapse: Callable[[], Awaitable[Any]] | None = None
         # node -> when it last renewed its liveness lease, on this clock (see Proof above)
         self.proof: dict[str, float] = {}
-        self.awaiting: set[VisitMeter] = set()  # meters whose next minute waits for a proof
+        # meters whose minute fell due unproven: woken when a proof covers it
+        self.awaiting: set[VisitMeter] = set()
         self._touched_at: float | None = None  # monotonic, the last touch that went through
         self.running: dict[str, VisitMeter] = {}
         self.turns = asyncio.Semaphore(STORE_TURNS)
@@ -396,6 +397,7 @@ class VisitMeter:
                 # only find that out. The proof's arrival wakes it (Meters._wake_proven); a
                 # lease later at the latest, it looks anyway.
                 self.wake_at = ts(self.m.clock()) + self.m.node_lease_s
+                self.m.awaiting.add(self)
                 due = False
 
     def _unproven_due(self) -> bool:
@@ -617,10 +619,12 @@ class _Pass:
         vm.wake_at, vm.done, vm.holders = self.wake_at, self.done, self.holders
         vm.remote = self.remote
         vm.proof_wanted = None if self.done else meter.proof_wanted(self.config, self.state)
-        if vm.proof_wanted is None:
-            vm.m.awaiting.discard(vm)
-        else:
+        # Due already and not proven (the pass found out): wait for the proof. Due later: the
+        # meter's own timer comes first (VisitMeter._run).
+        if vm.proof_wanted is not None and vm.proof_wanted <= ts(vm.m.clock()):
             vm.m.awaiting.add(vm)
+        else:
+            vm.m.awaiting.discard(vm)
         vm.events.clear()
         if self.debited:
             vm.m.metrics.inc("kinwire_meter_debits_total", self.debited, result="ok")  # metrics
