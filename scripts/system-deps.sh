@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # System packages the test suite runs for real beyond Python (each line below says which tests):
-# coturn, Redis, Chromium, nginx, PgBouncer, libfaketime, strace, the PostgreSQL client tools.
+# coturn, Redis (and its Sentinel), Chromium, nginx, PgBouncer, libfaketime, strace, the PostgreSQL client tools.
 # Installed from Debian's packages only when missing.
 set -euo pipefail
 need=()
 command -v turnserver >/dev/null 2>&1 || need+=(coturn)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+# tests/test_redis_sentinel.py runs private sentinels watching a master and a replica.
+command -v redis-sentinel >/dev/null 2>&1 || need+=(redis-sentinel)
 # tests/test_browser.py drives Debian's Chromium through Playwright (never a downloaded browser).
 [ -x /usr/bin/chromium ] || need+=(chromium)
 # tests/test_deploy_nginx.py runs a private nginx with deploy/nginx/kinwire.conf.
@@ -37,6 +39,9 @@ if command -v systemctl >/dev/null 2>&1; then systemctl disable --now coturn >/d
 # Nor nginx's: tests start private nginx instances with their own prefix and ports.
 if command -v systemctl >/dev/null 2>&1; then systemctl disable --now nginx >/dev/null 2>&1 || true; fi
 command -v service >/dev/null 2>&1 && service nginx stop >/dev/null 2>&1 || true
+# Nor redis-sentinel's: tests start private sentinels on free ports.
+if command -v systemctl >/dev/null 2>&1; then systemctl disable --now redis-sentinel >/dev/null 2>&1 || true; fi
+command -v service >/dev/null 2>&1 && service redis-sentinel stop >/dev/null 2>&1 || true
 # Nor PgBouncer's: tests start private ones on free ports.
 if command -v systemctl >/dev/null 2>&1; then systemctl disable --now pgbouncer >/dev/null 2>&1 || true; fi
 command -v service >/dev/null 2>&1 && service pgbouncer stop >/dev/null 2>&1 || true

@@ -69,11 +69,11 @@ ROUTES: list[Route] = [*routes_auth.ROUTES, *routes_facilities.ROUTES, *routes_a
                        *routes_visits.ROUTES, *routes_calls.ROUTES, *routes_recordings.ROUTES]
 
 
-def make_broker(settings: Settings) -> Broker:
+def make_broker(settings: Settings, metrics: Metrics | None = None) -> Broker:
     if settings.redis_url:
         from server.broker.redis import RedisBroker
 
-        return RedisBroker(settings.redis_url)
+        return RedisBroker(settings.redis_url, metrics=metrics)
     from server.broker.memory import MemoryBroker
 
     return MemoryBroker()
@@ -110,7 +110,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
                   sqlite_inline_writes=settings.db_sqlite_inline_writes,
                   durable=settings.db_durable_commits)
     store.on_wait = lambda seconds: metrics.observe("kinwire_db_pool_wait_seconds", seconds)
-    broker = make_broker(settings)
+    broker = make_broker(settings, metrics)
     ctx = Context(
         settings=settings, store=store, broker=broker, gateway=gateway or SandboxGateway(),
         passwords=Passwords(settings.argon2_time_cost, settings.argon2_memory_kib,

@@ -10,12 +10,11 @@ from __future__ import annotations
 import math
 from datetime import datetime
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server.attempts import ATTEMPT_LEASE_S, MESSAGES, PRUNE_AFTER, Attempts, Key, alert
-from server.broker import BrokerUnavailable
+from server.broker import BrokerUnavailable, redis_url
 from server.errors import ApiError
 from server.store import Store
 
@@ -97,9 +96,14 @@ class RedisAttempts(Attempts):
     def __init__(self, url: str, window_s: float, backoff_base_s: float = 30.0, *,
                  namespace: str = "kinwire", op_timeout_s: float = 1.0) -> None:
         super().__init__(window_s, backoff_base_s)
-        self._redis = Redis.from_url(url, socket_timeout=op_timeout_s,
-                                     socket_connect_timeout=op_timeout_s, driver_info=None)
-        self._prefix = f"{namespace}:attempt:"
+        target = redis_url.parse(url)
+        self._redis = redis_url.command_client(
+            target, pool_max=64, pool_wait_s=op_timeout_s, socket_timeout=op_timeout_s,
+            socket_connect_timeout=op_timeout_s, driver_info=None)
+        # One script decides all of an attempt's keys: on a Cluster they must share a slot, so
+        # they all carry one hash tag (one node counts every login attempt; they are few).
+        tag = "{attempts}:" if target.kind == "cluster" else ""
+        self._prefix = f"{namespace}:attempt:{tag}"
         self._reserve = self._redis.register_script(RESERVE_LUA)
         self._settle = self._redis.register_script(SETTLE_LUA)
 
@@ -150,4 +154,4 @@ class RedisAttempts(Attempts):
         return 0  # each key expires by itself (PEXPIRE in RESERVE_LUA)
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        await redis_url.close(self._redis)

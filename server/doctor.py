@@ -119,19 +119,17 @@ async def redis(settings: Settings) -> Check:
     if not settings.redis_url:
         return warn("redis", "REDIS_URL is unset: the in-memory broker serves one process "
                     "only; set it before running several")
-    import redis.asyncio as aioredis
+    from server.broker import redis_url
 
-    client = aioredis.from_url(settings.redis_url, socket_connect_timeout=NET_TIMEOUT_S,
-                               socket_timeout=NET_TIMEOUT_S)
-    where = urlsplit(settings.redis_url)
+    where = redis_url.parse(settings.redis_url).where
     try:
-        async with asyncio.timeout(NET_TIMEOUT_S):
-            await client.ping()
+        info = await redis_url.ping(settings.redis_url, NET_TIMEOUT_S)
     except Exception as exc:
-        return fail("redis", f"{where.hostname}:{where.port or 6379} unreachable ({_why(exc)})")
-    finally:
-        await client.aclose()
-    return ok("redis", f"{where.hostname}:{where.port or 6379} answers PING")
+        return fail("redis", f"{where} unreachable ({_why(exc)})")
+    if str(info.get("cluster_enabled", 0)) == "1" and \
+            not settings.redis_url.startswith(("redis+cluster://", "rediss+cluster://")):
+        return fail("redis", f"{where} is a Cluster node: use redis+cluster://")
+    return ok("redis", f"{where} answers PING")
 
 
 # --- TURN and STUN ------------------------------------------------------------------------------

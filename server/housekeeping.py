@@ -133,7 +133,8 @@ class Housekeeping:
             if self.holding:
                 self.holding = await self.broker.renew(LEASE, self.node_id, self.lease_s)
             if not self.holding:
-                self.holding = await self.broker.acquire(LEASE, self.node_id, self.lease_s)
+                self.holding = bool(await self.broker.acquire(LEASE, self.node_id,
+                                                             self.lease_s))
                 if self.holding:
                     log.info("housekeeping: this process does it now")
         except Exception:

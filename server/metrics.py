@@ -39,6 +39,17 @@ COUNTERS = {
     "kinwire_relay_frames_total": "Relay mode, forwarding: encoded frames by kind, consumer "
                                   "(peer, recording) and outcome (forwarded; dropped: backlog, "
                                   "awaiting_keyframe).",
+    "kinwire_meter_fenced_total": "Meter passes refused because another process took the "
+                                  "visit's meter over (a stale lease holder; nothing written).",
+    "kinwire_leases_total": "Broker lease operations by kind (meter, relay, housekeeping), op "
+                            "(acquire, renew, release) and result (ok, refused, error). Redis "
+                            "broker only.",
+    "kinwire_broker_reconnects_total": "Broker pub/sub connections regained after a loss (per "
+                                       "cluster node on a Cluster).",
+    "kinwire_broker_down_seconds_total": "Seconds the broker's pub/sub connections were down "
+                                         "before they were regained.",
+    "kinwire_broker_publish_failures_total": "Publishes the broker refused or could not send "
+                                             "(each a lost signal: clients resync).",
     "kinwire_relay_keyframe_requests_total": "Relay mode, forwarding: PLIs sent to a party for "
                                              "a consumer that needs a keyframe.",
 }

@@ -41,8 +41,11 @@ class Settings:
         "`sqlite:///<data_dir>/kinwire.db`. Through PgBouncer in transaction mode add "
         "`?pool_mode=transaction` (no prepared statement cache; docs/deploy.md).",
         env="DATABASE_URL")
-    redis_url: str = _setting("", "Redis for fan-out, presence and leases; empty means the "
-                              "in-memory broker (one process only).", env="REDIS_URL")
+    redis_url: str = _setting("", "Redis for fan-out, presence and leases: redis://host:port/db "
+                              "(TLS rediss://), redis+sentinel://s1:26379,s2:26379/service[/db] "
+                              "or redis+cluster://n1:6379,n2:6379 (docs/deploy.md, \"Redis\"); "
+                              "empty means the in-memory broker (one process only).",
+                              env="REDIS_URL")
     allowed_origins: tuple[str, ...] = _setting(
         (), "Comma-separated Origin allowlist for /ws; empty allows only the server's own origin.")
     public_url: str = _setting("", "The URL people reach the service at (printed at start).")
@@ -275,8 +278,13 @@ class Settings:
                 pool_mode(url)
             except ValueError as exc:
                 raise SettingsError(f"DATABASE_URL: {exc}") from None
-        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise SettingsError("REDIS_URL must start with redis://, rediss:// or unix://")
+        if self.redis_url:
+            from server.broker import redis_url
+
+            try:
+                redis_url.parse(self.redis_url)
+            except ValueError as exc:
+                raise SettingsError(f"REDIS_URL {exc}") from None
         if self.visit_minute_s <= 0 or self.visit_minute_s > 3600:
             raise SettingsError("KINWIRE_VISIT_MINUTE_S must be in (0, 3600]")
         for url in self.turn_urls + self.stun_urls:

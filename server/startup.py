@@ -116,24 +116,27 @@ async def check_redis(settings: Settings) -> None:
     """Redis answers PING (when REDIS_URL is set), or StartError."""
     if not settings.redis_url:
         return
-    import redis.asyncio as aioredis
+    from server.broker import redis_url
 
     timeout_s = CHECK_TIMEOUT_S_MAX
-    client = aioredis.from_url(settings.redis_url, socket_connect_timeout=timeout_s,
-                               socket_timeout=timeout_s)
+    target = redis_url.parse(settings.redis_url)
+    where = _without_password(settings.redis_url) if target.kind == "single" else target.where
     try:
-        async with asyncio.timeout(timeout_s):
-            await client.ping()
+        info = await redis_url.ping(settings.redis_url, timeout_s)
     except Exception as exc:
         why, kind = reason(exc, timeout_s)
         fix = ("Fix the password in REDIS_URL" if kind == "login" else
                "Start Redis there or fix REDIS_URL (unset, one process runs on its in-memory "
                "broker)")
         raise StartError(
-            f"kinwire: cannot reach Redis at {_without_password(settings.redis_url)} "
-            f"({why}). {fix}; {DOCTOR}.") from None
-    finally:
-        await client.aclose()
+            f"kinwire: cannot reach Redis at {where} ({why}). {fix}; {DOCTOR}.") from None
+    if str(info.get("cluster_enabled", 0)) == "1" and \
+            not settings.redis_url.startswith(("redis+cluster://", "rediss+cluster://")):
+        # A plain client on a cluster node reaches that node's slots only: leases on the
+        # others would fail (MOVED) and channels would be broadcast to every node.
+        raise StartError(
+            f"kinwire: Redis at {where} is a Cluster node: set REDIS_URL=redis+cluster://"
+            f"host:port[,host:port...] (docs/deploy.md, \"Redis\"); {DOCTOR}.")
 
 
 def listen_error(exc: OSError, host: str, port: int) -> StartError:

@@ -35,6 +35,17 @@ and the clock, and performs the actions: debit a minute through the ledger
 (idempotent on its key), end the visit, store the meter's state; after the commit, push
 warnings and ticks to both parties. It never cancels itself inside a database call: stopping
 is a flag checked between passes. One task renews every running meter's lease.
+
+Fencing: a lease alone cannot stop a holder that was paused (SIGSTOP, a long GC, a partition)
+past its lease, nor two holders after a broker failover that lost the lease key. So a meter
+writes only under its epoch: its first pass raises the visit row's `meter_epoch` to the larger
+of the row's epoch + 1 and the broker's grant epoch, and every later pass reads the row only
+`WHERE meter_epoch = <its epoch>` (locking it), so a holder superseded since finds no row,
+rolls back and stops: no debit, no state, no push. The row, not the broker, is the authority
+(a failover can lose the broker's epoch counter too); the broker's epoch keeps a new grant
+ahead of everything that counter saw. Lease operations that fail (the broker away or erring)
+are counted by the broker (kinwire_leases_total), logged here and retried: the scan claims
+again, the renewal task renews again.
 """
 
 from __future__ import annotations
@@ -76,10 +87,20 @@ _WHOLE_ROW = raw.Query(select(_t).where(_t.c.id == bindparam("p_id")).with_for_u
 _PRESENCE = raw.Query(select(
     _t.c.status, _t.c.ended_at, _t.c.end_reason, _t.c.media_changed_at, _t.c.family_media,
     _t.c.person_media, _t.c.family_node, _t.c.person_node, _t.c.person_sending,
-    _t.c.server_media, _t.c.server_node).where(_t.c.id == bindparam("p_id")).with_for_update())
+    _t.c.server_media, _t.c.server_node).where(
+        _t.c.id == bindparam("p_id"), _t.c.meter_epoch == bindparam("p_epoch"))
+    .with_for_update())
 NODES = "nodes"  # the broker presence key of the processes' liveness leases
-_KEEP_STATE = raw.Query(_t.update().where(_t.c.id == bindparam("p_id"))
+_KEEP_STATE = raw.Query(_t.update().where(_t.c.id == bindparam("p_id"),
+                                          _t.c.meter_epoch == bindparam("p_epoch"))
                         .values(meter=bindparam("p_meter")))
+_TAKE_EPOCH = raw.Query(_t.update().where(_t.c.id == bindparam("p_id"))
+                        .values(meter_epoch=bindparam("p_epoch")))
+LEASE_ERROR_LOG_S = 60.0  # a broker that keeps failing is logged once a minute, with a count
+
+
+class Fenced(Exception):
+    """The visit row carries a later holder's epoch: this meter's lease was lost."""
 
 
 def in_call_scan(now: datetime) -> Select:
@@ -123,6 +144,8 @@ class Meters:
         self.proof: dict[str, float] = {}
         # meters whose minute fell due unproven: woken when a proof covers it
         self.awaiting: set[VisitMeter] = set()
+        self._lease_errors = 0  # failed lease operations since the last log line
+        self._lease_error_logged: float | None = None  # monotonic
         self._touched_at: float | None = None  # monotonic, the last touch that went through
         self.running: dict[str, VisitMeter] = {}
         self.turns = asyncio.Semaphore(STORE_TURNS)
@@ -238,17 +261,29 @@ class Meters:
             await self.broker.publish(CHANNEL, {"visit": visit_id})
         await self.claim(visit_id)
 
+    def lease_error(self, op: str, visit_id: str, error: Exception) -> None:
+        """A lease operation failed (counted by the broker): log it, at most once a minute
+        while the broker keeps failing; the caller retries on its next round."""
+        self._lease_errors += 1
+        now = time.monotonic()
+        if self._lease_error_logged is None or now - self._lease_error_logged >= LEASE_ERROR_LOG_S:
+            log.warning("meter lease %s failed for visit %s: %r (%d failure(s) since the last "
+                        "report; retried)", op, visit_id, error, self._lease_errors)
+            self._lease_error_logged, self._lease_errors = now, 0
+
     async def claim(self, visit_id: str) -> bool:
         if self._stop.is_set() or visit_id in self.running:
             return False
         try:
-            if not await self.broker.acquire(f"meter:{visit_id}", self.node_id, self.lease_s):
-                return False
-        except Exception:  # broker away: whoever holds it carries on; we try again later
+            epoch = await self.broker.acquire(f"meter:{visit_id}", self.node_id, self.lease_s)
+        except Exception as error:  # whoever holds it carries on; the scan claims again
+            self.lease_error("claim", visit_id, error)
+            return False
+        if not epoch:
             return False
         if visit_id in self.running:  # claimed twice concurrently by this very process
             return False
-        running = VisitMeter(self, visit_id)
+        running = VisitMeter(self, visit_id, int(epoch))
         self.running[visit_id] = running
         self._spawn(running.run(), f"meter-{visit_id}")
         return True
@@ -337,9 +372,11 @@ class VisitMeter:
     after the commit; pushes go out after it. A pass runs on a poke (the row changed) or at
     the meter's own `WakeAt`; a lease renewal alone reads and writes nothing."""
 
-    def __init__(self, meters: Meters, visit_id: str) -> None:
+    def __init__(self, meters: Meters, visit_id: str, grant: int = 1) -> None:
         self.m = meters
         self.visit_id = visit_id
+        self.grant = grant  # the broker's epoch of this lease grant
+        self.epoch: int | None = None  # the fencing epoch taken on the row by the first pass
         self._wake = asyncio.Event()
         self.wake_at: float | None = None
         self._wake_seen: float | None = None  # metrics: the WakeAt already measured
@@ -428,9 +465,10 @@ class VisitMeter:
         try:
             kept = await self.m.broker.renew(f"meter:{self.visit_id}", self.m.node_id,
                                              self.m.lease_s)
-        except Exception:
-            # No broker, no rival: nobody else can take the lease while it is away, and the
-            # minute keys make a double debit impossible anyway.
+        except Exception as error:
+            # No broker, no rival: nobody else can take the lease while it is away; and if a
+            # failover gave it to another, the row's epoch fences this meter's writes.
+            self.m.lease_error("renew", self.visit_id, error)
             return
         if not kept and not self.lost:
             self.lost = True
@@ -445,6 +483,12 @@ class VisitMeter:
             work = _Pass(self, self.m.sink(), await self.m.alive())
             try:
                 in_call = await self.m.store.write_grouped(work.run)
+            except Fenced:  # rolled back: nothing written, nothing pushed
+                self.m.metrics.inc("kinwire_meter_fenced_total")  # metrics
+                log.warning("visit %s: another process took its meter over (epoch %s is "
+                            "stale); this one stops", self.visit_id, self.epoch)
+                self.lost = True
+                return False
             except LedgerError as exc:  # rolled back, the claim of the key with it
                 self.m.metrics.inc("kinwire_meter_debits_total", result="refused")  # metrics
                 if exc.code == "insufficient_credits" and work.debiting is not None:
@@ -480,6 +524,7 @@ class _Pass:
         self.holders: set[str] = set()
         self.remote: set[str] = set()
         self.config, self.state = vm.config, vm.state
+        self.epoch = vm.epoch
         self.wake_at, self.done = vm.wake_at, vm.done
         self.pushes: list[tuple[str, dict[str, Any]]] = []
         self.debiting: int | None = None  # the minute this pass tried to debit
@@ -499,6 +544,9 @@ class _Pass:
             row = found[0] if found else None
             if row is None or row.status not in visits.IN_CALL:
                 return False
+            # Fencing (module doc): this holder's epoch supersedes every earlier holder's.
+            self.epoch = max(row.meter_epoch + 1, vm.grant)
+            await db.query(_TAKE_EPOCH, {"p_id": vm.visit_id, "p_epoch": self.epoch})
             self.parties = (row.family_id, row.person_id)
             self.config = meter.MeterConfig(vm.visit_id, row.minute_price, vm.m.minute_s,
                                             ts(row.start_at), ts(row.end_at), media=row.media)
@@ -508,7 +556,10 @@ class _Pass:
             else:
                 self.state = meter.MeterState()
         else:
-            row = (await db.query(_PRESENCE, {"p_id": vm.visit_id}))[0]
+            found = await db.query(_PRESENCE, {"p_id": vm.visit_id, "p_epoch": self.epoch})
+            if not found:
+                raise Fenced(vm.visit_id)
+            row = found[0]
         events += await self._observed(conn, row)
         start = self.state
         family = self.parties[0] if self.parties else vm.family_id
@@ -538,7 +589,8 @@ class _Pass:
                     self.wake_at = action.at
                 # Persist: the state is written once, below, with everything else
         if self.state != start or vm.config is None:
-            await db.query(_KEEP_STATE, {"p_id": vm.visit_id, "p_meter": self.state.to_dict()})
+            await db.query(_KEEP_STATE, {"p_id": vm.visit_id, "p_epoch": self.epoch,
+                                         "p_meter": self.state.to_dict()})
         return True
 
     async def _observed(self, conn: Any, row: Any) -> list[meter.Event]:
@@ -615,7 +667,7 @@ class _Pass:
         vm = self.vm
         if self.parties is not None:
             vm.family_id, vm.person_id = self.parties
-        vm.config, vm.state = self.config, self.state
+        vm.config, vm.state, vm.epoch = self.config, self.state, self.epoch
         vm.wake_at, vm.done, vm.holders = self.wake_at, self.done, self.holders
         vm.remote = self.remote
         vm.proof_wanted = None if self.done else meter.proof_wanted(self.config, self.state)

@@ -422,7 +422,9 @@ class VisitRelay:
         try:
             return await self.r.broker.renew(f"relay:{self.visit_id}", self.r.node_id,
                                              self.r.lease_s)
-        except Exception:
+        except Exception as error:  # counted by the broker (kinwire_leases_total)
+            log.warning("visit %s: relay lease not renewed (%r); kept, retried", self.visit_id,
+                        error)
             return True  # no broker, no rival: nobody else can take the lease meanwhile
 
 

@@ -56,6 +56,10 @@ visits = Table(
     Column("ended_at", UTCDateTime, nullable=True),
     # The meter's persisted state (billing/meter.py), so another process can take it over.
     Column("meter", JSON, nullable=True),
+    # The fencing epoch of the meter holder allowed to write (signalling/meters.py, "Fencing"):
+    # each holder raises it when it takes the meter, and every pass writes only while the row
+    # still carries its epoch, so a holder that lost its lease unnoticed writes nothing.
+    Column("meter_epoch", Integer, nullable=False, default=0, server_default=text("0")),
     CheckConstraint("status IN ('scheduled', 'open', 'live', 'paused', 'ended', 'cancelled', "
                     "'missed')", name="ck_visits_status"),
     CheckConstraint("blocks >= 1", name="ck_visits_blocks"),

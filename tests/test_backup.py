@@ -27,10 +27,15 @@ import pytest
 from PIL import Image
 
 from billing import ledger
+from server.backup import backup, read_manifest, restore, verify
+from server.blobs.files import FileBlobs
+from server.settings import from_env
 from server.store import Store
 from tests.conftest import PG_ADMIN_URL
 from tests.helpers import VISA
+from tests.seaweed import Seaweed
 from tests.test_cli import cli_env, free_port, wait_ready
+from tests.test_object_storage import bucket_keys
 
 pytestmark = pytest.mark.timeout(240)
 FAMILY = {"email": "family@demo.kinwire.test", "password": "family-demo-pass"}
@@ -166,6 +171,42 @@ async def _restored_facts(env: dict[str, str]) -> tuple[set[str], list[str]]:
 
 async def test_backup_under_load_restores_acknowledged_money_and_photos(
         tmp_path: Path, databases: list[dict[str, str]]) -> None:
+    await _backup_under_load(tmp_path, databases)
+
+
+async def test_backup_with_photos_in_s3_restores_them_into_an_empty_bucket(
+        tmp_path: Path, seaweed: Seaweed) -> None:
+    """The same on a real S3 store (SeaweedFS): the backup copies exactly the photos its
+    snapshot references out of the bucket, and the restore puts them under another, empty
+    prefix (a fresh bucket), not on the target's disk. Adversaries: uploads racing the
+    snapshot; a backup blob changed afterwards (verify fails, restore refuses)."""
+    prefixes = [f"bk-{name}-{secrets.token_hex(3)}" for name in ("src", "dst", "quiet")]
+    dest = await _backup_under_load(tmp_path, [seaweed.env(prefix=p) for p in prefixes])
+    files = read_manifest(dest)["files"]
+    photos = sorted(name.removeprefix("blobs/") for name in files if name.startswith("blobs/"))
+    assert photos and sorted(k.removeprefix(f"{prefixes[1]}/photos/")
+                             for k in bucket_keys(seaweed, prefixes[1])) == photos
+    assert not [p for p in (tmp_path / "target").rglob("*.jpg")], "photos on the target's disk"
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(dest, tampered)
+    victim = tampered / "blobs" / photos[0]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    env = _env(tmp_path / "fresh", seaweed.env(prefix=f"bk-fresh-{secrets.token_hex(3)}"))
+    result = kinwire("backup", "verify", str(tampered), env=env)
+    assert result.returncode == 1 and f"blobs/{photos[0]}: checksum" in result.stdout
+    refused = kinwire("restore", str(tampered), env=env)
+    assert refused.returncode == 1 and "does not verify" in refused.stderr, refused.stderr
+
+
+async def _backup_under_load(tmp_path: Path, extras: list[dict[str, str]]) -> Path:
+    """A backup taken while purchases and photo uploads run, restored into a fresh data
+    directory (and database, and blob store, per `extras`: source, target, quiet target):
+    every purchase acknowledged before the snapshot is there and every photo opens. Returns
+    the backup's folder."""
+    databases = extras
     source = _env(tmp_path / "source", databases[0])
     target = _env(tmp_path / "target", databases[1])
     quiet_target = _env(tmp_path / "quiet", databases[2])
@@ -229,6 +270,7 @@ async def test_backup_under_load_restores_acknowledged_money_and_photos(
     # Restoring over a data directory in use is refused, and changes nothing there.
     again = kinwire("restore", str(quiet), env=target)
     assert again.returncode == 1 and "restore into an empty" in again.stderr, again.stderr
+    return dest
 
 
 async def test_verify_finds_a_changed_or_lost_blob_and_restore_refuses_it(
@@ -293,3 +335,47 @@ async def test_a_database_copied_without_its_wal_is_refused_with_its_reason(
             and "kinwire restore" in result.stderr, result.stderr
     assert _tables(copy / "kinwire.db") == 0, "the copy was migrated"
     assert os.listdir(copy / "blobs")
+
+
+async def test_a_backup_holds_the_recordings_its_database_lists_and_restores_them(
+        tmp_path: Path, sqlite_template: Path) -> None:
+    """Recordings are kept in the blob store under `<facility>/<recording>.webm` (relay mode):
+    the backup copies the file of each `recordings` row, and only those, and restore puts it
+    back under its key. Adversary: a recording blob the database does not list (one whose row
+    never committed) must stay out of the backup. The row is written with plain SQL (no relayed
+    visit is run; sqlite3 does not enforce the row's foreign keys unless asked)."""
+    source, target = tmp_path / "source" / "data", tmp_path / "target" / "data"
+    source.mkdir(parents=True)
+    shutil.copyfile(sqlite_template, source / "kinwire.db")
+    settings = from_env({"KINWIRE_DATA_DIR": str(source)})
+    key, stray = "fac_1/rec_1.webm", "fac_1/rec_stray.webm"
+    blobs = FileBlobs(settings.resolved_recordings_dir)
+    for name, data in ((key, b"webm bytes " * 1000), (stray, b"no row")):
+        staged = tmp_path / name.replace("/", "_")
+        staged.write_bytes(data)
+        await blobs.put(name, staged)
+    db = sqlite3.connect(source / "kinwire.db")
+    db.execute(
+        "INSERT INTO recordings (id, visit_id, segment, facility_id, family_id, person_id,"
+        " started_at, ended_at, duration_ms, bytes, sha256, content_type, location,"
+        " retain_until, created_at) VALUES ('rec_1', 'vis_1', 1, 'fac_1', 'acc_f', 'acc_p',"
+        " '2026-12-01 10:00:00', '2026-12-01 10:01:00', 60000, 11000, 'x', 'video/webm', ?,"
+        " '2027-03-01 10:00:00', '2026-12-01 10:01:00')", (key,))
+    db.commit()
+    db.close()
+
+    dest = tmp_path / "backup"
+    manifest = await backup(settings, dest)
+    assert manifest["recordings"] == [key] and manifest["missing"] == []
+    assert sorted(n for n in manifest["files"] if n.startswith("recordings/")) == [
+        f"recordings/{key}"]
+    assert verify(dest) == []
+    (dest / "recordings" / key).write_bytes(b"webm bytes " * 999 + b"webm bytez ")
+    assert verify(dest) == [f"recordings/{key}: checksum or size differs from the manifest "
+                            "(changed)"]
+    (dest / "recordings" / key).write_bytes(b"webm bytes " * 1000)
+
+    restored = from_env({"KINWIRE_DATA_DIR": str(target)})
+    await restore(restored, dest)
+    assert (restored.resolved_recordings_dir / key).read_bytes() == b"webm bytes " * 1000
+    assert not (restored.resolved_recordings_dir / stray).exists()

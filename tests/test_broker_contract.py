@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from server.broker import Broker, BrokerUnavailable, Gap, Subscription
 from server.broker.memory import MemoryBroker
 from server.broker.redis import RedisBroker
+from server.metrics import Metrics
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 RECEIVE_TIMEOUT_S = 2.0
@@ -245,6 +246,22 @@ async def test_lease_one_holder_at_a_time(kit: Kit) -> None:
     assert await broker.acquire("meter.5", "a", 10)
 
 
+async def test_lease_grants_carry_rising_epochs(kit: Kit) -> None:
+    """Each grant's epoch is above every earlier grant's of the name (a holder that lost its
+    lease is told apart from its successor by it: fencing, signalling/meters.py); a refused
+    acquire returns 0, and other names count on their own."""
+    broker = kit.broker
+    first = await broker.acquire("meter.6", "a", 0.3)
+    assert first >= 1
+    assert await broker.acquire("meter.6", "b", 0.3) == 0
+    await kit.advance(0.4)  # expired, not released: the next grant is still a later one
+    second = await broker.acquire("meter.6", "b", 10)
+    assert await broker.release("meter.6", "b")
+    third = await broker.acquire("meter.6", "a", 10)
+    assert first < second < third
+    assert await broker.acquire("meter.7", "a", 10) >= 1
+
+
 async def test_lease_renew_extends(kit: Kit) -> None:
     assert await kit.broker.acquire("meter.5", "a", 0.5)
     await kit.advance(0.3)
@@ -352,7 +369,9 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
 
 async def test_redis_restart_raises_then_gaps_and_resumes(private_redis: PrivateRedis) -> None:
     op_timeout_s = 0.5
-    broker = RedisBroker(private_redis.url, op_timeout_s=op_timeout_s, backoff_s_max=0.4)
+    metrics = Metrics()
+    broker = RedisBroker(private_redis.url, op_timeout_s=op_timeout_s, backoff_s_max=0.4,
+                         metrics=metrics)
     try:
         subscription = await broker.subscribe("user.1")
         await broker.publish("user.1", {"seq": 1})
@@ -366,10 +385,22 @@ async def test_redis_restart_raises_then_gaps_and_resumes(private_redis: Private
             await broker.ping()
         assert time.monotonic() - started < 2 * op_timeout_s + 0.5
 
+        with pytest.raises(BrokerUnavailable):
+            await broker.renew("meter:v1", "a", 5)
+
         private_redis.start()
         assert await asyncio.wait_for(anext(aiter(subscription)), 5) == Gap("reconnected")
         await broker.publish("user.1", {"seq": 3})
         assert await receive(subscription) == {"seq": 3}
+        assert await broker.acquire("meter:v1", "a", 5) >= 1
+        # /metrics saw it all (docs/operations.md): the outage, the failures, the grant.
+        assert metrics.counter_value("kinwire_broker_reconnects_total") == 1
+        assert metrics.counter_value("kinwire_broker_down_seconds_total") > 0
+        assert metrics.counter_value("kinwire_broker_publish_failures_total") == 1
+        assert metrics.counter_value("kinwire_leases_total", kind="meter", op="renew",
+                                     result="error") == 1
+        assert metrics.counter_value("kinwire_leases_total", kind="meter", op="acquire",
+                                     result="ok") == 1
     finally:
         await broker.close()
 

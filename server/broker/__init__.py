@@ -29,11 +29,14 @@ Contract
   third of KINWIRE_NODE_LEASE_S: a visit party counts only while the process holding its
   socket is present there, and its time counts only up to its last touch (signalling/meters.py,
   docs/visits.md "Trust").
-- Leases: `acquire(name, holder, ttl_s)` succeeds for one holder at a time; `renew` extends it
-  only for the current holder; `release` frees it only for the current holder. Each returns
-  whether it took effect. A lease whose ttl passes without renewal is free for another holder.
-  (Leases order meters between processes; fencing of stale holders is done in the store by the
-  idempotency keys, not here.)
+- Leases: `acquire(name, holder, ttl_s)` succeeds for one holder at a time and returns the
+  grant's epoch (0 when it did not succeed): the epochs of one name's grants increase, so a
+  holder can carry its epoch into its writes and the store can refuse an older one (fencing,
+  signalling/meters.py). `renew` extends it only for the current holder; `release` frees it
+  only for the current holder; each returns whether it took effect. A lease whose ttl passes
+  without renewal is free for another holder. A broker that fails over may lose a lease (two
+  holders then believe they hold it) and even the epoch counter: the store's fencing check,
+  not the broker, is what keeps a stale holder from writing.
 """
 
 from __future__ import annotations
@@ -73,7 +76,7 @@ class Broker(Protocol):
 
     async def renewed(self, key: str) -> dict[str, float | None]: ...
 
-    async def acquire(self, name: str, holder: str, ttl_s: float) -> bool: ...
+    async def acquire(self, name: str, holder: str, ttl_s: float) -> int: ...
 
     async def renew(self, name: str, holder: str, ttl_s: float) -> bool: ...
 

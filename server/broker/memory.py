@@ -30,6 +30,7 @@ class MemoryBroker:
         self._presence: dict[str, dict[str, float]] = {}  # key -> member -> expires_at
         self._touched: dict[str, dict[str, float]] = {}  # key -> member -> last touched at
         self._leases: dict[str, tuple[str, float]] = {}  # name -> (holder, expires_at)
+        self._epochs: dict[str, int] = {}  # name -> the last grant's epoch
         self._sweep_at = clock() + SWEEP_INTERVAL_S
         self._closed = False
 
@@ -80,14 +81,15 @@ class MemoryBroker:
         touched = self._touched.get(key, {})
         return {member: now - touched[member] for member in present}
 
-    async def acquire(self, name: str, holder: str, ttl_s: float) -> bool:
+    async def acquire(self, name: str, holder: str, ttl_s: float) -> int:
         self._check_open()
         ttl_s = _positive(ttl_s)
         now = self._now()
         if self._holder(name, now) is not None:
-            return False  # like SET NX: even the current holder must renew, not re-acquire
+            return 0  # like SET NX: even the current holder must renew, not re-acquire
         self._leases[name] = (holder, now + ttl_s)
-        return True
+        self._epochs[name] = self._epochs.get(name, 0) + 1
+        return self._epochs[name]
 
     async def renew(self, name: str, holder: str, ttl_s: float) -> bool:
         self._check_open()

@@ -15,10 +15,21 @@ Contract (see server.broker), and how Redis gives it:
 - Presence is a sorted set per key: member -> expiry in milliseconds of the *Redis server's*
   clock (TIME inside the scripts), so processes with skewed clocks agree. The key itself
   expires with its last member, so abandoned keys do not accumulate.
-- Leases are plain keys: acquire is SET NX PX; renew and release are compare-and-set Lua
-  scripts, each atomic in Redis. Expiry is Redis' own key expiry.
+- Leases are plain keys: acquire is a Lua script doing SET NX PX and, when it took, INCR of
+  the lease's epoch counter (kept a week after the last grant); renew and release are
+  compare-and-set Lua scripts, each atomic in Redis. Expiry is Redis' own key expiry.
 - Keys and channels live under `namespace:` so deployments (and tests) sharing a Redis do not
   see each other.
+- REDIS_URL may name one server, a Sentinel-watched master or a Cluster (redis_url.py). On a
+  Cluster: publish is SPUBLISH and subscriptions SSUBSCRIBE on the channel's master
+  (redis_shards.py), so a send reaches one node, not all of them; and a name's keys and channel
+  carry it as a hash tag (`kinwire:lease:{meter:v1}`, `kinwire:epoch:{meter:v1}`), so a
+  lease's key and its epoch counter share a slot, as a script needs. On one server or Sentinel
+  the names stay untagged, as before (processes of two releases agree on lease names while a
+  rolling upgrade runs).
+- Lease operations are counted in `metrics` (kinwire_leases_total, by kind: the name up to
+  its first ':'; op; result ok/refused/error); failed publishes in
+  kinwire_broker_publish_failures_total; pub/sub reconnects and time down by RedisFanout.
 """
 
 from __future__ import annotations
@@ -28,18 +39,22 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ClusterDownError, RedisClusterException, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from server.broker import BrokerUnavailable, codec
-from server.broker.redis_fanout import RedisFanout
+from server.broker import BrokerUnavailable, codec, redis_url
+from server.broker.redis_fanout import RedisFanout, _NoMetrics
+from server.broker.redis_shards import ShardedFanout
 from server.broker.subscription import QueuedSubscription
 
 T = TypeVar("T")
-UNAVAILABLE_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
+# A Cluster mid-failover answers CLUSTERDOWN/TRYAGAIN, or has no node for a slot: unavailable
+# too, for as long as the promotion takes.
+UNAVAILABLE_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError,
+                      ClusterDownError, TryAgainError, RedisClusterException)
 PUBLISH_BATCH_MAX = 256  # publishes in one pipeline (each a few hundred bytes to ~5 KB)
 
 _NOW_MS = """
@@ -84,6 +99,16 @@ end
 return out
 """
 )
+# KEYS[1] lease key, KEYS[2] its epoch counter; ARGV[1] holder, ARGV[2] ttl in ms. Returns the
+# grant's epoch, or 0 when the lease is held.
+ACQUIRE_LUA = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  local epoch = redis.call('INCR', KEYS[2])
+  redis.call('PEXPIRE', KEYS[2], 604800000)
+  return epoch
+end
+return 0
+"""
 # KEYS[1] lease key; ARGV[1] holder, ARGV[2] ttl in ms.
 RENEW_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -101,7 +126,7 @@ return 0
 
 
 class RedisBroker:
-    """Broker on Redis at `url` (redis://, rediss:// or unix://).
+    """Broker on the Redis deployment `url` names (server/broker/redis_url.py).
 
     op_timeout_s: bound on every Redis call (and on connecting); past it, BrokerUnavailable.
     namespace: prefix of every key and channel.
@@ -122,7 +147,9 @@ class RedisBroker:
         backoff_s_min: float = 0.1,
         backoff_s_max: float = 2.0,
         health_interval_s: float = 5.0,
+        metrics: Any = None,
     ) -> None:
+        self.metrics = metrics if metrics is not None else _NoMetrics()
         self._op_timeout_s = op_timeout_s
         self._prefix = f"{namespace}:"
         # No retries inside redis-py: a retried PUBLISH could deliver twice, and the caller's
@@ -137,22 +164,30 @@ class RedisBroker:
             # opens by the dozen (docs/BENCHMARKS.md, "Signalling").
             "driver_info": None,
         }
-        pool = BlockingConnectionPool.from_url(
-            url, max_connections=connections_max, timeout=op_timeout_s, **common
-        )
-        self._redis = Redis.from_pool(pool)
-        # Only a factory for the one pub/sub connection, which RedisFanout owns outright.
-        pubsub_pool = ConnectionPool.from_url(url, protocol=2, **common)
-        self._fanout = RedisFanout(
-            pubsub_pool.make_connection,
-            op_timeout_s=op_timeout_s,
-            backoff_s_min=backoff_s_min,
-            backoff_s_max=backoff_s_max,
-            health_interval_s=health_interval_s,
-        )
+        target = redis_url.parse(url)
+        self._cluster = target.kind == "cluster"
+        self._redis = redis_url.command_client(target, pool_max=connections_max,
+                                               pool_wait_s=op_timeout_s, **common)
+        fanout_options: dict[str, Any] = {
+            "op_timeout_s": op_timeout_s, "backoff_s_min": backoff_s_min,
+            "backoff_s_max": backoff_s_max, "health_interval_s": health_interval_s,
+            "metrics": self.metrics}
+        self._fanout: RedisFanout | ShardedFanout
+        if self._cluster:
+            self._fanout = ShardedFanout(
+                self._redis,
+                lambda host, port: redis_url.node_connection(target, host, port, protocol=2,
+                                                             **common),
+                **fanout_options)
+        else:
+            # Only a factory for the one pub/sub connection, which RedisFanout owns outright.
+            self._connect = redis_url.connection_factory(target, protocol=2, **common)
+            self._fanout = RedisFanout(self._connect, **fanout_options)
+        self._spublish = self._cluster
         self._touch = self._redis.register_script(TOUCH_LUA)
         self._present = self._redis.register_script(PRESENT_LUA)
         self._renewed = self._redis.register_script(RENEWED_LUA)
+        self._acquire = self._redis.register_script(ACQUIRE_LUA)
         self._renew = self._redis.register_script(RENEW_LUA)
         self._release = self._redis.register_script(RELEASE_LUA)
         self._closed = False
@@ -180,7 +215,8 @@ class RedisBroker:
             del self._outgoing[:PUBLISH_BATCH_MAX]
             try:
                 if len(batch) == 1:
-                    await self._bounded(self._redis.publish, batch[0][0], batch[0][1])
+                    publish = self._redis.spublish if self._spublish else self._redis.publish
+                    await self._bounded(publish, batch[0][0], batch[0][1])
                 else:
                     await self._bounded(self._pipeline_publish, batch)
             except asyncio.CancelledError:  # shutting down: nobody may wait forever
@@ -190,6 +226,7 @@ class RedisBroker:
                 self._outgoing.clear()
                 raise
             except Exception as error:  # handed to every waiting publisher of the batch
+                self.metrics.inc("kinwire_broker_publish_failures_total", len(batch))
                 for _, _, done in batch:
                     if not done.done():
                         done.set_exception(error)
@@ -201,7 +238,10 @@ class RedisBroker:
     async def _pipeline_publish(self, batch: list[tuple[bytes, bytes, asyncio.Future]]) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
             for channel, data, _ in batch:
-                pipe.publish(channel, data)
+                if self._spublish:
+                    pipe.spublish(channel, data)
+                else:
+                    pipe.publish(channel, data)
             await pipe.execute()
 
     async def subscribe(self, channel: str, *, queue_max: int = 1024) -> QueuedSubscription:
@@ -228,20 +268,35 @@ class RedisBroker:
         return {member.decode(): (ms / 1000 if ms >= 0 else None)
                 for member, ms in zip(flat[::2], flat[1::2], strict=True)}
 
-    async def acquire(self, name: str, holder: str, ttl_s: float) -> bool:
-        """SET NX: False while anyone holds it, the caller included (a holder renews)."""
-        key = self._key("lease", name)
-        taken = await self._call(self._redis.set, key, holder, nx=True, px=_ms(ttl_s))
-        return bool(taken)
+    async def acquire(self, name: str, holder: str, ttl_s: float) -> int:
+        """SET NX and the grant's epoch: 0 while anyone holds it, the caller included (a holder
+        renews)."""
+        epoch = await self._lease("acquire", name, self._acquire,
+                                  keys=[self._key("lease", name), self._key("epoch", name)],
+                                  args=[holder, _ms(ttl_s)])
+        return int(epoch)
 
     async def renew(self, name: str, holder: str, ttl_s: float) -> bool:
-        key = self._key("lease", name)
-        renewed = await self._call(self._renew, keys=[key], args=[holder, _ms(ttl_s)])
+        renewed = await self._lease("renew", name, self._renew,
+                                    keys=[self._key("lease", name)], args=[holder, _ms(ttl_s)])
         return bool(renewed)
 
     async def release(self, name: str, holder: str) -> bool:
-        released = await self._call(self._release, keys=[self._key("lease", name)], args=[holder])
+        released = await self._lease("release", name, self._release,
+                                     keys=[self._key("lease", name)], args=[holder])
         return bool(released)
+
+    async def _lease(self, op: str, name: str, script: Any, **kwargs: Any) -> Any:
+        """One lease operation, counted by kind and result; an error is counted and raised."""
+        kind = name.split(":", 1)[0]
+        try:
+            result = await self._call(script, **kwargs)
+        except Exception:
+            self.metrics.inc("kinwire_leases_total", kind=kind, op=op, result="error")
+            raise
+        self.metrics.inc("kinwire_leases_total", kind=kind, op=op,
+                         result="ok" if result else "refused")
+        return result
 
     async def ping(self) -> None:
         await self._call(self._redis.ping)
@@ -255,7 +310,9 @@ class RedisBroker:
         if self._sender is not None and not self._sender.done():
             await self._sender  # publishes already accepted go out (or fail) first
         await self._fanout.close()
-        await self._redis.aclose()
+        await redis_url.close(self._redis)
+        if not self._cluster:
+            await redis_url.close_sentinels(getattr(self._connect, "__self__", None))
 
     async def _call(self, command: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         self._check_open()
@@ -274,9 +331,11 @@ class RedisBroker:
             raise BrokerUnavailable("broker is closed")
 
     def _channel(self, channel: str) -> bytes:
-        return f"{self._prefix}channel:{channel}".encode()
+        return self._key("channel", channel).encode()
 
     def _key(self, kind: str, name: str) -> str:
+        if self._cluster:  # the name is the hash tag: its keys and channel share a slot
+            return f"{self._prefix}{kind}:{{{name}}}"
         return f"{self._prefix}{kind}:{name}"
 
 

@@ -16,15 +16,22 @@ Guarantees
   Gap("reconnected") into that channel's live subscriptions before any new payload.
 - A connection that stays silent is PINGed every `health_interval_s`; no answer within another
   interval counts as a drop, so a half-open TCP connection cannot stall delivery for long.
+- `sharded`: SSUBSCRIBE/SUNSUBSCRIBE (Redis 7 sharded pub/sub, on one cluster node: see
+  redis_shards.py), one channel per command since a command's channels must share a slot.
+  A channel the server drops on its own (its slot moved, the node became a replica) and every
+  channel of a lost connection are reported to `on_lost`, which may move them to another
+  node's fan-out (`take`, `adopt`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
@@ -40,6 +47,10 @@ DOWN_ERRORS = (RedisError, OSError, TimeoutError, BrokerUnavailable)
 SUBSCRIBE_CHANNELS_PER_COMMAND_MAX = 512
 
 
+class _NoMetrics:
+    def inc(self, name: str, amount: float = 1.0, **labels: str) -> None: ...
+
+
 class RedisFanout:
     def __init__(
         self,
@@ -49,8 +60,18 @@ class RedisFanout:
         backoff_s_min: float,
         backoff_s_max: float,
         health_interval_s: float,
+        sharded: bool = False,
+        on_lost: Callable[[RedisFanout, list[bytes]], None] | None = None,
+        metrics: Any = None,
     ) -> None:
         self._new_connection = connect
+        self._sharded = sharded
+        self._sub, self._unsub = ("SSUBSCRIBE", "SUNSUBSCRIBE") if sharded \
+            else ("SUBSCRIBE", "UNSUBSCRIBE")
+        self._message = b"smessage" if sharded else b"message"
+        self._subscribed = b"ssubscribe" if sharded else b"subscribe"
+        self._on_lost = on_lost
+        self.metrics = metrics if metrics is not None else _NoMetrics()
         self._op_timeout_s = op_timeout_s
         self._backoff_s_min = backoff_s_min
         self._backoff_s_max = backoff_s_max
@@ -73,10 +94,7 @@ class RedisFanout:
         if self._closed:
             raise BrokerUnavailable("broker is closed")
         subscription = QueuedSubscription(channel, queue_max, functools.partial(self._drop, wire))
-        if self._reader is None:
-            self._reader = asyncio.get_running_loop().create_task(
-                self._read_forever(), name="kinwire-broker-pubsub"
-            )
+        self._start_reader()
         self._channels.setdefault(wire, {})[subscription] = None
         token = b"kinwire-live-%d" % next(self._tokens)
         barrier = asyncio.get_running_loop().create_future()
@@ -87,7 +105,7 @@ class RedisFanout:
                 async with self._send_lock:
                     conn = self._live_connection()
                     if wire not in self._on_wire:
-                        await conn.send_command("SUBSCRIBE", wire)
+                        await conn.send_command(self._sub, wire)
                         self._on_wire.add(wire)
                     await conn.send_command("PING", token)
                 await barrier
@@ -127,10 +145,50 @@ class RedisFanout:
                 if self._conn is None or wire not in self._on_wire or wire in self._channels:
                     return
                 self._on_wire.discard(wire)
-                await self._conn.send_command("UNSUBSCRIBE", wire)
+                await self._conn.send_command(self._unsub, wire)
         except DOWN_ERRORS:
             # The connection is going down; its replacement will not subscribe this channel.
             pass
+
+    @property
+    def channels(self) -> list[bytes]:
+        return list(self._channels)
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None
+
+    def take(self, wire: bytes) -> dict[QueuedSubscription, None]:
+        """Give up a channel's subscriptions (to move them to another node's fan-out); the
+        server is not told (the connection is gone, or the server dropped the channel)."""
+        self._on_wire.discard(wire)
+        self._gap_due.discard(wire)
+        return self._channels.pop(wire, {})
+
+    async def adopt(self, wire: bytes, subscriptions: dict[QueuedSubscription, None]) -> None:
+        """Take over subscriptions of another fan-out: they get Gap("reconnected") once this
+        connection confirms the channel (signals may have been missed while it moved)."""
+        if self._closed:
+            for subscription in subscriptions:
+                subscription.end()
+            return
+        for subscription in subscriptions:
+            subscription.rebind(functools.partial(self._drop, wire))
+        self._channels.setdefault(wire, {}).update(subscriptions)
+        self._gap_due.add(wire)
+        self._start_reader()
+        with contextlib.suppress(*DOWN_ERRORS):
+            async with asyncio.timeout(self._op_timeout_s), self._send_lock:
+                if self._conn is not None and wire not in self._on_wire:
+                    await self._conn.send_command(self._sub, wire)
+                    self._on_wire.add(wire)
+        # Not connected: the next connection subscribes it (and the Gap follows).
+
+    def _start_reader(self) -> None:
+        if self._reader is None and not self._closed:
+            self._reader = asyncio.get_running_loop().create_task(
+                self._read_forever(), name="kinwire-broker-pubsub"
+            )
 
     def _live_connection(self) -> AbstractConnection:
         if self._conn is None:
@@ -141,6 +199,7 @@ class RedisFanout:
         loop = asyncio.get_running_loop()
         delay_s = self._backoff_s_min
         had_connection = False
+        down_since: float | None = None  # the connection was lost then (monotonic)
         while True:
             started = loop.time()
             try:
@@ -152,6 +211,12 @@ class RedisFanout:
             except Exception:
                 log.exception("broker pub/sub: unexpected error while connecting")
             else:
+                if down_since is not None:
+                    self.metrics.inc("kinwire_broker_reconnects_total")
+                    self.metrics.inc("kinwire_broker_down_seconds_total",
+                                     loop.time() - down_since)
+                    log.warning("broker pub/sub: reconnected after %.1f s",
+                                loop.time() - down_since)
                 had_connection = True
                 try:
                     await self._pump(conn)
@@ -161,6 +226,9 @@ class RedisFanout:
                     log.exception("broker pub/sub: unexpected error; reconnecting")
                 finally:
                     await self._disconnect(conn)
+                    down_since = loop.time()
+                    if self._on_lost is not None and self._channels:
+                        self._on_lost(self, list(self._channels))
                 if loop.time() - started > self._backoff_s_max:
                     delay_s = self._backoff_s_min  # a connection that lived was not a flap
                     continue
@@ -176,9 +244,15 @@ class RedisFanout:
                     wires = list(self._channels)
                     step = SUBSCRIBE_CHANNELS_PER_COMMAND_MAX
                     for start in range(0, len(wires), step):
-                        await conn.send_command("SUBSCRIBE", *wires[start : start + step])
+                        chunk = wires[start : start + step]
+                        if self._sharded:  # one channel a command: a command's share a slot
+                            await conn.send_packed_command(
+                                conn.pack_commands([(self._sub, w) for w in chunk]))
+                        else:
+                            await conn.send_command(self._sub, *chunk)
                     self._on_wire = set(wires)
-                    self._gap_due = set(wires) if gap_due else set()
+                    # adopted channels owe their Gap even on a first connection
+                    self._gap_due = set(wires) if gap_due else self._gap_due & set(wires)
                     self._conn = conn
         except BaseException:
             await conn.disconnect(nowait=True)
@@ -215,13 +289,19 @@ class RedisFanout:
             self._pass_barrier(frame)
             return
         kind = frame[0]
-        if kind == b"message":
+        if kind == self._message:
             for subscription in self._channels.get(frame[1], ()):
                 if subscription.live:
                     subscription.push(frame[2])
         elif kind == b"pong":
             self._pass_barrier(frame[1])
-        elif kind == b"subscribe" and frame[1] in self._gap_due:
+        elif kind == b"sunsubscribe" and frame[1] in self._on_wire:
+            # Not asked for (_drop takes a channel off _on_wire first): the server dropped it,
+            # its slot lives elsewhere now.
+            self._on_wire.discard(frame[1])
+            if self._on_lost is not None and frame[1] in self._channels:
+                self._on_lost(self, [frame[1]])
+        elif kind == self._subscribed and frame[1] in self._gap_due:
             self._gap_due.discard(frame[1])
             for subscription in self._channels.get(frame[1], ()):
                 if subscription.live:

@@ -93,6 +93,10 @@ class QueuedSubscription:
         self.direct = None
         self._wake()
 
+    def rebind(self, on_close: Callable[[QueuedSubscription], Awaitable[None]]) -> None:
+        """Closing tells `on_close` from now on (the subscription moved to another fan-out)."""
+        self._on_close = on_close
+
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
