@@ -66,6 +66,13 @@ Time
   never runs backwards and accounted time is never rewritten. A presence report (`Live`,
   `Paused`) stamped before the latest one applied is stale and dropped; a report stamped before
   `window_start` is ignored (the visit opens at the window's start).
+- A stop found out late: an `Observed` that ends a connected stretch may carry `stopped_at`, the
+  moment the media really stopped (the trusted side's last frame, before its report). The
+  connected time accounted since then is taken back, never more than this stretch accounted:
+  those seconds were not a call, and they carry over like any unused paid seconds (a minute
+  debited meanwhile stays paid and is used later). How far back a stop may reach is the
+  shell's to bound (signalling/visits.py: at most KINWIRE_MEDIA_STALL_S). Without
+  `stopped_at` a late report still applies from the meter's now.
 - Every step that leaves the visit running ends with `WakeAt(t)`: the shell must feed
   `Clock(t)` then (an earlier event is fine; extra clocks are harmless).
 
@@ -166,6 +173,8 @@ class MeterState:
     facts: Facts = NOBODY  # the facts last applied
     met: bool = False  # both parties were present at once at some moment
     since: float | None = None  # connected time is accounted up to here (None: not connected)
+    stretch_from: float | None = None  # when the current connected stretch began
+    stretch_base: float = 0.0  # connected_s then: a late stop takes back no more than since
     pending: int | None = None  # the minute whose debit awaits an outcome
     balance: int | None = None  # the balance after the last successful debit
     warned: tuple[str, ...] = ()
@@ -198,6 +207,7 @@ class MeterState:
 class Observed:  # what is known of the call now (see Presence above)
     at: float
     facts: Facts
+    stopped_at: float | None = None  # a stop: when the media really stopped (see Time above)
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,8 +325,8 @@ def step(config: MeterConfig, state: MeterState, event: Event) -> Result:
     if state.ended is not None:
         return state, [End(state.ended)] if isinstance(event, TakenOver) else []
     if isinstance(event, TakenOver):
-        state = replace(state, connected=False, since=None, halted=False, facts=NOBODY,
-                        proven=None)
+        state = replace(state, connected=False, since=None, stretch_from=None, halted=False,
+                        facts=NOBODY, proven=None)
     elif state.halted:
         return state, []
     elif isinstance(event, LeaseLost):
@@ -434,8 +444,15 @@ def _on_observed(config: MeterConfig, s: MeterState, event: Observed, t: float) 
     if connected == s.connected:
         return s, []
     if not connected:
-        return replace(s, connected=False, since=None), []
-    s = replace(s, connected=True, since=t, went_live=True)
+        if event.stopped_at is not None and s.stretch_from is not None:
+            # from where the time is accounted up to (t; held elsewhere, the latest proof)
+            back = min(s.since - max(event.stopped_at, s.stretch_from),
+                       s.connected_s - s.stretch_base)
+            if back > 0:
+                s = replace(s, connected_s=s.connected_s - back)
+        return replace(s, connected=False, since=None, stretch_from=None), []
+    s = replace(s, connected=True, since=t, went_live=True, stretch_from=t,
+                stretch_base=s.connected_s)
     if s.connected_s >= s.paid_minutes * config.minute_s:
         return s, []  # a debit follows at once; its outcome ticks, with the balance
     return s, [_tick(config, s, t)]

@@ -138,6 +138,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
                       push_live=lambda who, kind, data: calls.push_live(broker, who, kind, data),
                       party_channel=events.channel, clock=clock, sink=Outbox,
                       poke=ctx.meters.poke, stall_s=settings.media_stall_s,
+                      gap_s=settings.media_gap_s,
                       metrics=metrics, keep_recording=ctx.recordings.keep,
                       transcode=settings.relay_transcode)
     # --- end relay mode ---

@@ -176,6 +176,12 @@ class Settings:
                                     "the meter: the kiosk's outbound audio or video not "
                                     "advancing (direct mode, the kiosk reports it), or no "
                                     "frames from a party reaching the server (relay mode).")
+    media_gap_s: float = _setting(2.0, "The other party's media (video frames, or audio "
+                                  "packets when it sends no video) stopped this long is an "
+                                  "outage: the trusted side (the kiosk, or the server in relay "
+                                  "mode) reports it and the meter pauses from the last frame "
+                                  "(docs/visits.md, \"Outages\"); capped at "
+                                  "KINWIRE_MEDIA_STALL_S.")
     relay_lease_s: float = _setting(6.0, "A relay-mode visit's lease in the broker: the process "
                                     "holding it terminates both parties' peer connections; a "
                                     "dead holder's visits are free again after this.")
@@ -298,7 +304,7 @@ class Settings:
             raise SettingsError("KINWIRE_ICE_RELAY_ONLY needs KINWIRE_TURN_URLS")
         for name in ("ws_heartbeat_s", "ws_auth_timeout_s", "meter_lease_s", "relay_lease_s",
                      "drain_timeout_s", "db_timeout_s", "housekeeping_lease_s", "node_lease_s",
-                     "media_stall_s", "s3_timeout_s"):
+                     "media_stall_s", "media_gap_s", "s3_timeout_s"):
             if not 0 < getattr(self, name) <= 3600:
                 raise SettingsError(f"{self.env_name(name)} must be in (0, 3600]")
         if self.blob_url and not self.blob_url.startswith("s3://"):

@@ -627,7 +627,10 @@ class _Pass:
             before = m.proven(self.vm.remote)
             if before is not None and self.state.connected and self.state.facts.remote:
                 events.append(meter.Proven(min(before, changed)))
-            events.append(meter.Observed(changed, facts))
+            # Not live: the call stopped at `changed` (a stall's report backdates it to the last
+            # frame, bounded: visits.set_media), so the meter takes back the time since.
+            stopped = changed if not meter.is_connected(self.config.media, facts) else None
+            events.append(meter.Observed(changed, facts, stopped_at=stopped))
         after = m.proven(self.remote)
         if after is not None:
             events.append(meter.Proven(after))

@@ -59,13 +59,14 @@ class Relay:
                  loopback_only: bool, recordings_dir: Path, push_live: Push,
                  party_channel: Callable[[str], str], clock: Callable[[], datetime],
                  sink: Callable[[], Any], poke: Callable[[str], Awaitable[Any]],
-                 stall_s: float, metrics: Any,
+                 stall_s: float, metrics: Any, gap_s: float | None = None,
                  keep_recording: Callable[[Any, Path], Awaitable[Any]] | None = None,
                  transcode: bool = False) -> None:
-        # clock, sink, poke, stall_s: the server observes each visit's media itself and
-        # records it (visits.observe), then pokes the visit's meter (relayed_visit.py).
+        # clock, sink, poke, stall_s, gap_s: the server observes each visit's media itself
+        # and records it (visits.observe), then pokes the visit's meter (relayed_visit.py).
         self.store, self.broker, self.node_id, self.lease_s = store, broker, node_id, lease_s
         self.clock, self.sink, self.poke, self.stall_s = clock, sink, poke, stall_s
+        self.gap_s = min(gap_s, stall_s) if gap_s is not None else stall_s
         self.turn = (turn_secret, turn_urls, stun_urls)
         self.loopback_only, self.recordings_dir = loopback_only, recordings_dir
         self.push_live, self.party_channel = push_live, party_channel

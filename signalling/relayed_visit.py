@@ -28,6 +28,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from aiortc import RTCPeerConnection, RTCSessionDescription
@@ -88,6 +89,7 @@ class VisitRelay:
                         for party in ("family", "person") for kind in ("video", "audio")}
         self._advanced: dict[str, tuple[int, float]] = {}  # name -> (count, when it moved)
         self.observed = False  # what was last recorded: media arriving from both
+        self.last_media: float | None = None  # monotonic: the family's media last moved
         self.recording: Recording | RemuxRecording | None = None
         self.closing = False
         self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(SIGNALS_MAX)
@@ -277,11 +279,14 @@ class VisitRelay:
     # -- what the server sees
 
     def seeing(self, now: float) -> bool:
-        """Media arriving from both parties: each has a session; the family some track, the
-        person every track, that delivered a frame within the stall threshold (monotonic)."""
-        fresh: dict[str, list[bool]] = {"family": [], "person": []}
+        """Media arriving from both parties: each has a session; the family's picture (its
+        video, or its audio when it sends no video) delivered a frame within the gap
+        threshold (an outage: docs/visits.md, "Outages"), and every one of the person's tracks
+        within the stall threshold (monotonic). `self.last_media` keeps when the family's
+        media last moved, for the stop's instant."""
+        moved: dict[str, dict[str, tuple[int, float]]] = {"family": {}, "person": {}}
         for session in self.sessions.values():
-            if session.role not in fresh:
+            if session.role not in moved:
                 continue
             for kind in session.incoming:
                 name = f"{session.role} {kind}"
@@ -290,8 +295,16 @@ class VisitRelay:
                 if count != seen:
                     seen, moved_at = count, now
                 self._advanced[name] = (seen, moved_at)
-                fresh[session.role].append(count > 0 and now - moved_at <= self.r.stall_s)
-        return any(fresh["family"]) and bool(fresh["person"]) and all(fresh["person"])
+                moved[session.role][kind] = (count, moved_at)
+        family = moved["family"]
+        decisive = family.get("video") if family.get("video", (0, 0))[0] > 0 \
+            else family.get("audio")
+        self.last_media = decisive[1] if decisive and decisive[0] > 0 else None
+        family_fresh = decisive is not None and decisive[0] > 0 \
+            and now - decisive[1] <= self.r.gap_s
+        person = moved["person"].values()
+        return family_fresh and bool(person) and all(
+            count > 0 and now - at <= self.r.stall_s for count, at in person)
 
     async def _observe(self) -> None:
         """Record on the visit what the server sees whenever it changes, and poke the meter.
@@ -305,9 +318,13 @@ class VisitRelay:
     async def _record(self, seeing: bool) -> None:
         try:
             sink, now = self.r.sink(), self.r.clock()
+            stopped_at = None
+            if not seeing and self.last_media is not None:  # from the family's last frame
+                ago = min(time.monotonic() - self.last_media, self.r.stall_s)
+                stopped_at = now - timedelta(seconds=max(0.0, ago))
             async with self.r.store.write() as conn:
                 row = await visits.observe(conn, sink, self.visit_id, seeing, now,
-                                           self.r.node_id)
+                                           self.r.node_id, stopped_at=stopped_at)
             await sink.signal(self.r.broker)
             self.observed = seeing
             await self.r.poke(self.visit_id)

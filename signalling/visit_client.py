@@ -21,8 +21,10 @@ What it does, in order (API.md, "WebSocket /ws"; the server side follows the sam
 5. It reports `visit.media {visit_id, state: connected|disconnected}` as its peer connection's
    state changes. The person's side (the kiosk: the authority in direct mode, docs/visits.md
    "Trust") reports `connected` only while its peer connection is connected AND frames from the
-   family keep arriving, and adds `sending`: whether every one of its own senders' packet
-   counts advanced within the join reply's `media_stall_s` (looked at every WATCH_S). It counts
+   family keep arriving (its video frames, or audio without video, within the join reply's
+   `media_gap_s`; a stop is reported with `stalled_s`), and adds `sending`: whether every one
+   of its own senders' packet counts advanced within the join reply's `media_stall_s` (both
+   looked at every WATCH_S). It counts
    received frames per track kind, and surfaces the pushes `visit.live`,
    `visit.tick`, `visit.warning`, `visit.ended` (in `events`, and to `on_event` if given).
    `visit.ended` ends the client. `leave()` sends `visit.leave` and closes everything.
@@ -141,6 +143,8 @@ class VisitClient:
         self._local: list[MediaStreamTrack] = []
         self._reported: tuple[str, bool | None] | None = None  # the last visit.media sent
         self.stall_s = 10.0  # the join reply's media_stall_s
+        self.gap_s = 2.0  # the join reply's media_gap_s: the family's media stopped, an outage
+        self.still_s: float | None = None  # how long ago the family's media last moved
         self._moved: dict[str, tuple[int, float]] = {}  # counter -> (value, when it moved)
         self._pending_candidates: list[dict[str, Any]] = []
         self._offered_at = 0.0  # loop time of our last offer
@@ -199,6 +203,7 @@ class VisitClient:
         self.media = joined.get("media", "direct")
         self.peer_present = bool(joined.get("peer_present"))
         self.stall_s = float(joined.get("media_stall_s", self.stall_s))
+        self.gap_s = float(joined.get("media_gap_s", min(self.gap_s, self.stall_s)))
         return joined
 
     async def _reconnect(self) -> bool:
@@ -487,7 +492,8 @@ class VisitClient:
             track.stop()
         self._local = []
 
-    async def _report(self, state: str, sending: bool | None = None) -> None:
+    async def _report(self, state: str, sending: bool | None = None,
+                      stalled_s: float | None = None) -> None:
         if self._reported == (state, sending):
             return
         self._reported = (state, sending)
@@ -496,6 +502,8 @@ class VisitClient:
         args: dict[str, Any] = {"visit_id": self.visit_id, "state": state}
         if sending is not None:
             args["sending"] = sending
+        if stalled_s is not None and state == "disconnected":
+            args["stalled_s"] = round(stalled_s, 3)  # the meter pauses from the last frame
         try:
             await self.call("visit.media", args)
         except (VisitError, ConnectionError, TimeoutError) as exc:
@@ -507,13 +515,14 @@ class VisitClient:
     def _watching(self) -> bool:
         return self.role == "person" and self.media == "direct"
 
-    def _advancing(self, name: str, value: int, now: float) -> bool:
-        """Whether counter `name` moved within the stall threshold (and ever moved)."""
+    def _advancing(self, name: str, value: int, now: float, within: float | None = None) -> bool:
+        """Whether counter `name` moved within `within` (the stall threshold by default) and
+        ever moved."""
         seen, moved_at = self._moved.get(name, (0, now))
         if value != seen:
             seen, moved_at = value, now
         self._moved[name] = (seen, moved_at)
-        return value > 0 and now - moved_at <= self.stall_s
+        return value > 0 and now - moved_at <= (self.stall_s if within is None else within)
 
     async def media_now(self) -> tuple[str, bool]:
         """The person's side's view: (connected with media arriving from the family, own
@@ -521,7 +530,13 @@ class VisitClient:
         pc, now = self.pc, asyncio.get_running_loop().time()
         if pc is None:
             return "disconnected", self._reported_sending() is not False
-        receiving = self._advancing("received", sum(self.frames.values()), now)
+        # The family's picture (its video, or its audio when it sends none) stopped for
+        # gap_s is an outage, reported with how long ago it stopped (docs/visits.md).
+        kind = "video" if self.frames.get("video", 0) > 0 else "audio"
+        receiving = self._advancing(f"received {kind}", self.frames.get(kind, 0), now,
+                                    self.gap_s)
+        moved = self._moved.get(f"received {kind}")
+        self.still_s = None if receiving or moved is None or moved[0] == 0 else now - moved[1]
         sending = True
         for sender in pc.getSenders():
             if sender.track is None:
@@ -539,7 +554,7 @@ class VisitClient:
             if self.pc is None or self.pc.connectionState != "connected":
                 continue  # before and between connections: the state changes report
             state, sending = await self.media_now()
-            await self._report(state, sending)
+            await self._report(state, sending, self.still_s)
 
     async def _count(self, track: MediaStreamTrack) -> None:
         kind = track.kind

@@ -91,6 +91,13 @@ def facts(row: Any, alive: set[str] | None = None) -> meter.Facts:
                        bool(row.person_sending), server)
 
 
+def meter_view(row: Any) -> dict[str, Any]:
+    """What a party's screen shows of the meter, from the state stored on the row: the paid
+    minutes, and the family's balance after the last debit (None before the first)."""
+    state = getattr(row, "meter", None) or {}
+    return {"paid_minutes": state.get("paid_minutes", 0), "balance": state.get("balance")}
+
+
 def pause_reason(row: Any) -> str | None:
     """Why a visit in a call is not live, for both screens (docs/visits.md, "Trust"):
     family_away, person_away, not_connected (the kiosk, or in relay mode the server, sees no
@@ -176,13 +183,18 @@ def _update(columns: tuple[str, ...]) -> raw.Query:
 
 
 async def _change(conn: AsyncConnection, sink: EventSink, row: Any, changes: dict[str, Any],
-                  now: datetime) -> Any:
-    """Record `changes` (fact columns) on the visit; the status follows from the facts."""
+                  now: datetime, stopped_at: datetime | None = None) -> Any:
+    """Record `changes` (fact columns) on the visit; the status follows from the facts.
+    `stopped_at`: if this ends the call's being live, the media stopped then, not now; it is
+    kept no earlier than the moment the visit went live."""
     merged = {**_fields(row), **changes}
     status = _status(row.status, row.media, facts(SimpleNamespace(**merged)))
     values: dict[str, Any] = {**changes, "status": status, "updated_at": now}
     if (status == "live") != (row.status == "live"):
         values["media_changed_at"] = now
+        if status != "live" and stopped_at is not None and stopped_at < now:
+            went_live = row.media_changed_at
+            values["media_changed_at"] = max(stopped_at, went_live) if went_live else stopped_at
     columns = tuple(sorted(values))
     update = _update(columns)
     params = {"p_id": row.id, **{f"was_{name}": getattr(row, name) for name in _FACT_COLUMNS},
@@ -191,7 +203,7 @@ async def _change(conn: AsyncConnection, sink: EventSink, row: Any, changes: dic
     # Conditional on the facts read, so two processes recording at once cannot interleave.
     changed = await raw.Raw(conn).run(sql, update.values(conn.dialect, params))
     if changed != 1:
-        return await _change(conn, sink, await get(conn, row.id), changes, now)
+        return await _change(conn, sink, await get(conn, row.id), changes, now, stopped_at)
     # The update was conditional on the row as read: the row now is that row with `values`
     # (no second SELECT; a join costs a write transaction, and 200 of them at once queue).
     fresh = SimpleNamespace(**{**_fields(row), **values})
@@ -235,10 +247,13 @@ async def join(conn: AsyncConnection, sink: EventSink, visit_id: str, account_id
 
 async def set_media(conn: AsyncConnection, sink: EventSink, visit_id: str, account_id: str,
                     connected: bool, now: datetime, node: str | None = None,
-                    sending: bool | None = None) -> Any:
+                    sending: bool | None = None, stopped_at: datetime | None = None) -> Any:
     """A party's report of its own peer connection. Only the person's (the kiosk's) counts
     for billing in direct mode; `sending` (its outbound media advancing) is taken from the
-    person alone. In relay mode neither counts: the server observes (`observe`)."""
+    person alone. In relay mode neither counts: the server observes (`observe`).
+    `stopped_at`: the kiosk's last frame from the family, when a stall ends the call's being
+    live (the caller bounds it by the stall threshold): the meter takes back the time since
+    (media_changed_at records it; signalling/meters.py passes it as the stop's instant)."""
     row = await get(conn, visit_id)
     role = role_of(row, account_id)
     if row.status not in IN_CALL:
@@ -252,7 +267,7 @@ async def set_media(conn: AsyncConnection, sink: EventSink, visit_id: str, accou
         changes["person_sending"] = sending
     if all(getattr(row, name) == value for name, value in changes.items()):
         return row
-    return await _change(conn, sink, row, changes, now)
+    return await _change(conn, sink, row, changes, now, stopped_at if role == "person" else None)
 
 
 async def drop(conn: AsyncConnection, sink: EventSink, visit_id: str, account_id: str,
@@ -271,15 +286,17 @@ async def drop(conn: AsyncConnection, sink: EventSink, visit_id: str, account_id
 
 
 async def observe(conn: AsyncConnection, sink: EventSink, visit_id: str, connected: bool,
-                  now: datetime, node: str) -> Any:
+                  now: datetime, node: str, stopped_at: datetime | None = None) -> Any:
     """Relay mode: what the server holding the visit's media sees (media arriving from both
-    parties, the person's advancing). The only presence report that counts in relay mode."""
+    parties, the person's advancing). The only presence report that counts in relay mode.
+    `stopped_at`: when the media it no longer sees last arrived (as in set_media)."""
     row = await get(conn, visit_id)
     if row.status not in IN_CALL:
         return row
     if (bool(row.server_media), row.server_node) == (connected, node):
         return row
-    return await _change(conn, sink, row, {"server_media": connected, "server_node": node}, now)
+    return await _change(conn, sink, row, {"server_media": connected, "server_node": node}, now,
+                         stopped_at)
 
 
 async def end(conn: AsyncConnection, sink: EventSink, visit_id: str, reason: str,

@@ -39,10 +39,11 @@ def require_chromium() -> None:
 FAKETIME_VARS = ("LD_PRELOAD", "FAKETIME", "FAKETIME_DONT_FAKE_MONOTONIC")
 
 
-async def launch(pw, *extra_args: str):
-    """Debian's headless Chromium through a started Playwright."""
+async def launch(pw, *extra_args: str, executable: str | None = None):
+    """Debian's headless Chromium through a started Playwright. `executable`: a wrapper that
+    runs it elsewhere (tests/impaired_link.py's `wrapper`: in the family's network namespace)."""
     env = {k: v for k, v in os.environ.items() if k not in FAKETIME_VARS}
-    return await pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+    return await pw.chromium.launch(executable_path=executable or CHROMIUM, headless=True,
                                     args=[*ARGS, *extra_args], env=env)
 
 

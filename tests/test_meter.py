@@ -13,6 +13,7 @@ import math
 import pytest
 
 from billing.meter import (
+    NOT_CONNECTED,
     Clock,
     Debit,
     DebitOk,
@@ -25,6 +26,7 @@ from billing.meter import (
     Live,
     MeterConfig,
     MeterState,
+    Observed,
     Paused,
     Persist,
     StaffEnded,
@@ -269,6 +271,45 @@ def test_stale_presence_reports_are_dropped_and_late_ones_never_rewrite_time():
     shell.feed(Clock(50.0))
     shell.feed(Paused(40.0))  # newer report, late: applies from the meter's now
     assert not shell.state.connected and shell.state.connected_s == 30.0
+
+
+def test_a_late_stop_takes_back_the_frozen_seconds():
+    """The kiosk saw the family's last frame at 40 and says so at 42 (issue 21): the two frozen
+    seconds are not a call. Without `stopped_at` the same late report bills them."""
+    shell = Shell(config(), 10_000)
+    shell.feed(Live(0.0))
+    shell.run_until(42.0)
+    shell.feed(Observed(42.0, NOT_CONNECTED, stopped_at=40.0))
+    assert not shell.state.connected and shell.state.connected_s == pytest.approx(40.0)
+    assert shell.state.paid_minutes == 1
+
+
+def test_a_minute_debited_inside_the_frozen_seconds_carries_over():
+    """Minute 2 fell due at 60, inside a freeze that began at 59 and was reported at 61: it
+    stays paid (the debit is done) but its seconds are all still to be used, and billing
+    after the resume at 100 reaches minute 3 only when 61 more connected seconds have passed."""
+    shell = Shell(config(), 10_000)
+    shell.feed(Live(0.0))
+    shell.run_until(61.0)
+    assert shell.state.paid_minutes == 2
+    shell.feed(Observed(61.0, NOT_CONNECTED, stopped_at=59.0))
+    assert shell.state.connected_s == pytest.approx(59.0)
+    shell.feed(Live(100.0))
+    shell.run_until(300.0)
+    assert [t for t, _ in shell.debits()] == [0.0, 60.0, pytest.approx(161.0),
+                                              pytest.approx(221.0), pytest.approx(281.0)]
+
+
+def test_a_late_stop_reaches_back_no_further_than_the_stretch():
+    """A stop claiming a moment before the call resumed takes back only this stretch's time:
+    the pause before it was already unbilled, and earlier stretches are settled."""
+    shell = Shell(config(), 10_000)
+    shell.feed(Live(0.0))
+    shell.feed(Paused(10.0))
+    shell.feed(Live(20.0))
+    shell.run_until(25.0)
+    shell.feed(Observed(25.0, NOT_CONNECTED, stopped_at=5.0))
+    assert shell.state.connected_s == pytest.approx(10.0)
 
 
 def test_reports_before_the_window_opens_are_ignored():

@@ -230,3 +230,89 @@ async def test_a_visit_nobody_joined_is_marked_missed(db_url: str, tmp_path) -> 
         assert row.status == "missed"
         listed = await api.call("GET", "/visits", c.family)
         assert [v["status"] for v in listed.body["visits"] if v["id"] == over] == ["missed"]
+
+
+async def test_an_old_socket_closing_after_the_rejoin_does_not_drop_the_party(
+        api: Api, client: TestClient) -> None:
+    """The adversary is the family's network (issue 21): its socket went silent, the page
+    gave up on it, reconnected and rejoined on a new socket of the same process; the server
+    notices the old one's death only afterwards. That close must not drop the family from the
+    visit (it did: the kiosk was told the family left and closed the new session)."""
+    c = await cast(api, credits=500)
+    visit_id = await book_now(api, c)
+    fam, per = await join_both(client, c, visit_id)
+    await connect_media(fam, per, visit_id)
+    fam2 = await open_socket(client, c.family)
+    assert (await fam2.call("visit.join", visit_id=visit_id))["ok"]["peer_present"] is True
+    assert (await until(per, "visit.peer"))["data"]["present"] is True
+    await fam.ws.close()
+    await asyncio.sleep(0.5)
+    async with api.ctx.store.read() as conn:
+        row = (await conn.execute(visits.select().where(visits.c.id == visit_id))).first()
+    assert row.family_media == "joined" and row.status == "live", (row.family_media, row.status)
+    assert not [p for p in per.pushes if p.get("type") == "visit.peer"
+                and p["data"]["present"] is False]
+    # The newer socket is the one that counts: when it goes, the family has left.
+    await fam2.ws.close()
+    assert (await until(per, "visit.peer"))["data"]["present"] is False
+
+
+async def test_a_stall_report_pauses_the_meter_from_the_last_frame(db_url: str,
+                                                                   tmp_path) -> None:
+    """The kiosk saw the family's last frame `stalled_s` ago (issue 21, item 1): the meter
+    takes back the connected time since then, and that time carries over. The adversary is a
+    client that reports a stall reaching further back than the threshold (or nonsense): the
+    server takes back at most `media_stall_s`, and refuses what is not a number of seconds.
+    A rejoin's reply carries the meter as the server has it."""
+    minute_s, stall_s = 1.0, 1.5
+    async with app_client(db_url, tmp_path, visit_minute_s=minute_s, media_stall_s=stall_s,
+                          meter_lease_s=1.0) as client:
+        api = Api(client)
+        c = await cast(api, credits=1000)
+        visit_id = await book_now(api, c)
+        fam, per = await join_both(client, c, visit_id)
+        for bad in (-1, "2", True):
+            reply = await per.call("visit.media", visit_id=visit_id, state="disconnected",
+                                   stalled_s=bad)
+            assert reply["error"]["code"] == "invalid_input", (bad, reply)
+
+        async def row() -> Any:
+            await asyncio.sleep(0.3)  # the poked meter's pass
+            async with api.ctx.store.read() as conn:
+                return (await conn.execute(visits.select().where(
+                    visits.c.id == visit_id))).first()
+
+        async def stretch(live_s: float, stalled_s: float) -> tuple[float, float, dict]:
+            """Live for `live_s`, then a stall reported `stalled_s` back: (the seconds the
+            stop reached back, by the server's clock; the stretch's length from going live to
+            the stop; the meter's connected time in that stretch)."""
+            before = ((await row()).meter or {}).get("connected_s", 0.0)
+            assert "ok" in await per.call("visit.media", visit_id=visit_id, state="connected")
+            live_at = (await row()).media_changed_at
+            await asyncio.sleep(live_s)
+            assert "ok" in await per.call("visit.media", visit_id=visit_id,
+                                          state="disconnected", sending=True,
+                                          stalled_s=stalled_s)
+            stopped = await row()
+            assert stopped.status == "paused"
+            back = (stopped.updated_at - stopped.media_changed_at).total_seconds()
+            length = (stopped.media_changed_at - live_at).total_seconds()
+            return back, length, {**stopped.meter, "billed": stopped.meter["connected_s"] - before}
+
+        # The report's own instant (updated_at) less stalled_s; the meter bills up to there.
+        back, length, state = await stretch(1.2, 0.6)
+        assert abs(back - 0.6) < 0.002, back
+        assert abs(state["billed"] - length) <= 0.1, (length, state)
+        # a minute fell due inside the frozen 0.6 s: it stays paid and its seconds carry over
+        assert state["paid_minutes"] * minute_s - state["connected_s"] >= 0.5, state
+        # A stall claimed from 1000 s back reaches back 1.5 s, the threshold.
+        back, length, state = await stretch(2.5, 1000)
+        assert abs(back - 1.5) < 0.002, back
+        assert abs(state["billed"] - length) <= 0.1, (length, state)
+
+        again = await open_socket(client, c.family)
+        joined = (await again.call("visit.join", visit_id=visit_id))["ok"]
+        assert joined["meter"]["paid_minutes"] == state["paid_minutes"]
+        assert joined["meter"]["balance"] == await balance(api, c.family)
+        assert joined["media_gap_s"] == 1.5  # the 2 s default, capped at the stall threshold
+        await fam.ws.close()

@@ -142,11 +142,14 @@ async def _stop(proc: asyncio.subprocess.Process) -> None:
 
 
 @contextlib.asynccontextmanager
-async def private_coturn(secret: str | None = None, *,
-                         loopback_test: bool = True) -> AsyncIterator[TurnServer]:
+async def private_coturn(secret: str | None = None, *, loopback_test: bool = True,
+                         also_listen: str | None = None) -> AsyncIterator[TurnServer]:
     """Start coturn on 127.0.0.1 (free ports), wait until it answers STUN, stop it on exit.
     `loopback_test=False` runs the production variant (every private peer denied, loopback
-    too) on the same loopback listener: it allocates, but relays to nobody here."""
+    too) on the same loopback listener: it allocates, but relays to nobody here.
+    `also_listen`: a second address it takes requests on (an impaired link's near end,
+    tests/impaired_link.py), and the server's `host` and URL; it still relays from, and to,
+    127.0.0.1 alone."""
     binary = shutil.which("turnserver")
     if binary is None:
         raise RuntimeError("coturn's turnserver is missing: run scripts/system-deps.sh")
@@ -157,13 +160,14 @@ async def private_coturn(secret: str | None = None, *,
         for _attempt in range(3):  # a port taken between the check and coturn's bind: retry
             port, first = _pick_ports()
             server = TurnServer(
-                host=HOST, port=port, secret=secret, realm=REALM, min_port=first,
+                host=also_listen or HOST, port=port, secret=secret, realm=REALM, min_port=first,
                 max_port=first + RELAY_PORTS - 1, log_file=tmp / f"turn-{port}.log",
                 config=deploy_config(port=str(port), first=str(first),
                                      last=str(first + RELAY_PORTS - 1), secret=secret,
                                      folder=str(tmp), loopback_test=loopback_test))
             conf = tmp / "turnserver.conf"
-            conf.write_text(server.config)
+            conf.write_text(server.config + (f"listening-ip={also_listen}\n"
+                                             if also_listen else ""))
             proc = await asyncio.create_subprocess_exec(
                 binary, "-c", str(conf), stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)

@@ -109,7 +109,13 @@ async def _drop_visits(client: Client, request: web.Request) -> None:
     """A socket that closes without hanging up leaves its visits: the meter pauses and the
     peer is told; the party may rejoin inside the window."""
     ctx = request.app[CONTEXT]
+    feed = request.app[HUB].feeds.get(client.principal.account_id)
     for visit_id in list(client.visits):
+        if any(other is not client and visit_id in other.visits
+               for other in (feed.clients if feed else ())):
+            # The party is in the visit on a newer socket of this process (its network came
+            # back and it rejoined before this one's close was noticed): it has not left.
+            continue
         outbox = Outbox()
         try:
             async with ctx.store.write() as conn:

@@ -10,6 +10,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -194,8 +195,16 @@ async def visit_join(call: WsCall) -> dict[str, Any]:
     if not await call.hub.wait_live(call.client, JOIN_LIVE_WAIT_S):
         raise ApiError(503, "unavailable", "Live delivery is not ready; join again shortly.")
     checked_at = time.monotonic()
-    joined = await _in_visit(call, work)
+    # In the socket's visits before the join is written: an older socket of the party's on
+    # this process that closes meanwhile then does not drop it (endpoint._drop_visits).
+    was_in = visit_id in call.client.visits
     call.client.visits.add(visit_id)
+    try:
+        joined = await _in_visit(call, work)
+    except BaseException:
+        if not was_in:
+            call.client.visits.discard(visit_id)
+        raise
     _remember(call, visit_id, joined.visit, checked_at)
     await calls.push_live(call.ctx.broker, joined.peer_id, "visit.peer",
                           {"visit_id": visit_id, "present": True})
@@ -209,8 +218,13 @@ async def visit_join(call: WsCall) -> dict[str, Any]:
         peer_present = not known or peer_node in alive
     return {"visit": visits.public(joined.visit), "role": joined.role,
             "peer_present": peer_present, "media": joined.visit.media,
+            # the meter as stored: a page back from an outage shows the server's paid minutes
+            # and balance at once, not the last tick it happened to hear (ticks are live-only)
+            "meter": visits.meter_view(joined.visit),
             # how long the kiosk's outbound media may stall before it reports `sending: false`
-            "media_stall_s": call.ctx.settings.media_stall_s}
+            "media_stall_s": call.ctx.settings.media_stall_s,
+            # how long the other party's media may stop before the trusted side reports it
+            "media_gap_s": min(call.ctx.settings.media_gap_s, call.ctx.settings.media_stall_s)}
 
 
 async def visit_signal(call: WsCall) -> dict[str, Any]:
@@ -258,10 +272,20 @@ async def visit_media(call: WsCall) -> dict[str, Any]:
     sending = call.args.get("sending")
     if sending is not None and not isinstance(sending, bool):
         raise ApiError(422, "invalid_input", "sending is true or false")
+    stalled_s = call.args.get("stalled_s")
+    if stalled_s is not None and (isinstance(stalled_s, bool)
+                                  or not isinstance(stalled_s, int | float) or stalled_s < 0):
+        raise ApiError(422, "invalid_input", "stalled_s is a number of seconds, 0 or more")
     now = call.ctx.clock()
+    # A stop reaches back to the last frame seen, at most the stall threshold (a client that
+    # says more gets the threshold): visits.set_media, docs/visits.md "Outages".
+    stopped_at = None
+    if state == "disconnected" and stalled_s is not None:
+        stopped_at = now - timedelta(seconds=min(float(stalled_s),
+                                                 call.ctx.settings.media_stall_s))
     row = await _in_visit(call, lambda conn, outbox: visits.set_media(
         conn, outbox, visit_id, call.me.account_id, state == "connected", now,
-        node=call.ctx.meters.node_id, sending=sending))
+        node=call.ctx.meters.node_id, sending=sending, stopped_at=stopped_at))
     await call.ctx.meters.poke(visit_id)
     await _live_news(call, row, now)
     return {"visit": visits.public(row)}

@@ -8,6 +8,10 @@
 // that died without a close (a phone in a tunnel, a router that forgot the connection): when
 // nothing has arrived for heartbeatIdleMs it sends `ping`, and a socket that then stays silent for
 // heartbeatDeadlineMs is dropped and reconnected (docs/clients.md: within 5 s by default).
+// A connection attempt not open within connectTimeoutMs is given up and made again (a SYN sent
+// into a dead network is retried by the kernel ever more slowly). While a page sets `urgent`
+// (a video visit in progress) the backoff between attempts is at most urgentBackoffMs, so the
+// call is back within seconds of the network (issue 21), not at the next 15 s retry.
 
 import { decode as unpack, encode as pack } from "./msgpack.js";
 
@@ -45,7 +49,7 @@ export class KinwireSocket {
    */
   constructor({ onEvent, onReset, onState, onUnauthorised, token, url, codec, timeoutMs = 10000,
                 backoffMinMs = 250, backoffMaxMs = 15000, heartbeatIdleMs = 2500,
-                heartbeatDeadlineMs = 2000 }) {
+                heartbeatDeadlineMs = 2000, connectTimeoutMs = 3000, urgentBackoffMs = 1000 }) {
     this.codec = CODECS.has(codec) ? codec : chosenCodec();
     this.onEvent = onEvent;
     this.onReset = onReset;
@@ -56,6 +60,9 @@ export class KinwireSocket {
     this.timeoutMs = timeoutMs;
     this.backoffMinMs = backoffMinMs;
     this.backoffMaxMs = backoffMaxMs;
+    this.connectTimeoutMs = connectTimeoutMs;
+    this.urgentBackoffMs = urgentBackoffMs;
+    this.urgent = false; // a visit is in progress: retry often (see above)
     this.lastSeq = null; // the highest seq applied; null until the first sync
     this.nextId = 1;
     this.pending = new Map(); // id -> {resolve, reject, timer}
@@ -148,6 +155,7 @@ export class KinwireSocket {
   _watch(ws) {
     clearInterval(this.watchTimer);
     const openedBy = performance.now() + this.timeoutMs;
+    const connectedBy = performance.now() + this.connectTimeoutMs;
     this.lastFrameAt = performance.now();
     this.pingAt = null;
     const tick = Math.max(100, Math.min(this.heartbeatIdleMs, this.heartbeatDeadlineMs) / 8);
@@ -156,6 +164,7 @@ export class KinwireSocket {
       const now = performance.now();
       if (this.state !== "online") {
         if (now > openedBy) this._abandon(ws, "open timed out");
+        else if (ws.readyState === WebSocket.CONNECTING && now > connectedBy) this._abandon(ws, "connect timed out");
         return;
       }
       const answered = this.pingAt === null || this.lastFrameAt >= this.pingAt;
@@ -205,7 +214,8 @@ export class KinwireSocket {
 
   _scheduleRetry(extraSteps = 0) {
     const step = Math.min(this.attempt + extraSteps, 16);
-    const cap = Math.min(this.backoffMaxMs, this.backoffMinMs * 2 ** step);
+    const most = this.urgent ? Math.min(this.urgentBackoffMs, this.backoffMaxMs) : this.backoffMaxMs;
+    const cap = Math.min(most, this.backoffMinMs * 2 ** step);
     const delay = cap / 2 + Math.random() * (cap / 2); // "equal jitter"
     this.attempt += 1;
     clearTimeout(this.retryTimer);

@@ -4,10 +4,12 @@
 // why the visit ended. The visit lists are visit_list.js.
 //
 // Trust (docs/visits.md): in direct mode the kiosk (side "person") is the authority on whether
-// the call is connected. It reports `connected` only while its peer connection is connected
-// and packets from the family keep arriving, and `sending`: whether its own outbound audio and
-// video packet counts advanced within the server's `media_stall_s`, from getStats() every
-// second. The family's reports are advisory.
+// the call is connected. It reports `connected` only while the family's media keeps arriving
+// (video frames decoded, or audio packets when the family sends no video) within the server's
+// `media_gap_s`, and `disconnected` with `stalled_s` (how long ago the last frame came: the
+// meter pauses from then) once it has not; and `sending`: whether its own outbound audio and
+// video packet counts advanced within `media_stall_s`. All from getStats() every half second. The
+// family's reports are advisory.
 import { api, h, say } from "./api.js";
 import { dayText, timeText } from "./time.js";
 
@@ -69,6 +71,7 @@ export class VisitCall {
     this.said = null; // the kiosk's last report: "state/sending"
     this.moved = {}; // getStats counter -> [value, when it last moved (ms)]
     this.stallMs = 10000;
+    this.gapMs = 2000; // the family's media stopped this long is an outage (media_gap_s)
     this.ended = null;
     this.byMe = false;
     this.media = visit.media;
@@ -92,6 +95,7 @@ export class VisitCall {
       balance: h("dd", { id: "visit-balance" }, this.balance === null ? "—" : this.balanceText()),
       left: h("dd", { id: "visit-left" }, "—"),
       warning: h("p", { class: "notice visit-warning", role: "alert", id: "visit-warning" }),
+      threshold: h("p", { class: "visit-threshold", id: "visit-threshold" }),
       // Focused when the visit ends: named by its own text (an alert takes no name from its
       // content), so a screen reader says why it ended on focus, not only as an alert.
       ended: h("p", { class: "visit-ended", role: "alert", id: "visit-ended", tabindex: "-1", hidden: true,
@@ -126,6 +130,7 @@ export class VisitCall {
           h("div", {}, h("dt", {}, "Minutes paid"), e.paid),
           h("div", {}, h("dt", {}, balanceLabel), e.balance)),
         e.leftBox),
+      e.threshold,
       e.warning,
       h("div", { class: "row visit-controls" }, e.mic, e.cam, e.hangup, e.back)));
     this.root.hidden = false;
@@ -194,12 +199,16 @@ export class VisitCall {
       this.joining = false;
     }
     this.visit = j.visit;
+    this.status = j.visit.status;
+    this.pauseReason = j.visit.pause_reason;
     this.media = j.media;
     if (typeof j.media_stall_s === "number") this.stallMs = j.media_stall_s * 1000;
-    if (this.side === "person" && this.media !== "relay" && !this.watcher) {
-      this.watcher = setInterval(() => this.checkMedia(), 1000);
-    }
+    if (typeof j.media_gap_s === "number") this.gapMs = j.media_gap_s * 1000;
+    this.reporter = this.side === "person" && this.media !== "relay"; // the kiosk, direct mode
+    this.el.threshold.textContent = `A frozen call is never charged for more than ${Math.round(this.stallMs / 1000)} s.`;
+    if (!this.watcher) this.watcher = setInterval(() => this.checkMedia(), 500); // outages seen within ~2.5 s
     this.price = j.visit.minute_price || this.price;
+    if (j.meter) this.showMeter(j.meter.paid_minutes, j.meter.balance); // the server's, now
     if (this.media === "relay") {
       this.offer(); // relay mode: every party offers to the server at once
     } else if (this.side === "family" && (this.peerSeen ?? j.peer_present)) {
@@ -214,8 +223,12 @@ export class VisitCall {
   /** After the socket reconnects the server has dropped us from the visit: join again. */
   watchSocket() {
     let wasOffline = false;
+    this.socket.urgent = true; // in a call: reconnect within seconds of the network's return
     this.observer = new MutationObserver(() => {
       const s = document.documentElement.dataset.socket;
+      if (s === "offline" && !wasOffline && !this.ended) {
+        this.setStatus("Reconnecting… The connection to the server was lost.", "reconnecting");
+      }
       if (s === "offline") wasOffline = true;
       if (s === "online" && wasOffline && !this.ended) {
         wasOffline = false;
@@ -230,11 +243,14 @@ export class VisitCall {
   newPc() {
     this.closePc();
     const pc = new RTCPeerConnection(this.config);
+    const wasLive = this.reporter && this.said && this.said.startsWith("connected/");
     this.pc = pc;
     this.pending = [];
     this.reported = false;
     this.said = null;
     this.moved = {};
+    // The kiosk: the old session's media is gone with it, and a new one may never connect.
+    if (wasLive) this.media_("disconnected", undefined, 0);
     this.remoteStream = new MediaStream();
     this.el.remote.srcObject = this.remoteStream;
     if (this.local) {
@@ -309,11 +325,11 @@ export class VisitCall {
     if (s === "connected" && !this.reported) {
       this.reported = true;
       this.setStatus(`Connected to ${this.peer}.`, "connected");
-      if (!this.watcher) await this.media_("connected"); // the kiosk reports from its stats
+      if (!this.reporter) await this.media_("connected"); // the kiosk reports from its stats
     } else if ((s === "disconnected" || s === "failed") && this.reported) {
       this.reported = false;
       this.setStatus(`Connection to ${this.peer} lost; reconnecting…`, "reconnecting");
-      await this.media_("disconnected");
+      if (!this.reporter) await this.media_("disconnected"); // the kiosk's stats say when
     }
     // The offering side starts a new session when the path has failed for good (also when
     // it never connected: two offers crossed and an answer met the wrong session).
@@ -322,9 +338,10 @@ export class VisitCall {
     }
   }
 
-  async media_(state, sending) {
+  async media_(state, sending, stalledS) {
     const args = { visit_id: this.visit.id, state };
     if (typeof sending === "boolean") args.sending = sending;
+    if (typeof stalledS === "number") args.stalled_s = Math.round(stalledS * 1000) / 1000;
     this.said = `${state}/${sending}`;
     try {
       await this.socket.request("visit.media", args);
@@ -333,38 +350,69 @@ export class VisitCall {
     }
   }
 
-  /** Whether getStats counter `name` moved within the stall threshold (and ever moved). */
-  advancing(name, value, now) {
+  /** Whether getStats counter `name` moved within `withinMs` (the stall threshold by
+   * default) and ever moved. */
+  advancing(name, value, now, withinMs = this.stallMs) {
     const [seen, at] = this.moved[name] || [0, now];
     this.moved[name] = value !== seen ? [value, now] : [seen, at];
-    return value > 0 && now - this.moved[name][1] <= this.stallMs;
+    return value > 0 && now - this.moved[name][1] <= withinMs;
   }
 
-  /** The kiosk's view of the call (direct mode), reported whenever it changes. */
+  /** The kiosk's view of the call (direct mode), reported whenever it changes. The family's
+   * media is its picture (frames decoded) when it sends video, else its audio: frames that
+   * stop for media_gap_s are an outage, reported with how long ago the last one came, and the
+   * call is connected again only when frames move again (not when ICE reconnects). */
   async checkMedia() {
     const pc = this.pc;
-    if (!pc || pc.connectionState !== "connected" || this.ended) return;
+    if (!pc || !["connected", "disconnected", "failed"].includes(pc.connectionState) || this.ended) return;
     const stats = await pc.getStats();
     if (pc !== this.pc) return;
-    let received = 0;
+    let frames = 0, audio = 0;
     const sent = {};
     stats.forEach((r) => {
-      if (r.type === "inbound-rtp") received += r.packetsReceived || 0;
+      if (r.type === "inbound-rtp" && r.kind === "video") frames += r.framesDecoded || 0;
+      if (r.type === "inbound-rtp" && r.kind === "audio") audio += r.packetsReceived || 0;
       if (r.type === "outbound-rtp") sent[r.kind] = (sent[r.kind] || 0) + (r.packetsSent || 0);
     });
     const now = performance.now();
-    const receiving = this.advancing("received", received, now);
+    const video = this.advancing("frames", frames, now, this.gapMs);
+    const heard = this.advancing("audio", audio, now, this.gapMs);
+    const decisive = frames > 0 ? "frames" : "audio";
+    const receiving = frames > 0 ? video : heard;
     const kinds = Object.keys(sent);
     let sending = kinds.length > 0; // no camera or microphone at all: nothing is sent
     for (const kind of kinds) sending = this.advancing(`sent ${kind}`, sent[kind], now) && sending;
+    const moved = this.moved[decisive];
+    this.stillS = receiving || !moved ? 0 : (now - moved[1]) / 1000;
+    this.showTrouble();
+    if (!this.reporter) return;
     const state = receiving ? "connected" : "disconnected";
-    if (this.said !== `${state}/${sending}`) await this.media_(state, sending);
+    if (this.said === `${state}/${sending}`) return;
+    await this.media_(state, sending, receiving || !moved ? undefined : this.stillS);
+  }
+
+  /** The status line during trouble, from what this page sees (no picture for how long) and
+   * what the server said (paused, so nobody is charged) or could not say (socket offline). */
+  showTrouble() {
+    if (this.ended || this.stillS < this.gapMs / 1000) return;
+    const n = Math.floor(this.stillS);
+    const offline = document.documentElement.dataset.socket !== "online";
+    if (offline) {
+      this.setStatus(`Reconnecting… No picture from ${this.peer} for ${n} s.`, "reconnecting");
+    } else if (this.status === "paused" && this.pauseReason === "not_connected") {
+      this.setStatus(this.side === "family"
+        ? `Paused: no picture from ${this.peer} for ${n} s, you are not being charged.`
+        : `Paused: no picture from ${this.peer} for ${n} s. The family is not being charged.`,
+      "paused");
+    }
   }
 
   // ---------- pushes ----------
   onEvent(type, data) {
     if (type === "visit.updated") {
       if (data.id !== this.visit.id) return;
+      this.status = data.status;
+      this.pauseReason = data.pause_reason;
       if (!ACTIVE.has(data.status)) this.end(data.end_reason);
       else if (data.pause_reason === "person_not_sending" && !this.ended) {
         // Both screens say why the meter stopped (docs/visits.md, "Trust").
@@ -380,7 +428,10 @@ export class VisitCall {
     else if (type === "visit.peer") this.onPeer(data.present);
     else if (type === "visit.tick") this.onTick(data);
     else if (type === "visit.warning") this.onWarning(data.kind);
-    else if (type === "visit.live") this.setStatus(`Connected to ${this.peer}. The meter is running.`, "live");
+    else if (type === "visit.live") {
+      this.status = "live";
+      this.setStatus(`Connected to ${this.peer}. The meter is running.`, "live");
+    }
     else if (type === "visit.ended") this.end(data.reason);
   }
 
@@ -417,17 +468,22 @@ export class VisitCall {
   }
 
   onTick(t) {
-    this.paid = t.paid_minutes;
     this.ticks.push({ paid: t.paid_minutes, balance: t.balance });
-    this.el.paid.textContent = String(t.paid_minutes);
-    this.el.paid.dataset.paid = String(t.paid_minutes);
-    if (typeof t.balance === "number") { // null until the first minute is paid
-      this.balance = t.balance;
-      this.el.balance.textContent = this.balanceText();
-      this.el.balance.dataset.balance = String(t.balance);
-    }
+    this.showMeter(t.paid_minutes, t.balance);
     this.leftUntil = performance.now() + t.seconds_left * 1000;
     this.showLeft();
+  }
+
+  /** Paid minutes and balance as the server has them (a tick, or the join reply's meter). */
+  showMeter(paid, balance) {
+    this.paid = paid;
+    this.el.paid.textContent = String(paid);
+    this.el.paid.dataset.paid = String(paid);
+    if (typeof balance === "number") { // null until the first minute is paid
+      this.balance = balance;
+      this.el.balance.textContent = this.balanceText();
+      this.el.balance.dataset.balance = String(balance);
+    }
   }
 
   onWarning(kind) {
@@ -468,6 +524,7 @@ export class VisitCall {
   }
 
   cleanup() {
+    if (this.socket) this.socket.urgent = false;
     clearInterval(this.timer);
     clearInterval(this.watcher);
     if (this.observer) this.observer.disconnect();
