@@ -293,8 +293,8 @@ async def bulk_users(database_url: str, n: int, *, role: str = "family",
     the ledger's own purchase path so the books still balance."""
     from server import accounts
     from server.auth import open_session
-    from server.store import Store
-    from server.store.schema import utcnow
+    from server.schema import utcnow
+    from store import Store
 
     store = Store(database_url, pool_size=2)
     users: list[User] = []

@@ -45,9 +45,9 @@ async def make_visits(database_url: str, n: int, *, credits: int = 0, minutes: i
     status "live" writes both parties as connected since `live_at` (the state the visit row has
     after both report `visit.media connected`), so a meter takes the visit as live."""
     from server import facilities
-    from server.ids import new_id
-    from server.store import Store
-    from server.store.schema import connections, utcnow, visits
+    from server.schema import connections, utcnow, visits
+    from store import Store
+    from store.ids import new_id
 
     store = Store(database_url, pool_size=2)
     try:
@@ -101,9 +101,9 @@ async def fast_users(database_url: str, n: int, role: str, *, credits: int = 0,
     from billing.tables import ledger_accounts, ledger_transfers
     from server.accounts import HOLDERS
     from server.auth import token_hash
-    from server.ids import new_id
-    from server.store import Store
-    from server.store.schema import accounts, sessions, utcnow
+    from server.schema import accounts, sessions, utcnow
+    from store import Store
+    from store.ids import new_id
 
     now = utcnow()
     users, rows = [], {accounts: [], ledger_accounts: [], sessions: [], ledger_transfers: []}
@@ -141,8 +141,8 @@ async def fast_users(database_url: str, n: int, role: str, *, credits: int = 0,
 async def set_live(database_url: str, visit_ids: list[str], at: datetime) -> None:
     """Mark visits live as of `at`, both parties connected (what two `visit.media connected`
     reports leave on the row)."""
-    from server.store import Store
-    from server.store.schema import visits
+    from server.schema import visits
+    from store import Store
 
     store = Store(database_url, pool_size=2)
     try:

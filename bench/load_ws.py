@@ -276,9 +276,9 @@ async def fast_users(database_url: str, n: int, *, role: str = "family",
     new_id, the same token hash); a scenario only needs users who can authenticate."""
     from billing.tables import ledger_accounts
     from server.auth import token_hash
-    from server.ids import new_id
-    from server.store import Store
-    from server.store.schema import accounts, sessions, utcnow
+    from server.schema import accounts, sessions, utcnow
+    from store import Store
+    from store.ids import new_id
 
     now = utcnow()
     expires = now + timedelta(seconds=ttl_s)

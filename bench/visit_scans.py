@@ -29,10 +29,10 @@ import asyncpg
 from sqlalchemy import text
 
 from server.housekeeping import missed_scan
-from server.store import Store
-from server.store.migrate import migrate
-from server.store.schema import utcnow
+from server.schema import utcnow
 from signalling.meters import in_call_scan
+from store import Store
+from store.migrate import migrate
 
 ADMIN = os.environ.get("KINWIRE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 

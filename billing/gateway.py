@@ -1,7 +1,8 @@
 """The payment-gateway port and the built-in sandbox gateway.
 
 Contract: `charge` either returns a Charge (the money was taken, exactly once per
-idempotency key) or raises CardError with a stable code. A gateway never sees more of the card
+idempotency key) or raises CardError with a stable code and `declined=True` (a 402 at the HTTP
+edge; our own checks of the card are a 422). A gateway never sees more of the card
 than it needs and Kinwire stores only the brand and the last four digits.
 
 The sandbox checks the number's Luhn digit and brand, the expiry and the CVC length, and
@@ -19,6 +20,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from common.errors import Refused
+
 DECLINED = {
     "4000000000000002": ("card_declined", "The card was declined."),
     "4000000000009995": ("card_declined", "The card was declined: insufficient funds."),
@@ -26,12 +29,13 @@ DECLINED = {
 }
 
 
-class CardError(Exception):
-    def __init__(self, code: str, message: str, status: int = 402) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status = status
+class CardError(Refused):
+    """The card was refused: `declined` by its issuer (a gateway raises it so), or not a card
+    we take (the number, brand, expiry or security code fails our own checks)."""
+
+    def __init__(self, code: str, message: str, *, declined: bool = False) -> None:
+        super().__init__(code, message)
+        self.declined = declined
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,21 +85,21 @@ def check_card(card: Card, now: datetime) -> str:
     number = card.number.replace(" ", "").replace("-", "")
     # isascii(): str.isdigit() also accepts digits such as "²" that int() cannot read.
     if not (number.isascii() and number.isdigit()) or not 12 <= len(number) <= 19:
-        raise CardError("invalid_card", "The card number must be 12 to 19 digits.", 422)
+        raise CardError("invalid_card", "The card number must be 12 to 19 digits.")
     if not luhn_ok(number):
-        raise CardError("invalid_card", "The card number is not valid (check digit).", 422)
+        raise CardError("invalid_card", "The card number is not valid (check digit).")
     brand = card_brand(number)
     if brand is None:
-        raise CardError("unsupported_card", "Only Visa, MasterCard and American Express.", 422)
+        raise CardError("unsupported_card", "Only Visa, MasterCard and American Express.")
     if not 1 <= card.exp_month <= 12:
-        raise CardError("invalid_card", "The expiry month must be 1 to 12.", 422)
+        raise CardError("invalid_card", "The expiry month must be 1 to 12.")
     if (card.exp_year, card.exp_month) < (now.year, now.month):
-        raise CardError("card_expired", "The card has expired.", 422)
+        raise CardError("card_expired", "The card has expired.")
     if card.exp_year > now.year + 20:
-        raise CardError("invalid_card", "The expiry year is too far ahead.", 422)
+        raise CardError("invalid_card", "The expiry year is too far ahead.")
     want = 4 if brand == "amex" else 3
     if len(card.cvc) != want or not card.cvc.isdigit():
-        raise CardError("invalid_card", f"The security code must be {want} digits.", 422)
+        raise CardError("invalid_card", f"The security code must be {want} digits.")
     return brand
 
 
@@ -108,7 +112,7 @@ class SandboxGateway:
         number = card.number.replace(" ", "").replace("-", "")
         if number in DECLINED:
             code, message = DECLINED[number]
-            raise CardError(code, message)
+            raise CardError(code, message, declined=True)
         # The same key always yields the same reference, as a real gateway's would.
         ref = "sbx_" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:24]
         return Charge(ref, brand, number[-4:], amount_cents)

@@ -24,8 +24,9 @@ from sqlalchemy import func, select, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from billing.tables import ledger_accounts, ledger_transfers
-from server.ids import ordered_id
-from server.store import raw
+from common.errors import Refused
+from store import raw
+from store.ids import ordered_id
 
 
 class SystemAccount:
@@ -37,13 +38,8 @@ class SystemAccount:
     ALL = (CARD_SALES, FEES, MESSAGE_REVENUE, PHOTO_REVENUE, VISIT_REVENUE)
 
 
-class LedgerError(Exception):
+class LedgerError(Refused):
     """A transfer was refused; `code` is stable and shown to clients."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,10 +59,9 @@ class Transfer:
     debit_balance: int | None = None
 
 
-# transfer()'s statements, as driver SQL (server/store/raw.py): a send or a billed minute runs
+# transfer()'s statements, as driver SQL (store/raw.py): a send or a billed minute runs
 # them on its hot path, where SQLAlchemy's per-statement machinery cost more CPU than the
 # database did (docs/BENCHMARKS.md, "Durable sends").
-_a = ledger_accounts
 _KINDS = "SELECT id, kind FROM ledger_accounts WHERE id = ? OR id = ?"
 _CLAIM = raw.Insert(ledger_transfers, (
     "id", "idempotency_key", "debit_account", "credit_account", "amount", "kind", "ref", "at"),

@@ -1,10 +1,11 @@
-"""What things cost, in credits (1 credit = 1 US cent), and what a purchase charges."""
+"""What a purchase of credits charges (1 credit = 1 US cent). What things cost in credits is
+each facility's setting (server/facilities.py, `Prices`, served in GET /facilities)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-DEFAULT_PRICES = {"message": 50, "photo": 100, "visit_minute": 50}
+from common.errors import Refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,11 +16,8 @@ class PurchaseQuote:
     total_cents: int
 
 
-class PricingError(ValueError):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+class PricingError(Refused):
+    """A purchase of an amount that cannot be bought."""
 
 
 def quote_purchase(credits: int, *, block: int, fee_cents: int, credits_max: int) -> PurchaseQuote:
@@ -29,6 +27,3 @@ def quote_purchase(credits: int, *, block: int, fee_cents: int, credits_max: int
         raise PricingError("invalid_amount", f"one purchase buys at most {credits_max} credits")
     return PurchaseQuote(credits, credits, fee_cents, credits + fee_cents)
 
-
-def message_price(prices: dict[str, int], photos: int) -> int:
-    return prices["message"] + photos * prices["photo"]

@@ -1,56 +1,22 @@
 """The money's tables: ledger accounts, immutable transfers and card purchases.
 
-They share one SQLAlchemy MetaData with the rest of the store (server/store/schema.py imports
-it from here, never the other way round: billing knows nothing of the web).
+They register on the store's one MetaData (store/columns.py); server/schema.py assembles them
+with the other layers' tables. Billing imports the store, never the web or signalling.
 """
 
 from __future__ import annotations
-
-from datetime import UTC, datetime
 
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     Column,
-    DateTime,
     ForeignKey,
     Index,
-    Integer,
-    MetaData,
     String,
     Table,
 )
-from sqlalchemy.types import TypeDecorator
 
-metadata = MetaData()
-
-# SQLite only autoincrements an INTEGER PRIMARY KEY; PostgreSQL gets a bigint identity.
-BigSeq = BigInteger().with_variant(Integer, "sqlite")
-
-
-class UTCDateTime(TypeDecorator):
-    """Aware UTC datetimes in and out, on both databases (SQLite keeps no zone)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value, dialect):
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to the store")
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value, dialect):
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
+from store.columns import BigSeq, UTCDateTime, metadata
 
 # --- money -------------------------------------------------------------------------------
 

@@ -12,10 +12,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from billing import ledger
+from common.errors import Refused
 from server.auth import token_hash
-from server.errors import ApiError, not_found
-from server.ids import new_id
-from server.store.schema import accounts, devices
+from server.errors import not_found
+from server.schema import accounts, devices
+from store.ids import new_id
 
 # Roles that hold credits and so get a ledger account.
 HOLDERS = ("family", "person")
@@ -57,8 +58,8 @@ async def create(conn: AsyncConnection, *, role: str, name: str, now: datetime,
                 created_at=now, disabled=False))
     except IntegrityError:
         if email is not None:
-            raise ApiError(409, "email_taken", "An account with that email exists.") from None
-        raise ApiError(409, "inmate_number_taken",
+            raise Refused("email_taken", "An account with that email exists.") from None
+        raise Refused("inmate_number_taken",
                        "That inmate number is already registered in this facility.") from None
     if role in HOLDERS:
         await ledger.open_account(conn, account_id)

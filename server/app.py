@@ -13,9 +13,18 @@ from aiohttp import web
 
 from billing import ledger
 from billing.gateway import PaymentGateway, SandboxGateway
-from server import (
-    calls,
-    events,
+from server import calls, events
+from server.attempts import Attempts
+from server.auth import LoginLimiter, Passwords
+from server.blobs.configured import open_blobs
+from server.broker import Broker
+from server.context import Context
+from server.events import Outbox
+from server.gateway.client import RESTARTING
+from server.gateway.endpoint import HUB, websocket
+from server.gateway.hub import Hub
+from server.housekeeping import Housekeeping
+from server.http import (
     routes_audit,
     routes_auth,
     routes_calls,
@@ -27,38 +36,28 @@ from server import (
     routes_statement,
     routes_visits,
 )
-from server.attempts import Attempts
-from server.auth import LoginLimiter, Passwords
-from server.blobs.configured import open_blobs
-from server.broker import Broker
-from server.context import Context
-from server.drain import DRAIN, Drain
-from server.edge import handler_args, security_headers
-from server.events import Outbox
-from server.gateway.client import RESTARTING
-from server.gateway.endpoint import HUB, websocket
-from server.gateway.hub import Hub
-from server.housekeeping import Housekeeping
-from server.logs import request_id_middleware
-from server.metrics import Metrics
-from server.metrics import install as install_metrics
-from server.metrics import middleware as metrics_middleware
-from server.openapi import build as build_openapi
+from server.http.drain import DRAIN, Drain
+from server.http.edge import handler_args, security_headers
+from server.http.logs import request_id_middleware
+from server.http.metrics import Metrics
+from server.http.metrics import install as install_metrics
+from server.http.metrics import middleware as metrics_middleware
+from server.http.openapi import build as build_openapi
+from server.http.proxy import middleware as forwarded_middleware
+from server.http.proxy import networks
+from server.http.routes_ops import healthz, readyz
+from server.http.routing import CONTEXT, WS_PATH, Route, add_routes, error_middleware, json_response
 from server.photos import PhotoWork
-from server.proxy import middleware as forwarded_middleware
-from server.proxy import networks
 from server.recordings import Recordings
-from server.routes_ops import healthz, readyz
-from server.routing import CONTEXT, WS_PATH, Route, add_routes, error_middleware, json_response
+from server.schema import utcnow
 from server.settings import Settings
 from server.startup import StartError
-from server.store import Store
-from server.store.migrate import migrate, schema_behind
-from server.store.safety import check_durability, check_not_copied_file
-from server.store.schema import utcnow
 from signalling import visits
 from signalling.meters import Meters
 from signalling.relay import Relay
+from store import Store
+from store.migrate import migrate, schema_behind
+from store.safety import check_durability, check_not_copied_file
 
 log = logging.getLogger("kinwire")
 STATIC = Path(__file__).resolve().parent.parent / "static"
@@ -95,8 +94,8 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
     # --- metrics/logs: request ids, then send timing, then the error shape (inside the
     # forwarded-client and drain middlewares, which come first) ---
     metrics = Metrics()
-    drain = Drain()  # graceful drain on SIGTERM (server/drain.py): counts requests in flight
-    # Behind nginx: the client's address and scheme from trusted proxies (server/proxy.py).
+    drain = Drain()  # graceful drain on SIGTERM (server/http/drain.py): counts requests in flight
+    # Behind nginx: the client's address and scheme from trusted proxies (server/http/proxy.py).
     app = web.Application(middlewares=[forwarded_middleware(settings.trusted_proxies),
                                        drain.middleware, request_id_middleware,
                                        metrics_middleware(metrics),
@@ -198,7 +197,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
         if run_migrations and store.dialect == "sqlite":
             await migrate(store)  # one process: it migrates itself
         elif run_migrations:
-            # PostgreSQL: `kinwire migrate` is the deploy step (server/store/migrate.py); a
+            # PostgreSQL: `kinwire migrate` is the deploy step (store/migrate.py); a
             # process of a newer version must not serve an older schema.
             behind = await schema_behind(store)
             if behind is not None:

@@ -17,10 +17,10 @@ from sqlalchemy import case, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from common.errors import Refused
 from server import audit
-from server.errors import ApiError
-from server.store import Store
-from server.store.schema import attempts as _A
+from server.schema import attempts as _A
+from store import Store
 
 # How long a reserved attempt may stay unsettled before another may start under a `single`
 # key: a verify takes tens of milliseconds and a photo about a second, so only a process that
@@ -113,7 +113,7 @@ class Attempts:
             values["busy_until"] = now + timedelta(seconds=ATTEMPT_LEASE_S)
         return (await conn.execute(_A.update().where(*allowed).values(**values))).rowcount == 1
 
-    async def _refusal(self, conn: AsyncConnection, key: Key, now: datetime) -> ApiError:
+    async def _refusal(self, conn: AsyncConnection, key: Key, now: datetime) -> Refused:
         # Read after the refused UPDATE: on PostgreSQL the lease may have been released in
         # between, so "over the limit" is decided from the row and anything else was the lease.
         row = (await conn.execute(select(_A).where(_A.c.key == key.name))).one()
@@ -123,8 +123,8 @@ class Attempts:
         elif not key.backoff and key.limit is not None and not fresh and row.count >= key.limit:
             until = row.window_start + self._window(key)
         else:
-            return ApiError(429, key.busy, MESSAGES[key.busy], retry_after_s=1)
-        return ApiError(429, key.over, MESSAGES[key.over],
+            return Refused(key.busy, MESSAGES[key.busy], retry_after_s=1)
+        return Refused(key.over, MESSAGES[key.over],
                         retry_after_s=max(1, math.ceil((until - now).total_seconds())))
 
     async def prune(self, conn: AsyncConnection, now: datetime) -> int:

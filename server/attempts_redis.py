@@ -13,10 +13,10 @@ from datetime import datetime
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from common.errors import Refused
 from server.attempts import ATTEMPT_LEASE_S, MESSAGES, PRUNE_AFTER, Attempts, Key, alert
 from server.broker import BrokerUnavailable, redis_url
-from server.errors import ApiError
-from server.store import Store
+from store import Store
 
 # KEYS: the attempt's keys in order. ARGV: now, lease, keep (ms), then per key its window
 # (ms), limit (-1: none), backoff (0/1), single (0/1). Returns {0} when every key took the
@@ -125,8 +125,8 @@ class RedisAttempts(Attempts):
             return
         key, kind, wait_ms = keys[int(answer[0]) - 1], answer[1], int(answer[2])
         if kind in (b"busy", "busy"):
-            raise ApiError(429, key.busy, MESSAGES[key.busy], retry_after_s=1)
-        raise ApiError(429, key.over, MESSAGES[key.over],
+            raise Refused(key.busy, MESSAGES[key.busy], retry_after_s=1)
+        raise Refused(key.over, MESSAGES[key.over],
                        retry_after_s=max(1, math.ceil(wait_ms / 1000)))
 
     async def settle(self, store: Store, keys: list[Key], now: datetime, *, succeeded: bool,

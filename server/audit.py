@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from server.store.schema import audit_log
+from server.schema import audit_log
 
 
 @dataclass(frozen=True)

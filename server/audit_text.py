@@ -4,7 +4,7 @@ and the CSV export alike, so both say the same thing.
 
 Names are looked up when the log is read, not stored in it: the log stays the bare record of
 who did what to which id, and a row is never rewritten. Ids are typed by their prefix
-(server/ids.py), so a target is looked up in the one table it can name.
+(store/ids.py), so a target is looked up in the one table it can name.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from server.store.schema import accounts, connections, devices, facilities, messages, visits
+from server.schema import accounts, connections, devices, facilities, messages, visits
 
 TITLES = {"staff": "Officer", "admin": "Administrator"}
 

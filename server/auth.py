@@ -20,13 +20,19 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from sqlalchemy import and_, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from server import quickread
 from server.attempts import Attempts, Key
-from server.ids import new_id
-from server.store import Store
-from server.store.schema import accounts, devices, sessions
+from server.schema import accounts, devices, sessions
+from store import Store, quickread
+from store.ids import new_id
 
-ROLES = ("family", "person", "staff", "admin")
+# The role sets every HTTP route and WebSocket op is declared with (server/http/routing.py
+# Route, server/gateway/ops.py Op): one place, so "staff" means the same everywhere. An admin
+# acts as staff of any facility.
+FAMILY = frozenset({"family"})
+PERSON = frozenset({"person"})
+PARTIES = frozenset({"family", "person"})
+STAFF = frozenset({"staff", "admin"})
+ANY_SESSION = PARTIES | STAFF
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +126,7 @@ _PRINCIPAL_QUICK = quickread.Lookup(_PRINCIPAL)
 
 async def session_principal(store: Store, token: str, now: datetime) -> Principal | None:
     """principal_for() as a read of its own: on SQLite one statement on the loop (a socket's
-    auth is on every connect; server/quickread.py), else a read transaction from the pool.
+    auth is on every connect; store/quickread.py), else a read transaction from the pool.
     Same statement either way, so a revoked or expired session is refused at once."""
     row = _PRINCIPAL_QUICK.row(store, {"p_hash": token_hash(token), "p_now": now})
     if row is quickread.NOT_SERVED:

@@ -26,7 +26,7 @@ of photos uploaded after the snapshot are left out, and so is a recording still 
 
 Restore goes into an empty data directory (or an empty PostgreSQL database): files first, the
 database last, so an interrupted restore leaves blobs without a database, which `kinwire serve`
-refuses to start on (server/store/safety.py) rather than serving an empty service.
+refuses to start on (store/safety.py) rather than serving an empty service.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from sqlalchemy.engine import make_url
 from server.blobs import BlobMissing, BlobStore
 from server.blobs.configured import open_blobs
 from server.settings import Settings
-from server.store import Store
+from store import Store
 
 MANIFEST = "manifest.json"
 FORMAT = 1

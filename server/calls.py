@@ -6,21 +6,17 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from common.errors import Refused
 from server import connections, events
 from server.broker import Broker, BrokerUnavailable
-from server.errors import ApiError, not_found
-from server.store import raw
-from server.store.schema import connections as connections_table
-from server.store.schema import visits
+from server.errors import not_found
+from server.schema import connections as connections_table
+from server.schema import visits
 from signalling.visits import ROW as VISIT_ROW
-from signalling.visits import VisitError
 from signalling.visits import get as get_visit
+from store import raw
 
 log = logging.getLogger("kinwire.calls")
-
-
-def api_error(exc: VisitError) -> ApiError:
-    return ApiError(exc.status, exc.code, exc.message)
 
 
 async def require_contact(conn: Any, row: Any) -> None:
@@ -32,13 +28,13 @@ async def require_contact(conn: Any, row: Any) -> None:
 
 def _check_link(blocked_by: str | None, status: str) -> None:
     if blocked_by is not None:
-        raise ApiError(403, "blocked", "This connection is blocked.")
+        raise Refused("blocked", "This connection is blocked.")
     if status != "approved":
-        raise ApiError(403, "not_connected", "Only an approved contact.")
+        raise Refused("not_connected", "Only an approved contact.")
 
 
 # A join's one read: the visit row as signalling.visits.get reads it, with its connection's
-# block and status alongside, compiled once (server/store/raw.py). 200 joins at once queue on
+# block and status alongside, compiled once (store/raw.py). 200 joins at once queue on
 # one core, and reading the connection apart cost a round trip and a Core statement each. An
 # outer join, so a missing connection still answers as connections.get does.
 _c = connections_table

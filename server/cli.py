@@ -20,8 +20,8 @@ def _context(settings: Settings):
     from billing.gateway import SandboxGateway
     from server.auth import LoginLimiter, Passwords
     from server.context import Context
-    from server.store import Store
-    from server.store.schema import utcnow
+    from server.schema import utcnow
+    from store import Store
 
     store = Store(settings.resolved_database_url, pool_size=2,
                   busy_timeout_ms=settings.db_busy_timeout_ms,
@@ -37,8 +37,8 @@ def _context(settings: Settings):
 
 
 async def _prepared(settings: Settings):
-    from server.store.migrate import migrate
-    from server.store.safety import check_not_copied_file
+    from store.migrate import migrate
+    from store.safety import check_not_copied_file
 
     await check_database(settings)  # unreachable: one line, not a traceback
     ctx = _context(settings)
@@ -70,7 +70,7 @@ async def _seed_demo(settings: Settings, _args) -> int:
 
 async def _create_admin(settings: Settings, args) -> int:
     from server import accounts, audit
-    from server.errors import ApiError
+    from server.errors import Refused
 
     password = getpass.getpass("Password: ") if sys.stdin.isatty() else sys.stdin.readline()
     password = password.rstrip("\n")
@@ -90,7 +90,7 @@ async def _create_admin(settings: Settings, args) -> int:
                                         password_hash=await ctx.passwords.hash(password))
             await audit.record(conn, actor_id="cli", actor_role="admin", action="admin.create",
                                target=row.id, at=now, details={"email": row.email})
-    except ApiError as exc:
+    except Refused as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 1
     finally:
@@ -103,7 +103,7 @@ async def _facility(settings: Settings, args) -> int:
     import json
 
     from server import audit, facilities
-    from server.errors import ApiError
+    from server.errors import Refused
 
     try:
         patch = json.loads(args.settings or "{}")
@@ -118,7 +118,7 @@ async def _facility(settings: Settings, args) -> int:
         async with ctx.store.write() as conn:
             if args.action == "create":
                 if not args.name or not args.timezone:
-                    raise ApiError(422, "invalid_input", "create needs --name and --timezone")
+                    raise Refused("invalid_input", "create needs --name and --timezone")
                 row = await facilities.create(conn, name=args.name, timezone=args.timezone,
                                               settings=patch, now=now)
             else:
@@ -127,7 +127,7 @@ async def _facility(settings: Settings, args) -> int:
             await audit.record(conn, actor_id="cli", actor_role="admin",
                                action=f"facility.{args.action}", facility_id=row.id,
                                target=row.id, at=now, details={"settings": patch})
-    except ApiError as exc:
+    except Refused as exc:
         # An operator wrote JSON keys: name the key beside the plain words.
         where = [f["field"] for f in exc.details.get("fields", [])][:1]
         print(f"error: {where[0] + ': ' if where else ''}{exc.message}", file=sys.stderr)
@@ -189,8 +189,8 @@ def _serve(settings: Settings, args) -> int:
         print(f"Kinwire on {url} (database: {settings.resolved_database_url.split('://')[0]}, "
               f"broker: {'redis' if settings.redis_url else 'memory'})", flush=True)
 
-    from server.drain import serve
-    from server.logs import AccessLogger  # metrics/logs: no query strings, with request ids
+    from server.http.drain import serve
+    from server.http.logs import AccessLogger  # metrics/logs: no query strings, with request ids
 
     app = create_app(settings)
     # The garbage collector (docs/BENCHMARKS.md, "Fan-out"): what start-up built lives as long
@@ -200,7 +200,7 @@ def _serve(settings: Settings, args) -> int:
     # which scanned every socket's objects (~1 s of CPU at 10,000 sockets).
     gc.freeze()
     gc.set_threshold(50_000, 20, 10)
-    # SIGTERM drains (server/drain.py): 1012 to sockets, meters handed over, requests finished.
+    # SIGTERM drains (server/http/drain.py): 1012 to sockets, meters handed over, requests finished.
     asyncio.run(serve(app, host, port, timeout_s=settings.drain_timeout_s,
                       access_log_class=AccessLogger, on_listening=banner))
     return 0
@@ -417,12 +417,13 @@ def main(argv: list[str] | None = None, default: str | None = None) -> int:
     for warning in unknown_variables():  # a misspelt setting is otherwise silently ignored
         print(warning, file=sys.stderr, flush=True)
     # metrics/logs: JSON lines or text (KINWIRE_LOG_FORMAT; `auto`: text at a terminal).
-    from server.logs import configure
+    from server.http.logs import configure
 
     configure(settings.log_level, settings.log_format)
     # Alembic announces every plugin at INFO; its warnings are what an operator needs.
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    from server.store.safety import UnsafeStart
+    from store.migrate import MigrateRefused
+    from store.safety import UnsafeStart
 
     # A server that cannot or must not start (unreachable database, a copied file without its
     # WAL, commits that would not be durable) says why in one line: main answers for every command.
@@ -430,7 +431,7 @@ def main(argv: list[str] | None = None, default: str | None = None) -> int:
         if command in SYNC:
             return SYNC[command](settings, args)
         return asyncio.run(ASYNC[command](settings, args))
-    except StartError as exc:
+    except (StartError, MigrateRefused) as exc:
         print(exc, file=sys.stderr, flush=True)
         return 1
     except UnsafeStart as exc:

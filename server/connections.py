@@ -17,10 +17,11 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from server.errors import ApiError, forbidden, not_found
+from common.errors import Refused
+from server.errors import forbidden, not_found
 from server.events import Outbox
-from server.ids import new_id
-from server.store.schema import accounts, connection_blocks, connections
+from server.schema import accounts, connection_blocks, connections
+from store.ids import new_id
 
 # What a family member may say they are to the person, shown with the request on the kiosk.
 # Codes rather than free text: a free field would carry words to the person that no one paid
@@ -134,7 +135,7 @@ async def _pair(conn: AsyncConnection, family_id: str, person_id: str) -> Any:
 async def _unchanged(conn: AsyncConnection, row: Any) -> dict:
     """A request that changes nothing: the connection as it is, or why it cannot be asked."""
     if row.blocked_by is not None:
-        raise ApiError(403, "blocked", "This connection is blocked.")
+        raise Refused("blocked", "This connection is blocked.")
     return view(row, await _names(conn, {row.family_id, row.person_id}))
 
 
@@ -172,7 +173,7 @@ async def set_block(conn: AsyncConnection, outbox: Outbox, row: Any, *, side: st
         await conn.execute(b.delete().where(own))
     elif not blocked and not held and (await conn.execute(
             select(b.c.side).where(b.c.connection_id == row.id))).first() is not None:
-        raise ApiError(403, "forbidden", "Only whoever blocked it can lift that block.")
+        raise Refused("forbidden", "Only whoever blocked it can lift that block.")
     # The summary the read paths test: staff's blocker first, then a party's, else NULL.
     first = (await conn.execute(select(b.c.blocked_by).where(b.c.connection_id == row.id)
                                 .order_by((b.c.side == "staff").desc(), b.c.side)

@@ -10,9 +10,9 @@ from typing import Any
 from billing.gateway import PaymentGateway
 from server.auth import LoginLimiter, Passwords
 from server.broker import Broker
-from server.metrics import Metrics
+from server.http.metrics import Metrics
 from server.settings import Settings
-from server.store import Store
+from store import Store
 
 
 @dataclass

@@ -11,8 +11,8 @@ from billing.pricing import quote_purchase
 from billing.purchases import buy_credits
 from server import accounts, audit, facilities
 from server.context import Context
-from server.ids import new_id
-from server.store.schema import connections
+from server.schema import connections
+from store.ids import new_id
 
 FAMILY = ("family@demo.kinwire.test", "family-demo-pass", "Dana Rivera")
 STAFF = ("officer@demo.kinwire.test", "staff-demo-pass", "Officer Lee")

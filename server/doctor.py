@@ -80,9 +80,9 @@ async def database(settings: Settings) -> Check:
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
 
-    from server.store import Store
-    from server.store.migrate import alembic_config
-    from server.store.safety import durability_problems
+    from store import Store
+    from store.migrate import alembic_config
+    from store.safety import durability_problems
 
     url = settings.resolved_database_url
     missing = _missing_sqlite(settings)

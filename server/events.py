@@ -22,8 +22,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server.broker import Broker, BrokerUnavailable
-from server.store import raw
-from server.store.schema import event_heads, events, messages
+from server.schema import event_heads, events, messages
+from store import raw
 
 log = logging.getLogger("kinwire.events")
 
@@ -41,7 +41,8 @@ class Event:
 
 async def lock_streams(conn: AsyncConnection, account_ids: list[str]) -> None:
     """Take the stream heads of everyone a transaction will write events for, in id order,
-    before anything else. Two transactions that each write to two users' streams (A messages B
+    before writing any of their events (after the ledger rows, the order a send takes them in:
+    `emit_many`). Two transactions that each write to two users' streams (A messages B
     while B messages A) would otherwise lock the heads in opposite orders and deadlock on
     PostgreSQL; a missing head is made at 0 (the same as no head)."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
@@ -55,7 +56,7 @@ async def lock_streams(conn: AsyncConnection, account_ids: list[str]) -> None:
                 .on_conflict_do_nothing(index_elements=["account_id"]))
 
 
-# emit_many()'s statements, as driver SQL (server/store/raw.py): every send and billed minute
+# emit_many()'s statements, as driver SQL (store/raw.py): every send and billed minute
 # runs them, and SQLAlchemy's per-statement machinery cost more CPU than the database did.
 _BUMP = "UPDATE event_heads SET last_seq = last_seq + ? WHERE account_id = ? RETURNING last_seq"
 _MAKE_HEAD = raw.Insert(event_heads, ("account_id", "last_seq", "pruned_through"),
@@ -149,8 +150,8 @@ class Outbox:
     async def emit_many(self, conn: AsyncConnection, items: list[tuple[str, str, dict[str, Any]]],
                         at: datetime) -> None:
         """Several events (account_id, type, data), each user's in the given order: one
-        head bump per user (in id order, like lock_streams, which it replaces) and one
-        multi-row insert, instead of two statements per event."""
+        head bump per user, in id order as lock_streams takes them (so a send needs no
+        lock_streams first), and one multi-row insert, instead of two statements per event."""
         counts: dict[str, int] = {}
         for account_id, _, _ in items:
             counts[account_id] = counts.get(account_id, 0) + 1

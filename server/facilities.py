@@ -10,9 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from server.errors import ApiError, not_found
-from server.ids import new_id
-from server.store.schema import facilities
+from common.errors import Refused
+from server.errors import not_found
+from server.schema import facilities
+from store.ids import new_id
 
 Keyword = Annotated[str, Field(min_length=1, max_length=64)]
 Price = Annotated[int, Field(ge=0, le=100_000)]
@@ -94,10 +95,10 @@ def check_timezone(name: str) -> str:
         ZoneInfo(name)
     # With the `tzdata` package installed, a folder of it ("America") raises IsADirectoryError.
     except (ZoneInfoNotFoundError, ValueError, OSError):
-        raise ApiError(422, "invalid_timezone", f"{name!r} is not an IANA time zone") from None
+        raise Refused("invalid_timezone", f"{name!r} is not an IANA time zone") from None
     # "localtime" is listed on some hosts (a link to /etc/localtime): the server's zone, not IANA.
     if name not in available_timezones() or name == "localtime":
-        raise ApiError(422, "invalid_timezone", f"{name!r} is not an IANA time zone")
+        raise Refused("invalid_timezone", f"{name!r} is not an IANA time zone")
     return name
 
 
@@ -113,7 +114,7 @@ def merged_settings(current: dict[str, Any], patch: dict[str, Any]) -> FacilityS
     except ValidationError as exc:
         problems = [{"field": ".".join(str(p) for p in err["loc"]), "problem": plain(err)}
                     for err in exc.errors()[:20]]
-        raise ApiError(422, "invalid_settings", problems[0]["problem"], fields=problems) from None
+        raise Refused("invalid_settings", problems[0]["problem"], fields=problems) from None
 
 
 # What the staff console calls each setting, for errors a person reads beside the field.

@@ -19,8 +19,8 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from server.errors import ApiError
-from server.store.schema import idempotency
+from common.errors import Refused
+from server.schema import idempotency
 
 
 def request_hash(method: str, path: str, body: Any) -> str:
@@ -40,7 +40,7 @@ async def claim(conn: AsyncConnection, *, account_id: str, key: str, fingerprint
     row = (await conn.execute(select(idempotency).where(
         idempotency.c.account_id == account_id, idempotency.c.key == key))).one()
     if row.request_hash != fingerprint:
-        raise ApiError(409, "idempotency_conflict",
+        raise Refused("idempotency_conflict",
                        "This Idempotency-Key was used with a different request.")
     return row.status, row.response
 

@@ -17,15 +17,16 @@ from sqlalchemy import and_, bindparam, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from billing import ledger
-from billing.ledger import LedgerError, SystemAccount
+from billing.ledger import SystemAccount
+from common.errors import Refused
 from server import facilities
 from server.auth import Principal
-from server.errors import ApiError, ledger_error, not_found
+from server.errors import not_found
 from server.events import Outbox, lock_streams
-from server.ids import ordered_id
-from server.store import raw
-from server.store.schema import facilities as facilities_table
-from server.store.schema import messages, photos
+from server.schema import facilities as facilities_table
+from server.schema import messages, photos
+from store import raw
+from store.ids import ordered_id
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ async def announce(conn: AsyncConnection, outbox: Outbox, row: Any, at: datetime
 
 
 # send()'s statements. Repeats (a send retried with its key) are rare, so the lookup by key
-# stays in Core; the rest are driver SQL (server/store/raw.py), being on every send's path.
+# stays in Core; the rest are driver SQL (store/raw.py), being on every send's path.
 _BY_KEY = select(messages).where(messages.c.sender_id == bindparam("p_sender"),
                                  messages.c.client_key == bindparam("p_key"))
 _LINK_RULES = (
@@ -137,7 +138,7 @@ async def _existing(conn: AsyncConnection, sender: Principal, draft: Draft) -> A
     same = (row.recipient_id, row.body, tuple(await photo_ids_of(conn, row.id)), row.cod) == (
         draft.to, draft.body, draft.photo_ids, draft.cod)
     if not same:
-        raise ApiError(409, "idempotency_conflict",
+        raise Refused("idempotency_conflict",
                        "This key was used for a different message.")
     return row
 
@@ -149,7 +150,7 @@ async def _attach_photos(conn: AsyncConnection, owner: str, message_id: str,
             photos.c.id == photo_id, photos.c.owner_id == owner,
             photos.c.message_id.is_(None)).values(message_id=message_id, position=position))
         if attached.rowcount != 1:
-            raise ApiError(422, "invalid_photo",
+            raise Refused("invalid_photo",
                            "A photo is not yours, does not exist or is already sent.")
 
 
@@ -165,12 +166,9 @@ async def _charge(conn: AsyncConnection, payer: str, row: Any, photo_count: int,
     for revenue, amount, kind, part in parts:
         if amount <= 0:
             continue  # a facility may make messages free
-        try:
-            done = await ledger.transfer(conn, key=f"{prefix}:{row.id}:{part}", debit=payer,
-                                         credit=revenue, amount=amount, kind=kind, ref=row.id,
-                                         at=at)
-        except LedgerError as exc:
-            raise ledger_error(exc) from None
+        done = await ledger.transfer(conn, key=f"{prefix}:{row.id}:{part}", debit=payer,
+                                     credit=revenue, amount=amount, kind=kind, ref=row.id,
+                                     at=at)
         balance = done.debit_balance
     return balance
 
@@ -182,10 +180,10 @@ async def send(conn: AsyncConnection, outbox: Outbox, sender: Principal, draft: 
     db = raw.Raw(conn)
     refusal = None
     if draft.cod and sender.role != "person":
-        refusal = ApiError(403, "forbidden", "Only an incarcerated person may send collect.")
+        refusal = Refused("forbidden", "Only an incarcerated person may send collect.")
     found = await _link_rules(db, sender.account_id, draft.to)
     if found is None:
-        refusal = ApiError(403, "not_connected", "You can message only an approved contact.")
+        refusal = Refused("not_connected", "You can message only an approved contact.")
     if refusal is not None:
         existing = await _existing(conn, sender, draft)
         if existing is None:

@@ -23,9 +23,9 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from common.errors import Refused
 from server.blobs import BlobMissing
 from server.blobs.configured import Blobs
-from server.errors import ApiError
 
 SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG"}
 THUMB_SIDE_PX = 320
@@ -44,7 +44,7 @@ def sniff(head: bytes) -> str:
     for signature, kind in SIGNATURES.items():
         if head.startswith(signature):
             return kind
-    raise ApiError(415, "unsupported_media_type", "Only JPEG and PNG photos are accepted.")
+    raise Refused("unsupported_media_type", "Only JPEG and PNG photos are accepted.")
 
 
 def declared_size(data: bytes, kind: str) -> tuple[int, int]:
@@ -52,7 +52,7 @@ def declared_size(data: bytes, kind: str) -> tuple[int, int]:
     decompression bomb is refused before any library starts on it."""
     if kind == "PNG":
         if len(data) < 24 or data[12:16] != b"IHDR":
-            raise ApiError(415, "invalid_image", "The photo could not be read.")
+            raise Refused("invalid_image", "The photo could not be read.")
         return struct.unpack(">II", data[16:24])
     at = 2
     while at + 9 < len(data):
@@ -67,7 +67,7 @@ def declared_size(data: bytes, kind: str) -> tuple[int, int]:
             height, width = struct.unpack(">HH", data[at + 5:at + 9])
             return width, height
         at += 2 + length
-    raise ApiError(415, "invalid_image", "The photo could not be read.")
+    raise Refused("invalid_image", "The photo could not be read.")
 
 
 def _encode(image: Image.Image) -> bytes:
@@ -82,12 +82,12 @@ def clean(data: bytes, *, pixels_max: int, side_px_max: int) -> CleanPhoto:
     kind = sniff(data[:16])
     width, height = declared_size(data, kind)
     if width < 1 or height < 1 or width * height > pixels_max:
-        raise ApiError(413, "too_many_pixels",
+        raise Refused("too_many_pixels",
                        f"The photo is {width}x{height}; at most {pixels_max} pixels.")
     try:
         with Image.open(io.BytesIO(data), formats=[kind]) as image:
             if image.size != (width, height):
-                raise ApiError(415, "invalid_image", "The photo's header disagrees with itself.")
+                raise Refused("invalid_image", "The photo's header disagrees with itself.")
             if kind == "JPEG":  # DCT-scaled decode where the target is half the size or less
                 image.draft("RGB", (side_px_max, side_px_max))
             image.load()
@@ -101,7 +101,7 @@ def clean(data: bytes, *, pixels_max: int, side_px_max: int) -> CleanPhoto:
                 pixels = upright.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
             Image.DecompressionBombError):
-        raise ApiError(415, "invalid_image", "The photo could not be read.") from None
+        raise Refused("invalid_image", "The photo could not be read.") from None
     fresh = Image.frombytes("RGB", pixels.size, pixels.tobytes())
     thumb = fresh.copy()
     thumb.thumbnail((THUMB_SIDE_PX, THUMB_SIDE_PX))
@@ -119,7 +119,7 @@ class PhotoWork:
 
     async def clean(self, data: bytes, *, pixels_max: int, side_px_max: int) -> CleanPhoto:
         if self._slots.locked():
-            raise ApiError(503, "busy", "Photos are being processed; try again shortly.",
+            raise Refused("busy", "Photos are being processed; try again shortly.",
                            retry_after_s=2)
         async with self._slots:
             return await asyncio.get_running_loop().run_in_executor(
@@ -133,7 +133,7 @@ def photo_key(photo_id: str, thumb: bool = False) -> str:
     """A photo's key in the blob store: `<id>.jpg` and `<id>.thumb.jpg` (the names the photo
     folder always had, so a folder store keeps serving the photos stored before)."""
     if not photo_id.replace("_", "").isalnum():
-        raise ApiError(404, "not_found", "The photo was not found.")
+        raise Refused("not_found", "The photo was not found.")
     return f"{photo_id}{'.thumb' if thumb else ''}.jpg"
 
 
@@ -162,4 +162,4 @@ async def load(blobs: Blobs, photo_id: str, thumb: bool = False) -> bytes:
         return b"".join([chunk async for chunk in blobs.photos.read(
             photo_key(photo_id, thumb), 0, READ_END)])
     except BlobMissing:
-        raise ApiError(404, "not_found", "The photo was not found.") from None
+        raise Refused("not_found", "The photo was not found.") from None

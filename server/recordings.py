@@ -29,9 +29,9 @@ from sqlalchemy import func, select
 from server import audit
 from server.blobs import BlobStore
 from server.facilities import RETENTION_DAYS_DEFAULT
-from server.ids import ordered_id
-from server.store import Store
-from server.store.schema import facilities, recordings
+from server.schema import facilities, recordings
+from store import Store
+from store.ids import ordered_id
 
 log = logging.getLogger("kinwire.recording")
 # By the file's suffix: the forwarding relay remuxes into WebM; the transcoding relay (the

@@ -16,11 +16,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from billing import ledger
 from billing.tables import ledger_transfers
+from common.errors import Refused
 from server import audit, messages
 from server.auth import Principal
-from server.errors import ApiError
 from server.events import Outbox
-from server.store.schema import messages as messages_table
+from server.schema import messages as messages_table
 
 Kind = Literal["photos", "text", "keyword"]
 
@@ -49,14 +49,14 @@ async def _decide(conn: AsyncConnection, staff: Principal, message_id: str, stat
                   reason: str | None, at: datetime) -> Any:
     row = await messages.get(conn, message_id)
     if staff.role != "admin" and row.facility_id != staff.facility_id:
-        raise ApiError(404, "not_found", "The message was not found.")
+        raise Refused("not_found", "The message was not found.")
     decided = await conn.execute(messages_table.update().where(
         messages_table.c.id == row.id, messages_table.c.status == "held")
         .values(status=status, reviewed_by=staff.account_id, reject_reason=reason))
     if decided.rowcount != 1:
         # Read again: another officer's decision may have committed since `row` was read.
         now_status = (await messages.get(conn, row.id)).status
-        raise ApiError(409, "already_reviewed", f"The message is already {now_status}.")
+        raise Refused("already_reviewed", f"The message is already {now_status}.")
     await audit.record(conn, actor_id=staff.account_id, actor_role=staff.role,
                        action=f"message.{'approve' if status == 'delivered' else 'reject'}",
                        facility_id=row.facility_id, target=row.id, at=at,

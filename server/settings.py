@@ -278,7 +278,7 @@ class Settings:
             raise SettingsError(
                 f"DATABASE_URL must be sqlite:///... or postgresql://..., got {url!r}")
         if not self.is_sqlite:
-            from server.store import pool_mode
+            from store import pool_mode
 
             try:
                 pool_mode(url)

@@ -4,7 +4,7 @@
 database and Redis answer; a failure is a `StartError` whose message names the service, where
 it was looked for (the URL without its password), why, and what to do. The command line prints
 that line and exits 1, without a traceback: the cause is the operator's to fix, not ours to
-debug. A port that cannot be bound is said the same way (server/drain.py raises it). A service
+debug. A port that cannot be bound is said the same way (server/http/drain.py raises it). A service
 lost after these checks, while serving, is the running server's business (retries, 503s,
 /readyz), not this module's.
 """
@@ -88,7 +88,7 @@ async def check_database(settings: Settings) -> None:
     """The database answers a query, or StartError."""
     from sqlalchemy import text
 
-    from server.store import Store
+    from store import Store
 
     url = settings.resolved_database_url
     timeout_s = min(settings.db_timeout_s, CHECK_TIMEOUT_S_MAX)

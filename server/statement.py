@@ -26,7 +26,7 @@ from sqlalchemy import case, func, literal, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from billing.tables import ledger_transfers, purchases
-from server.store.schema import accounts, messages, visits
+from server.schema import accounts, messages, visits
 
 GROUPS = {"visit_minute": "visit", "message": "message", "photo": "message", "refund": "refund"}
 

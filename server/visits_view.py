@@ -1,6 +1,6 @@
 """A visit as clients see it, and the `visit.updated` event that tells both parties of a change.
 
-Shared by booking (server/routes_visits.py) and everything else that changes a visit: whoever
+Shared by booking (server/http/routes_visits.py) and everything else that changes a visit: whoever
 changes a visit's row calls `announce` in the same transaction, then signals the outbox after
 the commit.
 """
@@ -12,26 +12,13 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from server.errors import not_found
 from server.events import Outbox
 from signalling import visits
-
-
-def visit_view(row: Any) -> dict[str, Any]:
-    """`row` is a visits row read with its facility's `timezone` (see `get`)."""
-    return visits.public(row)
-
-
-async def get(conn: AsyncConnection, visit_id: str) -> Any:
-    try:
-        return await visits.get(conn, visit_id)
-    except visits.VisitError:
-        raise not_found("The visit") from None
 
 
 async def announce(conn: AsyncConnection, outbox: Outbox, visit_id: str,
                    at: datetime) -> dict[str, Any]:
     """Read the visit back and write `visit.updated` to both parties' streams; the view."""
-    row = await get(conn, visit_id)
+    row = await visits.get(conn, visit_id)  # VisitError not_found if it is not there
     await visits.announce(conn, outbox, row, at)
     return visits.public(row)

@@ -1,1 +1,4 @@
-"""Visits: booking, the state machine, SDP/ICE relay, TURN and the aiortc relay (to come)."""
+"""Visits: booking rules, the visit state machine, the meters' async shell, TURN credentials,
+relay mode (forwarding, recording, remuxing) and the reference visit client. The gateway
+(server/gateway/) passes SDP/ICE between the parties in direct mode. Imports billing and the
+store, never server/ (tests/test_import_rules.py)."""

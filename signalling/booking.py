@@ -26,17 +26,14 @@ from itertools import pairwise
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
+from common import errors
+
 LEFT_MIN = timedelta(minutes=1)  # what must remain of a block under way to book it
 _TICK = timedelta(microseconds=1)
 
 
-class Refused(Exception):
+class Refused(errors.Refused):
     """A booking or a cancellation was refused; `code` is stable and shown to clients."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 class Booked(Protocol):

@@ -4,7 +4,7 @@ Who runs a meter: the process holding the visit's lease in the broker (`meter:<v
 process claims a visit when one of its sockets joins it or when its scanner (every half lease)
 finds a visit in a call with a free lease: so when the holder dies, another process takes the
 meter over within about one lease period, from the state stored on the visit row. A process
-that stops on purpose (a drain, server/drain.py) releases its leases and announces each one on
+that stops on purpose (a drain, server/http/drain.py) releases its leases and announces each one on
 the meters channel (`{"handover": visit}`): the others claim it at once, not a lease later.
 
 Liveness: every process touches its node id in the broker's presence set `nodes` every third
@@ -64,9 +64,9 @@ from sqlalchemy import Select, bindparam, select
 
 from billing import ledger, meter
 from billing.ledger import LedgerError, SystemAccount
-from server.store import raw
 from signalling import visits
 from signalling.tables import visits as visits_table
+from store import raw
 
 log = logging.getLogger("kinwire.meters")
 DEBIT_ATTEMPTS_MAX = 5
@@ -80,7 +80,7 @@ RENEW_CHUNK = 200  # lease renewals in flight at once
 ENDED_KEPT, ENDED_KEEP_S = 10_000, 60.0  # remembered ends: far longer than a cached check
 PROOF_KEPT_LEASES = 20  # a dead process's last renewal is kept this many leases (for its meters)
 
-# A pass's own statements, compiled once (server/store/raw.py): every live visit runs them
+# A pass's own statements, compiled once (store/raw.py): every live visit runs them
 # every minute. The row is locked first (FOR UPDATE), see MeterPass.run.
 _t = visits_table
 _WHOLE_ROW = raw.Query(select(_t).where(_t.c.id == bindparam("p_id")).with_for_update())

@@ -1,5 +1,5 @@
-"""The visits table. It shares billing's MetaData with the rest of the store, and lives here
-because signalling/ may import billing/ but never server/."""
+"""The visits table. It registers on the store's one MetaData (store/columns.py), and lives
+here because signalling/ may import the store and billing/ but never server/."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from sqlalchemy import (
     true,
 )
 
-from billing.tables import UTCDateTime, metadata
+from store.columns import UTCDateTime, metadata
 
 visits = Table(
     "visits", metadata,

@@ -24,8 +24,9 @@ from sqlalchemy import bindparam, column, select, table
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from billing import meter
-from server.store import raw
+from common.errors import Refused
 from signalling.tables import visits
+from store import raw
 
 ACTIVE = ("scheduled", "open", "live", "paused")
 IN_CALL = ("open", "live", "paused")
@@ -44,10 +45,9 @@ class EventSink(Protocol):
                         at: datetime) -> None: ...
 
 
-class VisitError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+class VisitError(Refused):
+    """A visit operation was refused: the visit is not there, not in a call, not yours, or a
+    signal is malformed."""
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ def pause_reason(row: Any) -> str | None:
     return "not_connected"
 
 
-# get()'s statement, compiled once (server/store/raw.py): every join, media report, drop and
+# get()'s statement, compiled once (store/raw.py): every join, media report, drop and
 # signal check reads the row, and 200 joins at once queue on one core. ROW is the Core select a
 # caller may extend with more columns (server/calls.py visit_and_link) and pass to get().
 ROW = (select(visits, _facilities.c.timezone)
@@ -128,7 +128,7 @@ async def get(conn: AsyncConnection, visit_id: str, query: raw.Query = _GET) -> 
     else `query`, ROW extended, reads)."""
     found = await raw.Raw(conn).query(query, {"p_id": visit_id})
     if not found:
-        raise VisitError(404, "not_found", "The visit was not found.")
+        raise VisitError("not_found", "The visit was not found.")
     return found[0]
 
 
@@ -138,7 +138,7 @@ def role_of(row: Any, account_id: str) -> str:
     if account_id == row.person_id:
         return "person"
     # A stranger learns nothing, not even that the visit exists.
-    raise VisitError(404, "not_found", "The visit was not found.")
+    raise VisitError("not_found", "The visit was not found.")
 
 
 def peer_of(row: Any, account_id: str) -> str:
@@ -219,11 +219,11 @@ def _fields(row: Any) -> dict[str, Any]:
 
 def _check_window(row: Any, now: datetime) -> None:
     if row.status not in IN_CALL and row.status != "scheduled":
-        raise VisitError(409, "visit_over", f"The visit is {row.status}.")
+        raise VisitError("visit_over", f"The visit is {row.status}.")
     if now < row.start_at:
-        raise VisitError(409, "too_early", "The visit has not started yet.")
+        raise VisitError("too_early", "The visit has not started yet.")
     if now >= row.end_at:
-        raise VisitError(409, "visit_over", "The visit window has ended.")
+        raise VisitError("visit_over", "The visit window has ended.")
 
 
 async def join(conn: AsyncConnection, sink: EventSink, visit_id: str, account_id: str,
@@ -257,9 +257,9 @@ async def set_media(conn: AsyncConnection, sink: EventSink, visit_id: str, accou
     row = await get(conn, visit_id)
     role = role_of(row, account_id)
     if row.status not in IN_CALL:
-        raise VisitError(409, "not_in_call", f"The visit is {row.status}.")
+        raise VisitError("not_in_call", f"The visit is {row.status}.")
     if (row.family_media if role == "family" else row.person_media) == "absent":
-        raise VisitError(409, "not_joined", "Join the visit first.")
+        raise VisitError("not_joined", "Join the visit first.")
     changes: dict[str, Any] = {f"{role}_media": "connected" if connected else "joined"}
     if node is not None:
         changes[f"{role}_node"] = node
@@ -320,28 +320,28 @@ def checked_signal(args: dict[str, Any]) -> dict[str, Any]:
     """An offer/answer or an ICE candidate, checked for shape and size before it is relayed."""
     description, candidate = args.get("description"), args.get("candidate")
     if (description is None) == (candidate is None):
-        raise VisitError(422, "invalid_signal", "Send either a description or a candidate.")
+        raise VisitError("invalid_signal", "Send either a description or a candidate.")
     if description is not None:
         if not isinstance(description, dict) or description.get("type") not in (
                 "offer", "answer"):
-            raise VisitError(422, "invalid_signal", "description.type is offer or answer.")
+            raise VisitError("invalid_signal", "description.type is offer or answer.")
         sdp = description.get("sdp")
         if not isinstance(sdp, str) or not sdp.startswith("v=0") or len(sdp) > SDP_CHARS_MAX:
-            raise VisitError(422, "invalid_sdp",
+            raise VisitError("invalid_sdp",
                              f"description.sdp must be SDP (v=0...) of at most {SDP_CHARS_MAX}.")
         return {"description": {"type": description["type"], "sdp": sdp}}
     if not isinstance(candidate, dict):
-        raise VisitError(422, "invalid_signal", "candidate must be an object.")
+        raise VisitError("invalid_signal", "candidate must be an object.")
     text = candidate.get("candidate")
     mid, index = candidate.get("sdpMid"), candidate.get("sdpMLineIndex")
     if not isinstance(text, str) or len(text) > CANDIDATE_CHARS_MAX:
-        raise VisitError(422, "invalid_candidate",
+        raise VisitError("invalid_candidate",
                          f"candidate.candidate must be text of at most {CANDIDATE_CHARS_MAX}.")
     if text and not text.startswith(("candidate:", "a=candidate:")):
-        raise VisitError(422, "invalid_candidate", "candidate.candidate is not an ICE candidate.")
+        raise VisitError("invalid_candidate", "candidate.candidate is not an ICE candidate.")
     if mid is not None and (not isinstance(mid, str) or len(mid) > 64):
-        raise VisitError(422, "invalid_candidate", "candidate.sdpMid is a short string.")
+        raise VisitError("invalid_candidate", "candidate.sdpMid is a short string.")
     if index is not None and (not isinstance(index, int) or isinstance(index, bool)
                               or not 0 <= index < 64):
-        raise VisitError(422, "invalid_candidate", "candidate.sdpMLineIndex is 0..63.")
+        raise VisitError("invalid_candidate", "candidate.sdpMLineIndex is 0..63.")
     return {"candidate": {"candidate": text, "sdpMid": mid, "sdpMLineIndex": index}}

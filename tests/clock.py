@@ -13,7 +13,7 @@ from datetime import UTC, datetime, time, timedelta
 from time import monotonic as time_monotonic
 from zoneinfo import ZoneInfo
 
-from server.store.schema import utcnow
+from server.schema import utcnow
 
 ZONE = ZoneInfo("America/Chicago")  # the time zone of tests/helpers.py Api.facility
 

@@ -18,10 +18,10 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from billing import ledger
 from server.app import create_app
+from server.schema import metadata
 from server.settings import Settings
-from server.store import Store
-from server.store.migrate import migrate
-from server.store.schema import metadata
+from store import Store
+from store.migrate import migrate
 from tests.helpers import Api
 from tests.seaweed import Seaweed, private_seaweed
 

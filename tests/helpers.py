@@ -12,7 +12,7 @@ import msgpack
 from aiohttp.test_utils import TestClient
 
 from server import accounts
-from server.routing import CONTEXT
+from server.http.routing import CONTEXT
 
 VISA = {"number": "4242424242424242", "exp_month": 12, "exp_year": 2031, "cvc": "123",
         "name": "Test Family"}
@@ -150,8 +150,8 @@ class Api:
     async def connect(self, family: Who, person: Who) -> None:
         """An approved connection, written straight to the store until the connection
         routes exist (the messaging issue)."""
-        from server.ids import new_id
-        from server.store.schema import connections
+        from server.schema import connections
+        from store.ids import new_id
 
         ctx = self.ctx
         now = ctx.clock()

@@ -59,7 +59,7 @@ class SyncConn:
     async def execute(self, statement, *args):
         return self._sync.execute(statement, *args)
 
-    async def exec_driver_sql(self, sql, params):  # server/store/raw.py's statements
+    async def exec_driver_sql(self, sql, params):  # store/raw.py's statements
         return self._sync.exec_driver_sql(sql, params)
 
 
@@ -230,8 +230,8 @@ def _short(action) -> str:
 
 
 async def _migrate(url: str) -> None:
-    from server.store import Store
-    from server.store.migrate import migrate
+    from store import Store
+    from store.migrate import migrate
 
     store = Store(url)
     try:

@@ -13,8 +13,8 @@ import io
 import secrets
 from datetime import UTC, datetime, timedelta
 
-from server.ids import new_id
-from server.store.schema import connections, visits
+from server.schema import connections, visits
+from store.ids import new_id
 from tests.clock import Clock
 from tests.conftest import app_client
 from tests.helpers import Api, Who

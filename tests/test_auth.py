@@ -15,8 +15,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import select, update
 
 from server.app import create_app
-from server.routing import COOKIE
-from server.store.schema import accounts, devices, sessions
+from server.http.routing import COOKIE
+from server.schema import accounts, devices, sessions
 from tests import conftest
 from tests.clock import Clock
 from tests.helpers import Api, Reply, Who

@@ -30,7 +30,7 @@ from billing import ledger
 from server.backup import backup, read_manifest, restore, verify
 from server.blobs.files import FileBlobs
 from server.settings import from_env
-from server.store import Store
+from store import Store
 from tests.conftest import PG_ADMIN_URL
 from tests.helpers import VISA
 from tests.seaweed import Seaweed

@@ -17,8 +17,8 @@ from sqlalchemy import select
 
 from server import accounts
 from server.auth import open_session
-from server.ids import new_id
-from server.store.schema import audit_log, connections, devices
+from server.schema import audit_log, connections, devices
+from store.ids import new_id
 from tests.helpers import Api
 
 OWNERS = ("none", "family", "person", "staff")  # who holds a block before the call

@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 
 from server import events
 from server.facilities import FacilitySettings
-from server.store.schema import visits
+from server.schema import visits
 from signalling.booking import Refused, Rules, grid, window
 from signalling.visits import ACTIVE
 from tests.clock import Clock

@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from server.broker import Broker, BrokerUnavailable, Gap, Subscription
 from server.broker.memory import MemoryBroker
 from server.broker.redis import RedisBroker
-from server.metrics import Metrics
+from server.http.metrics import Metrics
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 RECEIVE_TIMEOUT_S = 2.0

@@ -17,8 +17,8 @@ from pathlib import Path
 from aiohttp.test_utils import TestClient, TestServer
 
 from server.app import create_app
-from server.ids import new_id
-from server.store.schema import connections, visits
+from server.schema import connections, visits
+from store.ids import new_id
 from tests.browser import KIOSK, PHONE, chromium, kiosk_sign_in, require_chromium, shot
 from tests.clock import browser_clock, running_clock
 from tests.conftest import fresh_sqlite, test_settings

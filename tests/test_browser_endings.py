@@ -23,7 +23,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from billing import ledger
 from server.app import create_app
-from server.store.schema import visits
+from server.schema import visits
 from tests.browser import KIOSK, PHONE, buy_credits, kiosk_sign_in, launch, require_chromium
 from tests.clock import ZONE, browser_clock, scene_clock
 from tests.conftest import fresh_sqlite, test_settings

@@ -19,9 +19,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from billing import ledger
 from server.app import create_app
-from server.ids import new_id
+from server.schema import connections, visits
 from server.settings import SettingsError
-from server.store.schema import connections, visits
+from store.ids import new_id
 from tests.browser import (
     KIOSK,
     PHONE,

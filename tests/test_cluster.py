@@ -175,8 +175,8 @@ async def make_pair(http: aiohttp.ClientSession, a: Node, b: Node, db: str) -> t
     tokens."""
     from server import accounts
     from server.auth import open_session
-    from server.store import Store
-    from server.store.schema import utcnow
+    from server.schema import utcnow
+    from store import Store
 
     store = Store(db)
     try:

@@ -25,7 +25,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from server.store.schema import utcnow
+from server.schema import utcnow
 from tests.test_cli import free_port
 from tests.test_cluster import Node, RedisServer
 from tests.test_faults import (

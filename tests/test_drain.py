@@ -1,4 +1,4 @@
-"""Graceful drain (server/drain.py): SIGTERM one of two real `kinwire serve` processes on
+"""Graceful drain (server/http/drain.py): SIGTERM one of two real `kinwire serve` processes on
 PostgreSQL and a private Redis while it runs a visit's meter, serves a request and holds
 sockets. Its sockets get 1012, the request completes, /readyz says 503, it exits 0, and the
 other process carries the meter on at once, with no minute missed or billed twice."""

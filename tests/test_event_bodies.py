@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient
 from sqlalchemy import select
 
 from server.events import BODY_INLINE_CHARS_MAX, BODY_REF
-from server.store.schema import events
+from server.schema import events
 from tests.helpers import Api
 from tests.test_gateway import MSGPACK, open_socket
 from tests.test_messaging import cast, send

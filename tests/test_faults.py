@@ -26,10 +26,10 @@ from sqlalchemy.engine import make_url
 from billing import ledger
 from billing.tables import ledger_transfers
 from server.app import create_app
-from server.ids import new_id
-from server.store import Store
-from server.store.schema import connections, messages, utcnow
+from server.schema import connections, messages, utcnow
 from signalling.tables import visits
+from store import Store
+from store.ids import new_id
 from tests.conftest import test_settings
 from tests.faultproxy import FaultProxy
 from tests.test_cluster import Node, Peer, RedisServer, make_pair, post

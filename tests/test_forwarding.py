@@ -23,7 +23,7 @@ import pytest
 from aiortc import RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
 
-from server.metrics import Metrics
+from server.http.metrics import Metrics
 from signalling.forwarding import (
     BACKLOG_MAX,
     FRAMES,

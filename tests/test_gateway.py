@@ -169,7 +169,7 @@ async def test_connections_per_user_are_limited(db_url: str, tmp_path) -> None:
         extra = await open_socket(client)
         await extra.send_raw({"id": 1, "op": "auth", "args": {"token": fam.token}})
         assert (await extra.frame())["error"]["code"] == "too_many_connections"
-        assert await extra.closed_with() == 4008
+        assert await extra.closed_with() == 4029
         assert "ok" in await keep[0].call("ping")
 
 
@@ -287,7 +287,7 @@ async def test_typing_reaches_the_contact_live(api: Api, client: TestClient) -> 
 async def test_sockets_close_when_their_session_expires(db_url: str, tmp_path) -> None:
     from datetime import timedelta
 
-    from server.store.schema import utcnow
+    from server.schema import utcnow
 
     offset = timedelta(0)
     async with app_client(db_url, tmp_path, clock=lambda: utcnow() + offset,

@@ -1,4 +1,4 @@
-"""Group commit (server/store/group.py): many sends, one transaction, each send isolated.
+"""Group commit (store/group.py): many sends, one transaction, each send isolated.
 
 Real message sends (debit + message + events) queued at once through one GroupCommit, on SQLite
 and PostgreSQL: a send that fails (insufficient credits, a reused key with another body, no
@@ -18,15 +18,15 @@ from sqlalchemy import func, select
 
 from billing import ledger
 from billing.ledger import SystemAccount
+from common.errors import Refused
 from server import accounts, facilities, messages
 from server.auth import Principal
-from server.errors import ApiError
 from server.events import Outbox
-from server.ids import new_id
-from server.store import Store
-from server.store.group import GroupCommit
-from server.store.schema import connections, events
-from server.store.schema import messages as messages_table
+from server.schema import connections, events
+from server.schema import messages as messages_table
+from store import Store
+from store.group import GroupCommit
+from store.ids import new_id
 
 AT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 PRICE = 50  # the default facility price of a message
@@ -67,7 +67,7 @@ async def send(group: GroupCommit, sender: str, to: str, key: str,
     outbox = Outbox()
     try:
         shown = await group.run(lambda conn: messages.send(conn, outbox, me, draft, AT))
-    except ApiError as exc:
+    except Refused as exc:
         return exc.code
     return shown
 
@@ -167,7 +167,7 @@ async def _one(conn) -> int:
 
 
 async def test_group_commit_on_the_inline_sqlite_writer(tmp_path, sqlite_template) -> None:
-    """The same batch guarantees with KINWIRE_DB_SQLITE_INLINE_WRITES (server/store/inline.py):
+    """The same batch guarantees with KINWIRE_DB_SQLITE_INLINE_WRITES (store/inline.py):
     statements on the event loop, savepoints and all."""
     from tests.conftest import fresh_sqlite
 

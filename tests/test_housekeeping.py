@@ -18,10 +18,8 @@ from sqlalchemy import func, insert, select
 
 from server.broker.memory import MemoryBroker
 from server.housekeeping import LEASE, Housekeeping
-from server.ids import new_id
-from server.metrics import Metrics
-from server.store import Store
-from server.store.schema import (
+from server.http.metrics import Metrics
+from server.schema import (
     accounts,
     connections,
     event_heads,
@@ -30,6 +28,8 @@ from server.store.schema import (
     utcnow,
     visits,
 )
+from store import Store
+from store.ids import new_id
 from tests.test_cluster import RedisServer, cluster
 
 RETENTION_S = 3600

@@ -1,4 +1,4 @@
-"""The inline SQLite writer (server/store/inline.py) never sleeps on the event loop: while
+"""The inline SQLite writer (store/inline.py) never sleeps on the event loop: while
 another process holds SQLite's write lock, a write waits asynchronously (the loop keeps serving
 others) up to the busy timeout, then runs; past the timeout it fails as `database is locked`."""
 
@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from server.store import Store
+from store import Store
 from tests.conftest import fresh_sqlite
 
 

@@ -83,7 +83,7 @@ async def test_relationship_is_a_code_never_free_text(api: Api) -> None:
 async def _announced(api: Api, who) -> int:
     from sqlalchemy import func, select
 
-    from server.store.schema import events
+    from server.schema import events
 
     async with api.ctx.store.read() as conn:
         return (await conn.execute(select(func.count()).select_from(events).where(

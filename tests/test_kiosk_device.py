@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import update
 
 from server.app import create_app
-from server.store.schema import devices
+from server.schema import devices
 from tests.browser import KIOSK, chromium, kiosk_sign_in, require_chromium, seed_kiosk
 from tests.conftest import fresh_sqlite, test_settings
 from tests.helpers import Api, Who

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from billing import ledger
 from billing.ledger import LedgerError, SystemAccount, Transfer
 from billing.tables import ledger_transfers
-from server.store import Store
+from store import Store
 
 AT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -40,8 +40,8 @@ from billing.pricing import quote_purchase
 from billing.purchases import Purchase, buy_credits
 from billing.tables import ledger_accounts, ledger_transfers, purchases
 from server import audit
-from server.store import Store
-from server.store.schema import audit_log
+from server.schema import audit_log
+from store import Store
 from tests.conftest import fresh_sqlite, reset_postgres
 
 USERS = ("fam_alice", "fam_bob", "per_carol")

@@ -68,7 +68,7 @@ async def test_connections_per_user_follow_their_setting(db_url: str, tmp_path) 
         frame = json.loads((await extra.receive(timeout=5)).data)
         assert frame["error"]["code"] == "too_many_connections", frame
         msg = await extra.receive(timeout=5)
-        assert msg.type == aiohttp.WSMsgType.CLOSE and extra.close_code == 4008, msg
+        assert msg.type == aiohttp.WSMsgType.CLOSE and extra.close_code == 4029, msg
         for ws in keep:
             await ws.close()
 

@@ -18,9 +18,9 @@ from billing import ledger
 from billing.tables import ledger_transfers
 from server.broker.memory import MemoryBroker
 from server.events import Outbox
-from server.store import Store
-from server.store.schema import utcnow
+from server.schema import utcnow
 from signalling.meters import STORE_TURNS, Meters
+from store import Store
 
 VISITS = 300
 

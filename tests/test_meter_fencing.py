@@ -22,9 +22,9 @@ import redis.asyncio as aioredis
 from sqlalchemy import func, select
 
 from billing.tables import ledger_transfers
-from server.store import Store
-from server.store.schema import utcnow
+from server.schema import utcnow
 from signalling.tables import visits
+from store import Store
 from tests.test_cluster import Node, RedisServer
 from tests.test_crash import meter_holder, nodes_started
 from tests.test_faults import Sender, check_books, metered_pair, until, until_billed_after

@@ -8,9 +8,9 @@ implies the index's: SQLite cannot prove `status IN (?, ?, ?)` implies `status I
 from __future__ import annotations
 
 from server.housekeeping import missed_scan
-from server.store import Store
-from server.store.schema import utcnow
+from server.schema import utcnow
 from signalling.meters import in_call_scan
+from store import Store
 
 
 async def plan(store: Store, statement) -> str:

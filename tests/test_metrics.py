@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from server.app import create_app
-from server.logs import AccessLogger, JsonFormatter
+from server.http.logs import AccessLogger, JsonFormatter
 from tests.conftest import test_settings
 from tests.helpers import VISA, Api
 from tests.test_gateway import open_socket

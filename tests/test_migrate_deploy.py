@@ -1,4 +1,4 @@
-"""`kinwire migrate` as the deploy step on PostgreSQL (server/store/migrate.py).
+"""`kinwire migrate` as the deploy step on PostgreSQL (store/migrate.py).
 
 Adversaries: a long transaction of the running version holding a table the migration must
 lock (the migration must give up after its lock timeout, not queue there and stall every query
@@ -19,8 +19,8 @@ import asyncpg
 import pytest
 from sqlalchemy import exc as sqlalchemy_exc
 
-from server.store import Store
-from server.store.migrate import migrate, schema_behind
+from store import Store
+from store.migrate import migrate, schema_behind
 from tests.conftest import PG_ADMIN_URL
 from tests.test_cli import cli_env, free_port, kinwire, wait_ready
 

@@ -1,10 +1,10 @@
-"""The migrations create exactly what server/store/schema.py describes, on both databases."""
+"""The migrations create exactly what server/schema.py describes, on both databases."""
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from server.store import Store
-from server.store.schema import metadata
+from server.schema import metadata
+from store import Store
 
 
 def _diff(sync_conn):
@@ -23,7 +23,7 @@ async def test_migrated_database_matches_the_schema(db_url: str) -> None:
 
 
 async def test_migrating_twice_changes_nothing(db_url: str) -> None:
-    from server.store.migrate import migrate
+    from store.migrate import migrate
 
     store = Store(db_url)
     try:

@@ -15,9 +15,9 @@ from alembic import command
 from alembic.script import ScriptDirectory
 from sqlalchemy import select, text
 
-from server.store import Store
-from server.store.migrate import alembic_config, migrate
-from server.store.schema import accounts
+from server.schema import accounts
+from store import Store
+from store.migrate import alembic_config, migrate
 from tests.helpers import Api, Who
 from tests.test_roles import build_world, ok
 

@@ -11,7 +11,7 @@ import re
 
 from sqlalchemy import text
 
-from server.store import Store
+from store import Store
 
 
 async def test_waits_for_a_busy_pool_are_measured(db_url: str) -> None:

@@ -25,8 +25,8 @@ import aiohttp
 import pytest
 from sqlalchemy import select
 
-from server.store import Store
 from signalling.tables import visits
+from store import Store
 from tests.conftest import fresh_sqlite
 from tests.test_cluster import Node, Peer, RedisServer
 from tests.test_crash import kill, nodes_started, restart, until_ready

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from server.broker import BrokerUnavailable
 from server.events import Outbox
-from server.store.schema import utcnow
+from server.schema import utcnow
 from signalling import visits
 from tests.conftest import app_client
 from tests.helpers import Api

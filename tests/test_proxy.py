@@ -1,4 +1,4 @@
-"""Behind a reverse proxy (server/proxy.py): the forwarded client address and scheme count only
+"""Behind a reverse proxy (server/http/proxy.py): the forwarded client address and scheme count only
 when the peer is a trusted proxy; from anyone else the headers are ignored."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from pathlib import Path
 import aiohttp
 from sqlalchemy import select
 
-from server.proxy import client_address, networks
-from server.store.schema import attempts
+from server.http.proxy import client_address, networks
+from server.schema import attempts
 from tests.conftest import app_client
 from tests.helpers import Api
 

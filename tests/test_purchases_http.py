@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from billing import ledger
 from billing.gateway import Card, Charge, PaymentGateway
 from billing.tables import ledger_transfers, purchases
-from server.store.schema import idempotency
+from server.schema import idempotency
 from tests.helpers import VISA, Api, Who
 
 DECLINED = {**VISA, "number": "4000000000000002"}

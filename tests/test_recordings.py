@@ -1,6 +1,6 @@
 """Recordings as records: keeping a finished file as a `recordings` row (server/recordings.py),
 retention, and playback over HTTP with ranges and an audit entry per request
-(server/routes_recordings.py). The blob-store contract is in tests/test_blobs.py; who may call
+(server/http/routes_recordings.py). The blob-store contract is in tests/test_blobs.py; who may call
 the routes at all in tests/test_roles.py.
 
 Adversaries: two processes expiring the same recordings at once; a process killed between
@@ -20,8 +20,8 @@ from typing import Any
 import av
 from sqlalchemy import select
 
-from server.ids import new_id
-from server.store.schema import audit_log, recordings, visits
+from server.schema import audit_log, recordings, visits
+from store.ids import new_id
 from tests.clock import Clock
 from tests.conftest import app_client
 from tests.helpers import Api, Who
@@ -64,7 +64,7 @@ async def relayed_visit(api: Api, admin: Who, facility_id: str) -> Any:
     await api.connect(family, person)
     ctx = api.ctx
     async with ctx.store.write() as conn:
-        from server.store.schema import connections
+        from server.schema import connections
 
         connection_id = (await conn.execute(select(connections.c.id).where(
             connections.c.family_id == family.id))).scalar_one()

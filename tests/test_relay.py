@@ -26,9 +26,9 @@ from argon2 import PasswordHasher
 from sqlalchemy import select
 
 from server import accounts
-from server.store import Store
-from server.store.schema import recordings, utcnow
+from server.schema import recordings, utcnow
 from signalling.visit_client import VisitClient, VisitError, rtc_configuration
+from store import Store
 from tests.test_cluster import make_pair, post
 from tests.test_visit_e2e import account_id, stack, visit_now
 

@@ -24,7 +24,7 @@ from PIL import Image
 from sqlalchemy import update
 
 from server.app import ROUTES
-from server.store.schema import connections
+from server.schema import connections
 from tests.helpers import VISA, Api, Reply, Who
 
 FAMILY_PASSWORD = "correct horse"
@@ -374,8 +374,8 @@ async def _visit(world: World, role: str) -> Req:
 
 async def _visit_under_way(world: World, role: str) -> Req:
     """A visit whose window is open now (booking cannot make one in the past)."""
-    from server.ids import new_id
-    from server.store.schema import utcnow, visits
+    from server.schema import utcnow, visits
+    from store.ids import new_id
 
     now, visit_id = utcnow(), new_id("vis")
     async with world.api.ctx.store.write() as conn:
@@ -393,7 +393,7 @@ async def _recording(world: World, role: str) -> Req:
     import tempfile
     from pathlib import Path
 
-    from server.store.schema import visits
+    from server.schema import visits
     from tests.test_recordings import webm
 
     visit_req = await _visit_under_way(world, role)

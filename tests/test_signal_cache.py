@@ -8,7 +8,7 @@ import asyncio
 
 from aiohttp.test_utils import TestClient
 
-from server.store.schema import utcnow, visits
+from server.schema import utcnow, visits
 from signalling.meters import CHANNEL
 from tests.helpers import Api
 from tests.test_messaging import cast

@@ -11,8 +11,8 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 
 from billing import ledger
-from server.ids import new_id
-from server.store.schema import connections, utcnow, visits
+from server.schema import connections, utcnow, visits
+from store.ids import new_id
 from tests.conftest import app_client
 from tests.helpers import Api
 from tests.test_gateway import MSGPACK, Sock, open_socket

@@ -16,10 +16,10 @@ import aiohttp
 import pytest
 
 from billing import ledger
-from server.ids import new_id
-from server.store import Store
-from server.store.schema import connections, utcnow, visits
+from server.schema import connections, utcnow, visits
 from signalling.visit_client import VisitClient
+from store import Store
+from store.ids import new_id
 from tests.test_cluster import RedisServer, cluster, make_pair, post
 from tests.turn_server import private_coturn
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from server.store.schema import visits
+from server.schema import visits
 from tests.conftest import app_client
 from tests.helpers import Api
 from tests.test_gateway import MSGPACK, open_socket

@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from server import events
 from server.events import Outbox
-from server.store.schema import connections, utcnow, visits
+from server.schema import connections, utcnow, visits
 from signalling import visits as visit_states
 from tests.helpers import Api
 from tests.test_gateway import open_socket

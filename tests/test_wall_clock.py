@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from server.store.schema import utcnow
+from server.schema import utcnow
 from tests.clock import ZONE
 
 ROOT = Path(__file__).resolve().parent.parent

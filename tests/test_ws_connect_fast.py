@@ -1,5 +1,5 @@
 """The connect path's shortcuts keep their answers exact (docs/BENCHMARKS.md, "Connect"):
-- a socket's session is read on the loop on SQLite (server/quickread.py) with the same answer
+- a socket's session is read on the loop on SQLite (store/quickread.py) with the same answer
   as the pool's read, at the expiry boundary, after a revocation and for a disabled account,
   and through the pool when the quick read cannot be served;
 - the first sync after attach, answered from the head read on attach, misses no event and
@@ -13,9 +13,10 @@ from datetime import timedelta
 from aiohttp.test_utils import TestClient
 from sqlalchemy import update
 
-from server import events, quickread
+from server import events
 from server.auth import _PRINCIPAL_QUICK, principal_for, session_principal, token_hash
-from server.store.schema import accounts, sessions
+from server.schema import accounts, sessions
+from store import quickread
 from tests.helpers import Api
 from tests.test_gateway import JSON, open_socket
 

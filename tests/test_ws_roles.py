@@ -25,8 +25,8 @@ from sqlalchemy import select, update
 
 from server import events
 from server.gateway.ops import HANDLERS
-from server.ids import new_id
-from server.store.schema import connections, utcnow, visits
+from server.schema import connections, utcnow, visits
+from store.ids import new_id
 from tests.conftest import app_client
 from tests.helpers import Api, Who, decode_frame
 from tests.test_roles import ACCOUNT_ROLES, World, build_world, ok, unique
@@ -217,7 +217,7 @@ async def _send_stranger(c: Ctx) -> dict[str, Any]:
 
 async def _nothing_sent_to_stranger(c: Ctx, reply: dict[str, Any]) -> None:
     to = (await _to_stranger(c))["to"]
-    from server.store.schema import messages
+    from server.schema import messages
 
     async with c.world.api.ctx.store.read() as conn:
         sent = (await conn.execute(select(messages.c.id).where(
@@ -235,7 +235,7 @@ async def _others_message(c: Ctx) -> dict[str, Any]:
 
 async def _others_message_unopened(c: Ctx, reply: dict[str, Any]) -> None:
     assert MARKER not in json.dumps(reply)
-    from server.store.schema import messages
+    from server.schema import messages
 
     async with c.world.api.ctx.store.read() as conn:
         opened = (await conn.execute(select(messages.c.opened_at).where(

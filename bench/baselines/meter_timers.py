@@ -1,6 +1,6 @@
 """Baseline for the meters scenario: a bare asyncio loop of timers doing the same ledger debit.
 
-One process, the same store code (server.store.Store on the same database) and the same debit
+One process, the same store code (store.Store on the same database) and the same debit
 (billing.ledger.transfer under the minute's key, then the balance, in one write transaction), but
 none of the meter's machinery: no lease, no visit-row reads, no persisted state, no pushes, no
 events. It polls the visits listed in --visits (a file of ids) every --scan-s seconds and gives
@@ -22,9 +22,9 @@ from sqlalchemy import select
 from billing import ledger
 from billing.ledger import SystemAccount
 from billing.meter import minute_key
-from server.store import Store
-from server.store.schema import utcnow
+from server.schema import utcnow
 from signalling.tables import visits
+from store import Store
 
 
 async def meter(store: Store, visit_id: str, family_id: str, price: int, minute_s: float,

@@ -51,7 +51,7 @@ SLACK_S = 1.0  # a gap counts as a missed minute only beyond minute_s + this
 async def ledger_chains(database_url: str, visit_ids: set[str]) -> dict[str, list[tuple]]:
     """Each visit's visit-minute debits, as (minute, at seconds), in time order."""
     from billing.tables import ledger_transfers
-    from server.store import Store
+    from store import Store
 
     store = Store(database_url, pool_size=2)
     chains: dict[str, list[tuple]] = defaultdict(list)
@@ -72,7 +72,7 @@ async def ledger_chains(database_url: str, visit_ids: set[str]) -> dict[str, lis
 
 async def invariants(database_url: str) -> list[str]:
     from billing import ledger
-    from server.store import Store
+    from store import Store
 
     store = Store(database_url, pool_size=2)
     try:
@@ -127,7 +127,7 @@ def result_row(system: str, n: int, minute_s: float, judged: dict[str, Any],
 
 async def waves(database_url: str, visit_ids: list[str], minute_s: float) -> dict[str, float]:
     """Make the visits live in WAVES equal waves over one minute; {visit: live instant}."""
-    from server.store.schema import utcnow
+    from server.schema import utcnow
 
     live_at: dict[str, float] = {}
     step = max(1, -(-len(visit_ids) // WAVES))
@@ -142,8 +142,8 @@ async def waves(database_url: str, visit_ids: list[str], minute_s: float) -> dic
 
 
 async def end_all(database_url: str, visit_ids: list[str]) -> None:
-    from server.store import Store
-    from server.store.schema import utcnow, visits
+    from server.schema import utcnow, visits
+    from store import Store
 
     store = Store(database_url, pool_size=2)
     try:

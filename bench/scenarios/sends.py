@@ -41,7 +41,7 @@ PRICE = 50  # the default facility price of a message
 BATCH = 64  # the server's send_batch_max in this run (also the baseline's K)
 BODY = "bench message " + "x" * 100
 # Server configurations per database: SQLite with the default writer (inline on the loop,
-# server/store/inline.py) and with KINWIRE_DB_SQLITE_INLINE_WRITES=false (aiosqlite's thread);
+# store/inline.py) and with KINWIRE_DB_SQLITE_INLINE_WRITES=false (aiosqlite's thread);
 # group commit on both.
 VARIANTS = {"sqlite": ("sqlite", "sqlite thread"), "postgresql": ("postgresql",)}
 
@@ -58,9 +58,9 @@ async def make_pairs(database_url: str, n: int, credits: int) -> list[Pair]:
     """n families (with credits) each connected to their own person in one facility, written
     through the server's own functions (no argon2 sign-ups, no HTTP)."""
     from server import facilities
-    from server.ids import new_id
-    from server.store import Store
-    from server.store.schema import connections, utcnow
+    from server.schema import connections, utcnow
+    from store import Store
+    from store.ids import new_id
 
     store = Store(database_url, pool_size=2)
     try:
@@ -278,8 +278,8 @@ async def check_books(database_url: str, rows: list[dict[str, Any]]) -> None:
     from sqlalchemy import func, select
 
     from billing import ledger
-    from server.store import Store
-    from server.store.schema import messages
+    from server.schema import messages
+    from store import Store
 
     store = Store(database_url, pool_size=1)
     try:

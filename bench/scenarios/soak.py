@@ -221,7 +221,7 @@ async def soak(kind: str, cycles: int) -> dict[str, Any]:
 
 async def check_books(database_url: str) -> int:
     from billing import ledger
-    from server.store import Store
+    from store import Store
 
     store = Store(database_url, pool_size=1)
     try:

@@ -18,10 +18,14 @@ from aiohttp import web
 from server.auth import Principal
 from server.gateway.envelope import JSON, encode
 
-TOO_SLOW = 4008
-UNAUTHORISED = 4001
-REVOKED = 4009
-RESTARTING = 1012
+# The close codes the server sends (docs/API.md, "Close codes"); 1009 (frame too large) is
+# aiohttp's own. The client reconnects on all but UNAUTHORISED and REVOKED.
+NORMAL = 1000
+RESTARTING = 1012  # the process is draining: reconnect now, to another
+UNAUTHORISED = 4001  # no or a bad token, or a kiosk session without its device: sign in again
+TOO_SLOW = 4008  # its send queue overflowed (a reader that cannot keep up): reconnect later
+REVOKED = 4009  # the session was revoked or expired: sign in again
+TOO_MANY_CONNECTIONS = 4029  # over KINWIRE_WS_CONNECTIONS_PER_USER_MAX: reconnect later
 _CLOSE = object()
 
 
@@ -75,9 +79,6 @@ class Client:
         if self._visits is None:
             self._visits = set()
         return self._visits
-
-    def start(self) -> None:
-        """Nothing to start ahead: the writer task is started by the first queued frame."""
 
     def send(self, frame: dict[str, Any]) -> bool:
         """Queue a frame; False when the socket is closing or was just closed for being slow."""

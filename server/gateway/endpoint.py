@@ -5,7 +5,7 @@ Checks in order: Origin (browsers only send one; it must be ours or allowlisted)
 command `auth {token}` within ws_auth_timeout_s, else 4001; a kiosk session also needs its
 device's token: the kw_device cookie or X-Device-Token at upgrade, or `auth {token,
 device_token}`), the per-user connection limit
-(4008). Then every command is rate limited, decoded, checked against its op's roles, handled,
+(4029). Then every command is rate limited, decoded, checked against its op's roles, handled,
 and answered on the same socket in order.
 """
 
@@ -16,20 +16,20 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from common.errors import Refused
 from server import calls
 from server.auth import session_principal
 from server.broker import BrokerUnavailable
-from server.errors import ApiError
 from server.events import Outbox
-from server.gateway.client import TOO_SLOW, UNAUTHORISED, Client
+from server.gateway.client import NORMAL, TOO_MANY_CONNECTIONS, UNAUTHORISED, Client
 from server.gateway.envelope import CODECS, JSON, BadFrame, decode, reply_error, reply_ok
 from server.gateway.hub import Hub
 from server.gateway.ops import HANDLERS, WsCall
-from server.logs import HEADER as REQUEST_ID_HEADER
-from server.logs import REQUEST_KEY
-from server.routing import CONTEXT, COOKIE, device_refused, device_token, error_response
-from server.store import is_unavailable
+from server.http.logs import HEADER as REQUEST_ID_HEADER
+from server.http.logs import REQUEST_KEY
+from server.http.routing import CONTEXT, COOKIE, device_refused, device_token, error_response
 from signalling import visits
+from store import is_unavailable
 
 log = logging.getLogger("kinwire.gateway")
 HUB = web.AppKey("hub", Hub)
@@ -45,7 +45,7 @@ def _origin_allowed(request: web.Request) -> bool:
 
 def _refusal(request: web.Request, exc: Exception) -> web.StreamResponse:
     """The HTTP answer to an upgrade refused before it happened (the middlewares pass this
-    path through, server/routing.py WS_PATH), with the request's id as every answer has."""
+    path through, server/http/routing.py WS_PATH), with the request's id as every answer has."""
     response = error_response(request, exc)
     if response is None:
         raise exc
@@ -56,7 +56,7 @@ def _refusal(request: web.Request, exc: Exception) -> web.StreamResponse:
 async def websocket(request: web.Request) -> web.StreamResponse:
     ctx, hub = request.app[CONTEXT], request.app[HUB]
     if not _origin_allowed(request):
-        return _refusal(request, ApiError(403, "forbidden_origin",
+        return _refusal(request, Refused("forbidden_origin",
                                           "This origin may not open a socket here."))
     s = ctx.settings
     ws = web.WebSocketResponse(protocols=CODECS, heartbeat=s.ws_heartbeat_s,
@@ -67,7 +67,6 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         return _refusal(request, exc)
     client = Client(ws, request, ws.ws_protocol or JSON, queue_max=s.ws_send_queue_max,
                     commands_per_s=s.ws_commands_per_s)
-    client.start()
     try:
         cookie = request.cookies.get(COOKIE)
         if cookie:
@@ -101,7 +100,7 @@ async def _leave(client: Client, request: web.Request) -> None:
     await _drop_visits(client, request)
     await request.app[HUB].detach(client)
     if not client.closing:
-        client.close(1000, "bye")
+        client.close(NORMAL, "bye")
     await client.finish()
 
 
@@ -132,9 +131,9 @@ async def _drop_visits(client: Client, request: web.Request) -> None:
 async def _attach(client: Client, hub: Hub) -> None:
     try:
         await hub.attach(client)
-    except ApiError as exc:
+    except Refused as exc:
         client.send(reply_error(None, exc.code, exc.message))
-        client.close(TOO_SLOW, exc.code)
+        client.close(TOO_MANY_CONNECTIONS, exc.code)  # the only refusal attach makes
 
 
 async def _authenticate(client: Client, request: web.Request) -> int | str | None:
@@ -201,7 +200,7 @@ async def _dispatch(call: WsCall, op: str, command_id: Any) -> dict[str, Any]:
         return reply_error(command_id, "forbidden", "You may not do that.")
     try:
         return reply_ok(command_id, await entry.handler(call))
-    except ApiError as exc:
+    except Refused as exc:
         return reply_error(command_id, exc.code, exc.message)
     except Exception as exc:
         if is_unavailable(exc) or isinstance(exc, BrokerUnavailable):

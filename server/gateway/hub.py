@@ -19,15 +19,15 @@ from typing import Any
 
 from sqlalchemy import bindparam, select
 
-from server import events, quickread
+from common.errors import Refused
+from server import events
 from server.broker import Broker, BrokerUnavailable, Gap, codec
 from server.broker.subscription import QueuedSubscription
-from server.errors import ApiError
 from server.gateway.client import REVOKED, Budget, Client
 from server.gateway.envelope import encode, push
-from server.metrics import Metrics
-from server.store import Store
-from server.store.schema import event_heads
+from server.http.metrics import Metrics
+from server.schema import event_heads
+from store import Store, quickread
 
 log = logging.getLogger("kinwire.gateway")
 # A healthy broker confirms a subscription in about a millisecond; past this, a new socket is
@@ -229,7 +229,7 @@ class Hub:
         async with lock:
             feed = self.feeds.get(account_id)
             if feed is not None and len(feed.clients) >= self.per_user_max:
-                raise ApiError(429, "too_many_connections",
+                raise Refused("too_many_connections",
                                f"At most {self.per_user_max} open connections per user.")
             if feed is None:
                 feed = Feed(self, account_id)

@@ -1,6 +1,6 @@
 """The WebSocket ops: an explicit dispatch table, each op with the roles it admits.
 
-Handlers receive a WsCall, return the reply's `ok` value or raise ApiError; they parse, check,
+Handlers receive a WsCall, return the reply's `ok` value or raise Refused; they parse, check,
 call the service and answer, like the HTTP handlers.
 """
 
@@ -15,23 +15,20 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from common.errors import Refused
 from server import audit, calls, connections, events, messages
-from server.auth import Principal, principal_for
+from server.auth import ANY_SESSION, PARTIES, STAFF, Principal, principal_for
 from server.broker import BrokerUnavailable
 from server.connections import is_approved_contact
 from server.context import Context
-from server.errors import ApiError
 from server.events import Outbox
 from signalling import visits
 from signalling.turn import ice_policy, ice_servers
-from signalling.visits import VisitError
 
 if TYPE_CHECKING:
     from server.gateway.client import Client
     from server.gateway.hub import Hub
 
-ANY = frozenset({"family", "person", "staff", "admin"})
-PARTIES = frozenset({"family", "person"})
 
 
 @dataclass
@@ -49,13 +46,13 @@ class WsCall:
     def arg_int(self, name: str, *, lo: int = 0) -> int:
         value = self.args.get(name)
         if not isinstance(value, int) or isinstance(value, bool) or value < lo:
-            raise ApiError(422, "invalid_input", f"{name} must be a whole number >= {lo}")
+            raise Refused("invalid_input", f"{name} must be a whole number >= {lo}")
         return value
 
     def arg_str(self, name: str, *, max_len: int = 64) -> str:
         value = self.args.get(name)
         if not isinstance(value, str) or not 0 < len(value) <= max_len:
-            raise ApiError(422, "invalid_input", f"{name} must be a string of 1..{max_len}")
+            raise Refused("invalid_input", f"{name} must be a string of 1..{max_len}")
         return value
 
 
@@ -75,7 +72,7 @@ async def auth_again(call: WsCall) -> dict[str, Any]:
     async with call.ctx.store.read() as conn:
         other = await principal_for(conn, token, call.ctx.clock())
     if other is None or other.account_id != call.me.account_id:
-        raise ApiError(409, "already_authenticated",
+        raise Refused("already_authenticated",
                        "This socket is already authenticated as someone else.")
     return {"account_id": call.me.account_id, "role": call.me.role}
 
@@ -89,7 +86,7 @@ async def typing(call: WsCall) -> dict[str, Any]:
     to = call.arg_str("to")
     async with call.ctx.store.read() as conn:
         if not await is_approved_contact(conn, call.me.account_id, to):
-            raise ApiError(403, "not_connected", "Only an approved contact.")
+            raise Refused("not_connected", "Only an approved contact.")
     frame = {"type": "typing", "data": {"from": call.me.account_id}}
     try:
         await call.ctx.broker.publish(events.channel(to), {"live": frame})
@@ -100,7 +97,7 @@ async def typing(call: WsCall) -> dict[str, Any]:
 
 async def send_message(call: WsCall) -> dict[str, Any]:
     """As POST /messages; the idempotency key travels as args.key."""
-    from server.routes_messages import MessageIn, draft_from
+    from server.http.routes_messages import MessageIn, draft_from
 
     key = call.arg_str("key", max_len=128)
     fields = {k: v for k, v in call.args.items() if k != "key"}
@@ -108,7 +105,7 @@ async def send_message(call: WsCall) -> dict[str, Any]:
         body = MessageIn.model_validate(fields)
     except ValidationError as exc:
         err = exc.errors()[0]
-        raise ApiError(422, "invalid_input",
+        raise Refused("invalid_input",
                        f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from None
     draft = draft_from(call.ctx.settings, body, key)
     outbox = Outbox()
@@ -134,11 +131,8 @@ async def open_message(call: WsCall) -> dict[str, Any]:
 
 async def _in_visit(call: WsCall, work):
     outbox = Outbox()
-    try:
-        async with call.ctx.store.write() as conn:
-            result = await work(conn, outbox)
-    except VisitError as exc:
-        raise calls.api_error(exc) from None
+    async with call.ctx.store.write() as conn:
+        result = await work(conn, outbox)
     await outbox.signal(call.ctx.broker)
     return result
 
@@ -193,7 +187,7 @@ async def visit_join(call: WsCall) -> dict[str, Any]:
     # The peer offers as soon as it hears we are here, over live frames that are lost if our
     # feed is not yet subscribed (a slow broker at connect): be reachable before announcing.
     if not await call.hub.wait_live(call.client, JOIN_LIVE_WAIT_S):
-        raise ApiError(503, "unavailable", "Live delivery is not ready; join again shortly.")
+        raise Refused("unavailable", "Live delivery is not ready; join again shortly.")
     checked_at = time.monotonic()
     # In the socket's visits before the join is written: an older socket of the party's on
     # this process that closes meanwhile then does not drop it (endpoint._drop_visits).
@@ -229,26 +223,20 @@ async def visit_join(call: WsCall) -> dict[str, Any]:
 
 async def visit_signal(call: WsCall) -> dict[str, Any]:
     visit_id = call.arg_str("visit_id")
-    try:
-        signal = visits.checked_signal(call.args)
-    except VisitError as exc:
-        raise calls.api_error(exc) from None
+    signal = visits.checked_signal(call.args)
     if visit_id not in call.client.visits:
-        raise ApiError(409, "not_joined", "Join the visit first.")
+        raise Refused("not_joined", "Join the visit first.")
     # The join (or a check under CHECK_FRESH_S ago) found the visit in a call: no store read
     # per signal, which cost most of a signal's CPU (docs/BENCHMARKS.md, "Signalling").
     known = _cached(call, visit_id)
     if known is None:
         checked_at = time.monotonic()
         async with call.ctx.store.read() as conn:
-            try:
-                row = await visits.get(conn, visit_id)
-                visits.role_of(row, call.me.account_id)
-            except VisitError as exc:
-                raise calls.api_error(exc) from None
+            row = await visits.get(conn, visit_id)
+            visits.role_of(row, call.me.account_id)
         if row.status not in visits.IN_CALL:
             _in_call.get(call.client, {}).pop(visit_id, None)
-            raise ApiError(409, "not_in_call", f"The visit is {row.status}.")
+            raise Refused("not_in_call", f"The visit is {row.status}.")
         known = _remember(call, visit_id, row, checked_at)
     peer = known.peer
     # --- relay mode (signalling/relay.py): the server answers; nothing goes to the peer ---
@@ -268,14 +256,14 @@ async def visit_media(call: WsCall) -> dict[str, Any]:
     visit_id = call.arg_str("visit_id")
     state = call.args.get("state")
     if state not in ("connected", "disconnected"):
-        raise ApiError(422, "invalid_input", "state is connected or disconnected")
+        raise Refused("invalid_input", "state is connected or disconnected")
     sending = call.args.get("sending")
     if sending is not None and not isinstance(sending, bool):
-        raise ApiError(422, "invalid_input", "sending is true or false")
+        raise Refused("invalid_input", "sending is true or false")
     stalled_s = call.args.get("stalled_s")
     if stalled_s is not None and (isinstance(stalled_s, bool)
                                   or not isinstance(stalled_s, int | float) or stalled_s < 0):
-        raise ApiError(422, "invalid_input", "stalled_s is a number of seconds, 0 or more")
+        raise Refused("invalid_input", "stalled_s is a number of seconds, 0 or more")
     now = call.ctx.clock()
     # A stop reaches back to the last frame seen, at most the stall threshold (a client that
     # says more gets the threshold): visits.set_media, docs/visits.md "Outages".
@@ -328,27 +316,21 @@ async def visit_watch(call: WsCall) -> dict[str, Any]:
     visit_id = call.arg_str("visit_id")
     signal = None
     if "description" in call.args or "candidate" in call.args:
-        try:
-            signal = visits.checked_signal(call.args)
-        except VisitError as exc:
-            raise calls.api_error(exc) from None
+        signal = visits.checked_signal(call.args)
     me, now, s = call.me, call.ctx.clock(), call.ctx.settings
     async with call.ctx.store.write() as conn:
-        try:
-            row = await visits.get(conn, visit_id)
-        except VisitError as exc:
-            raise calls.api_error(exc) from None
+        row = await visits.get(conn, visit_id)
         if me.role != "admin" and row.facility_id != me.facility_id:
-            raise ApiError(404, "not_found", "The visit was not found.")
+            raise Refused("not_found", "The visit was not found.")
         if row.media != "relay":
-            raise ApiError(409, "not_relayed", "Only relay-mode visits can be watched.")
+            raise Refused("not_relayed", "Only relay-mode visits can be watched.")
         if row.status not in visits.IN_CALL:
-            raise ApiError(409, "not_in_call", f"The visit is {row.status}.")
+            raise Refused("not_in_call", f"The visit is {row.status}.")
         # A privileged contact's visit (attorney, clergy) is neither recorded nor monitored:
         # checked against the mark as it stands now, on every watch command (the first one and
         # the offer that starts the media).
         if (await connections.get(conn, row.connection_id)).privileged:
-            raise ApiError(403, "privileged", "A privileged visit cannot be watched.")
+            raise Refused("privileged", "A privileged visit cannot be watched.")
         if signal is not None and "description" in signal:
             await audit.record(conn, actor_id=me.account_id, actor_role=me.role,
                                action="visit.watch", facility_id=row.facility_id,
@@ -369,11 +351,11 @@ HANDLERS: dict[str, Op] = {
     "visit.signal": Op(visit_signal, PARTIES),
     "visit.media": Op(visit_media, PARTIES),
     "visit.leave": Op(visit_leave, PARTIES),
-    "visit.watch": Op(visit_watch, frozenset({"staff", "admin"})),  # relay mode
+    "visit.watch": Op(visit_watch, STAFF),  # relay mode
     "message.send": Op(send_message, PARTIES),
     "message.open": Op(open_message, PARTIES),
-    "ping": Op(ping, ANY),
-    "auth": Op(auth_again, ANY),
-    "sync": Op(sync, ANY),
+    "ping": Op(ping, ANY_SESSION),
+    "auth": Op(auth_again, ANY_SESSION),
+    "sync": Op(sync, ANY_SESSION),
     "typing": Op(typing, PARTIES),
 }

@@ -209,7 +209,7 @@ export class KinwireSocket {
       return;
     }
     this._setState("offline");
-    this._scheduleRetry(code === 4008 ? 5 : 0);
+    this._scheduleRetry(code === 4008 || code === 4029 ? 5 : 0); // too slow, too many sockets
   }
 
   _scheduleRetry(extraSteps = 0) {
