@@ -30,10 +30,10 @@ import pytest
 from redis.asyncio import Redis
 
 from billing import ledger
-from server.ids import new_id
-from server.store import Store
-from server.store.schema import connections, utcnow
+from server.schema import connections, utcnow
 from signalling.tables import visits
+from store import Store
+from store.ids import new_id
 from tests.test_cluster import Peer, RedisServer, make_pair
 from tests.test_crash import kill, nodes_started, restart, until_ready
 from tests.test_faults import minute_debits
