@@ -19,6 +19,13 @@ Presence: who may say the call is connected (the trust model, docs/visits.md)
     advancing) is the only one; both clients' reports change nothing.
 - `Live(at)` and `Paused(at)` are shorthands for the call as a whole: `Live` is every fact
   saying connected, `Paused` both parties present and the call not connected.
+- Held elsewhere (`Facts.remote`): when a party's socket, or in relay mode the server's
+  observation, is held by another process than the meter's, that process is known to be alive
+  only up to its last liveness renewal, which the shell reports as `Proven(at)` (every such
+  process was alive at `at`). Its death is found only when its lease runs out (seconds later):
+  so connected time counts only up to the latest proof, and a minute starts only at a moment
+  proven (see Billing). A call held by the meter's own process needs no proof: the meter
+  runs only while its process lives.
 
 Billing
 - Prepaid by the connected minute. Connected time counts only while the call is connected by
@@ -28,10 +35,19 @@ Billing
   `visit:{visit_id}:minute:{k}`. While that debit is pending, connected time stays at the paid
   time: the new minute starts when `DebitOk` arrives, so the family never pays for the ledger's
   latency. Unused paid seconds carry over a pause.
+- Held elsewhere (`Facts.remote`), connected time counts only up to the latest `Proven`, and
+  minute k is debited only once the call is proven at the moment the minute starts: its due
+  point (where the paid time ran out), or the moment the call went live. That minute then
+  starts at that proven moment, not at `DebitOk`: the family pays from a moment it was
+  connected, and no later proof is needed for what the minute covers. Time not yet proven
+  when the call stops being connected (the process died, a pause) is never counted, so a
+  minute that falls due after a holder's death is never charged, and the seconds it would
+  have covered carry over.
 - `DebitRefused` ends the visit `balance_exhausted`, at the moment the unpaid minute would
   have started. `DebitUnknown` (a timeout) issues the same `Debit` again, same key.
 - No minute is debited when less than `minute_s` of the window remains at the moment it would
-  start (within a microsecond): the visit runs unbilled to the window's end.
+  start (within a microsecond; held elsewhere, the proven moment it starts at): the visit runs
+  unbilled to the window's end.
 - Any event at or after `window_end` ends the visit before the event is considered: `time_up`,
   or `missed` when the two parties were never present at once (one never joined; nothing was
   billed then, since billing needs both).
@@ -124,6 +140,9 @@ class Facts:
     person: str = "absent"  # the kiosk's: ICE connected with media arriving from the family
     sending: bool = True  # the kiosk's outbound audio/video advancing (False: stalled)
     server: bool = False  # relay mode: the server sees media from both, the person's advancing
+    # Some of the above is held by another process than the meter's: it counts only as far
+    # as that process is proven alive (Proven)
+    remote: bool = False
 
     def __post_init__(self) -> None:
         if self.family not in PARTY_STATES or self.person not in PARTY_STATES:
@@ -162,6 +181,7 @@ class MeterState:
     went_live: bool = False
     now: float | None = None  # the latest time seen
     presence_at: float | None = None  # stamp of the latest presence report applied
+    proven: float | None = None  # held elsewhere: the call's processes were alive up to here
     halted: bool = False  # the lease is lost: this process must not act
     ended: str | None = None  # one of END_REASONS
 
@@ -173,9 +193,12 @@ class MeterState:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MeterState:
-        # A state stored before facts existed has none: the takeover asks for them anyway.
-        facts = Facts(**data["facts"]) if data.get("facts") else NOBODY
-        return cls(**{**data, "warned": tuple(data["warned"]), "facts": facts})
+        # A state stored before facts existed has none: the takeover asks for them anyway. A
+        # field this version does not know (stored by a newer one) is left out.
+        facts = Facts(**{k: v for k, v in data["facts"].items() if k in Facts.__slots__}) \
+            if data.get("facts") else NOBODY
+        known = {k: v for k, v in data.items() if k in cls.__slots__}
+        return cls(**{**known, "warned": tuple(data["warned"]), "facts": facts})
 
 
 # --- events: each carries `at`, the time it happened on the caller's timeline ------------
@@ -194,6 +217,11 @@ class Live:  # shorthand: Observed(at, EVERYTHING)
 
 @dataclass(frozen=True, slots=True)
 class Paused:  # shorthand: Observed(at, NOT_CONNECTED)
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Proven:  # every process holding the call (Facts.remote) was alive at `at`
     at: float
 
 
@@ -246,8 +274,8 @@ class TakenOver:  # this process resumes the visit from the stored state
     at: float
 
 
-Event = (Observed | Live | Paused | Clock | DebitOk | DebitRefused | DebitUnknown | StaffEnded
-         | HungUp | Failed | LeaseLost | TakenOver)
+Event = (Observed | Live | Paused | Proven | Clock | DebitOk | DebitRefused | DebitUnknown
+         | StaffEnded | HungUp | Failed | LeaseLost | TakenOver)
 
 
 # --- actions -----------------------------------------------------------------------------
@@ -298,7 +326,7 @@ def step(config: MeterConfig, state: MeterState, event: Event) -> Result:
         return state, [End(state.ended)] if isinstance(event, TakenOver) else []
     if isinstance(event, TakenOver):
         state = replace(state, connected=False, since=None, stretch_from=None, halted=False,
-                        facts=NOBODY)
+                        facts=NOBODY, proven=None)
     elif state.halted:
         return state, []
     elif isinstance(event, LeaseLost):
@@ -324,10 +352,20 @@ def step(config: MeterConfig, state: MeterState, event: Event) -> Result:
 
 
 def _account(config: MeterConfig, s: MeterState, t: float) -> MeterState:
-    """Count connected time up to t, never past the paid time."""
+    """Count connected time up to t, never past the paid time (held elsewhere: up to the
+    latest proof, and the time past the paid time waits there for the next minute)."""
     if not s.connected or s.since is None or t <= s.since:
         return s
     paid_s = s.paid_minutes * config.minute_s
+    if s.facts.remote:
+        upto = s.since if s.proven is None else min(t, s.proven)
+        gained = min(upto - s.since, paid_s - s.connected_s)
+        if gained <= 0:
+            return s
+        connected_s = s.connected_s + gained
+        if paid_s - connected_s < EPSILON_S:
+            connected_s = paid_s
+        return replace(s, connected_s=connected_s, since=s.since + gained)
     connected_s = min(paid_s, s.connected_s + (t - s.since))
     if paid_s - connected_s < EPSILON_S:
         connected_s = paid_s
@@ -339,7 +377,12 @@ def _next_minute(config: MeterConfig, s: MeterState, t: float) -> Result:
         return s, []
     if s.connected_s < s.paid_minutes * config.minute_s:
         return s, []
-    if config.window_end - t < config.minute_s - EPSILON_S:
+    start = t
+    if s.facts.remote:  # the minute starts where the paid time ran out: proven there?
+        start = s.since
+        if s.proven is None or s.proven + EPSILON_S < start:
+            return s, []
+    if config.window_end - start < config.minute_s - EPSILON_S:
         return s, []  # the last partial minute of the window is not billed
     minute = s.paid_minutes + 1
     return replace(s, pending=minute), [_debit(config, minute)]
@@ -356,10 +399,23 @@ def _next_wake(config: MeterConfig, s: MeterState, t: float) -> float:
     if s.went_live and "time" not in s.warned:
         wakes.append(config.window_end - config.warn_s)
     if s.connected and s.pending is None:
+        # held elsewhere, `since` may lag t (counted only up to the proof): a due point already
+        # passed waits for a Proven, not for a clock
         left_s = s.paid_minutes * config.minute_s - s.connected_s
-        if left_s > 0:
-            wakes.append(t + left_s)
+        due = s.since + left_s
+        if left_s > 0 and due > t:
+            wakes.append(due)
     return min(wake for wake in wakes if wake > t)
+
+
+def proof_wanted(config: MeterConfig, s: MeterState) -> float | None:
+    """Held elsewhere: the moment the call must be proven alive at for the next minute to be
+    debited (its due point), so the shell can feed `Proven` as soon as it has it. None when no
+    minute waits on a proof."""
+    if s.ended is not None or s.halted or not s.connected or not s.facts.remote \
+            or s.pending is not None or s.since is None:
+        return None
+    return s.since + s.paid_minutes * config.minute_s - s.connected_s
 
 
 def _debit(config: MeterConfig, minute: int) -> Debit:
@@ -378,15 +434,19 @@ def _stale(s: MeterState, at: float) -> bool:
 def _on_observed(config: MeterConfig, s: MeterState, event: Observed, t: float) -> Result:
     if event.at < config.window_start or _stale(s, event.at):
         return s, []
-    facts = event.facts
+    facts, was_remote = event.facts, s.facts.remote
     met = s.met or (facts.family != "absent" and facts.person != "absent")
     s = replace(s, presence_at=event.at, facts=facts, met=met)
     connected = PRESENCE_RULE(config.media, facts)
+    if connected and s.connected and was_remote and not facts.remote:
+        # now held here: the time the old holders never proved is not counted
+        return replace(s, since=t), []
     if connected == s.connected:
         return s, []
     if not connected:
         if event.stopped_at is not None and s.stretch_from is not None:
-            back = min(t - max(event.stopped_at, s.stretch_from),
+            # from where the time is accounted up to (t; held elsewhere, the latest proof)
+            back = min(s.since - max(event.stopped_at, s.stretch_from),
                        s.connected_s - s.stretch_base)
             if back > 0:
                 s = replace(s, connected_s=s.connected_s - back)
@@ -408,6 +468,12 @@ def _on_paused(config: MeterConfig, s: MeterState, event: Paused, t: float) -> R
 
 def _on_clock(config: MeterConfig, s: MeterState, event: Clock, t: float) -> Result:
     return s, []
+
+
+def _on_proven(config: MeterConfig, s: MeterState, event: Proven, t: float) -> Result:
+    if s.proven is not None and event.at <= s.proven:
+        return s, []  # nothing new
+    return _account(config, replace(s, proven=event.at), min(t, config.window_end)), []
 
 
 def _on_debit_ok(config: MeterConfig, s: MeterState, event: DebitOk, t: float) -> Result:
@@ -451,6 +517,7 @@ HANDLERS: dict[type, Callable[..., Result]] = {
     Observed: _on_observed,
     Live: _on_live,
     Paused: _on_paused,
+    Proven: _on_proven,
     Clock: _on_clock,
     DebitOk: _on_debit_ok,
     DebitRefused: _on_debit_refused,

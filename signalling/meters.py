@@ -14,9 +14,19 @@ the broker which processes are alive first, and drops a dead process's parties f
 in its transaction (visits.drop, conditional on that process still holding them); the liveness
 loop wakes any meter whose parties' process it no longer sees. A process always counts itself
 alive; when the broker cannot answer, other processes' parties are not billed (nor dropped)
-until it can. A process whose own lease lapsed (no touch for a whole lease: a partition) may
-have had its parties dropped by another's meter: when it touches again it calls `on_lapse`
-(server/app.py: the sockets whose party was dropped reconnect and rejoin).
+until it can.
+
+Proof: a dead process is found only when its lease runs out, seconds after its death. So a
+call held by another process (meter.Facts.remote) is billed only up to that process's last
+renewal: `broker.renewed` says how long ago each process touched (by the broker's clock), and
+`Meters.proof` keeps when that was on this process's clock (a little early: the time of asking,
+less the age). Every pass feeds it to the meter as meter.Proven; a meter whose next minute
+waits for a proof (meter.proof_wanted) is woken as soon as one covers it, looked for every
+twelfth of `node_lease_s` while any meter waits.
+
+A process whose own lease lapsed (no touch for a whole lease: a partition) may have had its
+parties dropped by another's meter: when it touches again it calls `on_lapse` (server/app.py:
+the sockets whose party was dropped reconnect and rejoin).
 
 What it does, in one transaction per pass (VisitMeter): reads what is known of the call from
 the visit row (any process may have recorded it, with its instant), feeds the pure meter those
@@ -46,6 +56,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -67,6 +78,7 @@ STORE_TURNS = 8
 CHANNEL = "meters"
 RENEW_CHUNK = 200  # lease renewals in flight at once
 ENDED_KEPT, ENDED_KEEP_S = 10_000, 60.0  # remembered ends: far longer than a cached check
+PROOF_KEPT_LEASES = 20  # a dead process's last renewal is kept this many leases (for its meters)
 
 # A pass's own statements, compiled once (store/raw.py): every live visit runs them
 # every minute. The row is locked first (FOR UPDATE), see MeterPass.run.
@@ -128,6 +140,10 @@ class Meters:
         self.sink, self.push_live = sink, push_live
         self.node_lease_s = node_lease_s
         self.on_lapse: Callable[[], Awaitable[Any]] | None = None
+        # node -> when it last renewed its liveness lease, on this clock (see Proof above)
+        self.proof: dict[str, float] = {}
+        # meters whose minute fell due unproven: woken when a proof covers it
+        self.awaiting: set[VisitMeter] = set()
         self._lease_errors = 0  # failed lease operations since the last log line
         self._lease_error_logged: float | None = None  # monotonic
         self._touched_at: float | None = None  # monotonic, the last touch that went through
@@ -154,11 +170,41 @@ class Meters:
 
     async def alive(self) -> tuple[set[str], bool]:
         """The processes whose liveness lease is current (this one always), and whether the
-        broker answered: if not, the others are unknown and treated as not alive."""
+        broker answered: if not, the others are unknown and treated as not alive. Notes when
+        each last renewed (`proof`)."""
+        asked = ts(self.clock())
         try:
-            return await self.broker.present(NODES) | {self.node_id}, True
+            ages = await self.broker.renewed(NODES)
         except Exception:
             return {self.node_id}, False
+        forget = asked - PROOF_KEPT_LEASES * self.node_lease_s
+        proof = {node: at for node, at in self.proof.items() if node in ages or at > forget}
+        for node, age in ages.items():
+            if age is not None and asked - age > proof.get(node, float("-inf")):
+                proof[node] = asked - age
+        self.proof = proof
+        return set(ages) | {self.node_id}, True
+
+    def proven(self, nodes: set[str]) -> float | None:
+        """Until when all of `nodes` are known to have been alive (None: one never seen)."""
+        if not nodes:
+            return None
+        known = [self.proof.get(node) for node in nodes]
+        return None if None in known else min(known)
+
+    def _wake_proven(self) -> None:
+        for running in list(self.awaiting):
+            proven = self.proven(running.remote)
+            if proven is not None and proven >= running.proof_wanted - meter.EPSILON_S:
+                running.wake()
+
+    async def _watch_proofs(self) -> None:
+        """While a meter's next minute waits for a proof, look for one often (see Proof)."""
+        while not self._stop.is_set():
+            await self._pause(self.node_lease_s / 12)
+            if self.awaiting:
+                await self.alive()
+                self._wake_proven()
 
     async def _keep_alive(self) -> None:
         """This process's liveness lease; and wake the meters whose parties' process is gone."""
@@ -180,10 +226,12 @@ class Meters:
             for running in list(self.running.values()):
                 if running.holders - alive and (known or running.state.connected):
                     running.wake()
+            self._wake_proven()
             await self._pause(self.node_lease_s / 3)
 
     async def start(self) -> None:
         self._spawn(self._keep_alive(), "node-liveness")
+        self._spawn(self._watch_proofs(), "node-proofs")
         self._spawn(self._scan(), "meter-scan")
         self._spawn(self._listen(), "meter-pokes")
         self._spawn(self._keep_leases(), "meter-leases")
@@ -340,6 +388,8 @@ class VisitMeter:
         self.give_up = False  # the ledger kept failing: the next pass ends the visit `failed`
         self.lost = False  # the lease is gone (another process may hold it): stop, bill no more
         self.holders: set[str] = set()  # the processes holding its parties, as last read
+        self.remote: set[str] = set()  # of those, the others whose liveness must be proven
+        self.proof_wanted: float | None = None  # meter.proof_wanted, as last adopted
 
     def wake(self) -> None:
         self._wake.set()
@@ -352,6 +402,7 @@ class VisitMeter:
                           self.visit_id)
         finally:
             self.m.running.pop(self.visit_id, None)
+            self.m.awaiting.discard(self)
             with contextlib.suppress(Exception):
                 released = await self.m.broker.release(f"meter:{self.visit_id}", self.m.node_id)
                 if released and self.m._stop.is_set() and not self.done:
@@ -378,6 +429,21 @@ class VisitMeter:
             self._observe_lateness()
             due = self._wake.is_set() or (
                 self.wake_at is not None and ts(self.m.clock()) >= self.wake_at)
+            if due and not self._wake.is_set() and self._unproven_due():
+                # The minute falls due, but its start is not proven yet: a pass now would
+                # only find that out. The proof's arrival wakes it (Meters._wake_proven); a
+                # lease later at the latest, it looks anyway.
+                self.wake_at = ts(self.m.clock()) + self.m.node_lease_s
+                self.m.awaiting.add(self)
+                due = False
+
+    def _unproven_due(self) -> bool:
+        """The timer is for the next minute, and its due point is not proven yet."""
+        wanted = self.proof_wanted
+        if wanted is None or self.wake_at is None or self.wake_at < wanted - meter.EPSILON_S:
+            return False
+        proven = self.m.proven(self.remote)
+        return proven is None or proven < wanted - meter.EPSILON_S
 
     def paused(self) -> bool:
         """Started, running, and not connected as far as the meter knows."""
@@ -456,6 +522,7 @@ class _Pass:
         self.vm, self.sink = vm, sink
         self.alive, self.alive_known = alive
         self.holders: set[str] = set()
+        self.remote: set[str] = set()
         self.config, self.state = vm.config, vm.state
         self.epoch = vm.epoch
         self.wake_at, self.done = vm.wake_at, vm.done
@@ -538,22 +605,35 @@ class _Pass:
                 return [meter.HungUp(at)]
             self.done = True  # ended by the meter itself, elsewhere: nothing left to do
             return []
+        m = self.vm.m
         self.holders = {n for n in (row.family_node, row.person_node, row.server_node) if n}
+        held = {n for n in (row.family_node, row.person_node) if n}
+        if row.server_media and row.server_node:
+            held.add(row.server_node)
+        self.remote = held - {m.node_id}
         facts = visits.facts(row, self.alive)
         changed = ts(row.media_changed_at) if row.media_changed_at else clock
         if facts != visits.facts(row):  # a holder is gone (or unknown): from now on
             changed = clock
             if self.alive_known:
                 await self._drop_dead(conn, row)
+        facts = replace(facts, remote=bool(self.remote))
         last = self.state.presence_at
         if last is not None and changed < last:
             changed = clock  # news of an older change (say, the broker is back): from now on
         events: list[meter.Event] = []
         if facts != self.state.facts:
+            # What the holders as last read proved, up to the change; then the change
+            before = m.proven(self.vm.remote)
+            if before is not None and self.state.connected and self.state.facts.remote:
+                events.append(meter.Proven(min(before, changed)))
             # Not live: the call stopped at `changed` (a stall's report backdates it to the last
             # frame, bounded: visits.set_media), so the meter takes back the time since.
             stopped = changed if not meter.is_connected(self.config.media, facts) else None
             events.append(meter.Observed(changed, facts, stopped_at=stopped))
+        after = m.proven(self.remote)
+        if after is not None:
+            events.append(meter.Proven(after))
         return [*events, meter.Clock(clock)]
 
     async def _drop_dead(self, conn: Any, row: Any) -> None:
@@ -592,6 +672,14 @@ class _Pass:
             vm.family_id, vm.person_id = self.parties
         vm.config, vm.state, vm.epoch = self.config, self.state, self.epoch
         vm.wake_at, vm.done, vm.holders = self.wake_at, self.done, self.holders
+        vm.remote = self.remote
+        vm.proof_wanted = None if self.done else meter.proof_wanted(self.config, self.state)
+        # Due already and not proven (the pass found out): wait for the proof. Due later: the
+        # meter's own timer comes first (VisitMeter._run).
+        if vm.proof_wanted is not None and vm.proof_wanted <= ts(vm.m.clock()):
+            vm.m.awaiting.add(vm)
+        else:
+            vm.m.awaiting.discard(vm)
         vm.events.clear()
         if self.debited:
             vm.m.metrics.inc("kinwire_meter_debits_total", self.debited, result="ok")  # metrics

@@ -9,9 +9,11 @@ exactly the minutes that were decided (each once, under its key), and they must 
 connected time the rules billed: (m - 1) minutes < billed time <= m minutes.
 
 `check_truth` judges against the world instead (the "truth" records: both parties there and
-the person's media really flowing): billed seconds never exceed connected-with-media seconds
-plus the lags the product allows (a crashed holder's lease, a stall's threshold, a late
-report), to the credit; and in a visit without meter faults no honest minute goes unbilled.
+the person's media really flowing): billed seconds (the rules', and the meter's own stored
+count) never exceed connected-with-media seconds plus the lags the product allows (a stall's
+threshold, a late report, a party back elsewhere before its crashed holder's lease ran out;
+a crashed holder's last seconds are never billed: its time counts up to its last renewal),
+to the credit; and in a visit without meter faults no honest minute goes unbilled.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from billing.meter import (
     Observed,
     Paused,
     Persist,
+    Proven,
     StaffEnded,
     TakenOver,
     WakeAt,
@@ -69,6 +72,10 @@ class Rules:
         self.now: float | None = None
         self.last_report: float | None = None
         self.ended: str | None = None
+        # Held by another process: billed only up to the latest proof that it was alive, and a
+        # minute starts only at a proven moment (from where the paid time ran out).
+        self.remote = False
+        self.proven: float | None = None
 
     def copy(self) -> Rules:
         twin = copy.copy(self)
@@ -81,6 +88,7 @@ class Rules:
             return Expect(end=self.ended if isinstance(event, TakenOver) else None)
         if isinstance(event, TakenOver):
             self.on, self.mark = False, None  # lost time is not billed; presence is asked afresh
+            self.remote, self.proven = False, None
         t = event.at if self.now is None else max(self.now, event.at)
         self.now = t
         self._bill(min(t, c.window_end))
@@ -88,15 +96,23 @@ class Rules:
         if t >= c.window_end:
             self.ended = exp.end = "time_up" if self.met else "missed"
             return exp
-        if isinstance(event, Live | Paused | Observed):
+        if isinstance(event, Proven):
+            if self.proven is None or event.at > self.proven:
+                self.proven = event.at
+                self._bill(min(t, c.window_end))
+        elif isinstance(event, Live | Paused | Observed):
             fresh = event.at >= c.window_start and (self.last_report is None
                                                     or event.at >= self.last_report)
             if fresh:
                 self.last_report = event.at
                 both_there, connected = self._presence(event)
+                was_remote = self.remote
+                self.remote = isinstance(event, Observed) and event.facts.remote
                 self.met = self.met or both_there
                 if connected and not self.on:
                     self.on, self.mark, self.live_once = True, t, True
+                elif connected and was_remote and not self.remote:
+                    self.mark = t  # held here now: what the old holders never proved is lost
                 elif not connected:
                     self.on, self.mark = False, None
         elif isinstance(event, DebitOk) and event.minute == self.pending:
@@ -128,18 +144,30 @@ class Rules:
         return there, there and f.person == "connected" and f.sending
 
     def _bill(self, t: float) -> None:
-        if self.on and t > self.mark:
-            room = self.paid * self.c.minute_s - self.billed
+        if not self.on or t <= self.mark:
+            return
+        room = self.paid * self.c.minute_s - self.billed
+        if self.remote:  # up to the proof; the rest waits at the mark for the next minute
+            step = min(room, (self.mark if self.proven is None else min(t, self.proven))
+                       - self.mark)
+            if step <= 0:
+                return
+            self.billed += step
+            self.mark += step
+        else:
             self.billed += min(room, t - self.mark)
-            if self.paid * self.c.minute_s - self.billed < EPS:
-                self.billed = self.paid * self.c.minute_s
             self.mark = t
+        if self.paid * self.c.minute_s - self.billed < EPS:
+            self.billed = self.paid * self.c.minute_s
 
     def _decide(self, exp: Expect, t: float) -> None:
         c = self.c
         paid_s = self.paid * c.minute_s
-        if self.on and self.pending is None and self.billed >= paid_s \
-                and c.window_end - t >= c.minute_s - EPS:
+        starts = self.mark if self.remote and self.on else t  # a remote minute: where proven
+        proven = not self.remote or not self.on or (self.proven is not None
+                                                    and self.proven >= self.mark - EPS)
+        if self.on and self.pending is None and self.billed >= paid_s and proven \
+                and c.window_end - starts >= c.minute_s - EPS:
             self.pending = self.decided = self.paid + 1
             exp.debits.append(self.pending)
             exp.decided = True
@@ -150,8 +178,9 @@ class Rules:
                 exp.warns.append("time")
             else:
                 moments.append(c.window_end - c.warn_s)
-        if self.on and self.pending is None and paid_s - self.billed > 0:
-            moments.append(t + paid_s - self.billed)
+        if self.on and self.pending is None and paid_s - self.billed > 0 \
+                and self.mark + paid_s - self.billed > t:
+            moments.append(self.mark + paid_s - self.billed)  # the mark is t, unless remote
         exp.wake = min(moments)
 
 
@@ -300,13 +329,22 @@ def check_truth(plan, run, rows: list, account: tuple[int, int],
     if rules.billed > truth_s + allowed_s + EPS:
         problems.append(f"billed {rules.billed:.4f} s; connected with media {truth_s:.4f} s "
                         f"(+ {allowed_s:.4f} s of allowed lag)")
+    # The meter's own count, as it stored it (a takeover resumes from it).
+    counted = max((r[3]["connected_s"] for r in run.trace if r[0] == "persisted"), default=0.0)
+    if counted > truth_s + allowed_s + EPS:
+        problems.append(f"the meter counted {counted:.4f} s billed; connected with media "
+                        f"{truth_s:.4f} s (+ {allowed_s:.4f} s of allowed lag)")
     if paid > 0 and (paid - 1) * c.minute_s > truth_s + allowed_s + EPS:
         problems.append(f"{paid} minutes paid for {truth_s:.4f} s connected with media "
                         f"(+ {allowed_s:.4f} s allowed)")
     clean = (not any(r[0] in ("crash", "lease_lost") for r in run.trace)
              and not plan.enders and run.ended in ("time_up", "missed")
              and not any(plan.faults[f] for f in ("unknown", "late", "midcrash")))
-    if clean and paid * c.minute_s < truth_s - c.minute_s - EPS:
+    # Held elsewhere, the seconds since the holders' last renewal seen are not counted when the
+    # call stops (in the family's favour): at most a renewal period and the lag, each stop.
+    stops = 1 + sum(1 for r in run.trace if r[0] == "truth" and not r[2])
+    unproven = stops * (plan.renew_s + plan.proof_lag_s) if plan.remote else 0.0
+    if clean and paid * c.minute_s < truth_s - c.minute_s - unproven - EPS:
         problems.append(f"only {paid} minutes paid for {truth_s:.4f} s connected with media: "
                         f"an honest minute went unbilled")
     return problems

@@ -3,9 +3,13 @@ lease, and a shell that performs the meter's actions against the real ledger, wi
 drawn from the seed. Nothing here judges the meter; tests/sim_check.py does, from the trace.
 
 The world (docs/visits.md, "Trust"): each party comes and goes (its socket joined and its
-media flowing, or not); the process holding a party's socket may crash, and the party is
-gone until its client reconnects elsewhere, while the shell learns of the crash only when
-that process's liveness lease runs out (up to `node_lease_s` later); the kiosk's outbound
+media flowing, or not); in most visits (`remote`) the parties' sockets are held by another
+process than the meter's, which renews its liveness lease every `renew_s` and the shell sees
+each renewal `proof_lag_s` later (meter.Proven: before every event the shell feeds, and when
+the meter waits for one, meter.proof_wanted); that process may crash, and the party is
+gone until its client reconnects elsewhere (to a process renewing on its own schedule), while
+the shell learns of the crash only when that process's liveness lease runs out (up to
+`node_lease_s` later); the kiosk's outbound
 media may stall, which it reports once the stall has lasted `stall_s`; the family's client
 may lie (never report connected, or always). The shell reports what it knows as
 meter.Observed facts: the family's own report, the kiosk's, and in relay mode the server's.
@@ -13,9 +17,10 @@ meter.Observed facts: the family's own report, the kiosk's, and in relay mode th
 Trace records (tuples, in the order things happened):
   ("truth", t, connected)               the truth: both parties there and the person's media
                                         really flowing (what a family should pay for)
-  ("allow", t, seconds)                 a lag the product allows to be billed: a crashed
-                                        holder's lease running out, a stall's threshold, a
-                                        report delivered late
+  ("allow", t, seconds)                 a lag the product allows to be billed: a stall's
+                                        threshold, a report delivered late, the gap of a
+                                        party back on another process before its crashed
+                                        holder's lease ran out
   ("step", t, gen, event, actions)      an event fed to process `gen` and what its meter returned
   ("persisted", t, gen, state_dict)     a Persist action performed (the stored state)
   ("debit", t, gen, minute, key, code, balance_before)   a ledger attempt; code is the ledger's
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import math
 import random
 from collections import Counter
 from collections.abc import Callable
@@ -49,9 +55,11 @@ from billing.meter import (
     MeterState,
     Observed,
     Persist,
+    Proven,
     StaffEnded,
     TakenOver,
     WakeAt,
+    proof_wanted,
 )
 
 STEPS_MAX = 20_000  # a visit that needs more is running away
@@ -84,6 +92,9 @@ class Plan:
     stalls: list[tuple[float, float]] = field(default_factory=list)  # the kiosk's, [start, end)
     node_lease_s: float = 1.0
     stall_s: float = 1.0
+    remote: bool = False  # the parties' sockets are on another process than the meter's
+    renew_s: float = 1 / 3  # that process renews its liveness lease this often
+    proof_lag_s: float = 0.0  # and the shell sees a renewal this much later
 
 
 def draw_plan(seed: int, index: int) -> Plan:
@@ -138,9 +149,12 @@ def draw_plan(seed: int, index: int) -> Plan:
         faults.update(unknown=0.0, late=0.0)
     liar = rng.choice([None, None, "silent", "always"])
     node_lease_s = q(rng.uniform(0.02, 0.1) * minute_s)
+    renew_s = max(1 / 64, q(node_lease_s / 3))
+    remote = rng.random() < 0.75
+    # A holder's crash is another process's than the meter's (the meter's own is `crashes`).
     holder_crashes = [(moment(), rng.randrange(2), q(rng.uniform(0.01, 1.0) * minute_s),
                        q(rng.uniform(0, node_lease_s)))
-                      for _ in range(rng.choice([0, 0, 1, 2]))]
+                      for _ in range(rng.choice([0, 0, 1, 2]) if remote else 0)]
     stall_s = q(rng.uniform(0.05, 0.3) * minute_s)
     stalls = []
     for _ in range(rng.choice([0, 0, 1, 2])):
@@ -148,7 +162,8 @@ def draw_plan(seed: int, index: int) -> Plan:
         stalls.append((began, began + q(rng.uniform(0.02, 2.0) * minute_s)))
     return Plan(seed, index, config, f"fam_{index}", funds, presence, crashes, lease_losses,
                 q(rng.uniform(0.02, 0.5) * minute_s), enders, money, faults, liar,
-                holder_crashes, stalls, node_lease_s, stall_s)
+                holder_crashes, stalls, node_lease_s, stall_s, remote, renew_s,
+                q(rng.uniform(0, renew_s / 2)))
 
 
 @dataclass
@@ -179,19 +194,24 @@ class VisitSim:
         self.stall_reported = False  # the kiosk said `sending: false`
         self.truth = False
         self.facts = Facts()  # what the shell last reported
+        self.phase = [q(self.rng.uniform(0, plan.renew_s)) for _ in (0, 1)]  # renewal times
+        self.died_at: list[float | None] = [None, None]  # a party's holder crashed then
+        self.proof_fed: float | None = None  # the latest Proven fed to the lease holder
+        self.proofs: set[tuple[int, float]] = set()  # proof deliveries scheduled
         self.changed_at: float | None = None  # when the reported facts last changed
         self.backlog: list = []  # enders that came while no process held the lease
         self.wakes: set[tuple[int, float]] = set()
         self.run = Run()
         if plan.liar:
             self.run.stats[f"family {plan.liar}"] += 1
+        self.run.stats["remote"] += plan.remote
         self.handlers = {"party": self._party, "deliver": self._deliver, "wake": self._wake,
                          "outcome": self._outcome, "crash": self._crash, "money": self._money,
                          "lease_lost": self._lease_lost, "takeover": self._takeover,
                          "holder_crash": self._holder_crash, "back": self._back,
                          "detect": self._detect, "stall": self._stall,
                          "stall_seen": self._stall_seen, "unstall": self._unstall,
-                         "report": self._report}
+                         "report": self._report, "proof": self._proof_arrives}
 
     def push(self, t: float, kind: str, *payload) -> None:
         self.seq += 1
@@ -247,9 +267,11 @@ class VisitSim:
             return
         self.gone_until[party] = self.now + back_s
         self.detected[party] = False
+        self.died_at[party] = self.now  # its lease is renewed no more
         self.run.trace.append(("holder_crash", self.now, party))
         self.run.stats["holder_crashes"] += 1
-        self.run.trace.append(("allow", self.now, detect_s))  # billed until the shell knows
+        if back_s <= detect_s:  # back elsewhere before the shell knew: the gap looks connected
+            self.run.trace.append(("allow", self.now, back_s))
         self.push(self.now + back_s, "back", party)
         self.push(self.now + detect_s, "detect", party)
         self._changed()
@@ -262,6 +284,8 @@ class VisitSim:
     def _back(self, party: int) -> None:
         if self.now >= self.gone_until[party]:
             self.detected[party] = False
+            self.died_at[party] = None  # held by another process, renewing on its own time
+            self.phase[party] = q(self.rng.uniform(0, self.plan.renew_s))
             self._changed()
 
     def _stall(self, began: float, ended: float) -> None:
@@ -296,7 +320,7 @@ class VisitSim:
         return Facts(family=said if family else "absent",
                      person=("connected" if media else "joined") if person else "absent",
                      sending=not self.stall_reported,
-                     server=media and not self.stall_reported)
+                     server=media and not self.stall_reported, remote=self.plan.remote)
 
     def _changed(self) -> None:
         truth = self._there(0) and self._there(1) and self.stalled is None
@@ -320,7 +344,17 @@ class VisitSim:
                       "deliver", report)
 
     def _deliver(self, event) -> None:
-        if self.owner is not None:
+        if self.owner is not None and isinstance(event, Observed):
+            # a pass: the old holders proven up to the change, the change, the new ones (the
+            # owner may die half-way: then the rest is lost with it)
+            self._prove(self.owner, upto=event.at)
+            if self.owner is not None:
+                self._feed(self.owner, event)
+                if self.owner is not None:
+                    self._prove(self.owner)
+            else:
+                self.run.trace.append(("lost", self.now, event))
+        elif self.owner is not None:
             self._feed(self.owner, event)
         elif isinstance(event, Observed):
             self.run.trace.append(("lost", self.now, event))  # the new owner asks afresh
@@ -329,8 +363,72 @@ class VisitSim:
 
     def _wake(self, gen: int, at: float) -> None:
         self.wakes.discard((gen, at))
+        if gen not in self.procs:
+            return
+        wanted = proof_wanted(self.config, self.procs[gen]) if self.plan.remote else None
+        if wanted is not None and at >= wanted and (self.proof_fed is None
+                                                    or self.proof_fed < wanted):
+            # The minute falls due unproven: as the real shell, skip this pass; the proof's
+            # arrival feeds it, or a lease later a look anyway.
+            again = self.now + self.plan.node_lease_s
+            if (gen, again) not in self.wakes:
+                self.wakes.add((gen, again))
+                self.push(again, "wake", gen, again)
+            return
+        self._prove(gen)
         if gen in self.procs:
             self._feed(gen, Clock(self.now))
+
+    # --- proofs of the holders' liveness (Facts.remote) -----------------------------------
+
+    def _renewal(self, party: int, at: float) -> float:
+        """The party's holder's last renewal at or before `at`."""
+        if self.died_at[party] is not None:
+            at = min(at, self.died_at[party])
+        phase, every = self.phase[party], self.plan.renew_s
+        return phase + math.floor((at - phase) / every) * every
+
+    def _held(self, gen: int) -> list[int]:
+        """The parties present as the meter knows them: whose holders it must be proven."""
+        facts = self.procs[gen].facts
+        return [p for p, state in enumerate((facts.family, facts.person)) if state != "absent"]
+
+    def _prove(self, gen: int, upto: float | None = None) -> None:
+        """Feed the holders' latest proof, as the shell's pass does (only while it counts: the
+        call connected and held elsewhere)."""
+        if gen != self.owner or gen not in self.procs or not self.plan.remote \
+                or not self.procs[gen].connected:
+            return
+        held = self._held(gen)
+        if not held:
+            return
+        proven = min(self._renewal(p, self.now - self.plan.proof_lag_s) for p in held)
+        if upto is not None:
+            proven = min(proven, upto)
+        if self.proof_fed is None or proven > self.proof_fed:
+            self.proof_fed = proven
+            self._feed(gen, Proven(proven))
+
+    def _await_proof(self, gen: int) -> None:
+        """The meter waits for a proof (meter.proof_wanted): deliver it when the holders'
+        renewals reach that moment and the shell has seen them (never, if one died first)."""
+        wanted = proof_wanted(self.config, self.procs[gen]) if self.plan.remote else None
+        if wanted is None or (self.proof_fed is not None and wanted <= self.proof_fed):
+            return
+        seen = self._held(gen)
+        if not seen or any(self.died_at[p] is not None for p in seen):
+            return
+        every = self.plan.renew_s
+        at = max(self.phase[p] + math.ceil((wanted - self.phase[p]) / every) * every
+                 for p in seen) + self.plan.proof_lag_s
+        if (gen, at) not in self.proofs:
+            self.proofs.add((gen, at))
+            self.push(max(at, self.now), "proof", gen, at)
+
+    def _proof_arrives(self, gen: int, at: float) -> None:
+        self.proofs.discard((gen, at))
+        if gen in self.procs:
+            self._prove(gen)
 
     def _outcome(self, gen: int, event) -> None:
         if gen in self.procs:
@@ -365,10 +463,12 @@ class VisitSim:
         self.run.trace.append(("takeover", self.now, gen))
         self.run.stats["takeovers"] += 1
         self._feed(gen, TakenOver(self.now))
+        self.proof_fed = None
         if self.owner == gen and self.changed_at is not None:
             # The new owner reads what the visit row keeps: the facts, since the moment they
             # last changed (before the takeover).
             self._feed(gen, Observed(self.changed_at, self.facts))
+            self._prove(gen)
         backlog, self.backlog = self.backlog, []
         for event in backlog:
             self._deliver(event)
@@ -391,6 +491,8 @@ class VisitSim:
             return
         self.procs[gen] = state
         self.run.trace.append(("step", self.now, gen, event, tuple(actions)))
+        if gen == self.owner and self.plan.remote and gen in self.procs:
+            self._await_proof(gen)
         self.run.stats["steps"] += 1
         crash_before = None
         if gen == self.owner and actions and self._chance("midcrash"):

@@ -211,6 +211,24 @@ async def test_presence_touch_extends(kit: Kit) -> None:
     assert await kit.broker.present("visit.9") == {"alice"}
 
 
+async def test_renewed_says_how_long_ago_each_member_was_touched(kit: Kit) -> None:
+    """The meter's proof of a process's liveness (signalling/meters.py): the seconds since its
+    last touch, by the broker's own clock, so no two processes' clocks are compared."""
+    await kit.broker.touch("nodes", "a", 10)
+    await kit.broker.touch("nodes", "b", 0.5)
+    await kit.advance(0.3)
+    await kit.broker.touch("nodes", "a", 10)
+    ages = await kit.broker.renewed("nodes")
+    assert set(ages) == {"a", "b"}
+    assert 0 <= ages["a"] < 0.25 and 0.29 <= ages["b"] < 0.55, ages  # float sums; Redis waits
+    await kit.advance(0.3)
+    assert set(await kit.broker.renewed("nodes")) == {"a"}  # b's lease ran out
+    await kit.broker.leave("nodes", "a")
+    assert await kit.broker.renewed("nodes") == {}
+    await kit.broker.touch("nodes", "a", 10)  # back: touched just now, not when it left
+    assert (await kit.broker.renewed("nodes"))["a"] < 0.25
+
+
 async def test_lease_one_holder_at_a_time(kit: Kit) -> None:
     broker = kit.broker
     assert await broker.acquire("meter.5", "a", 0.3)

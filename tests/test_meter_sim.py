@@ -1,8 +1,9 @@
 """The billing simulator in the suite: a thousand faulty visits with a fresh seed every run (and
 ten thousand within 60 s of CPU), and proof that its checks bite: meters with one rule flipped
-are caught within a thousand visits, among them the two that issue 14 fixed (trusting the
-family's own report; a crashed process's parties kept present), caught by the world's side
-alone (sim_check.check_truth: billed seconds against connected-with-media seconds).
+are caught within a thousand visits, among them the three that issue 14 fixed (trusting the
+family's own report; a crashed process's parties kept present; billing a call held by
+another process past that process's last renewal), caught by the world's side alone
+(sim_check.check_truth: billed seconds against connected-with-media seconds).
 A failure prints the seed; `python -m tests.sim --seed N --only VISIT` replays it."""
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from billing import meter
-from billing.meter import Clock, Debit, Observed, Paused, TakenOver, WakeAt
+from billing.meter import Clock, Debit, Observed, Paused, Proven, TakenOver, WakeAt
 from tests.conftest import fresh_sqlite
 from tests.sim import SimLedger, describe, main, simulate
 from tests.sim_check import check_money, check_truth
@@ -44,6 +45,7 @@ def test_a_thousand_visits_bill_exactly_their_connected_minutes(db_path):
         assert stats[f"ended {reason}"] > 5, stats
     # Issue 14's faults: crashed holders, stalled kiosks, lying families.
     assert stats["holder_crashes"] > 150 and stats["stalls"] > 200, stats
+    assert stats["remote"] > 600, stats  # calls held by another process than the meter's
     assert stats["family silent"] > 100 and stats["family always"] > 100, stats
 
 
@@ -83,7 +85,21 @@ def keeps_absent_parties_present(monkeypatch):
     return step
 
 
-@pytest.mark.parametrize("broken", [trusts_the_family, keeps_absent_parties_present])
+def bills_until_the_lease_runs_out(monkeypatch):
+    """The gap closed last: a call held by another process counts as connected until that
+    process's lease is found run out, not only up to its last renewal (proofs are taken as
+    the clock), so a minute that falls due after the holder died is debited."""
+    def step(config, state, event):
+        if isinstance(event, Proven):
+            event = Clock(event.at)
+        elif isinstance(event, Observed):
+            event = Observed(event.at, replace(event.facts, remote=False))
+        return meter.step(config, state, event)
+    return step
+
+
+@pytest.mark.parametrize("broken", [trusts_the_family, keeps_absent_parties_present,
+                                    bills_until_the_lease_runs_out])
 def test_the_world_alone_exposes_issue_14s_meters(db_path, monkeypatch, broken):
     seed = secrets.randbelow(2**32)
     print(f"simulator seed {seed}")

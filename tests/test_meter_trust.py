@@ -2,7 +2,9 @@
 
 Adversaries: a family client that lies about its own connection (never reports connected, or
 reports disconnected while media flows), clients that report anything in relay mode, a process
-that died holding a party (reported absent), a kiosk whose camera froze."""
+that died holding a party (reported absent), a kiosk whose camera froze, and a process holding
+the call for another process's meter that dies: found dead only when its lease runs out, with
+a minute falling due meanwhile."""
 
 from __future__ import annotations
 
@@ -10,11 +12,14 @@ import pytest
 
 from billing.meter import (
     EVERYTHING,
+    Clock,
     Facts,
     MeterConfig,
     Observed,
+    Proven,
     Tick,
     is_connected,
+    proof_wanted,
 )
 from tests.test_meter import MINUTE, Shell
 
@@ -104,3 +109,56 @@ def test_the_first_tick_carries_the_balance():
     shell = billed("direct", [(0.0, EVERYTHING), (10.0, Facts("joined", "joined")),
                               (20.0, EVERYTHING)], until=75.0)
     assert [t.balance for _, t in shell.of(Tick)] == [99_950, 99_950]
+
+
+# --- a call held by another process than the meter's (Facts.remote) ------------------------
+HELD = Facts("joined", "connected", remote=True)  # both parties' sockets on process A
+GONE = Facts("absent", "absent")  # A's lease ran out: its parties are absent
+
+
+def renewals(shell: Shell, first: float, last: float, lag: float = 0.5) -> None:
+    """Process A renews its lease every second from `first` to `last`; the meter's shell sees
+    each renewal `lag` later (a pass: the proof, then the clock)."""
+    k = first
+    while k <= last:
+        shell.run_until(k + lag)
+        shell.feed(Proven(k))
+        shell.feed(Clock(k + lag))
+        k += 1.0
+
+
+def test_a_minute_due_after_the_holders_last_renewal_is_never_charged():
+    shell = Shell(config(), 100_000)
+    shell.feed(Observed(0.0, HELD))
+    assert shell.charged == {}, "the first minute waits until the call is proven at its start"
+    renewals(shell, 0.0, 100.0)  # A renews up to 100 s, dies at 100.4 s
+    shell.run_until(102.9)
+    shell.feed(Observed(102.9, GONE))  # found dead when its 3 s lease ran out, at 103
+    shell.run_until(600.0)
+    # Minute 3 fell due at 120 s, after A's death: never charged. The minutes paid started
+    # where the call was proven (0 s and 60 s), each debited when the proof came.
+    assert shell.debits() == [(0.0, 1), (60.0, 2)]
+    assert shell.state.connected_s == 100.0  # up to the last renewal: the rest carries over
+    assert shell.ended() == (600.0, "time_up")
+
+
+def test_the_seconds_after_the_last_renewal_carry_over_when_the_parties_rejoin():
+    shell = Shell(config(), 100_000)
+    shell.feed(Observed(0.0, HELD))
+    renewals(shell, 0.0, 100.0)
+    shell.run_until(102.9)
+    shell.feed(Observed(102.9, GONE))
+    shell.run_until(200.0)
+    shell.feed(Observed(200.0, HELD))  # back, on process C, which renews on its own time
+    assert proof_wanted(shell.cfg, shell.state) == 220.0  # minute 2's 20 s left, then 3
+    renewals(shell, 199.25, 599.25)
+    assert shell.debits() == [(0.0, 1), (60.0, 2), (220.25, 3), (280.25, 4), (340.25, 5),
+                              (400.25, 6), (460.25, 7), (520.25, 8)]
+    # Minute 3 started at its proven due point, 220.25, with minute 2's 20 s used first: 8
+    # minutes for 100 + 399.25 s connected (the window's last 19.25 s are not billed).
+    assert shell.state.connected_s == 480.0
+
+
+def test_held_here_no_proof_is_waited_for():
+    shell = billed("direct", [(0.0, Facts("joined", "connected"))], until=200.0)
+    assert shell.debits() == [(0.0, 1), (60.0, 2), (120.0, 3)]

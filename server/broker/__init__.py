@@ -21,10 +21,14 @@ Contract
   the consumer must resync from the store. The same `Gap` marker is yielded after the broker
   connection was lost and regained (signals may have been missed meanwhile).
 - Presence: `touch(key, member, ttl_s)` marks a member present until the ttl runs out;
-  `present(key)` lists the members still present; `leave(key, member)` removes one at once.
+  `present(key)` lists the members still present; `leave(key, member)` removes one at once;
+  `renewed(key)` maps each member still present to the seconds since its last touch, by the
+  broker's clock (None if the toucher did not record it: a process of an older version), so
+  a caller can tell when a member was last proven alive without comparing clocks.
   Each process's liveness lease is its node id in the presence key `nodes`, touched every
   third of KINWIRE_NODE_LEASE_S: a visit party counts only while the process holding its
-  socket is present there (signalling/meters.py, docs/visits.md "Trust").
+  socket is present there, and its time counts only up to its last touch (signalling/meters.py,
+  docs/visits.md "Trust").
 - Leases: `acquire(name, holder, ttl_s)` succeeds for one holder at a time and returns the
   grant's epoch (0 when it did not succeed): the epochs of one name's grants increase, so a
   holder can carry its epoch into its writes and the store can refuse an older one (fencing,
@@ -70,6 +74,8 @@ class Broker(Protocol):
     async def leave(self, key: str, member: str) -> None: ...
 
     async def present(self, key: str) -> set[str]: ...
+
+    async def renewed(self, key: str) -> dict[str, float | None]: ...
 
     async def acquire(self, name: str, holder: str, ttl_s: float) -> int: ...
 

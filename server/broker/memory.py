@@ -28,6 +28,7 @@ class MemoryBroker:
         self._clock = clock
         self._channels: dict[str, set[QueuedSubscription]] = {}
         self._presence: dict[str, dict[str, float]] = {}  # key -> member -> expires_at
+        self._touched: dict[str, dict[str, float]] = {}  # key -> member -> last touched at
         self._leases: dict[str, tuple[str, float]] = {}  # name -> (holder, expires_at)
         self._epochs: dict[str, int] = {}  # name -> the last grant's epoch
         self._sweep_at = clock() + SWEEP_INTERVAL_S
@@ -57,20 +58,28 @@ class MemoryBroker:
         self._check_open()
         now = self._now()
         self._presence.setdefault(key, {})[member] = now + _positive(ttl_s)
+        self._touched.setdefault(key, {})[member] = now
 
     async def leave(self, key: str, member: str) -> None:
         self._check_open()
-        members = self._presence.get(key)
-        if members is not None:
-            members.pop(member, None)
-            if not members:
-                del self._presence[key]
+        for held in (self._presence, self._touched):
+            members = held.get(key)
+            if members is not None:
+                members.pop(member, None)
+                if not members:
+                    del held[key]
 
     async def present(self, key: str) -> set[str]:
         self._check_open()
         now = self._now()
         members = self._presence.get(key, {})
         return {member for member, expires_at in members.items() if expires_at > now}
+
+    async def renewed(self, key: str) -> dict[str, float | None]:
+        now = self._now()
+        present = await self.present(key)
+        touched = self._touched.get(key, {})
+        return {member: now - touched[member] for member in present}
 
     async def acquire(self, name: str, holder: str, ttl_s: float) -> int:
         self._check_open()
@@ -113,6 +122,7 @@ class MemoryBroker:
                 subscription.end()
         self._channels.clear()
         self._presence.clear()
+        self._touched.clear()
         self._leases.clear()
 
     def _holder(self, name: str, now: float) -> str | None:
@@ -135,8 +145,10 @@ class MemoryBroker:
             members = self._presence[key]
             for member in [m for m, expires_at in members.items() if expires_at <= now]:
                 del members[member]
+                self._touched.get(key, {}).pop(member, None)
             if not members:
                 del self._presence[key]
+                self._touched.pop(key, None)
         for name in [n for n, (_, expires_at) in self._leases.items() if expires_at <= now]:
             del self._leases[name]
 

@@ -61,14 +61,20 @@ _NOW_MS = """
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 """
-# KEYS[1] presence key; ARGV[1] member, ARGV[2] ttl in ms.
+# KEYS[1] presence key, KEYS[2] its touch times; ARGV[1] member, ARGV[2] ttl in ms.
 TOUCH_LUA = (
     _NOW_MS
     + """
 redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[2]), ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms)
+redis.call('HSET', KEYS[2], ARGV[1], now_ms)
+local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms)
+for _, member in ipairs(gone) do
+  redis.call('ZREM', KEYS[1], member)
+  redis.call('HDEL', KEYS[2], member)
+end
 local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
 redis.call('PEXPIREAT', KEYS[1], last[2])
+redis.call('PEXPIREAT', KEYS[2], last[2])
 """
 )
 # KEYS[1] presence key.
@@ -76,6 +82,21 @@ PRESENT_LUA = (
     _NOW_MS
     + """
 return redis.call('ZRANGE', KEYS[1], string.format('(%d', now_ms), '+inf', 'BYSCORE')
+"""
+)
+# KEYS[1] presence key, KEYS[2] its touch times: {member, ms since its touch or -1, ...}.
+RENEWED_LUA = (
+    _NOW_MS
+    + """
+local members = redis.call('ZRANGE', KEYS[1], string.format('(%d', now_ms), '+inf', 'BYSCORE')
+local out = {}
+if #members == 0 then return out end
+local touched = redis.call('HMGET', KEYS[2], unpack(members))
+for i, member in ipairs(members) do
+  out[2 * i - 1] = member
+  out[2 * i] = touched[i] and (now_ms - tonumber(touched[i])) or -1
+end
+return out
 """
 )
 # KEYS[1] lease key, KEYS[2] its epoch counter; ARGV[1] holder, ARGV[2] ttl in ms. Returns the
@@ -165,6 +186,7 @@ class RedisBroker:
         self._spublish = self._cluster
         self._touch = self._redis.register_script(TOUCH_LUA)
         self._present = self._redis.register_script(PRESENT_LUA)
+        self._renewed = self._redis.register_script(RENEWED_LUA)
         self._acquire = self._redis.register_script(ACQUIRE_LUA)
         self._renew = self._redis.register_script(RENEW_LUA)
         self._release = self._redis.register_script(RELEASE_LUA)
@@ -229,14 +251,22 @@ class RedisBroker:
         return await self._fanout.subscribe(self._channel(channel), channel, queue_max)
 
     async def touch(self, key: str, member: str, ttl_s: float) -> None:
-        await self._call(self._touch, keys=[self._key("presence", key)], args=[member, _ms(ttl_s)])
+        await self._call(self._touch, keys=[self._key("presence", key), self._key("touched", key)],
+                         args=[member, _ms(ttl_s)])
 
     async def leave(self, key: str, member: str) -> None:
         await self._call(self._redis.zrem, self._key("presence", key), member)
+        await self._call(self._redis.hdel, self._key("touched", key), member)
 
     async def present(self, key: str) -> set[str]:
         members = await self._call(self._present, keys=[self._key("presence", key)])
         return {member.decode() for member in members}
+
+    async def renewed(self, key: str) -> dict[str, float | None]:
+        flat = await self._call(self._renewed,
+                                keys=[self._key("presence", key), self._key("touched", key)])
+        return {member.decode(): (ms / 1000 if ms >= 0 else None)
+                for member, ms in zip(flat[::2], flat[1::2], strict=True)}
 
     async def acquire(self, name: str, holder: str, ttl_s: float) -> int:
         """SET NX and the grant's epoch: 0 while anyone holds it, the caller included (a holder
