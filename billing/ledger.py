@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from sqlalchemy import func, select, union_all
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from billing.tables import ledger_accounts, ledger_transfers
@@ -78,12 +79,17 @@ async def open_account(conn: AsyncConnection, owner_id: str) -> None:
 
 
 async def ensure_system_accounts(conn: AsyncConnection) -> None:
+    # Processes starting side by side (or a restarted one beside a live one) may both find an
+    # account missing: the insert skips one that another created meanwhile, instead of failing
+    # the start on its primary key.
     existing = set((await conn.execute(
         select(ledger_accounts.c.id).where(ledger_accounts.c.kind == "system"))).scalars())
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     for account in SystemAccount.ALL:
         if account not in existing:
-            await conn.execute(ledger_accounts.insert().values(
-                id=account, owner_id=None, kind="system", balance=0))
+            await conn.execute(dialect.insert(ledger_accounts).values(
+                id=account, owner_id=None, kind="system", balance=0)
+                .on_conflict_do_nothing(index_elements=["id"]))
 
 
 async def transfer(conn: AsyncConnection, *, key: str, debit: str, credit: str, amount: int,

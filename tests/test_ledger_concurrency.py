@@ -7,11 +7,11 @@ import asyncio
 from collections import Counter
 from datetime import UTC, datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from billing import ledger
 from billing.ledger import LedgerError, SystemAccount, Transfer
-from billing.tables import ledger_transfers
+from billing.tables import ledger_accounts, ledger_transfers
 from store import Store
 
 AT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -175,3 +175,29 @@ async def test_concurrent_key_after_refusal_runs_afresh(store: Store) -> None:
     async with store.read() as conn:
         assert await ledger.balance(conn, "fam_a") == 460
     await assert_sound(store)
+
+
+async def test_processes_starting_side_by_side_both_find_the_system_accounts(pg_db: str) -> None:
+    """Adversary: two processes starting at once on an empty PostgreSQL, each finding the system
+    accounts missing and inserting them (a restarted node's start failed on the primary key in
+    test_meter_remote_crash). The second waits on the first's uncommitted rows, then must skip
+    them, not fail. (On SQLite writers take turns, so the two cannot interleave.)"""
+    store = Store(pg_db, pool_size=2)
+    try:
+        async with store.write() as conn:
+            await conn.execute(delete(ledger_accounts).where(ledger_accounts.c.kind == "system"))
+        async with store.engine.connect() as a, store.engine.connect() as b:
+            first = await a.begin()
+            await ledger.ensure_system_accounts(a)
+            second = await b.begin()
+            racing = asyncio.create_task(ledger.ensure_system_accounts(b))
+            await asyncio.sleep(0.3)  # b has found them missing and waits on a's inserts
+            await first.commit()
+            await racing
+            await second.commit()
+        async with store.read() as conn:
+            ids = set((await conn.execute(select(ledger_accounts.c.id).where(
+                ledger_accounts.c.kind == "system"))).scalars())
+        assert ids == set(SystemAccount.ALL)
+    finally:
+        await store.close()
