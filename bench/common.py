@@ -133,8 +133,14 @@ async def wait_tcp(port: int, timeout_s: float = 15.0) -> None:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time a process has used so far (Linux /proc)."""
+    return sum(cpu_split(pid))
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds a process has used so far, every thread (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def rss_bytes(pid: int) -> int:
@@ -213,15 +219,18 @@ async def migrate(database_url: str, data_dir: Path) -> None:
 @asynccontextmanager
 async def kinwire(database_url: str, data_dir: Path, *, redis_url: str = "",
                   cpu: int | None = SERVER_CPU, port: int | None = None,
+                  wrap: Sequence[str] = (), ready_s: float = 30.0,
                   **settings: Any) -> AsyncIterator[Server]:
-    """A real `kinwire serve` process (migrated first), pinned, ready when yielded."""
+    """A real `kinwire serve` process (migrated first), pinned, ready when yielded. `wrap`
+    prefixes the command (e.g. valgrind: bench/profile_sends.py --callgrind), which execs it in
+    the same process."""
     port = port or free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     env = kinwire_env(database_url, data_dir, redis_url, **settings)
-    proc = spawn([sys.executable, "-m", "server", "serve", "--port", str(port)], cpu=cpu,
+    proc = spawn([*wrap, sys.executable, "-m", "server", "serve", "--port", str(port)], cpu=cpu,
                  env=env, cwd=ROOT, log=data_dir / f"kinwire-{port}.log")
     try:
-        await wait_http(f"http://127.0.0.1:{port}/readyz", proc)
+        await wait_http(f"http://127.0.0.1:{port}/readyz", proc, timeout_s=ready_s)
         yield Server(port, proc, database_url, data_dir)
     finally:
         stop(proc)

@@ -9,6 +9,7 @@ balance; results reach callers only after the commit.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections import Counter
 from datetime import UTC, datetime
 
@@ -190,5 +191,56 @@ async def test_group_commit_on_the_inline_sqlite_writer(tmp_path, sqlite_templat
             count = (await conn.execute(select(func.count()).select_from(messages_table))
                      ).scalar_one()
         assert count == 2 + 1 + 10
+    finally:
+        await store.close()
+
+
+def _temp_files() -> list[str]:
+    """SQLite's temporary files this process holds open (`etilqs_*`, unlinked at open)."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # closed meanwhile (listdir's own fd)
+        if "etilqs_" in target:
+            found.append(target)
+    return found
+
+
+async def test_a_batch_of_sends_keeps_its_savepoint_journal_in_memory(
+        tmp_path, sqlite_template) -> None:
+    """Adversary: sends all at once, so that one transaction holds 64 of them, each in its
+    savepoint. SQLite journals the pages a savepoint changes; on a temporary file (its default
+    past 64 KiB) that was two pwrite() calls a page on every send (docs/BENCHMARKS.md, "Sends
+    after the merges"). The writer keeps it in memory: no temporary file is open while the
+    batch runs, and the batch still commits every send (and rolls back a failing one alone)."""
+    from tests.conftest import fresh_sqlite
+
+    store = Store(fresh_sqlite(sqlite_template, tmp_path), sqlite_inline_writes=True,
+                  group_max=128)
+    try:
+        async with store.write() as conn:
+            await ledger.ensure_system_accounts(conn)
+        families, persons = await people(store, [100 * PRICE] * 8)
+        seen: list[list[str]] = []
+
+        async def probe(conn) -> None:  # the batch's last work: every send's savepoint is done
+            seen.append(_temp_files())
+
+        batches = store.group.batches
+        results = await asyncio.gather(
+            *[send(store.group, families[i % 8], persons[i % 8], f"k{i}", "x" * 120)
+              for i in range(64)],
+            send(store.group, families[0], persons[-1], "stranger"),
+            store.group.run(probe))
+        assert store.group.batches == batches + 1  # one transaction
+        assert all(isinstance(r, dict) for r in results[:64])
+        assert results[64] == "not_connected"
+        assert seen == [[]]
+        async with store.read() as conn:
+            assert await ledger.check_invariants(conn) == []
+            assert (await conn.execute(select(func.count()).select_from(messages_table))
+                    ).scalar_one() == 64
     finally:
         await store.close()

@@ -93,7 +93,7 @@ def _postgresql_connect_args(url: str) -> tuple[str, dict]:
 
 
 def _sqlite_engine(url: str, *, begin: str, pool_size: int, busy_timeout_ms: int,
-                   durable: bool, inline: bool = False) -> AsyncEngine:
+                   durable: bool, inline: bool = False, writer: bool = False) -> AsyncEngine:
     # inline: statements run on the event loop, not aiosqlite's thread (server/store/inline.py)
     extra = {"async_creator": creator(make_url(url).database, busy_timeout_ms)} if inline else {}
     # Inline, SQLite must not sleep on the loop waiting for the lock: the connection retries
@@ -114,6 +114,16 @@ def _sqlite_engine(url: str, *, begin: str, pool_size: int, busy_timeout_ms: int
         # FULL: the COMMIT fsyncs the WAL before it returns (NORMAL only syncs at checkpoints,
         # so a power cut may undo commits already acknowledged).
         cursor.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        if writer:
+            # Group commit wraps each send in a SAVEPOINT (server/store/group.py), and SQLite
+            # keeps the pages a savepoint changes in a statement journal: past 64 KiB (about
+            # 16 pages; a batch of sends touches hundreds) it spilled to a temporary file,
+            # two pwrite() calls a page on every send (docs/BENCHMARKS.md, "Sends after the
+            # merges"). In memory it costs no system calls. That journal only undoes a failed
+            # work inside its transaction and is never read after a crash (the WAL is), so
+            # durability is unchanged. It also keeps this connection's temporary tables in
+            # memory; the writer makes none beyond the small ones of its bounded statements.
+            cursor.execute("PRAGMA temp_store=MEMORY")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
@@ -142,7 +152,7 @@ class Store:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             self._writer = _sqlite_engine(self.url, begin="BEGIN IMMEDIATE", pool_size=1,
                                           busy_timeout_ms=busy_timeout_ms, durable=durable,
-                                          inline=sqlite_inline_writes)
+                                          inline=sqlite_inline_writes, writer=True)
             self._reader = _sqlite_engine(self.url, begin="BEGIN", pool_size=4,
                                           busy_timeout_ms=busy_timeout_ms, durable=durable)
         else:
