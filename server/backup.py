@@ -9,16 +9,20 @@ A backup is a folder:
     database.dump        PostgreSQL: pg_dump's custom format
     blobs/               the photo files (full size and thumbnail) of every photo row in the
                          snapshot, and no others
-    recordings/          the finished recordings (`<visit>.mkv`, `<visit>-2.mkv`, ...) of
-                         every visit in the snapshot
+    recordings/          the recording file of every `recordings` row in the snapshot, under
+                         its blob key (`<facility>/<recording>.webm`)
+
+The blobs are read through the configured blob store (server/blobs: the folders, or S3 with
+KINWIRE_BLOB_URL), so a backup holds the same files whichever store the server uses, and a
+restore puts them into whichever store is configured where it runs.
 
 The database snapshot is taken first, online, and is consistent: SQLite's backup API copies
 every page under one read transaction; PostgreSQL's dump runs in a snapshot exported by the
-transaction that also lists the photo and visit ids. The blob files are copied after it. That
-is safe because a photo's file is written, fsynced and renamed before its row is inserted, and
-neither is ever changed or deleted, so every photo in the snapshot has its file on disk; files
-of photos uploaded after the snapshot are left out. A recording still being written (`.part`)
-is left out too.
+transaction that also lists the photo ids and recording keys. The blobs are copied after it.
+That is safe because a blob is put (on disk and synced, or acknowledged by S3) before its row is
+inserted, and is never changed, so every photo and recording in the snapshot has its blob; blobs
+of photos uploaded after the snapshot are left out, and so is a recording still being written.
+(A recording expired between the snapshot and the copy is reported missing.)
 
 Restore goes into an empty data directory (or an empty PostgreSQL database): files first, the
 database last, so an interrupted restore leaves blobs without a database, which `kinwire serve`
@@ -41,12 +45,15 @@ from typing import Any
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import make_url
 
+from server.blobs import BlobMissing, BlobStore
+from server.blobs.configured import open_blobs
 from server.settings import Settings
 from server.store import Store
 
 MANIFEST = "manifest.json"
 FORMAT = 1
 CHUNK_BYTES = 1 << 20
+READ_END = 1 << 50  # a read to the blob's end, whatever its size (the store stops there)
 
 
 class BackupError(RuntimeError):
@@ -112,22 +119,39 @@ def _photo_files(photo_ids: list[str]) -> list[str]:
     return [f"{pid}{kind}.jpg" for pid in sorted(photo_ids) for kind in ("", ".thumb")]
 
 
-def _recordings(folder: Path, visit_ids: set[str]) -> list[Path]:
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.glob("*.mkv") if p.stem.split("-")[0] in visit_ids)
+async def _copy_out(blobs: BlobStore, key: str, dst: Path) -> dict[str, Any] | None:
+    """The blob under `key` into `dst` (fsynced), hashed on the way: the manifest's entry; None
+    when the store has no such blob."""
+    digest, size = hashlib.sha256(), 0
+    await asyncio.to_thread(dst.parent.mkdir, parents=True, exist_ok=True)
+    fout = await asyncio.to_thread(open, dst, "wb")
+    try:
+        try:
+            async for chunk in blobs.read(key, 0, READ_END):
+                digest.update(chunk)
+                await asyncio.to_thread(fout.write, chunk)
+                size += len(chunk)
+        except BlobMissing:
+            fout.close()
+            await asyncio.to_thread(dst.unlink)
+            return None
+        await asyncio.to_thread(fout.flush)
+        await asyncio.to_thread(os.fsync, fout.fileno())
+    finally:
+        fout.close()
+    return {"bytes": size, "sha256": digest.hexdigest()}
 
 
 # --- the database snapshot ------------------------------------------------------------------
 
-def _ids_sqlite(db: sqlite3.Connection) -> tuple[list[str], set[str], str]:
+def _ids_sqlite(db: sqlite3.Connection) -> tuple[list[str], list[str], str]:
     photos = [r[0] for r in db.execute("SELECT id FROM photos")]
-    visits = {r[0] for r in db.execute("SELECT id FROM visits")}
+    recordings = [r[0] for r in db.execute("SELECT location FROM recordings")]
     revision = db.execute("SELECT version_num FROM alembic_version").fetchone()[0]
-    return photos, visits, revision
+    return photos, recordings, revision
 
 
-def _snapshot_sqlite(source: Path, target: Path, busy_ms: int) -> tuple[list[str], set[str], str]:
+def _snapshot_sqlite(source: Path, target: Path, busy_ms: int) -> tuple[list[str], list[str], str]:
     if not source.exists():
         raise BackupError(f"there is no database at {source}")
     src = sqlite3.connect(source)
@@ -146,13 +170,14 @@ def _snapshot_sqlite(source: Path, target: Path, busy_ms: int) -> tuple[list[str
     return ids
 
 
-async def _snapshot_postgresql(store: Store, target: Path) -> tuple[list[str], set[str], str]:
+async def _snapshot_postgresql(store: Store, target: Path) -> tuple[list[str], list[str], str]:
     async with store.engine.connect() as conn:
         conn = await conn.execution_options(isolation_level="REPEATABLE READ")
         async with conn.begin():
             snapshot = (await conn.execute(text("SELECT pg_export_snapshot()"))).scalar_one()
             photos = list((await conn.execute(text("SELECT id FROM photos"))).scalars())
-            visits = set((await conn.execute(text("SELECT id FROM visits"))).scalars())
+            recordings = list((await conn.execute(
+                text("SELECT location FROM recordings"))).scalars())
             revision = (await conn.execute(
                 text("SELECT version_num FROM alembic_version"))).scalar_one()
             # The exporting transaction stays open until pg_dump has imported the snapshot.
@@ -161,7 +186,7 @@ async def _snapshot_postgresql(store: Store, target: Path) -> tuple[list[str], s
                 f"--snapshot={snapshot}", f"--file={target}", f"--dbname={libpq_url(store.url)}")
     if done.returncode != 0:
         raise BackupError(f"pg_dump failed: {done.stderr.strip()}")
-    return photos, visits, revision
+    return photos, recordings, revision
 
 
 # --- backup ---------------------------------------------------------------------------------
@@ -174,44 +199,45 @@ async def backup(settings: Settings, dest: Path) -> dict[str, Any]:
     try:
         if store.dialect == "sqlite":
             db_name = "kinwire.db"
-            photos, visits, revision = await asyncio.to_thread(
+            photos, recordings, revision = await asyncio.to_thread(
                 _snapshot_sqlite, _sqlite_path(store), dest / db_name,
                 settings.db_busy_timeout_ms)
         else:
             db_name = "database.dump"
-            photos, visits, revision = await _snapshot_postgresql(store, dest / db_name)
+            photos, recordings, revision = await _snapshot_postgresql(store, dest / db_name)
     finally:
         await store.close()
     taken_at = datetime.now(UTC).isoformat(timespec="seconds")
-    return await asyncio.to_thread(_finish, settings, dest, db_name, store.dialect, photos,
-                                   visits, revision, taken_at)
-
-
-def _finish(settings: Settings, dest: Path, db_name: str, dialect: str, photos: list[str],
-            visits: set[str], revision: str, taken_at: str) -> dict[str, Any]:
-    files = {db_name: _hash(dest / db_name)}
+    files = {db_name: await asyncio.to_thread(_hash, dest / db_name)}
     missing = []
-    for name in _photo_files(photos):
-        src = settings.resolved_blob_dir / name
-        if src.exists():
-            files[f"blobs/{name}"] = _copy(src, dest / "blobs" / name)
-        else:
-            missing.append(f"blobs/{name}")
-    for src in _recordings(settings.resolved_recordings_dir, visits):
-        files[f"recordings/{src.name}"] = _copy(src, dest / "recordings" / src.name)
-    manifest = {"format": FORMAT, "taken_at": taken_at, "dialect": dialect,
+    blobs = open_blobs(settings)
+    try:
+        wanted = [("blobs", blobs.photos, key) for key in _photo_files(photos)]
+        wanted += [("recordings", blobs.recordings, key) for key in sorted(recordings)]
+        for folder, store_of, key in wanted:
+            entry = await _copy_out(store_of, key, dest / folder / key)
+            if entry is None:
+                missing.append(f"{folder}/{key}")
+            else:
+                files[f"{folder}/{key}"] = entry
+    finally:
+        await blobs.close()
+    manifest = {"format": FORMAT, "taken_at": taken_at, "dialect": store.dialect,
                 "database": db_name, "revision": revision, "photos": sorted(photos),
-                "visits": len(visits), "files": files, "missing": missing}
-    for folder in (dest / "blobs", dest / "recordings", dest):
-        if folder.is_dir():
-            _fsync_dir(folder)
+                "recordings": sorted(recordings), "files": files, "missing": missing}
+    await asyncio.to_thread(_write_manifest, dest, manifest)
+    return manifest
+
+
+def _write_manifest(dest: Path, manifest: dict[str, Any]) -> None:
+    for folder in sorted({(dest / name).parent for name in manifest["files"]}, reverse=True):
+        _fsync_dir(folder)  # the deepest first, the backup folder itself last
     partial = dest / (MANIFEST + ".part")
     partial.write_text(json.dumps(manifest, indent=1) + "\n")
     with open(partial, "rb") as f:
         os.fsync(f.fileno())
     partial.replace(dest / MANIFEST)
     _fsync_dir(dest)
-    return manifest
 
 
 # --- verify ---------------------------------------------------------------------------------
@@ -245,16 +271,21 @@ def verify(src: Path) -> list[str]:
     listed = set(manifest["files"])
     for folder in ("blobs", "recordings"):
         if (src / folder).is_dir():
-            problems += [f"{folder}/{p.name}: not in the manifest"
-                         for p in sorted((src / folder).iterdir())
-                         if f"{folder}/{p.name}" not in listed]
+            names = sorted(p.relative_to(src).as_posix() for p in (src / folder).rglob("*")
+                           if p.is_file())
+            problems += [f"{name}: not in the manifest" for name in names if name not in listed]
     photos = manifest["photos"]
+    recordings = manifest.get("recordings", [])
     db = src / manifest["database"]
     if db.is_file() and manifest["dialect"] == "sqlite":
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
         try:
             check = conn.execute("PRAGMA integrity_check").fetchone()[0]
             photos = [r[0] for r in conn.execute("SELECT id FROM photos")]
+            try:
+                recordings = [r[0] for r in conn.execute("SELECT location FROM recordings")]
+            except sqlite3.OperationalError:  # a backup from before recordings were kept
+                recordings = []
         finally:
             conn.close()
         if check != "ok":
@@ -266,6 +297,9 @@ def verify(src: Path) -> list[str]:
     problems += [f"blobs/{name}: a photo in the database has no file in the backup"
                  for name in _photo_files(photos)
                  if f"blobs/{name}" not in listed and f"blobs/{name}" not in manifest["missing"]]
+    problems += [f"recordings/{key}: a recording in the database has no file in the backup"
+                 for key in recordings if f"recordings/{key}" not in listed
+                 and f"recordings/{key}" not in manifest["missing"]]
     return problems
 
 
@@ -286,9 +320,11 @@ async def restore(settings: Settings, src: Path) -> dict[str, Any]:
         if store.dialect != manifest["dialect"]:
             raise BackupError(f"the backup is of a {manifest['dialect']} database; "
                               f"DATABASE_URL is {store.dialect}")
-        for folder in (settings.resolved_blob_dir, settings.resolved_recordings_dir):
-            if _not_empty(folder):
-                raise BackupError(f"{folder} is not empty: restore into an empty data directory")
+        if not settings.blob_url:
+            for folder in (settings.resolved_blob_dir, settings.resolved_recordings_dir):
+                if _not_empty(folder):
+                    raise BackupError(
+                        f"{folder} is not empty: restore into an empty data directory")
         if store.dialect == "sqlite":
             target = _sqlite_path(store)
             if target.exists() or target.with_name(target.name + "-wal").exists():
@@ -299,7 +335,7 @@ async def restore(settings: Settings, src: Path) -> dict[str, Any]:
                     raise BackupError("the database has tables: restore into an empty one")
     finally:
         await store.close()
-    await asyncio.to_thread(_put_files, settings, src, manifest)
+    await _put_blobs(settings, src, manifest)
     if manifest["dialect"] == "sqlite":
         await asyncio.to_thread(_put_sqlite, src / manifest["database"], target)
     else:
@@ -311,15 +347,30 @@ async def restore(settings: Settings, src: Path) -> dict[str, Any]:
     return manifest
 
 
-def _put_files(settings: Settings, src: Path, manifest: dict[str, Any]) -> None:
-    homes = {"blobs": settings.resolved_blob_dir, "recordings": settings.resolved_recordings_dir}
-    for name, want in manifest["files"].items():
-        folder, _, file = name.partition("/")
-        if folder in homes and _copy(src / name, homes[folder] / file) != want:
-            raise BackupError(f"{name} changed while it was restored")
-    for folder in homes.values():
-        if folder.is_dir():
-            _fsync_dir(folder)
+async def _put_blobs(settings: Settings, src: Path, manifest: dict[str, Any]) -> None:
+    """Every blob of the backup into the configured store (folders or S3), each copied to the
+    store's staging folder first (a put takes its file over) and checked against the
+    manifest on the way. A store that already holds one of the keys is refused before anything
+    is put: a restore never mixes two services' blobs."""
+    blobs = open_blobs(settings)
+    homes = {"blobs": (blobs.photos, blobs.staging),
+             "recordings": (blobs.recordings, settings.resolved_recordings_dir / ".partial")}
+    try:
+        wanted = [(name, want, *name.partition("/")[::2]) for name, want
+                  in manifest["files"].items() if name.partition("/")[0] in homes]
+        for name, _, folder, key in wanted:
+            if await homes[folder][0].size(key) is not None:
+                raise BackupError(f"the blob store already holds {name}: restore into an "
+                                  "empty one")
+        for name, want, folder, key in wanted:
+            store_of, staging = homes[folder]
+            staged = staging / f"restore-{os.getpid()}-{key.replace('/', '_')}"
+            if await asyncio.to_thread(_copy, src / name, staged) != want:
+                await asyncio.to_thread(staged.unlink)
+                raise BackupError(f"{name} changed while it was restored")
+            await store_of.put(key, staged)
+    finally:
+        await blobs.close()
 
 
 def _put_sqlite(db: Path, target: Path) -> None:

@@ -27,10 +27,13 @@ import pytest
 from PIL import Image
 
 from billing import ledger
+from server.backup import read_manifest
 from server.store import Store
 from tests.conftest import PG_ADMIN_URL
 from tests.helpers import VISA
+from tests.seaweed import Seaweed
 from tests.test_cli import cli_env, free_port, wait_ready
+from tests.test_object_storage import bucket_keys
 
 pytestmark = pytest.mark.timeout(240)
 FAMILY = {"email": "family@demo.kinwire.test", "password": "family-demo-pass"}
@@ -166,6 +169,42 @@ async def _restored_facts(env: dict[str, str]) -> tuple[set[str], list[str]]:
 
 async def test_backup_under_load_restores_acknowledged_money_and_photos(
         tmp_path: Path, databases: list[dict[str, str]]) -> None:
+    await _backup_under_load(tmp_path, databases)
+
+
+async def test_backup_with_photos_in_s3_restores_them_into_an_empty_bucket(
+        tmp_path: Path, seaweed: Seaweed) -> None:
+    """The same on a real S3 store (SeaweedFS): the backup copies exactly the photos its
+    snapshot references out of the bucket, and the restore puts them under another, empty
+    prefix (a fresh bucket), not on the target's disk. Adversaries: uploads racing the
+    snapshot; a backup blob changed afterwards (verify fails, restore refuses)."""
+    prefixes = [f"bk-{name}-{secrets.token_hex(3)}" for name in ("src", "dst", "quiet")]
+    dest = await _backup_under_load(tmp_path, [seaweed.env(prefix=p) for p in prefixes])
+    files = read_manifest(dest)["files"]
+    photos = sorted(name.removeprefix("blobs/") for name in files if name.startswith("blobs/"))
+    assert photos and sorted(k.removeprefix(f"{prefixes[1]}/photos/")
+                             for k in bucket_keys(seaweed, prefixes[1])) == photos
+    assert not [p for p in (tmp_path / "target").rglob("*.jpg")], "photos on the target's disk"
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(dest, tampered)
+    victim = tampered / "blobs" / photos[0]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    env = _env(tmp_path / "fresh", seaweed.env(prefix=f"bk-fresh-{secrets.token_hex(3)}"))
+    result = kinwire("backup", "verify", str(tampered), env=env)
+    assert result.returncode == 1 and f"blobs/{photos[0]}: checksum" in result.stdout
+    refused = kinwire("restore", str(tampered), env=env)
+    assert refused.returncode == 1 and "does not verify" in refused.stderr, refused.stderr
+
+
+async def _backup_under_load(tmp_path: Path, extras: list[dict[str, str]]) -> Path:
+    """A backup taken while purchases and photo uploads run, restored into a fresh data
+    directory (and database, and blob store, per `extras`: source, target, quiet target):
+    every purchase acknowledged before the snapshot is there and every photo opens. Returns
+    the backup's folder."""
+    databases = extras
     source = _env(tmp_path / "source", databases[0])
     target = _env(tmp_path / "target", databases[1])
     quiet_target = _env(tmp_path / "quiet", databases[2])
@@ -229,6 +268,7 @@ async def test_backup_under_load_restores_acknowledged_money_and_photos(
     # Restoring over a data directory in use is refused, and changes nothing there.
     again = kinwire("restore", str(quiet), env=target)
     assert again.returncode == 1 and "restore into an empty" in again.stderr, again.stderr
+    return dest
 
 
 async def test_verify_finds_a_changed_or_lost_blob_and_restore_refuses_it(

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import aiohttp
@@ -34,9 +35,13 @@ def kinwire(*args: str, env: dict[str, str], stdin: str = "") -> subprocess.Comp
                           capture_output=True, text=True, timeout=60)
 
 
-async def wait_ready(base: str, proc: subprocess.Popen) -> None:
+async def wait_ready(base: str, proc: subprocess.Popen, timeout_s: float = 60.0) -> None:
+    # A deadline, not a count of 200 tries (~10 s): with the machine's two cores shared by
+    # several test runs, importing the server alone took 9.5 s (load average 14). How long a
+    # start takes is not what these tests check.
+    deadline = time.monotonic() + timeout_s
     async with aiohttp.ClientSession() as http:
-        for _ in range(200):
+        while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise AssertionError(f"server exited: {proc.stdout.read()}")
             try:
