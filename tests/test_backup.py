@@ -27,7 +27,9 @@ import pytest
 from PIL import Image
 
 from billing import ledger
-from server.backup import read_manifest
+from server.backup import backup, read_manifest, restore, verify
+from server.blobs.files import FileBlobs
+from server.settings import from_env
 from server.store import Store
 from tests.conftest import PG_ADMIN_URL
 from tests.helpers import VISA
@@ -333,3 +335,47 @@ async def test_a_database_copied_without_its_wal_is_refused_with_its_reason(
             and "kinwire restore" in result.stderr, result.stderr
     assert _tables(copy / "kinwire.db") == 0, "the copy was migrated"
     assert os.listdir(copy / "blobs")
+
+
+async def test_a_backup_holds_the_recordings_its_database_lists_and_restores_them(
+        tmp_path: Path, sqlite_template: Path) -> None:
+    """Recordings are kept in the blob store under `<facility>/<recording>.webm` (relay mode):
+    the backup copies the file of each `recordings` row, and only those, and restore puts it
+    back under its key. Adversary: a recording blob the database does not list (one whose row
+    never committed) must stay out of the backup. The row is written with plain SQL (no relayed
+    visit is run; sqlite3 does not enforce the row's foreign keys unless asked)."""
+    source, target = tmp_path / "source" / "data", tmp_path / "target" / "data"
+    source.mkdir(parents=True)
+    shutil.copyfile(sqlite_template, source / "kinwire.db")
+    settings = from_env({"KINWIRE_DATA_DIR": str(source)})
+    key, stray = "fac_1/rec_1.webm", "fac_1/rec_stray.webm"
+    blobs = FileBlobs(settings.resolved_recordings_dir)
+    for name, data in ((key, b"webm bytes " * 1000), (stray, b"no row")):
+        staged = tmp_path / name.replace("/", "_")
+        staged.write_bytes(data)
+        await blobs.put(name, staged)
+    db = sqlite3.connect(source / "kinwire.db")
+    db.execute(
+        "INSERT INTO recordings (id, visit_id, segment, facility_id, family_id, person_id,"
+        " started_at, ended_at, duration_ms, bytes, sha256, content_type, location,"
+        " retain_until, created_at) VALUES ('rec_1', 'vis_1', 1, 'fac_1', 'acc_f', 'acc_p',"
+        " '2026-12-01 10:00:00', '2026-12-01 10:01:00', 60000, 11000, 'x', 'video/webm', ?,"
+        " '2027-03-01 10:00:00', '2026-12-01 10:01:00')", (key,))
+    db.commit()
+    db.close()
+
+    dest = tmp_path / "backup"
+    manifest = await backup(settings, dest)
+    assert manifest["recordings"] == [key] and manifest["missing"] == []
+    assert sorted(n for n in manifest["files"] if n.startswith("recordings/")) == [
+        f"recordings/{key}"]
+    assert verify(dest) == []
+    (dest / "recordings" / key).write_bytes(b"webm bytes " * 999 + b"webm bytez ")
+    assert verify(dest) == [f"recordings/{key}: checksum or size differs from the manifest "
+                            "(changed)"]
+    (dest / "recordings" / key).write_bytes(b"webm bytes " * 1000)
+
+    restored = from_env({"KINWIRE_DATA_DIR": str(target)})
+    await restore(restored, dest)
+    assert (restored.resolved_recordings_dir / key).read_bytes() == b"webm bytes " * 1000
+    assert not (restored.resolved_recordings_dir / stray).exists()
