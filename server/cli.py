@@ -233,7 +233,7 @@ async def _backup(settings: Settings, args) -> int:
           f"{manifest['revision']}, {len(manifest['photos'])} photos, "
           f"{len(manifest['files'])} files", flush=True)
     for name in manifest["missing"]:
-        print(f"warning: {name} is referenced by the database but was not on disk",
+        print(f"warning: {name} is referenced by the database but is not in the blob store",
               file=sys.stderr)
     return 1 if manifest["missing"] else 0
 
