@@ -126,17 +126,15 @@ async def _copy_out(blobs: BlobStore, key: str, dst: Path) -> dict[str, Any] | N
     await asyncio.to_thread(dst.parent.mkdir, parents=True, exist_ok=True)
     fout = await asyncio.to_thread(open, dst, "wb")
     try:
-        try:
-            async for chunk in blobs.read(key, 0, READ_END):
-                digest.update(chunk)
-                await asyncio.to_thread(fout.write, chunk)
-                size += len(chunk)
-        except BlobMissing:
-            fout.close()
-            await asyncio.to_thread(dst.unlink)
-            return None
+        async for chunk in blobs.read(key, 0, READ_END):
+            digest.update(chunk)
+            await asyncio.to_thread(fout.write, chunk)
+            size += len(chunk)
         await asyncio.to_thread(fout.flush)
         await asyncio.to_thread(os.fsync, fout.fileno())
+    except BlobMissing:
+        await asyncio.to_thread(dst.unlink)
+        return None
     finally:
         fout.close()
     return {"bytes": size, "sha256": digest.hexdigest()}
@@ -354,10 +352,10 @@ async def _put_blobs(settings: Settings, src: Path, manifest: dict[str, Any]) ->
     is put: a restore never mixes two services' blobs."""
     blobs = open_blobs(settings)
     homes = {"blobs": (blobs.photos, blobs.staging),
-             "recordings": (blobs.recordings, settings.resolved_recordings_dir / ".partial")}
+             "recordings": (blobs.recordings, blobs.recording_staging)}
     try:
-        wanted = [(name, want, *name.partition("/")[::2]) for name, want
-                  in manifest["files"].items() if name.partition("/")[0] in homes]
+        wanted = [(name, want, *name.split("/", 1)) for name, want in manifest["files"].items()
+                  if name.split("/", 1)[0] in homes]
         for name, _, folder, key in wanted:
             if await homes[folder][0].size(key) is not None:
                 raise BackupError(f"the blob store already holds {name}: restore into an "

@@ -23,6 +23,7 @@ class Blobs:
     photos: BlobStore
     recordings: BlobStore
     staging: Path  # where a photo is written before it is put
+    recording_staging: Path  # where a recording is written before it is put
     location: str  # what an operator reads: the folder or the s3:// URL (never a secret)
     connection: Any = None  # server.blobs.s3.S3Connection when on S3
 
@@ -33,9 +34,10 @@ class Blobs:
 
 def open_blobs(settings: Settings) -> Blobs:
     staging = settings.resolved_blob_dir / ".partial"
+    recording_staging = settings.resolved_recordings_dir / ".partial"
     if not settings.blob_url:
         return Blobs(FileBlobs(settings.resolved_blob_dir),
-                     FileBlobs(settings.resolved_recordings_dir), staging,
+                     FileBlobs(settings.resolved_recordings_dir), staging, recording_staging,
                      f"{settings.resolved_blob_dir} and {settings.resolved_recordings_dir}")
     from server.blobs.s3 import S3Connection  # aiobotocore is loaded only when it is used
 
@@ -45,4 +47,4 @@ def open_blobs(settings: Settings) -> Blobs:
         secret_access_key=settings.s3_secret_access_key, part_bytes=settings.s3_part_bytes,
         timeout_s=settings.s3_timeout_s)
     return Blobs(connection.store("photos"), connection.store("recordings"), staging,
-                 settings.blob_url, connection)
+                 recording_staging, settings.blob_url, connection)
