@@ -188,12 +188,18 @@ async def test_the_command_line_visit_client(pg_db: str, tmp_path: Path) -> None
             "--loopback-only", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         family = client(a, family_token, visit_id, "json")
         try:
+            # The kiosk is a new Python process importing aiortc: on a loaded 2-core host its
+            # start alone has taken over 10 s, so the clock for the call starts once it joined.
+            async with asyncio.timeout(60):
+                first = await kiosk.stdout.readline()
+            assert first, (await kiosk.stderr.read()).decode()[-2000:]
             await family.start()
             async with asyncio.timeout(30):
                 await family.wait_frames("video", 10)
             await asyncio.sleep(1.0)  # let the kiosk side count frames too
             await family.leave()
-            out, err = await asyncio.wait_for(kiosk.communicate(), 30)
+            rest, err = await asyncio.wait_for(kiosk.communicate(), 30)
+            out = first + rest
         finally:
             await family.close()
             if kiosk.returncode is None:
