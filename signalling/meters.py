@@ -390,6 +390,7 @@ class VisitMeter:
         self.holders: set[str] = set()  # the processes holding its parties, as last read
         self.remote: set[str] = set()  # of those, the others whose liveness must be proven
         self.proof_wanted: float | None = None  # meter.proof_wanted, as last adopted
+        self.skipped_for: float | None = None  # the due point a timer was last skipped for
 
     def wake(self) -> None:
         self._wake.set()
@@ -432,15 +433,19 @@ class VisitMeter:
             if due and not self._wake.is_set() and self._unproven_due():
                 # The minute falls due, but its start is not proven yet: a pass now would
                 # only find that out. The proof's arrival wakes it (Meters._wake_proven); a
-                # lease later at the latest, it looks anyway.
+                # lease later at the latest, it looks anyway (once per due point: skipped
+                # again and again, a proof that never came kept the visit past its window).
                 self.wake_at = ts(self.m.clock()) + self.m.node_lease_s
+                self.skipped_for = self.proof_wanted
                 self.m.awaiting.add(self)
                 due = False
 
     def _unproven_due(self) -> bool:
-        """The timer is for the next minute, and its due point is not proven yet."""
+        """The timer is for the next minute, its due point is not proven yet, and no timer
+        was skipped for that due point before."""
         wanted = self.proof_wanted
-        if wanted is None or self.wake_at is None or self.wake_at < wanted - meter.EPSILON_S:
+        if wanted is None or wanted == self.skipped_for or self.wake_at is None \
+                or self.wake_at < wanted - meter.EPSILON_S:
             return False
         proven = self.m.proven(self.remote)
         return proven is None or proven < wanted - meter.EPSILON_S

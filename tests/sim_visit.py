@@ -201,6 +201,7 @@ class VisitSim:
         self.changed_at: float | None = None  # when the reported facts last changed
         self.backlog: list = []  # enders that came while no process held the lease
         self.wakes: set[tuple[int, float]] = set()
+        self.skipped: dict[int, float] = {}  # per meter process: the due point a wake skipped
         self.run = Run()
         if plan.liar:
             self.run.stats[f"family {plan.liar}"] += 1
@@ -366,10 +367,11 @@ class VisitSim:
         if gen not in self.procs:
             return
         wanted = proof_wanted(self.config, self.procs[gen]) if self.plan.remote else None
-        if wanted is not None and at >= wanted and (self.proof_fed is None
-                                                    or self.proof_fed < wanted):
-            # The minute falls due unproven: as the real shell, skip this pass; the proof's
-            # arrival feeds it, or a lease later a look anyway.
+        if wanted is not None and at >= wanted and wanted != self.skipped.get(gen) and (
+                self.proof_fed is None or self.proof_fed < wanted):
+            # The minute falls due unproven: as the real shell, skip this pass once; the
+            # proof's arrival feeds it, or a lease later a look anyway.
+            self.skipped[gen] = wanted
             again = self.now + self.plan.node_lease_s
             if (gen, again) not in self.wakes:
                 self.wakes.add((gen, again))

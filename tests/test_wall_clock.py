@@ -97,8 +97,10 @@ async def _scenario(name: str, at: datetime, tests: list[str], tmp: Path) -> str
     if code or abs(seen - at) > timedelta(minutes=2):
         return f"{name}: libfaketime did not move the clock to {at.isoformat()} (read {seen})"
     basetemp = tmp / re.sub(r"\W+", "-", name)
+    # SQLite only: libfaketime moves our processes' clock, not PostgreSQL's, and the hour
+    # arithmetic under test is the service's own, the same on either store (~25% of a run).
     code, out = await _run([sys.executable, "-m", "pytest", "-q", f"--basetemp={basetemp}",
-                            *tests], env, SCENARIO_S_MAX)
+                            "-k", "not postgresql", *tests], env, SCENARIO_S_MAX)
     if code:
         return f"--- {name} ({at.isoformat()}): exit {code}\n" + "\n".join(out.splitlines()[-40:])
     return None
