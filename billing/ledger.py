@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from sqlalchemy import func, select, union_all
+from sqlalchemy import Subquery, func, select, union_all
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -168,30 +168,42 @@ async def statement(conn: AsyncConnection, account: str, *, before: int | None =
     return [_from_row(row) for row in rows]
 
 
-async def derived_balances(conn: AsyncConnection) -> dict[str, int]:
-    """Every account's balance computed from the transfers alone (the audit view)."""
+def _derived() -> Subquery:
+    """Each account's balance computed from the transfers alone: (account, total) rows."""
     t = ledger_transfers
     legs = union_all(
         select(t.c.credit_account.label("account"), t.c.amount.label("delta")),
         select(t.c.debit_account.label("account"), (-t.c.amount).label("delta")),
     ).subquery()
-    rows = await conn.execute(select(legs.c.account, func.sum(legs.c.delta))
-                              .group_by(legs.c.account))
-    result = {account: 0 for account in
-              (await conn.execute(select(ledger_accounts.c.id))).scalars()}
-    result.update({account: int(total) for account, total in rows})
-    return result
+    return select(legs.c.account, func.sum(legs.c.delta).label("total")) \
+        .group_by(legs.c.account).subquery()
+
+
+async def derived_balances(conn: AsyncConnection) -> dict[str, int]:
+    """Every account's balance computed from the transfers alone (the audit view)."""
+    return {account: total for account, _, _, total in await _books(conn)}
+
+
+async def _books(conn: AsyncConnection) -> list[tuple[str, str, int, int]]:
+    """(account, kind, stored balance, balance from its transfers) for every account, in ONE
+    statement: on PostgreSQL each statement has its own snapshot, and two (the transfers,
+    then the balances) could see a debit committed between them as a broken ledger."""
+    derived = _derived()
+    a = ledger_accounts
+    rows = await conn.execute(
+        select(a.c.id, a.c.kind, a.c.balance, func.coalesce(derived.c.total, 0))
+        .select_from(a.outerjoin(derived, derived.c.account == a.c.id)))
+    return [(account, kind, balance, int(total)) for account, kind, balance, total in rows]
 
 
 async def check_invariants(conn: AsyncConnection) -> list[str]:
     """What is wrong with the ledger, if anything: [] when sound."""
     problems = []
-    derived = await derived_balances(conn)
+    books = await _books(conn)
+    derived = {account: total for account, _, _, total in books}
     if sum(derived.values()) != 0:
         problems.append(f"accounts sum to {sum(derived.values())}, not zero")
-    stored = dict((await conn.execute(
-        select(ledger_accounts.c.id, ledger_accounts.c.balance)
-        .where(ledger_accounts.c.kind == "user"))).all())
+    stored = {account: balance for account, kind, balance, _ in books if kind == "user"}
     for account, value in stored.items():
         if value < 0:
             problems.append(f"{account} is negative: {value}")

@@ -201,3 +201,36 @@ async def test_processes_starting_side_by_side_both_find_the_system_accounts(pg_
         assert ids == set(SystemAccount.ALL)
     finally:
         await store.close()
+
+
+async def test_an_audit_while_transfers_commit_sees_a_sound_ledger(store: Store) -> None:
+    """The adversary: transfers committing while the audit reads. On PostgreSQL each statement
+    reads its own snapshot: an audit that read the transfers and then the balances in two
+    statements saw a debit committed between them as 'holds X but its transfers give Y'
+    (seen in test_visit_trust under load); the audit reads both in one statement."""
+    await fund(store, "fam_a", 10_000)
+    stop = asyncio.Event()
+
+    async def spend(who: int) -> int:
+        moved = 0
+        while not stop.is_set():
+            result = await attempt(store, key=f"msg:{who}:{moved}", debit="fam_a",
+                                   credit=SystemAccount.MESSAGE_REVENUE, amount=1,
+                                   kind="message")
+            assert isinstance(result, Transfer), result
+            moved += 1
+        return moved
+
+    async def audit() -> list[str]:
+        seen = []
+        for _ in range(150):
+            async with store.read() as conn:
+                seen += await ledger.check_invariants(conn)
+        stop.set()
+        return seen
+
+    spenders = [asyncio.create_task(spend(who)) for who in range(3)]
+    problems = await audit()
+    moved = sum(await asyncio.gather(*spenders))
+    assert problems == [], problems[:3]
+    assert moved > 20, moved  # the audits really ran beside commits
