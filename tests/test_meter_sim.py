@@ -1,9 +1,10 @@
-"""The billing simulator in the suite: a thousand faulty visits with a fresh seed every run (and
-ten thousand within 60 s of CPU), and proof that its checks bite: meters with one rule flipped
-are caught within a thousand visits, among them the three that issue 14 fixed (trusting the
-family's own report; a crashed process's parties kept present; billing a call held by
-another process past that process's last renewal), caught by the world's side alone
-(sim_check.check_truth: billed seconds against connected-with-media seconds).
+"""The billing simulator in the suite: a thousand faulty visits with a fresh seed every run,
+and proof that its checks bite: meters with one rule flipped are caught within a thousand
+visits, among them the three that issue 14 fixed (trusting the family's own report; a crashed
+process's parties kept present; billing a call held by another process past that process's
+last renewal), caught by the world's side alone (sim_check.check_truth: billed seconds
+against connected-with-media seconds). Ten thousand visits, and their CPU against a host
+calibration, are bench/'s (bench/scenarios/simulator.py).
 A failure prints the seed; `python -m tests.sim --seed N --only VISIT` replays it."""
 
 from __future__ import annotations
@@ -47,24 +48,6 @@ def test_a_thousand_visits_bill_exactly_their_connected_minutes(db_path):
     assert stats["holder_crashes"] > 150 and stats["stalls"] > 200, stats
     assert stats["remote"] > 600, stats  # calls held by another process than the meter's
     assert stats["family silent"] > 100 and stats["family always"] > 100, stats
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_ten_thousand_visits_bill_to_the_credit(db_path):
-    """10,000 visits with every fault; the CPU they took is printed (see below)."""
-    seed = secrets.randbelow(2**32)
-    print(f"simulator seed {seed}")
-    started, cpu = time.perf_counter(), time.process_time()
-    result = simulate(seed, 10_000, db_path)
-    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
-    assert result.ok, describe(result)
-    assert result.visits == 10_000
-    # The CPU figure is printed, not asserted: a fixed number of seconds measures the host as
-    # much as the code (43 s on the host this bound was set on; 70.8 s on 2026-12-06's, whose
-    # cores are slower, with the same code). It belongs in bench/ with a baseline timed in the
-    # same run (issue 14's "under 60 s"); until then the suite checks only the 10,000 visits.
-    print(f"10000 visits in {elapsed:.1f} s ({cpu:.1f} s of CPU)")
 
 
 def trusts_the_family(monkeypatch):
