@@ -30,7 +30,8 @@ from tests.seaweed import Seaweed, private_seaweed
 # module: 11 min 2 s with them in name order. test_browser_links.py (five real-time network
 # scenarios) takes about 7 min alone.
 LONG_FIRST = ("test_browser_links.py", "test_wall_clock.py", "test_forwarding.py",
-              "test_meter_sim.py", "test_presence_crash.py", "test_visit_e2e.py", "test_backup.py")
+              "test_meter_remote_crash.py", "test_presence_crash.py", "test_visit_e2e.py",
+              "test_backup.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
