@@ -121,7 +121,8 @@ def _connect(doc: dict[str, Any], rows: list[dict[str, Any]], out: Path) -> list
 
 # The figure each generic chart shows, where the rows' first number is only a count.
 FIELD = {"sends": "p99_ms", "signalling": "hop_p99_ms", "meters": "lateness_p99_ms",
-         "cluster": "p99_ms", "relay": "fps_min", "simulator": "rounds_per_10k"}
+         "cluster": "p99_ms", "relay": "fps_min", "simulator": "rounds_per_10k",
+         "links": "fps_vs_clean"}
 
 
 def _generic(doc: dict[str, Any], name: str, rows: list[dict[str, Any]],

@@ -23,7 +23,7 @@ from typing import Any
 from bench import common
 
 SCENARIOS = ("fanout", "sends", "idle", "connect", "signalling", "meters", "cluster", "relay",
-             "soak", "simulator")
+             "soak", "simulator", "links")
 RESULTS = Path(__file__).resolve().parent / "results.json"
 
 

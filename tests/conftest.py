@@ -28,7 +28,7 @@ from tests.seaweed import Seaweed, private_seaweed
 # The longest modules start first, so that `make test`'s two processes (pytest-xdist, a module
 # each at a time, in collection order) finish together instead of one waiting on a late 3-minute
 # module: 11 min 2 s with them in name order. test_browser_links.py (five real-time network
-# scenarios) takes about 7 min alone.
+# scenarios) takes about 2 min alone.
 LONG_FIRST = ("test_browser_links.py", "test_wall_clock.py", "test_forwarding.py",
               "test_meter_remote_crash.py", "test_presence_crash.py", "test_visit_e2e.py",
               "test_backup.py")

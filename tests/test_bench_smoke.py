@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench import run
+from tests.impaired_link import available
 
 EXISTING = [name for name in run.SCENARIOS if find_spec(f"bench.scenarios.{name}") is not None]
 
@@ -24,6 +25,8 @@ def test_every_scenario_module_is_a_known_scenario():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", EXISTING)
 def test_scenario_runs_at_tiny_size(name):
+    if name == "links" and available() is not None:  # as tests/test_browser_links.py skips
+        pytest.skip(available())
     result = run.run_isolated(name, "tiny", timeout_s=60)
     assert "error" not in result, result.get("error")
     assert result["scenario"] == name and result["size"] == "tiny"
