@@ -101,7 +101,9 @@ async def test_a_thawed_stale_holder_writes_and_pushes_nothing(pg_db: str,
                 epoch_a, _, _ = await meter_row(pg_db, visit_id)
                 assert epoch_a > epoch_before
                 # The lost key comes back naming B: its renewals succeed, it believes it holds.
-                await client.set(key, stale_id, px=int(LEASE_S * 1000))
+                # It lives 5 leases: with one (it expired as B thawed, a second later) a slow
+                # thaw found no key, B stopped without a write, and nothing was there to fence.
+                await client.set(key, stale_id, px=int(5 * LEASE_S * 1000))
                 await asyncio.sleep(2 * MINUTE_S)  # B's next minute is overdue when it thaws
                 b.proc.send_signal(signal.SIGCONT)
                 # Unfenced, B's overdue pass would store its stale state (fewer minutes paid
