@@ -23,14 +23,17 @@ async def require_contact(conn: Any, row: Any) -> None:
     """A visit was booked on an approved contact; a block since (by either side or by staff),
     or a connection no longer approved, stops the visit as it stops messages."""
     link = await connections.get(conn, row.connection_id)
-    _check_link(link.blocked_by, link.status)
+    _check_link(link.status, link.blocked_by)
 
 
-def _check_link(blocked_by: str | None, status: str) -> None:
-    if blocked_by is not None:
-        raise Refused("blocked", "This connection is blocked.")
-    if status != "approved":
-        raise Refused("not_connected", "Only an approved contact.")
+_WHY_CLOSED = {"blocked": "This connection is blocked.",
+               "not_connected": "Only an approved contact."}
+
+
+def _check_link(status: str, blocked_by: str | None) -> None:
+    why = connections.closed_because(status, blocked_by)
+    if why is not None:
+        raise Refused(why, _WHY_CLOSED[why])
 
 
 # A join's one read: the visit row as signalling.visits.get reads it, with its connection's
@@ -55,7 +58,7 @@ def require_contact_of(row: Any) -> None:
     """require_contact on a row from visit_and_link, without another read."""
     if row.link_id is None:
         raise not_found("The connection")
-    _check_link(row.link_blocked_by, row.link_status)
+    _check_link(row.link_status, row.link_blocked_by)
 
 
 async def push_live(broker: Broker, account_id: str, kind: str, data: dict[str, Any]) -> bool:

@@ -30,16 +30,31 @@ RELATIONSHIPS = ("parent", "child", "partner", "sibling", "grandparent", "grandc
                  "other_family", "friend", "attorney", "clergy", "other")
 
 
+def closed_because(status: str, blocked_by: str | None) -> str | None:
+    """The one "approved, unblocked connection" rule, for a connection's `status` and
+    `blocked_by` as read: None when its two parties may message, gift, book and meet;
+    otherwise why not, as a refusal code: "blocked" while any block stands (a party's or
+    staff's; only its owner lifts it, set_block), else "not_connected" unless approved. Every
+    caller reads those two columns and asks here (tests/test_contact_rule.py keeps it so)."""
+    if blocked_by is not None:
+        return "blocked"
+    if status != "approved":
+        return "not_connected"
+    return None
+
+
 async def is_approved_contact(conn: AsyncConnection, a: str, b: str) -> bool:
     return await approved_between(conn, a, b) is not None
 
 
 async def approved_between(conn: AsyncConnection, a: str, b: str) -> Any:
+    """The connection between a and b (either way round) if it is open, else None."""
     c = connections
-    return (await conn.execute(select(c).where(
+    row = (await conn.execute(select(c).where(
         or_(and_(c.c.family_id == a, c.c.person_id == b),
-            and_(c.c.family_id == b, c.c.person_id == a)),
-        c.c.status == "approved", c.c.blocked_by.is_(None)))).first()
+            and_(c.c.family_id == b, c.c.person_id == a))))).first()
+    return row if row is not None and closed_because(row.status, row.blocked_by) is None \
+        else None
 
 
 async def get(conn: AsyncConnection, connection_id: str) -> Any:

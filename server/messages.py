@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from billing import ledger
 from billing.ledger import SystemAccount
 from common.errors import Refused
-from server import facilities
+from server import connections, facilities
 from server.auth import Principal
 from server.errors import not_found
 from server.events import Outbox, lock_streams
@@ -120,10 +120,9 @@ async def announce(conn: AsyncConnection, outbox: Outbox, row: Any, at: datetime
 _BY_KEY = select(messages).where(messages.c.sender_id == bindparam("p_sender"),
                                  messages.c.client_key == bindparam("p_key"))
 _LINK_RULES = (
-    "SELECT c.facility_id, f.settings FROM connections c JOIN facilities f"
-    " ON f.id = c.facility_id WHERE ((c.family_id = ? AND c.person_id = ?)"
-    " OR (c.family_id = ? AND c.person_id = ?)) AND c.status = 'approved'"
-    " AND c.blocked_by IS NULL")
+    "SELECT c.facility_id, f.settings, c.status, c.blocked_by FROM connections c"
+    " JOIN facilities f ON f.id = c.facility_id WHERE (c.family_id = ? AND c.person_id = ?)"
+    " OR (c.family_id = ? AND c.person_id = ?)")
 _INSERT_COLUMNS = ("id", "facility_id", "sender_id", "recipient_id", "body", "photo_count",
                    "price", "cod", "status", "held_for", "paid_by", "client_key", "created_at",
                    "sender_removed", "recipient_removed")
@@ -259,10 +258,13 @@ class Stored:
 
 
 async def _link_rules(db: raw.Raw, a: str, b: str) -> tuple[str, Any] | None:
-    """(facility id, facility settings) of the approved connection between a and b, in one
-    query (connections.approved_between, then facilities.get, joined)."""
+    """(facility id, facility settings) of the open connection between a and b, in one
+    query (connections.approved_between, then facilities.get, joined); None if none is open
+    (connections.closed_because)."""
     row = await db.row(_LINK_RULES, (a, b, b, a))
-    return None if row is None else (row[0], db.read(facilities_table.c.settings, row[1]))
+    if row is None or connections.closed_because(row[2], row[3]) is not None:
+        return None
+    return row[0], db.read(facilities_table.c.settings, row[1])
 
 
 async def open_message(conn: AsyncConnection, outbox: Outbox, reader: Principal,

@@ -65,6 +65,7 @@ from sqlalchemy import Select, bindparam, select
 from billing import ledger, meter
 from billing.ledger import LedgerError, SystemAccount
 from signalling import visits
+from signalling.leases import Lease
 from signalling.tables import visits as visits_table
 from store import raw
 
@@ -274,8 +275,9 @@ class Meters:
     async def claim(self, visit_id: str) -> bool:
         if self._stop.is_set() or visit_id in self.running:
             return False
+        lease = Lease(self.broker, f"meter:{visit_id}", self.node_id, self.lease_s)
         try:
-            epoch = await self.broker.acquire(f"meter:{visit_id}", self.node_id, self.lease_s)
+            epoch = await lease.acquire()
         except Exception as error:  # whoever holds it carries on; the scan claims again
             self.lease_error("claim", visit_id, error)
             return False
@@ -283,7 +285,7 @@ class Meters:
             return False
         if visit_id in self.running:  # claimed twice concurrently by this very process
             return False
-        running = VisitMeter(self, visit_id, int(epoch))
+        running = VisitMeter(self, visit_id, int(epoch), lease)
         self.running[visit_id] = running
         self._spawn(running.run(), f"meter-{visit_id}")
         return True
@@ -372,10 +374,11 @@ class VisitMeter:
     after the commit; pushes go out after it. A pass runs on a poke (the row changed) or at
     the meter's own `WakeAt`; a lease renewal alone reads and writes nothing."""
 
-    def __init__(self, meters: Meters, visit_id: str, grant: int = 1) -> None:
+    def __init__(self, meters: Meters, visit_id: str, grant: int, lease: Lease) -> None:
         self.m = meters
         self.visit_id = visit_id
         self.grant = grant  # the broker's epoch of this lease grant
+        self.lease = lease
         self.epoch: int | None = None  # the fencing epoch taken on the row by the first pass
         self._wake = asyncio.Event()
         self.wake_at: float | None = None
@@ -404,10 +407,10 @@ class VisitMeter:
         finally:
             self.m.running.pop(self.visit_id, None)
             self.m.awaiting.discard(self)
-            with contextlib.suppress(Exception):
-                released = await self.m.broker.release(f"meter:{self.visit_id}", self.m.node_id)
-                if released and self.m._stop.is_set() and not self.done:
-                    # Stopped, not finished: whoever hears this carries on billing now.
+            released = await self.lease.release()
+            if released and self.m._stop.is_set() and not self.done:
+                # Stopped, not finished: whoever hears this carries on billing now.
+                with contextlib.suppress(Exception):
                     await self.m.broker.publish(CHANNEL, {"handover": self.visit_id})
 
     async def _run(self) -> None:
@@ -467,14 +470,10 @@ class VisitMeter:
 
     async def renew(self) -> None:
         """Keep the lease (Meters._keep_leases); lost: this meter stops at once."""
-        try:
-            kept = await self.m.broker.renew(f"meter:{self.visit_id}", self.m.node_id,
-                                             self.m.lease_s)
-        except Exception as error:
-            # No broker, no rival: nobody else can take the lease while it is away; and if a
-            # failover gave it to another, the row's epoch fences this meter's writes.
-            self.m.lease_error("renew", self.visit_id, error)
-            return
+        # A failed renewal keeps it (signalling/leases.py); if a failover gave it to another,
+        # the row's epoch fences this meter's writes.
+        kept = await self.lease.keep(lambda error: self.m.lease_error("renew", self.visit_id,
+                                                                      error))
         if not kept and not self.lost:
             self.lost = True
             self.state, _ = meter.step(self.config, self.state, meter.LeaseLost(

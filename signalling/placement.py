@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from signalling.leases import Lease, LeaseBroker
+
 LOADS = "relays"  # broker presence key of the processes' relay loads
 
 
@@ -77,6 +79,14 @@ def lease_name(visit_id: str) -> str:
 
 def slot_name(node: str, slot: int) -> str:
     return f"relay-slot:{node}:{slot}"
+
+
+def leases(broker: LeaseBroker, node: str, visit_id: str, holder: str, slot: int,
+           ttl_s: float) -> tuple[Lease, Lease]:
+    """A relayed visit's two leases: the visit's (held by `holder`) and its slot on `node`
+    (held by the visit)."""
+    return (Lease(broker, lease_name(visit_id), holder, ttl_s),
+            Lease(broker, slot_name(node, slot), visit_id, ttl_s))
 
 
 def node_of(holder: str) -> str:

@@ -47,6 +47,7 @@ from aiortc import RTCBundlePolicy
 
 from common.errors import BrokerUnavailable
 from signalling import placement, remux, visits
+from signalling.leases import Lease
 from signalling.media import rtc_configuration
 from signalling.relayed_visit import VisitRelay
 from signalling.turn import ice_servers
@@ -221,12 +222,13 @@ class Relay:
             if slot is None:
                 continue
             holder = f"{load.node}/{secrets.token_hex(4)}/{slot}"
-            if await self.broker.acquire(name, holder, self.lease_s):
+            lease, slot_lease = placement.leases(self.broker, load.node, visit_id, holder, slot,
+                                                 self.lease_s)
+            if await lease.acquire():
                 await self._hand(visit_id, load.node, holder, slot)
                 return holder
             # placed meanwhile by another process: give the slot back, go where it went
-            with contextlib.suppress(Exception):
-                await self.broker.release(placement.slot_name(load.node, slot), visit_id)
+            await slot_lease.release()
             other = await self.broker.holder(name)
             if other is not None:
                 return other
@@ -238,8 +240,8 @@ class Relay:
     async def _take_slot(self, load: placement.Load, visit_id: str) -> int | None:
         for i in range(load.capacity):
             slot = (load.relayed + i) % load.capacity  # the likely free ones first
-            if await self.broker.acquire(placement.slot_name(load.node, slot), visit_id,
-                                         self.lease_s):
+            if await Lease(self.broker, placement.slot_name(load.node, slot), visit_id,
+                           self.lease_s).acquire():
                 return slot
         return None
 
@@ -311,15 +313,14 @@ class Relay:
         return True
 
     async def _claim(self, visit_id: str, holder: str, slot: int) -> VisitRelay | None:
-        name = placement.lease_name(visit_id)
+        lease, slot_lease = placement.leases(self.broker, self.node_id, visit_id, holder, slot,
+                                             self.lease_s)
         async with self.store.read() as conn:
             row = await visits.get(conn, visit_id)
         if row.media != "relay" or row.status not in visits.IN_CALL or self._stopping \
-                or not await self.broker.renew(name, holder, self.lease_s):
-            with contextlib.suppress(Exception):
-                await self.broker.release(name, holder)
-            with contextlib.suppress(Exception):
-                await self.broker.release(placement.slot_name(self.node_id, slot), visit_id)
+                or not await lease.renew():
+            await lease.release()
+            await slot_lease.release()
             return None
         held = VisitRelay(self, row, holder=holder, slot=slot)
         self.running[visit_id] = held

@@ -38,6 +38,7 @@ from aiortc.sdp import candidate_from_sdp
 
 from signalling import placement, visits
 from signalling.forwarding import ForwardTrack, Source, forward_codecs, tap
+from signalling.leases import Lease
 from signalling.outlets import Outlet, Timeline
 from signalling.recording import STREAMS, Recording
 from signalling.remux import RemuxRecording
@@ -394,11 +395,9 @@ class VisitRelay:
                 await self.r.keep_recording(self.row, path)
             except Exception:
                 log.exception("visit %s: recording %s not kept", self.visit_id, path)
-        with contextlib.suppress(Exception):
-            await self.r.broker.release(placement.lease_name(self.visit_id), self.holder)
-        with contextlib.suppress(Exception):
-            await self.r.broker.release(placement.slot_name(self.r.node_id, self.slot),
-                                        self.visit_id)
+        lease, slot_lease = self._leases()
+        await lease.release()
+        await slot_lease.release()
         self.r.ended(self)
         received = self.received if not self.forward else {
             f"{party} {kind}": s.frames for (party, kind), s in self.sources.items()}
@@ -439,19 +438,28 @@ class VisitRelay:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(0.0, renew_at - time.monotonic()))
 
+    def _leases(self) -> tuple[Lease, Lease]:
+        return placement.leases(self.r.broker, self.r.node_id, self.visit_id, self.holder,
+                                self.slot, self.r.lease_s)
+
     async def _renew(self) -> bool:
-        try:
-            if not await self.r.broker.renew(placement.lease_name(self.visit_id), self.holder,
-                                             self.r.lease_s):
-                return False
-            slot = placement.slot_name(self.r.node_id, self.slot)
-            if not await self.r.broker.renew(slot, self.visit_id, self.r.lease_s):
-                await self.r.broker.acquire(slot, self.visit_id, self.r.lease_s)  # lapsed
-            return True
-        except Exception as error:  # counted by the broker (kinwire_leases_total)
+        """False when the visit's lease is lost; a failed renewal keeps it
+        (signalling/leases.py). The slot is renewed, or taken again if it lapsed, only while
+        the broker answers."""
+        lease, slot_lease = self._leases()
+        failed: list[Exception] = []
+        if not await lease.keep(failed.append):
+            return False
+        if not failed:
+            try:
+                if not await slot_lease.keep(failed.append):
+                    await slot_lease.acquire()  # lapsed
+            except Exception as error:
+                failed.append(error)
+        if failed:  # counted by the broker (kinwire_leases_total)
             log.warning("visit %s: relay lease not renewed (%r); kept, retried", self.visit_id,
-                        error)
-            return True  # no broker, no rival: nobody else can take the lease meanwhile
+                        failed[0])
+        return True
 
 
 async def _add_candidate(pc: RTCPeerConnection, candidate: dict[str, Any]) -> None:

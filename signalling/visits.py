@@ -30,7 +30,6 @@ from store import raw
 
 ACTIVE = ("scheduled", "open", "live", "paused")
 IN_CALL = ("open", "live", "paused")
-END_REASONS = meter.END_REASONS
 SDP_CHARS_MAX = 32_000
 CANDIDATE_CHARS_MAX = 1_024
 
@@ -302,7 +301,7 @@ async def observe(conn: AsyncConnection, sink: EventSink, visit_id: str, connect
 async def end(conn: AsyncConnection, sink: EventSink, visit_id: str, reason: str,
               now: datetime) -> Any | None:
     """End a visit in a call (or one whose window passed); None if it had already ended."""
-    if reason not in END_REASONS:
+    if reason not in meter.END_REASONS:
         raise ValueError(reason)
     ended = await conn.execute(visits.update().where(
         visits.c.id == visit_id, visits.c.status.in_(IN_CALL))

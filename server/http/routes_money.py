@@ -16,7 +16,7 @@ from server import idempotency
 from server.auth import ANY_SESSION
 from server.connections import is_approved_contact
 from server.events import Outbox, lock_streams
-from server.facilities import Strict
+from server.facilities import Prices, Strict
 from server.http.routing import ANYONE, Call, Route, json_response
 
 Credits = Annotated[int, Field(ge=1, le=10_000_000)]
@@ -129,12 +129,14 @@ async def statement(call: Call) -> web.Response:
 
 async def pricing(call: Call) -> web.Response:
     """The purchase terms, so that a client shows the fee before paying without mirroring the
-    server's settings (message and visit prices are each facility's, in GET /facilities)."""
+    server's settings, and `prices`: what a facility charges unless its settings say otherwise
+    (each facility's own are in GET /facilities), so the apps copy no price table."""
     s = call.ctx.settings
     return json_response({"cents_per_credit": 1, "credit_block": s.credit_block,
                           "purchase_fee_cents": s.purchase_fee_cents,
                           "purchase_credits_max": s.purchase_credits_max,
-                          "gift_credits_max": s.gift_credits_max})
+                          "gift_credits_max": s.gift_credits_max,
+                          "prices": Prices().model_dump()})
 
 
 ROUTES = [

@@ -21,6 +21,7 @@ from common.errors import Refused
 from server import audit
 from server import facilities as facilities_service
 from server.auth import ANY_SESSION, FAMILY, STAFF, Principal
+from server.connections import closed_because
 from server.errors import invalid, not_found
 from server.events import Outbox
 from server.facilities import Strict
@@ -124,9 +125,8 @@ async def list_slots(call: Call) -> web.Response:
 async def _connection(conn: AsyncConnection, connection_id: str, family_id: str) -> Any:
     c = connections.c
     row = (await conn.execute(select(connections).where(
-        c.id == connection_id, c.family_id == family_id, c.status == "approved",
-        c.blocked_by.is_(None)))).first()
-    if row is None:
+        c.id == connection_id, c.family_id == family_id))).first()
+    if row is None or closed_because(row.status, row.blocked_by) is not None:
         raise Refused("not_connected", "You can book visits only with an approved contact.")
     return row
 

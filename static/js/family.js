@@ -8,9 +8,8 @@ import { FamilyVisits } from "./booking.js";
 import { RELATIONSHIPS } from "./relationships.js";
 import { rememberZones, setHomeZone, whenText, zoneOf } from "./time.js";
 
-// The server's purchase terms (block, fee) come from GET /pricing at sign-in; the receipt after
-// paying shows what the server actually charged.
-const DEFAULT_PRICES = { message: 50, photo: 100, visit_minute: 50 };
+// The server's purchase terms (block, fee) and a facility's default prices come from
+// GET /pricing at sign-in; the receipt after paying shows what the server actually charged.
 
 const $ = (id) => document.getElementById(id);
 const state = {
@@ -207,7 +206,7 @@ function contactOf(personId) {
 function pricesFor(personId) {
   const c = contactOf(personId);
   const f = c && state.facilities.get(c.facility_id);
-  return { ...DEFAULT_PRICES, ...((f && f.settings && f.settings.prices) || {}) };
+  return { ...state.pricing.prices, ...((f && f.settings && f.settings.prices) || {}) };
 }
 
 function priceFor(personId) {
@@ -296,7 +295,7 @@ function renderThread(keepScroll = false) {
 }
 
 function renderCompose() {
-  if (!state.current || !state.me) return;
+  if (!state.current || !state.me || !state.pricing) return; // shown once GET /pricing answers
   const c = contactOf(state.current);
   const prices = pricesFor(state.current);
   const n = attached.length;

@@ -10,9 +10,9 @@ import { KioskVisits } from "./visit_list.js";
 import { rememberZones, setHomeZone } from "./time.js";
 import { IdleSignOut } from "./idle.js";
 
-const DEFAULT_PRICES = { message: 50, photo: 100, visit_minute: 50 };
 const $ = (id) => document.getElementById(id);
-const state = { me: null, balance: 0, prices: DEFAULT_PRICES, connections: new Map(), inbox: null,
+// prices: the facility's, else the server's defaults (GET /pricing), read at sign-in
+const state = { me: null, balance: 0, prices: null, connections: new Map(), inbox: null,
                 current: null, socket: null };
 
 // ---------- sign-in ----------
@@ -221,12 +221,13 @@ async function start() {
   state.me = me.account;
   state.inbox = new Inbox(me.account.id);
   $("me-name").textContent = me.account.name;
+  state.prices = (await api("GET", "/pricing")).prices;
   try {
     const f = await api("GET", `/facilities/${encodeURIComponent(me.account.facility_id)}`);
-    state.prices = (f.facility.settings && f.facility.settings.prices) || DEFAULT_PRICES;
+    state.prices = { ...state.prices, ...((f.facility.settings && f.facility.settings.prices) || {}) };
     rememberZones([f.facility]);
     setHomeZone(f.facility.timezone); // every time on the kiosk is the facility's
-  } catch { /* the defaults; times in the device's own zone */ }
+  } catch { /* GET /pricing's defaults; times in the device's own zone */ }
   $("auth").hidden = true;
   $("app").hidden = false;
   $("who").hidden = false;

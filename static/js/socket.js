@@ -17,7 +17,15 @@ import { decode as unpack, encode as pack } from "./msgpack.js";
 
 const CODECS = new Set(["json", "msgpack"]);
 const NO_CURSOR = Number.MAX_SAFE_INTEGER; // beyond any head: the server answers {reset, seq}
-const NO_RECONNECT = new Set([4001, 4009]); // unauthorised, session revoked
+// The close codes the server sends (server/gateway/client.py, docs/API.md "Close codes"), named
+// once; ABANDONED is this page's own, for a socket it gave up on. tests/test_constants_have_one_source.py
+// keeps this table equal to the server's.
+const CLOSE = Object.freeze({
+  NORMAL: 1000, UNAUTHORISED: 4001, TOO_SLOW: 4008, REVOKED: 4009, TOO_MANY_CONNECTIONS: 4029,
+  ABANDONED: 4000,
+});
+const NO_RECONNECT = new Set([CLOSE.UNAUTHORISED, CLOSE.REVOKED]); // sign in again
+const RETRY_LATER = new Set([CLOSE.TOO_SLOW, CLOSE.TOO_MANY_CONNECTIONS]); // back off first
 
 export class SocketError extends Error {
   constructor(code, message) {
@@ -101,7 +109,7 @@ export class KinwireSocket {
     clearTimeout(this.retryTimer);
     clearInterval(this.watchTimer);
     window.removeEventListener("online", this._online);
-    if (this.ws) this.ws.close(1000, "bye");
+    if (this.ws) this.ws.close(CLOSE.NORMAL, "bye");
     this._setState("closed");
   }
 
@@ -185,9 +193,9 @@ export class KinwireSocket {
     if (ws !== this.ws) return;
     ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
     try {
-      ws.close(4000, why);
+      ws.close(CLOSE.ABANDONED, why);
     } catch { /* already closing */ }
-    this._closed(ws, 4000);
+    this._closed(ws, CLOSE.ABANDONED);
   }
 
   _closed(ws, code) {
@@ -209,7 +217,7 @@ export class KinwireSocket {
       return;
     }
     this._setState("offline");
-    this._scheduleRetry(code === 4008 || code === 4029 ? 5 : 0); // too slow, too many sockets
+    this._scheduleRetry(RETRY_LATER.has(code) ? 5 : 0);
   }
 
   _scheduleRetry(extraSteps = 0) {
