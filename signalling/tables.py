@@ -60,6 +60,10 @@ visits = Table(
     # each holder raises it when it takes the meter, and every pass writes only while the row
     # still carries its epoch, so a holder that lost its lease unnoticed writes nothing.
     Column("meter_epoch", Integer, nullable=False, default=0, server_default=text("0")),
+    # The kiosk's view of the call's link (good, fair, poor) and why, in words, as it last
+    # reported it with visit.media (docs/visits.md, "Link quality"): shown to staff, never billed.
+    Column("link_quality", String(8), nullable=True),
+    Column("link_reason", String(80), nullable=True),
     CheckConstraint("status IN ('scheduled', 'open', 'live', 'paused', 'ended', 'cancelled', "
                     "'missed')", name="ck_visits_status"),
     CheckConstraint("blocks >= 1", name="ck_visits_blocks"),

@@ -32,6 +32,8 @@ ACTIVE = ("scheduled", "open", "live", "paused")
 IN_CALL = ("open", "live", "paused")
 SDP_CHARS_MAX = 32_000
 CANDIDATE_CHARS_MAX = 1_024
+LINK_QUALITIES = ("good", "fair", "poor")
+LINK_REASON_CHARS_MAX = 80
 
 
 class EventSink(Protocol):
@@ -72,7 +74,8 @@ def public(row: Any) -> dict[str, Any]:
             "status": row.status, "end_reason": row.end_reason,
             "minute_price": row.minute_price, "media": row.media, "record": row.record,
             "family_media": row.family_media, "person_media": row.person_media,
-            "pause_reason": pause_reason(row)}
+            "pause_reason": pause_reason(row), "link_quality": row.link_quality,
+            "link_reason": row.link_reason}
 
 
 def facts(row: Any, alive: set[str] | None = None) -> meter.Facts:
@@ -236,6 +239,7 @@ async def join(conn: AsyncConnection, sink: EventSink, visit_id: str, account_id
     changes: dict[str, Any] = {f"{role}_media": "joined", f"{role}_node": node}
     if role == "person":
         changes["person_sending"] = True  # a fresh start: no stall until it says so
+        changes["link_quality"] = changes["link_reason"] = None  # nor a link measured yet
     if any(getattr(row, name) != value for name, value in changes.items()):
         # A party joining has no media yet, even if the row says "connected": its last
         # process may have died without recording that it left.
@@ -246,13 +250,16 @@ async def join(conn: AsyncConnection, sink: EventSink, visit_id: str, account_id
 
 async def set_media(conn: AsyncConnection, sink: EventSink, visit_id: str, account_id: str,
                     connected: bool, now: datetime, node: str | None = None,
-                    sending: bool | None = None, stopped_at: datetime | None = None) -> Any:
+                    sending: bool | None = None, stopped_at: datetime | None = None,
+                    link: tuple[str, str | None] | None = None) -> Any:
     """A party's report of its own peer connection. Only the person's (the kiosk's) counts
     for billing in direct mode; `sending` (its outbound media advancing) is taken from the
     person alone. In relay mode neither counts: the server observes (`observe`).
     `stopped_at`: the kiosk's last frame from the family, when a stall ends the call's being
     live (the caller bounds it by the stall threshold): the meter takes back the time since
-    (media_changed_at records it; signalling/meters.py passes it as the stop's instant)."""
+    (media_changed_at records it; signalling/meters.py passes it as the stop's instant).
+    `link`: the link's quality (LINK_QUALITIES) and why, kept from the person alone, as
+    `sending` is: the kiosk is the facility's device, and staff read it."""
     row = await get(conn, visit_id)
     role = role_of(row, account_id)
     if row.status not in IN_CALL:
@@ -264,6 +271,8 @@ async def set_media(conn: AsyncConnection, sink: EventSink, visit_id: str, accou
         changes[f"{role}_node"] = node
     if role == "person" and sending is not None:
         changes["person_sending"] = sending
+    if role == "person" and link is not None:
+        changes["link_quality"], changes["link_reason"] = link
     if all(getattr(row, name) == value for name, value in changes.items()):
         return row
     return await _change(conn, sink, row, changes, now, stopped_at if role == "person" else None)

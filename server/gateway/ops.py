@@ -296,6 +296,7 @@ async def visit_media(call: WsCall) -> dict[str, Any]:
     if stalled_s is not None and (isinstance(stalled_s, bool)
                                   or not isinstance(stalled_s, int | float) or stalled_s < 0):
         raise Refused("invalid_input", "stalled_s is a number of seconds, 0 or more")
+    link = _link(call.args)
     now = call.ctx.clock()
     # A stop reaches back to the last frame seen, at most the stall threshold (a client that
     # says more gets the threshold): visits.set_media, docs/visits.md "Outages".
@@ -305,10 +306,27 @@ async def visit_media(call: WsCall) -> dict[str, Any]:
                                                  call.ctx.settings.media_stall_s))
     row = await _in_visit(call, lambda conn, outbox: visits.set_media(
         conn, outbox, visit_id, call.me.account_id, state == "connected", now,
-        node=call.ctx.meters.node_id, sending=sending, stopped_at=stopped_at))
+        node=call.ctx.meters.node_id, sending=sending, stopped_at=stopped_at, link=link))
     await call.ctx.meters.poke(visit_id)
     await _live_news(call, row, now)
     return {"visit": visits.public(row)}
+
+
+def _link(args: dict[str, Any]) -> tuple[str, str | None] | None:
+    """visit.media's optional `quality` (good, fair, poor: the link as the reporting page
+    measures it) and `quality_reason` (a short text, e.g. "9 frames a second, 6% loss")."""
+    quality, reason = args.get("quality"), args.get("quality_reason")
+    if quality is None:
+        if reason is not None:
+            raise Refused("invalid_input", "quality_reason comes with a quality")
+        return None
+    if quality not in visits.LINK_QUALITIES:
+        raise Refused("invalid_input", "quality is good, fair or poor")
+    if reason is not None and (not isinstance(reason, str) or not reason.isprintable()
+                               or len(reason) > visits.LINK_REASON_CHARS_MAX):
+        raise Refused("invalid_input", f"quality_reason is a line of text of at most "
+                                       f"{visits.LINK_REASON_CHARS_MAX} characters")
+    return quality, reason
 
 
 async def _live_news(call: WsCall, row: Any, now: Any) -> None:

@@ -5,6 +5,7 @@
 // Plain HTTP with the session cookie; the queue and visits are polled while the page is shown.
 // The socket is opened only to watch a visit (visit.watch and its answer).
 import { api, bindEmailLogin, h, say } from "./api.js";
+import { LINK_WORDS } from "./link_quality.js";
 import { KinwireSocket } from "./socket.js";
 import { auditLog } from "./staff_audit.js";
 import { reviewQueue } from "./staff_review.js";
@@ -65,9 +66,15 @@ async function loadVisits() {
       end = h("button", { type: "button", class: "danger", "aria-label": `End the visit of ${who}` }, "End");
       end.addEventListener("click", () => askToEnd(v, who, end));
     }
+    // The kiosk's last word on the call's link (docs/visits.md, "Link quality"), in words.
+    const link = IN_CALL.has(v.status) && v.link_quality
+      ? h("span", { class: "visit-link", dataset: { level: v.link_quality } },
+        `Link: ${LINK_WORDS[v.link_quality] || v.link_quality}${v.link_reason ? ` (${v.link_reason})` : ""}`)
+      : null;
     return h("li", { dataset: { visit: v.id, status: v.status } },
       h("span", {}, h("strong", {}, who), h("br"),
-        h("span", { class: "muted" }, `${spanText(v.start, v.end, v.timezone)} · ${v.media}`)),
+        h("span", { class: "muted" }, `${spanText(v.start, v.end, v.timezone)} · ${v.media}`),
+        link && [h("br"), link]),
       h("span", { class: `badge ${v.status === "live" ? "read" : ""}` },
         v.end_reason ? `${v.status} (${v.end_reason.replace(/_/g, " ")})` : v.status),
       watch, end);

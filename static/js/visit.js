@@ -9,8 +9,10 @@
 // `media_gap_s`, and `disconnected` with `stalled_s` (how long ago the last frame came: the
 // meter pauses from then) once it has not; and `sending`: whether its own outbound audio and
 // video packet counts advanced within `media_stall_s`. All from getStats() every half second. The
-// family's reports are advisory.
+// family's reports are advisory. Both sides show the link's quality (link_quality.js) from the
+// same stats every LINK_MS; the kiosk adds it to its visit.media report when its level changes.
 import { api, h, say } from "./api.js";
+import { favourAudio, linkFigures, linkLevel } from "./link_quality.js";
 import { dayText, timeText } from "./time.js";
 
 export const ACTIVE = new Set(["scheduled", "open", "live", "paused"]);
@@ -51,6 +53,8 @@ export function wallDay(iso, zone) {
   return dayText(iso, zone);
 }
 
+const LINK_MS = 2000; // the link's figures are taken over this long
+
 function clock(seconds) {
   const s = Math.max(0, Math.floor(seconds));
   return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
@@ -69,6 +73,10 @@ export class VisitCall {
     this.remoteStream = null;
     this.reported = false; // "connected" told to the server for the current pc
     this.said = null; // the kiosk's last report: "state/sending"
+    this.link = null; // the link's level on screen: {level, reason, text}
+    this.linkNext = null; // a new level seen once, shown when the next reading agrees
+    this.linkBefore = null; // linkFigures' last snapshot
+    this.linkSaid = null; // the level the kiosk last reported
     this.moved = {}; // getStats counter -> [value, when it last moved (ms)]
     this.relay = null; // relay mode: the server relay that answered our last offer
     this.movedTo = null; // relay mode: the relay we last offered to after a visit.relay_moved
@@ -98,6 +106,11 @@ export class VisitCall {
       left: h("dd", { id: "visit-left" }, "—"),
       warning: h("p", { class: "notice visit-warning", role: "alert", id: "visit-warning" }),
       threshold: h("p", { class: "visit-threshold", id: "visit-threshold" }),
+      // The level is a polite live region, so a change is announced once; the figures beside
+      // it change every couple of seconds and are read with the line, not announced.
+      linkLevel: h("span", { id: "visit-link-level", role: "status", "aria-live": "polite",
+                             "aria-atomic": "true" }, "Measuring…"),
+      linkReason: h("span", { id: "visit-link-reason" }),
       // Focused when the visit ends: named by its own text (an alert takes no name from its
       // content), so a screen reader says why it ended on focus, not only as an alert.
       ended: h("p", { class: "visit-ended", role: "alert", id: "visit-ended", tabindex: "-1", hidden: true,
@@ -112,6 +125,7 @@ export class VisitCall {
     e.videos = h("div", { class: "videos" },
       h("figure", { class: "remote" }, e.remote, h("figcaption", {}, them)),
       h("figure", { class: "self" }, e.local, h("figcaption", {}, "You")));
+    e.link = h("p", { class: "visit-link", id: "visit-link" }, "Link quality: ", e.linkLevel, " ", e.linkReason);
     e.leftBox = h("dl", {}, h("div", {}, h("dt", {}, "Time left in the visit"), e.left));
     e.mic.addEventListener("click", () => this.toggle("audio", e.mic, "Mute microphone", "Unmute microphone"));
     e.cam.addEventListener("click", () => this.toggle("video", e.cam, "Turn camera off", "Turn camera on"));
@@ -125,6 +139,7 @@ export class VisitCall {
         recordingNotice(this.visit)),
       e.status, e.ended,
       e.videos,
+      e.link,
       // Paid minutes and balance change once a minute: announced politely. Time left counts
       // down every second, so it is not a live region.
       h("div", { class: "meter" },
@@ -251,12 +266,16 @@ export class VisitCall {
     this.reported = false;
     this.said = null;
     this.moved = {};
+    this.link = this.linkBefore = this.linkNext = this.linkSaid = null; // measured afresh
+    this.el.linkLevel.textContent = "Measuring…";
+    this.el.linkReason.textContent = "";
+    delete this.el.link.dataset.level;
     // The kiosk: the old session's media is gone with it, and a new one may never connect.
     if (wasLive) this.media_("disconnected", undefined, 0);
     this.remoteStream = new MediaStream();
     this.el.remote.srcObject = this.remoteStream;
     if (this.local) {
-      for (const t of this.local.getTracks()) pc.addTrack(t, this.local);
+      for (const t of this.local.getTracks()) favourAudio(pc.addTrack(t, this.local));
     } else {
       pc.addTransceiver("audio", { direction: "recvonly" });
       pc.addTransceiver("video", { direction: "recvonly" });
@@ -340,10 +359,16 @@ export class VisitCall {
     }
   }
 
-  async media_(state, sending, stalledS) {
+  async media_(state, sending, stalledS, link) {
     const args = { visit_id: this.visit.id, state };
     if (typeof sending === "boolean") args.sending = sending;
     if (typeof stalledS === "number") args.stalled_s = Math.round(stalledS * 1000) / 1000;
+    if (link) {
+      args.quality = link.level;
+      // At most the server's 80 characters: a refused report would lose the state with it.
+      if (link.reason) args.quality_reason = link.reason.slice(0, 80);
+      this.linkSaid = link.level;
+    }
     this.said = `${state}/${sending}`;
     try {
       await this.socket.request("visit.media", args);
@@ -387,10 +412,39 @@ export class VisitCall {
     const moved = this.moved[decisive];
     this.stillS = receiving || !moved ? 0 : (now - moved[1]) / 1000;
     this.showTrouble();
-    if (!this.reporter) return;
+    this.measureLink(stats, now);
+    // The kiosk tells the server a new level (staff see it); in relay mode with the state its
+    // connection last reported, which the server does not bill by.
+    const link = this.side === "person" && this.link && this.link.level !== this.linkSaid ? this.link : undefined;
+    if (!this.reporter) {
+      if (link && this.reported) await this.media_("connected", undefined, undefined, link);
+      return;
+    }
     const state = receiving ? "connected" : "disconnected";
-    if (this.said === `${state}/${sending}`) return;
-    await this.media_(state, sending, receiving || !moved ? undefined : this.stillS);
+    if (this.said === `${state}/${sending}` && !link) return;
+    await this.media_(state, sending, receiving || !moved ? undefined : this.stillS, link);
+  }
+
+  /** The link line, from the stats checkMedia took: every LINK_MS, a level shown once two
+   * readings in a row agree (a moment's dip neither flickers nor is announced). */
+  measureLink(stats, now) {
+    if (this.linkBefore && now - this.linkBefore.at < LINK_MS) return;
+    const video = this.local && this.local.getVideoTracks().some((t) => t.enabled);
+    const { figures, snapshot } = linkFigures(stats, this.linkBefore, now, video);
+    this.linkBefore = snapshot;
+    if (!figures) return;
+    const seen = linkLevel(figures);
+    if (!seen.level) return;
+    const shown = this.link && this.link.level;
+    if (shown === null || shown === seen.level || this.linkNext === seen.level) {
+      this.link = seen;
+      this.linkNext = null;
+      this.el.link.dataset.level = seen.level;
+      if (shown !== seen.level) this.el.linkLevel.textContent = seen.label;
+      this.el.linkReason.textContent = seen.reason ? `(${seen.reason})` : "";
+    } else {
+      this.linkNext = seen.level;
+    }
   }
 
   /** The status line during trouble, from what this page sees (no picture for how long) and
@@ -527,7 +581,7 @@ export class VisitCall {
     const text = endedText(reason, { byMe: this.byMe, peer: this.peer,
                                      payer: this.side === "family" ? "your" : "the family's" });
     this.setStatus(`The visit has ended after ${this.paid} paid minute${this.paid === 1 ? "" : "s"}.`, "ended");
-    this.el.videos.hidden = this.el.leftBox.hidden = true;
+    this.el.videos.hidden = this.el.leftBox.hidden = this.el.link.hidden = true;
     this.el.ended.textContent = text;
     this.el.ended.dataset.reason = this.ended;
     this.el.ended.hidden = false;
