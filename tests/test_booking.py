@@ -37,7 +37,8 @@ TODAY = "2026-03-02"
 T0 = datetime(2026, 3, 2, 15, 10, tzinfo=UTC)  # 09:10 CST
 VIEW_KEYS = {"id", "facility_id", "connection_id", "family_id", "person_id", "start", "end",
              "timezone", "local_start", "local_end", "blocks", "status", "end_reason",
-             "minute_price", "media", "record", "family_media", "person_media", "pause_reason"}
+             "minute_price", "media", "record", "family_media", "person_media", "pause_reason",
+             "link_quality", "link_reason"}
 
 
 def local(day: str, hhmm: str) -> datetime:
