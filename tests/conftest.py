@@ -25,7 +25,7 @@ from store.migrate import migrate
 from tests.helpers import Api
 from tests.seaweed import Seaweed, private_seaweed
 
-# The longest modules start first, so that `make test`'s two processes (pytest-xdist, a module
+# The longest modules start first, so that `make test`'s processes (pytest-xdist, a module
 # each at a time, in collection order) finish together instead of one waiting on a late 3-minute
 # module: 11 min 2 s with them in name order. test_browser_links.py (five real-time network
 # scenarios) takes about 2 min alone.

@@ -271,7 +271,8 @@ async def test_a_booking_is_stored_in_utc_and_told_to_both_parties(api: Api) -> 
         "timezone": "America/Chicago", "local_start": "2026-03-02T11:00:00-06:00",
         "local_end": "2026-03-02T12:00:00-06:00", "blocks": 2, "status": "scheduled",
         "end_reason": None, "minute_price": 50, "media": "direct", "record": True,
-        "family_media": "absent", "person_media": "absent", "pause_reason": None}
+        "family_media": "absent", "person_media": "absent", "pause_reason": None,
+        "link_quality": None, "link_reason": None}
     pushed = await sock.push()
     assert pushed["type"] == "visit.updated" and pushed["data"] == visit
     async with api.ctx.store.read() as conn:
