@@ -345,7 +345,13 @@ export class VisitCall {
     const s = pc.connectionState;
     if (s === "connected" && !this.reported) {
       this.reported = true;
-      this.setStatus(`Connected to ${this.peer}.`, "connected");
+      // After an outage the server may have said the visit is live again before this peer
+      // connection noticed it was back: keep saying the meter runs, not just "Connected".
+      if (this.status === "live") {
+        this.setStatus(`Connected to ${this.peer}. The meter is running.`, "live");
+      } else {
+        this.setStatus(`Connected to ${this.peer}.`, "connected");
+      }
       if (!this.reporter) await this.media_("connected"); // the kiosk reports from its stats
     } else if ((s === "disconnected" || s === "failed") && this.reported) {
       this.reported = false;
