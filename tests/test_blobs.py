@@ -86,7 +86,9 @@ async def test_the_listing_names_every_blob_and_nothing_else(blobs: BlobStore,
                                                              tmp_path: Path) -> None:
     """What the orphan sweep reads (server/orphans.py): every blob with its size and when it
     was put; a folder store's work in progress (`.partial/`) is not a blob."""
-    before = datetime.now(UTC) - timedelta(minutes=5)  # the store's clock, not the test's
+    # The store stamps files (and S3 objects) with the real clock, so "put after a moment
+    # just before" is read on it; an ordering, so the date and hour cannot matter.
+    before = datetime.now(UTC) - timedelta(minutes=5)
     await blobs.put("fac_1/rec_1.webm", write(tmp_path / "a", b"a" * 10))
     await blobs.put("p_2.jpg", write(tmp_path / "b", b"b" * 3))
     if isinstance(blobs, FileBlobs):

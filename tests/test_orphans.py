@@ -69,7 +69,9 @@ def age(path: Path, when) -> None:
 
 def keeper(api: Api, clock: Clock, wall: Clock, in_use=lambda path: False) -> Housekeeping:
     """A housekeeper: the app's clock stamps the audit; ages are on `wall`, the machine's
-    clock as it was when the test began (blob and file times are the real clock's)."""
+    clock as it was when the test began (blob and file times are the real clock's). Only
+    differences from that start are used (a file aged GRACE_S past it, or not), so the date
+    and hour the suite runs at cannot matter."""
     ctx = api.ctx
     return Housekeeping(ctx.store, MemoryBroker(), clock, wall=wall, node_id="n1", lease_s=3.0,
                         batch_rows=50, retention_s=86_400, metrics=Metrics(),
