@@ -9,9 +9,10 @@ per process. With Redis (several processes) both limits hold for the user across
   third of `lease_s` and removes a socket's id when it closes; the ids of a process that died
   expire within `lease_s`.
 - Commands: one token bucket per user (rate `per_s`, bursts of twice that), which processes draw
-  from in batches of about a tenth of a second's rate (SharedBudget), so that most commands cost
-  no round trip. Tokens a process drew and did not use lapse after BATCH_KEEP_S: across N
-  processes a user gets at most the bucket's burst plus N batches more, never N buckets.
+  from in batches of a quarter of a second's rate (SharedBudget), ahead of need, so that a
+  command rarely waits on a round trip. A process holds at most a batch and a half, and tokens
+  it drew and did not use lapse after BATCH_KEEP_S (so another process may have them): across
+  N processes a user gets at most the bucket's burst plus N batches more, never N buckets.
 
 Redis unreachable: each limit falls back to this process's own count (the hub's check, a
 per-process Budget), logged once per outage; users are never locked out by the broker.
@@ -39,6 +40,7 @@ from server.gateway.client import Budget
 log = logging.getLogger("kinwire.gateway")
 T = TypeVar("T")
 BATCH_KEEP_S = 1.0  # tokens drawn from the shared bucket and unused by then are dropped
+RETRY_S = 1.0  # after Redis failed to answer, the per-process limits alone for this long
 
 _NOW_MS = """
 local now = redis.call('TIME')
@@ -110,7 +112,7 @@ class SharedLimits:
     def __init__(self, url: str, *, sockets_max: int, per_s: int, lease_s: float,
                  node_id: str, namespace: str = "kinwire", op_timeout_s: float = 0.5) -> None:
         self.sockets_max, self.per_s, self.lease_s = sockets_max, per_s, lease_s
-        self.batch = max(1, per_s // 10)
+        self.batch = max(1, per_s // 4)
         self._node_id = node_id
         self._prefix = f"{namespace}:"
         self._op_timeout_s = op_timeout_s
@@ -122,6 +124,7 @@ class SharedLimits:
         self._renew = self._redis.register_script(RENEW_LUA)
         self._take = self._redis.register_script(TAKE_LUA)
         self.outage = Outage()
+        self._retry_at = 0.0
         self._mine: dict[str, set[str]] = {}  # account id -> ids of its sockets here
         self._serial = 0
         self._renewer: asyncio.Task | None = None
@@ -130,11 +133,16 @@ class SharedLimits:
         return f"{self._prefix}{kind}:{{{events.channel(account_id)}}}"
 
     async def _bounded(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        if self.outage.down and time.monotonic() < self._retry_at:
+            # Not asked again for RETRY_S: a Redis that times out would otherwise cost every
+            # command op_timeout_s.
+            raise BrokerUnavailable("redis: not answering")
         try:
             async with asyncio.timeout(self._op_timeout_s):
                 answer = await call()
         except (RedisError, *UNAVAILABLE_ERRORS) as exc:  # any failure: fall back, never lock out
             self.outage.failed(what, exc)
+            self._retry_at = time.monotonic() + RETRY_S
             raise BrokerUnavailable(f"redis: {exc!r}") from exc
         self.outage.ok()
         return answer
@@ -214,33 +222,54 @@ class SharedLimits:
 
 class SharedBudget:
     """A user's command budget on this process, drawn from the user's shared bucket in batches.
-    `take` spends a token already drawn (no round trip); when none is left, `reserve` draws the
-    next batch. Redis down: this process's own bucket (the memory broker's rule) decides."""
+    `take` spends a token already drawn (no round trip) and, when few are left, draws the next
+    batch in the background, so that a steady sender never waits on Redis; `reserve` waits for
+    a draw when none is left. Redis down: this process's own bucket (the memory broker's rule)
+    decides."""
 
-    __slots__ = ("_account_id", "_expires", "_limits", "_local", "_tokens")
+    __slots__ = ("_account_id", "_draw", "_empty_until", "_expires", "_limits", "_local",
+                 "_tokens")
 
     def __init__(self, limits: SharedLimits, account_id: str) -> None:
         self._limits = limits
         self._account_id = account_id
         self._tokens = 0
         self._expires = 0.0
+        self._empty_until = 0.0  # the shared bucket was empty: refuse without asking until then
+        self._draw: asyncio.Task | None = None
         self._local = Budget(limits.per_s)
 
     def take(self) -> bool:
-        if self._tokens > 0 and time.monotonic() < self._expires:
-            self._tokens -= 1
-            return True
-        return False
+        if self._tokens <= 0 or time.monotonic() >= self._expires:
+            return False
+        self._tokens -= 1
+        if self._tokens <= self._limits.batch // 2 and self._draw is None:
+            self._draw = asyncio.create_task(self._drawn(), name="limits-draw")
+        return True
 
     async def reserve(self) -> bool:
-        """Draw a batch and spend one of it; False when the shared bucket is empty."""
+        """Wait for a draw and spend a token of it; False when the shared bucket is empty."""
+        if time.monotonic() < self._empty_until:
+            return False  # a flood of refused commands costs no round trip each
+        if self._draw is None:
+            self._draw = asyncio.create_task(self._drawn(), name="limits-draw")
+        if not await asyncio.shield(self._draw):
+            return self._local.take()
+        return self.take()
+
+    async def _drawn(self) -> bool:
+        """Draw a batch into hand; False when Redis did not answer."""
         try:
             granted = await self._limits.take(self._account_id, self._limits.batch)
         except BrokerUnavailable:
-            return self._local.take()
-        if granted <= 0:
             return False
-        self._tokens, self._expires = granted - 1, time.monotonic() + BATCH_KEEP_S
+        finally:
+            self._draw = None
+        now = time.monotonic()
+        held = self._tokens if now < self._expires else 0
+        self._tokens, self._expires = held + granted, now + BATCH_KEEP_S
+        if granted < self._limits.batch:
+            self._empty_until = now + (self._limits.batch - granted) / self._limits.per_s
         return True
 
 
