@@ -13,8 +13,10 @@ from pathlib import Path
 import aiohttp
 
 from server.gateway.limits import SharedLimits
+from tests.redis_engines import Cluster
 from tests.test_cli import free_port
 from tests.test_cluster import Node, RedisServer, cluster, post
+from tests.test_redis_cluster import masters_of
 
 SOCKETS_MAX = 4
 LEASE_S = 3.0  # KINWIRE_WS_CONNECTIONS_LEASE_S in these tests: renewed every second
@@ -81,6 +83,32 @@ async def test_without_redis_the_limits_fall_back_to_the_process(tmp_path: Path)
         assert 2 * RATE <= answered.count(True) <= 2 * RATE + 2, answered  # the local bucket
     finally:
         await limits.close()
+
+
+async def test_on_a_redis_cluster_each_user_is_counted_on_one_slot(tmp_path: Path) -> None:
+    """Adversary: a Redis Cluster, which answers CROSSSLOT or MOVED to a script whose keys are
+    not on the node asked. Users spread over three masters are each held to their limits."""
+    deployment = Cluster(tmp_path, masters=3)
+    deployment.start()
+    a, b = limits_on(deployment.url, "a"), limits_on(deployment.url, "b")
+    try:
+        users = [f"acc_{i}" for i in range(6)]
+        got = await asyncio.gather(*[(a if i % 2 else b).claim(user)
+                                     for user in users for i in range(SOCKETS_MAX + 2)])
+        assert not a.outage.down and not b.outage.down  # counted in Redis, not fallen back
+        for n, user in enumerate(users):
+            mine = got[n * (SOCKETS_MAX + 2):(n + 1) * (SOCKETS_MAX + 2)]
+            assert sum(g is not None for g in mine) == SOCKETS_MAX, (user, mine)
+        drawn = await asyncio.gather(*[a.take(user, 3 * RATE) for user in users])
+        assert drawn == [2 * RATE] * len(users), drawn  # each user's own full burst, no more
+        await a.renew_all()
+        assert not a.outage.down
+        keys = [f"kinwire:sockets:{{user:{user}}}".encode() for user in users]
+        assert len(masters_of(deployment, keys)) > 1, "all users on one master: nothing tried"
+    finally:
+        await a.close()
+        await b.close()
+        deployment.stop()
 
 
 async def _user_token(http: aiohttp.ClientSession, node: Node) -> str:
