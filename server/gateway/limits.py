@@ -149,7 +149,7 @@ class SharedLimits:
 
     async def claim(self, account_id: str) -> str | None:
         """Count a new socket of the user: its id, or None when the user is at the limit.
-        BrokerUnavailable when Redis does not answer (the caller admits on its own count)."""
+        Redis not answering: its id too (the caller's own per-process count decides)."""
         self._serial += 1
         socket_id = f"{self._node_id}:{self._serial}"
         try:
