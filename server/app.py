@@ -23,6 +23,7 @@ from server.events import Outbox
 from server.gateway.client import RESTARTING
 from server.gateway.endpoint import HUB, websocket
 from server.gateway.hub import Hub
+from server.gateway.limits import make_limits
 from server.housekeeping import Housekeeping
 from server.http import (
     routes_audit,
@@ -141,8 +142,9 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
                       metrics=metrics, keep_recording=ctx.recordings.keep,
                       transcode=settings.relay_transcode, capacity=settings.relay_capacity)
     # --- end relay mode ---
+    limits = make_limits(settings, ctx.meters.node_id)  # Redis: per-user limits across processes
     hub = Hub(store, broker, per_user_max=settings.ws_connections_per_user_max,
-              page_max=settings.sync_page_max, metrics=metrics)
+              page_max=settings.sync_page_max, metrics=metrics, limits=limits)
     app[HUB] = hub
     ctx.relay.sockets = hub.count  # advertised with its load: placement prefers fewer
 
@@ -236,6 +238,8 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
         sweeper = asyncio.create_task(housekeeping.run(stop), name="housekeeping")
         await ctx.meters.start()
         await ctx.relay.start()
+        if limits is not None:
+            limits.start()
         yield
         await ctx.relay.stop()  # relay mode: cut the media and finish the recordings
         await ctx.meters.stop()
@@ -243,6 +247,8 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
         await sweeper
         await hub.close_all(RESTARTING, "server restarting")
         await hub.stop_all()
+        if limits is not None:
+            await limits.close()
         await broker.close()
         await ctx.login_limiter.counters.close()
 

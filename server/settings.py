@@ -149,11 +149,18 @@ class Settings:
     ws_heartbeat_s: float = _setting(20.0, "WebSocket ping interval; a missed pong closes it.")
     ws_auth_timeout_s: float = _setting(10.0, "Time a socket has to authenticate.")
     ws_commands_per_s: int = _setting(20, "Commands per second one user may send, across all "
-                                      "their sockets on a process (burst twice that); more "
-                                      "are refused `rate_limited`.",
+                                      "their sockets (burst twice that): on all processes "
+                                      "when REDIS_URL is set, else on this one; more are "
+                                      "refused `rate_limited`.",
                                       lo=1, hi=100_000)
-    ws_connections_per_user_max: int = _setting(10, "Open sockets per user per process.",
+    ws_connections_per_user_max: int = _setting(10, "Open sockets per user: on all processes "
+                                                "when REDIS_URL is set, else on this one.",
                                                 lo=1, hi=10_000)
+    ws_connections_lease_s: float = _setting(30.0, "With REDIS_URL: a socket counts towards "
+                                             "its user's limit until this long after its "
+                                             "process last renewed it (every third of it), so "
+                                             "the sockets of a process that died stop "
+                                             "counting within this.")
     sync_page_max: int = _setting(500, "Most events one sync reply carries (`more` says "
                                   "there are more).", lo=1, hi=100_000)
     event_retention_s: int = _setting(30 * 86_400, "How long events are kept for sync; an "
@@ -316,6 +323,7 @@ class Settings:
             raise SettingsError("KINWIRE_ORPHAN_GRACE_S must be in [60, 2592000]")
         for name in ("ws_heartbeat_s", "ws_auth_timeout_s", "meter_lease_s", "relay_lease_s",
                      "drain_timeout_s", "db_timeout_s", "housekeeping_lease_s", "node_lease_s",
+                     "ws_connections_lease_s",
                      "media_stall_s", "media_gap_s", "s3_timeout_s"):
             if not 0 < getattr(self, name) <= 3600:
                 raise SettingsError(f"{self.env_name(name)} must be in (0, 3600]")

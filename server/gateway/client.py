@@ -49,6 +49,10 @@ class Budget:
         self._tokens -= 1
         return True
 
+    async def reserve(self) -> bool:
+        """Nothing more to draw on: this bucket is all there is (SharedBudget draws more)."""
+        return False
+
 
 class Client:
     def __init__(self, ws: web.WebSocketResponse, request: web.Request, codec: str, *,
@@ -71,7 +75,8 @@ class Client:
         self._writer: asyncio.Task | None = None
         self._write_failed = False  # the connection broke under the writer: stop writing
         self._closer: asyncio.Task | None = None
-        self.budget = Budget(commands_per_s)  # replaced by the user's shared one on attach
+        self.budget: Any = Budget(commands_per_s)  # replaced by the user's shared one on attach
+        self.limit_id: str | None = None  # its id among the user's sockets in Redis, if counted
 
     @property
     def visits(self) -> set[str]:
@@ -104,9 +109,6 @@ class Client:
         if self._write_failed or (self._writer is not None and not self._writer.done()):
             return
         self._writer = asyncio.create_task(self._write(), name="ws-writer")
-
-    def take_token(self) -> bool:
-        return self.budget.take()
 
     def close(self, code: int, reason: str, *, abandon: bool = False) -> None:
         """Close soon, from any task. Frames already queued go out first, unless `abandon`:

@@ -180,7 +180,8 @@ async def _read(client: Client, request: web.Request) -> None:
             return
         if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
             continue
-        if not client.take_token():
+        # A token already in hand costs nothing; drawing more (Redis: a batch) may wait.
+        if not client.budget.take() and not await client.budget.reserve():
             client.send(reply_error(None, "rate_limited", "Too many commands; slow down."))
             continue
         try:

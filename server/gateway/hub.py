@@ -23,8 +23,9 @@ from common.errors import Refused
 from server import events
 from server.broker import Broker, BrokerUnavailable, Gap, codec
 from server.broker.subscription import QueuedSubscription
-from server.gateway.client import REVOKED, Budget, Client
+from server.gateway.client import REVOKED, Client
 from server.gateway.envelope import encode, push
+from server.gateway.limits import SharedLimits
 from server.http.metrics import Metrics
 from server.schema import event_heads
 from store import Store, quickread
@@ -48,7 +49,7 @@ class Feed:
         self.hub = hub
         self.account_id = account_id
         self.clients: set[Client] = set()
-        self.budget: Budget | None = None  # the user's command budget, shared by its sockets
+        self.budget: Any = None  # the user's command budget (Budget or SharedBudget), shared
         self.lock = asyncio.Lock()
         self.subscription: Any = None
         self.task: asyncio.Task | None = None
@@ -208,11 +209,13 @@ class Feed:
 
 class Hub:
     def __init__(self, store: Store, broker: Broker, *, per_user_max: int, page_max: int,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, limits: SharedLimits | None = None) -> None:
         self.metrics = metrics or Metrics()  # metrics: kinwire_pushes_total
         self.store = store
         self.broker = broker
         self.per_user_max = per_user_max
+        # With Redis: a user's sockets and commands counted across processes (gateway/limits.py)
+        self.limits = limits
         self.page_max = page_max
         self.feeds: dict[str, Feed] = {}
         self._feed_locks: dict[str, asyncio.Lock] = {}
@@ -229,14 +232,19 @@ class Hub:
         async with lock:
             feed = self.feeds.get(account_id)
             if feed is not None and len(feed.clients) >= self.per_user_max:
-                raise Refused("too_many_connections",
-                               f"At most {self.per_user_max} open connections per user.")
+                raise self._too_many()
+            if self.limits is not None:
+                # Counted across processes; released in detach (which every socket reaches).
+                client.limit_id = await self.limits.claim(account_id)
+                if client.limit_id is None:
+                    raise self._too_many()
             if feed is None:
                 feed = Feed(self, account_id)
                 await feed.start()  # subscribed first: events after the head below are signalled
                 self.feeds[account_id] = feed
             if feed.budget is None:
-                feed.budget = client.budget
+                feed.budget = client.budget if self.limits is None \
+                    else self.limits.budget(account_id)
             client.budget = feed.budget
             async with feed.lock:
                 subscribed = feed.live.is_set()  # before the read: later events are signalled
@@ -244,6 +252,10 @@ class Hub:
                 if subscribed:
                     client.attached_head = (client.last_seq, time.monotonic())
                 feed.clients.add(client)
+
+    def _too_many(self) -> Refused:
+        return Refused("too_many_connections",
+                       f"At most {self.per_user_max} open connections per user.")
 
     async def _head(self, account_id: str) -> int:
         """The user's last event seq (0 before the first), as events.head() reads it."""
@@ -271,6 +283,9 @@ class Hub:
         if client.principal is None:
             return
         account_id = client.principal.account_id
+        if client.limit_id is not None:
+            limit_id, client.limit_id = client.limit_id, None
+            await self.limits.release(account_id, limit_id)
         lock = self._feed_locks.setdefault(account_id, asyncio.Lock())
         async with lock:
             feed = self.feeds.get(account_id)
