@@ -128,6 +128,7 @@ class SharedLimits:
         self._mine: dict[str, set[str]] = {}  # account id -> ids of its sockets here
         self._serial = 0
         self._renewer: asyncio.Task | None = None
+        self._closing = False
 
     def _key(self, kind: str, account_id: str) -> str:
         return f"{self._prefix}{kind}:{{{events.channel(account_id)}}}"
@@ -202,7 +203,9 @@ class SharedLimits:
         return SharedBudget(self, account_id)
 
     async def _renew_forever(self) -> None:
-        while True:
+        # Ends on `_closing`, not only on cancel: a cancel that lands inside redis-py during a
+        # call may be swallowed there (seen under load: close() then waited forever).
+        while not self._closing:
             await asyncio.sleep(self.lease_s / 3)
             try:
                 await self.renew_all()
@@ -213,6 +216,7 @@ class SharedLimits:
         self._renewer = asyncio.create_task(self._renew_forever(), name="limits-renew")
 
     async def close(self) -> None:
+        self._closing = True
         if self._renewer is not None:
             self._renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
