@@ -111,6 +111,27 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
                   durable=settings.db_durable_commits)
     store.on_wait = lambda seconds: metrics.observe("kinwire_db_pool_wait_seconds", seconds)
     broker = make_broker(settings, metrics)
+    # The collaborators first, then the context that carries them (typed in server/context.py).
+    meters = Meters(store, broker, clock, minute_s=settings.visit_minute_s,
+                    lease_s=settings.meter_lease_s, node_id=secrets.token_hex(6),
+                    sink=Outbox,
+                    push_live=lambda who, kind, data: calls.push_live(broker, who, kind, data),
+                    metrics=metrics, node_lease_s=settings.resolved_node_lease_s)
+    blobs = open_blobs(settings)  # photos and recordings: folders or S3 (server/blobs)
+    # --- relay mode (signalling/relay.py): this process's relayed visits, their recordings
+    # written under the recordings dir (.partial/) and then kept in the blob store as records ---
+    recordings = Recordings(store, blobs.recordings, clock)
+    relay = Relay(store, broker, node_id=meters.node_id, lease_s=settings.relay_lease_s,
+                  turn_secret=settings.turn_secret, turn_urls=settings.turn_urls,
+                  stun_urls=settings.stun_urls, loopback_only=settings.relay_loopback_only,
+                  recordings_dir=blobs.recording_staging,
+                  push_live=lambda who, kind, data: calls.push_live(broker, who, kind, data),
+                  party_channel=events.channel, clock=clock, sink=Outbox,
+                  poke=meters.poke, stall_s=settings.media_stall_s,
+                  gap_s=settings.media_gap_s,
+                  metrics=metrics, keep_recording=recordings.keep,
+                  transcode=settings.relay_transcode, capacity=settings.relay_capacity)
+    # --- end relay mode ---
     ctx = Context(
         settings=settings, store=store, broker=broker, gateway=gateway or SandboxGateway(),
         passwords=Passwords(settings.argon2_time_cost, settings.argon2_memory_kib,
@@ -119,40 +140,20 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
                                    settings.login_backoff_base_s,
                                    make_attempts(settings)),
         clock=clock, metrics=metrics,
-        photo_work=PhotoWork(settings.photo_workers, settings.photo_queue_max))
+        photo_work=PhotoWork(settings.photo_workers, settings.photo_queue_max),
+        meters=meters, relay=relay, recordings=recordings, blobs=blobs)
     app[CONTEXT] = ctx
-    ctx.meters = Meters(store, broker, clock, minute_s=settings.visit_minute_s,
-                        lease_s=settings.meter_lease_s, node_id=secrets.token_hex(6),
-                        sink=Outbox,
-                        push_live=lambda who, kind, data: calls.push_live(broker, who, kind,
-                                                                           data),
-                        metrics=metrics, node_lease_s=settings.resolved_node_lease_s)
-    ctx.blobs = open_blobs(settings)  # photos and recordings: folders or S3 (server/blobs)
-    # --- relay mode (signalling/relay.py): this process's relayed visits, their recordings
-    # written under the recordings dir (.partial/) and then kept in the blob store as records ---
-    ctx.recordings = Recordings(store, ctx.blobs.recordings, clock)
-    ctx.relay = Relay(store, broker, node_id=ctx.meters.node_id, lease_s=settings.relay_lease_s,
-                      turn_secret=settings.turn_secret, turn_urls=settings.turn_urls,
-                      stun_urls=settings.stun_urls, loopback_only=settings.relay_loopback_only,
-                      recordings_dir=ctx.blobs.recording_staging,
-                      push_live=lambda who, kind, data: calls.push_live(broker, who, kind, data),
-                      party_channel=events.channel, clock=clock, sink=Outbox,
-                      poke=ctx.meters.poke, stall_s=settings.media_stall_s,
-                      gap_s=settings.media_gap_s,
-                      metrics=metrics, keep_recording=ctx.recordings.keep,
-                      transcode=settings.relay_transcode, capacity=settings.relay_capacity)
-    # --- end relay mode ---
-    limits = make_limits(settings, ctx.meters.node_id)  # Redis: per-user limits across processes
+    limits = make_limits(settings, meters.node_id)  # Redis: per-user limits across processes
     hub = Hub(store, broker, per_user_max=settings.ws_connections_per_user_max,
               page_max=settings.sync_page_max, metrics=metrics, limits=limits)
     app[HUB] = hub
-    ctx.relay.sockets = hub.count  # advertised with its load: placement prefers fewer
+    relay.sockets = hub.count  # advertised with its load: placement prefers fewer
 
     async def relay_visits() -> float:
-        return float(ctx.relay.relayed())
+        return float(relay.relayed())
 
     async def relay_capacity() -> float:
-        return float(ctx.relay.capacity)
+        return float(relay.capacity)
 
     metrics.collect("kinwire_relay_visits", relay_visits)
     metrics.collect("kinwire_relay_capacity", relay_capacity)
@@ -164,17 +165,17 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
 
     # Pruning and sweeps on one process (the lease holder); each process closes its own
     # sockets whose session expired.
-    housekeeping = Housekeeping(store, broker, clock, node_id=ctx.meters.node_id,
+    housekeeping = Housekeeping(store, broker, clock, node_id=meters.node_id,
                                 lease_s=settings.housekeeping_lease_s,
                                 batch_rows=settings.housekeeping_batch_rows,
                                 retention_s=settings.event_retention_s, metrics=metrics,
                                 per_process=hub.close_expired,
                                 attempts=ctx.login_limiter.counters,
-                                recordings=ctx.recordings,
-                                blobs={"recordings": ctx.blobs.recordings,
-                                       "photos": ctx.blobs.photos},
-                                partials=(ctx.blobs.staging, ctx.relay.recordings_dir),
-                                in_use=ctx.relay.writing,
+                                recordings=recordings,
+                                blobs={"recordings": blobs.recordings,
+                                       "photos": blobs.photos},
+                                partials=(blobs.staging, relay.recordings_dir),
+                                in_use=relay.writing,
                                 orphan_grace_s=settings.orphan_grace_s)
 
     async def holding() -> float:
@@ -197,14 +198,14 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
                         "could not check visit %s after a lapse", visit_id, exc_info=True)
                     continue
                 if row.status in visits.IN_CALL \
-                        and getattr(row, f"{role}_node") != ctx.meters.node_id:
+                        and getattr(row, f"{role}_node") != meters.node_id:
                     client.close(RESTARTING, "rejoin the visit")
                     break
 
-    ctx.meters.on_lapse = rejoin_dropped
+    meters.on_lapse = rejoin_dropped
     # Meters stop and release their leases, announcing it, so another process takes over now.
     # The relays move first, while the parties' sockets can still hear `visit.relay_moved`.
-    drain.steps += [ctx.relay.hand_over, close_sockets, ctx.meters.stop]
+    drain.steps += [relay.hand_over, close_sockets, meters.stop]
     install_metrics(app, metrics, hub=hub, store=store, broker=broker)  # GET /metrics
 
     async def database(app: web.Application) -> AsyncIterator[None]:
@@ -229,20 +230,20 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
             show_demo(await seed_demo(ctx))
         yield
         await store.close()
-        await ctx.blobs.close()  # after the relay's last recordings were put (messaging)
+        await blobs.close()  # after the relay's last recordings were put (messaging)
         ctx.photo_work.close()
         ctx.passwords.close()
 
     async def messaging(app: web.Application) -> AsyncIterator[None]:
         stop = asyncio.Event()
         sweeper = asyncio.create_task(housekeeping.run(stop), name="housekeeping")
-        await ctx.meters.start()
-        await ctx.relay.start()
+        await meters.start()
+        await relay.start()
         if limits is not None:
             limits.start()
         yield
-        await ctx.relay.stop()  # relay mode: cut the media and finish the recordings
-        await ctx.meters.stop()
+        await relay.stop()  # relay mode: cut the media and finish the recordings
+        await meters.stop()
         stop.set()
         await sweeper
         await hub.close_all(RESTARTING, "server restarting")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING
 
 from billing.gateway import PaymentGateway
 from server.auth import LoginLimiter, Passwords
@@ -13,6 +13,13 @@ from server.broker import Broker
 from server.http.metrics import Metrics
 from server.settings import Settings
 from store import Store
+
+if TYPE_CHECKING:  # built by create_app; a one-shot CLI context has none of them
+    from server.blobs.configured import Blobs
+    from server.photos import PhotoWork
+    from server.recordings import Recordings
+    from signalling.meters import Meters
+    from signalling.relay import Relay
 
 
 @dataclass
@@ -24,9 +31,11 @@ class Context:
     passwords: Passwords
     login_limiter: LoginLimiter
     clock: Callable[[], datetime]
-    meters: Any = None  # signalling.meters.Meters, on a serving process
-    relay: Any = None  # signalling.relay.Relay (relay-mode media), on a serving process
-    photo_work: Any = None  # server.photos.PhotoWork (the photo pool), on a serving process
-    recordings: Any = None  # server.recordings.Recordings
-    blobs: Any = None  # server.blobs.configured.Blobs: the photo and recording stores
+    # A serving process's collaborators, built before the context (server/app.py); None in
+    # a one-shot CLI command's context (server/cli.py), which serves no visit or photo.
+    meters: Meters | None = None
+    relay: Relay | None = None  # relay-mode media
+    photo_work: PhotoWork | None = None  # the photo pool
+    recordings: Recordings | None = None
+    blobs: Blobs | None = None  # the photo and recording stores
     metrics: Metrics = field(default_factory=Metrics)  # create_app's; a private one elsewhere

@@ -22,6 +22,7 @@ Contract
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -177,6 +178,9 @@ class Store:
         # connection; PostgreSQL runs each batched write in its own transaction, in parallel on
         # the pool, and groups WAL flushes itself (docs/messaging.md, "Group commit").
         self.group = GroupCommit(self, max_batch=group_max if self.dialect == "sqlite" else 1)
+        # store/quickread.py's read-only sqlite3 connection: opened on the first point read,
+        # False where there is none (PostgreSQL, an in-memory database, or it failed to open).
+        self.quick_reader: sqlite3.Connection | bool | None = None
 
     @property
     def engine(self) -> AsyncEngine:

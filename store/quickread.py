@@ -32,15 +32,11 @@ from store.raw import Query
 log = logging.getLogger("kinwire.store")
 NOT_SERVED: Any = object()
 _DIALECT = SQLiteDialect_aiosqlite()  # the store's SQLite driver: same SQL, same type handling
-_connections: weakref.WeakKeyDictionary[Store, sqlite3.Connection | None] = (
-    weakref.WeakKeyDictionary())
 
 
 def _connection(store: Store) -> sqlite3.Connection | None:
-    try:
-        return _connections[store]
-    except KeyError:
-        pass
+    if store.quick_reader is not None:
+        return store.quick_reader or None
     db = None
     url = make_url(store.url)
     if store.dialect == "sqlite" and url.database not in (None, "", ":memory:") and not url.query:
@@ -53,7 +49,7 @@ def _connection(store: Store) -> sqlite3.Connection | None:
             db = None
         else:
             weakref.finalize(store, db.close)
-    _connections[store] = db
+    store.quick_reader = db if db is not None else False
     return db
 
 

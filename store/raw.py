@@ -18,6 +18,7 @@ as one written through Core (UTC datetimes, JSON text, booleans), and read back 
 
 from __future__ import annotations
 
+import functools
 from collections import namedtuple
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -28,29 +29,21 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store.inline import InlineConnection
 
-_DOLLAR: dict[str, str] = {}
-_PROCESSORS: dict[tuple[str, str, str, str], Callable[[Any], Any] | None] = {}
 
-
+# Both memoised: pure functions of the statements and columns written in the code (and of the
+# one or two dialects of a process's engines), so the caches grow with the code, not traffic.
+@functools.cache
 def _dollar(sql: str) -> str:
     """`?` placeholders as PostgreSQL's `$n` (our statements have no `?` in literals)."""
-    done = _DOLLAR.get(sql)
-    if done is None:
-        head, *rest = sql.split("?")
-        done = _DOLLAR[sql] = head + "".join(f"${n}{part}" for n, part in enumerate(rest, 1))
-    return done
+    head, *rest = sql.split("?")
+    return head + "".join(f"${n}{part}" for n, part in enumerate(rest, 1))
 
 
+@functools.cache
 def _processor(column: Column, dialect: Dialect, way: str) -> Callable[[Any], Any] | None:
-    key = (column.table.name, column.name, dialect.name, way)
-    try:
-        return _PROCESSORS[key]
-    except KeyError:
-        kind = column.type
-        made = (kind.bind_processor(dialect) if way == "bind"
-                else kind.result_processor(dialect, None))
-        _PROCESSORS[key] = made
-        return made
+    kind = column.type
+    return (kind.bind_processor(dialect) if way == "bind"
+            else kind.result_processor(dialect, None))
 
 
 class Insert:

@@ -11,12 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from server.auth import Principal
 from server.gateway.envelope import JSON, encode
+
+if TYPE_CHECKING:
+    from server.gateway.limits import SharedBudget
+    from server.gateway.ops import InCall
 
 # The close codes the server sends (docs/API.md, "Close codes"); 1009 (frame too large) is
 # aiohttp's own. The client reconnects on all but UNAUTHORISED and REVOKED.
@@ -66,6 +70,7 @@ class Client:
         # subscribed; lets the first sync answer without a store read (Hub.sync).
         self.attached_head: tuple[int, float] | None = None
         self._visits: set[str] | None = None  # made on first use: most sockets join none
+        self._in_call: dict[str, InCall] | None = None  # likewise (see in_call)
         self.closing = False
         # A list rather than an asyncio.Queue (four deques, ~3 KB; an empty list is 56 bytes),
         # and a writer task only while frames wait: idle sockets are many and hold neither
@@ -75,7 +80,8 @@ class Client:
         self._writer: asyncio.Task | None = None
         self._write_failed = False  # the connection broke under the writer: stop writing
         self._closer: asyncio.Task | None = None
-        self.budget: Any = Budget(commands_per_s)  # replaced by the user's shared one on attach
+        # Replaced by the user's shared one on attach where Redis counts commands (limits.py).
+        self.budget: Budget | SharedBudget = Budget(commands_per_s)
         self.limit_id: str | None = None  # its id among the user's sockets in Redis, if counted
 
     @property
@@ -84,6 +90,14 @@ class Client:
         if self._visits is None:
             self._visits = set()
         return self._visits
+
+    @property
+    def in_call(self) -> dict[str, InCall]:
+        """Visit id -> what its `visit.signal` needs, set by a
+        successful join or check on this socket; dropped with the socket."""
+        if self._in_call is None:
+            self._in_call = {}
+        return self._in_call
 
     def send(self, frame: dict[str, Any]) -> bool:
         """Queue a frame; False when the socket is closing or was just closed for being slow."""

@@ -7,7 +7,6 @@ call the service and answer, like the HTTP handlers.
 from __future__ import annotations
 
 import time
-import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -152,22 +151,20 @@ class InCall:
 # once on the meters channel; this bounds a missed notice (the broker away) to two seconds.
 CHECK_FRESH_S = 2.0
 JOIN_LIVE_WAIT_S = 5.0  # how long a join waits for its socket's feed to be subscribed
-# Per socket (dropped with it): visit id -> InCall, set by a successful join or check.
-_in_call: weakref.WeakKeyDictionary[Any, dict[str, InCall]] = weakref.WeakKeyDictionary()
 
 
 def _cached(call: WsCall, visit_id: str) -> InCall | None:
-    known = _in_call.get(call.client, {}).get(visit_id)
+    known = call.client.in_call.get(visit_id)
     if known is None or time.monotonic() - known.checked_at > CHECK_FRESH_S:
         return None
-    ended_at = getattr(call.ctx.meters, "ended", {}).get(visit_id)
+    ended_at = call.ctx.meters.ended.get(visit_id)
     if ended_at is not None and ended_at >= known.checked_at:
         return None
     return known
 
 
 def _remember(call: WsCall, visit_id: str, row: Any, checked_at: float) -> InCall:
-    known = _in_call.setdefault(call.client, {})[visit_id] = InCall(
+    known = call.client.in_call[visit_id] = InCall(
         visits.peer_of(row, call.me.account_id), row.media, checked_at)
     return known
 
@@ -267,7 +264,7 @@ async def visit_signal(call: WsCall) -> dict[str, Any]:
             row = await visits.get(conn, visit_id)
             visits.role_of(row, call.me.account_id)
         if row.status not in visits.IN_CALL:
-            _in_call.get(call.client, {}).pop(visit_id, None)
+            call.client.in_call.pop(visit_id, None)
             raise Refused("not_in_call", f"The visit is {row.status}.")
         known = _remember(call, visit_id, row, checked_at)
     peer = known.peer
@@ -349,7 +346,7 @@ async def visit_leave(call: WsCall) -> dict[str, Any]:
 
     row = await _in_visit(call, work)
     call.client.visits.discard(visit_id)
-    _in_call.get(call.client, {}).pop(visit_id, None)
+    call.client.in_call.pop(visit_id, None)
     if row is not None:
         await calls.announce_end(call.ctx.broker, row, call.ctx.meters)
         await call.ctx.meters.poke(visit_id)
