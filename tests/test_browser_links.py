@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import re
 import tempfile
 import time
@@ -37,6 +38,10 @@ pytestmark = pytest.mark.skipif(available() is not None, reason=str(available())
 STALL_S = 6.0  # KINWIRE_MEDIA_STALL_S: shorter than an outage, so that its bound is tested
 OUTAGE_S = 12.0  # more than two billed minutes (5 s) and than the stall threshold
 HEARTBEAT_S = 4.0  # the server drops a silent socket 4-6 s in (a ping, then half that for a pong)
+# KINWIRE_TEST_LONG_OUTAGE=1: the dropped-socket test as the issue tells it, a 60 s outage with
+# the server's default heartbeat (20 s), instead of 12 s with HEARTBEAT_S: ~50 s longer, so not
+# in make test; run by hand to check that the short form still stands for the long one.
+LONG_OUTAGE = os.environ.get("KINWIRE_TEST_LONG_OUTAGE") == "1"
 BEFORE_S = 5.0  # clean call before the link goes down
 AFTER_MAX_S = 15.0  # the longest the test waits for the call and billing to come back
 
@@ -83,7 +88,7 @@ def _resumed_after(call: Call, t: float, level: float):
     return next((s for s in call.between(t, time.monotonic()) if s.billed_s > level + 1e-3), None)
 
 
-async def _outage(call: Call, name: str, *, watch=None) -> dict:
+async def _outage(call: Call, name: str, *, watch=None, outage_s: float = OUTAGE_S) -> dict:
     """Run clean for BEFORE_S, cut the link for OUTAGE_S, then run until the pictures and the
     billing are back (and `watch` is done) and 2 s more; the figures. `watch`: a coroutine run
     alongside the outage (it gets the moment the link went down)."""
@@ -93,7 +98,7 @@ async def _outage(call: Call, name: str, *, watch=None) -> dict:
     link.down()
     down_at = time.monotonic()
     watcher = asyncio.ensure_future(watch(down_at)) if watch else None
-    await call.run_for(OUTAGE_S)
+    await call.run_for(outage_s)
     link.up()
     up_at = time.monotonic()
     frozen = call.between(down_at, up_at)
@@ -170,7 +175,7 @@ async def test_an_outage_in_relay_mode(sqlite_template: Path, tmp_path: Path) ->
     assert figures["back_s"] <= 5.0, figures
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(240 if LONG_OUTAGE else 150)
 async def test_after_the_server_drops_its_socket_the_page_reconnects_by_itself(
         sqlite_template: Path, tmp_path: Path) -> None:
     """The outage outlasts the server's socket timeout (KINWIRE_WS_HEARTBEAT_S shortened to
@@ -185,7 +190,8 @@ async def test_after_the_server_drops_its_socket_the_page_reconnects_by_itself(
         offline_s = time.monotonic() - down_at
         await expect(status).to_contain_text("Reconnecting", timeout=2_000)
         shown_s = time.monotonic() - down_at
-        await expect(html).to_have_attribute("data-socket", "online", timeout=60_000)
+        await expect(html).to_have_attribute("data-socket", "online",
+                                             timeout=(outage_s + 45) * 1000)
         online = time.monotonic()
         # The paid minutes on screen equal the ledger's within a second of the socket's return.
         while True:
@@ -198,9 +204,12 @@ async def test_after_the_server_drops_its_socket_the_page_reconnects_by_itself(
         return {"offline_s": round(offline_s, 1), "reconnecting_s": round(shown_s, 1),
                 "paid_equal_s": round(time.monotonic() - online, 2)}
 
+    overrides = {} if LONG_OUTAGE else {"ws_heartbeat_s": HEARTBEAT_S}
+    outage_s = 60.0 if LONG_OUTAGE else OUTAGE_S
     with ImpairedLink(seed=60) as link:
-        async with _call(tmp_path, sqlite_template, link, ws_heartbeat_s=HEARTBEAT_S) as call:
-            figures = await _outage(call, "dropped", watch=family_page)
+        async with _call(tmp_path, sqlite_template, link, **overrides) as call:
+            figures = await _outage(call, "dropped", watch=family_page,
+                                    outage_s=outage_s)
             assert call.errors == [], call.errors
     # The server did drop the family's socket while the link was down: the case under test.
     assert "family_away" in figures["reasons"], figures
