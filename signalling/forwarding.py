@@ -180,18 +180,32 @@ class _EagerVideo(JitterBuffer):
     - A frame leaves as soon as it is complete: its packets lie contiguous from the buffer's
       start up to one with the marker bit, and the first begins a VP8 frame. Checked on every
       packet, so a frame whose marker came before a reordered middle packet leaves with that.
-    - A lost packet is waited for LOSS_WAIT_S (time for a NACK and its retransmission), not
-      until 512 packets have piled up behind it (aiortc's rule: seconds of frozen video on a
-      loaded host, where full UDP buffers drop packets). Then the incomplete frame is skipped
-      and a keyframe asked for (the PLI flag), so the picture recovers in a round trip.
+    - A lost packet is waited for as long as a NACK and its retransmission take (loss_wait_s:
+      the round trip to the party, from `rtt_s`, plus a margin), not until 512 packets have
+      piled up behind it (aiortc's rule: seconds of frozen video on a loaded host, where full
+      UDP buffers drop packets). Then the incomplete frame is skipped and a keyframe asked for
+      (the PLI flag), so the picture recovers in a round trip.
     """
 
-    LOSS_WAIT_S = 0.15
+    LOSS_WAIT_S = 0.15  # the least wait (and the wait before a round trip is known)
+    # The most: past it a keyframe (one round trip) is the quicker way back to a picture.
+    LOSS_WAIT_MAX_S = 0.6
 
-    def __init__(self) -> None:
+    def __init__(self, rtt_s: Callable[[], float | None] = lambda: None) -> None:
         super().__init__(capacity=512, is_video=True)
+        self._rtt_s = rtt_s
         self._stuck_since: float | None = None
         self.skipped = 0  # incomplete frames given up on
+
+    def loss_wait_s(self) -> float:
+        """A retransmission comes a round trip after the NACK that asked for it; with a
+        150 ms link each way that is over 0.3 s, so a fixed 0.15 s gave up on nearly every
+        lost packet (the kiosk got the family's picture at 8 frames/s against 19 direct:
+        docs/BENCHMARKS.md, "Links", relay mode)."""
+        rtt = self._rtt_s()
+        if rtt is None:
+            return self.LOSS_WAIT_S
+        return min(self.LOSS_WAIT_MAX_S, max(self.LOSS_WAIT_S, 1.5 * rtt + 0.05))
 
     def add(self, packet: Any) -> tuple[bool, JitterFrame | None]:
         pli, frame = super().add(packet)
@@ -227,7 +241,7 @@ class _EagerVideo(JitterBuffer):
         if self._stuck_since is None:
             self._stuck_since = now
             return False
-        if now - self._stuck_since < self.LOSS_WAIT_S:
+        if now - self._stuck_since < self.loss_wait_s():
             return False
         assert self._origin is not None
         head = self._packets[self._origin % self.capacity]
@@ -265,7 +279,15 @@ def tap(transceiver: Any, source: Source) -> None:
     if not all(hasattr(receiver, n) for n in (queue_name, buffer_name, "_handle_rtp_packet")):
         raise RuntimeError("aiortc's receiver has changed; forwarding cannot tap it")
     setattr(receiver, queue_name, _Tap(lambda data, ts: source.receive(receiver, data, ts)))
-    setattr(receiver, buffer_name, _EagerVideo() if source.kind == "video" else _EagerAudio())
+    # The round trip to the party, as the sender on the same transceiver measures it from the
+    # party's receiver reports (None until the first).
+    sender = transceiver.sender
+
+    def rtt_s() -> float | None:
+        return getattr(sender, "_RTCRtpSender__rtt", None)
+
+    setattr(receiver, buffer_name,
+            _EagerVideo(rtt_s) if source.kind == "video" else _EagerAudio())
     handle = receiver._handle_rtp_packet
 
     async def counted(packet: Any, arrival_time_ms: int) -> None:

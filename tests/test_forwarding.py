@@ -380,6 +380,33 @@ def test_a_lost_packet_is_given_up_on_and_a_keyframe_asked_for() -> None:
     assert frame is not None and frame.timestamp == 9000  # the next one, in order
 
 
+def test_a_lost_packet_is_waited_for_a_round_trip_on_a_long_link() -> None:
+    """Adversary: a family on a long, lossy link (150 ms each way). Its retransmission comes a
+    round trip after the NACK; a buffer that gives up sooner drops a frame that was coming,
+    and the kiosk waits for a keyframe (8 frames/s against 19 in direct mode, bench links)."""
+    from signalling.forwarding import _EagerVideo
+
+    rtt = [None]
+    buffer = _EagerVideo(lambda: rtt[0])
+    assert buffer.loss_wait_s() == _EagerVideo.LOSS_WAIT_S  # no round trip known yet
+    rtt[0] = 0.32
+    assert 0.5 <= buffer.loss_wait_s() <= _EagerVideo.LOSS_WAIT_MAX_S
+    rtt[0] = 5.0  # a keyframe beats waiting that long
+    assert buffer.loss_wait_s() == _EagerVideo.LOSS_WAIT_MAX_S
+    rtt[0] = 0.32
+    # Frame 1 (10-11) loses 11; 0.2 s later (past the old fixed 0.15 s) frame 2 is whole
+    # behind it, and then the retransmission of 11 arrives, a round trip after the loss.
+    assert buffer.add(vp8_packet(10, 3000, start=True, marker=False)) == (False, None)
+    assert buffer.add(vp8_packet(12, 6000, start=True, marker=False)) == (False, None)
+    time.sleep(0.2)
+    assert buffer.add(vp8_packet(13, 6000, start=False, marker=True)) == (False, None), \
+        "gave up on frame 1 before its retransmission could come"
+    _, frame = buffer.add(vp8_packet(11, 3000, start=False, marker=True))
+    assert frame is not None and frame.timestamp == 3000 and buffer.skipped == 0
+    _, frame = buffer.add(vp8_packet(14, 9000, start=True, marker=True))
+    assert frame is not None and frame.timestamp == 6000  # frame 2 follows, nothing skipped
+
+
 def test_media_seen_reads_what_each_party_sent_per_kind() -> None:
     """The presence reading (Relay.media_seen): frames, RTP packets and the last frame's time,
     per party and kind; a frame from a replaced session does not count."""
