@@ -28,6 +28,15 @@ reaches past its public API):
   pictures within a round trip plus one frame. When a consumer falls BACKLOG_MAX behind,
   its video feed drops frames until the next keyframe (a decoder cannot resume mid-stream).
 
+- Bandwidth: the relay does not send aiortc's receive-side estimate (REMB) to the parties. On
+  a 150 ms link with 2% loss it read 35-58 kbit/s of a path that carries over a megabit, and
+  the family's Chromium obeyed it (the kiosk got 4-8 frames/s); without it the sender's own
+  loss-based control decides, as it does in a call between browsers (19-20 frames/s both ways
+  on that link). Passing the other party's REMB upstream instead was tried: Chromium's
+  receive-side estimate under the same loss is as low (32-37 kbit/s), and the picture the
+  other way froze. The relay cannot thin a stream it does not encode, so a receiver's link
+  thinner than the sender's rate stays a limit (docs/BENCHMARKS.md, "Links").
+
 Both legs must use the same codec: `forward_codecs` keeps only VP8 and Opus on every m-line of
 an offer (browsers and aiortc offer both). Drops and keyframe requests are counted in /metrics
 (`kinwire_relay_frames_total{outcome}`, `kinwire_relay_keyframe_requests_total`).
@@ -48,6 +57,7 @@ from aiortc import MediaStreamTrack
 from aiortc.codecs import is_rtx
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamError
+from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket
 from aiortc.utils import uint16_gt
 
 from signalling.outlets import Timeline
@@ -288,6 +298,14 @@ def tap(transceiver: Any, source: Source) -> None:
 
     setattr(receiver, buffer_name,
             _EagerVideo(rtt_s) if source.kind == "video" else _EagerAudio())
+    send_rtcp = receiver._send_rtcp
+
+    async def without_own_estimate(packet: Any) -> None:
+        if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+            return  # aiortc's receive-side REMB: not sent (module docstring, "Bandwidth")
+        await send_rtcp(packet)
+
+    receiver._send_rtcp = without_own_estimate
     handle = receiver._handle_rtp_packet
 
     async def counted(packet: Any, arrival_time_ms: int) -> None:
