@@ -22,8 +22,8 @@ from server.schema import metadata
 from server.settings import Settings
 from store import Store
 from store.migrate import migrate
-from tests.helpers import Api
-from tests.seaweed import Seaweed, private_seaweed
+from tests.support.helpers import Api
+from tests.support.seaweed import Seaweed, private_seaweed
 
 # The longest modules start first, so that `make test`'s processes (pytest-xdist, a module
 # each at a time, in collection order) finish together instead of one waiting on a late 3-minute
@@ -136,7 +136,7 @@ test_settings.__test__ = False  # a helper, not a test, wherever it is imported
 
 @pytest.fixture(scope="module")
 def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
-    """A private SeaweedFS S3 server (tests/seaweed.py), one per test module that asks."""
+    """A private SeaweedFS S3 server (tests/support/seaweed.py), one per test module that asks."""
     with private_seaweed(tmp_path_factory.mktemp("seaweed")) as server:
         yield server
 

@@ -27,10 +27,10 @@ from typing import Any
 from aiohttp.test_utils import TestClient, TestServer
 
 from server.app import create_app
-from tests.browser import fill_card, launch, require_chromium
-from tests.clock import ZONE, browser_clock, scene_clock
 from tests.conftest import fresh_sqlite, test_settings
-from tests.helpers import Api, Who
+from tests.support.browser import fill_card, launch, require_chromium
+from tests.support.clock import ZONE, browser_clock, scene_clock
+from tests.support.helpers import Api, Who
 from tests.test_browser_visit import PIN, _parties
 from tests.test_photos import png, upload
 

@@ -15,9 +15,9 @@ from datetime import UTC, datetime, timedelta
 
 from server.schema import connections, visits
 from store.ids import new_id
-from tests.clock import Clock
 from tests.conftest import app_client
-from tests.helpers import Api, Who
+from tests.support.clock import Clock
+from tests.support.helpers import Api, Who
 
 # 23:30 on Friday 4 December at the facility (America/Chicago, UTC-6): the facility's day and
 # UTC's differ, so a date filter in the wrong zone shows.

@@ -18,8 +18,8 @@ from server.app import create_app
 from server.http.routing import COOKIE
 from server.schema import accounts, devices, sessions
 from tests import conftest
-from tests.clock import Clock
-from tests.helpers import Api, Reply, Who
+from tests.support.clock import Clock
+from tests.support.helpers import Api, Reply, Who
 
 PASSWORD = "correct horse battery"
 TRUSTED_ORIGIN = "https://app.kinwire.example"

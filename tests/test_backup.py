@@ -32,8 +32,8 @@ from server.blobs.files import FileBlobs
 from server.settings import from_env
 from store import Store
 from tests.conftest import PG_ADMIN_URL
-from tests.helpers import VISA
-from tests.seaweed import Seaweed
+from tests.support.helpers import VISA
+from tests.support.seaweed import Seaweed
 from tests.test_cli import cli_env, free_port, wait_ready
 from tests.test_object_storage import bucket_keys
 

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import VISA, Api, Reply, Who
+from tests.support.helpers import VISA, Api, Reply, Who
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 

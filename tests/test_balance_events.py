@@ -8,7 +8,7 @@ import secrets
 
 from aiohttp.test_utils import TestClient
 
-from tests.helpers import Api
+from tests.support.helpers import Api
 from tests.test_gateway import MSGPACK, open_socket
 
 

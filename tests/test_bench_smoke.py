@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench import run
-from tests.impaired_link import available
+from tests.support.impaired_link import available
 
 EXISTING = [name for name in run.SCENARIOS if find_spec(f"bench.scenarios.{name}") is not None]
 

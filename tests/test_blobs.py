@@ -1,6 +1,6 @@
 """The blob-store contract (server/blobs/__init__.py), run against every implementation: the
 local folder (FileBlobs) and S3 (S3Blobs) on a real S3 server, a private SeaweedFS started
-once for this module (tests/seaweed.py, the `seaweed` fixture).
+once for this module (tests/support/seaweed.py, the `seaweed` fixture).
 
 Adversaries: two processes putting the same key at once (requests sent all at once); a client
 asking for ranges past the end; keys that try to climb out of the store; an upload that fails
@@ -20,7 +20,7 @@ import pytest
 from server.blobs import CHUNK_BYTES, BlobExists, BlobMissing, BlobStore
 from server.blobs.files import FileBlobs
 from server.blobs.s3 import PART_BYTES_MIN, S3Connection
-from tests.seaweed import BUCKET, Seaweed
+from tests.support.seaweed import BUCKET, Seaweed
 
 pytestmark = pytest.mark.timeout(120)
 

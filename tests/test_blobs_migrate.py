@@ -19,8 +19,8 @@ import pytest
 from botocore.session import get_session
 
 from tests.conftest import app_client
-from tests.helpers import Api
-from tests.seaweed import BUCKET, Seaweed
+from tests.support.helpers import Api
+from tests.support.seaweed import BUCKET, Seaweed
 from tests.test_cli import cli_env
 from tests.test_object_storage import s3_settings
 from tests.test_photos import fetch, jpeg_with_gps, upload

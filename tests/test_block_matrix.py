@@ -19,7 +19,7 @@ from server import accounts
 from server.auth import open_session
 from server.schema import audit_log, connections, devices
 from store.ids import new_id
-from tests.helpers import Api
+from tests.support.helpers import Api
 
 OWNERS = ("none", "family", "person", "staff")  # who holds a block before the call
 CALLERS = ("family", "person", "stranger_family", "stranger_person", "staff", "staff_other",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.helpers import Api
+from tests.support.helpers import Api
 from tests.test_roles import build_world, ok
 
 

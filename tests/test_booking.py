@@ -25,9 +25,9 @@ from server.facilities import FacilitySettings
 from server.schema import visits
 from signalling.booking import Refused, Rules, grid, window
 from signalling.visits import ACTIVE
-from tests.clock import Clock
 from tests.conftest import app_client
-from tests.helpers import Api, Reply, Who
+from tests.support.clock import Clock
+from tests.support.helpers import Api, Reply, Who
 from tests.test_bad_input import assert_error
 from tests.test_gateway import open_socket
 from tests.test_messaging import Cast, cast

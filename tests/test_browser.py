@@ -11,7 +11,8 @@ from pathlib import Path
 from aiohttp.test_utils import TestClient, TestServer
 
 from server.app import create_app
-from tests.browser import (
+from tests.conftest import fresh_sqlite, test_settings
+from tests.support.browser import (
     KIOSK,
     PHONE,
     chromium,
@@ -21,8 +22,7 @@ from tests.browser import (
     seed_kiosk,
     shot,
 )
-from tests.conftest import fresh_sqlite, test_settings
-from tests.helpers import Api, Who
+from tests.support.helpers import Api, Who
 
 PIN = "2468"
 

@@ -5,7 +5,7 @@ format, labelled with the zone: "Sat 5 Dec, 23:00–23:30 CST", "Sat 5 Dec, 22:5
 
 Before this, the same visit read "Sat 5 Dec, 23:00" (visit.js: en-GB, UTC-as-wall-clock), the
 message beside it "Dec 6, 1:50 PM" (the browser's zone and locale) and the staff console
-"Dec 6, 2:00 PM". The app and the pages run on tests/clock.py's running clock.
+"Dec 6, 2:00 PM". The app and the pages run on tests/support/clock.py's running clock.
 Screens saved: family-visits-facility-clock, staff-facility-clock.
 """
 
@@ -19,10 +19,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from server.app import create_app
 from server.schema import connections, visits
 from store.ids import new_id
-from tests.browser import KIOSK, PHONE, chromium, kiosk_sign_in, require_chromium, shot
-from tests.clock import browser_clock, running_clock
 from tests.conftest import fresh_sqlite, test_settings
-from tests.helpers import Api
+from tests.support.browser import KIOSK, PHONE, chromium, kiosk_sign_in, require_chromium, shot
+from tests.support.clock import browser_clock, running_clock
+from tests.support.helpers import Api
 from tests.test_audit_log import named_staff
 from tests.test_browser_more import PASSWORD, _family, _log_in
 

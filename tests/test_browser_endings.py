@@ -24,14 +24,14 @@ from aiohttp.test_utils import TestClient, TestServer
 from billing import ledger
 from server.app import create_app
 from server.schema import visits
-from tests.browser import KIOSK, PHONE, buy_credits, kiosk_sign_in, launch, require_chromium
-from tests.clock import ZONE, browser_clock, scene_clock
 from tests.conftest import fresh_sqlite, test_settings
-from tests.helpers import Api, Who
+from tests.support.browser import KIOSK, PHONE, buy_credits, kiosk_sign_in, launch, require_chromium
+from tests.support.clock import ZONE, browser_clock, scene_clock
+from tests.support.helpers import Api, Who
+from tests.support.turn_server import private_coturn
 from tests.test_accessibility import Audit
 from tests.test_browser_more import _log_in
 from tests.test_browser_visit import MEDIA, MINUTE_S, PIN, _parties
-from tests.turn_server import private_coturn
 
 PASSWORD = "correct horse battery"
 CREDITS = 300

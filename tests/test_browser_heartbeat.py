@@ -3,7 +3,8 @@
 The adversary is the network: the family's connection goes silent without a close (a phone in a
 tunnel, a NAT or router that forgot the flow). The browser's own TCP may not notice for minutes,
 and the page went on saying "Online" while what it sent went nowhere. Between Chromium and the
-server sits tests/faultproxy.py: `stall()` freezes every byte both ways and keeps the connection
+server sits tests/support/faultproxy.py: `stall()` freezes every byte both ways and keeps the
+connection
 open, exactly that failure. static/js/socket.js's heartbeat (ping when idle 2.5 s, dead 2 s later)
 must show it within 5 s, reconnect once the link is back, and catch up by sync.
 """
@@ -18,10 +19,10 @@ from pathlib import Path
 from aiohttp.test_utils import TestClient, TestServer
 
 from server.app import create_app
-from tests.browser import PHONE, chromium, require_chromium
 from tests.conftest import fresh_sqlite, test_settings
-from tests.faultproxy import FaultProxy
-from tests.helpers import Api
+from tests.support.browser import PHONE, chromium, require_chromium
+from tests.support.faultproxy import FaultProxy
+from tests.support.helpers import Api
 from tests.test_browser_more import PASSWORD, _family, _log_in
 
 

@@ -20,10 +20,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image, ImageDraw
 
 from server.app import create_app
-from tests.browser import KIOSK, PHONE, chromium, require_chromium, seed_kiosk, shot
-from tests.clock import running_clock
 from tests.conftest import fresh_sqlite, test_settings
-from tests.helpers import Api, Who
+from tests.support.browser import KIOSK, PHONE, chromium, require_chromium, seed_kiosk, shot
+from tests.support.clock import running_clock
+from tests.support.helpers import Api, Who
 from tests.test_photos import upload
 
 PIN = "8642"

@@ -2,7 +2,8 @@
 level computed from getStats() (static/js/link_quality.js), shown on the family's and the
 kiosk's visit screens and, from the kiosk's visit.media report, in the staff console's visit
 list. The adversary is a thin link: 300 kbit/s with 80 ms each way, thinner than the camera's
-rate (tests/impaired_link.py), where Chromium's congestion control keeps 12-13 frames a second
+rate (tests/support/impaired_link.py), where Chromium's congestion control keeps 12-13 frames a
+second
 (docs/BENCHMARKS.md, "Links"). The gateway's side (a client that reports an invalid quality) is
 tests/test_visit_link_quality.py."""
 
@@ -14,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser import chromium
-from tests.clock import browser_clock
 from tests.conftest import fresh_sqlite
-from tests.impaired_link import ImpairedLink, available
-from tests.linked_call import linked_call
+from tests.support.browser import chromium
+from tests.support.clock import browser_clock
+from tests.support.impaired_link import ImpairedLink, available
+from tests.support.linked_call import linked_call
 from tests.test_audit_log import named_staff
 from tests.test_browser_more import _log_in
 from tests.test_browser_staff import DESK

@@ -1,6 +1,7 @@
 """Visits on the networks families really have (issue 21), in two Chromium browsers: the family's
 Chromium runs in its own network namespace and reaches everything (the page, its socket, coturn
-with relay-only ICE) through tests/impaired_link.py's emulated link (tests/linked_call.py); the
+with relay-only ICE) through tests/support/impaired_link.py's emulated link
+(tests/support/linked_call.py); the
 server, coturn and the kiosk's Chromium are on the test's side. A billed minute is MINUTE_S.
 
 The adversary is the family's network: it goes silent mid-call (no close, no reset: a phone in a
@@ -29,8 +30,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import fresh_sqlite
-from tests.impaired_link import ImpairedLink, available
-from tests.linked_call import SAMPLE_S, Call, fps, linked_call, moved, phase
+from tests.support.impaired_link import ImpairedLink, available
+from tests.support.linked_call import SAMPLE_S, Call, fps, linked_call, moved, phase
 from tests.test_browser_endings import _minutes
 
 pytestmark = pytest.mark.skipif(available() is not None, reason=str(available()))

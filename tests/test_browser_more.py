@@ -29,9 +29,9 @@ import msgpack
 from aiohttp.test_utils import TestClient, TestServer
 
 from server.app import create_app
-from tests.browser import PHONE, chromium, require_chromium, shot
 from tests.conftest import fresh_sqlite, test_settings
-from tests.helpers import Api, Who
+from tests.support.browser import PHONE, chromium, require_chromium, shot
+from tests.support.helpers import Api, Who
 from tests.test_cli import cli_env, free_port, wait_ready
 
 PASSWORD = "correct horse battery"
@@ -383,10 +383,10 @@ async def test_staff_watch_a_relayed_visit_in_the_console(sqlite_template: Path,
 
     from playwright.async_api import expect
 
+    from tests.support.turn_server import private_coturn
     from tests.test_cluster import cluster, make_pair
     from tests.test_relay import FAMILY_SIZE, PERSON_SIZE, RELAY, STAFF_PASSWORD, new_staff, party
     from tests.test_visit_e2e import account_id, start_both, visit_now
-    from tests.turn_server import private_coturn
 
     expect.set_options(timeout=10_000)
     db = fresh_sqlite(sqlite_template, tmp_path)
@@ -449,6 +449,7 @@ async def test_staff_play_a_relayed_visits_recording_in_the_console(sqlite_templ
 
     from playwright.async_api import expect
 
+    from tests.support.turn_server import private_coturn
     from tests.test_cluster import cluster, make_pair
     from tests.test_relay import (
         FAMILY_SIZE,
@@ -460,7 +461,6 @@ async def test_staff_play_a_relayed_visits_recording_in_the_console(sqlite_templ
         recorded,
     )
     from tests.test_visit_e2e import account_id, start_both, visit_now
-    from tests.turn_server import private_coturn
 
     expect.set_options(timeout=10_000)
     db = fresh_sqlite(sqlite_template, tmp_path)

@@ -12,7 +12,8 @@
   or 5xx, except the signed-out session probe (GET /api/v1/me, 401: "not signed in" is how a
   page learns it must show the sign-in); /favicon.ico and each page's icon links load.
 
-The app and the pages run on a clock from tests/clock.py (the Visits tab reads the facility's
+The app and the pages run on a clock from tests/support/clock.py (the Visits tab reads the
+facility's
 day). Screens saved: family-phone-tabs, family-phone-thread, family-phone-pickers.
 """
 
@@ -24,10 +25,10 @@ from pathlib import Path
 from aiohttp.test_utils import TestClient, TestServer
 
 from server.app import create_app
-from tests.browser import KIOSK, PHONE, chromium, kiosk_sign_in, require_chromium, shot
-from tests.clock import browser_clock, running_clock
 from tests.conftest import fresh_sqlite, test_settings
-from tests.helpers import Api
+from tests.support.browser import KIOSK, PHONE, chromium, kiosk_sign_in, require_chromium, shot
+from tests.support.clock import browser_clock, running_clock
+from tests.support.helpers import Api
 from tests.test_accessibility import Audit
 from tests.test_audit_log import named_staff
 from tests.test_browser_more import PASSWORD, _family, _log_in

@@ -7,7 +7,7 @@
   come back once per message);
 - a refused setting is explained beside its field, in plain words.
 
-The visit is under way on the test's clock (tests/clock.py), given to the page too.
+The visit is under way on the test's clock (tests/support/clock.py), given to the page too.
 Screens saved: staff-end-visit, staff-audit-sentences, staff-review-selection,
 staff-settings-error.
 """
@@ -23,10 +23,10 @@ from aiohttp import FormData
 from aiohttp.test_utils import TestClient, TestServer
 
 from server.app import create_app
-from tests.browser import chromium, require_chromium, shot
-from tests.clock import browser_clock, running_clock
 from tests.conftest import fresh_sqlite, test_settings
-from tests.helpers import Api
+from tests.support.browser import chromium, require_chromium, shot
+from tests.support.clock import browser_clock, running_clock
+from tests.support.helpers import Api
 from tests.test_accessibility import Audit
 from tests.test_audit_log import named_family, named_staff, visit_in_call
 from tests.test_browser_more import _log_in

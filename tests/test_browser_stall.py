@@ -13,14 +13,14 @@ from pathlib import Path
 from aiohttp.test_utils import TestClient, TestServer
 
 from server.app import create_app
-from tests.browser import buy_credits, kiosk_sign_in, launch, require_chromium
-from tests.clock import scene_clock
 from tests.conftest import fresh_sqlite, test_settings
-from tests.helpers import Api
+from tests.support.browser import buy_credits, kiosk_sign_in, launch, require_chromium
+from tests.support.clock import scene_clock
+from tests.support.helpers import Api
+from tests.support.turn_server import private_coturn
 from tests.test_browser_endings import PASSWORD, _book_now, _join_both, _minutes, _pages
 from tests.test_browser_more import _log_in
 from tests.test_browser_visit import MEDIA, MINUTE_S, PIN, _parties
-from tests.turn_server import private_coturn
 
 STALL_S = 2.0
 CREDITS = 1000

@@ -2,7 +2,8 @@
 billed minutes is one line with the person's name, a purchase shows its dollars, a rejected
 photo message's refunds are one line tied to it, and a range of days downloads as CSV.
 
-The app and the page run on a clock from tests/clock.py. Screen saved: family-statement-grouped.
+The app and the page run on a clock from tests/support/clock.py. Screen saved:
+family-statement-grouped.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from aiohttp import FormData
 from aiohttp.test_utils import TestClient, TestServer
 
 from server.app import create_app
-from tests.browser import PHONE, chromium, require_chromium, shot
-from tests.clock import browser_clock, running_clock
 from tests.conftest import fresh_sqlite, test_settings
-from tests.helpers import Api
+from tests.support.browser import PHONE, chromium, require_chromium, shot
+from tests.support.clock import browser_clock, running_clock
+from tests.support.helpers import Api
 from tests.test_accessibility import Audit
 from tests.test_audit_log import visit_in_call
 from tests.test_browser_more import PASSWORD, _family, _log_in, _rows

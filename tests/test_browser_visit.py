@@ -22,7 +22,8 @@ from server.app import create_app
 from server.schema import connections, visits
 from server.settings import SettingsError
 from store.ids import new_id
-from tests.browser import (
+from tests.conftest import app_client, fresh_sqlite, test_settings
+from tests.support.browser import (
     KIOSK,
     PHONE,
     buy_credits,
@@ -32,10 +33,9 @@ from tests.browser import (
     seed_kiosk,
     shot,
 )
-from tests.clock import scene_clock
-from tests.conftest import app_client, fresh_sqlite, test_settings
-from tests.helpers import Api, Who
-from tests.turn_server import private_coturn
+from tests.support.clock import scene_clock
+from tests.support.helpers import Api, Who
+from tests.support.turn_server import private_coturn
 
 PIN = "1357"
 MINUTE_S = 2.0
@@ -274,7 +274,7 @@ async def test_a_relayed_recorded_visit_in_two_browsers(sqlite_template: Path,
 
     from playwright.async_api import async_playwright, expect
 
-    from tests.clock import ZONE
+    from tests.support.clock import ZONE
     from tests.test_relay import recorded
 
     expect.set_options(timeout=15_000)

@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 
 from server.gateway.limits import SharedLimits
-from tests.redis_engines import Cluster
+from tests.support.redis_engines import Cluster
 from tests.test_cli import free_port
 from tests.test_cluster import Node, RedisServer, cluster, post
 from tests.test_redis_cluster import masters_of

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from billing import meter
 from server.gateway import client as ws_client
-from tests.helpers import Api
+from tests.support.helpers import Api
 
 ROOT = Path(__file__).resolve().parent.parent
 JS = ROOT / "static" / "js"

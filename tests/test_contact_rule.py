@@ -19,9 +19,9 @@ import pytest
 from sqlalchemy import update
 
 from server.schema import connections
-from tests.clock import Clock
 from tests.conftest import app_client
-from tests.helpers import Api, Reply
+from tests.support.clock import Clock
+from tests.support.helpers import Api, Reply
 from tests.test_booking import T0, TODAY, at, book, connection_of
 from tests.test_gateway import open_socket
 from tests.test_messaging import Cast, cast, send

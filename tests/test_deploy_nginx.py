@@ -28,10 +28,10 @@ from server.cli import parser
 from server.doctor import ice_server
 from server.settings import from_env
 from signalling.turn import coturn_config
+from tests.support.turn_server import deploy_config, private_coturn
 from tests.test_cli import free_port
 from tests.test_cluster import RedisServer, cluster, make_pair
 from tests.test_turn import PRODUCTION, TEST
-from tests.turn_server import deploy_config, private_coturn
 
 ROOT = Path(__file__).resolve().parent.parent
 SITE = ROOT / "deploy" / "nginx" / "kinwire.conf"
@@ -211,7 +211,7 @@ async def test_two_processes_behind_the_deploy_nginx(pg_db: str, tmp_path: Path)
 
 def test_the_deploy_coturn_file_is_the_documented_config() -> None:
     """deploy/coturn/turnserver.conf is docs/turn.md's production config, and with only its
-    values changed (and the loopback block) it is what tests/turn_server.py runs."""
+    values changed (and the loopback block) it is what tests/support/turn_server.py runs."""
     text = COTURN.read_text()
     assert text == coturn_config(**PRODUCTION)
     run = dict(port="3479", first="50000", last="50031", secret="s3cret", folder="/run/t")

@@ -12,10 +12,10 @@ import pytest
 from server.cli import main
 from server.doctor import argon2, blob_store, parse_ice_url, report, run, urls
 from server.settings import Settings, from_env
-from tests.seaweed import BUCKET, Seaweed
+from tests.support.seaweed import BUCKET, Seaweed
+from tests.support.turn_server import private_coturn
 from tests.test_cli import cli_env, free_port
 from tests.test_cluster import RedisServer
-from tests.turn_server import private_coturn
 
 
 async def doctor(env: dict[str, str]) -> tuple[int, list[str]]:

@@ -34,7 +34,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import PG_ADMIN_URL, _migrated
-from tests.helpers import VISA
+from tests.support.helpers import VISA
 from tests.test_cli import cli_env, free_port, wait_ready
 
 pytestmark = pytest.mark.skipif(shutil.which("strace") is None,

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import app_client
-from tests.helpers import Api
+from tests.support.helpers import Api
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 PATHS = ["/", "/static/kiosk.html", "/static/staff.html", "/static/js/api.js",

@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from server.events import BODY_INLINE_CHARS_MAX, BODY_REF
 from server.schema import events
-from tests.helpers import Api
+from tests.support.helpers import Api
 from tests.test_gateway import MSGPACK, open_socket
 from tests.test_messaging import cast, send
 

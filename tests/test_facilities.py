@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from tests.helpers import Api, Reply, Who
+from tests.support.helpers import Api, Reply, Who
 
 # docs/API.md, "Facility settings" (defaults in brackets), written out by hand.
 API_DEFAULTS: dict[str, Any] = {

@@ -31,7 +31,7 @@ from signalling.tables import visits
 from store import Store
 from store.ids import new_id
 from tests.conftest import test_settings
-from tests.faultproxy import FaultProxy
+from tests.support.faultproxy import FaultProxy
 from tests.test_cluster import Node, Peer, RedisServer, make_pair, post
 
 MINUTE_S = 0.5  # a billed visit minute

@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 from server import events
 from server.gateway.endpoint import HUB
 from tests.conftest import app_client
-from tests.helpers import Api, Who
+from tests.support.helpers import Api, Who
 
 JSON, MSGPACK = "kinwire.v1.json", "kinwire.v1.msgpack"
 

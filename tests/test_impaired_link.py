@@ -1,4 +1,5 @@
-"""The impaired-link harness itself (tests/impaired_link.py): what it claims to do to packets, it
+"""The impaired-link harness itself (tests/support/impaired_link.py): what it claims to do to
+packets, it
 does, measured from a process in the family's namespace; and it leaves nothing behind, also when
 the test using it fails. The adversary is the network: delay, random loss, a thin pipe, a total
 outage. Every other link test trusts these figures, so each assertion here can fail: a delay not
@@ -16,7 +17,7 @@ import time
 
 import pytest
 
-from tests.impaired_link import ImpairedLink, available
+from tests.support.impaired_link import ImpairedLink, available
 
 pytestmark = pytest.mark.skipif(available() is not None, reason=str(available()))
 
@@ -173,7 +174,7 @@ def test_nothing_is_left_behind_when_the_test_fails() -> None:
 def test_a_killed_test_leaves_no_namespace_for_long() -> None:
     """A test process killed mid-link: its TUN devices go with its descriptors, and the next
     link removes its namespace (the pid in the name is gone)."""
-    code = ("import sys, time; sys.path.insert(0, '.'); from tests.impaired_link import "
+    code = ("import sys, time; sys.path.insert(0, '.'); from tests.support.impaired_link import "
             "ImpairedLink; l = ImpairedLink().open(); print(l.ns, l.near_dev, flush=True); "
             "time.sleep(60)")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)

@@ -14,8 +14,8 @@ import asyncio
 from pathlib import Path
 
 from tests.conftest import app_client
-from tests.faultproxy import FaultProxy
-from tests.helpers import Api
+from tests.support.faultproxy import FaultProxy
+from tests.support.helpers import Api
 from tests.test_cluster import RedisServer
 from tests.test_gateway import MSGPACK, open_socket
 from tests.test_messaging import cast

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.clock import Clock
 from tests.conftest import app_client
-from tests.helpers import Api, Who
+from tests.support.clock import Clock
+from tests.support.helpers import Api, Who
 from tests.test_gateway import open_socket
 from tests.test_messaging import cast, send
 from tests.test_photos import png, upload

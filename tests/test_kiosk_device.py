@@ -18,9 +18,9 @@ from sqlalchemy import update
 
 from server.app import create_app
 from server.schema import devices
-from tests.browser import KIOSK, chromium, kiosk_sign_in, require_chromium, seed_kiosk
 from tests.conftest import fresh_sqlite, test_settings
-from tests.helpers import Api, Who
+from tests.support.browser import KIOSK, chromium, kiosk_sign_in, require_chromium, seed_kiosk
+from tests.support.helpers import Api, Who
 
 PIN = "2468"
 

@@ -11,7 +11,7 @@ import aiohttp
 
 from server.settings import Settings
 from tests.conftest import app_client
-from tests.helpers import Api
+from tests.support.helpers import Api
 
 
 async def test_the_command_rate_follows_its_setting(db_url: str, tmp_path) -> None:

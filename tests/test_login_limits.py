@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from server.attempts import ATTEMPT_LEASE_S, PRUNE_AFTER
-from tests.clock import Clock
 from tests.conftest import app_client
-from tests.helpers import Api, Reply
+from tests.support.clock import Clock
+from tests.support.helpers import Api, Reply
 from tests.test_cluster import RedisServer
 
 PIN = "2468"

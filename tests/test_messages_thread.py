@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import secrets
 
-from tests.helpers import Api
+from tests.support.helpers import Api
 
 
 async def test_with_keeps_one_conversation_and_pages(api: Api) -> None:

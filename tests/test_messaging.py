@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from aiohttp.test_utils import TestClient
 
 from billing import ledger
-from tests.helpers import Api, Who
+from tests.support.helpers import Api, Who
 from tests.test_gateway import MSGPACK, open_socket
 
 

@@ -5,7 +5,7 @@ process's parties kept present; billing a call held by another process past that
 last renewal), caught by the world's side alone (sim_check.check_truth: billed seconds
 against connected-with-media seconds). Ten thousand visits, and their CPU against a host
 calibration, are bench/'s (bench/scenarios/simulator.py).
-A failure prints the seed; `python -m tests.sim --seed N --only VISIT` replays it."""
+A failure prints the seed; `python -m tests.support.sim --seed N --only VISIT` replays it."""
 
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ import pytest
 from billing import meter
 from billing.meter import Clock, Debit, Observed, Paused, Proven, TakenOver, WakeAt
 from tests.conftest import fresh_sqlite
-from tests.sim import SimLedger, describe, main, simulate
-from tests.sim_check import check_money, check_truth
-from tests.sim_visit import VisitSim, draw_plan
+from tests.support.sim import SimLedger, describe, main, simulate
+from tests.support.sim_check import check_money, check_truth
+from tests.support.sim_visit import VisitSim, draw_plan
 
 
 @pytest.fixture

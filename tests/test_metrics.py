@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from server.app import create_app
 from server.http.logs import AccessLogger, JsonFormatter
 from tests.conftest import test_settings
-from tests.helpers import VISA, Api
+from tests.support.helpers import VISA, Api
 from tests.test_gateway import open_socket
 from tests.test_messaging import cast, send
 

@@ -173,7 +173,7 @@ async def test_index_builds_do_not_block_writers(empty_pg: str) -> None:
 async def test_migrate_through_pgbouncer_says_to_go_direct(empty_pg: str, tmp_path: Path) -> None:
     """Its session lock and lock timeout would land on any server connection: refused with the
     fix when there is work to do; nothing to do (an admin command) passes."""
-    from tests.pgbouncer import private_pgbouncer
+    from tests.support.pgbouncer import private_pgbouncer
 
     await at(empty_pg, "0007")
     async with private_pgbouncer(empty_pg) as bouncer:

@@ -20,10 +20,10 @@ import aiohttp
 import pytest
 from botocore.session import get_session
 
-from tests.clock import Clock
 from tests.conftest import app_client
-from tests.helpers import Api
-from tests.seaweed import BUCKET, Seaweed
+from tests.support.clock import Clock
+from tests.support.helpers import Api
+from tests.support.seaweed import BUCKET, Seaweed
 from tests.test_cli import cli_env, free_port, wait_ready
 from tests.test_kiosk_detail import _status
 from tests.test_messaging import cast, send
@@ -180,7 +180,7 @@ async def test_a_stalled_or_cut_store_is_503_in_bounded_time_then_serves_again(
     timeout and its retries (never hang, never a 404 as if the photo were gone), and the same
     request succeed once the store is back."""
     from tests.conftest import fresh_sqlite
-    from tests.faultproxy import FaultProxy
+    from tests.support.faultproxy import FaultProxy
 
     host, port = seaweed.endpoint.removeprefix("http://").split(":")
     proxy = await FaultProxy(host, int(port)).start()

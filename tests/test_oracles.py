@@ -18,7 +18,7 @@ from sqlalchemy import select, text
 from server.schema import accounts
 from store import Store
 from store.migrate import alembic_config, migrate
-from tests.helpers import Api, Who
+from tests.support.helpers import Api, Who
 from tests.test_roles import build_world, ok
 
 

@@ -26,9 +26,9 @@ from server.broker.memory import MemoryBroker
 from server.housekeeping import Housekeeping
 from server.http.metrics import Metrics
 from server.schema import audit_log
-from tests.clock import Clock
 from tests.conftest import app_client
-from tests.helpers import Api
+from tests.support.clock import Clock
+from tests.support.helpers import Api
 from tests.test_photos import jpeg_with_gps
 from tests.test_recordings import START, audit_entries, relayed_visit, webm
 

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from billing import ledger
 from billing.tables import ledger_accounts
 from store import Store
-from tests.pgbouncer import private_pgbouncer
+from tests.support.pgbouncer import private_pgbouncer
 from tests.test_cluster import Peer, RedisServer, cluster, make_pair, post
 from tests.test_visit_e2e import account_id, client, debits, stack, start_both, visit_now
 

@@ -22,7 +22,7 @@ from aiohttp import FormData
 from PIL import Image
 
 from tests.conftest import app_client
-from tests.helpers import Api, Reply, Who
+from tests.support.helpers import Api, Reply, Who
 from tests.test_cluster import RedisServer
 
 # Real argon2id at OWASP's minimum (19 MiB, 2 passes): the login below does real work.

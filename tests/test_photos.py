@@ -12,7 +12,7 @@ import aiohttp
 from PIL import Image
 
 from tests.conftest import app_client
-from tests.helpers import Api, Who
+from tests.support.helpers import Api, Who
 from tests.test_messaging import balance, cast, send
 
 

@@ -16,7 +16,7 @@ from server.events import Outbox
 from server.schema import utcnow
 from signalling import visits
 from tests.conftest import app_client
-from tests.helpers import Api
+from tests.support.helpers import Api
 from tests.test_gateway import open_socket
 from tests.test_messaging import cast
 from tests.test_visit_calls import book_now, connect_media, join_both

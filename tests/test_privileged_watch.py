@@ -5,7 +5,7 @@ opens the watch anyway, before the visit and after the contact is marked privile
 
 from __future__ import annotations
 
-from tests.helpers import Api
+from tests.support.helpers import Api
 from tests.test_gateway import open_socket
 from tests.test_roles import build_world, ok
 from tests.test_ws_roles import under_way

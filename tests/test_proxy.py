@@ -11,7 +11,7 @@ from sqlalchemy import select
 from server.http.proxy import client_address, networks
 from server.schema import attempts
 from tests.conftest import app_client
-from tests.helpers import Api
+from tests.support.helpers import Api
 
 TRUSTED = networks(["127.0.0.1", "10.0.0.0/8"])
 

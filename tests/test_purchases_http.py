@@ -14,7 +14,7 @@ from billing import ledger
 from billing.gateway import Card, Charge, PaymentGateway
 from billing.tables import ledger_transfers, purchases
 from server.schema import idempotency
-from tests.helpers import VISA, Api, Who
+from tests.support.helpers import VISA, Api, Who
 
 DECLINED = {**VISA, "number": "4000000000000002"}
 MASTERCARD = {**VISA, "number": "5555555555554444"}

@@ -10,7 +10,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from server import events
-from tests.helpers import Api, Who
+from tests.support.helpers import Api, Who
 from tests.test_gateway import JSON, open_socket
 
 

@@ -22,9 +22,9 @@ from sqlalchemy import select
 
 from server.schema import audit_log, recordings, visits
 from store.ids import new_id
-from tests.clock import Clock
 from tests.conftest import app_client
-from tests.helpers import Api, Who
+from tests.support.clock import Clock
+from tests.support.helpers import Api, Who
 
 START = datetime(2027, 3, 1, 18, 0, tzinfo=UTC)
 

@@ -20,7 +20,7 @@ import pytest
 
 from server.broker import BrokerUnavailable
 from server.broker.redis import RedisBroker
-from tests.redis_engines import Cluster
+from tests.support.redis_engines import Cluster
 from tests.test_cluster import post
 from tests.test_crash import nodes_started as kinwire_processes
 from tests.test_faults import metered_pair, minute_debits

@@ -20,7 +20,7 @@ import pytest
 from server.broker import BrokerUnavailable, Gap
 from server.broker.redis import RedisBroker
 from server.schema import utcnow
-from tests.redis_engines import Sentinels, _wait
+from tests.support.redis_engines import Sentinels, _wait
 from tests.test_crash import nodes_started as kinwire_processes
 from tests.test_faults import Sender, check_books, metered_pair, minute_debits, until
 

@@ -432,9 +432,9 @@ async def test_a_stopping_server_finishes_and_keeps_its_recordings(pg_db: str,
     """SIGTERM (a deploy, a drain) of the process relaying a recorded visit mid-call: it cuts
     the media, finishes the file and keeps it as a record before it exits; the file plays to
     the moment the process stopped."""
+    from tests.support.turn_server import private_coturn
     from tests.test_cluster import cluster
     from tests.test_visit_e2e import start_both
-    from tests.turn_server import private_coturn
 
     async with private_coturn() as turn, \
             cluster(pg_db, "", tmp_path, n=1, KINWIRE_TURN_SECRET=turn.secret,

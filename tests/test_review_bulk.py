@@ -19,9 +19,9 @@ from sqlalchemy import select
 
 from billing import ledger
 from billing.tables import ledger_transfers
-from tests.clock import Clock
 from tests.conftest import app_client
-from tests.helpers import Api, Who
+from tests.support.clock import Clock
+from tests.support.helpers import Api, Who
 from tests.test_messaging import balance, cast, send
 from tests.test_photos import png
 

@@ -25,7 +25,7 @@ from sqlalchemy import update
 
 from server.app import ROUTES
 from server.schema import connections
-from tests.helpers import VISA, Api, Reply, Who
+from tests.support.helpers import VISA, Api, Reply, Who
 
 FAMILY_PASSWORD = "correct horse"
 STAFF_PASSWORD = "staff password"

@@ -27,7 +27,7 @@ from schemathesis.specs.openapi import checks
 
 from server.app import ROUTES
 from tests.conftest import app_client
-from tests.helpers import Api
+from tests.support.helpers import Api
 from tests.test_roles import ACCOUNT_ROLES, EXPECTED, Req, build_world, png
 
 CHECKS = [not_a_server_error, checks.status_code_conformance, checks.content_type_conformance,

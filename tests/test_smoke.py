@@ -1,4 +1,4 @@
-from tests.helpers import Api
+from tests.support.helpers import Api
 
 
 async def test_signup_login_buy_and_me(api: Api) -> None:

@@ -18,9 +18,9 @@ from sqlalchemy import func, select
 from billing import ledger
 from billing.ledger import SystemAccount
 from billing.tables import ledger_transfers
-from tests.clock import Clock
 from tests.conftest import app_client
-from tests.helpers import Api
+from tests.support.clock import Clock
+from tests.support.helpers import Api
 from tests.test_audit_log import named_family, visit_in_call
 
 START = datetime(2026, 12, 5, 20, 0, tzinfo=UTC)  # 14:00 on Saturday 5 December in Chicago

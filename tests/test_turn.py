@@ -30,7 +30,7 @@ from aiortc import RTCIceGatherer, RTCIceTransport
 
 from signalling.turn import coturn_config, ice_servers, turn_password, turn_username
 from signalling.visit_client import VisitClient, rtc_configuration
-from tests.turn_server import private_coturn
+from tests.support.turn_server import private_coturn
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "turn.md"
 PRODUCTION = {"secret": "<static-auth-secret>", "realm": "turn.example.org",

@@ -14,7 +14,7 @@ from billing import ledger
 from server.schema import connections, utcnow, visits
 from store.ids import new_id
 from tests.conftest import app_client
-from tests.helpers import Api
+from tests.support.helpers import Api
 from tests.test_gateway import MSGPACK, Sock, open_socket
 from tests.test_messaging import Cast, balance, cast
 

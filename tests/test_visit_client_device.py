@@ -8,7 +8,7 @@ from __future__ import annotations
 from aiohttp.test_utils import TestClient
 
 from signalling.visit_client import VisitClient, VisitError
-from tests.helpers import Api
+from tests.support.helpers import Api
 from tests.test_roles import build_world
 from tests.test_ws_roles import under_way
 

@@ -16,11 +16,11 @@ import pytest
 
 from signalling.visit_client import VisitClient
 from tests.conftest import fresh_sqlite
+from tests.support.turn_server import private_coturn
 from tests.test_cluster import make_pair
 from tests.test_crash import kill, nodes_started, restart, until_ready
 from tests.test_presence_crash import debits, until_debits
 from tests.test_visit_e2e import MINUTE_S, account_id, visit_now
-from tests.turn_server import private_coturn
 
 SIZE = dict(width=160, height=120, fps=10)
 

@@ -20,8 +20,8 @@ from server.schema import connections, utcnow, visits
 from signalling.visit_client import VisitClient
 from store import Store
 from store.ids import new_id
+from tests.support.turn_server import private_coturn
 from tests.test_cluster import RedisServer, cluster, make_pair, post
-from tests.turn_server import private_coturn
 
 MINUTE_S = 2.0
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from server.schema import visits
 from tests.conftest import app_client
-from tests.helpers import Api
+from tests.support.helpers import Api
 from tests.test_gateway import MSGPACK, open_socket
 from tests.test_messaging import balance, cast
 from tests.test_visit_calls import book_now, connect_media, join_both, until

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from aiohttp.test_utils import TestClient
 
-from tests.helpers import Api
+from tests.support.helpers import Api
 from tests.test_gateway import MSGPACK, open_socket
 from tests.test_messaging import cast
 from tests.test_visit_calls import book_now, join_both

@@ -2,7 +2,8 @@
 
 At 05:16 UTC (23:16 in Chicago) the accessibility test once failed: it read the real clock, and the
 family's booking grid had no blocks left that day. Every test that books, lists slots or shows the
-facility's day now runs on an injected clock (tests/clock.py). This check proves it: it runs those
+facility's day now runs on an injected clock (tests/support/clock.py). This check proves it: it
+runs those
 tests with the machine's own clock moved by libfaketime (Debian's `faketime`, installed by
 scripts/system-deps.sh) to the hours where a wall-clock dependency shows:
 
@@ -12,7 +13,7 @@ scripts/system-deps.sh) to the hours where a wall-clock dependency shows:
   before they go back (2027-11-07 02:00 CDT -> 01:00 CST), so the run crosses the change.
 
 The adversary is the calendar: a test that still reads the real date or hour fails here at one
-of them (the accessibility test did, at 23:30, before it took tests/clock.py's scene clock).
+of them (the accessibility test did, at 23:30, before it took tests/support/clock.py's scene clock).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from server.schema import utcnow
-from tests.clock import ZONE
+from tests.support.clock import ZONE
 
 ROOT = Path(__file__).resolve().parent.parent
 LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
@@ -35,7 +36,8 @@ LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 # The time-sensitive tests: they book, list a facility's slots or show its day and visits.
 WITHOUT_BROWSER = ["tests/test_booking.py", "tests/test_roles.py::test_role_matrix"]
 TIME_SENSITIVE = [*WITHOUT_BROWSER, "tests/test_accessibility.py"]
-# The browser visits book "the block under way" from the grid, on tests/clock.py's scene clock.
+# The browser visits book "the block under way" from the grid, on tests/support/clock.py's scene
+# clock.
 # libfaketime could move only their server side, which reads the scene clock, not the real one;
 # their pages keep Chromium's own clock (Chromium under libfaketime takes ~50 s to draw a page),
 # so a run here would prove nothing more and cost ~30 s a scenario. Listed for the rule below.

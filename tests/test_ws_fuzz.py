@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from server import events
 from server.gateway.ops import HANDLERS
 from tests.conftest import app_client
-from tests.helpers import Api, Who, decode_frame
+from tests.support.helpers import Api, Who, decode_frame
 
 JSON, MSGPACK = "kinwire.v1.json", "kinwire.v1.msgpack"
 FRAME_BYTES_MAX = 16 * 1024  # the app's limit in this test: oversize frames stay cheap

@@ -28,7 +28,7 @@ from server.gateway.ops import HANDLERS
 from server.schema import connections, utcnow, visits
 from store.ids import new_id
 from tests.conftest import app_client
-from tests.helpers import Api, Who, decode_frame
+from tests.support.helpers import Api, Who, decode_frame
 from tests.test_roles import ACCOUNT_ROLES, World, build_world, ok, unique
 
 JSON, MSGPACK = "kinwire.v1.json", "kinwire.v1.msgpack"

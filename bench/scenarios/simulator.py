@@ -1,10 +1,11 @@
-"""Scenario 10, simulator: the billing simulator (tests/sim.py) over many visits with every
+"""Scenario 10, simulator: the billing simulator (tests/support/sim.py) over many visits with every
 fault, its CPU stated in units of a host calibration timed in the same process.
 
 Method. The scenario's process (pinned to LOAD_CPU, like every scenario's) times
 bench/calibrate.py's fixed pure-Python round CALIBRATION_ROUNDS times, runs
-`tests.sim.simulate(SEED, n, <a migrated SQLite file>)` (the pure meter against the real ledger
-on a virtual clock, every visit judged by tests/sim_check.py: billed seconds against
+`tests.support.sim.simulate(SEED, n, <a migrated SQLite file>)` (the pure meter against the real
+ledger
+on a virtual clock, every visit judged by tests/support/sim_check.py: billed seconds against
 connected-with-media seconds, to the credit, and the ledger's invariants), then times the round
 again. The round's CPU is the median of all those rounds; the figure compared across hosts is
 the simulator's CPU for 10,000 visits in rounds (cpu_s / round_cpu_s, scaled to 10,000 visits).
@@ -41,7 +42,7 @@ LIMIT_ROUNDS = round(60 / 43.1 * REPLAY_ROUNDS)
 
 
 async def run(size: str) -> dict[str, Any]:
-    from tests.sim import describe, simulate
+    from tests.support.sim import describe, simulate
 
     n = SIZES[size]
     before, before_each = round_cpu_s(CALIBRATION_ROUNDS[size])
@@ -73,10 +74,11 @@ async def run(size: str) -> dict[str, Any]:
                           f"<= {LIMIT_ROUNDS} (issue 14's 60 s on its host)",
                           rounds_10k <= LIMIT_ROUNDS)],
         "notes": [
-            f"tests.sim.simulate(seed {SEED}, {n} visits) in this process, pinned to core "
+            f"tests.support.sim.simulate(seed {SEED}, {n} visits) in this process, pinned to core "
             f"{common.LOAD_CPU}, on a migrated SQLite file (synchronous=OFF, as the simulator "
-            "sets it); every fault of tests/sim_visit.py; each visit judged by "
-            "tests/sim_check.py (billed against connected-with-media seconds, to the credit) "
+            "sets it); every fault of tests/support/sim_visit.py; each visit judged by "
+            "tests/support/sim_check.py (billed against connected-with-media seconds, to the "
+            "credit) "
             "and the ledger's invariants every 250 visits and at the end: a failure fails the "
             "run, with the seed and the replay command.",
             "calibration: bench/calibrate.py's fixed pure-Python round, timed "

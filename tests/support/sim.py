@@ -1,8 +1,8 @@
 """The billing simulator: many visits on a virtual clock, through billing/meter.py, against the
-real ledger code, with faults from a seed; every visit judged by tests/sim_check.py.
+real ledger code, with faults from a seed; every visit judged by tests/support/sim_check.py.
 
-    python -m tests.sim --seed 42 --visits 10000     # exit 1 on the first failing visit
-    python -m tests.sim --seed 42 --only 1234        # replay one visit, trace printed
+    python -m tests.support.sim --seed 42 --visits 10000     # exit 1 on the first failing visit
+    python -m tests.support.sim --seed 42 --only 1234        # replay one visit, trace printed
 
 A failure prints the seed, the visit and its trace; the same seed replays it exactly (each
 visit draws from its own generator, seeded by (seed, visit)). One SQLite store, migrated by
@@ -31,8 +31,8 @@ from sqlalchemy import create_engine, event, select, text
 from billing import ledger, meter
 from billing.ledger import LedgerError, SystemAccount
 from billing.tables import ledger_transfers
-from tests.sim_check import check_visit
-from tests.sim_visit import Plan, Run, VisitSim, draw_plan
+from tests.support.sim_check import check_visit
+from tests.support.sim_visit import Plan, Run, VisitSim, draw_plan
 
 BASE = datetime(2026, 1, 1, tzinfo=UTC)
 GIVER = "sim_giver"  # a relative with endless credits, for gifts
@@ -206,7 +206,7 @@ def describe(result: Result, *, trace: bool = False) -> str:
         return f"ok: seed {result.seed}, {result.visits} visits ({stats})"
     plan, run = result.last
     lines = [f"{'ok' if result.ok else 'FAILED'}: seed {result.seed}, visit {plan.index} "
-             f"(replay: python -m tests.sim --seed {result.seed} --only {plan.index})",
+             f"(replay: python -m tests.support.sim --seed {result.seed} --only {plan.index})",
              *(f"  problem: {p}" for p in result.problems),
              f"  config: {plan.config}", f"  funds {plan.funds}, faults {plan.faults}",
              "  trace:", *(f"    {_line(record)}" for record in run.trace)]
@@ -241,7 +241,7 @@ async def _migrate(url: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.sim",
+    parser = argparse.ArgumentParser(prog="python -m tests.support.sim",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=None, help="default: a fresh random seed")
     parser.add_argument("--visits", type=int, default=1000)

@@ -17,7 +17,7 @@ from server import events
 from server.auth import _PRINCIPAL_QUICK, principal_for, session_principal, token_hash
 from server.schema import accounts, sessions
 from store import quickread
-from tests.helpers import Api
+from tests.support.helpers import Api
 from tests.test_gateway import JSON, open_socket
 
 

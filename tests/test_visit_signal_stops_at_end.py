@@ -10,7 +10,7 @@ from aiohttp.test_utils import TestClient
 
 from server.schema import utcnow, visits
 from signalling.meters import CHANNEL
-from tests.helpers import Api
+from tests.support.helpers import Api
 from tests.test_messaging import cast
 from tests.test_visit_calls import book_now, join_both, until
 

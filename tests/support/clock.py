@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 from server.schema import utcnow
 
-ZONE = ZoneInfo("America/Chicago")  # the time zone of tests/helpers.py Api.facility
+ZONE = ZoneInfo("America/Chicago")  # the time zone of tests/support/helpers.py Api.facility
 
 
 class Clock:

@@ -1,7 +1,8 @@
 """A visit in a call across an impaired link (issue 21), shared by tests/test_browser_links.py
 and bench/scenarios/links.py: the family's Chromium runs in its own network namespace and
 reaches everything (the page, its socket, coturn with relay-only ICE) through
-tests/impaired_link.py's emulated link; the server, coturn and the kiosk's Chromium are on the
+tests/support/impaired_link.py's emulated link; the server, coturn and the kiosk's Chromium are on
+the
 caller's side. A billed minute is MINUTE_S. The call is sampled every SAMPLE_S: frames each
 side decoded, the meter's billed seconds, the minutes in the ledger, the visit's status.
 """
@@ -20,7 +21,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from server.app import create_app
 from signalling.visits import pause_reason
-from tests.browser import (
+from tests.conftest import test_settings
+from tests.support.browser import (
     CHROMIUM,
     KIOSK,
     PHONE,
@@ -29,14 +31,13 @@ from tests.browser import (
     launch,
     require_chromium,
 )
-from tests.clock import scene_clock
-from tests.conftest import test_settings
-from tests.helpers import Api
-from tests.impaired_link import ImpairedLink
+from tests.support.clock import scene_clock
+from tests.support.helpers import Api
+from tests.support.impaired_link import ImpairedLink
+from tests.support.turn_server import private_coturn
 from tests.test_browser_endings import PASSWORD, _book_now, _minutes, _visit_row
 from tests.test_browser_more import _log_in
 from tests.test_browser_visit import MEDIA, PIN, _parties
-from tests.turn_server import private_coturn
 
 MINUTE_S = 5.0
 CREDITS = 1000  # twenty minutes at 50: the balance never ends these visits

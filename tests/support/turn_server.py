@@ -30,7 +30,7 @@ from aioice import stun
 from signalling.turn import coturn_config
 
 HOST = "127.0.0.1"
-DEPLOY_FILE = Path(__file__).resolve().parent.parent / "deploy" / "coturn" / "turnserver.conf"
+DEPLOY_FILE = Path(__file__).resolve().parents[2] / "deploy" / "coturn" / "turnserver.conf"
 REALM = "kinwire.test"
 RELAY_PORTS = 32
 START_TIMEOUT_S = 10.0
@@ -148,7 +148,7 @@ async def private_coturn(secret: str | None = None, *, loopback_test: bool = Tru
     `loopback_test=False` runs the production variant (every private peer denied, loopback
     too) on the same loopback listener: it allocates, but relays to nobody here.
     `also_listen`: a second address it takes requests on (an impaired link's near end,
-    tests/impaired_link.py), and the server's `host` and URL; it still relays from, and to,
+    tests/support/impaired_link.py), and the server's `host` and URL; it still relays from, and to,
     127.0.0.1 alone."""
     binary = shutil.which("turnserver")
     if binary is None:

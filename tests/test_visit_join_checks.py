@@ -13,7 +13,7 @@ from server import events
 from server.events import Outbox
 from server.schema import connections, utcnow, visits
 from signalling import visits as visit_states
-from tests.helpers import Api
+from tests.support.helpers import Api
 from tests.test_gateway import open_socket
 from tests.test_messaging import cast
 from tests.test_visit_calls import book_now

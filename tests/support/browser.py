@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Api
+from tests.support.helpers import Api
 
 CHROMIUM = os.environ.get("KINWIRE_CHROMIUM", "/usr/bin/chromium")
-SHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 PHONE = {"width": 390, "height": 844}
@@ -35,13 +35,14 @@ def require_chromium() -> None:
 
 # libfaketime's variables (tests/test_wall_clock.py moves the test process's clock with them)
 # are kept from the browser: Chromium under libfaketime takes a minute to draw a page, and its
-# pages get the server's clock from tests/clock.py browser_clock instead.
+# pages get the server's clock from tests/support/clock.py browser_clock instead.
 FAKETIME_VARS = ("LD_PRELOAD", "FAKETIME", "FAKETIME_DONT_FAKE_MONOTONIC")
 
 
 async def launch(pw, *extra_args: str, executable: str | None = None):
     """Debian's headless Chromium through a started Playwright. `executable`: a wrapper that
-    runs it elsewhere (tests/impaired_link.py's `wrapper`: in the family's network namespace)."""
+    runs it elsewhere (tests/support/impaired_link.py's `wrapper`: in the family's network
+    namespace)."""
     env = {k: v for k, v in os.environ.items() if k not in FAKETIME_VARS}
     return await pw.chromium.launch(executable_path=executable or CHROMIUM, headless=True,
                                     args=[*ARGS, *extra_args], env=env)

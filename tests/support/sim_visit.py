@@ -1,6 +1,6 @@
 """One simulated visit: a virtual clock, two parties, meter processes that crash or lose their
 lease, and a shell that performs the meter's actions against the real ledger, with every fault
-drawn from the seed. Nothing here judges the meter; tests/sim_check.py does, from the trace.
+drawn from the seed. Nothing here judges the meter; tests/support/sim_check.py does, from the trace.
 
 The world (docs/visits.md, "Trust"): each party comes and goes (its socket joined and its
 media flowing, or not); in most visits (`remote`) the parties' sockets are held by another
