@@ -2,7 +2,7 @@
 
 `step(config, state, event) -> (state, actions)` is all of it: no clock, no randomness, no I/O.
 Times are floats in seconds on the caller's timeline. The async shell around it feeds events,
-performs the returned actions in order and stores the state; tests/sim.py drives it against
+performs the returned actions in order and stores the state; tests/support/sim.py drives it against
 the real ledger under injected faults.
 
 Presence: who may say the call is connected (the trust model, docs/visits.md)

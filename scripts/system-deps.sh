@@ -23,7 +23,7 @@ command -v strace >/dev/null 2>&1 || need+=(strace)
 # postgresql-client is the release's major version (15 on bookworm), which must be at least
 # the server's: check `pg_dump --version` against `SELECT version()`.
 command -v pg_dump >/dev/null 2>&1 || need+=(postgresql-client)
-# tests/impaired_link.py puts the family's browser in a network namespace behind TUN devices
+# tests/support/impaired_link.py puts the family's browser in a network namespace behind TUN devices
 # (ip netns, ip addr; sysctl from procps). The tests need root and /dev/net/tun, or skip.
 [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || need+=(iproute2)
 command -v sysctl >/dev/null 2>&1 || [ -x /usr/sbin/sysctl ] || need+=(procps)

@@ -10,7 +10,7 @@ refuses the username once its leading timestamp is in the past. `expires_at` is 
 visit window, so the credentials are valid no longer than the visit (DESIGN.md, "Video visits").
 
 `coturn_config` renders the one coturn configuration: docs/turn.md shows it and the tests' private
-coturn (tests/turn_server.py) runs it, and a test checks the two are the same text.
+coturn (tests/support/turn_server.py) runs it, and a test checks the two are the same text.
 
 Pure functions: no I/O, no clock, no server imports.
 """
