@@ -41,8 +41,14 @@ ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get("KINWIRE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
+# The cores this process may use when bench/common.py is first imported, before pin_self: read
+# later, a pinned load generator would see one core and stop pinning its servers (they would
+# inherit its affinity and share the load core: every relay run before this fix did).
+_CPUS = len(os.sched_getaffinity(0))
+
+
 def cpus() -> int:
-    return len(os.sched_getaffinity(0))
+    return _CPUS
 
 
 def pin_self(cpu: int = LOAD_CPU) -> None:

@@ -14,7 +14,9 @@ is kept RECENT_S). Answers go back to the sender's account as live pushes
 `visit.signal {visit_id, from: "server", description}`, on whatever process its socket is.
 If the holder dies, its peer connections die with it; its load lapses from the broker within
 a lease, and the next signal for the visit places it again (the dead holder's lease is
-released on its behalf).
+released on its behalf). The processes its signals came through notice first and `move` it:
+the parties, and the staff watchers whose watch offers came through them, are told to offer
+to the new relay.
 
 On the holder, a `VisitRelay` (signalling/relayed_visit.py) per visit keeps one session (an
 aiortc RTCPeerConnection) per party and per watching staff member. It only ever answers; a new
@@ -97,6 +99,8 @@ class Relay:
         # visits relayed elsewhere whose signals passed through here: node, and the visit's
         # end (placement.py; watched so that a dead relay's visits are placed again)
         self.elsewhere: dict[str, str] = {}
+        # staff accounts whose watch offers for a visit came through here: told when it moves
+        self.watchers: dict[str, set[str]] = {}
         self._advertised: placement.Load | None = None
         self._seq = 0
         self._changed = asyncio.Event()
@@ -293,6 +297,8 @@ class Relay:
         or on its holder, placing the visit first if nobody relays it. False when it could not
         be handed on (no broker); RelayFull when it cannot be placed."""
         message = {"visit_id": visit_id, "from": sender, "watch": watch, **signal}
+        if watch:
+            self.watchers.setdefault(visit_id, set()).add(sender)
         if not self._stopping and self._local(visit_id) is None:
             try:
                 await self.place(visit_id)
@@ -356,6 +362,8 @@ class Relay:
         """A relay here has wound down (relayed_visit.py): room again."""
         if self.running.get(held.visit_id) is held:
             del self.running[held.visit_id]
+            if held.visit_id not in self.elsewhere:  # not moved on: nobody to tell any more
+                self.watchers.pop(held.visit_id, None)
         self._changed.set()
 
     async def _advertise(self) -> None:
@@ -388,16 +396,22 @@ class Relay:
             except BrokerUnavailable:
                 continue  # nobody can be placed anyway
             while len(self.elsewhere) > ELSEWHERE_MAX:  # ended long ago: the oldest first
-                del self.elsewhere[next(iter(self.elsewhere))]
+                oldest = next(iter(self.elsewhere))
+                del self.elsewhere[oldest]
+                self.watchers.pop(oldest, None)
+            while len(self.watchers) > ELSEWHERE_MAX:
+                del self.watchers[next(iter(self.watchers))]
             for visit_id, node in list(self.elsewhere.items()):
                 if node not in alive:
                     await self.move(visit_id, f"{node} gone")
 
     async def move(self, visit_id: str, why: str, *, avoid: str | None = None) -> None:
-        """Place a visit whose relay died or is draining again, and push both parties
-        `visit.relay_moved {visit_id, relay}` (the new relay's lease holder): the clients offer
-        to it. Every process that notices does this; the placement is made once (the lease),
-        and a client offers once per new relay (it compares `relay` with its own)."""
+        """Place a visit whose relay died or is draining again, and push
+        `visit.relay_moved {visit_id, relay}` (the new relay's lease holder) to both parties
+        and to the staff watching it that this process knows of (their watch offers came
+        through here, or they watch it here): the clients offer to it. Every process that
+        notices does this; the placement is made once (the lease), and a client offers once
+        per new relay (it compares `relay` with its own)."""
         try:
             async with self.store.read() as conn:
                 row = await visits.get(conn, visit_id)
@@ -406,6 +420,7 @@ class Relay:
             return
         if row.media != "relay" or row.status not in visits.IN_CALL:
             self.elsewhere.pop(visit_id, None)
+            self.watchers.pop(visit_id, None)
             return
         try:
             holder = await self.place(visit_id, avoid=avoid)
@@ -415,9 +430,11 @@ class Relay:
             return
         node = placement.node_of(holder)
         log.warning("visit %s: relay moved to %s (%s)", visit_id, node, why)
-        for party in (row.family_id, row.person_id):
+        held = self.running.get(visit_id)
+        watching = {*self.watchers.get(visit_id, ()), *(held.watching() if held else ())}
+        for account in (row.family_id, row.person_id, *sorted(watching)):
             with contextlib.suppress(Exception):
-                await self.push_live(party, "visit.relay_moved",
+                await self.push_live(account, "visit.relay_moved",
                                      {"visit_id": visit_id, "relay": holder})
 
     async def _listen(self) -> None:

@@ -279,6 +279,10 @@ class VisitRelay:
         self.feeds = [(p, o) for p, o in self.feeds if o not in session.outlets]
         await session.close()
 
+    def watching(self) -> list[str]:
+        """The staff accounts with a watch session here (told when the visit moves)."""
+        return [s.account_id for s in self.sessions.values() if s.role == "watcher"]
+
     # -- what the server sees
 
     def seeing(self, now: float) -> bool:

@@ -164,3 +164,78 @@ async def test_the_relay_process_dies_or_drains_and_media_resumes_within_5_s(
         assert killed_at - live_at - 2.0 <= durations[0] <= killed_at - live_at + 2.0
         assert ended_at - resumed_at - 1.0 <= durations[1] <= ended_at - killed_at + 1.0
         assert names(tmp_path / "recordings" / ".partial") == [], "nothing left behind"
+
+
+async def test_a_staff_watcher_follows_the_visit_when_its_relay_is_killed(
+        pg_db: str, tmp_path: Path) -> None:
+    """The staff console (Chromium, static/js/staff.js) watches a relayed visit; the relay's
+    process is killed with SIGKILL. Nobody clicks: the console hears `visit.relay_moved` from
+    the process its socket is on (the watch offer went through it) and offers to the new
+    relay, and both parties' cameras play in it again within 5 s of the parties' own media
+    resuming. Without the push to watchers the console keeps its dead peer connection."""
+    from playwright.async_api import expect
+
+    from tests.browser import chromium, require_chromium
+    from tests.test_browser_more import _log_in
+    from tests.test_relay import STAFF_PASSWORD, new_staff
+
+    require_chromium()
+    expect.set_options(timeout=20_000)
+    async with stack(pg_db, tmp_path, **FAILOVER) as (nodes, _turn, http), \
+            chromium() as browser:
+        a, b = nodes
+        family_token, person_token = await make_pair(http, a, b, pg_db)
+        family_id = await account_id(http, a, family_token)
+        visit_id, facility_id = await visit_now(pg_db, family_id, media="relay", record=False)
+        email = await new_staff(pg_db, facility_id, "Officer Watts")
+        # Every socket on B (the parties' and the console's): placement puts the relay on A.
+        family = party(b, family_token, visit_id, FAMILY_SIZE)
+        person = party(b, person_token, visit_id, PERSON_SIZE)
+        ctx = await browser.new_context(viewport={"width": 1024, "height": 900})
+        loop = asyncio.get_running_loop()
+        try:
+            await family.start()
+            await person.start()
+            async with asyncio.timeout(30):
+                await family.wait_frames("video", 10)
+                await person.wait_frames("video", 10)
+            desk = await ctx.new_page()
+            errors: list[str] = []
+            desk.on("pageerror", lambda e: errors.append(str(e)))
+            await _log_in(desk, b.base, email, STAFF_PASSWORD, "/static/staff.html")
+            item = desk.locator(f"#visit-list li[data-visit='{visit_id}']")
+            await expect(item).to_have_attribute("data-status", "live")
+            await item.locator("button", has_text="Watch").click()
+            playing = """(old) => [...document.querySelectorAll('.watch video')].every(
+                v => v.srcObject && !old.includes(v.srcObject.id) && v.videoWidth > 0
+                     && v.currentTime > 0.5)"""
+            await desk.wait_for_function(playing, arg=[], timeout=20_000)
+            assert await relayed_here(http, a) == 1.0, "the relay is on A"
+            old = await desk.eval_on_selector_all(".watch video",
+                                                  "vs => vs.map(v => v.srcObject.id)")
+            first_relay = family.relay
+
+            a.proc.send_signal(signal.SIGKILL)
+            killed_at = loop.time()
+            seen = {"family": family.frames["video"], "person": person.frames["video"]}
+            await until(lambda: family.frames["video"] >= seen["family"] + 10
+                        and person.frames["video"] >= seen["person"] + 10
+                        and family.relay != first_relay, 20, step_s=0.05)
+            resumed_at = loop.time()
+            await desk.wait_for_function(playing, arg=old, timeout=20_000, polling=50)
+            watched_at = loop.time()
+            print(f"parties' media resumed {resumed_at - killed_at:.2f} s after the kill; the "
+                  f"watcher's both cameras {watched_at - resumed_at:.2f} s after that")
+            assert watched_at - resumed_at <= RESUME_WITHIN_S
+            sizes = await desk.eval_on_selector_all(
+                ".watch video", "vs => vs.map(v => [v.videoWidth, v.videoHeight])")
+            assert sizes == [list(FAMILY_SIZE), list(PERSON_SIZE)], "family, then resident"
+            await expect(desk.locator("#watch-notice")).to_have_text("Live.")
+            assert await relayed_here(http, b) == 1.0
+            assert family.reconnects == 0 and person.reconnects == 0, "nobody rejoined"
+            assert errors == [], errors
+            await family.leave()
+        finally:
+            await ctx.close()
+            await family.close()
+            await person.close()

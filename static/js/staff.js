@@ -274,9 +274,18 @@ $("facility").addEventListener("change", async () => {
 function socket() {
   if (!state.socket) {
     $("socket-state").hidden = false;
+    let seen = false; // online once: a later "online" is a reconnection
     state.socket = new KinwireSocket({
       onEvent: onWatchEvent, onReset: async () => {},
       onUnauthorised: () => location.reload(),
+      // The socket came back (maybe through another process: its own died, and with it,
+      // perhaps, the visit's relay, which nobody would then tell us has moved): offer again.
+      onState: (st) => {
+        if (st !== "online") return;
+        if (!seen) { seen = true; return; }
+        const w = state.watch;
+        if (w && w.pc) offerWatch(w).catch((e) => { if (state.watch === w) say($("watch-notice"), e.message, "error"); });
+      },
     }).start();
   }
   return state.socket;
@@ -296,43 +305,55 @@ async function startWatch(v, who) {
   $("watch-h").textContent = `Watching the visit of ${who}`;
   say($("watch-notice"), "Connecting…");
   $("watch-h").focus();
+  const w = { visitId: v.id, pc: null, audios: [], relay: null, movedTo: null };
+  state.watch = w;
   try {
-    const s = socket();
-    await online(s);
-    const first = await s.request("visit.watch", { visit_id: v.id });
-    const pc = new RTCPeerConnection({ iceServers: first.ice_servers || [],
-      iceTransportPolicy: first.ice_transport_policy === "relay" ? "relay" : "all" });
-    state.watch = { visitId: v.id, pc };
-    const videos = [$("watch-family"), $("watch-person")];
-    const audios = [];
-    for (const kind of ["video", "video", "audio", "audio"]) pc.addTransceiver(kind, { direction: "recvonly" });
-    // The server fills video m-lines family then person, audio likewise (docs/visits.md).
-    pc.ontrack = (ev) => {
-      const index = pc.getTransceivers().indexOf(ev.transceiver);
-      const stream = new MediaStream([ev.track]);
-      if (index < 2) videos[index].srcObject = stream;
-      else {
-        const a = new Audio();
-        a.srcObject = stream;
-        a.muted = $("watch-sound").getAttribute("aria-pressed") !== "true";
-        a.play().catch(() => {});
-        audios.push(a);
-      }
-    };
-    state.watch.audios = audios;
-    pc.onconnectionstatechange = () => {
-      const st = pc.connectionState;
-      say($("watch-notice"), { connected: "Live.", failed: "The media could not connect.",
-                                disconnected: "Media interrupted…" }[st] || st);
-    };
-    await pc.setLocalDescription(await pc.createOffer());
-    await gathered(pc);
-    await s.request("visit.watch", { visit_id: v.id, description: { type: "offer", sdp: pc.localDescription.sdp } });
-    say($("watch-notice"), "Waiting for the server's answer…");
+    await offerWatch(w);
     await audit.load();
   } catch (err) {
-    say($("watch-notice"), err.message, "error");
+    if (state.watch === w) say($("watch-notice"), err.message, "error");
   }
+}
+
+// One receive-only peer connection with the relay, offered to it (a new one replaces the
+// watch's previous one: the relay moved to another process, docs/visits.md "Relay failover").
+async function offerWatch(w) {
+  const s = socket();
+  await online(s);
+  const first = await s.request("visit.watch", { visit_id: w.visitId });
+  if (state.watch !== w) return;
+  const pc = new RTCPeerConnection({ iceServers: first.ice_servers || [],
+    iceTransportPolicy: first.ice_transport_policy === "relay" ? "relay" : "all" });
+  if (w.pc) w.pc.close();
+  for (const a of w.audios) a.srcObject = null;
+  w.pc = pc;
+  w.audios = [];
+  const videos = [$("watch-family"), $("watch-person")];
+  for (const kind of ["video", "video", "audio", "audio"]) pc.addTransceiver(kind, { direction: "recvonly" });
+  // The server fills video m-lines family then person, audio likewise (docs/visits.md).
+  pc.ontrack = (ev) => {
+    const index = pc.getTransceivers().indexOf(ev.transceiver);
+    const stream = new MediaStream([ev.track]);
+    if (index < 2) videos[index].srcObject = stream;
+    else {
+      const a = new Audio();
+      a.srcObject = stream;
+      a.muted = $("watch-sound").getAttribute("aria-pressed") !== "true";
+      a.play().catch(() => {});
+      w.audios.push(a);
+    }
+  };
+  pc.onconnectionstatechange = () => {
+    if (w.pc !== pc) return;
+    const st = pc.connectionState;
+    say($("watch-notice"), { connected: "Live.", failed: "The media could not connect.",
+                              disconnected: "Media interrupted…" }[st] || st);
+  };
+  await pc.setLocalDescription(await pc.createOffer());
+  await gathered(pc);
+  if (w.pc !== pc || state.watch !== w) return;
+  await s.request("visit.watch", { visit_id: w.visitId, description: { type: "offer", sdp: pc.localDescription.sdp } });
+  say($("watch-notice"), "Waiting for the server's answer…");
 }
 
 function gathered(pc, ms = 3000) {
@@ -350,7 +371,17 @@ async function onWatchEvent(type, data) {
   const w = state.watch;
   if (!w || data.visit_id !== w.visitId) return;
   if (type === "visit.signal" && data.from === "server" && data.description) {
-    await w.pc.setRemoteDescription(data.description).catch((e) => say($("watch-notice"), e.message, "error"));
+    const pc = w.pc;
+    if (!pc || pc.signalingState !== "have-local-offer") return; // an answer to an older offer
+    if (data.relay) w.relay = data.relay; // who answered us
+    await pc.setRemoteDescription(data.description).catch((e) => say($("watch-notice"), e.message, "error"));
+  } else if (type === "visit.relay_moved") {
+    // The relay's process died or is draining and another took the visit: offer to it at
+    // once, as the parties do (visit.js onRelayMoved). Several processes may say so.
+    if (!data.relay || data.relay === w.relay || data.relay === w.movedTo) return;
+    w.movedTo = data.relay;
+    say($("watch-notice"), "The relay moved; reconnecting…");
+    offerWatch(w).catch((e) => { if (state.watch === w) say($("watch-notice"), e.message, "error"); });
   } else if (type === "visit.ended") {
     stopWatch(`The visit ended (${(data.reason || "ended").replace(/_/g, " ")}).`);
     loadVisits().catch(() => {});
@@ -361,7 +392,7 @@ function stopWatch(message) {
   const w = state.watch;
   state.watch = null;
   if (w) {
-    w.pc.close();
+    if (w.pc) w.pc.close();
     for (const a of w.audios || []) a.srcObject = null;
   }
   for (const id of ["watch-family", "watch-person"]) $(id).srcObject = null;
