@@ -175,7 +175,7 @@ async def test_a_staff_watcher_follows_the_visit_when_its_relay_is_killed(
     resuming. Without the push to watchers the console keeps its dead peer connection."""
     from playwright.async_api import expect
 
-    from tests.browser import chromium, require_chromium
+    from tests.support.browser import chromium, require_chromium
     from tests.test_browser_more import _log_in
     from tests.test_relay import STAFF_PASSWORD, new_staff
 

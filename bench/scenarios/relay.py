@@ -363,7 +363,7 @@ async def _kinwire_ramp(wd: Path, turn: Any, clip: list[bytes], tone: list[bytes
 
 
 async def run(size: str) -> dict[str, Any]:
-    from tests import turn_server
+    from tests.support import turn_server
 
     tiny = size == "tiny"
     width, height = (320, 240) if tiny else (640, 480)
