@@ -13,7 +13,7 @@ from aiohttp import web
 
 from billing import ledger
 from billing.gateway import PaymentGateway, SandboxGateway
-from server import calls, events
+from server import calls, events, mail
 from server.attempts import Attempts
 from server.auth import LoginLimiter, Passwords
 from server.blobs.configured import open_blobs
@@ -31,6 +31,7 @@ from server.http import (
     routes_calls,
     routes_connections,
     routes_facilities,
+    routes_mail,
     routes_messages,
     routes_money,
     routes_recordings,
@@ -66,7 +67,8 @@ STATIC = Path(__file__).resolve().parent.parent / "static"
 ROUTES: list[Route] = [*routes_auth.ROUTES, *routes_facilities.ROUTES, *routes_audit.ROUTES,
                        *routes_money.ROUTES, *routes_statement.ROUTES,
                        *routes_connections.ROUTES, *routes_messages.ROUTES,
-                       *routes_visits.ROUTES, *routes_calls.ROUTES, *routes_recordings.ROUTES]
+                       *routes_visits.ROUTES, *routes_calls.ROUTES, *routes_recordings.ROUTES,
+                       *routes_mail.ROUTES]
 
 
 def make_broker(settings: Settings, metrics: Metrics | None = None) -> Broker:
@@ -143,6 +145,15 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
         photo_work=PhotoWork(settings.photo_workers, settings.photo_queue_max),
         meters=meters, relay=relay, recordings=recordings, blobs=blobs)
     app[CONTEXT] = ctx
+    # Email (server/mail.py): notifications written with the events that report them, sent
+    # by a background sender; none of it when no relay is configured.
+    relay_smtp = mail.relay_of(settings)
+    if relay_smtp is not None:
+        ctx.notifier = mail.Notifier(settings)
+        events.watch(store.engine, ctx.notifier)
+        ctx.mail_sender = mail.MailSender(store, relay_smtp, settings.mail_from, clock,
+                                          attempts_max=settings.mail_attempts_max,
+                                          public_url=settings.public_url)
     limits = make_limits(settings, meters.node_id)  # Redis: per-user limits across processes
     hub = Hub(store, broker, per_user_max=settings.ws_connections_per_user_max,
               page_max=settings.sync_page_max, metrics=metrics, limits=limits)
@@ -237,6 +248,9 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
     async def messaging(app: web.Application) -> AsyncIterator[None]:
         stop = asyncio.Event()
         sweeper = asyncio.create_task(housekeeping.run(stop), name="housekeeping")
+        mailer = None
+        if ctx.mail_sender is not None:  # off: `kinwire serve`'s banner says so, once
+            mailer = asyncio.create_task(ctx.mail_sender.run(stop), name="mail")
         await meters.start()
         await relay.start()
         if limits is not None:
@@ -246,6 +260,8 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
         await meters.stop()
         stop.set()
         await sweeper
+        if mailer is not None:
+            await mailer
         await hub.close_all(RESTARTING, "server restarting")
         await hub.stop_all()
         if limits is not None:
@@ -278,7 +294,12 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
             # Browsers and bookmarks ask for /favicon.ico whatever the page links.
             return web.FileResponse(STATIC / "img" / "favicon.ico")
 
+        async def reset_page(request: web.Request) -> web.FileResponse:
+            # The emailed password-reset link's page (its token in the fragment).
+            return web.FileResponse(STATIC / "reset.html")
+
         app.router.add_get("/", index)
+        app.router.add_get("/reset", reset_page)
         app.router.add_get("/favicon.ico", favicon)
         app.router.add_static("/static/", STATIC)
     return app

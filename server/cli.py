@@ -186,8 +186,12 @@ def _serve(settings: Settings, args) -> int:
         # Printed once the port is bound, so that it never announces a server that is not there.
         bound = addresses[0][1] if addresses else port
         url = settings.public_url or f"http://{host}:{bound}/"
+        # Email's state is said here, once (docs/operations.md, "Email").
+        email = "on" if settings.mail_enabled else "off: no KINWIRE_SMTP_URL, so no " \
+            "notifications or password reset by email"
         print(f"Kinwire on {url} (database: {settings.resolved_database_url.split('://')[0]}, "
-              f"broker: {'redis' if settings.redis_url else 'memory'})", flush=True)
+              f"broker: {'redis' if settings.redis_url else 'memory'}, email: {email})",
+              flush=True)
 
     from server.http.drain import serve
     from server.http.logs import AccessLogger  # metrics/logs: no query strings, with request ids

@@ -16,6 +16,7 @@ from store import Store
 
 if TYPE_CHECKING:  # built by create_app; a one-shot CLI context has none of them
     from server.blobs.configured import Blobs
+    from server.mail import MailSender, Notifier
     from server.photos import PhotoWork
     from server.recordings import Recordings
     from signalling.meters import Meters
@@ -39,3 +40,6 @@ class Context:
     recordings: Recordings | None = None
     blobs: Blobs | None = None  # the photo and recording stores
     metrics: Metrics = field(default_factory=Metrics)  # create_app's; a private one elsewhere
+    # Email (server/mail.py): None when no SMTP relay is configured.
+    notifier: Notifier | None = None
+    mail_sender: MailSender | None = None

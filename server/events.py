@@ -134,6 +134,19 @@ def _remember(broker: Broker, account_id: str, event: Event) -> None:
     kept.add(account_id, event)
 
 
+# What else reads each transaction's events as they are written, per database engine: the
+# email notifier (server/mail.py), registered by create_app when email is on. Keyed by the
+# engine so that apps in one process (the tests') keep theirs apart; with none registered an
+# emit costs one dictionary lookup more.
+_watchers: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def watch(engine: Any, watcher: Any) -> None:
+    """`await watcher.on_events(conn, items, at)` in every transaction on `engine` that
+    emits events, after they are written (its writes commit or roll back with them)."""
+    _watchers[engine.sync_engine] = watcher
+
+
 @dataclass
 class Outbox:
     """Events written in one transaction, signalled through the broker after it commits."""
@@ -165,6 +178,9 @@ class Outbox:
             self.written.append((account_id, seq))
             self.kept.append((account_id, Event(seq, kind, data)))
         await db.run_many(_INSERT.sql, rows)
+        watcher = _watchers.get(conn.engine.sync_engine)
+        if watcher is not None:
+            await watcher.on_events(conn, items, at)
 
     async def signal(self, broker: Broker) -> None:
         """Call after the commit. A broker outage is logged, not raised: the events are stored

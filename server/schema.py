@@ -256,3 +256,52 @@ recording_segments = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Index("ix_recording_segments_location", "location"),
 )
+
+# --- email: the outbox, password resets, notification choices (server/mail.py) -------------
+
+# One email to send, written in the same transaction as what it reports; the sender
+# (server/mail.py MailSender) claims due rows, sends them and marks them sent. A row stays until
+# it is sent or has used its attempts, so nothing is lost if the process dies. `batch_key`
+# groups the emails that must not repeat (one per thread per quiet period, one per visit
+# status); `body` is the email's own text, which never holds a message's body or a token's hash.
+mail_outbox = Table(
+    "mail_outbox", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("account_id", String(32), nullable=True),
+    Column("to_addr", String(254), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("subject", String(200), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("batch_key", String(120), nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("due_at", UTCDateTime, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("sent_at", UTCDateTime, nullable=True),
+    Column("failed_at", UTCDateTime, nullable=True),
+    Column("last_error", String(200), nullable=True),
+    Index("ix_mail_outbox_due", "due_at"),
+    Index("ix_mail_outbox_batch", "batch_key", "created_at"),
+)
+
+# A password reset link's token, stored only as its SHA-256; used once (`used_at`), expiring.
+password_resets = Table(
+    "password_resets", metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("account_id", String(32), ForeignKey("accounts.id"), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("used_at", UTCDateTime, nullable=True),
+    Index("ix_password_resets_account", "account_id"),
+)
+
+# A family's email choices: the kinds it turned off (none: all on), and the key its
+# unsubscribe links carry (server/mail.py). `low_sent` remembers that the low-balance email
+# went, until the balance is above the threshold again.
+notification_prefs = Table(
+    "notification_prefs", metadata,
+    Column("account_id", String(32), ForeignKey("accounts.id"), primary_key=True),
+    Column("off", JSON, nullable=False),
+    Column("unsubscribe_key", String(64), nullable=False, unique=True),
+    Column("low_sent", Boolean, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)

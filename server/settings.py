@@ -48,7 +48,8 @@ class Settings:
                               env="REDIS_URL")
     allowed_origins: tuple[str, ...] = _setting(
         (), "Comma-separated Origin allowlist for /ws; empty allows only the server's own origin.")
-    public_url: str = _setting("", "The URL people reach the service at (printed at start).")
+    public_url: str = _setting("", "The URL people reach the service at (printed at start); "
+                               "email's links (password reset, unsubscribe) start with it.")
     trusted_proxies: tuple[str, ...] = _setting(
         (), "Comma-separated addresses or networks of reverse proxies (nginx) whose "
         "X-Forwarded-For and X-Forwarded-Proto are believed; empty believes nobody "
@@ -224,6 +225,39 @@ class Settings:
     housekeeping_batch_rows: int = _setting(
         1000, "Most rows one housekeeping transaction deletes or updates; a pass runs batches "
         "until one comes back short.", lo=1, hi=100_000)
+    smtp_url: str = _setting("", "The SMTP relay for email (notifications and password "
+                             "reset): `smtp://user:pass@host:587` (STARTTLS when the relay "
+                             "offers it), `smtps://...:465` (TLS from the start) or "
+                             "`smtp+plain://host:25` (never TLS: a relay on loopback only); "
+                             "empty with KINWIRE_SMTP_HOST empty means no email, said once at "
+                             "start (docs/operations.md, \"Email\").", secret=True)
+    smtp_host: str = _setting("", "The SMTP relay's host, when KINWIRE_SMTP_URL is empty.")
+    smtp_port: int = _setting(587, "The SMTP relay's port.", lo=1, hi=65535)
+    smtp_tls: str = _setting("starttls", "`starttls` (required: the relay must offer it), "
+                             "`tls` (TLS from the start) or `none` (loopback relays only).")
+    smtp_user: str = _setting("", "SMTP AUTH user; empty sends without AUTH.")
+    smtp_password: str = _setting("", "SMTP AUTH password (never logged or shown).",
+                                  secret=True)
+    smtp_timeout_s: float = _setting(15.0, "Longest wait for the SMTP relay (connect, each "
+                                     "reply); a send past it is retried later.")
+    mail_from: str = _setting("", "The sender of Kinwire's email, e.g. "
+                              "`Kinwire <no-reply@kinwire.example>`; required with SMTP.")
+    mail_attempts_max: int = _setting(8, "Tries an email gets (the wait doubling from 30 s "
+                                      "between them) before it is given up and logged.",
+                                      lo=1, hi=100)
+    mail_quiet_s: int = _setting(600, "New-message email: at most one per thread in this "
+                                 "long, sent this long after the first message (the later "
+                                 "ones in it are counted in the same email).",
+                                 lo=0, hi=86_400)
+    mail_low_balance: int = _setting(200, "A family is emailed when its balance falls below "
+                                     "this many credits (once, until it is above it again).",
+                                     lo=0, hi=10_000_000)
+    password_reset_ttl_s: int = _setting(1800, "Lifetime of an emailed password-reset link "
+                                         "(single use).", lo=60, hi=86_400)
+    password_resets_per_hour: int = _setting(3, "Password-reset emails one address may be "
+                                             "sent an hour (x10 requests per client address); "
+                                             "past it the request is answered the same, with no "
+                                             "email.", lo=1, hi=1000)
     db_pool_size: int = _setting(10, "PostgreSQL connections per process.", lo=1, hi=200)
     db_timeout_s: float = _setting(10.0, "PostgreSQL: longest wait for a pooled or new "
                                    "connection, or for one statement; past it the request "
@@ -281,6 +315,10 @@ class Settings:
             Path(self.data_dir) / "recordings"
 
     @property
+    def mail_enabled(self) -> bool:
+        return bool(self.smtp_url or self.smtp_host)
+
+    @property
     def is_sqlite(self) -> bool:
         return self.resolved_database_url.startswith("sqlite")
 
@@ -334,6 +372,18 @@ class Settings:
         if bool(self.s3_access_key_id) != bool(self.s3_secret_access_key):
             raise SettingsError("KINWIRE_S3_ACCESS_KEY_ID and KINWIRE_S3_SECRET_ACCESS_KEY "
                                 "go together")
+        if self.smtp_tls not in {"starttls", "tls", "none"}:
+            raise SettingsError("KINWIRE_SMTP_TLS must be starttls, tls or none")
+        if self.smtp_url and not self.smtp_url.startswith(("smtp://", "smtps://",
+                                                           "smtp+plain://")):
+            raise SettingsError("KINWIRE_SMTP_URL must be smtp://, smtps:// or smtp+plain://")
+        if self.mail_enabled and not self.mail_from:
+            raise SettingsError("KINWIRE_SMTP_URL (or KINWIRE_SMTP_HOST) needs KINWIRE_MAIL_FROM")
+        if self.mail_enabled and not self.public_url.startswith(("http://", "https://")):
+            raise SettingsError("email needs KINWIRE_PUBLIC_URL (http(s)://...): its links "
+                                "start with it")
+        if not 0 < self.smtp_timeout_s <= 600:
+            raise SettingsError("KINWIRE_SMTP_TIMEOUT_S must be in (0, 600]")
         if self.payment_gateway != "sandbox":
             raise SettingsError("KINWIRE_PAYMENT_GATEWAY: only 'sandbox' is built in")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:

@@ -28,6 +28,7 @@ STATUS: dict[str, int] = {
     # who is asking
     "unauthorized": 401,
     "invalid_credentials": 401,
+    "invalid_token": 400,  # a password-reset link unknown, used or expired (server/resets.py)
     "device_required": 401,
     "forbidden": 403,
     "forbidden_origin": 403,

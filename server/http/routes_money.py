@@ -69,6 +69,8 @@ async def purchase(call: Call) -> web.Response:
         result = {"purchase": bought.public(), "balance": await ledger.balance(conn, me.account_id)}
         # The user's other tabs and devices see the new balance live (a `balance` event).
         await outbox.emit(conn, me.account_id, "balance", {"balance": result["balance"]}, now)
+        if ctx.notifier is not None:  # the receipt email, with the purchase (server/mail.py)
+            await ctx.notifier.receipt(conn, me.account_id, bought, now)
         await idempotency.store(conn, account_id=me.account_id, key=key, status=201, body=result)
     await outbox.signal(ctx.broker)
     return json_response(result, 201)

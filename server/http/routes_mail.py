@@ -1,0 +1,151 @@
+"""Password reset by email, and a family's email notification choices and unsubscribe link."""
+
+from __future__ import annotations
+
+import html
+import logging
+
+from aiohttp import web
+from pydantic import Field
+
+from common.errors import Refused
+from server import events, mail, resets
+from server.attempts import Key
+from server.auth import FAMILY
+from server.broker import BrokerUnavailable
+from server.facilities import Strict
+from server.http.routes_auth import Email, Password
+from server.http.routing import ANYONE, Call, Route, json_response
+
+log = logging.getLogger("kinwire.mail")
+
+RESET_WINDOW_S = 3600.0
+
+
+class ResetIn(Strict):
+    email: Email
+
+
+class ResetConfirmIn(Strict):
+    token: str = Field(min_length=20, max_length=200)
+    password: Password
+
+
+class PrefsIn(Strict):
+    kinds: dict[str, bool] = Field(max_length=len(mail.KINDS))
+
+
+def _address(call: Call) -> str:
+    return call.request.remote or "unknown"
+
+
+async def reset_request(call: Call) -> web.Response:
+    """Ask for a password-reset link by email (answers the same whether the account exists)."""
+    body: ResetIn = call.body
+    ctx, now = call.ctx, call.now()
+    if not ctx.settings.mail_enabled:
+        raise Refused("unavailable", "Email is not set up on this service; ask the facility "
+                      "or the operator to reset your password.")
+    per = ctx.settings.password_resets_per_hour
+    # A flood from one address is refused outright (that says nothing about any account)...
+    await ctx.login_limiter.reserve(ctx.store, [Key(f"reset-ip:{_address(call)}", limit=per * 10,
+                                                    window_s=RESET_WINDOW_S)], now)
+    # ...while one address's mailbox gets at most `per` links an hour, answered the same past
+    # it, whether the address has an account or not: the answer never tells.
+    try:
+        await ctx.login_limiter.reserve(ctx.store, [Key(f"reset:{body.email}", limit=per,
+                                                        window_s=RESET_WINDOW_S)], now)
+    except Refused:
+        return json_response(_same(ctx.settings.password_reset_ttl_s), 202)
+    async with ctx.store.write() as conn:
+        await resets.request(conn, body.email, now=now, ttl_s=ctx.settings.password_reset_ttl_s,
+                             link_base=ctx.settings.public_url)
+    if ctx.mail_sender is not None:
+        ctx.mail_sender.wake.set()
+    return json_response(_same(ctx.settings.password_reset_ttl_s), 202)
+
+
+def _same(ttl_s: int) -> dict:
+    return {"ok": True, "message": "If an account uses that address, we sent it a link to set "
+            f"a new password. It works once, within {ttl_s // 60} minutes."}
+
+
+async def reset_confirm(call: Call) -> web.Response:
+    """Set a new password with the emailed one-time token; every session of the account ends."""
+    body: ResetConfirmIn = call.body
+    ctx, now = call.ctx, call.now()
+    hashed = await ctx.passwords.hash(body.password)  # off the loop, before the transaction
+    async with ctx.store.write() as conn:
+        account_id, revoked = await resets.use(conn, body.token, hashed, now)
+    for session_id in revoked:  # their open sockets close now (as logout's do)
+        try:
+            await ctx.broker.publish(events.channel(account_id), {"revoked": session_id})
+        except BrokerUnavailable:
+            log.warning("broker unavailable: sockets of a revoked session stay open for now")
+            break
+    return json_response({"ok": True})
+
+
+async def get_prefs(call: Call) -> web.Response:
+    """The caller's email notification choices."""
+    async with call.ctx.store.write() as conn:
+        chosen = await mail.prefs(conn, call.me.account_id, call.now())
+    return json_response({"email": call.ctx.settings.mail_enabled, "kinds": chosen,
+                          "labels": mail.KINDS})
+
+
+async def put_prefs(call: Call) -> web.Response:
+    """Choose which email notifications to get."""
+    body: PrefsIn = call.body
+    unknown = sorted(set(body.kinds) - set(mail.KINDS))
+    if unknown:
+        raise Refused("invalid_input", f"kinds: unknown kind {unknown[0]!r}")
+    async with call.ctx.store.write() as conn:
+        chosen = await mail.set_prefs(conn, call.me.account_id, body.kinds, call.now())
+    return json_response({"email": call.ctx.settings.mail_enabled, "kinds": chosen,
+                          "labels": mail.KINDS})
+
+
+def _page(title: str, text: str, form: bool = False) -> web.Response:
+    button = ('<form method="post"><button type="submit">Unsubscribe from all Kinwire '
+              'email</button></form>') if form else ""
+    return web.Response(
+        text=f'<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
+             f'content="width=device-width,initial-scale=1"><title>{html.escape(title)}</title>'
+             f'<link rel="stylesheet" href="/static/css/app.css"></head><body><main>'
+             f"<h1>{html.escape(title)}</h1><p>{html.escape(text)}</p>{button}</main>"
+             "</body></html>", content_type="text/html")
+
+
+async def unsubscribe_page(call: Call) -> web.Response:
+    """The unsubscribe link's page: a button that turns every notification email off (a GET
+    changes nothing, so a mail scanner that follows links unsubscribes nobody)."""
+    return _page("Unsubscribe", "Stop every Kinwire notification email to this address? "
+                 "You can turn them back on in the app's settings.", form=True)
+
+
+async def unsubscribe(call: Call) -> web.Response:
+    """Turn every notification email off, by the key an email's link carries (also RFC 8058
+    one-click from a mail client)."""
+    key = call.request.query.get("key", "")
+    done = False
+    if 20 <= len(key) <= 64:
+        async with call.ctx.store.write() as conn:
+            done = await mail.unsubscribe(conn, key, call.now())
+    if not done:
+        return _page("Link not valid", "This unsubscribe link is not valid. Sign in and "
+                     "choose your emails in the settings.")
+    return _page("Unsubscribed", "You will get no more Kinwire notification email. You can "
+                 "turn them back on in the app's settings.")
+
+
+ROUTES = [
+    Route("POST", "/auth/reset", reset_request, ANYONE, body=ResetIn),
+    Route("POST", "/auth/reset/confirm", reset_confirm, ANYONE, body=ResetConfirmIn),
+    Route("GET", "/notifications", get_prefs, FAMILY),
+    Route("PUT", "/notifications", put_prefs, FAMILY, body=PrefsIn),
+    Route("GET", "/notifications/unsubscribe", unsubscribe_page, ANYONE,
+          query={"key": "the key the email's link carries"}),
+    Route("POST", "/notifications/unsubscribe", unsubscribe, ANYONE,
+          query={"key": "the key the email's link carries"}),
+]

@@ -1,0 +1,39 @@
+// The password-reset page (/reset): without a token, ask for an emailed link; with the link's
+// token (in the fragment, #token=...), set a new password. docs/security.md, "Password reset".
+import { api, say } from "./api.js";
+
+const $ = (id) => document.getElementById(id);
+const token = new URLSearchParams(location.hash.slice(1)).get("token");
+
+if (token) {
+  // Out of the address bar and history at once: the page keeps it in memory only.
+  history.replaceState(null, "", location.pathname);
+  $("reset-form").hidden = false;
+  $("reset-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const password = $("reset-password").value;
+    if (password !== $("reset-again").value) {
+      say($("reset-notice"), "The two passwords are not the same.", "error");
+      return;
+    }
+    try {
+      await api("POST", "/auth/reset/confirm", { body: { token, password } });
+      $("reset-form").querySelectorAll("input, button").forEach((el) => { el.disabled = true; });
+      say($("reset-notice"), "Your password is set. Every other sign-in was ended. " +
+          "Log in with the new password.", "ok");
+    } catch (err) {
+      say($("reset-notice"), err.message, "error");
+    }
+  });
+} else {
+  $("forgot-form").hidden = false;
+  $("forgot-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    try {
+      const r = await api("POST", "/auth/reset", { body: { email: $("forgot-email").value.trim() } });
+      say($("forgot-notice"), r.message, "ok");
+    } catch (err) {
+      say($("forgot-notice"), err.message, "error");
+    }
+  });
+}

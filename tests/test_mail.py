@@ -1,0 +1,360 @@
+"""Email through a real SMTP server (aiosmtpd, started here on a free port): the outbox and its
+sender, password reset by an emailed one-time link, and the notifications a family chooses.
+
+Adversaries: a relay that is down (the email waits in the outbox and arrives once, later; a
+bounded number of tries), a process that goes away before sending (another sends it), two uses
+of one reset token at once (exactly one wins), an expired token, a token for another account,
+a flood of reset requests, an address with no account (the same answer, no email), and a
+message body that must never reach an inbox."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import socket
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from aiosmtpd.controller import Controller
+from sqlalchemy import select
+
+from server.app import create_app
+from server.schema import mail_outbox, password_resets
+from tests import conftest
+from tests.support.clock import Clock
+from tests.support.helpers import Api, Who
+
+PASSWORD = "correct horse"  # tests/support/helpers.py Api.family's
+
+
+class Inbox:
+    """What the SMTP server received, parsed."""
+
+    def __init__(self) -> None:
+        self.mail: list[EmailMessage] = []
+
+    async def handle_DATA(self, server, session, envelope) -> str:
+        self.mail.append(message_from_bytes(envelope.original_content, policy=policy.default))
+        return "250 OK"
+
+    def to(self, address: str) -> list[EmailMessage]:
+        return [m for m in self.mail if m["To"] == address]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def smtp() -> Iterator[tuple[Inbox, int]]:
+    inbox = Inbox()
+    port = free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield inbox, port
+    finally:
+        controller.stop()
+
+
+@asynccontextmanager
+async def mail_app(db_url: str, tmp_path: Path, port: int, clock: Clock,
+                   **overrides) -> AsyncIterator[Api]:
+    settings = conftest.test_settings(
+        db_url, tmp_path, smtp_url=f"smtp+plain://127.0.0.1:{port}",
+        mail_from="Kinwire <no-reply@kinwire.test>", public_url="https://kinwire.test",
+        **overrides)
+    app = create_app(settings, clock=clock, run_migrations=False)
+    async with TestClient(TestServer(app)) as client:
+        yield Api(client)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    # The real instant only for the test client's cookie jar; everything else moves by hand.
+    return Clock(datetime.now(UTC).replace(microsecond=0))
+
+
+@pytest.fixture
+async def api(db_url: str, tmp_path: Path, smtp, clock: Clock) -> AsyncIterator[Api]:
+    async with mail_app(db_url, tmp_path, smtp[1], clock) as api:
+        yield api
+
+
+async def deliver(api: Api) -> None:
+    """Send what is due now (the background sender may have sent some already)."""
+    sender = api.ctx.mail_sender
+    while await sender.pass_once():
+        pass
+
+
+async def family_email(api: Api, name: str = "Fam") -> tuple[Who, str]:
+    who = await api.family(name)
+    return who, who.account["email"]
+
+
+def token_in(mail: EmailMessage) -> str:
+    found = re.search(r"https://kinwire\.test/reset#token=([A-Za-z0-9_-]+)",
+                      mail.get_content())
+    assert found, mail.get_content()
+    return found.group(1)
+
+
+async def reset_token(api: Api, inbox: Inbox, email: str) -> str:
+    r = await api.call("POST", "/auth/reset", json={"email": email})
+    assert r.status == 202, r.body
+    await deliver(api)
+    return token_in(inbox.to(email)[-1])
+
+
+# --- password reset --------------------------------------------------------------------------
+
+async def test_reset_by_emailed_link_sets_password_and_ends_sessions(api: Api, smtp) -> None:
+    inbox = smtp[0]
+    who, email = await family_email(api)
+    token = await reset_token(api, inbox, email)
+    mail = inbox.to(email)[-1]
+    assert mail["Subject"] == "Reset your Kinwire password"
+    assert mail["From"] == "Kinwire <no-reply@kinwire.test>"
+    # Only the token's hash is stored.
+    async with api.ctx.store.read() as conn:
+        stored = list((await conn.execute(select(password_resets.c.token_hash))).scalars())
+    assert token not in stored and len(stored) == 1
+    assert (await api.call("GET", "/me", who)).status == 200
+    r = await api.call("POST", "/auth/reset/confirm",
+                       json={"token": token, "password": "a brand new one"})
+    assert r.status == 200, r.body
+    assert (await api.call("GET", "/me", who)).status == 401  # every session ended
+    r = await api.call("POST", "/auth/login", json={"email": email, "password": PASSWORD})
+    assert r.status == 401
+    r = await api.call("POST", "/auth/login", json={"email": email,
+                                                    "password": "a brand new one"})
+    assert r.status == 200
+    # Single use.
+    r = await api.call("POST", "/auth/reset/confirm",
+                       json={"token": token, "password": "yet another one"})
+    assert r.status == 400 and r.body["error"]["code"] == "invalid_token"
+
+
+async def test_reset_answers_the_same_for_no_account_and_sends_nothing(api: Api, smtp) -> None:
+    inbox = smtp[0]
+    _, email = await family_email(api)
+    known = await api.call("POST", "/auth/reset", json={"email": email})
+    unknown = await api.call("POST", "/auth/reset", json={"email": "nobody@example.test"})
+    assert (known.status, known.body) == (unknown.status, unknown.body) == (202, known.body)
+    await deliver(api)
+    assert len(inbox.to(email)) == 1
+    assert inbox.to("nobody@example.test") == []
+
+
+async def test_two_uses_of_one_token_at_once_exactly_one_wins(api: Api, smtp) -> None:
+    _, email = await family_email(api)
+    token = await reset_token(api, smtp[0], email)
+    replies = await asyncio.gather(*(
+        api.call("POST", "/auth/reset/confirm", json={"token": token, "password": f"new pw {i}!"})
+        for i in range(6)))
+    assert sorted(r.status for r in replies) == [200] + [400] * 5
+    winner = next(i for i, r in enumerate(replies) if r.status == 200)
+    r = await api.call("POST", "/auth/login", json={"email": email,
+                                                    "password": f"new pw {winner}!"})
+    assert r.status == 200
+
+
+async def test_expired_token_is_refused(api: Api, smtp, clock: Clock) -> None:
+    _, email = await family_email(api)
+    token = await reset_token(api, smtp[0], email)
+    clock.advance(seconds=api.ctx.settings.password_reset_ttl_s + 1)
+    r = await api.call("POST", "/auth/reset/confirm",
+                       json={"token": token, "password": "too late now"})
+    assert r.status == 400 and r.body["error"]["code"] == "invalid_token"
+    r = await api.call("POST", "/auth/login", json={"email": email, "password": PASSWORD})
+    assert r.status == 200
+
+
+async def test_a_token_resets_only_its_own_account(api: Api, smtp) -> None:
+    a, a_email = await family_email(api, "Ann")
+    b, b_email = await family_email(api, "Bob")
+    token = await reset_token(api, smtp[0], a_email)
+    # Bob, signed in, uses Ann's token: it sets Ann's password, never Bob's, and ends Ann's
+    # sessions, not Bob's.
+    r = await api.call("POST", "/auth/reset/confirm", b,
+                       json={"token": token, "password": "bob wants in"})
+    assert r.status == 200
+    assert (await api.call("GET", "/me", b)).status == 200
+    assert (await api.call("GET", "/me", a)).status == 401
+    r = await api.call("POST", "/auth/login", json={"email": b_email, "password": "bob wants in"})
+    assert r.status == 401
+    r = await api.call("POST", "/auth/login", json={"email": b_email, "password": PASSWORD})
+    assert r.status == 200
+    # A made-up token of the right shape does nothing.
+    r = await api.call("POST", "/auth/reset/confirm",
+                       json={"token": secrets.token_urlsafe(32), "password": "guessing here"})
+    assert r.status == 400 and r.body["error"]["code"] == "invalid_token"
+
+
+async def test_a_flood_of_reset_requests(api: Api, smtp) -> None:
+    inbox = smtp[0]
+    _, email = await family_email(api)
+    per = api.ctx.settings.password_resets_per_hour
+    replies = await asyncio.gather(*(api.call("POST", "/auth/reset", json={"email": email})
+                                     for _ in range(per + 5)))
+    assert {r.status for r in replies} == {202}  # the same answer past the limit
+    await deliver(api)
+    assert len(inbox.to(email)) == per  # the mailbox is not flooded
+    # One client address asking about many addresses is refused past ten times that.
+    statuses = []
+    for i in range(per * 10):
+        r = await api.call("POST", "/auth/reset", json={"email": f"x{i}@example.test"})
+        statuses.append(r.status)
+    assert statuses[-1] == 429 and statuses.count(202) == per * 10 - (per + 5)
+
+
+# --- the outbox and its sender ---------------------------------------------------------------
+
+async def test_relay_down_the_email_waits_and_arrives_once(db_url: str, tmp_path: Path,
+                                                           clock: Clock) -> None:
+    """The relay is down for the first process, which goes away before it could send; the
+    email is still in the outbox and the next process sends it, once."""
+    port = free_port()  # nothing listens here yet
+    async with mail_app(db_url, tmp_path, port, clock) as first:
+        _, email = await family_email(first)
+        r = await first.call("POST", "/auth/reset", json={"email": email})
+        assert r.status == 202  # answered at once: no SMTP on the request's path
+        await first.ctx.mail_sender.pass_once()
+        async with first.ctx.store.read() as conn:
+            row = (await conn.execute(select(mail_outbox))).one()
+        assert row.sent_at is None and row.failed_at is None and row.attempts >= 1
+        assert row.last_error and email not in row.last_error
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        clock.advance(seconds=3600)  # past the retry's wait
+        async with mail_app(db_url, tmp_path, port, clock) as second:
+            await deliver(second)
+            await deliver(second)
+            assert len(inbox.to(email)) == 1
+            async with second.ctx.store.read() as conn:
+                row = (await conn.execute(select(mail_outbox))).one()
+            assert row.sent_at is not None
+    finally:
+        controller.stop()
+
+
+async def test_tries_are_bounded(db_url: str, tmp_path: Path, clock: Clock) -> None:
+    async with mail_app(db_url, tmp_path, free_port(), clock, mail_attempts_max=3) as api:
+        _, email = await family_email(api)
+        await api.call("POST", "/auth/reset", json={"email": email})
+        for _ in range(6):
+            await api.ctx.mail_sender.pass_once()
+            clock.advance(seconds=3600)
+        async with api.ctx.store.read() as conn:
+            row = (await conn.execute(select(mail_outbox))).one()
+        assert row.attempts == 3 and row.failed_at is not None and row.sent_at is None
+
+
+async def test_email_off_without_a_relay(db_url: str, tmp_path: Path, clock: Clock) -> None:
+    settings = conftest.test_settings(db_url, tmp_path)
+    app = create_app(settings, clock=clock, run_migrations=False)
+    async with TestClient(TestServer(app)) as client:
+        api = Api(client)
+        assert api.ctx.mail_sender is None and api.ctx.notifier is None
+        r = await api.call("POST", "/auth/reset", json={"email": "a@example.test"})
+        assert r.status == 503 and r.body["error"]["code"] == "unavailable"
+
+
+# --- notifications ---------------------------------------------------------------------------
+
+async def people(api: Api) -> tuple[Who, Who]:
+    admin = await api.admin()
+    facility = await api.facility(admin)
+    staff = await api.staff(admin, facility)
+    return staff, await api.person(staff, facility)
+
+
+async def test_purchase_receipt_and_low_balance(api: Api, smtp) -> None:
+    inbox = smtp[0]
+    who, email = await family_email(api)
+    assert (await api.buy(who, 500)).status == 201
+    await deliver(api)
+    [receipt] = inbox.to(email)
+    text = receipt.get_content()
+    assert receipt["Subject"] == "Your Kinwire receipt"
+    for expected in ("Credits: 500", "Fee: $1.50", "ending 4242"):
+        assert expected in text, text
+    assert "4242424242424242" not in text
+    assert receipt["List-Unsubscribe"].startswith("<https://kinwire.test/api/v1/notifications/")
+    # Spending below the threshold: one low-balance email, not one a debit.
+    _, person = await people(api)
+    await api.connect(who, person)
+    for _ in range(3):
+        r = await api.call("POST", "/gifts", who, json={"to": person.id, "credits": 150},
+                           key=secrets.token_hex(8))
+        assert r.status == 201, r.body
+    await deliver(api)
+    low = [m for m in inbox.to(email) if m["Subject"] == "Your Kinwire balance is low"]
+    assert len(low) == 1 and "50 credits" in low[0].get_content()
+
+
+async def test_new_messages_one_email_a_thread_a_quiet_period_no_body(api: Api, smtp,
+                                                                      clock: Clock) -> None:
+    inbox = smtp[0]
+    _, person = await people(api)
+    who, email = await family_email(api)
+    r = await api.call("POST", "/connections", who, json={"person_id": person.id})
+    r = await api.call("POST", f"/connections/{r.body['connection']['id']}/approve", person)
+    assert r.status == 200
+    secret_words = "the parcel is under the blue bench"
+    for _ in range(3):
+        r = await api.call("POST", "/messages", person,
+                           json={"to": who.id, "body": secret_words, "cod": True},
+                           key=secrets.token_hex(8))
+        assert r.status == 201, r.body
+        assert r.body["message"]["status"] == "delivered", r.body
+    await deliver(api)
+    approved = [m for m in inbox.to(email) if m["Subject"].startswith("Connection approved")]
+    assert len(approved) == 1 and "Pat Person" in approved[0]["Subject"]
+    assert [m for m in inbox.to(email) if "message" in m["Subject"]] == []  # quiet period
+    clock.advance(seconds=api.ctx.settings.mail_quiet_s + 1)
+    await deliver(api)
+    [note] = [m for m in inbox.to(email) if "message" in m["Subject"]]
+    assert "3 new messages from Pat Person" in note.get_content()
+    assert all(secret_words not in m.as_string() for m in inbox.mail)
+
+
+async def test_choices_and_the_unsubscribe_link(api: Api, smtp) -> None:
+    inbox = smtp[0]
+    who, email = await family_email(api)
+    r = await api.call("GET", "/notifications", who)
+    assert r.status == 200 and r.body["email"] is True and all(r.body["kinds"].values())
+    r = await api.call("PUT", "/notifications", who, json={"kinds": {"receipt": False}})
+    assert r.status == 200 and r.body["kinds"]["receipt"] is False
+    assert (await api.buy(who, 500)).status == 201
+    await deliver(api)
+    assert inbox.to(email) == []
+    r = await api.call("PUT", "/notifications", who, json={"kinds": {"receipt": True}})
+    assert (await api.buy(who, 500)).status == 201
+    await deliver(api)
+    [receipt] = inbox.to(email)
+    link = receipt["List-Unsubscribe"].strip("<>").removeprefix("https://kinwire.test")
+    # Following the link (a mail scanner does) changes nothing; the button (POST) does.
+    async with api.client.get(link) as resp:
+        assert resp.status == 200 and "Unsubscribe" in await resp.text()
+    assert all((await api.call("GET", "/notifications", who)).body["kinds"].values())
+    async with api.client.post(link) as resp:
+        assert resp.status == 200 and "Unsubscribed" in await resp.text()
+    assert not any((await api.call("GET", "/notifications", who)).body["kinds"].values())
+    async with api.client.post(link.split("key=")[0] + "key=" + "x" * 40) as resp:
+        assert "not valid" in await resp.text()
+    assert (await api.buy(who, 500)).status == 201
+    await deliver(api)
+    assert len(inbox.to(email)) == 1
