@@ -300,6 +300,12 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
 
         app.router.add_get("/", index)
         app.router.add_get("/reset", reset_page)
+
+        async def settings_page(request: web.Request) -> web.FileResponse:
+            # A family's email choices (GET/PUT /api/v1/notifications); the emails link here.
+            return web.FileResponse(STATIC / "settings.html")
+
+        app.router.add_get("/settings", settings_page)
         app.router.add_get("/favicon.ico", favicon)
         app.router.add_static("/static/", STATIC)
     return app

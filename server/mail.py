@@ -131,7 +131,7 @@ class Notifier:
             return
         body = "\n".join([f"Hello {fam.name},", "", *lines, "",
                           f"Open Kinwire: {self.link('/')}", "",
-                          "Choose which emails you get: " + self.link("/#settings"),
+                          "Choose which emails you get: " + self.link("/settings"),
                           "Unsubscribe from all: " + self.unsubscribe_link(fam.unsubscribe_key)])
         await enqueue(conn, to=fam.email, kind=kind, subject=subject, body=body, at=at,
                       account_id=account_id, batch_key=batch_key, due_at=due_at)

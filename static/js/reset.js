@@ -4,6 +4,8 @@ import { api, say } from "./api.js";
 
 const $ = (id) => document.getElementById(id);
 const token = new URLSearchParams(location.hash.slice(1)).get("token");
+// A link opened in a tab already on this page changes only the fragment: start again with it.
+addEventListener("hashchange", () => location.reload());
 
 if (token) {
   // Out of the address bar and history at once: the page keeps it in memory only.
