@@ -37,7 +37,7 @@ from typing import Any
 
 from sqlalchemy import Select, bindparam, select
 
-from server import events, orphans
+from server import events, mail, orphans, resets
 from server.events import Outbox
 from signalling import visits
 from signalling.tables import visits as visits_table
@@ -142,6 +142,7 @@ class Housekeeping:
                 now, self.batch_rows), stop)
         if self.attempts is not None:
             await self._batches("attempts", lambda: self._prune_attempts(now), stop)
+        await self._batches("mail", lambda: self._prune_mail(now), stop)
         if self.blobs and time.monotonic() - self._orphans_at >= self.orphans_every_s:
             self._orphans_at = time.monotonic()
             await self._batches("orphans", lambda: orphans.sweep_blobs(
@@ -152,6 +153,12 @@ class Housekeeping:
     async def _prune_attempts(self, now: datetime) -> int:
         async with self.store.write() as conn:
             return await self.attempts.prune(conn, now)
+
+    async def _prune_mail(self, now: datetime) -> int:
+        """Sent emails past their keeping, and password-reset tokens a day past expiry."""
+        async with self.store.write() as conn:
+            return (await mail.prune(conn, now, self.batch_rows)
+                    + await resets.prune(conn, now))
 
     async def _prune(self, cutoff: datetime) -> int:
         async with self.store.write() as conn:

@@ -432,10 +432,18 @@ def _codes(exc: aiosmtplib.SMTPRecipientsRefused) -> str:
     return ",".join(str(e.code) for e in exc.recipients)
 
 
-async def prune(conn: AsyncConnection, older_than: datetime) -> int:
-    """Sent or given-up emails older than `older_than` (their batch keys no longer matter)."""
-    o = mail_outbox
-    gone = await conn.execute(o.delete().where(
-        o.c.created_at < older_than, or_(o.c.sent_at.is_not(None), o.c.failed_at.is_not(None))))
-    return gone.rowcount
+# Sent or given-up emails are kept this long (their batch keys must outlive any quiet
+# period, at most a day) and then pruned by housekeeping.
+KEEP_SENT = timedelta(days=7)
 
+
+async def prune(conn: AsyncConnection, now: datetime, limit: int) -> int:
+    """At most `limit` sent or given-up emails older than KEEP_SENT (one short transaction;
+    server/housekeeping.py calls it until it prunes fewer)."""
+    o = mail_outbox
+    old = (await conn.execute(select(o.c.id).where(
+        o.c.created_at < now - KEEP_SENT,
+        or_(o.c.sent_at.is_not(None), o.c.failed_at.is_not(None))).limit(limit))).scalars().all()
+    if old:
+        await conn.execute(o.delete().where(o.c.id.in_(old)))
+    return len(old)

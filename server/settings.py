@@ -226,15 +226,17 @@ class Settings:
         1000, "Most rows one housekeeping transaction deletes or updates; a pass runs batches "
         "until one comes back short.", lo=1, hi=100_000)
     smtp_url: str = _setting("", "The SMTP relay for email (notifications and password "
-                             "reset): `smtp://user:pass@host:587` (STARTTLS when the relay "
-                             "offers it), `smtps://...:465` (TLS from the start) or "
-                             "`smtp+plain://host:25` (never TLS: a relay on loopback only); "
+                             "reset): `smtp://user:pass@host:587` (STARTTLS, required), "
+                             "`smtps://...:465` (TLS from the start) or "
+                             "`smtp+plain://host:25` (never TLS: a relay on this host or a "
+                             "private network only); "
                              "empty with KINWIRE_SMTP_HOST empty means no email, said once at "
                              "start (docs/operations.md, \"Email\").", secret=True)
     smtp_host: str = _setting("", "The SMTP relay's host, when KINWIRE_SMTP_URL is empty.")
     smtp_port: int = _setting(587, "The SMTP relay's port.", lo=1, hi=65535)
     smtp_tls: str = _setting("starttls", "`starttls` (required: the relay must offer it), "
-                             "`tls` (TLS from the start) or `none` (loopback relays only).")
+                             "`tls` (TLS from the start) or `none` (a relay on this host or a "
+                             "private network only).")
     smtp_user: str = _setting("", "SMTP AUTH user; empty sends without AUTH.")
     smtp_password: str = _setting("", "SMTP AUTH password (never logged or shown).",
                                   secret=True)

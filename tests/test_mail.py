@@ -15,7 +15,7 @@ import secrets
 import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
@@ -25,6 +25,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from aiosmtpd.controller import Controller
 from sqlalchemy import select
 
+from server import mail
 from server.app import create_app
 from server.schema import mail_outbox, password_resets
 from tests import conftest
@@ -269,7 +270,7 @@ async def test_email_off_without_a_relay(db_url: str, tmp_path: Path, clock: Clo
         api = Api(client)
         assert api.ctx.mail_sender is None and api.ctx.notifier is None
         r = await api.call("POST", "/auth/reset", json={"email": "a@example.test"})
-        assert r.status == 503 and r.body["error"]["code"] == "unavailable"
+        assert r.status == 404 and r.body["error"]["code"] == "email_off"
 
 
 # --- notifications ---------------------------------------------------------------------------
@@ -358,3 +359,83 @@ async def test_choices_and_the_unsubscribe_link(api: Api, smtp) -> None:
     assert (await api.buy(who, 500)).status == 201
     await deliver(api)
     assert len(inbox.to(email)) == 1
+
+
+async def test_visit_booked_cancelled_and_ended_with_minutes_and_cost(
+        db_url: str, tmp_path: Path, smtp) -> None:
+    from billing import ledger
+    from server.events import Outbox
+    from signalling import visits
+    from signalling.tables import visits as visits_table
+    from tests.test_booking import T0, at, book, booked
+    from tests.test_messaging import cast
+
+    inbox, clock = smtp[0], Clock(T0)
+    async with mail_app(db_url, tmp_path, smtp[1], clock) as api:
+        c = await cast(api)
+        email = c.family.account["email"]
+        r = await api.call("GET", "/connections", c.family)
+        connection = r.body["connections"][0]["id"]
+        first = booked(await book(api, c.family, connection, at("2026-03-02", "10:00")))
+        second = booked(await book(api, c.family, connection, at("2026-03-02", "11:00")))
+        r = await api.call("POST", f"/visits/{second['id']}/cancel", c.family)
+        assert r.status == 200, r.body
+        # The first visit is billed two minutes and then hung up (the meter's own steps are
+        # tested elsewhere: here only what the email reports).
+        async with api.ctx.store.write() as conn:
+            await conn.execute(visits_table.update().where(visits_table.c.id == first["id"])
+                               .values(status="live"))
+            for n in (1, 2):
+                await ledger.transfer(conn, key=f"visit:{first['id']}:minute:{n}",
+                                      debit=c.family.id,
+                                      credit=ledger.SystemAccount.VISIT_REVENUE,
+                                      amount=first["minute_price"], kind="visit_minute",
+                                      ref=first["id"], at=clock())
+            assert await visits.end(conn, Outbox(), first["id"], "hung_up", clock())
+        await deliver(api)
+        subjects = sorted(m["Subject"] for m in inbox.to(email)
+                          if m["Subject"].startswith("Visit"))
+        assert subjects == ["Visit booked", "Visit booked", "Visit cancelled", "Visit ended"]
+        [ended] = [m for m in inbox.to(email) if m["Subject"] == "Visit ended"]
+        text = ended.get_content()
+        assert "Minutes: 2." in text and f"Cost: {2 * first['minute_price']} credits" in text
+        assert "hung up" in text and "2026-03-02 10:00 (America/Chicago)" in text
+
+
+async def test_housekeeping_prunes_sent_mail_and_old_tokens_only(api: Api, smtp,
+                                                                clock: Clock) -> None:
+    from server.housekeeping import Housekeeping
+
+    _, email = await family_email(api)
+    await reset_token(api, smtp[0], email)  # one sent email, one token
+    async with api.ctx.store.write() as conn:  # one not sent yet (the relay refused it, say)
+        await mail.enqueue(conn, to=email, kind="receipt", subject="s", body="b", at=clock(),
+                           due_at=clock() + timedelta(days=30))
+    clock.advance(days=8)
+    keeper = Housekeeping(api.ctx.store, api.ctx.broker, clock, node_id="t", lease_s=10,
+                          batch_rows=100, retention_s=86_400, metrics=api.ctx.metrics,
+                          per_process=lambda now: None)
+    assert await keeper._prune_mail(clock()) == 2  # the sent email and the expired token
+    async with api.ctx.store.read() as conn:
+        left = (await conn.execute(select(mail_outbox.c.sent_at))).scalars().all()
+    assert left == [None]  # an unsent email is never pruned
+
+
+def test_settings_for_the_relay(tmp_path: Path) -> None:
+    from server.settings import Settings, SettingsError
+
+    base = {"data_dir": str(tmp_path)}
+    with pytest.raises(SettingsError, match="KINWIRE_MAIL_FROM"):
+        Settings(**base, smtp_url="smtp://relay.example:587").validate()
+    with pytest.raises(SettingsError, match="KINWIRE_PUBLIC_URL"):
+        Settings(**base, smtp_host="relay.example", mail_from="k@x.test").validate()
+    with pytest.raises(SettingsError, match="KINWIRE_SMTP_TLS"):
+        Settings(**base, smtp_tls="maybe").validate()
+    on = Settings(**base, smtp_url="smtp://kin%40x:p%3Ass@relay.example", mail_from="k@x.test",
+                  public_url="https://k.test").validate()
+    relay = mail.relay_of(on)
+    assert (relay.host, relay.port, relay.tls, relay.user, relay.password) == \
+        ("relay.example", 587, "starttls", "kin@x", "p:ss")
+    assert "p:ss" not in repr(relay) and "p%3Ass" not in repr(on)
+    assert mail.relay_of(Settings(**base).validate()) is None
+    assert mail.relay_of(on.replace(smtp_url="smtps://relay.example")).port == 465

@@ -16,15 +16,20 @@ import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest
 from aiohttp import FormData
 from PIL import Image
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from server.app import ROUTES
-from server.schema import connections
+from server.auth import token_hash
+from server.schema import connections, password_resets
+from server.settings import Settings
+from tests.conftest import test_settings
 from tests.support.helpers import VISA, Api, Reply, Who
 
 FAMILY_PASSWORD = "correct horse"
@@ -39,6 +44,18 @@ REVOKED = tuple(f"revoked_{role}" for role in ACCOUNT_ROLES)
 CALLERS = (*ACCOUNT_ROLES, "anonymous", *REVOKED)
 EVERYONE = frozenset(CALLERS)
 ANY_SESSION = frozenset(ACCOUNT_ROLES)
+
+# Email on, towards a relay that is not there (the port of the discard service, closed
+# here): the reset and notification routes are served as in production, and what they queue
+# simply waits in the outbox.
+MAIL_ON = {"smtp_url": "smtp+plain://127.0.0.1:9", "mail_from": "Kinwire <k@kinwire.test>",
+           "public_url": "https://kinwire.test"}
+
+
+@pytest.fixture
+def settings(db_url: str, tmp_path: Path) -> Settings:
+    return test_settings(db_url, tmp_path, **MAIL_ON)
+
 
 _unique = itertools.count(1)
 
@@ -262,6 +279,31 @@ def _person() -> dict[str, str]:
     return {"name": "Another Person", "inmate_number": f"N{unique()}", "pin": "1234"}
 
 
+async def _reset_token(world: World, role: str) -> Req:
+    """A live password-reset token of a family of its own (using it ends that family's
+    sessions, not the world's)."""
+    fam = await world.api.family("Forgetful")
+    token = secrets.token_urlsafe(32)
+    now = world.api.ctx.clock()
+    async with world.api.ctx.store.write() as conn:
+        await conn.execute(password_resets.insert().values(
+            token_hash=token_hash(token), account_id=fam.id, created_at=now,
+            expires_at=now + timedelta(minutes=30)))
+    return Req(json={"token": token, "password": "a new password"})
+
+
+async def _unsubscribe_key(world: World, role: str) -> Req:
+    from server import mail
+    from server.schema import notification_prefs
+
+    now = world.api.ctx.clock()
+    async with world.api.ctx.store.write() as conn:
+        await mail.ensure_prefs(conn, world.family.id, now)
+        key = (await conn.execute(select(notification_prefs.c.unsubscribe_key).where(
+            notification_prefs.c.account_id == world.family.id))).scalar_one()
+    return Req(query=f"?key={key}")
+
+
 async def _new_connection(world: World, role: str) -> Req:
     person_id = await world.new_person() if role == "family" else world.person.id
     return Req(json={"person_id": person_id})
@@ -417,6 +459,13 @@ EXPECTED: dict[tuple[str, str], Expect] = {
     ("POST", "/auth/signup"): Expect(EVERYONE, 201, _req(_signup)),
     ("POST", "/auth/login"): Expect(EVERYONE, 200, _login),
     ("POST", "/auth/kiosk"): Expect(EVERYONE, 200, _kiosk),
+    ("POST", "/auth/reset"): Expect(EVERYONE, 202, _req({"email": "someone@example.test"})),
+    ("POST", "/auth/reset/confirm"): Expect(EVERYONE, 200, _reset_token),
+    ("GET", "/notifications"): Expect(frozenset({"family"}), 200, _req()),
+    ("PUT", "/notifications"): Expect(frozenset({"family"}), 200,
+                                      _req({"kinds": {"receipt": True}})),
+    ("GET", "/notifications/unsubscribe"): Expect(EVERYONE, 200, _unsubscribe_key),
+    ("POST", "/notifications/unsubscribe"): Expect(EVERYONE, 200, _unsubscribe_key),
     ("POST", "/auth/logout"): Expect(ANY_SESSION, 200, _req(), fresh_session=True),
     ("GET", "/me"): Expect(ANY_SESSION, 200, _req()),
     ("GET", "/facilities"): Expect(ANY_SESSION, 200, _req()),

@@ -28,7 +28,7 @@ from schemathesis.specs.openapi import checks
 from server.app import ROUTES
 from tests.conftest import app_client
 from tests.support.helpers import Api
-from tests.test_roles import ACCOUNT_ROLES, EXPECTED, Req, build_world, png
+from tests.test_roles import ACCOUNT_ROLES, EXPECTED, MAIL_ON, Req, build_world, png
 
 CHECKS = [not_a_server_error, checks.status_code_conformance, checks.content_type_conformance,
           checks.response_headers_conformance, checks.response_schema_conformance,
@@ -108,7 +108,7 @@ async def test_every_route_conforms_to_its_openapi_description(pg_db: str,
     root_log = logging.getLogger()  # the app, aiohttp and asyncio alike
     root_log.addHandler(watcher)
     try:
-        async with app_client(pg_db, tmp_path) as client:
+        async with app_client(pg_db, tmp_path, **MAIL_ON) as client:
             api = Api(client)
             admin = await api.admin()
             facility = await api.facility(admin)
@@ -152,7 +152,7 @@ def call_valid(base_url: str, spec: dict, method: str, path: str, req: Req, toke
 async def test_valid_requests_get_the_documented_success(db_url: str, tmp_path: Path) -> None:
     """Every route, called validly by a caller it admits (the requests of tests/test_roles.py),
     answers a documented success: random requests alone rarely get that far."""
-    async with app_client(db_url, tmp_path) as client:
+    async with app_client(db_url, tmp_path, **MAIL_ON) as client:
         api = Api(client)
         world = await build_world(api)
         spec = (await api.call("GET", "/api/v1/openapi.json")).body

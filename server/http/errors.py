@@ -48,6 +48,7 @@ STATUS: dict[str, int] = {
     "relay_full": 503,
     # things and their state
     "not_found": 404,
+    "email_off": 404,  # POST /auth/reset where no SMTP relay is configured
     "idempotency_conflict": 409,
     # contacts and messages
     "not_connected": 403,

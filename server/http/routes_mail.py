@@ -44,7 +44,7 @@ async def reset_request(call: Call) -> web.Response:
     body: ResetIn = call.body
     ctx, now = call.ctx, call.now()
     if not ctx.settings.mail_enabled:
-        raise Refused("unavailable", "Email is not set up on this service; ask the facility "
+        raise Refused("email_off", "Email is not set up on this service; ask the facility "
                       "or the operator to reset your password.")
     per = ctx.settings.password_resets_per_hour
     # A flood from one address is refused outright (that says nothing about any account)...
