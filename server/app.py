@@ -187,7 +187,8 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
                                        "photos": blobs.photos},
                                 partials=(blobs.staging, relay.recordings_dir),
                                 in_use=relay.writing,
-                                orphan_grace_s=settings.orphan_grace_s)
+                                orphan_grace_s=settings.orphan_grace_s,
+                                remind=ctx.notifier.remind if ctx.notifier else None)
 
     async def holding() -> float:
         return 1.0 if housekeeping.holding else 0.0

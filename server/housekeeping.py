@@ -46,6 +46,7 @@ log = logging.getLogger("kinwire.housekeeping")
 LEASE = "housekeeping"
 SOCKETS_EVERY_S = 30.0  # expired sessions' sockets: a walk over every socket, so not each pass
 ORPHANS_EVERY_S = 600.0  # orphan blobs and stale .partial files: listings, so seldom
+REMIND_EVERY_S = 60.0  # visit reminder emails: a minute late at most
 
 
 def missed_scan(now: datetime, limit: int) -> Select:
@@ -86,7 +87,8 @@ class Housekeeping:
                  in_use: Callable[[Path], bool] = lambda path: False,
                  orphan_grace_s: float = 86_400.0,
                  orphans_every_s: float = ORPHANS_EVERY_S,
-                 wall: Callable[[], datetime] = orphans.real_now) -> None:
+                 wall: Callable[[], datetime] = orphans.real_now,
+                 remind: Callable[[Any, datetime, int], Awaitable[int]] | None = None) -> None:
         self.store, self.broker, self.clock = store, broker, clock
         self.node_id, self.lease_s, self.batch_rows = node_id, lease_s, batch_rows
         self.retention_s, self.metrics, self.per_process = retention_s, metrics, per_process
@@ -97,6 +99,8 @@ class Housekeeping:
         self.blobs, self.partials, self.in_use = blobs or {}, partials, in_use
         self.orphan_grace_s, self.orphans_every_s = orphan_grace_s, orphans_every_s
         self.wall = wall  # ages of blobs and files: the machine's clock (server/orphans.py)
+        self.remind = remind  # visit reminder emails (server/mail.py Notifier), or None
+        self._reminded_at = -float("inf")
         self.holding = False
         self._sockets_at = time.monotonic()
         self._partials_at = self._orphans_at = -float("inf")  # the first pass sweeps
@@ -143,6 +147,10 @@ class Housekeeping:
         if self.attempts is not None:
             await self._batches("attempts", lambda: self._prune_attempts(now), stop)
         await self._batches("mail", lambda: self._prune_mail(now), stop)
+        if self.remind is not None and time.monotonic() - self._reminded_at >= REMIND_EVERY_S:
+            self._reminded_at = time.monotonic()
+            await self._batches("reminders", lambda: self.remind(self.store, now,
+                                                                 self.batch_rows), stop)
         if self.blobs and time.monotonic() - self._orphans_at >= self.orphans_every_s:
             self._orphans_at = time.monotonic()
             await self._batches("orphans", lambda: orphans.sweep_blobs(

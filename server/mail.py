@@ -28,15 +28,17 @@ from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from typing import Any
 from urllib.parse import unquote, urlsplit
+from zoneinfo import ZoneInfo
 
 import aiosmtplib
-from sqlalchemy import func, or_, select
+from sqlalchemy import exists, func, literal, literal_column, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from billing.tables import ledger_transfers
-from server.schema import accounts, mail_outbox, notification_prefs
+from server.schema import accounts, facilities, mail_outbox, notification_prefs
 from server.settings import Settings
+from signalling.tables import visits as visits_table
 from store import Store
 from store.ids import new_id
 
@@ -47,10 +49,14 @@ log = logging.getLogger("kinwire.mail")
 KINDS = {
     "message": "A new message (who wrote, never what)",
     "connection": "A connection approved",
-    "visit": "A visit booked, cancelled or ended (minutes and cost)",
+    "visit": "A visit booked, coming up, cancelled or ended (minutes and cost)",
     "low_balance": "Your balance is low",
     "receipt": "A receipt for each purchase",
 }
+
+# Longer than any visit's window, so that the reminder scan can bound its range of the partial
+# index on scheduled visits' ends.
+MAX_VISIT = timedelta(days=1)
 
 CLAIM_S = 120.0  # a claimed row is someone's for this long: longer than one SMTP exchange
 
@@ -105,6 +111,7 @@ class Notifier:
         self.base = settings.public_url.rstrip("/")
         self.quiet = timedelta(seconds=settings.mail_quiet_s)
         self.low = settings.mail_low_balance
+        self.reminder = timedelta(seconds=settings.mail_visit_reminder_s)
 
     def link(self, path: str) -> str:
         return f"{self.base}{path}"
@@ -233,6 +240,38 @@ class Notifier:
         await self._send(conn, fam, account_id, "low_balance", "Your Kinwire balance is low",
                          [f"Your balance is {balance} credits. Add credits to keep writing "
                           "and visiting."], at)
+
+    async def remind(self, store: Store, now: datetime, limit: int) -> int:
+        """Emails a reminder for each visit starting within `reminder` that has none yet (at
+        most `limit` a call: server/housekeeping.py calls it until it finds fewer)."""
+        v, f, o = visits_table, facilities, mail_outbox
+        key = literal("visit:") + v.c.id + literal(":reminder")
+        scan = (select(v.c.id, v.c.family_id, v.c.start_at, f.c.timezone)
+                .join(f, f.c.id == v.c.facility_id)
+                # status written into the SQL: the partial index ix_visits_scheduled_end
+                .where(v.c.status == literal_column("'scheduled'"), v.c.end_at > now,
+                       v.c.end_at <= now + self.reminder + MAX_VISIT,
+                       v.c.start_at > now, v.c.start_at <= now + self.reminder,
+                       ~exists().where(o.c.batch_key == key))
+                .order_by(v.c.start_at).limit(limit))
+        async with store.write() as conn:
+            due = (await conn.execute(scan)).all()
+            for row in due:
+                fam = await self._family(conn, row.family_id, now)
+                when = row.start_at.astimezone(ZoneInfo(row.timezone))
+                lines = [f"Your video visit starts at {when:%Y-%m-%d %H:%M} "
+                         f"({row.timezone}). Join it from the Visits tab."]
+                if fam is None or "visit" in (fam.off or []):
+                    # A row marked not sent, so that the scan does not find the visit again.
+                    await conn.execute(o.insert().values(
+                        id=new_id("mail"), account_id=row.family_id, to_addr="", kind="visit",
+                        subject="", body="", batch_key=f"visit:{row.id}:reminder",
+                        created_at=now, due_at=now, attempts=0, failed_at=now,
+                        last_error="not sent: turned off"))
+                    continue
+                await self._send(conn, fam, row.family_id, "visit", "Visit reminder", lines,
+                                 now, batch_key=f"visit:{row.id}:reminder")
+        return len(due)
 
     async def receipt(self, conn: AsyncConnection, account_id: str, purchase: Any,
                       at: datetime) -> None:

@@ -254,6 +254,8 @@ class Settings:
     mail_low_balance: int = _setting(200, "A family is emailed when its balance falls below "
                                      "this many credits (once, until it is above it again).",
                                      lo=0, hi=10_000_000)
+    mail_visit_reminder_s: int = _setting(3600, "A family is emailed this long before each "
+                                          "visit it booked (a reminder).", lo=60, hi=7 * 86_400)
     password_reset_ttl_s: int = _setting(1800, "Lifetime of an emailed password-reset link "
                                          "(single use).", lo=60, hi=86_400)
     password_resets_per_hour: int = _setting(3, "Password-reset emails one address may be "

@@ -361,7 +361,7 @@ async def test_choices_and_the_unsubscribe_link(api: Api, smtp) -> None:
     assert len(inbox.to(email)) == 1
 
 
-async def test_visit_booked_cancelled_and_ended_with_minutes_and_cost(
+async def test_visit_booked_reminded_cancelled_and_ended_with_minutes_and_cost(
         db_url: str, tmp_path: Path, smtp) -> None:
     from billing import ledger
     from server.events import Outbox
@@ -378,6 +378,11 @@ async def test_visit_booked_cancelled_and_ended_with_minutes_and_cost(
         connection = r.body["connections"][0]["id"]
         first = booked(await book(api, c.family, connection, at("2026-03-02", "10:00")))
         second = booked(await book(api, c.family, connection, at("2026-03-02", "11:00")))
+        # 09:10 at the facility: the 10:00 visit is within the hour's reminder, 11:00 is not;
+        # a second scan finds nothing more to remind.
+        notifier = api.ctx.notifier
+        assert await notifier.remind(api.ctx.store, clock(), 100) == 1
+        assert await notifier.remind(api.ctx.store, clock(), 100) == 0
         r = await api.call("POST", f"/visits/{second['id']}/cancel", c.family)
         assert r.status == 200, r.body
         # The first visit is billed two minutes and then hung up (the meter's own steps are
@@ -395,7 +400,10 @@ async def test_visit_booked_cancelled_and_ended_with_minutes_and_cost(
         await deliver(api)
         subjects = sorted(m["Subject"] for m in inbox.to(email)
                           if m["Subject"].startswith("Visit"))
-        assert subjects == ["Visit booked", "Visit booked", "Visit cancelled", "Visit ended"]
+        assert subjects == ["Visit booked", "Visit booked", "Visit cancelled", "Visit ended",
+                            "Visit reminder"]
+        [reminder] = [m for m in inbox.to(email) if m["Subject"] == "Visit reminder"]
+        assert "starts at 2026-03-02 10:00 (America/Chicago)" in reminder.get_content()
         [ended] = [m for m in inbox.to(email) if m["Subject"] == "Visit ended"]
         text = ended.get_content()
         assert "Minutes: 2." in text and f"Cost: {2 * first['minute_price']} credits" in text
