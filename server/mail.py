@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -99,6 +100,12 @@ async def enqueue(conn: AsyncConnection, *, to: str, kind: str, subject: str, bo
     return mail_id
 
 
+def plain(text: str) -> str:
+    """A name as one line of plain text: no line breaks or control characters (they would
+    break a header or the email's lines), whitespace runs collapsed."""
+    return " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())[:100]
+
+
 def _money(cents: int) -> str:
     return f"${cents // 100}.{cents % 100:02d}"
 
@@ -136,7 +143,7 @@ class Notifier:
                     batch_key: str | None = None, due_at: datetime | None = None) -> None:
         if kind in (fam.off or []):
             return
-        body = "\n".join([f"Hello {fam.name},", "", *lines, "",
+        body = "\n".join([f"Hello {plain(fam.name)},", "", *lines, "",
                           f"Open Kinwire: {self.link('/')}", "",
                           "Choose which emails you get: " + self.link("/settings"),
                           "Unsubscribe from all: " + self.unsubscribe_link(fam.unsubscribe_key)])
@@ -182,8 +189,8 @@ class Notifier:
                 await conn.execute(mail_outbox.update().where(mail_outbox.c.id == last.id)
                                    .values(body=_count_line(last.body)))
             return
-        sender = (await conn.execute(select(accounts.c.name)
-                                     .where(accounts.c.id == data["from"]))).scalar() or "A contact"
+        sender = plain((await conn.execute(select(accounts.c.name).where(
+            accounts.c.id == data["from"]))).scalar() or "") or "A contact"
         await self._send(conn, fam, account_id, "message", f"New message from {sender}",
                          [f"1 new message from {sender}. Read it in Kinwire."], at,
                          batch_key=key, due_at=at + self.quiet)
@@ -194,7 +201,7 @@ class Notifier:
         fam = await self._family(conn, account_id, at)
         if fam is None or await self._seen(conn, key) is not None:
             return
-        who = data.get("person_name") or "Your contact"
+        who = plain(data.get("person_name") or "") or "Your contact"
         await self._send(conn, fam, account_id, "connection", f"Connection approved: {who}",
                          [f"The facility approved your connection with {who}. You can now "
                           "write and book visits."], at, batch_key=key)
@@ -290,12 +297,15 @@ class Notifier:
 
 
 def _count_line(body: str) -> str:
-    """The new-message email's count line (the third) says one message more."""
-    lines = body.split("\n")
-    count = int(lines[2].split(" ", 1)[0]) + 1
-    sender = lines[2].split(" from ", 1)[1].rsplit(". Read", 1)[0]
-    lines[2] = f"{count} new messages from {sender}. Read them in Kinwire."
-    return "\n".join(lines)
+    """The new-message email's count line says one message more ("1 new message from X" ->
+    "2 new messages from X"); a body without one is left as it is."""
+    def more(m: re.Match[str]) -> str:
+        return f"{int(m.group(1)) + 1} new messages from {m.group(2)}. Read them in Kinwire."
+    return _COUNT.sub(more, body, count=1)
+
+
+_COUNT = re.compile(r"^(\d+) new messages? from (.*)\. Read (?:it|them) in Kinwire\.$",
+                    re.MULTILINE)
 
 
 async def ensure_prefs(conn: AsyncConnection, account_id: str, at: datetime) -> None:
@@ -431,6 +441,8 @@ class MailSender:
                         outcome[row.id] = f"refused {_codes(exc)}"
                     except aiosmtplib.SMTPResponseException as exc:
                         outcome[row.id] = f"smtp {exc.code}"
+                    except (ValueError, TypeError) as exc:  # an address or header it refuses
+                        outcome[row.id] = f"unsendable {type(exc).__name__}"
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             for row in rows:
                 outcome.setdefault(row.id, type(exc).__name__)

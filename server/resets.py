@@ -42,7 +42,7 @@ async def request(conn: AsyncConnection, email: str, *, now: datetime, ttl_s: in
     await mail.enqueue(conn, to=row.email, kind="password_reset", account_id=row.id, at=now,
                        subject="Reset your Kinwire password",
                        body="\n".join([
-                           f"Hello {row.name},", "",
+                           f"Hello {mail.plain(row.name)},", "",
                            "Someone (we hope you) asked to reset your Kinwire password.",
                            f"Set a new one here within {minutes} minutes (the link works once):",
                            "", link, "",

@@ -447,3 +447,22 @@ def test_settings_for_the_relay(tmp_path: Path) -> None:
     assert "p:ss" not in repr(relay) and "p%3Ass" not in repr(on)
     assert mail.relay_of(Settings(**base).validate()) is None
     assert mail.relay_of(on.replace(smtp_url="smtps://relay.example")).port == 465
+
+
+async def test_a_name_with_line_breaks_cannot_add_headers_or_lines(api: Api, smtp) -> None:
+    """A client that lies: a family named with CR LF and a header (a person's name comes from
+    staff, a family's from its own sign-up)."""
+    inbox = smtp[0]
+    email = f"evil-{secrets.token_hex(3)}@example.test"
+    r = await api.call("POST", "/auth/signup", json={
+        "email": email, "password": PASSWORD, "name": "Ann\r\nBcc: victim@example.test\n\nHi"})
+    assert r.status == 201, r.body
+    r = await api.call("POST", "/auth/login", json={"email": email, "password": PASSWORD})
+    who = Who(r.body["token"], r.body["account"])
+    assert (await api.buy(who, 500)).status == 201
+    await deliver(api)
+    [receipt] = inbox.to(email)
+    assert receipt["Bcc"] is None and inbox.to("victim@example.test") == []
+    lines = receipt.get_content().splitlines()
+    assert lines[:3] == ["Hello Ann Bcc: victim@example.test Hi,", "", lines[2]]
+    assert lines[2].startswith("Purchase ")
