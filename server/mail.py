@@ -59,6 +59,8 @@ KINDS = {
 # index on scheduled visits' ends.
 MAX_VISIT = timedelta(days=1)
 
+FAMILY_ID = "fam_"  # server/accounts.py create: a family's id prefix
+
 CLAIM_S = 120.0  # a claimed row is someone's for this long: longer than one SMTP exchange
 
 
@@ -164,6 +166,11 @@ class Notifier:
     async def on_events(self, conn: AsyncConnection, items: list[tuple[str, str, dict]],
                         at: datetime) -> None:
         for account_id, kind, data in items:
+            # Only families are emailed, and a family's id says so (server/accounts.py
+            # create): the people's and staff's events, on every send and billed minute,
+            # cost no query here.
+            if not account_id.startswith(FAMILY_ID):
+                continue
             if kind == "message.new" and data.get("to") == account_id:
                 await self._message(conn, account_id, data, at)
             elif kind == "connection.updated" and data.get("family_id") == account_id \
@@ -232,17 +239,14 @@ class Notifier:
 
     async def _balance(self, conn: AsyncConnection, account_id: str, balance: int,
                        at: datetime) -> None:
+        # Above the threshold (nearly every debit) costs no query; the flag that keeps the
+        # email to once is cleared by the next purchase (receipt()).
+        if balance >= self.low:
+            return
         fam = await self._family(conn, account_id, at)
-        if fam is None:
+        if fam is None or fam.low_sent:
             return
         p = notification_prefs
-        if balance >= self.low:
-            if fam.low_sent:
-                await conn.execute(p.update().where(p.c.account_id == account_id)
-                                   .values(low_sent=False))
-            return
-        if fam.low_sent:
-            return
         await conn.execute(p.update().where(p.c.account_id == account_id).values(low_sent=True))
         await self._send(conn, fam, account_id, "low_balance", "Your Kinwire balance is low",
                          [f"Your balance is {balance} credits. Add credits to keep writing "
@@ -286,6 +290,10 @@ class Notifier:
         fam = await self._family(conn, account_id, at)
         if fam is None:
             return
+        if fam.low_sent:  # a low balance is emailed again after the next purchase
+            await conn.execute(notification_prefs.update()
+                               .where(notification_prefs.c.account_id == account_id)
+                               .values(low_sent=False))
         await self._send(conn, fam, account_id, "receipt", "Your Kinwire receipt", [
             f"Purchase {purchase.id}, {purchase.at.strftime('%Y-%m-%d %H:%M UTC')}",
             f"Credits: {purchase.credits}",

@@ -252,7 +252,7 @@ class Settings:
                                  "ones in it are counted in the same email).",
                                  lo=0, hi=86_400)
     mail_low_balance: int = _setting(200, "A family is emailed when its balance falls below "
-                                     "this many credits (once, until it is above it again).",
+                                     "this many credits (once, until its next purchase).",
                                      lo=0, hi=10_000_000)
     mail_visit_reminder_s: int = _setting(3600, "A family is emailed this long before each "
                                           "visit it booked (a reminder).", lo=60, hi=7 * 86_400)

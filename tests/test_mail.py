@@ -304,6 +304,14 @@ async def test_purchase_receipt_and_low_balance(api: Api, smtp) -> None:
     await deliver(api)
     low = [m for m in inbox.to(email) if m["Subject"] == "Your Kinwire balance is low"]
     assert len(low) == 1 and "50 credits" in low[0].get_content()
+    # Once until the next purchase: then below the threshold again is a second email.
+    assert (await api.buy(who, 500)).status == 201
+    r = await api.call("POST", "/gifts", who, json={"to": person.id, "credits": 400},
+                       key=secrets.token_hex(8))
+    assert r.status == 201, r.body
+    await deliver(api)
+    low = [m for m in inbox.to(email) if m["Subject"] == "Your Kinwire balance is low"]
+    assert len(low) == 2 and "150 credits" in low[1].get_content()
 
 
 async def test_new_messages_one_email_a_thread_a_quiet_period_no_body(api: Api, smtp,
