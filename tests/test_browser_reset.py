@@ -19,6 +19,7 @@ from tests.conftest import fresh_sqlite, test_settings
 from tests.support.browser import PHONE, chromium, require_chromium, shot
 from tests.support.clock import running_clock
 from tests.support.helpers import Api
+from tests.test_accessibility import Audit
 from tests.test_browser_more import _family, _log_in
 from tests.test_mail import Inbox, deliver, free_port
 
@@ -48,6 +49,7 @@ async def test_a_family_resets_its_password_from_the_emailed_link(sqlite_templat
             page = await context.new_page()
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
+            audit = Audit()  # every control named, images with alt, nothing wider than a phone
 
             await page.goto(base + "/")
             await expect(page.locator("body")).to_have_attribute("data-ready", "signed-out")
@@ -57,6 +59,7 @@ async def test_a_family_resets_its_password_from_the_emailed_link(sqlite_templat
             await expect(page.locator("#forgot-notice")).to_contain_text(
                 "If an account uses that address")
             await shot(page, "family-forgot-password")
+            await audit.screen(page, "forgot password")
 
             await deliver(api)
             [mail] = inbox.to(email)
@@ -68,6 +71,7 @@ async def test_a_family_resets_its_password_from_the_emailed_link(sqlite_templat
             await page.get_by_role("textbox", name="New password").fill("a fresh passphrase")
             await page.get_by_label("The same again").fill("a fresh passphrase")
             await shot(page, "family-reset-password")
+            await audit.screen(page, "set a new password")
             await page.get_by_role("button", name="Set the password").click()
             await expect(page.locator("#reset-notice")).to_contain_text("Your password is set")
             # The same link again: refused.
@@ -87,10 +91,14 @@ async def test_a_family_resets_its_password_from_the_emailed_link(sqlite_templat
             await page.get_by_role("button", name="Save").click()
             await expect(page.locator("#prefs-notice")).to_have_text("Saved.")
             await shot(page, "family-email-settings")
+            await audit.screen(page, "email settings")
             await page.reload()
             await expect(page.get_by_label("A receipt for each purchase")).not_to_be_checked()
             await expect(page.get_by_label("A connection approved")).to_be_checked()
             assert errors == []
+            assert audit.problems == [], "\n".join(audit.problems)
+            assert len(audit.checked) == 2 * 3 and min(audit.checked.values()) >= 3, \
+                audit.checked
             await context.close()
     finally:
         controller.stop()
