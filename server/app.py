@@ -13,7 +13,7 @@ from aiohttp import web
 
 from billing import ledger
 from billing.gateway import PaymentGateway, SandboxGateway
-from server import calls, events, mail
+from server import calls, events, mail, push
 from server.attempts import Attempts
 from server.auth import LoginLimiter, Passwords
 from server.blobs.configured import open_blobs
@@ -154,6 +154,10 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
         ctx.mail_sender = mail.MailSender(store, relay_smtp, settings.mail_from, clock,
                                           attempts_max=settings.mail_attempts_max,
                                           public_url=settings.public_url)
+        if settings.vapid_private_key:
+            ctx.vapid = push.Vapid(settings.vapid_private_key, settings.vapid_subject)
+            ctx.push_sender = push.PushSender(store, ctx.vapid, clock,
+                                              attempts_max=settings.mail_attempts_max)
     limits = make_limits(settings, meters.node_id)  # Redis: per-user limits across processes
     hub = Hub(store, broker, per_user_max=settings.ws_connections_per_user_max,
               page_max=settings.sync_page_max, metrics=metrics, limits=limits)
@@ -252,6 +256,9 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
         mailer = None
         if ctx.mail_sender is not None:  # off: `kinwire serve`'s banner says so, once
             mailer = asyncio.create_task(ctx.mail_sender.run(stop), name="mail")
+        pusher = None
+        if ctx.push_sender is not None:
+            pusher = asyncio.create_task(ctx.push_sender.run(stop), name="push")
         await meters.start()
         await relay.start()
         if limits is not None:
@@ -263,6 +270,8 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
         await sweeper
         if mailer is not None:
             await mailer
+        if pusher is not None:
+            await pusher
         await hub.close_all(RESTARTING, "server restarting")
         await hub.stop_all()
         if limits is not None:

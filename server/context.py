@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # built by create_app; a one-shot CLI context has none of the
     from server.blobs.configured import Blobs
     from server.mail import MailSender, Notifier
     from server.photos import PhotoWork
+    from server.push import PushSender, Vapid
     from server.recordings import Recordings
     from signalling.meters import Meters
     from signalling.relay import Relay
@@ -43,3 +44,6 @@ class Context:
     # Email (server/mail.py): None when no SMTP relay is configured.
     notifier: Notifier | None = None
     mail_sender: MailSender | None = None
+    # Web Push (server/push.py): None without KINWIRE_VAPID_PRIVATE_KEY.
+    vapid: Vapid | None = None
+    push_sender: PushSender | None = None

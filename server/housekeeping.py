@@ -37,7 +37,7 @@ from typing import Any
 
 from sqlalchemy import Select, bindparam, select
 
-from server import events, mail, orphans, resets
+from server import events, mail, orphans, push, resets
 from server.events import Outbox
 from signalling import visits
 from signalling.tables import visits as visits_table
@@ -166,6 +166,7 @@ class Housekeeping:
         """Sent emails past their keeping, and password-reset tokens a day past expiry."""
         async with self.store.write() as conn:
             return (await mail.prune(conn, now, self.batch_rows)
+                    + await push.prune(conn, now, mail.KEEP_SENT, self.batch_rows)
                     + await resets.prune(conn, now))
 
     async def _prune(self, cutoff: datetime) -> int:

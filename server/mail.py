@@ -37,6 +37,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from billing.tables import ledger_transfers
+from server import push
 from server.schema import accounts, facilities, mail_outbox, notification_prefs
 from server.settings import Settings
 from signalling.tables import visits as visits_table
@@ -121,6 +122,7 @@ class Notifier:
         self.quiet = timedelta(seconds=settings.mail_quiet_s)
         self.low = settings.mail_low_balance
         self.reminder = timedelta(seconds=settings.mail_visit_reminder_s)
+        self.push = bool(settings.vapid_private_key)
 
     def link(self, path: str) -> str:
         return f"{self.base}{path}"
@@ -151,6 +153,8 @@ class Notifier:
                           "Unsubscribe from all: " + self.unsubscribe_link(fam.unsubscribe_key)])
         await enqueue(conn, to=fam.email, kind=kind, subject=subject, body=body, at=at,
                       account_id=account_id, batch_key=batch_key, due_at=due_at)
+        if self.push:  # and to the browsers the family allowed (server/push.py), at once
+            await push.enqueue(conn, account_id, subject, lines[0], at)
 
     def unsubscribe_link(self, key: str) -> str:
         return self.link(f"/api/v1/notifications/unsubscribe?key={key}")

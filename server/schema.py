@@ -305,3 +305,33 @@ notification_prefs = Table(
     Column("low_sent", Boolean, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
 )
+
+# A browser's Web Push subscription (server/push.py): where its push service takes messages
+# for it, and the keys the payload is encrypted to (RFC 8291). A family may have several.
+push_subscriptions = Table(
+    "push_subscriptions", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("account_id", String(32), ForeignKey("accounts.id"), nullable=False),
+    Column("endpoint", String(1000), nullable=False, unique=True),
+    Column("p256dh", String(100), nullable=False),
+    Column("auth", String(40), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index("ix_push_subscriptions_account", "account_id"),
+)
+
+# One browser notification to deliver, written with the email it accompanies; sent by
+# server/push.py PushSender as mail_outbox rows are by MailSender.
+push_outbox = Table(
+    "push_outbox", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("subscription_id", String(32), nullable=False),
+    Column("title", String(200), nullable=False),
+    Column("body", String(500), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("due_at", UTCDateTime, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("sent_at", UTCDateTime, nullable=True),
+    Column("failed_at", UTCDateTime, nullable=True),
+    Column("last_error", String(200), nullable=True),
+    Index("ix_push_outbox_due", "due_at"),
+)

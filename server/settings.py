@@ -256,6 +256,19 @@ class Settings:
                                      lo=0, hi=10_000_000)
     mail_visit_reminder_s: int = _setting(3600, "A family is emailed this long before each "
                                           "visit it booked (a reminder).", lo=60, hi=7 * 86_400)
+    vapid_private_key: str = _setting("", "Web Push: the server's VAPID private key, the 32-byte "
+                                      "P-256 scalar in base64url (docs/operations.md, \"Web "
+                                      "Push\", makes one); empty means no browser "
+                                      "notifications.", secret=True)
+    push_services: tuple[str, ...] = _setting(
+        ("fcm.googleapis.com", "updates.push.services.mozilla.com", "notify.windows.com",
+         "push.apple.com"),
+        "Web Push: the push services a browser's subscription may point at (host suffixes, "
+        "https only; or exact origins such as `http://127.0.0.1:8765` for tests), so that a "
+        "subscription cannot make the server POST to any other address.")
+    vapid_subject: str = _setting("", "Web Push: who push services may contact about this "
+                                  "server, `mailto:...` or `https://...`; required with "
+                                  "KINWIRE_VAPID_PRIVATE_KEY.")
     password_reset_ttl_s: int = _setting(1800, "Lifetime of an emailed password-reset link "
                                          "(single use).", lo=60, hi=86_400)
     password_resets_per_hour: int = _setting(3, "Password-reset emails one address may be "
@@ -386,6 +399,13 @@ class Settings:
         if self.mail_enabled and not self.public_url.startswith(("http://", "https://")):
             raise SettingsError("email needs KINWIRE_PUBLIC_URL (http(s)://...): its links "
                                 "start with it")
+        if self.vapid_private_key and not self.vapid_subject.startswith(("mailto:",
+                                                                         "https://")):
+            raise SettingsError("KINWIRE_VAPID_PRIVATE_KEY needs KINWIRE_VAPID_SUBJECT "
+                                "(mailto:... or https://...)")
+        if self.vapid_private_key and not self.mail_enabled:
+            raise SettingsError("KINWIRE_VAPID_PRIVATE_KEY: browser notifications go with "
+                                "email's; set KINWIRE_SMTP_URL too")
         if not 0 < self.smtp_timeout_s <= 600:
             raise SettingsError("KINWIRE_SMTP_TIMEOUT_S must be in (0, 600]")
         if self.payment_gateway != "sandbox":

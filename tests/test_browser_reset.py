@@ -22,6 +22,7 @@ from tests.support.helpers import Api
 from tests.test_accessibility import Audit
 from tests.test_browser_more import _family, _log_in
 from tests.test_mail import Inbox, deliver, free_port
+from tests.test_roles import MAIL_ON
 
 START = datetime(2026, 12, 5, 18, 0, tzinfo=UTC)
 
@@ -38,7 +39,9 @@ async def test_a_family_resets_its_password_from_the_emailed_link(sqlite_templat
     base = f"http://127.0.0.1:{port}"
     settings = test_settings(fresh_sqlite(sqlite_template, tmp_path), tmp_path,
                              smtp_url=f"smtp+plain://127.0.0.1:{smtp_port}",
-                             mail_from="Kinwire <no-reply@kinwire.test>", public_url=base)
+                             mail_from="Kinwire <no-reply@kinwire.test>", public_url=base,
+                             vapid_private_key=MAIL_ON["vapid_private_key"],
+                             vapid_subject="mailto:ops@kinwire.test")
     app = create_app(settings, run_migrations=False, clock=running_clock(START))
     try:
         async with TestClient(TestServer(app, host="127.0.0.1", port=port)) as client, \
@@ -90,6 +93,10 @@ async def test_a_family_resets_its_password_from_the_emailed_link(sqlite_templat
             await page.get_by_label("A receipt for each purchase").uncheck()
             await page.get_by_role("button", name="Save").click()
             await expect(page.locator("#prefs-notice")).to_have_text("Saved.")
+            # Web Push on: the device's own switch is offered (its service worker registered;
+            # a headless browser has no push service to subscribe with, tests/test_push.py
+            # covers the server's side).
+            await expect(page.get_by_role("button", name="Allow on this device")).to_be_visible()
             await shot(page, "family-email-settings")
             await audit.screen(page, "email settings")
             await page.reload()

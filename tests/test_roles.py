@@ -48,8 +48,11 @@ ANY_SESSION = frozenset(ACCOUNT_ROLES)
 # Email on, towards a relay that is not there (the port of the discard service, closed
 # here): the reset and notification routes are served as in production, and what they queue
 # simply waits in the outbox.
+# Web Push too, its only push service the same closed port.
 MAIL_ON = {"smtp_url": "smtp+plain://127.0.0.1:9", "mail_from": "Kinwire <k@kinwire.test>",
-           "public_url": "https://kinwire.test"}
+           "public_url": "https://kinwire.test",
+           "vapid_private_key": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAc",  # the scalar 7
+           "vapid_subject": "mailto:ops@kinwire.test", "push_services": ("http://127.0.0.1:9",)}
 
 
 @pytest.fixture
@@ -292,6 +295,18 @@ async def _reset_token(world: World, role: str) -> Req:
     return Req(json={"token": token, "password": "a new password"})
 
 
+def _push_subscription() -> dict:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from server.push import b64url
+
+    point = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    return {"endpoint": f"http://127.0.0.1:9/sub/{unique()}",
+            "keys": {"p256dh": b64url(point), "auth": b64url(secrets.token_bytes(16))}}
+
+
 async def _unsubscribe_key(world: World, role: str) -> Req:
     from server import mail
     from server.schema import notification_prefs
@@ -462,6 +477,11 @@ EXPECTED: dict[tuple[str, str], Expect] = {
     ("POST", "/auth/reset"): Expect(EVERYONE, 202, _req({"email": "someone@example.test"})),
     ("POST", "/auth/reset/confirm"): Expect(EVERYONE, 200, _reset_token),
     ("GET", "/notifications"): Expect(frozenset({"family"}), 200, _req()),
+    ("GET", "/push/key"): Expect(frozenset({"family"}), 200, _req()),
+    ("POST", "/push/subscriptions"): Expect(frozenset({"family"}), 200,
+                                            _req(_push_subscription)),
+    ("POST", "/push/subscriptions/delete"): Expect(frozenset({"family"}), 200,
+                                                   _req({"endpoint": "http://127.0.0.1:9/x"})),
     ("PUT", "/notifications"): Expect(frozenset({"family"}), 200,
                                       _req({"kinds": {"receipt": True}})),
     ("GET", "/notifications/unsubscribe"): Expect(EVERYONE, 200, _unsubscribe_key),

@@ -49,6 +49,7 @@ STATUS: dict[str, int] = {
     # things and their state
     "not_found": 404,
     "email_off": 404,  # POST /auth/reset where no SMTP relay is configured
+    "push_off": 404,  # the Web Push routes where no VAPID key is configured
     "idempotency_conflict": 409,
     # contacts and messages
     "not_connected": 403,

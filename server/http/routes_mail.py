@@ -9,7 +9,7 @@ from aiohttp import web
 from pydantic import Field
 
 from common.errors import Refused
-from server import events, mail, resets
+from server import events, mail, push, resets
 from server.attempts import Key
 from server.auth import FAMILY
 from server.broker import BrokerUnavailable
@@ -139,7 +139,54 @@ async def unsubscribe(call: Call) -> web.Response:
                  "turn them back on in the app's settings.")
 
 
+class PushKeys(Strict):
+    p256dh: str = Field(min_length=40, max_length=100)
+    auth: str = Field(min_length=16, max_length=40)
+
+
+class PushSubscriptionIn(Strict):
+    endpoint: str = Field(min_length=10, max_length=1000)
+    keys: PushKeys
+
+
+class PushEndpointIn(Strict):
+    endpoint: str = Field(min_length=10, max_length=1000)
+
+
+def _vapid(call: Call) -> push.Vapid:
+    if call.ctx.vapid is None:
+        raise Refused("push_off", "Browser notifications are not set up on this service.")
+    return call.ctx.vapid
+
+
+async def push_key(call: Call) -> web.Response:
+    """The server's VAPID public key, for a browser's push subscription."""
+    return json_response({"public_key": _vapid(call).public_key})
+
+
+async def push_subscribe(call: Call) -> web.Response:
+    """Keep this browser's push subscription: notifications the family chose come here too."""
+    _vapid(call)
+    body: PushSubscriptionIn = call.body
+    async with call.ctx.store.write() as conn:
+        await push.subscribe(conn, call.me.account_id, body.endpoint, body.keys.p256dh,
+                             body.keys.auth, call.now(), call.ctx.settings.push_services)
+    return json_response({"ok": True})
+
+
+async def push_unsubscribe(call: Call) -> web.Response:
+    """Forget this browser's push subscription."""
+    _vapid(call)
+    body: PushEndpointIn = call.body
+    async with call.ctx.store.write() as conn:
+        await push.unsubscribe(conn, call.me.account_id, body.endpoint)
+    return json_response({"ok": True})
+
+
 ROUTES = [
+    Route("GET", "/push/key", push_key, FAMILY),
+    Route("POST", "/push/subscriptions", push_subscribe, FAMILY, body=PushSubscriptionIn),
+    Route("POST", "/push/subscriptions/delete", push_unsubscribe, FAMILY, body=PushEndpointIn),
     Route("POST", "/auth/reset", reset_request, ANYONE, body=ResetIn),
     Route("POST", "/auth/reset/confirm", reset_confirm, ANYONE, body=ResetConfirmIn),
     Route("GET", "/notifications", get_prefs, FAMILY),

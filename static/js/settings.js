@@ -18,7 +18,7 @@ async function start() {
   for (const [kind, label] of Object.entries(prefs.labels)) {
     const input = h("input", { type: "checkbox", id: `pref-${kind}`, name: kind });
     input.checked = prefs.kinds[kind];
-    box.append(h("div", {}, input, h("label", { for: `pref-${kind}` }, label)));
+    box.append(h("div", {}, h("label", { class: "check" }, input, ` ${label}`)));
   }
   if (!prefs.email) say($("prefs-error"), "Email is not set up on this service yet.", "warn");
   $("prefs-form").hidden = false;
@@ -33,7 +33,57 @@ async function start() {
       say($("prefs-notice"), err.message, "error");
     }
   });
+  await startPush();
   document.body.dataset.ready = "signed-in";
+}
+
+function keyBytes(b64url) {
+  const b64 = (b64url + "===".slice((b64url.length + 3) % 4)).replace(/-/g, "+").replace(/_/g, "/");
+  return Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+}
+
+// Web Push where the server has it (GET /push/key) and the browser can: the worker
+// (/static/sw.js) shows what arrives; the subscription goes to POST /push/subscriptions.
+async function startPush() {
+  if (!("serviceWorker" in navigator) || !("PushManager" in window)) return;
+  let key;
+  try {
+    key = (await api("GET", "/push/key")).public_key;
+  } catch {
+    return; // push_off: the card stays hidden
+  }
+  const reg = await navigator.serviceWorker.register("/static/sw.js");
+  const show = (sub) => {
+    $("push-on").hidden = Boolean(sub);
+    $("push-off").hidden = !sub;
+  };
+  show(await reg.pushManager.getSubscription());
+  $("push-card").hidden = false;
+  $("push-on").addEventListener("click", async () => {
+    try {
+      if (await Notification.requestPermission() !== "granted") {
+        say($("push-notice"), "The browser did not allow notifications.", "warn");
+        return;
+      }
+      const sub = await reg.pushManager.subscribe({ userVisibleOnly: true,
+                                                    applicationServerKey: keyBytes(key) });
+      const { endpoint, keys } = sub.toJSON();
+      await api("POST", "/push/subscriptions", { body: { endpoint, keys } });
+      show(sub);
+      say($("push-notice"), "Notifications are on for this device.", "ok");
+    } catch (err) {
+      say($("push-notice"), err.message, "error");
+    }
+  });
+  $("push-off").addEventListener("click", async () => {
+    const sub = await reg.pushManager.getSubscription();
+    if (sub) {
+      await api("POST", "/push/subscriptions/delete", { body: { endpoint: sub.endpoint } });
+      await sub.unsubscribe();
+    }
+    show(null);
+    say($("push-notice"), "Notifications are off for this device.", "ok");
+  });
 }
 
 start();

@@ -1,5 +1,5 @@
-"""mail_outbox, password_resets, notification_prefs: email notifications and password reset
-(issue 19 item 2)
+"""mail_outbox, password_resets, notification_prefs, push_subscriptions, push_outbox: email
+and browser notifications and password reset (issue 19 item 2)
 
 Revision ID: 0014
 Revises: 0013
@@ -60,8 +60,45 @@ def upgrade() -> None:
         sa.UniqueConstraint("unsubscribe_key"),
     )
 
+    op.create_table(
+        "push_subscriptions",
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("account_id", sa.String(length=32), nullable=False),
+        sa.Column("endpoint", sa.String(length=1000), nullable=False),
+        sa.Column("p256dh", sa.String(length=100), nullable=False),
+        sa.Column("auth", sa.String(length=40), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(["account_id"], ["accounts.id"]),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("endpoint"),
+    )
+    with op.batch_alter_table("push_subscriptions", schema=None) as batch_op:
+        batch_op.create_index("ix_push_subscriptions_account", ["account_id"], unique=False)
+    op.create_table(
+        "push_outbox",
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("subscription_id", sa.String(length=32), nullable=False),
+        sa.Column("title", sa.String(length=200), nullable=False),
+        sa.Column("body", sa.String(length=500), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("due_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("sent_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("failed_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("last_error", sa.String(length=200), nullable=True),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    with op.batch_alter_table("push_outbox", schema=None) as batch_op:
+        batch_op.create_index("ix_push_outbox_due", ["due_at"], unique=False)
+
 
 def downgrade() -> None:
+    with op.batch_alter_table("push_outbox", schema=None) as batch_op:
+        batch_op.drop_index("ix_push_outbox_due")
+    op.drop_table("push_outbox")
+    with op.batch_alter_table("push_subscriptions", schema=None) as batch_op:
+        batch_op.drop_index("ix_push_subscriptions_account")
+    op.drop_table("push_subscriptions")
     op.drop_table("notification_prefs")
     with op.batch_alter_table("password_resets", schema=None) as batch_op:
         batch_op.drop_index("ix_password_resets_account")
