@@ -21,7 +21,7 @@ CSV = frozenset({"/audit/export", "/statement/export"})
 # Routes whose success is a recording's file (200 whole; 206 for a Range request).
 VIDEOS = frozenset({"/recordings/{recording_id}/media"})
 # Routes that answer 201 (they create something); every other route answers 200.
-# tests/test_schemathesis.py calls each route validly and holds the answers to this.
+# tests/integration/test_schemathesis.py calls each route validly and holds the answers to this.
 CREATED = frozenset({
     ("POST", "/auth/signup"), ("POST", "/facilities"), ("POST", "/facilities/{facility_id}/staff"),
     ("POST", "/facilities/{facility_id}/people"), ("POST", "/facilities/{facility_id}/devices"),
@@ -34,7 +34,7 @@ UPLOADS = {("POST", "/photos"): "file"}
 def _responses(route: Route) -> dict[str, Any]:
     """Success is 200, or 201 for what a route creates; every refusal is a 4xx with the one
     error shape. No 5xx is part of the contract: a 5xx is a bug (and
-    tests/test_schemathesis.py treats one as a failure)."""
+    tests/integration/test_schemathesis.py treats one as a failure)."""
     media = ("application/json", {"type": "object"})
     if route.path in IMAGES:
         media = ("image/jpeg", {"type": "string", "format": "binary"})
