@@ -42,6 +42,8 @@ TIME_SENSITIVE = [*WITHOUT_BROWSER, "tests/test_accessibility.py"]
 SCENE_CLOCK_ONLY = [
     "tests/test_browser_visit.py",
     "tests/test_browser_endings.py",
+    "tests/test_browser_booking.py",
+    "tests/test_browser_phone.py",  # reads the week view's first day, on a running_clock
 ]
 
 

@@ -63,10 +63,13 @@ function clock(seconds) {
 /**
  * One visit's call. `side` is "family" or "person"; `peer` the other party's name;
  * `balance` the family's balance when known (the family app), shown until the first tick.
+ * `creditsForm`: the family app's purchase form (#buy-form), shown in a dialog by the call's
+ * "Add credits" button: a top-up that neither ends nor reloads the call. The page's own
+ * balance handling calls setBalance() with the new balance.
  */
 export class VisitCall {
-  constructor({ root, socket, visit, side, peer, balance = null, onClose }) {
-    Object.assign(this, { root, socket, visit, side, peer, onClose });
+  constructor({ root, socket, visit, side, peer, balance = null, onClose, creditsForm = null }) {
+    Object.assign(this, { root, socket, visit, side, peer, onClose, creditsForm });
     this.pc = null;
     this.pending = []; // candidates that came before the remote description
     this.local = null;
@@ -90,6 +93,12 @@ export class VisitCall {
     this.paid = 0;
     this.balance = balance;
     this.leftUntil = null;
+    // "Time left at your balance" (docs/visits.md, "The call"): the paid time not used yet,
+    // then a billed minute for each `price` of the balance. The paid time runs down only while
+    // the call is live; paidUntil is when it runs out (performance.now() ms), null otherwise.
+    this.minuteS = 60;
+    this.paidLeftS = 0;
+    this.paidUntil = null;
     this.ticks = []; // every tick shown, for tests and support: [{paid, balance}]
     this.render();
   }
@@ -104,6 +113,7 @@ export class VisitCall {
       paid: h("dd", { id: "visit-paid", "data-paid": "0" }, "0"),
       balance: h("dd", { id: "visit-balance" }, this.balance === null ? "—" : this.balanceText()),
       left: h("dd", { id: "visit-left" }, "—"),
+      atBalance: h("dd", { id: "visit-at-balance" }, "—"),
       warning: h("p", { class: "notice visit-warning", role: "alert", id: "visit-warning" }),
       threshold: h("p", { class: "visit-threshold", id: "visit-threshold" }),
       // The level is a polite live region, so a change is announced once; the figures beside
@@ -126,7 +136,10 @@ export class VisitCall {
       h("figure", { class: "remote" }, e.remote, h("figcaption", {}, them)),
       h("figure", { class: "self" }, e.local, h("figcaption", {}, "You")));
     e.link = h("p", { class: "visit-link", id: "visit-link" }, "Link quality: ", e.linkLevel, " ", e.linkReason);
-    e.leftBox = h("dl", {}, h("div", {}, h("dt", {}, "Time left in the visit"), e.left));
+    const atLabel = this.side === "family" ? "Time left at your balance" : "Time left at the family's balance";
+    e.leftBox = h("dl", {}, h("div", {}, h("dt", {}, "Time left in the visit"), e.left),
+      h("div", {}, h("dt", {}, atLabel), e.atBalance));
+    if (this.side === "family" && this.creditsForm) this.buildCredits();
     e.mic.addEventListener("click", () => this.toggle("audio", e.mic, "Mute microphone", "Unmute microphone"));
     e.cam.addEventListener("click", () => this.toggle("video", e.cam, "Turn camera off", "Turn camera on"));
     e.hangup.addEventListener("click", () => this.hangUp());
@@ -149,7 +162,8 @@ export class VisitCall {
         e.leftBox),
       e.threshold,
       e.warning,
-      h("div", { class: "row visit-controls" }, e.mic, e.cam, e.hangup, e.back)));
+      h("div", { class: "row visit-controls" }, e.mic, e.cam, e.addCredits, e.hangup, e.back),
+      e.credits));
     this.root.hidden = false;
     this.root.querySelector("#visit-h").focus(); // keyboard and screen-reader users land here
     this.timer = setInterval(() => this.showLeft(), 1000);
@@ -162,8 +176,78 @@ export class VisitCall {
   }
 
   showLeft() {
-    if (this.leftUntil === null || this.ended) return;
-    this.el.left.textContent = clock((this.leftUntil - performance.now()) / 1000);
+    if (this.ended) return;
+    const now = performance.now();
+    const windowS = this.leftUntil === null ? null : Math.max(0, (this.leftUntil - now) / 1000);
+    if (windowS !== null) this.el.left.textContent = clock(windowS);
+    const at = this.el.atBalance;
+    if (this.price <= 0 || this.balance === null) return;
+    const paid = this.paidUntil === null ? this.paidLeftS : Math.max(0, (this.paidUntil - now) / 1000);
+    const seconds = paid + Math.floor(this.balance / this.price) * this.minuteS;
+    at.dataset.seconds = String(Math.floor(seconds));
+    // Past the window's end the balance is not the limit: say so rather than a longer time.
+    at.textContent = windowS !== null && seconds >= windowS ? "Enough for the rest" : clock(seconds);
+    at.dataset.enough = String(windowS !== null && seconds >= windowS);
+  }
+
+  /** The paid time runs down while live and stands still otherwise. */
+  meterRuns(live) {
+    const now = performance.now();
+    if (live && this.paidUntil === null) this.paidUntil = now + this.paidLeftS * 1000;
+    if (!live && this.paidUntil !== null) {
+      this.paidLeftS = Math.max(0, (this.paidUntil - now) / 1000);
+      this.paidUntil = null;
+    }
+  }
+
+  /** The family's balance changed outside the meter (a top-up in the call, a gift): the
+   * time at the balance follows at once, and a low-balance warning it answers is lifted. */
+  setBalance(n) {
+    if (this.ended || typeof n !== "number" || n === this.balance) return;
+    const more = this.balance !== null && n > this.balance;
+    this.balance = n;
+    this.el.balance.textContent = this.balanceText();
+    this.el.balance.dataset.balance = String(n);
+    if (more && this.price > 0 && Math.floor(n / this.price) > 1 && this.el.warning.dataset.warning === "low_balance") {
+      say(this.el.warning, `Credits added: your balance covers ${Math.floor(n / this.price)} more minutes. The call goes on.`, "ok");
+      this.el.warning.dataset.warning = "topped_up";
+    }
+    this.showLeft();
+  }
+
+  // ---------- adding credits in the call ----------
+  /** "Add credits": the family app's own purchase form in a dialog over the call. The call
+   * keeps running underneath (the form pays with fetch; nothing here navigates). */
+  buildCredits() {
+    const e = this.el;
+    e.addCredits = h("button", { type: "button", id: "visit-add-credits", "aria-haspopup": "dialog" }, "Add credits");
+    e.creditsBack = h("button", { type: "button", id: "visit-credits-close" }, "Back to the call");
+    e.creditsSlot = h("div", { class: "visit-credits-form" });
+    e.credits = h("dialog", { class: "confirm visit-credits", id: "visit-credits", "aria-labelledby": "visit-credits-h" },
+      h("h2", { id: "visit-credits-h" }, "Add credits"),
+      h("p", { class: "muted" }, "The call keeps going while you pay; the new credits count at once."),
+      e.creditsSlot,
+      h("p", {}, e.creditsBack));
+    e.addCredits.addEventListener("click", () => this.openCredits());
+    e.creditsBack.addEventListener("click", () => e.credits.close());
+    e.credits.addEventListener("close", () => this.putFormBack());
+  }
+
+  openCredits() {
+    const form = this.creditsForm;
+    if (!form || this.ended) return;
+    if (!this.formHome) this.formHome = { parent: form.parentNode, next: form.nextSibling };
+    this.el.creditsSlot.append(form);
+    this.el.credits.showModal();
+    form.querySelector("select, input")?.focus();
+  }
+
+  putFormBack() {
+    const home = this.formHome;
+    if (!home) return;
+    this.formHome = null;
+    home.parent.insertBefore(this.creditsForm, home.next);
+    if (!this.ended) this.el.addCredits.focus();
   }
 
   setStatus(text, state) {
@@ -225,6 +309,8 @@ export class VisitCall {
     this.el.threshold.textContent = `A frozen call is never charged for more than ${Math.round(this.stallMs / 1000)} s.`;
     if (!this.watcher) this.watcher = setInterval(() => this.checkMedia(), 500); // outages seen within ~2.5 s
     this.price = j.visit.minute_price || this.price;
+    if (typeof j.minute_s === "number" && j.minute_s > 0) this.minuteS = j.minute_s;
+    this.meterRuns(this.status === "live");
     if (j.meter) this.showMeter(j.meter.paid_minutes, j.meter.balance); // the server's, now
     if (this.media === "relay") {
       this.offer(); // relay mode: every party offers to the server at once
@@ -475,6 +561,7 @@ export class VisitCall {
       if (data.id !== this.visit.id) return;
       this.status = data.status;
       this.pauseReason = data.pause_reason;
+      this.meterRuns(data.status === "live");
       if (!ACTIVE.has(data.status)) this.end(data.end_reason);
       else if (data.pause_reason === "person_not_sending" && !this.ended) {
         // Both screens say why the meter stopped (docs/visits.md, "Trust").
@@ -493,6 +580,7 @@ export class VisitCall {
     else if (type === "visit.warning") this.onWarning(data.kind);
     else if (type === "visit.live") {
       this.status = "live";
+      this.meterRuns(true);
       this.setStatus(`Connected to ${this.peer}. The meter is running.`, "live");
     }
     else if (type === "visit.ended") this.end(data.reason);
@@ -543,7 +631,14 @@ export class VisitCall {
   onTick(t) {
     this.ticks.push({ paid: t.paid_minutes, balance: t.balance });
     this.showMeter(t.paid_minutes, t.balance);
-    this.leftUntil = performance.now() + t.seconds_left * 1000;
+    const now = performance.now();
+    this.leftUntil = now + t.seconds_left * 1000;
+    if (typeof t.minute_s === "number" && t.minute_s > 0) this.minuteS = t.minute_s;
+    if (typeof t.paid_s_left === "number") {
+      // A tick comes as the meter starts (or resumes) a paid stretch: it runs from here.
+      this.paidLeftS = t.paid_s_left;
+      this.paidUntil = this.status === "live" || this.status === undefined ? now + t.paid_s_left * 1000 : null;
+    }
     this.showLeft();
   }
 
@@ -592,12 +687,17 @@ export class VisitCall {
     this.el.ended.dataset.reason = this.ended;
     this.el.ended.hidden = false;
     this.el.hangup.hidden = this.el.mic.hidden = this.el.cam.hidden = true;
+    if (this.el.addCredits) {
+      this.el.addCredits.hidden = true;
+      if (this.el.credits.open) this.el.credits.close();
+    }
     this.el.back.hidden = false;
     this.el.ended.focus();
   }
 
   cleanup() {
     if (this.socket) this.socket.urgent = false;
+    if (this.el.credits && this.el.credits.open) this.el.credits.close(); // the form goes home
     clearInterval(this.timer);
     clearInterval(this.watcher);
     if (this.observer) this.observer.disconnect();
