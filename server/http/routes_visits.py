@@ -286,7 +286,7 @@ async def cancel(call: Call) -> web.Response:
 ROUTES = [
     Route("GET", "/facilities/{facility_id}/slots", list_slots, FAMILY | STAFF,
           query={"date": "a local date, YYYY-MM-DD (today by default)"}),
-    Route("POST", "/visits", book, FAMILY, body=BookingIn),
+    Route("POST", "/visits", book, FAMILY, body=BookingIn, idempotent="optional"),
     Route("GET", "/visits", list_visits, ANY_SESSION,
           query={"from": "ISO 8601 time: visits ending after it",
                  "to": "ISO 8601 time: visits starting before it",
