@@ -5,7 +5,7 @@
    facility's hours end at 23:30) offers only the 9 minutes left of it, not 30 (the reported
    bug: "covers 18 of 30 min" with ~9 left). A tap opens a confirmation stating the block at
    the facility's clock (labelled), its length and the price; "Keep looking" books nothing;
-   "Book" books once.
+   "Book" books once. The week is one Tab stop; the arrow keys move between times and days.
 2. A top-up in a live call: the family's balance covers three minutes; the screen shows "time
    left at your balance" beside the window's time left; after the low-balance warning the
    family adds credits from the call's own dialog (the app's purchase form), the page is not
@@ -126,6 +126,19 @@ async def test_the_week_view_books_the_block_under_way_after_a_confirmation(
             await expect(page.locator("#balance")).to_have_text("500 credits")
             # The block is taken by this family now: still shown, one kiosk fewer.
             await expect(week.first.locator("button.slot")).to_have_attribute("data-free", "3")
+
+            # --- the keyboard: the week is one Tab stop, the arrows move inside it ---
+            await now_slot.focus()
+            await page.keyboard.press("ArrowRight")
+            tue = week.nth(1).locator("button.slot")
+            await expect(tue.filter(has_text="23:00–23:30")).to_be_focused()
+            await page.keyboard.press("ArrowUp")
+            await expect(tue.filter(has_text="22:30–23:00")).to_be_focused()
+            await page.keyboard.press("Home")
+            await expect(tue.first).to_be_focused()
+            await page.keyboard.press("ArrowLeft")
+            await expect(now_slot).to_be_focused()
+            assert await page.locator("#slots button.slot[tabindex='0']").count() == 1
 
             await page.set_viewport_size(DESKTOP)
             await page.evaluate("document.getElementById('book-contact').scrollIntoView()")

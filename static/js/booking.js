@@ -41,12 +41,18 @@ export class FamilyVisits {
     this.el = {
       contact: h("select", { id: "book-contact" }),
       info: h("p", { class: "muted", id: "book-info", role: "status" }),
-      week: h("div", { class: "week", id: "slots", role: "group", "aria-labelledby": "slots-h" }),
+      week: h("div", { class: "week", id: "slots", role: "group", "aria-labelledby": "slots-h",
+                       "aria-describedby": "slots-keys" }),
       notice: h("p", { class: "notice", role: "alert", id: "book-notice" }),
       list: h("ul", { class: "plain", id: "visit-list", "aria-labelledby": "my-visits-h" }),
     };
     const e = this.el;
     e.contact.addEventListener("change", () => this.loadSlots());
+    // One Tab stop for the whole week (up to ~180 blocks): the arrow keys move inside it.
+    e.week.addEventListener("keydown", (ev) => this.moveInWeek(ev));
+    e.week.addEventListener("focusin", (ev) => {
+      if (ev.target.matches("button.slot")) this.tabStop(ev.target);
+    });
     // The family's own visits first: the week holds up to ~180 blocks, and a keyboard user
     // should not have to Tab through all of them to reach Join or Cancel.
     root.replaceChildren(
@@ -57,6 +63,7 @@ export class FamilyVisits {
         h("div", {}, h("label", { for: "book-contact" }, "Visit with"), e.contact)),
       e.info, e.notice, // above the week, so "Booked: ..." is seen without scrolling
       h("h4", { id: "slots-h" }, "The next 7 days"),
+      h("p", { class: "muted", id: "slots-keys" }, "Arrow keys move between times (up, down) and days (left, right)."),
       e.week);
     this.buildDialog();
   }
@@ -159,7 +166,53 @@ export class FamilyVisits {
     const zone = `Times are the facility's (${g.timezone}, ${zoneLabel(`${g.date}T12:00:00Z`, g.timezone)}).`;
     say(this.el.info, covered === null ? `Visits are free here. ${zone}`
       : `A visit minute costs ${g.minute_price} credits. Your balance (${this.state.balance}) covers ${plural(covered, "minute")}. ${zone}`);
+    const had = document.activeElement?.closest?.("#slots") ? document.activeElement.dataset.start : null;
     this.el.week.replaceChildren(...this.week.map((day, i) => this.renderDay(day, i === 0, covered)));
+    const buttons = [...this.el.week.querySelectorAll("button.slot")];
+    const again = had && buttons.find((b) => b.dataset.start === had && !b.disabled);
+    this.tabStop(again || buttons.find((b) => !b.disabled) || null);
+    if (again) again.focus(); // a refresh under the keyboard keeps its place
+  }
+
+  /** The week's one Tab stop (roving tabindex). */
+  tabStop(btn) {
+    for (const b of this.el.week.querySelectorAll("button.slot")) b.tabIndex = b === btn ? 0 : -1;
+  }
+
+  /** Arrow keys in the week: up and down a day's times, left and right to the neighbouring
+   * day's nearest time; Home and End to a day's first and last. Greyed blocks are skipped. */
+  moveInWeek(ev) {
+    const btn = ev.target.closest && ev.target.closest("button.slot");
+    if (!btn || ev.altKey || ev.ctrlKey || ev.metaKey) return;
+    const days = [...this.el.week.querySelectorAll("section.week-day")]
+      .map((d) => [...d.querySelectorAll("button.slot")]);
+    const col = days.findIndex((d) => d.includes(btn));
+    const row = days[col].indexOf(btn);
+    const open = (b) => b && !b.disabled;
+    let next = null;
+    if (ev.key === "ArrowDown" || ev.key === "ArrowUp") {
+      const step = ev.key === "ArrowDown" ? 1 : -1;
+      for (let r = row + step; r >= 0 && r < days[col].length && !next; r += step) if (open(days[col][r])) next = days[col][r];
+    } else if (ev.key === "Home" || ev.key === "End") {
+      const list = ev.key === "Home" ? days[col] : [...days[col]].reverse();
+      next = list.find(open) || null;
+    } else if (ev.key === "ArrowRight" || ev.key === "ArrowLeft") {
+      const step = ev.key === "ArrowRight" ? 1 : -1;
+      for (let c = col + step; c >= 0 && c < days.length && !next; c += step) {
+        // The same time of day if that day has it, else the nearest open one.
+        const same = days[c].find((b) => open(b) && b.textContent.startsWith(btn.querySelector("strong").textContent));
+        next = same || days[c].filter(open).sort((a, b) =>
+          Math.abs(days[c].indexOf(a) - row) - Math.abs(days[c].indexOf(b) - row))[0] || null;
+      }
+    } else {
+      return;
+    }
+    ev.preventDefault();
+    if (next) {
+      this.tabStop(next);
+      next.focus();
+      next.scrollIntoView({ block: "nearest", inline: "nearest" });
+    }
   }
 
   renderDay(day, isToday, covered) {
