@@ -13,6 +13,7 @@
 // same stats every LINK_MS; the kiosk adds it to its visit.media report when its level changes.
 import { api, h, say } from "./api.js";
 import { favourAudio, linkFigures, linkLevel } from "./link_quality.js";
+import { CallCredits } from "./call_credits.js";
 import { dayText, timeText } from "./time.js";
 
 export const ACTIVE = new Set(["scheduled", "open", "live", "paused"]);
@@ -139,7 +140,9 @@ export class VisitCall {
     const atLabel = this.side === "family" ? "Time left at your balance" : "Time left at the family's balance";
     e.leftBox = h("dl", {}, h("div", {}, h("dt", {}, "Time left in the visit"), e.left),
       h("div", {}, h("dt", {}, atLabel), e.atBalance));
-    if (this.side === "family" && this.creditsForm) this.buildCredits();
+    // "Add credits" (call_credits.js): the family only, when the app gives its purchase form.
+    this.credits = this.side === "family" && this.creditsForm
+      ? new CallCredits(this.creditsForm, () => Boolean(this.ended)) : null;
     e.mic.addEventListener("click", () => this.toggle("audio", e.mic, "Mute microphone", "Unmute microphone"));
     e.cam.addEventListener("click", () => this.toggle("video", e.cam, "Turn camera off", "Turn camera on"));
     e.hangup.addEventListener("click", () => this.hangUp());
@@ -162,8 +165,8 @@ export class VisitCall {
         e.leftBox),
       e.threshold,
       e.warning,
-      h("div", { class: "row visit-controls" }, e.mic, e.cam, e.addCredits, e.hangup, e.back),
-      e.credits));
+      h("div", { class: "row visit-controls" }, e.mic, e.cam, this.credits?.button, e.hangup, e.back),
+      this.credits?.dialog));
     this.root.hidden = false;
     this.root.querySelector("#visit-h").focus(); // keyboard and screen-reader users land here
     this.timer = setInterval(() => this.showLeft(), 1000);
@@ -213,41 +216,6 @@ export class VisitCall {
       this.el.warning.dataset.warning = "topped_up";
     }
     this.showLeft();
-  }
-
-  // ---------- adding credits in the call ----------
-  /** "Add credits": the family app's own purchase form in a dialog over the call. The call
-   * keeps running underneath (the form pays with fetch; nothing here navigates). */
-  buildCredits() {
-    const e = this.el;
-    e.addCredits = h("button", { type: "button", id: "visit-add-credits", "aria-haspopup": "dialog" }, "Add credits");
-    e.creditsBack = h("button", { type: "button", id: "visit-credits-close" }, "Back to the call");
-    e.creditsSlot = h("div", { class: "visit-credits-form" });
-    e.credits = h("dialog", { class: "confirm visit-credits", id: "visit-credits", "aria-labelledby": "visit-credits-h" },
-      h("h2", { id: "visit-credits-h" }, "Add credits"),
-      h("p", { class: "muted" }, "The call keeps going while you pay; the new credits count at once."),
-      e.creditsSlot,
-      h("p", {}, e.creditsBack));
-    e.addCredits.addEventListener("click", () => this.openCredits());
-    e.creditsBack.addEventListener("click", () => e.credits.close());
-    e.credits.addEventListener("close", () => this.putFormBack());
-  }
-
-  openCredits() {
-    const form = this.creditsForm;
-    if (!form || this.ended) return;
-    if (!this.formHome) this.formHome = { parent: form.parentNode, next: form.nextSibling };
-    this.el.creditsSlot.append(form);
-    this.el.credits.showModal();
-    form.querySelector("select, input")?.focus();
-  }
-
-  putFormBack() {
-    const home = this.formHome;
-    if (!home) return;
-    this.formHome = null;
-    home.parent.insertBefore(this.creditsForm, home.next);
-    if (!this.ended) this.el.addCredits.focus();
   }
 
   setStatus(text, state) {
@@ -687,17 +655,14 @@ export class VisitCall {
     this.el.ended.dataset.reason = this.ended;
     this.el.ended.hidden = false;
     this.el.hangup.hidden = this.el.mic.hidden = this.el.cam.hidden = true;
-    if (this.el.addCredits) {
-      this.el.addCredits.hidden = true;
-      if (this.el.credits.open) this.el.credits.close();
-    }
+    if (this.credits) this.credits.close();
     this.el.back.hidden = false;
     this.el.ended.focus();
   }
 
   cleanup() {
     if (this.socket) this.socket.urgent = false;
-    if (this.el.credits && this.el.credits.open) this.el.credits.close(); // the form goes home
+    if (this.credits) this.credits.close(); // the purchase form goes back to the app
     clearInterval(this.timer);
     clearInterval(this.watcher);
     if (this.observer) this.observer.disconnect();
