@@ -65,7 +65,8 @@ def _operation(route: Route, components: dict[str, Any]) -> dict[str, Any]:
     params += [{"name": name, "in": "query", "required": False, "description": doc,
                 "schema": {"type": "string"}} for name, doc in route.query.items()]
     if route.idempotent:
-        params.append({"name": "Idempotency-Key", "in": "header", "required": True,
+        params.append({"name": "Idempotency-Key", "in": "header",
+                       "required": route.idempotent is True,
                        "schema": {"type": "string", "minLength": 1, "maxLength": 128}})
     if params:
         op["parameters"] = params

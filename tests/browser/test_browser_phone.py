@@ -131,15 +131,15 @@ async def test_phone_layout_logo_favicon_and_no_error_responses(sqlite_template:
 
             # --- every picker wide enough for its choice ---
             for tab, selects in (("Find a person", ["#find-facility", "#find-relationship"]),
-                                 ("Visits", ["#book-contact", "#book-day"]),
+                                 ("Visits", ["#book-contact"]),
                                  ("Buy credits", ["#buy-credits"]),
                                  ("Give credits", ["#gift-to"])):
                 await fam.get_by_role("tab", name=tab).click()
                 for sel in selects:
                     await expect(fam.locator(sel)).to_be_visible()
-                    if tab == "Visits":
-                        await expect(fam.locator("#book-day option").first).to_contain_text(
-                            "Today")
+                    if tab == "Visits":  # the week view: today first, scrolled inside itself
+                        await expect(fam.locator("#slots section.week-day h5").first) \
+                            .to_contain_text("Today")
                     fit = await fam.eval_on_selector(sel, FITS)
                     assert fit["need"] <= fit["have"], f"{tab}: {fit}"
                     assert fit["right"] <= PHONE["width"], f"{tab}: {fit}"

@@ -116,7 +116,9 @@ async def _scenario(api: Api, seed: dict, base: str, fam_ctx, kiosk_ctx, passwor
     await fam.get_by_role("tab", name="Visits").click()
     await expect(fam.get_by_label("Visit with")).to_have_value(
         await _connection_id(api, seed))
-    now_slot = fam.locator("#slots button.slot").first
+    # The week view (booking.js): today first; the 12:00 block is under way (12:00:20 by the
+    # scene clock), so it offers the 29 whole minutes left of it.
+    now_slot = fam.locator("#slots section.week-day").first.locator("button.slot").first
     await expect(now_slot).to_contain_text("12:00–12:30")
     await expect(now_slot).to_be_disabled()
     await expect(now_slot).to_contain_text("Buy credits to book")
@@ -129,11 +131,12 @@ async def _scenario(api: Api, seed: dict, base: str, fam_ctx, kiosk_ctx, passwor
     await expect(fam.locator("#book-info")).to_contain_text("covers 6 minutes")
     await expect(now_slot).to_be_enabled()
     await expect(now_slot).to_have_attribute("data-covered", "6")
-    await expect(now_slot).to_contain_text("covers 6 of 30 min")
+    await expect(now_slot).to_contain_text("covers 6 of 29 min left")
 
     # --- books 15:00, cancels it, books the block under way ---
-    later = fam.get_by_role("button", name="Book 15:00–15:30 with Dana Rivers", exact=False)
+    later = fam.get_by_role("button", name="Book 15:00–15:30 with Dana Rivers", exact=False).first
     await later.click()
+    await fam.locator("#book-dialog-ok").click()  # the confirmation (test_browser_booking.py)
     await expect(fam.locator("#book-notice")).to_contain_text("Booked:")
     # The facility's clock, labelled (CDT when a wall-clock scenario lands in summer time).
     await expect(fam.locator("#book-notice")).to_contain_text(
@@ -143,6 +146,7 @@ async def _scenario(api: Api, seed: dict, base: str, fam_ctx, kiosk_ctx, passwor
         re.compile(r"^Cancelled the visit at 15:00 C[SD]T\.$"))
     await expect(fam.locator("#visit-list")).to_contain_text("Visit cancelled by the family.")
     await now_slot.click()
+    await fam.locator("#book-dialog-ok").click()
     await expect(fam.locator("#book-notice")).to_contain_text(
         re.compile(r"12:00–12:30 C[SD]T with Dana Rivers"))
     await expect(now_slot).to_have_attribute("data-free", "3")  # one of 4 kiosks taken

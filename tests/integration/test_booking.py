@@ -543,3 +543,72 @@ async def test_who_sees_which_visits(api: Api) -> None:
     for bad in ("?from=2026-03-02", "?from=yesterday", "?to=0001-01-01T00:00:00%2B14:00",
                 "?limit=0"):
         assert_error(await api.call("GET", f"/visits{bad}", c.family), 422, "invalid_input", bad)
+
+
+async def test_a_block_under_way_offers_only_the_minutes_left(api: Api, clock: Clock) -> None:
+    """Issue 19: at 23:21 the block under way (23:00-23:30) was offered as "covers 18 of 30
+    min" with ~9 minutes left. The grid now says what a booking of it can still be, and how
+    much of that the balance covers; later blocks keep their whole length."""
+    c = await cast(api, credits=1000, visit_hours={"start": "08:00", "end": "23:30"})
+    clock.now = local(TODAY, "23:21")
+    r = await slots(api, c.family, c.facility)
+    assert r.status == 200, r.body
+    assert r.body["minutes_covered"] == 20  # 1000 credits at 50 a minute
+    under_way = r.body["slots"]
+    assert [s["local_start"][11:16] for s in under_way] == ["23:00"], "only the block under way"
+    assert (under_way[0]["minutes_left"], under_way[0]["minutes_covered"]) == (9, 9)
+    tomorrow = (await slots(api, c.family, c.facility, "2026-03-03")).body["slots"]
+    assert {(s["minutes_left"], s["minutes_covered"]) for s in tomorrow} == {(30, 20)}
+    # Half a minute later 8 min 30 s are left: the meter bills whole minutes, never the last
+    # part of one, so 8 are offered; staff see the minutes left and no coverage.
+    clock.now = local(TODAY, "23:21") + timedelta(seconds=30)
+    left = (await slots(api, c.family, c.facility)).body["slots"][0]
+    assert (left["minutes_left"], left["minutes_covered"]) == (8, 8)
+    staff = (await slots(api, c.staff, c.facility)).body["slots"][0]
+    assert (staff["minutes_left"], staff["minutes_covered"]) == (8, None)
+    # A small balance covers fewer than the minutes left.
+    r = await api.call("POST", "/gifts", c.family, json={"to": c.person.id, "credits": 750},
+                       key=secrets.token_hex(4))
+    assert r.status == 201 and r.body["balance"] == 250
+    left = (await slots(api, c.family, c.facility)).body["slots"][0]
+    assert (left["minutes_left"], left["minutes_covered"]) == (8, 5)
+    # Booking it: the visit is the block (the meter's window ends at 23:30), nothing charged.
+    connection = await connection_of(api, c.family, c.person)
+    v = booked(await book(api, c.family, connection, at(TODAY, "23:00")))
+    assert (v["start"], v["end"]) == (at(TODAY, "23:00"), at(TODAY, "23:30"))
+    assert (await api.call("GET", "/me", c.family)).body["balance"] == 250
+    # With less than a minute left the block is neither offered nor bookable.
+    clock.now = local(TODAY, "23:29") + timedelta(seconds=1)
+    assert (await slots(api, c.family, c.facility)).body["slots"] == []
+    family2, _, connection2 = await pair(api, c)
+    assert_error(await book(api, family2, connection2, at(TODAY, "23:00")), 422, "in_the_past")
+
+
+async def test_a_family_booking_twice_at_once_books_once(api: Api) -> None:
+    """The adversary: one family's requests all at once for the same block. The same
+    confirmation sent four times (a double tap, a retry of a lost answer: one Idempotency-Key)
+    gives the same visit four times; two confirmations (two keys) give one visit and one
+    slot_taken. One visit row in the end, and booking itself charges nothing (the meter bills
+    the connected minutes of that one visit)."""
+    c = await cast(api, credits=500)
+    connection = await connection_of(api, c.family, c.person)
+    body = {"connection_id": connection, "start": at(TODAY, "10:00")}
+    replies = await asyncio.gather(*(api.call("POST", "/visits", c.family, json=body,
+                                              key="confirm-1") for _ in range(4)))
+    assert [r.status for r in replies] == [201] * 4, replies
+    assert len({r.body["visit"]["id"] for r in replies}) == 1
+    # The same key with another block is a conflict, not a second booking.
+    r = await api.call("POST", "/visits", c.family, key="confirm-1",
+                       json={**body, "start": at(TODAY, "11:00")})
+    assert_error(r, 409, "idempotency_conflict")
+    replies = await asyncio.gather(*(api.call("POST", "/visits", c.family, key=f"k{i}",
+                                              json={**body, "start": at(TODAY, "14:00")})
+                                     for i in range(2)))
+    assert sorted(r.status for r in replies) == [201, 409], replies
+    assert_error(next(r for r in replies if r.status == 409), 409, "slot_taken")
+    async with api.ctx.store.read() as conn:
+        rows = list(await conn.execute(select(visits.c.start_at).where(
+            visits.c.family_id == c.family.id)))
+    assert sorted(r.start_at.replace(tzinfo=UTC) if r.start_at.tzinfo is None else r.start_at
+                  for r in rows) == [local(TODAY, "10:00"), local(TODAY, "14:00")]
+    assert (await api.call("GET", "/me", c.family)).body["balance"] == 500

@@ -316,3 +316,41 @@ async def test_a_stall_report_pauses_the_meter_from_the_last_frame(db_url: str,
         assert joined["meter"]["balance"] == await balance(api, c.family)
         assert joined["media_gap_s"] == 1.5  # the 2 s default, capped at the stall threshold
         await fam.ws.close()
+
+
+async def test_a_top_up_during_the_call_keeps_it_going(db_url: str, tmp_path) -> None:
+    """The adversary is the clock: the family's balance covers two minutes, the low-balance
+    warning comes after the first, and the family buys credits in the call (POST /purchases,
+    what the call screen's "Add credits" sends). The meter then debits the third minute, the
+    one the old balance would have been refused, and the call goes on to the fourth, billed
+    to the new credit, until the family hangs up: not `balance_exhausted`. Each tick carries
+    what the screen's "time left at your balance" is counted from."""
+    minute_s = 1.0  # the top-up must land within a minute of the warning, even on a busy box
+    async with app_client(db_url, tmp_path, visit_minute_s=minute_s, meter_lease_s=1.0) as client:
+        api = Api(client)
+        c = await cast(api, credits=500)
+        r = await api.call("POST", "/gifts", c.family, json={"to": c.person.id, "credits": 380},
+                           key=secrets.token_hex(4))
+        assert r.status == 201 and r.body["balance"] == 120
+        visit_id = await book_now(api, c)
+        fam, per = await join_both(client, c, visit_id)
+        await connect_media(fam, per, visit_id)
+        # The warning is pushed before the tick of the same debit.
+        assert (await until(fam, "visit.warning"))["data"]["kind"] == "low_balance"
+        first = await until(fam, "visit.tick")
+        assert (first["data"]["paid_minutes"], first["data"]["balance"]) == (1, 70)
+        assert first["data"]["minute_s"] == minute_s
+        assert 0 < first["data"]["paid_s_left"] <= minute_s
+        assert (await api.buy(c.family, 500)).status == 201  # in the call: 570 now
+        ticks = []
+        while not ticks or ticks[-1]["paid_minutes"] < 4:
+            ticks.append((await until(fam, "visit.tick", timeout=15))["data"])
+        assert [t["balance"] for t in ticks if t["paid_minutes"] >= 2][:3] == [520, 470, 420]
+        assert "ok" in await fam.call("visit.leave", visit_id=visit_id)
+        assert (await until(per, "visit.ended"))["data"]["reason"] == "hung_up"
+        assert await balance(api, c.family) == 420
+        async with api.ctx.store.read() as conn:
+            entries = await ledger.statement(conn, c.family.id)
+            assert await ledger.check_invariants(conn) == []
+        minutes = sorted(e.key for e in entries if e.kind == "visit_minute")
+        assert minutes == [f"visit:{visit_id}:minute:{k}" for k in (1, 2, 3, 4)]

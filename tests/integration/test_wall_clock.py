@@ -45,6 +45,8 @@ TIME_SENSITIVE = [*WITHOUT_BROWSER, "tests/browser/test_accessibility.py"]
 SCENE_CLOCK_ONLY = [
     "tests/browser/test_browser_visit.py",
     "tests/browser/test_browser_endings.py",
+    "tests/browser/test_browser_booking.py",
+    "tests/browser/test_browser_phone.py",  # reads the week view's first day, on a running_clock
 ]
 
 
