@@ -161,8 +161,12 @@ async def test_a_pause_is_not_billed(db_url: str, tmp_path) -> None:
         assert await balance(api, c.family) == 850
         assert "ok" in await fam.call("visit.leave", visit_id=visit_id)
         assert (await until(per, "visit.ended"))["data"]["reason"] == "hung_up"
+        # The fourth minute falls due 0.5 s after that check: on a loaded host the leave may
+        # land after it (still connected then: rightly billed). Nothing after the end.
+        at_end = await balance(api, c.family)
+        assert at_end in (850, 800), at_end
         await asyncio.sleep(minute_s * 2)
-        assert await balance(api, c.family) == 850, "nothing after hanging up"
+        assert await balance(api, c.family) == at_end, "nothing after hanging up"
 
 
 async def test_staff_end_a_live_visit(api: Api, client: TestClient) -> None:
@@ -302,13 +306,16 @@ async def test_a_stall_report_pauses_the_meter_from_the_last_frame(db_url: str,
         # The report's own instant (updated_at) less stalled_s; the meter bills up to there.
         back, length, state = await stretch(1.2, 0.6)
         assert abs(back - 0.6) < 0.002, back
-        assert abs(state["billed"] - length) <= 0.1, (length, state)
+        # Billed up to the stop, not to the report 0.6 s later (a meter pass late under load
+        # shifts its reading by a tenth or so: 0.12 seen at load 10)
+        assert abs(state["billed"] - length) <= 0.25, (length, state)
         # a minute fell due inside the frozen 0.6 s: it stays paid and its seconds carry over
         assert state["paid_minutes"] * minute_s - state["connected_s"] >= 0.5, state
         # A stall claimed from 1000 s back reaches back 1.5 s, the threshold.
         back, length, state = await stretch(2.5, 1000)
         assert abs(back - 1.5) < 0.002, back
-        assert abs(state["billed"] - length) <= 0.1, (length, state)
+        # ... and not to the report 1.5 s later
+        assert abs(state["billed"] - length) <= 0.25, (length, state)
 
         again = await open_socket(client, c.family)
         joined = (await again.call("visit.join", visit_id=visit_id))["ok"]
