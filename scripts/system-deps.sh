@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # System packages the test suite runs for real beyond Python (each line below says which tests):
 # coturn, Redis (and its Sentinel), Chromium, nginx, PgBouncer, libfaketime, strace, the PostgreSQL
-# client tools, iproute2.
+# client tools and server binaries, iproute2.
 # Installed from Debian's packages only when missing.
 set -euo pipefail
 need=()
@@ -23,6 +23,9 @@ command -v strace >/dev/null 2>&1 || need+=(strace)
 # postgresql-client is the release's major version (15 on bookworm), which must be at least
 # the server's: check `pg_dump --version` against `SELECT version()`.
 command -v pg_dump >/dev/null 2>&1 || need+=(postgresql-client)
+# tests/integration/test_restore_drill.py runs a private cluster (initdb, WAL archiving, pg_basebackup,
+# point-in-time recovery) with the server binaries under /usr/lib/postgresql/*/bin.
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 # tests/support/impaired_link.py puts the family's browser in a network namespace behind TUN devices
 # (ip netns, ip addr; sysctl from procps). The tests need root and /dev/net/tun, or skip.
 [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || need+=(iproute2)
