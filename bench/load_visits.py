@@ -4,7 +4,8 @@ Booking 10,000 visits through the API would measure the booking rules and argon2
 scenarios are about; so a facility, n family/person pairs with an approved connection and one
 visit each are written straight to the store, with the server's own account, session and
 ledger functions (bench.common.bulk_users) and the same visit columns the booking route fills
-(as tests/test_visit_calls.py's book_now does). Credits are bought through the ledger's purchase
+(as tests/integration/test_visit_calls.py's book_now does). Credits are bought through the ledger's
+purchase
 path, so check_invariants holds afterwards.
 """
 

@@ -510,7 +510,7 @@ def _ender(reason: str) -> Callable[..., Result]:
 
 
 # The rule the machine takes presence from. A name, so a test can swap in a broken rule and
-# see the simulator's checker catch it (tests/test_meter_sim.py).
+# see the simulator's checker catch it (tests/integration/test_meter_sim.py).
 PRESENCE_RULE: Callable[[str, Facts], bool] = is_connected
 
 HANDLERS: dict[type, Callable[..., Result]] = {

@@ -1,28 +1,31 @@
 #!/usr/bin/env bash
 # System packages the test suite runs for real beyond Python (each line below says which tests):
 # coturn, Redis (and its Sentinel), Chromium, nginx, PgBouncer, libfaketime, strace, the PostgreSQL
-# client tools, iproute2.
+# client tools and server binaries, iproute2.
 # Installed from Debian's packages only when missing.
 set -euo pipefail
 need=()
 command -v turnserver >/dev/null 2>&1 || need+=(coturn)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
-# tests/test_redis_sentinel.py runs private sentinels watching a master and a replica.
+# tests/integration/test_redis_sentinel.py runs private sentinels watching a master and a replica.
 command -v redis-sentinel >/dev/null 2>&1 || need+=(redis-sentinel)
-# tests/test_browser.py drives Debian's Chromium through Playwright (never a downloaded browser).
+# tests/browser/test_browser.py drives Debian's Chromium through Playwright (never a downloaded browser).
 [ -x /usr/bin/chromium ] || need+=(chromium)
-# tests/test_deploy_nginx.py runs a private nginx with deploy/nginx/kinwire.conf.
+# tests/integration/test_deploy_nginx.py runs a private nginx with deploy/nginx/kinwire.conf.
 [ -x /usr/sbin/nginx ] || need+=(nginx)
-# tests/test_pgbouncer.py runs a private PgBouncer (transaction pooling) in front of PostgreSQL.
+# tests/integration/test_pgbouncer.py runs a private PgBouncer (transaction pooling) in front of PostgreSQL.
 [ -x /usr/sbin/pgbouncer ] || need+=(pgbouncer)
-# tests/test_wall_clock.py moves the tests' clock to awkward hours with libfaketime.
+# tests/integration/test_wall_clock.py moves the tests' clock to awkward hours with libfaketime.
 [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || need+=(faketime)
-# tests/test_durability.py traces a real server's system calls (fsync before the reply).
+# tests/integration/test_durability.py traces a real server's system calls (fsync before the reply).
 command -v strace >/dev/null 2>&1 || need+=(strace)
-# `kinwire backup`/`restore` on PostgreSQL run pg_dump/pg_restore (tests/test_backup.py). Debian's
+# `kinwire backup`/`restore` on PostgreSQL run pg_dump/pg_restore (tests/integration/test_backup.py). Debian's
 # postgresql-client is the release's major version (15 on bookworm), which must be at least
 # the server's: check `pg_dump --version` against `SELECT version()`.
 command -v pg_dump >/dev/null 2>&1 || need+=(postgresql-client)
+# tests/integration/test_restore_drill.py runs a private cluster (initdb, WAL archiving, pg_basebackup,
+# point-in-time recovery) with the server binaries under /usr/lib/postgresql/*/bin.
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 # tests/support/impaired_link.py puts the family's browser in a network namespace behind TUN devices
 # (ip netns, ip addr; sysctl from procps). The tests need root and /dev/net/tun, or skip.
 [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || need+=(iproute2)

@@ -35,7 +35,8 @@ def closed_because(status: str, blocked_by: str | None) -> str | None:
     `blocked_by` as read: None when its two parties may message, gift, book and meet;
     otherwise why not, as a refusal code: "blocked" while any block stands (a party's or
     staff's; only its owner lifts it, set_block), else "not_connected" unless approved. Every
-    caller reads those two columns and asks here (tests/test_contact_rule.py keeps it so)."""
+    caller reads those two columns and asks here (tests/integration/test_contact_rule.py keeps it
+    so)."""
     if blocked_by is not None:
         return "blocked"
     if status != "approved":

@@ -245,13 +245,16 @@ def _with_body(data: dict[str, Any], bodies: dict[str, str]) -> dict[str, Any]:
     return shown
 
 
-async def prune(conn: AsyncConnection, older_than: datetime, limit: int | None = None) -> int:
+async def prune(conn: AsyncConnection, older_than: datetime, limit: int | None = None,
+                *, table: Any = events) -> int:
     """Delete events written before `older_than`, remembering per user how far it went; at
     most about `limit` of them (the oldest first, through ix_events_at), so that one call is
-    one short transaction (server/housekeeping.py calls it until it prunes fewer)."""
-    oldest = select(events.c.account_id, events.c.seq).where(events.c.at < older_than)
+    one short transaction (server/housekeeping.py calls it until it prunes fewer). `table`: a
+    partition of its own on PostgreSQL (server/event_partitions.py), where weeks are dropped
+    whole instead."""
+    oldest = select(table.c.account_id, table.c.seq).where(table.c.at < older_than)
     if limit is not None:
-        oldest = oldest.order_by(events.c.at).limit(limit)
+        oldest = oldest.order_by(table.c.at).limit(limit)
     through: dict[str, int] = {}
     for account_id, seq in (await conn.execute(oldest)).all():
         through[account_id] = max(seq, through.get(account_id, 0))
@@ -261,7 +264,7 @@ async def prune(conn: AsyncConnection, older_than: datetime, limit: int | None =
         await conn.execute(event_heads.update().where(event_heads.c.account_id == account_id,
                                                       event_heads.c.pruned_through < seq)
                            .values(pruned_through=seq))
-        gone = await conn.execute(delete(events).where(events.c.account_id == account_id,
-                                                       events.c.seq <= seq))
+        gone = await conn.execute(delete(table).where(table.c.account_id == account_id,
+                                                      table.c.seq <= seq))
         pruned += gone.rowcount
     return pruned

@@ -10,7 +10,10 @@ holder paused past its lease) delete the same rows and make the same conditional
 What a pass does, each job in batches of at most KINWIRE_HOUSEKEEPING_BATCH_ROWS rows, one short
 transaction each (until a batch comes back short), so that no transaction holds the locks
 senders need for long, however far behind it is:
-- events past KINWIRE_EVENT_RETENTION_S are pruned (server/events.py `prune`);
+- events past KINWIRE_EVENT_RETENTION_S are pruned (server/events.py `prune`); on PostgreSQL,
+  where `events` is partitioned by week, the weeks ahead are made and a week wholly past the
+  retention has its users' heads recorded in batches and is then dropped whole
+  (server/event_partitions.py);
 - visits still `scheduled` after their window ended are marked `missed`;
 - recordings past their facility's retention are deleted, blob then row, each audited
   (server/recordings.py `expire`);
@@ -37,7 +40,7 @@ from typing import Any
 
 from sqlalchemy import Select, bindparam, select
 
-from server import events, mail, orphans, push, resets
+from server import event_partitions, events, mail, orphans, push, resets
 from server.events import Outbox
 from signalling import visits
 from signalling.tables import visits as visits_table
@@ -46,6 +49,7 @@ log = logging.getLogger("kinwire.housekeeping")
 LEASE = "housekeeping"
 SOCKETS_EVERY_S = 30.0  # expired sessions' sockets: a walk over every socket, so not each pass
 ORPHANS_EVERY_S = 600.0  # orphan blobs and stale .partial files: listings, so seldom
+PARTITIONS_EVERY_S = 600.0  # PostgreSQL: the weeks of `events` ahead (four are kept made)
 REMIND_EVERY_S = 60.0  # visit reminder emails: a minute late at most
 
 
@@ -102,8 +106,12 @@ class Housekeeping:
         self.remind = remind  # visit reminder emails (server/mail.py Notifier), or None
         self._reminded_at = -float("inf")
         self.holding = False
+        # PostgreSQL: events are partitioned by week and retired a week at a time
+        self.retention = (event_partitions.Retention(store, batch_rows)
+                          if getattr(store, "dialect", None) == "postgresql" else None)
         self._sockets_at = time.monotonic()
         self._partials_at = self._orphans_at = -float("inf")  # the first pass sweeps
+        self._partitions_at = -float("inf")
 
     async def run(self, stop: asyncio.Event) -> None:
         """Passes every third of the lease until `stop`; never cancelled, so that no database
@@ -138,6 +146,11 @@ class Housekeeping:
         if not await self._hold():
             return
         cutoff = now - timedelta(seconds=self.retention_s)
+        if self.retention is not None and \
+                time.monotonic() - self._partitions_at >= PARTITIONS_EVERY_S:
+            self._partitions_at = time.monotonic()  # weeks are made four weeks ahead
+            await self._batches("partitions", lambda: event_partitions.ensure_ahead(
+                self.store, now), stop, once=True)
         await self._batches("prune", lambda: self._prune(cutoff), stop)
         await self._batches("missed", lambda: mark_missed(self.store, self.broker, now,
                                                           self.batch_rows), stop)
@@ -170,6 +183,8 @@ class Housekeeping:
                     + await resets.prune(conn, now))
 
     async def _prune(self, cutoff: datetime) -> int:
+        if self.retention is not None:
+            return await self.retention.step(cutoff)
         async with self.store.write() as conn:
             return await events.prune(conn, cutoff, self.batch_rows)
 

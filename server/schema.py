@@ -1,7 +1,7 @@
 """The whole schema: the server's own tables, defined here, with billing's and signalling's,
 all on the store's one MetaData (store/columns.py). The SQL database is the source of truth;
 this is what Alembic's migrations (store/migrations) create: they are written by hand from these
-definitions and checked against them by tests/test_migrations.py."""
+definitions and checked against them by tests/integration/test_migrations.py."""
 
 from __future__ import annotations
 

@@ -474,9 +474,9 @@ def describe() -> list[tuple[str, str, str]]:
 
 # KINWIRE_* variables that are not settings but that Kinwire's own tools read: the visit client's
 # token, the tests' PostgreSQL, Chromium and crash seed, and the benchmarks' (KINWIRE_BENCH_*).
-# tests/test_cli_operator.py keeps this list true against the repository.
+# tests/integration/test_cli_operator.py keeps this list true against the repository.
 OTHER_VARIABLES = frozenset({"KINWIRE_TOKEN", "KINWIRE_TEST_PG", "KINWIRE_CHROMIUM",
-                             "KINWIRE_CRASH_SEED"})
+                             "KINWIRE_CRASH_SEED", "KINWIRE_TEST_LONG_OUTAGE"})
 OTHER_PREFIXES = ("KINWIRE_BENCH_",)
 
 

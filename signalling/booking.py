@@ -118,6 +118,14 @@ def bookable(block: Block, now: datetime) -> bool:
     return block.end - now >= LEFT_MIN
 
 
+def minutes_left(block: Block, now: datetime) -> int:
+    """Whole minutes of the block still to come: all of it before it starts, what is left of
+    it once under way (the meter bills whole minutes and never the last part of one, so a
+    block booked at 23:21 with 8 min 30 s left offers 8)."""
+    left = block.end - max(block.start, now)
+    return max(0, int(left // timedelta(minutes=1)))
+
+
 def open_blocks(rules: Rules, day: date, now: datetime) -> list[Block]:
     """The blocks of a local date that can still be booked (the day must be checked against
     the horizon first; a past day has none)."""

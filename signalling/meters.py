@@ -577,10 +577,16 @@ class _Pass:
                     self.pushes.append(("visit.warning", {"visit_id": vm.visit_id,
                                                           "kind": action.kind}))
                 elif isinstance(action, meter.Tick):
+                    # paid_s_left and minute_s: the family's screen counts "time left at
+                    # your balance" from them (the paid time not yet used, then a minute
+                    # for each `price` of the balance), live between ticks.
+                    paid_s = self.state.paid_minutes * self.config.minute_s
                     self.pushes.append(("visit.tick", {
                         "visit_id": vm.visit_id, "paid_minutes": action.paid_minutes,
                         "seconds_left": round(action.seconds_left, 3),
-                        "balance": action.balance}))
+                        "balance": action.balance,
+                        "paid_s_left": round(max(0.0, paid_s - self.state.connected_s), 3),
+                        "minute_s": self.config.minute_s}))
                 elif isinstance(action, meter.End):
                     self.done = True
                     now = vm.m.clock()

@@ -65,7 +65,8 @@ def async_url(url: str) -> str:
 # transaction mode (PgBouncer), which gives each transaction whichever server connection is
 # free. Statements prepared under a name on one server connection are then missing, or their
 # name already taken, on the next: asyncpg's numbered `__asyncpg_stmt_N__` failed with
-# "prepared statement ... already exists" (tests/test_pgbouncer.py). So nothing is cached
+# "prepared statement ... already exists" (tests/integration/test_pgbouncer.py). So nothing is
+# cached
 # across transactions and every statement is prepared unnamed, which PostgreSQL replaces at the
 # next Parse: a statement's Parse and Execute run inside one transaction (SQLAlchemy always
 # begins one), so on the same server connection. Costs one more round trip a statement.

@@ -19,6 +19,10 @@ the loop:
   checkpoint: it runs on a worker thread, one hop and one fsync per transaction (a
   group-committed batch of sends) rather than two hops per statement.
 Readers keep their threads.
+
+This reaches past aiosqlite's public API (its worker queue `_tx`, `_execute`, `_connect`,
+`_running`, `_connection`), so pyproject.toml pins aiosqlite to the versions it was checked
+against and `check_aiosqlite` refuses, at import, one whose internals differ.
 """
 
 from __future__ import annotations
@@ -28,6 +32,28 @@ import sqlite3
 from typing import Any
 
 import aiosqlite
+
+
+def check_aiosqlite(connection_class: type = aiosqlite.Connection) -> None:
+    """RuntimeError, naming the version, when `connection_class` lacks what InlineConnection
+    replaces or calls (an aiosqlite upgrade that changed them must fail loudly, not run
+    statements on a thread nobody started)."""
+    missing = [name for name in ("_execute", "_connect", "__await__", "stop", "close")
+               if not callable(getattr(connection_class, name, None))]
+    probe = connection_class.__new__(connection_class)
+    try:
+        connection_class.__init__(probe, lambda: None, 64)
+    except Exception as exc:  # its constructor no longer takes (connector, iter_chunk_size)
+        missing.append(f"__init__(connector, iter_chunk_size): {exc!r}")
+    else:
+        missing += [name for name in ("_tx", "_running", "_connection")
+                    if not hasattr(probe, name)]
+    probe.__dict__.setdefault("_connection", None)  # its __del__ reads it; nothing was opened
+    if missing:
+        raise RuntimeError(
+            f"aiosqlite {getattr(aiosqlite, '__version__', '?')} is not the one store/inline.py "
+            f"was written for (missing: {', '.join(missing)}); pin aiosqlite as pyproject.toml "
+            f"says or set KINWIRE_DB_SQLITE_INLINE_WRITES=0")
 
 
 class _RunNow:
@@ -90,6 +116,8 @@ class InlineConnection(aiosqlite.Connection):
 def creator(path: str, busy_timeout_ms: int = 5000):
     """For create_async_engine(async_creator=...). The engine must set the connection's own
     busy timeout to 0 (PRAGMA busy_timeout), so that waits happen here, off the loop."""
+    check_aiosqlite()  # at the store's start, before any statement
+
     async def connect() -> InlineConnection:
         return await InlineConnection(path, busy_timeout_ms)
     return connect

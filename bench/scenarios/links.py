@@ -1,7 +1,8 @@
 """Scenario: one visit across clean, lossy and thin links (issue 21), in two Chromium browsers.
 
 The family's Chromium runs in its own network namespace behind tests/support/impaired_link.py's
-emulated link (tests/support/linked_call.py, the harness tests/test_browser_links.py uses too); the
+emulated link (tests/support/linked_call.py, the harness tests/browser/test_browser_links.py uses
+too); the
 server (in this process), coturn (relay-only ICE) and the kiosk's Chromium are on this side. One
 call, the link changed under it every phase: clean (the baseline, measured in the same call),
 150 ms each way with 2% loss, 1 Mbit/s with 80 ms, 300 kbit/s with 80 ms. Each phase's first

@@ -201,7 +201,7 @@ def _coturn_pid(turn: Any) -> int | None:
 
 async def _visit_rows(db: str, family_id: str, record: bool) -> str:
     """A relay-mode visit whose window is open now (the test suite's own helper)."""
-    from tests.test_visit_e2e import visit_now
+    from tests.integration.test_visit_e2e import visit_now
 
     visit_id, _facility_id = await visit_now(db, family_id, media="relay", record=record)
     return visit_id
@@ -210,7 +210,7 @@ async def _visit_rows(db: str, family_id: str, record: bool) -> str:
 async def _pair(http: aiohttp.ClientSession, server: common.Server) -> tuple[str, str, str]:
     """A family and a person with an approved connection: (family token, person token,
     family account id)."""
-    from tests.test_cluster import make_pair
+    from tests.integration.test_cluster import make_pair
 
     family, person = await make_pair(http, server, server, server.database_url)
     async with http.get(server.base + "/api/v1/me",

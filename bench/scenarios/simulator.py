@@ -33,7 +33,7 @@ from bench.calibrate import round_cpu_s
 SIZES = {"tiny": 300, "full": int(os.environ.get("KINWIRE_BENCH_SIM_VISITS", 10_000))}
 CALIBRATION_ROUNDS = {"tiny": 1, "full": 5}  # before the simulation, and again after it
 # A fixed seed: every run and every host simulates the same 10,000 visits, so that their CPU
-# compares (fresh seeds, exploring, are the suite's: tests/test_meter_sim.py).
+# compares (fresh seeds, exploring, are the suite's: tests/integration/test_meter_sim.py).
 SEED = int(os.environ.get("KINWIRE_BENCH_SIM_SEED", 4242))
 # Session 1's simulator, 10,000 visits of seed 4242, replayed on the 2026-12 host: its CPU in
 # rounds of bench/calibrate.py (111.1 and 108.8 in two replays at load 7-11; docs/BENCHMARKS.md).

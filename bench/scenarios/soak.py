@@ -33,7 +33,8 @@ from bench.scenarios.sends import Pair, make_pairs
 
 SIZES = {
     # cycles per system, systems, and the RSS bound (MB): tiny is the suite's short version
-    # (tests/test_soak.py), bounded on its growth after the warm-up, which at this length is
+    # (tests/integration/test_soak.py), bounded on its growth after the warm-up, which at this
+    # length is
     # still mostly caches filling (SQLite's page caches, up to 2 MB a connection); full is
     # bounded on the growth over its last third, per 10,000 cycles.
     "tiny": {"cycles": 600, "kinds": ("sqlite",), "rss": ("after warm-up", 20.0)},

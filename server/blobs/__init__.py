@@ -3,7 +3,8 @@
 Two implementations: `files.FileBlobs` (a folder on the local filesystem, the embedded
 default) and `s3.S3Blobs` (S3 or an S3-compatible store: `put` is an upload, multipart for
 large files, followed by removing the local file, `read` a ranged GET, `size` a HEAD, `delete`
-a DELETE). `configured.open_blobs` picks one from the settings. tests/test_blobs.py holds the
+a DELETE). `configured.open_blobs` picks one from the settings. tests/integration/test_blobs.py
+holds the
 contract and runs it against both (S3 on a private SeaweedFS).
 
 Contract

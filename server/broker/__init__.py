@@ -2,7 +2,7 @@
 
 Two implementations sit side by side: `memory.MemoryBroker` (one process, the embedded default)
 and `redis.RedisBroker` (several processes; chosen by REDIS_URL). One contract test suite
-(tests/test_broker_contract.py) runs against both.
+(tests/integration/test_broker_contract.py) runs against both.
 
 The broker carries *signals*, never the record: the SQL store is the source of truth, and a
 lost signal costs latency (the client resyncs), never data. So the contract is deliberately weak

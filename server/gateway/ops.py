@@ -215,6 +215,8 @@ async def visit_join(call: WsCall) -> dict[str, Any]:
             # the meter as stored: a page back from an outage shows the server's paid minutes
             # and balance at once, not the last tick it happened to hear (ticks are live-only)
             "meter": visits.meter_view(joined.visit),
+            # the length of a billed minute: "time left at your balance" is counted in them
+            "minute_s": call.ctx.settings.visit_minute_s,
             # how long the kiosk's outbound media may stall before it reports `sending: false`
             "media_stall_s": call.ctx.settings.media_stall_s,
             # how long the other party's media may stop before the trusted side reports it

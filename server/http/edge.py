@@ -2,7 +2,8 @@
 slow clients, and malformed requests logged as one-line warnings (not errors with tracebacks).
 
 - Headers: the browser apps load scripts and styles from /static only (no inline script,
-  handler or style; tests/test_edge.py checks), so the CSP allows nothing inline; no page may
+  handler or style; tests/integration/test_edge.py checks), so the CSP allows nothing inline; no
+  page may
   be framed; no MIME sniffing; no Referer leaves the site; HSTS when the client came over https
   (directly, or through a trusted proxy's X-Forwarded-Proto).
 - Slow headers: aiohttp closes a connection that has not sent a whole request within its

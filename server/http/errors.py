@@ -1,7 +1,7 @@
 """The HTTP edge's one table from a refusal's code (common/errors.py) to its status.
 
 Domain code raises a code and a message; only here does a code become a status. A code missing
-from STATUS is a bug (tests/test_error_codes.py finds every code raised in the code base and
+from STATUS is a bug (tests/unit/test_error_codes.py finds every code raised in the code base and
 checks it is here); at run time it answers 500 through the error middleware's last resort.
 """
 

@@ -25,7 +25,7 @@ HTML = frozenset({"/notifications/unsubscribe"})
 # Accepted for later work: the password-reset email goes out from the outbox.
 ACCEPTED = frozenset({("POST", "/auth/reset")})
 # Routes that answer 201 (they create something); every other route answers 200.
-# tests/test_schemathesis.py calls each route validly and holds the answers to this.
+# tests/integration/test_schemathesis.py calls each route validly and holds the answers to this.
 CREATED = frozenset({
     ("POST", "/auth/signup"), ("POST", "/facilities"), ("POST", "/facilities/{facility_id}/staff"),
     ("POST", "/facilities/{facility_id}/people"), ("POST", "/facilities/{facility_id}/devices"),
@@ -38,7 +38,7 @@ UPLOADS = {("POST", "/photos"): "file"}
 def _responses(route: Route) -> dict[str, Any]:
     """Success is 200, or 201 for what a route creates; every refusal is a 4xx with the one
     error shape. No 5xx is part of the contract: a 5xx is a bug (and
-    tests/test_schemathesis.py treats one as a failure)."""
+    tests/integration/test_schemathesis.py treats one as a failure)."""
     media = ("application/json", {"type": "object"})
     if route.path in IMAGES:
         media = ("image/jpeg", {"type": "string", "format": "binary"})
@@ -72,7 +72,8 @@ def _operation(route: Route, components: dict[str, Any]) -> dict[str, Any]:
     params += [{"name": name, "in": "query", "required": False, "description": doc,
                 "schema": {"type": "string"}} for name, doc in route.query.items()]
     if route.idempotent:
-        params.append({"name": "Idempotency-Key", "in": "header", "required": True,
+        params.append({"name": "Idempotency-Key", "in": "header",
+                       "required": route.idempotent is True,
                        "schema": {"type": "string", "minLength": 1, "maxLength": 128}})
     if params:
         op["parameters"] = params

@@ -181,7 +181,7 @@ async def _read_upload(call: Call) -> bytes:
                                lambda: _read_file_part(call, limit))
     except (ValueError, AssertionError, KeyError, HttpProcessingError):
         # A malformed form (bad boundary, part headers that are not HTTP headers) is the
-        # client's mistake, not ours: found by tests/test_schemathesis.py as a 500.
+        # client's mistake, not ours: found by tests/integration/test_schemathesis.py as a 500.
         raise Refused("bad_request", "Send the photo as multipart/form-data.") from None
 
 

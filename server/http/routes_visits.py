@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from billing import ledger
 from common.errors import Refused
-from server import audit
+from server import audit, idempotency
 from server import facilities as facilities_service
 from server.auth import ANY_SESSION, FAMILY, STAFF, Principal
 from server.connections import closed_because
@@ -113,10 +113,22 @@ async def list_slots(call: Call) -> web.Response:
         "date": day.isoformat(), "timezone": facility.timezone,
         "block_minutes": rules.block_minutes, "minute_price": price,
         "minutes_covered": covered,
-        "slots": [{"start": b.start.isoformat(), "end": b.end.isoformat(),
-                   "local_start": b.start.astimezone(rules.zone).isoformat(),
-                   "local_end": b.end.astimezone(rules.zone).isoformat(),
-                   "free": booking.free(b, rules.kiosks, active)} for b in blocks]})
+        "slots": [_slot(b, rules, now, covered, booking.free(b, rules.kiosks, active))
+                  for b in blocks]})
+
+
+def _slot(b: booking.Block, rules: Rules, now: datetime, covered: int | None,
+          free: int) -> dict[str, Any]:
+    """A block as the grid shows it. `minutes_left`: what a booking of it can still be (a
+    block under way offers only the minutes left of it, not the whole block);
+    `minutes_covered`: how many of those the caller's balance pays for (None: not a family, or
+    free visits)."""
+    left = booking.minutes_left(b, now)
+    return {"start": b.start.isoformat(), "end": b.end.isoformat(),
+            "local_start": b.start.astimezone(rules.zone).isoformat(),
+            "local_end": b.end.astimezone(rules.zone).isoformat(),
+            "free": free, "minutes_left": left,
+            "minutes_covered": None if covered is None else min(covered, left)}
 
 
 # --- booking -------------------------------------------------------------------------------
@@ -165,13 +177,28 @@ async def book_visit(conn: AsyncConnection, outbox: Outbox, *, family_id: str, b
 
 
 async def book(call: Call) -> web.Response:
-    """Book a visit for an approved connection: one or more blocks on the facility's grid."""
+    """Book a visit for an approved connection: one or more blocks on the facility's grid.
+    With an Idempotency-Key (the family app sends one per confirmation), a repeat of the
+    request (a double tap, a retry after a lost answer) returns the first booking."""
     outbox = Outbox()
+    me, now, body = call.me, call.now(), call.body
+    key = call.request.headers.get("Idempotency-Key")
     async with call.ctx.store.write() as conn:
-        shown = await book_visit(conn, outbox, family_id=call.me.account_id, body=call.body,
-                                 now=call.now())
+        if key is not None:
+            key = call.idempotency_key()  # checked: 1 to 128 printable characters
+            replay = await idempotency.claim(
+                conn, account_id=me.account_id, key=key, now=now,
+                fingerprint=idempotency.request_hash("POST", call.request.path,
+                                                     body.model_dump(mode="json")))
+            if replay is not None:
+                return json_response(replay[1], replay[0])
+        shown = await book_visit(conn, outbox, family_id=me.account_id, body=body, now=now)
+        result = {"visit": shown}
+        if key is not None:
+            await idempotency.store(conn, account_id=me.account_id, key=key, status=201,
+                                    body=result)
     await outbox.signal(call.ctx.broker)
-    return json_response({"visit": shown}, 201)
+    return json_response(result, 201)
 
 
 # --- listing and cancelling ----------------------------------------------------------------
@@ -259,7 +286,7 @@ async def cancel(call: Call) -> web.Response:
 ROUTES = [
     Route("GET", "/facilities/{facility_id}/slots", list_slots, FAMILY | STAFF,
           query={"date": "a local date, YYYY-MM-DD (today by default)"}),
-    Route("POST", "/visits", book, FAMILY, body=BookingIn),
+    Route("POST", "/visits", book, FAMILY, body=BookingIn, idempotent="optional"),
     Route("GET", "/visits", list_visits, ANY_SESSION,
           query={"from": "ISO 8601 time: visits ending after it",
                  "to": "ISO 8601 time: visits starting before it",

@@ -53,7 +53,10 @@ class Route:
     roles: frozenset[str]
     body: type[BaseModel] | None = None
     query: dict[str, str] = field(default_factory=dict)
-    idempotent: bool = False
+    # True: the Idempotency-Key header is required (the request moves credits); "optional":
+    # honoured when sent (POST /visits: a repeated confirmation books once), and documented
+    # in the OpenAPI document as an optional header
+    idempotent: bool | str = False
 
     @property
     def summary(self) -> str:

@@ -1,13 +1,17 @@
-// The family's "Visits" tab (docs/clients.md, "Video visits"): the facility's slot grid for a
-// contact and a day (GET /facilities/{id}/slots), each block showing how many of its minutes the
-// balance covers (balance // minute price) and greyed when it covers none or no kiosk is free;
-// booking (POST /visits), the family's visits with Join and Cancel, and the call screen.
-import { api, h, say } from "./api.js";
+// The family's "Visits" tab (docs/clients.md, "Video visits"): a week of the facility's blocks
+// for a contact (7 days from the facility's today, GET /facilities/{id}/slots for each), each
+// block showing how many of its minutes the balance covers (a block under way offers only the
+// minutes left of it: the server's `minutes_left`), greyed when it covers none or no kiosk is
+// free; a confirmation dialog stating the block (facility time, labelled), its length and the
+// price before booking (POST /visits, one Idempotency-Key per confirmation); the family's
+// visits with Join and Cancel, and the call screen.
+import { api, dollars, h, newKey, say } from "./api.js";
 import { spanText, zoneLabel } from "./time.js";
 import { VisitCall, wallDay, wallTime } from "./visit.js";
 import { loadVisits, renderVisitList } from "./visit_list.js";
 
 const DAYS_SHOWN = 7;
+const REFRESH_MS = 60_000; // the block under way loses a minute a minute: the grid follows
 
 function addDays(day, n) {
   const d = new Date(`${day}T12:00:00Z`);
@@ -15,40 +19,85 @@ function addDays(day, n) {
   return d.toISOString().slice(0, 10);
 }
 
+const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+
 export class FamilyVisits {
   constructor(state) {
     this.state = state;
     this.visits = new Map();
-    this.grid = null; // the last slots answer
-    this.today = null; // the facility's date, from the server (not the browser's clock)
+    this.week = null; // the last slots answers, one a day: [{date, timezone, slots, ...}]
     this.call = null;
     this.$ = (id) => document.getElementById(id);
     this.build();
+    // The grid is refetched every minute while it is on screen (a block under way shrinks,
+    // other families book), never during a call.
+    this.refresher = setInterval(() => {
+      if (!this.call && !this.el.week.closest("[hidden]") && !this.dialog.open) this.loadSlots().catch(() => {});
+    }, REFRESH_MS);
   }
 
   build() {
     const root = this.$("visits-root");
     this.el = {
       contact: h("select", { id: "book-contact" }),
-      day: h("select", { id: "book-day" }),
       info: h("p", { class: "muted", id: "book-info", role: "status" }),
-      slots: h("ul", { class: "slots", id: "slots", "aria-labelledby": "slots-h" }),
+      week: h("div", { class: "week", id: "slots", role: "group", "aria-labelledby": "slots-h",
+                       "aria-describedby": "slots-keys" }),
       notice: h("p", { class: "notice", role: "alert", id: "book-notice" }),
       list: h("ul", { class: "plain", id: "visit-list", "aria-labelledby": "my-visits-h" }),
     };
     const e = this.el;
-    e.contact.addEventListener("change", () => { this.today = null; this.loadSlots(); });
-    e.day.addEventListener("change", () => this.loadSlots());
+    e.contact.addEventListener("change", () => this.loadSlots());
+    // One Tab stop for the whole week (up to ~180 blocks): the arrow keys move inside it.
+    e.week.addEventListener("keydown", (ev) => this.moveInWeek(ev));
+    e.week.addEventListener("focusin", (ev) => {
+      if (ev.target.matches("button.slot")) this.tabStop(ev.target);
+    });
+    // The family's own visits first: the week holds up to ~180 blocks, and a keyboard user
+    // should not have to Tab through all of them to reach Join or Cancel.
     root.replaceChildren(
+      h("h3", { id: "my-visits-h" }, "Your visits"),
+      e.list,
       h("h3", {}, "Book a visit"),
       h("div", { class: "row" },
-        h("div", {}, h("label", { for: "book-contact" }, "Visit with"), e.contact),
-        h("div", {}, h("label", { for: "book-day" }, "Day"), e.day)),
-      e.info,
-      h("h4", { id: "slots-h", class: "sr-only" }, "Times you can book"),
-      e.slots, e.notice,
-      h("h3", { id: "my-visits-h" }, "Your visits"),
-      e.list);
+        h("div", {}, h("label", { for: "book-contact" }, "Visit with"), e.contact)),
+      e.info, e.notice, // above the week, so "Booked: ..." is seen without scrolling
+      h("h4", { id: "slots-h" }, "The next 7 days"),
+      h("p", { class: "muted", id: "slots-keys" }, "Arrow keys move between times (up, down) and days (left, right)."),
+      e.week);
+    this.buildDialog();
+  }
+
+  /** The confirmation: what is booked, when (facility time), how long, and what it costs. */
+  buildDialog() {
+    const d = {
+      box: h("dialog", { class: "confirm", id: "book-dialog", "aria-labelledby": "book-dialog-h",
+                         "aria-describedby": "book-dialog-what" }),
+      what: h("p", { id: "book-dialog-what" }),
+      when: h("dd", { id: "book-dialog-when" }),
+      length: h("dd", { id: "book-dialog-length" }),
+      price: h("dd", { id: "book-dialog-price" }),
+      covers: h("p", { id: "book-dialog-covers" }),
+      notice: h("p", { class: "notice", role: "alert", id: "book-dialog-notice" }),
+      back: h("button", { type: "button", id: "book-dialog-back" }, "Keep looking"),
+      ok: h("button", { type: "submit", class: "primary", id: "book-dialog-ok" }, "Book"),
+    };
+    const form = h("form", { method: "dialog" },
+      h("h2", { id: "book-dialog-h" }, "Book this visit?"),
+      d.what,
+      h("dl", { class: "facts" },
+        h("div", {}, h("dt", {}, "When (facility time)"), d.when),
+        h("div", {}, h("dt", {}, "Length"), d.length),
+        h("div", {}, h("dt", {}, "Price"), d.price)),
+      d.covers, d.notice,
+      h("div", { class: "row" }, h("div", {}, d.back), h("div", {}, d.ok)));
+    form.addEventListener("submit", (ev) => { ev.preventDefault(); this.confirm(); });
+    d.back.addEventListener("click", () => d.box.close());
+    d.box.addEventListener("close", () => { this.pending = null; this.returnFocus?.focus(); });
+    d.box.append(form);
+    document.body.append(d.box);
+    this.dialog = d.box;
+    this.d = d;
   }
 
   contacts() {
@@ -80,72 +129,173 @@ export class FamilyVisits {
   async loadSlots() {
     const c = this.contacts().find((x) => x.id === this.el.contact.value);
     if (!c) {
-      this.grid = null;
-      this.el.slots.replaceChildren();
+      this.week = null;
+      this.el.week.replaceChildren();
       say(this.el.info, "Connect with someone first: visits are booked with an approved contact.");
       return;
     }
-    const day = this.today ? this.el.day.value : "";
+    const path = `/facilities/${encodeURIComponent(c.facility_id)}/slots`;
+    let week;
     try {
-      const q = day ? `?date=${encodeURIComponent(day)}` : "";
-      this.grid = await api("GET", `/facilities/${encodeURIComponent(c.facility_id)}/slots${q}`);
+      // Today as the server sees it at the facility (not the browser's date), then 6 more.
+      const today = await api("GET", path);
+      const rest = await Promise.all(Array.from({ length: DAYS_SHOWN - 1 }, (_, i) =>
+        api("GET", `${path}?date=${addDays(today.date, i + 1)}`).catch((err) =>
+          (err.code === "beyond_horizon" ? null : Promise.reject(err)))));
+      week = [today, ...rest.filter(Boolean)];
     } catch (err) {
       say(this.el.notice, err.message, "error");
       return;
     }
-    if (!this.today) {
-      // Days are the facility's local dates, counted from its "today" as the server sees it.
-      this.today = this.grid.date;
-      this.el.day.replaceChildren(...Array.from({ length: DAYS_SHOWN }, (_, i) => {
-        const d = addDays(this.today, i);
-        return h("option", { value: d }, i === 0 ? `Today (${wallDay(d)})` : wallDay(d));
-      }));
-      this.el.day.value = this.grid.date;
-    }
+    if (this.el.contact.value !== c.id) return; // another contact was chosen meanwhile
+    this.week = week;
     this.renderSlots();
   }
 
+  /** Whole minutes the balance pays for (null: visits are free here). */
   covered() {
-    const g = this.grid;
-    if (!g || !g.minute_price) return null; // free visits
+    const g = this.week && this.week[0];
+    if (!g || !g.minute_price) return null;
     return Math.floor(this.state.balance / g.minute_price);
   }
 
   renderSlots() {
-    const g = this.grid;
-    if (!g) return;
+    if (!this.week) return;
+    const g = this.week[0];
     const covered = this.covered();
-    const name = this.el.contact.selectedOptions[0]?.textContent || "your contact";
     const zone = `Times are the facility's (${g.timezone}, ${zoneLabel(`${g.date}T12:00:00Z`, g.timezone)}).`;
     say(this.el.info, covered === null ? `Visits are free here. ${zone}`
-      : `A visit minute costs ${g.minute_price} credits. Your balance (${this.state.balance}) covers ${covered} minute${covered === 1 ? "" : "s"}. ${zone}`);
-    this.el.slots.replaceChildren(...g.slots.map((s) => {
-      const span = `${wallTime(s.start, g.timezone)}–${wallTime(s.end, g.timezone)}`;
-      const mins = covered === null ? g.block_minutes : Math.min(covered, g.block_minutes);
-      const why = !s.free ? "Full" : mins < 1 ? "Buy credits to book" : null;
-      const cover = covered === null ? "free" : `covers ${mins} of ${g.block_minutes} min`;
-      const btn = h("button", { type: "button", class: "slot", disabled: Boolean(why),
-                                dataset: { start: s.start, covered: String(mins), free: String(s.free) },
-                                "aria-label": why ? `${span}: ${why}` : `Book ${span} with ${name}: ${cover}, ${s.free} kiosk${s.free === 1 ? "" : "s"} free` },
-        h("strong", {}, span), h("span", { class: "sub" }, why || cover),
-        h("span", { class: "sub" }, `${s.free} free`));
-      btn.addEventListener("click", () => this.book(s, btn));
-      return h("li", {}, btn);
-    }));
-    if (!g.slots.length) this.el.slots.append(h("li", { class: "muted" }, "No times left on this day."));
+      : `A visit minute costs ${g.minute_price} credits. Your balance (${this.state.balance}) covers ${plural(covered, "minute")}. ${zone}`);
+    const had = document.activeElement?.closest?.("#slots") ? document.activeElement.dataset.start : null;
+    this.el.week.replaceChildren(...this.week.map((day, i) => this.renderDay(day, i === 0, covered)));
+    const buttons = [...this.el.week.querySelectorAll("button.slot")];
+    const again = had && buttons.find((b) => b.dataset.start === had && !b.disabled);
+    this.tabStop(again || buttons.find((b) => !b.disabled) || null);
+    if (again) again.focus(); // a refresh under the keyboard keeps its place
   }
 
-  async book(slot, btn) {
-    btn.disabled = true;
-    say(this.el.notice, "Booking…");
+  /** The week's one Tab stop (roving tabindex). */
+  tabStop(btn) {
+    for (const b of this.el.week.querySelectorAll("button.slot")) b.tabIndex = b === btn ? 0 : -1;
+  }
+
+  /** Arrow keys in the week: up and down a day's times, left and right to the neighbouring
+   * day's nearest time; Home and End to a day's first and last. Greyed blocks are skipped. */
+  moveInWeek(ev) {
+    const btn = ev.target.closest && ev.target.closest("button.slot");
+    if (!btn || ev.altKey || ev.ctrlKey || ev.metaKey) return;
+    const days = [...this.el.week.querySelectorAll("section.week-day")]
+      .map((d) => [...d.querySelectorAll("button.slot")]);
+    const col = days.findIndex((d) => d.includes(btn));
+    const row = days[col].indexOf(btn);
+    const open = (b) => b && !b.disabled;
+    let next = null;
+    if (ev.key === "ArrowDown" || ev.key === "ArrowUp") {
+      const step = ev.key === "ArrowDown" ? 1 : -1;
+      for (let r = row + step; r >= 0 && r < days[col].length && !next; r += step) if (open(days[col][r])) next = days[col][r];
+    } else if (ev.key === "Home" || ev.key === "End") {
+      const list = ev.key === "Home" ? days[col] : [...days[col]].reverse();
+      next = list.find(open) || null;
+    } else if (ev.key === "ArrowRight" || ev.key === "ArrowLeft") {
+      const step = ev.key === "ArrowRight" ? 1 : -1;
+      for (let c = col + step; c >= 0 && c < days.length && !next; c += step) {
+        // The same time of day if that day has it, else the nearest open one.
+        const same = days[c].find((b) => open(b) && b.textContent.startsWith(btn.querySelector("strong").textContent));
+        next = same || days[c].filter(open).sort((a, b) =>
+          Math.abs(days[c].indexOf(a) - row) - Math.abs(days[c].indexOf(b) - row))[0] || null;
+      }
+    } else {
+      return;
+    }
+    ev.preventDefault();
+    if (next) {
+      this.tabStop(next);
+      next.focus();
+      next.scrollIntoView({ block: "nearest", inline: "nearest" });
+    }
+  }
+
+  renderDay(day, isToday, covered) {
+    const id = `day-${day.date}`;
+    const title = isToday ? `Today, ${wallDay(day.date)}` : wallDay(day.date);
+    const list = h("ul", { class: "slots", "aria-labelledby": id });
+    list.replaceChildren(...day.slots.map((s) => h("li", {}, this.slotButton(day, s, covered))));
+    if (!day.slots.length) list.append(h("li", { class: "muted" }, "No times left on this day."));
+    return h("section", { class: "week-day", dataset: { date: day.date } },
+      h("h5", { id }, title), list);
+  }
+
+  slotButton(day, s, covered) {
+    const name = this.el.contact.selectedOptions[0]?.textContent || "your contact";
+    const span = `${wallTime(s.start, day.timezone)}–${wallTime(s.end, day.timezone)}`;
+    const left = s.minutes_left ?? day.block_minutes;
+    const mins = covered === null ? left : Math.min(covered, left);
+    const why = !s.free ? "Full" : covered !== null && mins < 1 ? "Buy credits to book" : null;
+    const length = left < day.block_minutes ? `${left} min left` : `${left} min`;
+    const cover = covered === null ? `free, ${length}` : `covers ${mins} of ${length}`;
+    const btn = h("button", {
+      type: "button", class: "slot", disabled: Boolean(why), "aria-haspopup": "dialog",
+      dataset: { start: s.start, covered: String(mins), left: String(left), free: String(s.free) },
+      "aria-label": why ? `${wallDay(day.date)} ${span}: ${why}`
+        : `Book ${span} with ${name} on ${wallDay(day.date)}: ${cover}, ${plural(s.free, "kiosk")} free`,
+    }, h("strong", {}, span), h("span", { class: "sub" }, why || cover),
+    h("span", { class: "sub" }, `${s.free} free`));
+    btn.addEventListener("click", () => this.ask(day, s, btn));
+    return btn;
+  }
+
+  /** Open the confirmation for a block: nothing is booked until the family confirms. */
+  ask(day, slot, btn) {
+    const d = this.d;
+    const name = this.el.contact.selectedOptions[0]?.textContent || "your contact";
+    const left = slot.minutes_left ?? day.block_minutes;
+    const price = day.minute_price;
+    const covered = this.covered();
+    this.pending = { slot, key: newKey(), connection: this.el.contact.value };
+    this.returnFocus = btn;
+    d.what.textContent = `A video visit with ${name}.`;
+    d.when.textContent = `${spanText(slot.start, slot.end, day.timezone)}`;
+    d.length.textContent = left < day.block_minutes
+      ? `${left} minutes: the ${day.block_minutes}-minute block is under way, ${left} minutes of it are left`
+      : `${left} minutes`;
+    if (!price) {
+      d.price.textContent = "Free";
+      d.covers.textContent = "";
+    } else {
+      const most = price * left;
+      d.price.textContent = `${price} credits a minute, only for the minutes you are connected: at most ${most} credits (${dollars(most)}) for ${left} minutes`;
+      const mins = Math.min(covered, left);
+      d.covers.textContent = mins >= left
+        ? `Your balance (${this.state.balance} credits) covers the whole visit. Nothing is charged now.`
+        : `Your balance (${this.state.balance} credits) covers ${plural(mins, "minute")} of it; you can add credits during the call. Nothing is charged now.`;
+    }
+    d.ok.textContent = price ? `Book, up to ${price * left} credits` : "Book";
+    d.ok.disabled = false;
+    say(d.notice, "");
+    this.dialog.showModal();
+    d.back.focus(); // the safe choice first: Enter does not book by accident
+  }
+
+  async confirm() {
+    const p = this.pending;
+    if (!p) return;
+    const d = this.d;
+    d.ok.disabled = true;
+    say(d.notice, "Booking…");
     try {
-      const r = await api("POST", "/visits", { body: { connection_id: this.el.contact.value, start: slot.start } });
+      // The same key for every try of this confirmation: a double tap books once.
+      const r = await api("POST", "/visits", { key: p.key,
+                                               body: { connection_id: p.connection, start: p.slot.start } });
       const v = r.visit;
       this.visits.set(v.id, v);
       this.renderList();
+      this.returnFocus = this.el.list.querySelector(`[data-visit="${v.id}"] button`) || this.returnFocus;
+      this.dialog.close();
       say(this.el.notice, `Booked: ${spanText(v.start, v.end, v.timezone)} with ${this.nameOf(v)}.`, "ok");
     } catch (err) {
-      say(this.el.notice, err.message, "error");
+      d.ok.disabled = false;
+      say(d.notice, err.message, "error");
+      return;
     }
     await this.loadSlots();
   }
@@ -178,6 +328,7 @@ export class FamilyVisits {
     this.call = new VisitCall({
       root: this.$("visit-screen"), socket: this.state.socket, visit: v, side: "family",
       peer: this.nameOf(v), balance: this.state.balance,
+      creditsForm: this.$("buy-form"), // "Add credits" in the call: the same purchase form
       onClose: () => {
         app.hidden = false;
         this.call = null;
@@ -190,8 +341,9 @@ export class FamilyVisits {
     this.call.start();
   }
 
-  setBalance() {
+  setBalance(n) {
     this.renderSlots();
+    if (this.call) this.call.setBalance(n); // a top-up during the call keeps it going
   }
 
   onEvent(type, data) {
@@ -200,7 +352,7 @@ export class FamilyVisits {
       this.renderList();
     } else if (type === "connection.updated") {
       this.renderContacts();
-      if (!this.grid) this.loadSlots().catch(() => {});
+      if (!this.week) this.loadSlots().catch(() => {});
     }
     if (this.call) this.call.onEvent(type, data);
   }

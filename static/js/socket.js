@@ -18,7 +18,7 @@ import { decode as unpack, encode as pack } from "./msgpack.js";
 const CODECS = new Set(["json", "msgpack"]);
 const NO_CURSOR = Number.MAX_SAFE_INTEGER; // beyond any head: the server answers {reset, seq}
 // The close codes the server sends (server/gateway/client.py, docs/API.md "Close codes"), named
-// once; ABANDONED is this page's own, for a socket it gave up on. tests/test_constants_have_one_source.py
+// once; ABANDONED is this page's own, for a socket it gave up on. tests/integration/test_constants_have_one_source.py
 // keeps this table equal to the server's.
 const CLOSE = Object.freeze({
   NORMAL: 1000, UNAUTHORISED: 4001, TOO_SLOW: 4008, REVOKED: 4009, TOO_MANY_CONNECTIONS: 4029,

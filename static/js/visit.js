@@ -13,6 +13,7 @@
 // same stats every LINK_MS; the kiosk adds it to its visit.media report when its level changes.
 import { api, h, say } from "./api.js";
 import { favourAudio, linkFigures, linkLevel } from "./link_quality.js";
+import { CallCredits } from "./call_credits.js";
 import { dayText, timeText } from "./time.js";
 
 export const ACTIVE = new Set(["scheduled", "open", "live", "paused"]);
@@ -63,10 +64,13 @@ function clock(seconds) {
 /**
  * One visit's call. `side` is "family" or "person"; `peer` the other party's name;
  * `balance` the family's balance when known (the family app), shown until the first tick.
+ * `creditsForm`: the family app's purchase form (#buy-form), shown in a dialog by the call's
+ * "Add credits" button: a top-up that neither ends nor reloads the call. The page's own
+ * balance handling calls setBalance() with the new balance.
  */
 export class VisitCall {
-  constructor({ root, socket, visit, side, peer, balance = null, onClose }) {
-    Object.assign(this, { root, socket, visit, side, peer, onClose });
+  constructor({ root, socket, visit, side, peer, balance = null, onClose, creditsForm = null }) {
+    Object.assign(this, { root, socket, visit, side, peer, onClose, creditsForm });
     this.pc = null;
     this.pending = []; // candidates that came before the remote description
     this.local = null;
@@ -90,6 +94,12 @@ export class VisitCall {
     this.paid = 0;
     this.balance = balance;
     this.leftUntil = null;
+    // "Time left at your balance" (docs/visits.md, "The call"): the paid time not used yet,
+    // then a billed minute for each `price` of the balance. The paid time runs down only while
+    // the call is live; paidUntil is when it runs out (performance.now() ms), null otherwise.
+    this.minuteS = 60;
+    this.paidLeftS = 0;
+    this.paidUntil = null;
     this.ticks = []; // every tick shown, for tests and support: [{paid, balance}]
     this.render();
   }
@@ -104,6 +114,7 @@ export class VisitCall {
       paid: h("dd", { id: "visit-paid", "data-paid": "0" }, "0"),
       balance: h("dd", { id: "visit-balance" }, this.balance === null ? "—" : this.balanceText()),
       left: h("dd", { id: "visit-left" }, "—"),
+      atBalance: h("dd", { id: "visit-at-balance" }, "—"),
       warning: h("p", { class: "notice visit-warning", role: "alert", id: "visit-warning" }),
       threshold: h("p", { class: "visit-threshold", id: "visit-threshold" }),
       // The level is a polite live region, so a change is announced once; the figures beside
@@ -126,7 +137,12 @@ export class VisitCall {
       h("figure", { class: "remote" }, e.remote, h("figcaption", {}, them)),
       h("figure", { class: "self" }, e.local, h("figcaption", {}, "You")));
     e.link = h("p", { class: "visit-link", id: "visit-link" }, "Link quality: ", e.linkLevel, " ", e.linkReason);
-    e.leftBox = h("dl", {}, h("div", {}, h("dt", {}, "Time left in the visit"), e.left));
+    const atLabel = this.side === "family" ? "Time left at your balance" : "Time left at the family's balance";
+    e.leftBox = h("dl", {}, h("div", {}, h("dt", {}, "Time left in the visit"), e.left),
+      h("div", {}, h("dt", {}, atLabel), e.atBalance));
+    // "Add credits" (call_credits.js): the family only, when the app gives its purchase form.
+    this.credits = this.side === "family" && this.creditsForm
+      ? new CallCredits(this.creditsForm, () => Boolean(this.ended)) : null;
     e.mic.addEventListener("click", () => this.toggle("audio", e.mic, "Mute microphone", "Unmute microphone"));
     e.cam.addEventListener("click", () => this.toggle("video", e.cam, "Turn camera off", "Turn camera on"));
     e.hangup.addEventListener("click", () => this.hangUp());
@@ -149,7 +165,8 @@ export class VisitCall {
         e.leftBox),
       e.threshold,
       e.warning,
-      h("div", { class: "row visit-controls" }, e.mic, e.cam, e.hangup, e.back)));
+      h("div", { class: "row visit-controls" }, e.mic, e.cam, this.credits?.button, e.hangup, e.back),
+      this.credits?.dialog));
     this.root.hidden = false;
     this.root.querySelector("#visit-h").focus(); // keyboard and screen-reader users land here
     this.timer = setInterval(() => this.showLeft(), 1000);
@@ -162,8 +179,43 @@ export class VisitCall {
   }
 
   showLeft() {
-    if (this.leftUntil === null || this.ended) return;
-    this.el.left.textContent = clock((this.leftUntil - performance.now()) / 1000);
+    if (this.ended) return;
+    const now = performance.now();
+    const windowS = this.leftUntil === null ? null : Math.max(0, (this.leftUntil - now) / 1000);
+    if (windowS !== null) this.el.left.textContent = clock(windowS);
+    const at = this.el.atBalance;
+    if (this.price <= 0 || this.balance === null) return;
+    const paid = this.paidUntil === null ? this.paidLeftS : Math.max(0, (this.paidUntil - now) / 1000);
+    const seconds = paid + Math.floor(this.balance / this.price) * this.minuteS;
+    at.dataset.seconds = String(Math.floor(seconds));
+    // Past the window's end the balance is not the limit: say so rather than a longer time.
+    at.textContent = windowS !== null && seconds >= windowS ? "Enough for the rest" : clock(seconds);
+    at.dataset.enough = String(windowS !== null && seconds >= windowS);
+  }
+
+  /** The paid time runs down while live and stands still otherwise. */
+  meterRuns(live) {
+    const now = performance.now();
+    if (live && this.paidUntil === null) this.paidUntil = now + this.paidLeftS * 1000;
+    if (!live && this.paidUntil !== null) {
+      this.paidLeftS = Math.max(0, (this.paidUntil - now) / 1000);
+      this.paidUntil = null;
+    }
+  }
+
+  /** The family's balance changed outside the meter (a top-up in the call, a gift): the
+   * time at the balance follows at once, and a low-balance warning it answers is lifted. */
+  setBalance(n) {
+    if (this.ended || typeof n !== "number" || n === this.balance) return;
+    const more = this.balance !== null && n > this.balance;
+    this.balance = n;
+    this.el.balance.textContent = this.balanceText();
+    this.el.balance.dataset.balance = String(n);
+    if (more && this.price > 0 && Math.floor(n / this.price) > 1 && this.el.warning.dataset.warning === "low_balance") {
+      say(this.el.warning, `Credits added: your balance covers ${Math.floor(n / this.price)} more minutes. The call goes on.`, "ok");
+      this.el.warning.dataset.warning = "topped_up";
+    }
+    this.showLeft();
   }
 
   setStatus(text, state) {
@@ -225,6 +277,8 @@ export class VisitCall {
     this.el.threshold.textContent = `A frozen call is never charged for more than ${Math.round(this.stallMs / 1000)} s.`;
     if (!this.watcher) this.watcher = setInterval(() => this.checkMedia(), 500); // outages seen within ~2.5 s
     this.price = j.visit.minute_price || this.price;
+    if (typeof j.minute_s === "number" && j.minute_s > 0) this.minuteS = j.minute_s;
+    this.meterRuns(this.status === "live");
     if (j.meter) this.showMeter(j.meter.paid_minutes, j.meter.balance); // the server's, now
     if (this.media === "relay") {
       this.offer(); // relay mode: every party offers to the server at once
@@ -475,6 +529,7 @@ export class VisitCall {
       if (data.id !== this.visit.id) return;
       this.status = data.status;
       this.pauseReason = data.pause_reason;
+      this.meterRuns(data.status === "live");
       if (!ACTIVE.has(data.status)) this.end(data.end_reason);
       else if (data.pause_reason === "person_not_sending" && !this.ended) {
         // Both screens say why the meter stopped (docs/visits.md, "Trust").
@@ -493,6 +548,7 @@ export class VisitCall {
     else if (type === "visit.warning") this.onWarning(data.kind);
     else if (type === "visit.live") {
       this.status = "live";
+      this.meterRuns(true);
       this.setStatus(`Connected to ${this.peer}. The meter is running.`, "live");
     }
     else if (type === "visit.ended") this.end(data.reason);
@@ -543,7 +599,14 @@ export class VisitCall {
   onTick(t) {
     this.ticks.push({ paid: t.paid_minutes, balance: t.balance });
     this.showMeter(t.paid_minutes, t.balance);
-    this.leftUntil = performance.now() + t.seconds_left * 1000;
+    const now = performance.now();
+    this.leftUntil = now + t.seconds_left * 1000;
+    if (typeof t.minute_s === "number" && t.minute_s > 0) this.minuteS = t.minute_s;
+    if (typeof t.paid_s_left === "number") {
+      // A tick comes as the meter starts (or resumes) a paid stretch: it runs from here.
+      this.paidLeftS = t.paid_s_left;
+      this.paidUntil = this.status === "live" || this.status === undefined ? now + t.paid_s_left * 1000 : null;
+    }
     this.showLeft();
   }
 
@@ -592,12 +655,14 @@ export class VisitCall {
     this.el.ended.dataset.reason = this.ended;
     this.el.ended.hidden = false;
     this.el.hangup.hidden = this.el.mic.hidden = this.el.cam.hidden = true;
+    if (this.credits) this.credits.close();
     this.el.back.hidden = false;
     this.el.ended.focus();
   }
 
   cleanup() {
     if (this.socket) this.socket.urgent = false;
+    if (this.credits) this.credits.close(); // the purchase form goes back to the app
     clearInterval(this.timer);
     clearInterval(this.watcher);
     if (this.observer) this.observer.disconnect();

@@ -33,7 +33,8 @@ def require_chromium() -> None:
         pytest.fail("playwright is not installed: pip install -e '.[test]'", pytrace=False)
 
 
-# libfaketime's variables (tests/test_wall_clock.py moves the test process's clock with them)
+# libfaketime's variables (tests/integration/test_wall_clock.py moves the test process's clock with
+# them)
 # are kept from the browser: Chromium under libfaketime takes a minute to draw a page, and its
 # pages get the server's clock from tests/support/clock.py browser_clock instead.
 FAKETIME_VARS = ("LD_PRELOAD", "FAKETIME", "FAKETIME_DONT_FAKE_MONOTONIC")

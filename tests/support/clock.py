@@ -2,7 +2,8 @@
 that books, lists slots or reads the facility's day runs on one of these clocks, handed to
 `create_app(..., clock=...)` and, in Chromium, to the page (`browser_clock`).
 
-tests/test_wall_clock.py proves it: it runs the time-sensitive tests with the machine's own clock
+tests/integration/test_wall_clock.py proves it: it runs the time-sensitive tests with the machine's
+own clock
 moved (libfaketime) to late evening, just after midnight and across a change of the clocks at the
 facility, and they must pass exactly as they do at noon."""
 

@@ -1,4 +1,5 @@
-"""A visit in a call across an impaired link (issue 21), shared by tests/test_browser_links.py
+"""A visit in a call across an impaired link (issue 21), shared by
+tests/browser/test_browser_links.py
 and bench/scenarios/links.py: the family's Chromium runs in its own network namespace and
 reaches everything (the page, its socket, coturn with relay-only ICE) through
 tests/support/impaired_link.py's emulated link; the server, coturn and the kiosk's Chromium are on
@@ -21,6 +22,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from server.app import create_app
 from signalling.visits import pause_reason
+from tests.browser.test_browser_endings import PASSWORD, _book_now, _minutes, _visit_row
+from tests.browser.test_browser_more import _log_in
+from tests.browser.test_browser_visit import MEDIA, PIN, _parties
 from tests.conftest import test_settings
 from tests.support.browser import (
     CHROMIUM,
@@ -35,9 +39,6 @@ from tests.support.clock import scene_clock
 from tests.support.helpers import Api
 from tests.support.impaired_link import ImpairedLink
 from tests.support.turn_server import private_coturn
-from tests.test_browser_endings import PASSWORD, _book_now, _minutes, _visit_row
-from tests.test_browser_more import _log_in
-from tests.test_browser_visit import MEDIA, PIN, _parties
 
 MINUTE_S = 5.0
 CREDITS = 1000  # twenty minutes at 50: the balance never ends these visits

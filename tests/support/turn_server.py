@@ -6,7 +6,8 @@
 The configuration file it writes is deploy/coturn/turnserver.conf with its values changed and,
 for the loopback test variant, the block that allows loopback peers back (`deploy_config`):
 the same text as `signalling.turn.coturn_config(..., loopback_test=True)`, which docs/turn.md is
-checked against (tests/test_deploy_nginx.py checks all three agree). It listens on 127.0.0.1
+checked against (tests/integration/test_deploy_nginx.py checks all three agree). It listens on
+127.0.0.1
 alone, relays from 127.0.0.1 alone and lets allocations reach peers on 127.0.0.1 alone, so no
 test packet through it can leave the machine's loopback interface. Its log is kept in a
 temporary folder and shown when it fails to start.

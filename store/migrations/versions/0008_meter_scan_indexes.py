@@ -32,6 +32,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     # A plain DROP INDEX (a brief lock), not CONCURRENTLY: a downgrade is maintenance, and it
-    # may run inside a caller's transaction, where CONCURRENTLY cannot (tests/test_oracles.py).
+    # may run inside a caller's transaction, where CONCURRENTLY cannot
+    # (tests/integration/test_oracles.py).
     op.drop_index("ix_visits_scheduled_end", table_name="visits")
     op.drop_index("ix_visits_in_call_end", table_name="visits")

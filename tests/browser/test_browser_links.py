@@ -1,0 +1,290 @@
+"""Visits on the networks families really have (issue 21), in two Chromium browsers: the family's
+Chromium runs in its own network namespace and reaches everything (the page, its socket, coturn
+with relay-only ICE) through tests/support/impaired_link.py's emulated link
+(tests/support/linked_call.py); the
+server, coturn and the kiosk's Chromium are on the test's side. A billed minute is MINUTE_S.
+
+The adversary is the family's network: it goes silent mid-call (no close, no reset: a phone in a
+tunnel) for OUTAGE_S, which spans two billed minutes and outlasts the stall threshold; once for
+less than the server's socket timeout, once with that timeout shortened (KINWIRE_WS_HEARTBEAT_S)
+so that the server drops the family's socket mid-outage, as a long outage makes it do with the
+default. What must hold: over an outage the meter bills no more frozen time than the stall
+threshold, and starts again only once the family's frames reach the kiosk again; when the server
+dropped the socket, the page says "Reconnecting" within 5 s of its socket dying and is back in
+the call within 5 s of the link returning, without a click, with the paid minutes on screen
+equal to the ledger's. On a lossy link the call stays whole and is billed as it is connected.
+
+The figures across clean, lossy and thin links are a benchmark: bench/scenarios/links.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.browser.test_browser_endings import _minutes
+from tests.conftest import fresh_sqlite
+from tests.support.impaired_link import ImpairedLink, available
+from tests.support.linked_call import SAMPLE_S, Call, fps, linked_call, moved, phase
+
+pytestmark = pytest.mark.skipif(available() is not None, reason=str(available()))
+
+STALL_S = 6.0  # KINWIRE_MEDIA_STALL_S: shorter than an outage, so that its bound is tested
+OUTAGE_S = 12.0  # more than two billed minutes (5 s) and than the stall threshold
+HEARTBEAT_S = 4.0  # the server drops a silent socket 4-6 s in (a ping, then half that for a pong)
+# KINWIRE_TEST_LONG_OUTAGE=1: the dropped-socket test as the issue tells it, a 60 s outage with
+# the server's default heartbeat (20 s), instead of 12 s with HEARTBEAT_S: ~50 s longer, so not
+# in make test; run by hand to check that the short form still stands for the long one.
+LONG_OUTAGE = os.environ.get("KINWIRE_TEST_LONG_OUTAGE") == "1"
+BEFORE_S = 5.0  # clean call before the link goes down
+AFTER_MAX_S = 15.0  # the longest the test waits for the call and billing to come back
+
+
+def _call(tmp_path: Path, sqlite_template: Path, link: ImpairedLink, **overrides):
+    return linked_call(tmp_path, fresh_sqlite(sqlite_template, tmp_path), link,
+                       media_stall_s=STALL_S, **overrides)
+
+
+def _dump(call: Call, t0: float, name: str) -> None:
+    """The samples, relative to t0, for a failing run's reader (and the figures)."""
+    lines = [f"{s.at - t0:7.2f} fam {s.fam_frames:6d} kiosk {s.kiosk_frames:6d} billed "
+             f"{s.billed_s:7.2f} paid {s.paid:3d} {s.status} {s.reason}" for s in call.samples]
+    Path(tempfile.gettempdir(), f"links-{name}.txt").write_text("\n".join(lines) + "\n")
+
+
+def _last_frame_before(call: Call, t: float):
+    """The last sample before t at which the kiosk's frame count had moved."""
+    before = [s for s in call.samples if s.at <= t]
+    for earlier, later in zip(reversed(before[:-1]), reversed(before), strict=False):
+        if later.kiosk_frames != earlier.kiosk_frames:
+            return later
+    return before[0]
+
+
+def _first_both_after(call: Call, t: float):
+    """The first sample after t by which frames had come both ways since t."""
+    after = [s for s in call.samples if s.at >= t]
+    fam = kiosk = False
+    for earlier, later in itertools.pairwise(after):
+        fam = fam or moved(earlier, later, "fam_frames")
+        kiosk = kiosk or moved(earlier, later, "kiosk_frames")
+        if fam and kiosk:
+            return later
+    return None
+
+
+def _first_moved_after(call: Call, t: float, attr: str):
+    return next((later for earlier, later in itertools.pairwise(call.samples)
+                 if later.at >= t and moved(earlier, later, attr)), None)
+
+
+def _resumed_after(call: Call, t: float, level: float):
+    return next((s for s in call.between(t, time.monotonic()) if s.billed_s > level + 1e-3), None)
+
+
+async def _outage(call: Call, name: str, *, watch=None, outage_s: float = OUTAGE_S) -> dict:
+    """Run clean for BEFORE_S, cut the link for OUTAGE_S, then run until the pictures and the
+    billing are back (and `watch` is done) and 2 s more; the figures. `watch`: a coroutine run
+    alongside the outage (it gets the moment the link went down)."""
+    link = call.link
+    await call.run_for(BEFORE_S)
+    before = call.between(call.samples[0].at + 1, time.monotonic())
+    link.down()
+    down_at = time.monotonic()
+    watcher = asyncio.ensure_future(watch(down_at)) if watch else None
+    await call.run_for(outage_s)
+    link.up()
+    up_at = time.monotonic()
+    frozen = call.between(down_at, up_at)
+    paused_level = frozen[-1].billed_s
+    # The trusted side's first frame after the link: the kiosk's in direct mode, the server's
+    # in relay mode (it sees the family's frames before the kiosk has decoded them)
+    trusted = "server_frames" if call.relay else "kiosk_frames"
+
+    def all_back() -> bool:
+        return bool(_first_both_after(call, up_at) and _resumed_after(call, up_at, paused_level)
+                    and _first_moved_after(call, up_at, trusted)
+                    and (watcher is None or watcher.done()))
+
+    while time.monotonic() - up_at < AFTER_MAX_S and not all_back():
+        await call.run_for(0.5)
+    await call.run_for(2)  # the frame rate once back
+    watched = await watcher if watcher else None
+    _dump(call, down_at, name)
+    last = _last_frame_before(call, down_at)
+    back = _first_both_after(call, up_at)
+    assert back is not None, "frames did not come back both ways after the outage"
+    resumed = _resumed_after(call, up_at, paused_level)
+    assert resumed is not None, "billing never resumed"
+    trusted_back = _first_moved_after(call, up_at, trusted)
+    after = call.between(back.at, time.monotonic())
+    figures = {
+        "connect_s": call.connect_s, "fps_before": (fps(before, "fam_frames"),
+                                                    fps(before, "kiosk_frames")),
+        "fps_after": (fps(after, "fam_frames"), fps(after, "kiosk_frames")),
+        "billed_frozen_max": max(s.billed_s for s in frozen) - last.billed_s,
+        "billed_frozen": paused_level - last.billed_s,
+        "back_s": back.at - up_at, "trusted_back_s": trusted_back.at - up_at,
+        "resumed_s": resumed.at - up_at, "minutes": call.samples[-1].paid,
+        "reasons": sorted({s.reason for s in frozen if s.reason}), "watched": watched}
+    print(f"\n{name}: " + ", ".join(
+        f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items()))
+    return figures
+
+
+def _check_billing(f: dict) -> None:
+    """What the issue requires of every outage: frozen time billed at most the stall
+    threshold at any moment (before the stop is reported: the kiosk sees it within about
+    media_gap_s + its half-second poll), and once the stop is in, no more than the kiosk's poll
+    and this test's sampling can blur (the meter takes back the time since the last frame);
+    billing starts again only with frames (one sample of slack: read a few ms apart)."""
+    assert f["billed_frozen_max"] <= STALL_S, f
+    assert f["billed_frozen"] <= 1.5, f
+    assert f["resumed_s"] >= f["trusted_back_s"] - SAMPLE_S - 0.1, f
+
+
+@pytest.mark.timeout(150)
+async def test_an_outage_mid_call_bills_no_frozen_time(sqlite_template: Path,
+                                                       tmp_path: Path) -> None:
+    """The server keeps the family's silent socket through it (the default heartbeat): the
+    page's new socket and offer meet a server that still holds the old one."""
+    with ImpairedLink(seed=15) as link:
+        async with _call(tmp_path, sqlite_template, link) as call:
+            figures = await _outage(call, "outage")
+            assert call.errors == [], call.errors
+    _check_billing(figures)
+    assert figures["back_s"] <= 5.0, figures
+    assert "family_away" not in figures["reasons"], figures  # the socket outlived the outage
+
+
+@pytest.mark.timeout(150)
+async def test_an_outage_in_relay_mode(sqlite_template: Path, tmp_path: Path) -> None:
+    """The same outage with the server between the parties: the server itself sees the
+    family's picture stop and pauses the meter from its last frame."""
+    with ImpairedLink(seed=17) as link:
+        async with _call(tmp_path, sqlite_template, link, relay=True) as call:
+            figures = await _outage(call, "relay")
+            assert call.errors == [], call.errors
+    _check_billing(figures)
+    assert figures["back_s"] <= 5.0, figures
+
+
+@pytest.mark.timeout(240 if LONG_OUTAGE else 150)
+async def test_after_the_server_drops_its_socket_the_page_reconnects_by_itself(
+        sqlite_template: Path, tmp_path: Path) -> None:
+    """The outage outlasts the server's socket timeout (KINWIRE_WS_HEARTBEAT_S shortened to
+    HEARTBEAT_S, as a minute-long outage outlasts the default 20 s): the server drops the
+    family's socket and tells the kiosk the family left, while the family's page, which hears
+    nothing, must find its socket dead by itself, say so, and rejoin once the link is back."""
+    from playwright.async_api import expect
+
+    async def family_page(down_at: float) -> dict:
+        html, status = call.fam.locator("html"), call.fam.locator("#visit-status")
+        await expect(html).not_to_have_attribute("data-socket", "online", timeout=10_000)
+        offline_s = time.monotonic() - down_at
+        await expect(status).to_contain_text("Reconnecting", timeout=2_000)
+        shown_s = time.monotonic() - down_at
+        await expect(html).to_have_attribute("data-socket", "online",
+                                             timeout=(outage_s + 45) * 1000)
+        online = time.monotonic()
+        # The paid minutes on screen equal the ledger's within a second of the socket's return.
+        while True:
+            shown = int(await call.fam.locator("#visit-paid").get_attribute("data-paid"))
+            ledger = len(await _minutes(call.api, call.seed["family"].id, call.visit_id))
+            if shown == ledger:
+                break
+            assert time.monotonic() - online <= 1.0, (shown, ledger)
+            await asyncio.sleep(0.05)
+        return {"offline_s": round(offline_s, 1), "reconnecting_s": round(shown_s, 1),
+                "paid_equal_s": round(time.monotonic() - online, 2)}
+
+    overrides = {} if LONG_OUTAGE else {"ws_heartbeat_s": HEARTBEAT_S}
+    outage_s = 60.0 if LONG_OUTAGE else OUTAGE_S
+    with ImpairedLink(seed=60) as link:
+        async with _call(tmp_path, sqlite_template, link, **overrides) as call:
+            figures = await _outage(call, "dropped", watch=family_page,
+                                    outage_s=outage_s)
+            assert call.errors == [], call.errors
+    # The server did drop the family's socket while the link was down: the case under test.
+    assert "family_away" in figures["reasons"], figures
+    _check_billing(figures)
+    # "Reconnecting" within 5 s of the socket dying: the link's death is the socket's.
+    assert figures["watched"]["reconnecting_s"] <= 5.0, figures
+    assert figures["back_s"] <= 5.0, figures
+
+
+@pytest.mark.timeout(180)
+async def test_when_only_the_media_dies_both_screens_say_paused_and_why(
+        sqlite_template: Path, tmp_path: Path) -> None:
+    """UDP alone is cut (the media through TURN; the pages' sockets are TCP and live on): a
+    network that drops UDP. The family's screen must say it is paused and not charged, with how
+    long it has had no picture, and the kiosk's the same for its side; both state the
+    frozen-call bound; and the meter agrees with what they say."""
+    from playwright.async_api import expect
+
+    with ImpairedLink(seed=16) as link:
+        async with _call(tmp_path, sqlite_template, link) as call:
+            for page in (call.fam, call.kiosk):
+                await expect(page.locator("#visit-threshold")).to_have_text(
+                    f"A frozen call is never charged for more than {STALL_S:.0f} s.")
+            await call.run_for(3)
+            link.down(only="udp")
+            down_at = time.monotonic()
+            await expect(call.fam.locator("#visit-status")).to_have_text(re.compile(
+                r"Paused: no picture from Dana Rivers for \d+ s, you are not being charged\."))
+            family_s = time.monotonic() - down_at
+            await expect(call.kiosk.locator("#visit-status")).to_have_text(re.compile(
+                r"Paused: no picture from Alex Rivers for \d+ s\. The family is not being "
+                r"charged\."))
+            paused = await call.sample()
+            assert paused.status == "paused"
+            await asyncio.sleep(3)
+            counted = await call.fam.locator("#visit-status").text_content()
+            seconds = int(re.search(r"for (\d+) s", counted).group(1))
+            assert seconds >= 4, counted  # it counts on: 2 s to pause, 3 s since
+            assert (await call.sample()).billed_s == pytest.approx(paused.billed_s, abs=1e-3)
+            link.up()
+            await expect(call.fam.locator("#visit-status")).to_have_text(
+                "Connected to Dana Rivers. The meter is running.")
+            assert call.errors == [], call.errors
+    print(f"\nUDP cut: the family's screen said paused {family_s:.1f} s after")
+    assert family_s <= 5.0
+
+
+LOSSY_S = 10.0
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("relay", [False, True], ids=["direct", "relay"])
+async def test_a_call_on_a_lossy_link_stays_whole_and_is_billed_as_connected(
+        sqlite_template: Path, tmp_path: Path, relay: bool) -> None:
+    """150 ms each way with 2% random loss (issue 21's lossy link): the call must carry on
+    whole (both pictures moving nearly all the time, at least 10 frames a second each way),
+    and the meter must bill it as connected: no more than the call minus its freezes beyond a
+    stutter (nothing frozen billed), and no less than its two-way media time (loss must not
+    pause it), each within two samples' blur. In relay mode too: there the family's link is
+    its link to the server's forwarding relay, whose own bandwidth estimate under this loss
+    (35-58 kbit/s) once held the family's picture at the kiosk to 4-8 frames a second."""
+    with ImpairedLink(seed=21) as link:
+        async with _call(tmp_path, sqlite_template, link, relay=relay) as call:
+            link.set(delay_ms=150, loss=0.02)
+            start = time.monotonic()
+            await call.run_for(LOSSY_S)
+            assert call.errors == [], call.errors
+    p = phase(call.between(start + 2, time.monotonic()))
+    print(f"\nlossy: {', '.join(f'{k} {v:.1f}' for k, v in p.items())}")
+    assert p["billed_s"] <= p["span_s"] - p["unbillable_s"] + 2 * SAMPLE_S + 0.2, p
+    # the kiosk's half-second poll may restart the meter after a freeze that late
+    assert p["billed_s"] >= p["two_way_s"] - 2 * SAMPLE_S - 0.5, p
+    assert p["two_way_s"] >= 0.85 * p["span_s"], p
+    assert min(p["fps_family"], p["fps_kiosk"]) >= 10, p
+    # Both ways alike: the same loss each way, and the relay must not throttle one of them
+    # (0.67 and falling in relay mode before, ~0.95 since, as in direct mode)
+    assert min(p["fps_family"], p["fps_kiosk"]) >= 0.8 * max(p["fps_family"], p["fps_kiosk"]), p

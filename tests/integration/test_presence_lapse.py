@@ -1,0 +1,76 @@
+"""A process whose own liveness lease lapsed (it could not reach the broker for longer than
+the lease: a partition) may have had its parties dropped by another process's meter, which
+took it for dead (docs/visits.md, "Trust"). When it touches again, each socket whose party was
+dropped is closed with 1012 so its client reconnects and rejoins; the others carry on.
+
+The adversary: the broker unreachable from this process for twice the lease while another
+process drops the family from the visit."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from server.broker import BrokerUnavailable
+from server.events import Outbox
+from server.schema import utcnow
+from signalling import visits
+from tests.conftest import app_client
+from tests.integration.test_gateway import open_socket
+from tests.integration.test_messaging import cast
+from tests.integration.test_visit_calls import book_now, connect_media, join_both
+from tests.support.helpers import Api
+
+LEASE_S = 0.3
+
+
+async def test_sockets_whose_party_was_dropped_rejoin_after_a_lapse(db_url: str,
+                                                                    tmp_path: Path) -> None:
+    async with app_client(db_url, tmp_path, visit_minute_s=5.0, meter_lease_s=1.0,
+                          node_lease_s=LEASE_S) as client:
+        api = Api(client)
+        ctx = api.ctx
+        c = await cast(api, credits=500)
+        visit_id = await book_now(api, c)
+        fam, per = await join_both(client, c, visit_id)
+        await connect_media(fam, per, visit_id)
+
+        touch = ctx.broker.touch
+
+        async def unreachable(*args, **kwargs):
+            raise BrokerUnavailable("partitioned")
+
+        ctx.broker.touch = unreachable
+        # Meanwhile a meter elsewhere found this process's lease gone and dropped the family.
+        async with ctx.store.write() as conn:
+            await visits.drop(conn, Outbox(), visit_id, c.family.id, utcnow(),
+                              node=ctx.meters.node_id)
+        await asyncio.sleep(2 * LEASE_S)
+        ctx.broker.touch = touch  # reachable again: the lapse is noticed at the next touch
+
+        async with asyncio.timeout(5):
+            while (await fam.frame(timeout=5)) is not None:
+                pass  # read until the server closes it
+        assert fam.ws.close_code == 1012
+        assert not per.ws.closed, "the person's party was not dropped: its socket stays"
+
+        again = await open_socket(client, c.family)  # what the client does on 1012
+        assert "ok" in await again.call("visit.join", visit_id=visit_id)
+        async with ctx.store.read() as conn:
+            row = await visits.get(conn, visit_id)
+        assert (row.status, row.family_node) == ("live", ctx.meters.node_id)
+
+
+async def test_no_lapse_no_closing(db_url: str, tmp_path: Path) -> None:
+    async with app_client(db_url, tmp_path, node_lease_s=LEASE_S) as client:
+        api = Api(client)
+        c = await cast(api, credits=500)
+        visit_id = await book_now(api, c)
+        fam, per = await join_both(client, c, visit_id)
+        await connect_media(fam, per, visit_id)
+        async with api.ctx.store.write() as conn:  # dropped, but this process never lapsed
+            await visits.drop(conn, Outbox(), visit_id, c.family.id, utcnow(),
+                              node=api.ctx.meters.node_id)
+        await asyncio.sleep(3 * LEASE_S)
+        assert not fam.ws.closed and not per.ws.closed
+        assert "pong" in (await per.call("ping"))["ok"]

@@ -1,0 +1,1 @@
+"""Tests of code alone: no database, server, engine or browser."""
