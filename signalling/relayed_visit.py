@@ -376,6 +376,8 @@ class VisitRelay:
         sessions, self.sessions = list(self.sessions.values()), {}
         await asyncio.gather(*(self._drop(s) for s in sessions), return_exceptions=True)
         cut_s = time.monotonic() - started
+        if self.observed:  # the media is cut: say so now, not after the winding down below
+            await self._record(False)  # (a drain's gap was billed until then: up to 1.6 s)
         self._wake.set()
         with contextlib.suppress(asyncio.QueueFull):
             self._queue.put_nowait(None)
@@ -391,7 +393,7 @@ class VisitRelay:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         late, self.sessions = list(self.sessions.values()), {}  # made while ending
         await asyncio.gather(*(self._drop(s) for s in late), return_exceptions=True)
-        if self.observed:  # the media is cut: the meter must not wait for this lease to lapse
+        if self.observed:  # a session made while ending, and cut above
             await self._record(False)
         path = await self.recording.close() if self.recording is not None else None
         if path is not None and self.r.keep_recording is not None:

@@ -303,6 +303,10 @@ async def observe(conn: AsyncConnection, sink: EventSink, visit_id: str, connect
         return row
     if (bool(row.server_media), row.server_node) == (connected, node):
         return row
+    if not connected and row.server_node not in (None, node):
+        # A relay that no longer holds the visit (it moved on a drain or failover) reporting
+        # the media it cut: the new relay's own view stands.
+        return row
     return await _change(conn, sink, row, {"server_media": connected, "server_node": node}, now,
                          stopped_at)
 

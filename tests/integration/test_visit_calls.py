@@ -361,3 +361,33 @@ async def test_a_top_up_during_the_call_keeps_it_going(db_url: str, tmp_path) ->
             assert await ledger.check_invariants(conn) == []
         minutes = sorted(e.key for e in entries if e.kind == "visit_minute")
         assert minutes == [f"visit:{visit_id}:minute:{k}" for k in (1, 2, 3, 4)]
+
+
+async def test_a_relay_that_no_longer_holds_the_visit_cannot_pause_it(db_url: str,
+                                                                      tmp_path) -> None:
+    """Relay mode's presence comes from the relay holding the visit (visits.observe). The
+    adversary is the old relay after a drain or failover: its late "no media" (it cut its
+    sessions) arrives after the new relay already reported media. It must not pause a call
+    whose media flows; the new relay's own reports still do."""
+    from server.events import Outbox
+    from signalling import visits as visit_rules
+
+    async with app_client(db_url, tmp_path) as client:
+        api = Api(client)
+        c = await cast(api, credits=1000)
+        visit_id = await book_now(api, c)
+        await join_both(client, c, visit_id)
+
+        async def observe(connected: bool, node: str) -> Any:
+            async with api.ctx.store.write() as conn:
+                return await visit_rules.observe(conn, Outbox(), visit_id, connected,
+                                                 utcnow(), node)
+
+        row = await observe(True, "relay-a")
+        assert (row.server_media, row.server_node) == (True, "relay-a")
+        row = await observe(True, "relay-b")  # moved: B sees the media now
+        assert (row.server_media, row.server_node) == (True, "relay-b")
+        row = await observe(False, "relay-a")  # A's late word on the media it cut
+        assert (row.server_media, row.server_node) == (True, "relay-b"), "A paused B's call"
+        row = await observe(False, "relay-b")
+        assert (row.server_media, row.server_node) == (False, "relay-b")
