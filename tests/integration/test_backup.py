@@ -169,6 +169,18 @@ async def _restored_facts(env: dict[str, str]) -> tuple[set[str], list[str]]:
     return ids, problems
 
 
+async def _event_heads(env: dict[str, str]) -> dict[str, int]:
+    """Each user's last event number in an installation's database."""
+    url = env.get("DATABASE_URL") or f"sqlite:///{Path(env['KINWIRE_DATA_DIR']) / 'kinwire.db'}"
+    store = Store(url, pool_size=1)
+    try:
+        async with store.read() as conn:
+            rows = await conn.exec_driver_sql("SELECT account_id, last_seq FROM event_heads")
+            return {account: seq for account, seq in rows}
+    finally:
+        await store.close()
+
+
 async def test_backup_under_load_restores_acknowledged_money_and_photos(
         tmp_path: Path, databases: list[dict[str, str]]) -> None:
     await _backup_under_load(tmp_path, databases)
@@ -245,6 +257,7 @@ async def _backup_under_load(tmp_path: Path, extras: list[dict[str, str]]) -> Pa
         code, out = await kinwire_async("backup", str(quiet), env=source)
         assert code == 0, out
         served = await family.seen()
+        seen_heads = await _event_heads(source)  # what the apps may have synced up to
     assert served["photos"], "the load sent photos"
 
     verified = kinwire("backup", "verify", str(dest), env=source)
@@ -252,6 +265,12 @@ async def _backup_under_load(tmp_path: Path, extras: list[dict[str, str]]) -> Pa
     restored = kinwire("restore", str(dest), env=target)
     assert restored.returncode == 0, restored.stdout + restored.stderr
 
+    # The restore took back what came after the snapshot; new events must not reuse those
+    # numbers (an app that synced past them would skip the new ones).
+    restored_heads = await _event_heads(target)
+    reused = {a: (restored_heads.get(a), seq) for a, seq in seen_heads.items()
+              if restored_heads.get(a) is not None and restored_heads[a] <= seq}
+    assert not reused, f"event numbers the apps saw would be used again: {reused}"
     ids, problems = await _restored_facts(target)
     assert before <= ids, f"acknowledged before the snapshot but not restored: {before - ids}"
     assert len(ids - {pid for _, pid in acked}) == 1  # only the demo's own, made at seeding
