@@ -30,9 +30,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from server.app import create_app
 from tests.conftest import fresh_sqlite, test_settings
-from tests.integration.test_cli import cli_env, free_port, wait_ready
 from tests.support.browser import PHONE, chromium, require_chromium, shot
 from tests.support.helpers import Api, Who
+from tests.support.processes import cli_env, free_port, wait_ready
 
 PASSWORD = "correct horse battery"
 

@@ -32,9 +32,9 @@ from server.blobs.files import FileBlobs
 from server.settings import from_env
 from store import Store
 from tests.conftest import PG_ADMIN_URL
-from tests.integration.test_cli import cli_env, free_port, wait_ready
 from tests.integration.test_object_storage import bucket_keys
 from tests.support.helpers import VISA
+from tests.support.processes import cli_env, free_port, wait_ready
 from tests.support.seaweed import Seaweed
 
 pytestmark = pytest.mark.timeout(240)

@@ -8,8 +8,8 @@ import secrets
 
 from aiohttp.test_utils import TestClient
 
-from tests.integration.test_gateway import MSGPACK, open_socket
 from tests.support.helpers import Api
+from tests.support.sockets import MSGPACK, open_socket
 
 
 async def test_purchase_and_gift_push_the_new_balance(api: Api, client: TestClient) -> None:

@@ -19,10 +19,10 @@ import pytest
 from botocore.session import get_session
 
 from tests.conftest import app_client
-from tests.integration.test_cli import cli_env
 from tests.integration.test_object_storage import s3_settings
 from tests.integration.test_photos import fetch, jpeg_with_gps, upload
 from tests.support.helpers import Api
+from tests.support.processes import cli_env
 from tests.support.seaweed import BUCKET, Seaweed
 
 pytestmark = pytest.mark.timeout(240)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from server.cli import parser
 from server.settings import OTHER_PREFIXES, OTHER_VARIABLES, describe
-from tests.integration.test_cli import cli_env, free_port
+from tests.support.processes import cli_env, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVE = [sys.executable, "-m", "server", "serve"]

@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import msgpack
 
-from tests.integration.test_cli import free_port, wait_ready
+from tests.support.processes import free_port, wait_ready
 
 VISA = {"number": "4242424242424242", "exp_month": 12, "exp_year": 2031, "cvc": "123",
         "name": "Cluster"}

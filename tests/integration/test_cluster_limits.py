@@ -14,9 +14,9 @@ from pathlib import Path
 import aiohttp
 
 from server.gateway.limits import SharedLimits
-from tests.integration.test_cli import free_port
 from tests.integration.test_cluster import Node, RedisServer, cluster, post
 from tests.integration.test_redis_cluster import masters_of
+from tests.support.processes import free_port
 from tests.support.redis_engines import Cluster
 
 SOCKETS_MAX = 4

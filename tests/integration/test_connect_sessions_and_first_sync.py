@@ -17,8 +17,8 @@ from server import events
 from server.auth import _PRINCIPAL_QUICK, principal_for, session_principal, token_hash
 from server.schema import accounts, sessions
 from store import quickread
-from tests.integration.test_gateway import JSON, open_socket
 from tests.support.helpers import Api
+from tests.support.sockets import JSON, open_socket
 
 
 async def _both(store, token, now):

@@ -21,11 +21,11 @@ from sqlalchemy import update
 from server.schema import connections
 from tests.conftest import app_client
 from tests.integration.test_booking import T0, TODAY, at, book, connection_of
-from tests.integration.test_gateway import open_socket
 from tests.integration.test_messaging import Cast, cast, send
 from tests.integration.test_photos import jpeg_with_gps, upload
 from tests.support.clock import Clock
 from tests.support.helpers import Api, Reply
+from tests.support.sockets import open_socket
 
 ROOT = Path(__file__).resolve().parents[2]
 PRODUCT = ("server", "signalling", "billing", "store", "common")

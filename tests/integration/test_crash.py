@@ -26,7 +26,6 @@ import aiohttp
 import pytest
 
 from server.schema import utcnow
-from tests.integration.test_cli import free_port
 from tests.integration.test_cluster import Node, RedisServer
 from tests.integration.test_faults import (
     Sender,
@@ -38,6 +37,7 @@ from tests.integration.test_faults import (
     until,
     until_billed_after,
 )
+from tests.support.processes import free_port
 
 ROUNDS = 3
 MINUTE_S = 0.5

@@ -28,9 +28,9 @@ from server.cli import parser
 from server.doctor import ice_server
 from server.settings import from_env
 from signalling.turn import coturn_config
-from tests.integration.test_cli import free_port
 from tests.integration.test_cluster import RedisServer, cluster, make_pair
 from tests.integration.test_turn import PRODUCTION, TEST
+from tests.support.processes import free_port
 from tests.support.turn_server import deploy_config, private_coturn
 
 ROOT = Path(__file__).resolve().parents[2]

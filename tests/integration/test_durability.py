@@ -34,8 +34,8 @@ import pytest
 from PIL import Image
 
 from tests.conftest import PG_ADMIN_URL, _migrated
-from tests.integration.test_cli import cli_env, free_port, wait_ready
 from tests.support.helpers import VISA
+from tests.support.processes import cli_env, free_port, wait_ready
 
 pytestmark = pytest.mark.skipif(shutil.which("strace") is None,
                                 reason="strace missing: run scripts/system-deps.sh")

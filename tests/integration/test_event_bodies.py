@@ -12,9 +12,9 @@ from sqlalchemy import select
 
 from server.events import BODY_INLINE_CHARS_MAX, BODY_REF
 from server.schema import events
-from tests.integration.test_gateway import MSGPACK, open_socket
 from tests.integration.test_messaging import cast, send
 from tests.support.helpers import Api
+from tests.support.sockets import MSGPACK, open_socket
 
 
 async def test_long_bodies_are_referenced_and_synced_whole(api: Api, client: TestClient) -> None:

@@ -15,11 +15,11 @@ from pathlib import Path
 
 from tests.conftest import app_client
 from tests.integration.test_cluster import RedisServer
-from tests.integration.test_gateway import MSGPACK, open_socket
 from tests.integration.test_messaging import cast
 from tests.integration.test_visit_calls import book_now, until
 from tests.support.faultproxy import FaultProxy
 from tests.support.helpers import Api
+from tests.support.sockets import MSGPACK, open_socket
 
 
 async def test_a_join_is_announced_only_once_the_joiner_hears_live_frames(

@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import app_client
-from tests.integration.test_gateway import open_socket
 from tests.integration.test_messaging import cast, send
 from tests.integration.test_photos import png, upload
 from tests.support.clock import Clock
 from tests.support.helpers import Api, Who
+from tests.support.sockets import open_socket
 
 T0 = datetime(2026, 3, 2, 15, 10, tzinfo=UTC)
 

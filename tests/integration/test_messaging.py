@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from aiohttp.test_utils import TestClient
 
 from billing import ledger
-from tests.integration.test_gateway import MSGPACK, open_socket
 from tests.support.helpers import Api, Who
+from tests.support.sockets import MSGPACK, open_socket
 
 
 @dataclass

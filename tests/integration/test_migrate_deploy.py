@@ -22,7 +22,7 @@ from sqlalchemy import exc as sqlalchemy_exc
 from store import Store
 from store.migrate import migrate, schema_behind
 from tests.conftest import PG_ADMIN_URL
-from tests.integration.test_cli import cli_env, free_port, kinwire, wait_ready
+from tests.support.processes import cli_env, free_port, kinwire, wait_ready
 
 
 @pytest.fixture

@@ -16,10 +16,10 @@ from server.events import Outbox
 from server.schema import utcnow
 from signalling import visits
 from tests.conftest import app_client
-from tests.integration.test_gateway import open_socket
 from tests.integration.test_messaging import cast
 from tests.integration.test_visit_calls import book_now, connect_media, join_both
 from tests.support.helpers import Api
+from tests.support.sockets import open_socket
 
 LEASE_S = 0.3
 

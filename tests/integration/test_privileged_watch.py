@@ -5,10 +5,10 @@ opens the watch anyway, before the visit and after the contact is marked privile
 
 from __future__ import annotations
 
-from tests.integration.test_gateway import open_socket
 from tests.integration.test_roles import build_world, ok
 from tests.integration.test_ws_roles import under_way
 from tests.support.helpers import Api
+from tests.support.sockets import open_socket
 
 
 async def test_staff_watch_a_relayed_visit_but_never_a_privileged_one(api: Api) -> None:

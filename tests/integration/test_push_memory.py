@@ -10,8 +10,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from server import events
-from tests.integration.test_gateway import JSON, open_socket
 from tests.support.helpers import Api, Who
+from tests.support.sockets import JSON, open_socket
 
 
 async def write(api: Api, who: Who, items: list[tuple[str, dict[str, Any]]],

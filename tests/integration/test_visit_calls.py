@@ -14,9 +14,9 @@ from billing import ledger
 from server.schema import connections, utcnow, visits
 from store.ids import new_id
 from tests.conftest import app_client
-from tests.integration.test_gateway import MSGPACK, Sock, open_socket
 from tests.integration.test_messaging import Cast, balance, cast
 from tests.support.helpers import Api
+from tests.support.sockets import MSGPACK, Sock, open_socket
 
 MINUTE_S = 0.4
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from server.schema import visits
 from tests.conftest import app_client
-from tests.integration.test_gateway import MSGPACK, open_socket
 from tests.integration.test_messaging import balance, cast
 from tests.integration.test_visit_calls import book_now, connect_media, join_both, until
 from tests.support.helpers import Api
+from tests.support.sockets import MSGPACK, open_socket
 
 
 async def test_a_visit_only_one_party_joined_ends_missed_and_costs_nothing(

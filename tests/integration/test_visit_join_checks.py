@@ -13,10 +13,10 @@ from server import events
 from server.events import Outbox
 from server.schema import connections, utcnow, visits
 from signalling import visits as visit_states
-from tests.integration.test_gateway import open_socket
 from tests.integration.test_messaging import cast
 from tests.integration.test_visit_calls import book_now
 from tests.support.helpers import Api
+from tests.support.sockets import open_socket
 
 
 async def _link(api: Api, family_id: str) -> str:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from aiohttp.test_utils import TestClient
 
-from tests.integration.test_gateway import MSGPACK, open_socket
 from tests.integration.test_messaging import cast
 from tests.integration.test_visit_calls import book_now, join_both
 from tests.support.helpers import Api
+from tests.support.sockets import MSGPACK, open_socket
 
 
 async def _staff_view(api: Api, staff, visit_id: str) -> dict:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import asyncpg
 
-from tests.integration.test_cli import free_port
+from tests.support.processes import free_port
 
 
 def _bindir() -> Path:

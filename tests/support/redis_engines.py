@@ -11,7 +11,7 @@ from pathlib import Path
 
 import redis
 
-from tests.integration.test_cli import free_port
+from tests.support.processes import free_port
 
 START_S = 20.0  # bound on starting one deployment (a loaded machine: a few seconds usually)
 _taken: set[int] = set()  # ports handed out here: a probe may return one twice
