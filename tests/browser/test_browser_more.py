@@ -383,7 +383,6 @@ async def test_staff_watch_a_relayed_visit_in_the_console(sqlite_template: Path,
 
     from playwright.async_api import expect
 
-    from tests.integration.test_cluster import cluster, make_pair
     from tests.integration.test_relay import (
         FAMILY_SIZE,
         PERSON_SIZE,
@@ -393,6 +392,7 @@ async def test_staff_watch_a_relayed_visit_in_the_console(sqlite_template: Path,
         party,
     )
     from tests.integration.test_visit_e2e import account_id, start_both, visit_now
+    from tests.support.nodes import cluster, make_pair
     from tests.support.turn_server import private_coturn
 
     expect.set_options(timeout=10_000)
@@ -456,7 +456,6 @@ async def test_staff_play_a_relayed_visits_recording_in_the_console(sqlite_templ
 
     from playwright.async_api import expect
 
-    from tests.integration.test_cluster import cluster, make_pair
     from tests.integration.test_relay import (
         FAMILY_SIZE,
         PERSON_SIZE,
@@ -467,6 +466,7 @@ async def test_staff_play_a_relayed_visits_recording_in_the_console(sqlite_templ
         recorded,
     )
     from tests.integration.test_visit_e2e import account_id, start_both, visit_now
+    from tests.support.nodes import cluster, make_pair
     from tests.support.turn_server import private_coturn
 
     expect.set_options(timeout=10_000)

@@ -23,9 +23,9 @@ from sqlalchemy import select
 from server.recordings import segments_of
 from signalling.tables import visits
 from store import Store
-from tests.integration.test_cluster import make_pair
 from tests.integration.test_relay import FAMILY_SIZE, PERSON_SIZE, names, party, rows_of, until
 from tests.integration.test_visit_e2e import MINUTE_S, account_id, stack, visit_now
+from tests.support.nodes import make_pair
 
 LEASE_S = 2.0
 FAILOVER = {"KINWIRE_RELAY_LEASE_S": str(LEASE_S), "KINWIRE_RELAY_LOOPBACK_ONLY": "1"}

@@ -27,7 +27,7 @@ from signalling.booking import Refused, Rules, grid, window
 from signalling.visits import ACTIVE
 from tests.conftest import app_client
 from tests.integration.test_bad_input import assert_error
-from tests.integration.test_messaging import Cast, cast
+from tests.support.cast import Cast, cast
 from tests.support.clock import Clock
 from tests.support.helpers import Api, Reply, Who
 from tests.support.sockets import open_socket

@@ -14,8 +14,8 @@ from pathlib import Path
 import aiohttp
 
 from server.gateway.limits import SharedLimits
-from tests.integration.test_cluster import Node, RedisServer, cluster, post
 from tests.integration.test_redis_cluster import masters_of
+from tests.support.nodes import Node, RedisServer, cluster, post
 from tests.support.processes import free_port
 from tests.support.redis_engines import Cluster
 

@@ -21,8 +21,8 @@ from sqlalchemy import update
 from server.schema import connections
 from tests.conftest import app_client
 from tests.integration.test_booking import T0, TODAY, at, book, connection_of
-from tests.integration.test_messaging import Cast, cast, send
 from tests.integration.test_photos import jpeg_with_gps, upload
+from tests.support.cast import Cast, cast, send
 from tests.support.clock import Clock
 from tests.support.helpers import Api, Reply
 from tests.support.sockets import open_socket

@@ -26,7 +26,6 @@ import aiohttp
 import pytest
 
 from server.schema import utcnow
-from tests.integration.test_cluster import Node, RedisServer
 from tests.integration.test_faults import (
     Sender,
     check_books,
@@ -37,6 +36,7 @@ from tests.integration.test_faults import (
     until,
     until_billed_after,
 )
+from tests.support.nodes import Node, RedisServer
 from tests.support.processes import free_port
 
 ROUNDS = 3

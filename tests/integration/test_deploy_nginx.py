@@ -28,8 +28,8 @@ from server.cli import parser
 from server.doctor import ice_server
 from server.settings import from_env
 from signalling.turn import coturn_config
-from tests.integration.test_cluster import RedisServer, cluster, make_pair
 from tests.integration.test_turn import PRODUCTION, TEST
+from tests.support.nodes import RedisServer, cluster, make_pair
 from tests.support.processes import free_port
 from tests.support.turn_server import deploy_config, private_coturn
 

@@ -12,7 +12,7 @@ import pytest
 from server.cli import main
 from server.doctor import argon2, blob_store, parse_ice_url, report, run, urls
 from server.settings import Settings, from_env
-from tests.integration.test_cluster import RedisServer
+from tests.support.nodes import RedisServer
 from tests.support.processes import cli_env, free_port
 from tests.support.seaweed import BUCKET, Seaweed
 from tests.support.turn_server import private_coturn

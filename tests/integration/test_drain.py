@@ -14,8 +14,8 @@ import aiohttp
 import asyncpg
 import redis.asyncio as aioredis
 
-from tests.integration.test_cluster import Peer, RedisServer, cluster, make_pair
 from tests.integration.test_visit_e2e import account_id, debits, visit_now
+from tests.support.nodes import Peer, RedisServer, cluster, make_pair
 
 MINUTE_S = 1.0
 LEASE_S = 60.0  # a takeover by lease expiry or by the half-lease scan would take 30 s or more

@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from server.events import BODY_INLINE_CHARS_MAX, BODY_REF
 from server.schema import events
-from tests.integration.test_messaging import cast, send
+from tests.support.cast import cast, send
 from tests.support.helpers import Api
 from tests.support.sockets import MSGPACK, open_socket
 

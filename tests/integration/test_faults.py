@@ -31,8 +31,8 @@ from signalling.tables import visits
 from store import Store
 from store.ids import new_id
 from tests.conftest import test_settings
-from tests.integration.test_cluster import Node, Peer, RedisServer, make_pair, post
 from tests.support.faultproxy import FaultProxy
+from tests.support.nodes import Node, Peer, RedisServer, make_pair, post
 
 MINUTE_S = 0.5  # a billed visit minute
 LEASE_S = 1.5  # the meter's lease

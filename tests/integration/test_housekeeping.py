@@ -30,7 +30,7 @@ from server.schema import (
 )
 from store import Store
 from store.ids import new_id
-from tests.integration.test_cluster import RedisServer, cluster
+from tests.support.nodes import RedisServer, cluster
 
 RETENTION_S = 3600
 

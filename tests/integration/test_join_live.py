@@ -14,11 +14,11 @@ import asyncio
 from pathlib import Path
 
 from tests.conftest import app_client
-from tests.integration.test_cluster import RedisServer
-from tests.integration.test_messaging import cast
 from tests.integration.test_visit_calls import book_now, until
+from tests.support.cast import cast
 from tests.support.faultproxy import FaultProxy
 from tests.support.helpers import Api
+from tests.support.nodes import RedisServer
 from tests.support.sockets import MSGPACK, open_socket
 
 

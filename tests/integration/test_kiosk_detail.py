@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import app_client
-from tests.integration.test_messaging import cast, send
 from tests.integration.test_photos import png, upload
+from tests.support.cast import cast, send
 from tests.support.clock import Clock
 from tests.support.helpers import Api, Who
 from tests.support.sockets import open_socket

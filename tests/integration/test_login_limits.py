@@ -20,9 +20,9 @@ import pytest
 
 from server.attempts import ATTEMPT_LEASE_S, PRUNE_AFTER
 from tests.conftest import app_client
-from tests.integration.test_cluster import RedisServer
 from tests.support.clock import Clock
 from tests.support.helpers import Api, Reply
+from tests.support.nodes import RedisServer
 
 PIN = "2468"
 

@@ -376,7 +376,7 @@ async def test_visit_booked_reminded_cancelled_and_ended_with_minutes_and_cost(
     from signalling import visits
     from signalling.tables import visits as visits_table
     from tests.integration.test_booking import T0, at, book, booked
-    from tests.integration.test_messaging import cast
+    from tests.support.cast import cast
 
     inbox, clock = smtp[0], Clock(T0)
     async with mail_app(db_url, tmp_path, smtp[1], clock) as api:

@@ -25,7 +25,6 @@ from billing.tables import ledger_transfers
 from server.schema import utcnow
 from signalling.tables import visits
 from store import Store
-from tests.integration.test_cluster import Node, RedisServer
 from tests.integration.test_crash import meter_holder, nodes_started
 from tests.integration.test_faults import (
     Sender,
@@ -34,6 +33,7 @@ from tests.integration.test_faults import (
     until,
     until_billed_after,
 )
+from tests.support.nodes import Node, RedisServer
 
 MINUTE_S = 0.5
 LEASE_S = 1.0

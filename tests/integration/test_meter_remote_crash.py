@@ -34,10 +34,10 @@ from server.schema import connections, utcnow
 from signalling.tables import visits
 from store import Store
 from store.ids import new_id
-from tests.integration.test_cluster import Peer, RedisServer, make_pair
 from tests.integration.test_crash import kill, nodes_started, restart, until_ready
 from tests.integration.test_faults import minute_debits
 from tests.integration.test_presence_crash import debits, rejoin, row, until_debits
+from tests.support.nodes import Peer, RedisServer, make_pair
 
 MINUTE_S = 2.0
 NODE_LEASE_S = 2.4  # touched every 0.8 s: A looks alive for 1.6 to 2.4 s after its death

@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from server.app import create_app
 from server.http.logs import AccessLogger, JsonFormatter
 from tests.conftest import test_settings
-from tests.integration.test_messaging import cast, send
+from tests.support.cast import cast, send
 from tests.support.helpers import VISA, Api
 from tests.support.sockets import open_socket
 

@@ -22,9 +22,9 @@ from botocore.session import get_session
 
 from tests.conftest import app_client
 from tests.integration.test_kiosk_detail import _status
-from tests.integration.test_messaging import cast, send
 from tests.integration.test_photos import fetch, jpeg_with_gps, png, upload
 from tests.integration.test_recordings import START, read_bytes, relayed_visit, webm
+from tests.support.cast import cast, send
 from tests.support.clock import Clock
 from tests.support.helpers import Api
 from tests.support.processes import cli_env, free_port, wait_ready

@@ -17,7 +17,6 @@ from sqlalchemy import func, select
 from billing import ledger
 from billing.tables import ledger_accounts
 from store import Store
-from tests.integration.test_cluster import Peer, RedisServer, cluster, make_pair, post
 from tests.integration.test_visit_e2e import (
     account_id,
     client,
@@ -26,6 +25,7 @@ from tests.integration.test_visit_e2e import (
     start_both,
     visit_now,
 )
+from tests.support.nodes import Peer, RedisServer, cluster, make_pair, post
 from tests.support.pgbouncer import private_pgbouncer
 
 

@@ -22,8 +22,8 @@ from aiohttp import FormData
 from PIL import Image
 
 from tests.conftest import app_client
-from tests.integration.test_cluster import RedisServer
 from tests.support.helpers import Api, Reply, Who
+from tests.support.nodes import RedisServer
 
 # Real argon2id at OWASP's minimum (19 MiB, 2 passes): the login below does real work.
 REAL_HASH = {"argon2_time_cost": 2, "argon2_memory_kib": 19_456}

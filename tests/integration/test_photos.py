@@ -12,7 +12,7 @@ import aiohttp
 from PIL import Image
 
 from tests.conftest import app_client
-from tests.integration.test_messaging import balance, cast, send
+from tests.support.cast import balance, cast, send
 from tests.support.helpers import Api, Who
 
 

@@ -28,9 +28,9 @@ from sqlalchemy import select
 from signalling.tables import visits
 from store import Store
 from tests.conftest import fresh_sqlite
-from tests.integration.test_cluster import Node, Peer, RedisServer
 from tests.integration.test_crash import kill, nodes_started, restart, until_ready
 from tests.integration.test_faults import metered_pair, minute_debits
+from tests.support.nodes import Node, Peer, RedisServer
 
 MINUTE_S = 2.0
 SETTINGS = {"KINWIRE_VISIT_MINUTE_S": str(MINUTE_S), "KINWIRE_METER_LEASE_S": "1.5",

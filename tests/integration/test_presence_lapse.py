@@ -16,8 +16,8 @@ from server.events import Outbox
 from server.schema import utcnow
 from signalling import visits
 from tests.conftest import app_client
-from tests.integration.test_messaging import cast
 from tests.integration.test_visit_calls import book_now, connect_media, join_both
+from tests.support.cast import cast
 from tests.support.helpers import Api
 from tests.support.sockets import open_socket
 

@@ -20,9 +20,9 @@ import pytest
 
 from server.broker import BrokerUnavailable
 from server.broker.redis import RedisBroker
-from tests.integration.test_cluster import post
 from tests.integration.test_crash import nodes_started as kinwire_processes
 from tests.integration.test_faults import metered_pair, minute_debits
+from tests.support.nodes import post
 from tests.support.redis_engines import Cluster
 
 MINUTE_S = 0.5

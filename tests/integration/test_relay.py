@@ -29,8 +29,8 @@ from server import accounts
 from server.schema import recordings, utcnow
 from signalling.visit_client import VisitClient, VisitError, rtc_configuration
 from store import Store
-from tests.integration.test_cluster import make_pair, post
 from tests.integration.test_visit_e2e import account_id, stack, visit_now
+from tests.support.nodes import make_pair, post
 
 FAMILY_SIZE, PERSON_SIZE = (320, 240), (240, 176)  # told apart by the watcher
 RELAY = {"KINWIRE_RELAY_LEASE_S": "3", "KINWIRE_RELAY_LOOPBACK_ONLY": "1"}
@@ -432,8 +432,8 @@ async def test_a_stopping_server_finishes_and_keeps_its_recordings(pg_db: str,
     """SIGTERM (a deploy, a drain) of the process relaying a recorded visit mid-call: it cuts
     the media, finishes the file and keeps it as a record before it exits; the file plays to
     the moment the process stopped."""
-    from tests.integration.test_cluster import cluster
     from tests.integration.test_visit_e2e import start_both
+    from tests.support.nodes import cluster
     from tests.support.turn_server import private_coturn
 
     async with private_coturn() as turn, \

@@ -10,8 +10,8 @@ from pathlib import Path
 import aiohttp
 
 from signalling import placement
-from tests.integration.test_cluster import Peer, RedisServer, cluster, make_pair
 from tests.integration.test_visit_e2e import account_id, visit_now
+from tests.support.nodes import Peer, RedisServer, cluster, make_pair
 
 
 def test_placement_prefers_room_then_fewer_sockets() -> None:

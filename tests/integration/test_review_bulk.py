@@ -20,8 +20,8 @@ from sqlalchemy import select
 from billing import ledger
 from billing.tables import ledger_transfers
 from tests.conftest import app_client
-from tests.integration.test_messaging import balance, cast, send
 from tests.integration.test_photos import png
+from tests.support.cast import balance, cast, send
 from tests.support.clock import Clock
 from tests.support.helpers import Api, Who
 

@@ -14,7 +14,7 @@ from billing import ledger
 from server.schema import connections, utcnow, visits
 from store.ids import new_id
 from tests.conftest import app_client
-from tests.integration.test_messaging import Cast, balance, cast
+from tests.support.cast import Cast, balance, cast
 from tests.support.helpers import Api
 from tests.support.sockets import MSGPACK, Sock, open_socket
 

@@ -16,10 +16,10 @@ import pytest
 
 from signalling.visit_client import VisitClient
 from tests.conftest import fresh_sqlite
-from tests.integration.test_cluster import make_pair
 from tests.integration.test_crash import kill, nodes_started, restart, until_ready
 from tests.integration.test_presence_crash import debits, until_debits
 from tests.integration.test_visit_e2e import MINUTE_S, account_id, visit_now
+from tests.support.nodes import make_pair
 from tests.support.turn_server import private_coturn
 
 SIZE = dict(width=160, height=120, fps=10)

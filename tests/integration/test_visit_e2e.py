@@ -20,7 +20,7 @@ from server.schema import connections, utcnow, visits
 from signalling.visit_client import VisitClient
 from store import Store
 from store.ids import new_id
-from tests.integration.test_cluster import RedisServer, cluster, make_pair, post
+from tests.support.nodes import RedisServer, cluster, make_pair, post
 from tests.support.turn_server import private_coturn
 
 MINUTE_S = 2.0

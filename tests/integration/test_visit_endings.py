@@ -8,8 +8,8 @@ from pathlib import Path
 
 from server.schema import visits
 from tests.conftest import app_client
-from tests.integration.test_messaging import balance, cast
 from tests.integration.test_visit_calls import book_now, connect_media, join_both, until
+from tests.support.cast import balance, cast
 from tests.support.helpers import Api
 from tests.support.sockets import MSGPACK, open_socket
 

@@ -13,8 +13,8 @@ from server import events
 from server.events import Outbox
 from server.schema import connections, utcnow, visits
 from signalling import visits as visit_states
-from tests.integration.test_messaging import cast
 from tests.integration.test_visit_calls import book_now
+from tests.support.cast import cast
 from tests.support.helpers import Api
 from tests.support.sockets import open_socket
 

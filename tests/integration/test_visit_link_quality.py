@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from aiohttp.test_utils import TestClient
 
-from tests.integration.test_messaging import cast
 from tests.integration.test_visit_calls import book_now, join_both
+from tests.support.cast import cast
 from tests.support.helpers import Api
 from tests.support.sockets import MSGPACK, open_socket
 

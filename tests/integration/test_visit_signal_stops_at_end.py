@@ -10,8 +10,8 @@ from aiohttp.test_utils import TestClient
 
 from server.schema import utcnow, visits
 from signalling.meters import CHANNEL
-from tests.integration.test_messaging import cast
 from tests.integration.test_visit_calls import book_now, join_both, until
+from tests.support.cast import cast
 from tests.support.helpers import Api
 
 OFFER = {"type": "offer", "sdp": "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\n"}

@@ -18,8 +18,8 @@ import pytest
 
 from signalling.media import SyntheticVideoTrack, ToneAudioTrack
 from signalling.visit_client import VisitClient
-from tests.integration.test_cluster import make_pair
 from tests.integration.test_visit_e2e import MINUTE_S, account_id, debits, stack, visit_now
+from tests.support.nodes import make_pair
 
 TOLERANCE_S = 1.0  # a report, a meter pass and a debit, each way, on a loaded machine
 STALL_S = 2.0
