@@ -27,10 +27,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from billing import ledger
 from server.app import create_app
-from tests.browser.test_accessibility import Audit
-from tests.browser.test_browser_more import _log_in
-from tests.browser.test_browser_visit import MEDIA, PIN, _parties
 from tests.conftest import fresh_sqlite, test_settings
+from tests.support.audit import Audit
 from tests.support.browser import (
     KIOSK,
     PHONE,
@@ -43,7 +41,9 @@ from tests.support.browser import (
 )
 from tests.support.clock import ZONE, browser_clock, scene_clock
 from tests.support.helpers import Api
+from tests.support.pages import log_in
 from tests.support.turn_server import private_coturn
+from tests.support.visit_pages import MEDIA, PIN, visit_parties
 
 PASSWORD = "correct horse battery"
 DESKTOP = {"width": 1280, "height": 900}
@@ -62,7 +62,7 @@ async def test_the_week_view_books_the_block_under_way_after_a_confirmation(
                      run_migrations=False, clock=clock)
     async with TestClient(TestServer(app, host="127.0.0.1")) as client, chromium() as browser:
         api = Api(client)
-        seed = await _parties(api, PASSWORD)
+        seed = await visit_parties(api, PASSWORD)
         admin = await api.admin()
         r = await api.call("PATCH", f"/facilities/{seed['facility_id']}", admin, json={
             "settings": {"visit_hours": {"start": "08:00", "end": "23:30"}}})
@@ -75,7 +75,7 @@ async def test_the_week_view_books_the_block_under_way_after_a_confirmation(
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         try:
-            await _log_in(page, base, seed["email"], PASSWORD)
+            await log_in(page, base, seed["email"], PASSWORD)
             await page.get_by_role("tab", name="Visits").click()
             week = page.locator("#slots section.week-day")
             await expect(week).to_have_count(7)
@@ -171,7 +171,7 @@ async def test_a_top_up_in_the_call_keeps_it_going(sqlite_template: Path,
                 async_playwright() as pw:
             browser = await launch(pw, *MEDIA)
             api = Api(client)
-            seed = await _parties(api, PASSWORD)
+            seed = await visit_parties(api, PASSWORD)
             family = seed["family"]
             assert (await api.buy(family, 150)).status == 201  # three minutes
             date = clock().astimezone(ZONE).date().isoformat()
@@ -191,7 +191,7 @@ async def test_a_top_up_in_the_call_keeps_it_going(sqlite_template: Path,
                 for page in (fam, kiosk):
                     page.on("pageerror", lambda e: errors.append(str(e)))
                 await kiosk_sign_in(kiosk, base, seed, PIN)
-                await _log_in(fam, base, seed["email"], PASSWORD)
+                await log_in(fam, base, seed["email"], PASSWORD)
                 await kiosk.get_by_role("button",
                                         name="Join the visit with Alex Rivers at 12:00").click()
                 await fam.get_by_role("tab", name="Visits").click()

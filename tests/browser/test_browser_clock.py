@@ -19,12 +19,12 @@ from aiohttp.test_utils import TestClient, TestServer
 from server.app import create_app
 from server.schema import connections, visits
 from store.ids import new_id
-from tests.browser.test_browser_more import PASSWORD, _family, _log_in
 from tests.conftest import fresh_sqlite, test_settings
 from tests.integration.test_audit_log import named_staff
 from tests.support.browser import KIOSK, PHONE, chromium, kiosk_sign_in, require_chromium, shot
 from tests.support.clock import browser_clock, running_clock
 from tests.support.helpers import Api
+from tests.support.pages import PASSWORD, family_account, log_in
 
 # 22:50 on Saturday 5 December at the facility (America/Chicago, CST = UTC-6): already Sunday
 # in UTC, and 13:50 on Sunday in Tokyo.
@@ -50,7 +50,7 @@ async def test_three_apps_show_the_facility_clock_in_one_format(sqlite_template:
         staff = await named_staff(api, admin, facility, "Ana Diaz")
         number, device = await api.kiosk_person(staff, facility, "2468", "Dana Rivers")
         person = await api.kiosk_login(facility, number, "2468", device)
-        family, email = await _family(api, "Alex Rivers")
+        family, email = await family_account(api, "Alex Rivers")
         await api.connect(family, person)
         assert (await api.buy(family, 1000)).status == 201
         r = await api.call("POST", "/messages", family, key="m1",
@@ -80,7 +80,7 @@ async def test_three_apps_show_the_facility_clock_in_one_format(sqlite_template:
             assert await fam.evaluate("new Date().getTimezoneOffset()") == -540, "Tokyo"
 
             # --- family: the message and the visit, both at the facility's clock ---
-            await _log_in(fam, base, email, PASSWORD)
+            await log_in(fam, base, email, PASSWORD)
             await fam.locator("#threads button", has_text="Dana Rivers").click()
             mine = fam.locator("li.msg.mine", has_text="see you at eleven")
             await expect(mine.locator("time")).to_have_text(MESSAGE)
@@ -97,7 +97,7 @@ async def test_three_apps_show_the_facility_clock_in_one_format(sqlite_template:
             await expect(theirs.locator("time")).to_have_text(MESSAGE)
 
             # --- staff: the visit, and the audit log's times, at the facility's clock ---
-            await _log_in(desk, base, staff.account["email"], "staff password",
+            await log_in(desk, base, staff.account["email"], "staff password",
                           "/static/staff.html")
             await expect(desk.locator("#visit-list li").first).to_contain_text(VISIT)
             await expect(desk.locator("#audit-rows li time").first).to_have_text(

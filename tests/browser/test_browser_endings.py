@@ -25,14 +25,14 @@ from aiohttp.test_utils import TestClient, TestServer
 from billing import ledger
 from server.app import create_app
 from server.schema import visits
-from tests.browser.test_accessibility import Audit
-from tests.browser.test_browser_more import _log_in
-from tests.browser.test_browser_visit import MEDIA, MINUTE_S, PIN, _parties
 from tests.conftest import fresh_sqlite, test_settings
+from tests.support.audit import Audit
 from tests.support.browser import KIOSK, PHONE, buy_credits, kiosk_sign_in, launch, require_chromium
 from tests.support.clock import ZONE, browser_clock, scene_clock
 from tests.support.helpers import Api, Who
+from tests.support.pages import log_in
 from tests.support.turn_server import private_coturn
+from tests.support.visit_pages import MEDIA, MINUTE_S, PIN, visit_parties
 
 PASSWORD = "correct horse battery"
 CREDITS = 300
@@ -112,10 +112,10 @@ async def _visit_row(api: Api, visit_id: str):
 
 async def _family_hangs_up(api: Api, browser, base: str, errors: list[str],
                            expect) -> tuple[Who, str, list[int], float]:
-    seed = await _parties(api, PASSWORD)
+    seed = await visit_parties(api, PASSWORD)
     fam, kiosk = await _pages(browser, errors)
     await kiosk_sign_in(kiosk, base, seed, PIN)
-    await _log_in(fam, base, seed["email"], PASSWORD)
+    await log_in(fam, base, seed["email"], PASSWORD)
     other = await fam.context.new_page()  # a second tab of the same family (same cookie)
     other.on("pageerror", lambda e: errors.append(str(e)))
     await other.goto(base + "/")
@@ -186,14 +186,14 @@ async def _collect_follows_the_balance(api: Api, kiosk, seed: dict, expect) -> N
 
 async def _staff_end_it(api: Api, browser, base: str, clock, errors: list[str],
                         expect) -> None:
-    seed = await _parties(api, PASSWORD)  # another facility, family and person
+    seed = await visit_parties(api, PASSWORD)  # another facility, family and person
     staff = await api.staff(await api.admin(), seed["facility_id"])
     assert (await api.buy(seed["family"], CREDITS)).status == 201
     visit_id = await _book_now(api, seed)
     fam, kiosk = await _pages(browser, errors)
     await kiosk_sign_in(kiosk, base, seed, PIN)
     await _collect_follows_the_balance(api, kiosk, seed, expect)
-    await _log_in(fam, base, seed["email"], PASSWORD)
+    await log_in(fam, base, seed["email"], PASSWORD)
     await _join_both(fam, kiosk, expect)
 
     desk_ctx = await browser.new_context(viewport=PHONE)
@@ -202,7 +202,7 @@ async def _staff_end_it(api: Api, browser, base: str, clock, errors: list[str],
     # The console lists the visits of the 12 hours around the browser's now: give the browser
     # the server's (shifted) clock, so the visit under way at 12:00 is in its window.
     await browser_clock(desk_ctx, clock)
-    await _log_in(desk, base, staff.account["email"], "staff password", "/static/staff.html")
+    await log_in(desk, base, staff.account["email"], "staff password", "/static/staff.html")
     end = desk.get_by_role("button", name="End the visit of Alex Rivers and Dana Rivers")
     # asks for a reason first (tests/browser/test_browser_staff.py has the dialog)
     await end.click()

@@ -19,11 +19,11 @@ from pathlib import Path
 from aiohttp.test_utils import TestClient, TestServer
 
 from server.app import create_app
-from tests.browser.test_browser_more import PASSWORD, _family, _log_in
 from tests.conftest import fresh_sqlite, test_settings
 from tests.support.browser import PHONE, chromium, require_chromium
 from tests.support.faultproxy import FaultProxy
 from tests.support.helpers import Api
+from tests.support.pages import PASSWORD, family_account, log_in
 
 
 async def test_a_silent_socket_is_noticed_within_5_s_and_the_page_catches_up(
@@ -39,7 +39,7 @@ async def test_a_silent_socket_is_noticed_within_5_s_and_the_page_catches_up(
         admin = await api.admin()
         facility_id = await api.facility(admin)
         person = await api.person(await api.staff(admin, facility_id), facility_id)
-        family, email = await _family(api, "Alex Rivers")
+        family, email = await family_account(api, "Alex Rivers")
         await api.connect(family, person)
         assert (await api.buy(family, 500)).status == 201
         r = await api.call("POST", "/gifts", family, json={"to": person.id, "credits": 300},
@@ -58,7 +58,7 @@ async def test_a_silent_socket_is_noticed_within_5_s_and_the_page_catches_up(
             page.on("websocket", lambda ws: ws.on(
                 "framesent", lambda p: pings.append(time.monotonic()) if '"ping"' in str(p)
                 else None))
-            await _log_in(page, f"http://127.0.0.1:{proxy.port}", email, PASSWORD)
+            await log_in(page, f"http://127.0.0.1:{proxy.port}", email, PASSWORD)
             html = page.locator("html")
             await expect(html).to_have_attribute("data-socket", "online")
             await page.locator("#threads button", has_text="Pat Person").click()

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.test_browser_more import _log_in
 from tests.browser.test_browser_staff import DESK
 from tests.conftest import fresh_sqlite
 from tests.integration.test_audit_log import named_staff
@@ -23,6 +22,7 @@ from tests.support.browser import chromium
 from tests.support.clock import browser_clock
 from tests.support.impaired_link import ImpairedLink, available
 from tests.support.linked_call import linked_call
+from tests.support.pages import log_in
 
 MODULE = Path(__file__).resolve().parents[2] / "static" / "js" / "link_quality.js"
 
@@ -86,7 +86,7 @@ async def test_a_thin_link_shows_on_both_screens_and_in_the_staff_console(
             desk = await ctx.new_page()
             desk.on("pageerror", lambda e: call.errors.append(str(e)))
             base = re.match(r"^https?://[^/]+", call.kiosk.url).group(0)
-            await _log_in(desk, base, staff.account["email"], "staff password",
+            await log_in(desk, base, staff.account["email"], "staff password",
                           "/static/staff.html")
             listed = desk.locator(f"#visit-list li[data-visit='{call.visit_id}'] .visit-link")
             fam, kiosk = (p.locator("#visit-link-level") for p in (call.fam, call.kiosk))

@@ -32,30 +32,8 @@ from server.app import create_app
 from tests.conftest import fresh_sqlite, test_settings
 from tests.support.browser import PHONE, chromium, require_chromium, shot
 from tests.support.helpers import Api, Who
+from tests.support.pages import PASSWORD, family_account, log_in
 from tests.support.processes import cli_env, free_port, wait_ready
-
-PASSWORD = "correct horse battery"
-
-
-async def _family(api: Api, name: str) -> tuple[Who, str]:
-    email = f"{name.split()[0].lower()}-{secrets.token_hex(3)}@example.test"
-    r = await api.call("POST", "/auth/signup", json={"email": email, "password": PASSWORD,
-                                                     "name": name})
-    assert r.status == 201, r.body
-    r = await api.call("POST", "/auth/login", json={"email": email, "password": PASSWORD})
-    assert r.status == 200, r.body
-    return Who(r.body["token"], r.body["account"]), email
-
-
-async def _log_in(page: Any, base: str, email: str, password: str, path: str = "/") -> None:
-    from playwright.async_api import expect
-
-    await page.goto(base + path)
-    await expect(page.locator("body")).to_have_attribute("data-ready", "signed-out")
-    await page.locator("#login-email").fill(email)
-    await page.locator("#login-password").fill(password)
-    await page.get_by_role("button", name="Log in").click()
-    await expect(page.locator("body")).to_have_attribute("data-ready", "signed-in")
 
 
 class Serve:
@@ -102,7 +80,7 @@ async def test_reconnect_across_server_restart_msgpack(sqlite_template: Path,
         admin = await api.admin()
         facility_id = await api.facility(admin)
         person = await api.person(await api.staff(admin, facility_id), facility_id)
-        family, email = await _family(api, "Alex Rivers")
+        family, email = await family_account(api, "Alex Rivers")
         await api.connect(family, person)
         assert (await api.buy(family, 500)).status == 201
         r = await api.call("POST", "/gifts", family, json={"to": person.id, "credits": 300},
@@ -130,7 +108,7 @@ async def test_reconnect_across_server_restart_msgpack(sqlite_template: Path,
             page.on("websocket", lambda ws: ws.on(
                 "framereceived", lambda payload: frames.append((id(ws), type(payload)))))
 
-            await _log_in(page, server.base, email, PASSWORD, "/?codec=msgpack")
+            await log_in(page, server.base, email, PASSWORD, "/?codec=msgpack")
             html = page.locator("html")
             await expect(html).to_have_attribute("data-socket", "online")
             await expect(html).to_have_attribute("data-socket-codec", "msgpack")
@@ -271,7 +249,7 @@ async def test_staff_settings_review_audit_and_family_gift_statement(sqlite_temp
         r = await api.call("POST", "/auth/login",
                            json={"email": staff_email, "password": "staff password"})
         person = await api.person(Who(r.body["token"], r.body["account"]), facility_id)
-        family, email = await _family(api, "Sam Rivers")
+        family, email = await family_account(api, "Sam Rivers")
         await api.connect(family, person)
         assert (await api.buy(family, 1000)).status == 201
 
@@ -284,7 +262,7 @@ async def test_staff_settings_review_audit_and_family_gift_statement(sqlite_temp
             page.on("pageerror", lambda e: errors.append(str(e)))
         try:
             # --- an administrator holds every message for review and lowers the price ---
-            await _log_in(boss, base, admin.account["email"], "admin password",
+            await log_in(boss, base, admin.account["email"], "admin password",
                           "/static/staff.html")
             await expect(boss.get_by_label("Facility (administrators choose)")).to_have_value(
                 facility_id)
@@ -303,7 +281,7 @@ async def test_staff_settings_review_audit_and_family_gift_statement(sqlite_temp
             assert saved["prices"]["photo"] == 100  # only what changed was sent
 
             # --- the family: terms from the server, the new price, the message held ---
-            await _log_in(fam, base, email, PASSWORD)
+            await log_in(fam, base, email, PASSWORD)
             await expect(fam.locator("html")).to_have_attribute("data-socket", "online")
             await fam.get_by_role("tab", name="Buy credits").click()
             await expect(fam.get_by_label("Credits", exact=True).locator("option").first) \
@@ -333,7 +311,7 @@ async def test_staff_settings_review_audit_and_family_gift_statement(sqlite_temp
             assert (await api.call("GET", "/me", person)).body["balance"] == 100
 
             # --- staff approve it in the console; the audit log shows both decisions ---
-            await _log_in(desk, base, staff_email, "staff password", "/static/staff.html")
+            await log_in(desk, base, staff_email, "staff password", "/static/staff.html")
             item = desk.locator("#queue li", has_text="new rules")
             await expect(item).to_contain_text("Sam Rivers")
             await expect(item).to_contain_text("40 credits")
@@ -415,7 +393,7 @@ async def test_staff_watch_a_relayed_visit_in_the_console(sqlite_template: Path,
             desk = await ctx.new_page()
             errors: list[str] = []
             desk.on("pageerror", lambda e: errors.append(str(e)))
-            await _log_in(desk, b.base, email, STAFF_PASSWORD, "/static/staff.html")
+            await log_in(desk, b.base, email, STAFF_PASSWORD, "/static/staff.html")
             item = desk.locator(f"#visit-list li[data-visit='{visit_id}']")
             await expect(item).to_have_attribute("data-status", "live")
             await item.locator("button", has_text="Watch").click()
@@ -490,7 +468,7 @@ async def test_staff_play_a_relayed_visits_recording_in_the_console(sqlite_templ
             desk = await ctx.new_page()
             errors: list[str] = []
             desk.on("pageerror", lambda e: errors.append(str(e)))
-            await _log_in(desk, node.base, email, STAFF_PASSWORD, "/static/staff.html")
+            await log_in(desk, node.base, email, STAFF_PASSWORD, "/static/staff.html")
             item = desk.locator(f"#visit-list li[data-visit='{visit_id}']")
             await item.locator("button", has_text="End").click()
             await desk.get_by_role("dialog").get_by_label("Reason").fill("end of the test")

@@ -25,13 +25,13 @@ from pathlib import Path
 from aiohttp.test_utils import TestClient, TestServer
 
 from server.app import create_app
-from tests.browser.test_accessibility import Audit
-from tests.browser.test_browser_more import PASSWORD, _family, _log_in
 from tests.conftest import fresh_sqlite, test_settings
 from tests.integration.test_audit_log import named_staff
+from tests.support.audit import Audit
 from tests.support.browser import KIOSK, PHONE, chromium, kiosk_sign_in, require_chromium, shot
 from tests.support.clock import browser_clock, running_clock
 from tests.support.helpers import Api
+from tests.support.pages import PASSWORD, family_account, log_in
 
 START = datetime(2026, 12, 5, 18, 0, tzinfo=UTC)  # noon at the facility (America/Chicago)
 LONG_NAME = "Stateville Correctional Center"  # cut off in a half-width column before
@@ -76,7 +76,7 @@ async def test_phone_layout_logo_favicon_and_no_error_responses(sqlite_template:
         staff = await named_staff(api, admin, facility, "Ana Diaz")
         number, device = await api.kiosk_person(staff, facility, "2468", "Dana Rivers")
         person = await api.kiosk_login(facility, number, "2468", device)
-        family, email = await _family(api, "Alex Rivers")
+        family, email = await family_account(api, "Alex Rivers")
         await api.connect(family, person)
         assert (await api.buy(family, 1000)).status == 201
         for who, to, text, cod in ((family, person, "hello from home", False),
@@ -102,7 +102,7 @@ async def test_phone_layout_logo_favicon_and_no_error_responses(sqlite_template:
             # --- the family app on a phone: one row of tabs ---
             _, fam = await context(PHONE)
             fam.on("pageerror", lambda e: errors.append(str(e)))
-            await _log_in(fam, base, email, PASSWORD)
+            await log_in(fam, base, email, PASSWORD)
             row = await fam.eval_on_selector("nav.tabs", ONE_ROW)
             assert len(row["tops"]) == 1 and row["cut"] == [] and row["overflow"] <= 0, row
             assert row["right"] <= PHONE["width"], row
@@ -150,7 +150,7 @@ async def test_phone_layout_logo_favicon_and_no_error_responses(sqlite_template:
 
             # --- on a desktop: list and thread side by side, no back button ---
             _, wide = await context({"width": 1024, "height": 768})
-            await _log_in(wide, base, email, PASSWORD)
+            await log_in(wide, base, email, PASSWORD)
             await wide.locator("#threads button", has_text="Dana Rivers").click()
             await expect(wide.locator("li.msg")).to_have_count(2)
             await expect(wide.locator("#threads")).to_be_visible()
@@ -162,7 +162,7 @@ async def test_phone_layout_logo_favicon_and_no_error_responses(sqlite_template:
             await kiosk_sign_in(kiosk, base, seed, "2468")
             await expect(kiosk.locator("li.msg")).to_have_count(0)  # no thread open yet
             _, desk = await context({"width": 1280, "height": 900})
-            await _log_in(desk, base, staff.account["email"], "staff password",
+            await log_in(desk, base, staff.account["email"], "staff password",
                           "/static/staff.html")
             await expect(desk.locator("#audit-rows li").first).to_be_visible()
 

@@ -15,14 +15,14 @@ from aiohttp.test_utils import TestClient, TestServer
 from aiosmtpd.controller import Controller
 
 from server.app import create_app
-from tests.browser.test_accessibility import Audit
-from tests.browser.test_browser_more import _family, _log_in
 from tests.conftest import fresh_sqlite, test_settings
 from tests.integration.test_mail import Inbox, deliver, free_port
 from tests.integration.test_roles import MAIL_ON
+from tests.support.audit import Audit
 from tests.support.browser import PHONE, chromium, require_chromium, shot
 from tests.support.clock import running_clock
 from tests.support.helpers import Api
+from tests.support.pages import family_account, log_in
 
 START = datetime(2026, 12, 5, 18, 0, tzinfo=UTC)
 
@@ -47,7 +47,7 @@ async def test_a_family_resets_its_password_from_the_emailed_link(sqlite_templat
         async with TestClient(TestServer(app, host="127.0.0.1", port=port)) as client, \
                 chromium() as browser:
             api = Api(client)
-            family, email = await _family(api, "Alex Rivers")
+            family, email = await family_account(api, "Alex Rivers")
             context = await browser.new_context(viewport=PHONE, device_scale_factor=1)
             page = await context.new_page()
             errors: list[str] = []
@@ -85,7 +85,7 @@ async def test_a_family_resets_its_password_from_the_emailed_link(sqlite_templat
             await expect(page.locator("#reset-notice")).to_contain_text("not valid any more")
 
             assert (await api.call("GET", "/me", family)).status == 401  # the old session ended
-            await _log_in(page, base, email, "a fresh passphrase")
+            await log_in(page, base, email, "a fresh passphrase")
 
             # Its email choices.
             await page.goto(base + "/settings")

@@ -23,14 +23,14 @@ from aiohttp import FormData
 from aiohttp.test_utils import TestClient, TestServer
 
 from server.app import create_app
-from tests.browser.test_accessibility import Audit
-from tests.browser.test_browser_more import _log_in
 from tests.conftest import fresh_sqlite, test_settings
 from tests.integration.test_audit_log import named_family, named_staff, visit_in_call
 from tests.integration.test_photos import png
+from tests.support.audit import Audit
 from tests.support.browser import chromium, require_chromium, shot
 from tests.support.clock import browser_clock, running_clock
 from tests.support.helpers import Api
+from tests.support.pages import log_in
 
 DESK = {"width": 1280, "height": 900}
 # Saturday 5 December 2026, 15:00 at the facility (America/Chicago).
@@ -73,7 +73,7 @@ async def test_end_with_a_reason_audit_sentences_csv_bulk_review_and_settings_er
         errors: list[str] = []
         desk.on("pageerror", lambda e: errors.append(str(e)))
         try:
-            await _log_in(desk, base, ana.account["email"], "staff password",
+            await log_in(desk, base, ana.account["email"], "staff password",
                           "/static/staff.html")
 
             # --- End: a dialog that needs a reason; Cancel keeps the visit going ---
@@ -140,7 +140,7 @@ async def test_end_with_a_reason_audit_sentences_csv_bulk_review_and_settings_er
             boss_ctx = await browser.new_context(viewport=DESK)  # its own cookies
             boss = await boss_ctx.new_page()
             boss.on("pageerror", lambda e: errors.append(str(e)))
-            await _log_in(boss, base, admin.account["email"], "admin password",
+            await log_in(boss, base, admin.account["email"], "admin password",
                           "/static/staff.html")
             await boss.get_by_label("Visiting from").fill("22:00")
             await boss.get_by_label("Visiting until").fill("08:00")

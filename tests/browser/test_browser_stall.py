@@ -14,13 +14,13 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from server.app import create_app
 from tests.browser.test_browser_endings import PASSWORD, _book_now, _join_both, _minutes, _pages
-from tests.browser.test_browser_more import _log_in
-from tests.browser.test_browser_visit import MEDIA, MINUTE_S, PIN, _parties
 from tests.conftest import fresh_sqlite, test_settings
 from tests.support.browser import buy_credits, kiosk_sign_in, launch, require_chromium
 from tests.support.clock import scene_clock
 from tests.support.helpers import Api
+from tests.support.pages import log_in
 from tests.support.turn_server import private_coturn
+from tests.support.visit_pages import MEDIA, MINUTE_S, PIN, visit_parties
 
 STALL_S = 2.0
 CREDITS = 1000
@@ -53,10 +53,10 @@ async def test_a_stopped_kiosk_camera_pauses_the_meter_on_both_screens(
             base = str(client.make_url("/")).rstrip("/")
             errors: list[str] = []
             try:
-                seed = await _parties(api, PASSWORD)
+                seed = await visit_parties(api, PASSWORD)
                 fam, kiosk = await _pages(browser, errors)
                 await kiosk_sign_in(kiosk, base, seed, PIN)
-                await _log_in(fam, base, seed["email"], PASSWORD)
+                await log_in(fam, base, seed["email"], PASSWORD)
                 await buy_credits(fam, CREDITS)
                 visit_id = await _book_now(api, seed)
                 await _join_both(fam, kiosk, expect)

@@ -17,15 +17,16 @@ from aiohttp import FormData
 from aiohttp.test_utils import TestClient, TestServer
 
 from server.app import create_app
-from tests.browser.test_accessibility import Audit
-from tests.browser.test_browser_more import PASSWORD, _family, _log_in, _rows
+from tests.browser.test_browser_more import _rows
 from tests.conftest import fresh_sqlite, test_settings
 from tests.integration.test_audit_log import visit_in_call
 from tests.integration.test_photos import png
 from tests.integration.test_statement import minutes
+from tests.support.audit import Audit
 from tests.support.browser import PHONE, chromium, require_chromium, shot
 from tests.support.clock import browser_clock, running_clock
 from tests.support.helpers import Api
+from tests.support.pages import PASSWORD, family_account, log_in
 
 START = datetime(2026, 12, 5, 20, 0, tzinfo=UTC)  # 14:00 on Saturday 5 December in Chicago
 
@@ -46,7 +47,7 @@ async def test_the_statement_groups_a_visit_and_exports_csv(sqlite_template: Pat
         staff = await api.staff(admin, facility)
         number, device = await api.kiosk_person(staff, facility, "2468", "Dana Rivers")
         person = await api.kiosk_login(facility, number, "2468", device)
-        family, email = await _family(api, "Alex Rivers")
+        family, email = await family_account(api, "Alex Rivers")
         await api.connect(family, person)
         assert (await api.buy(family, 2000)).status == 201
         visit_id = await visit_in_call(api, family, person, facility)
@@ -67,7 +68,7 @@ async def test_the_statement_groups_a_visit_and_exports_csv(sqlite_template: Pat
         errors: list[str] = []
         fam.on("pageerror", lambda e: errors.append(str(e)))
         try:
-            await _log_in(fam, str(client.make_url("/")).rstrip("/"), email, PASSWORD)
+            await log_in(fam, str(client.make_url("/")).rstrip("/"), email, PASSWORD)
             await fam.get_by_role("tab", name="Statement").click()
             await expect(fam.locator("#statement-rows tr")).to_have_count(4)
             assert await _rows(fam, "#statement-rows tr") == [

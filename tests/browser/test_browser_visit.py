@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import secrets
 from datetime import timedelta
 from pathlib import Path
 
@@ -30,33 +29,14 @@ from tests.support.browser import (
     kiosk_sign_in,
     launch,
     require_chromium,
-    seed_kiosk,
     shot,
 )
 from tests.support.clock import scene_clock
-from tests.support.helpers import Api, Who
+from tests.support.helpers import Api
 from tests.support.turn_server import private_coturn
+from tests.support.visit_pages import MEDIA, MINUTE_S, PIN, visit_parties
 
-PIN = "1357"
-MINUTE_S = 2.0
 CREDITS = 300  # six visit minutes at 50
-MEDIA = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
-
-
-async def _parties(api: Api, password: str) -> dict:
-    """A facility, a person with a kiosk device, and a connected family with no credits."""
-    seed = await seed_kiosk(api, PIN)
-    person = await api.kiosk_login(seed["facility_id"], seed["number"], PIN, seed["device"])
-    email = f"alex-{secrets.token_hex(3)}@example.test"
-    r = await api.call("POST", "/auth/signup",
-                       json={"email": email, "password": password, "name": "Alex Rivers"})
-    assert r.status == 201, r.body
-    r = await api.call("POST", "/auth/login", json={"email": email, "password": password})
-    family = Who(r.body["token"], r.body["account"])
-    await api.connect(family, person)
-    return {**seed, "email": email, "family": family, "person": person}
-
-
 PLAYING = """async () => {
   const v = document.getElementById('visit-remote');
   while (!(v.videoWidth > 0 && v.currentTime > 0)) await new Promise(r => setTimeout(r, 50));
@@ -83,7 +63,7 @@ async def test_a_booked_video_visit_in_two_browsers(sqlite_template: Path,
                 async_playwright() as pw:
             browser = await launch(pw, *MEDIA)
             api = Api(client)
-            seed = await _parties(api, password)
+            seed = await visit_parties(api, password)
             base = str(client.make_url("/")).rstrip("/")
             fam_ctx = await browser.new_context(viewport=PHONE, device_scale_factor=1)
             kiosk_ctx = await browser.new_context(viewport=KIOSK)
@@ -294,7 +274,7 @@ async def test_a_relayed_recorded_visit_in_two_browsers(sqlite_template: Path,
                 async_playwright() as pw:
             browser = await launch(pw, *MEDIA)
             api = Api(client)
-            seed = await _parties(api, password)
+            seed = await visit_parties(api, password)
             admin = await api.admin()
             r = await api.call("PATCH", f"/facilities/{seed['facility_id']}", admin,
                                json={"settings": {"media": "relay"}})

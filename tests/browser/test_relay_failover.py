@@ -175,9 +175,9 @@ async def test_a_staff_watcher_follows_the_visit_when_its_relay_is_killed(
     resuming. Without the push to watchers the console keeps its dead peer connection."""
     from playwright.async_api import expect
 
-    from tests.browser.test_browser_more import _log_in
     from tests.integration.test_relay import STAFF_PASSWORD, new_staff
     from tests.support.browser import chromium, require_chromium
+    from tests.support.pages import log_in
 
     require_chromium()
     expect.set_options(timeout=20_000)
@@ -202,7 +202,7 @@ async def test_a_staff_watcher_follows_the_visit_when_its_relay_is_killed(
             desk = await ctx.new_page()
             errors: list[str] = []
             desk.on("pageerror", lambda e: errors.append(str(e)))
-            await _log_in(desk, b.base, email, STAFF_PASSWORD, "/static/staff.html")
+            await log_in(desk, b.base, email, STAFF_PASSWORD, "/static/staff.html")
             item = desk.locator(f"#visit-list li[data-visit='{visit_id}']")
             await expect(item).to_have_attribute("data-status", "live")
             await item.locator("button", has_text="Watch").click()

@@ -23,8 +23,6 @@ from aiohttp.test_utils import TestClient, TestServer
 from server.app import create_app
 from signalling.visits import pause_reason
 from tests.browser.test_browser_endings import PASSWORD, _book_now, _minutes, _visit_row
-from tests.browser.test_browser_more import _log_in
-from tests.browser.test_browser_visit import MEDIA, PIN, _parties
 from tests.conftest import test_settings
 from tests.support.browser import (
     CHROMIUM,
@@ -38,7 +36,9 @@ from tests.support.browser import (
 from tests.support.clock import scene_clock
 from tests.support.helpers import Api
 from tests.support.impaired_link import ImpairedLink
+from tests.support.pages import log_in
 from tests.support.turn_server import private_coturn
+from tests.support.visit_pages import MEDIA, PIN, visit_parties
 
 MINUTE_S = 5.0
 CREDITS = 1000  # twenty minutes at 50: the balance never ends these visits
@@ -187,7 +187,7 @@ async def linked_call(tmp_path: Path, db_url: str, link: ImpairedLink, relay: bo
             kiosk_browser = await launch(pw, *MEDIA, secure)
             try:
                 api = Api(client)
-                seed = await _parties(api, PASSWORD)
+                seed = await visit_parties(api, PASSWORD)
                 if relay:
                     r = await api.call("PATCH", f"/facilities/{seed['facility_id']}",
                                        await api.admin(), json={"settings": {"media": "relay"}})
@@ -198,7 +198,7 @@ async def linked_call(tmp_path: Path, db_url: str, link: ImpairedLink, relay: bo
                 for page in (fam, kiosk):
                     page.on("pageerror", lambda e: call.errors.append(str(e)))
                 await kiosk_sign_in(kiosk, base, seed, PIN)
-                await _log_in(fam, base, seed["email"], PASSWORD)
+                await log_in(fam, base, seed["email"], PASSWORD)
                 await buy_credits(fam, CREDITS)
                 call.visit_id = await _book_now(api, seed)
                 await kiosk.get_by_role(
