@@ -210,7 +210,7 @@ async def _visit_rows(db: str, family_id: str, record: bool) -> str:
 async def _pair(http: aiohttp.ClientSession, server: common.Server) -> tuple[str, str, str]:
     """A family and a person with an approved connection: (family token, person token,
     family account id)."""
-    from tests.integration.test_cluster import make_pair
+    from tests.support.nodes import make_pair
 
     family, person = await make_pair(http, server, server, server.database_url)
     async with http.get(server.base + "/api/v1/me",
