@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -84,56 +83,6 @@ async def _reserve(db: raw.Raw, counts: dict[str, int]) -> dict[str, int]:
     return first
 
 
-# Events this process committed lately, per broker and user: a feed here that is signalled
-# for them pushes them from memory instead of reading them back (server/gateway/hub.py).
-# Only committed events get here (Outbox.signal runs after the commit); a feed uses them only
-# when they continue its sockets' sequence without a gap, otherwise it reads the store. A feed
-# consumes them within milliseconds, so a small budget of events in all (oldest users dropped
-# first) is plenty, and bounds the memory (a message body may be 30,000 characters).
-RECENT_PER_USER = 8
-RECENT_EVENTS = 512
-_recent: weakref.WeakKeyDictionary[Any, _Recent] = weakref.WeakKeyDictionary()
-
-
-class _Recent:
-    def __init__(self) -> None:
-        self.users: dict[str, deque[Event]] = {}  # least recently written first
-        self.count = 0
-
-    def add(self, account_id: str, event: Event) -> None:
-        kept = self.users.pop(account_id, None)
-        if kept is None:
-            kept = deque(maxlen=RECENT_PER_USER)
-        elif kept[-1].seq >= event.seq:
-            self.count -= len(kept)  # out of order (another writer interleaved): start again
-            kept.clear()
-        self.users[account_id] = kept  # now the most recently written
-        self.count -= len(kept)
-        kept.append(event)
-        self.count += len(kept)
-        while self.count > RECENT_EVENTS:
-            oldest = next(iter(self.users))
-            self.count -= len(self.users.pop(oldest))
-
-
-def recent(broker: Broker, account_id: str) -> deque[Event] | None:
-    try:
-        kept = _recent.get(broker)
-    except TypeError:  # see _remember
-        return None
-    return None if kept is None else kept.users.get(account_id)
-
-
-def _remember(broker: Broker, account_id: str, event: Event) -> None:
-    try:
-        kept = _recent.get(broker)
-        if kept is None:
-            kept = _recent[broker] = _Recent()
-    except TypeError:  # a broker that cannot be weakly referenced: no memory, feeds read
-        return
-    kept.add(account_id, event)
-
-
 # What else reads each transaction's events as they are written, per database engine: the
 # email notifier (server/mail.py), registered by create_app when email is on. Keyed by the
 # engine so that apps in one process (the tests') keep theirs apart; with none registered an
@@ -186,7 +135,7 @@ class Outbox:
         """Call after the commit. A broker outage is logged, not raised: the events are stored
         and every client gets them when it resyncs."""
         for account_id, event in self.kept:
-            _remember(broker, account_id, event)
+            broker.recent.add(account_id, event)  # for this process's feeds (broker/recent.py)
         self.kept.clear()
         latest: dict[str, int] = {}
         for account_id, seq in self.written:

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from common.errors import BrokerUnavailable  # noqa: F401 (the broker port's error)
 
@@ -58,6 +58,10 @@ class Gap:
     reason: str  # "overflow" | "reconnected"
 
 
+if TYPE_CHECKING:
+    from server.broker.recent import RecentEvents
+
+
 class Subscription(Protocol):
     def __aiter__(self) -> AsyncIterator[dict[str, Any] | Gap]: ...
 
@@ -65,6 +69,9 @@ class Subscription(Protocol):
 
 
 class Broker(Protocol):
+    # What this process published lately, for its own feeds (server/broker/recent.py).
+    recent: RecentEvents
+
     async def publish(self, channel: str, payload: dict[str, Any]) -> None: ...
 
     async def subscribe(self, channel: str, *, queue_max: int = 1024) -> Subscription: ...

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from server.broker import BrokerUnavailable, codec
+from server.broker.recent import RecentEvents
 from server.broker.subscription import QueuedSubscription
 
 SWEEP_INTERVAL_S = 1.0
@@ -33,6 +34,7 @@ class MemoryBroker:
         self._epochs: dict[str, int] = {}  # name -> the last grant's epoch
         self._sweep_at = clock() + SWEEP_INTERVAL_S
         self._closed = False
+        self.recent = RecentEvents()  # what this process published lately (recent.py)
 
     async def publish(self, channel: str, payload: dict[str, Any]) -> None:
         data = codec.encode(payload)

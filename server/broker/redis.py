@@ -46,6 +46,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from server.broker import BrokerUnavailable, codec, redis_url
+from server.broker.recent import RecentEvents
 from server.broker.redis_fanout import RedisFanout, _NoMetrics
 from server.broker.redis_shards import ShardedFanout
 from server.broker.subscription import QueuedSubscription
@@ -150,6 +151,7 @@ class RedisBroker:
         metrics: Any = None,
     ) -> None:
         self.metrics = metrics if metrics is not None else _NoMetrics()
+        self.recent = RecentEvents()  # what this process published lately (recent.py)
         self._op_timeout_s = op_timeout_s
         self._prefix = f"{namespace}:"
         # No retries inside redis-py: a retried PUBLISH could deliver twice, and the caller's

@@ -190,7 +190,7 @@ class Feed:
     def _kept(self, floor: int, seq: int) -> list[events.Event] | None:
         """floor+1 .. seq from the events this process just committed, when it has every one
         of them (a send's push then costs no store read); else None: read the store."""
-        kept = events.recent(self.hub.broker, self.account_id)
+        kept = self.hub.broker.recent.get(self.account_id)
         if not kept or kept[-1].seq < seq:
             return None
         found = [e for e in kept if e.seq > floor]
