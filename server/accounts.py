@@ -44,11 +44,20 @@ def public(row: Any) -> dict[str, Any]:
     return view
 
 
+# An account id's prefix says its role (store/ids.py new_id: "<prefix>_..."); server/mail.py
+# tells families' events from the rest by it without a query.
+ID_PREFIX = {"family": "fam", "person": "per"}
+
+
+def is_family(account_id: str) -> bool:
+    return account_id.startswith(ID_PREFIX["family"] + "_")
+
+
 async def create(conn: AsyncConnection, *, role: str, name: str, now: datetime,
                  email: str | None = None, password_hash: str | None = None,
                  facility_id: str | None = None, inmate_number: str | None = None,
                  pin_hash: str | None = None) -> Any:
-    account_id = new_id({"family": "fam", "person": "per"}.get(role, role[:3]))
+    account_id = new_id(ID_PREFIX.get(role, role[:3]))
     try:
         # A savepoint, so that a duplicate leaves the caller's transaction usable.
         async with conn.begin_nested():

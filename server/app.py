@@ -134,6 +134,19 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
                   metrics=metrics, keep_recording=recordings.keep,
                   transcode=settings.relay_transcode, capacity=settings.relay_capacity)
     # --- end relay mode ---
+    # Email (server/mail.py): notifications written with the events that report them, sent
+    # by a background sender; none of it when no relay is configured. Web Push beside it.
+    relay_smtp = mail.relay_of(settings)
+    notifier = mail_sender = vapid = push_sender = None
+    if relay_smtp is not None:
+        notifier = mail.Notifier(settings)
+        mail_sender = mail.MailSender(store, relay_smtp, settings.mail_from, clock,
+                                      attempts_max=settings.mail_attempts_max,
+                                      public_url=settings.public_url)
+        if settings.vapid_private_key:
+            vapid = push.Vapid(settings.vapid_private_key, settings.vapid_subject)
+            push_sender = push.PushSender(store, vapid, clock,
+                                          attempts_max=settings.mail_attempts_max)
     ctx = Context(
         settings=settings, store=store, broker=broker, gateway=gateway or SandboxGateway(),
         passwords=Passwords(settings.argon2_time_cost, settings.argon2_memory_kib,
@@ -143,21 +156,11 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
                                    make_attempts(settings)),
         clock=clock, metrics=metrics,
         photo_work=PhotoWork(settings.photo_workers, settings.photo_queue_max),
-        meters=meters, relay=relay, recordings=recordings, blobs=blobs)
+        meters=meters, relay=relay, recordings=recordings, blobs=blobs,
+        notifier=notifier, mail_sender=mail_sender, vapid=vapid, push_sender=push_sender)
     app[CONTEXT] = ctx
-    # Email (server/mail.py): notifications written with the events that report them, sent
-    # by a background sender; none of it when no relay is configured.
-    relay_smtp = mail.relay_of(settings)
-    if relay_smtp is not None:
-        ctx.notifier = mail.Notifier(settings)
-        events.watch(store.engine, ctx.notifier)
-        ctx.mail_sender = mail.MailSender(store, relay_smtp, settings.mail_from, clock,
-                                          attempts_max=settings.mail_attempts_max,
-                                          public_url=settings.public_url)
-        if settings.vapid_private_key:
-            ctx.vapid = push.Vapid(settings.vapid_private_key, settings.vapid_subject)
-            ctx.push_sender = push.PushSender(store, ctx.vapid, clock,
-                                              attempts_max=settings.mail_attempts_max)
+    if notifier is not None:
+        events.watch(store.engine, notifier)
     limits = make_limits(settings, meters.node_id)  # Redis: per-user limits across processes
     hub = Hub(store, broker, per_user_max=settings.ws_connections_per_user_max,
               page_max=settings.sync_page_max, metrics=metrics, limits=limits)
@@ -192,7 +195,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
                                 partials=(blobs.staging, relay.recordings_dir),
                                 in_use=relay.writing,
                                 orphan_grace_s=settings.orphan_grace_s,
-                                remind=ctx.notifier.remind if ctx.notifier else None)
+                                remind=notifier.remind if notifier else None)
 
     async def holding() -> float:
         return 1.0 if housekeeping.holding else 0.0
@@ -254,11 +257,11 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
         stop = asyncio.Event()
         sweeper = asyncio.create_task(housekeeping.run(stop), name="housekeeping")
         mailer = None
-        if ctx.mail_sender is not None:  # off: `kinwire serve`'s banner says so, once
-            mailer = asyncio.create_task(ctx.mail_sender.run(stop), name="mail")
+        if mail_sender is not None:  # off: `kinwire serve`'s banner says so, once
+            mailer = asyncio.create_task(mail_sender.run(stop), name="mail")
         pusher = None
-        if ctx.push_sender is not None:
-            pusher = asyncio.create_task(ctx.push_sender.run(stop), name="push")
+        if push_sender is not None:
+            pusher = asyncio.create_task(push_sender.run(stop), name="push")
         await meters.start()
         await relay.start()
         if limits is not None:

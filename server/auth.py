@@ -147,6 +147,17 @@ async def revoke_session(conn: AsyncConnection, session_id: str, now: datetime) 
                        .values(revoked_at=now))
 
 
+async def revoke_sessions(conn: AsyncConnection, account_id: str, now: datetime) -> list[str]:
+    """Every live session of the account revoked (a password reset); their ids, so that the
+    caller can close their sockets."""
+    revoked = list((await conn.execute(select(sessions.c.id).where(
+        sessions.c.account_id == account_id, sessions.c.revoked_at.is_(None)))).scalars())
+    if revoked:
+        await conn.execute(sessions.update().where(sessions.c.id.in_(revoked))
+                           .values(revoked_at=now))
+    return revoked
+
+
 class LoginLimiter:
     """The login keys (docs/security.md, "Attempt limits"): a password login is limited per
     account and client address (`failures_max`) and per address (x10), with one verification

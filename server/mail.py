@@ -3,12 +3,11 @@
 An email is a row of `mail_outbox` written in the same transaction as the change it reports
 (a purchase, an approved connection, a visit's status, a message delivered, a low balance, a
 password reset), so it exists exactly when the change does and costs the request no network
-wait. `MailSender` (one per serving process) claims due rows with a conditional UPDATE (two
-processes never send the same row at once), sends them through the SMTP relay with aiosmtplib,
-and marks them sent; a failure is retried with a doubling wait up to `mail_attempts_max`
-tries, then given up and logged. A process that dies mid-send leaves its claim to lapse and
-the row is sent later (at least once: the Message-ID stays the same, so a relay may drop the
-repeat). Nothing here logs a body, an address or a token.
+wait. `MailSender` (one per serving process) claims due rows, sends them through the SMTP relay
+with aiosmtplib and settles them as server/outbox.py says (retried with a doubling wait up to
+`mail_attempts_max` tries, then given up and logged). A process that dies mid-send leaves
+its claim to lapse and the row is sent later (at least once: the Message-ID stays the same,
+so a relay may drop the repeat). Nothing here logs a body, an address or a token.
 
 Notifications are read from the event stream as it is written (server/events.py `watch`):
 every change a family must hear of already emits an event in its transaction, so no call site
@@ -32,12 +31,13 @@ from urllib.parse import unquote, urlsplit
 from zoneinfo import ZoneInfo
 
 import aiosmtplib
-from sqlalchemy import exists, func, literal, literal_column, or_, select
+from sqlalchemy import exists, func, literal, literal_column, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from billing.tables import ledger_transfers
-from server import push
+from server import accounts as accounts_rules
+from server import outbox, push
 from server.schema import accounts, facilities, mail_outbox, notification_prefs
 from server.settings import Settings
 from signalling.tables import visits as visits_table
@@ -60,9 +60,6 @@ KINDS = {
 # index on scheduled visits' ends.
 MAX_VISIT = timedelta(days=1)
 
-FAMILY_ID = "fam_"  # server/accounts.py create: a family's id prefix
-
-CLAIM_S = 120.0  # a claimed row is someone's for this long: longer than one SMTP exchange
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +104,11 @@ def plain(text: str) -> str:
     """A name as one line of plain text: no line breaks or control characters (they would
     break a header or the email's lines), whitespace runs collapsed."""
     return " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())[:100]
+
+
+def unsubscribe_link(base: str, key: str) -> str:
+    """The one-click link in every notification (and its List-Unsubscribe header)."""
+    return f"{base}/api/v1/notifications/unsubscribe?key={key}"
 
 
 def _money(cents: int) -> str:
@@ -157,7 +159,7 @@ class Notifier:
             await push.enqueue(conn, account_id, subject, lines[0], at)
 
     def unsubscribe_link(self, key: str) -> str:
-        return self.link(f"/api/v1/notifications/unsubscribe?key={key}")
+        return unsubscribe_link(self.base, key)
 
     async def _seen(self, conn: AsyncConnection, batch_key: str,
                     since: datetime | None = None) -> Any:
@@ -173,7 +175,7 @@ class Notifier:
             # Only families are emailed, and a family's id says so (server/accounts.py
             # create): the people's and staff's events, on every send and billed minute,
             # cost no query here.
-            if not account_id.startswith(FAMILY_ID):
+            if not accounts_rules.is_family(account_id):
                 continue
             if kind == "message.new" and data.get("to") == account_id:
                 await self._message(conn, account_id, data, at)
@@ -383,42 +385,15 @@ class MailSender:
         self._passing = asyncio.Lock()  # one pass at a time in a process
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                sent = await self.pass_once()
-            except Exception:  # the store or the relay is down: try again next pass
-                log.warning("mail pass failed", exc_info=True)
-                sent = 0
-            if sent < self.batch:
-                self.wake.clear()
-                waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(
-                    self.wake.wait())]
-                await asyncio.wait(waits, timeout=self.poll_s,
-                                   return_when=asyncio.FIRST_COMPLETED)
-                for w in waits:
-                    w.cancel()
+        await outbox.run(self.pass_once, stop, batch=self.batch, poll_s=self.poll_s,
+                         what="mail", wake=self.wake)
 
     async def _claim(self, now: datetime) -> list[Any]:
         o = mail_outbox
         async with self.store.read() as conn:
-            due = (await conn.execute(
-                select(o).where(o.c.sent_at.is_(None), o.c.failed_at.is_(None),
-                                o.c.due_at <= now)
-                .order_by(o.c.due_at).limit(self.batch))).all()
-        mine = []
-        if not due:
-            return mine
-        async with self.store.write() as conn:
-            for row in due:
-                # The try is counted when claimed: a process that dies mid-send used one.
-                took = await conn.execute(o.update().where(
-                    o.c.id == row.id, o.c.due_at == row.due_at, o.c.sent_at.is_(None),
-                    o.c.failed_at.is_(None))
-                    .values(due_at=now + timedelta(seconds=CLAIM_S),
-                            attempts=o.c.attempts + 1))
-                if took.rowcount == 1:
-                    mine.append(row)
-        return mine
+            due = (await conn.execute(select(o).where(outbox.due(o, now))
+                                      .order_by(o.c.due_at).limit(self.batch))).all()
+        return await outbox.claim(self.store, o, due, now)
 
     async def pass_once(self) -> int:
         """Claim and send what is due (after any pass under way here has finished); returns
@@ -444,8 +419,7 @@ class MailSender:
                     await client.login(r.user, r.password)
                 for row in rows:
                     key = keys.get(row.account_id) if row.kind != "password_reset" else None
-                    link = (f"{self.base}/api/v1/notifications/unsubscribe?key={key}"
-                            if key else None)
+                    link = unsubscribe_link(self.base, key) if key else None
                     try:
                         await client.send_message(message_of(row, self.mail_from, link))
                         outcome[row.id] = None
@@ -476,18 +450,15 @@ class MailSender:
         async with self.store.write() as conn:
             for row in rows:
                 error = outcome.get(row.id, "not sent")
-                tries = row.attempts + 1
-                if error is None:
-                    values: dict[str, Any] = {"sent_at": now, "last_error": None}
-                elif tries >= self.attempts_max:
-                    values = {"failed_at": now, "last_error": error[:200]}
+                values, became = outbox.settled(row, error, now, attempts_max=self.attempts_max,
+                                                backoff_s=self.backoff_s)
+                if became == "given up":
                     log.warning("mail %s (%s) given up after %d tries: %s", row.id, row.kind,
-                                tries, error)
-                else:
-                    wait = self.backoff_s * 2 ** (tries - 1)
-                    values = {"due_at": now + timedelta(seconds=wait), "last_error": error[:200]}
+                                row.attempts + 1, error)
+                elif became == "retry":
                     log.info("mail %s (%s) try %d failed (%s); next in %.0f s", row.id,
-                             row.kind, tries, error, wait)
+                             row.kind, row.attempts + 1, error,
+                             (values["due_at"] - now).total_seconds())
                 await conn.execute(o.update().where(o.c.id == row.id).values(**values))
 
 
@@ -501,12 +472,5 @@ KEEP_SENT = timedelta(days=7)
 
 
 async def prune(conn: AsyncConnection, now: datetime, limit: int) -> int:
-    """At most `limit` sent or given-up emails older than KEEP_SENT (one short transaction;
-    server/housekeeping.py calls it until it prunes fewer)."""
-    o = mail_outbox
-    old = (await conn.execute(select(o.c.id).where(
-        o.c.created_at < now - KEEP_SENT,
-        or_(o.c.sent_at.is_not(None), o.c.failed_at.is_not(None))).limit(limit))).scalars().all()
-    if old:
-        await conn.execute(o.delete().where(o.c.id.in_(old)))
-    return len(old)
+    """At most `limit` sent or given-up emails older than KEEP_SENT."""
+    return await outbox.prune(conn, mail_outbox, now, KEEP_SENT, limit)

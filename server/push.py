@@ -3,8 +3,8 @@
 A browser that allowed notifications subscribes (static/js/settings.js, static/sw.js) and gives
 us its push service's endpoint and its keys. With each notification email the Notifier
 (server/mail.py) writes one `push_outbox` row per subscription of the family, in the same
-transaction; `PushSender` sends them as MailSender sends email (claimed by a conditional
-UPDATE, retried with a doubling wait, bounded): the payload `{title, body}` encrypted to the
+transaction; `PushSender` sends them from that outbox as MailSender sends email (server/outbox.py:
+claimed, retried with a doubling wait, bounded): the payload `{title, body}` encrypted to the
 browser's keys (RFC 8291, aes128gcm, by http_ece) and the request signed with the server's
 VAPID key (RFC 8292, by py_vapid). A push service that answers 404 or 410 says the subscription
 is gone: it is deleted. Like email, a push never holds a message's body.
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -31,13 +30,13 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.errors import Refused
+from server import outbox
 from server.schema import push_outbox, push_subscriptions
 from store import Store
 from store.ids import new_id
 
 log = logging.getLogger("kinwire.push")
 
-CLAIM_S = 120.0
 TTL_S = 24 * 3600  # how long a push service keeps a push for a browser that is offline
 
 
@@ -136,15 +135,8 @@ class PushSender:
         self._passing = asyncio.Lock()
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                sent = await self.pass_once()
-            except Exception:
-                log.warning("push pass failed", exc_info=True)
-                sent = 0
-            if sent < self.batch:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.poll_s)
+        await outbox.run(self.pass_once, stop, batch=self.batch, poll_s=self.poll_s,
+                         what="push")
 
     async def pass_once(self) -> int:
         async with self._passing:
@@ -157,19 +149,11 @@ class PushSender:
             due = (await conn.execute(
                 select(o, s.c.endpoint, s.c.p256dh, s.c.auth)
                 .outerjoin(s, s.c.id == o.c.subscription_id)
-                .where(o.c.sent_at.is_(None), o.c.failed_at.is_(None), o.c.due_at <= now)
+                .where(outbox.due(o, now))
                 .order_by(o.c.due_at).limit(self.batch))).all()
-        if not due:
+        mine = await outbox.claim(self.store, o, due, now)
+        if not mine:
             return 0
-        mine = []
-        async with self.store.write() as conn:
-            for row in due:
-                took = await conn.execute(o.update().where(
-                    o.c.id == row.id, o.c.due_at == row.due_at, o.c.sent_at.is_(None),
-                    o.c.failed_at.is_(None)).values(
-                    due_at=now + timedelta(seconds=CLAIM_S), attempts=o.c.attempts + 1))
-                if took.rowcount == 1:
-                    mine.append(row)
         outcome: dict[str, str | None] = {}
         gone: list[str] = []
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)
@@ -208,23 +192,14 @@ class PushSender:
                     push_subscriptions.c.id.in_(gone)))
             for row in rows:
                 error = outcome.get(row.id, "not sent")
-                tries = row.attempts + 1
-                if error is None:
-                    values: dict[str, Any] = {"sent_at": now, "last_error": None}
-                elif error == "gone" or tries >= self.attempts_max:
-                    values = {"failed_at": now, "last_error": error}
-                    log.info("push %s given up after %d tries: %s", row.id, tries, error)
-                else:
-                    values = {"due_at": now + timedelta(seconds=self.backoff_s * 2 ** (tries - 1)),
-                              "last_error": error}
+                values, became = outbox.settled(row, error, now, attempts_max=self.attempts_max,
+                                                backoff_s=self.backoff_s,
+                                                give_up=error == "gone")
+                if became == "given up":
+                    log.info("push %s given up after %d tries: %s", row.id, row.attempts + 1,
+                             error)
                 await conn.execute(o.update().where(o.c.id == row.id).values(**values))
 
 
 async def prune(conn: AsyncConnection, now: datetime, keep: timedelta, limit: int) -> int:
-    o = push_outbox
-    old = (await conn.execute(select(o.c.id).where(
-        o.c.created_at < now - keep, (o.c.sent_at.is_not(None)) | (o.c.failed_at.is_not(None)))
-        .limit(limit))).scalars().all()
-    if old:
-        await conn.execute(o.delete().where(o.c.id.in_(old)))
-    return len(old)
+    return await outbox.prune(conn, push_outbox, now, keep, limit)

@@ -12,14 +12,13 @@ from __future__ import annotations
 import secrets
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.errors import Refused
 from server import accounts, mail
-from server.auth import token_hash
+from server.auth import revoke_sessions, token_hash
 from server.schema import accounts as accounts_table
-from server.schema import password_resets, sessions
+from server.schema import password_resets
 
 # The roles that sign in by email and password (a person uses a kiosk PIN set by staff).
 RESETTABLE = ("family", "staff", "admin")
@@ -67,12 +66,7 @@ async def use(conn: AsyncConnection, token: str, password_hash: str,
                        .values(used_at=now))
     await conn.execute(accounts_table.update().where(accounts_table.c.id == account_id)
                        .values(password_hash=password_hash))
-    s = sessions
-    revoked = list((await conn.execute(
-        select(s.c.id).where(s.c.account_id == account_id, s.c.revoked_at.is_(None)))).scalars())
-    if revoked:
-        await conn.execute(s.update().where(s.c.id.in_(revoked)).values(revoked_at=now))
-    return account_id, revoked
+    return account_id, await revoke_sessions(conn, account_id, now)
 
 
 async def prune(conn: AsyncConnection, now: datetime) -> int:

@@ -68,11 +68,16 @@ def age(path: Path, when) -> None:
     os.utime(path, (when.timestamp(), when.timestamp()))
 
 
+def machine_clock() -> Clock:
+    """The machine's clock as it is now: blob and file times are stamped on it, so ages are
+    measured on it; only differences from this start are used, so the date and hour the suite
+    runs at cannot matter."""
+    return Clock(datetime.now(UTC))
+
+
 def keeper(api: Api, clock: Clock, wall: Clock, in_use=lambda path: False) -> Housekeeping:
-    """A housekeeper: the app's clock stamps the audit; ages are on `wall`, the machine's
-    clock as it was when the test began (blob and file times are the real clock's). Only
-    differences from that start are used (a file aged GRACE_S past it, or not), so the date
-    and hour the suite runs at cannot matter."""
+    """A housekeeper: the app's clock stamps the audit; ages are on `wall` (machine_clock: a
+    file aged GRACE_S past its start, or not)."""
     ctx = api.ctx
     return Housekeeping(ctx.store, MemoryBroker(), clock, wall=wall, node_id="n1", lease_s=3.0,
                         batch_rows=50, retention_s=86_400, metrics=Metrics(),
@@ -84,7 +89,7 @@ def keeper(api: Api, clock: Clock, wall: Clock, in_use=lambda path: False) -> Ho
 
 async def test_a_crashed_recordings_partial_file_is_swept_once_stale_and_audited(
         db_url: str, tmp_path: Path) -> None:
-    clock, wall = Clock(START), Clock(datetime.now(UTC))
+    clock, wall = Clock(START), machine_clock()
     # the app's own housekeeping (first pass a third of its lease in) stays out of the way
     async with app_client(db_url, tmp_path, clock=clock, housekeeping_lease_s=3600) as client:
         api = Api(client)
@@ -135,7 +140,7 @@ async def test_a_crashed_recordings_partial_file_is_swept_once_stale_and_audited
 
 async def test_blobs_no_row_references_are_deleted_after_the_grace(
         db_url: str, tmp_path: Path) -> None:
-    clock, wall = Clock(START), Clock(datetime.now(UTC))
+    clock, wall = Clock(START), machine_clock()
     # the app's own housekeeping (first pass a third of its lease in) stays out of the way
     async with app_client(db_url, tmp_path, clock=clock, housekeeping_lease_s=3600) as client:
         api = Api(client)
