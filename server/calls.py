@@ -72,6 +72,16 @@ async def push_live(broker: Broker, account_id: str, kind: str, data: dict[str, 
     return True
 
 
+async def close_revoked(broker: Broker, account_id: str, session_ids: list[str]) -> None:
+    """The open sockets of sessions just revoked close now (logout, a password reset). With the
+    broker down they stay open until their next check of the session (logged)."""
+    try:
+        for session_id in session_ids:
+            await broker.publish(events.channel(account_id), {"revoked": session_id})
+    except BrokerUnavailable:
+        log.warning("broker unavailable: sockets of a revoked session stay open for now")
+
+
 async def announce_end(broker: Broker, row: Any, meters: Any = None) -> None:
     """Both parties hear `visit.ended`; with `meters`, every process's gateway drops its cached
     "in a call" for the visit at once (server/gateway/ops.py visit_signal)."""

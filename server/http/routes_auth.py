@@ -10,9 +10,8 @@ from pydantic import AfterValidator, Field
 
 from billing import ledger
 from common.errors import Refused
-from server import accounts, events
+from server import accounts, calls
 from server.auth import ANY_SESSION, open_session, revoke_session
-from server.broker import BrokerUnavailable
 from server.facilities import Strict
 from server.http.routing import (
     ANYONE,
@@ -65,10 +64,6 @@ class KioskLogin(Strict):
     pin: Annotated[str, Field(min_length=1, max_length=8)]
 
 
-def _address(call: Call) -> str:
-    return call.request.remote or "unknown"
-
-
 def _with_cookie(call: Call, body: dict, token: str, ttl_s: int) -> web.Response:
     response = json_response(body)
     response.set_cookie(COOKIE, token, max_age=ttl_s, httponly=True, samesite="Strict",
@@ -90,7 +85,7 @@ async def login(call: Call) -> web.Response:
     """Log in with email and password (family, staff, admin)."""
     body: Login = call.body
     ctx, now = call.ctx, call.now()
-    keys = ctx.login_limiter.password_keys(body.email, _address(call))
+    keys = ctx.login_limiter.password_keys(body.email, call.address)
     await ctx.login_limiter.reserve(ctx.store, keys, now)  # counted before it is verified
     matched = False
     try:
@@ -149,12 +144,7 @@ async def logout(call: Call) -> web.Response:
     """End this session now (its open sockets close too)."""
     async with call.ctx.store.write() as conn:
         await revoke_session(conn, call.me.session_id, call.now())
-    try:
-        await call.ctx.broker.publish(events.channel(call.me.account_id),
-                                      {"revoked": call.me.session_id})
-    except BrokerUnavailable:
-        # The session is revoked in the store; its sockets will fail their next check.
-        log.warning("broker unavailable: sockets of a revoked session stay open for now")
+    await calls.close_revoked(call.ctx.broker, call.me.account_id, [call.me.session_id])
     response = json_response({"ok": True})
     response.del_cookie(COOKIE, path="/")
     response.del_cookie(DEVICE_COOKIE, path="/")

@@ -9,10 +9,9 @@ from aiohttp import web
 from pydantic import Field
 
 from common.errors import Refused
-from server import events, mail, push, resets
+from server import calls, mail, push, resets
 from server.attempts import Key
 from server.auth import FAMILY
-from server.broker import BrokerUnavailable
 from server.facilities import Strict
 from server.http.routes_auth import Email, Password
 from server.http.routing import ANYONE, Call, Route, json_response
@@ -35,10 +34,6 @@ class PrefsIn(Strict):
     kinds: dict[str, bool] = Field(max_length=len(mail.KINDS))
 
 
-def _address(call: Call) -> str:
-    return call.request.remote or "unknown"
-
-
 async def reset_request(call: Call) -> web.Response:
     """Ask for a password-reset link by email (answers the same whether the account exists)."""
     body: ResetIn = call.body
@@ -48,7 +43,7 @@ async def reset_request(call: Call) -> web.Response:
                       "or the operator to reset your password.")
     per = ctx.settings.password_resets_per_hour
     # A flood from one address is refused outright (that says nothing about any account)...
-    await ctx.login_limiter.reserve(ctx.store, [Key(f"reset-ip:{_address(call)}", limit=per * 10,
+    await ctx.login_limiter.reserve(ctx.store, [Key(f"reset-ip:{call.address}", limit=per * 10,
                                                     window_s=RESET_WINDOW_S)], now)
     # ...while one address's mailbox gets at most `per` links an hour, answered the same past
     # it, whether the address has an account or not: the answer never tells.
@@ -77,12 +72,7 @@ async def reset_confirm(call: Call) -> web.Response:
     hashed = await ctx.passwords.hash(body.password)  # off the loop, before the transaction
     async with ctx.store.write() as conn:
         account_id, revoked = await resets.use(conn, body.token, hashed, now)
-    for session_id in revoked:  # their open sockets close now (as logout's do)
-        try:
-            await ctx.broker.publish(events.channel(account_id), {"revoked": session_id})
-        except BrokerUnavailable:
-            log.warning("broker unavailable: sockets of a revoked session stay open for now")
-            break
+    await calls.close_revoked(ctx.broker, account_id, revoked)
     return json_response({"ok": True})
 
 

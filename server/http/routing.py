@@ -79,6 +79,11 @@ class Call:
     def now(self) -> datetime:
         return self.ctx.clock()
 
+    @property
+    def address(self) -> str:
+        """The client's address, as the proxy middleware resolved it (server/http/proxy.py)."""
+        return self.request.remote or "unknown"
+
     def require_facility(self, facility_id: str) -> None:
         """Staff act only in their own facility; admins in all; others never."""
         me = self.me
