@@ -93,7 +93,7 @@ export class FamilyVisits {
       h("div", { class: "row" }, h("div", {}, d.back), h("div", {}, d.ok)));
     form.addEventListener("submit", (ev) => { ev.preventDefault(); this.confirm(); });
     d.back.addEventListener("click", () => d.box.close());
-    d.box.addEventListener("close", () => { this.pending = null; this.returnFocus?.focus(); });
+    d.box.addEventListener("close", () => { this.pending = null; this.restoreFocus(); });
     d.box.append(form);
     document.body.append(d.box);
     this.dialog = d.box;
@@ -172,6 +172,16 @@ export class FamilyVisits {
     const again = had && buttons.find((b) => b.dataset.start === had && !b.disabled);
     this.tabStop(again || buttons.find((b) => !b.disabled) || null);
     if (again) again.focus(); // a refresh under the keyboard keeps its place
+  }
+
+  /** Focus back where the dialog was opened from. The week may have been drawn again while
+   * it was open (the minute's refresh, a balance push): then the same block's new button. */
+  restoreFocus() {
+    let target = this.returnFocus;
+    if (target && !target.isConnected && target.dataset.start) {
+      target = this.el.week.querySelector(`button.slot[data-start="${target.dataset.start}"]`);
+    }
+    target?.focus();
   }
 
   /** The week's one Tab stop (roving tabindex). */
