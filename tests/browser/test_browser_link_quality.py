@@ -91,12 +91,15 @@ async def test_a_thin_link_shows_on_both_screens_and_in_the_staff_console(
             listed = desk.locator(f"#visit-list li[data-visit='{call.visit_id}'] .visit-link")
             fam, kiosk = (p.locator("#visit-link-level") for p in (call.fam, call.kiosk))
 
+            # Each side is given its own 15 s: with the rest of the suite on both cores, Chromium's
+            # decoder dips under 15 frames a second now and then (a true "Fair" for that moment;
+            # CI once caught the kiosk there for 5 s after the family had read "Good")
             await expect(fam).to_have_text("Good", timeout=15_000)
-            await expect(kiosk).to_have_text("Good", timeout=5_000)
+            await expect(kiosk).to_have_text("Good", timeout=15_000)
             await expect(call.fam.locator("#visit-link-reason")).to_have_text(
                 re.compile(r"^\(\d+ frames a second\)$"))
             await expect(listed).to_have_text(re.compile(r"^Link: Good \(\d+ frames a second\)$"),
-                                              timeout=12_000)
+                                              timeout=15_000)
 
             link.set(delay_ms=80, rate_kbit=300)
             await expect(fam).to_have_text(level, timeout=20_000)
