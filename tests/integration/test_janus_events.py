@@ -1,0 +1,242 @@
+"""Janus's event handler posting to Kinwire (issue 16): a real `janus` (one per module,
+tests/support/janus.py) whose sample event handler posts to a real Kinwire app with
+KINWIRE_MEDIA_ENGINE=janus (server/http/janus_events.py), and aiortc peers publishing synthetic
+media into a visit's VideoRoom room over Janus's HTTP API, as a party's client would."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+from server.app import create_app
+from server.http.janus_events import PATH, PRESENCE
+from signalling.janus import JanusConfig, JanusEngine, JanusServer, sign_token
+from signalling.janus_events import Presence
+from signalling.media import SyntheticVideoTrack, ToneAudioTrack
+from signalling.media_engine import JoinCredentials
+from tests.conftest import fresh_sqlite, test_settings
+from tests.support.janus import Janus, fresh_secrets, private_janus
+from tests.support.processes import free_port
+
+WAIT_S = 20.0  # ICE, DTLS and the first packets on a loaded two-core machine
+
+
+@dataclass
+class Shared:
+    janus: Janus
+    events_port: int
+
+    @property
+    def events_url(self) -> str:
+        return f"http://127.0.0.1:{self.events_port}{PATH}"
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
+    port = free_port()  # Kinwire listens here in each test; Janus posts here throughout
+    with private_janus(tmp_path_factory.mktemp("janus"),
+                       events_url=f"http://127.0.0.1:{port}{PATH}") as janus:
+        yield Shared(janus, port)
+
+
+@dataclass
+class Kinwire:
+    presence: Presence
+    url: str
+    password: str
+
+
+@pytest.fixture
+async def kinwire(shared: Shared, sqlite_template: Path,
+                  tmp_path: Path) -> AsyncIterator[Kinwire]:
+    s, janus = shared.janus.secrets, shared.janus
+    settings = test_settings(
+        fresh_sqlite(sqlite_template, tmp_path), tmp_path, media_engine="janus",
+        janus_urls=(janus.api_url,), janus_admin_urls=(janus.admin_url,),
+        janus_api_secret=s.api_secret, janus_admin_secret=s.admin_secret,
+        janus_token_secret=s.token_secret, janus_room_admin_key=s.room_admin_key,
+        janus_events_password=s.events_password, janus_events_bytes_max=65536)
+    app = create_app(settings, run_migrations=False)
+    server = TestServer(app, host="127.0.0.1", port=shared.events_port)
+    await server.start_server()
+    try:
+        yield Kinwire(app[PRESENCE], shared.events_url, s.events_password)
+    finally:
+        await server.close()
+
+
+@pytest.fixture
+async def engine(shared: Shared) -> AsyncIterator[JanusEngine]:
+    janus, s = shared.janus, shared.janus.secrets
+    async with aiohttp.ClientSession() as http:
+        engine = JanusEngine(http, JanusConfig(
+            (janus.api_url,), (janus.admin_url,), s.api_secret, s.admin_secret, s.token_secret,
+            s.room_admin_key, str(janus.recordings_dir)))
+        yield engine
+        await engine.close()
+
+
+def soon() -> datetime:
+    return datetime.now(UTC) + timedelta(minutes=5)
+
+
+async def until(check: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout_s} s: {what}")
+        await asyncio.sleep(0.05)
+
+
+def seen(presence: Presence, role: str, kind: str, media: str | None = None) -> bool:
+    return any(o.party.role == role and o.kind == kind and (media is None or o.media == media)
+               for o in presence.recent)
+
+
+@asynccontextmanager
+async def publishing(janus: Janus, creds: JoinCredentials, *, feed: str | None = None,
+                     audio: bool = True) -> AsyncIterator[RTCPeerConnection]:
+    """A party's client: a Janus session with its token, joined to its room with its pin as a
+    publisher (as `feed`, by default its own), publishing a synthetic camera (and tone)."""
+    async with aiohttp.ClientSession() as http:
+        session = await JanusServer(http, janus.api_url, token=creds.token).session()
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        try:
+            handle = await session.attach()
+            await handle.message({"request": "join", "ptype": "publisher", "room": creds.room,
+                                  "pin": creds.pin, "id": feed or creds.feed})
+            pc.addTrack(SyntheticVideoTrack(320, 240, 15))
+            if audio:
+                pc.addTrack(ToneAudioTrack())
+            await pc.setLocalDescription(await pc.createOffer())
+            await handle.message({"request": "publish"},
+                                 jsep={"type": "offer", "sdp": pc.localDescription.sdp})
+            deadline = time.monotonic() + WAIT_S
+            answer = None
+            while answer is None and time.monotonic() < deadline:
+                for event in await session.events(timeout_s=WAIT_S):
+                    data = (event.get("plugindata") or {}).get("data") or {}
+                    assert "error_code" not in data, data
+                    answer = event.get("jsep") or answer
+            assert answer is not None, "Janus never answered the publish"
+            await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
+            yield pc
+        finally:
+            await pc.close()
+            await session.close()
+
+
+async def test_janus_s_media_events_reach_kinwire_as_each_party_s_presence(
+        shared: Shared, kinwire: Kinwire, engine: JanusEngine) -> None:
+    """Adversary: no party's client is asked anything; what counts is what the Janus server
+    saw. The family publishing alone is not a call; with the person publishing every m-line
+    the call is connected; the person hanging up ends that at once (webrtc hangup), and the
+    recorded room writes each publisher's .mjr files."""
+    presence = kinwire.presence
+    room = await engine.create_room("vis_live", record=True)
+    family = engine.credentials(room, "family", "acc_family", soon())
+    person = engine.credentials(room, "person", "acc_person", soon())
+    try:
+        async with publishing(shared.janus, family):
+            await until(lambda: seen(presence, "family", "receiving", "video"),
+                        "the family's video arriving at Janus")
+            for kind in ("attached", "joined", "webrtcup"):
+                assert seen(presence, "family", kind), kind
+            [attached] = [o for o in presence.recent if o.kind == "attached"]
+            assert (attached.party.visit_id, attached.party.account_id) == ("vis_live",
+                                                                             "acc_family")
+            assert not presence.connected("vis_live")  # the person is not there
+            async with publishing(shared.janus, person):
+                await until(lambda: presence.connected("vis_live"), "the call connected")
+                assert seen(presence, "person", "receiving", "audio")
+            await until(lambda: seen(presence, "person", "hangup")
+                        or seen(presence, "person", "left"), "the person's hang-up")
+            assert not presence.connected("vis_live")
+            files = sorted(p.name for p in shared.janus.recordings_dir.iterdir())
+            assert any("vis_live" in f and "family" in f and "video" in f for f in files), files
+            assert any("vis_live" in f and "person" in f and "audio" in f for f in files), files
+    finally:
+        await engine.end(room)
+
+
+async def test_a_client_publishing_as_the_other_party_is_not_counted(
+        shared: Shared, kinwire: Kinwire, engine: JanusEngine) -> None:
+    """Adversary: a family client that joins its room under the person's feed name, so that
+    its media would pass for the person's: its handle is the family's (the token Kinwire
+    signed says so), it is flagged `foreign_room`, and no call is connected by it."""
+    presence = kinwire.presence
+    room = await engine.create_room("vis_liar", record=False)
+    family = engine.credentials(room, "family", "acc_family", soon())
+    try:
+        async with publishing(shared.janus, family, feed="person"):
+            await until(lambda: seen(presence, "family", "foreign_room"), "the flag")
+            await until(lambda: seen(presence, "family", "webrtcup"), "its media up")
+            assert presence.publishers("vis_liar") == {}
+            assert not presence.connected("vis_liar")
+            assert not any(o.party.role == "person" for o in presence.recent)
+    finally:
+        await engine.end(room)
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+async def test_an_event_post_without_the_password_is_refused(
+        shared: Shared, kinwire: Kinwire, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Adversaries: a Janus server (or anyone on the network) posting with a wrong password or
+    none, a post that is not JSON events, one too large, and a forged `attached` event naming
+    a token Kinwire never signed. Refused 401 (logged without the credential), 400, 413; the
+    forged event is taken (the credential was right) but names no party, so nothing is seen."""
+    caplog.set_level(logging.WARNING, logger="kinwire.janus")
+    event = {"type": 2, "timestamp": 1, "session_id": 1, "handle_id": 7, "emitter": "x",
+             "event": {"name": "attached", "plugin": "janus.plugin.videoroom",
+                       "token": sign_token("not-kinwire-s", expires_at=soon(),
+                                           descriptors=["kinwire=vis_x/person/acc_x"])}}
+    async with aiohttp.ClientSession() as http:
+        async def post(body: bytes, auth: str | None) -> int:
+            headers = {"Content-Type": "application/json"}
+            if auth is not None:
+                headers["Authorization"] = auth
+            async with http.post(kinwire.url, data=body, headers=headers) as reply:
+                return reply.status
+
+        good = basic("janus", kinwire.password)
+        body = json.dumps([event]).encode()
+        assert await post(body, None) == 401
+        assert await post(body, basic("janus", "guessed-password")) == 401
+        assert await post(body, basic("admin", kinwire.password)) == 401
+        assert await post(body, "Bearer " + kinwire.password) == 401
+        assert await post(b"{not json", good) == 400
+        assert await post(b'[{"type": "2"}]', good) == 400
+        assert await post(b"[" + b"1," * 40_000 + b"1]", good) == 413
+        assert await post(body, good) == 204
+        assert not kinwire.presence.recent
+
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    # A real Janus with the wrong password: its start-up event is refused, and so is all else.
+    caplog.clear()
+    impostor = fresh_secrets()
+    with private_janus(tmp_path / "impostor", events_url=kinwire.url,
+                       janus_secrets=impostor):
+        await until(lambda: any("refused a post" in r.getMessage() for r in caplog.records),
+                    "the impostor's post refused")
+    logged += "\n".join(r.getMessage() for r in caplog.records)
+    assert "guessed-password" not in logged and impostor.events_password not in logged
+    assert kinwire.password not in logged
+    assert not kinwire.presence.recent
+
