@@ -21,7 +21,7 @@ from signalling.janus import (
     party_token,
     sign_token,
 )
-from tests.support.janus import Janus, private_janus
+from tests.support.janus import Janus, private_janus, running_janus
 from tests.support.processes import free_port
 
 UNAUTHORIZED = 403  # JANUS_ERROR_UNAUTHORIZED
@@ -205,8 +205,8 @@ async def test_health_is_the_admin_api_and_a_dead_server_gets_no_room(
     server fails its health check, a new visit's room goes to the live one; the admin secret
     is checked (a wrong one is refused) and never needed by a party."""
     url = f"http://127.0.0.1:{free_port()}/internal/janus/events"
-    with private_janus(tmp_path / "doomed", events_url=url,
-                       janus_secrets=janus.secrets) as doomed:
+    async with running_janus(tmp_path / "doomed", events_url=url,
+                             janus_secrets=janus.secrets) as doomed:
         engine = JanusEngine(http, config(doomed, janus))
         try:
             assert await engine.healthy(doomed.api_url) and await engine.healthy(janus.api_url)

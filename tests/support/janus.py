@@ -6,11 +6,15 @@ folder, on 127.0.0.1 only; stopped (or killed -9, for failover tests) on demand.
         janus.api_url, janus.admin_url, janus.secrets ...
 
 Synchronous (a subprocess and urllib), so that one Janus can be a module-scoped fixture shared
-by tests that each run their own event loop. Start is bounded by START_TIMEOUT_S.
+by tests that each run their own event loop. Start is bounded by START_TIMEOUT_S. Inside a test
+whose event loop serves Kinwire's events endpoint, use `running_janus` (the same, off the loop):
+a stopping Janus posts its shutdown event and waits for the answer (up to its HTTP client's
+10 s), which a loop blocked in `private_janus`'s stop would never give.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import re
@@ -21,7 +25,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -179,3 +183,16 @@ def private_janus(folder: Path, *, events_url: str,
         yield janus
     finally:
         janus.stop()
+
+
+@contextlib.asynccontextmanager
+async def running_janus(folder: Path, *, events_url: str,
+                        janus_secrets: JanusSecrets | None = None) -> AsyncIterator[Janus]:
+    """`private_janus`, started and stopped on a worker thread so that the running event loop
+    goes on answering (Kinwire's events endpoint in the same loop)."""
+    manager = private_janus(folder, events_url=events_url, janus_secrets=janus_secrets)
+    janus = await asyncio.to_thread(manager.__enter__)
+    try:
+        yield janus
+    finally:
+        await asyncio.to_thread(manager.__exit__, None, None, None)
