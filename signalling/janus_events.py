@@ -8,8 +8,9 @@ A post is one event (a JSON object) or a batch (an array of them). `parse` check
   token for one party of one visit (signalling/janus.py, `party_token`), so the handle is that
   party's, whatever the client claims later; a handle attached with no token of Kinwire's
   (Kinwire's own, or a forged one) is not followed.
-- the VideoRoom plugin's `joined` says which room the handle publishes in. A handle whose room
-  is not its token's visit is flagged (`foreign_room`) and not counted.
+- the VideoRoom plugin's `joined` says which room the handle publishes in (a handle whose room
+  is not its token's visit, or whose feed is not its party's role, is flagged `foreign_room`
+  and not counted), and `published` which m-lines (mid, audio or video) it sends.
 - WebRTC state `webrtcup` / `hangup`; media state `receiving` true/false per m-line (Janus says
   false after its no_media_timer, 1 s, without packets); `slowlink`; `detached`, and a session's
   `destroyed`/`timeout`, end the handle. A core `shutdown` or `startup` forgets the server's
@@ -86,8 +87,8 @@ def parse(payload: Any) -> list[Event]:
 
 @dataclass(frozen=True)
 class Observation:
-    """One change Janus saw. `kind`: attached, joined, foreign_room, webrtcup, hangup,
-    receiving, not_receiving, slowlink, left. `media`/`mid` for media kinds."""
+    """One change Janus saw. `kind`: attached, joined, foreign_room, published, webrtcup,
+    hangup, receiving, not_receiving, slowlink, left. `media`/`mid` for media kinds."""
     emitter: str
     handle_id: int
     party: Party
@@ -107,6 +108,7 @@ class _Handle:
     foreign: bool = False
     up: bool = False
     receiving: dict[str, tuple[str, bool]] = field(default_factory=dict)  # mid: (media, flag)
+    published: dict[str, str] = field(default_factory=dict)  # mid: media, as the plugin says
 
 
 class Presence:
@@ -200,9 +202,17 @@ class Presence:
                 return [self._seen(key, event, "foreign_room",
                                    detail={"room": str(room)[:64], "id": str(data.get("id"))[:64]})]
             return [self._seen(key, event, "joined")]
+        if what == "published" and handle.publisher and not handle.foreign:
+            streams = data.get("streams")
+            handle.published = {str(s.get("mid")): str(s.get("type")) for s in streams
+                                if isinstance(s, dict) and s.get("type") in ("audio", "video")
+                                } if isinstance(streams, list) else {}
+            return [self._seen(key, event, "published",
+                               detail={"media": sorted(handle.published.values())})]
         if what in ("leaving", "unpublished") and handle.publisher:
             handle.publisher = False
             handle.receiving.clear()
+            handle.published.clear()
             return [self._seen(key, event, "left")]
         return []
 
@@ -226,11 +236,16 @@ class Presence:
 
     def connected(self, visit_id: str) -> bool:
         """The server's view of the call: both publishers up, the family's video arriving,
-        and every m-line the person publishes arriving."""
+        and every m-line the person published (the plugin's `published` event) arriving."""
         by_role = self.publishers(visit_id)
         family, person = by_role.get("family"), by_role.get("person")
         if family is None or person is None or not (family.up and person.up):
             return False
-        family_video = any(media == "video" and on for media, on in family.receiving.values())
-        person_all = bool(person.receiving) and all(on for _, on in person.receiving.values())
+
+        def arriving(handle: _Handle, mid: str) -> bool:
+            return handle.receiving.get(mid, ("", False))[1]
+        family_video = any(media == "video" and arriving(family, mid)
+                           for mid, media in family.published.items())
+        person_all = bool(person.published) and all(arriving(person, mid)
+                                                     for mid in person.published)
         return family_video and person_all

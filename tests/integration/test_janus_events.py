@@ -28,7 +28,7 @@ from signalling.janus_events import Presence
 from signalling.media import SyntheticVideoTrack, ToneAudioTrack
 from signalling.media_engine import JoinCredentials
 from tests.conftest import fresh_sqlite, test_settings
-from tests.support.janus import Janus, fresh_secrets, private_janus
+from tests.support.janus import Janus, fresh_secrets, private_janus, running_janus
 from tests.support.processes import free_port
 
 WAIT_S = 20.0  # ICE, DTLS and the first packets on a loaded two-core machine
@@ -71,7 +71,7 @@ async def kinwire(shared: Shared, sqlite_template: Path,
         janus_events_password=s.events_password, janus_events_bytes_max=65536)
     app = create_app(settings, run_migrations=False)
     server = TestServer(app, host="127.0.0.1", port=shared.events_port)
-    await server.start_server()
+    await server.start_server(shutdown_timeout=1.0)  # Janus keeps its posting connection open
     try:
         yield Kinwire(app[PRESENCE], shared.events_url, s.events_password)
     finally:
@@ -106,9 +106,22 @@ def seen(presence: Presence, role: str, kind: str, media: str | None = None) -> 
                for o in presence.recent)
 
 
+class StallingTone(ToneAudioTrack):
+    """A microphone that can stall: while `stalled` is set it sends nothing (a frozen driver)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flowing = asyncio.Event()
+        self.flowing.set()
+
+    async def recv(self):  # type: ignore[override]
+        await self.flowing.wait()
+        return await super().recv()
+
+
 @asynccontextmanager
 async def publishing(janus: Janus, creds: JoinCredentials, *, feed: str | None = None,
-                     audio: bool = True) -> AsyncIterator[RTCPeerConnection]:
+                     audio: ToneAudioTrack | None = None) -> AsyncIterator[RTCPeerConnection]:
     """A party's client: a Janus session with its token, joined to its room with its pin as a
     publisher (as `feed`, by default its own), publishing a synthetic camera (and tone)."""
     async with aiohttp.ClientSession() as http:
@@ -119,8 +132,7 @@ async def publishing(janus: Janus, creds: JoinCredentials, *, feed: str | None =
             await handle.message({"request": "join", "ptype": "publisher", "room": creds.room,
                                   "pin": creds.pin, "id": feed or creds.feed})
             pc.addTrack(SyntheticVideoTrack(320, 240, 15))
-            if audio:
-                pc.addTrack(ToneAudioTrack())
+            pc.addTrack(audio or ToneAudioTrack())
             await pc.setLocalDescription(await pc.createOffer())
             await handle.message({"request": "publish"},
                                  jsep={"type": "offer", "sdp": pc.localDescription.sdp})
@@ -143,8 +155,9 @@ async def test_janus_s_media_events_reach_kinwire_as_each_party_s_presence(
         shared: Shared, kinwire: Kinwire, engine: JanusEngine) -> None:
     """Adversary: no party's client is asked anything; what counts is what the Janus server
     saw. The family publishing alone is not a call; with the person publishing every m-line
-    the call is connected; the person hanging up ends that at once (webrtc hangup), and the
-    recorded room writes each publisher's .mjr files."""
+    the call is connected; the person's microphone stalling disconnects it until it sends
+    again; the person hanging up ends it (webrtc hangup); the recorded room writes each
+    publisher's .mjr files."""
     presence = kinwire.presence
     room = await engine.create_room("vis_live", record=True)
     family = engine.credentials(room, "family", "acc_family", soon())
@@ -159,9 +172,18 @@ async def test_janus_s_media_events_reach_kinwire_as_each_party_s_presence(
             assert (attached.party.visit_id, attached.party.account_id) == ("vis_live",
                                                                              "acc_family")
             assert not presence.connected("vis_live")  # the person is not there
-            async with publishing(shared.janus, person):
+            microphone = StallingTone()
+            async with publishing(shared.janus, person, audio=microphone):
                 await until(lambda: presence.connected("vis_live"), "the call connected")
                 assert seen(presence, "person", "receiving", "audio")
+                assert seen(presence, "person", "published")
+                # The kiosk's microphone stalls: Janus reports it (1 s without packets) and the
+                # call is no longer connected; it comes back, and so does the call.
+                microphone.flowing.clear()
+                await until(lambda: not presence.connected("vis_live"), "the stall seen")
+                assert seen(presence, "person", "not_receiving", "audio")
+                microphone.flowing.set()
+                await until(lambda: presence.connected("vis_live"), "the call connected again")
             await until(lambda: seen(presence, "person", "hangup")
                         or seen(presence, "person", "left"), "the person's hang-up")
             assert not presence.connected("vis_live")
@@ -231,8 +253,8 @@ async def test_an_event_post_without_the_password_is_refused(
     # A real Janus with the wrong password: its start-up event is refused, and so is all else.
     caplog.clear()
     impostor = fresh_secrets()
-    with private_janus(tmp_path / "impostor", events_url=kinwire.url,
-                       janus_secrets=impostor):
+    async with running_janus(tmp_path / "impostor", events_url=kinwire.url,
+                             janus_secrets=impostor):
         await until(lambda: any("refused a post" in r.getMessage() for r in caplog.records),
                     "the impostor's post refused")
     logged += "\n".join(r.getMessage() for r in caplog.records)
