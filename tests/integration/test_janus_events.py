@@ -213,6 +213,80 @@ async def test_a_client_publishing_as_the_other_party_is_not_counted(
         await engine.end(room)
 
 
+async def watch(janus: Janus, creds: JoinCredentials, feed: str) -> tuple[bool, list[int]]:
+    """A staff console: joins the room as a subscriber to `feed` with its own token and the
+    pin it was given, answers Janus's offer, and reads the first video frame. Returns whether
+    a frame came, and the plugin's error codes."""
+    async with aiohttp.ClientSession() as http:
+        session = await JanusServer(http, janus.api_url, token=creds.token).session()
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        errors: list[int] = []
+        try:
+            handle = await session.attach()
+            await handle.message({"request": "join", "ptype": "subscriber", "room": creds.room,
+                                  "pin": creds.pin,
+                                  "streams": [{"feed": feed}]})
+            offer = None
+            deadline = time.monotonic() + WAIT_S
+            while offer is None and not errors and time.monotonic() < deadline:
+                for event in await session.events(timeout_s=WAIT_S):
+                    data = (event.get("plugindata") or {}).get("data") or {}
+                    if "error_code" in data:
+                        errors.append(data["error_code"])
+                    offer = event.get("jsep") or offer
+            if offer is None:
+                return False, errors
+            frames: asyncio.Queue = asyncio.Queue()
+
+            @pc.on("track")
+            def on_track(track) -> None:
+                if track.kind == "video":
+                    frames.put_nowait(track)
+            await pc.setRemoteDescription(RTCSessionDescription(offer["sdp"], offer["type"]))
+            await pc.setLocalDescription(await pc.createAnswer())
+            await handle.message({"request": "start"},
+                                 jsep={"type": "answer", "sdp": pc.localDescription.sdp})
+            track = await asyncio.wait_for(frames.get(), WAIT_S)
+            frame = await asyncio.wait_for(track.recv(), WAIT_S)
+            return frame.width > 0, errors
+        finally:
+            await pc.close()
+            await session.close()
+
+
+async def test_staff_watch_with_their_own_credentials_and_count_for_nothing(
+        shared: Shared, kinwire: Kinwire, engine: JanusEngine) -> None:
+    """Adversaries: staff of another visit who know this room's name (their own valid token,
+    their own visit's pin), and a watcher whose presence might pass for a party's. The first
+    is refused; this visit's staff see the family's camera; no watcher's handle is a party's
+    publisher or connects a call."""
+    presence = kinwire.presence
+    room = await engine.create_room("vis_watched", record=False)
+    other = await engine.create_room("vis_elsewhere", record=False)
+    family = engine.credentials(room, "family", "acc_family", soon())
+    staff = engine.credentials(room, "staff", "acc_staff", soon())
+    stranger = engine.credentials(other, "staff", "acc_stranger", soon())
+    assert staff.feed is None and staff.token != family.token
+    try:
+        async with publishing(shared.janus, family):
+            await until(lambda: seen(presence, "family", "receiving", "video"), "the family")
+            # In its own visit's room, "family" is that visit's family: not this one (no feed).
+            shown, errors = await watch(shared.janus, stranger, "family")
+            assert not shown and errors == [428]  # JANUS_VIDEOROOM_ERROR_NO_SUCH_FEED
+            # This visit's room with its own visit's pin: refused.
+            stranger_in_room = JoinCredentials(**{**vars(stranger), "room": room.room})
+            shown, errors = await watch(shared.janus, stranger_in_room, "family")
+            assert not shown and errors == [433]  # JANUS_VIDEOROOM_ERROR_UNAUTHORIZED
+            shown, errors = await watch(shared.janus, staff, "family")
+            assert shown and errors == []
+            assert seen(presence, "staff", "attached")
+            assert set(presence.publishers("vis_watched")) == {"family"}
+            assert not presence.connected("vis_watched")
+    finally:
+        await engine.end(room)
+        await engine.end(other)
+
+
 def basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
