@@ -17,13 +17,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
+import av
 import pytest
 from aiohttp.test_utils import TestServer
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from server.app import create_app
 from server.http.janus_events import PATH, PRESENCE
-from signalling.janus import JanusConfig, JanusEngine, JanusServer, sign_token
+from signalling import janus_recording
+from signalling.janus import JanusConfig, JanusEngine, JanusServer, Party, sign_token
 from signalling.janus_events import Presence
 from signalling.media import SyntheticVideoTrack, ToneAudioTrack
 from signalling.media_engine import JoinCredentials
@@ -285,6 +287,58 @@ async def test_staff_watch_with_their_own_credentials_and_count_for_nothing(
     finally:
         await engine.end(room)
         await engine.end(other)
+
+
+async def test_a_recorded_visit_becomes_one_file_and_a_privileged_one_none(
+        shared: Shared, kinwire: Kinwire, engine: JanusEngine, tmp_path: Path) -> None:
+    """Adversaries: a party that joins late (its files start later than the other's: the one
+    file keeps it late, on one timeline), and a privileged visit (`record` false), which must
+    leave no file at all. janus-pp-rec converts each .mjr; PyAV reads the result."""
+    folder = shared.janus.recordings_dir
+    recorded = await engine.create_room("vis_recorded", record=True)
+    privileged = await engine.create_room("vis_privileged", record=False)
+    try:
+        started = time.monotonic()
+        async with publishing(shared.janus, engine.credentials(
+                recorded, "family", "acc_f", soon())), \
+                publishing(shared.janus, engine.credentials(privileged, "family", "acc_p", soon())):
+            await asyncio.sleep(1.0)
+            late = time.monotonic() - started
+            async with publishing(shared.janus, engine.credentials(
+                    recorded, "person", "acc_p", soon())):
+                await until(lambda: presence_of(kinwire, "vis_recorded"), "both publishing")
+                await asyncio.sleep(2.0)
+            published_s = time.monotonic() - started
+    finally:
+        await engine.end(recorded)
+        await engine.end(privileged)
+    assert not any("vis_privileged" in p.name for p in folder.iterdir())
+    await until(lambda: len(janus_recording.tracks(folder, "vis_recorded")) == 4,
+                "four finished .mjr files")
+    out = await asyncio.to_thread(janus_recording.mux, folder, "vis_recorded",
+                                  tmp_path / "vis_recorded.webm")
+    with av.open(str(out)) as container:
+        titles = [s.metadata.get("title") for s in container.streams]
+        assert titles == ["family video", "person video", "family audio", "person audio"]
+        starts = [float(s.start_time * s.time_base) for s in container.streams]
+        duration_s = container.duration / 1_000_000
+        frames = sum(1 for _ in container.decode(video=1))
+    # The family's media spans the file; the person's starts where Janus first received it
+    # (its event's time, by Janus's clock), after the family's.
+    def first(role: str, kind: str) -> datetime:
+        return min(o.at for o in kinwire.presence.recent if o.kind == "receiving"
+                   and o.media == kind and o.party == Party("vis_recorded", role, f"acc_{role[0]}"))
+    assert published_s - 1.5 < duration_s <= published_s + 0.2, (duration_s, published_s)
+    for video, audio in ((0, 2), (1, 3)):
+        assert abs(starts[video] - starts[audio]) < 0.2  # a party's two files start together
+    person_late = (first("person", "video") - first("family", "video")).total_seconds()
+    assert person_late > late - 0.5 and abs(starts[1] - starts[0] - person_late) < 0.2, (
+        starts, person_late)
+    assert frames > 15  # the person's camera, 15 frames a second for about 2 s, decodes
+
+
+def presence_of(kinwire: Kinwire, visit: str) -> bool:
+    return set(kinwire.presence.publishers(visit)) == {"family", "person"}
 
 
 def basic(user: str, password: str) -> str:
