@@ -4,6 +4,7 @@ the rooms Kinwire makes for visits (signalling/janus.py)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -138,6 +139,9 @@ async def test_a_visit_s_room_is_joined_with_its_pin_only(
         assert joined[0]["videoroom"] == "joined" and joined[0]["id"] == "family"
         rooms = await engine.rooms_on(room.server)
         assert [p["id"] for p in await rooms.participants(room.room)] == ["family"]
+        # Kinwire, with the room's secret, may remove a party (staff ending its part).
+        await rooms.kick(room.room, "family", secret=room.secret)
+        assert await rooms.participants(room.room) == []
     finally:
         await session.close()
         await engine.end(room)
@@ -167,6 +171,11 @@ async def test_a_party_cannot_make_destroy_or_record_a_room(
                                           janus.secrets.room_admin_key})
         [made] = [r for r in listed["list"] if r["room"] == room.room]
         assert made["record"] is True and made["pin_required"] is True
+        # Kinwire, with the room's secret, turns the recording off (a visit made privileged).
+        await rooms.set_recording(room.room, False, secret=room.secret)
+        listed = await rooms.handle.data({"request": "list", "admin_key":
+                                          janus.secrets.room_admin_key})
+        assert [r["record"] for r in listed["list"] if r["room"] == room.room] == [False]
     finally:
         await session.close()
         await engine.end(room)
@@ -202,8 +211,8 @@ async def test_an_ended_visit_s_room_is_gone(
 async def test_health_is_the_admin_api_and_a_dead_server_gets_no_room(
         http: aiohttp.ClientSession, janus: Janus, tmp_path: Path) -> None:
     """Adversary: a Janus server killed -9, and a caller with the wrong admin secret. The dead
-    server fails its health check, a new visit's room goes to the live one; the admin secret
-    is checked (a wrong one is refused) and never needed by a party."""
+    server fails its health check and its sessions' keep-alives, a new visit's room goes to
+    the live one; the admin secret is checked (a wrong one is refused)."""
     url = f"http://127.0.0.1:{free_port()}/internal/janus/events"
     async with running_janus(tmp_path / "doomed", events_url=url,
                              janus_secrets=janus.secrets) as doomed:
@@ -215,8 +224,15 @@ async def test_health_is_the_admin_api_and_a_dead_server_gets_no_room(
             with pytest.raises(JanusError) as refused:
                 await wrong.status()
             assert refused.value.code == UNAUTHORIZED
+            watched = await engine.servers[doomed.api_url].session(keepalive_s=0.1)
             doomed.kill()
             assert not await engine.healthy(doomed.api_url)
+            for _ in range(100):  # its session's keep-alive fails within a few tenths
+                if not watched.alive:
+                    break
+                await asyncio.sleep(0.05)
+            assert not watched.alive
+            await watched.close()
             with pytest.raises(JanusUnavailable):
                 await engine.servers[doomed.api_url].info()
             room = await engine.create_room("vis_failover", record=False)
