@@ -137,11 +137,17 @@ def _values(janus: Janus) -> dict[str, str]:
 
 
 def _rtp_first() -> int:
-    """The first of RTP_PORTS UDP ports for Janus's media, below the kernel's ephemeral range
-    (so no client socket is handed one meanwhile) and picked at random: two servers in one
-    run, or two test processes, almost never overlap, and Janus binds each port as it needs
-    it, trying the next one of its range when one is taken."""
-    return 20000 + secrets.randbelow(200) * RTP_PORTS
+    """The first of RTP_PORTS UDP ports for Janus's media: below the kernel's ephemeral range
+    (so no client socket is handed one meanwhile, and apart from the private coturns' ports,
+    which are above it) and picked at random, so two servers in one run, or two test
+    processes, almost never overlap; Janus binds each port as it needs it, trying the next
+    one of its range when one is taken."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    slots = max(1, (low - 10000) // RTP_PORTS)
+    return 10000 + secrets.randbelow(slots) * RTP_PORTS
 
 
 def _answers(janus: Janus) -> bool:
