@@ -298,6 +298,11 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
 
     app.router.add_get("/api/v1/openapi.json", openapi)
     app.router.add_get("/healthz", healthz)
+    if settings.media_engine == "janus":
+        # The Janus servers' event handler posts here (basic auth; docs/deploy.md, "Janus fleet").
+        from server.http import janus_events
+
+        janus_events.install(app, settings)
     app.router.add_get("/readyz", readyz)
     if (STATIC / "index.html").exists():
         async def index(request: web.Request) -> web.FileResponse:
