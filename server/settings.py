@@ -59,6 +59,10 @@ class Settings:
     log_format: str = _setting("auto", "`json` (one object a line, with request ids), `text`, "
                                "or `auto`: text when the logs go to a terminal, JSON otherwise.")
     payment_gateway: str = _setting("sandbox", "Payment gateway; only `sandbox` is built in.")
+    sandbox_pay_secret: str = _setting("", "The sandbox processor's signing key for its "
+                                       "checkout pages and payment confirmations; empty: a "
+                                       "random one per process (set one shared value when "
+                                       "several processes serve one address).", secret=True)
     drain_timeout_s: float = _setting(20.0, "On SIGTERM, how long `kinwire serve` waits for "
                                       "HTTP requests in flight before it exits (docs/deploy.md).")
 
