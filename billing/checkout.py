@@ -15,7 +15,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from billing.hosted import Confirmed
@@ -25,6 +25,9 @@ from billing.tables import checkouts
 from common.errors import Refused
 
 PAGE_TTL = timedelta(minutes=30)  # how long the processor's page takes a payment
+# An unpaid checkout is kept a day past its page's expiry (a processor's late notification
+# still finds it), then pruned by housekeeping; a paid one stays with its purchase.
+UNPAID_KEPT = timedelta(days=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,3 +90,11 @@ async def complete(conn: AsyncConnection, confirmed: Confirmed, now: datetime) -
     paid = Checkout(checkout.id, checkout.account_id, checkout.quote, "paid",
                     checkout.expires_at, purchase.id)
     return Completed(paid, purchase, flipped.rowcount == 1)
+
+
+async def prune(conn: AsyncConnection, now: datetime, limit: int) -> int:
+    """Delete up to `limit` unpaid checkouts past UNPAID_KEPT; how many went."""
+    old = select(checkouts.c.id).where(checkouts.c.status == "open",
+                                       checkouts.c.expires_at < now - UNPAID_KEPT).limit(limit)
+    gone = await conn.execute(delete(checkouts).where(checkouts.c.id.in_(old)))
+    return gone.rowcount

@@ -17,6 +17,8 @@ senders need for long, however far behind it is:
 - visits still `scheduled` after their window ended are marked `missed`;
 - recordings past their facility's retention are deleted, blob then row, each audited
   (server/recordings.py `expire`);
+- unpaid hosted checkouts a day past their page's expiry are deleted (billing/checkout.py
+  `prune`; paid ones stay with their purchases);
 - login attempt counters untouched for two days are forgotten (server/attempts.py `prune`: one
   statement, on a table that holds only recent attempts; a no-op where Redis keeps them);
 - every ORPHANS_EVERY_S (a listing of both blob stores is not for every pass), blobs that no
@@ -40,6 +42,7 @@ from typing import Any
 
 from sqlalchemy import Select, bindparam, select
 
+from billing import checkout
 from server import event_partitions, events, mail, orphans, push, resets
 from server.events import Outbox
 from signalling import visits
@@ -160,6 +163,7 @@ class Housekeeping:
         if self.attempts is not None:
             await self._batches("attempts", lambda: self._prune_attempts(now), stop)
         await self._batches("mail", lambda: self._prune_mail(now), stop)
+        await self._batches("checkouts", lambda: self._prune_checkouts(now), stop)
         if self.remind is not None and time.monotonic() - self._reminded_at >= REMIND_EVERY_S:
             self._reminded_at = time.monotonic()
             await self._batches("reminders", lambda: self.remind(self.store, now,
@@ -181,6 +185,10 @@ class Housekeeping:
             return (await mail.prune(conn, now, self.batch_rows)
                     + await push.prune(conn, now, mail.KEEP_SENT, self.batch_rows)
                     + await resets.prune(conn, now))
+
+    async def _prune_checkouts(self, now: datetime) -> int:
+        async with self.store.write() as conn:
+            return await checkout.prune(conn, now, self.batch_rows)
 
     async def _prune(self, cutoff: datetime) -> int:
         if self.retention is not None:

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import func, select
 
-from billing import ledger
+from billing import checkout, ledger
 from billing.gateway import Card
 from billing.hosted import SandboxPayments
 from billing.tables import checkouts, purchases
@@ -183,3 +183,29 @@ async def test_only_a_family_opens_a_checkout_and_amounts_are_checked(api: Api) 
     r = await api.call("POST", "/checkouts", family, json={"credits": 500})
     assert r.status == 400 and r.code == "idempotency_key_required", r.body
     assert await rows(api, checkouts) == 0
+
+
+async def test_unpaid_checkouts_are_pruned_a_day_after_their_page_expired(db_url: str,
+                                                                         tmp_path) -> None:
+    """The adversary: a family (or a script) opening checkouts it never pays. They go a day
+    after their page expired, in bounded batches; a paid one stays with its purchase."""
+    clock = Clock(START)
+    async with app_client(db_url, tmp_path, clock=clock) as client:
+        api = Api(client)
+        family = await api.family()
+        for n in range(5):
+            await open_checkout(api, family, key=f"unpaid{n}")
+        paid = await open_checkout(api, family, key="paid")
+        assert (await pay(api, session_of(paid))).status == 200
+        clock.advance(hours=24, minutes=29)  # not yet a day past the pages' expiry (30 min)
+        async with api.ctx.store.write() as conn:
+            assert await checkout.prune(conn, clock(), limit=10) == 0
+        clock.advance(minutes=2)
+        fresh = await open_checkout(api, family, key="fresh")
+        async with api.ctx.store.write() as conn:
+            assert await checkout.prune(conn, clock(), limit=3) == 3  # a batch at a time
+            assert await checkout.prune(conn, clock(), limit=10) == 2
+            assert await checkout.prune(conn, clock(), limit=10) == 0
+            left = set((await conn.execute(select(checkouts.c.id))).scalars())
+        assert left == {paid["checkout"]["id"], fresh["checkout"]["id"]}
+        assert await balance(api, family) == 500
