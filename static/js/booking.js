@@ -5,7 +5,8 @@
 // free; a confirmation dialog stating the block (facility time, labelled), its length and the
 // price before booking (POST /visits, one Idempotency-Key per confirmation); the family's
 // visits with Join and Cancel, and the call screen.
-import { api, dollars, h, newKey, say } from "./api.js";
+import { api, newKey } from "./api.js";
+import { $, dollars, h, say } from "./dom.js";
 import { spanText, zoneLabel } from "./time.js";
 import { VisitCall, wallDay, wallTime } from "./visit.js";
 import { loadVisits, renderVisitList } from "./visit_list.js";
@@ -27,7 +28,6 @@ export class FamilyVisits {
     this.visits = new Map();
     this.week = null; // the last slots answers, one a day: [{date, timezone, slots, ...}]
     this.call = null;
-    this.$ = (id) => document.getElementById(id);
     this.build();
     // The grid is refetched every minute while it is on screen (a block under way shrinks,
     // other families book), never during a call.
@@ -37,7 +37,7 @@ export class FamilyVisits {
   }
 
   build() {
-    const root = this.$("visits-root");
+    const root = $("visits-root");
     this.el = {
       contact: h("select", { id: "book-contact" }),
       info: h("p", { class: "muted", id: "book-info", role: "status" }),
@@ -333,12 +333,12 @@ export class FamilyVisits {
 
   join(v) {
     if (this.call && !this.call.ended) return;
-    const app = this.$("app");
+    const app = $("app");
     app.hidden = true;
     this.call = new VisitCall({
-      root: this.$("visit-screen"), socket: this.state.socket, visit: v, side: "family",
+      root: $("visit-screen"), socket: this.state.socket, visit: v, side: "family",
       peer: this.nameOf(v), balance: this.state.balance,
-      creditsForm: this.$("buy-form"), // "Add credits" in the call: the same purchase form
+      creditsForm: $("buy-form"), // "Add credits" in the call: the same purchase form
       onClose: () => {
         app.hidden = false;
         this.call = null;

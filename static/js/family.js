@@ -1,7 +1,9 @@
 // The family web app (docs/clients.md): sign up and log in, buy credits, find a person and ask
 // to connect, a chat-style inbox kept live by the shared socket (with typing indicators),
 // giving credits to a contact and the statement.
-import { api, ApiError, bindEmailLogin, dollars, h, newKey, say } from "./api.js";
+import { api, ApiError, newKey, upload } from "./api.js";
+import { $, dollars, h, say } from "./dom.js";
+import { bindEmailLogin } from "./login.js";
 import { KinwireSocket } from "./socket.js";
 import { Inbox, Typing, applyEvent, bubble, loadConversations } from "./threads.js";
 import { FamilyVisits } from "./booking.js";
@@ -11,7 +13,6 @@ import { rememberZones, setHomeZone, whenText, zoneOf } from "./time.js";
 // The server's purchase terms (block, fee) and a facility's default prices come from
 // GET /pricing at sign-in; the receipt after paying shows what the server actually charged.
 
-const $ = (id) => document.getElementById(id);
 const state = {
   me: null, balance: 0, facilities: new Map(), connections: new Map(), inbox: null,
   current: null, socket: null, pricing: null,
@@ -324,7 +325,7 @@ $("compose").addEventListener("submit", async (ev) => {
     for (const [i, a] of attached.entries()) {
       if (a.photoId) continue;
       say($("compose-notice"), `Uploading photo ${i + 1} of ${attached.length}…`);
-      a.photoId = await uploadPhoto(a.file);
+      a.photoId = (await upload("/photos", a.file)).photo_id;
     }
     const photo_ids = attached.map((a) => a.photoId);
     const r = await api("POST", "/messages", { key: sendKey, body: { to: state.current, body, photo_ids } });
@@ -393,24 +394,6 @@ function clearAttached() {
   for (const a of attached) URL.revokeObjectURL(a.url);
   attached = [];
   renderPreviews();
-}
-
-async function uploadPhoto(file) {
-  const form = new FormData();
-  form.append("file", file, file.name);
-  let resp;
-  try {
-    resp = await fetch("/api/v1/photos", { method: "POST", body: form, credentials: "same-origin" });
-  } catch {
-    throw new ApiError(0, "network", "The server could not be reached. Check your connection.");
-  }
-  const data = await resp.json().catch(() => null);
-  if (!resp.ok) {
-    const e = (data && data.error) || {};
-    throw new ApiError(resp.status, e.code || `http_${resp.status}`,
-                       `${file.name}: ${e.message || `the server answered ${resp.status}.`}`, e.details);
-  }
-  return data.photo_id;
 }
 
 /** For a rejected paid message, the refund beside its bubble. */

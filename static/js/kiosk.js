@@ -1,7 +1,8 @@
 // The kiosk app (docs/clients.md): a registered device (kiosk_device.js), sign-in by inmate
 // number and PIN, connection requests (who asks, what they say they are, when) to approve or
 // deny, and the inbox with photos and replies (collect when the balance is short).
-import { api, h, newKey, say } from "./api.js";
+import { api, newKey } from "./api.js";
+import { $, h, say } from "./dom.js";
 import { device, showSetUp, showSignIn } from "./kiosk_device.js";
 import { toPerson } from "./relationships.js";
 import { KinwireSocket } from "./socket.js";
@@ -10,7 +11,6 @@ import { KioskVisits } from "./visit_list.js";
 import { rememberZones, setHomeZone } from "./time.js";
 import { IdleSignOut } from "./idle.js";
 
-const $ = (id) => document.getElementById(id);
 // prices: the facility's, else the server's defaults (GET /pricing), read at sign-in
 const state = { me: null, balance: 0, prices: null, connections: new Map(), inbox: null,
                 current: null, socket: null };

@@ -1,8 +1,8 @@
 // A family's email choices (/settings): GET and PUT /api/v1/notifications. Signed out, the
 // page says to log in first.
-import { api, h, say } from "./api.js";
+import { api } from "./api.js";
+import { $, h, say } from "./dom.js";
 
-const $ = (id) => document.getElementById(id);
 
 async function start() {
   let prefs;

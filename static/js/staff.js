@@ -4,14 +4,15 @@
 // administrators; a refused value is explained beside its field).
 // Plain HTTP with the session cookie; the queue and visits are polled while the page is shown.
 // The socket is opened only to watch a visit (visit.watch and its answer).
-import { api, bindEmailLogin, h, say } from "./api.js";
+import { api } from "./api.js";
+import { $, h, say } from "./dom.js";
+import { bindEmailLogin } from "./login.js";
 import { LINK_WORDS } from "./link_quality.js";
 import { KinwireSocket } from "./socket.js";
 import { auditLog } from "./staff_audit.js";
 import { reviewQueue } from "./staff_review.js";
 import { rememberZones, setHomeZone, spanText, whenText } from "./time.js";
 
-const $ = (id) => document.getElementById(id);
 const IN_CALL = new Set(["open", "live", "paused"]);
 const POLL_MS = 5000;
 const state = { me: null, names: new Map(), timer: null, facility: null,

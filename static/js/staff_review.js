@@ -1,9 +1,9 @@
 // The staff console's review queue (docs/clients.md): held messages with photo previews,
 // filtered by type and age; approve, or reject with a reason, one at a time or a selection at
 // once (POST /review/decisions: each message decided once, whoever else decides it first).
-import { api, h, say } from "./api.js";
+import { api } from "./api.js";
+import { $, h, say } from "./dom.js";
 
-const $ = (id) => document.getElementById(id);
 const thumb = (id) => `/api/v1/photos/${encodeURIComponent(id)}/thumb`;
 
 /** The queue, given the console's shared helpers: scoped(path) adds an admin's facility,

@@ -1,6 +1,7 @@
 // The chat model and view shared by the family app and the kiosk: messages kept by id (so a
 // push and a reload never show one twice), one thread per contact, bubbles with their status.
-import { api, h } from "./api.js";
+import { api } from "./api.js";
+import { h } from "./dom.js";
 import { photoThumbs } from "./photo_viewer.js";
 import { whenText } from "./time.js";
 

@@ -11,7 +11,8 @@
 // video packet counts advanced within `media_stall_s`. All from getStats() every half second. The
 // family's reports are advisory. Both sides show the link's quality (link_quality.js) from the
 // same stats every LINK_MS; the kiosk adds it to its visit.media report when its level changes.
-import { api, h, say } from "./api.js";
+import { api } from "./api.js";
+import { h, say } from "./dom.js";
 import { favourAudio, linkFigures, linkLevel } from "./link_quality.js";
 import { CallCredits } from "./call_credits.js";
 import { dayText, timeText } from "./time.js";

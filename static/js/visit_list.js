@@ -1,6 +1,7 @@
 // A user's visits (docs/clients.md, "Video visits"): when, with whom, status or why it ended,
 // Join while active and (families) Cancel while booked; and the kiosk's "Video visits" card.
-import { api, h } from "./api.js";
+import { api } from "./api.js";
+import { h } from "./dom.js";
 import { spanText } from "./time.js";
 import { ACTIVE, VisitCall, endedText, recordingNotice, wallTime } from "./visit.js";
 
