@@ -8,7 +8,9 @@ import { KinwireSocket } from "./socket.js";
 import { Inbox, Typing, applyEvent, bubble, loadConversations } from "./threads.js";
 import { FamilyVisits } from "./booking.js";
 import { RELATIONSHIPS } from "./relationships.js";
-import { rememberZones, setHomeZone, whenText, zoneOf } from "./time.js";
+import { Statement } from "./family/statement.js";
+import { Tabs } from "./family/tabs.js";
+import { rememberZones, setHomeZone, zoneOf } from "./time.js";
 
 // The server's purchase terms (block, fee) and a facility's default prices come from
 // GET /pricing at sign-in; the receipt after paying shows what the server actually charged.
@@ -43,29 +45,12 @@ $("logout").addEventListener("click", async () => {
 });
 
 // ---------- tabs ----------
-// Every role=tab button in the nav, so that a new section needs only its markup.
-const tabs = [...document.querySelectorAll("nav.tabs [role=tab]")].map((b) => b.id.slice(4));
-function showTab(name) {
-  for (const t of tabs) {
-    $(`tab-${t}`).setAttribute("aria-selected", String(t === name));
-    $(`tab-${t}`).tabIndex = t === name ? 0 : -1; // one tab stop; arrows move inside (ARIA tabs)
-    $(`panel-${t}`).hidden = t !== name;
-  }
-  document.body.dataset.tab = name;
-  if (name === "statement") loadStatement(true);
+const statement = new Statement();
+const tabs = new Tabs(document.querySelector("nav.tabs"), (name) => {
+  if (name === "statement") statement.shown();
   if (name === "gift") renderGift();
-}
-for (const t of tabs) $(`tab-${t}`).addEventListener("click", () => showTab(t));
-document.querySelector("nav.tabs").addEventListener("keydown", (ev) => {
-  const i = tabs.indexOf(document.body.dataset.tab || "messages");
-  const step = { ArrowRight: 1, ArrowLeft: tabs.length - 1 }[ev.key];
-  const next = ev.key === "Home" ? tabs[0] : ev.key === "End" ? tabs[tabs.length - 1]
-    : step ? tabs[(i + step) % tabs.length] : null;
-  if (!next) return;
-  ev.preventDefault();
-  showTab(next);
-  $(`tab-${next}`).focus();
 });
+const showTab = (name) => tabs.show(name);
 
 // ---------- balance ----------
 function setBalance(n) {
@@ -492,80 +477,6 @@ $("gift-form").addEventListener("submit", async (ev) => {
   }
 });
 
-// ---------- statement (GET /statement: one line per visit, message, refund, purchase, gift) ----------
-const STATEMENT_PAGE = 20;
-const statement = { rows: [], next: null, balance: 0 };
-
-function describe(e) {
-  const who = e.with || "a contact";
-  const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
-  switch (e.kind) {
-    case "purchase": return e.total_cents === undefined ? "Bought credits"
-      : `Bought credits: ${dollars(e.price_cents)} + ${dollars(e.fee_cents)} fee = ${dollars(e.total_cents)} (card ending ${e.card_last4})`;
-    case "gift": return `Gift ${e.direction} ${who}`;
-    case "message": return `Message ${e.direction || "to"} ${who}${e.photos ? ` (${plural(e.photos, "photo")})` : ""}`;
-    case "refund": return `Refund: message ${e.direction || "to"} ${who} rejected by review`;
-    case "visit": return `Video visit with ${who}, ${plural(e.minutes, "minute")}`;
-    default: return e.kind.replace(/_/g, " ");
-  }
-}
-
-async function loadStatement(first) {
-  say($("statement-notice"), "");
-  try {
-    const size = state.statementPage || STATEMENT_PAGE; // smaller in tests, to show paging
-    const before = first ? "" : `&before=${statement.next}`;
-    const r = await api("GET", `/statement?limit=${size}${before}`);
-    if (first) {
-      statement.rows = [];
-      statement.balance = r.balance;
-    }
-    // Running balance, newest first: each older line's "after" is the newer one's minus its amount.
-    let after = statement.rows.length ? statement.rows.at(-1).after - statement.rows.at(-1).credits : statement.balance;
-    for (const e of r.lines) {
-      statement.rows.push({ ...e, after });
-      after -= e.credits;
-    }
-    statement.next = r.next_before;
-    renderStatement();
-  } catch (err) {
-    say($("statement-notice"), err.message, "error");
-  }
-}
-
-function renderStatement() {
-  $("statement-balance").textContent = `${statement.balance} credits`;
-  $("statement-rows").replaceChildren(...statement.rows.map((e) =>
-    h("tr", { dataset: { kind: e.kind, credits: e.credits } },
-      h("td", {}, h("time", { datetime: e.at }, whenText(e.at, e.facility_id ? zoneOf(e.facility_id) : undefined))),
-      h("td", {}, describe(e)),
-      h("td", { class: e.credits > 0 ? "in" : "out" }, e.credits > 0 ? `+${e.credits}` : `−${-e.credits}`),
-      h("td", {}, String(e.after)))));
-  $("statement-empty").hidden = statement.rows.length > 0;
-  $("statement-more").hidden = !statement.next;
-}
-// The CSV of a range of days in this browser's zone (GET /statement/export).
-function exportLink() {
-  const q = new URLSearchParams({ tz: Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC" });
-  if ($("export-from").value) q.set("from", $("export-from").value);
-  if ($("export-to").value) q.set("to", $("export-to").value);
-  $("export-link").href = `/api/v1/statement/export?${q}`;
-}
-for (const id of ["export-from", "export-to"]) $(id).addEventListener("change", exportLink);
-$("statement-export").addEventListener("submit", (ev) => ev.preventDefault());
-exportLink();
-
-$("statement-more").addEventListener("click", async () => {
-  const count = statement.rows.length;
-  await loadStatement(false);
-  // Keyboard users land on the first of the lines just shown.
-  const row = $("statement-rows").children[count];
-  if (row) {
-    row.tabIndex = -1;
-    row.focus();
-  }
-});
-
 // ---------- data and live events ----------
 async function reloadAll() {
   setBalance(await loadConversations(state));
@@ -582,7 +493,7 @@ function onEvent(type, data) {
     return;
   }
   if (type === "message.new") typing.done(data.from);
-  if (type === "balance" && document.body.dataset.tab === "statement") loadStatement(true);
+  if (type === "balance" && tabs.current === "statement") statement.load(true);
   applyEvent(state, type, data, { setBalance, renderThreads, renderThread, upsertConnection });
 }
 
@@ -609,6 +520,7 @@ async function start() {
     onUnauthorised: () => location.reload(),
   }).start();
   window.kinwire = state; // for tests and the curious
+  Object.defineProperty(state, "statementPage", { set(n) { statement.pageSize = n; } });
   document.body.dataset.ready = "signed-in";
 }
 
