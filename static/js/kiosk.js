@@ -6,7 +6,7 @@ import { $, h, say } from "./dom.js";
 import { device, showSetUp, showSignIn } from "./kiosk_device.js";
 import { toPerson } from "./relationships.js";
 import { KinwireSocket } from "./socket.js";
-import { Inbox, Typing, applyEvent, bubble, loadConversations, when } from "./threads.js";
+import { Inbox, Typing, bubble, loadConversations, when } from "./threads.js";
 import { KioskVisits } from "./visit_list.js";
 import { rememberZones, setHomeZone } from "./time.js";
 import { IdleSignOut } from "./idle.js";
@@ -190,7 +190,8 @@ $("compose-body").addEventListener("input", () => {
   if ($("compose-body").value) typing.send(state.current);
 });
 // Typing indicators both ways (threads.js Typing).
-const typing = new Typing(state, $("typing"), (id) => (contactOf(id) || {}).family_name || "Your contact");
+const typing = new Typing($("typing"), { socket: () => state.socket, current: () => state.current,
+                                          nameOf: (id) => (contactOf(id) || {}).family_name || "Your contact" });
 
 // ---------- data and live events ----------
 function setBalance(n) {
@@ -201,7 +202,9 @@ function setBalance(n) {
 }
 
 async function reloadAll() {
-  setBalance(await loadConversations(state));
+  const r = await loadConversations(state.inbox);
+  state.connections = r.connections;
+  setBalance(r.balance);
   renderRequests();
   renderThreads();
   renderThread();
@@ -212,7 +215,13 @@ function onEvent(type, data) {
   if (type === "typing") return typing.heard(data.from);
   if (type === "message.new") typing.done(data.from);
   state.visitsUi?.onEvent(type, data); // video visits (visit_list.js)
-  applyEvent(state, type, data, { setBalance, renderThreads, renderThread, upsertConnection });
+  if (type === "balance") setBalance(data.balance);
+  else if (type === "connection.updated") upsertConnection(data);
+  else if (type === "message.new" || type === "message.status") {
+    state.inbox.upsert(data);
+    renderThreads();
+    if (state.current === state.inbox.other(data)) renderThread();
+  }
 }
 
 async function start() {

@@ -43,7 +43,7 @@ export function when(iso, zone) {
 /** One message as a list item. `onOpen(msg)` pays for and opens a locked COD message; its
  * photos (ids only when the server lets this reader see them) show as thumbnails, described
  * as from `fromName` when given. */
-export function bubble(msg, me, { onOpen, codPrice, fromName, zone } = {}) {
+export function bubble(msg, me, { onOpen, fromName, zone } = {}) {
   const mine = msg.from === me;
   const status = [];
   if (mine) {
@@ -60,7 +60,7 @@ export function bubble(msg, me, { onOpen, codPrice, fromName, zone } = {}) {
   }
   let content;
   if (msg.locked) {
-    const price = codPrice || msg.price || 50;
+    const price = msg.price; // what opening it costs: the server's figure, never a copy
     content = h("div", { class: "locked" },
       h("span", { class: "lock-icon", "aria-hidden": "true" }),
       h("span", {}, "Locked collect message."),
@@ -84,46 +84,37 @@ export function connectionState() {
            "Connecting…");
 }
 
-// Both apps keep the same conversation state: connections by id and an Inbox of messages.
-// Load it all over HTTP (at start and after a sync reset); returns the caller's balance.
-export async function loadConversations(state) {
-  const [me, conns, inbox, sent] = await Promise.all([
+// Both apps' conversations over HTTP (at start and after a sync reset): the messages into
+// `inbox` (emptied first); returns {balance, connections (a Map by id), historyComplete}.
+export async function loadConversations(inbox) {
+  const [me, conns, received, sent] = await Promise.all([
     api("GET", "/me"), api("GET", "/connections"),
     api("GET", "/messages?folder=inbox"), api("GET", "/messages?folder=sent")]);
-  state.connections = new Map(conns.connections.map((c) => [c.id, c]));
-  state.inbox.clear();
-  for (const m of [...inbox.messages, ...sent.messages]) state.inbox.upsert(m);
-  state.historyComplete = !inbox.next_before && !sent.next_before; // nothing older to fetch
-  return me.balance;
-}
-
-// Apply one pushed event to that state; the app supplies how to redraw.
-export function applyEvent(state, type, data, { setBalance, renderThreads, renderThread,
-                                                upsertConnection }) {
-  if (type === "balance") setBalance(data.balance);
-  else if (type === "message.new" || type === "message.status") {
-    state.inbox.upsert(data);
-    renderThreads();
-    if (state.current === state.inbox.other(data)) renderThread();
-  } else if (type === "connection.updated") upsertConnection(data);
+  inbox.clear();
+  for (const m of [...received.messages, ...sent.messages]) inbox.upsert(m);
+  return { balance: me.balance, connections: new Map(conns.connections.map((c) => [c.id, c])),
+           historyComplete: !received.next_before && !sent.next_before }; // nothing older to fetch
 }
 
 // Typing indicators (live only, never stored; the `typing {to}` op). Both apps: `send(to)` from
 // the compose box's input events, `heard(from)` on a `typing` push, `done(from)` when that
 // person's message arrives; `render()` writes "<name> is typing…" for the open thread into `el`.
+// `socket()` is the page's socket (once there is one), `current()` the person whose thread is
+// open, `nameOf(id)` what to call them.
 const TYPING_EVERY_MS = 3000; // at most one `typing` a contact per this
 const TYPING_SHOWN_MS = 6000; // the other side's indicator fades after this without news
 
 export class Typing {
-  constructor(state, el, nameOf) {
-    this.state = state;
+  constructor(el, { socket, current, nameOf }) {
     this.el = el;
+    this.socket = socket;
+    this.current = current;
     this.nameOf = nameOf;
     this.sentAt = 0;
     this.until = new Map(); // account id -> when its indicator fades
   }
   send(to) {
-    const s = this.state.socket;
+    const s = this.socket();
     if (!s || s.state !== "online" || !to || Date.now() - this.sentAt < TYPING_EVERY_MS) return;
     this.sentAt = Date.now();
     s.request("typing", { to }).catch(() => {}); // best effort by design
@@ -137,7 +128,7 @@ export class Typing {
     if (this.until.delete(from)) this.render();
   }
   render() {
-    const who = this.state.current;
+    const who = this.current();
     this.el.textContent = (this.until.get(who) || 0) > Date.now() ? `${this.nameOf(who)} is typing…` : "";
   }
 }

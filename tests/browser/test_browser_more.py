@@ -288,6 +288,10 @@ async def test_staff_settings_review_audit_and_family_gift_statement(sqlite_temp
                 .to_have_text("1000 credits")
             await expect(fam.locator("#buy-summary")).to_have_text(
                 "1000 credits: $10.00 + $0.99 fee = $10.99 total")
+            # The family's facility's price (40), not the server's default (50), nor a copy
+            # of it in the page's markup.
+            await expect(fam.locator("#buy-block")).to_have_text("1000")
+            await expect(fam.locator("#msg-price")).to_have_text("40")
             await fam.get_by_role("tab", name="Messages").click()
             await fam.locator("#threads button", has_text="Pat Person").click()
             await expect(fam.locator("#compose-price")).to_have_text(
