@@ -5,7 +5,6 @@
 // device token again (the saved one is never put back in the field), which only staff have.
 import { $, say } from "./dom.js";
 
-
 export function device() {
   return { facility: localStorage.getItem("kinwire.facility") || "",
            token: localStorage.getItem("kinwire.deviceToken") || "" };

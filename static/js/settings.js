@@ -3,7 +3,6 @@
 import { api } from "./api.js";
 import { $, h, say } from "./dom.js";
 
-
 async function start() {
   let prefs;
   try {
