@@ -10,7 +10,7 @@ import { Store } from "./store.js";
 import { Inbox, loadConversations } from "./threads.js";
 import { FamilyVisits } from "./booking.js";
 import { rememberZones, setHomeZone, zoneOf } from "./time.js";
-import { upsertConnection } from "./family/contacts.js";
+import { upsertConnection } from "./connections.js";
 import { BuyCredits } from "./family/credits.js";
 import { FindPerson } from "./family/find.js";
 import { Gift } from "./family/gift.js";

@@ -49,9 +49,8 @@ def test_every_imported_name_is_exported_by_its_module(tmp_path: Path) -> None:
 
 # A page-wide mutable `state` object that every function reaches (issue 20's finding about
 # family.js): screens get what they share in their constructors instead (docs/clients.md,
-# "How the apps are built"). The pages not yet split are listed; the list only shrinks.
+# "How the apps are built").
 GLOBAL_STATE = re.compile(r"^(?:const|let|var)\s+state\s*=", re.M)
-NOT_YET_SPLIT = ["kiosk.js"]
 
 
 def global_state(root: Path) -> list[str]:
@@ -60,6 +59,6 @@ def global_state(root: Path) -> list[str]:
 
 
 def test_no_page_keeps_a_global_state_object(tmp_path: Path) -> None:
-    assert global_state(JS) == NOT_YET_SPLIT
+    assert global_state(JS) == []
     (tmp_path / "page.js").write_text("const state = { me: null, balance: 0 };\n")
     assert global_state(tmp_path) == ["page.js"], "the scan finds one"

@@ -1,5 +1,6 @@
-// The family's contacts (GET /connections, `connection.updated`), kept in the page's store as
-// "connections": a Map by connection id, replaced (never changed in place) on every update.
+// The family's contacts (GET /connections, `connection.updated`; the store's "connections",
+// connections.js) in the family's words.
+import { facilityPrices } from "../connections.js";
 
 /** A connection's state in the family's words. */
 export function statusText(c) {
@@ -17,16 +18,7 @@ export function reachable(connections) {
   return [...connections.values()].filter((c) => c.status === "approved" && !c.blocked);
 }
 
-/** What the contact's facility charges: its own prices, else the server's defaults (GET /pricing). */
+/** What the contact's facility charges (GET /facilities; a Map by id). */
 export function pricesOf(contact, pricing, facilities) {
-  const f = contact && facilities.get(contact.facility_id);
-  return { ...pricing.prices, ...((f && f.settings && f.settings.prices) || {}) };
-}
-
-/** A new or changed connection into the store (a push may lack the name the list had). */
-export function upsertConnection(store, c) {
-  const connections = new Map(store.get("connections"));
-  const old = connections.get(c.id) || {};
-  connections.set(c.id, { ...old, ...c, person_name: c.person_name || old.person_name });
-  store.set("connections", connections);
+  return facilityPrices(pricing, contact && facilities.get(contact.facility_id));
 }

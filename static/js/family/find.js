@@ -4,7 +4,8 @@
 import { api } from "../api.js";
 import { $, h, say } from "../dom.js";
 import { RELATIONSHIPS } from "../relationships.js";
-import { contactOf, statusText, upsertConnection } from "./contacts.js";
+import { upsertConnection } from "../connections.js";
+import { contactOf, statusText } from "./contacts.js";
 
 export class FindPerson {
   /** `store`: the page's connections; `facilities`: GET /facilities, a Map by id. */
