@@ -24,7 +24,8 @@ export class Messages {
     this.olderDone = new Set(); // contacts whose whole history is loaded
     this.opening = new Set(); // messages being marked read
     this.sendKey = null; // kept across retries of one send
-    this.photos = new Attachments({ onChange: () => { this.sendKey = null; this.renderCompose(); } });
+    this.photos = new Attachments({ max: pricing.photos_per_message_max,
+                                    onChange: () => { this.sendKey = null; this.renderCompose(); } });
     this.typing = new Typing($("typing"), {
       socket: () => socket, current: () => this.current, nameOf: (id) => (this.contact(id) || {}).person_name || "Your contact",
     });

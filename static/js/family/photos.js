@@ -1,20 +1,21 @@
-// "Attach photos" in the compose box: a labelled file input (JPEG/PNG, up to MAX_PHOTOS) and
-// a preview of each with a Remove button, before the message is sent. The controls are built
-// here so index.html stays as it was; uploading them is the compose box's (messages.js).
+// "Attach photos" in the compose box: a labelled file input (JPEG/PNG, up to the server's
+// photos_per_message_max, from GET /pricing) and a preview of each with a Remove button,
+// before the message is sent. The controls are built here so index.html stays as it was;
+// uploading them is the compose box's (messages.js).
 import { $, h, say } from "../dom.js";
 
-const MAX_PHOTOS = 5; // server default photos_per_message_max
-
 export class Attachments {
-  /** Placed after #compose-body; `onChange()` whenever the set of photos changes. */
-  constructor({ onChange }) {
+  /** Placed after #compose-body; `max` photos at most; `onChange()` whenever the set of
+   * photos changes. */
+  constructor({ max, onChange }) {
+    this.max = max;
     this.items = []; // [{file, url, photoId?}]
     this.onChange = onChange;
     this.input = h("input", { type: "file", id: "compose-photos", accept: "image/jpeg,image/png",
                               multiple: true, class: "sr-only" });
     this.label = h("label", { for: "compose-photos", class: "attach" }, "Attach photos");
     const hint = h("span", { class: "muted", id: "compose-photos-hint" },
-                   ` JPEG or PNG, up to ${MAX_PHOTOS}; each photo costs extra and may be held for review.`);
+                   ` JPEG or PNG, up to ${max}; each photo costs extra and may be held for review.`);
     this.previews = h("ul", { class: "previews", id: "compose-previews", "aria-label": "Photos to send" });
     this.input.setAttribute("aria-describedby", "compose-photos-hint");
     $("compose-body").after(h("div", { class: "attach-row" }, this.input, this.label, hint), this.previews);
@@ -24,11 +25,11 @@ export class Attachments {
   add() {
     const files = [...this.input.files];
     this.input.value = "";
-    const room = MAX_PHOTOS - this.items.length;
+    const room = this.max - this.items.length;
     for (const file of files.slice(0, Math.max(room, 0))) {
       this.items.push({ file, url: URL.createObjectURL(file) });
     }
-    say($("compose-notice"), files.length > room ? `At most ${MAX_PHOTOS} photos per message.` : "",
+    say($("compose-notice"), files.length > room ? `At most ${this.max} photos per message.` : "",
         files.length > room ? "error" : "info");
     this.render();
   }
