@@ -1,7 +1,7 @@
 // The chat model and view shared by the family app and the kiosk: messages kept by id (so a
 // push and a reload never show one twice), one thread per contact, bubbles with their status.
 import { api } from "./api.js";
-import { h } from "./dom.js";
+import { $, h } from "./dom.js";
 import { photoThumbs } from "./photo_viewer.js";
 import { whenText } from "./time.js";
 
@@ -130,5 +130,49 @@ export class Typing {
   render() {
     const who = this.current();
     this.el.textContent = (this.until.get(who) || 0) > Date.now() ? `${this.nameOf(who)} is typing…` : "";
+  }
+}
+
+/**
+ * What the family's Messages tab and the kiosk's inbox share: the open thread (`current`), its
+ * typing indicator (#typing), pushed messages applied to the Inbox, and delivered messages
+ * marked read once shown on a visible page. Each app's subclass draws: renderThreads() and
+ * renderThread().
+ */
+export class Conversations {
+  /** `me`: the account; `inbox`: its Inbox; `socket`: for typing; `nameOf(id)`: a contact's name. */
+  constructor({ me, inbox, socket, nameOf }) {
+    this.me = me;
+    this.inbox = inbox;
+    this.current = null; // the contact whose thread is open
+    this.opening = new Set(); // messages being marked read
+    this.typing = new Typing($("typing"), { socket: () => socket, current: () => this.current, nameOf });
+  }
+
+  /** A push: typing, message.new, message.status (others are not the inbox's). */
+  onEvent(type, data) {
+    if (type === "typing") {
+      this.typing.heard(data.from);
+      return;
+    }
+    if (type === "message.new") this.typing.done(data.from);
+    if (type === "message.new" || type === "message.status") {
+      this.inbox.upsert(data);
+      this.renderThreads();
+      if (this.current === this.inbox.other(data)) this.renderThread();
+    }
+  }
+
+  /** Open (POST /messages/{id}/open: the sender sees "Read") what was delivered to us. */
+  markRead(msgs) {
+    if (document.visibilityState === "hidden") return;
+    for (const m of msgs) {
+      if (m.from === this.me.id || m.opened_at || m.locked || m.status !== "delivered" || this.opening.has(m.id)) continue;
+      this.opening.add(m.id);
+      api("POST", `/messages/${encodeURIComponent(m.id)}/open`)
+        .then((r) => { this.inbox.upsert(r.message); })
+        .catch(() => {})
+        .finally(() => this.opening.delete(m.id));
+    }
   }
 }

@@ -3,7 +3,7 @@
 // compose box with its price, photos (photos.js) and the balance after sending.
 import { api, newKey, upload } from "../api.js";
 import { $, h, say } from "../dom.js";
-import { Typing, bubble } from "../threads.js";
+import { Conversations, bubble } from "../threads.js";
 import { zoneOf } from "../time.js";
 import { contactOf, pricesOf, statusText } from "./contacts.js";
 import { Attachments } from "./photos.js";
@@ -11,24 +11,20 @@ import { Attachments } from "./photos.js";
 const OLDER_PAGE = 20;
 const isOlder = (a, b) => a.created_at < b.created_at || (a.created_at === b.created_at && a.id < b.id);
 
-export class Messages {
+export class Messages extends Conversations {
   /**
    * `me`: the family's account; `inbox`: its threads.js Inbox; `store`: the page's balance and
    * connections; `socket`: for typing; `pricing` (GET /pricing) and `facilities` (a Map by
    * id, each with its own prices, if any): what a message costs.
    */
   constructor({ me, inbox, store, socket, pricing, facilities }) {
-    Object.assign(this, { me, inbox, store, pricing, facilities });
-    this.current = null; // the person whose thread is open
+    super({ me, inbox, socket, nameOf: (id) => (this.contact(id) || {}).person_name || "Your contact" });
+    Object.assign(this, { store, pricing, facilities });
     this.historyComplete = false; // the first load held every message (no older page exists)
     this.olderDone = new Set(); // contacts whose whole history is loaded
-    this.opening = new Set(); // messages being marked read
     this.sendKey = null; // kept across retries of one send
     this.photos = new Attachments({ max: pricing.photos_per_message_max,
                                     onChange: () => { this.sendKey = null; this.renderCompose(); } });
-    this.typing = new Typing($("typing"), {
-      socket: () => socket, current: () => this.current, nameOf: (id) => (this.contact(id) || {}).person_name || "Your contact",
-    });
     $("thread-back").addEventListener("click", () => this.back());
     $("thread-older").addEventListener("click", () => this.loadOlder());
     $("compose").addEventListener("submit", (ev) => { ev.preventDefault(); this.send(); });
@@ -54,19 +50,6 @@ export class Messages {
     this.historyComplete = historyComplete;
     this.renderThreads();
     this.renderThread();
-  }
-
-  onEvent(type, data) {
-    if (type === "typing") {
-      this.typing.heard(data.from);
-      return;
-    }
-    if (type === "message.new") this.typing.done(data.from);
-    if (type === "message.new" || type === "message.status") {
-      this.inbox.upsert(data);
-      this.renderThreads();
-      if (this.current === this.inbox.other(data)) this.renderThread();
-    }
   }
 
   renderThreads() {
@@ -144,18 +127,6 @@ export class Messages {
       this.renderThread();
     } catch (err) {
       say($("compose-notice"), err.code === "insufficient_credits" ? "Not enough credits: buy credits to open this message." : err.message, "error");
-    }
-  }
-
-  markRead(msgs) {
-    if (document.visibilityState === "hidden") return;
-    for (const m of msgs) {
-      if (m.from === this.me.id || m.opened_at || m.locked || m.status !== "delivered" || this.opening.has(m.id)) continue;
-      this.opening.add(m.id);
-      api("POST", `/messages/${encodeURIComponent(m.id)}/open`)
-        .then((r) => { this.inbox.upsert(r.message); })
-        .catch(() => {})
-        .finally(() => this.opening.delete(m.id));
     }
   }
 

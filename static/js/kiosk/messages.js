@@ -2,20 +2,15 @@
 // reply box (collect when the balance is short: the family pays to open it).
 import { api, newKey } from "../api.js";
 import { $, h, say } from "../dom.js";
-import { Typing, bubble } from "../threads.js";
+import { Conversations, bubble } from "../threads.js";
 
-export class KioskMessages {
+export class KioskMessages extends Conversations {
   /** `me`: the person's account; `inbox`: a threads.js Inbox; `store`: the page's balance and
    * connections; `socket`: for typing; `prices`: what the person's facility charges. */
   constructor({ me, inbox, store, socket, prices }) {
-    Object.assign(this, { me, inbox, store, prices });
-    this.current = null; // the family member whose thread is open
-    this.opening = new Set(); // messages being marked read
+    super({ me, inbox, socket, nameOf: (id) => (this.contact(id) || {}).family_name || "Your contact" });
+    Object.assign(this, { store, prices });
     this.sendKey = null; // kept across retries of one send
-    this.typing = new Typing($("typing"), {
-      socket: () => socket, current: () => this.current,
-      nameOf: (id) => (this.contact(id) || {}).family_name || "Your contact",
-    });
     $("compose").addEventListener("submit", (ev) => { ev.preventDefault(); this.send(false); });
     $("send-cod").addEventListener("click", () => this.send(true));
     $("compose-body").addEventListener("input", () => {
@@ -28,19 +23,6 @@ export class KioskMessages {
 
   contact(familyId) {
     return [...this.store.get("connections").values()].find((c) => c.family_id === familyId);
-  }
-
-  onEvent(type, data) {
-    if (type === "typing") {
-      this.typing.heard(data.from);
-      return;
-    }
-    if (type === "message.new") this.typing.done(data.from);
-    if (type === "message.new" || type === "message.status") {
-      this.inbox.upsert(data);
-      this.renderThreads();
-      if (this.current === this.inbox.other(data)) this.renderThread();
-    }
   }
 
   renderThreads() {
@@ -69,17 +51,6 @@ export class KioskMessages {
       this.renderThread();
     } catch (err) {
       say($("compose-notice"), err.message, "error");
-    }
-  }
-
-  markRead(msgs) {
-    for (const m of msgs) {
-      if (m.from === this.me.id || m.opened_at || m.locked || m.status !== "delivered" || this.opening.has(m.id)) continue;
-      this.opening.add(m.id);
-      api("POST", `/messages/${encodeURIComponent(m.id)}/open`)
-        .then((r) => { this.inbox.upsert(r.message); })
-        .catch(() => {})
-        .finally(() => this.opening.delete(m.id));
     }
   }
 
