@@ -1,5 +1,6 @@
 // fetch for /api/v1 (docs/API.md): JSON in and out, the session cookie, errors thrown as
-// ApiError {status, code, message, details}, and Idempotency-Key for anything that moves credits.
+// ApiError {status, code, message, details}, Idempotency-Key for anything that moves credits, and
+// multipart uploads (photos). The DOM helpers are in dom.js.
 
 export class ApiError extends Error {
   constructor(status, code, message, details) {
@@ -25,15 +26,31 @@ export async function api(method, path, { body, key, headers } = {}) {
   const h = { Accept: "application/json", ...(headers || {}) };
   if (body !== undefined) h["Content-Type"] = "application/json";
   if (key) h["Idempotency-Key"] = key === true ? newKey() : key;
-  let resp;
+  const resp = await reach(path, {
+    method, headers: h, body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  return reply(resp);
+}
+
+/** upload("/photos", file) -> the parsed JSON body: the file as multipart `file`. An error
+ * names the file, so that one of several uploads says which failed. */
+export async function upload(path, file) {
+  const form = new FormData();
+  form.append("file", file, file.name);
+  const resp = await reach(path, { method: "POST", body: form });
+  return reply(resp, `${file.name}: `);
+}
+
+async function reach(path, init) {
   try {
-    resp = await fetch("/api/v1" + path, {
-      method, headers: h, credentials: "same-origin",
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
-  } catch (err) {
+    return await fetch("/api/v1" + path, { ...init, credentials: "same-origin" });
+  } catch {
     throw new ApiError(0, "network", "The server could not be reached. Check your connection.");
   }
+}
+
+/** The parsed JSON body, or an ApiError from the server's error body (`prefix` before its message). */
+async function reply(resp, prefix = "") {
   let data = null;
   const text = await resp.text();
   if (text) {
@@ -46,52 +63,7 @@ export async function api(method, path, { body, key, headers } = {}) {
   if (!resp.ok) {
     const e = (data && data.error) || {};
     throw new ApiError(resp.status, e.code || `http_${resp.status}`,
-                       e.message || `The server answered ${resp.status}.`, e.details);
+                       prefix + (e.message || `The server answered ${resp.status}.`), e.details);
   }
   return data;
-}
-
-/** Whole credits and cents as money: 650 -> "$6.50". */
-export function dollars(cents) {
-  return `$${(cents / 100).toFixed(2)}`;
-}
-
-/** A tiny element builder: h("li", {class: "x", onclick}, "text", child). */
-export function h(tag, attrs = {}, ...children) {
-  const el = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs || {})) {
-    if (v === undefined || v === null || v === false) continue;
-    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
-    else if (k === "class") el.className = v;
-    else if (k === "dataset") Object.assign(el.dataset, v);
-    else el.setAttribute(k, v === true ? "" : v);
-  }
-  for (const c of children.flat()) {
-    if (c === undefined || c === null || c === false) continue;
-    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
-  }
-  return el;
-}
-
-/** Show a message in a live region (role=status / role=alert). */
-export function say(el, text, kind = "info") {
-  el.textContent = text || "";
-  el.dataset.kind = kind;
-}
-
-/** The e-mail sign-in form (#login-form, #login-email, #login-password, #login-notice) of the
- * family app and the staff console: sign in, then `start()`; errors go to the notice. */
-export function bindEmailLogin(start) {
-  const $ = (id) => document.getElementById(id);
-  $("login-form").addEventListener("submit", async (ev) => {
-    ev.preventDefault();
-    say($("login-notice"), "");
-    try {
-      await api("POST", "/auth/login", { body: { email: $("login-email").value.trim(),
-                                                 password: $("login-password").value } });
-      await start();
-    } catch (err) {
-      say($("login-notice"), err.message, "error");
-    }
-  });
 }

@@ -5,10 +5,12 @@
 // free; a confirmation dialog stating the block (facility time, labelled), its length and the
 // price before booking (POST /visits, one Idempotency-Key per confirmation); the family's
 // visits with Join and Cancel, and the call screen.
-import { api, dollars, h, newKey, say } from "./api.js";
+import { api, newKey } from "./api.js";
+import { $, dollars, h, say } from "./dom.js";
 import { spanText, zoneLabel } from "./time.js";
 import { VisitCall, wallDay, wallTime } from "./visit.js";
 import { loadVisits, renderVisitList } from "./visit_list.js";
+import { reachable } from "./family/contacts.js";
 
 const DAYS_SHOWN = 7;
 const REFRESH_MS = 60_000; // the block under way loses a minute a minute: the grid follows
@@ -22,13 +24,15 @@ function addDays(day, n) {
 const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
 
 export class FamilyVisits {
-  constructor(state) {
-    this.state = state;
+  /** `store`: the page's balance and connections (store.js); `socket`: for the call. */
+  constructor({ store, socket }) {
+    this.store = store;
+    this.socket = socket;
     this.visits = new Map();
     this.week = null; // the last slots answers, one a day: [{date, timezone, slots, ...}]
     this.call = null;
-    this.$ = (id) => document.getElementById(id);
     this.build();
+    store.watch("balance", (n) => this.setBalance(n));
     // The grid is refetched every minute while it is on screen (a block under way shrinks,
     // other families book), never during a call.
     this.refresher = setInterval(() => {
@@ -37,7 +41,7 @@ export class FamilyVisits {
   }
 
   build() {
-    const root = this.$("visits-root");
+    const root = $("visits-root");
     this.el = {
       contact: h("select", { id: "book-contact" }),
       info: h("p", { class: "muted", id: "book-info", role: "status" }),
@@ -101,11 +105,11 @@ export class FamilyVisits {
   }
 
   contacts() {
-    return [...this.state.connections.values()].filter((c) => c.status === "approved" && !c.blocked);
+    return reachable(this.store.get("connections"));
   }
 
   nameOf(v) {
-    const c = [...this.state.connections.values()].find((x) => x.id === v.connection_id);
+    const c = [...this.store.get("connections").values()].find((x) => x.id === v.connection_id);
     return (c && c.person_name) || "your contact";
   }
 
@@ -156,7 +160,7 @@ export class FamilyVisits {
   covered() {
     const g = this.week && this.week[0];
     if (!g || !g.minute_price) return null;
-    return Math.floor(this.state.balance / g.minute_price);
+    return Math.floor(this.store.get("balance") / g.minute_price);
   }
 
   renderSlots() {
@@ -165,7 +169,7 @@ export class FamilyVisits {
     const covered = this.covered();
     const zone = `Times are the facility's (${g.timezone}, ${zoneLabel(`${g.date}T12:00:00Z`, g.timezone)}).`;
     say(this.el.info, covered === null ? `Visits are free here. ${zone}`
-      : `A visit minute costs ${g.minute_price} credits. Your balance (${this.state.balance}) covers ${plural(covered, "minute")}. ${zone}`);
+      : `A visit minute costs ${g.minute_price} credits. Your balance (${this.store.get("balance")}) covers ${plural(covered, "minute")}. ${zone}`);
     const had = document.activeElement?.closest?.("#slots") ? document.activeElement.dataset.start : null;
     this.el.week.replaceChildren(...this.week.map((day, i) => this.renderDay(day, i === 0, covered)));
     const buttons = [...this.el.week.querySelectorAll("button.slot")];
@@ -276,8 +280,8 @@ export class FamilyVisits {
       d.price.textContent = `${price} credits a minute, only for the minutes you are connected: at most ${most} credits (${dollars(most)}) for ${left} minutes`;
       const mins = Math.min(covered, left);
       d.covers.textContent = mins >= left
-        ? `Your balance (${this.state.balance} credits) covers the whole visit. Nothing is charged now.`
-        : `Your balance (${this.state.balance} credits) covers ${plural(mins, "minute")} of it; you can add credits during the call. Nothing is charged now.`;
+        ? `Your balance (${this.store.get("balance")} credits) covers the whole visit. Nothing is charged now.`
+        : `Your balance (${this.store.get("balance")} credits) covers ${plural(mins, "minute")} of it; you can add credits during the call. Nothing is charged now.`;
     }
     d.ok.textContent = price ? `Book, up to ${price * left} credits` : "Book";
     d.ok.disabled = false;
@@ -333,12 +337,12 @@ export class FamilyVisits {
 
   join(v) {
     if (this.call && !this.call.ended) return;
-    const app = this.$("app");
+    const app = $("app");
     app.hidden = true;
     this.call = new VisitCall({
-      root: this.$("visit-screen"), socket: this.state.socket, visit: v, side: "family",
-      peer: this.nameOf(v), balance: this.state.balance,
-      creditsForm: this.$("buy-form"), // "Add credits" in the call: the same purchase form
+      root: $("visit-screen"), socket: this.socket, visit: v, side: "family",
+      peer: this.nameOf(v), balance: this.store.get("balance"),
+      creditsForm: $("buy-form"), // "Add credits" in the call: the same purchase form
       onClose: () => {
         app.hidden = false;
         this.call = null;

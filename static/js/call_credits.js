@@ -4,7 +4,7 @@
 // was when the dialog closes. Paying is a fetch: nothing navigates, so the peer connection and
 // the socket stay up; the new balance reaches the call through the app's balance handling
 // (VisitCall.setBalance).
-import { h } from "./api.js";
+import { h } from "./dom.js";
 
 export class CallCredits {
   /** `form`: the purchase form element; `isOver()`: whether the call has ended. */

@@ -1,21 +1,28 @@
-// The family web app (docs/clients.md): sign up and log in, buy credits, find a person and ask
-// to connect, a chat-style inbox kept live by the shared socket (with typing indicators),
-// giving credits to a contact and the statement.
-import { api, ApiError, bindEmailLogin, dollars, h, newKey, say } from "./api.js";
+// The family web app (docs/clients.md): sign up and log in, then its tabs, one module each
+// (static/js/family/): Messages, Find a person, Visits (booking.js), Buy credits, Give credits,
+// Statement. This page wires them: it loads what they share, keeps the balance and the
+// contacts in a Store (store.js) that each screen watches, and hands the socket's pushes on.
+import { api } from "./api.js";
+import { $, say } from "./dom.js";
+import { bindEmailLogin } from "./login.js";
 import { KinwireSocket } from "./socket.js";
-import { Inbox, Typing, applyEvent, bubble, loadConversations } from "./threads.js";
+import { Store } from "./store.js";
+import { Inbox, loadConversations } from "./threads.js";
 import { FamilyVisits } from "./booking.js";
-import { RELATIONSHIPS } from "./relationships.js";
-import { rememberZones, setHomeZone, whenText, zoneOf } from "./time.js";
+import { rememberZones, setHomeZone, zoneOf } from "./time.js";
+import { upsertConnection } from "./connections.js";
+import { BuyCredits } from "./family/credits.js";
+import { FindPerson } from "./family/find.js";
+import { Gift } from "./family/gift.js";
+import { Messages } from "./family/messages.js";
+import { Statement } from "./family/statement.js";
+import { Tabs } from "./family/tabs.js";
 
-// The server's purchase terms (block, fee) and a facility's default prices come from
-// GET /pricing at sign-in; the receipt after paying shows what the server actually charged.
-
-const $ = (id) => document.getElementById(id);
-const state = {
-  me: null, balance: 0, facilities: new Map(), connections: new Map(), inbox: null,
-  current: null, socket: null, pricing: null,
-};
+// The values more than one screen shows: the balance (header, compose box, gift, visits) and
+// the contacts (GET /connections: find, threads, gift, visits).
+const store = new Store({ balance: 0, connections: new Map() });
+let screens = null; // built once signed in: {messages, find, visits, credits, gift, statement}
+let socket = null;
 
 // ---------- signed out ----------
 bindEmailLogin(() => start());
@@ -37,570 +44,60 @@ $("signup-form").addEventListener("submit", async (ev) => {
 
 $("logout").addEventListener("click", async () => {
   try { await api("POST", "/auth/logout"); } catch { /* signed out either way */ }
-  if (state.socket) state.socket.stop();
+  if (socket) socket.stop();
   location.reload();
 });
 
-// ---------- tabs ----------
-// Every role=tab button in the nav, so that a new section needs only its markup.
-const tabs = [...document.querySelectorAll("nav.tabs [role=tab]")].map((b) => b.id.slice(4));
-function showTab(name) {
-  for (const t of tabs) {
-    $(`tab-${t}`).setAttribute("aria-selected", String(t === name));
-    $(`tab-${t}`).tabIndex = t === name ? 0 : -1; // one tab stop; arrows move inside (ARIA tabs)
-    $(`panel-${t}`).hidden = t !== name;
-  }
-  document.body.dataset.tab = name;
-  if (name === "statement") loadStatement(true);
-  if (name === "gift") renderGift();
-}
-for (const t of tabs) $(`tab-${t}`).addEventListener("click", () => showTab(t));
-document.querySelector("nav.tabs").addEventListener("keydown", (ev) => {
-  const i = tabs.indexOf(document.body.dataset.tab || "messages");
-  const step = { ArrowRight: 1, ArrowLeft: tabs.length - 1 }[ev.key];
-  const next = ev.key === "Home" ? tabs[0] : ev.key === "End" ? tabs[tabs.length - 1]
-    : step ? tabs[(i + step) % tabs.length] : null;
-  if (!next) return;
-  ev.preventDefault();
-  showTab(next);
-  $(`tab-${next}`).focus();
-});
-
-// ---------- balance ----------
-function setBalance(n) {
-  state.balance = n;
+// ---------- the header, the tabs ----------
+store.watch("balance", (n) => {
   $("balance").textContent = `${n} credits`;
   $("balance").dataset.balance = String(n);
-  renderCompose();
-  renderGift();
-  state.visitsUi?.setBalance(n); // video visits (booking.js)
-}
-
-// ---------- credits ----------
-function renderQuote() {
-  const p = state.pricing;
-  if (!p) return;
-  const credits = Number($("buy-credits").value);
-  const price = credits * p.cents_per_credit;
-  const fee = p.purchase_fee_cents;
-  const total = price + fee;
-  $("buy-price").textContent = dollars(price);
-  $("buy-fee").textContent = fee ? dollars(fee) : "none";
-  $("buy-total").textContent = dollars(total);
-  $("buy-summary").textContent = fee
-    ? `${credits} credits: ${dollars(price)} + ${dollars(fee)} fee = ${dollars(total)} total`
-    : `${credits} credits: ${dollars(total)} total, no fee`;
-  $("pay").textContent = `Pay ${dollars(total)}`;
-}
-
-/** The server's purchase terms (GET /pricing): the amounts offered and the fee shown. */
-async function loadPricing() {
-  const p = await api("GET", "/pricing");
-  state.pricing = p;
-  const amounts = [1, 2, 4, 10].map((n) => n * p.credit_block).filter((c) => c <= p.purchase_credits_max);
-  $("buy-credits").replaceChildren(...amounts.map((c) => h("option", { value: c }, `${c} credits`)));
-  $("buy-block").textContent = String(p.credit_block);
-  renderQuote();
-}
-$("buy-credits").addEventListener("change", renderQuote);
-
-let buyKey = null; // kept across retries of one purchase, so a retry never charges twice
-$("buy-form").addEventListener("submit", async (ev) => {
-  ev.preventDefault();
-  const pay = $("pay");
-  pay.disabled = true;
-  say($("buy-notice"), "Paying…");
-  buyKey = buyKey || newKey();
-  try {
-    const r = await api("POST", "/purchases", { key: buyKey, body: {
-      credits: Number($("buy-credits").value),
-      card: { number: $("card-number").value.replace(/\s+/g, ""), exp_month: Number($("card-month").value),
-              exp_year: Number($("card-year").value), cvc: $("card-cvc").value, name: $("card-name").value } } });
-    buyKey = null;
-    const p = r.purchase;
-    setBalance(r.balance);
-    say($("buy-notice"), `Paid ${dollars(p.total_cents)} (${dollars(p.price_cents)} + ${dollars(p.fee_cents)} fee) with ${p.card_brand} ending ${p.card_last4}. ${p.credits} credits added.`, "ok");
-    $("card-number").value = "";
-    $("card-cvc").value = "";
-  } catch (err) {
-    if (err instanceof ApiError && err.status && err.status < 500) buyKey = null; // a final answer
-    say($("buy-notice"), err.message, "error");
-  } finally {
-    pay.disabled = false;
-  }
+});
+// Times not tied to one contact (the statement) are in the family's contacts' facility zone.
+store.watch("connections", (connections) => {
+  const first = [...connections.values()][0];
+  setHomeZone(first ? zoneOf(first.facility_id) : null);
 });
 
-// ---------- find a person ----------
+const tabs = new Tabs(document.querySelector("nav.tabs"), (name) => screens?.[name]?.shown?.());
+
+// ---------- signed in ----------
 async function loadFacilities() {
   const r = await api("GET", "/facilities");
-  state.facilities = new Map(r.facilities.map((f) => [f.id, f]));
   rememberZones(r.facilities);
-  const sel = $("find-facility");
-  sel.replaceChildren(...r.facilities.map((f) => h("option", { value: f.id }, f.name)));
+  return new Map(r.facilities.map((f) => [f.id, f]));
 }
 
-$("find-relationship").append(...RELATIONSHIPS.map(([code, label]) => h("option", { value: code }, label)));
-$("find-form").addEventListener("submit", async (ev) => {
-  ev.preventDefault();
-  say($("find-notice"), "");
-  const list = $("find-results");
-  list.replaceChildren();
-  try {
-    const fid = $("find-facility").value;
-    const r = await api("GET", `/facilities/${encodeURIComponent(fid)}/people?q=${encodeURIComponent($("find-q").value.trim())}`);
-    if (!r.people.length) say($("find-notice"), "Nobody found. Check the spelling or try the inmate number.");
-    for (const p of r.people) {
-      const existing = [...state.connections.values()].find((c) => c.person_id === p.id);
-      const btn = h("button", { type: "button", class: "primary", disabled: Boolean(existing) },
-                    existing ? statusText(existing) : "Request connection");
-      btn.setAttribute("aria-label", existing ? `${p.name}: ${statusText(existing)}` : `Request connection with ${p.name}`);
-      btn.addEventListener("click", async () => {
-        btn.disabled = true;
-        try {
-          const relationship = $("find-relationship").value || undefined;
-          const c = await api("POST", "/connections", { body: { person_id: p.id, relationship } });
-          upsertConnection(c.connection);
-          btn.textContent = statusText(c.connection);
-          say($("find-notice"), `Request sent to ${p.name}. You can write once they approve.`, "ok");
-        } catch (err) {
-          btn.disabled = false;
-          say($("find-notice"), err.message, "error");
-        }
-      });
-      list.append(h("li", {}, h("span", {}, h("strong", {}, p.name), ` · #${p.inmate_number}`), btn));
-    }
-  } catch (err) {
-    say($("find-notice"), err.message, "error");
-  }
-});
-
-function statusText(c) {
-  if (c.blocked) return "Blocked";
-  return { requested: "Waiting for approval", approved: "Connected", denied: "Declined" }[c.status] || c.status;
+function build(me, facilities, pricing) {
+  const inbox = new Inbox(me.id);
+  socket = new KinwireSocket({ onEvent, onReset: reloadAll, onUnauthorised: () => location.reload() });
+  const shared = { store, pricing };
+  return {
+    messages: new Messages({ ...shared, me, inbox, socket, facilities }),
+    find: new FindPerson({ store, facilities }),
+    visits: new FamilyVisits({ store, socket }),
+    credits: new BuyCredits({ ...shared, facilities }),
+    gift: new Gift(shared),
+    statement: new Statement(),
+    inbox,
+  };
 }
 
-function upsertConnection(c) {
-  const old = state.connections.get(c.id) || {};
-  state.connections.set(c.id, { ...old, ...c, person_name: c.person_name || old.person_name });
-  renderConnections();
-  renderThreads();
-  renderGift();
-}
-
-function renderConnections() {
-  // Times not tied to one contact (the statement) are in the family's contacts' facility zone.
-  const first = [...state.connections.values()][0];
-  setHomeZone(first ? zoneOf(first.facility_id) : null);
-  const list = $("connections");
-  list.replaceChildren(...[...state.connections.values()].map((c) =>
-    h("li", { dataset: { connection: c.id, status: c.status } },
-      h("span", {}, c.person_name || c.person_id), h("span", { class: "badge" }, statusText(c)))));
-  if (!state.connections.size) list.append(h("li", { class: "muted" }, "None yet."));
-}
-
-// ---------- messages ----------
-function contactOf(personId) {
-  return [...state.connections.values()].find((c) => c.person_id === personId);
-}
-
-function pricesFor(personId) {
-  const c = contactOf(personId);
-  const f = c && state.facilities.get(c.facility_id);
-  return { ...state.pricing.prices, ...((f && f.settings && f.settings.prices) || {}) };
-}
-
-function priceFor(personId) {
-  return pricesFor(personId).message;
-}
-
-function renderThreads() {
-  const list = $("threads");
-  const contacts = [...state.connections.values()];
-  $("no-threads").hidden = contacts.length > 0;
-  list.replaceChildren(...contacts.map((c) => {
-    const unread = state.inbox ? state.inbox.unread(c.person_id) : 0;
-    const last = state.inbox && state.inbox.last(c.person_id);
-    const sub = c.status !== "approved" ? statusText(c) : last ? (last.locked ? "Collect message" : (last.body || "").slice(0, 40)) : "No messages yet";
-    const btn = h("button", { type: "button", "aria-current": String(state.current === c.person_id),
-                              dataset: { person: c.person_id } },
-      h("span", {}, h("strong", {}, c.person_name || "Contact"), h("br"), h("span", { class: "sub" }, sub)),
-      unread ? h("span", { class: "count", "aria-label": `${unread} unread` }, unread) : null);
-    btn.addEventListener("click", () => openThread(c.person_id));
-    return h("li", {}, btn);
-  }));
-}
-
-function openThread(personId) {
-  if (state.current !== personId) clearAttached();
-  state.current = personId;
-  renderThreads();
-  renderThread();
-  $("compose-body").focus();
-}
-
-// On a phone the open thread takes the contact list's place (app.css); Back brings the list
-// back, focus on the contact just left.
-$("thread-back").addEventListener("click", () => {
-  const left = state.current;
-  state.current = null;
-  renderThreads();
-  renderThread();
-  const btn = [...$("threads").querySelectorAll("button")].find((b) => b.dataset.person === left);
-  if (btn) btn.focus();
-});
-
-async function payToOpen(msg) {
-  say($("compose-notice"), "");
-  try {
-    const r = await api("POST", `/messages/${encodeURIComponent(msg.id)}/open`);
-    state.inbox.upsert(r.message);
-    renderThread();
-  } catch (err) {
-    say($("compose-notice"), err.code === "insufficient_credits" ? "Not enough credits: buy credits to open this message." : err.message, "error");
-  }
-}
-
-const opening = new Set();
-function markRead(msgs) {
-  if (document.visibilityState === "hidden") return;
-  for (const m of msgs) {
-    if (m.from === state.me.id || m.opened_at || m.locked || m.status !== "delivered" || opening.has(m.id)) continue;
-    opening.add(m.id);
-    api("POST", `/messages/${encodeURIComponent(m.id)}/open`)
-      .then((r) => { state.inbox.upsert(r.message); })
-      .catch(() => {})
-      .finally(() => opening.delete(m.id));
-  }
-}
-
-function renderThread(keepScroll = false) {
-  const personId = state.current;
-  $("thread").hidden = !personId;
-  $("chat").classList.toggle("in-thread", Boolean(personId));
-  if (!personId) return;
-  const c = contactOf(personId);
-  $("thread-h").textContent = c ? `${c.person_name || "Contact"} · ${statusText(c)}` : "";
-  const msgs = state.inbox.thread(personId);
-  const list = $("messages");
-  const fromName = c ? c.person_name : null;
-  const zone = c ? zoneOf(c.facility_id) : undefined; // the contact's facility's clock
-  list.replaceChildren(...msgs.map((m) => withRefund(bubble(m, state.me.id, { onOpen: payToOpen, fromName, zone }), m)));
-  if (!msgs.length) list.append(h("li", { class: "muted" }, "No messages yet."));
-  if (!keepScroll) list.scrollTop = list.scrollHeight;
-  // Hidden when the first load already holds the whole history (no older page exists).
-  $("thread-older").hidden = state.historyComplete || olderDone.has(personId) || !msgs.length;
-  typing.render();
-  markRead(msgs);
-  renderCompose();
-}
-
-function renderCompose() {
-  if (!state.current || !state.me || !state.pricing) return; // shown once GET /pricing answers
-  const c = contactOf(state.current);
-  const prices = pricesFor(state.current);
-  const n = attached.length;
-  const price = prices.message + prices.photo * n;
-  const approved = c && c.status === "approved" && !c.blocked;
-  $("compose").hidden = !approved;
-  const short = state.balance < price;
-  const parts = n ? ` (${prices.message} + ${n} photo${n > 1 ? "s" : ""} × ${prices.photo})` : "";
-  $("compose-price").textContent = short
-    ? `Sending costs ${price} credits${parts}; you have ${state.balance}. Buy credits to send.`
-    : `Sending costs ${price} credits${parts} (balance after: ${state.balance - price}).`;
-  $("compose-body").required = n === 0;
-  $("send").textContent = `Send (${price} credits)`;
-  $("send").disabled = short;
-}
-
-let sendKey = null;
-$("compose").addEventListener("submit", async (ev) => {
-  ev.preventDefault();
-  const body = $("compose-body").value;
-  if ((!body.trim() && !attached.length) || !state.current) return;
-  $("send").disabled = true;
-  sendKey = sendKey || newKey();
-  try {
-    // Each photo is uploaded once; a retry after a failed send reuses the ids already known.
-    for (const [i, a] of attached.entries()) {
-      if (a.photoId) continue;
-      say($("compose-notice"), `Uploading photo ${i + 1} of ${attached.length}…`);
-      a.photoId = await uploadPhoto(a.file);
-    }
-    const photo_ids = attached.map((a) => a.photoId);
-    const r = await api("POST", "/messages", { key: sendKey, body: { to: state.current, body, photo_ids } });
-    sendKey = null;
-    state.inbox.upsert(r.message);
-    clearAttached();
-    $("compose-body").value = "";
-    say($("compose-notice"), "");
-    renderThread();
-  } catch (err) {
-    if (err.status && err.status < 500) sendKey = null;
-    say($("compose-notice"), err.message, "error");
-  } finally {
-    renderCompose();
-  }
-});
-$("compose-body").addEventListener("input", () => { sendKey = null; sendTyping(); });
-$("compose-body").addEventListener("keydown", (ev) => {
-  if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) $("compose").requestSubmit();
-});
-
-// ---------- photos ----------
-// Attach (file input), preview before sending, upload each with POST /photos, then send the
-// message with photo_ids. The form's controls are added here so index.html stays as it was.
-const MAX_PHOTOS = 5; // server default photos_per_message_max
-let attached = []; // [{file, url, photoId?}]
-
-const photoInput = h("input", { type: "file", id: "compose-photos", accept: "image/jpeg,image/png",
-                                multiple: true, class: "sr-only" });
-const photoLabel = h("label", { for: "compose-photos", class: "attach" }, "Attach photos");
-const photoHint = h("span", { class: "muted", id: "compose-photos-hint" },
-                    ` JPEG or PNG, up to ${MAX_PHOTOS}; each photo costs extra and may be held for review.`);
-const previews = h("ul", { class: "previews", id: "compose-previews", "aria-label": "Photos to send" });
-photoInput.setAttribute("aria-describedby", "compose-photos-hint");
-$("compose-body").after(h("div", { class: "attach-row" }, photoInput, photoLabel, photoHint), previews);
-
-photoInput.addEventListener("change", () => {
-  const files = [...photoInput.files];
-  photoInput.value = "";
-  const room = MAX_PHOTOS - attached.length;
-  for (const file of files.slice(0, Math.max(room, 0))) {
-    attached.push({ file, url: URL.createObjectURL(file) });
-  }
-  say($("compose-notice"), files.length > room ? `At most ${MAX_PHOTOS} photos per message.` : "",
-      files.length > room ? "error" : "info");
-  sendKey = null;
-  renderPreviews();
-});
-
-function renderPreviews() {
-  previews.replaceChildren(...attached.map((a, i) => {
-    const remove = h("button", { type: "button", class: "remove", "aria-label": `Remove photo ${i + 1} (${a.file.name})` }, "×");
-    remove.addEventListener("click", () => {
-      URL.revokeObjectURL(a.url);
-      attached.splice(i, 1);
-      sendKey = null;
-      renderPreviews();
-      photoLabel.focus();
-    });
-    return h("li", {}, h("img", { src: a.url, alt: `Photo ${i + 1}: ${a.file.name}` }), remove);
-  }));
-  renderCompose();
-}
-
-function clearAttached() {
-  for (const a of attached) URL.revokeObjectURL(a.url);
-  attached = [];
-  renderPreviews();
-}
-
-async function uploadPhoto(file) {
-  const form = new FormData();
-  form.append("file", file, file.name);
-  let resp;
-  try {
-    resp = await fetch("/api/v1/photos", { method: "POST", body: form, credentials: "same-origin" });
-  } catch {
-    throw new ApiError(0, "network", "The server could not be reached. Check your connection.");
-  }
-  const data = await resp.json().catch(() => null);
-  if (!resp.ok) {
-    const e = (data && data.error) || {};
-    throw new ApiError(resp.status, e.code || `http_${resp.status}`,
-                       `${file.name}: ${e.message || `the server answered ${resp.status}.`}`, e.details);
-  }
-  return data.photo_id;
-}
-
-/** For a rejected paid message, the refund beside its bubble. */
-function withRefund(li, msg) {
-  if (msg.from === state.me.id && msg.status === "rejected" && !msg.cod && msg.price) {
-    li.querySelector(".meta").append(h("span", { class: "badge refund", "data-refund": msg.price },
-                                       `${msg.price} credits returned`));
-  }
-  return li;
-}
-
-// ---------- older messages of one thread (GET /messages?with=, both folders) ----------
-const OLDER_PAGE = 20;
-const olderDone = new Set(); // contacts whose whole history is loaded
-const isOlder = (a, b) => a.created_at < b.created_at || (a.created_at === b.created_at && a.id < b.id);
-
-async function loadOlder() {
-  const personId = state.current;
-  const t = state.inbox.thread(personId); // oldest first
-  const anchors = { inbox: t.find((m) => m.from === personId && m.status === "delivered"),
-                    sent: t.find((m) => m.from === state.me.id) };
-  const url = (folder) => `/messages?folder=${folder}&with=${encodeURIComponent(personId)}&limit=${OLDER_PAGE}`
-    + (anchors[folder] ? `&before=${encodeURIComponent(anchors[folder].id)}` : "");
-  $("thread-older").disabled = true;
-  try {
-    const [inbox, sent] = await Promise.all([api("GET", url("inbox")), api("GET", url("sent"))]);
-    // A folder with more pages leaves a gap below its oldest row: keep only what is newer than
-    // that, so the thread never shows a hole; the next click fetches the rest.
-    let floor = null;
-    for (const page of [inbox, sent]) {
-      const last = page.messages.at(-1);
-      if (page.next_before && last && (!floor || isOlder(floor, last))) floor = last;
-    }
-    const fresh = [...inbox.messages, ...sent.messages].filter((m) => !state.inbox.byId.has(m.id)
-      && (!floor || !isOlder(m, floor)));
-    for (const m of fresh) state.inbox.upsert(m);
-    if (!inbox.next_before && !sent.next_before) olderDone.add(personId);
-    say($("compose-notice"), fresh.length ? "" : "No older messages.");
-    renderThread(true);
-  } catch (err) {
-    say($("compose-notice"), err.message, "error");
-  } finally {
-    $("thread-older").disabled = false;
-  }
-}
-$("thread-older").addEventListener("click", loadOlder);
-
-// ---------- typing indicators (threads.js Typing) ----------
-const typing = new Typing(state, $("typing"), (id) => (contactOf(id) || {}).person_name || "Your contact");
-
-function sendTyping() {
-  const c = state.current && contactOf(state.current);
-  if (c && c.status === "approved" && $("compose-body").value) typing.send(state.current);
-}
-
-// ---------- give credits (POST /gifts, to an approved contact) ----------
-let giftKey = null; // kept across retries of one gift
-function renderGift() {
-  const sel = $("gift-to");
-  const chosen = sel.value;
-  const contacts = [...state.connections.values()].filter((c) => c.status === "approved" && !c.blocked);
-  sel.replaceChildren(...contacts.map((c) => h("option", { value: c.person_id }, c.person_name || "Contact")));
-  if (chosen) sel.value = chosen;
-  $("gift-none").hidden = contacts.length > 0;
-  $("gift-form").hidden = !contacts.length;
-  const max = state.pricing ? state.pricing.gift_credits_max : 0;
-  $("gift-credits").max = String(Math.min(state.balance, max || state.balance));
-  const n = Number($("gift-credits").value) || 0;
-  const short = n > state.balance;
-  $("gift-summary").textContent = n
-    ? (short ? `You have ${state.balance} credits.` : `Your balance after: ${state.balance - n} credits.`) : "";
-  $("gift-send").disabled = !n || short;
-  $("gift-send").textContent = n ? `Give ${n} credits` : "Give";
-}
-$("gift-to").addEventListener("change", () => { giftKey = null; renderGift(); });
-$("gift-credits").addEventListener("input", () => { giftKey = null; renderGift(); });
-$("gift-form").addEventListener("submit", async (ev) => {
-  ev.preventDefault();
-  const to = $("gift-to").value;
-  const credits = Number($("gift-credits").value);
-  if (!to || !Number.isInteger(credits) || credits < 1) return;
-  const name = $("gift-to").selectedOptions[0].textContent;
-  $("gift-send").disabled = true;
-  giftKey = giftKey || newKey();
-  try {
-    const r = await api("POST", "/gifts", { key: giftKey, body: { to, credits } });
-    giftKey = null;
-    setBalance(r.balance);
-    $("gift-credits").value = "";
-    say($("gift-notice"), `Gave ${credits} credits to ${name}.`, "ok");
-  } catch (err) {
-    if (err.status && err.status < 500) giftKey = null;
-    say($("gift-notice"), err.message, "error");
-  } finally {
-    renderGift();
-  }
-});
-
-// ---------- statement (GET /statement: one line per visit, message, refund, purchase, gift) ----------
-const STATEMENT_PAGE = 20;
-const statement = { rows: [], next: null, balance: 0 };
-
-function describe(e) {
-  const who = e.with || "a contact";
-  const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
-  switch (e.kind) {
-    case "purchase": return e.total_cents === undefined ? "Bought credits"
-      : `Bought credits: ${dollars(e.price_cents)} + ${dollars(e.fee_cents)} fee = ${dollars(e.total_cents)} (card ending ${e.card_last4})`;
-    case "gift": return `Gift ${e.direction} ${who}`;
-    case "message": return `Message ${e.direction || "to"} ${who}${e.photos ? ` (${plural(e.photos, "photo")})` : ""}`;
-    case "refund": return `Refund: message ${e.direction || "to"} ${who} rejected by review`;
-    case "visit": return `Video visit with ${who}, ${plural(e.minutes, "minute")}`;
-    default: return e.kind.replace(/_/g, " ");
-  }
-}
-
-async function loadStatement(first) {
-  say($("statement-notice"), "");
-  try {
-    const size = state.statementPage || STATEMENT_PAGE; // smaller in tests, to show paging
-    const before = first ? "" : `&before=${statement.next}`;
-    const r = await api("GET", `/statement?limit=${size}${before}`);
-    if (first) {
-      statement.rows = [];
-      statement.balance = r.balance;
-    }
-    // Running balance, newest first: each older line's "after" is the newer one's minus its amount.
-    let after = statement.rows.length ? statement.rows.at(-1).after - statement.rows.at(-1).credits : statement.balance;
-    for (const e of r.lines) {
-      statement.rows.push({ ...e, after });
-      after -= e.credits;
-    }
-    statement.next = r.next_before;
-    renderStatement();
-  } catch (err) {
-    say($("statement-notice"), err.message, "error");
-  }
-}
-
-function renderStatement() {
-  $("statement-balance").textContent = `${statement.balance} credits`;
-  $("statement-rows").replaceChildren(...statement.rows.map((e) =>
-    h("tr", { dataset: { kind: e.kind, credits: e.credits } },
-      h("td", {}, h("time", { datetime: e.at }, whenText(e.at, e.facility_id ? zoneOf(e.facility_id) : undefined))),
-      h("td", {}, describe(e)),
-      h("td", { class: e.credits > 0 ? "in" : "out" }, e.credits > 0 ? `+${e.credits}` : `−${-e.credits}`),
-      h("td", {}, String(e.after)))));
-  $("statement-empty").hidden = statement.rows.length > 0;
-  $("statement-more").hidden = !statement.next;
-}
-// The CSV of a range of days in this browser's zone (GET /statement/export).
-function exportLink() {
-  const q = new URLSearchParams({ tz: Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC" });
-  if ($("export-from").value) q.set("from", $("export-from").value);
-  if ($("export-to").value) q.set("to", $("export-to").value);
-  $("export-link").href = `/api/v1/statement/export?${q}`;
-}
-for (const id of ["export-from", "export-to"]) $(id).addEventListener("change", exportLink);
-$("statement-export").addEventListener("submit", (ev) => ev.preventDefault());
-exportLink();
-
-$("statement-more").addEventListener("click", async () => {
-  const count = statement.rows.length;
-  await loadStatement(false);
-  // Keyboard users land on the first of the lines just shown.
-  const row = $("statement-rows").children[count];
-  if (row) {
-    row.tabIndex = -1;
-    row.focus();
-  }
-});
-
-// ---------- data and live events ----------
 async function reloadAll() {
-  setBalance(await loadConversations(state));
-  renderConnections();
-  renderThreads();
-  renderThread();
-  await state.visitsUi?.load().catch(() => {}); // video visits (booking.js)
+  const r = await loadConversations(screens.inbox);
+  store.set("connections", r.connections);
+  store.set("balance", r.balance);
+  screens.messages.reloaded(r.historyComplete);
+  await screens.visits.load().catch(() => {});
 }
 
 function onEvent(type, data) {
-  state.visitsUi?.onEvent(type, data); // video visits (booking.js)
-  if (type === "typing") {
-    typing.heard(data.from);
-    return;
-  }
-  if (type === "message.new") typing.done(data.from);
-  if (type === "balance" && document.body.dataset.tab === "statement") loadStatement(true);
-  applyEvent(state, type, data, { setBalance, renderThreads, renderThread, upsertConnection });
+  // The store first, so that every screen reads the new value when it hears of it.
+  if (type === "balance") store.set("balance", data.balance);
+  else if (type === "connection.updated") upsertConnection(store, data);
+  screens.visits.onEvent(type, data);
+  screens.messages.onEvent(type, data);
+  if (type === "balance" && tabs.current === "statement") screens.statement.load(true);
 }
 
 async function start() {
@@ -609,23 +106,26 @@ async function start() {
     location.href = "/static/kiosk.html";
     return;
   }
-  state.me = me.account;
-  state.inbox = new Inbox(me.account.id);
-  setBalance(me.balance);
+  store.set("balance", me.balance);
   $("me-name").textContent = me.account.name;
   $("card-name").value = me.account.name;
   $("auth").hidden = true;
   $("app").hidden = false;
   $("who").hidden = false;
-  showTab("messages");
-  await Promise.all([loadFacilities(), loadPricing()]);
-  state.visitsUi = new FamilyVisits(state); // video visits (booking.js)
+  tabs.show("messages");
+  const [facilities, pricing] = await Promise.all([loadFacilities(), api("GET", "/pricing")]);
+  screens = screens || build(me.account, facilities, pricing);
   await reloadAll();
-  state.socket = new KinwireSocket({
-    onEvent, onReset: reloadAll,
-    onUnauthorised: () => location.reload(),
-  }).start();
-  window.kinwire = state; // for tests and the curious
+  socket.start();
+  // For tests and the curious: what a test may read or set, nothing more.
+  const { messages, statement } = screens;
+  window.kinwire = {
+    me: me.account, socket, inbox: screens.inbox,
+    get current() { return messages.current; },
+    get historyComplete() { return messages.historyComplete; },
+    set historyComplete(v) { messages.historyComplete = v; },
+    set statementPage(n) { statement.pageSize = n; },
+  };
   document.body.dataset.ready = "signed-in";
 }
 

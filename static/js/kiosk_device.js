@@ -3,9 +3,7 @@
 // set up shows only the set-up panel; once set up, a person sees only the sign-in, and staff
 // open the panel with "Set up this device (staff)". Changing the registration asks for a
 // device token again (the saved one is never put back in the field), which only staff have.
-import { say } from "./api.js";
-
-const $ = (id) => document.getElementById(id);
+import { $, say } from "./dom.js";
 
 export function device() {
   return { facility: localStorage.getItem("kinwire.facility") || "",

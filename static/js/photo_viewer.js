@@ -3,7 +3,7 @@
 // full photo in a modal <dialog>. The browser's own modal dialog keeps focus inside it, closes
 // on Escape and hides the page from screen readers; Close (or a tap beside the photo) closes it
 // and focus goes back to the thumbnail that opened it. The link still works without script.
-import { h } from "./api.js";
+import { h } from "./dom.js";
 
 const photoUrl = (id, thumb) => `/api/v1/photos/${encodeURIComponent(id)}${thumb ? "/thumb" : ""}`;
 

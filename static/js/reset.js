@@ -1,8 +1,8 @@
 // The password-reset page (/reset): without a token, ask for an emailed link; with the link's
 // token (in the fragment, #token=...), set a new password. docs/security.md, "Password reset".
-import { api, say } from "./api.js";
+import { api } from "./api.js";
+import { $, say } from "./dom.js";
 
-const $ = (id) => document.getElementById(id);
 const token = new URLSearchParams(location.hash.slice(1)).get("token");
 // A link opened in a tab already on this page changes only the fragment: start again with it.
 addEventListener("hashchange", () => location.reload());

@@ -1,8 +1,7 @@
 // A family's email choices (/settings): GET and PUT /api/v1/notifications. Signed out, the
 // page says to log in first.
-import { api, h, say } from "./api.js";
-
-const $ = (id) => document.getElementById(id);
+import { api } from "./api.js";
+import { $, h, say } from "./dom.js";
 
 async function start() {
   let prefs;

@@ -1,6 +1,7 @@
 // The chat model and view shared by the family app and the kiosk: messages kept by id (so a
 // push and a reload never show one twice), one thread per contact, bubbles with their status.
-import { api, h } from "./api.js";
+import { api } from "./api.js";
+import { $, h } from "./dom.js";
 import { photoThumbs } from "./photo_viewer.js";
 import { whenText } from "./time.js";
 
@@ -42,7 +43,7 @@ export function when(iso, zone) {
 /** One message as a list item. `onOpen(msg)` pays for and opens a locked COD message; its
  * photos (ids only when the server lets this reader see them) show as thumbnails, described
  * as from `fromName` when given. */
-export function bubble(msg, me, { onOpen, codPrice, fromName, zone } = {}) {
+export function bubble(msg, me, { onOpen, fromName, zone } = {}) {
   const mine = msg.from === me;
   const status = [];
   if (mine) {
@@ -59,7 +60,7 @@ export function bubble(msg, me, { onOpen, codPrice, fromName, zone } = {}) {
   }
   let content;
   if (msg.locked) {
-    const price = codPrice || msg.price || 50;
+    const price = msg.price; // what opening it costs: the server's figure, never a copy
     content = h("div", { class: "locked" },
       h("span", { class: "lock-icon", "aria-hidden": "true" }),
       h("span", {}, "Locked collect message."),
@@ -83,46 +84,37 @@ export function connectionState() {
            "Connecting…");
 }
 
-// Both apps keep the same conversation state: connections by id and an Inbox of messages.
-// Load it all over HTTP (at start and after a sync reset); returns the caller's balance.
-export async function loadConversations(state) {
-  const [me, conns, inbox, sent] = await Promise.all([
+// Both apps' conversations over HTTP (at start and after a sync reset): the messages into
+// `inbox` (emptied first); returns {balance, connections (a Map by id), historyComplete}.
+export async function loadConversations(inbox) {
+  const [me, conns, received, sent] = await Promise.all([
     api("GET", "/me"), api("GET", "/connections"),
     api("GET", "/messages?folder=inbox"), api("GET", "/messages?folder=sent")]);
-  state.connections = new Map(conns.connections.map((c) => [c.id, c]));
-  state.inbox.clear();
-  for (const m of [...inbox.messages, ...sent.messages]) state.inbox.upsert(m);
-  state.historyComplete = !inbox.next_before && !sent.next_before; // nothing older to fetch
-  return me.balance;
-}
-
-// Apply one pushed event to that state; the app supplies how to redraw.
-export function applyEvent(state, type, data, { setBalance, renderThreads, renderThread,
-                                                upsertConnection }) {
-  if (type === "balance") setBalance(data.balance);
-  else if (type === "message.new" || type === "message.status") {
-    state.inbox.upsert(data);
-    renderThreads();
-    if (state.current === state.inbox.other(data)) renderThread();
-  } else if (type === "connection.updated") upsertConnection(data);
+  inbox.clear();
+  for (const m of [...received.messages, ...sent.messages]) inbox.upsert(m);
+  return { balance: me.balance, connections: new Map(conns.connections.map((c) => [c.id, c])),
+           historyComplete: !received.next_before && !sent.next_before }; // nothing older to fetch
 }
 
 // Typing indicators (live only, never stored; the `typing {to}` op). Both apps: `send(to)` from
 // the compose box's input events, `heard(from)` on a `typing` push, `done(from)` when that
 // person's message arrives; `render()` writes "<name> is typing…" for the open thread into `el`.
+// `socket()` is the page's socket (once there is one), `current()` the person whose thread is
+// open, `nameOf(id)` what to call them.
 const TYPING_EVERY_MS = 3000; // at most one `typing` a contact per this
 const TYPING_SHOWN_MS = 6000; // the other side's indicator fades after this without news
 
 export class Typing {
-  constructor(state, el, nameOf) {
-    this.state = state;
+  constructor(el, { socket, current, nameOf }) {
     this.el = el;
+    this.socket = socket;
+    this.current = current;
     this.nameOf = nameOf;
     this.sentAt = 0;
     this.until = new Map(); // account id -> when its indicator fades
   }
   send(to) {
-    const s = this.state.socket;
+    const s = this.socket();
     if (!s || s.state !== "online" || !to || Date.now() - this.sentAt < TYPING_EVERY_MS) return;
     this.sentAt = Date.now();
     s.request("typing", { to }).catch(() => {}); // best effort by design
@@ -136,7 +128,51 @@ export class Typing {
     if (this.until.delete(from)) this.render();
   }
   render() {
-    const who = this.state.current;
+    const who = this.current();
     this.el.textContent = (this.until.get(who) || 0) > Date.now() ? `${this.nameOf(who)} is typing…` : "";
+  }
+}
+
+/**
+ * What the family's Messages tab and the kiosk's inbox share: the open thread (`current`), its
+ * typing indicator (#typing), pushed messages applied to the Inbox, and delivered messages
+ * marked read once shown on a visible page. Each app's subclass draws: renderThreads() and
+ * renderThread().
+ */
+export class Conversations {
+  /** `me`: the account; `inbox`: its Inbox; `socket`: for typing; `nameOf(id)`: a contact's name. */
+  constructor({ me, inbox, socket, nameOf }) {
+    this.me = me;
+    this.inbox = inbox;
+    this.current = null; // the contact whose thread is open
+    this.opening = new Set(); // messages being marked read
+    this.typing = new Typing($("typing"), { socket: () => socket, current: () => this.current, nameOf });
+  }
+
+  /** A push: typing, message.new, message.status (others are not the inbox's). */
+  onEvent(type, data) {
+    if (type === "typing") {
+      this.typing.heard(data.from);
+      return;
+    }
+    if (type === "message.new") this.typing.done(data.from);
+    if (type === "message.new" || type === "message.status") {
+      this.inbox.upsert(data);
+      this.renderThreads();
+      if (this.current === this.inbox.other(data)) this.renderThread();
+    }
+  }
+
+  /** Open (POST /messages/{id}/open: the sender sees "Read") what was delivered to us. */
+  markRead(msgs) {
+    if (document.visibilityState === "hidden") return;
+    for (const m of msgs) {
+      if (m.from === this.me.id || m.opened_at || m.locked || m.status !== "delivered" || this.opening.has(m.id)) continue;
+      this.opening.add(m.id);
+      api("POST", `/messages/${encodeURIComponent(m.id)}/open`)
+        .then((r) => { this.inbox.upsert(r.message); })
+        .catch(() => {})
+        .finally(() => this.opening.delete(m.id));
+    }
   }
 }

@@ -1,7 +1,7 @@
 // The video visit screen (docs/clients.md, "Video visits"), shared by the family app and the
 // kiosk: own camera preview, the other party's video, one RTCPeerConnection signalled over the
 // socket with the visit.* ops (docs/visits.md, "The call"), the meter's ticks and warnings, and
-// why the visit ended. The visit lists are visit_list.js.
+// why the visit ended. The visit lists are visit_list.js; the meter's figures visit_meter.js.
 //
 // Trust (docs/visits.md): in direct mode the kiosk (side "person") is the authority on whether
 // the call is connected. It reports `connected` only while the family's media keeps arriving
@@ -11,10 +11,12 @@
 // video packet counts advanced within `media_stall_s`. All from getStats() every half second. The
 // family's reports are advisory. Both sides show the link's quality (link_quality.js) from the
 // same stats every LINK_MS; the kiosk adds it to its visit.media report when its level changes.
-import { api, h, say } from "./api.js";
+import { api } from "./api.js";
+import { h, say } from "./dom.js";
 import { favourAudio, linkFigures, linkLevel } from "./link_quality.js";
 import { CallCredits } from "./call_credits.js";
 import { dayText, timeText } from "./time.js";
+import { VisitMeter } from "./visit_meter.js";
 
 export const ACTIVE = new Set(["scheduled", "open", "live", "paused"]);
 
@@ -56,11 +58,6 @@ export function wallDay(iso, zone) {
 
 const LINK_MS = 2000; // the link's figures are taken over this long
 
-function clock(seconds) {
-  const s = Math.max(0, Math.floor(seconds));
-  return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
-}
-
 /**
  * One visit's call. `side` is "family" or "person"; `peer` the other party's name;
  * `balance` the family's balance when known (the family app), shown until the first tick.
@@ -90,32 +87,24 @@ export class VisitCall {
     this.byMe = false;
     this.media = visit.media;
     this.config = null;
-    this.price = visit.minute_price || 0;
-    this.paid = 0;
-    this.balance = balance;
-    this.leftUntil = null;
-    // "Time left at your balance" (docs/visits.md, "The call"): the paid time not used yet,
-    // then a billed minute for each `price` of the balance. The paid time runs down only while
-    // the call is live; paidUntil is when it runs out (performance.now() ms), null otherwise.
-    this.minuteS = 60;
-    this.paidLeftS = 0;
-    this.paidUntil = null;
-    this.ticks = []; // every tick shown, for tests and support: [{paid, balance}]
-    this.render();
+    this.render(balance);
+  }
+
+  /** Every tick shown, for tests and support: [{paid, balance}]. */
+  get ticks() {
+    return this.meter.ticks;
   }
 
   // ---------- the screen ----------
-  render() {
+  render(balance) {
     const them = this.peer || "your contact";
+    const warning = h("p", { class: "notice visit-warning", role: "alert", id: "visit-warning" });
+    this.meter = new VisitMeter({ side: this.side, price: this.visit.minute_price || 0, balance, warning });
     this.el = {
       status: h("p", { class: "visit-status", role: "status", id: "visit-status" }, "Starting your camera…"),
       remote: h("video", { id: "visit-remote", autoplay: true, playsinline: true, "aria-label": `${them}'s video` }),
       local: h("video", { id: "visit-local", autoplay: true, playsinline: true, "aria-label": "Your camera" }),
-      paid: h("dd", { id: "visit-paid", "data-paid": "0" }, "0"),
-      balance: h("dd", { id: "visit-balance" }, this.balance === null ? "—" : this.balanceText()),
-      left: h("dd", { id: "visit-left" }, "—"),
-      atBalance: h("dd", { id: "visit-at-balance" }, "—"),
-      warning: h("p", { class: "notice visit-warning", role: "alert", id: "visit-warning" }),
+      warning,
       threshold: h("p", { class: "visit-threshold", id: "visit-threshold" }),
       // The level is a polite live region, so a change is announced once; the figures beside
       // it change every couple of seconds and are read with the line, not announced.
@@ -137,9 +126,6 @@ export class VisitCall {
       h("figure", { class: "remote" }, e.remote, h("figcaption", {}, them)),
       h("figure", { class: "self" }, e.local, h("figcaption", {}, "You")));
     e.link = h("p", { class: "visit-link", id: "visit-link" }, "Link quality: ", e.linkLevel, " ", e.linkReason);
-    const atLabel = this.side === "family" ? "Time left at your balance" : "Time left at the family's balance";
-    e.leftBox = h("dl", {}, h("div", {}, h("dt", {}, "Time left in the visit"), e.left),
-      h("div", {}, h("dt", {}, atLabel), e.atBalance));
     // "Add credits" (call_credits.js): the family only, when the app gives its purchase form.
     this.credits = this.side === "family" && this.creditsForm
       ? new CallCredits(this.creditsForm, () => Boolean(this.ended)) : null;
@@ -147,7 +133,6 @@ export class VisitCall {
     e.cam.addEventListener("click", () => this.toggle("video", e.cam, "Turn camera off", "Turn camera on"));
     e.hangup.addEventListener("click", () => this.hangUp());
     e.back.addEventListener("click", () => this.close());
-    const balanceLabel = this.side === "family" ? "Your balance" : "Family's balance";
     this.root.replaceChildren(h("section", { class: "card visit", "aria-labelledby": "visit-h",
                                               dataset: { visit: this.visit.id } },
       h("h2", { id: "visit-h", tabindex: "-1" }, `Video visit with ${them}`),
@@ -156,66 +141,18 @@ export class VisitCall {
       e.status, e.ended,
       e.videos,
       e.link,
-      // Paid minutes and balance change once a minute: announced politely. Time left counts
-      // down every second, so it is not a live region.
-      h("div", { class: "meter" },
-        h("dl", { role: "status", "aria-live": "polite", id: "visit-meter" },
-          h("div", {}, h("dt", {}, "Minutes paid"), e.paid),
-          h("div", {}, h("dt", {}, balanceLabel), e.balance)),
-        e.leftBox),
+      this.meter.box,
       e.threshold,
       e.warning,
       h("div", { class: "row visit-controls" }, e.mic, e.cam, this.credits?.button, e.hangup, e.back),
       this.credits?.dialog));
     this.root.hidden = false;
     this.root.querySelector("#visit-h").focus(); // keyboard and screen-reader users land here
-    this.timer = setInterval(() => this.showLeft(), 1000);
   }
 
-  balanceText() {
-    const mins = this.price > 0 ? Math.floor(this.balance / this.price) : null;
-    return mins === null ? `${this.balance} credits`
-      : `${this.balance} credits (${mins} more minute${mins === 1 ? "" : "s"})`;
-  }
-
-  showLeft() {
-    if (this.ended) return;
-    const now = performance.now();
-    const windowS = this.leftUntil === null ? null : Math.max(0, (this.leftUntil - now) / 1000);
-    if (windowS !== null) this.el.left.textContent = clock(windowS);
-    const at = this.el.atBalance;
-    if (this.price <= 0 || this.balance === null) return;
-    const paid = this.paidUntil === null ? this.paidLeftS : Math.max(0, (this.paidUntil - now) / 1000);
-    const seconds = paid + Math.floor(this.balance / this.price) * this.minuteS;
-    at.dataset.seconds = String(Math.floor(seconds));
-    // Past the window's end the balance is not the limit: say so rather than a longer time.
-    at.textContent = windowS !== null && seconds >= windowS ? "Enough for the rest" : clock(seconds);
-    at.dataset.enough = String(windowS !== null && seconds >= windowS);
-  }
-
-  /** The paid time runs down while live and stands still otherwise. */
-  meterRuns(live) {
-    const now = performance.now();
-    if (live && this.paidUntil === null) this.paidUntil = now + this.paidLeftS * 1000;
-    if (!live && this.paidUntil !== null) {
-      this.paidLeftS = Math.max(0, (this.paidUntil - now) / 1000);
-      this.paidUntil = null;
-    }
-  }
-
-  /** The family's balance changed outside the meter (a top-up in the call, a gift): the
-   * time at the balance follows at once, and a low-balance warning it answers is lifted. */
+  /** The family's balance changed outside the meter (a top-up in the call, a gift). */
   setBalance(n) {
-    if (this.ended || typeof n !== "number" || n === this.balance) return;
-    const more = this.balance !== null && n > this.balance;
-    this.balance = n;
-    this.el.balance.textContent = this.balanceText();
-    this.el.balance.dataset.balance = String(n);
-    if (more && this.price > 0 && Math.floor(n / this.price) > 1 && this.el.warning.dataset.warning === "low_balance") {
-      say(this.el.warning, `Credits added: your balance covers ${Math.floor(n / this.price)} more minutes. The call goes on.`, "ok");
-      this.el.warning.dataset.warning = "topped_up";
-    }
-    this.showLeft();
+    this.meter.setBalance(n);
   }
 
   setStatus(text, state) {
@@ -276,10 +213,11 @@ export class VisitCall {
     this.reporter = this.side === "person" && this.media !== "relay"; // the kiosk, direct mode
     this.el.threshold.textContent = `A frozen call is never charged for more than ${Math.round(this.stallMs / 1000)} s.`;
     if (!this.watcher) this.watcher = setInterval(() => this.checkMedia(), 500); // outages seen within ~2.5 s
-    this.price = j.visit.minute_price || this.price;
-    if (typeof j.minute_s === "number" && j.minute_s > 0) this.minuteS = j.minute_s;
-    this.meterRuns(this.status === "live");
-    if (j.meter) this.showMeter(j.meter.paid_minutes, j.meter.balance); // the server's, now
+    const m = this.meter;
+    m.price = j.visit.minute_price || m.price;
+    if (typeof j.minute_s === "number" && j.minute_s > 0) m.minuteS = j.minute_s;
+    m.runs(this.status === "live");
+    if (j.meter) m.show(j.meter.paid_minutes, j.meter.balance); // the server's, now
     if (this.media === "relay") {
       this.offer(); // relay mode: every party offers to the server at once
     } else if (this.side === "family" && (this.peerSeen ?? j.peer_present)) {
@@ -529,7 +467,7 @@ export class VisitCall {
       if (data.id !== this.visit.id) return;
       this.status = data.status;
       this.pauseReason = data.pause_reason;
-      this.meterRuns(data.status === "live");
+      this.meter.runs(data.status === "live");
       if (!ACTIVE.has(data.status)) this.end(data.end_reason);
       else if (data.pause_reason === "person_not_sending" && !this.ended) {
         // Both screens say why the meter stopped (docs/visits.md, "Trust").
@@ -544,11 +482,11 @@ export class VisitCall {
     if (type === "visit.signal") this.onSignal(data);
     else if (type === "visit.peer") this.onPeer(data.present);
     else if (type === "visit.relay_moved") this.onRelayMoved(data.relay);
-    else if (type === "visit.tick") this.onTick(data);
-    else if (type === "visit.warning") this.onWarning(data.kind);
+    else if (type === "visit.tick") this.meter.tick(data, this.status);
+    else if (type === "visit.warning") this.meter.warn(data.kind);
     else if (type === "visit.live") {
       this.status = "live";
-      this.meterRuns(true);
+      this.meter.runs(true);
       this.setStatus(`Connected to ${this.peer}. The meter is running.`, "live");
     }
     else if (type === "visit.ended") this.end(data.reason);
@@ -596,41 +534,6 @@ export class VisitCall {
     }
   }
 
-  onTick(t) {
-    this.ticks.push({ paid: t.paid_minutes, balance: t.balance });
-    this.showMeter(t.paid_minutes, t.balance);
-    const now = performance.now();
-    this.leftUntil = now + t.seconds_left * 1000;
-    if (typeof t.minute_s === "number" && t.minute_s > 0) this.minuteS = t.minute_s;
-    if (typeof t.paid_s_left === "number") {
-      // A tick comes as the meter starts (or resumes) a paid stretch: it runs from here.
-      this.paidLeftS = t.paid_s_left;
-      this.paidUntil = this.status === "live" || this.status === undefined ? now + t.paid_s_left * 1000 : null;
-    }
-    this.showLeft();
-  }
-
-  /** Paid minutes and balance as the server has them (a tick, or the join reply's meter). */
-  showMeter(paid, balance) {
-    this.paid = paid;
-    this.el.paid.textContent = String(paid);
-    this.el.paid.dataset.paid = String(paid);
-    if (typeof balance === "number") { // null until the first minute is paid
-      this.balance = balance;
-      this.el.balance.textContent = this.balanceText();
-      this.el.balance.dataset.balance = String(balance);
-    }
-  }
-
-  onWarning(kind) {
-    const text = kind === "low_balance"
-      ? (this.side === "family" ? "Low balance: your credits cover one more minute or less."
-                                : "The family's balance is nearly used up: about one minute left.")
-      : kind === "time" ? "The visiting time is almost over." : `Warning: ${kind}`;
-    say(this.el.warning, text, "warn");
-    this.el.warning.dataset.warning = kind;
-  }
-
   // ---------- the end ----------
   async hangUp() {
     this.byMe = true;
@@ -649,8 +552,9 @@ export class VisitCall {
     this.cleanup();
     const text = endedText(reason, { byMe: this.byMe, peer: this.peer,
                                      payer: this.side === "family" ? "your" : "the family's" });
-    this.setStatus(`The visit has ended after ${this.paid} paid minute${this.paid === 1 ? "" : "s"}.`, "ended");
-    this.el.videos.hidden = this.el.leftBox.hidden = this.el.link.hidden = true;
+    const paid = this.meter.paid;
+    this.setStatus(`The visit has ended after ${paid} paid minute${paid === 1 ? "" : "s"}.`, "ended");
+    this.el.videos.hidden = this.meter.leftBox.hidden = this.el.link.hidden = true;
     this.el.ended.textContent = text;
     this.el.ended.dataset.reason = this.ended;
     this.el.ended.hidden = false;
@@ -663,7 +567,7 @@ export class VisitCall {
   cleanup() {
     if (this.socket) this.socket.urgent = false;
     if (this.credits) this.credits.close(); // the purchase form goes back to the app
-    clearInterval(this.timer);
+    this.meter.stop();
     clearInterval(this.watcher);
     if (this.observer) this.observer.disconnect();
     this.closePc();

@@ -1,6 +1,7 @@
 // A user's visits (docs/clients.md, "Video visits"): when, with whom, status or why it ended,
 // Join while active and (families) Cancel while booked; and the kiosk's "Video visits" card.
-import { api, h } from "./api.js";
+import { api } from "./api.js";
+import { $, h } from "./dom.js";
 import { spanText } from "./time.js";
 import { ACTIVE, VisitCall, endedText, recordingNotice, wallTime } from "./visit.js";
 
@@ -49,14 +50,16 @@ export async function loadVisits() {
 
 /** The kiosk's "Video visits" card: the person's visits with Join, and the call screen. */
 export class KioskVisits {
-  constructor(state, { list, screen, app }) {
-    Object.assign(this, { state, list, screen, app });
+  /** `store`: the page's connections (store.js); `socket`: for the call; `list`, `screen`,
+   * `app`: the card's list, the call's screen and what the call hides. */
+  constructor({ store, socket, list, screen, app }) {
+    Object.assign(this, { store, socket, list, screen, app });
     this.visits = new Map();
     this.call = null;
   }
 
   nameOf(v) {
-    const c = [...this.state.connections.values()].find((x) => x.id === v.connection_id);
+    const c = [...this.store.get("connections").values()].find((x) => x.id === v.connection_id);
     return (c && c.family_name) || "your visitor";
   }
 
@@ -74,12 +77,12 @@ export class KioskVisits {
   join(v) {
     if (this.call && !this.call.ended) return;
     this.app.hidden = true;
-    this.call = new VisitCall({ root: this.screen, socket: this.state.socket, visit: v, side: "person",
+    this.call = new VisitCall({ root: this.screen, socket: this.socket, visit: v, side: "person",
                                 peer: this.nameOf(v), onClose: () => {
                                   this.app.hidden = false;
                                   this.call = null;
-                                  document.getElementById("kiosk-visits-h")?.setAttribute("tabindex", "-1");
-                                  document.getElementById("kiosk-visits-h")?.focus();
+                                  $("kiosk-visits-h")?.setAttribute("tabindex", "-1");
+                                  $("kiosk-visits-h")?.focus();
                                 } });
     window.kinwireVisit = this.call; // for tests and the curious
     this.call.start();

@@ -18,6 +18,7 @@ from tests.support.browser import (
     chromium,
     fill_card,
     kiosk_sign_in,
+    loaded,
     require_chromium,
     seed_kiosk,
     shot,
@@ -226,7 +227,7 @@ async def test_staff_reject_held_photo(sqlite_template: Path, tmp_path: Path) ->
             await expect(fam.locator("#compose-previews img")).to_have_count(0)
             thumb = mine.get_by_role("img", name="Photo 1 of 1")
             await expect(thumb).to_be_visible()
-            assert await thumb.evaluate("i => i.complete && i.naturalWidth > 0")
+            assert await loaded(fam, thumb) > 0
 
             # --- staff log in to the console and reject it with a reason ---
             await desk.goto(base + "/static/staff.html")

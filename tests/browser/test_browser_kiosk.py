@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw
 from server.app import create_app
 from tests.conftest import fresh_sqlite, test_settings
 from tests.integration.test_photos import upload
-from tests.support.browser import KIOSK, PHONE, chromium, require_chromium, seed_kiosk, shot
+from tests.support.browser import KIOSK, PHONE, chromium, loaded, require_chromium, seed_kiosk, shot
 from tests.support.clock import running_clock
 from tests.support.helpers import Api, Who
 
@@ -39,15 +39,6 @@ def garden_photo() -> bytes:
     out = io.BytesIO()
     image.save(out, "PNG")
     return out.getvalue()
-
-
-async def loaded(page, img) -> int:
-    """Wait until the <img> has really loaded (an image that failed has naturalWidth 0);
-    its natural width."""
-    handle = await img.element_handle()
-    await page.wait_for_function("i => i.complete && i.naturalWidth > 0", arg=handle,
-                                 timeout=10_000)
-    return await handle.evaluate("i => i.naturalWidth")
 
 
 async def _family(api: Api, seed: dict) -> Who:

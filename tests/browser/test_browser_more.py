@@ -236,7 +236,7 @@ async def test_staff_settings_review_audit_and_family_gift_statement(sqlite_temp
     expect.set_options(timeout=10_000)
     # Purchase terms unlike the defaults: the page must read them from the server.
     settings = test_settings(fresh_sqlite(sqlite_template, tmp_path), tmp_path,
-                             credit_block=1000, purchase_fee_cents=99)
+                             credit_block=1000, purchase_fee_cents=99, photos_per_message_max=3)
     app = create_app(settings, run_migrations=False)
     async with TestClient(TestServer(app, host="127.0.0.1")) as client, chromium() as browser:
         api = Api(client)
@@ -288,10 +288,16 @@ async def test_staff_settings_review_audit_and_family_gift_statement(sqlite_temp
                 .to_have_text("1000 credits")
             await expect(fam.locator("#buy-summary")).to_have_text(
                 "1000 credits: $10.00 + $0.99 fee = $10.99 total")
+            # The family's facility's price (40), not the server's default (50), nor a copy
+            # of it in the page's markup.
+            await expect(fam.locator("#buy-block")).to_have_text("1000")
+            await expect(fam.locator("#msg-price")).to_have_text("40")
             await fam.get_by_role("tab", name="Messages").click()
             await fam.locator("#threads button", has_text="Pat Person").click()
             await expect(fam.locator("#compose-price")).to_have_text(
                 "Sending costs 40 credits (balance after: 960).")
+            # The server's photo limit (3 here, 5 by default), not a copy of the default.
+            await expect(fam.locator("#compose-photos-hint")).to_contain_text("up to 3;")
             await fam.get_by_role("textbox", name="Message").fill("Hello under the new rules")
             await fam.get_by_role("button", name="Send (40 credits)").click()
             mine = fam.locator("li.msg.mine", has_text="new rules")

@@ -72,6 +72,16 @@ async def shot(page, name: str, full_page: bool = True) -> Path:
     return path
 
 
+async def loaded(page, img) -> int:
+    """Wait until the <img> has really loaded (an image that failed has naturalWidth 0);
+    its natural width. Visible is not loaded: a thread drawn again by a push makes a new <img>,
+    which is on screen before its bytes are."""
+    handle = await img.element_handle()
+    await page.wait_for_function("i => i.complete && i.naturalWidth > 0", arg=handle,
+                                 timeout=10_000)
+    return await handle.evaluate("i => i.naturalWidth")
+
+
 async def seed_kiosk(api: Api, pin: str) -> dict[str, str]:
     """A facility with one person (Dana Rivers, signing in with `pin`) and one registered
     kiosk, made through the API: the facility id, the inmate number, the device token."""

@@ -1,14 +1,14 @@
 // The staff console's review queue (docs/clients.md): held messages with photo previews,
 // filtered by type and age; approve, or reject with a reason, one at a time or a selection at
 // once (POST /review/decisions: each message decided once, whoever else decides it first).
-import { api, h, say } from "./api.js";
+import { api } from "../api.js";
+import { $, h, say } from "../dom.js";
 
-const $ = (id) => document.getElementById(id);
 const thumb = (id) => `/api/v1/photos/${encodeURIComponent(id)}/thumb`;
 
 /** The queue, given the console's shared helpers: scoped(path) adds an admin's facility,
- * nameOf(id), loadNames(), when(iso), and decided() to refresh what a decision changes. */
-export function reviewQueue({ scoped, names, nameOf, loadNames, when, decided }) {
+ * names (names.js), when(iso), and decided() to refresh what a decision changes. */
+export function reviewQueue({ scoped, names, when, decided }) {
   let shownKey = "";
   let shown = [];
   const selected = new Set();
@@ -28,7 +28,7 @@ export function reviewQueue({ scoped, names, nameOf, loadNames, when, decided })
     shownKey = key;
     shown = r.messages;
     for (const id of [...selected]) if (!shown.some((m) => m.id === id)) selected.delete(id);
-    if (shown.some((m) => !names.has(m.from) || !names.has(m.to))) await loadNames();
+    await names.know(shown.flatMap((m) => [m.from, m.to]));
     $("review-count").textContent = String(shown.length);
     $("queue-empty").hidden = shown.length > 0;
     $("queue").replaceChildren(...shown.map(item));
@@ -46,8 +46,8 @@ export function reviewQueue({ scoped, names, nameOf, loadNames, when, decided })
   }
 
   function item(m) {
-    const from = nameOf(m.from);
-    const to = nameOf(m.to);
+    const from = names.get(m.from);
+    const to = names.get(m.to);
     const ids = m.photo_ids || [];
     const reasonId = `reason-${m.id}`;
     const pick = h("input", { type: "checkbox", "aria-label": `Select the message from ${from} to ${to}`,
@@ -86,7 +86,7 @@ export function reviewQueue({ scoped, names, nameOf, loadNames, when, decided })
     const done = results.filter((r) => r.outcome === (decision === "approve" ? "delivered" : "rejected"));
     const skipped = results.length - done.length;
     const verb = decision === "approve" ? "Approved" : "Rejected";
-    const what = done.length === 1 ? `the message from ${nameOf(shown.find((m) => m.id === done[0].id)?.from)}`
+    const what = done.length === 1 ? `the message from ${names.get(shown.find((m) => m.id === done[0].id)?.from)}`
       : `${done.length} messages`;
     let text = done.length ? `${verb} ${what}` : "Nothing was decided";
     if (decision === "reject" && done.length) text += `: ${reason}. The credits went back`;

@@ -1,9 +1,8 @@
 // The staff console's audit log (docs/clients.md): each entry as the server's sentence with
 // names, filtered by who, what and the facility's dates, paged back, and the same filters as a
 // CSV download (GET /audit/export: the server checks who may read it, as for the page).
-import { api, h, say } from "./api.js";
-
-const $ = (id) => document.getElementById(id);
+import { api } from "../api.js";
+import { $, h, say } from "../dom.js";
 
 /** The log, given scoped(path) (adds an admin's facility) and when(iso). */
 export function auditLog({ scoped, when }) {
