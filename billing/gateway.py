@@ -22,10 +22,14 @@ from typing import Protocol
 
 from common.errors import Refused
 
+# Each decline says what the family can do next: the bank's word alone left them guessing.
 DECLINED = {
-    "4000000000000002": ("card_declined", "The card was declined."),
-    "4000000000009995": ("card_declined", "The card was declined: insufficient funds."),
-    "4000000000000069": ("card_expired", "The card has expired."),
+    "4000000000000002": ("card_declined", "Your bank declined the card. Try another card, or "
+                         "call the number on the back of this one; nothing was charged."),
+    "4000000000009995": ("card_declined", "Your bank declined the card: not enough funds. Try "
+                         "another card or fewer credits; nothing was charged."),
+    "4000000000000069": ("card_expired", "The card has expired. Use a card with a later expiry "
+                         "date; nothing was charged."),
 }
 
 

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from billing import ledger
-from billing.gateway import Card, PaymentGateway
+from billing.gateway import Card, Charge, PaymentGateway
 from billing.pricing import PurchaseQuote
 from billing.tables import purchases
 
@@ -42,7 +42,15 @@ class Purchase:
 
 async def buy_credits(conn: AsyncConnection, gateway: PaymentGateway, *, account_id: str,
                       quote: PurchaseQuote, card: Card, key: str, now: datetime) -> Purchase:
+    """The direct card API (POST /purchases): Kinwire passes the card to the gateway."""
     charge = await gateway.charge(card, quote.total_cents, key, now)
+    return await record_purchase(conn, account_id=account_id, quote=quote, charge=charge,
+                                 key=key, now=now)
+
+
+async def record_purchase(conn: AsyncConnection, *, account_id: str, quote: PurchaseQuote,
+                          charge: Charge, key: str, now: datetime) -> Purchase:
+    """Credit what `charge` paid for, once per `key`: a repeat returns the first purchase."""
     purchase = Purchase(secrets.token_hex(12), quote.credits, quote.price_cents, quote.fee_cents,
                         quote.total_cents, charge.brand, charge.last4, now)
     credited = await ledger.transfer(

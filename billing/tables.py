@@ -63,3 +63,21 @@ purchases = Table(
     Column("at", UTCDateTime, nullable=False),
 )
 
+
+# A hosted checkout (billing/checkout.py): the quote a family is about to pay on the processor's
+# page, and whether a confirmation has credited it.
+checkouts = Table(
+    "checkouts", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("account_id", String(32), nullable=False),
+    Column("credits", BigInteger, nullable=False),
+    Column("price_cents", BigInteger, nullable=False),
+    Column("fee_cents", BigInteger, nullable=False),
+    Column("total_cents", BigInteger, nullable=False),
+    Column("status", String(12), nullable=False),  # open | paid
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("purchase_id", String(32), nullable=True),
+    Column("paid_at", UTCDateTime, nullable=True),
+    Index("ix_checkouts_account", "account_id", "created_at"),
+)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # System packages the test suite runs for real beyond Python (each line below says which tests):
 # coturn, Redis (and its Sentinel), Chromium, nginx, PgBouncer, libfaketime, strace, the PostgreSQL
-# client tools and server binaries, iproute2.
+# client tools and server binaries, iproute2, Janus.
 # Installed from Debian's packages only when missing.
 set -euo pipefail
 need=()
@@ -30,6 +30,11 @@ compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 # (ip netns, ip addr; sysctl from procps). The tests need root and /dev/net/tun, or skip.
 [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || need+=(iproute2)
 command -v sysctl >/dev/null 2>&1 || [ -x /usr/sbin/sysctl ] || need+=(procps)
+# tests/integration/test_janus_*.py run private Janus servers (VideoRoom, HTTP API, sample event
+# handler) from deploy/janus/; janus-tools brings janus-pp-rec, which turns its .mjr recordings
+# into WebM/Opus.
+command -v janus >/dev/null 2>&1 || need+=(janus)
+command -v janus-pp-rec >/dev/null 2>&1 || need+=(janus-tools)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi
@@ -53,3 +58,6 @@ command -v service >/dev/null 2>&1 && service redis-sentinel stop >/dev/null 2>&
 # Nor PgBouncer's: tests start private ones on free ports.
 if command -v systemctl >/dev/null 2>&1; then systemctl disable --now pgbouncer >/dev/null 2>&1 || true; fi
 command -v service >/dev/null 2>&1 && service pgbouncer stop >/dev/null 2>&1 || true
+# Nor Janus's: tests start private janus processes on free ports with their own config folders.
+if command -v systemctl >/dev/null 2>&1; then systemctl disable --now janus >/dev/null 2>&1 || true; fi
+command -v service >/dev/null 2>&1 && service janus stop >/dev/null 2>&1 || true

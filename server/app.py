@@ -13,6 +13,7 @@ from aiohttp import web
 
 from billing import ledger
 from billing.gateway import PaymentGateway, SandboxGateway
+from billing.hosted import SandboxPayments
 from server import calls, events, mail, push
 from server.attempts import Attempts
 from server.auth import LoginLimiter, Passwords
@@ -29,6 +30,7 @@ from server.http import (
     routes_audit,
     routes_auth,
     routes_calls,
+    routes_checkout,
     routes_connections,
     routes_facilities,
     routes_mail,
@@ -68,7 +70,7 @@ ROUTES: list[Route] = [*routes_auth.ROUTES, *routes_facilities.ROUTES, *routes_a
                        *routes_money.ROUTES, *routes_statement.ROUTES,
                        *routes_connections.ROUTES, *routes_messages.ROUTES,
                        *routes_visits.ROUTES, *routes_calls.ROUTES, *routes_recordings.ROUTES,
-                       *routes_mail.ROUTES]
+                       *routes_mail.ROUTES, *routes_checkout.ROUTES]
 
 
 def make_broker(settings: Settings, metrics: Metrics | None = None) -> Broker:
@@ -149,6 +151,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
                                           attempts_max=settings.mail_attempts_max)
     ctx = Context(
         settings=settings, store=store, broker=broker, gateway=gateway or SandboxGateway(),
+        hosted=SandboxPayments(settings.sandbox_pay_secret.encode() or None),
         passwords=Passwords(settings.argon2_time_cost, settings.argon2_memory_kib,
                             settings.argon2_workers),
         login_limiter=LoginLimiter(settings.login_failures_max, settings.login_window_s,
@@ -298,7 +301,21 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
 
     app.router.add_get("/api/v1/openapi.json", openapi)
     app.router.add_get("/healthz", healthz)
+    if settings.media_engine == "janus":
+        # The Janus servers' event handler posts here (basic auth; docs/deploy.md, "Janus fleet").
+        from server.http import janus_events
+
+        janus_events.install(app, settings)
     app.router.add_get("/readyz", readyz)
+    if isinstance(ctx.hosted, SandboxPayments):
+        # The built-in processor's page and its endpoints (billing/hosted.py): beside Kinwire's
+        # API, not in it, as a real processor's would be on its own site.
+        add_routes(app, routes_checkout.SANDBOX_ROUTES, prefix=routes_checkout.SANDBOX_PREFIX)
+
+        async def sandbox_page(request: web.Request) -> web.FileResponse:
+            return web.FileResponse(STATIC / "sandbox-pay.html")
+
+        app.router.add_get(routes_checkout.SANDBOX_PREFIX + "/", sandbox_page)
     if (STATIC / "index.html").exists():
         async def index(request: web.Request) -> web.FileResponse:
             return web.FileResponse(STATIC / "index.html")

@@ -18,6 +18,7 @@ from server.startup import StartError, check_database, check_redis
 
 def _context(settings: Settings):
     from billing.gateway import SandboxGateway
+    from billing.hosted import SandboxPayments
     from server.auth import LoginLimiter, Passwords
     from server.context import Context
     from server.schema import utcnow
@@ -30,7 +31,7 @@ def _context(settings: Settings):
 
     # One-shot commands publish nothing that a socket waits for; the memory broker suffices.
     return Context(settings=settings, store=store, broker=MemoryBroker(),
-                   gateway=SandboxGateway(),
+                   gateway=SandboxGateway(), hosted=SandboxPayments(),
                    passwords=Passwords(settings.argon2_time_cost, settings.argon2_memory_kib),
                    login_limiter=LoginLimiter(settings.login_failures_max,
                                               settings.login_window_s), clock=utcnow)

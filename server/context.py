@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from billing.gateway import PaymentGateway
+from billing.hosted import HostedPayments
 from server.auth import LoginLimiter, Passwords
 from server.broker import Broker
 from server.http.metrics import Metrics
@@ -29,7 +30,8 @@ class Context:
     settings: Settings
     store: Store
     broker: Broker
-    gateway: PaymentGateway
+    gateway: PaymentGateway  # the direct card API (POST /purchases: tests and programs)
+    hosted: HostedPayments  # the hosted checkout the apps use (billing/hosted.py)
     passwords: Passwords
     login_limiter: LoginLimiter
     clock: Callable[[], datetime]

@@ -59,6 +59,10 @@ class Settings:
     log_format: str = _setting("auto", "`json` (one object a line, with request ids), `text`, "
                                "or `auto`: text when the logs go to a terminal, JSON otherwise.")
     payment_gateway: str = _setting("sandbox", "Payment gateway; only `sandbox` is built in.")
+    sandbox_pay_secret: str = _setting("", "The sandbox processor's signing key for its "
+                                       "checkout pages and payment confirmations; empty: a "
+                                       "random one per process (set one shared value when "
+                                       "several processes serve one address).", secret=True)
     drain_timeout_s: float = _setting(20.0, "On SIGTERM, how long `kinwire serve` waits for "
                                       "HTTP requests in flight before it exits (docs/deploy.md).")
 
@@ -213,6 +217,35 @@ class Settings:
                                    "KINWIRE_BLOB_URL is empty: kept recordings under "
                                    "<facility_id>/; files being written under .partial/ (on S3 "
                                    "too); empty means <data_dir>/recordings.")
+    media_engine: str = _setting("aiortc", "What carries relay-mode visits' media: `aiortc` "
+                                 "(the embedded forwarding relay, this process) or `janus` "
+                                 "(a fleet of Janus servers, KINWIRE_JANUS_*; in progress: "
+                                 "docs/deploy.md, \"Janus fleet\").")
+    janus_urls: tuple[str, ...] = _setting((), "Comma-separated Janus HTTP API URLs, one per "
+                                           "server, e.g. `http://10.0.0.5:8088/janus`.")
+    janus_admin_urls: tuple[str, ...] = _setting((), "Comma-separated Janus admin API URLs, "
+                                                 "in the order of KINWIRE_JANUS_URLS "
+                                                 "(`http://10.0.0.5:7088/admin`): Kinwire's "
+                                                 "health check (ping).")
+    janus_api_secret: str = _setting("", "Janus's `api_secret`: Kinwire's own requests carry "
+                                     "it (never sent to a client).", secret=True)
+    janus_admin_secret: str = _setting("", "Janus's `admin_secret`, for the admin API's ping "
+                                       "(never sent to a client).", secret=True)
+    janus_token_secret: str = _setting("", "Janus's `token_auth_secret`: Kinwire signs each "
+                                       "party's token with it (HMAC-SHA1, expiring with the "
+                                       "visit).", secret=True)
+    janus_room_admin_key: str = _setting("", "The VideoRoom plugin's `admin_key`: only a "
+                                         "request with it creates a room.", secret=True)
+    janus_events_password: str = _setting("", "The password Janus's event handler sends "
+                                          "(HTTP basic auth, user `janus`) with its posts to "
+                                          "/internal/janus/events; any other is refused 401.",
+                                          secret=True)
+    janus_events_bytes_max: int = _setting(1024 * 1024, "Largest event-handler post "
+                                           "(a batch of events) accepted (413 beyond).",
+                                           lo=1024, hi=64 * 1024 * 1024)
+    janus_recordings_dir: str = _setting("", "Where the Janus servers write a recorded visit's "
+                                         ".mjr files (each room's `rec_dir`, a path on the "
+                                         "Janus servers); empty: Janus's working folder.")
     orphan_grace_s: float = _setting(86_400.0, "Housekeeping deletes (and audits) a blob that "
                                      "no recording or photo references once it is this old, "
                                      "and a file under a .partial/ folder unchanged this long "
@@ -382,6 +415,21 @@ class Settings:
                      "media_stall_s", "media_gap_s", "s3_timeout_s"):
             if not 0 < getattr(self, name) <= 3600:
                 raise SettingsError(f"{self.env_name(name)} must be in (0, 3600]")
+        if self.media_engine not in ("aiortc", "janus"):
+            raise SettingsError("KINWIRE_MEDIA_ENGINE must be aiortc or janus")
+        for url in self.janus_urls + self.janus_admin_urls:
+            if not url.startswith(("http://", "https://")):
+                raise SettingsError(f"KINWIRE_JANUS_URLS and KINWIRE_JANUS_ADMIN_URLS: {url!r} "
+                                    "is not an http(s) URL")
+        if self.media_engine == "janus":
+            if not self.janus_urls or len(self.janus_admin_urls) != len(self.janus_urls):
+                raise SettingsError("KINWIRE_MEDIA_ENGINE=janus needs KINWIRE_JANUS_URLS and as "
+                                    "many KINWIRE_JANUS_ADMIN_URLS, in the same order")
+            for name in ("janus_api_secret", "janus_admin_secret", "janus_token_secret",
+                         "janus_room_admin_key", "janus_events_password"):
+                if len(getattr(self, name)) < 16:
+                    raise SettingsError(f"KINWIRE_MEDIA_ENGINE=janus needs "
+                                        f"{self.env_name(name)} (16 characters at least)")
         if self.blob_url and not self.blob_url.startswith("s3://"):
             raise SettingsError("KINWIRE_BLOB_URL must be empty or s3://bucket/prefix")
         if self.blob_url.startswith("s3://") and not self.blob_url[5:].split("/")[0]:

@@ -7,6 +7,7 @@ import asyncio
 import os
 import secrets
 import shutil
+import sys
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -88,9 +89,24 @@ TABLES = ", ".join(t.name for t in metadata.sorted_tables)
 
 
 async def reset_postgres(url: str) -> None:
+    """Empty the worker's database. A transaction left open by an interrupted test (pytest-timeout
+    raises in the middle of a run, and the task holding the connection never finishes) would
+    make TRUNCATE wait for ever, and the one timeout has already fired: the whole run hung so
+    once, in the ledger state machine under load. So the wait is bounded, and what blocks it
+    then (an open transaction nobody is driving any more) is ended, loudly."""
     conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
     try:
-        await conn.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
+        await conn.execute("SET lock_timeout = '10s'")
+        try:
+            await conn.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
+        except asyncpg.exceptions.LockNotAvailableError:
+            ended = await conn.fetch(
+                "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                " AND state LIKE 'idle in transaction%'")
+            # printed, not warned: the suite turns warnings into errors
+            print(f"reset_postgres: ended {len(ended)} abandoned transaction(s)", file=sys.stderr)
+            await conn.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
     finally:
         await conn.close()
 

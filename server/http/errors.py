@@ -70,6 +70,10 @@ STATUS: dict[str, int] = {
     "invalid_card": 422,
     "unsupported_card": 422,
     "card_expired": 422,
+    # hosted checkout (billing/hosted.py, billing/checkout.py)
+    "checkout_expired": 410,
+    "invalid_confirmation": 422,
+    "confirmation_mismatch": 409,
     # visits: booking (signalling/booking.py) and calls (signalling/visits.py)
     "in_the_past": 422,
     "beyond_horizon": 422,

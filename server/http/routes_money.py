@@ -9,7 +9,7 @@ from pydantic import Field
 
 from billing import ledger
 from billing.gateway import Card
-from billing.pricing import quote_purchase
+from billing.pricing import PurchaseQuote, quote_purchase
 from billing.purchases import buy_credits
 from common.errors import Refused
 from server import idempotency
@@ -18,6 +18,7 @@ from server.connections import is_approved_contact
 from server.events import Outbox, lock_streams
 from server.facilities import Prices, Strict
 from server.http.routing import ANYONE, Call, Route, json_response
+from server.settings import Settings
 
 Credits = Annotated[int, Field(ge=1, le=10_000_000)]
 
@@ -40,6 +41,12 @@ class GiftIn(Strict):
     credits: Credits
 
 
+def quote_for(s: Settings, credits: int) -> PurchaseQuote:
+    """The price of `credits` under this deployment's terms (block, fee, most per purchase)."""
+    return quote_purchase(credits, block=s.credit_block, fee_cents=s.purchase_fee_cents,
+                          credits_max=s.purchase_credits_max)
+
+
 def _purchase_fingerprint(call: Call, body: PurchaseIn) -> str:
     # Neither the card number nor anything derived from all of it is kept, even hashed.
     digits = body.card.number.replace(" ", "").replace("-", "")
@@ -53,9 +60,7 @@ async def purchase(call: Call) -> web.Response:
     body: PurchaseIn = call.body
     ctx, me, now = call.ctx, call.me, call.now()
     key = call.idempotency_key()
-    s = ctx.settings
-    quote = quote_purchase(body.credits, block=s.credit_block, fee_cents=s.purchase_fee_cents,
-                           credits_max=s.purchase_credits_max)
+    quote = quote_for(ctx.settings, body.credits)
     card = Card(body.card.number, body.card.exp_month, body.card.exp_year, body.card.cvc,
                 body.card.name)
     outbox = Outbox()

@@ -126,6 +126,15 @@ async def authenticated(http: aiohttp.ClientSession, url: str, token: str):
     return ws, reply["ok"]["account_id"]
 
 
+# Janus as the media engine (nothing contacts these servers here): the processes mount
+# /internal/janus/events, which nginx must not pass on.
+JANUS_ENGINE = {"KINWIRE_MEDIA_ENGINE": "janus", "KINWIRE_JANUS_URLS": "http://127.0.0.1:9/janus",
+                "KINWIRE_JANUS_ADMIN_URLS": "http://127.0.0.1:9/admin",
+                **{f"KINWIRE_JANUS_{name}": "x" * 16 for name in (
+                    "API_SECRET", "ADMIN_SECRET", "TOKEN_SECRET", "ROOM_ADMIN_KEY",
+                    "EVENTS_PASSWORD")}}
+
+
 async def test_two_processes_behind_the_deploy_nginx(pg_db: str, tmp_path: Path) -> None:
     cert, key = self_signed(tmp_path)
     tls = ssl.create_default_context(cafile=str(cert))
@@ -136,7 +145,7 @@ async def test_two_processes_behind_the_deploy_nginx(pg_db: str, tmp_path: Path)
     try:
         async with cluster(pg_db, redis.url, tmp_path, KINWIRE_PUBLIC_URL=ORIGIN,
                            KINWIRE_TRUSTED_PROXIES="127.0.0.1",
-                           KINWIRE_DRAIN_TIMEOUT_S="5") as nodes, \
+                           KINWIRE_DRAIN_TIMEOUT_S="5", **JANUS_ENGINE) as nodes, \
                 private_nginx(tmp_path, port, [n.port for n in nodes], cert, key) as log, \
                 aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls)) as http:
             family, person = await make_pair(http, *nodes, pg_db)
@@ -154,6 +163,13 @@ async def test_two_processes_behind_the_deploy_nginx(pg_db: str, tmp_path: Path)
                     enumerate(nodes)} == {0: 10, 1: 10}
             async with http.get(front + "/metrics") as r:
                 assert r.status == 404, "metrics stay inside"
+            # Janus's event endpoint answers on the process ports (a post without the password
+            # is refused there), never through nginx.
+            async with http.post(f"http://127.0.0.1:{nodes[0].port}/internal/janus/events",
+                                 json=[]) as r:
+                assert r.status == 401
+            async with http.post(front + "/internal/janus/events", json=[]) as r:
+                assert r.status == 404, "Janus's event endpoint stays inside"
             # Signed in through nginx, the session cookie is Secure (nginx says https).
             body = {"email": "nginx@example.test", "password": "a long password", "name": "N"}
             async with http.post(front + "/api/v1/auth/signup", json=body) as r:

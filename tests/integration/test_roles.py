@@ -266,6 +266,22 @@ async def _purchase(world: World, role: str) -> Req:
     return Req(json={"credits": 500, "card": VISA}, key=unique())
 
 
+async def _checkout(world: World, role: str) -> Req:
+    return Req(json={"credits": 500}, key=unique())
+
+
+async def _paid_checkout(world: World, role: str) -> Req:
+    """A checkout of the world's family, paid on the sandbox processor's page: its id and the
+    processor's confirmation, as the browser's return brings them."""
+    opened = ok(await world.api.call("POST", "/checkouts", world.family,
+                                     json={"credits": 500}, key=unique()), 201)
+    session = opened["pay_url"].split("#", 1)[1]
+    paid = ok(await world.api.call("POST", "/sandbox-pay/pay",
+                                   json={"session": session, "card": VISA}), 200)
+    return Req(params={"checkout_id": opened["checkout"]["id"]},
+               json={"confirmation": paid["confirmation"]})
+
+
 def _other_party(world: World, role: str) -> str:
     return world.family.id if role == "person" else world.person.id
 
@@ -506,6 +522,10 @@ EXPECTED: dict[tuple[str, str], Expect] = {
     ("GET", "/audit/export"): Expect(ANY_STAFF, 200, _req()),
     ("GET", "/pricing"): Expect(EVERYONE, 200, _req()),  # public purchase terms
     ("POST", "/purchases"): Expect(frozenset({"family"}), 201, _purchase),
+    ("POST", "/checkouts"): Expect(frozenset({"family"}), 201, _checkout),
+    ("GET", "/checkouts/{checkout_id}"): Expect(frozenset({"family"}), 200, _paid_checkout),
+    ("POST", "/checkouts/{checkout_id}/confirm"): Expect(frozenset({"family"}), 200,
+                                                         _paid_checkout),
     ("POST", "/gifts"): Expect(PARTIES, 201, _gift),
     ("GET", "/ledger"): Expect(ANY_SESSION, 200, _req()),
     ("GET", "/statement"): Expect(PARTIES, 200, _req(query="?from=2026-01-01&tz=America/Chicago")),
