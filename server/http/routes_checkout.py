@@ -123,7 +123,8 @@ async def sandbox_pay(call: Call) -> web.Response:
     token = await hosted.pay(body.session, card, now)
     confirmed = hosted.confirmation(token)
     await credit(call.ctx, confirmed, now)
-    return json_response({"confirmation": token, "return_url":
+    return json_response({"confirmation": token, "checkout_id": confirmed.checkout_id,
+                          "return_url":
                           f"/#checkout={confirmed.checkout_id}&confirmation={token}"})
 
 

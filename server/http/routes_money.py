@@ -143,6 +143,7 @@ async def pricing(call: Call) -> web.Response:
                           "purchase_fee_cents": s.purchase_fee_cents,
                           "purchase_credits_max": s.purchase_credits_max,
                           "gift_credits_max": s.gift_credits_max,
+                          "processor": call.ctx.hosted.name,
                           "photos_per_message_max": s.photos_per_message_max,
                           "prices": Prices().model_dump()})
 

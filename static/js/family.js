@@ -11,7 +11,7 @@ import { Inbox, loadConversations } from "./threads.js";
 import { FamilyVisits } from "./booking.js";
 import { rememberZones, setHomeZone, zoneOf } from "./time.js";
 import { upsertConnection } from "./connections.js";
-import { BuyCredits } from "./family/credits.js";
+import { BuyCredits, checkoutMessage } from "./family/credits.js";
 import { FindPerson } from "./family/find.js";
 import { Gift } from "./family/gift.js";
 import { Messages } from "./family/messages.js";
@@ -108,7 +108,6 @@ async function start() {
   }
   store.set("balance", me.balance);
   $("me-name").textContent = me.account.name;
-  $("card-name").value = me.account.name;
   $("auth").hidden = true;
   $("app").hidden = false;
   $("who").hidden = false;
@@ -117,6 +116,7 @@ async function start() {
   screens = screens || build(me.account, facilities, pricing);
   await reloadAll();
   socket.start();
+  await checkoutReturn();
   // For tests and the curious: what a test may read or set, nothing more.
   const { messages, statement } = screens;
   window.kinwire = {
@@ -127,6 +127,21 @@ async function start() {
     set statementPage(n) { statement.pageSize = n; },
   };
   document.body.dataset.ready = "signed-in";
+}
+
+/** Back from the payment processor's page (docs/payments.md, "Hosted checkout"): its confirmation
+ * is in the fragment, out of the address bar at once; a payment window (a purchase during a
+ * call) sends it as a message instead. */
+async function checkoutReturn() {
+  const back = new URLSearchParams(location.hash.slice(1));
+  addEventListener("message", (ev) => {
+    const paid = checkoutMessage(ev);
+    if (paid) screens.credits.confirm(paid.checkout, paid.confirmation);
+  });
+  if (!back.get("checkout") || !back.get("confirmation")) return;
+  history.replaceState(null, "", location.pathname + location.search);
+  tabs.show("credits");
+  await screens.credits.confirm(back.get("checkout"), back.get("confirmation"));
 }
 
 (async () => {

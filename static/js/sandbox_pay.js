@@ -44,7 +44,15 @@ $("pay-form").addEventListener("submit", async (ev) => {
         cvc: $("card-cvc").value.trim(), name: $("card-name").value.trim(),
       },
     });
-    location.assign(paid.return_url);
+    if (window.opener && !window.opener.closed) {
+      // Opened by Kinwire's call page: the confirmation goes back to it, and this window closes
+      // (the call's page never navigates).
+      window.opener.postMessage({ type: "kinwire.checkout", checkout: paid.checkout_id,
+                                  confirmation: paid.confirmation }, location.origin);
+      window.close();
+    } else {
+      location.assign(paid.return_url);
+    }
   } catch (err) {
     $("pay-notice").textContent = err.message;
     button.disabled = false;

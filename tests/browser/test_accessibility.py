@@ -30,7 +30,7 @@ from server.app import create_app
 from tests.conftest import fresh_sqlite, test_settings
 from tests.integration.test_photos import png, upload
 from tests.support.audit import PHONE, Audit
-from tests.support.browser import fill_card, launch, require_chromium
+from tests.support.browser import launch, require_chromium
 from tests.support.clock import ZONE, browser_clock, scene_clock
 from tests.support.helpers import Api, Who
 from tests.support.visit_pages import PIN, visit_parties
@@ -129,7 +129,7 @@ async def test_every_screen_is_named_fits_a_phone_and_works_by_keyboard(
     # The photo dialog holds one control (Close); nothing of the page behind it is reachable.
     dialog = {k: audit.checked.pop(k) for k in ("kiosk photo @desktop", "kiosk photo @phone")}
     assert dialog == {"kiosk photo @desktop": 1, "kiosk photo @phone": 1}, dialog
-    assert len(audit.checked) == 2 * 13 and min(audit.checked.values()) >= 3, audit.checked
+    assert len(audit.checked) == 2 * 14 and min(audit.checked.values()) >= 3, audit.checked
 
 
 async def _family(page, base: str, seed: dict, audit: Audit, expect) -> None:
@@ -160,14 +160,23 @@ async def _family(page, base: str, seed: dict, audit: Audit, expect) -> None:
     await page.keyboard.press("Space")
     await expect(page.locator("li.msg.mine", has_text="Sent by keyboard")).to_be_visible()
 
-    # Buy credits: arrow keys in the tab list, the card typed, Tab to Pay, Enter pays.
+    # Buy credits: arrow keys in the tab list, Tab to "Continue to pay", Enter; on the payment
+    # processor's page (audited too) the card typed field by field with Tab, Enter pays, and
+    # the app comes back with the credits.
     await page.get_by_role("tab", name="Messages").focus()
     for _ in range(3):
         await page.keyboard.press("ArrowRight")
     await expect(page.get_by_role("tab", name="Buy credits")).to_be_focused()
     await audit.screen(page, "family buy credits")
-    await fill_card(page)
     await tab_to(page, page.locator("#pay"))
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#pay-form")).to_be_visible()
+    await expect(page.get_by_label("Card number")).to_be_focused()
+    await audit.screen(page, "payment processor's page")
+    for typed in ("4242424242424242", "12", "2031", "123", "Test Family"):
+        await page.keyboard.type(typed)
+        await page.keyboard.press("Tab")
+    await expect(page.get_by_role("button", name=re.compile(r"^Pay \$"))).to_be_focused()
     await page.keyboard.press("Enter")
     await expect(page.locator("#buy-notice")).to_contain_text("credits added")
 

@@ -5,6 +5,7 @@ balance fall by 50. Each screen is saved under docs/screenshots/ (linked from do
 
 from __future__ import annotations
 
+import re
 import secrets
 from pathlib import Path
 
@@ -66,11 +67,26 @@ async def test_family_and_kiosk_first_scenario(sqlite_template: Path, tmp_path: 
             await expect(fam.locator("#buy-total")).to_have_text("$6.50")
             await expect(fam.locator("#buy-summary")).to_contain_text(
                 "$5.00 + $1.50 fee = $6.50 total")
-            await fill_card(fam)
+            # The card goes only to the payment processor's page: no card field here.
+            await expect(fam.locator("#panel-credits input")).to_have_count(0)
+            await expect(fam.locator("#buy-processor")).to_contain_text("Sandbox Payments")
             await shot(fam, "family-buy-credits")
+            await fam.get_by_role("button", name="Continue to pay $6.50").click()
+            await fam.wait_for_url(re.compile(r"/sandbox-pay/$"))  # the session kept in memory
+            await expect(fam.get_by_role("heading", level=1)).to_contain_text("Sandbox Payments")
+            await expect(fam.locator("#order")).to_have_text(
+                "$6.50 for 500 Kinwire credits, to Kinwire.")
+            # A declined card says what to do; the same page then pays with another.
+            await fill_card(fam, "4000 0000 0000 0002")
+            await fam.get_by_role("button", name="Pay $6.50").click()
+            await expect(fam.locator("#pay-notice")).to_contain_text("Try another card")
+            await fill_card(fam)
+            await shot(fam, "sandbox-pay")
             await fam.get_by_role("button", name="Pay $6.50").click()
             await expect(fam.locator("#buy-notice")).to_contain_text("Paid $6.50")
             await expect(fam.locator("#balance")).to_have_text("500 credits")
+            assert "confirmation" not in fam.url  # out of the address bar at once
+            await expect(fam.locator("html")).to_have_attribute("data-socket", "online")
 
             # --- finds the person and asks to connect ---
             await fam.get_by_role("tab", name="Find a person").click()

@@ -209,14 +209,19 @@ async def test_a_top_up_in_the_call_keeps_it_going(sqlite_template: Path,
                 await expect(fam.locator("#visit-left")).to_have_text(re.compile(r"^2\d:\d\d$"))
                 await shot(fam, "family-visit-time-at-balance")
 
-                # --- adds credits in the call: the purchase form in a dialog ---
+                # --- adds credits in the call: the purchase form in a dialog, the processor's
+                # page in a window of its own, the call's page never navigating ---
                 await fam.get_by_role("button", name="Add credits").click()
                 dialog = fam.get_by_role("dialog", name="Add credits")
                 await expect(dialog).to_be_visible()
                 await dialog.get_by_label("Credits", exact=True).select_option("600")
-                await fill_card(fam)
                 await shot(fam, "family-visit-add-credits", full_page=False)
-                await dialog.get_by_role("button", name="Pay").click()
+                async with fam.context.expect_page() as opened:
+                    await dialog.get_by_role("button", name=re.compile("^Continue to pay")).click()
+                processor = await opened.value
+                await fill_card(processor)
+                await processor.get_by_role("button", name=re.compile(r"^Pay \$")).click()
+                await processor.wait_for_event("close")  # it hands the call page the receipt
                 await expect(fam.locator("#buy-notice")).to_contain_text("600 credits added")
                 await expect(warning).to_have_attribute("data-warning", "topped_up")
                 await dialog.get_by_role("button", name="Back to the call").click()

@@ -5,6 +5,7 @@ Playwright never downloads a browser of its own here."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -111,17 +112,29 @@ async def kiosk_sign_in(kiosk, base: str, seed: dict, pin: str,
     await expect(kiosk.locator("html")).to_have_attribute("data-socket", "online")
 
 
-async def fill_card(page) -> None:
-    """The sandbox gateway's test card in the purchase form."""
-    await page.get_by_label("Card number").fill("4242 4242 4242 4242")
+async def fill_card(page, number: str = "4242 4242 4242 4242") -> None:
+    """A test card on the sandbox processor's page (/sandbox-pay/, docs/payments.md): the
+    family app's own pages have no card field since the hosted checkout."""
+    from playwright.async_api import expect
+
+    await expect(page.locator("#pay-form")).to_be_visible()
+    await page.get_by_label("Card number").fill(number)
     await page.get_by_label("Month").fill("12")
     await page.get_by_label("Year").fill("2031")
-    await page.get_by_label("CVC").fill("123")
+    await page.get_by_label("Security code").fill("123")
+    await page.get_by_label("Name on the card").fill("Test Family")
 
 
 async def buy_credits(page, credits: int) -> None:
-    """Buy `credits` in the family app's "Buy credits" tab with the test card."""
+    """Buy `credits` in the family app's "Buy credits" tab: on to the processor's page, the
+    test card there, and back to the app with the credits added."""
+    from playwright.async_api import expect
+
     await page.get_by_role("tab", name="Buy credits").click()
     await page.get_by_label("Credits", exact=True).select_option(str(credits))
+    await page.get_by_role("button", name=re.compile(r"^Continue to pay")).click()
+    await page.wait_for_url(re.compile(r"/sandbox-pay/"))
     await fill_card(page)
-    await page.get_by_role("button", name="Pay").click()
+    await page.get_by_role("button", name=re.compile(r"^Pay \$")).click()
+    await expect(page.locator("#buy-notice")).to_contain_text("credits added")
+    await expect(page.locator("html")).to_have_attribute("data-socket", "online")

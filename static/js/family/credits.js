@@ -1,5 +1,6 @@
-// The "Buy credits" tab (POST /purchases): amounts in the server's blocks, the breakdown (price
-// + fee = total) before paying, the server's own figures after. The terms (block, fee, maximum)
+// The "Buy credits" tab (hosted checkout, docs/payments.md): amounts in the server's blocks, the
+// breakdown (price + fee = total) before paying; the card is typed on the payment processor's
+// page, never here (POST /checkouts, then its page), and the server's own figures come after. The terms (block, fee, maximum)
 // come from GET /pricing, the message price from the facility (GET /facilities) or GET /pricing.
 // A video visit borrows this form for "Add credits" (call_credits.js), so its handling stays
 // here whichever dialog holds it.
@@ -20,6 +21,8 @@ export class BuyCredits {
     const amounts = BLOCKS.map((n) => n * p.credit_block).filter((c) => c <= p.purchase_credits_max);
     $("buy-credits").replaceChildren(...amounts.map((c) => h("option", { value: c }, `${c} credits`)));
     $("buy-block").textContent = String(p.credit_block);
+    $("buy-processor").textContent = `You pay on the page of our payment processor, ${p.processor}. ` +
+      "Kinwire never sees your card number.";
     // The message price of the family's facility (its first contact's, as for the home zone).
     store.watch("connections", (connections) => {
       const first = [...connections.values()][0];
@@ -42,30 +45,57 @@ export class BuyCredits {
     $("buy-summary").textContent = fee
       ? `${credits} credits: ${dollars(price)} + ${dollars(fee)} fee = ${dollars(total)} total`
       : `${credits} credits: ${dollars(total)} total, no fee`;
-    $("pay").textContent = `Pay ${dollars(total)}`;
+    $("pay").textContent = `Continue to pay ${dollars(total)}`;
   }
 
   async pay() {
     const pay = $("pay");
+    // In a call the processor's page opens in a window of its own, opened now, while the click
+    // still counts as the family's (a window opened after an await is a blocked popup); the
+    // call's page never navigates. Elsewhere the app goes to the page and comes back.
+    const inCall = Boolean($("buy-form").closest("dialog"));
+    const win = inCall ? window.open("", "kinwire-checkout", "popup,width=480,height=760") : null;
     pay.disabled = true;
-    say($("buy-notice"), "Paying…");
-    this.key = this.key || newKey();
+    say($("buy-notice"), "Opening the payment page…");
+    this.key = this.key || newKey(); // a retry of one click opens one checkout
     try {
-      const r = await api("POST", "/purchases", { key: this.key, body: {
-        credits: Number($("buy-credits").value),
-        card: { number: $("card-number").value.replace(/\s+/g, ""), exp_month: Number($("card-month").value),
-                exp_year: Number($("card-year").value), cvc: $("card-cvc").value, name: $("card-name").value } } });
+      const r = await api("POST", "/checkouts", { key: this.key, body: {
+        credits: Number($("buy-credits").value) } });
       this.key = null;
-      const p = r.purchase;
-      this.store.set("balance", r.balance);
-      say($("buy-notice"), `Paid ${dollars(p.total_cents)} (${dollars(p.price_cents)} + ${dollars(p.fee_cents)} fee) with ${p.card_brand} ending ${p.card_last4}. ${p.credits} credits added.`, "ok");
-      $("card-number").value = "";
-      $("card-cvc").value = "";
+      if (win) {
+        win.location.href = r.pay_url;
+        say($("buy-notice"), `Pay ${dollars(r.checkout.total_cents)} in the ${r.processor} window. ` +
+            "The call keeps going.");
+      } else {
+        location.assign(r.pay_url);
+      }
     } catch (err) {
+      win?.close();
       if (err instanceof ApiError && err.status && err.status < 500) this.key = null; // a final answer
       say($("buy-notice"), err.message, "error");
     } finally {
       pay.disabled = false;
     }
   }
+
+  /** The processor's signed confirmation, brought back by the return to the app or sent by the
+   * payment window: Kinwire credits it (once, however often it comes) and the receipt is said. */
+  async confirm(checkoutId, confirmation) {
+    try {
+      const r = await api("POST", `/checkouts/${encodeURIComponent(checkoutId)}/confirm`,
+        { body: { confirmation } });
+      const p = r.purchase;
+      this.store.set("balance", r.balance);
+      say($("buy-notice"), `Paid ${dollars(p.total_cents)} (${dollars(p.price_cents)} + ${dollars(p.fee_cents)} fee) with ${p.card_brand} ending ${p.card_last4}. ${p.credits} credits added.`, "ok");
+    } catch (err) {
+      say($("buy-notice"), err.message, "error");
+    }
+  }
+}
+
+/** A payment window's message (static/js/sandbox_pay.js): from this site only. */
+export function checkoutMessage(ev) {
+  const d = ev.data;
+  if (ev.origin !== location.origin || !d || d.type !== "kinwire.checkout") return null;
+  return typeof d.checkout === "string" && typeof d.confirmation === "string" ? d : null;
 }
