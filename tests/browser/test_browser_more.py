@@ -360,7 +360,8 @@ async def test_staff_watch_a_relayed_visit_in_the_console(sqlite_template: Path,
                                                           tmp_path: Path) -> None:
     """Relay mode: two aiortc parties in a call through the server (a `kinwire serve` process
     on SQLite, a private coturn on loopback); a staff member watches it in the console, sees
-    both cameras, then ends it; the watch is in the audit log. (Several processes and Redis
+    both cameras; its own socket is broken and, back, the console offers again and watches on
+    (issue 15); then it ends the visit; the watch is in the audit log. (Several processes and Redis
     are tests/integration/test_relay.py's part.)"""
     require_chromium()
     import asyncio
@@ -397,6 +398,14 @@ async def test_staff_watch_a_relayed_visit_in_the_console(sqlite_template: Path,
         try:
             await start_both(family, person)
             desk = await ctx.new_page()
+            # The page's WebSockets, so that the test can break them as a network would.
+            await desk.add_init_script("""(() => {
+                const Native = window.WebSocket;
+                window.liveSockets = [];
+                window.WebSocket = class extends Native {
+                  constructor(...args) { super(...args); window.liveSockets.push(this); }
+                };
+              })()""")
             errors: list[str] = []
             desk.on("pageerror", lambda e: errors.append(str(e)))
             await log_in(desk, b.base, email, STAFF_PASSWORD, "/static/staff.html")
@@ -414,6 +423,20 @@ async def test_staff_watch_a_relayed_visit_in_the_console(sqlite_template: Path,
             await expect(desk.locator("#audit-rows li[data-action='visit.watch']")) \
                 .to_have_count(1)
             await shot(desk, "staff-watch")
+
+            # The console's own socket dies (a network blip, or its process gone, possibly
+            # with the relay): when it is back, the console offers again and keeps watching,
+            # on a new peer connection (the old pictures' streams are replaced).
+            await desk.evaluate("""() => { window.oldStreams = [...document.querySelectorAll(
+                '.watch video')].map(v => v.srcObject); }""")
+            await desk.evaluate("() => window.liveSockets.forEach(ws => ws.close())")
+            await expect(desk.locator("#socket-state")).not_to_have_text("Online")
+            await expect(desk.locator("#socket-state")).to_have_text("Online")
+            await desk.wait_for_function(
+                """() => [...document.querySelectorAll('.watch video')].every((v, i) =>
+                     v.srcObject !== window.oldStreams[i] && v.videoWidth > 0
+                     && v.currentTime > 0.5)""", timeout=20_000)
+            await expect(desk.locator("#watch-notice")).to_have_text("Live.")
             await item.locator("button", has_text="End").click()
             await desk.get_by_role("dialog").get_by_label("Reason").fill("checking the relay")
             await desk.get_by_role("button", name="End visit").click()
