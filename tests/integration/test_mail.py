@@ -340,6 +340,36 @@ async def test_new_messages_one_email_a_thread_a_quiet_period_no_body(api: Api, 
     assert all(secret_words not in m.as_string() for m in inbox.mail)
 
 
+async def test_a_held_message_is_emailed_only_once_approved(api: Api, smtp,
+                                                            clock: Clock) -> None:
+    """A message held for review is not news yet: no email while it waits (the family could
+    not read it), one after staff approve it, counted with the thread and without its body."""
+    inbox = smtp[0]
+    admin = await api.admin()
+    facility = await api.facility(admin, review_mode="hold")
+    staff = await api.staff(admin, facility)
+    person = await api.person(staff, facility)
+    who, email = await family_email(api)
+    r = await api.call("POST", "/connections", who, json={"person_id": person.id})
+    r = await api.call("POST", f"/connections/{r.body['connection']['id']}/approve", person)
+    assert r.status == 200
+    secret_words = "meet me by the gym door"
+    r = await api.call("POST", "/messages", person,
+                       json={"to": who.id, "body": secret_words, "cod": True},
+                       key=secrets.token_hex(8))
+    assert r.status == 201 and r.body["message"]["status"] == "held", r.body
+    clock.advance(seconds=api.ctx.settings.mail_quiet_s + 1)
+    await deliver(api)
+    assert [m for m in inbox.to(email) if "message" in m["Subject"]] == []  # held: no news
+    r = await api.call("POST", f"/review/{r.body['message']['id']}/approve", staff)
+    assert r.status == 200, r.body
+    clock.advance(seconds=api.ctx.settings.mail_quiet_s + 1)
+    await deliver(api)
+    [note] = [m for m in inbox.to(email) if "message" in m["Subject"]]
+    assert "1 new message from Pat Person" in note.get_content(), note.get_content()
+    assert all(secret_words not in m.as_string() for m in inbox.mail)
+
+
 async def test_choices_and_the_unsubscribe_link(api: Api, smtp) -> None:
     inbox = smtp[0]
     who, email = await family_email(api)
