@@ -25,7 +25,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import av
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -45,6 +44,8 @@ EXPIRE_BATCH = 100  # rows per expiry pass; the sweeper runs again 30 s later
 
 def _inspect(path: Path) -> tuple[int, str, int]:
     """(bytes, SHA-256 hex, duration in ms) of a finished recording file."""
+    import av  # here, not at start: a process keeps a recording only after relaying one
+
     digest = hashlib.sha256()
     size = 0
     with open(path, "rb") as f:

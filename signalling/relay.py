@@ -43,16 +43,19 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-from aiortc import RTCBundlePolicy
+from typing import TYPE_CHECKING, Any
 
 from common.errors import BrokerUnavailable
-from signalling import placement, remux, visits
+from signalling import placement, visits
 from signalling.leases import Lease
-from signalling.media import rtc_configuration
-from signalling.relayed_visit import VisitRelay
 from signalling.turn import ice_servers
+
+if TYPE_CHECKING:
+    from signalling.relayed_visit import VisitRelay
+
+# The media stack (aiortc, PyAV) is imported when a process first relays a visit, not at
+# start: most processes never do (direct mode, Janus, a CLI command), and importing it was
+# 0.3 s of CPU at every start of every process.
 
 log = logging.getLogger("kinwire.relay")
 CHANNEL = "relay"
@@ -110,6 +113,10 @@ class Relay:
         self._claiming: set[asyncio.Task[None]] = set()
 
     def rtc_configuration(self, expires_at: datetime) -> Any:
+        from aiortc import RTCBundlePolicy
+
+        from signalling.media import rtc_configuration
+
         secret, turn_urls, stun_urls = self.turn
         servers = ice_servers(secret=secret, turn_urls=turn_urls, stun_urls=stun_urls,
                               account_id=TURN_ACCOUNT, expires_at=expires_at)
@@ -328,6 +335,8 @@ class Relay:
             await lease.release()
             await slot_lease.release()
             return None
+        from signalling.relayed_visit import VisitRelay
+
         held = VisitRelay(self, row, holder=holder, slot=slot)
         self.running[visit_id] = held
         for message in self._early.pop(visit_id, []):  # in the order they came
@@ -346,6 +355,8 @@ class Relay:
         of the visit's recording. A file that changed within half a lease may still be
         written by a relay that is not dead after all: left alone (housekeeping's orphan sweep
         deletes what is never salvaged)."""
+        from signalling import remux
+
         cutoff = time.time() - self.lease_s / 2
         for part in await asyncio.to_thread(_stale_parts, self.recordings_dir, row.id, cutoff):
             try:
