@@ -163,3 +163,34 @@ class Raw:
         # a list of tuples is executemany; one statement's values go as a tuple
         text = _dollar(sql) if self.dialect.name == "postgresql" else sql
         return await self._conn.exec_driver_sql(text, params)
+
+
+# The statement interface's driver calls (store/statement.py); Insert, Query and Raw above go
+# once every domain module declares Statements.
+def inline(conn: AsyncConnection):
+    """The sqlite3 connection under `conn` when it is the inline writer, else None."""
+    driver = conn.sync_connection.connection.driver_connection
+    return driver._connection if isinstance(driver, InlineConnection) else None
+
+
+async def rows(conn: AsyncConnection, sql: str, values: Sequence[Any]) -> list[Sequence[Any]]:
+    db = inline(conn)
+    if db is not None:
+        return db.execute(sql, values).fetchall()
+    return (await conn.exec_driver_sql(sql, tuple(values))).all()
+
+
+async def run(conn: AsyncConnection, sql: str, values: Sequence[Any] = ()) -> int:
+    """A statement without RETURNING; the number of rows it changed."""
+    db = inline(conn)
+    if db is not None:
+        return db.execute(sql, values).rowcount
+    return (await conn.exec_driver_sql(sql, tuple(values))).rowcount
+
+
+async def run_many(conn: AsyncConnection, sql: str, rows_: list[Sequence[Any]]) -> None:
+    db = inline(conn)
+    if db is not None:
+        db.executemany(sql, rows_)
+        return
+    await conn.exec_driver_sql(sql, [tuple(r) for r in rows_])
