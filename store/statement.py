@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("kinwire.store")
 _SQLITE = SQLiteDialect_aiosqlite()  # the store's SQLite driver: same SQL, same type handling
 Params = Mapping[str, Any]
+_GIVEN: Any = object()
 
 
 def insert_new(table: Table, *conflict: str) -> Insert:
@@ -61,17 +62,26 @@ class _Plan:
     def __init__(self, statement: Executable, dialect: Dialect) -> None:
         compiled = statement.compile(dialect=dialect)
         self.sql = str(compiled)
-        self.binds: list[tuple[str, Callable[[Any], Any] | None]] = [
-            (name, compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect))
-            for name in compiled.positiontup or ()]
+        # (name, bind processor, value): value is _GIVEN for a `bindparam` the caller gives,
+        # else the constant written in the statement (`.values(pruned_through=0)`)
+        self.binds: list[tuple[str, Callable[[Any], Any] | None, Any]] = []
+        for name in compiled.positiontup or ():
+            param = compiled.binds[name]
+            bind = param.type.dialect_impl(dialect).bind_processor(dialect)
+            value = _GIVEN if param.required else param.effective_value
+            if value is not _GIVEN and value is not None and bind is not None:
+                value, bind = bind(value), None  # bound once, here
+            self.binds.append((name, bind, value))
         columns = list(getattr(statement, "exported_columns", ()))
         self.shape = namedtuple("Row", [c.key for c in columns]) if columns else None
         self.reads = [c.type.dialect_impl(dialect).result_processor(dialect, None)
                       for c in columns]
 
     def values(self, params: Params) -> list[Any]:
-        return [params[name] if bind is None or params[name] is None else bind(params[name])
-                for name, bind in self.binds]
+        return [value if value is not _GIVEN
+                else params[name] if bind is None or params[name] is None
+                else bind(params[name])
+                for name, bind, value in self.binds]
 
     def row(self, got: Sequence[Any]) -> Any:
         return self.shape(*[v if read is None else read(v)
