@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import make_url
 
@@ -50,25 +50,3 @@ def connection(store: Store) -> sqlite3.Connection | None:
     store.quick_reader = db if db is not None else False
     return db
 
-
-# Until auth and the hub declare Statements (then gone): the former interface.
-NOT_SERVED: Any = object()
-_connection = connection
-
-
-class Lookup:
-    def __init__(self, statement) -> None:
-        from store.statement import Statement
-        self.statement = Statement(statement)
-
-    def row(self, store: Store, params: dict[str, Any]) -> Any:
-        from store.statement import _SQLITE
-        db = connection(store)
-        if db is None:
-            return NOT_SERVED
-        plan = self.statement._plan(_SQLITE)
-        try:
-            got = db.execute(plan.sql, plan.values(params)).fetchall()
-        except sqlite3.Error:
-            return NOT_SERVED
-        return plan.row(got[0]) if got else None

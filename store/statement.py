@@ -26,6 +26,7 @@ import logging
 import sqlite3
 from collections import namedtuple
 from collections.abc import Callable, Mapping, Sequence
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Executable, Insert, Table
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("kinwire.store")
 _SQLITE = SQLiteDialect_aiosqlite()  # the store's SQLite driver: same SQL, same type handling
 Params = Mapping[str, Any]
-_GIVEN: Any = object()
 
 
 def insert_new(table: Table, *conflict: str) -> Insert:
@@ -55,37 +55,55 @@ def insert_new(table: Table, *conflict: str) -> Insert:
 
 class _Plan:
     """A statement compiled for one dialect: its SQL, how to bind its parameters (in the
-    compiled order, repeated names included) and how to read its rows."""
+    compiled order, repeated names included) and how to read its rows. Binding and reading do
+    only what the types need (a send runs a dozen statements: the per-call work shows)."""
 
-    __slots__ = ("binds", "reads", "shape", "sql")
+    __slots__ = ("constants", "convert", "make", "pick", "reads", "sql")
 
     def __init__(self, statement: Executable, dialect: Dialect) -> None:
         compiled = statement.compile(dialect=dialect)
         self.sql = str(compiled)
-        # (name, bind processor, value): value is _GIVEN for a `bindparam` the caller gives,
-        # else the constant written in the statement (`.values(pruned_through=0)`)
-        self.binds: list[tuple[str, Callable[[Any], Any] | None, Any]] = []
-        for name in compiled.positiontup or ():
+        names = list(compiled.positiontup or ())
+        # the values written in the statement itself (`.values(pruned_through=0)`), bound once
+        self.constants: dict[str, Any] = {}
+        self.convert: list[tuple[int, Callable[[Any], Any]]] = []  # (position, bind processor)
+        for position, name in enumerate(names):
             param = compiled.binds[name]
             bind = param.type.dialect_impl(dialect).bind_processor(dialect)
-            value = _GIVEN if param.required else param.effective_value
-            if value is not _GIVEN and value is not None and bind is not None:
-                value, bind = bind(value), None  # bound once, here
-            self.binds.append((name, bind, value))
+            if not param.required:
+                value = param.effective_value
+                self.constants[name] = value if bind is None or value is None else bind(value)
+            elif bind is not None:
+                self.convert.append((position, bind))
+        self.pick: Callable[[Params], tuple] = (
+            itemgetter(*names) if len(names) > 1
+            else (lambda params, name=names[0]: (params[name],)) if names
+            else (lambda params: ()))
         columns = list(getattr(statement, "exported_columns", ()))
-        self.shape = namedtuple("Row", [c.key for c in columns]) if columns else None
         self.reads = [c.type.dialect_impl(dialect).result_processor(dialect, None)
                       for c in columns]
+        shape = namedtuple("Row", [c.key for c in columns]) if columns else None
+        self.make = shape._make if shape is not None else None
+        if not any(self.reads):
+            self.reads = []  # rows are made as they come
 
-    def values(self, params: Params) -> list[Any]:
-        return [value if value is not _GIVEN
-                else params[name] if bind is None or params[name] is None
-                else bind(params[name])
-                for name, bind, value in self.binds]
+    def values(self, params: Params) -> Sequence[Any]:
+        if self.constants:
+            params = {**params, **self.constants}
+        got = self.pick(params)
+        if not self.convert:
+            return got
+        bound = list(got)
+        for position, bind in self.convert:
+            if bound[position] is not None:
+                bound[position] = bind(bound[position])
+        return bound
 
     def row(self, got: Sequence[Any]) -> Any:
-        return self.shape(*[v if read is None else read(v)
-                            for v, read in zip(got, self.reads, strict=True)])
+        if not self.reads:
+            return self.make(got)
+        return self.make([v if read is None else read(v)
+                          for v, read in zip(got, self.reads, strict=True)])
 
 
 class Statement:
@@ -106,28 +124,46 @@ class Statement:
             plan = self._plans[dialect.name] = _Plan(self.statement, dialect)
         return plan
 
+    # Each call below resolves the connection once and runs on the inline writer without
+    # another coroutine: a send runs a dozen of them.
     async def rows(self, conn: AsyncConnection, params: Params) -> list[Any]:
         """Every row the statement returns (a SELECT, or a write with RETURNING)."""
-        plan = self._plan(conn.dialect)
-        return [plan.row(got) for got in await raw.rows(conn, plan.sql, plan.values(params))]
+        dialect, db = raw.target(conn)
+        plan = self._plans.get(dialect.name) or self._plan(dialect)
+        values = plan.values(params)
+        got = (db.execute(plan.sql, values).fetchall() if db is not None
+               else await raw.driver_rows(conn, plan.sql, values))
+        return [plan.row(one) for one in got]
 
     async def first(self, conn: AsyncConnection, params: Params) -> Any:
         """The first row the statement returns, None if none (an UPDATE ... RETURNING whose
         condition held for no row, a SELECT that found nothing)."""
-        plan = self._plan(conn.dialect)
-        got = await raw.rows(conn, plan.sql, plan.values(params))
+        dialect, db = raw.target(conn)
+        plan = self._plans.get(dialect.name) or self._plan(dialect)
+        values = plan.values(params)
+        got = (db.execute(plan.sql, values).fetchall() if db is not None
+               else await raw.driver_rows(conn, plan.sql, values))
         return plan.row(got[0]) if got else None
 
     async def run(self, conn: AsyncConnection, params: Params) -> int:
         """A write without RETURNING; the number of rows it changed (0: a conditional UPDATE
         whose condition no longer held, an insert_new whose key existed)."""
-        plan = self._plan(conn.dialect)
-        return await raw.run(conn, plan.sql, plan.values(params))
+        dialect, db = raw.target(conn)
+        plan = self._plans.get(dialect.name) or self._plan(dialect)
+        values = plan.values(params)
+        if db is not None:
+            return db.execute(plan.sql, values).rowcount
+        return await raw.driver_run(conn, plan.sql, values)
 
     async def run_many(self, conn: AsyncConnection, many: Sequence[Params]) -> None:
         """The write once for each of `many` (one driver call: executemany)."""
-        plan = self._plan(conn.dialect)
-        await raw.run_many(conn, plan.sql, [plan.values(params) for params in many])
+        dialect, db = raw.target(conn)
+        plan = self._plans.get(dialect.name) or self._plan(dialect)
+        rows = [plan.values(params) for params in many]
+        if db is not None:
+            db.executemany(plan.sql, rows)
+        else:
+            await raw.driver_run_many(conn, plan.sql, rows)
 
     async def point_read(self, store: Store, params: Params) -> Any:
         """`first()` on its own, outside any transaction: a lookup by a unique key (it must not
