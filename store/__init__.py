@@ -20,7 +20,8 @@ Contract
 - Statements: domain code writes SQLAlchemy Core. A hot one is declared once as a
   `Statement` (store/statement.py), which the store compiles once per dialect and runs as
   driver SQL on the SQLite fast paths; cold ones go through `conn.execute`. No SQL text is
-  written outside store/.
+  written outside store/ (tests/unit/test_sql_stays_in_the_store.py names the two
+  administrative exceptions).
 """
 
 from __future__ import annotations

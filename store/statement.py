@@ -17,7 +17,8 @@ a read-only connection on the loop (store/quickread.py), elsewhere (or when that
 cannot serve) in a read transaction of the store's pool.
 
 Cold paths keep `conn.execute(core statement)`; no SQL text is written outside store/
-(tests/unit/test_no_sql_text.py).
+(tests/unit/test_sql_stays_in_the_store.py; two administrative modules are
+excepted there, with why).
 """
 
 from __future__ import annotations
