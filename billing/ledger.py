@@ -20,13 +20,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from sqlalchemy import Subquery, func, select, union_all
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Subquery, bindparam, func, or_, select, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from billing.tables import ledger_accounts, ledger_transfers
 from common.errors import Refused
-from store import raw
+from store import Statement, insert_new
 from store.ids import ordered_id
 
 
@@ -60,16 +59,23 @@ class Transfer:
     debit_balance: int | None = None
 
 
-# transfer()'s statements, as driver SQL (store/raw.py): a send or a billed minute runs
-# them on its hot path, where SQLAlchemy's per-statement machinery cost more CPU than the
-# database did (docs/BENCHMARKS.md, "Durable sends").
-_KINDS = "SELECT id, kind FROM ledger_accounts WHERE id = ? OR id = ?"
-_CLAIM = raw.Insert(ledger_transfers, (
-    "id", "idempotency_key", "debit_account", "credit_account", "amount", "kind", "ref", "at"),
-    conflict=("idempotency_key",))
-_DEBIT = ("UPDATE ledger_accounts SET balance = balance - ? WHERE id = ? AND balance >= ?"
-          " RETURNING balance")
-_CREDIT = "UPDATE ledger_accounts SET balance = balance + ? WHERE id = ?"
+# transfer()'s statements, compiled once and run as driver SQL (store/statement.py): a send or
+# a billed minute runs them on its hot path, where SQLAlchemy's per-statement machinery cost
+# more CPU than the database did (docs/BENCHMARKS.md, "Durable sends").
+_accounts = ledger_accounts
+_KINDS = Statement(select(_accounts.c.id, _accounts.c.kind).where(
+    or_(_accounts.c.id == bindparam("debit"), _accounts.c.id == bindparam("credit"))))
+_CLAIM = Statement(insert_new(ledger_transfers, "idempotency_key").values(
+    {name: bindparam(name) for name in ("id", "idempotency_key", "debit_account",
+                                        "credit_account", "amount", "kind", "ref", "at")}))
+# Conditional: a balance never goes below zero, and the UPDATE reads the balance after it.
+_DEBIT = Statement(_accounts.update()
+                   .where(_accounts.c.id == bindparam("account"),
+                          _accounts.c.balance >= bindparam("amount"))
+                   .values(balance=_accounts.c.balance - bindparam("amount"))
+                   .returning(_accounts.c.balance))
+_CREDIT = Statement(_accounts.update().where(_accounts.c.id == bindparam("account"))
+                    .values(balance=_accounts.c.balance + bindparam("amount")))
 
 
 async def open_account(conn: AsyncConnection, owner_id: str) -> None:
@@ -84,12 +90,10 @@ async def ensure_system_accounts(conn: AsyncConnection) -> None:
     # the start on its primary key.
     existing = set((await conn.execute(
         select(ledger_accounts.c.id).where(ledger_accounts.c.kind == "system"))).scalars())
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     for account in SystemAccount.ALL:
         if account not in existing:
-            await conn.execute(dialect.insert(ledger_accounts).values(
-                id=account, owner_id=None, kind="system", balance=0)
-                .on_conflict_do_nothing(index_elements=["id"]))
+            await conn.execute(insert_new(ledger_accounts, "id").values(
+                id=account, owner_id=None, kind="system", balance=0))
 
 
 async def transfer(conn: AsyncConnection, *, key: str, debit: str, credit: str, amount: int,
@@ -101,12 +105,12 @@ async def transfer(conn: AsyncConnection, *, key: str, debit: str, credit: str, 
     wanted = Transfer(ordered_id(), key, debit, credit, amount, kind, ref, at)
     # Both accounts must exist before the claim, or the claim's foreign keys would refuse it as
     # a database error instead of `account_not_found`.
-    db = raw.Raw(conn)
-    kinds = await _kinds(db, debit, credit)
+    kinds = await _kinds(conn, debit, credit)
     # Claim the key first: on PostgreSQL a concurrent claim of the same key waits here for the
     # first to commit and then finds it, so a key can never have two effects.
-    claimed = await db.run(_CLAIM.sql, db.values(_CLAIM, (
-        wanted.id, key, debit, credit, amount, kind, ref, at)))
+    claimed = await _CLAIM.run(conn, {
+        "id": wanted.id, "idempotency_key": key, "debit_account": debit,
+        "credit_account": credit, "amount": amount, "kind": kind, "ref": ref, "at": at})
     if claimed == 0:
         return await _existing(conn, wanted)
     # Update user rows in id order so two opposite gifts cannot deadlock on PostgreSQL.
@@ -115,18 +119,18 @@ async def transfer(conn: AsyncConnection, *, key: str, debit: str, credit: str, 
         if kinds.get(account) != "user":
             continue
         if account == debit:
-            moved = await db.row(_DEBIT, (amount, debit, amount))
+            moved = await _DEBIT.first(conn, {"account": debit, "amount": amount})
             if moved is None:
                 raise LedgerError("insufficient_credits",
                                   f"the balance does not cover {amount} credits")
-            debit_balance = moved[0]
+            debit_balance = moved.balance
         else:
-            await db.run(_CREDIT, (amount, credit))
+            await _CREDIT.run(conn, {"account": credit, "amount": amount})
     return wanted if debit_balance is None else replace(wanted, debit_balance=debit_balance)
 
 
-async def _kinds(db: raw.Raw, debit: str, credit: str) -> dict[str, str]:
-    kinds = dict(await db.rows(_KINDS, (debit, credit)))
+async def _kinds(conn: AsyncConnection, debit: str, credit: str) -> dict[str, str]:
+    kinds = dict(await _KINDS.rows(conn, {"debit": debit, "credit": credit}))
     for account in (debit, credit):
         if account not in kinds:
             raise LedgerError("account_not_found", f"no ledger account {account!r}")

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server.attempts import Attempts, Key
 from server.schema import accounts, devices, sessions
-from store import Store, quickread
+from store import Statement, Store
 from store.ids import new_id
 
 # The role sets every HTTP route and WebSocket op is declared with (server/http/routing.py
@@ -121,17 +121,14 @@ async def principal_for(conn: AsyncConnection, token: str, now: datetime) -> Pri
     return None if row is None else _principal(tuple(row))
 
 
-_PRINCIPAL_QUICK = quickread.Lookup(_PRINCIPAL)
+_PRINCIPAL_POINT = Statement(_PRINCIPAL)
 
 
 async def session_principal(store: Store, token: str, now: datetime) -> Principal | None:
     """principal_for() as a read of its own: on SQLite one statement on the loop (a socket's
-    auth is on every connect; store/quickread.py), else a read transaction from the pool.
+    auth is on every connect; Statement.point_read), else a read transaction from the pool.
     Same statement either way, so a revoked or expired session is refused at once."""
-    row = _PRINCIPAL_QUICK.row(store, {"p_hash": token_hash(token), "p_now": now})
-    if row is quickread.NOT_SERVED:
-        async with store.read() as conn:
-            return await principal_for(conn, token, now)
+    row = await _PRINCIPAL_POINT.point_read(store, {"p_hash": token_hash(token), "p_now": now})
     return None if row is None else _principal(row)
 
 

@@ -14,7 +14,7 @@ from server.schema import connections as connections_table
 from server.schema import visits
 from signalling.visits import ROW as VISIT_ROW
 from signalling.visits import get as get_visit
-from store import raw
+from store import Statement
 
 log = logging.getLogger("kinwire.calls")
 
@@ -37,11 +37,11 @@ def _check_link(status: str, blocked_by: str | None) -> None:
 
 
 # A join's one read: the visit row as signalling.visits.get reads it, with its connection's
-# block and status alongside, compiled once (store/raw.py). 200 joins at once queue on
+# block and status alongside, compiled once (store/statement.py). 200 joins at once queue on
 # one core, and reading the connection apart cost a round trip and a Core statement each. An
 # outer join, so a missing connection still answers as connections.get does.
 _c = connections_table
-_VISIT_AND_LINK = raw.Query(
+_VISIT_AND_LINK = Statement(
     VISIT_ROW.add_columns(_c.c.id.label("link_id"), _c.c.blocked_by.label("link_blocked_by"),
                           _c.c.status.label("link_status"))
     .outerjoin(_c, _c.c.id == visits.c.connection_id))

@@ -16,13 +16,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server.broker import Broker, BrokerUnavailable
 from server.schema import event_heads, events, messages
-from store import raw
+from store import Statement, insert_new
 
 log = logging.getLogger("kinwire.events")
 
@@ -44,26 +43,28 @@ async def lock_streams(conn: AsyncConnection, account_ids: list[str]) -> None:
     `emit_many`). Two transactions that each write to two users' streams (A messages B
     while B messages A) would otherwise lock the heads in opposite orders and deadlock on
     PostgreSQL; a missing head is made at 0 (the same as no head)."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     h = event_heads
     for account_id in sorted(set(account_ids)):
         touched = await conn.execute(h.update().where(h.c.account_id == account_id)
                                      .values(last_seq=h.c.last_seq))
         if touched.rowcount == 0:
-            await conn.execute(dialect.insert(h).values(
-                account_id=account_id, last_seq=0, pruned_through=0)
-                .on_conflict_do_nothing(index_elements=["account_id"]))
+            await conn.execute(insert_new(h, "account_id").values(
+                account_id=account_id, last_seq=0, pruned_through=0))
 
 
-# emit_many()'s statements, as driver SQL (store/raw.py): every send and billed minute
-# runs them, and SQLAlchemy's per-statement machinery cost more CPU than the database did.
-_BUMP = "UPDATE event_heads SET last_seq = last_seq + ? WHERE account_id = ? RETURNING last_seq"
-_MAKE_HEAD = raw.Insert(event_heads, ("account_id", "last_seq", "pruned_through"),
-                        conflict=("account_id",)).sql
-_INSERT = raw.Insert(events, ("account_id", "seq", "type", "data", "at"))
+# emit_many()'s statements, compiled once and run as driver SQL (store/statement.py): every
+# send and billed minute runs them, and SQLAlchemy's per-statement machinery cost more CPU than
+# the database did.
+_BUMP = Statement(event_heads.update().where(event_heads.c.account_id == bindparam("account_id"))
+                  .values(last_seq=event_heads.c.last_seq + bindparam("n"))
+                  .returning(event_heads.c.last_seq))
+_MAKE_HEAD = Statement(insert_new(event_heads, "account_id").values(
+    account_id=bindparam("account_id"), last_seq=bindparam("n"), pruned_through=0))
+_INSERT = Statement(events.insert().values(
+    {name: bindparam(name) for name in ("account_id", "seq", "type", "data", "at")}))
 
 
-async def _reserve(db: raw.Raw, counts: dict[str, int]) -> dict[str, int]:
+async def _reserve(conn: AsyncConnection, counts: dict[str, int]) -> dict[str, int]:
     """Take `counts[a]` consecutive seqs of each account's stream with ONE statement per
     account, in id order (as lock_streams: no deadlock with other writers); returns each
     account's first seq."""
@@ -71,11 +72,12 @@ async def _reserve(db: raw.Raw, counts: dict[str, int]) -> dict[str, int]:
     for account_id in sorted(counts):
         n = counts[account_id]
         while True:
-            bumped = await db.row(_BUMP, (n, account_id))
+            params = {"account_id": account_id, "n": n}
+            bumped = await _BUMP.first(conn, params)
             if bumped is not None:
-                last = bumped[0]
+                last = bumped.last_seq
                 break
-            if await db.run(_MAKE_HEAD, (account_id, n, 0)) == 1:
+            if await _MAKE_HEAD.run(conn, params) == 1:
                 last = n
                 break
             # another transaction made the head first: bump it
@@ -117,16 +119,16 @@ class Outbox:
         counts: dict[str, int] = {}
         for account_id, _, _ in items:
             counts[account_id] = counts.get(account_id, 0) + 1
-        db = raw.Raw(conn)
-        nxt = await _reserve(db, counts)
+        nxt = await _reserve(conn, counts)
         rows = []
         for account_id, kind, data in items:
             seq = nxt[account_id]
             nxt[account_id] = seq + 1
-            rows.append(db.values(_INSERT, (account_id, seq, kind, _stored(kind, data), at)))
+            rows.append({"account_id": account_id, "seq": seq, "type": kind,
+                         "data": _stored(kind, data), "at": at})
             self.written.append((account_id, seq))
             self.kept.append((account_id, Event(seq, kind, data)))
-        await db.run_many(_INSERT.sql, rows)
+        await _INSERT.run_many(conn, rows)
         watcher = _watchers.get(conn.engine.sync_engine)
         if watcher is not None:
             await watcher.on_events(conn, items, at)

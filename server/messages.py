@@ -23,9 +23,10 @@ from server import connections, facilities
 from server.auth import Principal
 from server.errors import not_found
 from server.events import Outbox, lock_streams
+from server.schema import connections as connections_table
 from server.schema import facilities as facilities_table
 from server.schema import messages, photos
-from store import raw
+from store import Statement, insert_new
 from store.ids import ordered_id
 
 
@@ -116,17 +117,21 @@ async def announce(conn: AsyncConnection, outbox: Outbox, row: Any, at: datetime
 
 
 # send()'s statements. Repeats (a send retried with its key) are rare, so the lookup by key
-# stays in Core; the rest are driver SQL (store/raw.py), being on every send's path.
+# stays a Core statement run by conn.execute; the rest are compiled once and run as driver SQL
+# (store/statement.py), being on every send's path.
 _BY_KEY = select(messages).where(messages.c.sender_id == bindparam("p_sender"),
                                  messages.c.client_key == bindparam("p_key"))
-_LINK_RULES = (
-    "SELECT c.facility_id, f.settings, c.status, c.blocked_by FROM connections c"
-    " JOIN facilities f ON f.id = c.facility_id WHERE (c.family_id = ? AND c.person_id = ?)"
-    " OR (c.family_id = ? AND c.person_id = ?)")
+_c, _f = connections_table, facilities_table
+_LINK_RULES = Statement(
+    select(_c.c.facility_id, _f.c.settings, _c.c.status, _c.c.blocked_by)
+    .join(_f, _f.c.id == _c.c.facility_id)
+    .where(or_(and_(_c.c.family_id == bindparam("a"), _c.c.person_id == bindparam("b")),
+               and_(_c.c.family_id == bindparam("b"), _c.c.person_id == bindparam("a")))))
 _INSERT_COLUMNS = ("id", "facility_id", "sender_id", "recipient_id", "body", "photo_count",
                    "price", "cod", "status", "held_for", "paid_by", "client_key", "created_at",
                    "sender_removed", "recipient_removed")
-_INSERT = raw.Insert(messages, _INSERT_COLUMNS, conflict=("sender_id", "client_key"))
+_INSERT = Statement(insert_new(messages, "sender_id", "client_key").values(
+    {name: bindparam(name) for name in _INSERT_COLUMNS}))
 
 
 async def _existing(conn: AsyncConnection, sender: Principal, draft: Draft) -> Any:
@@ -176,11 +181,10 @@ async def send(conn: AsyncConnection, outbox: Outbox, sender: Principal, draft: 
                at: datetime) -> dict[str, Any]:
     # A repeat (same key) answers the first send even if the rules changed since: it is found
     # before any refusal below, and by the insert's conflict otherwise.
-    db = raw.Raw(conn)
     refusal = None
     if draft.cod and sender.role != "person":
         refusal = Refused("forbidden", "Only an incarcerated person may send collect.")
-    found = await _link_rules(db, sender.account_id, draft.to)
+    found = await _link_rules(conn, sender.account_id, draft.to)
     if found is None:
         refusal = Refused("not_connected", "You can message only an approved contact.")
     if refusal is not None:
@@ -206,7 +210,7 @@ async def send(conn: AsyncConnection, outbox: Outbox, sender: Principal, draft: 
         status="held" if hold_for else "delivered", held_for=hold_for,
         paid_by=None if draft.cod else sender.account_id, client_key=draft.key,
         created_at=at.astimezone(UTC), sender_removed=False, recipient_removed=False)
-    claimed = await db.run(_INSERT.sql, db.values(_INSERT, row.values()))
+    claimed = await _INSERT.run(conn, row.values())
     if claimed == 0:  # a send with the same key was stored first (a repeat, or a race)
         existing = await _existing(conn, sender, draft)
         return view(existing, sender, await photo_ids_of(conn, existing.id))
@@ -252,19 +256,19 @@ class Stored:
     opened_at: datetime | None = None
     reject_reason: str | None = None
 
-    def values(self) -> tuple:
+    def values(self) -> dict[str, Any]:
         """The values of send()'s INSERT (_INSERT_COLUMNS)."""
-        return tuple(getattr(self, name) for name in _INSERT_COLUMNS)
+        return {name: getattr(self, name) for name in _INSERT_COLUMNS}
 
 
-async def _link_rules(db: raw.Raw, a: str, b: str) -> tuple[str, Any] | None:
+async def _link_rules(conn: AsyncConnection, a: str, b: str) -> tuple[str, Any] | None:
     """(facility id, facility settings) of the open connection between a and b, in one
     query (connections.approved_between, then facilities.get, joined); None if none is open
     (connections.closed_because)."""
-    row = await db.row(_LINK_RULES, (a, b, b, a))
-    if row is None or connections.closed_because(row[2], row[3]) is not None:
+    row = await _LINK_RULES.first(conn, {"a": a, "b": b})
+    if row is None or connections.closed_because(row.status, row.blocked_by) is not None:
         return None
-    return row[0], db.read(facilities_table.c.settings, row[1])
+    return row.facility_id, row.settings
 
 
 async def open_message(conn: AsyncConnection, outbox: Outbox, reader: Principal,

@@ -86,7 +86,6 @@ DATABASE_FIX = {
 
 async def check_database(settings: Settings) -> None:
     """The database answers a query, or StartError."""
-    from sqlalchemy import text
 
     from store import Store
 
@@ -95,8 +94,8 @@ async def check_database(settings: Settings) -> None:
     store = None
     try:
         store = Store(url, pool_size=1, busy_timeout_ms=settings.db_busy_timeout_ms)
-        async with asyncio.timeout(timeout_s), store.read() as conn:
-            await conn.execute(text("SELECT 1"))
+        async with asyncio.timeout(timeout_s):
+            await store.ping()
     except Exception as exc:
         why, kind = reason(exc, timeout_s)
         if settings.is_sqlite:

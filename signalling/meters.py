@@ -67,7 +67,7 @@ from billing.ledger import LedgerError, SystemAccount
 from signalling import visits
 from signalling.leases import Lease
 from signalling.tables import visits as visits_table
-from store import raw
+from store import Statement
 
 log = logging.getLogger("kinwire.meters")
 DEBIT_ATTEMPTS_MAX = 5
@@ -81,21 +81,21 @@ RENEW_CHUNK = 200  # lease renewals in flight at once
 ENDED_KEPT, ENDED_KEEP_S = 10_000, 60.0  # remembered ends: far longer than a cached check
 PROOF_KEPT_LEASES = 20  # a dead process's last renewal is kept this many leases (for its meters)
 
-# A pass's own statements, compiled once (store/raw.py): every live visit runs them
+# A pass's own statements, compiled once (store/statement.py): every live visit runs them
 # every minute. The row is locked first (FOR UPDATE), see MeterPass.run.
 _t = visits_table
-_WHOLE_ROW = raw.Query(select(_t).where(_t.c.id == bindparam("p_id")).with_for_update())
-_PRESENCE = raw.Query(select(
+_WHOLE_ROW = Statement(select(_t).where(_t.c.id == bindparam("p_id")).with_for_update())
+_PRESENCE = Statement(select(
     _t.c.status, _t.c.ended_at, _t.c.end_reason, _t.c.media_changed_at, _t.c.family_media,
     _t.c.person_media, _t.c.family_node, _t.c.person_node, _t.c.person_sending,
     _t.c.server_media, _t.c.server_node).where(
         _t.c.id == bindparam("p_id"), _t.c.meter_epoch == bindparam("p_epoch"))
     .with_for_update())
 NODES = "nodes"  # the broker presence key of the processes' liveness leases
-_KEEP_STATE = raw.Query(_t.update().where(_t.c.id == bindparam("p_id"),
+_KEEP_STATE = Statement(_t.update().where(_t.c.id == bindparam("p_id"),
                                           _t.c.meter_epoch == bindparam("p_epoch"))
                         .values(meter=bindparam("p_meter")))
-_TAKE_EPOCH = raw.Query(_t.update().where(_t.c.id == bindparam("p_id"))
+_TAKE_EPOCH = Statement(_t.update().where(_t.c.id == bindparam("p_id"))
                         .values(meter_epoch=bindparam("p_epoch")))
 LEASE_ERROR_LOG_S = 60.0  # a broker that keeps failing is logged once a minute, with a count
 
@@ -542,15 +542,13 @@ class _Pass:
         # event heads: the order a media report's or an end's transaction takes them in, so
         # the two cannot deadlock.
         self.debiting, self.debited, self.pushes = None, 0, []
-        db = raw.Raw(conn)
         if self.config is None:  # the meter's start: the visit, and its stored meter state
-            found = await db.query(_WHOLE_ROW, {"p_id": vm.visit_id})
-            row = found[0] if found else None
+            row = await _WHOLE_ROW.first(conn, {"p_id": vm.visit_id})
             if row is None or row.status not in visits.IN_CALL:
                 return False
             # Fencing (module doc): this holder's epoch supersedes every earlier holder's.
             self.epoch = max(row.meter_epoch + 1, vm.grant)
-            await db.query(_TAKE_EPOCH, {"p_id": vm.visit_id, "p_epoch": self.epoch})
+            await _TAKE_EPOCH.run(conn, {"p_id": vm.visit_id, "p_epoch": self.epoch})
             self.parties = (row.family_id, row.person_id)
             self.config = meter.MeterConfig(vm.visit_id, row.minute_price, vm.m.minute_s,
                                             ts(row.start_at), ts(row.end_at), media=row.media)
@@ -560,10 +558,9 @@ class _Pass:
             else:
                 self.state = meter.MeterState()
         else:
-            found = await db.query(_PRESENCE, {"p_id": vm.visit_id, "p_epoch": self.epoch})
-            if not found:
+            row = await _PRESENCE.first(conn, {"p_id": vm.visit_id, "p_epoch": self.epoch})
+            if row is None:
                 raise Fenced(vm.visit_id)
-            row = found[0]
         events += await self._observed(conn, row)
         start = self.state
         family = self.parties[0] if self.parties else vm.family_id
@@ -599,7 +596,7 @@ class _Pass:
                     self.wake_at = action.at
                 # Persist: the state is written once, below, with everything else
         if self.state != start or vm.config is None:
-            await db.query(_KEEP_STATE, {"p_id": vm.visit_id, "p_epoch": self.epoch,
+            await _KEEP_STATE.run(conn, {"p_id": vm.visit_id, "p_epoch": self.epoch,
                                          "p_meter": self.state.to_dict()})
         return True
 

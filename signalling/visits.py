@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from billing import meter
 from common.errors import Refused
 from signalling.tables import visits
-from store import raw
+from store import Statement
 
 ACTIVE = ("scheduled", "open", "live", "paused")
 IN_CALL = ("open", "live", "paused")
@@ -116,22 +116,22 @@ def pause_reason(row: Any) -> str | None:
     return "not_connected"
 
 
-# get()'s statement, compiled once (store/raw.py): every join, media report, drop and
+# get()'s statement, compiled once (store/statement.py): every join, media report, drop and
 # signal check reads the row, and 200 joins at once queue on one core. ROW is the Core select a
 # caller may extend with more columns (server/calls.py visit_and_link) and pass to get().
 ROW = (select(visits, _facilities.c.timezone)
        .join(_facilities, _facilities.c.id == visits.c.facility_id)
        .where(visits.c.id == bindparam("p_id")))
-_GET = raw.Query(ROW)
+_GET = Statement(ROW)
 
 
-async def get(conn: AsyncConnection, visit_id: str, query: raw.Query = _GET) -> Any:
+async def get(conn: AsyncConnection, visit_id: str, query: Statement = _GET) -> Any:
     """The visit's row (a named tuple), with its facility's `timezone` alongside (and whatever
     else `query`, ROW extended, reads)."""
-    found = await raw.Raw(conn).query(query, {"p_id": visit_id})
-    if not found:
+    found = await query.first(conn, {"p_id": visit_id})
+    if found is None:
         raise VisitError("not_found", "The visit was not found.")
-    return found[0]
+    return found
 
 
 def role_of(row: Any, account_id: str) -> str:
@@ -167,10 +167,10 @@ def _status(current: str, media: str, known: meter.Facts) -> str:
 # What the call's facts are on the row; an update is conditional on all of them as read.
 _FACT_COLUMNS = ("status", "family_media", "person_media", "family_node", "person_node",
                  "person_sending", "server_media", "server_node")
-_UPDATES: dict[tuple[str, ...], raw.Query] = {}
+_UPDATES: dict[tuple[str, ...], Statement] = {}
 
 
-def _update(columns: tuple[str, ...]) -> raw.Query:
+def _update(columns: tuple[str, ...]) -> Statement:
     """The conditional UPDATE setting `columns`, compiled once per set of columns: every join,
     media report and drop runs one, and building and compiling it through Core cost more CPU
     than the database did."""
@@ -178,7 +178,7 @@ def _update(columns: tuple[str, ...]) -> raw.Query:
     if query is None:
         checks = [visits.c[name].is_not_distinct_from(bindparam(f"was_{name}"))
                   for name in _FACT_COLUMNS]  # the nodes may be NULL
-        query = _UPDATES[columns] = raw.Query(visits.update().where(
+        query = _UPDATES[columns] = Statement(visits.update().where(
             visits.c.id == bindparam("p_id"), *checks).values(
             **{name: bindparam(f"new_{name}") for name in columns}))
     return query
@@ -201,9 +201,8 @@ async def _change(conn: AsyncConnection, sink: EventSink, row: Any, changes: dic
     update = _update(columns)
     params = {"p_id": row.id, **{f"was_{name}": getattr(row, name) for name in _FACT_COLUMNS},
               **{f"new_{name}": values[name] for name in columns}}
-    sql, _, _, _ = update.plan(conn.dialect)
     # Conditional on the facts read, so two processes recording at once cannot interleave.
-    changed = await raw.Raw(conn).run(sql, update.values(conn.dialect, params))
+    changed = await update.run(conn, params)
     if changed != 1:
         return await _change(conn, sink, await get(conn, row.id), changes, now, stopped_at)
     # The update was conditional on the row as read: the row now is that row with `values`

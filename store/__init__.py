@@ -17,6 +17,11 @@ Contract
   `synchronous_commit` and `fsync`, which `store/safety.py` checks at start.
   `durable=False` is `synchronous=NORMAL` on SQLite: a power cut or OS crash may roll back
   the last commits, already acknowledged (docs/operations.md, "Durability").
+- Statements: domain code writes SQLAlchemy Core. A hot one is declared once as a
+  `Statement` (store/statement.py), which the store compiles once per dialect and runs as
+  driver SQL on the SQLite fast paths; cold ones go through `conn.execute`. No SQL text is
+  written outside store/ (tests/unit/test_sql_stays_in_the_store.py names the two
+  administrative exceptions).
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from store.group import GroupCommit
 from store.inline import creator
+from store.statement import Statement as Statement  # the statement interface, re-exported
+from store.statement import insert_new as insert_new
 
 T = TypeVar("T")
 

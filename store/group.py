@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from store.raw import Raw
+from store import raw
 
 if TYPE_CHECKING:
     from store import Store
@@ -84,9 +84,8 @@ class GroupCommit:
                 if len(batch) == 1:
                     outcomes.append((True, await batch[0][0](conn)))
                 else:
-                    db = Raw(conn)
                     for n, (work, _) in enumerate(batch):
-                        outcomes.append(await _isolated(conn, db, n, work))
+                        outcomes.append(await _isolated(conn, n, work))
         except Exception as exc:  # the transaction (or a lone work) failed: nothing applied
             for _, done in batch:
                 if not done.done():
@@ -107,16 +106,16 @@ class GroupCommit:
                 done.set_exception(value)
 
 
-async def _isolated(conn: AsyncConnection, db: Raw, n: int, work: Work) -> tuple[bool, Any]:
+async def _isolated(conn: AsyncConnection, n: int, work: Work) -> tuple[bool, Any]:
     """One work inside its own savepoint: an exception rolls back this work only. The savepoint
     is driver SQL (through SQLAlchemy's nested transactions its two statements cost more than a
     send's own inserts on the inline writer)."""
-    await db.run(f"SAVEPOINT g{n}")
+    await raw.run(conn, f"SAVEPOINT g{n}")
     try:
         result = await work(conn)
     except Exception as exc:
-        await db.run(f"ROLLBACK TO g{n}")
-        await db.run(f"RELEASE g{n}")
+        await raw.run(conn, f"ROLLBACK TO g{n}")
+        await raw.run(conn, f"RELEASE g{n}")
         return False, exc
-    await db.run(f"RELEASE g{n}")
+    await raw.run(conn, f"RELEASE g{n}")
     return True, result

@@ -28,7 +28,7 @@ from server.gateway.envelope import encode, push
 from server.gateway.limits import SharedLimits
 from server.http.metrics import Metrics
 from server.schema import event_heads
-from store import Store, quickread
+from store import Statement, Store
 
 log = logging.getLogger("kinwire.gateway")
 # A healthy broker confirms a subscription in about a millisecond; past this, a new socket is
@@ -39,9 +39,8 @@ FIRST_SUBSCRIBE_WAIT_S = 0.2
 ATTACHED_HEAD_FRESH_S = 5.0
 # events.head()'s statement, built once: every socket's attach runs it, and building it cost
 # more CPU than SQLite took to answer (docs/BENCHMARKS.md, "Connect").
-_HEAD = (select(event_heads.c.last_seq)
-         .where(event_heads.c.account_id == bindparam("p_account")))
-_HEAD_QUICK = quickread.Lookup(_HEAD)  # a read by primary key: on the loop on SQLite
+_HEAD = Statement(select(event_heads.c.last_seq)
+                  .where(event_heads.c.account_id == bindparam("p_account")))
 
 
 class Feed:
@@ -259,12 +258,9 @@ class Hub:
 
     async def _head(self, account_id: str) -> int:
         """The user's last event seq (0 before the first), as events.head() reads it."""
-        params = {"p_account": account_id}
-        row = _HEAD_QUICK.row(self.store, params)
-        if row is quickread.NOT_SERVED:
-            async with self.store.read() as conn:
-                row = (await conn.execute(_HEAD, params)).first()
-        return row[0] if row else 0
+        # a read by primary key: on the loop on SQLite (Statement.point_read)
+        row = await _HEAD.point_read(self.store, {"p_account": account_id})
+        return row.last_seq if row else 0
 
     async def wait_live(self, client: Client, timeout_s: float) -> bool:
         """Wait until the client's feed receives from the broker (at most `timeout_s`); False

@@ -1,5 +1,5 @@
 """The connect path's shortcuts keep their answers exact (docs/BENCHMARKS.md, "Connect"):
-- a socket's session is read on the loop on SQLite (store/quickread.py) with the same answer
+- a socket's session is read on the loop on SQLite (Statement.point_read) with the same answer
   as the pool's read, at the expiry boundary, after a revocation and for a disabled account,
   and through the pool when the quick read cannot be served;
 - the first sync after attach, answered from the head read on attach, misses no event and
@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient
 from sqlalchemy import update
 
 from server import events
-from server.auth import _PRINCIPAL_QUICK, principal_for, session_principal, token_hash
+from server.auth import principal_for, session_principal, token_hash
 from server.schema import accounts, sessions
 from store import quickread
 from tests.support.helpers import Api
@@ -49,13 +49,18 @@ async def test_quick_session_read_answers_as_the_pool_does(api: Api) -> None:
 
 async def test_a_quick_read_that_fails_goes_through_the_pool(api: Api) -> None:
     store, fam = api.ctx.store, await api.family()
-    params = {"p_hash": token_hash(fam.token), "p_now": api.ctx.clock()}
-    if store.dialect == "sqlite":
-        assert _PRINCIPAL_QUICK.row(store, params) is not quickread.NOT_SERVED
-        quickread._connection(store).close()  # any sqlite3 error: not served on the loop
-    assert _PRINCIPAL_QUICK.row(store, params) is quickread.NOT_SERVED
-    principal = await session_principal(store, fam.token, api.ctx.clock())
+    pool_reads: list[float] = []
+    metric, store.on_wait = store.on_wait, pool_reads.append  # called by each store.read()
+    try:
+        if store.dialect == "sqlite":
+            assert await session_principal(store, fam.token, api.ctx.clock()) is not None
+            assert pool_reads == []  # served on the loop
+            quickread.connection(store).close()  # any sqlite3 error: not served on the loop
+        principal = await session_principal(store, fam.token, api.ctx.clock())
+    finally:
+        store.on_wait = metric
     assert principal is not None and principal.account_id == fam.id
+    assert len(pool_reads) == 1  # through the pool: PostgreSQL always, SQLite when it failed
 
 
 async def test_first_sync_misses_nothing_written_around_it(api: Api, client: TestClient) -> None:

@@ -59,7 +59,7 @@ class SyncConn:
     async def execute(self, statement, *args):
         return self._sync.execute(statement, *args)
 
-    async def exec_driver_sql(self, sql, params):  # store/raw.py's statements
+    async def exec_driver_sql(self, sql, params):  # store.Statement runs its SQL so
         return self._sync.exec_driver_sql(sql, params)
 
 
