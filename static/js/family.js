@@ -17,7 +17,7 @@ import { Gift } from "./family/gift.js";
 import { Messages } from "./family/messages.js";
 import { Statement } from "./family/statement.js";
 import { Tabs } from "./family/tabs.js";
-import { has, languageSwitch, loadLanguage, t } from "./i18n.js";
+import { has, language, languageSwitch, loadLanguage, t } from "./i18n.js";
 
 // Every word on the page in the reader's language (i18n.js) before anything is drawn; the
 // switch in the header, on every screen, signed in or not.
@@ -134,6 +134,18 @@ async function start() {
     set statementPage(n) { statement.pageSize = n; },
   };
   document.body.dataset.ready = "signed-in";
+  await emailLanguage(me.account.id);
+}
+
+/** The family's emails in the language its app runs in (PUT /notifications {language}): told
+ * once per account and language, remembered here, so a page load costs no request. */
+async function emailLanguage(accountId) {
+  const told = `${accountId}:${language()}`;
+  try {
+    if (localStorage.getItem("kinwire.emailLanguage") === told) return;
+    await api("PUT", "/notifications", { body: { language: language() } });
+    localStorage.setItem("kinwire.emailLanguage", told);
+  } catch { /* told at the next start */ }
 }
 
 /** Back from the payment processor's page (docs/payments.md, "Hosted checkout"): its confirmation

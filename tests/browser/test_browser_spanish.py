@@ -21,6 +21,7 @@ it holds until sign-out, and the next person gets the device's Spanish again.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from pathlib import Path
@@ -111,6 +112,16 @@ def english_in(texts: list[str], messages: list[tuple[str, re.Pattern[str]]]) ->
     return bad
 
 
+async def email_language(api: Api, family, want: str) -> str:
+    """The family's email language once it is `want`, or as it stands after 5 s."""
+    for _ in range(50):
+        got = (await api.call("GET", "/notifications", family)).body["language"]
+        if got == want:
+            break
+        await asyncio.sleep(0.1)
+    return got
+
+
 async def test_the_family_app_and_the_kiosk_in_spanish_have_no_english_left(
         sqlite_template: Path, tmp_path: Path) -> None:
     require_chromium()
@@ -124,7 +135,8 @@ async def test_the_family_app_and_the_kiosk_in_spanish_have_no_english_left(
     async with TestClient(TestServer(app, host="127.0.0.1")) as client, \
             async_playwright() as pw:
         browser = await launch(pw)
-        seed = await _seed(Api(client))
+        api = Api(client)
+        seed = await _seed(api)
         base = str(client.make_url("/")).rstrip("/")
         ctx = await browser.new_context(locale="es-ES", viewport=PHONE)
         await browser_clock(ctx, clock)
@@ -158,6 +170,8 @@ async def test_the_family_app_and_the_kiosk_in_spanish_have_no_english_left(
             await expect(page.locator("html")).to_have_attribute("data-socket", "online")
             await expect(page.locator("#balance")).to_contain_text("créditos")
             await screen("inbox")
+            # The app tells the server (once signed in), so that the emails are Spanish too.
+            assert await email_language(api, seed["family"], "es") == "es"
 
             await page.locator("#threads button").first.click()
             pay = page.get_by_role("button", name="Pagar 50 créditos para abrirlo")
@@ -220,6 +234,7 @@ async def test_the_family_app_and_the_kiosk_in_spanish_have_no_english_left(
             await expect(page.locator("body")).to_have_attribute("data-ready", "signed-in")
             await expect(page.locator("#balance")).to_contain_text("credits")
             await expect(page.locator("#language")).to_have_value("en")
+            assert await email_language(api, seed["family"], "en") == "en"
             await ctx.close()
 
             # The kiosk, on a device whose browser is in Spanish: set-up, sign-in, the
