@@ -6,7 +6,8 @@ The adversary: a newcomer who adds English words to a screen, either through the
 without a Spanish entry or straight into the markup or a module. Every screen is walked (signed
 out; the inbox; an open thread with its compose box and a photo; the photo viewer; Find a
 person with a search's results; Visits with the booking dialog; Buy credits; Give credits with
-an amount; the Statement; the email settings and password-reset pages; on the kiosk the set-up,
+an amount; the Statement; the email settings and password-reset pages; a video call, waiting
+for the other side, and its end; on the kiosk the set-up,
 the sign-in, the requests with the visits and a thread) and each visible text, each element's
 whole text, each option and each aria-label, title, alt and placeholder is compared with the
 English catalogue (static/i18n/en.json): a text that is an English message (its {placeholders}
@@ -34,7 +35,7 @@ from tests.conftest import fresh_sqlite, test_settings
 from tests.support.browser import KIOSK, PHONE, launch, require_chromium, shot
 from tests.support.clock import browser_clock, scene_clock
 from tests.support.helpers import Api
-from tests.support.visit_pages import PIN
+from tests.support.visit_pages import MEDIA, PIN
 
 CATALOGUES = Path(__file__).resolve().parents[2] / "static" / "i18n"
 
@@ -134,7 +135,7 @@ async def test_the_family_app_and_the_kiosk_in_spanish_have_no_english_left(
     messages = english_only()
     async with TestClient(TestServer(app, host="127.0.0.1")) as client, \
             async_playwright() as pw:
-        browser = await launch(pw)
+        browser = await launch(pw, *MEDIA)  # a fake camera for the call screen
         api = Api(client)
         seed = await _seed(api)
         base = str(client.make_url("/")).rstrip("/")
@@ -225,6 +226,27 @@ async def test_the_family_app_and_the_kiosk_in_spanish_have_no_english_left(
             await page.goto(base + "/")
             await expect(page.locator("body")).to_have_attribute("data-ready", "signed-in")
 
+            # The video call: the family joins the block under way (booked now); the person
+            # is not there yet. Then the family hangs up: the ended screen.
+            r = await api.call("GET", f"/facilities/{seed['facility_id']}/slots", seed["family"])
+            con = (await api.call("GET", "/connections", seed["family"])).body["connections"][0]
+            now = r.body["slots"][0]["start"]
+            r = await api.call("POST", "/visits", seed["family"],
+                               json={"connection_id": con["id"], "start": now})
+            assert r.status == 201, r.body
+            await page.locator("#tab-visits").click()
+            await page.locator(f"[data-visit='{r.body['visit']['id']}'] button.primary").click()
+            await expect(page.locator("#visit-status")).to_have_text(
+                "Esperando a que Dana Rivers entre…")
+            await expect(page.locator("#visit-link-level")).to_be_visible()
+            await screen("video call")
+            await page.locator("#visit-hangup").click()
+            await expect(page.locator("#visit-ended")).to_have_text(
+                "Visita terminada: usted colgó.")
+            await screen("call ended")
+            await page.locator("#visit-back").click()
+            await expect(page.locator("#app")).to_be_visible()
+
             # The switch: English, remembered over the browser's Spanish.
             await page.locator("#language").select_option("en")
             await expect(page.locator("html")).to_have_attribute("lang", "en")
@@ -278,4 +300,4 @@ async def test_the_family_app_and_the_kiosk_in_spanish_have_no_english_left(
             await browser.close()
     assert problems == [], "\n".join(problems)
     assert errors == [], errors
-    assert len(walked) == 16, walked
+    assert len(walked) == 18, walked
