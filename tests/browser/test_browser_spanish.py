@@ -15,6 +15,7 @@ matching anything) whose Spanish differs fails the test. A text with none of the
 words but plain English words in it ("the", "your", "credits"...) fails too: that is a string
 added with no catalogue entry at all. The seeded people's names and message bodies are the only
 English allowed. Each screen must also fit the phone's width with the longer Spanish words.
+A refused sign-in (family and kiosk) is said in Spanish, from the error's stable code.
 Then the switch in the header: English chosen, the page is in English and stays so after a
 reload (the choice is remembered over the browser's language); on the kiosk, shared by many,
 it holds until sign-out, and the next person gets the device's Spanish again.
@@ -164,7 +165,12 @@ async def test_the_family_app_and_the_kiosk_in_spanish_have_no_english_left(
             await expect(page.get_by_role("heading", name="Iniciar sesión")).to_be_visible()
             await screen("signed out")
 
+            # A refusal is said in Spanish from its stable code (the server's message is English).
             await page.locator("#login-email").fill(seed["email"])
+            await page.locator("#login-password").fill("not the password")
+            await page.locator("#login-form button[type=submit]").click()
+            await expect(page.locator("#login-notice")).to_have_text(
+                "Los datos para iniciar sesión no son correctos.")
             await page.locator("#login-password").fill(PASSWORD)
             await page.locator("#login-form button[type=submit]").click()
             await expect(page.locator("body")).to_have_attribute("data-ready", "signed-in")
@@ -275,6 +281,10 @@ async def test_the_family_app_and_the_kiosk_in_spanish_have_no_english_left(
             await expect(page.locator("#login-number")).to_be_visible()
             await screen("kiosk sign in")
             await page.locator("#login-number").fill(seed["number"])
+            await page.locator("#login-pin").fill("0000")
+            await page.locator("#login-form button[type=submit]").click()
+            await expect(page.locator("#login-notice")).to_have_text(
+                "Los datos para iniciar sesión no son correctos.")
             await page.locator("#login-pin").fill(PIN)
             await page.locator("#login-form button[type=submit]").click()
             await expect(page.locator("body")).to_have_attribute("data-ready", "signed-in")
