@@ -42,6 +42,10 @@ WORDS: dict[str, dict[str, str]] = {
         "receipt.amount": "Amount: {amount}",
         "receipt.fee": "Fee: {fee}",
         "receipt.total": "Total charged: {total} ({brand} ending {last4})",
+        "reset.subject": "Reset your Kinwire password",
+        "reset.asked": "Someone (we hope you) asked to reset your Kinwire password.",
+        "reset.within": "Set a new one here within {minutes} minutes (the link works once):",
+        "reset.not_you": "If it was not you, ignore this email: your password stays as it is.",
     },
     "es": {
         "hello": "Hola, {name}:",
@@ -75,6 +79,11 @@ WORDS: dict[str, dict[str, str]] = {
         "receipt.amount": "Importe: {amount}",
         "receipt.fee": "Cargo: {fee}",
         "receipt.total": "Total cobrado: {total} ({brand} terminada en {last4})",
+        "reset.subject": "Restablezca su contraseña de Kinwire",
+        "reset.asked": "Alguien (esperamos que usted) pidió restablecer su contraseña de Kinwire.",
+        "reset.within": "Cree una nueva aquí dentro de {minutes} minutos (el enlace funciona una "
+                        "sola vez):",
+        "reset.not_you": "Si no fue usted, ignore este correo: su contraseña sigue igual.",
         # why a visit ended (signalling's end reasons); English says the code in words
         "reason.time_up": "se acabó el tiempo de visita",
         "reason.hung_up": "se colgó la llamada",

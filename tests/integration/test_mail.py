@@ -512,6 +512,14 @@ async def test_a_family_that_reads_spanish_gets_its_emails_in_spanish(api: Api, 
     assert text.startswith("Hola, Ana:")
     assert "3 mensajes nuevos de Pat Person. Léalos en Kinwire." in text
     assert "Elija qué correos recibe: https://kinwire.test/settings" in text
+    # The password reset too, and its link still works.
+    token = await reset_token(api, inbox, es_email)
+    reset = inbox.to(es_email)[-1]
+    assert reset["Subject"] == "Restablezca su contraseña de Kinwire"
+    assert "dentro de" in reset.get_content() and "Reset" not in reset.get_content()
+    r = await api.call("POST", "/auth/reset/confirm",
+                       json={"token": token, "password": "a new password"})
+    assert r.status == 200, r.body
     english = sorted(m["Subject"] for m in inbox.to(en_email))
     assert english == ["Connection approved: Pat Person", "New message from Pat Person"]
     note = next(m for m in inbox.to(en_email) if m["Subject"].startswith("New"))
