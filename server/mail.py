@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from billing.tables import ledger_transfers
 from server import accounts as accounts_rules
 from server import outbox, push
+from server.mail_words import LANGUAGES, count_line, one_more, reason, words
 from server.schema import accounts, facilities, mail_outbox, notification_prefs
 from server.settings import Settings
 from signalling.tables import visits as visits_table
@@ -135,7 +135,7 @@ class Notifier:
         a, p = accounts, notification_prefs
         row = (await conn.execute(
             select(a.c.role, a.c.email, a.c.name, a.c.disabled, p.c.off, p.c.unsubscribe_key,
-                   p.c.low_sent)
+                   p.c.low_sent, p.c.language)
             .outerjoin(p, p.c.account_id == a.c.id).where(a.c.id == account_id))).first()
         if row is None or row.role != "family" or not row.email or row.disabled:
             return None
@@ -149,10 +149,11 @@ class Notifier:
                     batch_key: str | None = None, due_at: datetime | None = None) -> None:
         if kind in (fam.off or []):
             return
-        body = "\n".join([f"Hello {plain(fam.name)},", "", *lines, "",
-                          f"Open Kinwire: {self.link('/')}", "",
-                          "Choose which emails you get: " + self.link("/settings"),
-                          "Unsubscribe from all: " + self.unsubscribe_link(fam.unsubscribe_key)])
+        w = words(fam.language)
+        body = "\n".join([w["hello"].format(name=plain(fam.name)), "", *lines, "",
+                          w["open"].format(link=self.link("/")), "",
+                          w["choose"].format(link=self.link("/settings")),
+                          w["unsubscribe"].format(link=self.unsubscribe_link(fam.unsubscribe_key))])
         await enqueue(conn, to=fam.email, kind=kind, subject=subject, body=body, at=at,
                       account_id=account_id, batch_key=batch_key, due_at=due_at)
         if self.push:  # and to the browsers the family allowed (server/push.py), at once
@@ -202,10 +203,11 @@ class Notifier:
                 await conn.execute(mail_outbox.update().where(mail_outbox.c.id == last.id)
                                    .values(body=_count_line(last.body)))
             return
+        w = words(fam.language)
         sender = plain((await conn.execute(select(accounts.c.name).where(
-            accounts.c.id == data["from"]))).scalar() or "") or "A contact"
-        await self._send(conn, fam, account_id, "message", f"New message from {sender}",
-                         [f"1 new message from {sender}. Read it in Kinwire."], at,
+            accounts.c.id == data["from"]))).scalar() or "") or w["a_contact"]
+        await self._send(conn, fam, account_id, "message", w["message.subject"].format(who=sender),
+                         [count_line(1, sender, fam.language)], at,
                          batch_key=key, due_at=at + self.quiet)
 
     async def _connection(self, conn: AsyncConnection, account_id: str, data: dict,
@@ -214,10 +216,11 @@ class Notifier:
         fam = await self._family(conn, account_id, at)
         if fam is None or await self._seen(conn, key) is not None:
             return
-        who = plain(data.get("person_name") or "") or "Your contact"
-        await self._send(conn, fam, account_id, "connection", f"Connection approved: {who}",
-                         [f"The facility approved your connection with {who}. You can now "
-                          "write and book visits."], at, batch_key=key)
+        w = words(fam.language)
+        who = plain(data.get("person_name") or "") or w["your_contact"]
+        await self._send(conn, fam, account_id, "connection",
+                         w["connection.subject"].format(who=who),
+                         [w["connection.line"].format(who=who)], at, batch_key=key)
 
     async def _visit(self, conn: AsyncConnection, account_id: str, data: dict,
                      at: datetime) -> None:
@@ -227,20 +230,21 @@ class Notifier:
         if fam is None or await self._seen(conn, key) is not None:
             return
         when = f"{data['local_start'][:16].replace('T', ' ')} ({data['timezone']})"
+        w = words(fam.language)
         if status == "scheduled":
-            subject, lines = "Visit booked", [f"Your video visit is booked for {when}."]
+            subject, lines = w["booked.subject"], [w["booked.line"].format(when=when)]
         elif status == "cancelled":
-            subject, lines = "Visit cancelled", [f"Your video visit of {when} was cancelled."]
+            subject, lines = w["cancelled.subject"], [w["cancelled.line"].format(when=when)]
         else:
             t = ledger_transfers
             minutes, cost = (await conn.execute(
                 select(func.count(), func.coalesce(func.sum(t.c.amount), 0))
                 .where(t.c.ref == data["id"], t.c.kind == "visit_minute",
                        t.c.debit_account == account_id))).one()
-            reason = data.get("end_reason") or "ended"
-            subject = "Visit ended"
-            lines = [f"Your video visit of {when} ended ({reason.replace('_', ' ')}).",
-                     f"Minutes: {minutes}. Cost: {cost} credits."]
+            why = reason(data.get("end_reason") or "ended", fam.language)
+            subject = w["ended.subject"]
+            lines = [w["ended.line"].format(when=when, reason=why),
+                     w["ended.cost"].format(minutes=minutes, cost=cost)]
         await self._send(conn, fam, account_id, "visit", subject, lines, at, batch_key=key)
 
     async def _balance(self, conn: AsyncConnection, account_id: str, balance: int,
@@ -254,9 +258,9 @@ class Notifier:
             return
         p = notification_prefs
         await conn.execute(p.update().where(p.c.account_id == account_id).values(low_sent=True))
-        await self._send(conn, fam, account_id, "low_balance", "Your Kinwire balance is low",
-                         [f"Your balance is {balance} credits. Add credits to keep writing "
-                          "and visiting."], at)
+        w = words(fam.language)
+        await self._send(conn, fam, account_id, "low_balance", w["low.subject"],
+                         [w["low.line"].format(balance=balance)], at)
 
     async def remind(self, store: Store, now: datetime, limit: int) -> int:
         """Emails a reminder for each visit starting within `reminder` that has none yet (at
@@ -276,8 +280,6 @@ class Notifier:
             for row in due:
                 fam = await self._family(conn, row.family_id, now)
                 when = row.start_at.astimezone(ZoneInfo(row.timezone))
-                lines = [f"Your video visit starts at {when:%Y-%m-%d %H:%M} "
-                         f"({row.timezone}). Join it from the Visits tab."]
                 if fam is None or "visit" in (fam.off or []):
                     # A row marked not sent, so that the scan does not find the visit again.
                     await conn.execute(o.insert().values(
@@ -286,8 +288,11 @@ class Notifier:
                         created_at=now, due_at=now, attempts=0, failed_at=now,
                         last_error="not sent: turned off"))
                     continue
-                await self._send(conn, fam, row.family_id, "visit", "Visit reminder", lines,
-                                 now, batch_key=f"visit:{row.id}:reminder")
+                w = words(fam.language)
+                lines = [w["reminder.line"].format(when=f"{when:%Y-%m-%d %H:%M}",
+                                                   zone=row.timezone)]
+                await self._send(conn, fam, row.family_id, "visit", w["reminder.subject"],
+                                 lines, now, batch_key=f"visit:{row.id}:reminder")
         return len(due)
 
     async def receipt(self, conn: AsyncConnection, account_id: str, purchase: Any,
@@ -300,26 +305,21 @@ class Notifier:
             await conn.execute(notification_prefs.update()
                                .where(notification_prefs.c.account_id == account_id)
                                .values(low_sent=False))
-        await self._send(conn, fam, account_id, "receipt", "Your Kinwire receipt", [
-            f"Purchase {purchase.id}, {purchase.at.strftime('%Y-%m-%d %H:%M UTC')}",
-            f"Credits: {purchase.credits}",
-            f"Amount: {_money(purchase.price_cents)}",
-            f"Fee: {_money(purchase.fee_cents)}",
-            f"Total charged: {_money(purchase.total_cents)} "
-            f"({purchase.card_brand} ending {purchase.card_last4})"], at,
-            batch_key=f"receipt:{purchase.id}")
+        w = words(fam.language)
+        await self._send(conn, fam, account_id, "receipt", w["receipt.subject"], [
+            w["receipt.purchase"].format(id=purchase.id,
+                                         at=purchase.at.strftime("%Y-%m-%d %H:%M UTC")),
+            w["receipt.credits"].format(credits=purchase.credits),
+            w["receipt.amount"].format(amount=_money(purchase.price_cents)),
+            w["receipt.fee"].format(fee=_money(purchase.fee_cents)),
+            w["receipt.total"].format(total=_money(purchase.total_cents),
+                                      brand=purchase.card_brand, last4=purchase.card_last4)],
+            at, batch_key=f"receipt:{purchase.id}")
 
 
 def _count_line(body: str) -> str:
-    """The new-message email's count line says one message more ("1 new message from X" ->
-    "2 new messages from X"); a body without one is left as it is."""
-    def more(m: re.Match[str]) -> str:
-        return f"{int(m.group(1)) + 1} new messages from {m.group(2)}. Read them in Kinwire."
-    return _COUNT.sub(more, body, count=1)
-
-
-_COUNT = re.compile(r"^(\d+) new messages? from (.*)\. Read (?:it|them) in Kinwire\.$",
-                    re.MULTILINE)
+    """The new-message email's count line says one message more (mail_words.one_more)."""
+    return one_more(body)
 
 
 async def ensure_prefs(conn: AsyncConnection, account_id: str, at: datetime) -> None:
@@ -327,6 +327,24 @@ async def ensure_prefs(conn: AsyncConnection, account_id: str, at: datetime) -> 
     await conn.execute(dialect.insert(notification_prefs).values(
         account_id=account_id, off=[], unsubscribe_key=secrets.token_urlsafe(32),
         low_sent=False, updated_at=at).on_conflict_do_nothing(index_elements=["account_id"]))
+
+
+async def language_of(conn: AsyncConnection, account_id: str, at: datetime) -> str:
+    """The language the family's emails are written in (mail_words: English by default)."""
+    await ensure_prefs(conn, account_id, at)
+    chosen = (await conn.execute(select(notification_prefs.c.language).where(
+        notification_prefs.c.account_id == account_id))).scalar_one()
+    return chosen if chosen in LANGUAGES else "en"
+
+
+async def set_language(conn: AsyncConnection, account_id: str, language: str,
+                       at: datetime) -> None:
+    if language not in LANGUAGES:
+        raise ValueError(language)  # the route checks first (server/http/routes_mail.py)
+    await ensure_prefs(conn, account_id, at)
+    await conn.execute(notification_prefs.update()
+                       .where(notification_prefs.c.account_id == account_id)
+                       .values(language=language, updated_at=at))
 
 
 async def prefs(conn: AsyncConnection, account_id: str, at: datetime) -> dict[str, bool]:

@@ -12,13 +12,15 @@ from __future__ import annotations
 import secrets
 from datetime import datetime, timedelta
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.errors import Refused
 from server import accounts, mail
 from server.auth import revoke_sessions, token_hash
+from server.mail_words import words
 from server.schema import accounts as accounts_table
-from server.schema import password_resets
+from server.schema import notification_prefs, password_resets
 
 # The roles that sign in by email and password (a person uses a kiosk PIN set by staff).
 RESETTABLE = ("family", "staff", "admin")
@@ -38,14 +40,15 @@ async def request(conn: AsyncConnection, email: str, *, now: datetime, ttl_s: in
     minutes = ttl_s // 60
     # The token rides in the fragment: browsers never send it to a server or in a Referer.
     link = f"{link_base.rstrip('/')}/reset#token={token}"
+    # In the language the family's app last ran in (server/mail_words.py); staff: English.
+    w = words((await conn.execute(select(notification_prefs.c.language).where(
+        notification_prefs.c.account_id == row.id))).scalar())
     await mail.enqueue(conn, to=row.email, kind="password_reset", account_id=row.id, at=now,
-                       subject="Reset your Kinwire password",
+                       subject=w["reset.subject"],
                        body="\n".join([
-                           f"Hello {mail.plain(row.name)},", "",
-                           "Someone (we hope you) asked to reset your Kinwire password.",
-                           f"Set a new one here within {minutes} minutes (the link works once):",
-                           "", link, "",
-                           "If it was not you, ignore this email: your password stays as it is."]))
+                           w["hello"].format(name=mail.plain(row.name)), "",
+                           w["reset.asked"], w["reset.within"].format(minutes=minutes),
+                           "", link, "", w["reset.not_you"]]))
     return True
 
 

@@ -296,7 +296,8 @@ password_resets = Table(
 
 # A family's email choices: the kinds it turned off (none: all on), and the key its
 # unsubscribe links carry (server/mail.py). `low_sent` remembers that the low-balance email
-# went, until the balance is above the threshold again.
+# went, until the balance is above the threshold again. `language`: what the emails are
+# written in (server/mail_words.py; none: English).
 notification_prefs = Table(
     "notification_prefs", metadata,
     Column("account_id", String(32), ForeignKey("accounts.id"), primary_key=True),
@@ -304,6 +305,7 @@ notification_prefs = Table(
     Column("unsubscribe_key", String(64), nullable=False, unique=True),
     Column("low_sent", Boolean, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    Column("language", String(8), nullable=True),
 )
 
 # A browser's Web Push subscription (server/push.py): where its push service takes messages

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import html
 import logging
+from typing import Literal
 
 from aiohttp import web
 from pydantic import Field
 
 from common.errors import Refused
-from server import calls, mail, push, resets
+from server import calls, mail, mail_words, push, resets
 from server.attempts import Key
 from server.auth import FAMILY
 from server.facilities import Strict
@@ -31,7 +32,10 @@ class ResetConfirmIn(Strict):
 
 
 class PrefsIn(Strict):
-    kinds: dict[str, bool] = Field(max_length=len(mail.KINDS))
+    kinds: dict[str, bool] = Field(default_factory=dict, max_length=len(mail.KINDS))
+    # The language the family's emails are written in (server/mail_words.py); the family app
+    # sends the one it runs in.
+    language: Literal[mail_words.LANGUAGES] | None = None
 
 
 async def reset_request(call: Call) -> web.Response:
@@ -80,8 +84,9 @@ async def get_prefs(call: Call) -> web.Response:
     """The caller's email notification choices."""
     async with call.ctx.store.write() as conn:
         chosen = await mail.prefs(conn, call.me.account_id, call.now())
+        language = await mail.language_of(conn, call.me.account_id, call.now())
     return json_response({"email": call.ctx.settings.mail_enabled, "kinds": chosen,
-                          "labels": mail.KINDS})
+                          "labels": mail.KINDS, "language": language})
 
 
 async def put_prefs(call: Call) -> web.Response:
@@ -92,8 +97,11 @@ async def put_prefs(call: Call) -> web.Response:
         raise Refused("invalid_input", f"kinds: unknown kind {unknown[0]!r}")
     async with call.ctx.store.write() as conn:
         chosen = await mail.set_prefs(conn, call.me.account_id, body.kinds, call.now())
+        if body.language is not None:
+            await mail.set_language(conn, call.me.account_id, body.language, call.now())
+        language = await mail.language_of(conn, call.me.account_id, call.now())
     return json_response({"email": call.ctx.settings.mail_enabled, "kinds": chosen,
-                          "labels": mail.KINDS})
+                          "labels": mail.KINDS, "language": language})
 
 
 def _page(title: str, text: str, form: bool = False) -> web.Response:

@@ -1,13 +1,17 @@
 // fetch for /api/v1 (docs/API.md): JSON in and out, the session cookie, errors thrown as
 // ApiError {status, code, message, details}, Idempotency-Key for anything that moves credits, and
-// multipart uploads (photos). The DOM helpers are in dom.js.
+// multipart uploads (photos). The DOM helpers are in dom.js. An error's message is in the
+// reader's language (i18n.js errorText: the catalogue's words for its stable code).
+import { errorText } from "./i18n.js";
 
 export class ApiError extends Error {
-  constructor(status, code, message, details) {
-    super(message || code);
+  /** `message`: the server's own words (kept as serverMessage); `prefix`: before either. */
+  constructor(status, code, message, details, prefix = "") {
+    super(prefix + errorText({ code, message: message || code }));
     this.status = status;
     this.code = code;
     this.details = details;
+    this.serverMessage = message;
   }
 }
 
@@ -63,7 +67,7 @@ async function reply(resp, prefix = "") {
   if (!resp.ok) {
     const e = (data && data.error) || {};
     throw new ApiError(resp.status, e.code || `http_${resp.status}`,
-                       prefix + (e.message || `The server answered ${resp.status}.`), e.details);
+                       e.message || `The server answered ${resp.status}.`, e.details, prefix);
   }
   return data;
 }

@@ -11,6 +11,7 @@ import { spanText, zoneLabel } from "./time.js";
 import { VisitCall, wallDay, wallTime } from "./visit.js";
 import { loadVisits, renderVisitList } from "./visit_list.js";
 import { reachable } from "./family/contacts.js";
+import { t } from "./i18n.js";
 
 const DAYS_SHOWN = 7;
 const REFRESH_MS = 60_000; // the block under way loses a minute a minute: the grid follows
@@ -20,8 +21,6 @@ function addDays(day, n) {
   d.setUTCDate(d.getUTCDate() + n);
   return d.toISOString().slice(0, 10);
 }
-
-const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
 
 export class FamilyVisits {
   /** `store`: the page's balance and connections (store.js); `socket`: for the call. */
@@ -60,14 +59,14 @@ export class FamilyVisits {
     // The family's own visits first: the week holds up to ~180 blocks, and a keyboard user
     // should not have to Tab through all of them to reach Join or Cancel.
     root.replaceChildren(
-      h("h3", { id: "my-visits-h" }, "Your visits"),
+      h("h3", { id: "my-visits-h" }, t("visits.yours")),
       e.list,
-      h("h3", {}, "Book a visit"),
+      h("h3", {}, t("book.title")),
       h("div", { class: "row" },
-        h("div", {}, h("label", { for: "book-contact" }, "Visit with"), e.contact)),
+        h("div", {}, h("label", { for: "book-contact" }, t("book.with")), e.contact)),
       e.info, e.notice, // above the week, so "Booked: ..." is seen without scrolling
-      h("h4", { id: "slots-h" }, "The next 7 days"),
-      h("p", { class: "muted", id: "slots-keys" }, "Arrow keys move between times (up, down) and days (left, right)."),
+      h("h4", { id: "slots-h" }, t("book.next_days", { n: DAYS_SHOWN })),
+      h("p", { class: "muted", id: "slots-keys" }, t("book.keys")),
       e.week);
     this.buildDialog();
   }
@@ -83,16 +82,16 @@ export class FamilyVisits {
       price: h("dd", { id: "book-dialog-price" }),
       covers: h("p", { id: "book-dialog-covers" }),
       notice: h("p", { class: "notice", role: "alert", id: "book-dialog-notice" }),
-      back: h("button", { type: "button", id: "book-dialog-back" }, "Keep looking"),
-      ok: h("button", { type: "submit", class: "primary", id: "book-dialog-ok" }, "Book"),
+      back: h("button", { type: "button", id: "book-dialog-back" }, t("book.keep_looking")),
+      ok: h("button", { type: "submit", class: "primary", id: "book-dialog-ok" }, t("book.ok")),
     };
     const form = h("form", { method: "dialog" },
-      h("h2", { id: "book-dialog-h" }, "Book this visit?"),
+      h("h2", { id: "book-dialog-h" }, t("book.confirm_title")),
       d.what,
       h("dl", { class: "facts" },
-        h("div", {}, h("dt", {}, "When (facility time)"), d.when),
-        h("div", {}, h("dt", {}, "Length"), d.length),
-        h("div", {}, h("dt", {}, "Price"), d.price)),
+        h("div", {}, h("dt", {}, t("book.when")), d.when),
+        h("div", {}, h("dt", {}, t("book.length")), d.length),
+        h("div", {}, h("dt", {}, t("book.price_label")), d.price)),
       d.covers, d.notice,
       h("div", { class: "row" }, h("div", {}, d.back), h("div", {}, d.ok)));
     form.addEventListener("submit", (ev) => { ev.preventDefault(); this.confirm(); });
@@ -110,14 +109,14 @@ export class FamilyVisits {
 
   nameOf(v) {
     const c = [...this.store.get("connections").values()].find((x) => x.id === v.connection_id);
-    return (c && c.person_name) || "your contact";
+    return (c && c.person_name) || t("contact.yours_lower");
   }
 
   renderContacts() {
     const sel = this.el.contact;
     const was = sel.value;
     const list = this.contacts();
-    sel.replaceChildren(...list.map((c) => h("option", { value: c.id }, c.person_name || "Contact")));
+    sel.replaceChildren(...list.map((c) => h("option", { value: c.id }, c.person_name || t("contact.unnamed"))));
     if (list.some((c) => c.id === was)) sel.value = was;
     sel.disabled = !list.length;
   }
@@ -135,7 +134,7 @@ export class FamilyVisits {
     if (!c) {
       this.week = null;
       this.el.week.replaceChildren();
-      say(this.el.info, "Connect with someone first: visits are booked with an approved contact.");
+      say(this.el.info, t("book.connect_first"));
       return;
     }
     const path = `/facilities/${encodeURIComponent(c.facility_id)}/slots`;
@@ -167,9 +166,9 @@ export class FamilyVisits {
     if (!this.week) return;
     const g = this.week[0];
     const covered = this.covered();
-    const zone = `Times are the facility's (${g.timezone}, ${zoneLabel(`${g.date}T12:00:00Z`, g.timezone)}).`;
-    say(this.el.info, covered === null ? `Visits are free here. ${zone}`
-      : `A visit minute costs ${g.minute_price} credits. Your balance (${this.store.get("balance")}) covers ${plural(covered, "minute")}. ${zone}`);
+    const zone = t("book.zone", { zone: g.timezone, label: zoneLabel(`${g.date}T12:00:00Z`, g.timezone) });
+    say(this.el.info, covered === null ? `${t("book.free_here")} ${zone}`
+      : `${t("book.minute_price", { price: g.minute_price })} ${t("book.covers", { balance: this.store.get("balance"), n: covered })} ${zone}`);
     const had = document.activeElement?.closest?.("#slots") ? document.activeElement.dataset.start : null;
     this.el.week.replaceChildren(...this.week.map((day, i) => this.renderDay(day, i === 0, covered)));
     const buttons = [...this.el.week.querySelectorAll("button.slot")];
@@ -231,29 +230,29 @@ export class FamilyVisits {
 
   renderDay(day, isToday, covered) {
     const id = `day-${day.date}`;
-    const title = isToday ? `Today, ${wallDay(day.date)}` : wallDay(day.date);
+    const title = isToday ? t("book.today", { day: wallDay(day.date) }) : wallDay(day.date);
     const list = h("ul", { class: "slots", "aria-labelledby": id });
     list.replaceChildren(...day.slots.map((s) => h("li", {}, this.slotButton(day, s, covered))));
-    if (!day.slots.length) list.append(h("li", { class: "muted" }, "No times left on this day."));
+    if (!day.slots.length) list.append(h("li", { class: "muted" }, t("book.no_times")));
     return h("section", { class: "week-day", dataset: { date: day.date } },
       h("h5", { id }, title), list);
   }
 
   slotButton(day, s, covered) {
-    const name = this.el.contact.selectedOptions[0]?.textContent || "your contact";
+    const name = this.el.contact.selectedOptions[0]?.textContent || t("contact.yours_lower");
     const span = `${wallTime(s.start, day.timezone)}–${wallTime(s.end, day.timezone)}`;
     const left = s.minutes_left ?? day.block_minutes;
     const mins = covered === null ? left : Math.min(covered, left);
-    const why = !s.free ? "Full" : covered !== null && mins < 1 ? "Buy credits to book" : null;
-    const length = left < day.block_minutes ? `${left} min left` : `${left} min`;
-    const cover = covered === null ? `free, ${length}` : `covers ${mins} of ${length}`;
+    const why = !s.free ? t("book.full") : covered !== null && mins < 1 ? t("book.buy_to_book") : null;
+    const length = left < day.block_minutes ? t("book.min_left", { n: left }) : t("book.min", { n: left });
+    const cover = covered === null ? t("book.free_length", { length }) : t("book.covers_of", { n: mins, length });
     const btn = h("button", {
       type: "button", class: "slot", disabled: Boolean(why), "aria-haspopup": "dialog",
       dataset: { start: s.start, covered: String(mins), left: String(left), free: String(s.free) },
       "aria-label": why ? `${wallDay(day.date)} ${span}: ${why}`
-        : `Book ${span} with ${name} on ${wallDay(day.date)}: ${cover}, ${plural(s.free, "kiosk")} free`,
+        : t("book.slot_label", { span, name, day: wallDay(day.date), cover, n: s.free }),
     }, h("strong", {}, span), h("span", { class: "sub" }, why || cover),
-    h("span", { class: "sub" }, `${s.free} free`));
+    h("span", { class: "sub" }, t("book.free_kiosks", { n: s.free })));
     btn.addEventListener("click", () => this.ask(day, s, btn));
     return btn;
   }
@@ -261,29 +260,29 @@ export class FamilyVisits {
   /** Open the confirmation for a block: nothing is booked until the family confirms. */
   ask(day, slot, btn) {
     const d = this.d;
-    const name = this.el.contact.selectedOptions[0]?.textContent || "your contact";
+    const name = this.el.contact.selectedOptions[0]?.textContent || t("contact.yours_lower");
     const left = slot.minutes_left ?? day.block_minutes;
     const price = day.minute_price;
     const covered = this.covered();
     this.pending = { slot, key: newKey(), connection: this.el.contact.value };
     this.returnFocus = btn;
-    d.what.textContent = `A video visit with ${name}.`;
+    d.what.textContent = t("book.what", { name });
     d.when.textContent = `${spanText(slot.start, slot.end, day.timezone)}`;
     d.length.textContent = left < day.block_minutes
-      ? `${left} minutes: the ${day.block_minutes}-minute block is under way, ${left} minutes of it are left`
-      : `${left} minutes`;
+      ? t("book.length_under_way", { n: left, block: day.block_minutes })
+      : t("book.minutes", { n: left });
     if (!price) {
-      d.price.textContent = "Free";
+      d.price.textContent = t("book.free");
       d.covers.textContent = "";
     } else {
       const most = price * left;
-      d.price.textContent = `${price} credits a minute, only for the minutes you are connected: at most ${most} credits (${dollars(most)}) for ${left} minutes`;
+      d.price.textContent = t("book.price", { price, most, dollars: dollars(most), n: left });
       const mins = Math.min(covered, left);
       d.covers.textContent = mins >= left
-        ? `Your balance (${this.store.get("balance")} credits) covers the whole visit. Nothing is charged now.`
-        : `Your balance (${this.store.get("balance")} credits) covers ${plural(mins, "minute")} of it; you can add credits during the call. Nothing is charged now.`;
+        ? t("book.covers_all", { balance: this.store.get("balance") })
+        : t("book.covers_part", { balance: this.store.get("balance"), n: mins });
     }
-    d.ok.textContent = price ? `Book, up to ${price * left} credits` : "Book";
+    d.ok.textContent = price ? t("book.ok_up_to", { n: price * left }) : t("book.ok");
     d.ok.disabled = false;
     say(d.notice, "");
     this.dialog.showModal();
@@ -295,7 +294,7 @@ export class FamilyVisits {
     if (!p) return;
     const d = this.d;
     d.ok.disabled = true;
-    say(d.notice, "Booking…");
+    say(d.notice, t("book.booking"));
     try {
       // The same key for every try of this confirmation: a double tap books once.
       const r = await api("POST", "/visits", { key: p.key,
@@ -305,7 +304,7 @@ export class FamilyVisits {
       this.renderList();
       this.returnFocus = this.el.list.querySelector(`[data-visit="${v.id}"] button`) || this.returnFocus;
       this.dialog.close();
-      say(this.el.notice, `Booked: ${spanText(v.start, v.end, v.timezone)} with ${this.nameOf(v)}.`, "ok");
+      say(this.el.notice, t("book.booked", { when: spanText(v.start, v.end, v.timezone), name: this.nameOf(v) }), "ok");
     } catch (err) {
       d.ok.disabled = false;
       say(d.notice, err.message, "error");
@@ -319,7 +318,7 @@ export class FamilyVisits {
     try {
       const r = await api("POST", `/visits/${encodeURIComponent(v.id)}/cancel`);
       this.visits.set(v.id, r.visit);
-      say(this.el.notice, `Cancelled the visit at ${wallTime(v.start, v.timezone)} ${zoneLabel(v.start, v.timezone)}.`, "ok");
+      say(this.el.notice, t("book.cancelled", { time: `${wallTime(v.start, v.timezone)} ${zoneLabel(v.start, v.timezone)}` }), "ok");
       this.renderList();
       await this.loadSlots();
     } catch (err) {
@@ -331,7 +330,7 @@ export class FamilyVisits {
   renderList() {
     renderVisitList(this.el.list, this.visits.values(), {
       nameOf: (v) => this.nameOf(v), onJoin: (v) => this.join(v),
-      onCancel: (v, btn) => this.cancel(v, btn), empty: "No visits booked yet.",
+      onCancel: (v, btn) => this.cancel(v, btn), empty: t("visits.none_yet"),
     });
   }
 

@@ -5,6 +5,7 @@
 // the socket stay up; the new balance reaches the call through the app's balance handling
 // (VisitCall.setBalance).
 import { h } from "./dom.js";
+import { t } from "./i18n.js";
 
 export class CallCredits {
   /** `form`: the purchase form element; `isOver()`: whether the call has ended. */
@@ -12,12 +13,12 @@ export class CallCredits {
     this.form = form;
     this.isOver = isOver;
     this.home = null; // where the form lives in the app: {parent, next}
-    this.button = h("button", { type: "button", id: "visit-add-credits", "aria-haspopup": "dialog" }, "Add credits");
+    this.button = h("button", { type: "button", id: "visit-add-credits", "aria-haspopup": "dialog" }, t("call.add_credits"));
     this.slot = h("div", { class: "visit-credits-form" });
-    const back = h("button", { type: "button", id: "visit-credits-close" }, "Back to the call");
+    const back = h("button", { type: "button", id: "visit-credits-close" }, t("call.back_to_call"));
     this.dialog = h("dialog", { class: "confirm visit-credits", id: "visit-credits", "aria-labelledby": "visit-credits-h" },
-      h("h2", { id: "visit-credits-h" }, "Add credits"),
-      h("p", { class: "muted" }, "The call keeps going while you pay; the new credits count at once."),
+      h("h2", { id: "visit-credits-h" }, t("call.add_credits")),
+      h("p", { class: "muted" }, t("call.keeps_going")),
       this.slot,
       h("p", {}, back));
     this.button.addEventListener("click", () => this.open());

@@ -17,6 +17,12 @@ import { Gift } from "./family/gift.js";
 import { Messages } from "./family/messages.js";
 import { Statement } from "./family/statement.js";
 import { Tabs } from "./family/tabs.js";
+import { has, language, languageSwitch, loadLanguage, t } from "./i18n.js";
+
+// Every word on the page in the reader's language (i18n.js) before anything is drawn; the
+// switch in the header, on every screen, signed in or not.
+await loadLanguage();
+$("lang-slot").append(languageSwitch());
 
 // The values more than one screen shows: the balance (header, compose box, gift, visits) and
 // the contacts (GET /connections: find, threads, gift, visits).
@@ -37,7 +43,8 @@ $("signup-form").addEventListener("submit", async (ev) => {
     await api("POST", "/auth/login", { body: { email, password } });
     await start();
   } catch (err) {
-    const fields = err.details && err.details.fields ? ` (${Object.keys(err.details.fields).join(", ")})` : "";
+    const fields = err.details && err.details.fields
+      ? ` (${Object.keys(err.details.fields).map((f) => (has(`field.${f}`) ? t(`field.${f}`) : f)).join(", ")})` : "";
     say($("signup-notice"), err.message + fields, "error");
   }
 });
@@ -50,7 +57,7 @@ $("logout").addEventListener("click", async () => {
 
 // ---------- the header, the tabs ----------
 store.watch("balance", (n) => {
-  $("balance").textContent = `${n} credits`;
+  $("balance").textContent = t("credits.n", { n });
   $("balance").dataset.balance = String(n);
 });
 // Times not tied to one contact (the statement) are in the family's contacts' facility zone.
@@ -127,6 +134,18 @@ async function start() {
     set statementPage(n) { statement.pageSize = n; },
   };
   document.body.dataset.ready = "signed-in";
+  await emailLanguage(me.account.id);
+}
+
+/** The family's emails in the language its app runs in (PUT /notifications {language}): told
+ * once per account and language, remembered here, so a page load costs no request. */
+async function emailLanguage(accountId) {
+  const told = `${accountId}:${language()}`;
+  try {
+    if (localStorage.getItem("kinwire.emailLanguage") === told) return;
+    await api("PUT", "/notifications", { body: { language: language() } });
+    localStorage.setItem("kinwire.emailLanguage", told);
+  } catch { /* told at the next start */ }
 }
 
 /** Back from the payment processor's page (docs/payments.md, "Hosted checkout"): its confirmation

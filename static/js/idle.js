@@ -2,6 +2,8 @@
 // person is signed out, so whoever uses the kiosk next cannot read their messages. The last
 // seconds are counted down on screen; any key, touch, click or scroll starts the wait again.
 // `busy()` holds the clock still (a video visit needs no input to stay on).
+import { t } from "./i18n.js";
+
 const INPUT = ["pointerdown", "keydown", "wheel", "touchstart", "input"];
 
 export class IdleSignOut {
@@ -38,6 +40,6 @@ export class IdleSignOut {
     const shown = Math.ceil(left);
     this.el.hidden = left > this.warnS;
     this.el.dataset.secondsLeft = String(shown);
-    this.el.textContent = `No activity: signing out in ${shown} s. Touch the screen to stay signed in.`;
+    this.el.textContent = t("idle.warning", { n: shown });
   }
 }

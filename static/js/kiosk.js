@@ -4,6 +4,7 @@
 // the balance is short (kiosk/messages.js). This page wires them: it loads what they share,
 // keeps the balance and the connections in a Store (store.js) and hands the socket's pushes on.
 import { api } from "./api.js";
+import { forgetLanguage, languageSwitch, loadLanguage, t } from "./i18n.js";
 import { $, say } from "./dom.js";
 import { upsertConnection, facilityPrices } from "./connections.js";
 import { device, showSetUp, showSignIn } from "./kiosk_device.js";
@@ -15,6 +16,11 @@ import { rememberZones, setHomeZone } from "./time.js";
 import { IdleSignOut } from "./idle.js";
 import { KioskMessages } from "./kiosk/messages.js";
 import { Requests } from "./kiosk/requests.js";
+
+// Every word in the reader's language (i18n.js): the device's browser language, or what the
+// person chose with the switch in the header until they sign out.
+await loadLanguage();
+$("lang-slot").append(languageSwitch());
 
 const store = new Store({ balance: 0, connections: new Map() });
 let cards = null; // built once signed in: {inbox, requests, visits, messages}
@@ -36,7 +42,7 @@ $("login-form").addEventListener("submit", async (ev) => {
     await start();
   } catch (err) {
     if (err.code === "unknown_device") {
-      showSetUp("This kiosk is not registered for that facility: staff must set it up again.");
+      showSetUp(t("device.unknown"));
     } else {
       say($("login-notice"), err.message, "error");
     }
@@ -45,13 +51,14 @@ $("login-form").addEventListener("submit", async (ev) => {
 
 async function signOut() {
   try { await api("POST", "/auth/logout"); } catch { /* signed out either way */ }
+  forgetLanguage(); // a shared kiosk: the next person starts in the device's language
   if (socket) socket.stop();
   location.reload();
 }
 $("logout").addEventListener("click", signOut);
 
 store.watch("balance", (n) => {
-  $("balance").textContent = `${n} credits`;
+  $("balance").textContent = t("credits.n", { n });
   $("balance").dataset.balance = String(n);
 });
 

@@ -4,6 +4,7 @@
 // open the panel with "Set up this device (staff)". Changing the registration asks for a
 // device token again (the saved one is never put back in the field), which only staff have.
 import { $, say } from "./dom.js";
+import { t } from "./i18n.js";
 
 export function device() {
   return { facility: localStorage.getItem("kinwire.facility") || "",
@@ -27,7 +28,7 @@ export function showSetUp(why) {
 /** Back to the sign-in (the panel closed), or to the panel alone while not set up. */
 export function showSignIn() {
   if (!registered()) {
-    showSetUp("This kiosk is not set up yet. Staff: enter the facility id and device token.");
+    showSetUp(t("device.not_set_up"));
     return;
   }
   $("device").hidden = true;
@@ -50,6 +51,6 @@ $("device-form").addEventListener("submit", (ev) => {
   localStorage.setItem("kinwire.facility", $("device-facility").value.trim());
   localStorage.setItem("kinwire.deviceToken", $("device-token").value.trim());
   showSignIn();
-  say($("login-notice"), "This kiosk is set up.", "ok");
+  say($("login-notice"), t("device.saved"), "ok");
   $("login-number").focus();
 });

@@ -3,6 +3,7 @@
 // outgoing bitrate the browser's congestion control allows, over the last couple of seconds,
 // into a plain level with the reason in words. visit.js shows it on both sides of a call; the
 // kiosk reports it with visit.media, and staff see it in the console's visit list.
+import { t } from "./i18n.js";
 
 // Each figure's floor for "Good" and for "Fair"; below the second it is "Poor". The clean call
 // here decodes 20 frames a second (Chromium's fake camera) and allows >1 Mbit/s out; at
@@ -12,7 +13,12 @@ const LOSS_PCT = [2, 5]; // at or above: worse
 const RTT_MS = [300, 600]; // at or above: worse
 const OUT_KBPS = [500, 150];
 const LEVELS = ["good", "fair", "poor"];
-export const LINK_WORDS = { good: "Good", fair: "Fair", poor: "Poor" };
+// In the reader's language (i18n.js), read when shown.
+export const LINK_WORDS = {
+  get good() { return t("link.good"); },
+  get fair() { return t("link.fair"); },
+  get poor() { return t("link.poor"); },
+};
 
 function worse(value, [good, fair], higherIsBetter) {
   if (higherIsBetter) return value >= good ? 0 : value >= fair ? 1 : 2;
@@ -28,12 +34,12 @@ function worse(value, [good, fair], higherIsBetter) {
 export function linkLevel({ fps = null, lossPct = null, rttMs = null, outKbps = null } = {}) {
   const judged = [
     // Frames are counted down (14.6 a second is not "15", the floor for Good); the rest rounded.
-    [fps, FPS, true, (v) => `${Math.floor(v)} frame${Math.floor(v) === 1 ? "" : "s"} a second`],
-    [lossPct, LOSS_PCT, false, (v) => `${Math.round(v)}% loss`],
-    [rttMs, RTT_MS, false, (v) => `${Math.round(v)} ms round trip`],
-    [outKbps, OUT_KBPS, true, (v) => `sending ${Math.round(v)} kbit/s`],
+    [fps, FPS, true, (v) => t("link.fps", { n: Math.floor(v) })],
+    [lossPct, LOSS_PCT, false, (v) => t("link.loss", { n: Math.round(v) })],
+    [rttMs, RTT_MS, false, (v) => t("link.rtt", { n: Math.round(v) })],
+    [outKbps, OUT_KBPS, true, (v) => t("link.sending", { n: Math.round(v) })],
   ].filter(([v]) => typeof v === "number" && Number.isFinite(v));
-  if (judged.length === 0) return { level: null, label: "Measuring…", reason: "", text: "Measuring…" };
+  if (judged.length === 0) return { level: null, label: t("link.measuring"), reason: "", text: t("link.measuring") };
   let rank = 0;
   const parts = [];
   for (const [value, floors, higher, words] of judged) {

@@ -4,6 +4,7 @@
 // on Escape and hides the page from screen readers; Close (or a tap beside the photo) closes it
 // and focus goes back to the thumbnail that opened it. The link still works without script.
 import { h } from "./dom.js";
+import { t } from "./i18n.js";
 
 const photoUrl = (id, thumb) => `/api/v1/photos/${encodeURIComponent(id)}${thumb ? "/thumb" : ""}`;
 
@@ -11,9 +12,10 @@ const photoUrl = (id, thumb) => `/api/v1/photos/${encodeURIComponent(id)}${thumb
 export function photoThumbs(ids, from) {
   const total = ids.length;
   return h("div", { class: "thumbs" }, ...ids.map((id, i) => {
-    const alt = `Photo ${i + 1} of ${total}${from ? ` from ${from}` : ""}`;
+    const alt = from ? t("photo.alt_from", { i: i + 1, n: total, name: from })
+      : t("photo.alt", { i: i + 1, n: total });
     const link = h("a", { href: photoUrl(id), class: "photo", "aria-haspopup": "dialog",
-                          title: "Enlarge", dataset: { photo: id } },
+                          title: t("photo.enlarge"), dataset: { photo: id } },
                    h("img", { src: photoUrl(id, true), alt, loading: "lazy" }));
     link.addEventListener("click", (ev) => {
       ev.preventDefault();
@@ -26,7 +28,7 @@ export function photoThumbs(ids, from) {
 function viewer() {
   let d = document.getElementById("photo-viewer");
   if (d) return d;
-  const close = h("button", { type: "button", class: "primary", id: "photo-viewer-close" }, "Close");
+  const close = h("button", { type: "button", class: "primary", id: "photo-viewer-close" }, t("photo.close"));
   d = h("dialog", { id: "photo-viewer", class: "photo-viewer", "aria-labelledby": "photo-viewer-h" },
         h("div", { class: "bar" }, h("h2", { id: "photo-viewer-h" }), close),
         h("img", { id: "photo-viewer-img", alt: "" }));

@@ -2,6 +2,10 @@
 // token (in the fragment, #token=...), set a new password. docs/security.md, "Password reset".
 import { api } from "./api.js";
 import { $, say } from "./dom.js";
+import { language, languageSwitch, loadLanguage, t } from "./i18n.js";
+
+await loadLanguage();
+$("lang-slot").append(languageSwitch());
 
 const token = new URLSearchParams(location.hash.slice(1)).get("token");
 // A link opened in a tab already on this page changes only the fragment: start again with it.
@@ -15,14 +19,13 @@ if (token) {
     ev.preventDefault();
     const password = $("reset-password").value;
     if (password !== $("reset-again").value) {
-      say($("reset-notice"), "The two passwords are not the same.", "error");
+      say($("reset-notice"), t("reset.differ"), "error");
       return;
     }
     try {
       await api("POST", "/auth/reset/confirm", { body: { token, password } });
       $("reset-form").querySelectorAll("input, button").forEach((el) => { el.disabled = true; });
-      say($("reset-notice"), "Your password is set. Every other sign-in was ended. " +
-          "Log in with the new password.", "ok");
+      say($("reset-notice"), t("reset.done"), "ok");
     } catch (err) {
       say($("reset-notice"), err.message, "error");
     }
@@ -33,7 +36,8 @@ if (token) {
     ev.preventDefault();
     try {
       const r = await api("POST", "/auth/reset", { body: { email: $("forgot-email").value.trim() } });
-      say($("forgot-notice"), r.message, "ok");
+      // The server's words hold the link's lifetime; another language says it more generally.
+      say($("forgot-notice"), language() === "en" ? r.message : t("reset.sent"), "ok");
     } catch (err) {
       say($("forgot-notice"), err.message, "error");
     }

@@ -2,13 +2,17 @@
 // page says to log in first.
 import { api } from "./api.js";
 import { $, h, say } from "./dom.js";
+import { has, languageSwitch, loadLanguage, t } from "./i18n.js";
+
+await loadLanguage();
+$("lang-slot").append(languageSwitch());
 
 async function start() {
   let prefs;
   try {
     prefs = await api("GET", "/notifications");
   } catch (err) {
-    say($("prefs-error"), err.status === 401 ? "Log in to Kinwire first, then come back here."
+    say($("prefs-error"), err.status === 401 ? t("prefs.log_in_first")
       : err.message, "error");
     document.body.dataset.ready = "error";
     return;
@@ -17,9 +21,11 @@ async function start() {
   for (const [kind, label] of Object.entries(prefs.labels)) {
     const input = h("input", { type: "checkbox", id: `pref-${kind}`, name: kind });
     input.checked = prefs.kinds[kind];
-    box.append(h("div", {}, h("label", { class: "check" }, input, ` ${label}`)));
+    // The server's label in English; the catalogue's words for a kind it knows otherwise.
+    const text = has(`prefs.kind.${kind}`) ? t(`prefs.kind.${kind}`) : label;
+    box.append(h("div", {}, h("label", { class: "check" }, input, ` ${text}`)));
   }
-  if (!prefs.email) say($("prefs-error"), "Email is not set up on this service yet.", "warn");
+  if (!prefs.email) say($("prefs-error"), t("prefs.no_email"), "warn");
   $("prefs-form").hidden = false;
   $("prefs-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
@@ -27,7 +33,7 @@ async function start() {
     for (const kind of Object.keys(prefs.labels)) kinds[kind] = $(`pref-${kind}`).checked;
     try {
       await api("PUT", "/notifications", { body: { kinds } });
-      say($("prefs-notice"), "Saved.", "ok");
+      say($("prefs-notice"), t("prefs.saved"), "ok");
     } catch (err) {
       say($("prefs-notice"), err.message, "error");
     }
@@ -61,7 +67,7 @@ async function startPush() {
   $("push-on").addEventListener("click", async () => {
     try {
       if (await Notification.requestPermission() !== "granted") {
-        say($("push-notice"), "The browser did not allow notifications.", "warn");
+        say($("push-notice"), t("push.denied"), "warn");
         return;
       }
       const sub = await reg.pushManager.subscribe({ userVisibleOnly: true,
@@ -69,7 +75,7 @@ async function startPush() {
       const { endpoint, keys } = sub.toJSON();
       await api("POST", "/push/subscriptions", { body: { endpoint, keys } });
       show(sub);
-      say($("push-notice"), "Notifications are on for this device.", "ok");
+      say($("push-notice"), t("push.is_on"), "ok");
     } catch (err) {
       say($("push-notice"), err.message, "error");
     }
@@ -81,7 +87,7 @@ async function startPush() {
       await sub.unsubscribe();
     }
     show(null);
-    say($("push-notice"), "Notifications are off for this device.", "ok");
+    say($("push-notice"), t("push.is_off"), "ok");
   });
 }
 

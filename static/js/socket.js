@@ -14,6 +14,7 @@
 // call is back within seconds of the network (issue 21), not at the next 15 s retry.
 
 import { decode as unpack, encode as pack } from "./msgpack.js";
+import { t } from "./i18n.js";
 
 const CODECS = new Set(["json", "msgpack"]);
 const NO_CURSOR = Number.MAX_SAFE_INTEGER; // beyond any head: the server answers {reset, seq}
@@ -120,8 +121,7 @@ export class KinwireSocket {
     document.documentElement.dataset.socketCodec = this.codec;
     for (const el of document.querySelectorAll("[data-socket-state]")) {
       el.dataset.socketState = state;
-      el.textContent = { connecting: "Connecting…", online: "Online", offline: "Offline – reconnecting",
-                         closed: "Signed out" }[state] || state;
+      el.textContent = t(`socket.${state}`);
     }
     this.onState(state);
   }

@@ -4,6 +4,7 @@
 // Plain HTTP with the session cookie; the queue and visits are polled while the page is shown.
 // The socket is opened only to watch a visit (staff/watch.js).
 import { api } from "./api.js";
+import { loadLanguage } from "./i18n.js";
 import { $, h, say } from "./dom.js";
 import { bindEmailLogin } from "./login.js";
 import { rememberZones, setHomeZone, whenText } from "./time.js";
@@ -14,6 +15,9 @@ import { reviewQueue } from "./staff/review.js";
 import { FacilitySettings } from "./staff/settings.js";
 import { Visits } from "./staff/visits.js";
 import { Watch } from "./staff/watch.js";
+
+// In English for now: the shared modules take their words from the catalogue (i18n.js).
+await loadLanguage("en");
 
 const POLL_MS = 5000;
 // Staff read the facility's time (time.js; the home zone follows the facility shown).

@@ -4,6 +4,7 @@ import { api } from "./api.js";
 import { $, h } from "./dom.js";
 import { photoThumbs } from "./photo_viewer.js";
 import { whenText } from "./time.js";
+import { t } from "./i18n.js";
 
 export class Inbox {
   constructor(meId) {
@@ -47,29 +48,29 @@ export function bubble(msg, me, { onOpen, fromName, zone } = {}) {
   const mine = msg.from === me;
   const status = [];
   if (mine) {
-    if (msg.status === "held") status.push(h("span", { class: "badge held" }, "Held for review"));
+    if (msg.status === "held") status.push(h("span", { class: "badge held" }, t("message.held")));
     else if (msg.status === "rejected") {
       status.push(h("span", { class: "badge rejected" },
-                    `Rejected${msg.reject_reason ? ": " + msg.reject_reason : ""}`));
-    } else if (msg.opened_at) status.push(h("span", { class: "badge read", "data-receipt": "read" }, "Read"));
-    else status.push(h("span", { class: "badge sent", "data-receipt": "delivered" }, "Delivered"));
-    if (msg.cod) status.push(h("span", { class: "badge" }, "Collect"));
-    else if (msg.price) status.push(h("span", { class: "price" }, `${msg.price} credits`));
+                    msg.reject_reason ? t("message.rejected_why", { why: msg.reject_reason }) : t("message.rejected")));
+    } else if (msg.opened_at) status.push(h("span", { class: "badge read", "data-receipt": "read" }, t("message.read")));
+    else status.push(h("span", { class: "badge sent", "data-receipt": "delivered" }, t("message.delivered")));
+    if (msg.cod) status.push(h("span", { class: "badge" }, t("message.cod")));
+    else if (msg.price) status.push(h("span", { class: "price" }, t("credits.n", { n: msg.price })));
   } else if (msg.cod) {
-    status.push(h("span", { class: "badge" }, msg.locked ? "Collect message" : "Collect, paid"));
+    status.push(h("span", { class: "badge" }, msg.locked ? t("message.collect") : t("message.collect_paid")));
   }
   let content;
   if (msg.locked) {
     const price = msg.price; // what opening it costs: the server's figure, never a copy
     content = h("div", { class: "locked" },
       h("span", { class: "lock-icon", "aria-hidden": "true" }),
-      h("span", {}, "Locked collect message."),
+      h("span", {}, t("message.locked")),
       onOpen ? h("button", { type: "button", class: "pay-open", onclick: () => onOpen(msg) },
-                 `Pay ${price} credits to open`) : null);
+                 t("message.pay_open", { n: price })) : null);
   } else {
     content = h("p", { class: "body" }, msg.body || "");
     if (msg.photo_count && !(msg.photo_ids || []).length) {
-      content.append(h("span", { class: "photos" }, ` (${msg.photo_count} photo${msg.photo_count > 1 ? "s" : ""})`));
+      content.append(h("span", { class: "photos" }, t("message.photo_count", { n: msg.photo_count })));
     }
   }
   const ids = (!msg.locked && msg.photo_ids) || [];
@@ -81,7 +82,7 @@ export function bubble(msg, me, { onOpen, fromName, zone } = {}) {
 
 export function connectionState() {
   return h("span", { class: "conn", role: "status", "aria-live": "polite", "data-socket-state": "connecting" },
-           "Connecting…");
+           t("socket.connecting"));
 }
 
 // Both apps' conversations over HTTP (at start and after a sync reset): the messages into
@@ -129,7 +130,7 @@ export class Typing {
   }
   render() {
     const who = this.current();
-    this.el.textContent = (this.until.get(who) || 0) > Date.now() ? `${this.nameOf(who)} is typing…` : "";
+    this.el.textContent = (this.until.get(who) || 0) > Date.now() ? t("messages.typing", { name: this.nameOf(who) }) : "";
   }
 }
 

@@ -3,8 +3,10 @@
 // labelled with that zone: "Sat 5 Dec, 23:00 CST". A family, a resident and an officer looking
 // at the same visit or message read the same words, whatever their browser's zone or locale.
 
-// Day-month order and a 24-hour clock in every browser (the apps are in English for now).
-const LOCALE = "en-GB";
+import { dateLocale } from "./i18n.js";
+
+// Day-month order and a 24-hour clock in every browser, in the reader's language (i18n.js):
+// en-GB for English, whatever the browser's own locale.
 // en-US knows the common North American abbreviations (CST, EDT, PST); for other zones it
 // says "GMT-3", which is still unambiguous.
 const LABEL_LOCALE = "en-US";
@@ -60,7 +62,7 @@ export function zoneLabel(iso, zone = homeZone()) {
 
 /** "23:00" at the zone's wall clock. */
 export function timeText(iso, zone = homeZone()) {
-  return format(LOCALE, zone, { hour: "2-digit", minute: "2-digit", hourCycle: "h23" }).format(instant(iso));
+  return format(dateLocale(), zone, { hour: "2-digit", minute: "2-digit", hourCycle: "h23" }).format(instant(iso));
 }
 
 /** "Sat 5 Dec" for an instant in `zone`, or for a plain calendar date "2026-12-05". */
@@ -68,9 +70,9 @@ export function dayText(iso, zone = homeZone()) {
   const options = { weekday: "short", day: "numeric", month: "short" };
   if (typeof iso === "string" && /^\d{4}-\d{2}-\d{2}$/.test(iso)) {
     // A calendar date has no zone: read it at noon UTC, shown in UTC, so it is that day.
-    return format(LOCALE, "UTC", options).format(new Date(`${iso}T12:00:00Z`));
+    return format(dateLocale(), "UTC", options).format(new Date(`${iso}T12:00:00Z`));
   }
-  return format(LOCALE, zone, options).format(instant(iso));
+  return format(dateLocale(), zone, options).format(instant(iso));
 }
 
 /** "Sat 5 Dec, 23:00 CST": the one way an instant is written. */

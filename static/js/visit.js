@@ -17,6 +17,7 @@ import { favourAudio, linkFigures, linkLevel } from "./link_quality.js";
 import { CallCredits } from "./call_credits.js";
 import { dayText, timeText } from "./time.js";
 import { VisitMeter } from "./visit_meter.js";
+import { t } from "./i18n.js";
 
 export const ACTIVE = new Set(["scheduled", "open", "live", "paused"]);
 
@@ -27,22 +28,18 @@ export const ACTIVE = new Set(["scheduled", "open", "live", "paused"]);
  * watched; a privileged connection's visit (`record` false) is not recorded.
  */
 export function recordingNotice(v) {
-  if (v.media !== "relay") return "This visit is not recorded.";
-  return v.record ? "This visit is recorded and may be monitored by facility staff."
-    : "This visit is not recorded.";
+  return v.media === "relay" && v.record ? t("visit.recorded") : t("visit.not_recorded");
 }
 
-export function endedText(reason, { byMe = false, peer = "The other side", payer = "the" } = {}) {
+export function endedText(reason, { byMe = false, peer = t("visit.other_side"), payer = "the" } = {}) {
+  // `payer`: whose balance ran out, "your", "the family's" or "the" (a list of visits).
+  const whose = { your: "yours", "the family's": "family" }[payer] || "the";
   switch (reason) {
-    case "balance_exhausted": return `Visit ended: ${payer} balance ran out.`;
-    case "time_up": return "Visit ended: the visiting time is over.";
-    case "staff_ended": return "Visit ended by staff.";
-    case "hung_up": return byMe ? "Visit ended: you hung up." : `Visit ended: ${peer} hung up.`;
-    case "failed": return "Visit ended: a billing error stopped it. Unpaid minutes are not charged.";
-    case "cancelled_by_family": return "Visit cancelled by the family.";
-    case "cancelled_by_staff": return "Visit cancelled by staff.";
-    case "missed": return "Visit missed: the two sides were never in the call together. Nothing was charged.";
-    default: return `Visit ended${reason ? ` (${reason})` : ""}.`;
+    case "balance_exhausted": return t(`visit.ended.balance_${whose}`);
+    case "hung_up": return byMe ? t("visit.ended.hung_up_me") : t("visit.ended.hung_up", { name: peer });
+    case "time_up": case "staff_ended": case "failed": case "cancelled_by_family":
+    case "cancelled_by_staff": case "missed": return t(`visit.ended.${reason}`);
+    default: return reason ? t("visit.ended.other_why", { why: reason }) : t("visit.ended.other");
   }
 }
 
@@ -97,45 +94,45 @@ export class VisitCall {
 
   // ---------- the screen ----------
   render(balance) {
-    const them = this.peer || "your contact";
+    const them = this.peer || t("contact.yours_lower");
     const warning = h("p", { class: "notice visit-warning", role: "alert", id: "visit-warning" });
     this.meter = new VisitMeter({ side: this.side, price: this.visit.minute_price || 0, balance, warning });
     this.el = {
-      status: h("p", { class: "visit-status", role: "status", id: "visit-status" }, "Starting your camera…"),
-      remote: h("video", { id: "visit-remote", autoplay: true, playsinline: true, "aria-label": `${them}'s video` }),
-      local: h("video", { id: "visit-local", autoplay: true, playsinline: true, "aria-label": "Your camera" }),
+      status: h("p", { class: "visit-status", role: "status", id: "visit-status" }, t("call.starting")),
+      remote: h("video", { id: "visit-remote", autoplay: true, playsinline: true, "aria-label": t("call.their_video", { name: them }) }),
+      local: h("video", { id: "visit-local", autoplay: true, playsinline: true, "aria-label": t("call.your_camera") }),
       warning,
       threshold: h("p", { class: "visit-threshold", id: "visit-threshold" }),
       // The level is a polite live region, so a change is announced once; the figures beside
       // it change every couple of seconds and are read with the line, not announced.
       linkLevel: h("span", { id: "visit-link-level", role: "status", "aria-live": "polite",
-                             "aria-atomic": "true" }, "Measuring…"),
+                             "aria-atomic": "true" }, t("link.measuring")),
       linkReason: h("span", { id: "visit-link-reason" }),
       // Focused when the visit ends: named by its own text (an alert takes no name from its
       // content), so a screen reader says why it ended on focus, not only as an alert.
       ended: h("p", { class: "visit-ended", role: "alert", id: "visit-ended", tabindex: "-1", hidden: true,
                       "aria-labelledby": "visit-ended" }),
-      mic: h("button", { type: "button", id: "visit-mic", "aria-pressed": "false" }, "Mute microphone"),
-      cam: h("button", { type: "button", id: "visit-cam", "aria-pressed": "false" }, "Turn camera off"),
-      hangup: h("button", { type: "button", class: "danger", id: "visit-hangup" }, "Hang up"),
-      back: h("button", { type: "button", class: "primary", id: "visit-back", hidden: true }, "Back"),
+      mic: h("button", { type: "button", id: "visit-mic", "aria-pressed": "false" }, t("call.mute")),
+      cam: h("button", { type: "button", id: "visit-cam", "aria-pressed": "false" }, t("call.camera_off")),
+      hangup: h("button", { type: "button", class: "danger", id: "visit-hangup" }, t("call.hang_up")),
+      back: h("button", { type: "button", class: "primary", id: "visit-back", hidden: true }, t("call.back")),
     };
     this.el.local.muted = true; // never play our own microphone back
     const e = this.el;
     e.videos = h("div", { class: "videos" },
       h("figure", { class: "remote" }, e.remote, h("figcaption", {}, them)),
-      h("figure", { class: "self" }, e.local, h("figcaption", {}, "You")));
-    e.link = h("p", { class: "visit-link", id: "visit-link" }, "Link quality: ", e.linkLevel, " ", e.linkReason);
+      h("figure", { class: "self" }, e.local, h("figcaption", {}, t("call.you"))));
+    e.link = h("p", { class: "visit-link", id: "visit-link" }, t("link.quality") + " ", e.linkLevel, " ", e.linkReason);
     // "Add credits" (call_credits.js): the family only, when the app gives its purchase form.
     this.credits = this.side === "family" && this.creditsForm
       ? new CallCredits(this.creditsForm, () => Boolean(this.ended)) : null;
-    e.mic.addEventListener("click", () => this.toggle("audio", e.mic, "Mute microphone", "Unmute microphone"));
-    e.cam.addEventListener("click", () => this.toggle("video", e.cam, "Turn camera off", "Turn camera on"));
+    e.mic.addEventListener("click", () => this.toggle("audio", e.mic, t("call.mute"), t("call.unmute")));
+    e.cam.addEventListener("click", () => this.toggle("video", e.cam, t("call.camera_off"), t("call.camera_on")));
     e.hangup.addEventListener("click", () => this.hangUp());
     e.back.addEventListener("click", () => this.close());
     this.root.replaceChildren(h("section", { class: "card visit", "aria-labelledby": "visit-h",
                                               dataset: { visit: this.visit.id } },
-      h("h2", { id: "visit-h", tabindex: "-1" }, `Video visit with ${them}`),
+      h("h2", { id: "visit-h", tabindex: "-1" }, t("call.title", { name: them })),
       h("p", { class: "visit-recording", id: "visit-recording", dataset: { recorded: String(this.visit.media === "relay" && Boolean(this.visit.record)) } },
         recordingNotice(this.visit)),
       e.status, e.ended,
@@ -176,14 +173,14 @@ export class VisitCall {
       this.el.local.srcObject = this.local;
     } catch (err) {
       // Still join: the other side may be seen and heard; ours is reported on screen.
-      say(this.el.warning, `Camera or microphone not available (${err.name || err}). You can still see and hear ${this.peer}.`, "error");
+      say(this.el.warning, t("call.no_camera", { why: err.name || err, name: this.peer }), "error");
     }
     this.watchSocket();
     await this.join();
   }
 
   async join() {
-    this.setStatus("Joining…", "joining");
+    this.setStatus(t("call.joining"), "joining");
     let j;
     this.joining = true; // visit.peer pushes meanwhile are kept in peerSeen, acted on below
     this.peerSeen = null;
@@ -195,8 +192,8 @@ export class VisitCall {
                       iceTransportPolicy: ice.ice_transport_policy === "relay" ? "relay" : "all" };
     } catch (err) {
       if (err.code === "visit_over") return this.end(this.visit.end_reason || "time_up");
-      this.setStatus(err.code === "too_early" ? "The visit has not started yet. Try again at its start time."
-                                               : `Could not join: ${err.message}`, "error");
+      this.setStatus(err.code === "too_early" ? t("error.too_early")
+                                               : t("call.could_not_join", { why: err.message }), "error");
       this.failed = true; // not in the call: Back closes the screen
       this.el.back.hidden = false;
       this.el.hangup.hidden = true;
@@ -211,7 +208,7 @@ export class VisitCall {
     if (typeof j.media_stall_s === "number") this.stallMs = j.media_stall_s * 1000;
     if (typeof j.media_gap_s === "number") this.gapMs = j.media_gap_s * 1000;
     this.reporter = this.side === "person" && this.media !== "relay"; // the kiosk, direct mode
-    this.el.threshold.textContent = `A frozen call is never charged for more than ${Math.round(this.stallMs / 1000)} s.`;
+    this.el.threshold.textContent = t("call.threshold", { n: Math.round(this.stallMs / 1000) });
     if (!this.watcher) this.watcher = setInterval(() => this.checkMedia(), 500); // outages seen within ~2.5 s
     const m = this.meter;
     m.price = j.visit.minute_price || m.price;
@@ -223,9 +220,9 @@ export class VisitCall {
     } else if (this.side === "family" && (this.peerSeen ?? j.peer_present)) {
       this.offer(); // direct mode: the family offers, the person answers
     } else if (this.side === "person" && (this.peerSeen ?? j.peer_present)) {
-      this.setStatus(`${this.peer} is here; connecting…`, "connecting");
+      this.setStatus(t("call.peer_here", { name: this.peer }), "connecting");
     } else {
-      this.setStatus(`Waiting for ${this.peer} to join…`, "waiting");
+      this.setStatus(t("call.waiting", { name: this.peer }), "waiting");
     }
   }
 
@@ -236,7 +233,7 @@ export class VisitCall {
     this.observer = new MutationObserver(() => {
       const s = document.documentElement.dataset.socket;
       if (s === "offline" && !wasOffline && !this.ended) {
-        this.setStatus("Reconnecting… The connection to the server was lost.", "reconnecting");
+        this.setStatus(t("call.server_lost"), "reconnecting");
       }
       if (s === "offline") wasOffline = true;
       if (s === "online" && wasOffline && !this.ended) {
@@ -259,7 +256,7 @@ export class VisitCall {
     this.said = null;
     this.moved = {};
     this.link = this.linkBefore = this.linkNext = this.linkSaid = null; // measured afresh
-    this.el.linkLevel.textContent = "Measuring…";
+    this.el.linkLevel.textContent = t("link.measuring");
     this.el.linkReason.textContent = "";
     delete this.el.link.dataset.level;
     // The kiosk: the old session's media is gone with it, and a new one may never connect.
@@ -294,19 +291,19 @@ export class VisitCall {
 
   async offer() {
     const pc = this.newPc();
-    this.setStatus(`Connecting to ${this.peer}…`, "connecting");
+    this.setStatus(t("call.connecting", { name: this.peer }), "connecting");
     try {
       await pc.setLocalDescription(await pc.createOffer());
       if (pc !== this.pc) return;
       await this.signal({ description: { type: "offer", sdp: pc.localDescription.sdp } });
     } catch (err) {
-      if (pc === this.pc) this.setStatus(`Could not start the call: ${err.message}`, "error");
+      if (pc === this.pc) this.setStatus(t("call.could_not_start", { why: err.message }), "error");
     }
   }
 
   async answer(description) {
     const pc = this.newPc(); // a new offer is a new session (the other side rejoined)
-    this.setStatus(`Connecting to ${this.peer}…`, "connecting");
+    this.setStatus(t("call.connecting", { name: this.peer }), "connecting");
     try {
       await pc.setRemoteDescription(description);
       await this.flush(pc);
@@ -314,7 +311,7 @@ export class VisitCall {
       if (pc !== this.pc) return;
       await this.signal({ description: { type: "answer", sdp: pc.localDescription.sdp } });
     } catch (err) {
-      if (pc === this.pc) this.setStatus(`Could not answer the call: ${err.message}`, "error");
+      if (pc === this.pc) this.setStatus(t("call.could_not_answer", { why: err.message }), "error");
     }
   }
 
@@ -340,14 +337,14 @@ export class VisitCall {
       // After an outage the server may have said the visit is live again before this peer
       // connection noticed it was back: keep saying the meter runs, not just "Connected".
       if (this.status === "live") {
-        this.setStatus(`Connected to ${this.peer}. The meter is running.`, "live");
+        this.setStatus(t("call.connected_live", { name: this.peer }), "live");
       } else {
-        this.setStatus(`Connected to ${this.peer}.`, "connected");
+        this.setStatus(t("call.connected", { name: this.peer }), "connected");
       }
       if (!this.reporter) await this.media_("connected"); // the kiosk reports from its stats
     } else if ((s === "disconnected" || s === "failed") && this.reported) {
       this.reported = false;
-      this.setStatus(`Connection to ${this.peer} lost; reconnecting…`, "reconnecting");
+      this.setStatus(t("call.peer_lost", { name: this.peer }), "reconnecting");
       if (!this.reporter) await this.media_("disconnected"); // the kiosk's stats say when
     }
     // The offering side starts a new session when the path has failed for good (also when
@@ -452,11 +449,11 @@ export class VisitCall {
     const n = Math.floor(this.stillS);
     const offline = document.documentElement.dataset.socket !== "online";
     if (offline) {
-      this.setStatus(`Reconnecting… No picture from ${this.peer} for ${n} s.`, "reconnecting");
+      this.setStatus(t("call.no_picture_offline", { name: this.peer, n }), "reconnecting");
     } else if (this.status === "paused" && this.pauseReason === "not_connected") {
       this.setStatus(this.side === "family"
-        ? `Paused: no picture from ${this.peer} for ${n} s, you are not being charged.`
-        : `Paused: no picture from ${this.peer} for ${n} s. The family is not being charged.`,
+        ? t("call.paused_family", { name: this.peer, n })
+        : t("call.paused_person", { name: this.peer, n }),
       "paused");
     }
   }
@@ -472,8 +469,8 @@ export class VisitCall {
       else if (data.pause_reason === "person_not_sending" && !this.ended) {
         // Both screens say why the meter stopped (docs/visits.md, "Trust").
         this.setStatus(this.side === "person"
-          ? "Your camera or microphone is not sending. The meter is paused until it does."
-          : `The facility's camera is not sending. The meter is paused; you are not charged.`,
+          ? t("call.not_sending_person")
+          : t("call.not_sending_family"),
         "stalled");
       }
       return;
@@ -487,7 +484,7 @@ export class VisitCall {
     else if (type === "visit.live") {
       this.status = "live";
       this.meter.runs(true);
-      this.setStatus(`Connected to ${this.peer}. The meter is running.`, "live");
+      this.setStatus(t("call.connected_live", { name: this.peer }), "live");
     }
     else if (type === "visit.ended") this.end(data.reason);
   }
@@ -530,7 +527,7 @@ export class VisitCall {
     } else {
       if (this.reported) this.media_("disconnected"); // our side of the path is gone too
       this.closePc();
-      this.setStatus(`${this.peer} left. Waiting for them to come back…`, "waiting");
+      this.setStatus(t("call.peer_left", { name: this.peer }), "waiting");
     }
   }
 
@@ -553,7 +550,7 @@ export class VisitCall {
     const text = endedText(reason, { byMe: this.byMe, peer: this.peer,
                                      payer: this.side === "family" ? "your" : "the family's" });
     const paid = this.meter.paid;
-    this.setStatus(`The visit has ended after ${paid} paid minute${paid === 1 ? "" : "s"}.`, "ended");
+    this.setStatus(t("call.ended_after", { n: paid }), "ended");
     this.el.videos.hidden = this.meter.leftBox.hidden = this.el.link.hidden = true;
     this.el.ended.textContent = text;
     this.el.ended.dataset.reason = this.ended;

@@ -4,31 +4,28 @@ import { api } from "./api.js";
 import { $, h } from "./dom.js";
 import { spanText } from "./time.js";
 import { ACTIVE, VisitCall, endedText, recordingNotice, wallTime } from "./visit.js";
+import { has, t } from "./i18n.js";
 
-const STATUS_TEXT = {
-  scheduled: "Booked", open: "Open", live: "In a call", paused: "Paused", ended: "Ended",
-  cancelled: "Cancelled", missed: "Missed",
-};
 
 /**
  * A user's visits: when, with whom, status; Join for the active ones, Cancel for booked ones
  * when `onCancel` is given (families). `nameOf(visit)` names the other party.
  */
-export function renderVisitList(list, visits, { nameOf, onJoin, onCancel, empty = "No visits booked." }) {
+export function renderVisitList(list, visits, { nameOf, onJoin, onCancel, empty = t("visits.none") }) {
   const shown = [...visits].sort((a, b) => a.start.localeCompare(b.start));
   list.replaceChildren(...shown.map((v) => {
     const who = nameOf(v);
     const when = spanText(v.start, v.end, v.timezone);
     const status = v.end_reason && !ACTIVE.has(v.status)
-      ? endedText(v.end_reason, { payer: "the" }) : STATUS_TEXT[v.status] || v.status;
+      ? endedText(v.end_reason, { payer: "the" }) : (has(`visit.status.${v.status}`) ? t(`visit.status.${v.status}`) : v.status);
     const actions = [];
     if (ACTIVE.has(v.status) && onJoin) {
-      actions.push(h("button", { type: "button", class: "primary", "aria-label": `Join the visit with ${who} at ${wallTime(v.start, v.timezone)}`,
-                                 onclick: () => onJoin(v) }, "Join"));
+      actions.push(h("button", { type: "button", class: "primary", "aria-label": t("visits.join_with", { name: who, time: wallTime(v.start, v.timezone) }),
+                                 onclick: () => onJoin(v) }, t("visits.join")));
     }
     if (v.status === "scheduled" && onCancel) {
-      actions.push(h("button", { type: "button", class: "danger", "aria-label": `Cancel the visit with ${who} at ${wallTime(v.start, v.timezone)}`,
-                                 onclick: (ev) => onCancel(v, ev.currentTarget) }, "Cancel"));
+      actions.push(h("button", { type: "button", class: "danger", "aria-label": t("visits.cancel_with", { name: who, time: wallTime(v.start, v.timezone) }),
+                                 onclick: (ev) => onCancel(v, ev.currentTarget) }, t("visits.cancel")));
     }
     // Told before joining: shown on every visit that can still be joined.
     const notice = ACTIVE.has(v.status)
@@ -60,7 +57,7 @@ export class KioskVisits {
 
   nameOf(v) {
     const c = [...this.store.get("connections").values()].find((x) => x.id === v.connection_id);
-    return (c && c.family_name) || "your visitor";
+    return (c && c.family_name) || t("visits.your_visitor");
   }
 
   async load() {
@@ -70,7 +67,7 @@ export class KioskVisits {
 
   render() {
     renderVisitList(this.list, this.visits.values(), {
-      nameOf: (v) => this.nameOf(v), onJoin: (v) => this.join(v), empty: "No visits booked.",
+      nameOf: (v) => this.nameOf(v), onJoin: (v) => this.join(v), empty: t("visits.none"),
     });
   }
 

@@ -2,6 +2,7 @@
 // server has them (ticks, the join reply), the time left in the visit and "Time left at your
 // balance" counting down every second, and the meter's warnings.
 import { h, say } from "./dom.js";
+import { t } from "./i18n.js";
 
 function clock(seconds) {
   const s = Math.max(0, Math.floor(seconds));
@@ -30,15 +31,15 @@ export class VisitMeter {
       atBalance: h("dd", { id: "visit-at-balance" }, "—"),
     };
     const e = this.el;
-    const atLabel = side === "family" ? "Time left at your balance" : "Time left at the family's balance";
-    this.leftBox = h("dl", {}, h("div", {}, h("dt", {}, "Time left in the visit"), e.left),
+    const atLabel = side === "family" ? t("meter.left_at_yours") : t("meter.left_at_family");
+    this.leftBox = h("dl", {}, h("div", {}, h("dt", {}, t("meter.left_in_visit")), e.left),
       h("div", {}, h("dt", {}, atLabel), e.atBalance));
-    const balanceLabel = side === "family" ? "Your balance" : "Family's balance";
+    const balanceLabel = side === "family" ? t("meter.your_balance") : t("meter.family_balance");
     // Paid minutes and balance change once a minute: announced politely. Time left counts
     // down every second, so it is not a live region.
     this.box = h("div", { class: "meter" },
       h("dl", { role: "status", "aria-live": "polite", id: "visit-meter" },
-        h("div", {}, h("dt", {}, "Minutes paid"), e.paid),
+        h("div", {}, h("dt", {}, t("meter.paid")), e.paid),
         h("div", {}, h("dt", {}, balanceLabel), e.balance)),
       this.leftBox);
     this.timer = setInterval(() => this.showLeft(), 1000);
@@ -52,8 +53,8 @@ export class VisitMeter {
 
   balanceText() {
     const mins = this.price > 0 ? Math.floor(this.balance / this.price) : null;
-    return mins === null ? `${this.balance} credits`
-      : `${this.balance} credits (${mins} more minute${mins === 1 ? "" : "s"})`;
+    return mins === null ? t("credits.n", { n: this.balance })
+      : `${t("credits.n", { n: this.balance })} ${t("meter.more_minutes", { n: mins })}`;
   }
 
   showLeft() {
@@ -67,7 +68,7 @@ export class VisitMeter {
     const seconds = paid + Math.floor(this.balance / this.price) * this.minuteS;
     at.dataset.seconds = String(Math.floor(seconds));
     // Past the window's end the balance is not the limit: say so rather than a longer time.
-    at.textContent = windowS !== null && seconds >= windowS ? "Enough for the rest" : clock(seconds);
+    at.textContent = windowS !== null && seconds >= windowS ? t("meter.enough") : clock(seconds);
     at.dataset.enough = String(windowS !== null && seconds >= windowS);
   }
 
@@ -90,7 +91,7 @@ export class VisitMeter {
     this.el.balance.textContent = this.balanceText();
     this.el.balance.dataset.balance = String(n);
     if (more && this.price > 0 && Math.floor(n / this.price) > 1 && this.warning.dataset.warning === "low_balance") {
-      say(this.warning, `Credits added: your balance covers ${Math.floor(n / this.price)} more minutes. The call goes on.`, "ok");
+      say(this.warning, t("meter.topped_up", { n: Math.floor(n / this.price) }), "ok");
       this.warning.dataset.warning = "topped_up";
     }
     this.showLeft();
@@ -125,9 +126,8 @@ export class VisitMeter {
 
   warn(kind) {
     const text = kind === "low_balance"
-      ? (this.side === "family" ? "Low balance: your credits cover one more minute or less."
-                                : "The family's balance is nearly used up: about one minute left.")
-      : kind === "time" ? "The visiting time is almost over." : `Warning: ${kind}`;
+      ? (this.side === "family" ? t("meter.low_yours") : t("meter.low_family"))
+      : kind === "time" ? t("meter.time_almost_over") : t("meter.warning", { kind });
     say(this.warning, text, "warn");
     this.warning.dataset.warning = kind;
   }

@@ -9,7 +9,6 @@ tests/integration/test_visit_link_quality.py."""
 
 from __future__ import annotations
 
-import base64
 import re
 from pathlib import Path
 
@@ -52,14 +51,27 @@ async def test_the_level_of_a_link_from_its_figures() -> None:
     """linkLevel's thresholds at their edges, in Chromium: the worst figure decides, and the
     reason names the frame rate and each figure short of good. An off-by-one at any edge (a
     `>` for a `>=`), a figure that is skipped or a null taken as 0 fails one of these."""
-    source = base64.b64encode(MODULE.read_bytes()).decode()
+    # The module takes its words from the English catalogue (static/js/i18n.js): the page is
+    # given the static files under a made-up origin, the module imported as the apps do.
+    static = MODULE.parents[1]
+
+    async def serve(route) -> None:
+        path = route.request.url.split("/static/", 1)[-1]
+        if route.request.url.endswith("/"):
+            await route.fulfill(body="<!doctype html><title>t</title>", content_type="text/html")
+        else:
+            await route.fulfill(path=str(static / path))
+
     async with chromium() as browser:
         page = await browser.new_page()
+        await page.route("http://kinwire.test/**", serve)
+        await page.goto("http://kinwire.test/")
         got = await page.evaluate(
-            """async ([src, cases]) => {
-                 const m = await import(`data:text/javascript;base64,${src}`);
+            """async (cases) => {
+                 await (await import('/static/js/i18n.js')).loadLanguage('en');
+                 const m = await import('/static/js/link_quality.js');
                  return cases.map((f) => { const r = m.linkLevel(f); return [r.level, r.text]; });
-               }""", [source, [figures for figures, _ in CASES]])
+               }""", [figures for figures, _ in CASES])
     assert [tuple(g) for g in got] == [want for _, want in CASES]
 
 

@@ -504,3 +504,53 @@ async def test_a_name_with_line_breaks_cannot_add_headers_or_lines(api: Api, smt
     lines = receipt.get_content().splitlines()
     assert lines[:3] == ["Hello Ann Bcc: victim@example.test Hi,", "", lines[2]]
     assert lines[2].startswith("Purchase ")
+
+
+async def test_a_family_that_reads_spanish_gets_its_emails_in_spanish(api: Api, smtp,
+                                                                      clock: Clock) -> None:
+    """The language a family's app runs in (PUT /notifications {language}, static/js/family.js)
+    writes its emails (server/mail_words.py); another family, which never said, stays English.
+    The adversaries: an email built with English words regardless, the quiet period's count
+    that no longer finds its Spanish line (it would stay "1 mensaje nuevo" however many came),
+    and a language the apps do not have."""
+    inbox = smtp[0]
+    _, person = await people(api)
+    es, es_email = await family_email(api, "Ana")
+    en, en_email = await family_email(api, "Ben")
+    r = await api.call("GET", "/notifications", es)
+    assert r.status == 200 and r.body["language"] == "en", r.body  # until the app says
+    r = await api.call("PUT", "/notifications", es, json={"language": "fr"})
+    assert r.status == 422, r.body
+    r = await api.call("PUT", "/notifications", es, json={"language": "es"})
+    assert r.status == 200 and r.body["language"] == "es", r.body
+    assert all(r.body["kinds"].values())  # the choices untouched
+    for who in (es, en):
+        r = await api.call("POST", "/connections", who, json={"person_id": person.id})
+        r = await api.call("POST", f"/connections/{r.body['connection']['id']}/approve", person)
+        assert r.status == 200, r.body
+        for _ in range(3):
+            r = await api.call("POST", "/messages", person,
+                               json={"to": who.id, "body": "hola", "cod": True},
+                               key=secrets.token_hex(8))
+            assert r.status == 201, r.body
+    clock.advance(seconds=api.ctx.settings.mail_quiet_s + 1)
+    await deliver(api)
+    subjects = sorted(m["Subject"] for m in inbox.to(es_email))
+    assert subjects == ["Conexión aprobada: Pat Person", "Nuevo mensaje de Pat Person"], subjects
+    note = next(m for m in inbox.to(es_email) if m["Subject"].startswith("Nuevo"))
+    text = note.get_content()
+    assert text.startswith("Hola, Ana:")
+    assert "3 mensajes nuevos de Pat Person. Léalos en Kinwire." in text
+    assert "Elija qué correos recibe: https://kinwire.test/settings" in text
+    # The password reset too, and its link still works.
+    token = await reset_token(api, inbox, es_email)
+    reset = inbox.to(es_email)[-1]
+    assert reset["Subject"] == "Restablezca su contraseña de Kinwire"
+    assert "dentro de" in reset.get_content() and "Reset" not in reset.get_content()
+    r = await api.call("POST", "/auth/reset/confirm",
+                       json={"token": token, "password": "a new password"})
+    assert r.status == 200, r.body
+    english = sorted(m["Subject"] for m in inbox.to(en_email))
+    assert english == ["Connection approved: Pat Person", "New message from Pat Person"]
+    note = next(m for m in inbox.to(en_email) if m["Subject"].startswith("New"))
+    assert "3 new messages from Pat Person. Read them in Kinwire." in note.get_content()

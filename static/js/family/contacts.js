@@ -1,11 +1,12 @@
 // The family's contacts (GET /connections, `connection.updated`; the store's "connections",
 // connections.js) in the family's words.
 import { facilityPrices } from "../connections.js";
+import { has, t } from "../i18n.js";
 
 /** A connection's state in the family's words. */
 export function statusText(c) {
-  if (c.blocked) return "Blocked";
-  return { requested: "Waiting for approval", approved: "Connected", denied: "Declined" }[c.status] || c.status;
+  if (c.blocked) return t("connection.blocked");
+  return has(`connection.${c.status}`) ? t(`connection.${c.status}`) : c.status;
 }
 
 /** The contact who is this person, if any. */

@@ -7,6 +7,7 @@
 import { api, ApiError, newKey } from "../api.js";
 import { $, dollars, h, say } from "../dom.js";
 import { pricesOf } from "./contacts.js";
+import { parts, t } from "../i18n.js";
 
 const BLOCKS = [1, 2, 4, 10]; // the amounts offered, in blocks
 
@@ -19,10 +20,11 @@ export class BuyCredits {
     this.key = null; // kept across retries of one purchase, so a retry never charges twice
     const p = pricing;
     const amounts = BLOCKS.map((n) => n * p.credit_block).filter((c) => c <= p.purchase_credits_max);
-    $("buy-credits").replaceChildren(...amounts.map((c) => h("option", { value: c }, `${c} credits`)));
+    $("buy-credits").replaceChildren(...amounts.map((c) => h("option", { value: c }, t("credits.n", { n: c }))));
     $("buy-block").textContent = String(p.credit_block);
-    $("buy-processor").textContent = `You pay on the page of our payment processor, ${p.processor}. ` +
-      "Kinwire never sees your card number.";
+    // The sentence around the two figures, in the reader's words, the figures' spans kept.
+    $("buy-terms").replaceChildren(...parts("buy.terms", { block: $("buy-block"), price: $("msg-price") }));
+    $("buy-processor").textContent = t("buy.processor", { processor: p.processor });
     // The message price of the family's facility (its first contact's, as for the home zone).
     store.watch("connections", (connections) => {
       const first = [...connections.values()][0];
@@ -40,12 +42,12 @@ export class BuyCredits {
     const fee = p.purchase_fee_cents;
     const total = price + fee;
     $("buy-price").textContent = dollars(price);
-    $("buy-fee").textContent = fee ? dollars(fee) : "none";
+    $("buy-fee").textContent = fee ? dollars(fee) : t("buy.no_fee");
     $("buy-total").textContent = dollars(total);
     $("buy-summary").textContent = fee
-      ? `${credits} credits: ${dollars(price)} + ${dollars(fee)} fee = ${dollars(total)} total`
-      : `${credits} credits: ${dollars(total)} total, no fee`;
-    $("pay").textContent = `Continue to pay ${dollars(total)}`;
+      ? t("buy.summary_fee", { n: credits, price: dollars(price), fee: dollars(fee), total: dollars(total) })
+      : t("buy.summary", { n: credits, total: dollars(total) });
+    $("pay").textContent = t("buy.pay", { total: dollars(total) });
   }
 
   async pay() {
@@ -56,7 +58,7 @@ export class BuyCredits {
     const inCall = Boolean($("buy-form").closest("dialog"));
     const win = inCall ? window.open("", "kinwire-checkout", "popup,width=480,height=760") : null;
     pay.disabled = true;
-    say($("buy-notice"), "Opening the payment page…");
+    say($("buy-notice"), t("buy.opening"));
     this.key = this.key || newKey(); // a retry of one click opens one checkout
     try {
       const r = await api("POST", "/checkouts", { key: this.key, body: {
@@ -64,8 +66,7 @@ export class BuyCredits {
       this.key = null;
       if (win) {
         win.location.href = r.pay_url;
-        say($("buy-notice"), `Pay ${dollars(r.checkout.total_cents)} in the ${r.processor} window. ` +
-            "The call keeps going.");
+        say($("buy-notice"), t("buy.in_window", { total: dollars(r.checkout.total_cents), processor: r.processor }));
       } else {
         location.assign(r.pay_url);
       }
@@ -86,7 +87,9 @@ export class BuyCredits {
         { body: { confirmation } });
       const p = r.purchase;
       this.store.set("balance", r.balance);
-      say($("buy-notice"), `Paid ${dollars(p.total_cents)} (${dollars(p.price_cents)} + ${dollars(p.fee_cents)} fee) with ${p.card_brand} ending ${p.card_last4}. ${p.credits} credits added.`, "ok");
+      say($("buy-notice"), t("buy.paid", { total: dollars(p.total_cents), price: dollars(p.price_cents),
+                                            fee: dollars(p.fee_cents), brand: p.card_brand,
+                                            last4: p.card_last4, n: p.credits }), "ok");
     } catch (err) {
       say($("buy-notice"), err.message, "error");
     }

@@ -6,13 +6,14 @@ import { $, h, say } from "../dom.js";
 import { RELATIONSHIPS } from "../relationships.js";
 import { upsertConnection } from "../connections.js";
 import { contactOf, statusText } from "./contacts.js";
+import { t } from "../i18n.js";
 
 export class FindPerson {
   /** `store`: the page's connections; `facilities`: GET /facilities, a Map by id. */
   constructor({ store, facilities }) {
     this.store = store;
     $("find-facility").replaceChildren(...[...facilities.values()].map((f) => h("option", { value: f.id }, f.name)));
-    $("find-relationship").append(...RELATIONSHIPS.map(([code, label]) => h("option", { value: code }, label)));
+    $("find-relationship").append(...RELATIONSHIPS.map((code) => h("option", { value: code }, t(`relationship.${code}`))));
     $("find-form").addEventListener("submit", (ev) => { ev.preventDefault(); this.search(); });
     store.watch("connections", () => this.renderConnections());
   }
@@ -24,7 +25,7 @@ export class FindPerson {
     try {
       const fid = $("find-facility").value;
       const r = await api("GET", `/facilities/${encodeURIComponent(fid)}/people?q=${encodeURIComponent($("find-q").value.trim())}`);
-      if (!r.people.length) say($("find-notice"), "Nobody found. Check the spelling or try the inmate number.");
+      if (!r.people.length) say($("find-notice"), t("find.nobody"));
       list.append(...r.people.map((p) => this.result(p)));
     } catch (err) {
       say($("find-notice"), err.message, "error");
@@ -35,8 +36,8 @@ export class FindPerson {
   result(p) {
     const existing = contactOf(this.store.get("connections"), p.id);
     const btn = h("button", { type: "button", class: "primary", disabled: Boolean(existing) },
-                  existing ? statusText(existing) : "Request connection");
-    btn.setAttribute("aria-label", existing ? `${p.name}: ${statusText(existing)}` : `Request connection with ${p.name}`);
+                  existing ? statusText(existing) : t("find.request"));
+    btn.setAttribute("aria-label", existing ? `${p.name}: ${statusText(existing)}` : t("find.request_with", { name: p.name }));
     btn.addEventListener("click", async () => {
       btn.disabled = true;
       try {
@@ -44,7 +45,7 @@ export class FindPerson {
         const c = await api("POST", "/connections", { body: { person_id: p.id, relationship } });
         upsertConnection(this.store, c.connection);
         btn.textContent = statusText(c.connection);
-        say($("find-notice"), `Request sent to ${p.name}. You can write once they approve.`, "ok");
+        say($("find-notice"), t("find.sent", { name: p.name }), "ok");
       } catch (err) {
         btn.disabled = false;
         say($("find-notice"), err.message, "error");
@@ -59,6 +60,6 @@ export class FindPerson {
     list.replaceChildren(...connections.map((c) =>
       h("li", { dataset: { connection: c.id, status: c.status } },
         h("span", {}, c.person_name || c.person_id), h("span", { class: "badge" }, statusText(c)))));
-    if (!connections.length) list.append(h("li", { class: "muted" }, "None yet."));
+    if (!connections.length) list.append(h("li", { class: "muted" }, t("find.none")));
   }
 }

@@ -3,6 +3,7 @@
 import { api, newKey } from "../api.js";
 import { $, h, say } from "../dom.js";
 import { reachable } from "./contacts.js";
+import { t } from "../i18n.js";
 
 export class Gift {
   /** `store`: the page's balance and connections; `pricing`: GET /pricing (the gift maximum). */
@@ -26,7 +27,7 @@ export class Gift {
     const sel = $("gift-to");
     const chosen = sel.value;
     const contacts = reachable(this.store.get("connections"));
-    sel.replaceChildren(...contacts.map((c) => h("option", { value: c.person_id }, c.person_name || "Contact")));
+    sel.replaceChildren(...contacts.map((c) => h("option", { value: c.person_id }, c.person_name || t("contact.unnamed"))));
     if (chosen) sel.value = chosen;
     $("gift-none").hidden = contacts.length > 0;
     $("gift-form").hidden = !contacts.length;
@@ -35,9 +36,9 @@ export class Gift {
     const n = Number($("gift-credits").value) || 0;
     const short = n > balance;
     $("gift-summary").textContent = n
-      ? (short ? `You have ${balance} credits.` : `Your balance after: ${balance - n} credits.`) : "";
+      ? (short ? t("gift.have", { n: balance }) : t("gift.after", { n: balance - n })) : "";
     $("gift-send").disabled = !n || short;
-    $("gift-send").textContent = n ? `Give ${n} credits` : "Give";
+    $("gift-send").textContent = n ? t("gift.give_n", { n }) : t("gift.give");
   }
 
   async give() {
@@ -52,7 +53,7 @@ export class Gift {
       this.key = null;
       this.store.set("balance", r.balance);
       $("gift-credits").value = "";
-      say($("gift-notice"), `Gave ${credits} credits to ${name}.`, "ok");
+      say($("gift-notice"), t("gift.gave", { n: credits, name }), "ok");
     } catch (err) {
       if (err.status && err.status < 500) this.key = null;
       say($("gift-notice"), err.message, "error");

@@ -7,6 +7,7 @@ import { Conversations, bubble } from "../threads.js";
 import { zoneOf } from "../time.js";
 import { contactOf, pricesOf, statusText } from "./contacts.js";
 import { Attachments } from "./photos.js";
+import { t } from "../i18n.js";
 
 const OLDER_PAGE = 20;
 const isOlder = (a, b) => a.created_at < b.created_at || (a.created_at === b.created_at && a.id < b.id);
@@ -18,7 +19,7 @@ export class Messages extends Conversations {
    * id, each with its own prices, if any): what a message costs.
    */
   constructor({ me, inbox, store, socket, pricing, facilities }) {
-    super({ me, inbox, socket, nameOf: (id) => (this.contact(id) || {}).person_name || "Your contact" });
+    super({ me, inbox, socket, nameOf: (id) => (this.contact(id) || {}).person_name || t("contact.yours") });
     Object.assign(this, { store, pricing, facilities });
     this.historyComplete = false; // the first load held every message (no older page exists)
     this.olderDone = new Set(); // contacts whose whole history is loaded
@@ -59,11 +60,11 @@ export class Messages extends Conversations {
     list.replaceChildren(...contacts.map((c) => {
       const unread = this.inbox.unread(c.person_id);
       const last = this.inbox.last(c.person_id);
-      const sub = c.status !== "approved" ? statusText(c) : last ? (last.locked ? "Collect message" : (last.body || "").slice(0, 40)) : "No messages yet";
+      const sub = c.status !== "approved" ? statusText(c) : last ? (last.locked ? t("message.collect") : (last.body || "").slice(0, 40)) : t("messages.none_yet");
       const btn = h("button", { type: "button", "aria-current": String(this.current === c.person_id),
                                 dataset: { person: c.person_id } },
-        h("span", {}, h("strong", {}, c.person_name || "Contact"), h("br"), h("span", { class: "sub" }, sub)),
-        unread ? h("span", { class: "count", "aria-label": `${unread} unread` }, unread) : null);
+        h("span", {}, h("strong", {}, c.person_name || t("contact.unnamed")), h("br"), h("span", { class: "sub" }, sub)),
+        unread ? h("span", { class: "count", "aria-label": t("messages.unread", { n: unread }) }, unread) : null);
       btn.addEventListener("click", () => this.open(c.person_id));
       return h("li", {}, btn);
     }));
@@ -94,14 +95,14 @@ export class Messages extends Conversations {
     $("chat").classList.toggle("in-thread", Boolean(personId));
     if (!personId) return;
     const c = this.contact(personId);
-    $("thread-h").textContent = c ? `${c.person_name || "Contact"} · ${statusText(c)}` : "";
+    $("thread-h").textContent = c ? `${c.person_name || t("contact.unnamed")} · ${statusText(c)}` : "";
     const msgs = this.inbox.thread(personId);
     const list = $("messages");
     const fromName = c ? c.person_name : null;
     const zone = c ? zoneOf(c.facility_id) : undefined; // the contact's facility's clock
     const onOpen = (m) => this.payToOpen(m);
     list.replaceChildren(...msgs.map((m) => this.withRefund(bubble(m, this.me.id, { onOpen, fromName, zone }), m)));
-    if (!msgs.length) list.append(h("li", { class: "muted" }, "No messages yet."));
+    if (!msgs.length) list.append(h("li", { class: "muted" }, t("messages.none")));
     if (!keepScroll) list.scrollTop = list.scrollHeight;
     // Hidden when the first load already holds the whole history (no older page exists).
     $("thread-older").hidden = this.historyComplete || this.olderDone.has(personId) || !msgs.length;
@@ -114,7 +115,7 @@ export class Messages extends Conversations {
   withRefund(li, msg) {
     if (msg.from === this.me.id && msg.status === "rejected" && !msg.cod && msg.price) {
       li.querySelector(".meta").append(h("span", { class: "badge refund", "data-refund": msg.price },
-                                         `${msg.price} credits returned`));
+                                         t("message.refunded", { n: msg.price })));
     }
     return li;
   }
@@ -126,7 +127,7 @@ export class Messages extends Conversations {
       this.inbox.upsert(r.message);
       this.renderThread();
     } catch (err) {
-      say($("compose-notice"), err.code === "insufficient_credits" ? "Not enough credits: buy credits to open this message." : err.message, "error");
+      say($("compose-notice"), err.code === "insufficient_credits" ? t("message.open_short") : err.message, "error");
     }
   }
 
@@ -140,12 +141,12 @@ export class Messages extends Conversations {
     const approved = c && c.status === "approved" && !c.blocked;
     $("compose").hidden = !approved;
     const short = balance < price;
-    const parts = n ? ` (${prices.message} + ${n} photo${n > 1 ? "s" : ""} × ${prices.photo})` : "";
+    const parts = n ? t("compose.photo_parts", { message: prices.message, n, photo: prices.photo }) : "";
     $("compose-price").textContent = short
-      ? `Sending costs ${price} credits${parts}; you have ${balance}. Buy credits to send.`
-      : `Sending costs ${price} credits${parts} (balance after: ${balance - price}).`;
+      ? t("compose.short", { n: price, parts, balance })
+      : t("compose.price", { n: price, parts, after: balance - price });
     $("compose-body").required = n === 0;
-    $("send").textContent = `Send (${price} credits)`;
+    $("send").textContent = t("compose.send_n", { n: price });
     $("send").disabled = short;
   }
 
@@ -159,7 +160,7 @@ export class Messages extends Conversations {
       // Each photo is uploaded once; a retry after a failed send reuses the ids already known.
       for (const [i, a] of attached.entries()) {
         if (a.photoId) continue;
-        say($("compose-notice"), `Uploading photo ${i + 1} of ${attached.length}…`);
+        say($("compose-notice"), t("compose.uploading", { i: i + 1, n: attached.length }));
         a.photoId = (await upload("/photos", a.file)).photo_id;
       }
       const photo_ids = attached.map((a) => a.photoId);
@@ -205,7 +206,7 @@ export class Messages extends Conversations {
         && (!floor || !isOlder(m, floor)));
       for (const m of fresh) this.inbox.upsert(m);
       if (!inbox.next_before && !sent.next_before) this.olderDone.add(personId);
-      say($("compose-notice"), fresh.length ? "" : "No older messages.");
+      say($("compose-notice"), fresh.length ? "" : t("messages.no_older"));
       this.renderThread(true);
     } catch (err) {
       say($("compose-notice"), err.message, "error");

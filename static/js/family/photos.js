@@ -3,6 +3,7 @@
 // before the message is sent. The controls are built here so index.html stays as it was;
 // uploading them is the compose box's (messages.js).
 import { $, h, say } from "../dom.js";
+import { t } from "../i18n.js";
 
 export class Attachments {
   /** Placed after #compose-body; `max` photos at most; `onChange()` whenever the set of
@@ -13,10 +14,10 @@ export class Attachments {
     this.onChange = onChange;
     this.input = h("input", { type: "file", id: "compose-photos", accept: "image/jpeg,image/png",
                               multiple: true, class: "sr-only" });
-    this.label = h("label", { for: "compose-photos", class: "attach" }, "Attach photos");
+    this.label = h("label", { for: "compose-photos", class: "attach" }, t("photos.attach"));
     const hint = h("span", { class: "muted", id: "compose-photos-hint" },
-                   ` JPEG or PNG, up to ${max}; each photo costs extra and may be held for review.`);
-    this.previews = h("ul", { class: "previews", id: "compose-previews", "aria-label": "Photos to send" });
+                   " " + t("photos.hint", { n: max }));
+    this.previews = h("ul", { class: "previews", id: "compose-previews", "aria-label": t("photos.to_send") });
     this.input.setAttribute("aria-describedby", "compose-photos-hint");
     $("compose-body").after(h("div", { class: "attach-row" }, this.input, this.label, hint), this.previews);
     this.input.addEventListener("change", () => this.add());
@@ -29,21 +30,21 @@ export class Attachments {
     for (const file of files.slice(0, Math.max(room, 0))) {
       this.items.push({ file, url: URL.createObjectURL(file) });
     }
-    say($("compose-notice"), files.length > room ? `At most ${this.max} photos per message.` : "",
+    say($("compose-notice"), files.length > room ? t("photos.at_most", { n: this.max }) : "",
         files.length > room ? "error" : "info");
     this.render();
   }
 
   render() {
     this.previews.replaceChildren(...this.items.map((a, i) => {
-      const remove = h("button", { type: "button", class: "remove", "aria-label": `Remove photo ${i + 1} (${a.file.name})` }, "×");
+      const remove = h("button", { type: "button", class: "remove", "aria-label": t("photos.remove", { i: i + 1, file: a.file.name }) }, "×");
       remove.addEventListener("click", () => {
         URL.revokeObjectURL(a.url);
         this.items.splice(i, 1);
         this.render();
         this.label.focus();
       });
-      return h("li", {}, h("img", { src: a.url, alt: `Photo ${i + 1}: ${a.file.name}` }), remove);
+      return h("li", {}, h("img", { src: a.url, alt: t("photos.preview", { i: i + 1, file: a.file.name }) }), remove);
     }));
     this.onChange();
   }

@@ -3,19 +3,23 @@
 import { api } from "../api.js";
 import { $, dollars, h, say } from "../dom.js";
 import { whenText, zoneOf } from "../time.js";
+import { t } from "../i18n.js";
 
 const PAGE = 20;
 
 function describe(e) {
-  const who = e.with || "a contact";
-  const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+  const who = e.with || t("statement.a_contact");
+  // `direction` is "to" or "from" (GET /statement): one message id for each.
+  const dir = e.direction === "from" ? "from" : "to";
   switch (e.kind) {
-    case "purchase": return e.total_cents === undefined ? "Bought credits"
-      : `Bought credits: ${dollars(e.price_cents)} + ${dollars(e.fee_cents)} fee = ${dollars(e.total_cents)} (card ending ${e.card_last4})`;
-    case "gift": return `Gift ${e.direction} ${who}`;
-    case "message": return `Message ${e.direction || "to"} ${who}${e.photos ? ` (${plural(e.photos, "photo")})` : ""}`;
-    case "refund": return `Refund: message ${e.direction || "to"} ${who} rejected by review`;
-    case "visit": return `Video visit with ${who}, ${plural(e.minutes, "minute")}`;
+    case "purchase": return e.total_cents === undefined ? t("statement.bought")
+      : t("statement.bought_detail", { price: dollars(e.price_cents), fee: dollars(e.fee_cents),
+                                       total: dollars(e.total_cents), last4: e.card_last4 });
+    case "gift": return t(`statement.gift_${dir}`, { who });
+    case "message": return t(`statement.message_${dir}`, { who })
+      + (e.photos ? t("statement.photos", { n: e.photos }) : "");
+    case "refund": return t(`statement.refund_${dir}`, { who });
+    case "visit": return t("statement.visit", { who, n: e.minutes });
     default: return e.kind.replace(/_/g, " ");
   }
 }
@@ -60,7 +64,7 @@ export class Statement {
   }
 
   render() {
-    $("statement-balance").textContent = `${this.balance} credits`;
+    $("statement-balance").textContent = t("credits.n", { n: this.balance });
     $("statement-rows").replaceChildren(...this.rows.map((e) =>
       h("tr", { dataset: { kind: e.kind, credits: e.credits } },
         h("td", {}, h("time", { datetime: e.at }, whenText(e.at, e.facility_id ? zoneOf(e.facility_id) : undefined))),

@@ -3,12 +3,13 @@
 import { api, newKey } from "../api.js";
 import { $, h, say } from "../dom.js";
 import { Conversations, bubble } from "../threads.js";
+import { t } from "../i18n.js";
 
 export class KioskMessages extends Conversations {
   /** `me`: the person's account; `inbox`: a threads.js Inbox; `store`: the page's balance and
    * connections; `socket`: for typing; `prices`: what the person's facility charges. */
   constructor({ me, inbox, store, socket, prices }) {
-    super({ me, inbox, socket, nameOf: (id) => (this.contact(id) || {}).family_name || "Your contact" });
+    super({ me, inbox, socket, nameOf: (id) => (this.contact(id) || {}).family_name || t("contact.yours") });
     Object.assign(this, { store, prices });
     this.sendKey = null; // kept across retries of one send
     $("compose").addEventListener("submit", (ev) => { ev.preventDefault(); this.send(false); });
@@ -32,8 +33,8 @@ export class KioskMessages extends Conversations {
       const unread = this.inbox.unread(c.family_id);
       const btn = h("button", { type: "button", "aria-current": String(this.current === c.family_id),
                                 dataset: { family: c.family_id } },
-        h("strong", {}, c.family_name || "Contact"),
-        unread ? h("span", { class: "count", "aria-label": `${unread} unread` }, unread) : null);
+        h("strong", {}, c.family_name || t("contact.unnamed")),
+        unread ? h("span", { class: "count", "aria-label": t("messages.unread", { n: unread }) }, unread) : null);
       btn.addEventListener("click", () => {
         this.current = c.family_id;
         this.renderThreads();
@@ -59,12 +60,12 @@ export class KioskMessages extends Conversations {
     $("thread").hidden = !id;
     if (!id) return;
     const c = this.contact(id);
-    $("thread-h").textContent = c ? (c.family_name || "Contact") : "";
+    $("thread-h").textContent = c ? (c.family_name || t("contact.unnamed")) : "";
     const msgs = this.inbox.thread(id);
     const fromName = c ? c.family_name : null;
     const onOpen = (m) => this.payToOpen(m);
     $("messages").replaceChildren(...msgs.map((m) => bubble(m, this.me.id, { onOpen, fromName })));
-    if (!msgs.length) $("messages").append(h("li", { class: "muted" }, "No messages yet."));
+    if (!msgs.length) $("messages").append(h("li", { class: "muted" }, t("messages.none")));
     $("messages").scrollTop = $("messages").scrollHeight;
     this.typing.render();
     this.markRead(msgs);
@@ -76,12 +77,12 @@ export class KioskMessages extends Conversations {
     const balance = this.store.get("balance");
     const price = this.prices.message;
     const short = balance < price;
-    $("send").textContent = `Send (${price} credits)`;
+    $("send").textContent = t("compose.send_n", { n: price });
     $("send").disabled = short;
     $("send-cod").hidden = !short;
     $("compose-price").textContent = short
-      ? `You have ${balance} credits; a message costs ${price}. Send it collect: they pay ${price} credits to open it.`
-      : `Sending costs ${price} credits (balance after: ${balance - price}).`;
+      ? t("kiosk.short", { balance, n: price })
+      : t("compose.price", { n: price, parts: "", after: balance - price });
   }
 
   async send(cod) {
@@ -94,7 +95,7 @@ export class KioskMessages extends Conversations {
       this.sendKey = null;
       this.inbox.upsert(r.message);
       $("compose-body").value = "";
-      say($("compose-notice"), cod ? "Sent collect." : "");
+      say($("compose-notice"), cod ? t("kiosk.sent_cod") : "");
       this.renderThread();
     } catch (err) {
       if (err.status && err.status < 500) this.sendKey = null;
