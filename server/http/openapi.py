@@ -29,8 +29,8 @@ ACCEPTED = frozenset({("POST", "/auth/reset")})
 CREATED = frozenset({
     ("POST", "/auth/signup"), ("POST", "/facilities"), ("POST", "/facilities/{facility_id}/staff"),
     ("POST", "/facilities/{facility_id}/people"), ("POST", "/facilities/{facility_id}/devices"),
-    ("POST", "/purchases"), ("POST", "/gifts"), ("POST", "/connections"), ("POST", "/photos"),
-    ("POST", "/messages"), ("POST", "/visits")})
+    ("POST", "/purchases"), ("POST", "/checkouts"), ("POST", "/gifts"), ("POST", "/connections"),
+    ("POST", "/photos"), ("POST", "/messages"), ("POST", "/visits")})
 # Routes that read a multipart upload rather than a JSON body: the field holding the file.
 UPLOADS = {("POST", "/photos"): "file"}
 

@@ -47,6 +47,7 @@ SCENE_CLOCK_ONLY = [
     "tests/browser/test_browser_endings.py",
     "tests/browser/test_browser_booking.py",
     "tests/browser/test_browser_phone.py",  # reads the week view's first day, on a running_clock
+    "tests/browser/test_browser_spanish.py",  # books the block under way, on the scene clock
 ]
 
 
