@@ -156,6 +156,7 @@ class Meters:
         # Visits whose end this process heard of on the meters channel, with when (monotonic):
         # the gateway drops its cached "in a call" for them (server/gateway/ops.py).
         self.ended: dict[str, float] = {}
+        self.on_end: Callable[[str], Awaitable[None]] | None = None
 
     def heard_end(self, visit_id: str) -> None:
         now = time.monotonic()
@@ -164,8 +165,11 @@ class Meters:
         self.ended[visit_id] = now
 
     async def announce_end(self, visit_id: str) -> None:
-        """Tell every process (this one too) that the visit ended."""
+        """Tell every process (this one too) that the visit ended. `on_end` (the Janus fleet's
+        room destruction, server/app.py) runs here, on the process that ended it, beside."""
         self.heard_end(visit_id)
+        if self.on_end is not None:
+            self._spawn(self.on_end(visit_id), f"ended-{visit_id}")
         with contextlib.suppress(Exception):
             await self.broker.publish(CHANNEL, {"ended": visit_id})
 

@@ -123,7 +123,8 @@ class StallingTone(ToneAudioTrack):
 
 @asynccontextmanager
 async def publishing(janus: Janus, creds: JoinCredentials, *, feed: str | None = None,
-                     audio: ToneAudioTrack | None = None) -> AsyncIterator[RTCPeerConnection]:
+                     audio: ToneAudioTrack | None = None,
+                     video: SyntheticVideoTrack | None = None) -> AsyncIterator[RTCPeerConnection]:
     """A party's client: a Janus session with its token, joined to its room with its pin as a
     publisher (as `feed`, by default its own), publishing a synthetic camera (and tone)."""
     async with aiohttp.ClientSession() as http:
@@ -133,7 +134,7 @@ async def publishing(janus: Janus, creds: JoinCredentials, *, feed: str | None =
             handle = await session.attach()
             await handle.message({"request": "join", "ptype": "publisher", "room": creds.room,
                                   "pin": creds.pin, "id": feed or creds.feed})
-            pc.addTrack(SyntheticVideoTrack(320, 240, 15))
+            pc.addTrack(video or SyntheticVideoTrack(320, 240, 15))
             pc.addTrack(audio or ToneAudioTrack())
             await pc.setLocalDescription(await pc.createOffer())
             await handle.message({"request": "publish"},

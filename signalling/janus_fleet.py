@@ -1,0 +1,153 @@
+"""The Janus fleet in a running Kinwire (KINWIRE_MEDIA_ENGINE=janus; docs/deploy.md, "Janus
+fleet"): each server's liveness lease, placing a relay-mode visit's room, a party's
+credentials, and ending the room with the visit.
+
+Liveness: every process checks every server every third of the node lease (the admin API's
+get_status with the admin secret, token auth on: JanusEngine.healthy) and, while it answers,
+touches the server's node id (janus_presence.node_of its name) in the broker's `nodes` presence
+set with the node lease's ttl, as each Kinwire process touches its own. The server's
+observations of a visit (signalling/janus_presence.py) name that node on the visit row, so the
+meter counts them only while some Kinwire process sees the server healthy, and bills them only
+up to the last check that did (signalling/meters.py, "Proof"). A server's name comes from its
+GET /janus/info (`server-name`), asked once.
+
+Placement: the first party to join a relay-mode visit places its room on the live server with
+the fewest visits in a call (counted on the visits table, so every process counts the same),
+claims it on the row (`media_server`, `media_room`, conditional on no server being set yet, so
+two parties joining on two processes place it once) and creates it; the other party's join
+finds it on the row. Each party then gets its own credentials (JanusEngine.credentials,
+expiring at the visit's end).
+
+Ending: every end of a visit is announced by the process that ended it (Meters.announce_end:
+the meter's time_up and balance_exhausted, a staff end, a hang-up); that process destroys the
+room (`end_visit`), which cuts both parties' media at the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from sqlalchemy import func, select
+
+from signalling.janus import JanusEngine, JanusError, JanusUnavailable
+from signalling.janus_presence import node_of
+from signalling.media_engine import JoinCredentials, Room
+from signalling.meters import NODES
+from signalling.tables import visits as visits_table
+from signalling.visits import IN_CALL
+
+log = logging.getLogger("kinwire.janus")
+
+
+class JanusFleet:
+    def __init__(self, engine: JanusEngine, store: Any, broker: Any, *,
+                 node_lease_s: float) -> None:
+        self.engine, self.store, self.broker = engine, store, broker
+        self.node_lease_s = node_lease_s
+        self.names: dict[str, str] = {}  # API URL -> server name (its events' emitter)
+        self.live: set[str] = set()  # API URLs that answered this process's last check
+        self._task: asyncio.Task | None = None
+        self._stop = asyncio.Event()
+
+    async def start(self) -> None:
+        await self.check()
+        self._task = asyncio.create_task(self._watch(), name="janus-liveness")
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+
+    async def _watch(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.node_lease_s / 3)
+            if not self._stop.is_set():
+                await self.check()
+
+    async def check(self) -> None:
+        """Check every server at once; touch the liveness lease of each that answers."""
+        await asyncio.gather(*(self._check(url) for url in self.engine.servers))
+
+    async def _check(self, url: str) -> None:
+        try:
+            if url not in self.names:
+                name = (await self.engine.servers[url].info()).get("server-name")
+                if not isinstance(name, str) or not name:
+                    raise JanusUnavailable("no server-name in /info")
+                self.names[url] = name
+            healthy = await self.engine.healthy(url)
+        except (JanusError, JanusUnavailable):
+            healthy = False
+        if not healthy:
+            if url in self.live:
+                log.warning("janus %s: health check failed; its visits stop counting", url)
+            self.live.discard(url)
+            return
+        self.live.add(url)
+        try:
+            await self.broker.touch(NODES, node_of(self.names[url]), self.node_lease_s)
+        except Exception as exc:  # the broker away: the lease runs out, as for a process
+            log.warning("janus %s: liveness lease not renewed (%s)", url, type(exc).__name__)
+
+    async def _least_loaded(self) -> str:
+        if not self.live:
+            await self.check()  # the first join may come before the first check
+        if not self.live:
+            raise JanusUnavailable("no Janus server answers")
+        async with self.store.read() as conn:
+            counts = dict((await conn.execute(
+                select(visits_table.c.media_server, func.count())
+                .where(visits_table.c.status.in_(IN_CALL),
+                       visits_table.c.media_server.is_not(None))
+                .group_by(visits_table.c.media_server))).all())
+        order = list(self.engine.servers)
+        return min(self.live, key=lambda url: (counts.get(url, 0), order.index(url)))
+
+    async def join(self, row: Any, role: str, account_id: str) -> JoinCredentials:
+        """The party's way into the visit's room, placing the room first if nobody has.
+        JanusUnavailable when no server answers (the caller undoes the join)."""
+        server = row.media_server
+        if server is None:
+            server = await self._least_loaded()
+            async with self.store.write() as conn:
+                claimed = (await conn.execute(visits_table.update().where(
+                    visits_table.c.id == row.id, visits_table.c.media_server.is_(None))
+                    .values(media_server=server, media_room=row.id))).rowcount == 1
+                if not claimed:  # the other party's join placed it meanwhile
+                    server = (await conn.execute(select(visits_table.c.media_server).where(
+                        visits_table.c.id == row.id))).scalar_one()
+            if claimed:
+                try:
+                    await self.engine.open(self.engine.room(row.id, server, record=row.record))
+                except (JanusError, JanusUnavailable):
+                    async with self.store.write() as conn:  # unplaced: the next join retries
+                        await conn.execute(visits_table.update().where(
+                            visits_table.c.id == row.id, visits_table.c.media_server == server)
+                            .values(media_server=None, media_room=None))
+                    raise
+        room = self.engine.room(row.id, server, record=row.record)
+        return self.engine.credentials(room, role, account_id, row.end_at)
+
+    def room_of(self, row: Any) -> Room | None:
+        if row.media_server is None:
+            return None
+        return self.engine.room(row.id, row.media_server, record=row.record)
+
+    async def end_visit(self, visit_id: str) -> None:
+        """Destroy the ended visit's room, if it was placed (cutting its peers' media)."""
+        async with self.store.read() as conn:
+            row = (await conn.execute(select(visits_table).where(
+                visits_table.c.id == visit_id))).first()
+        room = self.room_of(row) if row is not None else None
+        if room is None:
+            return
+        try:
+            await self.engine.end(room)
+        except (JanusError, JanusUnavailable, KeyError) as exc:
+            # A dead server took the room with it; one that stalls keeps it until it dies.
+            log.warning("janus: visit %s's room on %s not destroyed (%s)", visit_id,
+                        room.server, type(exc).__name__)

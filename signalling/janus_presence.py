@@ -1,0 +1,114 @@
+"""Janus's view of a visit's media, shared by every Kinwire process and fed to the meter
+(issue 16; docs/visits.md, "Trust", and docs/deploy.md, "Janus fleet").
+
+A Janus server posts its events to whichever Kinwire process its load balancer picks, so a
+handle's `attached` and its later `webrtcup` may reach different processes. The handles
+therefore live in the `janus_handles` table: a post restores its server's handles
+(signalling/janus_events.py, `Presence.restore`), applies its events, and stores what changed,
+in one transaction. A server posts one batch at a time and waits for the answer (Janus's sample
+event handler), so its posts are applied in order wherever they land.
+
+Then, in the same transaction, the server's view of each visit whose handles changed goes to
+`visits.observe`, with the Janus server as the observer: its node id (`node_of`, in the
+`nodes` presence set) is touched by every Kinwire process's health check of that server
+(signalling/janus_fleet.py), exactly as a Kinwire process touches its own. So the meter counts
+the server's observation only while that server answers its health checks, and bills it only
+up to the last check that proved it alive: a Janus server killed -9 stops counting within a
+node lease, and the time since its last good check is never billed. A client's own reports
+change nothing in relay mode (visits.set_media is not read).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from signalling import visits
+from signalling.janus_events import Event, Observation, Presence
+from signalling.tables import janus_handles
+
+# Janus says "not receiving" after its no_media_timer (1 s, deploy/janus/janus.jcfg.in) without
+# packets: the media stopped that long before the post, which the meter takes back.
+NO_MEDIA_S = 1.0
+NODE_PREFIX = "janus-"
+
+
+def node_of(server_name: str) -> str:
+    """A Janus server's node id in the `nodes` presence set, from its name (the events'
+    `emitter`, Janus's `server_name`): short enough for the visit row's node columns."""
+    return NODE_PREFIX + hashlib.sha256(server_name.encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class Change:
+    """A visit whose server view was recorded by a post: the row before and after."""
+    visit_id: str
+    before: Any
+    after: Any
+
+
+async def record(conn: AsyncConnection, sink: visits.EventSink, presence: Presence,
+                 events: list[Event], now: datetime) -> tuple[list[Observation], list[Change]]:
+    """Apply a post's events to the shared handles and record each touched visit's view.
+    `presence` is restored from the table per server before the events are applied; what it
+    keeps afterwards (the handles as of the last post this process applied, and its `recent`
+    observations) is a look for tests and debugging, never read for billing."""
+    observations: list[Observation] = []
+    changes: list[Change] = []
+    for emitter in dict.fromkeys(e.emitter for e in events):
+        rows = (await conn.execute(select(janus_handles.c.handle_id, janus_handles.c.state)
+                                   .where(janus_handles.c.server == emitter))).all()
+        before = {row.handle_id: row.state for row in rows}
+        presence.restore(emitter, before)
+        seen = presence.apply([e for e in events if e.emitter == emitter])
+        observations += seen
+        after = presence.states(emitter)
+        touched = {state["party"][0] for hid, state in before.items()
+                   if after.get(hid) != state}
+        touched |= {state["party"][0] for hid, state in after.items()
+                    if before.get(hid) != state}
+        gone = [hid for hid in before if hid not in after]
+        if gone:
+            await conn.execute(delete(janus_handles).where(
+                janus_handles.c.server == emitter, janus_handles.c.handle_id.in_(gone)))
+        for hid, state in after.items():
+            if before.get(hid) == state:
+                continue
+            if hid in before:
+                await conn.execute(janus_handles.update().where(
+                    janus_handles.c.server == emitter, janus_handles.c.handle_id == hid)
+                    .values(state=state, updated_at=now))
+            else:
+                await conn.execute(janus_handles.insert().values(
+                    server=emitter, handle_id=hid, visit_id=state["party"][0], state=state,
+                    updated_at=now))
+        for visit_id in sorted(touched):
+            stalled = any(o.kind == "not_receiving" and o.party.visit_id == visit_id
+                          for o in seen)
+            change = await _observe(conn, sink, presence, emitter, visit_id, now, stalled)
+            if change is not None:
+                changes.append(change)
+    return observations, changes
+
+
+async def _observe(conn: AsyncConnection, sink: visits.EventSink, presence: Presence,
+                   emitter: str, visit_id: str, now: datetime,
+                   stalled: bool) -> Change | None:
+    try:
+        row = await visits.get(conn, visit_id)
+    except visits.VisitError:
+        return None  # a room Kinwire made for no visit (the engine's own tests)
+    if row.media != "relay" or row.media_server is None:
+        return None  # only a relay-mode visit placed on the fleet is observed by Janus
+    connected = presence.connected(visit_id)
+    # A stall is reported after NO_MEDIA_S without packets: the media stopped then. A hang-up
+    # or a publisher leaving is reported as it happens.
+    stopped_at = now - timedelta(seconds=NO_MEDIA_S) if stalled and not connected else None
+    after = await visits.observe(conn, sink, visit_id, connected, now, node_of(emitter),
+                                 stopped_at=stopped_at)
+    return Change(visit_id, row, after)

@@ -1,0 +1,274 @@
+"""Visits on Janus, billed from Janus's events (issue 16; docs/visits.md, "Trust", and
+docs/deploy.md, "Janus fleet"). Real processes: two `kinwire serve` with
+KINWIRE_MEDIA_ENGINE=janus on PostgreSQL and a private Redis, a real `janus` from deploy/janus/
+whose event handler posts to process A, and aiortc parties that join through Kinwire's
+WebSocket (`visit.join` answers their Janus credentials) and publish into the visit's room.
+
+Adversaries: a family client that reports its media connected while it sends none (relay mode
+reads no client report: not billed); a Janus server killed -9 in the middle of a paid minute
+(its observations stop counting: the visit pauses, and the time after its last health check is
+not billed); a staff end (the room is destroyed: the parties' media is cut at the server)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import aiohttp
+import pytest
+from sqlalchemy import select
+
+from server.http.janus_events import PATH
+from signalling.janus import JanusConfig, JanusEngine
+from signalling.media import SyntheticVideoTrack
+from signalling.tables import janus_handles, visits
+from store import Store
+from tests.integration.test_janus_events import publishing
+from tests.integration.test_relay import staff_of
+from tests.integration.test_visit_e2e import MINUTE_S, account_id, debits, visit_now
+from tests.support.janus import Janus, private_janus, running_janus
+from tests.support.nodes import Node, Peer, RedisServer, cluster, make_pair
+from tests.support.processes import free_port
+
+TOLERANCE_S = 1.0  # an event post, a meter pass and a debit, on a loaded machine
+LIVE_WAIT_S = 30.0  # ICE, DTLS and the first packets through Janus, two cores shared
+
+
+class Ports:
+    def __init__(self) -> None:
+        self.a, self.b = free_port(), free_port()
+
+    @property
+    def events_url(self) -> str:
+        return f"http://127.0.0.1:{self.a}{PATH}"
+
+
+@pytest.fixture(scope="module")
+def ports() -> Ports:
+    return Ports()
+
+
+@pytest.fixture(scope="module")
+def janus(ports: Ports, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Janus]:
+    """One Janus for the module (the kill test starts its own)."""
+    with private_janus(tmp_path_factory.mktemp("janus"), events_url=ports.events_url) as j:
+        yield j
+
+
+def janus_env(janus: Janus) -> dict[str, str]:
+    s = janus.secrets
+    return dict(KINWIRE_MEDIA_ENGINE="janus", KINWIRE_JANUS_URLS=janus.api_url,
+                KINWIRE_JANUS_ADMIN_URLS=janus.admin_url, KINWIRE_JANUS_API_SECRET=s.api_secret,
+                KINWIRE_JANUS_ADMIN_SECRET=s.admin_secret,
+                KINWIRE_JANUS_TOKEN_SECRET=s.token_secret,
+                KINWIRE_JANUS_ROOM_ADMIN_KEY=s.room_admin_key,
+                KINWIRE_JANUS_EVENTS_PASSWORD=s.events_password,
+                KINWIRE_VISIT_MINUTE_S=str(MINUTE_S), KINWIRE_METER_LEASE_S="1.5")
+
+
+@asynccontextmanager
+async def kinwires(pg: str, tmp_path: Path, ports: Ports,
+                   janus: Janus) -> AsyncIterator[tuple[list[Node], aiohttp.ClientSession]]:
+    redis = RedisServer(tmp_path)
+    await redis.start()
+    try:
+        async with cluster(pg, redis.url, tmp_path, ports=[ports.a, ports.b],
+                           **janus_env(janus)) as nodes, \
+                aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+            yield nodes, http
+    finally:
+        redis.stop()
+
+
+async def row_of(db: str, visit_id: str) -> Any:
+    store = Store(db)
+    try:
+        async with store.read() as conn:
+            return (await conn.execute(visits.select().where(visits.c.id == visit_id))).first()
+    finally:
+        await store.close()
+
+
+async def until_status(db: str, visit_id: str, wanted: set[str],
+                       timeout_s: float = LIVE_WAIT_S) -> float:
+    """Wait for the visit's status to be one of `wanted`; returns when (monotonic)."""
+    deadline = time.monotonic() + timeout_s
+    while (await row_of(db, visit_id)).status not in wanted:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{visit_id} not {wanted} within {timeout_s} s")
+        await asyncio.sleep(0.1)
+    return time.monotonic()
+
+
+async def joined(http: aiohttp.ClientSession, node: Node, token: str,
+                 visit_id: str) -> tuple[Peer, Any]:
+    """A party's socket on `node`, joined: the peer and its Janus credentials."""
+    peer = Peer(http, node, token, "kinwire.v1.json")
+    await peer.connect()
+    reply = await peer.call("visit.join", visit_id=visit_id)
+    assert "ok" in reply, reply
+    creds = reply["ok"]["janus"]
+    assert set(creds) == {"server", "room", "pin", "token", "feed", "expires_at"}
+    return peer, SimpleNamespace(**creds)
+
+
+async def a_visit(http: aiohttp.ClientSession, a: Node, b: Node, db: str) -> tuple[str, ...]:
+    family_token, person_token = await make_pair(http, a, b, db)
+    family_id = await account_id(http, a, family_token)
+    visit_id, facility_id = await visit_now(db, family_id, media="relay", record=False)
+    return visit_id, facility_id, family_token, person_token
+
+
+def assert_billed_for(paid: int, live_s: float, who: str) -> None:
+    assert (paid - 1) * MINUTE_S < live_s + TOLERANCE_S, f"{who}: billed beyond the call"
+    assert paid * MINUTE_S > live_s - TOLERANCE_S, f"{who}: connected time went unbilled"
+
+
+class DeadCamera(SyntheticVideoTrack):
+    """A camera that never yields a frame: the client publishes, and sends no media."""
+
+    async def recv(self):  # type: ignore[override]
+        await asyncio.Event().wait()
+
+
+async def honest_visit(http: aiohttp.ClientSession, a: Node, b: Node, db: str,
+                       janus: Janus) -> tuple[int, float]:
+    """Both parties publish; the family hangs up its Janus session after ~3 minutes."""
+    visit_id, _, family_token, person_token = await a_visit(http, a, b, db)
+    family, family_creds = await joined(http, a, family_token, visit_id)
+    person, person_creds = await joined(http, b, person_token, visit_id)
+    try:
+        assert (await row_of(db, visit_id)).media_server == janus.api_url
+        # The embedded relay does not take the visit's signals.
+        refused = await family.call("visit.signal", visit_id=visit_id,
+                                    description={"type": "offer", "sdp": "v=0\r\n"})
+        assert refused["error"]["code"] == "janus_media", refused
+        async with publishing(janus, person_creds):
+            async with publishing(janus, family_creds):
+                live_at = await until_status(db, visit_id, {"live"})
+                await asyncio.sleep(3.2 * MINUTE_S)
+            stopped_at = time.monotonic()  # the family's peer connection and session closed
+            paused_at = await until_status(db, visit_id, {"paused"}, 5.0)
+            print(f"honest: paused {paused_at - stopped_at:.2f} s after the family hung up")
+            await asyncio.sleep(MINUTE_S + 1.0)
+        return len(await debits(db, visit_id)), stopped_at - live_at
+    finally:
+        await family.close()
+        await person.close()
+
+
+async def lying_visit(http: aiohttp.ClientSession, a: Node, b: Node, db: str,
+                      janus: Janus) -> tuple[int, str]:
+    """The family publishes a camera that sends nothing and reports `connected` anyway."""
+    visit_id, _, family_token, person_token = await a_visit(http, a, b, db)
+    family, family_creds = await joined(http, a, family_token, visit_id)
+    person, person_creds = await joined(http, b, person_token, visit_id)
+    try:
+        async with publishing(janus, person_creds), \
+                publishing(janus, family_creds, video=DeadCamera(320, 240, 15)):
+            end = time.monotonic() + 4 * MINUTE_S
+            while time.monotonic() < end:
+                await family.call("visit.media", visit_id=visit_id, state="connected")
+                await asyncio.sleep(0.5)
+            status = (await row_of(db, visit_id)).status
+        return len(await debits(db, visit_id)), status
+    finally:
+        await family.close()
+        await person.close()
+
+
+@pytest.mark.timeout(180)
+async def test_parties_joining_through_kinwire_are_billed_from_janus_s_events(
+        pg_db: str, tmp_path: Path, ports: Ports, janus: Janus) -> None:
+    """An honest visit is billed for its connected time, as Janus saw it; in the same run a
+    family that claims `connected` while its camera sends nothing pays nothing."""
+    async with kinwires(pg_db, tmp_path, ports, janus) as ((a, b), http):
+        (paid, live_s), (lied, status) = await asyncio.gather(
+            honest_visit(http, a, b, pg_db, janus), lying_visit(http, a, b, pg_db, janus))
+    print(f"honest: {paid} minutes for {live_s:.2f} s live; liar: {lied} minutes, {status}")
+    assert paid >= 3
+    assert_billed_for(paid, live_s, "honest")
+    assert lied == 0 and status != "live"
+
+
+@pytest.mark.timeout(180)
+async def test_a_janus_killed_mid_call_pauses_the_visit_and_bills_no_gap(
+        pg_db: str, tmp_path: Path, ports: Ports) -> None:
+    """kill -9 of the Janus holding the call ~0.6 minutes into a paid minute: the visit pauses
+    once the server's liveness lease runs out, and no time after its last good health check is
+    billed (before: the handles' last state, `connected`, stood on the row for ever)."""
+    async with running_janus(tmp_path / "janus", events_url=ports.events_url) as own, \
+            kinwires(pg_db, tmp_path, ports, own) as ((a, b), http):
+        visit_id, _, family_token, person_token = await a_visit(http, a, b, pg_db)
+        family, family_creds = await joined(http, a, family_token, visit_id)
+        person, person_creds = await joined(http, b, person_token, visit_id)
+        try:
+            async with publishing(own, person_creds), publishing(own, family_creds):
+                live_at = await until_status(pg_db, visit_id, {"live"})
+                await asyncio.sleep(2.6 * MINUTE_S)
+                await asyncio.to_thread(own.kill)
+                killed_at = time.monotonic()
+                paused_at = await until_status(pg_db, visit_id, {"paused"}, 10.0)
+                await asyncio.sleep(3 * MINUTE_S)
+                paid = len(await debits(pg_db, visit_id))
+                row = await row_of(pg_db, visit_id)
+        finally:
+            await family.close()
+            await person.close()
+    live_s = killed_at - live_at
+    print(f"killed after {live_s:.2f} s live; paused {paused_at - killed_at:.2f} s after the "
+          f"kill; {paid} minutes paid")
+    assert row.status == "paused" and not row.server_media
+    assert (paid - 1) * MINUTE_S < live_s + TOLERANCE_S, "billed after the kill"
+    assert paid * MINUTE_S > live_s - TOLERANCE_S - 1.0, "connected time went unbilled"
+
+
+@pytest.mark.timeout(120)
+async def test_a_staff_end_destroys_the_room(pg_db: str, tmp_path: Path, ports: Ports,
+                                             janus: Janus) -> None:
+    """Staff end the visit on process B: the room is gone from Janus, and both parties'
+    handles hung up at the server, within a second of the end's answer."""
+    async with kinwires(pg_db, tmp_path, ports, janus) as ((a, b), http):
+        visit_id, facility_id, family_token, person_token = await a_visit(http, a, b, pg_db)
+        staff = await staff_of(http, b, pg_db, facility_id)
+        family, family_creds = await joined(http, a, family_token, visit_id)
+        person, person_creds = await joined(http, b, person_token, visit_id)
+        s = janus.secrets
+        engine = JanusEngine(http, JanusConfig((janus.api_url,), (janus.admin_url,),
+                                               s.api_secret, s.admin_secret, s.token_secret,
+                                               s.room_admin_key))
+        try:
+            async with publishing(janus, person_creds), publishing(janus, family_creds):
+                await until_status(pg_db, visit_id, {"live"})
+                rooms = await engine.rooms_on(janus.api_url)
+                assert await rooms.exists(visit_id)
+                async with http.post(f"{b.base}/api/v1/visits/{visit_id}/end",
+                                     json={"reason": "rules"},
+                                     headers={"Authorization": f"Bearer {staff}"}) as r:
+                    assert r.status == 200, await r.text()
+                ended_at = time.monotonic()
+                while await rooms.exists(visit_id) or await handles_up(pg_db, visit_id):
+                    assert time.monotonic() - ended_at < 1.0, "the room outlived the end by 1 s"
+                    await asyncio.sleep(0.05)
+                print(f"room gone and handles down {time.monotonic() - ended_at:.2f} s after "
+                      f"the end")
+        finally:
+            await engine.close()
+            await family.close()
+            await person.close()
+
+
+async def handles_up(db: str, visit_id: str) -> int:
+    store = Store(db)
+    try:
+        async with store.read() as conn:
+            states = (await conn.execute(select(janus_handles.c.state).where(
+                janus_handles.c.visit_id == visit_id))).scalars().all()
+    finally:
+        await store.close()
+    return sum(1 for state in states if state.get("up"))
