@@ -1,13 +1,16 @@
 """Visits on Janus, billed from Janus's events (issue 16; docs/visits.md, "Trust", and
 docs/deploy.md, "Janus fleet"). Real processes: two `kinwire serve` with
-KINWIRE_MEDIA_ENGINE=janus on PostgreSQL and a private Redis, a real `janus` from deploy/janus/
-whose event handler posts to process A, and aiortc parties that join through Kinwire's
-WebSocket (`visit.join` answers their Janus credentials) and publish into the visit's room.
+KINWIRE_MEDIA_ENGINE=janus on PostgreSQL and a private Redis, a real `janus` from deploy/janus/,
+and aiortc parties that join through Kinwire's WebSocket (`visit.join` answers their Janus
+credentials) and publish into the visit's room. Janus posts its events through a round-robin
+balancer: each post goes to the other process.
 
-Adversaries: a family client that reports its media connected while it sends none (relay mode
-reads no client report: not billed); a Janus server killed -9 in the middle of a paid minute
-(its observations stop counting: the visit pauses, and the time after its last health check is
-not billed); a staff end (the room is destroyed: the parties' media is cut at the server)."""
+Adversaries: a balancer that splits a handle's events across processes (before, a handle's
+state lived in the memory of the process that saw it attach); a family client that reports its
+media connected while it sends none (relay mode reads no client report: not billed); a Janus
+server killed -9 in the middle of a paid minute (its observations stop counting: the visit
+pauses, and the time after its last health check is not billed); a staff end (the room is
+destroyed: the parties' media is cut at the server)."""
 
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from sqlalchemy import select
 
 from server.http.janus_events import PATH
@@ -41,11 +46,40 @@ LIVE_WAIT_S = 30.0  # ICE, DTLS and the first packets through Janus, two cores s
 
 class Ports:
     def __init__(self) -> None:
-        self.a, self.b = free_port(), free_port()
+        self.a, self.b, self.balancer = free_port(), free_port(), free_port()
 
     @property
-    def events_url(self) -> str:
-        return f"http://127.0.0.1:{self.a}{PATH}"
+    def events_url(self) -> str:  # Janus posts to the balancer, which alternates A and B
+        return f"http://127.0.0.1:{self.balancer}{PATH}"
+
+
+@asynccontextmanager
+async def round_robin(ports: Ports) -> AsyncIterator[list[int]]:
+    """A load balancer in front of the two processes that sends each post of Janus's event
+    handler to the other process than the last one: a handle's `attached` and its later
+    events land on different processes. Yields the count of posts each process answered."""
+    backends, answered, turn = [ports.a, ports.b], [0, 0], [0]
+    async with aiohttp.ClientSession() as http:
+        async def forward(request: web.Request) -> web.Response:
+            index = turn[0] % 2
+            turn[0] += 1
+            async with http.post(f"http://127.0.0.1:{backends[index]}{PATH}",
+                                 data=await request.read(),
+                                 headers={k: v for k, v in request.headers.items()
+                                          if k in ("Authorization", "Content-Type")}) as r:
+                body = await r.read()
+                if r.status == 204:
+                    answered[index] += 1
+                return web.Response(status=r.status, body=body or None)
+
+        app = web.Application()
+        app.router.add_post(PATH, forward)
+        server = TestServer(app, host="127.0.0.1", port=ports.balancer)
+        await server.start_server(shutdown_timeout=1.0)
+        try:
+            yield answered
+        finally:
+            await server.close()
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +112,11 @@ async def kinwires(pg: str, tmp_path: Path, ports: Ports,
     await redis.start()
     try:
         async with cluster(pg, redis.url, tmp_path, ports=[ports.a, ports.b],
-                           **janus_env(janus)) as nodes, \
+                           **janus_env(janus)) as nodes, round_robin(ports) as answered, \
                 aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
             yield nodes, http
+            print(f"event posts answered by A, B: {answered}")
+            assert min(answered) > 0, answered
     finally:
         redis.stop()
 
