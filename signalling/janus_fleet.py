@@ -12,11 +12,12 @@ up to the last check that did (signalling/meters.py, "Proof"). A server's name c
 GET /janus/info (`server-name`), asked once.
 
 Placement: the first party to join a relay-mode visit places its room on the live server with
-the fewest visits in a call (counted on the visits table, so every process counts the same),
-claims it on the row (`media_server`, `media_room`, conditional on no server being set yet, so
-two parties joining on two processes place it once) and creates it; the other party's join
-finds it on the row. Each party then gets its own credentials (JanusEngine.credentials,
-expiring at the visit's end).
+the fewest visits in a call (counted on the visits table, so every process counts the same):
+creates the room there, then claims it on the row (`media_server`, `media_room`, conditional
+on no server being set yet, so two parties joining at once on two processes place it once; the
+loser destroys its room if it made it on another server). The other party's join finds it on
+the row, and the room already exists. Each party then gets its own credentials
+(JanusEngine.credentials, expiring at the visit's end).
 
 Ending: every end of a visit is announced by the process that ended it (Meters.announce_end:
 the meter's time_up and balance_exhausted, a staff end, a hang-up); that process destroys the
@@ -112,23 +113,19 @@ class JanusFleet:
         JanusUnavailable when no server answers (the caller undoes the join)."""
         server = row.media_server
         if server is None:
-            server = await self._least_loaded()
+            # The room first, then the claim: a server named on the row always has the room,
+            # so the other party, joining meanwhile on another process, never gets
+            # credentials for a room not made yet.
+            mine = await self._least_loaded()
+            await self.engine.open(self.engine.room(row.id, mine, record=row.record))
             async with self.store.write() as conn:
-                claimed = (await conn.execute(visits_table.update().where(
+                await conn.execute(visits_table.update().where(
                     visits_table.c.id == row.id, visits_table.c.media_server.is_(None))
-                    .values(media_server=server, media_room=row.id))).rowcount == 1
-                if not claimed:  # the other party's join placed it meanwhile
-                    server = (await conn.execute(select(visits_table.c.media_server).where(
-                        visits_table.c.id == row.id))).scalar_one()
-            if claimed:
-                try:
-                    await self.engine.open(self.engine.room(row.id, server, record=row.record))
-                except (JanusError, JanusUnavailable):
-                    async with self.store.write() as conn:  # unplaced: the next join retries
-                        await conn.execute(visits_table.update().where(
-                            visits_table.c.id == row.id, visits_table.c.media_server == server)
-                            .values(media_server=None, media_room=None))
-                    raise
+                    .values(media_server=mine, media_room=row.id))
+                server = (await conn.execute(select(visits_table.c.media_server).where(
+                    visits_table.c.id == row.id))).scalar_one()
+            if server != mine:  # the other party's join placed it elsewhere meanwhile
+                await self.engine.end(self.engine.room(row.id, mine, record=row.record))
         room = self.engine.room(row.id, server, record=row.record)
         return self.engine.credentials(room, role, account_id, row.end_at)
 

@@ -268,12 +268,21 @@ async def test_a_janus_killed_mid_call_pauses_the_visit_and_bills_no_gap(
 async def test_a_staff_end_destroys_the_room(pg_db: str, tmp_path: Path, ports: Ports,
                                              janus: Janus) -> None:
     """Staff end the visit on process B: the room is gone from Janus, and both parties'
-    handles hung up at the server, within a second of the end's answer."""
+    handles hung up at the server, within a second of the end's answer. Before it, the two
+    parties joining at once on two processes got one room, and staff a watcher's token."""
     async with kinwires(pg_db, tmp_path, ports, janus) as ((a, b), http):
         visit_id, facility_id, family_token, person_token = await a_visit(http, a, b, pg_db)
         staff = await staff_of(http, b, pg_db, facility_id)
-        family, family_creds = await joined(http, a, family_token, visit_id)
-        person, person_creds = await joined(http, b, person_token, visit_id)
+        # Both join at once, on two processes: the room is placed once, on one server.
+        (family, family_creds), (person, person_creds) = await asyncio.gather(
+            joined(http, a, family_token, visit_id), joined(http, b, person_token, visit_id))
+        assert (family_creds.server, family_creds.room) == (person_creds.server, visit_id)
+        assert (family_creds.feed, person_creds.feed) == ("family", "person")
+        watcher = Peer(http, b, staff, "kinwire.v1.json")
+        await watcher.connect()
+        watch = (await watcher.call("visit.watch", visit_id=visit_id))["ok"]["janus"]
+        assert watch["feed"] is None and watch["room"] == visit_id
+        assert watch["token"] not in (family_creds.token, person_creds.token)
         s = janus.secrets
         engine = JanusEngine(http, JanusConfig((janus.api_url,), (janus.admin_url,),
                                                s.api_secret, s.admin_secret, s.token_secret,
@@ -295,6 +304,7 @@ async def test_a_staff_end_destroys_the_room(pg_db: str, tmp_path: Path, ports: 
                       f"the end")
         finally:
             await engine.close()
+            await watcher.close()
             await family.close()
             await person.close()
 
