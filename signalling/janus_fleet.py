@@ -16,8 +16,10 @@ the fewest visits in a call (counted on the visits table, so every process count
 creates the room there, then claims it on the row (`media_server`, `media_room`, conditional
 on no server being set yet, so two parties joining at once on two processes place it once; the
 loser destroys its room if it made it on another server). The other party's join finds it on
-the row, and the room already exists. Each party then gets its own credentials
-(JanusEngine.credentials, expiring at the visit's end).
+the row, and the room already exists. A party joining a visit whose server no process sees
+alive (its liveness lease ran out) places it again the same way, on a live server: its parties
+rejoin (their media died with the server) and get the new room. Each party then gets its own
+credentials (JanusEngine.credentials, expiring at the visit's end).
 
 Ending: every end of a visit is announced by the process that ended it (Meters.announce_end:
 the meter's time_up and balance_exhausted, a staff end, a hang-up); that process destroys the
@@ -112,22 +114,46 @@ class JanusFleet:
         """The party's way into the visit's room, placing the room first if nobody has.
         JanusUnavailable when no server answers (the caller undoes the join)."""
         server = row.media_server
-        if server is None:
+        if server is None or await self._dead(server):
             # The room first, then the claim: a server named on the row always has the room,
             # so the other party, joining meanwhile on another process, never gets
-            # credentials for a room not made yet.
+            # credentials for a room not made yet. A room on a dead server is placed again
+            # the same way (its parties rejoin: their media went with the server).
             mine = await self._least_loaded()
             await self.engine.open(self.engine.room(row.id, mine, record=row.record))
+            was = visits_table.c.media_server
             async with self.store.write() as conn:
                 await conn.execute(visits_table.update().where(
-                    visits_table.c.id == row.id, visits_table.c.media_server.is_(None))
-                    .values(media_server=mine, media_room=row.id))
-                server = (await conn.execute(select(visits_table.c.media_server).where(
+                    visits_table.c.id == row.id, was.is_(None) if server is None
+                    else was == server).values(media_server=mine, media_room=row.id))
+                placed = (await conn.execute(select(was).where(
                     visits_table.c.id == row.id))).scalar_one()
-            if server != mine:  # the other party's join placed it elsewhere meanwhile
+            if placed != mine:  # the other party's join placed it elsewhere meanwhile
                 await self.engine.end(self.engine.room(row.id, mine, record=row.record))
+            elif server is not None:
+                log.warning("janus: visit %s placed again, on %s (%s is dead)", row.id, mine,
+                            server)
+            server = placed
         room = self.engine.room(row.id, server, record=row.record)
         return self.engine.credentials(room, role, account_id, row.end_at)
+
+    async def _dead(self, server: str) -> bool:
+        """No process sees the server alive: this one's last check failed and its liveness
+        lease ran out (every process's checks renew it). A broker that does not answer proves
+        nothing, so nothing is moved then."""
+        if server in self.live:
+            return False
+        name = self.names.get(server)
+        if name is None:
+            return True  # never reached from here (it died before this process started)
+        try:
+            return node_of(name) not in await self.broker.present(NODES)
+        except Exception:
+            return False
+
+    def name_of(self, server: str) -> str | None:
+        """A server's name (its events' emitter), from its API URL, once it was reached."""
+        return self.names.get(server)
 
     def room_of(self, row: Any) -> Room | None:
         if row.media_server is None:

@@ -21,6 +21,7 @@ change nothing in relay mode (visits.set_media is not read).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -53,11 +54,15 @@ class Change:
 
 
 async def record(conn: AsyncConnection, sink: visits.EventSink, presence: Presence,
-                 events: list[Event], now: datetime) -> tuple[list[Observation], list[Change]]:
+                 events: list[Event], now: datetime,
+                 name_of: Callable[[str], str | None] = lambda server: None,
+                 ) -> tuple[list[Observation], list[Change]]:
     """Apply a post's events to the shared handles and record each touched visit's view.
     `presence` is restored from the table per server before the events are applied; what it
     keeps afterwards (the handles as of the last post this process applied, and its `recent`
-    observations) is a look for tests and debugging, never read for billing."""
+    observations) is a look for tests and debugging, never read for billing. `name_of`: a
+    server's name from its API URL (JanusFleet.name_of), so that only the server the visit is
+    placed on is heard about it (not one it was moved away from)."""
     observations: list[Observation] = []
     changes: list[Change] = []
     for emitter in dict.fromkeys(e.emitter for e in events):
@@ -90,21 +95,24 @@ async def record(conn: AsyncConnection, sink: visits.EventSink, presence: Presen
         for visit_id in sorted(touched):
             stalled = any(o.kind == "not_receiving" and o.party.visit_id == visit_id
                           for o in seen)
-            change = await _observe(conn, sink, presence, emitter, visit_id, now, stalled)
+            change = await _observe(conn, sink, presence, emitter, visit_id, now, stalled,
+                                    name_of)
             if change is not None:
                 changes.append(change)
     return observations, changes
 
 
 async def _observe(conn: AsyncConnection, sink: visits.EventSink, presence: Presence,
-                   emitter: str, visit_id: str, now: datetime,
-                   stalled: bool) -> Change | None:
+                   emitter: str, visit_id: str, now: datetime, stalled: bool,
+                   name_of: Callable[[str], str | None]) -> Change | None:
     try:
         row = await visits.get(conn, visit_id)
     except visits.VisitError:
         return None  # a room Kinwire made for no visit (the engine's own tests)
     if row.media != "relay" or row.media_server is None:
         return None  # only a relay-mode visit placed on the fleet is observed by Janus
+    if name_of(row.media_server) not in (None, emitter):
+        return None  # the server the visit was placed on before (it was declared dead)
     connected = presence.connected(visit_id)
     # A stall is reported after NO_MEDIA_S without packets: the media stopped then. A hang-up
     # or a publisher leaving is reported as it happens.

@@ -97,7 +97,9 @@ def install(app: web.Application, ctx: Context) -> Presence:
             return _refuse(400, "invalid_input", "Post Janus events: a JSON object or array.")
         sink, now = Outbox(), ctx.clock()
         async with ctx.store.write() as conn:
-            seen, changes = await janus_presence.record(conn, sink, presence, parsed, now)
+            seen, changes = await janus_presence.record(
+                conn, sink, presence, parsed, now,
+                ctx.janus.name_of if ctx.janus is not None else lambda server: None)
         await sink.signal(ctx.broker)
         if seen:
             log.debug("janus events: %d events, %d observations", len(parsed), len(seen))

@@ -94,10 +94,12 @@ def janus(ports: Ports, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ja
         yield j
 
 
-def janus_env(janus: Janus) -> dict[str, str]:
-    s = janus.secrets
-    return dict(KINWIRE_MEDIA_ENGINE="janus", KINWIRE_JANUS_URLS=janus.api_url,
-                KINWIRE_JANUS_ADMIN_URLS=janus.admin_url, KINWIRE_JANUS_API_SECRET=s.api_secret,
+def janus_env(*fleet: Janus) -> dict[str, str]:
+    s = fleet[0].secrets  # the same on every server of the fleet
+    return dict(KINWIRE_MEDIA_ENGINE="janus",
+                KINWIRE_JANUS_URLS=",".join(j.api_url for j in fleet),
+                KINWIRE_JANUS_ADMIN_URLS=",".join(j.admin_url for j in fleet),
+                KINWIRE_JANUS_API_SECRET=s.api_secret,
                 KINWIRE_JANUS_ADMIN_SECRET=s.admin_secret,
                 KINWIRE_JANUS_TOKEN_SECRET=s.token_secret,
                 KINWIRE_JANUS_ROOM_ADMIN_KEY=s.room_admin_key,
@@ -107,12 +109,12 @@ def janus_env(janus: Janus) -> dict[str, str]:
 
 @asynccontextmanager
 async def kinwires(pg: str, tmp_path: Path, ports: Ports,
-                   janus: Janus) -> AsyncIterator[tuple[list[Node], aiohttp.ClientSession]]:
+                   *fleet: Janus) -> AsyncIterator[tuple[list[Node], aiohttp.ClientSession]]:
     redis = RedisServer(tmp_path)
     await redis.start()
     try:
         async with cluster(pg, redis.url, tmp_path, ports=[ports.a, ports.b],
-                           **janus_env(janus)) as nodes, round_robin(ports) as answered, \
+                           **janus_env(*fleet)) as nodes, round_robin(ports) as answered, \
                 aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
             yield nodes, http
             print(f"event posts answered by A, B: {answered}")
@@ -232,36 +234,58 @@ async def test_parties_joining_through_kinwire_are_billed_from_janus_s_events(
     assert lied == 0 and status != "live"
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(240)
 async def test_a_janus_killed_mid_call_pauses_the_visit_and_bills_no_gap(
         pg_db: str, tmp_path: Path, ports: Ports) -> None:
     """kill -9 of the Janus holding the call ~0.6 minutes into a paid minute: the visit pauses
     once the server's liveness lease runs out, and no time after its last good health check is
-    billed (before: the handles' last state, `connected`, stood on the row for ever)."""
-    async with running_janus(tmp_path / "janus", events_url=ports.events_url) as own, \
-            kinwires(pg_db, tmp_path, ports, own) as ((a, b), http):
+    billed (before: the handles' last state, `connected`, stood on the row for ever). The
+    parties join again: the room is placed again on the other Janus, and billing resumes."""
+    async with running_janus(tmp_path / "j1", events_url=ports.events_url) as first, \
+            running_janus(tmp_path / "j2", events_url=ports.events_url,
+                          janus_secrets=first.secrets) as second, \
+            kinwires(pg_db, tmp_path, ports, first, second) as ((a, b), http):
+        by_url = {first.api_url: first, second.api_url: second}
         visit_id, _, family_token, person_token = await a_visit(http, a, b, pg_db)
         family, family_creds = await joined(http, a, family_token, visit_id)
         person, person_creds = await joined(http, b, person_token, visit_id)
         try:
-            async with publishing(own, person_creds), publishing(own, family_creds):
+            placed = by_url[family_creds.server]
+            async with publishing(placed, person_creds), publishing(placed, family_creds):
                 live_at = await until_status(pg_db, visit_id, {"live"})
                 await asyncio.sleep(2.6 * MINUTE_S)
-                await asyncio.to_thread(own.kill)
+                await asyncio.to_thread(placed.kill)
                 killed_at = time.monotonic()
                 paused_at = await until_status(pg_db, visit_id, {"paused"}, 10.0)
-                await asyncio.sleep(3 * MINUTE_S)
-                paid = len(await debits(pg_db, visit_id))
+                await asyncio.sleep(2 * MINUTE_S)
+                paid_by_gap = len(await debits(pg_db, visit_id))
                 row = await row_of(pg_db, visit_id)
+            # The parties join again (their media died with the server): a new room.
+            family_creds = SimpleNamespace(**(await family.call(
+                "visit.join", visit_id=visit_id))["ok"]["janus"])
+            person_creds = SimpleNamespace(**(await person.call(
+                "visit.join", visit_id=visit_id))["ok"]["janus"])
+            moved = by_url[family_creds.server]
+            assert moved is not placed and person_creds.server == moved.api_url
+            async with publishing(moved, person_creds), publishing(moved, family_creds):
+                back_at = await until_status(pg_db, visit_id, {"live"})
+                await asyncio.sleep(2 * MINUTE_S)
+            stopped_at = time.monotonic()
+            await until_status(pg_db, visit_id, {"paused"}, 5.0)
+            await asyncio.sleep(MINUTE_S + 1.0)
+            paid = len(await debits(pg_db, visit_id))
         finally:
             await family.close()
             await person.close()
-    live_s = killed_at - live_at
+    live_s, again_s = killed_at - live_at, stopped_at - back_at
     print(f"killed after {live_s:.2f} s live; paused {paused_at - killed_at:.2f} s after the "
-          f"kill; {paid} minutes paid")
+          f"kill; {paid_by_gap} minutes paid by then; live again {back_at - paused_at:.2f} s "
+          f"after the pause for {again_s:.2f} s; {paid} minutes in all")
     assert row.status == "paused" and not row.server_media
-    assert (paid - 1) * MINUTE_S < live_s + TOLERANCE_S, "billed after the kill"
-    assert paid * MINUTE_S > live_s - TOLERANCE_S - 1.0, "connected time went unbilled"
+    assert (paid_by_gap - 1) * MINUTE_S < live_s + TOLERANCE_S, "billed after the kill"
+    assert paid_by_gap * MINUTE_S > live_s - TOLERANCE_S - 1.0, "connected time went unbilled"
+    assert (paid - 1) * MINUTE_S < live_s + again_s + TOLERANCE_S, "billed beyond the call"
+    assert paid > paid_by_gap, "billing did not resume on the new room"
 
 
 @pytest.mark.timeout(120)
