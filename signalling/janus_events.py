@@ -135,13 +135,12 @@ class Presence:
     """The handles of Kinwire's parties on every Janus server that posts here."""
 
     def __init__(self, token_secret: str) -> None:
-        self._secret = token_secret
+        self.secret = self._secret = token_secret
         self._handles: dict[tuple[str, int], _Handle] = {}
         self.recent: deque[Observation] = deque(maxlen=RECENT_MAX)  # the latest, to look at
 
     def restore(self, emitter: str, states: dict[int, dict[str, Any]]) -> None:
-        """Take `emitter`'s handles as stored (replacing what this object held of them)."""
-        self._handles = {key: h for key, h in self._handles.items() if key[0] != emitter}
+        """Take these handles of `emitter` as stored (others held stay as they are)."""
         for handle_id, state in states.items():
             self._handles[(emitter, handle_id)] = _Handle.from_state(state)
 

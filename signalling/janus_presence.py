@@ -3,7 +3,7 @@
 
 A Janus server posts its events to whichever Kinwire process its load balancer picks, so a
 handle's `attached` and its later `webrtcup` may reach different processes. The handles
-therefore live in the `janus_handles` table: a post restores its server's handles
+therefore live in the `janus_handles` table: a post restores the handles its events name
 (signalling/janus_events.py, `Presence.restore`), applies its events, and stores what changed,
 in one transaction. A server posts one batch at a time and waits for the answer (Janus's sample
 event handler), so its posts are applied in order wherever they land.
@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from signalling import visits
-from signalling.janus_events import Event, Observation, Presence
+from signalling.janus_events import CORE, SESSION, Event, Observation, Presence
 from signalling.tables import janus_handles
 
 # Janus says "not receiving" after its no_media_timer (1 s, deploy/janus/janus.jcfg.in) without
@@ -58,21 +58,24 @@ async def record(conn: AsyncConnection, sink: visits.EventSink, presence: Presen
                  name_of: Callable[[str], str | None] = lambda server: None,
                  ) -> tuple[list[Observation], list[Change]]:
     """Apply a post's events to the shared handles and record each touched visit's view.
-    `presence` is restored from the table per server before the events are applied; what it
-    keeps afterwards (the handles as of the last post this process applied, and its `recent`
-    observations) is a look for tests and debugging, never read for billing. `name_of`: a
-    server's name from its API URL (JanusFleet.name_of), so that only the server the visit is
-    placed on is heard about it (not one it was moved away from)."""
+    The work is done on a Presence restored from the table for this post alone: the handles
+    the post's events name (all of the server's on a core event; a session's on a session
+    event), then the other handles of each visit they touched. `presence` (the app's) applies
+    the events to its own memory as well: a look at what this process received, for tests and
+    debugging, never read for billing. `name_of`: a server's name from its API URL
+    (JanusFleet.name_of), so that only the server the visit is placed on is heard about it (not
+    one it was moved away from)."""
     observations: list[Observation] = []
     changes: list[Change] = []
     for emitter in dict.fromkeys(e.emitter for e in events):
-        rows = (await conn.execute(select(janus_handles.c.handle_id, janus_handles.c.state)
-                                   .where(janus_handles.c.server == emitter))).all()
-        before = {row.handle_id: row.state for row in rows}
-        presence.restore(emitter, before)
-        seen = presence.apply([e for e in events if e.emitter == emitter])
+        mine = [e for e in events if e.emitter == emitter]
+        presence.apply(mine)
+        before = await _load(conn, emitter, mine)
+        work = Presence(presence.secret)
+        work.restore(emitter, before)
+        seen = work.apply(mine)
         observations += seen
-        after = presence.states(emitter)
+        after = work.states(emitter)
         touched = {state["party"][0] for hid, state in before.items()
                    if after.get(hid) != state}
         touched |= {state["party"][0] for hid, state in after.items()
@@ -84,22 +87,47 @@ async def record(conn: AsyncConnection, sink: visits.EventSink, presence: Presen
         for hid, state in after.items():
             if before.get(hid) == state:
                 continue
+            values = {"visit_id": state["party"][0], "session_id": state.get("session_id"),
+                      "state": state, "updated_at": now}
             if hid in before:
                 await conn.execute(janus_handles.update().where(
                     janus_handles.c.server == emitter, janus_handles.c.handle_id == hid)
-                    .values(state=state, updated_at=now))
+                    .values(**values))
             else:
                 await conn.execute(janus_handles.insert().values(
-                    server=emitter, handle_id=hid, visit_id=state["party"][0], state=state,
-                    updated_at=now))
+                    server=emitter, handle_id=hid, **values))
+        if touched:  # each touched visit's whole view: its other handles on this server too
+            rows = (await conn.execute(select(janus_handles.c.handle_id, janus_handles.c.state)
+                                       .where(janus_handles.c.server == emitter,
+                                              janus_handles.c.visit_id.in_(sorted(touched)))
+                                       )).all()
+            work.restore(emitter, {row.handle_id: row.state for row in rows})
         for visit_id in sorted(touched):
             stalled = any(o.kind == "not_receiving" and o.party.visit_id == visit_id
                           for o in seen)
-            change = await _observe(conn, sink, presence, emitter, visit_id, now, stalled,
+            change = await _observe(conn, sink, work, emitter, visit_id, now, stalled,
                                     name_of)
             if change is not None:
                 changes.append(change)
     return observations, changes
+
+
+async def _load(conn: AsyncConnection, emitter: str, events: list[Event]) -> dict[int, Any]:
+    """The stored handles a server's events may change: all of them after a core event (a
+    restart or shutdown forgets them all), else those the events name by handle or, for a
+    session's end, by session."""
+    where = [janus_handles.c.server == emitter]
+    if not any(e.type == CORE for e in events):
+        handles = sorted({e.handle_id for e in events if e.handle_id is not None})
+        sessions = sorted({e.session_id for e in events
+                           if e.type == SESSION and e.session_id is not None})
+        if not handles and not sessions:
+            return {}
+        where.append(or_(janus_handles.c.handle_id.in_(handles),
+                         janus_handles.c.session_id.in_(sessions)))
+    rows = (await conn.execute(select(janus_handles.c.handle_id, janus_handles.c.state)
+                               .where(*where))).all()
+    return {row.handle_id: row.state for row in rows}
 
 
 async def _observe(conn: AsyncConnection, sink: visits.EventSink, presence: Presence,

@@ -93,7 +93,9 @@ janus_handles = Table(
     Column("server", String(256), primary_key=True),
     Column("handle_id", BigInteger, primary_key=True, autoincrement=False),
     Column("visit_id", String(32), nullable=False),
+    Column("session_id", BigInteger, nullable=True),
     Column("state", JSON, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
-    Index("ix_janus_handles_visit", "visit_id"),
+    Index("ix_janus_handles_visit", "server", "visit_id"),
+    Index("ix_janus_handles_session", "server", "session_id"),
 )

@@ -26,16 +26,20 @@ def upgrade() -> None:
         sa.Column("server", sa.String(length=256), nullable=False),
         sa.Column("handle_id", sa.BigInteger(), nullable=False),
         sa.Column("visit_id", sa.String(length=32), nullable=False),
+        sa.Column("session_id", sa.BigInteger(), nullable=True),
         sa.Column("state", sa.JSON(), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("server", "handle_id"),
     )
     with op.batch_alter_table("janus_handles", schema=None) as batch_op:
-        batch_op.create_index("ix_janus_handles_visit", ["visit_id"], unique=False)
+        batch_op.create_index("ix_janus_handles_visit", ["server", "visit_id"], unique=False)
+        batch_op.create_index("ix_janus_handles_session", ["server", "session_id"],
+                              unique=False)
 
 
 def downgrade() -> None:
     with op.batch_alter_table("janus_handles", schema=None) as batch_op:
+        batch_op.drop_index("ix_janus_handles_session")
         batch_op.drop_index("ix_janus_handles_visit")
     op.drop_table("janus_handles")
     with op.batch_alter_table("visits") as batch:
