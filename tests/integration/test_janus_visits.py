@@ -28,6 +28,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from sqlalchemy import select
 
+from billing import ledger
 from server.http.janus_events import PATH
 from signalling.janus import JanusConfig, JanusEngine
 from signalling.media import SyntheticVideoTrack
@@ -348,3 +349,43 @@ async def handles_up(store: Store, visit_id: str) -> int:
         states = (await conn.execute(select(janus_handles.c.state).where(
             janus_handles.c.visit_id == visit_id))).scalars().all()
     return sum(1 for state in states if state.get("up"))
+
+
+@pytest.mark.timeout(120)
+async def test_the_balance_running_out_ends_the_visit_and_destroys_the_room(
+        pg_db: str, tmp_path: Path, ports: Ports, janus: Janus) -> None:
+    """The meter ends the visit (`balance_exhausted`, on whichever process holds it): that
+    process destroys the room, as a staff end's does."""
+    async with kinwires(pg_db, tmp_path, ports, janus) as ((a, b), http):
+        visit_id, _, family_token, person_token = await a_visit(http, a, b, pg_db)
+        store = Store(pg_db)
+        try:
+            async with store.write() as conn:  # two minutes' worth of the family's balance
+                row = (await conn.execute(visits.select().where(visits.c.id == visit_id))).first()
+                price = await ledger.balance(conn, row.family_id) // 2
+                await conn.execute(visits.update().where(visits.c.id == visit_id)
+                                   .values(minute_price=price))
+        finally:
+            await store.close()
+        family, family_creds = await joined(http, a, family_token, visit_id)
+        person, person_creds = await joined(http, b, person_token, visit_id)
+        s = janus.secrets
+        engine = JanusEngine(http, JanusConfig((janus.api_url,), (janus.admin_url,),
+                                               s.api_secret, s.admin_secret, s.token_secret,
+                                               s.room_admin_key))
+        try:
+            async with publishing(janus, person_creds), publishing(janus, family_creds):
+                await until_status(pg_db, visit_id, {"live"})
+                ended_at = await until_status(pg_db, visit_id, {"ended"}, 4 * MINUTE_S + 5)
+                rooms = await engine.rooms_on(janus.api_url)
+                while await rooms.exists(visit_id):
+                    assert time.monotonic() - ended_at < 1.0, "the room outlived the end by 1 s"
+                    await asyncio.sleep(0.02)
+                print(f"room gone {time.monotonic() - ended_at:.2f} s after the end was seen")
+            row = await row_of(pg_db, visit_id)
+            assert row.end_reason == "balance_exhausted"
+            assert len(await debits(pg_db, visit_id)) == 2
+        finally:
+            await engine.close()
+            await family.close()
+            await person.close()
