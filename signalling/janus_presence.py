@@ -60,20 +60,20 @@ async def record(conn: AsyncConnection, sink: visits.EventSink, presence: Presen
     """Apply a post's events to the shared handles and record each touched visit's view.
     The work is done on a Presence restored from the table for this post alone: the handles
     the post's events name (all of the server's on a core event; a session's on a session
-    event), then the other handles of each visit they touched. `presence` (the app's) applies
-    the events to its own memory as well: a look at what this process received, for tests and
-    debugging, never read for billing. `name_of`: a server's name from its API URL
-    (JanusFleet.name_of), so that only the server the visit is placed on is heard about it (not
-    one it was moved away from)."""
+    event), then the other handles of each visit they touched. `presence` (the app's) holds no
+    handles: it only keeps the observations in its `recent`, a look at what this process
+    received, for tests and debugging, never read for billing. `name_of`: a server's name from
+    its API URL (JanusFleet.name_of), so that only the server the visit is placed on is heard
+    about it (not one it was moved away from)."""
     observations: list[Observation] = []
     changes: list[Change] = []
     for emitter in dict.fromkeys(e.emitter for e in events):
         mine = [e for e in events if e.emitter == emitter]
-        presence.apply(mine)
         before = await _load(conn, emitter, mine)
         work = Presence(presence.secret)
         work.restore(emitter, before)
         seen = work.apply(mine)
+        presence.recent.extend(seen)
         observations += seen
         after = work.states(emitter)
         touched = {state["party"][0] for hid, state in before.items()
@@ -110,6 +110,19 @@ async def record(conn: AsyncConnection, sink: visits.EventSink, presence: Presen
             if change is not None:
                 changes.append(change)
     return observations, changes
+
+
+async def view(conn: AsyncConnection, secret: str, visit_id: str) -> Presence:
+    """The visit's handles as stored, on every server: `connected` and `publishers` as the
+    meter's view was last recorded (tests, debugging)."""
+    rows = (await conn.execute(select(janus_handles.c.server, janus_handles.c.handle_id,
+                                      janus_handles.c.state)
+                               .where(janus_handles.c.visit_id == visit_id))).all()
+    found = Presence(secret)
+    for server in {row.server for row in rows}:
+        found.restore(server, {row.handle_id: row.state for row in rows
+                               if row.server == server})
+    return found
 
 
 async def _load(conn: AsyncConnection, emitter: str, events: list[Event]) -> dict[int, Any]:

@@ -9,7 +9,8 @@ handles shared by every process (signalling/janus_presence.py: the `janus_handle
 each touched relay-mode visit's server view recorded with visits.observe) in one transaction;
 then the visit's meter is woken and, when the call went live, both parties are told. The reply
 is 204 after the commit, so Janus's next post (it sends one at a time) sees this one's state.
-`PRESENCE` on the app: the last state this process applied, to look at (tests, debugging).
+`PRESENCE` on the app holds no handles, only the observations this process received
+(`recent`, to look at: tests, debugging).
 """
 
 from __future__ import annotations
