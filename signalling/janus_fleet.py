@@ -23,7 +23,8 @@ credentials (JanusEngine.credentials, expiring at the visit's end).
 
 Ending: every end of a visit is announced by the process that ended it (Meters.announce_end:
 the meter's time_up and balance_exhausted, a staff end, a hang-up); that process destroys the
-room (`end_visit`), which cuts both parties' media at the server.
+room (`end_visit`), which cuts both parties' media at the server, and deletes the visit's rows
+of `janus_handles`.
 """
 
 from __future__ import annotations
@@ -33,12 +34,13 @@ import contextlib
 import logging
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from signalling.janus import JanusEngine, JanusError, JanusUnavailable
 from signalling.janus_presence import node_of
 from signalling.media_engine import JoinCredentials, Room
 from signalling.meters import NODES
+from signalling.tables import janus_handles
 from signalling.tables import visits as visits_table
 from signalling.visits import IN_CALL
 
@@ -161,7 +163,9 @@ class JanusFleet:
         return self.engine.room(row.id, row.media_server, record=row.record)
 
     async def end_visit(self, visit_id: str) -> None:
-        """Destroy the ended visit's room, if it was placed (cutting its peers' media)."""
+        """Destroy the ended visit's room, if it was placed (cutting its peers' media), and
+        forget its handles: Janus's later events about them (hang-ups, detaches) change
+        nothing, and a dead server's rows for the visit go too."""
         async with self.store.read() as conn:
             row = (await conn.execute(select(visits_table).where(
                 visits_table.c.id == visit_id))).first()
@@ -174,3 +178,5 @@ class JanusFleet:
             # A dead server took the room with it; one that stalls keeps it until it dies.
             log.warning("janus: visit %s's room on %s not destroyed (%s)", visit_id,
                         room.server, type(exc).__name__)
+        async with self.store.write() as conn:
+            await conn.execute(delete(janus_handles).where(janus_handles.c.visit_id == visit_id))
