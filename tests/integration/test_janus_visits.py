@@ -15,6 +15,7 @@ destroyed: the parties' media is cut at the server)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -144,10 +145,33 @@ async def until_status(db: str, visit_id: str, wanted: set[str],
     return time.monotonic()
 
 
+class LivePeer(Peer):
+    """A peer that also keeps the live pushes (no seq): `visit.media_lost` among them."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.live: list[dict[str, Any]] = []
+
+    async def _read(self) -> None:
+        async for msg in self.ws:
+            frame = json.loads(msg.data)
+            if "id" in frame and frame["id"] in self.replies:
+                future = self.replies.pop(frame["id"])
+                if not future.done():
+                    future.set_result(frame)
+            elif "seq" in frame:
+                self.keep(frame)
+            elif "type" in frame:
+                self.live.append(frame)
+
+    def heard(self, kind: str) -> bool:
+        return any(frame["type"] == kind for frame in self.live)
+
+
 async def joined(http: aiohttp.ClientSession, node: Node, token: str,
-                 visit_id: str) -> tuple[Peer, Any]:
+                 visit_id: str) -> tuple[LivePeer, Any]:
     """A party's socket on `node`, joined: the peer and its Janus credentials."""
-    peer = Peer(http, node, token, "kinwire.v1.json")
+    peer = LivePeer(http, node, token, "kinwire.v1.json")
     await peer.connect()
     reply = await peer.call("visit.join", visit_id=visit_id)
     assert "ok" in reply, reply
@@ -240,8 +264,9 @@ async def test_a_janus_killed_mid_call_pauses_the_visit_and_bills_no_gap(
         pg_db: str, tmp_path: Path, ports: Ports) -> None:
     """kill -9 of the Janus holding the call ~0.6 minutes into a paid minute: the visit pauses
     once the server's liveness lease runs out, and no time after its last good health check is
-    billed (before: the handles' last state, `connected`, stood on the row for ever). The
-    parties join again: the room is placed again on the other Janus, and billing resumes."""
+    billed (before: the handles' last state, `connected`, stood on the row for ever). Both
+    parties are told (`visit.media_lost`) and join again: the room is placed again on the
+    other Janus, and billing resumes."""
     async with running_janus(tmp_path / "j1", events_url=ports.events_url) as first, \
             running_janus(tmp_path / "j2", events_url=ports.events_url,
                           janus_secrets=first.secrets) as second, \
@@ -259,6 +284,8 @@ async def test_a_janus_killed_mid_call_pauses_the_visit_and_bills_no_gap(
                 killed_at = time.monotonic()
                 paused_at = await until_status(pg_db, visit_id, {"paused"}, 10.0)
                 await asyncio.sleep(2 * MINUTE_S)
+                # The meter told both parties that their media server is lost.
+                assert family.heard("visit.media_lost") and person.heard("visit.media_lost")
                 paid_by_gap = len(await debits(pg_db, visit_id))
                 row = await row_of(pg_db, visit_id)
             # The parties join again (their media died with the server): a new room.
