@@ -296,6 +296,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
             await ctx.janus.stop()
             await ctx.janus.engine.close()
             await janus_http.close()
+            await asyncio.sleep(0)  # its sockets finish closing before the loop may stop
         stop.set()
         await sweeper
         if mailer is not None:

@@ -60,11 +60,11 @@ async def record(conn: AsyncConnection, sink: visits.EventSink, presence: Presen
     """Apply a post's events to the shared handles and record each touched visit's view.
     The work is done on a Presence restored from the table for this post alone: the handles
     the post's events name (all of the server's on a core event; a session's on a session
-    event), then the other handles of each visit they touched. `presence` (the app's) holds no
-    handles: it only keeps the observations in its `recent`, a look at what this process
-    received, for tests and debugging, never read for billing. `name_of`: a server's name from
-    its API URL (JanusFleet.name_of), so that only the server the visit is placed on is heard
-    about it (not one it was moved away from)."""
+    event), then the other handles of each visit they touched. `presence` (the app's) gives the
+    token secret; it holds no handles (the caller keeps the returned observations in its
+    `recent` once committed: a look for tests and debugging, never read for billing).
+    `name_of`: a server's name from its API URL (JanusFleet.name_of), so that only the server
+    the visit is placed on is heard about it (not one it was moved away from)."""
     observations: list[Observation] = []
     changes: list[Change] = []
     for emitter in dict.fromkeys(e.emitter for e in events):
@@ -73,7 +73,6 @@ async def record(conn: AsyncConnection, sink: visits.EventSink, presence: Presen
         work = Presence(presence.secret)
         work.restore(emitter, before)
         seen = work.apply(mine)
-        presence.recent.extend(seen)
         observations += seen
         after = work.states(emitter)
         touched = {state["party"][0] for hid, state in before.items()

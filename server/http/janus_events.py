@@ -101,6 +101,7 @@ def install(app: web.Application, ctx: Context) -> Presence:
             seen, changes = await janus_presence.record(
                 conn, sink, presence, parsed, now,
                 ctx.janus.name_of if ctx.janus is not None else lambda server: None)
+        presence.recent.extend(seen)  # committed: a look at them finds the table agrees
         await sink.signal(ctx.broker)
         if seen:
             log.debug("janus events: %d events, %d observations", len(parsed), len(seen))
