@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
 
 from billing import ledger
@@ -91,6 +92,27 @@ def make_attempts(settings: Settings) -> Attempts | None:
 
     return RedisAttempts(settings.redis_url, settings.login_window_s,
                          settings.login_backoff_base_s)
+
+
+async def start_janus(ctx: Context) -> aiohttp.ClientSession:
+    """KINWIRE_MEDIA_ENGINE=janus: the fleet's engine from the settings, its liveness checks
+    started, and each visit's room destroyed by the process that ends it
+    (signalling/janus_fleet.py). The embedded relay then relays no visit: the gateway gives
+    relay-mode parties Janus's credentials instead (server/gateway/ops.py)."""
+    from signalling.janus import JanusConfig, JanusEngine
+    from signalling.janus_fleet import JanusFleet
+
+    s = ctx.settings
+    http = aiohttp.ClientSession()
+    engine = JanusEngine(http, JanusConfig(
+        s.janus_urls, s.janus_admin_urls, s.janus_api_secret, s.janus_admin_secret,
+        s.janus_token_secret, s.janus_room_admin_key, s.janus_recordings_dir))
+    ctx.janus = JanusFleet(engine, ctx.store, ctx.broker,
+                           node_lease_s=s.resolved_node_lease_s)
+    await ctx.janus.start()
+    assert ctx.meters is not None
+    ctx.meters.on_end = ctx.janus.end_visit
+    return http
 
 
 def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
@@ -267,11 +289,17 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
             pusher = asyncio.create_task(push_sender.run(stop), name="push")
         await meters.start()
         await relay.start()
+        janus_http = await start_janus(ctx) if settings.media_engine == "janus" else None
         if limits is not None:
             limits.start()
         yield
         await relay.stop()  # relay mode: cut the media and finish the recordings
-        await meters.stop()
+        await meters.stop()  # after its last ends' rooms were destroyed (Meters.on_end)
+        if janus_http is not None:
+            await ctx.janus.stop()
+            await ctx.janus.engine.close()
+            await janus_http.close()
+            await asyncio.sleep(0)  # its sockets finish closing before the loop may stop
         stop.set()
         await sweeper
         if mailer is not None:
@@ -305,7 +333,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
         # The Janus servers' event handler posts here (basic auth; docs/deploy.md, "Janus fleet").
         from server.http import janus_events
 
-        janus_events.install(app, settings)
+        janus_events.install(app, ctx)
     app.router.add_get("/readyz", readyz)
     if isinstance(ctx.hosted, SandboxPayments):
         # The built-in processor's page and its endpoints (billing/hosted.py): beside Kinwire's

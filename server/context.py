@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # built by create_app; a one-shot CLI context has none of the
     from server.photos import PhotoWork
     from server.push import PushSender, Vapid
     from server.recordings import Recordings
+    from signalling.janus_fleet import JanusFleet
     from signalling.meters import Meters
     from signalling.relay import Relay
 
@@ -39,6 +40,7 @@ class Context:
     # a one-shot CLI command's context (server/cli.py), which serves no visit or photo.
     meters: Meters | None = None
     relay: Relay | None = None  # relay-mode media
+    janus: JanusFleet | None = None  # relay-mode media on Janus (KINWIRE_MEDIA_ENGINE=janus)
     photo_work: PhotoWork | None = None  # the photo pool
     recordings: Recordings | None = None
     blobs: Blobs | None = None  # the photo and recording stores

@@ -219,8 +219,9 @@ class Settings:
                                    "too); empty means <data_dir>/recordings.")
     media_engine: str = _setting("aiortc", "What carries relay-mode visits' media: `aiortc` "
                                  "(the embedded forwarding relay, this process) or `janus` "
-                                 "(a fleet of Janus servers, KINWIRE_JANUS_*; in progress: "
-                                 "docs/deploy.md, \"Janus fleet\").")
+                                 "(a fleet of Janus servers, KINWIRE_JANUS_*: relay-mode visits "
+                                 "placed on it and billed from its events; no client of ours "
+                                 "speaks Janus yet: docs/deploy.md, \"Janus fleet\").")
     janus_urls: tuple[str, ...] = _setting((), "Comma-separated Janus HTTP API URLs, one per "
                                            "server, e.g. `http://10.0.0.5:8088/janus`.")
     janus_admin_urls: tuple[str, ...] = _setting((), "Comma-separated Janus admin API URLs, "

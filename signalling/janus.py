@@ -41,6 +41,7 @@ REQUEST_TIMEOUT_S = 5.0
 LONG_POLL_S = 30.0  # Janus answers a long poll with a keep-alive after 30 s of nothing
 PARTY_PREFIX = "kinwire="  # the party in a signed token: kinwire=<visit>/<role>/<account>
 NO_SUCH_ROOM = 426  # JANUS_VIDEOROOM_ERROR_NO_SUCH_ROOM
+ROOM_EXISTS = 427  # JANUS_VIDEOROOM_ERROR_ROOM_EXISTS
 
 
 class JanusError(Exception):
@@ -294,8 +295,10 @@ class JanusConfig:
 
 
 class JanusEngine:
-    """The media-engine port on a fleet of Janus servers. Placement by load is not built yet:
-    a room goes to the healthy server with the fewest rooms this process made there."""
+    """The media-engine port on a fleet of Janus servers. `create_room` puts a room on the
+    healthy server with the fewest rooms this process made there; a running Kinwire places
+    visits across processes by the visits table instead (signalling/janus_fleet.py) and
+    opens the room it chose with `open`."""
 
     def __init__(self, http: aiohttp.ClientSession, config: JanusConfig) -> None:
         if len(config.api_urls) != len(config.admin_urls) or not config.api_urls:
@@ -320,17 +323,35 @@ class JanusEngine:
                 self._sessions[server], self._rooms[server] = session, rooms
             return rooms
 
+    def room(self, visit_id: str, server: str, *, record: bool) -> Room:
+        """The visit's room on `server`. Its id is the visit's; its pin and secret are derived
+        from the token secret and the visit (HMAC), so every Kinwire process knows them and
+        none is stored: the visit row keeps only the server and the room id."""
+        def derived(purpose: str, size: int) -> str:
+            mac = hmac.new(self.config.token_secret.encode(), f"{purpose}:{visit_id}".encode(),
+                           hashlib.sha256).digest()
+            return base64.urlsafe_b64encode(mac).decode().rstrip("=")[:size]
+        return Room(visit_id=visit_id, server=server, room=visit_id, pin=derived("pin", 16),
+                    secret=derived("room-secret", 32), record=record)
+
+    async def open(self, room: Room) -> None:
+        """Create `room` on its server; one that exists already (a retry) is not an error."""
+        rooms = await self.rooms_on(room.server)
+        try:
+            await rooms.create(room.room, secret=room.secret, pin=room.pin, record=room.record,
+                               rec_dir=self.config.recordings_dir or None)
+        except JanusError as exc:
+            if exc.code != ROOM_EXISTS:
+                raise
+            return
+        self._count[room.server] += 1
+
     async def create_room(self, visit_id: str, *, record: bool) -> Room:
         for server in sorted(self.servers, key=lambda s: self._count[s]):
             if not await self.healthy(server):
                 continue
-            room = Room(visit_id=visit_id, server=server, room=visit_id,
-                        pin=secrets.token_urlsafe(12), secret=secrets.token_urlsafe(24),
-                        record=record)
-            rooms = await self.rooms_on(server)
-            await rooms.create(room.room, secret=room.secret, pin=room.pin, record=record,
-                               rec_dir=self.config.recordings_dir or None)
-            self._count[server] += 1
+            room = self.room(visit_id, server, record=record)
+            await self.open(room)
             return room
         raise JanusUnavailable("no Janus server answers")
 

@@ -19,8 +19,10 @@ Each change is an `Observation`; `connected(visit)` is the server's view of the 
 parties' publishers up, the family's video arriving, and every m-line the person publishes
 arriving (the relay's rule in docs/visits.md, "Trust").
 
-This state lives in the process that receives the posts. Feeding it to the meter
-(`visits.observe`) is not done yet: docs/deploy.md, "Janus fleet (in progress)", says why.
+A `Presence` holds handles in memory; a running Kinwire keeps them in the `janus_handles` table
+instead, restoring a server's handles before each post and storing them after it, so that every
+process receiving a server's posts sees the same state (signalling/janus_presence.py, which also
+feeds `connected` to the meter).
 """
 
 from __future__ import annotations
@@ -110,14 +112,41 @@ class _Handle:
     receiving: dict[str, tuple[str, bool]] = field(default_factory=dict)  # mid: (media, flag)
     published: dict[str, str] = field(default_factory=dict)  # mid: media, as the plugin says
 
+    def state(self) -> dict[str, Any]:
+        """As JSON, for the table every process shares (signalling/janus_presence.py)."""
+        p = self.party
+        return {"party": [p.visit_id, p.role, p.account_id], "session_id": self.session_id,
+                "room": self.room, "publisher": self.publisher, "foreign": self.foreign,
+                "up": self.up, "receiving": {mid: [media, flag] for mid, (media, flag)
+                                             in self.receiving.items()},
+                "published": dict(self.published)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> _Handle:
+        return cls(Party(*state["party"]), state.get("session_id"), room=state.get("room"),
+                   publisher=bool(state.get("publisher")), foreign=bool(state.get("foreign")),
+                   up=bool(state.get("up")),
+                   receiving={mid: (m, bool(f)) for mid, (m, f)
+                              in (state.get("receiving") or {}).items()},
+                   published=dict(state.get("published") or {}))
+
 
 class Presence:
     """The handles of Kinwire's parties on every Janus server that posts here."""
 
     def __init__(self, token_secret: str) -> None:
-        self._secret = token_secret
+        self.secret = self._secret = token_secret
         self._handles: dict[tuple[str, int], _Handle] = {}
         self.recent: deque[Observation] = deque(maxlen=RECENT_MAX)  # the latest, to look at
+
+    def restore(self, emitter: str, states: dict[int, dict[str, Any]]) -> None:
+        """Take these handles of `emitter` as stored (others held stay as they are)."""
+        for handle_id, state in states.items():
+            self._handles[(emitter, handle_id)] = _Handle.from_state(state)
+
+    def states(self, emitter: str) -> dict[int, dict[str, Any]]:
+        """`emitter`'s handles, as `restore` takes them."""
+        return {key[1]: h.state() for key, h in self._handles.items() if key[0] == emitter}
 
     def apply(self, events: list[Event]) -> list[Observation]:
         seen: list[Observation] = []

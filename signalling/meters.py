@@ -88,7 +88,7 @@ _WHOLE_ROW = Statement(select(_t).where(_t.c.id == bindparam("p_id")).with_for_u
 _PRESENCE = Statement(select(
     _t.c.status, _t.c.ended_at, _t.c.end_reason, _t.c.media_changed_at, _t.c.family_media,
     _t.c.person_media, _t.c.family_node, _t.c.person_node, _t.c.person_sending,
-    _t.c.server_media, _t.c.server_node).where(
+    _t.c.server_media, _t.c.server_node, _t.c.media_server).where(
         _t.c.id == bindparam("p_id"), _t.c.meter_epoch == bindparam("p_epoch"))
     .with_for_update())
 NODES = "nodes"  # the broker presence key of the processes' liveness leases
@@ -156,6 +156,7 @@ class Meters:
         # Visits whose end this process heard of on the meters channel, with when (monotonic):
         # the gateway drops its cached "in a call" for them (server/gateway/ops.py).
         self.ended: dict[str, float] = {}
+        self.on_end: Callable[[str], Awaitable[None]] | None = None
 
     def heard_end(self, visit_id: str) -> None:
         now = time.monotonic()
@@ -164,8 +165,11 @@ class Meters:
         self.ended[visit_id] = now
 
     async def announce_end(self, visit_id: str) -> None:
-        """Tell every process (this one too) that the visit ended."""
+        """Tell every process (this one too) that the visit ended. `on_end` (the Janus fleet's
+        room destruction, server/app.py) runs here, on the process that ended it, beside."""
         self.heard_end(visit_id)
+        if self.on_end is not None:
+            self._spawn(self.on_end(visit_id), f"ended-{visit_id}")
         with contextlib.suppress(Exception):
             await self.broker.publish(CHANNEL, {"ended": visit_id})
 
@@ -653,6 +657,10 @@ class _Pass:
         if row.server_node is not None and row.server_node not in self.alive \
                 and row.server_media:
             await visits.observe(conn, self.sink, vm.visit_id, False, now, row.server_node)
+            if row.media_server is not None:
+                # A Janus server died with the call (signalling/janus_fleet.py): the parties'
+                # media went with it; a join now places the room on a live server.
+                self.pushes.append(("visit.media_lost", {"visit_id": vm.visit_id}))
 
     async def _debit(self, conn: Any, action: meter.Debit, family: str) -> meter.Event:
         vm = self.vm

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     CheckConstraint,
     Column,
@@ -64,6 +65,10 @@ visits = Table(
     # reported it with visit.media (docs/visits.md, "Link quality"): shown to staff, never billed.
     Column("link_quality", String(8), nullable=True),
     Column("link_reason", String(80), nullable=True),
+    # Janus engine (KINWIRE_MEDIA_ENGINE=janus): the server (its API URL) holding the visit's
+    # room and the room's id, set by the first join (signalling/janus_fleet.py, migration 0016).
+    Column("media_server", String(300), nullable=True),
+    Column("media_room", String(64), nullable=True),
     CheckConstraint("status IN ('scheduled', 'open', 'live', 'paused', 'ended', 'cancelled', "
                     "'missed')", name="ck_visits_status"),
     CheckConstraint("blocks >= 1", name="ck_visits_blocks"),
@@ -77,4 +82,20 @@ visits = Table(
           sqlite_where=text("status IN ('open', 'live', 'paused')")),
     Index("ix_visits_scheduled_end", "end_at", postgresql_where=text("status = 'scheduled'"),
           sqlite_where=text("status = 'scheduled'")),
+)
+
+
+# The Janus servers' handles of Kinwire's parties (signalling/janus_events.py's `_Handle`, as
+# JSON in `state`), keyed by the server's name (the events' emitter) and Janus's handle id: any
+# process receiving a server's events reads and writes them here (migration 0016).
+janus_handles = Table(
+    "janus_handles", metadata,
+    Column("server", String(256), primary_key=True),
+    Column("handle_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("visit_id", String(32), nullable=False),
+    Column("session_id", BigInteger, nullable=True),
+    Column("state", JSON, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Index("ix_janus_handles_visit", "server", "visit_id"),
+    Index("ix_janus_handles_session", "server", "session_id"),
 )

@@ -22,6 +22,7 @@ from server.connections import is_approved_contact
 from server.context import Context
 from server.events import Outbox
 from signalling import visits
+from signalling.janus import JanusError, JanusUnavailable
 from signalling.placement import RelayFull
 from signalling.turn import ice_policy, ice_servers
 
@@ -191,9 +192,12 @@ async def visit_join(call: WsCall) -> dict[str, Any]:
     # this process that closes meanwhile then does not drop it (endpoint._drop_visits).
     was_in = visit_id in call.client.visits
     call.client.visits.add(visit_id)
+    janus = None
     try:
         joined = await _in_visit(call, work)
-        if joined.visit.media == "relay":
+        if joined.visit.media == "relay" and call.ctx.janus is not None:
+            janus = await _janus_join(call, joined, now)
+        elif joined.visit.media == "relay":
             await _place(call, visit_id, now)
     except BaseException:
         if not was_in:
@@ -210,17 +214,38 @@ async def visit_join(call: WsCall) -> dict[str, Any]:
         # liveness lease): offering to it would only race the offer it makes when it is back.
         alive, known = await call.ctx.meters.alive()
         peer_present = not known or peer_node in alive
-    return {"visit": visits.public(joined.visit), "role": joined.role,
-            "peer_present": peer_present, "media": joined.visit.media,
-            # the meter as stored: a page back from an outage shows the server's paid minutes
-            # and balance at once, not the last tick it happened to hear (ticks are live-only)
-            "meter": visits.meter_view(joined.visit),
-            # the length of a billed minute: "time left at your balance" is counted in them
-            "minute_s": call.ctx.settings.visit_minute_s,
-            # how long the kiosk's outbound media may stall before it reports `sending: false`
-            "media_stall_s": call.ctx.settings.media_stall_s,
-            # how long the other party's media may stop before the trusted side reports it
-            "media_gap_s": min(call.ctx.settings.media_gap_s, call.ctx.settings.media_stall_s)}
+    reply = {"visit": visits.public(joined.visit), "role": joined.role,
+             "peer_present": peer_present, "media": joined.visit.media,
+             # the meter as stored: a page back from an outage shows the server's paid minutes
+             # and balance at once, not the last tick it happened to hear (ticks are live-only)
+             "meter": visits.meter_view(joined.visit),
+             # the length of a billed minute: "time left at your balance" is counted in them
+             "minute_s": call.ctx.settings.visit_minute_s,
+             # how long the kiosk's outbound media may stall before it reports `sending: false`
+             "media_stall_s": call.ctx.settings.media_stall_s,
+             # how long the other party's media may stop before the trusted side reports it
+             "media_gap_s": min(call.ctx.settings.media_gap_s, call.ctx.settings.media_stall_s)}
+    if janus is not None:  # KINWIRE_MEDIA_ENGINE=janus: this party's way into the visit's room
+        reply["janus"] = janus.public()
+    return reply
+
+
+# --- relay mode on Janus (KINWIRE_MEDIA_ENGINE=janus; signalling/janus_fleet.py) ---
+JANUS_DOWN = "No media server answers; join again in a minute."
+JANUS_MEDIA = "This visit's media goes through Janus: use the janus credentials of visit.join."
+
+
+async def _janus_join(call: WsCall, joined: visits.Joined, now: Any) -> Any:
+    """The party's Janus credentials, the visit's room placed first if nobody has placed it;
+    when no Janus server answers the join is undone (the party is absent again) and refused."""
+    try:
+        return await call.ctx.janus.join(joined.visit, joined.role, call.me.account_id)
+    except (JanusError, JanusUnavailable):
+        pass
+    await _in_visit(call, lambda conn, outbox: visits.drop(
+        conn, outbox, joined.visit.id, call.me.account_id, now, node=call.ctx.meters.node_id))
+    raise Refused("media_unavailable", JANUS_DOWN)
+# --- end relay mode on Janus ---
 
 
 # --- relay mode: capacity (signalling/placement.py) ---
@@ -271,6 +296,8 @@ async def visit_signal(call: WsCall) -> dict[str, Any]:
         known = _remember(call, visit_id, row, checked_at)
     peer = known.peer
     # --- relay mode (signalling/relay.py): the server answers; nothing goes to the peer ---
+    if known.media == "relay" and call.ctx.janus is not None:
+        raise Refused("janus_media", JANUS_MEDIA)  # the embedded relay relays none of these
     if known.media == "relay":
         return await _relay(call, visit_id, signal)
     # --- end relay mode ---
@@ -380,12 +407,22 @@ async def visit_watch(call: WsCall) -> dict[str, Any]:
         # the offer that starts the media).
         if (await connections.get(conn, row.connection_id)).privileged:
             raise Refused("privileged", "A privileged visit cannot be watched.")
-        if signal is not None and "description" in signal:
+        janus = call.ctx.janus is not None
+        if janus and signal is not None:
+            raise Refused("janus_media", JANUS_MEDIA)
+        if janus and row.media_server is None:
+            raise Refused("not_in_call", "Nobody has joined the visit's call yet.")
+        if (signal is not None and "description" in signal) or janus:
+            # Janus: the credentials start the watch (Kinwire sees no offer), so audited here
             await audit.record(conn, actor_id=me.account_id, actor_role=me.role,
                                action="visit.watch", facility_id=row.facility_id,
                                target=row.id, at=now, details={})
     if signal is not None:
         return await _relay(call, visit_id, signal, watch=True)
+    if janus:
+        room = call.ctx.janus.room_of(row)
+        creds = call.ctx.janus.engine.credentials(room, "staff", me.account_id, row.end_at)
+        return {"visit": visits.public(row), "janus": creds.public()}
     servers = ice_servers(secret=s.turn_secret, turn_urls=list(s.turn_urls),
                           stun_urls=list(s.stun_urls), account_id=me.account_id,
                           expires_at=row.end_at)

@@ -46,6 +46,7 @@ STATUS: dict[str, int] = {
     "busy": 503,
     "unavailable": 503,
     "relay_full": 503,
+    "media_unavailable": 503,
     # things and their state
     "not_found": 404,
     "email_off": 404,  # POST /auth/reset where no SMTP relay is configured
@@ -88,6 +89,7 @@ STATUS: dict[str, int] = {
     "not_in_call": 409,
     "not_joined": 409,
     "not_relayed": 409,
+    "janus_media": 409,
     "invalid_signal": 422,
     "invalid_sdp": 422,
     "invalid_candidate": 422,

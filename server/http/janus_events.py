@@ -5,7 +5,12 @@ Internal: not under /api/v1, and no session or role; HTTP basic auth with user `
 KINWIRE_JANUS_EVENTS_PASSWORD instead. A missing or wrong credential is refused 401 and logged
 with the client's address (never the credential); a body over KINWIRE_JANUS_EVENTS_BYTES_MAX is
 refused 413; anything that is not JSON events 400. Accepted events go to the process's
-`Presence` (signalling/janus_events.py), on the app as PRESENCE; the reply is 204.
+handles shared by every process (signalling/janus_presence.py: the `janus_handles` table, and
+each touched relay-mode visit's server view recorded with visits.observe) in one transaction;
+then the visit's meter is woken and, when the call went live, both parties are told. The reply
+is 204 after the commit, so Janus's next post (it sends one at a time) sees this one's state.
+`PRESENCE` on the app holds no handles, only the observations this process received
+(`recent`, to look at: tests, debugging).
 """
 
 from __future__ import annotations
@@ -18,8 +23,11 @@ import logging
 
 from aiohttp import web
 
+from server import calls
+from server.context import Context
+from server.events import Outbox
 from server.http.edge import read_body
-from server.settings import Settings
+from signalling import janus_presence
 from signalling.janus_events import BadEvents, Presence, parse
 
 log = logging.getLogger("kinwire.janus")
@@ -55,7 +63,8 @@ def _too_large(request: web.Request, limit: int) -> web.Response:
     return _refuse(413, "too_large", f"At most {limit} bytes of events a post.")
 
 
-def install(app: web.Application, settings: Settings) -> Presence:
+def install(app: web.Application, ctx: Context) -> Presence:
+    settings = ctx.settings
     presence = Presence(settings.janus_token_secret)
     app[PRESENCE] = presence
     limit = settings.janus_events_bytes_max
@@ -87,9 +96,24 @@ def install(app: web.Application, settings: Settings) -> Presence:
             log.warning("janus events: a malformed post from %s (%s)", request.remote,
                         type(exc).__name__)
             return _refuse(400, "invalid_input", "Post Janus events: a JSON object or array.")
-        seen = presence.apply(parsed)
+        sink, now = Outbox(), ctx.clock()
+        async with ctx.store.write() as conn:
+            seen, changes = await janus_presence.record(
+                conn, sink, presence, parsed, now,
+                ctx.janus.name_of if ctx.janus is not None else lambda server: None)
+        presence.recent.extend(seen)  # committed: a look at them finds the table agrees
+        await sink.signal(ctx.broker)
         if seen:
             log.debug("janus events: %d events, %d observations", len(parsed), len(seen))
+        for change in changes:
+            before, after = change.before, change.after
+            if (before.server_media, before.server_node) != (after.server_media,
+                                                             after.server_node):
+                await ctx.meters.poke(change.visit_id)
+            if after.status == "live" and before.status != "live":
+                for party in (after.family_id, after.person_id):
+                    await calls.push_live(ctx.broker, party, "visit.live",
+                                          {"visit_id": change.visit_id})
         return web.Response(status=204)
 
     app.router.add_post(PATH, events)

@@ -66,15 +66,17 @@ class Node:
 
 @asynccontextmanager
 async def cluster(db: str, redis_url: str, tmp_path: Path, n: int = 2,
-                  **settings: str) -> AsyncIterator[list[Node]]:
+                  ports: list[int] | None = None, **settings: str) -> AsyncIterator[list[Node]]:
+    """`n` `kinwire serve` processes; `ports`: theirs, chosen by the caller (a service that
+    must know where to reach them before they start: Janus's event handler)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KINWIRE_")}
     env.update(DATABASE_URL=db, REDIS_URL=redis_url, KINWIRE_DATA_DIR=str(tmp_path),
                KINWIRE_ARGON2_MEMORY_KIB="1024", KINWIRE_ARGON2_TIME_COST="1",
                KINWIRE_LOG_LEVEL="WARNING", **settings)
     nodes = []
     try:
-        for _ in range(n):
-            port = free_port()
+        for index in range(n):
+            port = ports[index] if ports else free_port()
             proc = subprocess.Popen([sys.executable, "-m", "server", "--port", str(port)],
                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     text=True)

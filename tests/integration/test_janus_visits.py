@@ -1,0 +1,417 @@
+"""Visits on Janus, billed from Janus's events (issue 16; docs/visits.md, "Trust", and
+docs/deploy.md, "Janus fleet"). Real processes: two `kinwire serve` with
+KINWIRE_MEDIA_ENGINE=janus on PostgreSQL and a private Redis, a real `janus` from deploy/janus/,
+and aiortc parties that join through Kinwire's WebSocket (`visit.join` answers their Janus
+credentials) and publish into the visit's room. Janus posts its events through a round-robin
+balancer: each post goes to the other process.
+
+Adversaries: a balancer that splits a handle's events across processes (before, a handle's
+state lived in the memory of the process that saw it attach); a family client that reports its
+media connected while it sends none (relay mode reads no client report: not billed); a Janus
+server killed -9 in the middle of a paid minute (its observations stop counting: the visit
+pauses, and the time after its last health check is not billed); a staff end (the room is
+destroyed: the parties' media is cut at the server)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from sqlalchemy import select
+
+from billing import ledger
+from server.http.janus_events import PATH
+from signalling.janus import JanusConfig, JanusEngine
+from signalling.media import SyntheticVideoTrack
+from signalling.tables import janus_handles, visits
+from store import Store
+from tests.integration.test_janus_events import publishing
+from tests.integration.test_relay import staff_of
+from tests.integration.test_visit_e2e import MINUTE_S, account_id, debits, visit_now
+from tests.support.janus import Janus, private_janus, running_janus
+from tests.support.nodes import Node, Peer, RedisServer, cluster, make_pair
+from tests.support.processes import free_port
+
+TOLERANCE_S = 1.0  # an event post, a meter pass and a debit, on a loaded machine
+LIVE_WAIT_S = 30.0  # ICE, DTLS and the first packets through Janus, two cores shared
+
+
+class Ports:
+    def __init__(self) -> None:
+        self.a, self.b, self.balancer = free_port(), free_port(), free_port()
+
+    @property
+    def events_url(self) -> str:  # Janus posts to the balancer, which alternates A and B
+        return f"http://127.0.0.1:{self.balancer}{PATH}"
+
+
+@asynccontextmanager
+async def round_robin(ports: Ports) -> AsyncIterator[list[int]]:
+    """A load balancer in front of the two processes that sends each post of Janus's event
+    handler to the other process than the last one: a handle's `attached` and its later
+    events land on different processes. Yields the count of posts each process answered."""
+    backends, answered, turn = [ports.a, ports.b], [0, 0], [0]
+    async with aiohttp.ClientSession() as http:
+        async def forward(request: web.Request) -> web.Response:
+            index = turn[0] % 2
+            turn[0] += 1
+            async with http.post(f"http://127.0.0.1:{backends[index]}{PATH}",
+                                 data=await request.read(),
+                                 headers={k: v for k, v in request.headers.items()
+                                          if k in ("Authorization", "Content-Type")}) as r:
+                body = await r.read()
+                if r.status == 204:
+                    answered[index] += 1
+                return web.Response(status=r.status, body=body or None)
+
+        app = web.Application()
+        app.router.add_post(PATH, forward)
+        server = TestServer(app, host="127.0.0.1", port=ports.balancer)
+        await server.start_server(shutdown_timeout=1.0)
+        try:
+            yield answered
+        finally:
+            await server.close()
+
+
+@pytest.fixture(scope="module")
+def ports() -> Ports:
+    return Ports()
+
+
+@pytest.fixture(scope="module")
+def janus(ports: Ports, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Janus]:
+    """One Janus for the module (the kill test starts its own)."""
+    with private_janus(tmp_path_factory.mktemp("janus"), events_url=ports.events_url) as j:
+        yield j
+
+
+def janus_env(*fleet: Janus) -> dict[str, str]:
+    s = fleet[0].secrets  # the same on every server of the fleet
+    return dict(KINWIRE_MEDIA_ENGINE="janus",
+                KINWIRE_JANUS_URLS=",".join(j.api_url for j in fleet),
+                KINWIRE_JANUS_ADMIN_URLS=",".join(j.admin_url for j in fleet),
+                KINWIRE_JANUS_API_SECRET=s.api_secret,
+                KINWIRE_JANUS_ADMIN_SECRET=s.admin_secret,
+                KINWIRE_JANUS_TOKEN_SECRET=s.token_secret,
+                KINWIRE_JANUS_ROOM_ADMIN_KEY=s.room_admin_key,
+                KINWIRE_JANUS_EVENTS_PASSWORD=s.events_password,
+                KINWIRE_VISIT_MINUTE_S=str(MINUTE_S), KINWIRE_METER_LEASE_S="1.5")
+
+
+@asynccontextmanager
+async def kinwires(pg: str, tmp_path: Path, ports: Ports,
+                   *fleet: Janus) -> AsyncIterator[tuple[list[Node], aiohttp.ClientSession]]:
+    redis = RedisServer(tmp_path)
+    await redis.start()
+    try:
+        async with cluster(pg, redis.url, tmp_path, ports=[ports.a, ports.b],
+                           **janus_env(*fleet)) as nodes, round_robin(ports) as answered, \
+                aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+            yield nodes, http
+            print(f"event posts answered by A, B: {answered}")
+            assert min(answered) > 0, answered
+    finally:
+        redis.stop()
+
+
+async def row_of(db: str, visit_id: str) -> Any:
+    store = Store(db)
+    try:
+        async with store.read() as conn:
+            return (await conn.execute(visits.select().where(visits.c.id == visit_id))).first()
+    finally:
+        await store.close()
+
+
+async def until_status(db: str, visit_id: str, wanted: set[str],
+                       timeout_s: float = LIVE_WAIT_S) -> float:
+    """Wait for the visit's status to be one of `wanted`; returns when (monotonic)."""
+    deadline = time.monotonic() + timeout_s
+    while (await row_of(db, visit_id)).status not in wanted:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{visit_id} not {wanted} within {timeout_s} s")
+        await asyncio.sleep(0.1)
+    return time.monotonic()
+
+
+class LivePeer(Peer):
+    """A peer that also keeps the live pushes (no seq): `visit.media_lost` among them."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.live: list[dict[str, Any]] = []
+
+    async def _read(self) -> None:
+        async for msg in self.ws:
+            frame = json.loads(msg.data)
+            if "id" in frame and frame["id"] in self.replies:
+                future = self.replies.pop(frame["id"])
+                if not future.done():
+                    future.set_result(frame)
+            elif "seq" in frame:
+                self.keep(frame)
+            elif "type" in frame:
+                self.live.append(frame)
+
+    def heard(self, kind: str) -> bool:
+        return any(frame["type"] == kind for frame in self.live)
+
+
+async def joined(http: aiohttp.ClientSession, node: Node, token: str,
+                 visit_id: str) -> tuple[LivePeer, Any]:
+    """A party's socket on `node`, joined: the peer and its Janus credentials."""
+    peer = LivePeer(http, node, token, "kinwire.v1.json")
+    await peer.connect()
+    reply = await peer.call("visit.join", visit_id=visit_id)
+    assert "ok" in reply, reply
+    creds = reply["ok"]["janus"]
+    assert set(creds) == {"server", "room", "pin", "token", "feed", "expires_at"}
+    return peer, SimpleNamespace(**creds)
+
+
+async def a_visit(http: aiohttp.ClientSession, a: Node, b: Node, db: str) -> tuple[str, ...]:
+    family_token, person_token = await make_pair(http, a, b, db)
+    family_id = await account_id(http, a, family_token)
+    visit_id, facility_id = await visit_now(db, family_id, media="relay", record=False)
+    return visit_id, facility_id, family_token, person_token
+
+
+def assert_billed_for(paid: int, live_s: float, who: str) -> None:
+    assert (paid - 1) * MINUTE_S < live_s + TOLERANCE_S, f"{who}: billed beyond the call"
+    assert paid * MINUTE_S > live_s - TOLERANCE_S, f"{who}: connected time went unbilled"
+
+
+class DeadCamera(SyntheticVideoTrack):
+    """A camera that never yields a frame: the client publishes, and sends no media."""
+
+    async def recv(self):  # type: ignore[override]
+        await asyncio.Event().wait()
+
+
+async def honest_visit(http: aiohttp.ClientSession, a: Node, b: Node, db: str,
+                       janus: Janus) -> tuple[int, float]:
+    """Both parties publish; the family hangs up its Janus session after ~3 minutes."""
+    visit_id, _, family_token, person_token = await a_visit(http, a, b, db)
+    family, family_creds = await joined(http, a, family_token, visit_id)
+    person, person_creds = await joined(http, b, person_token, visit_id)
+    try:
+        assert (await row_of(db, visit_id)).media_server == janus.api_url
+        # The embedded relay does not take the visit's signals.
+        refused = await family.call("visit.signal", visit_id=visit_id,
+                                    description={"type": "offer", "sdp": "v=0\r\n"})
+        assert refused["error"]["code"] == "janus_media", refused
+        async with publishing(janus, person_creds):
+            async with publishing(janus, family_creds):
+                live_at = await until_status(db, visit_id, {"live"})
+                await asyncio.sleep(3.2 * MINUTE_S)
+            stopped_at = time.monotonic()  # the family's peer connection and session closed
+            paused_at = await until_status(db, visit_id, {"paused"}, 5.0)
+            print(f"honest: paused {paused_at - stopped_at:.2f} s after the family hung up")
+            await asyncio.sleep(MINUTE_S + 1.0)
+        return len(await debits(db, visit_id)), stopped_at - live_at
+    finally:
+        await family.close()
+        await person.close()
+
+
+async def lying_visit(http: aiohttp.ClientSession, a: Node, b: Node, db: str,
+                      janus: Janus) -> tuple[int, str]:
+    """The family publishes a camera that sends nothing and reports `connected` anyway."""
+    visit_id, _, family_token, person_token = await a_visit(http, a, b, db)
+    family, family_creds = await joined(http, a, family_token, visit_id)
+    person, person_creds = await joined(http, b, person_token, visit_id)
+    try:
+        async with publishing(janus, person_creds), \
+                publishing(janus, family_creds, video=DeadCamera(320, 240, 15)):
+            end = time.monotonic() + 4 * MINUTE_S
+            while time.monotonic() < end:
+                await family.call("visit.media", visit_id=visit_id, state="connected")
+                await asyncio.sleep(0.5)
+            status = (await row_of(db, visit_id)).status
+        return len(await debits(db, visit_id)), status
+    finally:
+        await family.close()
+        await person.close()
+
+
+@pytest.mark.timeout(180)
+async def test_parties_joining_through_kinwire_are_billed_from_janus_s_events(
+        pg_db: str, tmp_path: Path, ports: Ports, janus: Janus) -> None:
+    """An honest visit is billed for its connected time, as Janus saw it; in the same run a
+    family that claims `connected` while its camera sends nothing pays nothing."""
+    async with kinwires(pg_db, tmp_path, ports, janus) as ((a, b), http):
+        (paid, live_s), (lied, status) = await asyncio.gather(
+            honest_visit(http, a, b, pg_db, janus), lying_visit(http, a, b, pg_db, janus))
+    print(f"honest: {paid} minutes for {live_s:.2f} s live; liar: {lied} minutes, {status}")
+    assert paid >= 3
+    assert_billed_for(paid, live_s, "honest")
+    assert lied == 0 and status != "live"
+
+
+@pytest.mark.timeout(240)
+async def test_a_janus_killed_mid_call_pauses_the_visit_and_bills_no_gap(
+        pg_db: str, tmp_path: Path, ports: Ports) -> None:
+    """kill -9 of the Janus holding the call ~0.6 minutes into a paid minute: the visit pauses
+    once the server's liveness lease runs out, and no time after its last good health check is
+    billed (before: the handles' last state, `connected`, stood on the row for ever). Both
+    parties are told (`visit.media_lost`) and join again: the room is placed again on the
+    other Janus, and billing resumes."""
+    async with running_janus(tmp_path / "j1", events_url=ports.events_url) as first, \
+            running_janus(tmp_path / "j2", events_url=ports.events_url,
+                          janus_secrets=first.secrets) as second, \
+            kinwires(pg_db, tmp_path, ports, first, second) as ((a, b), http):
+        by_url = {first.api_url: first, second.api_url: second}
+        visit_id, _, family_token, person_token = await a_visit(http, a, b, pg_db)
+        family, family_creds = await joined(http, a, family_token, visit_id)
+        person, person_creds = await joined(http, b, person_token, visit_id)
+        try:
+            placed = by_url[family_creds.server]
+            async with publishing(placed, person_creds), publishing(placed, family_creds):
+                live_at = await until_status(pg_db, visit_id, {"live"})
+                await asyncio.sleep(2.6 * MINUTE_S)
+                await asyncio.to_thread(placed.kill)
+                killed_at = time.monotonic()
+                paused_at = await until_status(pg_db, visit_id, {"paused"}, 10.0)
+                await asyncio.sleep(2 * MINUTE_S)
+                # The meter told both parties that their media server is lost.
+                assert family.heard("visit.media_lost") and person.heard("visit.media_lost")
+                paid_by_gap = len(await debits(pg_db, visit_id))
+                row = await row_of(pg_db, visit_id)
+            # The parties join again (their media died with the server): a new room.
+            family_creds = SimpleNamespace(**(await family.call(
+                "visit.join", visit_id=visit_id))["ok"]["janus"])
+            person_creds = SimpleNamespace(**(await person.call(
+                "visit.join", visit_id=visit_id))["ok"]["janus"])
+            moved = by_url[family_creds.server]
+            assert moved is not placed and person_creds.server == moved.api_url
+            async with publishing(moved, person_creds), publishing(moved, family_creds):
+                back_at = await until_status(pg_db, visit_id, {"live"})
+                await asyncio.sleep(2 * MINUTE_S)
+            stopped_at = time.monotonic()
+            await until_status(pg_db, visit_id, {"paused"}, 5.0)
+            await asyncio.sleep(MINUTE_S + 1.0)
+            paid = len(await debits(pg_db, visit_id))
+        finally:
+            await family.close()
+            await person.close()
+    live_s, again_s = killed_at - live_at, stopped_at - back_at
+    print(f"killed after {live_s:.2f} s live; paused {paused_at - killed_at:.2f} s after the "
+          f"kill; {paid_by_gap} minutes paid by then; live again {back_at - paused_at:.2f} s "
+          f"after the pause for {again_s:.2f} s; {paid} minutes in all")
+    assert row.status == "paused" and not row.server_media
+    assert (paid_by_gap - 1) * MINUTE_S < live_s + TOLERANCE_S, "billed after the kill"
+    assert paid_by_gap * MINUTE_S > live_s - TOLERANCE_S - 1.0, "connected time went unbilled"
+    assert (paid - 1) * MINUTE_S < live_s + again_s + TOLERANCE_S, "billed beyond the call"
+    assert paid > paid_by_gap, "billing did not resume on the new room"
+
+
+@pytest.mark.timeout(120)
+async def test_a_staff_end_destroys_the_room(pg_db: str, tmp_path: Path, ports: Ports,
+                                             janus: Janus) -> None:
+    """Staff end the visit on process B: the room is gone from Janus (the media cut there)
+    within a second of the end's answer, and the visit's handles are forgotten. Before it,
+    the two parties joining at once on two processes got one room, and staff a watcher's
+    token."""
+    async with kinwires(pg_db, tmp_path, ports, janus) as ((a, b), http):
+        visit_id, facility_id, family_token, person_token = await a_visit(http, a, b, pg_db)
+        staff = await staff_of(http, b, pg_db, facility_id)
+        # Both join at once, on two processes: the room is placed once, on one server.
+        (family, family_creds), (person, person_creds) = await asyncio.gather(
+            joined(http, a, family_token, visit_id), joined(http, b, person_token, visit_id))
+        assert (family_creds.server, family_creds.room) == (person_creds.server, visit_id)
+        assert (family_creds.feed, person_creds.feed) == ("family", "person")
+        watcher = Peer(http, b, staff, "kinwire.v1.json")
+        await watcher.connect()
+        watch = (await watcher.call("visit.watch", visit_id=visit_id))["ok"]["janus"]
+        assert watch["feed"] is None and watch["room"] == visit_id
+        assert watch["token"] not in (family_creds.token, person_creds.token)
+        s = janus.secrets
+        engine = JanusEngine(http, JanusConfig((janus.api_url,), (janus.admin_url,),
+                                               s.api_secret, s.admin_secret, s.token_secret,
+                                               s.room_admin_key))
+        try:
+            async with publishing(janus, person_creds), publishing(janus, family_creds):
+                await until_status(pg_db, visit_id, {"live"})
+                rooms = await engine.rooms_on(janus.api_url)
+                assert await rooms.exists(visit_id)
+                async with http.post(f"{b.base}/api/v1/visits/{visit_id}/end",
+                                     json={"reason": "rules"},
+                                     headers={"Authorization": f"Bearer {staff}"}) as r:
+                    assert r.status == 200, await r.text()
+                ended_at = time.monotonic()
+                while await rooms.exists(visit_id):
+                    assert time.monotonic() - ended_at < 1.0, "the room outlived the end by 1 s"
+                    await asyncio.sleep(0.02)
+                gone_at = time.monotonic()
+                store = Store(pg_db)
+                try:
+                    while await handles_of(store, visit_id):
+                        assert time.monotonic() - ended_at < 2.0, "handles kept 2 s after the end"
+                        await asyncio.sleep(0.02)
+                finally:
+                    await store.close()
+                print(f"room gone {gone_at - ended_at:.2f} s and the visit's handles forgotten "
+                      f"{time.monotonic() - ended_at:.2f} s after the end")
+        finally:
+            await engine.close()
+            await watcher.close()
+            await family.close()
+            await person.close()
+
+
+async def handles_of(store: Store, visit_id: str) -> int:
+    """The visit's handles the janus_handles table still holds."""
+    async with store.read() as conn:
+        return len((await conn.execute(select(janus_handles.c.handle_id).where(
+            janus_handles.c.visit_id == visit_id))).all())
+
+
+@pytest.mark.timeout(120)
+async def test_the_balance_running_out_ends_the_visit_and_destroys_the_room(
+        pg_db: str, tmp_path: Path, ports: Ports, janus: Janus) -> None:
+    """The meter ends the visit (`balance_exhausted`, on whichever process holds it): that
+    process destroys the room, as a staff end's does."""
+    async with kinwires(pg_db, tmp_path, ports, janus) as ((a, b), http):
+        visit_id, _, family_token, person_token = await a_visit(http, a, b, pg_db)
+        store = Store(pg_db)
+        try:
+            async with store.write() as conn:  # two minutes' worth of the family's balance
+                row = (await conn.execute(visits.select().where(visits.c.id == visit_id))).first()
+                price = await ledger.balance(conn, row.family_id) // 2
+                await conn.execute(visits.update().where(visits.c.id == visit_id)
+                                   .values(minute_price=price))
+        finally:
+            await store.close()
+        family, family_creds = await joined(http, a, family_token, visit_id)
+        person, person_creds = await joined(http, b, person_token, visit_id)
+        s = janus.secrets
+        engine = JanusEngine(http, JanusConfig((janus.api_url,), (janus.admin_url,),
+                                               s.api_secret, s.admin_secret, s.token_secret,
+                                               s.room_admin_key))
+        try:
+            async with publishing(janus, person_creds), publishing(janus, family_creds):
+                await until_status(pg_db, visit_id, {"live"})
+                ended_at = await until_status(pg_db, visit_id, {"ended"}, 4 * MINUTE_S + 5)
+                rooms = await engine.rooms_on(janus.api_url)
+                while await rooms.exists(visit_id):
+                    assert time.monotonic() - ended_at < 1.0, "the room outlived the end by 1 s"
+                    await asyncio.sleep(0.02)
+                print(f"room gone {time.monotonic() - ended_at:.2f} s after the end was seen")
+            row = await row_of(pg_db, visit_id)
+            assert row.end_reason == "balance_exhausted"
+            assert len(await debits(pg_db, visit_id)) == 2
+        finally:
+            await engine.close()
+            await family.close()
+            await person.close()
