@@ -66,7 +66,7 @@ visits = Table(
     Column("link_quality", String(8), nullable=True),
     Column("link_reason", String(80), nullable=True),
     # Janus engine (KINWIRE_MEDIA_ENGINE=janus): the server (its API URL) holding the visit's
-    # room and the room's id, set by the first join (signalling/janus_fleet.py, migration 0016).
+    # room and the room's id, set by the first join (signalling/janus_fleet.py, migration 0018).
     Column("media_server", String(300), nullable=True),
     Column("media_room", String(64), nullable=True),
     CheckConstraint("status IN ('scheduled', 'open', 'live', 'paused', 'ended', 'cancelled', "
@@ -87,7 +87,7 @@ visits = Table(
 
 # The Janus servers' handles of Kinwire's parties (signalling/janus_events.py's `_Handle`, as
 # JSON in `state`), keyed by the server's name (the events' emitter) and Janus's handle id: any
-# process receiving a server's events reads and writes them here (migration 0016).
+# process receiving a server's events reads and writes them here (migration 0018).
 janus_handles = Table(
     "janus_handles", metadata,
     Column("server", String(256), primary_key=True),

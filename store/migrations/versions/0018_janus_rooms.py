@@ -2,16 +2,16 @@
 janus_handles: the Janus servers' handles of Kinwire's parties, shared by every process that
 receives the servers' events (issue 16)
 
-Revision ID: 0016
-Revises: 0015
+Revision ID: 0018
+Revises: 0017
 Create Date: 2026-12-06 20:05:00
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0016"
-down_revision = "0015"
+revision = "0018"
+down_revision = "0017"
 branch_labels = None
 depends_on = None
 
