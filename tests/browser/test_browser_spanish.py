@@ -76,8 +76,8 @@ ENGLISH_WORDS = {
 # The seed's own words (names, message bodies, a file name): data, not the app's.
 SEEDED = ["Hello from home", "Thank you, write soon", "About the parcel", "The garden", "Sam",
           "garden.png", "Alex Rivers", "Dana Rivers", "Test Facility", "Kinwire", "English",
-          # the payment processor's name, as the server's configuration gives it
-          "Sandbox Payments (a test processor: no real card is charged)"]
+          # the payment processor's name (a proper name), as the server gives it
+          "Sandbox Payments"]
 
 
 def english_only() -> list[tuple[str, re.Pattern[str]]]:
