@@ -9,13 +9,13 @@ STAMP := $(VENV)/.installed
 run: $(STAMP)
 	$(BIN)/kinwire serve --demo
 
-# Three test processes on two cores: most of the suite waits on real time (minutes billed,
-# outages, browsers), so two processes left about half the CPU idle (user+sys 11.6 min in a
-# 12.3 min run); three took 10.5 min on 2026-12-06 with every timing test passing.
+# Four test processes on two cores: most of the suite waits on real time (minutes billed,
+# outages, browsers). With 908 tests, three processes took 14.5 min with the CPU 63% busy
+# (user+sys 18.2 min); four took 11.9 min of pytest, 70% busy (2026-12-06, quiet machine).
 test: $(STAMP)
 	scripts/system-deps.sh
 	$(BIN)/ruff check .
-	$(BIN)/pytest -n 3 --dist loadfile
+	$(BIN)/pytest -n 4 --dist loadfile --durations=25
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

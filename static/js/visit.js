@@ -74,7 +74,7 @@ export class VisitCall {
     this.link = null; // the link's level on screen: {level, reason, text}
     this.linkNext = null; // a new level seen once, shown when the next reading agrees
     this.linkBefore = null; // linkFigures' last snapshot
-    this.linkSaid = null; // the level the kiosk last reported
+    this.linkSaid = null; // what the kiosk last reported: linkKey() of it
     this.moved = {}; // getStats counter -> [value, when it last moved (ms)]
     this.relay = null; // relay mode: the server relay that answered our last offer
     this.movedTo = null; // relay mode: the relay we last offered to after a visit.relay_moved
@@ -362,7 +362,7 @@ export class VisitCall {
       args.quality = link.level;
       // At most the server's 80 characters: a refused report would lose the state with it.
       if (link.reason) args.quality_reason = link.reason.slice(0, 80);
-      this.linkSaid = link.level;
+      this.linkSaid = linkKey(link);
     }
     this.said = `${state}/${sending}`;
     try {
@@ -410,7 +410,7 @@ export class VisitCall {
     this.measureLink(stats, now);
     // The kiosk tells the server a new level (staff see it); in relay mode with the state its
     // connection last reported, which the server does not bill by.
-    const link = this.side === "person" && this.link && this.link.level !== this.linkSaid ? this.link : undefined;
+    const link = this.side === "person" && this.link && linkKey(this.link) !== this.linkSaid ? this.link : undefined;
     if (!this.reporter) {
       if (link && this.reported) await this.media_("connected", undefined, undefined, link);
       return;
@@ -580,4 +580,11 @@ export class VisitCall {
     this.root.replaceChildren();
     if (this.onClose) this.onClose(this);
   }
+}
+
+/** What makes a new link report worth sending: a new level, or a reason where there was none
+ * (the first level can be judged before the frame rate is measured; without this the staff
+ * console kept "Link: Good" with no reason for the whole call). Not every new figure. */
+function linkKey(link) {
+  return `${link.level}${link.reason ? "+" : ""}`;
 }
