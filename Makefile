@@ -9,13 +9,14 @@ STAMP := $(VENV)/.installed
 run: $(STAMP)
 	$(BIN)/kinwire serve --demo
 
-# Four test processes on two cores: most of the suite waits on real time (minutes billed,
-# outages, browsers). With 908 tests, three processes took 14.5 min with the CPU 63% busy
-# (user+sys 18.2 min); four took 11.9 min of pytest, 70% busy (2026-12-06, quiet machine).
+# Three test processes on two cores: most of the suite waits on real time (minutes billed,
+# outages, browsers). With 908 tests (2026-12-06, quiet machine): three took 14.5 min of
+# pytest with the CPU 63% busy; four took 11.9 and 13.2 min but failed 1 and 4 timing tests
+# (the load starves them), so three it stays until the suite is made cheaper.
 test: $(STAMP)
 	scripts/system-deps.sh
 	$(BIN)/ruff check .
-	$(BIN)/pytest -n 4 --dist loadfile --durations=25
+	$(BIN)/pytest -n 3 --dist loadfile --durations=25
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
