@@ -75,8 +75,11 @@ async def get(conn: AsyncConnection, checkout_id: str, account_id: str | None = 
                     row.status, row.expires_at, row.purchase_id)
 
 
-async def complete(conn: AsyncConnection, confirmed: Confirmed, now: datetime) -> Completed:
-    checkout = await get(conn, confirmed.checkout_id)
+async def complete(conn: AsyncConnection, confirmed: Confirmed, now: datetime,
+                   account_id: str | None = None) -> Completed:
+    """`account_id`: only that account's checkout (the browser's return), else any (the
+    processor's own notification)."""
+    checkout = await get(conn, confirmed.checkout_id, account_id)
     if confirmed.charge.amount_cents != checkout.quote.total_cents:
         # Signed by the processor yet for another amount: a processor fault, never credited.
         raise Refused("confirmation_mismatch",

@@ -80,20 +80,19 @@ async def confirm_checkout(call: Call) -> web.Response:
     confirmed = call.ctx.hosted.confirmation(body.confirmation)
     if confirmed.checkout_id != call.match("checkout_id"):
         raise ConfirmationError()
-    async with call.ctx.store.read() as conn:  # only the owner's return is answered
-        await checkout.get(conn, confirmed.checkout_id, call.me.account_id)
-    done, balance = await credit(call.ctx, confirmed, call.now())
+    # only the owner's return is answered
+    done, balance = await credit(call.ctx, confirmed, call.now(), call.me.account_id)
     return json_response({"checkout": done.checkout.public(), "purchase": done.purchase.public(),
                           "balance": balance})
 
 
-async def credit(ctx: Context, confirmed: Confirmed, now: datetime
-                 ) -> tuple[checkout.Completed, int]:
+async def credit(ctx: Context, confirmed: Confirmed, now: datetime,
+                 owner: str | None = None) -> tuple[checkout.Completed, int]:
     """Complete a checkout from a confirmation, whichever way it came; the live balance push and
     the receipt only from the call that credited it."""
     outbox = Outbox()
     async with ctx.store.write() as conn:
-        done = await checkout.complete(conn, confirmed, now)
+        done = await checkout.complete(conn, confirmed, now, owner)
         owner = done.checkout.account_id
         balance = await ledger.balance(conn, owner)
         if done.fresh:
