@@ -344,7 +344,11 @@ export class VisitCall {
       if (!this.reporter) await this.media_("connected"); // the kiosk reports from its stats
     } else if ((s === "disconnected" || s === "failed") && this.reported) {
       this.reported = false;
-      this.setStatus(t("call.peer_lost", { name: this.peer }), "reconnecting");
+      // Already counting the seconds without a picture: keep counting, not a flicker to
+      // "lost" and back on the next stats read.
+      if (!this.showTrouble()) {
+        this.setStatus(t("call.peer_lost", { name: this.peer }), "reconnecting");
+      }
       if (!this.reporter) await this.media_("disconnected"); // the kiosk's stats say when
     }
     // The offering side starts a new session when the path has failed for good (also when
@@ -443,9 +447,10 @@ export class VisitCall {
   }
 
   /** The status line during trouble, from what this page sees (no picture for how long) and
-   * what the server said (paused, so nobody is charged) or could not say (socket offline). */
+   * what the server said (paused, so nobody is charged) or could not say (socket offline).
+   * True if it said something. */
   showTrouble() {
-    if (this.ended || this.stillS < this.gapMs / 1000) return;
+    if (this.ended || this.stillS < this.gapMs / 1000) return false;
     const n = Math.floor(this.stillS);
     const offline = document.documentElement.dataset.socket !== "online";
     if (offline) {
@@ -455,7 +460,10 @@ export class VisitCall {
         ? t("call.paused_family", { name: this.peer, n })
         : t("call.paused_person", { name: this.peer, n }),
       "paused");
+    } else {
+      return false;
     }
+    return true;
   }
 
   // ---------- pushes ----------
