@@ -278,17 +278,21 @@ async def test_a_janus_killed_mid_call_pauses_the_visit_and_bills_no_gap(
     once the server's liveness lease runs out, and no time after its last good health check is
     billed (before: the handles' last state, `connected`, stood on the row for ever). Both
     parties are told (`visit.media_lost`) and join again: the room is placed again on the
-    other Janus, and billing resumes."""
+    other Janus, and billing resumes. The visit is recorded: once staff end it, its recording
+    holds both rooms' media, the dead server's unfinished `.mjr.tmp` files included, with the
+    gap between them."""
     async with running_janus(tmp_path / "j1", events_url=ports.events_url) as first, \
             running_janus(tmp_path / "j2", events_url=ports.events_url,
                           janus_secrets=first.secrets) as second, \
             kinwires(pg_db, tmp_path, ports, first, second) as ((a, b), http):
         by_url = {first.api_url: first, second.api_url: second}
-        visit_id, _, family_token, person_token = await a_visit(http, a, b, pg_db)
+        visit_id, facility_id, family_token, person_token = await a_visit(http, a, b, pg_db,
+                                                                          record=True)
         family, family_creds = await joined(http, a, family_token, visit_id)
         person, person_creds = await joined(http, b, person_token, visit_id)
         try:
             placed = by_url[family_creds.server]
+            published_at = utcnow()
             async with publishing(placed, person_creds), publishing(placed, family_creds):
                 live_at = await until_status(pg_db, visit_id, {"live"})
                 await asyncio.sleep(2.6 * MINUTE_S)
@@ -310,10 +314,17 @@ async def test_a_janus_killed_mid_call_pauses_the_visit_and_bills_no_gap(
             async with publishing(moved, person_creds), publishing(moved, family_creds):
                 back_at = await until_status(pg_db, visit_id, {"live"})
                 await asyncio.sleep(2 * MINUTE_S)
-            stopped_at = time.monotonic()
+            stopped_at, stopped_wall = time.monotonic(), utcnow()
             await until_status(pg_db, visit_id, {"paused"}, 5.0)
             await asyncio.sleep(MINUTE_S + 1.0)
             paid = len(await debits(pg_db, visit_id))
+            staff = await staff_of(http, b, pg_db, facility_id)
+            async with http.post(f"{b.base}/api/v1/visits/{visit_id}/end",
+                                 json={"reason": "rules"},
+                                 headers={"Authorization": f"Bearer {staff}"}) as r:
+                assert r.status == 200, await r.text()
+            record = await listed(http, b, staff, visit_id)
+            await plays_both_videos(http, b, staff, record, tmp_path / "played.webm")
         finally:
             await family.close()
             await person.close()
@@ -326,6 +337,12 @@ async def test_a_janus_killed_mid_call_pauses_the_visit_and_bills_no_gap(
     assert paid_by_gap * MINUTE_S > live_s - TOLERANCE_S - 1.0, "connected time went unbilled"
     assert (paid - 1) * MINUTE_S < live_s + again_s + TOLERANCE_S, "billed beyond the call"
     assert paid > paid_by_gap, "billing did not resume on the new room"
+    # From the first room's first packet to the second room's last, the gap between included.
+    span_s = (stopped_wall - published_at).total_seconds()
+    print(f"recording of both rooms: {record['duration_s']:.2f} s for {span_s:.2f} s from "
+          f"publishing in the first to hanging up in the second")
+    assert span_s - 2.0 < record["duration_s"] <= span_s + 0.5, (record, span_s)
+    assert not janus_recording.files(first.recordings_dir, visit_id), "files left"
 
 
 @pytest.mark.timeout(150)
