@@ -98,8 +98,9 @@ def make_attempts(settings: Settings) -> Attempts | None:
 async def start_janus(ctx: Context) -> aiohttp.ClientSession:
     """KINWIRE_MEDIA_ENGINE=janus: the fleet's engine from the settings, its liveness checks
     started, and each visit's room destroyed by the process that ends it
-    (signalling/janus_fleet.py). The embedded relay then relays no visit: the gateway gives
-    relay-mode parties Janus's credentials instead (server/gateway/ops.py)."""
+    (signalling/janus_fleet.py), which then keeps its recording (server/janus_recordings.py).
+    The embedded relay then relays no visit: the gateway gives relay-mode parties Janus's
+    credentials instead (server/gateway/ops.py)."""
     from signalling.janus import JanusConfig, JanusEngine
     from signalling.janus_fleet import JanusFleet
 

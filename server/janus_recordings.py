@@ -70,7 +70,11 @@ class JanusRecordings:
             return None
         kept = await self._kept(visit_id)
         if kept is not None:  # kept before: what is left is a crashed finisher's
-            await asyncio.to_thread(_delete, janus_recording.files(self.folder, visit_id))
+            left = await asyncio.to_thread(janus_recording.files, self.folder, visit_id)
+            if left:  # (or a file copied here after the recording was made: not in it)
+                log.warning("visit %s: %d Janus files left after its recording %s was kept: "
+                            "deleted", visit_id, len(left), kept["id"])
+                await asyncio.to_thread(_delete, left)
             return kept
         settled = await self._settled(visit_id)
         began = time.monotonic()
@@ -79,8 +83,9 @@ class JanusRecordings:
         try:
             found = await asyncio.to_thread(janus_recording.tracks, self.folder, visit_id,
                                             settled)
-            if not found:
-                return None  # nobody published (or another finisher took the files meanwhile)
+            if not found:  # nothing recorded, or another finisher took the files meanwhile
+                await asyncio.to_thread(_delete, _settled_files(self.folder, visit_id, settled))
+                return None
             await asyncio.to_thread(janus_recording.mux_tracks, found, out, visit_id)
             start = datetime.fromtimestamp(min(t.first_us for t in found) / 1e6, UTC)
             record = await self.recordings.keep(row, out, started_at=start, whole=True)
@@ -136,6 +141,12 @@ class JanusRecordings:
                 log.exception("visit %s: Janus recording not kept; tried again next sweep",
                               visit_id)
         return len(due)
+
+
+def _settled_files(folder: Path, visit_id: str, settled: float) -> list[Path]:
+    """The room's files but those still being written: with no media found, all empty."""
+    fresh = set(janus_recording.pending(folder, visit_id, settled))
+    return [path for path in janus_recording.files(folder, visit_id) if path not in fresh]
 
 
 def _delete(paths: list[Path]) -> None:

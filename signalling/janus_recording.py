@@ -82,26 +82,33 @@ def _mtime(path: Path) -> float:
 
 
 def tracks(folder: Path, room: str, settled_before: float | None = None) -> list[Track]:
-    """The room's finished .mjr files in `folder`, in STREAMS order, each party's and kind's
-    in the order they were recorded. A `.mjr.tmp` counts only when unchanged since
-    `settled_before` (its server died); otherwise it is still being written."""
+    """The room's finished .mjr files in `folder` that hold media, in STREAMS order, each
+    party's and kind's in the order they were recorded. A `.mjr.tmp` counts only when
+    unchanged since `settled_before` (its server died); otherwise it is still being written.
+    A file with no header holds no packet (Janus writes the header with the first one: a
+    camera that never sent a frame): left out."""
     found = []
     for path in files(folder, room):
         match = NAME.match(path.name)
         assert match is not None
         if match["tmp"] and (settled_before is None or _mtime(path) >= settled_before):
             continue
-        found.append(Track(match["feed"], match["kind"], path, _first_packet_us(path)))
+        first_us = _first_packet_us(path)
+        if first_us is not None:
+            found.append(Track(match["feed"], match["kind"], path, first_us))
     order = {key: index for index, key in enumerate(STREAMS)}
     return sorted(found, key=lambda t: (order[(t.party, t.kind)], t.first_us))
 
 
-def _first_packet_us(path: Path) -> int:
+def _first_packet_us(path: Path) -> int | None:
+    """The .mjr header's first packet time; None when the file has no header (no packet)."""
     done = _run([PP_REC, "--json", str(path)])
+    if not done.stdout.strip():
+        return None
     try:
         return int(json.loads(done.stdout)["u"])
     except (ValueError, KeyError, TypeError):
-        raise ConvertError(f"{path.name}: no .mjr header") from None
+        raise ConvertError(f"{path.name}: unreadable .mjr header") from None
 
 
 def _run(argv: list[str]) -> subprocess.CompletedProcess:
