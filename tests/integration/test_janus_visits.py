@@ -34,7 +34,10 @@ from sqlalchemy import select
 
 from billing import ledger
 from server.blobs.configured import open_blobs
+from server.broker.memory import MemoryBroker
+from server.housekeeping import Housekeeping
 from server.http.janus_events import PATH
+from server.http.metrics import Metrics
 from server.janus_recordings import JanusRecordings
 from server.recordings import Recordings
 from server.schema import recording_segments, recordings, utcnow
@@ -507,10 +510,18 @@ async def interrupted_visit(http: aiohttp.ClientSession, a: Node, b: Node, db: s
                 await keepers[0].finish(visit_id)
         assert len(janus_recording.files(janus.recordings_dir, visit_id)) == 4
         assert await kept(stores[0], visit_id) == (0, 0)
+        # housekeeping on the second "process", its sweep of the folder among its jobs
+        metrics = Metrics()
+        housekeeping = Housekeeping(stores[1], MemoryBroker(), utcnow, node_id="hk",
+                                    lease_s=3.0, batch_rows=10, retention_s=30 * 86_400,
+                                    metrics=metrics, per_process=lambda now: None,
+                                    janus_recordings=keepers[1])
         began = time.monotonic()
         results = await asyncio.gather(keepers[0].finish(visit_id), keepers[1].finish(visit_id),
-                                       keepers[1].sweep(utcnow(), 10))
+                                       housekeeping.run_pass(asyncio.Event()))
         took_s = time.monotonic() - began
+        assert metrics.counter_value("kinwire_housekeeping_rows_total",
+                                     job="janus_recordings") == 1
         again = await keepers[0].finish(visit_id)
         assert results[0]["id"] == results[1]["id"] == again["id"]
         assert await kept(stores[0], visit_id) == (1, 1)
