@@ -19,8 +19,8 @@ Once, whoever gets there:
 - a conversion that fails (janus-pp-rec missing or killed, the process stopped mid-way) leaves
   the `.mjr` files and no row: housekeeping's `sweep` lists the rooms that have files, and
   finishes each whose visit ended more than SWEEP_GRACE_S ago and has no recording (and
-  deletes the files of one that has). A visit whose files never convert is tried again each
-  sweep, and logged.
+  deletes the files of one that has), starting none after SWEEP_BUDGET_S. A visit whose files
+  never convert is tried again each sweep, and logged.
 - the room's files are written until Janus closes its recorders (it renames `.mjr.tmp` to
   `.mjr`), a moment after the room is destroyed: `finish` waits up to SETTLE_S for that. A
   `.tmp` unchanged for SETTLE_S is a dead server's (killed mid-visit): taken as finished.
@@ -48,6 +48,9 @@ from store import Store
 log = logging.getLogger("kinwire.recording")
 SETTLE_S = 10.0  # Janus renames a closed recorder's file at once; a .tmp this old is a dead one's
 SWEEP_GRACE_S = 60.0  # the ending process finishes within seconds; housekeeping after this
+# A sweep starts no conversion after this long, so that a backlog (Kinwire was down while
+# visits ended) does not hold housekeeping's other jobs: the next sweep goes on with it.
+SWEEP_BUDGET_S = 60.0
 POLL_S = 0.1
 
 
@@ -120,8 +123,9 @@ class JanusRecordings:
         return self.wall() - self.settle_s
 
     async def sweep(self, now: datetime, limit: int) -> int:
-        """Finish up to `limit` ended visits that still have files here (module docstring);
-        returns how many were tried."""
+        """Finish up to `limit` ended visits that still have files here (module docstring),
+        starting none after SWEEP_BUDGET_S; returns how many were tried."""
+        began = time.monotonic()
         rooms = await asyncio.to_thread(janus_recording.rooms, self.folder)
         if not rooms:
             return 0
@@ -130,7 +134,11 @@ class JanusRecordings:
                 visits.c.id.in_(sorted(rooms)), visits.c.status == "ended",
                 visits.c.ended_at <= now - timedelta(seconds=self.sweep_grace_s))
                 .order_by(visits.c.ended_at).limit(limit))).all()
+        tried = 0
         for visit_id, record in due:
+            if time.monotonic() - began > SWEEP_BUDGET_S:
+                break
+            tried += 1
             if not record:
                 log.warning("visit %s is privileged and Janus recorded it: files left in %s "
                             "for an operator", visit_id, self.folder)
@@ -140,7 +148,7 @@ class JanusRecordings:
             except Exception:
                 log.exception("visit %s: Janus recording not kept; tried again next sweep",
                               visit_id)
-        return len(due)
+        return tried
 
 
 def _settled_files(folder: Path, visit_id: str, settled: float) -> list[Path]:
