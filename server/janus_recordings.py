@@ -87,6 +87,8 @@ class JanusRecordings:
             found = await asyncio.to_thread(janus_recording.tracks, self.folder, visit_id,
                                             settled)
             if not found:  # nothing recorded, or another finisher took the files meanwhile
+                if (kept := await self._kept(visit_id)) is not None:
+                    return kept
                 await asyncio.to_thread(_delete, _settled_files(self.folder, visit_id, settled))
                 return None
             await asyncio.to_thread(janus_recording.mux_tracks, found, out, visit_id)
