@@ -477,8 +477,9 @@ async def interrupted_visit(http: aiohttp.ClientSession, a: Node, b: Node, db: s
                             monkeypatch: pytest.MonkeyPatch) -> None:
     """Adversaries of the recording: its conversion killed (janus-pp-rec dies of SIGKILL, as
     when the process is stopped mid-way): the files stay and no row is made; then two
-    processes finish it at once while housekeeping's sweep does too, and one repeats: one
-    recording, one segment, one blob, the files gone. The visit's end is written straight
+    processes finish it at once while housekeeping's sweep does too, a third finisher lists
+    the files only after they were kept and deleted, and one repeats: one recording (the same
+    for all), one segment, one blob, the files gone. The visit's end is written straight
     into its row, unannounced, so that no Kinwire process finishes it (its ending process
     died); the finishers are this test's, on the processes' database and blob store."""
     visit_id, facility_id, *_ = await a_visit(http, a, b, db, record=True)
@@ -499,7 +500,7 @@ async def interrupted_visit(http: aiohttp.ClientSession, a: Node, b: Node, db: s
     blobs = open_blobs(settings)
     keepers = [JanusRecordings(store, Recordings(store, blobs.recordings, utcnow),
                                janus.recordings_dir, blobs.recording_staging, sweep_grace_s=0)
-               for store in stores]
+               for store in (*stores, stores[1])]
     try:
         killed = tmp_path / "killed-pp-rec"
         killed.write_text("#!/bin/sh\nkill -9 $$\n")
@@ -516,10 +517,26 @@ async def interrupted_visit(http: aiohttp.ClientSession, a: Node, b: Node, db: s
                                     lease_s=3.0, batch_rows=10, retention_s=30 * 86_400,
                                     metrics=metrics, per_process=lambda now: None,
                                     janus_recordings=keepers[1])
+        # A third finisher that found no recording yet, and lists the files only after the
+        # others kept it and deleted them (held at that point, so the race is not left to
+        # chance; it returned None before).
+        late, reached, gate = keepers[2], asyncio.Event(), asyncio.Event()
+        checked = late._settled
+
+        async def held(visit: str) -> float:
+            reached.set()
+            await gate.wait()
+            return await checked(visit)
+
+        monkeypatch.setattr(late, "_settled", held)
+        behind = asyncio.create_task(late.finish(visit_id))
+        await asyncio.wait_for(reached.wait(), 5.0)
         began = time.monotonic()
         results = await asyncio.gather(keepers[0].finish(visit_id), keepers[1].finish(visit_id),
                                        housekeeping.run_pass(asyncio.Event()))
         took_s = time.monotonic() - began
+        gate.set()
+        assert (await behind)["id"] == results[0]["id"]
         assert metrics.counter_value("kinwire_housekeeping_rows_total",
                                      job="janus_recordings") == 1
         again = await keepers[0].finish(visit_id)
