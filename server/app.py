@@ -52,6 +52,7 @@ from server.http.proxy import middleware as forwarded_middleware
 from server.http.proxy import networks
 from server.http.routes_ops import healthz, readyz
 from server.http.routing import CONTEXT, WS_PATH, Route, add_routes, error_middleware, json_response
+from server.janus_recordings import JanusRecordings
 from server.photos import PhotoWork
 from server.recordings import Recordings
 from server.schema import utcnow
@@ -97,8 +98,9 @@ def make_attempts(settings: Settings) -> Attempts | None:
 async def start_janus(ctx: Context) -> aiohttp.ClientSession:
     """KINWIRE_MEDIA_ENGINE=janus: the fleet's engine from the settings, its liveness checks
     started, and each visit's room destroyed by the process that ends it
-    (signalling/janus_fleet.py). The embedded relay then relays no visit: the gateway gives
-    relay-mode parties Janus's credentials instead (server/gateway/ops.py)."""
+    (signalling/janus_fleet.py), which then keeps its recording (server/janus_recordings.py).
+    The embedded relay then relays no visit: the gateway gives relay-mode parties Janus's
+    credentials instead (server/gateway/ops.py)."""
     from signalling.janus import JanusConfig, JanusEngine
     from signalling.janus_fleet import JanusFleet
 
@@ -111,7 +113,20 @@ async def start_janus(ctx: Context) -> aiohttp.ClientSession:
                            node_lease_s=s.resolved_node_lease_s)
     await ctx.janus.start()
     assert ctx.meters is not None
-    ctx.meters.on_end = ctx.janus.end_visit
+    fleet, kept = ctx.janus, ctx.janus_recordings
+
+    async def ended(visit_id: str) -> None:
+        # The room first (the media cut at once), then its recording (seconds of work off the
+        # loop; a failure is retried by housekeeping's sweep, server/janus_recordings.py).
+        await fleet.end_visit(visit_id)
+        if kept is not None:
+            try:
+                await kept.finish(visit_id)
+            except Exception:
+                log.exception("visit %s: Janus recording not kept; housekeeping retries",
+                              visit_id)
+
+    ctx.meters.on_end = ended
     return http
 
 
@@ -147,6 +162,13 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
     # --- relay mode (signalling/relay.py): this process's relayed visits, their recordings
     # written under the recordings dir (.partial/) and then kept in the blob store as records ---
     recordings = Recordings(store, blobs.recordings, clock)
+    # Janus's recordings (server/janus_recordings.py): its .mjr files, read where the Janus
+    # servers wrote them, become records the same way once their visit ended
+    janus_recordings = None
+    if settings.media_engine == "janus" and settings.janus_recordings_dir:
+        janus_recordings = JanusRecordings(store, recordings,
+                                           Path(settings.janus_recordings_dir),
+                                           blobs.recording_staging)
     relay = Relay(store, broker, node_id=meters.node_id, lease_s=settings.relay_lease_s,
                   turn_secret=settings.turn_secret, turn_urls=settings.turn_urls,
                   stun_urls=settings.stun_urls, loopback_only=settings.relay_loopback_only,
@@ -182,6 +204,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
         clock=clock, metrics=metrics,
         photo_work=PhotoWork(settings.photo_workers, settings.photo_queue_max),
         meters=meters, relay=relay, recordings=recordings, blobs=blobs,
+        janus_recordings=janus_recordings,
         notifier=notifier, mail_sender=mail_sender, vapid=vapid, push_sender=push_sender)
     app[CONTEXT] = ctx
     if notifier is not None:
@@ -215,6 +238,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
                                 per_process=hub.close_expired,
                                 attempts=ctx.login_limiter.counters,
                                 recordings=recordings,
+                                janus_recordings=janus_recordings,
                                 blobs={"recordings": blobs.recordings,
                                        "photos": blobs.photos},
                                 partials=(blobs.staging, relay.recordings_dir),

@@ -17,6 +17,7 @@ from store import Store
 
 if TYPE_CHECKING:  # built by create_app; a one-shot CLI context has none of them
     from server.blobs.configured import Blobs
+    from server.janus_recordings import JanusRecordings
     from server.mail import MailSender, Notifier
     from server.photos import PhotoWork
     from server.push import PushSender, Vapid
@@ -43,6 +44,7 @@ class Context:
     janus: JanusFleet | None = None  # relay-mode media on Janus (KINWIRE_MEDIA_ENGINE=janus)
     photo_work: PhotoWork | None = None  # the photo pool
     recordings: Recordings | None = None
+    janus_recordings: JanusRecordings | None = None  # Janus's .mjr files made records
     blobs: Blobs | None = None  # the photo and recording stores
     metrics: Metrics = field(default_factory=Metrics)  # create_app's; a private one elsewhere
     # Email (server/mail.py): None when no SMTP relay is configured.

@@ -17,6 +17,9 @@ senders need for long, however far behind it is:
 - visits still `scheduled` after their window ended are marked `missed`;
 - recordings past their facility's retention are deleted, blob then row, each audited
   (server/recordings.py `expire`);
+- every JANUS_SWEEP_EVERY_S, Janus-carried visits that ended with `.mjr` files and no
+  recording (their ending process failed or stopped mid-conversion) have them kept
+  (server/janus_recordings.py `sweep`);
 - unpaid hosted checkouts a day past their page's expiry are deleted (billing/checkout.py
   `prune`; paid ones stay with their purchases);
 - login attempt counters untouched for two days are forgotten (server/attempts.py `prune`: one
@@ -54,6 +57,7 @@ SOCKETS_EVERY_S = 30.0  # expired sessions' sockets: a walk over every socket, s
 ORPHANS_EVERY_S = 600.0  # orphan blobs and stale .partial files: listings, so seldom
 PARTITIONS_EVERY_S = 600.0  # PostgreSQL: the weeks of `events` ahead (four are kept made)
 REMIND_EVERY_S = 60.0  # visit reminder emails: a minute late at most
+JANUS_SWEEP_EVERY_S = 60.0  # a listing of the Janus recordings folder: not each pass
 
 
 def missed_scan(now: datetime, limit: int) -> Select:
@@ -89,7 +93,7 @@ class Housekeeping:
     def __init__(self, store: Any, broker: Any, clock: Callable[[], datetime], *,
                  node_id: str, lease_s: float, batch_rows: int, retention_s: float,
                  metrics: Any, per_process: Callable[[datetime], None],
-                 attempts: Any = None, recordings: Any = None,
+                 attempts: Any = None, recordings: Any = None, janus_recordings: Any = None,
                  blobs: dict[str, Any] | None = None, partials: tuple[Path, ...] = (),
                  in_use: Callable[[Path], bool] = lambda path: False,
                  orphan_grace_s: float = 86_400.0,
@@ -101,13 +105,15 @@ class Housekeeping:
         self.retention_s, self.metrics, self.per_process = retention_s, metrics, per_process
         self.attempts = attempts  # server.attempts counters (SQL or Redis), or None
         self.recordings = recordings  # server.recordings.Recordings, or None
+        # server.janus_recordings.JanusRecordings (KINWIRE_MEDIA_ENGINE=janus), or None
+        self.janus_recordings = janus_recordings
         # orphans (server/orphans.py): the blob stores by kind, this process's .partial
         # folders, whether a file there is a recording this process is writing now
         self.blobs, self.partials, self.in_use = blobs or {}, partials, in_use
         self.orphan_grace_s, self.orphans_every_s = orphan_grace_s, orphans_every_s
         self.wall = wall  # ages of blobs and files: the machine's clock (server/orphans.py)
         self.remind = remind  # visit reminder emails (server/mail.py Notifier), or None
-        self._reminded_at = -float("inf")
+        self._reminded_at = self._janus_swept_at = -float("inf")
         self.holding = False
         # PostgreSQL: events are partitioned by week and retired a week at a time
         self.retention = (event_partitions.Retention(store, batch_rows)
@@ -160,6 +166,11 @@ class Housekeeping:
         if self.recordings is not None:
             await self._batches("recordings", lambda: self.recordings.expire(
                 now, self.batch_rows), stop)
+        if self.janus_recordings is not None and \
+                time.monotonic() - self._janus_swept_at >= JANUS_SWEEP_EVERY_S:
+            self._janus_swept_at = time.monotonic()  # a listing of its folder: one batch
+            await self._batches("janus_recordings", lambda: self.janus_recordings.sweep(
+                now, self.batch_rows), stop, once=True)
         if self.attempts is not None:
             await self._batches("attempts", lambda: self._prune_attempts(now), stop)
         await self._batches("mail", lambda: self._prune_mail(now), stop)

@@ -83,14 +83,20 @@ class Recordings:
     def __init__(self, store: Store, blobs: BlobStore, clock: Callable[[], datetime]) -> None:
         self.store, self.blobs, self.clock = store, blobs, clock
 
-    async def keep(self, visit: Any, path: Path,
-                   ended_at: datetime | None = None) -> dict[str, Any]:
+    async def keep(self, visit: Any, path: Path, ended_at: datetime | None = None, *,
+                   started_at: datetime | None = None, whole: bool = False) -> dict[str, Any]:
         """Store a finished recording file of `visit` (a visits row) as the next segment of
         the visit's recording (the record is made with the first); the local file is taken
-        over. Its end is `ended_at` (now by default); its start, that less its duration."""
+        over. Its end is `ended_at` (now by default); its start, that less its duration; or,
+        given `started_at`, its end is that plus its duration.
+        `whole`: the file is the visit's whole recording (Janus's, muxed once the visit
+        ended, server/janus_recordings.py): kept only if the visit has no recording yet; if
+        it has (another process kept it first), the blob is deleted and that one returned."""
         content_type = CONTENT_TYPES[path.suffix]
         size, sha256, duration_ms = await asyncio.to_thread(_inspect, path)
         now = self.clock()
+        if started_at is not None:
+            ended_at = started_at + timedelta(milliseconds=duration_ms)
         ended_at = ended_at or now
         started_at = ended_at - timedelta(milliseconds=duration_ms)
         segment_key = ordered_id("rec")  # ids sort by time: GET /recordings pages by id
@@ -100,7 +106,8 @@ class Recordings:
             for attempt in range(2):  # a first segment kept at once by two processes: retry
                 try:
                     values = await self._record(visit, segment_key, key, started_at, ended_at,
-                                                duration_ms, size, sha256, content_type, now)
+                                                duration_ms, size, sha256, content_type, now,
+                                                whole)
                     break
                 except IntegrityError:
                     if attempt:
@@ -108,16 +115,22 @@ class Recordings:
         except BaseException:
             await self.blobs.delete(key)
             raise
+        if values.get("duplicate"):
+            await self.blobs.delete(key)
+            log.info("visit %s: recording %s was kept already", visit.id, values["id"])
+            return values
         log.info("visit %s: recording %s segment %d kept (%d bytes, %.1f s)", visit.id,
                  values["id"], values["segment"], size, duration_ms / 1000)
         return values
 
     async def _record(self, visit: Any, new_id: str, key: str, started_at: datetime,
                       ended_at: datetime, duration_ms: int, size: int, sha256: str,
-                      content_type: str, now: datetime) -> dict[str, Any]:
+                      content_type: str, now: datetime, whole: bool) -> dict[str, Any]:
         async with self.store.write() as conn:
             row = (await conn.execute(select(recordings).where(
                 recordings.c.visit_id == visit.id).with_for_update())).first()
+            if row is not None and whole:
+                return {**row._asdict(), "duplicate": True}
             if row is None:
                 settings = (await conn.execute(select(facilities.c.settings).where(
                     facilities.c.id == visit.facility_id))).scalar_one()

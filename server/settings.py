@@ -245,8 +245,11 @@ class Settings:
                                            "(a batch of events) accepted (413 beyond).",
                                            lo=1024, hi=64 * 1024 * 1024)
     janus_recordings_dir: str = _setting("", "Where the Janus servers write a recorded visit's "
-                                         ".mjr files (each room's `rec_dir`, a path on the "
-                                         "Janus servers); empty: Janus's working folder.")
+                                         ".mjr files (each room's `rec_dir`), shared with "
+                                         "Kinwire's processes at the same path: Kinwire makes "
+                                         "them recordings when the visit ends. Empty: Janus "
+                                         "writes them in its working folder, where Kinwire "
+                                         "does not look (no Janus visit's recording is kept).")
     orphan_grace_s: float = _setting(86_400.0, "Housekeeping deletes (and audits) a blob that "
                                      "no recording or photo references once it is this old, "
                                      "and a file under a .partial/ folder unchanged this long "

@@ -24,7 +24,8 @@ credentials (JanusEngine.credentials, expiring at the visit's end).
 Ending: every end of a visit is announced by the process that ended it (Meters.announce_end:
 the meter's time_up and balance_exhausted, a staff end, a hang-up); that process destroys the
 room (`end_visit`), which cuts both parties' media at the server, and deletes the visit's rows
-of `janus_handles`.
+of `janus_handles`; then, for a recorded visit, keeps its recording (server/janus_recordings.py,
+wired in server/app.py: this module only destroys the room).
 """
 
 from __future__ import annotations

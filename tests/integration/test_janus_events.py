@@ -366,6 +366,44 @@ async def test_a_recorded_visit_becomes_one_file_and_a_privileged_one_none(
     assert frames > 15  # the person's camera, 15 frames a second for about 2 s, decodes
 
 
+class BlackedOutCamera(SyntheticVideoTrack):
+    """A camera that never yields a frame: the party publishes video and sends none."""
+
+    async def recv(self):  # type: ignore[override]
+        await asyncio.Event().wait()
+
+
+async def test_a_camera_that_sent_nothing_leaves_its_stream_out_of_the_recording(
+        shared: Shared, kinwire: Kinwire, engine: JanusEngine, tmp_path: Path) -> None:
+    """Adversary: the family publishes a camera that never sends a frame. Janus still makes
+    its video file, with no header (it writes one with the first packet); before, reading
+    that header failed the whole conversion, so the visit's recording could never be kept.
+    Now the empty file is left out and the other three streams are kept."""
+    folder = shared.janus.recordings_dir
+    room = await engine.create_room("vis_blacked_out", record=True)
+    try:
+        async with publishing(shared.janus, engine.credentials(room, "family", "acc_f", soon()),
+                              video=BlackedOutCamera(320, 240, 15)), \
+                publishing(shared.janus, engine.credentials(room, "person", "acc_p", soon())):
+            await until(lambda: seen(kinwire.presence, "person", "receiving", "video"),
+                        "the person's video")
+            await asyncio.sleep(1.5)
+    finally:
+        await engine.end(room)
+    await until(lambda: len(janus_recording.files(folder, "vis_blacked_out")) == 4
+                and not janus_recording.pending(folder, "vis_blacked_out"), "files closed")
+    found = await asyncio.to_thread(janus_recording.tracks, folder, "vis_blacked_out")
+    assert [(t.party, t.kind) for t in found] == [
+        ("person", "video"), ("family", "audio"), ("person", "audio")]
+    out = await asyncio.to_thread(janus_recording.mux, folder, "vis_blacked_out",
+                                  tmp_path / "blacked_out.webm")
+    with av.open(str(out)) as container:
+        titles = [s.metadata.get("title") for s in container.streams]
+        frames = sum(1 for _ in container.decode(video=0))
+    assert titles == ["person video", "family audio", "person audio"]
+    assert frames > 10
+
+
 async def presence_of(kinwire: Kinwire, visit: str) -> bool:
     return set((await kinwire.view(visit)).publishers(visit)) == {"family", "person"}
 

@@ -15,26 +15,38 @@ destroyed: the parties' media is cut at the server)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
+import av
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from sqlalchemy import select
 
 from billing import ledger
+from server.blobs.configured import open_blobs
+from server.broker.memory import MemoryBroker
+from server.housekeeping import Housekeeping
 from server.http.janus_events import PATH
+from server.http.metrics import Metrics
+from server.janus_recordings import JanusRecordings
+from server.recordings import Recordings
+from server.schema import recording_segments, recordings, utcnow
+from signalling import janus_recording
 from signalling.janus import JanusConfig, JanusEngine
 from signalling.media import SyntheticVideoTrack
 from signalling.tables import janus_handles, visits
 from store import Store
+from tests.conftest import test_settings
 from tests.integration.test_janus_events import publishing
 from tests.integration.test_relay import staff_of
 from tests.integration.test_visit_e2e import MINUTE_S, account_id, debits, visit_now
@@ -106,6 +118,8 @@ def janus_env(*fleet: Janus) -> dict[str, str]:
                 KINWIRE_JANUS_TOKEN_SECRET=s.token_secret,
                 KINWIRE_JANUS_ROOM_ADMIN_KEY=s.room_admin_key,
                 KINWIRE_JANUS_EVENTS_PASSWORD=s.events_password,
+                # one folder for the fleet's .mjr files, shared with Kinwire (same host here)
+                KINWIRE_JANUS_RECORDINGS_DIR=str(fleet[0].recordings_dir),
                 KINWIRE_VISIT_MINUTE_S=str(MINUTE_S), KINWIRE_METER_LEASE_S="1.5")
 
 
@@ -180,10 +194,11 @@ async def joined(http: aiohttp.ClientSession, node: Node, token: str,
     return peer, SimpleNamespace(**creds)
 
 
-async def a_visit(http: aiohttp.ClientSession, a: Node, b: Node, db: str) -> tuple[str, ...]:
+async def a_visit(http: aiohttp.ClientSession, a: Node, b: Node, db: str,
+                  record: bool = False) -> tuple[str, ...]:
     family_token, person_token = await make_pair(http, a, b, db)
     family_id = await account_id(http, a, family_token)
-    visit_id, facility_id = await visit_now(db, family_id, media="relay", record=False)
+    visit_id, facility_id = await visit_now(db, family_id, media="relay", record=record)
     return visit_id, facility_id, family_token, person_token
 
 
@@ -266,17 +281,21 @@ async def test_a_janus_killed_mid_call_pauses_the_visit_and_bills_no_gap(
     once the server's liveness lease runs out, and no time after its last good health check is
     billed (before: the handles' last state, `connected`, stood on the row for ever). Both
     parties are told (`visit.media_lost`) and join again: the room is placed again on the
-    other Janus, and billing resumes."""
+    other Janus, and billing resumes. The visit is recorded: once staff end it, its recording
+    holds both rooms' media, the dead server's unfinished `.mjr.tmp` files included, with the
+    gap between them."""
     async with running_janus(tmp_path / "j1", events_url=ports.events_url) as first, \
             running_janus(tmp_path / "j2", events_url=ports.events_url,
                           janus_secrets=first.secrets) as second, \
             kinwires(pg_db, tmp_path, ports, first, second) as ((a, b), http):
         by_url = {first.api_url: first, second.api_url: second}
-        visit_id, _, family_token, person_token = await a_visit(http, a, b, pg_db)
+        visit_id, facility_id, family_token, person_token = await a_visit(http, a, b, pg_db,
+                                                                          record=True)
         family, family_creds = await joined(http, a, family_token, visit_id)
         person, person_creds = await joined(http, b, person_token, visit_id)
         try:
             placed = by_url[family_creds.server]
+            published_at = utcnow()
             async with publishing(placed, person_creds), publishing(placed, family_creds):
                 live_at = await until_status(pg_db, visit_id, {"live"})
                 await asyncio.sleep(2.6 * MINUTE_S)
@@ -298,10 +317,17 @@ async def test_a_janus_killed_mid_call_pauses_the_visit_and_bills_no_gap(
             async with publishing(moved, person_creds), publishing(moved, family_creds):
                 back_at = await until_status(pg_db, visit_id, {"live"})
                 await asyncio.sleep(2 * MINUTE_S)
-            stopped_at = time.monotonic()
+            stopped_at, stopped_wall = time.monotonic(), utcnow()
             await until_status(pg_db, visit_id, {"paused"}, 5.0)
             await asyncio.sleep(MINUTE_S + 1.0)
             paid = len(await debits(pg_db, visit_id))
+            staff = await staff_of(http, b, pg_db, facility_id)
+            async with http.post(f"{b.base}/api/v1/visits/{visit_id}/end",
+                                 json={"reason": "rules"},
+                                 headers={"Authorization": f"Bearer {staff}"}) as r:
+                assert r.status == 200, await r.text()
+            record = await listed(http, b, staff, visit_id)
+            await plays_both_videos(http, b, staff, record, tmp_path / "played.webm")
         finally:
             await family.close()
             await person.close()
@@ -314,17 +340,27 @@ async def test_a_janus_killed_mid_call_pauses_the_visit_and_bills_no_gap(
     assert paid_by_gap * MINUTE_S > live_s - TOLERANCE_S - 1.0, "connected time went unbilled"
     assert (paid - 1) * MINUTE_S < live_s + again_s + TOLERANCE_S, "billed beyond the call"
     assert paid > paid_by_gap, "billing did not resume on the new room"
+    # From the first room's first packet to the second room's last, the gap between included.
+    span_s = (stopped_wall - published_at).total_seconds()
+    print(f"recording of both rooms: {record['duration_s']:.2f} s for {span_s:.2f} s from "
+          f"publishing in the first to hanging up in the second")
+    assert span_s - 2.0 < record["duration_s"] <= span_s + 0.5, (record, span_s)
+    assert not janus_recording.files(first.recordings_dir, visit_id), "files left"
 
 
-@pytest.mark.timeout(120)
-async def test_a_staff_end_destroys_the_room(pg_db: str, tmp_path: Path, ports: Ports,
-                                             janus: Janus) -> None:
-    """Staff end the visit on process B: the room is gone from Janus (the media cut there)
-    within a second of the end's answer, and the visit's handles are forgotten. Before it,
-    the two parties joining at once on two processes got one room, and staff a watcher's
-    token."""
+@pytest.mark.timeout(150)
+async def test_a_staff_end_destroys_the_room_and_keeps_the_recording(
+        pg_db: str, tmp_path: Path, ports: Ports, janus: Janus,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Staff end the recorded visit on process B: the room is gone from Janus (the media cut
+    there) within a second of the end's answer, the visit's handles are forgotten, and its
+    .mjr files become one recording, listed for the facility's staff, as long as the media
+    was, with both parties' video. Before it, the two parties joining at once on two
+    processes got one room, and staff a watcher's token. Beside it, the adversaries of the
+    recording (`interrupted_visit`)."""
     async with kinwires(pg_db, tmp_path, ports, janus) as ((a, b), http):
-        visit_id, facility_id, family_token, person_token = await a_visit(http, a, b, pg_db)
+        visit_id, facility_id, family_token, person_token = await a_visit(http, a, b, pg_db,
+                                                                          record=True)
         staff = await staff_of(http, b, pg_db, facility_id)
         # Both join at once, on two processes: the room is placed once, on one server.
         (family, family_creds), (person, person_creds) = await asyncio.gather(
@@ -336,13 +372,15 @@ async def test_a_staff_end_destroys_the_room(pg_db: str, tmp_path: Path, ports: 
         watch = (await watcher.call("visit.watch", visit_id=visit_id))["ok"]["janus"]
         assert watch["feed"] is None and watch["room"] == visit_id
         assert watch["token"] not in (family_creds.token, person_creds.token)
-        s = janus.secrets
-        engine = JanusEngine(http, JanusConfig((janus.api_url,), (janus.admin_url,),
-                                               s.api_secret, s.admin_secret, s.token_secret,
-                                               s.room_admin_key))
+        engine = engine_of(http, janus)
+        beside = asyncio.create_task(interrupted_visit(http, a, b, pg_db, tmp_path, janus,
+                                                       engine, monkeypatch))
         try:
+            published_at = utcnow()
             async with publishing(janus, person_creds), publishing(janus, family_creds):
                 await until_status(pg_db, visit_id, {"live"})
+                live_at = utcnow()
+                await asyncio.sleep(3.0)
                 rooms = await engine.rooms_on(janus.api_url)
                 assert await rooms.exists(visit_id)
                 async with http.post(f"{b.base}/api/v1/visits/{visit_id}/end",
@@ -363,11 +401,169 @@ async def test_a_staff_end_destroys_the_room(pg_db: str, tmp_path: Path, ports: 
                     await store.close()
                 print(f"room gone {gone_at - ended_at:.2f} s and the visit's handles forgotten "
                       f"{time.monotonic() - ended_at:.2f} s after the end")
+            record = await listed(http, b, staff, visit_id)
+            print(f"recording listed {time.monotonic() - ended_at:.2f} s after the end")
+            await beside
         finally:
+            beside.cancel()
             await engine.close()
             await watcher.close()
             await family.close()
             await person.close()
+        row = await row_of(pg_db, visit_id)
+        started, ended = (datetime.fromisoformat(record[k]) for k in ("started_at", "ended_at"))
+        # By Janus's clock (this machine's): from the first packet, which came once the
+        # parties published and before the visit was live, to the last, which came as the
+        # visit ended (its room destroyed a moment after the row's end was written).
+        late_s, off_s = ((started - published_at).total_seconds(),
+                         (ended - row.ended_at).total_seconds())
+        print(f"recording {record['duration_s']:.2f} s: starts {late_s:.2f} s after "
+              f"publishing, ends {off_s:+.2f} s from the visit's end")
+        assert published_at <= started <= live_at, (published_at, started, live_at)
+        assert abs((ended - row.ended_at).total_seconds()) < 1.0, (ended, row.ended_at)
+        assert abs(record["duration_s"] - (ended - started).total_seconds()) < 0.1
+        await plays_both_videos(http, b, staff, record, tmp_path / "played.webm")
+    assert not janus_recording.files(janus.recordings_dir, visit_id), "the .mjr files left"
+
+
+def engine_of(http: aiohttp.ClientSession, janus: Janus) -> JanusEngine:
+    """Kinwire's engine, as a test's own client of the server (its rooms, their secrets)."""
+    s = janus.secrets
+    return JanusEngine(http, JanusConfig((janus.api_url,), (janus.admin_url,), s.api_secret,
+                                         s.admin_secret, s.token_secret, s.room_admin_key,
+                                         str(janus.recordings_dir)))
+
+
+async def listed(http: aiohttp.ClientSession, node: Node, staff: str, visit_id: str,
+                 timeout_s: float = 30.0) -> dict[str, Any]:
+    """The visit's recording as GET /recordings lists it to the facility's staff (waited for:
+    converted after the end)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        async with http.get(f"{node.base}/api/v1/recordings", params={"visit_id": visit_id},
+                            headers={"Authorization": f"Bearer {staff}"}) as r:
+            assert r.status == 200, await r.text()
+            shown = (await r.json())["recordings"]
+        if shown:
+            assert len(shown) == 1, shown
+            return shown[0]
+        assert time.monotonic() < deadline, f"no recording of {visit_id} in {timeout_s} s"
+        await asyncio.sleep(0.2)
+
+
+async def plays_both_videos(http: aiohttp.ClientSession, node: Node, staff: str,
+                            record: dict[str, Any], path: Path) -> None:
+    """The recording, downloaded as staff: its SHA-256 is the record's, and PyAV decodes both
+    parties' video (VP8 from Janus, not re-encoded) for most of its length."""
+    async with http.get(f"{node.base}/api/v1/recordings/{record['id']}/media",
+                        headers={"Authorization": f"Bearer {staff}"}) as r:
+        assert r.status == 200, await r.text()
+        data = await r.read()
+    assert hashlib.sha256(data).hexdigest() == record["sha256"] and len(data) == record["bytes"]
+    await asyncio.to_thread(path.write_bytes, data)
+    with av.open(str(path)) as container:
+        titles = [s.metadata.get("title") for s in container.streams]
+        assert titles == ["family video", "person video", "family audio", "person audio"]
+        assert [container.streams[i].codec_context.name for i in (0, 1)] == ["vp8", "vp8"]
+        frames = [0, 0]
+        for packet in container.demux(*container.streams.video):
+            frames[packet.stream.index] += len(packet.decode())
+    # 15 frames a second from each synthetic camera; ICE and the first key frame cost some
+    assert min(frames) >= 5 * (record["duration_s"] - 2), (frames, record["duration_s"])
+
+
+async def interrupted_visit(http: aiohttp.ClientSession, a: Node, b: Node, db: str,
+                            tmp_path: Path, janus: Janus, engine: JanusEngine,
+                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Adversaries of the recording: its conversion killed (janus-pp-rec dies of SIGKILL, as
+    when the process is stopped mid-way): the files stay and no row is made; then two
+    processes finish it at once while housekeeping's sweep does too, a third finisher lists
+    the files only after they were kept and deleted, and one repeats: one recording (the same
+    for all), one segment, one blob, the files gone. The visit's end is written straight
+    into its row, unannounced, so that no Kinwire process finishes it (its ending process
+    died); the finishers are this test's, on the processes' database and blob store."""
+    visit_id, facility_id, *_ = await a_visit(http, a, b, db, record=True)
+    row = await row_of(db, visit_id)
+    family_id, person_id = row.family_id, row.person_id
+    room = engine.room(visit_id, janus.api_url, record=True)
+    await engine.open(room)
+    until_ = datetime.now(UTC) + timedelta(minutes=5)
+    async with publishing(janus, engine.credentials(room, "person", person_id, until_)), \
+            publishing(janus, engine.credentials(room, "family", family_id, until_)):
+        await asyncio.sleep(4.0)
+    await engine.end(room)
+    stores = [Store(db), Store(db)]  # two processes
+    async with stores[0].write() as conn:
+        await conn.execute(visits.update().where(visits.c.id == visit_id).values(
+            status="ended", end_reason="hung_up", ended_at=utcnow()))
+    settings = test_settings(db, tmp_path)  # the processes' KINWIRE_DATA_DIR
+    blobs = open_blobs(settings)
+    keepers = [JanusRecordings(store, Recordings(store, blobs.recordings, utcnow),
+                               janus.recordings_dir, blobs.recording_staging, sweep_grace_s=0)
+               for store in (*stores, stores[1])]
+    try:
+        killed = tmp_path / "killed-pp-rec"
+        killed.write_text("#!/bin/sh\nkill -9 $$\n")
+        killed.chmod(0o755)
+        with monkeypatch.context() as patch:
+            patch.setattr(janus_recording, "PP_REC", str(killed))
+            with pytest.raises(janus_recording.ConvertError):
+                await keepers[0].finish(visit_id)
+        assert len(janus_recording.files(janus.recordings_dir, visit_id)) == 4
+        assert await kept(stores[0], visit_id) == (0, 0)
+        # housekeeping on the second "process", its sweep of the folder among its jobs
+        metrics = Metrics()
+        housekeeping = Housekeeping(stores[1], MemoryBroker(), utcnow, node_id="hk",
+                                    lease_s=3.0, batch_rows=10, retention_s=30 * 86_400,
+                                    metrics=metrics, per_process=lambda now: None,
+                                    janus_recordings=keepers[1])
+        # A third finisher that found no recording yet, and lists the files only after the
+        # others kept it and deleted them (held at that point, so the race is not left to
+        # chance; it returned None before).
+        late, reached, gate = keepers[2], asyncio.Event(), asyncio.Event()
+        checked = late._settled
+
+        async def held(visit: str) -> float:
+            reached.set()
+            await gate.wait()
+            return await checked(visit)
+
+        monkeypatch.setattr(late, "_settled", held)
+        behind = asyncio.create_task(late.finish(visit_id))
+        await asyncio.wait_for(reached.wait(), 5.0)
+        began = time.monotonic()
+        results = await asyncio.gather(keepers[0].finish(visit_id), keepers[1].finish(visit_id),
+                                       housekeeping.run_pass(asyncio.Event()))
+        took_s = time.monotonic() - began
+        gate.set()
+        assert (await behind)["id"] == results[0]["id"]
+        assert metrics.counter_value("kinwire_housekeeping_rows_total",
+                                     job="janus_recordings") == 1
+        again = await keepers[0].finish(visit_id)
+        assert results[0]["id"] == results[1]["id"] == again["id"]
+        assert await kept(stores[0], visit_id) == (1, 1)
+        folder = settings.resolved_recordings_dir / facility_id
+        assert len(list(folder.iterdir())) == 1, "a second blob, or none"
+        assert not janus_recording.files(janus.recordings_dir, visit_id)
+        staff = await staff_of(http, b, db, facility_id)
+        record = await listed(http, b, staff, visit_id)
+        print(f"interrupted: kept {record['duration_s']:.2f} s of visit by two finishers and "
+              f"a sweep at once in {took_s:.2f} s")
+        assert 2.0 < record["duration_s"] < 4.5
+    finally:
+        for store in stores:
+            await store.close()
+        await blobs.close()
+
+
+async def kept(store: Store, visit_id: str) -> tuple[int, int]:
+    """(recordings rows, segments) of the visit."""
+    async with store.read() as conn:
+        rows = (await conn.execute(select(recordings.c.id).where(
+            recordings.c.visit_id == visit_id))).all()
+        segments = (await conn.execute(select(recording_segments.c.segment).where(
+            recording_segments.c.recording_id.in_([r.id for r in rows])))).all()
+    return len(rows), len(segments)
 
 
 async def handles_of(store: Store, visit_id: str) -> int:
@@ -381,7 +577,8 @@ async def handles_of(store: Store, visit_id: str) -> int:
 async def test_the_balance_running_out_ends_the_visit_and_destroys_the_room(
         pg_db: str, tmp_path: Path, ports: Ports, janus: Janus) -> None:
     """The meter ends the visit (`balance_exhausted`, on whichever process holds it): that
-    process destroys the room, as a staff end's does."""
+    process destroys the room, as a staff end's does. The visit is privileged (`record`
+    off): it leaves no recording and no file."""
     async with kinwires(pg_db, tmp_path, ports, janus) as ((a, b), http):
         visit_id, _, family_token, person_token = await a_visit(http, a, b, pg_db)
         store = Store(pg_db)
@@ -411,6 +608,13 @@ async def test_the_balance_running_out_ends_the_visit_and_destroys_the_room(
             row = await row_of(pg_db, visit_id)
             assert row.end_reason == "balance_exhausted"
             assert len(await debits(pg_db, visit_id)) == 2
+            # Privileged (not recorded): Janus wrote no file, so no recording is made.
+            assert not janus_recording.files(janus.recordings_dir, visit_id)
+            store = Store(pg_db)
+            try:
+                assert await kept(store, visit_id) == (0, 0)
+            finally:
+                await store.close()
         finally:
             await engine.close()
             await family.close()
