@@ -52,7 +52,6 @@ from server.http.proxy import middleware as forwarded_middleware
 from server.http.proxy import networks
 from server.http.routes_ops import healthz, readyz
 from server.http.routing import CONTEXT, WS_PATH, Route, add_routes, error_middleware, json_response
-from server.janus_recordings import JanusRecordings
 from server.photos import PhotoWork
 from server.recordings import Recordings
 from server.schema import utcnow
@@ -166,6 +165,10 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
     # servers wrote them, become records the same way once their visit ended
     janus_recordings = None
     if settings.media_engine == "janus" and settings.janus_recordings_dir:
+        # Imported here: it loads PyAV, which a start on the embedded engine must not
+        # (tests/unit/test_what_a_start_imports.py).
+        from server.janus_recordings import JanusRecordings
+
         janus_recordings = JanusRecordings(store, recordings,
                                            Path(settings.janus_recordings_dir),
                                            blobs.recording_staging)
