@@ -4,6 +4,7 @@ a migrated file) and on PostgreSQL (a database made for this run, emptied before
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import secrets
 import shutil
@@ -26,18 +27,37 @@ from store.migrate import migrate
 from tests.support.helpers import Api
 from tests.support.seaweed import Seaweed, private_seaweed
 
-# The longest modules start first, so that `make test`'s processes (pytest-xdist, a module
-# each at a time, in collection order) finish together instead of one waiting on a late 3-minute
-# module: 11 min 2 s with them in name order. test_browser_links.py (five real-time network
-# scenarios) takes about 2 min alone.
-LONG_FIRST = ("test_browser_links.py", "test_wall_clock.py", "test_forwarding.py",
-              "test_meter_remote_crash.py", "test_presence_crash.py", "test_visit_e2e.py",
-              "test_backup.py")
+# The order in which `make test`'s processes (pytest-xdist, a module each at a time, in this
+# order: the Makefile turns off xdist's own reordering by test count, which started the
+# 5-minute test_wall_clock.py last) take the modules:
+# - the two longest first, so that no process is left with a long module at the end;
+# - then the heavy modules (two Chromiums with fake cameras, or media through aiortc, or many
+#   processes) spread evenly among the light ones: started together, as in name order, they
+#   starved the timing tests beside them (3 failed in such a run, 2026-12-06);
+# - the unit modules last: seconds in all, they fill the gaps at the end.
+LONG_FIRST = ("test_browser_links.py",  # ~150 s in a full run
+              "test_wall_clock.py")  # ~95 s (libfaketime under load)
+HEAVY = ("test_bench_smoke.py", "test_backup.py", "test_visit_e2e.py",  # 65-115 s, longest first
+         "test_meter_remote_crash.py", "test_janus_visits.py", "test_presence_crash.py",
+         "test_forwarding.py", "test_visit_trust.py", "test_relay.py", "test_faults.py",
+         "test_object_storage.py", "test_ledger_model.py")  # 25-35 s
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def module_order(paths: list[Path]) -> list[Path]:
+    """The modules in the order above: the longest, then the heavy ones (these and the
+    browser's) spread among the light ones, then the unit tests."""
     rank = {name: i for i, name in enumerate(LONG_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FIRST)))  # stable
+    long = sorted((p for p in paths if p.name in rank), key=lambda p: rank[p.name])
+    rest = sorted(p for p in paths if p.name not in rank)
+    unit = [p for p in rest if p.parent.name == "unit"]
+    browser = [p for p in rest if p.parent.name == "browser"]
+    weighty = sorted((p for p in rest if p.name in HEAVY), key=lambda p: HEAVY.index(p.name))
+    # Alternately one of each, the long ones early; then what is left of the longer list.
+    heavy = [p for pair in itertools.zip_longest(weighty, browser) for p in pair if p]
+    light = [p for p in rest if p not in heavy and p not in unit]
+    position = {p: float(i) for i, p in enumerate(light)}
+    position |= {p: (j + 0.5) * len(light) / len(heavy) for j, p in enumerate(heavy)}
+    return long + sorted(heavy + light, key=position.__getitem__) + unit
 
 
 PG_ADMIN_URL = os.environ.get("KINWIRE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
