@@ -5,7 +5,9 @@ It reads the same environment as `kinwire serve`, changes nothing (it writes and
 probe file in each storage folder) and gives each network check a few seconds at most.
 Checks: settings, database (reachable, migrations at head, commits durable), Redis, each
 TURN/STUN URL (a STUN Binding, then a TURN Allocate with REST credentials made from the secret),
-storage folders, public URL and origins, argon2 cost. docs/deploy.md shows it in use.
+the Janus servers when they carry the media (API, VideoRoom, admin secret, the recordings folder
+and janus-pp-rec), storage folders, public URL and origins, argon2 cost. docs/deploy.md shows it
+in use.
 """
 
 from __future__ import annotations
@@ -274,6 +276,53 @@ async def blob_store(settings: Settings) -> list[Check]:
     return [ok(name, f"{settings.blob_url} took, returned and deleted a probe blob")]
 
 
+async def janus_fleet(settings: Settings) -> list[Check]:
+    """With KINWIRE_MEDIA_ENGINE=janus: each server's API answers with the VideoRoom plugin,
+    its admin API takes the admin secret, and the recordings folder is writable with
+    janus-pp-rec installed to convert what lands there (or a warning that no Janus-carried
+    visit's recording is kept)."""
+    if settings.media_engine != "janus":
+        return []
+    import shutil
+
+    import aiohttp
+
+    from signalling.janus import JanusError, JanusServer, JanusUnavailable
+
+    async def one(http: aiohttp.ClientSession, url: str, admin_url: str) -> Check:
+        name = f"janus {url}"
+        server = JanusServer(http, url, api_secret=settings.janus_api_secret,
+                             admin_url=admin_url, admin_secret=settings.janus_admin_secret,
+                             timeout_s=NET_TIMEOUT_S)
+        try:
+            info = await server.info()
+            await server.status()
+        except JanusUnavailable as exc:
+            return fail(name, f"does not answer ({exc})")
+        except JanusError as exc:
+            return fail(name, f"its admin API at {admin_url} refused the admin secret ({exc})")
+        if "janus.plugin.videoroom" not in (info.get("plugins") or {}):
+            return fail(name, "answers without the VideoRoom plugin")
+        return ok(name, f"Janus {info.get('version_string', '?')} with VideoRoom; "
+                  "the admin API takes the admin secret")
+
+    async with aiohttp.ClientSession() as http:
+        checks = list(await asyncio.gather(*(
+            one(http, url, admin) for url, admin in zip(settings.janus_urls,
+                                                        settings.janus_admin_urls,
+                                                        strict=True))))
+    if not settings.janus_recordings_dir:
+        checks.append(warn("janus recordings", "KINWIRE_JANUS_RECORDINGS_DIR is unset: no "
+                           "Janus-carried visit's recording is kept (docs/deploy.md)"))
+        return checks
+    checks.append(folder("janus recordings dir", Path(settings.janus_recordings_dir)))
+    converter = shutil.which("janus-pp-rec")
+    checks.append(ok("janus-pp-rec", converter) if converter else fail(
+        "janus-pp-rec", "not found: install janus-tools, or no recorded Janus visit can be "
+        "converted into a recording"))
+    return checks
+
+
 def urls(settings: Settings) -> list[Check]:
     checks = []
     public = urlsplit(settings.public_url) if settings.public_url else None
@@ -323,9 +372,10 @@ def argon2(settings: Settings) -> Check:
 
 async def run(settings: Settings) -> list[Check]:
     """Every check, the slow network ones at once."""
-    db, broker, turn, blobs = await asyncio.gather(
-        database(settings), redis(settings), ice(settings), blob_store(settings))
-    return [ok("settings", "valid"), db, broker, *turn, *folders(settings), *blobs,
+    db, broker, turn, blobs, media = await asyncio.gather(
+        database(settings), redis(settings), ice(settings), blob_store(settings),
+        janus_fleet(settings))
+    return [ok("settings", "valid"), db, broker, *turn, *media, *folders(settings), *blobs,
             *urls(settings), argon2(settings)]
 
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from server.cli import main
-from server.doctor import argon2, blob_store, parse_ice_url, report, run, urls
+from server.doctor import argon2, blob_store, janus_fleet, parse_ice_url, report, run, urls
 from server.settings import Settings, from_env
+from tests.support.janus import fresh_secrets, running_janus
 from tests.support.nodes import RedisServer
 from tests.support.processes import cli_env, free_port
 from tests.support.seaweed import BUCKET, Seaweed
@@ -125,3 +126,46 @@ async def test_doctor_checks_the_s3_store_takes_and_returns_a_blob(
         assert check.status == "fail" and "not reachable or not writable" in check.detail, check
         assert wrong not in check.line()
     assert wrong not in repr(broken[0])
+
+
+async def test_doctor_checks_each_janus_server_and_what_converts_its_recordings(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real Janus from deploy/janus/. Adversaries: a second server that is not there, a wrong
+    admin secret, the recordings folder unset or not writable, janus-pp-rec not installed."""
+    keys = fresh_secrets()
+    events_url = f"http://127.0.0.1:{free_port()}/internal/janus/events"  # nobody listens
+    async with running_janus(tmp_path / "janus", events_url=events_url,
+                             janus_secrets=keys) as janus:
+        base = Settings(data_dir=str(tmp_path), media_engine="janus",
+                        janus_urls=(janus.api_url,), janus_admin_urls=(janus.admin_url,),
+                        janus_api_secret=keys.api_secret, janus_admin_secret=keys.admin_secret,
+                        janus_token_secret=keys.token_secret,
+                        janus_room_admin_key=keys.room_admin_key,
+                        janus_events_password=keys.events_password,
+                        janus_recordings_dir=str(tmp_path / "recordings")).validate()
+        server, folder, converter = await janus_fleet(base)
+        assert server.status == "ok" and "VideoRoom" in server.detail, server
+        assert folder.status == "ok" and converter.status == "ok", (folder, converter)
+        assert await janus_fleet(Settings(data_dir=str(tmp_path))) == []  # the embedded engine
+
+        gone = f"http://127.0.0.1:{free_port()}/janus"
+        two = base.replace(janus_urls=(janus.api_url, gone),
+                           janus_admin_urls=(janus.admin_url, janus.admin_url))
+        first, second, *_ = await janus_fleet(two)
+        assert first.status == "ok" and second.status == "fail", (first, second)
+        assert second.name == f"janus {gone}" and "does not answer" in second.detail
+
+        wrong = "wrong-" + keys.admin_secret
+        [refused, *_] = await janus_fleet(base.replace(janus_admin_secret=wrong))
+        assert refused.status == "fail" and "refused the admin secret" in refused.detail
+        assert wrong not in refused.line() and keys.api_secret not in refused.line()
+
+        [_, unset] = await janus_fleet(base.replace(janus_recordings_dir=""))
+        assert unset.status == "warn" and "no Janus-carried visit's recording" in unset.detail
+        a_file = tmp_path / "a-file"
+        a_file.write_text("not a folder")
+        [_, not_writable, _] = await janus_fleet(base.replace(janus_recordings_dir=str(a_file)))
+        assert not_writable.status == "fail", not_writable
+        monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+        [_, _, missing] = await janus_fleet(base)
+        assert missing.status == "fail" and "janus-tools" in missing.detail, missing
