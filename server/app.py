@@ -107,7 +107,8 @@ async def start_janus(ctx: Context) -> aiohttp.ClientSession:
     http = aiohttp.ClientSession()
     engine = JanusEngine(http, JanusConfig(
         s.janus_urls, s.janus_admin_urls, s.janus_api_secret, s.janus_admin_secret,
-        s.janus_token_secret, s.janus_room_admin_key, s.janus_recordings_dir))
+        s.janus_token_secret, s.janus_room_admin_key, s.janus_recordings_dir,
+        s.janus_public_urls))
     ctx.janus = JanusFleet(engine, ctx.store, ctx.broker,
                            node_lease_s=s.resolved_node_lease_s)
     await ctx.janus.start()

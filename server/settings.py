@@ -224,6 +224,12 @@ class Settings:
                                  "speaks Janus yet: docs/deploy.md, \"Janus fleet\").")
     janus_urls: tuple[str, ...] = _setting((), "Comma-separated Janus HTTP API URLs, one per "
                                            "server, e.g. `http://10.0.0.5:8088/janus`.")
+    janus_public_urls: tuple[str, ...] = _setting((), "Comma-separated URLs at which clients "
+                                                  "reach each Janus server's API, in the order "
+                                                  "of KINWIRE_JANUS_URLS (its TLS proxy, e.g. "
+                                                  "`https://janus1.kinwire.example/janus`). "
+                                                  "Empty: clients are given "
+                                                  "KINWIRE_JANUS_URLS.")
     janus_admin_urls: tuple[str, ...] = _setting((), "Comma-separated Janus admin API URLs, "
                                                  "in the order of KINWIRE_JANUS_URLS "
                                                  "(`http://10.0.0.5:7088/admin`): Kinwire's "
@@ -421,10 +427,13 @@ class Settings:
                 raise SettingsError(f"{self.env_name(name)} must be in (0, 3600]")
         if self.media_engine not in ("aiortc", "janus"):
             raise SettingsError("KINWIRE_MEDIA_ENGINE must be aiortc or janus")
-        for url in self.janus_urls + self.janus_admin_urls:
+        for url in self.janus_urls + self.janus_admin_urls + self.janus_public_urls:
             if not url.startswith(("http://", "https://")):
-                raise SettingsError(f"KINWIRE_JANUS_URLS and KINWIRE_JANUS_ADMIN_URLS: {url!r} "
-                                    "is not an http(s) URL")
+                raise SettingsError(f"KINWIRE_JANUS_URLS, KINWIRE_JANUS_ADMIN_URLS and "
+                                    f"KINWIRE_JANUS_PUBLIC_URLS: {url!r} is not an http(s) URL")
+        if self.janus_public_urls and len(self.janus_public_urls) != len(self.janus_urls):
+            raise SettingsError("KINWIRE_JANUS_PUBLIC_URLS must be empty or name as many URLs "
+                                "as KINWIRE_JANUS_URLS, in the same order")
         if self.media_engine == "janus":
             if not self.janus_urls or len(self.janus_admin_urls) != len(self.janus_urls):
                 raise SettingsError("KINWIRE_MEDIA_ENGINE=janus needs KINWIRE_JANUS_URLS and as "

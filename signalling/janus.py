@@ -292,6 +292,8 @@ class JanusConfig:
     token_secret: str
     room_admin_key: str
     recordings_dir: str = ""  # rec_dir as the Janus servers see it; empty: Janus's default
+    # Where clients reach each server (its TLS proxy), in api_urls' order; empty: api_urls.
+    public_urls: tuple[str, ...] = ()
 
 
 class JanusEngine:
@@ -303,7 +305,12 @@ class JanusEngine:
     def __init__(self, http: aiohttp.ClientSession, config: JanusConfig) -> None:
         if len(config.api_urls) != len(config.admin_urls) or not config.api_urls:
             raise ValueError("one admin URL for each Janus API URL")
+        if config.public_urls and len(config.public_urls) != len(config.api_urls):
+            raise ValueError("one public URL for each Janus API URL, or none")
         self.config = config
+        # A room's server is stored as Kinwire reaches it; a client is given this instead.
+        self.public = dict(zip(config.api_urls, config.public_urls or config.api_urls,
+                               strict=True))
         self.servers = {api: JanusServer(http, api, api_secret=config.api_secret,
                                          admin_url=admin, admin_secret=config.admin_secret)
                         for api, admin in zip(config.api_urls, config.admin_urls, strict=True)}
@@ -359,8 +366,8 @@ class JanusEngine:
                     expires_at: datetime) -> JoinCredentials:
         token = party_token(self.config.token_secret, visit_id=room.visit_id, role=role,
                             account_id=account_id, expires_at=expires_at)
-        return JoinCredentials(server=room.server, room=room.room, pin=room.pin, token=token,
-                               feed=None if role == "staff" else role,
+        return JoinCredentials(server=self.public[room.server], room=room.room, pin=room.pin,
+                               token=token, feed=None if role == "staff" else role,
                                expires_at=expires_at.astimezone(UTC))
 
     async def end(self, room: Room) -> None:

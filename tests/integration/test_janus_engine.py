@@ -5,6 +5,7 @@ the rooms Kinwire makes for visits (signalling/janus.py)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from server.settings import Settings, SettingsError
 from signalling.janus import (
     VIDEOROOM,
     JanusConfig,
@@ -252,3 +254,30 @@ def test_a_party_token_names_its_party_and_nothing_else() -> None:
         party_token("s", visit_id="vis_a", role="family", account_id="acc:x", expires_at=soon())
     with pytest.raises(ValueError):
         party_token("s", visit_id="vis_a", role="admin", account_id="acc", expires_at=soon())
+
+
+async def test_a_client_is_given_the_server_s_public_url_and_kinwire_keeps_its_own(
+        http: aiohttp.ClientSession, janus: Janus) -> None:
+    """KINWIRE_JANUS_PUBLIC_URLS: the room is made and stored at the URL Kinwire reaches (a
+    private address), and each party is told the server's public one (its TLS proxy)."""
+    public = "https://janus1.kinwire.example/janus"
+    engine = JanusEngine(http, dataclasses.replace(config(janus), public_urls=(public,)))
+    try:
+        room = await engine.create_room("vis_public", record=False)
+        assert room.server == janus.api_url
+        for role in ("family", "person", "staff"):
+            assert engine.credentials(room, role, "acc_x", soon()).server == public
+        await engine.end(room)
+    finally:
+        await engine.close()
+    plain = JanusEngine(http, config(janus))  # none set: the API URL itself
+    assert plain.credentials(plain.room("vis_p", janus.api_url, record=False), "family",
+                             "acc_x", soon()).server == janus.api_url
+    with pytest.raises(ValueError, match="public URL"):
+        JanusEngine(http, dataclasses.replace(config(janus), public_urls=(public, public)))
+    settings = Settings(janus_urls=("http://10.0.0.5:8088/janus",),
+                        janus_admin_urls=("http://10.0.0.5:7088/admin",))
+    with pytest.raises(SettingsError, match="KINWIRE_JANUS_PUBLIC_URLS"):
+        settings.replace(janus_public_urls=(public, public)).validate()
+    with pytest.raises(SettingsError, match="not an http"):
+        settings.replace(janus_public_urls=("janus1.kinwire.example",)).validate()
