@@ -28,7 +28,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import queue
+import secrets
 import threading
 from collections.abc import Sequence
 from functools import partial
@@ -176,12 +178,25 @@ def salvage(part: Path) -> Path | None:
     """A recording's `.part` file left by a process that died mid-visit (Matroska reads up to
     its last complete cluster), copied packet by packet into a complete file beside it,
     `<name>.salvaged.webm`, which is returned; the `.part` is then removed. None, and the
-    `.part` left for housekeeping's orphan sweep, when nothing in it can be read."""
+    `.part` left for housekeeping's orphan sweep, when nothing in it can be read; None too when
+    another salvager has it.
+
+    Two may find the same file (two processes on a shared folder taking the visit over, or a
+    drain's handover beside a takeover): the `.part` is claimed first by an atomic rename, so
+    only one reads it and writes the salvaged file (both did, into the same name, and one
+    left it behind). The claimed file is touched: the orphan sweep leaves it alone while
+    this runs."""
     stem = part.name.removesuffix(".part").removesuffix(".webm")
     done = part.with_name(f"{stem}.salvaged.webm")
+    claimed = part.with_name(f"{part.name}.salvaging-{secrets.token_hex(4)}")
+    try:
+        part.rename(claimed)
+    except FileNotFoundError:
+        return None  # another salvager's
+    os.utime(claimed)
     copied = 0
     try:
-        with av.open(str(part)) as source, av.open(str(done), "w", format="webm") as out:
+        with av.open(str(claimed)) as source, av.open(str(done), "w", format="webm") as out:
             streams = {}
             for stream in source.streams:
                 streams[stream.index] = out.add_stream_from_template(stream)
@@ -198,6 +213,7 @@ def salvage(part: Path) -> Path | None:
         copied = 0
     if not copied:
         done.unlink(missing_ok=True)
+        claimed.rename(part)  # as it was, for the orphan sweep
         return None
-    part.unlink()
+    claimed.unlink()
     return done

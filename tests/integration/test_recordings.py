@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import fractions
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -236,3 +237,28 @@ async def test_two_files_of_one_visit_are_one_record_in_two_segments(
             assert (await conn.execute(select(recording_segments))).all() == []
         expired = await audit_entries(api, "recording.expired")
         assert [(e.target, e.details["segments"]) for e in expired] == [(record["id"], 2)]
+
+
+def test_two_salvagers_of_one_dead_relay_s_file_make_one_file_and_leave_nothing(
+        tmp_path: Path) -> None:
+    """A relay's `.part` left by its death, found at once by two relays taking the visit over
+    (a drain's handover beside a takeover, two processes on one shared folder): one salvages
+    it, the other gets None; no second salvaged file, no claimed leftover (a full run once
+    left a `.salvaged.webm` behind: both had written it). Then a file with nothing readable
+    in it goes back to its `.part` name for the orphan sweep."""
+    from signalling import remux
+
+    for round_ in range(5):  # the race is real threads: several tries
+        folder = tmp_path / f"round-{round_}"
+        folder.mkdir()
+        part = webm(folder / "vis_dead.webm.part")
+        with ThreadPoolExecutor(3) as pool:
+            results = list(pool.map(remux.salvage, [part] * 3))
+        kept = [r for r in results if r is not None]
+        assert len(kept) == 1, results
+        assert sorted(p.name for p in folder.iterdir()) == ["vis_dead.salvaged.webm"]
+        with av.open(str(kept[0])) as container:
+            assert sum(1 for _ in container.demux(video=0)) >= 15
+    junk = write(tmp_path / "vis_junk.webm.part", b"not a recording")
+    assert remux.salvage(junk) is None
+    assert sorted(p.name for p in tmp_path.glob("vis_junk*")) == ["vis_junk.webm.part"]
