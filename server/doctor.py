@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -283,8 +284,6 @@ async def janus_fleet(settings: Settings) -> list[Check]:
     visit's recording is kept)."""
     if settings.media_engine != "janus":
         return []
-    import shutil
-
     import aiohttp
 
     from signalling.janus import JanusError, JanusServer, JanusUnavailable

@@ -102,7 +102,7 @@ class JanusRecordings:
         finally:  # the blob store took it over, or it is not kept
             await asyncio.to_thread(_delete, [out, out.with_name(out.name + ".part")])
         # Only now: a crash before this line leaves the files for the next sweep.
-        await asyncio.to_thread(_delete, janus_recording.files(self.folder, visit_id))
+        await asyncio.to_thread(lambda: _delete(janus_recording.files(self.folder, visit_id)))
         log.info("visit %s: %d Janus files kept as recording %s in %.2f s", visit_id,
                  len(found), record["id"], time.monotonic() - began)
         return record

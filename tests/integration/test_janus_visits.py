@@ -10,7 +10,11 @@ state lived in the memory of the process that saw it attach); a family client th
 media connected while it sends none (relay mode reads no client report: not billed); a Janus
 server killed -9 in the middle of a paid minute (its observations stop counting: the visit
 pauses, and the time after its last health check is not billed); a staff end (the room is
-destroyed: the parties' media is cut at the server)."""
+destroyed: the parties' media is cut at the server).
+
+The real clock on purpose, and only as instants and intervals: Janus stamps its recordings and
+checks its tokens' expiry on the machine's clock, and the visits are written as under way now
+(no booking, no visiting hours, no facility day), so the date and hour cannot matter."""
 
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -487,7 +491,7 @@ async def interrupted_visit(http: aiohttp.ClientSession, a: Node, b: Node, db: s
     family_id, person_id = row.family_id, row.person_id
     room = engine.room(visit_id, janus.api_url, record=True)
     await engine.open(room)
-    until_ = datetime.now(UTC) + timedelta(minutes=5)
+    until_ = utcnow() + timedelta(minutes=5)
     async with publishing(janus, engine.credentials(room, "person", person_id, until_)), \
             publishing(janus, engine.credentials(room, "family", family_id, until_)):
         await asyncio.sleep(4.0)
