@@ -20,6 +20,7 @@ import secrets
 import time
 from pathlib import Path
 
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from billing import ledger
@@ -38,6 +39,9 @@ PASSWORD = "correct horse battery"
 CREDITS = 300
 
 
+# Two visits in four Chromium pages: ~28 s in a full run, and over the suite's default 60 s
+# once with four test processes on the two cores (its waits are bounded by `expect` alone).
+@pytest.mark.timeout(120)
 async def test_hang_up_and_staff_end_in_the_browsers(sqlite_template: Path,
                                                      tmp_path: Path) -> None:
     require_chromium()
