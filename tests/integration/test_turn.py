@@ -362,6 +362,10 @@ async def test_two_visit_clients_see_each_other_through_the_private_turn(tmp_pat
                 assert len(sockets) == 2 and all(remote == f"127.0.0.1:{turn.port}"
                                                  for _local, remote in sockets), sockets
                 assert relay.signals[:2] == [("family", "offer"), ("person", "answer")]
+                # The kiosk reports connected on its next look at the media (every 0.5 s):
+                # under load that can come after both saw their frames; leaving first would
+                # race it.
+                await person.wait_for(lambda: ("person", "connected") in relay.media)
 
                 # The person hangs up: the family drops its call and says so.
                 await person.leave()
@@ -374,6 +378,7 @@ async def test_two_visit_clients_see_each_other_through_the_private_turn(tmp_pat
                 await again.wait_frames("video", 20)
                 await family.wait_frames("video", before["video"] + 20)  # from the file
                 await family.wait_frames("audio", before["audio"] + 10)  # the added tone
+                await again.wait_for(lambda: relay.media.count(("person", "connected")) == 2)
 
                 # The server ends the visit: both clients close by themselves.
                 await relay.end("time_up")
