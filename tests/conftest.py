@@ -60,6 +60,11 @@ def module_order(paths: list[Path]) -> list[Path]:
     return long + sorted(heavy + light, key=position.__getitem__) + unit
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    order = {path: i for i, path in enumerate(module_order(list({i.path for i in items})))}
+    items.sort(key=lambda item: order[item.path])  # stable: a module's tests keep their order
+
+
 PG_ADMIN_URL = os.environ.get("KINWIRE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 BACKENDS = ["sqlite", "postgresql"]
 

@@ -221,7 +221,12 @@ async def test_a_top_up_in_the_call_keeps_it_going(sqlite_template: Path,
                 processor = await opened.value
                 await fill_card(processor)
                 await processor.get_by_role("button", name=re.compile(r"^Pay \$")).click()
-                await processor.wait_for_event("close")  # it hands the call page the receipt
+                try:
+                    await processor.wait_for_event("close")  # it hands the call page the receipt
+                except TimeoutError as exc:  # what the processor's page says, if anything
+                    raise AssertionError(
+                        f"the processor's window stayed open at {processor.url}: "
+                        f"{await processor.locator('#pay-notice').text_content()!r}") from exc
                 await expect(fam.locator("#buy-notice")).to_contain_text("600 credits added")
                 await expect(warning).to_have_attribute("data-warning", "topped_up")
                 await dialog.get_by_role("button", name="Back to the call").click()
