@@ -40,6 +40,13 @@ What it does, in order (API.md, "WebSocket /ws"; the server side follows the sam
    the visit died or is draining; docs/visits.md "Relay failover") makes it drop its session and
    offer at once, without waiting for ICE to notice that the old relay is gone (~30 s).
 
+8. Relay mode on Janus (the join reply carries `janus` credentials): it offers nothing to
+   Kinwire; it publishes into the visit's Janus room and subscribes to the other party there
+   (signalling/janus_party.py). When its Janus server stops answering, or a `visit.media_lost`
+   push says Kinwire saw it die, it sends `visit.join` again, every RECONNECT_PAUSE_S until the
+   reply names a live room, and starts there (`janus_moves` counts the moves). A lost socket
+   alone leaves its Janus media as it is.
+
 `loopback_only=True` (tests, benchmarks on one machine) forces ICE relay-only policy and insists
 that every ICE server is on a loopback address: then no host candidate is gathered at all and the
 only sockets the client opens are connected to the TURN server on 127.0.0.1 (docs/turn.md).
@@ -65,6 +72,8 @@ from aiortc.contrib.media import MediaPlayer
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import candidate_from_sdp
 
+from signalling.janus import JanusError, JanusUnavailable
+from signalling.janus_party import JanusParty
 from signalling.media import (
     SyntheticVideoTrack,
     ToneAudioTrack,
@@ -83,7 +92,8 @@ RECONNECT_PAUSE_S = 0.5  # between attempts to reach the service again
 CONNECT_WAIT_S = 10.0
 FRESH_OFFER_S = 2.0  # see VisitClient._offer_fresh
 SURFACED = ("visit.live", "visit.tick", "visit.warning", "visit.ended", "visit.peer",
-            "visit.updated", "visit.relay_moved")
+            "visit.updated", "visit.relay_moved", "visit.media_lost")
+FINAL = ("visit_over", "not_found", "forbidden")  # a join refused for good
 
 
 class VisitError(Exception):
@@ -129,6 +139,10 @@ class VisitClient:
         self.relay: str | None = None  # relay mode: the server relay that answered us last
         self.relay_moves = 0  # relay mode: offers made because the relay moved
         self._moved_to: str | None = None
+        self.janus: JanusParty | None = None  # relay mode on Janus: our party in the room
+        self.janus_creds: dict[str, Any] | None = None  # the join reply's `janus`
+        self.janus_moves = 0  # relay mode on Janus: parties started on another server
+        self._told_lost: JanusParty | None = None
         self.role: str | None = None
         self.media: str | None = None
         self.visit: dict[str, Any] | None = None
@@ -204,13 +218,16 @@ class VisitClient:
         self._reader = asyncio.create_task(self._read(), name="visit-client-reader")
         device = {"device_token": self.device_token} if self.device_token else {}
         await self.call("auth", {"token": self.token, **device})
-        joined = await self.call("visit.join", {"visit_id": self.visit_id})
+        return self._joined(await self.call("visit.join", {"visit_id": self.visit_id}))
+
+    def _joined(self, joined: dict[str, Any]) -> dict[str, Any]:
         self.visit = joined.get("visit")
         self.role = joined.get("role")
         self.media = joined.get("media", "direct")
         self.peer_present = bool(joined.get("peer_present"))
         self.stall_s = float(joined.get("media_stall_s", self.stall_s))
         self.gap_s = float(joined.get("media_gap_s", min(self.gap_s, self.stall_s)))
+        self.janus_creds = joined.get("janus")
         return joined
 
     async def _reconnect(self) -> bool:
@@ -233,6 +250,8 @@ class VisitClient:
             else:
                 self.reconnects += 1
                 self._reported = None  # the rejoin reset our media on the row: report again
+                if self._janus_keeps():
+                    return True  # our media never went through the process that died
                 if self.media == "relay" or self.role == "family":
                     await self._drop_pc()  # the offering side starts the new session
                     if self._should_offer():
@@ -396,6 +415,10 @@ class VisitClient:
             if self._should_offer():
                 await self._offer()
             return
+        if kind == "_janus_lost":
+            if self.janus is not None and id(self.janus) == data.get("party"):
+                await self._janus_rejoin()
+            return
         if kind == "_offer_again":
             if self.pc is not None and id(self.pc) == data.get("pc"):
                 await self._drop_pc()
@@ -427,6 +450,8 @@ class VisitClient:
                 await self._offer()
         elif kind == "visit.relay_moved":
             await self._relay_moved(str(data.get("relay")))
+        elif kind == "visit.media_lost" and self.janus_creds is not None:
+            await self._janus_rejoin()  # Kinwire saw our Janus server die
         elif kind == "visit.signal":
             if data.get("from") == "server" and data.get("relay"):
                 self.relay = str(data["relay"])  # the relay that answered this session
@@ -449,7 +474,7 @@ class VisitClient:
         await self._offer()
 
     def _should_offer(self) -> bool:
-        if self.pc is not None:
+        if self.pc is not None or self.janus is not None:
             return False
         return self.media == "relay" or (self.role == "family" and self.peer_present)
 
@@ -503,6 +528,10 @@ class VisitClient:
         return pc
 
     async def _drop_pc(self) -> None:
+        party, self.janus = self.janus, None
+        if party is not None:
+            await party.close()
+            self.connection_state = "closed"
         pc, self.pc = self.pc, None
         if pc is None:
             return
@@ -590,7 +619,70 @@ class VisitClient:
             if self.frames[kind] % 10 == 1:
                 await self._notify()
 
+    # -- relay mode on Janus (signalling/janus_party.py)
+
+    async def _start_janus(self) -> None:
+        assert self.janus_creds is not None
+        await self._drop_pc()
+        config = rtc_configuration(self.ice_servers, loopback_only=self.loopback_only)
+        party = self.janus = JanusParty(
+            self.janus_creds, config=config, tracks=self._new_local_tracks(),
+            on_track=lambda track: self._spawn(self._count(track)),
+            on_change=lambda: self._janus_changed(party))
+        try:
+            await party.start()
+        except (JanusUnavailable, JanusError) as exc:
+            log.info("visit client: Janus at %s refused or did not answer (%s)",
+                     party.server, exc)
+            party.lost = True
+            await self._janus_changed(party)
+
+    async def _janus_changed(self, party: JanusParty) -> None:
+        if party is not self.janus:
+            return
+        self.connection_state = "closed" if party.lost else party.state
+        if party.lost and self._told_lost is not party:
+            self._told_lost = party  # one rejoin per lost party (a hang-up, then the poll)
+            self._spawn(self._after_pause({"type": "_janus_lost", "data": {"party": id(party)}}))
+        await self._notify()
+
+    async def _after_pause(self, push: dict[str, Any]) -> None:
+        await asyncio.sleep(RECONNECT_PAUSE_S)  # a dead server refuses at once: not a spin
+        await self._pushes.put(push)
+
+    async def _janus_rejoin(self) -> None:
+        """Our Janus server stopped answering (or Kinwire says it died): join again and start
+        a new party where Kinwire says the room is now (docs/visits.md, "Janus fleet"). Until
+        Kinwire sees the server dead (its liveness lease) it names the same one, which refuses:
+        the party is lost again and this runs again after a pause."""
+        try:
+            self._joined(await self.call("visit.join", {"visit_id": self.visit_id}))
+        except VisitError as exc:
+            if exc.code in FINAL:
+                log.info("visit client: not rejoining (%s)", exc.code)
+                return  # its visit.ended closes us
+            log.info("visit client: rejoin refused (%s); trying again", exc.code)
+            self._spawn(self._after_pause({"type": "_janus_lost",
+                                           "data": {"party": id(self.janus)}}))
+            return
+        except (ConnectionError, TimeoutError):
+            return  # the socket's own reconnect joins again and starts a party
+        if self._janus_keeps():
+            return  # the push came late: our party is on the room Kinwire names, and alive
+        if self.janus is None or self.janus.server != (self.janus_creds or {}).get("server"):
+            self.janus_moves += 1
+        await self._start_janus()
+
+    def _janus_keeps(self) -> bool:
+        """Our Janus party is alive on the room the last join named: nothing to redo."""
+        party, creds = self.janus, self.janus_creds
+        return (party is not None and creds is not None and not party.lost
+                and (party.server, party.creds["room"]) == (creds["server"], creds["room"]))
+
     async def _offer(self) -> None:
+        if self.janus_creds is not None:
+            await self._start_janus()  # Janus answers our offer itself (janus_party.py)
+            return
         pc = await self._new_pc()
         await pc.setLocalDescription(await pc.createOffer())
         await self._send_description(pc)

@@ -49,6 +49,7 @@ from signalling import janus_recording
 from signalling.janus import JanusConfig, JanusEngine
 from signalling.media import SyntheticVideoTrack
 from signalling.tables import janus_handles, visits
+from signalling.visit_client import VisitClient
 from store import Store
 from tests.conftest import test_settings
 from tests.integration.test_janus_events import publishing
@@ -350,6 +351,54 @@ async def test_a_janus_killed_mid_call_pauses_the_visit_and_bills_no_gap(
           f"publishing in the first to hanging up in the second")
     assert span_s - 2.0 < record["duration_s"] <= span_s + 0.5, (record, span_s)
     assert not janus_recording.files(first.recordings_dir, visit_id), "files left"
+
+
+@pytest.mark.timeout(150)
+async def test_reference_clients_see_each_other_through_janus_and_move_when_it_dies(
+        pg_db: str, tmp_path: Path, ports: Ports) -> None:
+    """The reference visit client (signalling/visit_client.py, signalling/janus_party.py)
+    joins through Kinwire, publishes into the visit's room and subscribes to the other party's
+    feed: each party receives the other's video and audio. Adversary: kill -9 of the Janus
+    carrying the call, and nobody tells the clients what to do: they notice their server gone
+    (its long poll fails), join again until Kinwire places the room on the other Janus (once
+    the dead one's liveness lease runs out), and each receives the other's media again within
+    10 s of the kill (issue 16)."""
+    async with running_janus(tmp_path / "j1", events_url=ports.events_url) as first, \
+            running_janus(tmp_path / "j2", events_url=ports.events_url,
+                          janus_secrets=first.secrets) as second, \
+            kinwires(pg_db, tmp_path, ports, first, second) as ((a, b), http):
+        by_url = {first.api_url: first, second.api_url: second}
+        visit_id, _, family_token, person_token = await a_visit(http, a, b, pg_db)
+        family = VisitClient(a.base, family_token, visit_id, width=320, height=240, fps=15)
+        person = VisitClient(b.base, person_token, visit_id, codec="msgpack", width=320,
+                             height=240, fps=15)
+        try:
+            async with asyncio.timeout(LIVE_WAIT_S):
+                await asyncio.gather(family.start(), person.start())
+                for client in (family, person):
+                    await client.wait_frames("video", 15)
+                    await client.wait_frames("audio", 25)
+            assert family.media == person.media == "relay" and family.pc is None
+            assert family.janus_creds is not None and person.janus_creds is not None
+            placed = by_url[family.janus_creds["server"]]
+            assert person.janus_creds["server"] == placed.api_url
+            await until_status(pg_db, visit_id, {"live"})
+            await asyncio.to_thread(placed.kill)
+            killed_at = time.monotonic()
+            before = {client: client.frames["video"] for client in (family, person)}
+            async with asyncio.timeout(10.0):
+                for client in (family, person):  # a second of new video each way
+                    await client.wait_frames("video", before[client] + 15)
+            resumed_s = time.monotonic() - killed_at
+            await until_status(pg_db, visit_id, {"live"}, 10.0)
+            moved = (await row_of(pg_db, visit_id)).media_server
+        finally:
+            await family.close()
+            await person.close()
+    print(f"both parties' video again {resumed_s:.2f} s after the kill, through {moved}")
+    assert moved != placed.api_url and moved in by_url
+    for client in (family, person):
+        assert client.janus_moves == 1 and client.reconnects == 0, client
 
 
 @pytest.mark.timeout(150)
