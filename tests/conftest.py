@@ -4,14 +4,11 @@ a migrated file) and on PostgreSQL (a database made for this run, emptied before
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import itertools
 import os
 import secrets
 import shutil
 import sys
-import tempfile
-import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -61,42 +58,6 @@ def module_order(paths: list[Path]) -> list[Path]:
     position = {p: float(i) for i, p in enumerate(light)}
     position |= {p: (j + 0.5) * len(light) / len(heavy) for j, p in enumerate(heavy)}
     return long + sorted(heavy + light, key=position.__getitem__) + unit
-
-
-def heavy(path: Path) -> bool:
-    return path.parent.name == "browser" or path.name in HEAVY or path.name in LONG_FIRST
-
-
-# At most this many of make test's processes run heavy modules at once; the others wait for a
-# slot (a lock file of the run's). Spread in the order was not enough: modules of different
-# lengths still met, and with four heavy ones together (2026-12-07: the lossy-link call beside
-# a backup under load, the benchmark smoke and a Chromium pair) a timing test failed.
-HEAVY_AT_ONCE = 3
-HELD = "KINWIRE_TEST_HEAVY_SLOT"  # set while held: a test's own pytest run inside takes none
-
-
-@pytest.fixture(scope="module", autouse=True)
-def heavy_slot(request: pytest.FixtureRequest) -> Iterator[None]:
-    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-    if run is None or HELD in os.environ or not heavy(request.node.path):
-        yield
-        return
-    folder = Path(tempfile.gettempdir()) / f"kinwire-heavy-{run}"
-    folder.mkdir(exist_ok=True)
-    while True:
-        for slot in range(HEAVY_AT_ONCE):
-            with open(folder / f"{slot}.lock", "w") as lock:
-                try:
-                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue
-                os.environ[HELD] = str(slot)
-                try:
-                    yield
-                finally:
-                    del os.environ[HELD]
-                return  # closing the file releases the lock, also if this process dies
-        time.sleep(0.2)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
