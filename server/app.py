@@ -42,7 +42,7 @@ from server.http import (
     routes_visits,
 )
 from server.http.drain import DRAIN, Drain
-from server.http.edge import handler_args, security_headers
+from server.http.edge import handler_args, origins, security_headers
 from server.http.logs import request_id_middleware
 from server.http.metrics import Metrics
 from server.http.metrics import install as install_metrics
@@ -144,7 +144,11 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
                                        error_middleware],
                           client_max_size=settings.request_body_bytes_max,
                           handler_args=handler_args(settings.http_header_timeout_s))
-    app.on_response_prepare.append(security_headers(networks(settings.trusted_proxies)))
+    # With Janus the pages call its client API themselves (static/js/janus.js).
+    janus_api = (settings.janus_public_urls or settings.janus_urls) \
+        if settings.media_engine == "janus" else ()
+    app.on_response_prepare.append(security_headers(networks(settings.trusted_proxies),
+                                                    origins(janus_api)))
     store = Store(settings.resolved_database_url, pool_size=settings.db_pool_size,
                   busy_timeout_ms=settings.db_busy_timeout_ms, timeout_s=settings.db_timeout_s,
                   group_max=settings.db_group_commit_max,

@@ -419,15 +419,16 @@ async def visit_watch(call: WsCall) -> dict[str, Any]:
                                target=row.id, at=now, details={})
     if signal is not None:
         return await _relay(call, visit_id, signal, watch=True)
-    if janus:
-        room = call.ctx.janus.room_of(row)
-        creds = call.ctx.janus.engine.credentials(room, "staff", me.account_id, row.end_at)
-        return {"visit": visits.public(row), "janus": creds.public()}
     servers = ice_servers(secret=s.turn_secret, turn_urls=list(s.turn_urls),
                           stun_urls=list(s.stun_urls), account_id=me.account_id,
                           expires_at=row.end_at)
-    return {"visit": visits.public(row), "ice_servers": servers,
-            "ice_transport_policy": ice_policy(s.ice_relay_only)}
+    reply = {"visit": visits.public(row), "ice_servers": servers,
+             "ice_transport_policy": ice_policy(s.ice_relay_only)}
+    if janus:  # the console reaches Janus as the parties do: through the same TURN
+        room = call.ctx.janus.room_of(row)
+        creds = call.ctx.janus.engine.credentials(room, "staff", me.account_id, row.end_at)
+        reply["janus"] = creds.public()
+    return reply
 # --- end relay mode ---
 
 

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -26,13 +27,28 @@ from aiohttp.http_exceptions import HttpProcessingError
 from common.errors import Refused
 from server.http.proxy import Network, forwarded_scheme
 
-CSP = "; ".join([
-    "default-src 'self'", "script-src 'self'", "style-src 'self'",
-    "img-src 'self' blob: data:", "media-src 'self' blob:", "connect-src 'self'",
-    "object-src 'none'", "base-uri 'none'", "form-action 'self'", "frame-ancestors 'none'",
-])
+
+def csp(connect: Sequence[str] = ()) -> str:
+    """The pages' Content-Security-Policy; `connect`: origins beyond our own that pages may
+    call (the Janus servers' client API, KINWIRE_MEDIA_ENGINE=janus)."""
+    return "; ".join([
+        "default-src 'self'", "script-src 'self'", "style-src 'self'",
+        "img-src 'self' blob: data:", "media-src 'self' blob:",
+        " ".join(["connect-src 'self'", *connect]),
+        "object-src 'none'", "base-uri 'none'", "form-action 'self'", "frame-ancestors 'none'",
+    ])
+
+
+def origins(urls: Sequence[str]) -> list[str]:
+    """Each URL's origin (scheme://host[:port]), once, in order."""
+    seen: dict[str, None] = {}
+    for url in urls:
+        parts = urlsplit(url)
+        seen[f"{parts.scheme}://{parts.netloc}"] = None
+    return list(seen)
+
+
 HEADERS = {
-    "Content-Security-Policy": CSP,
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",  # frame-ancestors for browsers that predate it
     "Referrer-Policy": "no-referrer",
@@ -41,10 +57,12 @@ HEADERS = {
 HSTS = "max-age=31536000; includeSubDomains"
 
 
-def security_headers(trusted: list[Network]) -> Callable[[web.Request, web.StreamResponse],
-                                                         Awaitable[None]]:
+def security_headers(trusted: list[Network], connect: Sequence[str] = ()
+                     ) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    headers = {"Content-Security-Policy": csp(connect), **HEADERS}
+
     async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
-        for name, value in HEADERS.items():
+        for name, value in headers.items():
             response.headers.setdefault(name, value)
         if forwarded_scheme(request, trusted) == "https":
             response.headers.setdefault("Strict-Transport-Security", HSTS)

@@ -13,6 +13,7 @@
 // same stats every LINK_MS; the kiosk adds it to its visit.media report when its level changes.
 import { api } from "./api.js";
 import { h, say } from "./dom.js";
+import { JanusParty, sameRoom } from "./janus.js";
 import { favourAudio, linkFigures, linkLevel } from "./link_quality.js";
 import { CallCredits } from "./call_credits.js";
 import { dayText, timeText } from "./time.js";
@@ -66,6 +67,8 @@ export class VisitCall {
   constructor({ root, socket, visit, side, peer, balance = null, onClose, creditsForm = null }) {
     Object.assign(this, { root, socket, visit, side, peer, onClose, creditsForm });
     this.pc = null;
+    this.janus = null; // relay mode on Janus: our party in the visit's room (janus.js)
+    this.janusCreds = null; // the last join's `janus`
     this.pending = []; // candidates that came before the remote description
     this.local = null;
     this.remoteStream = null;
@@ -205,6 +208,7 @@ export class VisitCall {
     this.status = j.visit.status;
     this.pauseReason = j.visit.pause_reason;
     this.media = j.media;
+    this.janusCreds = j.janus || null;
     if (typeof j.media_stall_s === "number") this.stallMs = j.media_stall_s * 1000;
     if (typeof j.media_gap_s === "number") this.gapMs = j.media_gap_s * 1000;
     this.reporter = this.side === "person" && this.media !== "relay"; // the kiosk, direct mode
@@ -215,8 +219,10 @@ export class VisitCall {
     if (typeof j.minute_s === "number" && j.minute_s > 0) m.minuteS = j.minute_s;
     m.runs(this.status === "live");
     if (j.meter) m.show(j.meter.paid_minutes, j.meter.balance); // the server's, now
-    if (this.media === "relay") {
-      this.offer(); // relay mode: every party offers to the server at once
+    if (this.janusCreds && this.janus && !this.janus.lost && sameRoom(this.janusCreds, this.janus.creds)) {
+      // Back from a socket outage: our media never went through Kinwire; it goes on.
+    } else if (this.media === "relay") {
+      this.offer(); // relay mode: every party offers to the server at once (Janus: to Janus)
     } else if (this.side === "family" && (this.peerSeen ?? j.peer_present)) {
       this.offer(); // direct mode: the family offers, the person answers
     } else if (this.side === "person" && (this.peerSeen ?? j.peer_present)) {
@@ -238,7 +244,7 @@ export class VisitCall {
       if (s === "offline") wasOffline = true;
       if (s === "online" && wasOffline && !this.ended) {
         wasOffline = false;
-        this.closePc();
+        if (!this.janus) this.closePc(); // a Janus room's media is not Kinwire's: it goes on
         this.join();
       }
     });
@@ -247,22 +253,9 @@ export class VisitCall {
 
   // ---------- WebRTC ----------
   newPc() {
-    this.closePc();
     const pc = new RTCPeerConnection(this.config);
-    const wasLive = this.reporter && this.said && this.said.startsWith("connected/");
+    this.fresh(pc);
     this.pc = pc;
-    this.pending = [];
-    this.reported = false;
-    this.said = null;
-    this.moved = {};
-    this.link = this.linkBefore = this.linkNext = this.linkSaid = null; // measured afresh
-    this.el.linkLevel.textContent = t("link.measuring");
-    this.el.linkReason.textContent = "";
-    delete this.el.link.dataset.level;
-    // The kiosk: the old session's media is gone with it, and a new one may never connect.
-    if (wasLive) this.media_("disconnected", undefined, 0);
-    this.remoteStream = new MediaStream();
-    this.el.remote.srcObject = this.remoteStream;
     if (this.local) {
       for (const t of this.local.getTracks()) favourAudio(pc.addTrack(t, this.local));
     } else {
@@ -281,7 +274,30 @@ export class VisitCall {
     return pc;
   }
 
+  /** A new media session (a peer connection, or a Janus party): what the last one measured
+   * is forgotten, and the remote picture starts empty. */
+  fresh(session) {
+    this.closePc();
+    const wasLive = this.reporter && this.said && this.said.startsWith("connected/");
+    this.session = session;
+    this.pending = [];
+    this.reported = false;
+    this.said = null;
+    this.moved = {};
+    this.link = this.linkBefore = this.linkNext = this.linkSaid = null; // measured afresh
+    this.el.linkLevel.textContent = t("link.measuring");
+    this.el.linkReason.textContent = "";
+    delete this.el.link.dataset.level;
+    // The kiosk: the old session's media is gone with it, and a new one may never connect.
+    if (wasLive) this.media_("disconnected", undefined, 0);
+    this.remoteStream = new MediaStream();
+    this.el.remote.srcObject = this.remoteStream;
+  }
+
   closePc() {
+    const party = this.janus;
+    this.janus = this.session = null;
+    if (party) party.close();
     if (!this.pc) return;
     const pc = this.pc;
     this.pc = null;
@@ -289,7 +305,48 @@ export class VisitCall {
     pc.close();
   }
 
+  // ---------- relay mode on Janus (janus.js) ----------
+  startJanus() {
+    const party = new JanusParty(this.janusCreds, {
+      config: this.config, local: this.local, prepare: favourAudio,
+      onTrack: (track) => {
+        if (party !== this.janus) return;
+        for (const old of this.remoteStream.getTracks().filter((x) => x.kind === track.kind)) {
+          this.remoteStream.removeTrack(old); // the other party published again
+        }
+        this.remoteStream.addTrack(track);
+        this.el.remote.play().catch(() => {});
+      },
+      onState: () => this.pcState(party),
+      onLost: () => setTimeout(() => this.janusRejoin(party), 500), // a dead server refuses at once
+    });
+    this.fresh(party);
+    this.janus = party;
+    this.setStatus(t("call.connecting", { name: this.peer }), "connecting");
+    party.start().catch(() => party.lose());
+  }
+
+  /** Our Janus server stopped answering, or Kinwire says it died (visit.media_lost): join
+   * again and start where Kinwire now places the room. Until Kinwire sees the server dead it
+   * names the same room, which refuses: lost again, tried again half a second later. */
+  async janusRejoin(party) {
+    if (this.ended || party !== this.janus) return;
+    let j;
+    try {
+      j = await this.socket.request("visit.join", { visit_id: this.visit.id });
+    } catch (err) {
+      if (err.code === "visit_over") return this.end(this.visit.end_reason || "time_up");
+      if (party === this.janus) setTimeout(() => this.janusRejoin(party), 500);
+      return;
+    }
+    if (this.ended || party !== this.janus) return;
+    this.janusCreds = j.janus || null;
+    if (!party.lost && sameRoom(this.janusCreds, party.creds)) return; // a late push: all is well
+    if (this.janusCreds) this.startJanus();
+  }
+
   async offer() {
+    if (this.janusCreds) return this.startJanus(); // Janus answers our offer itself
     const pc = this.newPc();
     this.setStatus(t("call.connecting", { name: this.peer }), "connecting");
     try {
@@ -330,7 +387,7 @@ export class VisitCall {
   }
 
   async pcState(pc) {
-    if (pc !== this.pc || this.ended) return;
+    if (pc !== this.session || this.ended) return;
     const s = pc.connectionState;
     if (s === "connected" && !this.reported) {
       this.reported = true;
@@ -353,8 +410,8 @@ export class VisitCall {
     }
     // The offering side starts a new session when the path has failed for good (also when
     // it never connected: two offers crossed and an answer met the wrong session).
-    if (s === "failed" && pc === this.pc && (this.media === "relay" || this.side === "family")) {
-      setTimeout(() => { if (pc === this.pc && !this.ended) this.offer(); }, 1000);
+    if (s === "failed" && pc === this.session && (this.media === "relay" || this.side === "family")) {
+      setTimeout(() => { if (pc === this.session && !this.ended) this.offer(); }, 1000);
     }
   }
 
@@ -389,10 +446,10 @@ export class VisitCall {
    * stop for media_gap_s are an outage, reported with how long ago the last one came, and the
    * call is connected again only when frames move again (not when ICE reconnects). */
   async checkMedia() {
-    const pc = this.pc;
+    const pc = this.session; // a peer connection, or a Janus party (its stats merged)
     if (!pc || !["connected", "disconnected", "failed"].includes(pc.connectionState) || this.ended) return;
     const stats = await pc.getStats();
-    if (pc !== this.pc) return;
+    if (pc !== this.session) return;
     let frames = 0, audio = 0;
     const sent = {};
     stats.forEach((r) => {
@@ -487,6 +544,7 @@ export class VisitCall {
     if (type === "visit.signal") this.onSignal(data);
     else if (type === "visit.peer") this.onPeer(data.present);
     else if (type === "visit.relay_moved") this.onRelayMoved(data.relay);
+    else if (type === "visit.media_lost" && this.janus) this.janusRejoin(this.janus);
     else if (type === "visit.tick") this.meter.tick(data, this.status);
     else if (type === "visit.warning") this.meter.warn(data.kind);
     else if (type === "visit.live") {

@@ -82,6 +82,7 @@ class Janus:
     secrets: JanusSecrets
     events_url: str
     recordings_dir: Path
+    allow_origin: str = f"http://{HOST}"  # the pages' origin (Kinwire's), for CORS
     proc: subprocess.Popen | None = field(default=None, repr=False)
 
     @property
@@ -133,7 +134,7 @@ def _values(janus: Janus) -> dict[str, str]:
             "RTP_PORTS": f"{janus.rtp_first}-{janus.rtp_first + RTP_PORTS - 1}",
             "ICE_ENFORCE_LIST": HOST, "HTTP_IP": HOST, "HTTP_PORT": str(janus.http_port),
             "ADMIN_IP": HOST, "ADMIN_PORT": str(janus.admin_port), "ADMIN_ACL": "127.",
-            "ALLOW_ORIGIN": "http://127.0.0.1"}
+            "ALLOW_ORIGIN": janus.allow_origin}
 
 
 def _rtp_first() -> int:
@@ -158,11 +159,12 @@ def _answers(janus: Janus) -> bool:
 
 
 @contextlib.contextmanager
-def private_janus(folder: Path, *, events_url: str,
-                  janus_secrets: JanusSecrets | None = None) -> Iterator[Janus]:
+def private_janus(folder: Path, *, events_url: str, janus_secrets: JanusSecrets | None = None,
+                  allow_origin: str | None = None) -> Iterator[Janus]:
     """Start janus from deploy/janus/ in `folder`, wait until GET /janus/info answers (at most
     START_TIMEOUT_S), stop it on exit. `events_url`: where its event handler posts (Kinwire's
-    endpoint; the credential is `janus_secrets.events_password`)."""
+    endpoint; the credential is `janus_secrets.events_password`); `allow_origin`: the origin
+    of the pages that call its client API (browser tests)."""
     binary = shutil.which("janus")
     if binary is None:
         raise RuntimeError("janus is missing: run scripts/system-deps.sh")
@@ -171,6 +173,8 @@ def private_janus(folder: Path, *, events_url: str,
     janus = Janus(folder=folder, http_port=free_port(), admin_port=free_port(),
                   rtp_first=_rtp_first(), secrets=janus_secrets or fresh_secrets(),
                   events_url=events_url, recordings_dir=recordings)
+    if allow_origin is not None:
+        janus.allow_origin = allow_origin
     config = write_config(folder, _values(janus))
     with open(janus.log_file, "ab") as log:
         janus.proc = subprocess.Popen(
@@ -193,10 +197,12 @@ def private_janus(folder: Path, *, events_url: str,
 
 @contextlib.asynccontextmanager
 async def running_janus(folder: Path, *, events_url: str,
-                        janus_secrets: JanusSecrets | None = None) -> AsyncIterator[Janus]:
+                        janus_secrets: JanusSecrets | None = None,
+                        allow_origin: str | None = None) -> AsyncIterator[Janus]:
     """`private_janus`, started and stopped on a worker thread so that the running event loop
     goes on answering (Kinwire's events endpoint in the same loop)."""
-    manager = private_janus(folder, events_url=events_url, janus_secrets=janus_secrets)
+    manager = private_janus(folder, events_url=events_url, janus_secrets=janus_secrets,
+                            allow_origin=allow_origin)
     janus = await asyncio.to_thread(manager.__enter__)
     try:
         yield janus

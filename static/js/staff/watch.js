@@ -1,6 +1,7 @@
 // Watching a relayed visit from the staff console (visit.watch, receive-only WebRTC). The
 // socket is opened only for this, at the first Watch.
 import { $, say } from "../dom.js";
+import { JanusParty } from "../janus.js";
 import { KinwireSocket } from "../socket.js";
 
 export class Watch {
@@ -28,7 +29,7 @@ export class Watch {
           if (st !== "online") return;
           if (!seen) { seen = true; return; }
           const w = this.watch;
-          if (w && w.pc) this.offer(w).catch((e) => this.failed(w, e));
+          if (w && (w.pc || w.party)) this.offer(w).catch((e) => this.failed(w, e));
         },
       }).start();
     }
@@ -45,7 +46,7 @@ export class Watch {
     $("watch-h").textContent = `Watching the visit of ${who}`;
     say($("watch-notice"), "Connecting…");
     $("watch-h").focus();
-    const w = { visitId: v.id, pc: null, audios: [], relay: null, movedTo: null };
+    const w = { visitId: v.id, pc: null, party: null, audios: [], relay: null, movedTo: null };
     this.watch = w;
     try {
       await this.offer(w);
@@ -62,26 +63,19 @@ export class Watch {
     await online(s);
     const first = await s.request("visit.watch", { visit_id: w.visitId });
     if (this.watch !== w) return;
-    const pc = new RTCPeerConnection({ iceServers: first.ice_servers || [],
-      iceTransportPolicy: first.ice_transport_policy === "relay" ? "relay" : "all" });
-    if (w.pc) w.pc.close();
-    for (const a of w.audios) a.srcObject = null;
+    const config = { iceServers: first.ice_servers || [],
+      iceTransportPolicy: first.ice_transport_policy === "relay" ? "relay" : "all" };
+    if (first.janus) return this.watchJanus(w, first.janus, config);
+    const pc = new RTCPeerConnection(config);
+    this.drop(w);
     w.pc = pc;
-    w.audios = [];
     const videos = [$("watch-family"), $("watch-person")];
     for (const kind of ["video", "video", "audio", "audio"]) pc.addTransceiver(kind, { direction: "recvonly" });
     // The server fills video m-lines family then person, audio likewise (docs/visits.md).
     pc.ontrack = (ev) => {
       const index = pc.getTransceivers().indexOf(ev.transceiver);
-      const stream = new MediaStream([ev.track]);
-      if (index < 2) videos[index].srcObject = stream;
-      else {
-        const a = new Audio();
-        a.srcObject = stream;
-        a.muted = $("watch-sound").getAttribute("aria-pressed") !== "true";
-        a.play().catch(() => {});
-        w.audios.push(a);
-      }
+      if (index < 2) videos[index].srcObject = new MediaStream([ev.track]);
+      else this.listen(w, ev.track);
     };
     pc.onconnectionstatechange = () => {
       if (w.pc !== pc) return;
@@ -94,6 +88,53 @@ export class Watch {
     if (w.pc !== pc || this.watch !== w) return;
     await s.request("visit.watch", { visit_id: w.visitId, description: { type: "offer", sdp: pc.localDescription.sdp } });
     say($("watch-notice"), "Waiting for the server's answer…");
+  }
+
+  // Relay mode on Janus: a subscriber of both parties' feeds in the visit's room (janus.js).
+  // Its server lost (a failed request, or visit.media_lost): ask for the room again.
+  async watchJanus(w, creds, config) {
+    this.drop(w);
+    const videos = { family: $("watch-family"), person: $("watch-person") };
+    const party = new JanusParty(creds, {
+      config,
+      onTrack: (track, feed) => {
+        if (w.party !== party) return;
+        if (track.kind === "video") videos[feed].srcObject = new MediaStream([track]);
+        else this.listen(w, track);
+      },
+      onState: (st) => {
+        if (w.party === party) say($("watch-notice"), { connected: "Live.", failed: "The media could not connect.", disconnected: "Media interrupted…" }[st] || st);
+      },
+      onLost: () => this.again(w, party),
+    });
+    w.party = party;
+    await party.start();
+    say($("watch-notice"), "Waiting for the media…");
+  }
+
+  again(w, party) {
+    if (this.watch !== w || w.party !== party) return;
+    say($("watch-notice"), "The media server was lost; reconnecting…");
+    setTimeout(() => {
+      if (this.watch === w && w.party === party) this.offer(w).catch((e) => this.failed(w, e));
+    }, 1000);
+  }
+
+  /** The watch's media so far, closed: a new session replaces it. */
+  drop(w) {
+    if (w.pc) w.pc.close();
+    if (w.party) w.party.close();
+    w.pc = w.party = null;
+    for (const a of w.audios) a.srcObject = null;
+    w.audios = [];
+  }
+
+  listen(w, track) {
+    const a = new Audio();
+    a.srcObject = new MediaStream([track]);
+    a.muted = $("watch-sound").getAttribute("aria-pressed") !== "true";
+    a.play().catch(() => {});
+    w.audios.push(a);
   }
 
   async onEvent(type, data) {
@@ -111,6 +152,8 @@ export class Watch {
       w.movedTo = data.relay;
       say($("watch-notice"), "The relay moved; reconnecting…");
       this.offer(w).catch((e) => this.failed(w, e));
+    } else if (type === "visit.media_lost" && w.party) {
+      this.again(w, w.party);
     } else if (type === "visit.ended") {
       this.stop(`The visit ended (${(data.reason || "ended").replace(/_/g, " ")}).`);
       this.onEnded();
@@ -125,10 +168,7 @@ export class Watch {
   stop(message) {
     const w = this.watch;
     this.watch = null;
-    if (w) {
-      if (w.pc) w.pc.close();
-      for (const a of w.audios || []) a.srcObject = null;
-    }
+    if (w) this.drop(w);
     for (const id of ["watch-family", "watch-person"]) $(id).srcObject = null;
     if (message) say($("watch-notice"), message);
     else $("watch").hidden = true;

@@ -1,0 +1,173 @@
+"""A video visit through Janus in the browsers (issue 16 item 4; static/js/janus.js): the family
+app and the kiosk app join a relay-mode visit through Kinwire (KINWIRE_MEDIA_ENGINE=janus, two
+real Janus servers from deploy/janus/, Chromium with fake cameras; no TURN: Janus's candidates
+are on this machine's own address, which the tests' coturn does not relay to), publish into the
+visit's room and play each other's video; the staff console
+watches both through Janus; staff end it.
+
+Adversaries: kill -9 of the Janus carrying the call, with nobody telling the pages what to do
+(their own requests to it fail; they join again until Kinwire places the room on the other
+server): both pictures play again within 10 s of the kill. A page that would call a Janus
+server other than the configured ones is refused by the Content-Security-Policy (connect-src
+lists exactly the fleet).
+
+The real clock on purpose: Janus checks its tokens' expiry on it and the visit is written as
+under way now (no booking, no visiting hours), so the date and hour cannot matter."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from server.app import create_app
+from server.http.janus_events import PATH
+from signalling.tables import visits
+from store import Store
+from tests.conftest import fresh_sqlite, test_settings
+from tests.integration.test_relay import STAFF_PASSWORD, new_staff
+from tests.integration.test_visit_e2e import visit_now
+from tests.support.browser import KIOSK, PHONE, kiosk_sign_in, launch, require_chromium, shot
+from tests.support.helpers import Api
+from tests.support.janus import running_janus
+from tests.support.pages import log_in
+from tests.support.processes import free_port
+from tests.support.visit_pages import MEDIA, PIN, visit_parties
+
+PASSWORD = "correct horse battery"
+RESUME_WITHIN_S = 10.0
+# The remote picture of a new media session plays: it has a size and its time moves on by half
+# a second. (Janus names its tracks the same in every session: the stream tells them apart.)
+PLAYING = """async () => {
+  const v = document.getElementById('visit-remote');
+  const track = () => v.srcObject && v.srcObject.getVideoTracks()[0];
+  while (!(v.videoWidth > 0 && v.srcObject !== window.before && track()
+           && track().readyState === 'live'))
+    await new Promise(r => setTimeout(r, 50));
+  const t0 = v.currentTime;
+  while (v.currentTime < t0 + 0.5) await new Promise(r => setTimeout(r, 50));
+  window.before = v.srcObject;  // the next call waits for a new session's picture
+  return {width: v.videoWidth};
+}"""
+
+
+async def server_of(db: str, visit_id: str) -> str | None:
+    store = Store(db)
+    try:
+        async with store.read() as conn:
+            return (await conn.execute(visits.select().where(
+                visits.c.id == visit_id))).one().media_server
+    finally:
+        await store.close()
+
+
+@pytest.mark.timeout(180)
+async def test_a_visit_through_janus_in_the_browsers_survives_its_server(
+        sqlite_template: Path, tmp_path: Path) -> None:
+    require_chromium()
+    from playwright.async_api import async_playwright, expect
+
+    expect.set_options(timeout=20_000)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    events = f"{base}{PATH}"
+    async with running_janus(tmp_path / "j1", events_url=events, allow_origin=base) as first, \
+            running_janus(tmp_path / "j2", events_url=events, allow_origin=base,
+                          janus_secrets=first.secrets) as second:
+        s = first.secrets
+        db = fresh_sqlite(sqlite_template, tmp_path)
+        settings = test_settings(
+            db, tmp_path, visit_minute_s=2.0, meter_lease_s=1.5, media_engine="janus",
+            janus_urls=(first.api_url, second.api_url),
+            janus_admin_urls=(first.admin_url, second.admin_url),
+            janus_api_secret=s.api_secret, janus_admin_secret=s.admin_secret,
+            janus_token_secret=s.token_secret, janus_room_admin_key=s.room_admin_key,
+            janus_events_password=s.events_password)
+        app = create_app(settings, run_migrations=False)
+        by_url = {first.api_url: first, second.api_url: second}
+        async with TestClient(TestServer(app, host="127.0.0.1", port=port)) as client, \
+                async_playwright() as pw:
+            browser = await launch(pw, *MEDIA)
+            api = Api(client)
+            seed = await visit_parties(api, PASSWORD)
+            assert (await api.buy(seed["family"], 1000)).status == 201
+            visit_id, facility_id = await visit_now(db, seed["family"].id, media="relay",
+                                                    record=False)
+            staff_email = await new_staff(db, facility_id, "Officer Reyes")
+            contexts = [await browser.new_context(viewport=size)
+                        for size in (PHONE, KIOSK, {"width": 1024, "height": 900})]
+            errors: list[str] = []
+            try:
+                fam, kiosk, desk = [await c.new_page() for c in contexts]
+                for page in (fam, kiosk, desk):
+                    page.on("pageerror", lambda e: errors.append(str(e)))
+                # The pages may call the fleet's client API and nothing else outside.
+                r = await client.get("/")
+                policy = r.headers["Content-Security-Policy"]
+                fleet = f"http://127.0.0.1:{first.http_port} http://127.0.0.1:{second.http_port}"
+                assert f"connect-src 'self' {fleet};" in policy, policy
+
+                await kiosk_sign_in(kiosk, base, seed, PIN)
+                await log_in(fam, base, seed["email"], PASSWORD)
+                await kiosk.get_by_role("button", name=re.compile(
+                    "^Join the visit with Alex Rivers")).click()
+                await fam.get_by_role("tab", name="Visits").click()
+                await fam.get_by_role("button", name=re.compile(
+                    "^Join the visit with Dana Rivers")).click()
+
+                # --- each side plays the other's video, through Janus ---
+                for page in (fam, kiosk):
+                    played = await asyncio.wait_for(page.evaluate(PLAYING), 30)
+                    assert played["width"] > 0, played
+                    assert await page.evaluate("() => !window.kinwireVisit.pc "
+                                               "&& window.kinwireVisit.janus !== null")
+                    # billed from Janus's events, not from the page
+                    await expect(page.locator("#visit-paid")).not_to_have_text("0")
+                placed = by_url[await server_of(db, visit_id)]
+                await shot(fam, "family-visit-janus")
+
+                # --- staff watch both parties through Janus ---
+                await log_in(desk, base, staff_email, STAFF_PASSWORD, "/static/staff.html")
+                item = desk.locator(f"#visit-list li[data-visit='{visit_id}']")
+                await expect(item).to_have_attribute("data-status", "live")
+                await item.locator("button", has_text="Watch").click()
+                await desk.wait_for_function(
+                    """() => [...document.querySelectorAll('.watch video')].every(
+                         v => v.videoWidth > 0 && v.currentTime > 0.5)""", timeout=20_000)
+
+                # --- kill -9 of the Janus carrying the call: both pictures come back ---
+                await desk.evaluate("""() => { window.before = [...document.querySelectorAll(
+                    '.watch video')].map(v => v.srcObject); }""")
+                await asyncio.to_thread(placed.kill)
+                killed_at = time.monotonic()
+                for page in (fam, kiosk):
+                    await asyncio.wait_for(page.evaluate(PLAYING),
+                                           RESUME_WITHIN_S - (time.monotonic() - killed_at))
+                resumed_s = time.monotonic() - killed_at
+                moved = await server_of(db, visit_id)
+                assert moved != placed.api_url and moved in by_url, moved
+                print(f"both pages' video again {resumed_s:.2f} s after the kill")
+                # The console watches the new room too (it asked again, as the pages did): new
+                # streams in both pictures, playing.
+                await desk.wait_for_function(
+                    """() => [...document.querySelectorAll('.watch video')].every((v, i) =>
+                         v.srcObject !== window.before[i] && v.videoWidth > 0
+                         && v.currentTime > 0.5)""", timeout=20_000)
+                await expect(desk.locator("#watch-notice")).to_have_text("Live.")
+
+                # --- staff end it: both pages say so ---
+                await item.locator("button", has_text="End").click()
+                await desk.get_by_role("dialog").get_by_label("Reason").fill("count time")
+                await desk.get_by_role("button", name="End visit").click()
+                for page in (fam, kiosk):
+                    await expect(page.locator("#visit-ended")).to_have_attribute(
+                        "data-reason", "staff_ended")
+                assert errors == [], errors
+            finally:
+                for c in contexts:
+                    await c.close()
+                await browser.close()
