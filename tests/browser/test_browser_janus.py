@@ -1,9 +1,10 @@
 """A video visit through Janus in the browsers (issue 16 item 4; static/js/janus.js): the family
 app and the kiosk app join a relay-mode visit through Kinwire (KINWIRE_MEDIA_ENGINE=janus, two
-real Janus servers from deploy/janus/, Chromium with fake cameras; no TURN: Janus's candidates
-are on this machine's own address, which the tests' coturn does not relay to), publish into the
-visit's room and play each other's video; the staff console
-watches both through Janus; staff end it.
+real Janus servers from deploy/janus/, Chromium with fake cameras), publish into the visit's room
+and play each other's video; the staff console watches both through Janus; staff end it, and the
+console plays its recording (Janus's recorder, both rooms' files muxed into one,
+server/janus_recordings.py). No TURN here: Janus's candidates are on this machine's own address,
+which the tests' coturn (relaying from 127.0.0.1) did not reach even when allowed that peer.
 
 Adversaries: kill -9 of the Janus carrying the call, with nobody telling the pages what to do
 (their own requests to it fail; they join again until Kinwire places the room on the other
@@ -29,7 +30,7 @@ from server.http.janus_events import PATH
 from signalling.tables import visits
 from store import Store
 from tests.conftest import fresh_sqlite, test_settings
-from tests.integration.test_relay import STAFF_PASSWORD, new_staff
+from tests.integration.test_relay import STAFF_PASSWORD, new_staff, recorded
 from tests.integration.test_visit_e2e import visit_now
 from tests.support.browser import KIOSK, PHONE, kiosk_sign_in, launch, require_chromium, shot
 from tests.support.helpers import Api
@@ -86,7 +87,9 @@ async def test_a_visit_through_janus_in_the_browsers_survives_its_server(
             janus_admin_urls=(first.admin_url, second.admin_url),
             janus_api_secret=s.api_secret, janus_admin_secret=s.admin_secret,
             janus_token_secret=s.token_secret, janus_room_admin_key=s.room_admin_key,
-            janus_events_password=s.events_password)
+            janus_events_password=s.events_password,
+            # one folder for the fleet's .mjr files, shared with Kinwire (same host here)
+            janus_recordings_dir=str(first.recordings_dir))
         app = create_app(settings, run_migrations=False)
         by_url = {first.api_url: first, second.api_url: second}
         async with TestClient(TestServer(app, host="127.0.0.1", port=port)) as client, \
@@ -96,7 +99,7 @@ async def test_a_visit_through_janus_in_the_browsers_survives_its_server(
             seed = await visit_parties(api, PASSWORD)
             assert (await api.buy(seed["family"], 1000)).status == 201
             visit_id, facility_id = await visit_now(db, seed["family"].id, media="relay",
-                                                    record=False)
+                                                    record=True)
             staff_email = await new_staff(db, facility_id, "Officer Reyes")
             contexts = [await browser.new_context(viewport=size)
                         for size in (PHONE, KIOSK, {"width": 1024, "height": 900})]
@@ -125,6 +128,7 @@ async def test_a_visit_through_janus_in_the_browsers_survives_its_server(
                     assert played["width"] > 0, played
                     assert await page.evaluate("() => !window.kinwireVisit.pc "
                                                "&& window.kinwireVisit.janus !== null")
+
                     # billed from Janus's events, not from the page
                     await expect(page.locator("#visit-paid")).not_to_have_text("0")
                 placed = by_url[await server_of(db, visit_id)]
@@ -166,6 +170,20 @@ async def test_a_visit_through_janus_in_the_browsers_survives_its_server(
                 for page in (fam, kiosk):
                     await expect(page.locator("#visit-ended")).to_have_attribute(
                         "data-reason", "staff_ended")
+
+                # --- the recording (both rooms, the gap between) plays in the console ---
+                record = await recorded(db, visit_id, timeout_s=30.0)
+                await desk.locator("#recordings-refresh").click()
+                row = desk.locator(f"#recording-list li[data-recording='{record.id}']")
+                await row.locator("button", has_text="Play").click()
+                await desk.wait_for_function(
+                    """() => { const v = document.getElementById('recording-player');
+                               return v.readyState >= 2 && isFinite(v.duration)
+                                      && v.videoWidth > 0; }""", timeout=20_000)
+                duration = await desk.eval_on_selector("#recording-player", "v => v.duration")
+                print(f"recording: {duration:.2f} s in Chromium, {record.duration_ms} ms listed")
+                assert abs(duration - record.duration_ms / 1000) <= 1.0, (duration, record)
+                assert record.duration_ms / 1000 > resumed_s, "the recording holds the call"
                 assert errors == [], errors
             finally:
                 for c in contexts:
