@@ -37,12 +37,13 @@ log = logging.getLogger("kinwire.janus_party")
 class JanusParty:
     """One party in its visit's Janus room: `publisher` (our peer connection to Janus),
     `subscribers` (feed -> its peer connection), `state` (the publisher's connection state),
-    `lost` (the server is gone or hung up on us). `on_track` gets every track received;
-    `on_change` is awaited whenever `state` or `lost` changes."""
+    `lost` (the server is gone or hung up on us). `on_track(track, transceiver)` gets every
+    track received, before its receiver starts (bench/ taps it there, undecoded); `on_change`
+    is awaited whenever `state` or `lost` changes."""
 
     def __init__(self, creds: dict[str, Any], *, config: RTCConfiguration,
                  tracks: list[MediaStreamTrack],
-                 on_track: Callable[[MediaStreamTrack], None],
+                 on_track: Callable[[MediaStreamTrack, Any], None],
                  on_change: Callable[[], Awaitable[None]]) -> None:
         self.creds = creds
         self.server: str = creds["server"]
@@ -163,7 +164,8 @@ class JanusParty:
 
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
-            self.on_track(track)
+            self.on_track(track, next(t for t in pc.getTransceivers()
+                                      if t.receiver.track is track))
 
         await pc.setRemoteDescription(RTCSessionDescription(offer["sdp"], offer["type"]))
         await pc.setLocalDescription(await pc.createAnswer())

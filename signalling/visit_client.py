@@ -627,7 +627,7 @@ class VisitClient:
         config = rtc_configuration(self.ice_servers, loopback_only=self.loopback_only)
         party = self.janus = JanusParty(
             self.janus_creds, config=config, tracks=self._new_local_tracks(),
-            on_track=lambda track: self._spawn(self._count(track)),
+            on_track=self._janus_track,
             on_change=lambda: self._janus_changed(party))
         try:
             await party.start()
@@ -636,6 +636,9 @@ class VisitClient:
                      party.server, exc)
             party.lost = True
             await self._janus_changed(party)
+
+    def _janus_track(self, track: MediaStreamTrack, transceiver: Any) -> None:
+        self._spawn(self._count(track))
 
     async def _janus_changed(self, party: JanusParty) -> None:
         if party is not self.janus:

@@ -95,6 +95,9 @@ class BenchClient(VisitClient):
         self.partner: BenchClient | None = None
         self.delays: list[float] | None = None  # None: not measuring
 
+    def _janus_track(self, track: Any, transceiver: Any) -> None:  # the same tap, with Janus
+        tap(transceiver, _Counter(track.kind, self))  # type: ignore[arg-type]
+
     async def _new_pc(self) -> Any:
         pc = await super()._new_pc()
 
@@ -221,8 +224,11 @@ async def _pair(http: aiohttp.ClientSession, server: common.Server) -> tuple[str
 
 async def _step(base: str, pid: int, visits: list[tuple[str, str, str]], clip: list[bytes],
                 tone: list[bytes], *, system: str, label: str, warm_s: float, window_s: float,
-                turn_pid: int | None, delays: bool = False) -> dict[str, Any]:
-    """Run `visits` ((visit id, family token, person token) each) at once; measure a window."""
+                turn_pid: int | None, delays: bool = False, loopback_only: bool = True,
+                control_pid: int | None = None) -> dict[str, Any]:
+    """Run `visits` ((visit id, family token, person token) each) at once; measure a window.
+    `pid`: the process carrying the media; `control_pid`: Kinwire's, when that is another
+    (Janus), whose CPU is reported as the control plane's."""
     clients: list[BenchClient] = []
     clip_index = {frame: i for i, frame in enumerate(clip)}
 
@@ -231,7 +237,7 @@ async def _step(base: str, pid: int, visits: list[tuple[str, str, str]], clip: l
 
     try:
         for visit_id, family, person in visits:
-            pair = [BenchClient(base, token, visit_id, loopback_only=True, tracks=tracks,
+            pair = [BenchClient(base, token, visit_id, loopback_only=loopback_only, tracks=tracks,
                                 clip_index=clip_index) for token in (family, person)]
             pair[0].partner, pair[1].partner = pair[1], pair[0]
             clients += pair
@@ -248,6 +254,7 @@ async def _step(base: str, pid: int, visits: list[tuple[str, str, str]], clip: l
         for client in clients:
             client.delays = [] if delays else None
         cpu0 = common.cpu_seconds(pid)
+        control0 = common.cpu_seconds(control_pid) if control_pid else 0.0
         turn0 = common.cpu_seconds(turn_pid) if turn_pid else 0.0
         load0 = common.cpu_seconds(os.getpid())
         busy0, total0 = _machine_busy()
@@ -259,6 +266,8 @@ async def _step(base: str, pid: int, visits: list[tuple[str, str, str]], clip: l
         fps = [(c.frames.get("video", 0) - b) / window_s
                for c, b in zip(clients, before, strict=True)]
         server_cpu = (common.cpu_seconds(pid) - cpu0) / window_s
+        control_cpu = ((common.cpu_seconds(control_pid) - control0) / window_s
+                       if control_pid else None)
         turn_cpu = ((common.cpu_seconds(turn_pid) - turn0) / window_s) if turn_pid else 0.0
         load_cpu = (common.cpu_seconds(os.getpid()) - load0) / window_s
         busy1, total1 = _machine_busy()
@@ -286,6 +295,8 @@ async def _step(base: str, pid: int, visits: list[tuple[str, str, str]], clip: l
            # UDP datagrams dropped for a full receive buffer in the window, by socket holder
            **{f"udp_drops_{who}": n for who, n in drops.items()},
            "rcvbuf_errors": rcvbuf}
+    if control_cpu is not None:
+        row["control_cpu_per_visit_pct"] = round(control_cpu * 100 / n, 2)
     if samples:
         row.update({"delay_p50_ms": round(common.percentile(samples, 50) * 1000, 1),
                     "delay_p99_ms": round(common.percentile(samples, 99) * 1000, 1),
@@ -338,28 +349,70 @@ async def _bare(turn: Any) -> Any:
         common.stop(proc)
 
 
-async def _kinwire_ramp(wd: Path, turn: Any, clip: list[bytes], tone: list[bytes],
-                        steps: list[int], *,
-                        transcode: bool, timing: dict[str, Any]) -> tuple[list, int, dict]:
-    """Recorded visits through a fresh Kinwire server, forwarding or transcoding: the rows, the
-    most visits sustained, and the relay's /metrics counters at the end."""
-    system = "transcoding" if transcode else "forwarding"
-    folder = wd / system
+async def _kinwire_ramp(folder: Path, clip: list[bytes], tone: list[bytes], steps: list[int],
+                        *, system: str, timing: dict[str, Any], settings: dict[str, Any],
+                        media_pid: int | None = None, loopback_only: bool = True
+                        ) -> tuple[list, int, dict]:
+    """Recorded visits through a fresh Kinwire server with `settings`: the rows, the most
+    visits sustained, and the relay's /metrics counters at the end. `media_pid`: the process
+    carrying the media when it is not Kinwire (Janus); Kinwire's CPU is then the control
+    plane's."""
     async with common.database("sqlite", folder) as db, \
-            common.kinwire(db, folder, turn_secret=turn.secret, turn_urls=turn.url,
-                           relay_loopback_only="true", relay_transcode=str(transcode).lower(),
-                           visit_minute_s=60, ws_commands_per_s=1000) as server, \
+            common.kinwire(db, folder, visit_minute_s=60, ws_commands_per_s=1000,
+                           **settings) as server, \
             aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
         pairs = [await _pair(http, server) for _ in range(max(steps))]
 
         async def step(n: int) -> Any:
             visits = [(await _visit_rows(db, family_id, True), family, person)
                       for family, person, family_id in pairs[:n]]
-            return await _step(server.base, server.proc.pid, visits, clip, tone, system=system,
-                               label=f"{n} recorded", delays=not transcode, **timing)
+            return await _step(server.base, media_pid or server.proc.pid, visits, clip, tone,
+                               system=system, label=f"{n} recorded",
+                               delays=system != "transcoding", loopback_only=loopback_only,
+                               control_pid=server.proc.pid if media_pid else None, **timing)
         rows, sustained = await _ramp(step, steps)
         counters = await common.scrape(server.base, ("kinwire_relay_",))
     return rows, sustained, counters
+
+
+async def _relay_ramp(wd: Path, turn: Any, clip: list[bytes], tone: list[bytes],
+                      steps: list[int], *, transcode: bool,
+                      timing: dict[str, Any]) -> tuple[list, int, dict]:
+    """Kinwire's own relay, forwarding or transcoding, all media through coturn."""
+    system = "transcoding" if transcode else "forwarding"
+    return await _kinwire_ramp(
+        wd / system, clip, tone, steps, system=system, timing=timing,
+        settings=dict(turn_secret=turn.secret, turn_urls=turn.url, relay_loopback_only="true",
+                      relay_transcode=str(transcode).lower()))
+
+
+async def _janus_ramp(wd: Path, clip: list[bytes], tone: list[bytes], steps: list[int], *,
+                      timing: dict[str, Any]) -> tuple[list, int]:
+    """Recorded visits through a private Janus (deploy/janus/) pinned to the server core, with
+    a Kinwire beside it as the control plane (KINWIRE_MEDIA_ENGINE=janus: rooms, tokens, the
+    events that bill): Janus's CPU is the media's, Kinwire's the control plane's. The clients
+    reach Janus directly, not through coturn: Janus's candidates are on this machine's own
+    address, which the private coturn (relaying from 127.0.0.1) does not reach."""
+    from server.http.janus_events import PATH
+    from tests.support.janus import running_janus
+
+    folder = wd / "janus"
+    port = common.free_port()
+    async with running_janus(folder / "server", events_url=f"http://127.0.0.1:{port}{PATH}"
+                             ) as janus:
+        assert janus.proc is not None
+        _pin_tree(janus.proc.pid, common.SERVER_CPU)
+        s = janus.secrets
+        rows, sustained, _ = await _kinwire_ramp(
+            folder, clip, tone, steps, system="janus", timing={**timing, "turn_pid": None},
+            media_pid=janus.proc.pid, loopback_only=False,
+            settings=dict(port=port, media_engine="janus", janus_urls=janus.api_url,
+                          janus_admin_urls=janus.admin_url, janus_api_secret=s.api_secret,
+                          janus_admin_secret=s.admin_secret, janus_token_secret=s.token_secret,
+                          janus_room_admin_key=s.room_admin_key,
+                          janus_events_password=s.events_password,
+                          janus_recordings_dir=str(janus.recordings_dir)))
+    return rows, sustained
 
 
 async def run(size: str) -> dict[str, Any]:
@@ -386,10 +439,12 @@ async def run(size: str) -> dict[str, Any]:
                     return _step(base, pid, visits, clip, tone, system="baseline",
                                  label=f"{n} not recorded", **timing)
                 bare_rows, bare_sustained = await _ramp(bare_step, bare_steps)
-            old_rows, old_sustained, _ = await _kinwire_ramp(
+            old_rows, old_sustained, _ = await _relay_ramp(
                 wd, turn, clip, tone, transcode_steps, transcode=True, timing=timing)
-            rows, sustained, counters = await _kinwire_ramp(
+            rows, sustained, counters = await _relay_ramp(
                 wd, turn, clip, tone, forward_steps, transcode=False, timing=timing)
+            janus_rows, janus_sustained = await _janus_ramp(wd, clip, tone, forward_steps,
+                                                            timing=timing)
     one, old_one = rows[0], old_rows[0]
     ratio = one["cpu_per_visit_pct"] / max(old_one["cpu_per_visit_pct"], 0.01)
     best = next((r for r in rows if r["visits"] == sustained), one)
@@ -403,9 +458,17 @@ async def run(size: str) -> dict[str, Any]:
     load_per_visit = (best["loadgen_cpu_pct"] + best["coturn_cpu_pct"]) / best["visits"]
     load_by_cpu = 100 / max(load_per_visit, 0.01)
     failed = next((r for r in rows if r["fps_min"] < FPS_MIN), None)
+    # Janus: its CPU per visit at its largest sustained step (or its first), against the
+    # forwarding relay's at the same number of visits where both ran it.
+    janus_best = next((r for r in janus_rows if r["visits"] == janus_sustained), janus_rows[0])
+    janus_by_cpu = 100 / max(janus_best["cpu_per_visit_pct"], 0.01)
+    same = next((r for r in rows if r["visits"] == janus_best["visits"]), one)
+    janus_ratio = janus_best["cpu_per_visit_pct"] / max(same["cpu_per_visit_pct"], 0.01)
+    control = janus_best.get("control_cpu_per_visit_pct", float("nan"))
     dropped = sum(v for k, v in counters.items()
                   if k.startswith("kinwire_relay_frames_total") and 'outcome="backlog"' in k)
-    return {"scenario": "relay", "size": size, "rows": [*rows, *old_rows, *bare_rows],
+    return {"scenario": "relay", "size": size,
+            "rows": [*rows, *janus_rows, *old_rows, *bare_rows],
             "targets": [
                 common.target(f"recorded visits one core sustains at {width}x{height}, "
                               f">= {FPS_MIN} frames/s both ways (goal >= 15)", sustained,
@@ -427,6 +490,15 @@ async def run(size: str) -> dict[str, Any]:
                               load_by_cpu, "reported", True),
                 common.target("recorded visits sustained, transcoding relay", old_sustained,
                               "reported", True),
+                common.target("recorded visits sustained through Janus", janus_sustained,
+                              "reported", True),
+                common.target(f"Janus CPU per recorded visit / the forwarding relay's, at "
+                              f"{janus_best['visits']} visits", janus_ratio, "reported", True),
+                common.target(f"recorded visits one core carries through Janus by CPU (at "
+                              f"{janus_best['visits']} visits)", janus_by_cpu, "reported",
+                              True),
+                common.target("Kinwire's control-plane CPU per Janus visit, % of a core",
+                              control, "reported", True),
                 common.target("visits sustained, bare aiortc relay (not recorded)",
                               bare_sustained, "reported", True)],
             "notes": [f"clients send pre-encoded VP8 {width}x{height} at {SOURCE_FPS} frames/s "
@@ -434,7 +506,12 @@ async def run(size: str) -> dict[str, Any]:
                       "decoding; "
                       "coturn pinned to the load core with the clients, each relay to the "
                       "server core; baseline: bench/baselines/relay_bare.py",
-                      f"steps: forwarding {forward_steps}, transcoding {transcode_steps}, "
+                      "Janus: a private janus (deploy/janus/) pinned to the server core with a "
+                      "Kinwire beside it as the control plane; its clients reach it without "
+                      "coturn (Janus's candidates are on this machine's address, which the "
+                      "loopback coturn does not relay to)",
+                      f"steps: forwarding and Janus {forward_steps}, transcoding "
+                      f"{transcode_steps}, "
                       f"baseline {bare_steps}; warm {warm_s} s, window {window_s} s",
                       f"forwarding at its best step ({best['visits']} visits): "
                       f"{best['cpu_per_visit_pct']}% of a core a visit",
