@@ -220,8 +220,9 @@ class Settings:
     media_engine: str = _setting("aiortc", "What carries relay-mode visits' media: `aiortc` "
                                  "(the embedded forwarding relay, this process) or `janus` "
                                  "(a fleet of Janus servers, KINWIRE_JANUS_*: relay-mode visits "
-                                 "placed on it and billed from its events; no client of ours "
-                                 "speaks Janus yet: docs/deploy.md, \"Janus fleet\").")
+                                 "placed on it and billed from its events; the apps and the "
+                                 "reference client publish there: docs/deploy.md, \"Janus "
+                                 "fleet\").")
     janus_urls: tuple[str, ...] = _setting((), "Comma-separated Janus HTTP API URLs, one per "
                                            "server, e.g. `http://10.0.0.5:8088/janus`.")
     janus_public_urls: tuple[str, ...] = _setting((), "Comma-separated URLs at which clients "
