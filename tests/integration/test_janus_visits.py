@@ -590,8 +590,11 @@ async def interrupted_visit(http: aiohttp.ClientSession, a: Node, b: Node, db: s
         took_s = time.monotonic() - began
         gate.set()
         assert (await behind)["id"] == results[0]["id"]
+        # The sweep kept this visit (and, when it ended meanwhile, the visit of the test this
+        # one runs beside, whose files share the folder: 2 once in a loaded run); that this
+        # visit was kept once is what the rows and the blob below show.
         assert metrics.counter_value("kinwire_housekeeping_rows_total",
-                                     job="janus_recordings") == 1
+                                     job="janus_recordings") >= 1
         again = await keepers[0].finish(visit_id)
         assert results[0]["id"] == results[1]["id"] == again["id"]
         assert await kept(stores[0], visit_id) == (1, 1)
