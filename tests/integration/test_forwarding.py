@@ -263,7 +263,17 @@ async def test_a_stalled_consumer_drops_counted_frames_and_holds_no_more() -> No
                                                   consumer="stalled") >= 5, 20)
         assert stalled._queue.qsize() <= BACKLOG_MAX["video"]
         before = viewer.frames["video"]
-        await until(lambda: viewer.frames["video"] >= before + 10, 10)  # the others go on
+        try:
+            await until(lambda: viewer.frames["video"] >= before + 10, 10)  # the others go on
+        except AssertionError as exc:  # failed once in a loaded full run: say what stood still
+            def peer(outcome: str) -> float:
+                return metrics.counter_value(FRAMES, outcome=outcome, kind="video",
+                                             consumer="peer")
+            raise AssertionError(
+                f"viewer: {viewer.frames} (from {before} video); family frames in "
+                f"{sources['video'].frames}; the viewer's feed awaiting a keyframe "
+                f"{peer('awaiting_keyframe')}, backlog {peer('backlog')}; keyframe requests "
+                f"{metrics.counter_value(KEYFRAME_REQUESTS)}") from exc
         assert dropped(metrics, kind="video", consumer="peer") <= 1  # only its first wait
     finally:
         stalled.stop()
