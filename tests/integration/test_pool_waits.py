@@ -36,7 +36,10 @@ async def test_waits_for_a_busy_pool_are_measured(db_url: str) -> None:
     finally:
         await store.close()
     assert len(waits) == 2
-    assert min(waits) < 0.2 and max(waits) >= 0.2, waits
+    # The queued transaction waited out the holder's 0.3 s; the first one only for its
+    # connection (opening it took 0.203 s once under a loaded full run: no fixed bound there).
+    first, queued_s = waits
+    assert queued_s >= 0.25 and first < queued_s, waits
 
 
 async def test_the_wait_is_exported(client) -> None:
