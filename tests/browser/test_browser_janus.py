@@ -35,7 +35,7 @@ from tests.integration.test_visit_e2e import visit_now
 from tests.support.browser import KIOSK, PHONE, kiosk_sign_in, launch, require_chromium, shot
 from tests.support.helpers import Api
 from tests.support.janus import running_janus
-from tests.support.pages import log_in
+from tests.support.pages import log_in, note_watch_streams, watch_plays_new_streams
 from tests.support.processes import free_port
 from tests.support.visit_pages import MEDIA, PIN, visit_parties
 
@@ -144,8 +144,7 @@ async def test_a_visit_through_janus_in_the_browsers_survives_its_server(
                          v => v.videoWidth > 0 && v.currentTime > 0.5)""", timeout=20_000)
 
                 # --- kill -9 of the Janus carrying the call: both pictures come back ---
-                await desk.evaluate("""() => { window.before = [...document.querySelectorAll(
-                    '.watch video')].map(v => v.srcObject); }""")
+                await note_watch_streams(desk)
                 await asyncio.to_thread(placed.kill)
                 killed_at = time.monotonic()
                 for page in (fam, kiosk):
@@ -157,10 +156,7 @@ async def test_a_visit_through_janus_in_the_browsers_survives_its_server(
                 print(f"both pages' video again {resumed_s:.2f} s after the kill")
                 # The console watches the new room too (it asked again, as the pages did): new
                 # streams in both pictures, playing.
-                await desk.wait_for_function(
-                    """() => [...document.querySelectorAll('.watch video')].every((v, i) =>
-                         v.srcObject !== window.before[i] && v.videoWidth > 0
-                         && v.currentTime > 0.5)""", timeout=20_000)
+                await watch_plays_new_streams(desk)
                 await expect(desk.locator("#watch-notice")).to_have_text("Live.")
 
                 # --- staff end it: both pages say so ---

@@ -32,7 +32,13 @@ from server.app import create_app
 from tests.conftest import fresh_sqlite, test_settings
 from tests.support.browser import PHONE, chromium, require_chromium, shot
 from tests.support.helpers import Api, Who
-from tests.support.pages import PASSWORD, family_account, log_in
+from tests.support.pages import (
+    PASSWORD,
+    family_account,
+    log_in,
+    note_watch_streams,
+    watch_plays_new_streams,
+)
 from tests.support.processes import cli_env, free_port, wait_ready
 
 
@@ -427,15 +433,11 @@ async def test_staff_watch_a_relayed_visit_in_the_console(sqlite_template: Path,
             # The console's own socket dies (a network blip, or its process gone, possibly
             # with the relay): when it is back, the console offers again and keeps watching,
             # on a new peer connection (the old pictures' streams are replaced).
-            await desk.evaluate("""() => { window.oldStreams = [...document.querySelectorAll(
-                '.watch video')].map(v => v.srcObject); }""")
+            await note_watch_streams(desk)
             await desk.evaluate("() => window.liveSockets.forEach(ws => ws.close())")
             await expect(desk.locator("#socket-state")).not_to_have_text("Online")
             await expect(desk.locator("#socket-state")).to_have_text("Online")
-            await desk.wait_for_function(
-                """() => [...document.querySelectorAll('.watch video')].every((v, i) =>
-                     v.srcObject !== window.oldStreams[i] && v.videoWidth > 0
-                     && v.currentTime > 0.5)""", timeout=20_000)
+            await watch_plays_new_streams(desk)
             await expect(desk.locator("#watch-notice")).to_have_text("Live.")
             await item.locator("button", has_text="End").click()
             await desk.get_by_role("dialog").get_by_label("Reason").fill("checking the relay")

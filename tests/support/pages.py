@@ -30,3 +30,17 @@ async def log_in(page: Any, base: str, email: str, password: str, path: str = "/
     await page.locator("#login-password").fill(password)
     await page.get_by_role("button", name="Log in").click()
     await expect(page.locator("body")).to_have_attribute("data-ready", "signed-in")
+
+
+# The staff console's Watch (static/js/staff/watch.js): the pictures' streams noted, then new
+# streams in both pictures, playing (the watch started again: a new socket, relay or room).
+async def note_watch_streams(desk: Any) -> None:
+    await desk.evaluate("""() => { window.oldStreams = [...document.querySelectorAll(
+        '.watch video')].map(v => v.srcObject); }""")
+
+
+async def watch_plays_new_streams(desk: Any) -> None:
+    await desk.wait_for_function(
+        """() => [...document.querySelectorAll('.watch video')].every((v, i) =>
+             v.srcObject !== window.oldStreams[i] && v.videoWidth > 0
+             && v.currentTime > 0.5)""", timeout=20_000)
