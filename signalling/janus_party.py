@@ -29,6 +29,7 @@ from typing import Any
 import aiohttp
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
+from signalling.forwarding import recover_quickly
 from signalling.janus import Handle, JanusError, JanusServer, JanusUnavailable, Session
 
 log = logging.getLogger("kinwire.janus_party")
@@ -164,8 +165,9 @@ class JanusParty:
 
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
-            self.on_track(track, next(t for t in pc.getTransceivers()
-                                      if t.receiver.track is track))
+            transceiver = next(t for t in pc.getTransceivers() if t.receiver.track is track)
+            recover_quickly(transceiver)
+            self.on_track(track, transceiver)
 
         await pc.setRemoteDescription(RTCSessionDescription(offer["sdp"], offer["type"]))
         await pc.setLocalDescription(await pc.createAnswer())

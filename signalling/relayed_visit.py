@@ -37,7 +37,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
 
 from signalling import placement, visits
-from signalling.forwarding import ForwardTrack, Source, forward_codecs, tap
+from signalling.forwarding import ForwardTrack, Source, forward_codecs, recover_quickly, tap
 from signalling.leases import Lease
 from signalling.outlets import Outlet, Timeline
 from signalling.recording import STREAMS, Recording
@@ -162,10 +162,12 @@ class VisitRelay:
         def on_track(track: MediaStreamTrack) -> None:
             if role == "watcher":
                 return
+            transceiver = next(t for t in pc.getTransceivers() if t.receiver.track is track)
             if self.forward:  # before the receiver starts, so that it never decodes
-                transceiver = next(t for t in pc.getTransceivers() if t.receiver.track is track)
                 tap(transceiver, self.sources[(role, track.kind)])
                 session.receivers[track.kind] = transceiver.receiver
+            else:
+                recover_quickly(transceiver)
             if self.sessions.get(sender) is session:
                 self._incoming(session, track)
             else:

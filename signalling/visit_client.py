@@ -72,6 +72,7 @@ from aiortc.contrib.media import MediaPlayer
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import candidate_from_sdp
 
+from signalling.forwarding import recover_quickly
 from signalling.janus import JanusError, JanusUnavailable
 from signalling.janus_party import JanusParty
 from signalling.media import (
@@ -511,6 +512,7 @@ class VisitClient:
 
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
+            recover_quickly(next(t for t in pc.getTransceivers() if t.receiver.track is track))
             self._spawn(self._count(track))
 
         @pc.on("connectionstatechange")
