@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import json
 import math
+import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -65,13 +68,27 @@ def schedule(names: list[str], wanted: int, budget_s: float, run: Any,
 
 
 def run_isolated(name: str, size: str, timeout_s: float) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, "-m", "bench.run", "--one", name, "--size", size],
-                          cwd=common.ROOT, capture_output=True, text=True, timeout=timeout_s,
-                          check=False)
-    if proc.returncode != 0:
-        return {"scenario": name, "size": size, "error": proc.stderr[-3000:], "rows": [],
+    returncode, stdout, stderr = run_group(
+        [sys.executable, "-m", "bench.run", "--one", name, "--size", size], timeout_s)
+    if returncode != 0:
+        return {"scenario": name, "size": size, "error": stderr[-3000:], "rows": [],
                 "targets": [], "notes": []}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def run_group(argv: list[str], timeout_s: float) -> tuple[int, str, str]:
+    """Run `argv` in a process group of its own; when it ends, times out or this call fails,
+    whatever is left of the group is killed. A scenario's servers (Kinwire, Janus, coturn) are
+    its children: killing the scenario alone on a timeout left all three running for the rest
+    of a suite (seen 11 minutes later). Returns (returncode, stdout, stderr)."""
+    with subprocess.Popen(argv, cwd=common.ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, start_new_session=True) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout_s)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+    return proc.returncode, stdout, stderr
 
 
 def _median_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
