@@ -5,30 +5,22 @@ processes on PostgreSQL and a private Redis; and coturn with deploy/coturn/turns
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import json
-import os
 import re
-import shutil
 import signal
 import ssl
-import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from server.cli import parser
 from server.doctor import ice_server
 from server.settings import from_env
 from signalling.turn import coturn_config
 from tests.integration.test_turn import PRODUCTION, TEST
+from tests.support.nginx import private_nginx, self_signed, templated
 from tests.support.nodes import RedisServer, cluster, make_pair
 from tests.support.processes import free_port
 from tests.support.turn_server import deploy_config, private_coturn
@@ -36,48 +28,15 @@ from tests.support.turn_server import deploy_config, private_coturn
 ROOT = Path(__file__).resolve().parents[2]
 SITE = ROOT / "deploy" / "nginx" / "kinwire.conf"
 COTURN = ROOT / "deploy" / "coturn" / "turnserver.conf"
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 ORIGIN = "https://kinwire.example"
 # A browser on the public name: nginx passes `Host`, and says https, to a process that trusts it.
 BROWSER = {"Host": "kinwire.example", "Origin": ORIGIN}
 
 
-def self_signed(folder: Path) -> tuple[Path, Path]:
-    """A certificate for kinwire.example and 127.0.0.1, and its key."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kinwire.example")])
-    # The real clock on purpose: nginx and the TLS client check validity against it; a window
-    # of minutes either side of now holds at any hour.
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName([
-                x509.DNSName("kinwire.example"),
-                x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
-
-
-def templated(text: str, changes: dict[str, str]) -> str:
-    """`text` with each key replaced by its value; every key must occur exactly once."""
-    for old, new in changes.items():
-        assert text.count(old) == 1, f"{old!r} is not in the deploy file exactly once"
-        text = text.replace(old, new)
-    return text
-
-
 @asynccontextmanager
-async def private_nginx(folder: Path, https_port: int, upstreams: list[int],
+async def kinwire_nginx(folder: Path, https_port: int, upstreams: list[int],
                         cert: Path, key: Path) -> AsyncIterator[Path]:
-    """nginx in the foreground, on loopback, with the deploy site; yields its access log."""
+    """nginx with deploy/nginx/kinwire.conf in front of two processes; yields its access log."""
     access_log = folder / "access.log"
     site = templated(SITE.read_text(), {
         "server 127.0.0.1:8081 ": f"server 127.0.0.1:{upstreams[0]} ",
@@ -87,30 +46,8 @@ async def private_nginx(folder: Path, https_port: int, upstreams: list[int],
         "/etc/letsencrypt/live/kinwire.example/fullchain.pem": str(cert),
         "/etc/letsencrypt/live/kinwire.example/privkey.pem": str(key),
         "/var/log/nginx/kinwire.access.log": str(access_log)})
-    (folder / "kinwire.conf").write_text(site)
-    temp = "\n".join(f"    {kind}_temp_path {folder / kind};"
-                     for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    (folder / "nginx.conf").write_text(
-        ("user root;\n" if os.geteuid() == 0 else "")  # workers read the tmp files
-        + f"daemon off;\nworker_processes 1;\npid {folder / 'nginx.pid'};\n"
-        f"error_log {folder / 'error.log'} warn;\nevents {{ worker_connections 256; }}\n"
-        f"http {{\n{temp}\n    access_log off;\n    include {folder / 'kinwire.conf'};\n}}\n")
-    proc = subprocess.Popen([NGINX, "-p", str(folder), "-e", str(folder / "error.log"),
-                             "-c", str(folder / "nginx.conf")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(200):
-            assert proc.poll() is None, (folder / "error.log").read_text()
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", https_port)
-                writer.close()
-                break
-            except OSError:
-                await asyncio.sleep(0.05)
+    async with private_nginx(folder, https_port, site):
         yield access_log
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 async def socket_count(http: aiohttp.ClientSession, base: str) -> int:
@@ -146,7 +83,7 @@ async def test_two_processes_behind_the_deploy_nginx(pg_db: str, tmp_path: Path)
         async with cluster(pg_db, redis.url, tmp_path, KINWIRE_PUBLIC_URL=ORIGIN,
                            KINWIRE_TRUSTED_PROXIES="127.0.0.1",
                            KINWIRE_DRAIN_TIMEOUT_S="5", **JANUS_ENGINE) as nodes, \
-                private_nginx(tmp_path, port, [n.port for n in nodes], cert, key) as log, \
+                kinwire_nginx(tmp_path, port, [n.port for n in nodes], cert, key) as log, \
                 aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls)) as http:
             family, person = await make_pair(http, *nodes, pg_db)
             # HTTPS requests are balanced over both processes.

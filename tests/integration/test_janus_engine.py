@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
+import ssl
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,6 +17,7 @@ import pytest
 
 from server.settings import Settings, SettingsError
 from signalling.janus import (
+    LONG_POLL_S,
     VIDEOROOM,
     JanusConfig,
     JanusEngine,
@@ -25,6 +28,7 @@ from signalling.janus import (
     sign_token,
 )
 from tests.support.janus import Janus, private_janus, running_janus
+from tests.support.nginx import ROOT, private_nginx, self_signed, templated
 from tests.support.processes import free_port
 
 UNAUTHORIZED = 403  # JANUS_ERROR_UNAUTHORIZED
@@ -281,3 +285,50 @@ async def test_a_client_is_given_the_server_s_public_url_and_kinwire_keeps_its_o
         settings.replace(janus_public_urls=(public, public)).validate()
     with pytest.raises(SettingsError, match="not an http"):
         settings.replace(janus_public_urls=("janus1.kinwire.example",)).validate()
+
+
+JANUS_SITE = ROOT / "deploy" / "nginx" / "janus.conf"
+
+
+async def test_browsers_reach_janus_through_the_deploy_tls_proxy(
+        tmp_path: Path, janus: Janus, engine: JanusEngine) -> None:
+    """deploy/nginx/janus.conf in front of the module's Janus (only its ports, paths and cert
+    changed): a party's client-API calls (a session, the VideoRoom join with its pin, the long
+    poll that brings the answer) work over TLS at the public URL. Adversaries: a browser that
+    asks the proxy for anything else (the admin API's path, the server's root), or calls the
+    API without its token: 404, and Janus's own refusal passed on unchanged."""
+    cert, key = self_signed(tmp_path, "janus1.kinwire.example")
+    port = free_port()
+    site = templated(JANUS_SITE.read_text(), {
+        "listen 443 ssl http2;": f"listen 127.0.0.1:{port} ssl http2;",
+        "/etc/letsencrypt/live/janus1.kinwire.example/fullchain.pem": str(cert),
+        "/etc/letsencrypt/live/janus1.kinwire.example/privkey.pem": str(key),
+        "proxy_pass http://10.0.0.11:8088;": f"proxy_pass http://127.0.0.1:{janus.http_port};"})
+    # Janus holds a long poll up to LONG_POLL_S: nginx must wait longer for its answer.
+    read_timeout_s = int(re.search(r"proxy_read_timeout (\d+)s;", site).group(1))
+    assert read_timeout_s > LONG_POLL_S + 5, read_timeout_s
+    public = f"https://127.0.0.1:{port}/janus"
+    tls = ssl.create_default_context(cafile=str(cert))
+    room = await engine.create_room("vis_tls", record=False)
+    mine = engine.credentials(room, "family", "acc_family", soon())
+    try:
+        async with private_nginx(tmp_path, port, site), \
+                aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls)) as browser:
+            session = await JanusServer(browser, public, token=mine.token).session()
+            try:
+                handle = await session.attach()
+                await handle.message({"request": "join", "ptype": "publisher",
+                                      "room": mine.room, "pin": mine.pin, "id": mine.feed})
+                joined = [e["plugindata"]["data"] for e in await session.events()]
+                assert joined[0]["videoroom"] == "joined" and joined[0]["id"] == "family"
+            finally:
+                await session.close()
+            with pytest.raises(JanusError) as refused:
+                await JanusServer(browser, public, token="").session()
+            assert refused.value.code == UNAUTHORIZED
+            base = f"https://127.0.0.1:{port}"
+            for path in ("/admin", "/", "/internal/janus/events"):
+                async with browser.post(base + path, json={"janus": "info"}) as r:
+                    assert r.status == 404, path
+    finally:
+        await engine.end(room)
