@@ -216,7 +216,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
         notifier=notifier, mail_sender=mail_sender, vapid=vapid, push_sender=push_sender)
     app[CONTEXT] = ctx
     if notifier is not None:
-        events.watch(store.engine, notifier)
+        store.event_watchers.append(notifier)
     limits = make_limits(settings, meters.node_id)  # Redis: per-user limits across processes
     hub = Hub(store, broker, per_user_max=settings.ws_connections_per_user_max,
               page_max=settings.sync_page_max, metrics=metrics, limits=limits)

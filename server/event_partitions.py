@@ -98,13 +98,12 @@ async def _utc(conn: AsyncConnection) -> None:
     await conn.execute(text("SET LOCAL TimeZone = 'UTC'"))
 
 
-_refused: set[str] = set()
-
-
-async def ensure_ahead(store: Any, now: datetime) -> int:
+async def ensure_ahead(store: Any, now: datetime, refused: set[str] | None = None) -> int:
     """Make the weeks from `now`'s through `WEEKS_AHEAD` ahead that do not exist yet; how many
     were made. A week whose rows already sit in the default partition cannot be made (they
-    would have to move): it is logged, and its rows keep going to the default partition."""
+    would have to move): it is logged, and its rows keep going to the default partition.
+    `refused`: the caller's names of weeks already logged so (logged once, not every pass)."""
+    refused = set() if refused is None else refused
     made = 0
     async with store.read() as conn:
         await _utc(conn)
@@ -122,8 +121,8 @@ async def ensure_ahead(store: Any, now: datetime) -> int:
                         await conn.execute(text(sql))
                 made += 1
             except Exception:
-                if week_name(start) not in _refused:  # said once a process, not every pass
-                    _refused.add(week_name(start))
+                if week_name(start) not in refused:
+                    refused.add(week_name(start))
                     log.exception("events: the partition for the week of %s was not made; "
                                   "its events go to events_default", start.date())
         start += WEEK

@@ -11,7 +11,6 @@ were pruned.
 from __future__ import annotations
 
 import logging
-import weakref
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -21,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server.broker import Broker, BrokerUnavailable
 from server.schema import event_heads, events, messages
-from store import Statement, insert_new
+from store import EVENT_WATCHERS, Statement, insert_new
 
 log = logging.getLogger("kinwire.events")
 
@@ -85,19 +84,6 @@ async def _reserve(conn: AsyncConnection, counts: dict[str, int]) -> dict[str, i
     return first
 
 
-# What else reads each transaction's events as they are written, per database engine: the
-# email notifier (server/mail.py), registered by create_app when email is on. Keyed by the
-# engine so that apps in one process (the tests') keep theirs apart; with none registered an
-# emit costs one dictionary lookup more.
-_watchers: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
-
-
-def watch(engine: Any, watcher: Any) -> None:
-    """`await watcher.on_events(conn, items, at)` in every transaction on `engine` that
-    emits events, after they are written (its writes commit or roll back with them)."""
-    _watchers[engine.sync_engine] = watcher
-
-
 @dataclass
 class Outbox:
     """Events written in one transaction, signalled through the broker after it commits."""
@@ -129,8 +115,9 @@ class Outbox:
             self.written.append((account_id, seq))
             self.kept.append((account_id, Event(seq, kind, data)))
         await _INSERT.run_many(conn, rows)
-        watcher = _watchers.get(conn.engine.sync_engine)
-        if watcher is not None:
+        # The store's event watchers (the email notifier), in this transaction: their writes
+        # commit or roll back with the events.
+        for watcher in conn.sync_connection.get_execution_options().get(EVENT_WATCHERS, ()):
             await watcher.on_events(conn, items, at)
 
     async def signal(self, broker: Broker) -> None:

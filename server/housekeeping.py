@@ -121,6 +121,7 @@ class Housekeeping:
         self._sockets_at = time.monotonic()
         self._partials_at = self._orphans_at = -float("inf")  # the first pass sweeps
         self._partitions_at = -float("inf")
+        self._partitions_refused: set[str] = set()  # weeks whose partition could not be made
 
     async def run(self, stop: asyncio.Event) -> None:
         """Passes every third of the lease until `stop`; never cancelled, so that no database
@@ -159,7 +160,7 @@ class Housekeeping:
                 time.monotonic() - self._partitions_at >= PARTITIONS_EVERY_S:
             self._partitions_at = time.monotonic()  # weeks are made four weeks ahead
             await self._batches("partitions", lambda: event_partitions.ensure_ahead(
-                self.store, now), stop, once=True)
+                self.store, now, self._partitions_refused), stop, once=True)
         await self._batches("prune", lambda: self._prune(cutoff), stop)
         await self._batches("missed", lambda: mark_missed(self.store, self.broker, now,
                                                           self.batch_rows), stop)

@@ -9,10 +9,11 @@ with aiosmtplib and settles them as server/outbox.py says (retried with a doubli
 its claim to lapse and the row is sent later (at least once: the Message-ID stays the same,
 so a relay may drop the repeat). Nothing here logs a body, an address or a token.
 
-Notifications are read from the event stream as it is written (server/events.py `watch`):
-every change a family must hear of already emits an event in its transaction, so no call site
-has to remember email. Message bodies never go into email: a new-message email says who wrote
-and how many, and links to the app.
+Notifications are read from the event stream as it is written (the store's `event_watchers`,
+called by server/events.py in the events' transaction): every change a family must hear of
+already emits an event in its transaction, so no call site has to remember email. Message
+bodies never go into email: a new-message email says who wrote and how many, and links to the
+app.
 """
 
 from __future__ import annotations

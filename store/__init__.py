@@ -32,7 +32,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import event, text
 from sqlalchemy import exc as sqlalchemy_exc
@@ -46,6 +46,8 @@ from store.statement import Statement as Statement  # the statement interface, r
 from store.statement import insert_new as insert_new
 
 T = TypeVar("T")
+# The execution option under which every connection of a Store carries its event_watchers.
+EVENT_WATCHERS = "kinwire_event_watchers"
 
 
 def is_unavailable(exc: BaseException) -> bool:
@@ -102,14 +104,16 @@ def _postgresql_connect_args(url: str) -> tuple[str, dict]:
 
 
 def _sqlite_engine(url: str, *, begin: str, pool_size: int, busy_timeout_ms: int,
-                   durable: bool, inline: bool = False, writer: bool = False) -> AsyncEngine:
+                   durable: bool, options: dict[str, Any], inline: bool = False,
+                   writer: bool = False) -> AsyncEngine:
     # inline: statements run on the event loop, not aiosqlite's thread (store/inline.py)
     extra = {"async_creator": creator(make_url(url).database, busy_timeout_ms)} if inline else {}
     # Inline, SQLite must not sleep on the loop waiting for the lock: the connection retries
     # asynchronously instead (store/inline.py).
     sqlite_busy_ms = 0 if inline else busy_timeout_ms
     engine = create_async_engine(url, poolclass=AsyncAdaptedQueuePool, pool_size=pool_size,
-                                 max_overflow=0, pool_timeout=60, hide_parameters=True, **extra)
+                                 max_overflow=0, pool_timeout=60, hide_parameters=True,
+                                 execution_options=options, **extra)
 
     @event.listens_for(engine.sync_engine, "connect")
     def on_connect(dbapi_connection, _record):
@@ -155,15 +159,22 @@ class Store:
         self.durable = durable
         self.timeout_s = timeout_s
         self.dialect = "sqlite" if self.url.startswith("sqlite") else "postgresql"
+        # What else reads each transaction's events as they are written (server/events.py):
+        # the email notifier, added by create_app when email is on. Every connection reaches
+        # this list through its engine's execution options (EVENT_WATCHERS).
+        self.event_watchers: list[Any] = []
+        options = {EVENT_WATCHERS: self.event_watchers}
         if self.dialect == "sqlite":
             path = make_url(self.url).database
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             self._writer = _sqlite_engine(self.url, begin="BEGIN IMMEDIATE", pool_size=1,
                                           busy_timeout_ms=busy_timeout_ms, durable=durable,
-                                          inline=sqlite_inline_writes, writer=True)
+                                          options=options, inline=sqlite_inline_writes,
+                                          writer=True)
             self._reader = _sqlite_engine(self.url, begin="BEGIN", pool_size=4,
-                                          busy_timeout_ms=busy_timeout_ms, durable=durable)
+                                          busy_timeout_ms=busy_timeout_ms, durable=durable,
+                                          options=options)
         else:
             # hide_parameters: an error's text never carries bound values (message bodies).
             # No pool_pre_ping: it cost a round trip on every checkout (~13% of a send's
@@ -173,7 +184,7 @@ class Store:
             plain, pooler_args = _postgresql_connect_args(self.url)
             self._writer = create_async_engine(
                 plain, pool_size=pool_size, max_overflow=0,
-                hide_parameters=True,
+                hide_parameters=True, execution_options=options,
                 pool_timeout=timeout_s or 30,
                 connect_args={"timeout": timeout_s or 10, "command_timeout": timeout_s or 30,
                               **pooler_args})
