@@ -60,6 +60,7 @@ class JanusParty:
         self._session: Session | None = None
         self._publishing: Handle | None = None
         self._handles: dict[int, str] = {}  # subscriber handle id -> the feed it receives
+        self._offered: set[int] = set()  # subscriber handles whose first offer was answered
         self._poll: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -133,6 +134,7 @@ class JanusParty:
             await self.on_change()
         elif kind == "event" and "error_code" in data:
             log.warning("janus party %s: %s", self.feed, data.get("error"))
+            self._handles.pop(sender, None)
         elif kind == "event" and ours:
             jsep = event.get("jsep")
             if jsep is not None and self.publisher is not None:
@@ -144,7 +146,17 @@ class JanusParty:
             if gone is not None and str(gone) in self.subscribers:
                 await self.subscribers.pop(str(gone)).close()
         elif kind == "event" and sender in self._handles and event.get("jsep"):
-            await self._answer(self._handles[sender], sender, event["jsep"])
+            feed = self._handles[sender]
+            if sender not in self._offered:
+                self._offered.add(sender)
+                await self._answer(feed, sender, event["jsep"])
+            else:
+                # Janus 1.x offers again on the same subscription to take the feed's streams
+                # away once its publisher left. Not answered (a new connection for it stalls
+                # half set up, and could replace the subscription to the feed's new session):
+                # the subscription is over; the feed's next publish subscribes afresh.
+                self._handles.pop(sender, None)
+                self._offered.discard(sender)
 
     async def _subscribe(self, feed: str) -> None:
         if feed == self.feed or self._session is None:

@@ -7,12 +7,15 @@
 //    microphone (our offer, Janus's answer; our candidates trickled);
 // 3. every other publisher of the room gets a subscriber handle: Janus offers that feed's
 //    streams, we answer and `start`; one that unpublishes loses it, one that publishes again
-//    gets a new one. Staff (no feed) only subscribe, to both parties' feeds;
+//    gets a new one. Staff (no feed) only subscribe, to both parties' feeds, and try a feed again
+//    every RESUBSCRIBE_MS while it is not there (a party not yet published, or published anew,
+//    as after a move to another server: a subscriber hears of no publishers);
 // 4. events come on the session's long poll. A failed request or poll (the server is gone), or
 //    Janus hanging up our publisher, calls `onLost` once: the screen asks Kinwire again.
 const VIDEOROOM = "janus.plugin.videoroom";
 const KEEPALIVE_MS = 25000; // well inside Janus's 60 s session timeout
 const PARTIES = ["family", "person"];
+const RESUBSCRIBE_MS = 1000;
 
 export class JanusParty {
   /** `creds`: {server, room, pin, token, feed}; `config`: the RTCPeerConnection configuration
@@ -27,6 +30,7 @@ export class JanusParty {
     this.publisher = null;
     this.subscribers = new Map(); // feed -> its RTCPeerConnection
     this.handles = new Map(); // subscriber handle id -> the feed it receives
+    this.pending = new Map(); // feed -> its subscriber handle, joined but not yet offered
     this.closed = this.lost = false;
     this.session = null;
   }
@@ -45,8 +49,8 @@ export class JanusParty {
     }, KEEPALIVE_MS);
     this.poll();
     if (!this.feed) {
-      for (const feed of PARTIES) await this.subscribe(feed).catch(() => {}); // one may be away
-      return;
+      this.resubscriber = setInterval(() => this.subscribeMissing(), RESUBSCRIBE_MS);
+      return this.subscribeMissing();
     }
     this.publishing = await this.attach();
     const pc = this.publisher = new RTCPeerConnection(this.config);
@@ -78,6 +82,7 @@ export class JanusParty {
     if (this.closed) return;
     this.closed = true;
     clearInterval(this.keeper);
+    clearInterval(this.resubscriber);
     for (const pc of [this.publisher, ...this.subscribers.values()]) {
       if (!pc) continue;
       pc.onicecandidate = pc.ontrack = pc.onconnectionstatechange = null;
@@ -153,8 +158,37 @@ export class JanusParty {
         this.subscribers.get(String(gone)).close();
         this.subscribers.delete(String(gone));
       }
-    } else if (this.handles.has(e.sender) && e.jsep) {
-      await this.answer(this.handles.get(e.sender), e.sender, e.jsep);
+    } else if (this.handles.has(e.sender)) {
+      await this.onSubscriberEvent(e, data);
+    }
+  }
+
+  async onSubscriberEvent(e, data) {
+    const feed = this.handles.get(e.sender);
+    const offer = e.janus === "event" && e.jsep && !data.error_code;
+    if (offer && this.pending.get(feed) === e.sender) {
+      this.pending.delete(feed);
+      return this.answer(feed, e.sender, e.jsep);
+    }
+    if (e.janus !== "hangup" && !data.error_code && !offer) return;
+    // No such feed (yet); or its stream ended: a hangup, or (Janus 1.x) an offer on the same
+    // subscription taking the feed's streams away once its publisher left (answered on a new
+    // connection it stalled half set up). Forget this handle (detached, so a watcher that waits
+    // long for a party leaves none behind on Janus): a party subscribes again when the feed is
+    // published again, a watcher every RESUBSCRIBE_MS.
+    this.handles.delete(e.sender);
+    this.request(`${this.session}/${e.sender}`, { janus: "detach" }).catch(() => {});
+    if (this.pending.get(feed) === e.sender) this.pending.delete(feed);
+    const pc = this.subscribers.get(feed);
+    if (pc && pc.handle === e.sender) { pc.close(); this.subscribers.delete(feed); }
+  }
+
+  /** A watcher's subscriptions to the parties it does not receive and is not joining. */
+  async subscribeMissing() {
+    for (const feed of PARTIES) {
+      if (this.closed || this.lost) return;
+      if (this.subscribers.has(feed) || this.pending.has(feed)) continue;
+      await this.subscribe(feed).catch(() => {});
     }
   }
 
@@ -164,12 +198,14 @@ export class JanusParty {
     if (old) { old.close(); this.subscribers.delete(feed); } // it published again
     const handle = await this.attach();
     this.handles.set(handle, feed);
+    this.pending.set(feed, handle);
     await this.message(handle, { request: "join", ptype: "subscriber", room: this.creds.room,
       pin: this.creds.pin, streams: [{ feed }] });
   }
 
   async answer(feed, handle, offer) {
     const pc = new RTCPeerConnection(this.config);
+    pc.handle = handle;
     this.subscribers.set(feed, pc);
     pc.ontrack = (ev) => { if (this.subscribers.get(feed) === pc) this.onTrack(ev.track, feed); };
     if (!this.feed) {

@@ -143,6 +143,12 @@ async def test_a_visit_through_janus_in_the_browsers_survives_its_server(
                     """() => [...document.querySelectorAll('.watch video')].every(
                          v => v.videoWidth > 0 && v.currentTime > 0.5)""", timeout=20_000)
 
+                # --- the family's Janus session is lost and it publishes again: the console,
+                # which hears of no publishers, subscribes to the new feed by itself ---
+                await note_watch_streams(desk)
+                await fam.evaluate("() => window.kinwireVisit.janus.lose()")
+                await watch_plays_new_streams(desk, pictures=(0,))
+
                 # --- kill -9 of the Janus carrying the call: both pictures come back ---
                 await note_watch_streams(desk)
                 await asyncio.to_thread(placed.kill)

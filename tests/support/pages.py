@@ -39,8 +39,9 @@ async def note_watch_streams(desk: Any) -> None:
         '.watch video')].map(v => v.srcObject); }""")
 
 
-async def watch_plays_new_streams(desk: Any) -> None:
+async def watch_plays_new_streams(desk: Any, pictures: tuple[int, ...] = (0, 1)) -> None:
+    """`pictures`: which (0 the family's, 1 the person's) must have new streams."""
     await desk.wait_for_function(
-        """() => [...document.querySelectorAll('.watch video')].every((v, i) =>
-             v.srcObject !== window.oldStreams[i] && v.videoWidth > 0
-             && v.currentTime > 0.5)""", timeout=20_000)
+        """(which) => [...document.querySelectorAll('.watch video')].every((v, i) =>
+             (!which.includes(i) || v.srcObject !== window.oldStreams[i]) && v.videoWidth > 0
+             && v.currentTime > 0.5)""", arg=list(pictures), timeout=20_000)

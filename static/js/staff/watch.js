@@ -108,8 +108,9 @@ export class Watch {
       onLost: () => this.again(w, party),
     });
     w.party = party;
-    await party.start();
     say($("watch-notice"), "Waiting for the media…");
+    // A server Kinwire still names but that is dead refuses at once: lost, asked again.
+    await party.start().catch(() => party.lose());
   }
 
   again(w, party) {
