@@ -15,22 +15,25 @@ went (`event_heads.pruned_through`, in bounded batches, so that a `sync` from be
 that would wait longer is tried again on the next pass). `events_before` and `events_default`
 are pruned by batched DELETE as before, and `events_before` dropped whole once its last row is
 past the retention. SQLite keeps one table pruned by DELETE (server/events.py `prune`).
+
+This module is the policy; the catalog read and the DDL are store/partitions.py's, the heads'
+batches SQLAlchemy Core.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Column, MetaData, Table, text
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Column, MetaData, Table, bindparam, func, select, update
 
 from server import events as events_module
+from server.schema import event_heads
 from server.schema import events as events_table
+from store import partitions as partitions_sql
+from store.partitions import Partition, partitions
 
 log = logging.getLogger("kinwire.events")
 
@@ -39,17 +42,6 @@ WEEKS_AHEAD = 4
 DROP_LOCK_TIMEOUT_MS = 2000
 LIST_FRESH_S = 60.0
 BEFORE, DEFAULT = "events_before", "events_default"
-
-_BOUND = re.compile(r"TO \('([^']+)'\)")
-PARTITION_NAME = re.compile(r"events_(w\d{8}|before|default)")
-
-
-def _checked(name: str) -> str:
-    """A partition's name, put into SQL as an identifier: only the names made here."""
-    if not PARTITION_NAME.fullmatch(name):
-        raise ValueError(f"not an events partition: {name!r}")
-    return name
-
 
 def week_start(at: datetime) -> datetime:
     day = at.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -60,44 +52,6 @@ def week_name(start: datetime) -> str:
     return f"events_w{start:%Y%m%d}"
 
 
-def _literal(at: datetime) -> str:
-    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S+00")
-
-
-def create_week_sql(start: datetime) -> list[str]:
-    name = week_name(start)
-    return [f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF events FOR VALUES FROM "
-            f"('{_literal(start)}') TO ('{_literal(start + WEEK)}')",
-            f"ALTER TABLE {name} ADD PRIMARY KEY (account_id, seq)"]
-
-
-@dataclass(frozen=True)
-class Partition:
-    name: str
-    upper: datetime | None  # None: the default partition (no bound)
-
-
-async def partitions(conn: AsyncConnection) -> list[Partition]:
-    """The partitions of `events`, oldest bound first; [] when `events` is not partitioned."""
-    rows = (await conn.execute(text(
-        "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
-        "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'events'::regclass"))).all()
-    found = []
-    for name, bound in rows:
-        match = _BOUND.search(bound or "")
-        upper = None
-        if match:
-            upper = datetime.fromisoformat(match.group(1).replace("+00", "+00:00"))
-        found.append(Partition(name, upper))
-    far = datetime.max.replace(tzinfo=UTC)
-    return sorted(found, key=lambda p: p.upper or far)
-
-
-async def _utc(conn: AsyncConnection) -> None:
-    # Bounds are printed in the session's zone: read and written in UTC here.
-    await conn.execute(text("SET LOCAL TimeZone = 'UTC'"))
-
-
 async def ensure_ahead(store: Any, now: datetime, refused: set[str] | None = None) -> int:
     """Make the weeks from `now`'s through `WEEKS_AHEAD` ahead that do not exist yet; how many
     were made. A week whose rows already sit in the default partition cannot be made (they
@@ -106,7 +60,7 @@ async def ensure_ahead(store: Any, now: datetime, refused: set[str] | None = Non
     refused = set() if refused is None else refused
     made = 0
     async with store.read() as conn:
-        await _utc(conn)
+        await partitions_sql.utc(conn)
         existing = await partitions(conn)
     names = {p.name for p in existing}
     floor = next((p.upper for p in existing if p.name == BEFORE), None)
@@ -115,10 +69,9 @@ async def ensure_ahead(store: Any, now: datetime, refused: set[str] | None = Non
         if week_name(start) not in names and (floor is None or start >= floor):
             try:
                 async with store.write() as conn:
-                    await _utc(conn)
-                    await conn.execute(text(f"SET LOCAL lock_timeout = {DROP_LOCK_TIMEOUT_MS}"))
-                    for sql in create_week_sql(start):
-                        await conn.execute(text(sql))
+                    await partitions_sql.utc(conn)
+                    await partitions_sql.lock_timeout(conn, DROP_LOCK_TIMEOUT_MS)
+                    await partitions_sql.create(conn, week_name(start), start, start + WEEK)
                 made += 1
             except Exception:
                 if week_name(start) not in refused:
@@ -127,6 +80,12 @@ async def ensure_ahead(store: Any, now: datetime, refused: set[str] | None = Non
                                   "its events go to events_default", start.date())
         start += WEEK
     return made
+
+
+# How far a dropped week's events went, per user (a sync from before then gets `reset`).
+_RECORD_HEAD = update(event_heads).where(
+    event_heads.c.account_id == bindparam("b_id"),
+    event_heads.c.pruned_through < bindparam("b_seq")).values(pruned_through=bindparam("b_seq"))
 
 
 def _table(name: str) -> Table:
@@ -160,7 +119,7 @@ class Retention:
     async def _step(self, cutoff: datetime) -> int:
         if time.monotonic() - self._found_at >= LIST_FRESH_S:
             async with self.store.read() as conn:
-                await _utc(conn)
+                await partitions_sql.utc(conn)
                 self._found = await partitions(conn)
             self._found_at = time.monotonic()
         expired = [p for p in self._found if p.upper is not None and p.upper <= cutoff]
@@ -178,31 +137,28 @@ class Retention:
         """One batch of the week's heads (accounts in id order, as senders lock them), or,
         when every head is recorded, the drop."""
         after = self.cursors.get(name, "")
-        name = _checked(name)
+        week = _table(partitions_sql.checked(name))
         async with self.store.write() as conn:
-            rows = (await conn.execute(text(
-                f"SELECT account_id, max(seq) FROM {name} WHERE account_id > :after "  # noqa: S608 (_checked)
-                "GROUP BY account_id ORDER BY account_id LIMIT :n"),
-                {"after": after, "n": self.batch_rows})).all()
+            rows = (await conn.execute(
+                select(week.c.account_id, func.max(week.c.seq))
+                .where(week.c.account_id > after).group_by(week.c.account_id)
+                .order_by(week.c.account_id).limit(self.batch_rows))).all()
             if rows:
-                ids = [r[0] for r in rows]
-                # Locked in id order first (the ORDER BY is below the row locks), the order
-                # senders take heads in: no deadlock with a send.
-                await conn.execute(text(
-                    "SELECT account_id FROM event_heads WHERE account_id = ANY(CAST(:ids AS "
-                    "text[])) ORDER BY account_id FOR UPDATE"), {"ids": ids})
-                await conn.execute(text(
-                    "UPDATE event_heads h SET pruned_through = v.seq "
-                    "FROM unnest(CAST(:ids AS text[]), CAST(:seqs AS bigint[])) AS v(id, seq) "
-                    "WHERE h.account_id = v.id AND h.pruned_through < v.seq"),
-                    {"ids": ids, "seqs": [int(r[1]) for r in rows]})
+                # Locked in id order first, the order senders take heads in: no deadlock
+                # with a send.
+                await conn.execute(
+                    select(event_heads.c.account_id)
+                    .where(event_heads.c.account_id.in_([r[0] for r in rows]))
+                    .order_by(event_heads.c.account_id).with_for_update())
+                await conn.execute(_RECORD_HEAD, [{"b_id": r[0], "b_seq": int(r[1])}
+                                                  for r in rows])
         if len(rows) == self.batch_rows:
             self.cursors[name] = rows[-1][0]
             return self.batch_rows
         try:
             async with self.store.write() as conn:
-                await conn.execute(text(f"SET LOCAL lock_timeout = {DROP_LOCK_TIMEOUT_MS}"))
-                await conn.execute(text(f"DROP TABLE {name}"))
+                await partitions_sql.lock_timeout(conn, DROP_LOCK_TIMEOUT_MS)
+                await partitions_sql.drop(conn, name)
         except Exception:
             log.warning("events: dropping %s waited too long for its lock; next pass", name)
             self._found_at = -float("inf")

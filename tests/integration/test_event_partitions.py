@@ -22,13 +22,14 @@ from sqlalchemy import func, select
 
 from server import event_partitions, events
 from server.broker.memory import MemoryBroker
-from server.event_partitions import WEEK, WEEKS_AHEAD, partitions, week_name, week_start
+from server.event_partitions import WEEK, WEEKS_AHEAD, week_name, week_start
 from server.housekeeping import Housekeeping
 from server.http.metrics import Metrics
 from server.schema import event_heads
 from server.schema import events as events_table
 from store import Store
 from store.migrate import migrate
+from store.partitions import partitions, utc
 from tests.conftest import PG_ADMIN_URL
 from tests.integration.test_migrate_deploy import at, version
 from tests.integration.test_migrate_deploy import empty_pg as empty_database
@@ -66,7 +67,7 @@ async def emit(store: Store, account: str, n: int, at: datetime) -> None:
 
 async def weeks(store: Store) -> dict[str, datetime | None]:
     async with store.read() as conn:
-        await event_partitions._utc(conn)
+        await utc(conn)
         return {p.name: p.upper for p in await partitions(conn)}
 
 

@@ -3,9 +3,9 @@
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from server.event_partitions import PARTITION_NAME as PARTITION
 from server.schema import metadata
 from store import Store
+from store.partitions import PARTITION_NAME as PARTITION
 
 # On PostgreSQL `events` is partitioned by week (server/event_partitions.py, migration 0014):
 # its partitions are tables schema.py does not list, and the parent has no index of its own
