@@ -36,20 +36,21 @@ import hashlib
 import json
 import os
 import shutil
-import sqlite3
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import inspect, text
+from sqlalchemy import column, inspect, select, table
 from sqlalchemy.engine import make_url
 
 from server.blobs import BlobMissing, BlobStore
 from server.blobs.configured import open_blobs
 from server.schema import event_heads
+from server.schema import photos as photos_table
+from server.schema import recordings as recordings_table
 from server.settings import Settings
-from store import Store
+from store import Store, snapshot
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -143,49 +144,34 @@ async def _copy_out(blobs: BlobStore, key: str, dst: Path) -> dict[str, Any] | N
 
 # --- the database snapshot ------------------------------------------------------------------
 
-def _ids_sqlite(db: sqlite3.Connection) -> tuple[list[str], list[str], str]:
-    photos = [r[0] for r in db.execute("SELECT id FROM photos")]
-    recordings = [r[0] for r in db.execute("SELECT location FROM recordings")]
-    revision = db.execute("SELECT version_num FROM alembic_version").fetchone()[0]
-    return photos, recordings, revision
+# What a backup reads in its database's snapshot: the photos and recordings it references
+# (their blobs go with it) and the schema's revision.
+_REVISION = table("alembic_version", column("version_num"))
+READS = (select(photos_table.c.id), select(recordings_table.c.location),
+         select(_REVISION.c.version_num))
 
 
 def _snapshot_sqlite(source: Path, target: Path, busy_ms: int) -> tuple[list[str], list[str], str]:
-    if not source.exists():
-        raise BackupError(f"there is no database at {source}")
-    src = sqlite3.connect(source)
     try:
-        src.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
-        dst = sqlite3.connect(target)
-        try:
-            src.backup(dst)  # all pages in one step: one read transaction, one snapshot
-            dst.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
-            ids = _ids_sqlite(dst)
-            dst.commit()
-        finally:
-            dst.close()
-    finally:
-        src.close()
-    return ids
+        photo_ids, locations, revision = snapshot.sqlite_copy(source, target, busy_ms, READS)
+    except snapshot.NoDatabase as exc:
+        raise BackupError(str(exc)) from None
+    if photo_ids is None or locations is None or not revision:
+        raise BackupError(f"{source} is not a Kinwire database (no photos, recordings or "
+                          "revision)")
+    return photo_ids, locations, revision[0]
 
 
 async def _snapshot_postgresql(store: Store, target: Path) -> tuple[list[str], list[str], str]:
-    async with store.engine.connect() as conn:
-        conn = await conn.execution_options(isolation_level="REPEATABLE READ")
-        async with conn.begin():
-            snapshot = (await conn.execute(text("SELECT pg_export_snapshot()"))).scalar_one()
-            photos = list((await conn.execute(text("SELECT id FROM photos"))).scalars())
-            recordings = list((await conn.execute(
-                text("SELECT location FROM recordings"))).scalars())
-            revision = (await conn.execute(
-                text("SELECT version_num FROM alembic_version"))).scalar_one()
-            # The exporting transaction stays open until pg_dump has imported the snapshot.
-            done = await asyncio.to_thread(
-                _run, "pg_dump", "--format=custom", "--no-owner", "--no-privileges",
-                f"--snapshot={snapshot}", f"--file={target}", f"--dbname={libpq_url(store.url)}")
+    async with snapshot.postgresql_exported(store, READS) as (exported, found):
+        # The exporting transaction stays open until pg_dump has imported the snapshot.
+        done = await asyncio.to_thread(
+            _run, "pg_dump", "--format=custom", "--no-owner", "--no-privileges",
+            f"--snapshot={exported}", f"--file={target}", f"--dbname={libpq_url(store.url)}")
     if done.returncode != 0:
         raise BackupError(f"pg_dump failed: {done.stderr.strip()}")
-    return photos, recordings, revision
+    photo_ids, locations, revision = found
+    return photo_ids, locations, revision[0]
 
 
 # --- backup ---------------------------------------------------------------------------------
@@ -277,16 +263,9 @@ def verify(src: Path) -> list[str]:
     recordings = manifest.get("recordings", [])
     db = src / manifest["database"]
     if db.is_file() and manifest["dialect"] == "sqlite":
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-        try:
-            check = conn.execute("PRAGMA integrity_check").fetchone()[0]
-            photos = [r[0] for r in conn.execute("SELECT id FROM photos")]
-            try:
-                recordings = [r[0] for r in conn.execute("SELECT location FROM recordings")]
-            except sqlite3.OperationalError:  # a backup from before recordings were kept
-                recordings = []
-        finally:
-            conn.close()
+        check, (in_db, locations, _) = snapshot.sqlite_read(db, READS)
+        photos = in_db or []
+        recordings = locations or []  # None: a backup from before recordings were kept
         if check != "ok":
             problems.append(f"{db.name}: integrity check: {check}")
     elif db.is_file():

@@ -17,8 +17,8 @@ a read-only connection on the loop (store/quickread.py), elsewhere (or when that
 cannot serve) in a read transaction of the store's pool.
 
 Cold paths keep `conn.execute(core statement)`; no SQL text is written outside store/
-(tests/unit/test_sql_stays_in_the_store.py; two administrative modules are
-excepted there, with why).
+(tests/unit/test_sql_stays_in_the_store.py): administration that needs it (the events
+partitions' DDL, backup snapshots) is store/partitions.py's and store/snapshot.py's.
 """
 
 from __future__ import annotations
