@@ -5,15 +5,20 @@ the rooms Kinwire makes for visits (signalling/janus.py)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import re
+import socket
 import ssl
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
+from aiortc import RTCPeerConnection
+from aiortc.mediastreams import MediaStreamError
 
 from server.settings import Settings, SettingsError
 from signalling.janus import (
@@ -27,9 +32,14 @@ from signalling.janus import (
     party_token,
     sign_token,
 )
+from signalling.janus_party import JanusParty
+from signalling.media import SyntheticVideoTrack, ToneAudioTrack, rtc_configuration
+from signalling.turn import ice_servers
+from tests.integration.test_relay import until
 from tests.support.janus import Janus, private_janus, running_janus
 from tests.support.nginx import ROOT, private_nginx, self_signed, templated
 from tests.support.processes import free_port
+from tests.support.turn_server import private_coturn
 
 UNAUTHORIZED = 403  # JANUS_ERROR_UNAUTHORIZED
 UNAUTHORIZED_PLUGIN = 405  # JANUS_ERROR_UNAUTHORIZED_PLUGIN
@@ -332,3 +342,68 @@ async def test_browsers_reach_janus_through_the_deploy_tls_proxy(
                     assert r.status == 404, path
     finally:
         await engine.end(room)
+
+
+def own_address() -> str:
+    """This machine's address on its default route (no packet is sent): where Janus's
+    candidates are, since libnice gathers none on loopback."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("198.51.100.1", 9))
+        return probe.getsockname()[0]
+
+
+def nominated(pc: RTCPeerConnection) -> list[tuple[str, str]]:
+    """(our candidate's type, the far candidate's address) of each ICE pair in use."""
+    ice = pc.getTransceivers()[0].receiver.transport.transport._connection
+    return [(pair.local_candidate.type, pair.remote_candidate.host)
+            for pair in ice._nominated.values()]
+
+
+async def test_parties_behind_a_firewall_reach_janus_through_turn(
+        janus: Janus, engine: JanusEngine) -> None:
+    """Adversary: a network that lets no UDP through but to the TURN server (the parties run
+    relay-only ICE, as with KINWIRE_ICE_RELAY_ONLY): both parties publish and receive each
+    other's video through Kinwire's coturn, whose relay reaches Janus's own address (and
+    nothing else but loopback); every ICE pair in use is a relay candidate to Janus."""
+    address = own_address()
+    async with private_coturn(own_address=address) as turn:
+        room = await engine.create_room("vis_turn", record=False)
+        soon_ = soon()
+        servers = ice_servers(secret=turn.secret, turn_urls=[turn.url], stun_urls=[],
+                              account_id="acc_x", expires_at=soon_)
+        config = rtc_configuration(servers, loopback_only=True)  # relay-only
+        frames = {"family": 0, "person": 0}
+        counting: list[asyncio.Task[None]] = []
+
+        async def count(role: str, track: Any) -> None:
+            with contextlib.suppress(MediaStreamError):
+                while True:
+                    await track.recv()
+                    frames[role] += 1
+
+        async def unchanged() -> None:
+            return None
+
+        parties = []
+        try:
+            for role in ("family", "person"):
+                def on_track(track: Any, _transceiver: Any, role: str = role) -> None:
+                    if track.kind == "video":
+                        counting.append(asyncio.create_task(count(role, track)))
+                party = JanusParty(engine.credentials(room, role, f"acc_{role}", soon_).public(),
+                                   config=config, on_track=on_track, on_change=unchanged,
+                                   tracks=[SyntheticVideoTrack(160, 120, 15), ToneAudioTrack()])
+                parties.append(party)
+                await party.start()
+            # two seconds of each camera, at the other end
+            await until(lambda: min(frames.values()) >= 30, 20)
+            pairs = [pair for party in parties
+                     for pc in (party.publisher, *party.subscribers.values())
+                     for pair in nominated(pc)]
+            assert pairs and all(pair == ("relay", address) for pair in pairs), pairs
+        finally:
+            for party in parties:
+                await party.close()
+            for task in counting:
+                task.cancel()
+            await engine.end(room)

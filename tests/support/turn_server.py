@@ -144,13 +144,16 @@ async def _stop(proc: asyncio.subprocess.Process) -> None:
 
 @contextlib.asynccontextmanager
 async def private_coturn(secret: str | None = None, *, loopback_test: bool = True,
-                         also_listen: str | None = None) -> AsyncIterator[TurnServer]:
+                         also_listen: str | None = None,
+                         own_address: str | None = None) -> AsyncIterator[TurnServer]:
     """Start coturn on 127.0.0.1 (free ports), wait until it answers STUN, stop it on exit.
     `loopback_test=False` runs the production variant (every private peer denied, loopback
     too) on the same loopback listener: it allocates, but relays to nobody here.
     `also_listen`: a second address it takes requests on (an impaired link's near end,
     tests/support/impaired_link.py), and the server's `host` and URL; it still relays from, and to,
-    127.0.0.1 alone."""
+    127.0.0.1 alone. `own_address`: this machine's own (non-loopback) address, which Janus's
+    candidates name (libnice gathers none on loopback): coturn relays from it and may reach it
+    as a peer, besides 127.0.0.1 (a packet to the machine's own address never leaves it)."""
     binary = shutil.which("turnserver")
     if binary is None:
         raise RuntimeError("coturn's turnserver is missing: run scripts/system-deps.sh")
@@ -165,10 +168,12 @@ async def private_coturn(secret: str | None = None, *, loopback_test: bool = Tru
                 max_port=first + RELAY_PORTS - 1, log_file=tmp / f"turn-{port}.log",
                 config=deploy_config(port=str(port), first=str(first),
                                      last=str(first + RELAY_PORTS - 1), secret=secret,
-                                     folder=str(tmp), loopback_test=loopback_test))
+                                     folder=str(tmp), loopback_test=loopback_test,
+                                     relay_ip=own_address or HOST))
             conf = tmp / "turnserver.conf"
-            conf.write_text(server.config + (f"listening-ip={also_listen}\n"
-                                             if also_listen else ""))
+            conf.write_text(server.config
+                            + (f"listening-ip={also_listen}\n" if also_listen else "")
+                            + (f"allowed-peer-ip={own_address}\n" if own_address else ""))
             proc = await asyncio.create_subprocess_exec(
                 binary, "-c", str(conf), stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
@@ -184,11 +189,11 @@ async def private_coturn(secret: str | None = None, *, loopback_test: bool = Tru
 
 
 def deploy_config(*, port: str, first: str, last: str, secret: str, folder: str,
-                  loopback_test: bool = True) -> str:
+                  loopback_test: bool = True, relay_ip: str = HOST) -> str:
     """deploy/coturn/turnserver.conf on 127.0.0.1 with these ports, secret and files: only the
     values of its settings change; the loopback test variant appends the block that denies
     every peer and allows loopback back (the production file relays to no loopback peer)."""
-    values = {"listening-ip": HOST, "relay-ip": HOST, "listening-port": port, "min-port": first,
+    values = {"listening-ip": HOST, "relay-ip": relay_ip, "listening-port": port, "min-port": first,
               "max-port": last, "static-auth-secret": secret, "realm": REALM,
               "log-file": f"{folder}/turn-{port}.log", "pidfile": f"{folder}/turn.pid",
               "userdb": f"{folder}/turndb"}
