@@ -34,8 +34,14 @@ reaches past its public API):
   loss-based control decides, as it does in a call between browsers (19-20 frames/s both ways
   on that link). Passing the other party's REMB upstream instead was tried: Chromium's
   receive-side estimate under the same loss is as low (32-37 kbit/s), and the picture the
-  other way froze. The relay cannot thin a stream it does not encode, so a receiver's link
-  thinner than the sender's rate stays a limit (docs/BENCHMARKS.md, "Links").
+  other way froze. The relay cannot thin a stream it does not encode; instead it estimates
+  each consumer's video link from the loss in that consumer's receiver reports
+  (`LinkEstimate`, the loss-based rule browsers apply to what they send: a 2% loss link keeps
+  it at the top) and asks the party (REMB) to keep under the thinnest consumer's, only while
+  one is below the top (a party on clean links gets no REMB at all: one of 2.5 Mbit/s sent
+  every second cost the family's own upload its picture on a thin link). On a 300 kbit/s link
+  the family's picture of the kiosk went from none to ~6-15 frames/s (docs/BENCHMARKS.md,
+  "Links").
 
 Both legs must use the same codec: `forward_codecs` keeps only VP8 and Opus on every m-line of
 an offer (browsers and aiortc offer both). Drops and keyframe requests are counted in /metrics
@@ -57,7 +63,7 @@ from aiortc import MediaStreamTrack
 from aiortc.codecs import is_rtx
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamError
-from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket
+from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, RtcpRrPacket, RtcpSrPacket, pack_remb_fci
 from aiortc.utils import uint16_gt
 
 from signalling.outlets import Timeline
@@ -69,6 +75,10 @@ CLOCK = {"video": 90_000, "audio": 48_000}
 # frames are dropped (counted) and the video resumes at a keyframe.
 BACKLOG_MAX = {"video": 15, "audio": 25}
 KEYFRAME_GAP_S = 0.25  # shortest time between two keyframe requests sent to one party
+# A consumer's link estimate (LinkEstimate): from no limit (above what a 640x480 camera sends)
+# down to a floor where a picture still moves.
+ESTIMATE_MAX_BPS, ESTIMATE_MIN_BPS = 2_500_000, 60_000
+LIMIT_EVERY_S = 1.0  # a limit that rises (or holds) is sent to the party at most this often
 FRAMES = "kinwire_relay_frames_total"
 KEYFRAME_REQUESTS = "kinwire_relay_keyframe_requests_total"
 
@@ -110,6 +120,25 @@ class Encoded:
     epoch: int  # which of the party's sessions it came from
 
 
+class LinkEstimate:
+    """What one consumer's link carries of a forwarded video, from the loss its receiver reports
+    (the loss-based rule of Google's congestion control, as browsers apply it to what they
+    send): over 10% lost, down by half the loss; under 2%, up by 5%; between, held. The relay
+    cannot thin a stream it does not encode, so the party's sender is asked to send no more
+    than the thinnest consumer's link (Source.limit); the recording is no link and asks
+    nothing."""
+
+    def __init__(self) -> None:
+        self.bps = float(ESTIMATE_MAX_BPS)
+
+    def report(self, fraction_lost: int) -> None:
+        lost = fraction_lost / 256
+        if lost > 0.10:
+            self.bps = max(ESTIMATE_MIN_BPS, self.bps * (1 - 0.5 * lost))
+        elif lost < 0.02:
+            self.bps = min(ESTIMATE_MAX_BPS, self.bps * 1.05)
+
+
 class Source:
     """One party's camera or microphone as the relay receives it, across the party's sessions:
     the receiver of its current session (`attach`) and the feeds that read it. `frames`,
@@ -125,6 +154,8 @@ class Source:
         self._ssrc: int | None = None
         self._asked_at = -KEYFRAME_GAP_S
         self._asking: set[asyncio.Task[None]] = set()
+        self._limit_bps: float | None = None  # the last limit sent to the party
+        self._limited_at = -LIMIT_EVERY_S
 
     def attach(self, receiver: Any) -> None:
         """Read the party's new session from now on (frames of any other are ignored)."""
@@ -149,6 +180,32 @@ class Source:
         frame = Encoded(data, timestamp, is_keyframe(self.kind, data), self.epoch)
         for feed in list(self.feeds):
             feed.offer(frame)
+
+    def limit(self) -> None:
+        """Tell the party (REMB) the most its video may send: what its thinnest consumer's link
+        carries (LinkEstimate). Sent when it falls by a tenth, else at most every LIMIT_EVERY_S,
+        so a link that recovers lifts it again."""
+        estimates = [f.estimate.bps for f in self.feeds if f.estimate is not None]
+        receiver = self._receiver
+        if self.kind != "video" or not estimates or receiver is None or self._ssrc is None:
+            return
+        bps, now = min(estimates), time.monotonic()
+        if bps >= ESTIMATE_MAX_BPS and (self._limit_bps is None
+                                        or self._limit_bps >= ESTIMATE_MAX_BPS):
+            return  # no limit, and none to lift: the party's own control decides alone
+        falling = self._limit_bps is not None and bps < 0.9 * self._limit_bps
+        if not falling and now - self._limited_at < LIMIT_EVERY_S:
+            return
+        self._limit_bps, self._limited_at = bps, now
+        send = getattr(receiver, "_send_rtcp_as_is", None)
+        rtcp_ssrc = getattr(receiver, "_RTCRtpReceiver__rtcp_ssrc", None)
+        if send is None or rtcp_ssrc is None:
+            return
+        packet = RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0,
+                                fci=pack_remb_fci(int(bps), [self._ssrc]))
+        task = asyncio.ensure_future(send(packet))
+        self._asking.add(task)
+        task.add_done_callback(self._asking.discard)
 
     def request_keyframe(self) -> None:
         """Ask the party for a keyframe (a PLI on its session), at most once per gap."""
@@ -322,6 +379,7 @@ def tap(transceiver: Any, source: Source) -> None:
         await send_rtcp(packet)
 
     receiver._send_rtcp = without_own_estimate
+    receiver._send_rtcp_as_is = send_rtcp  # for the relay's own estimate (Source.limit)
     handle = receiver._handle_rtp_packet
 
     async def counted(packet: Any, arrival_time_ms: int) -> None:
@@ -344,6 +402,7 @@ class Feed:
         self.kind = source.kind
         self.time_base = fractions.Fraction(1, CLOCK[self.kind])
         self.awaiting_keyframe = self.kind == "video"
+        self.estimate: LinkEstimate | None = None  # a peer consumer's video link, once reported
         self._epoch: int | None = None
         self._base_in = self._base_out = 0
         self._last: int | None = None
@@ -403,6 +462,25 @@ class ForwardTrack(MediaStreamTrack):
     def attach_to(self, sender: Any) -> None:
         sender.replaceTrack(self)
         sender._send_keyframe = self.want_keyframe
+        if self.kind == "video":
+            self._read_reports(sender)
+
+    def _read_reports(self, sender: Any) -> None:
+        """The consumer's receiver reports on this stream feed its LinkEstimate, and the source
+        is told (Source.limit)."""
+        handle = sender._handle_rtcp_packet
+        feed = self.feed
+
+        async def read(packet: Any) -> None:
+            if isinstance(packet, RtcpRrPacket | RtcpSrPacket):
+                for report in packet.reports:
+                    if report.ssrc == sender._ssrc:
+                        feed.estimate = feed.estimate or LinkEstimate()
+                        feed.estimate.report(report.fraction_lost)
+                        feed.source.limit()
+            await handle(packet)
+
+        sender._handle_rtcp_packet = read
 
     def want_keyframe(self) -> None:
         self.feed.source.request_keyframe()

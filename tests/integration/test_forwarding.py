@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import fractions
 import itertools
+import random
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -22,10 +23,13 @@ import av
 import pytest
 from aiortc import RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
+from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, unpack_remb_fci
 
 from server.http.metrics import Metrics
 from signalling.forwarding import (
     BACKLOG_MAX,
+    ESTIMATE_MAX_BPS,
+    ESTIMATE_MIN_BPS,
     FRAMES,
     KEYFRAME_REQUESTS,
     ForwardTrack,
@@ -52,6 +56,7 @@ class Party:
         self.client: RTCPeerConnection | None = None
         self.server: RTCPeerConnection | None = None
         self.server_tracks: list[Any] = []
+        self.limits: list[int] = []  # the bitrates (REMB) the relay asked the camera to keep to
 
     async def connect(self) -> None:
         self.client, self.server = RTCPeerConnection(), RTCPeerConnection()
@@ -65,6 +70,15 @@ class Party:
             tap(transceiver, self.sources[track.kind])
             self.server_tracks.append(track)
 
+        camera = next(t.sender for t in self.client.getTransceivers() if t.kind == "video")
+        handle = camera._handle_rtcp_packet
+
+        async def noted(packet: Any) -> None:
+            if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+                self.limits.append(unpack_remb_fci(packet.fci)[0])
+            await handle(packet)
+
+        camera._handle_rtcp_packet = noted
         await self.client.setLocalDescription(await self.client.createOffer())
         await server.setRemoteDescription(self.client.localDescription)
         forward_codecs(server)
@@ -93,6 +107,8 @@ class Viewer:
         self.sizes: set[tuple[int, int]] = set()
         self.tracks: list[ForwardTrack] = []
         self.lose_next = self.lose_retransmissions = False  # the link's losses, when set
+        self.loss = 0.0  # the share of video packets lost on the way, at random
+        self._random = random.Random(15)
         self._tasks: list[asyncio.Task[None]] = []
 
     async def connect(self) -> None:
@@ -115,7 +131,7 @@ class Viewer:
             if packet.payload_type != watched._codecs[0].payloadType:  # RTX
                 if self.lose_retransmissions:
                     return
-            elif self.lose_next:
+            elif self.lose_next or self._random.random() < self.loss:
                 self.lose_next = False
                 return
             else:
@@ -289,6 +305,31 @@ async def test_a_packet_lost_with_its_retransmission_costs_the_viewer_a_round_tr
         assert got >= FPS, got  # 3 s at 15 frames/s, less a round trip and the keyframe
     else:
         assert got <= 2, got
+
+
+async def test_a_thin_link_to_a_consumer_holds_the_party_s_camera_to_it() -> None:
+    """The relay cannot thin a stream it does not encode: a consumer whose link loses a third
+    of the video (a link thinner than the camera's rate) must make the party's camera send
+    less. The relay reads the consumer's receiver reports and asks the party (REMB) to keep
+    under what that link carries; with a clean link it asks nothing (the camera's own control
+    decides). aiortc's sender, like a browser's, takes the REMB as its encoder's target."""
+    metrics = Metrics()
+    sources = new_sources(metrics)
+    family, viewer = Party(sources), Viewer(sources)
+    try:
+        await family.connect()
+        await viewer.connect()
+        await until(lambda: viewer.frames["video"] >= 2 * FPS, 20)  # receiver reports came
+        assert family.limits == [], "a clean link asks nothing"
+        viewer.loss = 0.33
+        await until(lambda: family.limits and family.limits[-1] < 0.5 * ESTIMATE_MAX_BPS, 20)
+        lowest = min(family.limits)
+        viewer.loss = 0.0  # the link recovers: the limit rises again
+        await until(lambda: family.limits[-1] > 1.25 * lowest, 30)
+    finally:
+        await family.close()
+        await viewer.close()
+    assert lowest >= ESTIMATE_MIN_BPS
 
 
 async def test_a_stalled_consumer_drops_counted_frames_and_holds_no_more() -> None:
