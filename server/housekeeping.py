@@ -48,7 +48,7 @@ from sqlalchemy import Select, bindparam, select
 from billing import checkout
 from server import event_partitions, events, mail, orphans, push, resets
 from server.events import Outbox
-from signalling import visits
+from signalling import janus_presence, visits
 from signalling.tables import visits as visits_table
 
 log = logging.getLogger("kinwire.housekeeping")
@@ -175,6 +175,7 @@ class Housekeeping:
         if self.attempts is not None:
             await self._batches("attempts", lambda: self._prune_attempts(now), stop)
         await self._batches("mail", lambda: self._prune_mail(now), stop)
+        await self._batches("janus_handles", lambda: self._prune_janus_handles(now), stop)
         await self._batches("checkouts", lambda: self._prune_checkouts(now), stop)
         if self.remind is not None and time.monotonic() - self._reminded_at >= REMIND_EVERY_S:
             self._reminded_at = time.monotonic()
@@ -197,6 +198,10 @@ class Housekeeping:
             return (await mail.prune(conn, now, self.batch_rows)
                     + await push.prune(conn, now, mail.KEEP_SENT, self.batch_rows)
                     + await resets.prune(conn, now))
+
+    async def _prune_janus_handles(self, now: datetime) -> int:
+        async with self.store.write() as conn:
+            return await janus_presence.prune_stale(conn, now, self.batch_rows)
 
     async def _prune_checkouts(self, now: datetime) -> int:
         async with self.store.write() as conn:

@@ -36,6 +36,7 @@ from signalling.tables import janus_handles
 # Janus says "not receiving" after its no_media_timer (1 s, deploy/janus/janus.jcfg.in) without
 # packets: the media stopped that long before the post, which the meter takes back.
 NO_MEDIA_S = 1.0
+HANDLE_STALE_S = 86_400.0  # a handle untouched this long belongs to a server gone for good
 NODE_PREFIX = "janus-"
 
 
@@ -160,3 +161,19 @@ async def _observe(conn: AsyncConnection, sink: visits.EventSink, presence: Pres
     after = await visits.observe(conn, sink, visit_id, connected, now, node_of(emitter),
                                  stopped_at=stopped_at)
     return Change(visit_id, row, after)
+
+
+async def prune_stale(conn: AsyncConnection, now: datetime, batch_rows: int) -> int:
+    """Delete up to `batch_rows` handles no post has touched for HANDLE_STALE_S: those a Janus
+    server held when it died for good (a restart's `startup` event drops its own, and a visit's
+    end its visit's), such as a handle attached for no visit. No visit lasts that long; a
+    handle of a live visit is touched by each of its events. How many were deleted."""
+    stale = (await conn.execute(
+        select(janus_handles.c.server, janus_handles.c.handle_id)
+        .where(janus_handles.c.updated_at < now - timedelta(seconds=HANDLE_STALE_S))
+        .limit(batch_rows))).all()
+    for server in {row.server for row in stale}:
+        await conn.execute(delete(janus_handles).where(
+            janus_handles.c.server == server,
+            janus_handles.c.handle_id.in_([r.handle_id for r in stale if r.server == server])))
+    return len(stale)

@@ -28,6 +28,8 @@ from server.schema import (
     utcnow,
     visits,
 )
+from signalling.janus_presence import HANDLE_STALE_S
+from signalling.tables import janus_handles
 from store import Store
 from store.ids import new_id
 from tests.support.nodes import RedisServer, cluster
@@ -197,3 +199,29 @@ async def test_one_process_of_two_prunes_and_the_other_takes_over(pg_db: str,
     finally:
         await store.close()
         redis.stop()
+
+
+async def test_handles_of_a_janus_server_gone_for_good_are_swept_in_batches(
+        store: Store) -> None:
+    """Adversary: a Janus server that died for good holding handles (its restart would have
+    dropped them; a visit's end drops its visit's): 25 rows untouched for over a day go in
+    batches of 10, a live visit's handle touched a minute ago stays."""
+    now = utcnow()
+    old = now - timedelta(seconds=HANDLE_STALE_S + 60)
+    async with store.write() as conn:
+        await conn.execute(insert(janus_handles), [
+            {"server": "gone", "handle_id": n, "visit_id": "", "session_id": 1, "state": {},
+             "updated_at": old} for n in range(25)])
+        await conn.execute(insert(janus_handles).values(
+            server="alive", handle_id=1, visit_id="vis_live", session_id=2, state={},
+            updated_at=now - timedelta(minutes=1)))
+    metrics = Metrics()
+    keeper = Housekeeping(store, MemoryBroker(), utcnow, node_id="n1", lease_s=3.0,
+                          batch_rows=10, retention_s=RETENTION_S, metrics=metrics,
+                          per_process=lambda now: None)
+    await keeper.run_pass(asyncio.Event())
+    async with store.read() as conn:
+        left = (await conn.execute(select(janus_handles.c.server))).scalars().all()
+    assert left == ["alive"]
+    assert metrics.counter_value("kinwire_housekeeping_batches_total", job="janus_handles") == 3
+    assert metrics.counter_value("kinwire_housekeeping_rows_total", job="janus_handles") == 25
