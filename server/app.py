@@ -60,6 +60,7 @@ from server.startup import StartError
 from signalling import visits
 from signalling.meters import Meters
 from signalling.relay import Relay
+from signalling.relay_media import EmbeddedRelay, JanusMedia
 from store import Store
 from store.migrate import migrate, schema_behind
 from store.safety import check_durability, check_not_copied_file
@@ -112,6 +113,7 @@ async def start_janus(ctx: Context) -> aiohttp.ClientSession:
     ctx.janus = JanusFleet(engine, ctx.store, ctx.broker,
                            node_lease_s=s.resolved_node_lease_s)
     await ctx.janus.start()
+    ctx.media = JanusMedia(ctx.janus)  # the embedded relay relays none of the visits now
     assert ctx.meters is not None
     fleet, kept = ctx.janus, ctx.janus_recordings
 
@@ -211,7 +213,8 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
                                    make_attempts(settings)),
         clock=clock, metrics=metrics,
         photo_work=PhotoWork(settings.photo_workers, settings.photo_queue_max),
-        meters=meters, relay=relay, recordings=recordings, blobs=blobs,
+        meters=meters, relay=relay, media=EmbeddedRelay(relay), recordings=recordings,
+        blobs=blobs,
         janus_recordings=janus_recordings,
         notifier=notifier, mail_sender=mail_sender, vapid=vapid, push_sender=push_sender)
     app[CONTEXT] = ctx

@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # built by create_app; a one-shot CLI context has none of the
     from server.push import PushSender, Vapid
     from server.recordings import Recordings
     from signalling.janus_fleet import JanusFleet
+    from signalling.media_engine import RelayMedia
     from signalling.meters import Meters
     from signalling.relay import Relay
 
@@ -42,6 +43,9 @@ class Context:
     meters: Meters | None = None
     relay: Relay | None = None  # relay-mode media
     janus: JanusFleet | None = None  # relay-mode media on Janus (KINWIRE_MEDIA_ENGINE=janus)
+    # What carries relay-mode visits, asked by the gateway: the embedded relay, or Janus once
+    # the fleet has started (signalling/relay_media.py).
+    media: RelayMedia | None = None
     photo_work: PhotoWork | None = None  # the photo pool
     recordings: Recordings | None = None
     janus_recordings: JanusRecordings | None = None  # Janus's .mjr files made records

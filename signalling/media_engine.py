@@ -2,9 +2,11 @@
 media (issue 16; docs/deploy.md, "Janus fleet (in progress)").
 
 A deployment chooses its engine with KINWIRE_MEDIA_ENGINE: `aiortc` (the default: the embedded
-forwarding relay of signalling/relay.py, one box, unchanged) or `janus` (signalling/janus.py: a
-fleet of Janus servers, one private VideoRoom room per visit). The embedded relay does not go
-through this port yet; Janus does.
+forwarding relay of signalling/relay.py, one box) or `janus` (signalling/janus.py: a fleet of
+Janus servers, one private VideoRoom room per visit). The gateway asks either through
+`RelayMedia` (signalling/relay_media.py: `EmbeddedRelay`, `JanusMedia`) and branches on
+neither; `MediaEngine` below is what the Janus fleet asks of its servers (rooms, credentials,
+health).
 
 The engine never decides who is connected: it reports what its server sees (events), and the
 meter decides under the visit-trust rules. Secrets that govern the server (Janus's API and admin
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 ENGINES = ("aiortc", "janus")
 ROLES = ("family", "person", "staff")
@@ -49,6 +51,29 @@ class JoinCredentials:
     def public(self) -> dict[str, str | None]:
         return {"server": self.server, "room": self.room, "pin": self.pin, "token": self.token,
                 "feed": self.feed, "expires_at": self.expires_at.isoformat()}
+
+
+class RelayMedia(Protocol):
+    """What the control plane asks of the engine carrying relay-mode visits. Refusals are
+    `common.errors.Refused` with a stable code (signalling/relay_media.py)."""
+
+    # Whether a staff member's watch starts with the visit.watch reply (the engine's own
+    # credentials) rather than with an offer the console sends Kinwire: when it is audited.
+    watch_starts_at_reply: bool
+
+    async def admit(self, row: Any, role: str, account_id: str) -> dict[str, Any]:
+        """A party joins visit `row`: place its media if nobody has; returns what the join
+        reply adds (the party's credentials, if the engine has any)."""
+
+    async def signal(self, visit_id: str, account_id: str, signal: dict[str, Any], *,
+                     watch: bool = False) -> dict[str, Any]:
+        """A party's (or, `watch`, a staff member's) offer or ICE candidate for the visit."""
+
+    def check_watch(self, row: Any, signal: dict[str, Any] | None) -> None:
+        """Raise Refused when staff may not watch `row` this way now."""
+
+    def watch_reply(self, row: Any, account_id: str) -> dict[str, Any]:
+        """What the visit.watch reply adds for this staff member."""
 
 
 class MediaEngine(Protocol):

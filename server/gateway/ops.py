@@ -22,8 +22,6 @@ from server.connections import is_approved_contact
 from server.context import Context
 from server.events import Outbox
 from signalling import visits
-from signalling.janus import JanusError, JanusUnavailable
-from signalling.placement import RelayFull
 from signalling.turn import ice_policy, ice_servers
 
 if TYPE_CHECKING:
@@ -192,13 +190,11 @@ async def visit_join(call: WsCall) -> dict[str, Any]:
     # this process that closes meanwhile then does not drop it (endpoint._drop_visits).
     was_in = visit_id in call.client.visits
     call.client.visits.add(visit_id)
-    janus = None
+    admitted: dict[str, Any] = {}
     try:
         joined = await _in_visit(call, work)
-        if joined.visit.media == "relay" and call.ctx.janus is not None:
-            janus = await _janus_join(call, joined, now)
-        elif joined.visit.media == "relay":
-            await _place(call, visit_id, now)
+        if joined.visit.media == "relay":
+            admitted = await _admit(call, joined, now)
     except BaseException:
         if not was_in:
             call.client.visits.discard(visit_id)
@@ -225,55 +221,22 @@ async def visit_join(call: WsCall) -> dict[str, Any]:
              "media_stall_s": call.ctx.settings.media_stall_s,
              # how long the other party's media may stop before the trusted side reports it
              "media_gap_s": min(call.ctx.settings.media_gap_s, call.ctx.settings.media_stall_s)}
-    if janus is not None:  # KINWIRE_MEDIA_ENGINE=janus: this party's way into the visit's room
-        reply["janus"] = janus.public()
+    reply.update(admitted)  # Janus: this party's way into the visit's room
     return reply
 
 
-# --- relay mode on Janus (KINWIRE_MEDIA_ENGINE=janus; signalling/janus_fleet.py) ---
-JANUS_DOWN = "No media server answers; join again in a minute."
-JANUS_MEDIA = "This visit's media goes through Janus: use the janus credentials of visit.join."
-
-
-async def _janus_join(call: WsCall, joined: visits.Joined, now: Any) -> Any:
-    """The party's Janus credentials, the visit's room placed first if nobody has placed it;
-    when no Janus server answers the join is undone (the party is absent again) and refused."""
+# --- relay mode: the deployment's engine (signalling/relay_media.py) ---
+async def _admit(call: WsCall, joined: visits.Joined, now: Any) -> dict[str, Any]:
+    """The visit's media placed if nobody has (on a process with room, or a live Janus
+    server), and what the join reply adds; when the engine refuses (every process full, no
+    Janus server answering) the join is undone (the party is absent again) and refused."""
     try:
-        return await call.ctx.janus.join(joined.visit, joined.role, call.me.account_id)
-    except (JanusError, JanusUnavailable):
-        pass
-    await _in_visit(call, lambda conn, outbox: visits.drop(
-        conn, outbox, joined.visit.id, call.me.account_id, now, node=call.ctx.meters.node_id))
-    raise Refused("media_unavailable", JANUS_DOWN)
-# --- end relay mode on Janus ---
-
-
-# --- relay mode: capacity (signalling/placement.py) ---
-RELAY_FULL = "Every server is relaying as many visits as it can; join again in a minute."
-
-
-async def _place(call: WsCall, visit_id: str, now: Any) -> None:
-    """A relay-mode visit is placed on a process with room when a party joins; when every
-    process is full the join is undone (the party is absent again) and refused."""
-    try:
-        await call.ctx.relay.place(visit_id)
-        return
-    except BrokerUnavailable:
-        return  # its first signal places it, once the broker is back
-    except RelayFull:
-        pass
-    await _in_visit(call, lambda conn, outbox: visits.drop(
-        conn, outbox, visit_id, call.me.account_id, now, node=call.ctx.meters.node_id))
-    raise Refused("relay_full", RELAY_FULL)
-
-
-async def _relay(call: WsCall, visit_id: str, signal: dict[str, Any], *,
-                 watch: bool = False) -> dict[str, Any]:
-    try:
-        return {"relayed": await call.ctx.relay.forward(visit_id, call.me.account_id, signal,
-                                                        watch=watch)}
-    except RelayFull:
-        raise Refused("relay_full", RELAY_FULL) from None
+        return await call.ctx.media.admit(joined.visit, joined.role, call.me.account_id)
+    except Refused:
+        await _in_visit(call, lambda conn, outbox: visits.drop(
+            conn, outbox, joined.visit.id, call.me.account_id, now,
+            node=call.ctx.meters.node_id))
+        raise
 # --- end relay mode ---
 
 
@@ -295,11 +258,9 @@ async def visit_signal(call: WsCall) -> dict[str, Any]:
             raise Refused("not_in_call", f"The visit is {row.status}.")
         known = _remember(call, visit_id, row, checked_at)
     peer = known.peer
-    # --- relay mode (signalling/relay.py): the server answers; nothing goes to the peer ---
-    if known.media == "relay" and call.ctx.janus is not None:
-        raise Refused("janus_media", JANUS_MEDIA)  # the embedded relay relays none of these
+    # --- relay mode: the engine answers (or refuses); nothing goes to the peer ---
     if known.media == "relay":
-        return await _relay(call, visit_id, signal)
+        return await call.ctx.media.signal(visit_id, call.me.account_id, signal)
     # --- end relay mode ---
     delivered = await calls.push_live(call.ctx.broker, peer, "visit.signal",
                                       {"visit_id": visit_id, "from": call.me.account_id,
@@ -407,27 +368,20 @@ async def visit_watch(call: WsCall) -> dict[str, Any]:
         # the offer that starts the media).
         if (await connections.get(conn, row.connection_id)).privileged:
             raise Refused("privileged", "A privileged visit cannot be watched.")
-        janus = call.ctx.janus is not None
-        if janus and signal is not None:
-            raise Refused("janus_media", JANUS_MEDIA)
-        if janus and row.media_server is None:
-            raise Refused("not_in_call", "Nobody has joined the visit's call yet.")
-        if (signal is not None and "description" in signal) or janus:
-            # Janus: the credentials start the watch (Kinwire sees no offer), so audited here
+        media = call.ctx.media
+        media.check_watch(row, signal)
+        if (signal is not None and "description" in signal) or media.watch_starts_at_reply:
             await audit.record(conn, actor_id=me.account_id, actor_role=me.role,
                                action="visit.watch", facility_id=row.facility_id,
                                target=row.id, at=now, details={})
     if signal is not None:
-        return await _relay(call, visit_id, signal, watch=True)
+        return await media.signal(visit_id, me.account_id, signal, watch=True)
     servers = ice_servers(secret=s.turn_secret, turn_urls=list(s.turn_urls),
                           stun_urls=list(s.stun_urls), account_id=me.account_id,
                           expires_at=row.end_at)
     reply = {"visit": visits.public(row), "ice_servers": servers,
              "ice_transport_policy": ice_policy(s.ice_relay_only)}
-    if janus:  # the console reaches Janus as the parties do: through the same TURN
-        room = call.ctx.janus.room_of(row)
-        creds = call.ctx.janus.engine.credentials(room, "staff", me.account_id, row.end_at)
-        reply["janus"] = creds.public()
+    reply.update(media.watch_reply(row, me.account_id))
     return reply
 # --- end relay mode ---
 
