@@ -16,6 +16,7 @@ const VIDEOROOM = "janus.plugin.videoroom";
 const KEEPALIVE_MS = 25000; // well inside Janus's 60 s session timeout
 const PARTIES = ["family", "person"];
 const RESUBSCRIBE_MS = 1000;
+const PENDING_MS = 4000;
 
 export class JanusParty {
   /** `creds`: {server, room, pin, token, feed}; `config`: the RTCPeerConnection configuration
@@ -30,7 +31,7 @@ export class JanusParty {
     this.publisher = null;
     this.subscribers = new Map(); // feed -> its RTCPeerConnection
     this.handles = new Map(); // subscriber handle id -> the feed it receives
-    this.pending = new Map(); // feed -> its subscriber handle, joined but not yet offered
+    this.pending = new Map(); // feed -> {handle, at}: joined as its subscriber, not yet offered
     this.closed = this.lost = false;
     this.session = null;
   }
@@ -166,27 +167,40 @@ export class JanusParty {
   async onSubscriberEvent(e, data) {
     const feed = this.handles.get(e.sender);
     const offer = e.janus === "event" && e.jsep && !data.error_code;
-    if (offer && this.pending.get(feed) === e.sender) {
+    const joining = this.pending.get(feed);
+    if (offer && joining && joining.handle === e.sender) {
       this.pending.delete(feed);
       return this.answer(feed, e.sender, e.jsep);
     }
-    if (e.janus !== "hangup" && !data.error_code && !offer) return;
-    // No such feed (yet); or its stream ended: a hangup, or (Janus 1.x) an offer on the same
-    // subscription taking the feed's streams away once its publisher left (answered on a new
-    // connection it stalled half set up). Forget this handle (detached, so a watcher that waits
-    // long for a party leaves none behind on Janus): a party subscribes again when the feed is
-    // published again, a watcher every RESUBSCRIBE_MS.
-    this.handles.delete(e.sender);
-    this.request(`${this.session}/${e.sender}`, { janus: "detach" }).catch(() => {});
-    if (this.pending.get(feed) === e.sender) this.pending.delete(feed);
+    const empty = data.videoroom === "attached" && !e.jsep; // the feed has no streams yet
+    if (e.janus !== "hangup" && !data.error_code && !offer && !empty) return;
+    // No such feed (yet), or none of its streams yet; or its stream ended: a hangup, or (Janus
+    // 1.x) an offer on the same subscription taking the feed's streams away once its publisher
+    // left (answered on a new connection it stalled half set up). A party subscribes again when
+    // the feed is published again, a watcher every RESUBSCRIBE_MS.
+    this.forget(e.sender);
+  }
+
+  /** A subscription is over: its handle detached (so a watcher that waits long for a party
+   * leaves none behind on Janus), its peer connection closed. */
+  forget(handle) {
+    const feed = this.handles.get(handle);
+    this.handles.delete(handle);
+    this.request(`${this.session}/${handle}`, { janus: "detach" }).catch(() => {});
+    const joining = this.pending.get(feed);
+    if (joining && joining.handle === handle) this.pending.delete(feed);
     const pc = this.subscribers.get(feed);
-    if (pc && pc.handle === e.sender) { pc.close(); this.subscribers.delete(feed); }
+    if (pc && pc.handle === handle) { pc.close(); this.subscribers.delete(feed); }
   }
 
   /** A watcher's subscriptions to the parties it does not receive and is not joining. */
   async subscribeMissing() {
     for (const feed of PARTIES) {
       if (this.closed || this.lost) return;
+      const joining = this.pending.get(feed);
+      // Janus offers nothing to a subscription of a feed whose media was not up when it
+      // joined (seen after a move to another server): given up after PENDING_MS, joined anew.
+      if (joining && Date.now() - joining.at > PENDING_MS) this.forget(joining.handle);
       if (this.subscribers.has(feed) || this.pending.has(feed)) continue;
       await this.subscribe(feed).catch(() => {});
     }
@@ -198,7 +212,7 @@ export class JanusParty {
     if (old) { old.close(); this.subscribers.delete(feed); } // it published again
     const handle = await this.attach();
     this.handles.set(handle, feed);
-    this.pending.set(feed, handle);
+    this.pending.set(feed, { handle, at: Date.now() });
     await this.message(handle, { request: "join", ptype: "subscriber", room: this.creds.room,
       pin: this.creds.pin, streams: [{ feed }] });
   }

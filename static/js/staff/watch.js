@@ -4,6 +4,9 @@ import { $, say } from "../dom.js";
 import { JanusParty } from "../janus.js";
 import { KinwireSocket } from "../socket.js";
 
+const AGAIN_MS = 1000;
+const AGAIN_MAX = 60; // a minute of asks before the console says why it gave up
+
 export class Watch {
   /** `audit` (audit.js) is read again once watching starts (the server logs it);
    * `onEnded()` when the visit watched ends. */
@@ -105,7 +108,7 @@ export class Watch {
       onState: (st) => {
         if (w.party === party) say($("watch-notice"), { connected: "Live.", failed: "The media could not connect.", disconnected: "Media interrupted…" }[st] || st);
       },
-      onLost: () => this.again(w, party),
+      onLost: () => { if (w.party === party) this.again(w); },
     });
     w.party = party;
     say($("watch-notice"), "Waiting for the media…");
@@ -113,12 +116,28 @@ export class Watch {
     await party.start().catch(() => party.lose());
   }
 
-  again(w, party) {
-    if (this.watch !== w || w.party !== party) return;
+  /** Ask Kinwire for the watch again (its media server was lost), one ask at a time. An ask
+   * that fails (visit.watch refused while the room is being placed again) is repeated every
+   * AGAIN_MS, up to AGAIN_MAX times; a loss during an ask (a dead server Kinwire still names
+   * refuses the new session at once) asks again once it is over. */
+  again(w, tries = 0) {
+    if (this.watch !== w) return;
+    if (w.asking) { w.askAgain = true; return; }
+    w.asking = true;
+    w.askAgain = false;
     say($("watch-notice"), "The media server was lost; reconnecting…");
-    setTimeout(() => {
-      if (this.watch === w && w.party === party) this.offer(w).catch((e) => this.failed(w, e));
-    }, 1000);
+    setTimeout(async () => {
+      let failure = null;
+      try {
+        if (this.watch === w) await this.offer(w);
+      } catch (err) {
+        failure = err;
+      }
+      w.asking = false;
+      if (this.watch !== w) return;
+      if (failure && tries + 1 >= AGAIN_MAX) return this.failed(w, failure);
+      if (failure || w.askAgain) this.again(w, failure ? tries + 1 : 0);
+    }, AGAIN_MS);
   }
 
   /** The watch's media so far, closed: a new session replaces it. */
@@ -154,7 +173,7 @@ export class Watch {
       say($("watch-notice"), "The relay moved; reconnecting…");
       this.offer(w).catch((e) => this.failed(w, e));
     } else if (type === "visit.media_lost" && w.party) {
-      this.again(w, w.party);
+      this.again(w);
     } else if (type === "visit.ended") {
       this.stop(`The visit ended (${(data.reason || "ended").replace(/_/g, " ")}).`);
       this.onEnded();
