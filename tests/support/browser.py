@@ -4,6 +4,7 @@ Playwright never downloads a browser of its own here."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -93,6 +94,29 @@ async def seed_kiosk(api: Api, pin: str) -> dict[str, str]:
     return {"facility_id": facility_id, "number": number, "device": device}
 
 
+# What a page had loaded, when its first start did not finish: a load failure of the suite's
+# (a page not `data-ready` in 10-30 s, several times a full run) not yet explained.
+_LOADED = """() => JSON.stringify({state: document.readyState, ready: document.body.dataset.ready,
+    loaded: performance.getEntriesByType("resource").map(
+        e => [e.name.replace(location.origin, ""), Math.round(e.startTime),
+              Math.round(e.duration)])})"""
+
+
+async def until_ready(page, state: str) -> None:
+    """Wait for the page's `data-ready` to read `state` (the test's expect timeout); on a
+    timeout, say what the page had loaded and when, as well as the timeout."""
+    from playwright.async_api import expect
+
+    try:
+        await expect(page.locator("body")).to_have_attribute("data-ready", state)
+    except AssertionError as exc:
+        try:
+            loaded = await asyncio.wait_for(page.evaluate(_LOADED), 5)
+        except Exception as why:  # the page's own thread may be what is stuck
+            loaded = f"(could not ask the page: {why!r})"
+        raise AssertionError(f"{exc}\nthe page at {page.url}: {loaded}") from None
+
+
 async def kiosk_sign_in(kiosk, base: str, seed: dict, pin: str,
                         shot_as: str | None = None) -> None:
     """Register the kiosk page with the seed's device token, sign the person in, and wait
@@ -100,7 +124,7 @@ async def kiosk_sign_in(kiosk, base: str, seed: dict, pin: str,
     from playwright.async_api import expect
 
     await kiosk.goto(base + "/static/kiosk.html")
-    await expect(kiosk.locator("body")).to_have_attribute("data-ready", "signed-out")
+    await until_ready(kiosk, "signed-out")
     await kiosk.get_by_label("Facility id").fill(seed["facility_id"])
     await kiosk.get_by_label("Device token").fill(seed["device"])
     await kiosk.get_by_role("button", name="Save on this device").click()

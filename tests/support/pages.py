@@ -24,8 +24,10 @@ async def family_account(api: Api, name: str) -> tuple[Who, str]:
 async def log_in(page: Any, base: str, email: str, password: str, path: str = "/") -> None:
     from playwright.async_api import expect
 
+    from tests.support.browser import until_ready
+
     await page.goto(base + path)
-    await expect(page.locator("body")).to_have_attribute("data-ready", "signed-out")
+    await until_ready(page, "signed-out")
     await page.locator("#login-email").fill(email)
     await page.locator("#login-password").fill(password)
     await page.get_by_role("button", name="Log in").click()
