@@ -59,17 +59,24 @@ async def count_events(store: Store) -> int:
         return (await conn.execute(select(func.count()).select_from(events))).scalar()
 
 
+async def a_pass(store: Store, batch_rows: int) -> tuple[Housekeeping, Metrics]:
+    """One housekeeping pass over `store` by a process alone (it takes the lease), in batches
+    of `batch_rows`; the housekeeper and its metrics."""
+    metrics = Metrics()
+    keeper = Housekeeping(store, MemoryBroker(), utcnow, node_id="n1", lease_s=3.0,
+                          batch_rows=batch_rows, retention_s=RETENTION_S, metrics=metrics,
+                          per_process=lambda now: None)
+    await keeper.run_pass(asyncio.Event())
+    return keeper, metrics
+
+
 async def test_a_backlog_is_pruned_in_bounded_batches(store: Store) -> None:
     await old_events(store, "acc_a", 95)
     await old_events(store, "acc_b", 40)
     async with store.write() as conn:  # a recent event of acc_a: kept
         await conn.execute(insert(events).values(account_id="acc_a", seq=96, type="balance",
                                                  data={}, at=utcnow()))
-    metrics = Metrics()
-    keeper = Housekeeping(store, MemoryBroker(), utcnow, node_id="n1", lease_s=3.0,
-                          batch_rows=20, retention_s=RETENTION_S, metrics=metrics,
-                          per_process=lambda now: None)
-    await keeper.run_pass(asyncio.Event())
+    keeper, metrics = await a_pass(store, batch_rows=20)
     assert keeper.holding
     assert await count_events(store) == 1
     batches = metrics.counter_value("kinwire_housekeeping_batches_total", job="prune")
@@ -124,11 +131,7 @@ async def scheduled_visits(store: Store, ended: int, upcoming: int) -> None:
 
 async def test_visits_nobody_joined_are_marked_missed_in_batches(store: Store) -> None:
     await scheduled_visits(store, ended=25, upcoming=3)
-    metrics = Metrics()
-    keeper = Housekeeping(store, MemoryBroker(), utcnow, node_id="n1", lease_s=3.0,
-                          batch_rows=10, retention_s=RETENTION_S, metrics=metrics,
-                          per_process=lambda now: None)
-    await keeper.run_pass(asyncio.Event())
+    _, metrics = await a_pass(store, batch_rows=10)
     async with store.read() as conn:
         statuses = dict((await conn.execute(select(visits.c.status, func.count())
                                             .group_by(visits.c.status))).all())
@@ -215,11 +218,7 @@ async def test_handles_of_a_janus_server_gone_for_good_are_swept_in_batches(
         await conn.execute(insert(janus_handles).values(
             server="alive", handle_id=1, visit_id="vis_live", session_id=2, state={},
             updated_at=now - timedelta(minutes=1)))
-    metrics = Metrics()
-    keeper = Housekeeping(store, MemoryBroker(), utcnow, node_id="n1", lease_s=3.0,
-                          batch_rows=10, retention_s=RETENTION_S, metrics=metrics,
-                          per_process=lambda now: None)
-    await keeper.run_pass(asyncio.Event())
+    _, metrics = await a_pass(store, batch_rows=10)
     async with store.read() as conn:
         left = (await conn.execute(select(janus_handles.c.server))).scalars().all()
     assert left == ["alive"]

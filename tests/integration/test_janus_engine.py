@@ -79,6 +79,8 @@ async def engine(http: aiohttp.ClientSession, janus: Janus) -> AsyncIterator[Jan
 
 
 def soon(minutes: float = 5) -> datetime:
+    """`minutes` from the real instant: Janus checks a token's expiry against the machine's
+    clock, so expiries are set relative to it; only the offset matters, never the hour."""
     return datetime.now(UTC) + timedelta(minutes=minutes)
 
 
