@@ -15,10 +15,18 @@ kernel does allow TUN devices and network namespaces, so the link is two TUN dev
 moved into a new namespace (the family's), `near` stays in the test's namespace, and a thread
 reads IP packets from each and writes them to the other after the impairments. A TUN device opened
 here stays attached to this process's file descriptor when moved into a namespace, so the thread
-needs no namespace switching. The near side gets one point-to-point address (10.77.n.1, peer
-10.77.n.2) on the test's namespace: the server, coturn and the kiosk listen on it, and the test's
-own requests to it stay local (they never cross the link). Nothing else on the host changes: no
-forwarding, no routes beyond the two point-to-point ones, no NAT.
+needs no namespace switching. The family's side gets one address (10.77.n.2) and a route to
+`near`; the test's side is the host's own IPv4 address (the one its default route leaves from),
+with a route to the family's address through the link: the server, coturn and the kiosk listen
+on it, and the test's own requests to it stay local (they never cross the link).
+
+Nothing is added to the host's addresses, and the devices' names start with "tun": every other
+Chromium on the host (the parallel browser tests) watches the host's addresses and links, and
+an address added or removed there made each of them, two seconds later, fail whatever requests
+were waiting for a connection with ERR_NETWORK_CHANGED (a page loading its scripts then never
+started: the suite's most frequent load failure). Chromium ignores links named "tun*" (its
+address tracker counts them as VPN tunnels), and a route is not an address.
+tests/integration/test_impaired_link.py checks this with a Chromium beside a link being made.
 
 Clean-up: `close()` (the context manager's exit, also when the test fails) stops the thread,
 closes both TUN descriptors (the kernel removes non-persistent TUN devices with their last
@@ -91,13 +99,22 @@ def _open_tun(name: str) -> int:
 
 
 def _free_subnet(start: int) -> int:
-    """A k whose 10.77.k.1 no device here has yet, so parallel tests' links do not clash."""
-    used = subprocess.run(["ip", "-o", "-4", "addr"], capture_output=True, text=True).stdout
+    """A k whose 10.77.k.2 the host has no route to yet, so parallel tests' links do not clash."""
+    used = subprocess.run(["ip", "-o", "-4", "route"], capture_output=True, text=True).stdout
     for i in range(250):
         k = (start + i) % 250 + 1
-        if f" 10.77.{k}.1 " not in used:
+        if f"10.77.{k}.2 " not in used:
             return k
     raise RuntimeError("no free 10.77.k.0 subnet for an impaired link")
+
+
+def host_address() -> str | None:
+    """The host's own IPv4 address: the source of its default route (asked of the kernel with
+    a documentation address; nothing is sent)."""
+    found = subprocess.run(["ip", "-o", "-4", "route", "get", "198.51.100.1"],
+                           capture_output=True, text=True).stdout
+    match = re.search(r" src (\S+)", found)
+    return match.group(1) if match else None
 
 
 def sweep_stale() -> None:
@@ -116,6 +133,8 @@ def available() -> str | None:
         return "the impaired link needs root (network namespaces, TUN devices)"
     if not Path("/dev/net/tun").exists():
         return "no /dev/net/tun"
+    if host_address() is None:
+        return "no IPv4 address with a default route on the host (the link's near end)"
     return None
 
 
@@ -124,9 +143,9 @@ class ImpairedLink:
         n = next(_numbers)
         self.ns = f"{PREFIX}{os.getpid()}x{n}"
         k = subnet if subnet is not None else _free_subnet(os.getpid() * 7 + n)
-        self.near, self.far = f"10.77.{k}.1", f"10.77.{k}.2"
+        self.near, self.far = host_address() or "", f"10.77.{k}.2"
         tag = f"{os.getpid() % 100000}x{n}"  # device names are at most 15 characters
-        self.near_dev, self.far_dev = f"kwn{tag}", f"kwf{tag}"
+        self.near_dev, self.far_dev = f"tunn{tag}", f"tunf{tag}"
         self.random = {"out": random.Random(seed), "back": random.Random(seed + 1)}
         self.out = Impairment()  # far -> near: what the family sends
         self.back = Impairment()  # near -> far: what the family receives
@@ -200,10 +219,11 @@ class ImpairedLink:
             subprocess.run(["sysctl", "-qw", f"net.ipv6.conf.{self.near_dev}.disable_ipv6=1"],
                            check=True, capture_output=True)
             _ip("link", "set", "lo", "up", ns=self.ns)
-            _ip("addr", "add", self.far, "peer", self.near, "dev", self.far_dev, ns=self.ns)
+            _ip("addr", "add", self.far, "dev", self.far_dev, ns=self.ns)
             _ip("link", "set", self.far_dev, "up", ns=self.ns)
-            _ip("addr", "add", self.near, "peer", self.far, "dev", self.near_dev)
+            _ip("route", "add", self.near, "dev", self.far_dev, "src", self.far, ns=self.ns)
             _ip("link", "set", self.near_dev, "up")
+            _ip("route", "add", self.far, "dev", self.near_dev, "src", self.near)
             self._wake_r, self._wake_w = os.pipe()
             self._thread = threading.Thread(target=self._forward, args=(near, far),
                                             name=f"link {self.ns}", daemon=True)
