@@ -168,14 +168,17 @@ async def test_two_processes_hold_a_user_to_the_socket_limit(pg_db: str, tmp_pat
             a.proc.wait(timeout=10)
             killed = time.monotonic()
             assert await _open(http, b, token) is None, "A's sockets stopped counting at once"
-            while (ws := await _open(http, b, token)) is None:
-                assert time.monotonic() - killed < LEASE_S + 2, "A's sockets never lapsed"
+            freed = []
+            while len(freed) < 2:  # each of A's two lapses on its own lease (renewed apart)
+                if (ws := await _open(http, b, token)) is not None:
+                    freed.append(ws)
+                    continue
+                assert time.monotonic() - killed < LEASE_S + 2, f"{len(freed)} of 2 lapsed"
                 await asyncio.sleep(0.2)
             lapsed_s = time.monotonic() - killed
-            last = await _open(http, b, token)
-            assert last is not None and await _open(http, b, token) is None  # 2 freed, not more
+            assert await _open(http, b, token) is None  # 2 freed, not more
             print(f"A's sockets lapsed {lapsed_s:.1f} s after the kill (lease {LEASE_S} s)")
-            for sock in (*on_b, ws, last):
+            for sock in (*on_b, *freed):
                 await sock.close()
     finally:
         redis.stop()

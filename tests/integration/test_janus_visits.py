@@ -125,7 +125,7 @@ def janus_env(*fleet: Janus) -> dict[str, str]:
                 KINWIRE_JANUS_EVENTS_PASSWORD=s.events_password,
                 # one folder for the fleet's .mjr files, shared with Kinwire (same host here)
                 KINWIRE_JANUS_RECORDINGS_DIR=str(fleet[0].recordings_dir),
-                KINWIRE_VISIT_MINUTE_S=str(MINUTE_S), KINWIRE_METER_LEASE_S="1.5")
+                KINWIRE_VISIT_MINUTE_S=str(MINUTE_S))
 
 
 @asynccontextmanager

@@ -167,9 +167,11 @@ async def test_a_killed_master_s_channels_and_leases_move_to_its_replica(
     """Adversary: a master SIGKILLed while it holds subscribed channels and lease keys. Its
     replica is promoted; the broker re-homes the channels (Gap, then live payloads) and the
     leases work there (a lease may be lost with the master: a new grant's epoch is later)."""
-    one = RedisBroker(replicated_cluster.url, namespace="t3",
+    # 3 s a call: the first publish finds the cluster's nodes and connects, which took over the
+    # default 1 s on a loaded machine (a full run, 2026-12-07); a dead master's calls fail fast
+    one = RedisBroker(replicated_cluster.url, namespace="t3", op_timeout_s=3.0,
                       backoff_s_max=1.0)
-    two = RedisBroker(replicated_cluster.url, namespace="t3",
+    two = RedisBroker(replicated_cluster.url, namespace="t3", op_timeout_s=3.0,
                       backoff_s_max=1.0)
     try:
         channels = [f"user.{i}" for i in range(12)]
