@@ -14,7 +14,9 @@ run: $(STAMP)
 # ones spread apart. 2026-12-06, 909 tests on this machine: 14.5 min of pytest before the
 # suite was made cheaper (three processes; libfaketime's monotonic fix, assertion rewriting
 # redone by every process, seconds of fixed waiting); 12.5 min with three after; 9.6 min with
-# four. Four with the heavy modules together failed 3 timing tests (starved).
+# four. Four with the heavy modules together failed 3 timing tests (starved). 2026-12-07, on a
+# host ~40-70% slower a core (bench/calibrate.py's round 0.69-0.85 s against 0.50 s): 12.4-15.4
+# min, both cores 97% busy the whole run, so only less CPU makes it shorter (docs/BENCHMARKS.md).
 # The suite writes bytecode even where the shell says not to (PYTHONDONTWRITEBYTECODE=1 on this
 # machine): without it every test process re-rewrote ~280 plugin modules' assertions (pytest
 # start 3.8 s -> 2.0 s) and every spawned server recompiled the project (1.23 s -> 1.03 s).
