@@ -199,6 +199,7 @@ async def test_a_browser_beside_the_link_sees_no_network_change() -> None:
     host, Chromium failed those requests two seconds later with ERR_NETWORK_CHANGED (6 to 12 of 60
     in this test's pattern; pages that were loading their scripts never started)."""
     from aiohttp import web
+    from aiohttp.test_utils import TestServer
 
     from tests.support.browser import chromium
 
@@ -208,40 +209,32 @@ async def test_a_browser_beside_the_link_sees_no_network_change() -> None:
 
     app = web.Application()
     app.router.add_get("/{any:.*}", slow)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
     failed: list[str] = []
-    try:
-        async with chromium() as browser:
-            page = await browser.new_page()
-            page.on("requestfailed", lambda r: failed.append(r.failure or "?"))
-            await page.goto(f"http://127.0.0.1:{port}/")
+    done = asyncio.Event()
+    async with TestServer(app) as server, chromium() as browser:
+        page = await browser.new_page()
+        page.on("requestfailed", lambda r: failed.append(r.failure or "?"))
+        await page.goto(str(server.make_url("/")))
 
-            async def waves() -> int:
-                # 20 requests at a time: more than Chromium's 6 connections to one host, so
-                # some always wait for a connection (the ones a network change fails)
-                n = 0
-                while not done.is_set():
-                    await page.evaluate("""Promise.all([...Array(20).keys()].map(i =>
-                        new Promise(r => setTimeout(r, i * 40)).then(() =>
-                        fetch('/w?' + Math.random())))).catch(e => 'failed')""")
-                    n += 20
-                return n
+        async def waves() -> int:
+            # 20 requests at a time: more than Chromium's 6 connections to one host, so
+            # some always wait for a connection (the ones a network change fails)
+            n = 0
+            while not done.is_set():
+                await page.evaluate("""Promise.all([...Array(20).keys()].map(i =>
+                    new Promise(r => setTimeout(r, i * 40)).then(() =>
+                    fetch('/w?' + Math.random())))).catch(e => 'failed')""")
+                n += 20
+            return n
 
-            def make_and_remove() -> None:
-                with ImpairedLink():
-                    time.sleep(2.5)  # Chromium reports a change 2 s after the netlink event
-                time.sleep(2.5)
+        def make_and_remove() -> None:
+            with ImpairedLink():
+                time.sleep(2.5)  # Chromium reports a change 2 s after the netlink event
+            time.sleep(2.5)
 
-            done = asyncio.Event()
-            sent = asyncio.create_task(waves())
-            await asyncio.to_thread(make_and_remove)
-            done.set()
-            n = await sent
-    finally:
-        await runner.cleanup()
+        sent = asyncio.create_task(waves())
+        await asyncio.to_thread(make_and_remove)
+        done.set()
+        n = await sent
     assert n >= 60
     assert failed == [], f"{len(failed)} of {n} requests failed: {sorted(set(failed))}"
