@@ -127,11 +127,55 @@ def pg_url() -> Iterator[str]:
     run_apart(admin(f'CREATE DATABASE "{name}"'))
     url = f"{base}/{name}"
     run_apart(_migrated(url))
+    run_apart(_record_layout(url))
     yield url
     run_apart(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 TABLES = ", ".join(t.name for t in metadata.sorted_tables)
+
+# The weeks of `events` (server/event_partitions.py) as the migration made them, per database.
+# An app in a test runs the elected housekeeping on the injected clock: a clock months ahead
+# drops `events_before` and today's weeks and makes its own. TRUNCATE keeps partitions, so a
+# later test on the real clock found this week missing, its events in events_default, and
+# the week impossible to make (an ERROR logged: test_ws_fuzz failed so in CI, 2026-12-07).
+_LAYOUTS: dict[str, dict[str, str]] = {}
+_LAYOUT_SQL = ("SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
+               "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'events'::regclass")
+
+
+async def _layout(conn: asyncpg.Connection) -> dict[str, str]:
+    await conn.execute("SET TimeZone = 'UTC'")  # bounds print in the session's zone
+    return dict(await conn.fetch(_LAYOUT_SQL))
+
+
+async def _record_layout(url: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        _LAYOUTS[url] = await _layout(conn)
+    finally:
+        await conn.close()
+
+
+async def restore_layout(conn: asyncpg.Connection, url: str) -> list[str]:
+    """Give an emptied database back the partitions of `events` it was migrated with; the
+    names of those dropped or made (none, nearly always: one catalog read)."""
+    want, have = _LAYOUTS.get(url), await _layout(conn)
+    if want is None or have == want:
+        return []
+    changed = sorted(n for n in set(have) | set(want) if have.get(n) != want.get(n))
+    async with conn.transaction():
+        for name in sorted(set(have) - set(want)):
+            await conn.execute(f'DROP TABLE "{name}"')
+        for name, bound in want.items():
+            if have.get(name) != bound:
+                if name in have:
+                    await conn.execute(f'DROP TABLE "{name}"')
+                await conn.execute(f'CREATE TABLE "{name}" PARTITION OF events {bound}')
+                await conn.execute(f'ALTER TABLE "{name}" ADD PRIMARY KEY (account_id, seq)')
+                if not name.startswith("events_w"):  # pruned by DELETE, by `at`
+                    await conn.execute(f'CREATE INDEX ON "{name}" (at)')
+    return changed
 
 
 async def reset_postgres(url: str) -> None:
@@ -153,6 +197,7 @@ async def reset_postgres(url: str) -> None:
             # printed, not warned: the suite turns warnings into errors
             print(f"reset_postgres: ended {len(ended)} abandoned transaction(s)", file=sys.stderr)
             await conn.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
+        await restore_layout(conn, url)
     finally:
         await conn.close()
 

@@ -5,7 +5,9 @@ Adversaries: senders writing events while a week is retired (none may fail or be
 deadlock with the heads' batches); a week with more users than a batch (the heads are
 recorded in bounded transactions before the drop); a client syncing from a dropped week (it
 must get `reset`, not a silent gap); a clock far ahead of every week made (its events land in
-the default partition and are still read back and pruned).
+the default partition and are still read back and pruned); a test whose app runs housekeeping on
+a clock months ahead in the run's shared database (the next test must find the weeks as the
+migration made them).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from server.schema import events as events_table
 from store import Store
 from store.migrate import migrate
 from store.partitions import partitions, utc
-from tests.conftest import PG_ADMIN_URL
+from tests.conftest import PG_ADMIN_URL, reset_postgres
 from tests.integration.test_migrate_deploy import at, version
 from tests.integration.test_migrate_deploy import empty_pg as empty_database
 
@@ -203,3 +205,39 @@ async def test_the_migration_keeps_the_events_in_place_and_can_run_again(
         await store.close()
         await reader.close()
         await setup.close()
+
+
+async def test_the_shared_database_gets_its_weeks_back_after_a_clock_months_ahead(
+        pg_db: str, caplog: pytest.LogCaptureFixture) -> None:
+    """An app in a test runs the elected housekeeping on its injected clock. Months ahead, it
+    drops today's weeks; without tests/conftest.py's restore_layout, the next test's events of
+    this week go to events_default and the week can no longer be made (an ERROR: test_ws_fuzz
+    failed so in CI)."""
+    store = Store(pg_db)
+    try:
+        migrated = await weeks(store)
+        ahead = datetime.now(UTC) + timedelta(days=120)
+        keeper = Housekeeping(store, MemoryBroker(), lambda: ahead, node_id="n1", lease_s=3.0,
+                              batch_rows=100, retention_s=RETENTION_S, metrics=Metrics(),
+                              per_process=lambda at: None)
+        await keeper.run_pass(asyncio.Event())
+        assert "events_before" not in await weeks(store), "the clock ahead dropped the weeks"
+        # the next test, on the real clock, before its housekeeping has run:
+        await emit(store, "acc_now", 1, datetime.now(UTC))
+        await event_partitions.ensure_ahead(store, datetime.now(UTC))
+        assert "was not made" in caplog.text, "this week cannot be made any more"
+    finally:
+        await store.close()
+
+    await reset_postgres(pg_db)
+    store = Store(pg_db)
+    try:
+        assert await weeks(store) == migrated
+        await emit(store, "acc_now", 1, datetime.now(UTC))
+        assert await event_partitions.ensure_ahead(store, datetime.now(UTC)) == 0, \
+            "the weeks around the real clock are there"
+        async with store.read() as conn:
+            assert (await conn.exec_driver_sql(
+                "SELECT count(*) FROM events_default")).scalar() == 0
+    finally:
+        await store.close()
