@@ -289,6 +289,7 @@ async def test_when_only_the_media_dies_both_screens_say_paused_and_why(
 
 
 LOSSY_S = 10.0
+CLEAN_S = 4.0  # the same call on a clean link first: the frame rates this host gives it
 
 
 @pytest.mark.timeout(120)
@@ -296,25 +297,38 @@ LOSSY_S = 10.0
 async def test_a_call_on_a_lossy_link_stays_whole_and_is_billed_as_connected(
         sqlite_template: Path, tmp_path: Path, relay: bool) -> None:
     """150 ms each way with 2% random loss (issue 21's lossy link): the call must carry on
-    whole (both pictures moving nearly all the time, at least 10 frames a second each way),
-    and the meter must bill it as connected: no more than the call minus its freezes beyond a
-    stutter (nothing frozen billed), and no less than its two-way media time (loss must not
-    pause it), each within two samples' blur. In relay mode too: there the family's link is
-    its link to the server's forwarding relay, whose own bandwidth estimate under this loss
-    (35-58 kbit/s) once held the family's picture at the kiosk to 4-8 frames a second."""
+    whole (both pictures moving nearly all the time, each way at least 0.6 of the frame rate
+    the same call had on the clean link just before), and the meter must bill it as
+    connected: no more than the call minus its freezes beyond a stutter (nothing frozen
+    billed), and no less than its two-way media time (loss must not pause it), each within two
+    samples' blur. In relay mode too: there the family's link is its link to the server's
+    forwarding relay, whose own bandwidth estimate under this loss (35-58 kbit/s) once held the
+    family's picture at the kiosk to 4-8 frames a second of 20.
+    The rates are compared with the clean link's, not with the camera's 20 a second: with the
+    whole suite on two cores, the browsers decoded 8.6-9.9 a second on some runs, on any link."""
     with ImpairedLink(seed=21) as link:
         async with _call(tmp_path, sqlite_template, link, relay=relay) as call:
+            clean_at = time.monotonic()
+            await call.run_for(CLEAN_S)
             link.set(delay_ms=150, loss=0.02)
             start = time.monotonic()
             await call.run_for(LOSSY_S)
             assert call.errors == [], call.errors
+    clean = phase(call.between(clean_at + 1, start))
     p = phase(call.between(start + 2, time.monotonic()))
-    print(f"\nlossy: {', '.join(f'{k} {v:.1f}' for k, v in p.items())}")
+    kept = {side: p[f"fps_{side}"] / max(clean[f"fps_{side}"], 1e-9)
+            for side in ("family", "kiosk")}
+    print(f"\nlossy: {', '.join(f'{k} {v:.1f}' for k, v in p.items())}; clean fps "
+          f"{clean['fps_family']:.1f}/{clean['fps_kiosk']:.1f}")
+    assert min(clean["fps_family"], clean["fps_kiosk"]) >= 5, ("the host could not carry even "
+                                                               "the clean call", clean)
     assert p["billed_s"] <= p["span_s"] - p["unbillable_s"] + 2 * SAMPLE_S + 0.2, p
     # the kiosk's half-second poll may restart the meter after a freeze that late
     assert p["billed_s"] >= p["two_way_s"] - 2 * SAMPLE_S - 0.5, p
     assert p["two_way_s"] >= 0.85 * p["span_s"], p
-    assert min(p["fps_family"], p["fps_kiosk"]) >= 10, p
+    assert min(kept.values()) >= 0.6, (kept, p, clean)
     # Both ways alike: the same loss each way, and the relay must not throttle one of them
-    # (0.67 and falling in relay mode before, ~0.95 since, as in direct mode)
-    assert min(p["fps_family"], p["fps_kiosk"]) >= 0.8 * max(p["fps_family"], p["fps_kiosk"]), p
+    # (0.67 and falling in relay mode before, ~0.95 since, as in direct mode; with four more
+    # busy processes on the host the relay's side, in this process, dipped to 0.75-0.81, so
+    # 0.7: the falling case is the 0.6 floor's)
+    assert min(kept.values()) >= 0.7 * max(kept.values()), (kept, p, clean)
