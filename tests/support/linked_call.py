@@ -71,6 +71,15 @@ class Sample:
     status: str
     server_frames: int = 0  # relay mode: the family's video frames that reached the server
     reason: str | None = None  # why the server has the visit paused (pause_reason)
+    # When each was read (monotonic): a sample takes a while under load, and what it read
+    # first can be older than what it read last by more than SAMPLE_S
+    asked_at: float = 0.0  # the browsers' frame counts were asked for (read at or after)
+    billed_at: float = 0.0  # the meter's state had been read (at or before)
+    server_at: float = 0.0  # relay mode: the server's frame count was read
+
+    def read_at(self, attr: str) -> float:
+        """The earliest moment `attr`'s value can have been read."""
+        return self.server_at if attr == "server_frames" else self.asked_at
 
 
 @dataclass
@@ -100,14 +109,16 @@ class Call:
         return billed, row
 
     async def sample(self) -> Sample:
+        asked_at = time.monotonic()
         fam, kiosk = await asyncio.gather(self.fam.evaluate(INBOUND),
                                           self.kiosk.evaluate(INBOUND))
         billed, row = await self.billed_s()
+        billed_at = time.monotonic()
         paid = len(await _minutes(self.api, self.seed["family"].id, self.visit_id))
         seen = self.api.ctx.relay.media_seen(self.visit_id) if self.relay else {}
         server = seen.get("family", {}).get("video", (0, 0, None))[0]
         s = Sample(time.monotonic(), fam["frames"], kiosk["frames"], billed, paid, row.status,
-                   server, pause_reason(row))
+                   server, pause_reason(row), asked_at, billed_at, time.monotonic())
         self.samples.append(s)
         return s
 
