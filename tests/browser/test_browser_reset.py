@@ -16,13 +16,14 @@ from aiosmtpd.controller import Controller
 
 from server.app import create_app
 from tests.conftest import fresh_sqlite, test_settings
-from tests.integration.test_mail import Inbox, deliver, free_port
+from tests.integration.test_mail import Inbox, deliver
 from tests.integration.test_roles import MAIL_ON
 from tests.support.audit import Audit
 from tests.support.browser import PHONE, chromium, require_chromium, shot
 from tests.support.clock import running_clock
 from tests.support.helpers import Api
 from tests.support.pages import family_account, log_in
+from tests.support.processes import free_port
 
 START = datetime(2026, 12, 5, 18, 0, tzinfo=UTC)
 

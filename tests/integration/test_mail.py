@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
-import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -31,6 +30,7 @@ from server.schema import mail_outbox, password_resets
 from tests import conftest
 from tests.support.clock import Clock
 from tests.support.helpers import Api, Who
+from tests.support.processes import free_port
 
 PASSWORD = "correct horse"  # tests/support/helpers.py Api.family's
 
@@ -47,12 +47,6 @@ class Inbox:
 
     def to(self, address: str) -> list[EmailMessage]:
         return [m for m in self.mail if m["To"] == address]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

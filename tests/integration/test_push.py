@@ -25,9 +25,10 @@ from sqlalchemy import select
 
 from server.push import b64url, unb64url
 from server.schema import push_subscriptions
-from tests.integration.test_mail import clock, deliver, free_port, mail_app, smtp  # noqa: F401 (fixtures)
+from tests.integration.test_mail import clock, deliver, mail_app, smtp  # noqa: F401 (fixtures)
 from tests.support.clock import Clock
 from tests.support.helpers import Api, Who
+from tests.support.processes import free_port
 
 PERSON_SECRET = "the parcel is under the blue bench"
 

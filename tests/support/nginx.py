@@ -9,6 +9,7 @@ import datetime
 import ipaddress
 import os
 import shutil
+import ssl
 import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -68,15 +69,24 @@ async def private_nginx(folder: Path, https_port: int, site: str) -> AsyncIterat
     proc = subprocess.Popen([NGINX, "-p", str(folder), "-e", str(folder / "error.log"),
                              "-c", str(folder / "nginx.conf")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Ready when the port completes a TLS handshake, not when it merely accepts: another
+    # server on the port (nginx then fails to bind) must fail here, not as a later request's
+    # WRONG_VERSION_NUMBER. No certificate check: any TLS on the port is this nginx's.
+    hello = ssl.create_default_context()
+    hello.check_hostname, hello.verify_mode = False, ssl.CERT_NONE
     try:
         for _ in range(200):
             assert proc.poll() is None, (folder / "error.log").read_text()
             try:
-                _, writer = await asyncio.open_connection("127.0.0.1", https_port)
+                _, writer = await asyncio.wait_for(
+                    asyncio.open_connection("127.0.0.1", https_port, ssl=hello), 2)
                 writer.close()
                 break
-            except OSError:
+            except (OSError, TimeoutError):  # ssl.SSLError too; nginx exits if it cannot bind
                 await asyncio.sleep(0.05)
+        else:
+            raise AssertionError(f"nginx never answered TLS on {https_port}: "
+                                 + (folder / "error.log").read_text())
         yield
     finally:
         proc.terminate()

@@ -13,11 +13,21 @@ from pathlib import Path
 
 import aiohttp
 
+_HANDED_OUT: set[int] = set()
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nothing listens on now, never one this process handed out before: the
+    kernel gives a closed port 0 bind the same number again soon after, so a test that chose
+    nginx's port and then started two servers once had one of them on nginx's port (nginx
+    could not bind, and the test talked TLS to a plain Kinwire)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:

@@ -15,7 +15,6 @@ import contextlib
 import json
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -25,15 +24,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.processes import free_port
+
 HOST = "127.0.0.1"
 BUCKET = "kinwire-test"
 START_TIMEOUT_S = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def weed_binary() -> str | None:
