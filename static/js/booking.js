@@ -8,7 +8,8 @@
 import { api, newKey } from "./api.js";
 import { $, dollars, h, say } from "./dom.js";
 import { spanText, zoneLabel } from "./time.js";
-import { VisitCall, wallDay, wallTime } from "./visit.js";
+import { VisitCall } from "./visit.js";
+import { wallDay, wallTime } from "./visit/screen.js";
 import { loadVisits, renderVisitList } from "./visit_list.js";
 import { reachable } from "./family/contacts.js";
 import { t } from "./i18n.js";

@@ -1,7 +1,8 @@
-// The video visit screen (docs/clients.md, "Video visits"), shared by the family app and the
-// kiosk: own camera preview, the other party's video, one RTCPeerConnection signalled over the
-// socket with the visit.* ops (docs/visits.md, "The call"), the meter's ticks and warnings, and
-// why the visit ended. The visit lists are visit_list.js; the meter's figures visit_meter.js.
+// A video visit's call (docs/clients.md, "Video visits"), shared by the family app and the
+// kiosk: joining, one RTCPeerConnection signalled over the socket with the visit.* ops
+// (docs/visits.md, "The call") or a Janus party (janus.js), the pushes, and the end. What it
+// shows is visit/screen.js's; what its statistics say, visit/media_watch.js's. The visit lists
+// are visit_list.js; the meter's figures visit_meter.js.
 //
 // Trust (docs/visits.md): in direct mode the kiosk (side "person") is the authority on whether
 // the call is connected. It reports `connected` only while the family's media keeps arriving
@@ -10,51 +11,16 @@
 // meter pauses from then) once it has not; and `sending`: whether its own outbound audio and
 // video packet counts advanced within `media_stall_s`. All from getStats() every half second. The
 // family's reports are advisory. Both sides show the link's quality (link_quality.js) from the
-// same stats every LINK_MS; the kiosk adds it to its visit.media report when its level changes.
+// same stats every couple of seconds; the kiosk adds it to its visit.media report when its
+// level changes.
 import { api } from "./api.js";
-import { h, say } from "./dom.js";
 import { JanusParty, sameRoom } from "./janus.js";
-import { favourAudio, linkFigures, linkLevel } from "./link_quality.js";
-import { CallCredits } from "./call_credits.js";
-import { dayText, timeText } from "./time.js";
-import { VisitMeter } from "./visit_meter.js";
+import { favourAudio } from "./link_quality.js";
+import { MediaWatch, linkKey } from "./visit/media_watch.js";
+import { VisitScreen, endedText } from "./visit/screen.js";
 import { t } from "./i18n.js";
 
 export const ACTIVE = new Set(["scheduled", "open", "live", "paused"]);
-
-/** Why a visit ended, in words; `byMe` when this side hung up. */
-/**
- * What a party is told about recording and monitoring (issue 15: before joining and during the
- * call). Only relay-mode visits pass through the server, so only they can be recorded or
- * watched; a privileged connection's visit (`record` false) is not recorded.
- */
-export function recordingNotice(v) {
-  return v.media === "relay" && v.record ? t("visit.recorded") : t("visit.not_recorded");
-}
-
-export function endedText(reason, { byMe = false, peer = t("visit.other_side"), payer = "the" } = {}) {
-  // `payer`: whose balance ran out, "your", "the family's" or "the" (a list of visits).
-  const whose = { your: "yours", "the family's": "family" }[payer] || "the";
-  switch (reason) {
-    case "balance_exhausted": return t(`visit.ended.balance_${whose}`);
-    case "hung_up": return byMe ? t("visit.ended.hung_up_me") : t("visit.ended.hung_up", { name: peer });
-    case "time_up": case "staff_ended": case "failed": case "cancelled_by_family":
-    case "cancelled_by_staff": case "missed": return t(`visit.ended.${reason}`);
-    default: return reason ? t("visit.ended.other_why", { why: reason }) : t("visit.ended.other");
-  }
-}
-
-/** "12:00" on the facility's wall clock (`zone`), whatever the browser's (time.js). */
-export function wallTime(iso, zone) {
-  return timeText(iso, zone);
-}
-
-/** "Fri 27 Nov": an instant's day at the facility (`zone`), or a plain date (time.js). */
-export function wallDay(iso, zone) {
-  return dayText(iso, zone);
-}
-
-const LINK_MS = 2000; // the link's figures are taken over this long
 
 /**
  * One visit's call. `side` is "family" or "person"; `peer` the other party's name;
@@ -74,80 +40,25 @@ export class VisitCall {
     this.remoteStream = null;
     this.reported = false; // "connected" told to the server for the current pc
     this.said = null; // the kiosk's last report: "state/sending"
-    this.link = null; // the link's level on screen: {level, reason, text}
-    this.linkNext = null; // a new level seen once, shown when the next reading agrees
-    this.linkBefore = null; // linkFigures' last snapshot
     this.linkSaid = null; // what the kiosk last reported: linkKey() of it
-    this.moved = {}; // getStats counter -> [value, when it last moved (ms)]
+    this.watch = new MediaWatch();
     this.relay = null; // relay mode: the server relay that answered our last offer
     this.movedTo = null; // relay mode: the relay we last offered to after a visit.relay_moved
-    this.stallMs = 10000;
-    this.gapMs = 2000; // the family's media stopped this long is an outage (media_gap_s)
     this.ended = null;
     this.byMe = false;
     this.media = visit.media;
     this.config = null;
-    this.render(balance);
+    this.screen = new VisitScreen({
+      root, visit, side, peer, balance, creditsForm, isOver: () => Boolean(this.ended),
+      on: { hangUp: () => this.hangUp(), back: () => this.close(),
+            toggle: (kind, off) => this.toggle(kind, off) },
+    });
+    this.meter = this.screen.meter;
   }
 
   /** Every tick shown, for tests and support: [{paid, balance}]. */
   get ticks() {
     return this.meter.ticks;
-  }
-
-  // ---------- the screen ----------
-  render(balance) {
-    const them = this.peer || t("contact.yours_lower");
-    const warning = h("p", { class: "notice visit-warning", role: "alert", id: "visit-warning" });
-    this.meter = new VisitMeter({ side: this.side, price: this.visit.minute_price || 0, balance, warning });
-    this.el = {
-      status: h("p", { class: "visit-status", role: "status", id: "visit-status" }, t("call.starting")),
-      remote: h("video", { id: "visit-remote", autoplay: true, playsinline: true, "aria-label": t("call.their_video", { name: them }) }),
-      local: h("video", { id: "visit-local", autoplay: true, playsinline: true, "aria-label": t("call.your_camera") }),
-      warning,
-      threshold: h("p", { class: "visit-threshold", id: "visit-threshold" }),
-      // The level is a polite live region, so a change is announced once; the figures beside
-      // it change every couple of seconds and are read with the line, not announced.
-      linkLevel: h("span", { id: "visit-link-level", role: "status", "aria-live": "polite",
-                             "aria-atomic": "true" }, t("link.measuring")),
-      linkReason: h("span", { id: "visit-link-reason" }),
-      // Focused when the visit ends: named by its own text (an alert takes no name from its
-      // content), so a screen reader says why it ended on focus, not only as an alert.
-      ended: h("p", { class: "visit-ended", role: "alert", id: "visit-ended", tabindex: "-1", hidden: true,
-                      "aria-labelledby": "visit-ended" }),
-      mic: h("button", { type: "button", id: "visit-mic", "aria-pressed": "false" }, t("call.mute")),
-      cam: h("button", { type: "button", id: "visit-cam", "aria-pressed": "false" }, t("call.camera_off")),
-      hangup: h("button", { type: "button", class: "danger", id: "visit-hangup" }, t("call.hang_up")),
-      back: h("button", { type: "button", class: "primary", id: "visit-back", hidden: true }, t("call.back")),
-    };
-    this.el.local.muted = true; // never play our own microphone back
-    const e = this.el;
-    e.videos = h("div", { class: "videos" },
-      h("figure", { class: "remote" }, e.remote, h("figcaption", {}, them)),
-      h("figure", { class: "self" }, e.local, h("figcaption", {}, t("call.you"))));
-    e.link = h("p", { class: "visit-link", id: "visit-link" }, t("link.quality") + " ", e.linkLevel, " ", e.linkReason);
-    // "Add credits" (call_credits.js): the family only, when the app gives its purchase form.
-    this.credits = this.side === "family" && this.creditsForm
-      ? new CallCredits(this.creditsForm, () => Boolean(this.ended)) : null;
-    e.mic.addEventListener("click", () => this.toggle("audio", e.mic, t("call.mute"), t("call.unmute")));
-    e.cam.addEventListener("click", () => this.toggle("video", e.cam, t("call.camera_off"), t("call.camera_on")));
-    e.hangup.addEventListener("click", () => this.hangUp());
-    e.back.addEventListener("click", () => this.close());
-    this.root.replaceChildren(h("section", { class: "card visit", "aria-labelledby": "visit-h",
-                                              dataset: { visit: this.visit.id } },
-      h("h2", { id: "visit-h", tabindex: "-1" }, t("call.title", { name: them })),
-      h("p", { class: "visit-recording", id: "visit-recording", dataset: { recorded: String(this.visit.media === "relay" && Boolean(this.visit.record)) } },
-        recordingNotice(this.visit)),
-      e.status, e.ended,
-      e.videos,
-      e.link,
-      this.meter.box,
-      e.threshold,
-      e.warning,
-      h("div", { class: "row visit-controls" }, e.mic, e.cam, this.credits?.button, e.hangup, e.back),
-      this.credits?.dialog));
-    this.root.hidden = false;
-    this.root.querySelector("#visit-h").focus(); // keyboard and screen-reader users land here
   }
 
   /** The family's balance changed outside the meter (a top-up in the call, a gift). */
@@ -156,27 +67,24 @@ export class VisitCall {
   }
 
   setStatus(text, state) {
-    this.el.status.textContent = text;
-    if (state) this.root.dataset.call = state;
+    this.screen.setStatus(text, state);
   }
 
-  toggle(kind, button, onText, offText) {
-    if (!this.local) return;
-    const tracks = this.local.getTracks().filter((t) => t.kind === kind);
-    const off = button.getAttribute("aria-pressed") !== "true";
-    for (const t of tracks) t.enabled = !off;
-    button.setAttribute("aria-pressed", String(off));
-    button.textContent = off ? offText : onText;
+  /** Our microphone or camera off (or on again); false when there is none. */
+  toggle(kind, off) {
+    if (!this.local) return false;
+    for (const track of this.local.getTracks().filter((x) => x.kind === kind)) track.enabled = !off;
+    return true;
   }
 
   // ---------- joining ----------
   async start() {
     try {
       this.local = await navigator.mediaDevices.getUserMedia({ video: true, audio: true });
-      this.el.local.srcObject = this.local;
+      this.screen.showOwn(this.local);
     } catch (err) {
       // Still join: the other side may be seen and heard; ours is reported on screen.
-      say(this.el.warning, t("call.no_camera", { why: err.name || err, name: this.peer }), "error");
+      this.screen.warn(t("call.no_camera", { why: err.name || err, name: this.peer }));
     }
     this.watchSocket();
     await this.join();
@@ -195,11 +103,9 @@ export class VisitCall {
                       iceTransportPolicy: ice.ice_transport_policy === "relay" ? "relay" : "all" };
     } catch (err) {
       if (err.code === "visit_over") return this.end(this.visit.end_reason || "time_up");
-      this.setStatus(err.code === "too_early" ? t("error.too_early")
-                                               : t("call.could_not_join", { why: err.message }), "error");
       this.failed = true; // not in the call: Back closes the screen
-      this.el.back.hidden = false;
-      this.el.hangup.hidden = true;
+      this.screen.failed(err.code === "too_early" ? t("error.too_early")
+                                                  : t("call.could_not_join", { why: err.message }));
       return;
     } finally {
       this.joining = false;
@@ -209,10 +115,10 @@ export class VisitCall {
     this.pauseReason = j.visit.pause_reason;
     this.media = j.media;
     this.janusCreds = j.janus || null;
-    if (typeof j.media_stall_s === "number") this.stallMs = j.media_stall_s * 1000;
-    if (typeof j.media_gap_s === "number") this.gapMs = j.media_gap_s * 1000;
+    if (typeof j.media_stall_s === "number") this.watch.stallMs = j.media_stall_s * 1000;
+    if (typeof j.media_gap_s === "number") this.watch.gapMs = j.media_gap_s * 1000;
     this.reporter = this.side === "person" && this.media !== "relay"; // the kiosk, direct mode
-    this.el.threshold.textContent = t("call.threshold", { n: Math.round(this.stallMs / 1000) });
+    this.screen.showThreshold(this.watch.stallMs);
     if (!this.watcher) this.watcher = setInterval(() => this.checkMedia(), 500); // outages seen within ~2.5 s
     const m = this.meter;
     m.price = j.visit.minute_price || m.price;
@@ -268,7 +174,7 @@ export class VisitCall {
     pc.ontrack = (ev) => {
       if (pc !== this.pc) return;
       this.remoteStream.addTrack(ev.track);
-      this.el.remote.play().catch(() => {});
+      this.screen.playTheirs();
     };
     pc.onconnectionstatechange = () => this.pcState(pc);
     return pc;
@@ -282,16 +188,13 @@ export class VisitCall {
     this.session = session;
     this.pending = [];
     this.reported = false;
-    this.said = null;
-    this.moved = {};
-    this.link = this.linkBefore = this.linkNext = this.linkSaid = null; // measured afresh
-    this.el.linkLevel.textContent = t("link.measuring");
-    this.el.linkReason.textContent = "";
-    delete this.el.link.dataset.level;
+    this.said = this.linkSaid = null;
+    this.watch.forget(); // measured afresh
+    this.screen.measuringLink();
     // The kiosk: the old session's media is gone with it, and a new one may never connect.
     if (wasLive) this.media_("disconnected", undefined, 0);
     this.remoteStream = new MediaStream();
-    this.el.remote.srcObject = this.remoteStream;
+    this.screen.showTheirs(this.remoteStream);
   }
 
   closePc() {
@@ -315,7 +218,7 @@ export class VisitCall {
           this.remoteStream.removeTrack(old); // the other party published again
         }
         this.remoteStream.addTrack(track);
-        this.el.remote.play().catch(() => {});
+        this.screen.playTheirs();
       },
       onState: () => this.pcState(party),
       onLost: () => setTimeout(() => this.janusRejoin(party), 500), // a dead server refuses at once
@@ -433,82 +336,40 @@ export class VisitCall {
     }
   }
 
-  /** Whether getStats counter `name` moved within `withinMs` (the stall threshold by
-   * default) and ever moved. */
-  advancing(name, value, now, withinMs = this.stallMs) {
-    const [seen, at] = this.moved[name] || [0, now];
-    this.moved[name] = value !== seen ? [value, now] : [seen, at];
-    return value > 0 && now - this.moved[name][1] <= withinMs;
-  }
-
-  /** The kiosk's view of the call (direct mode), reported whenever it changes. The family's
-   * media is its picture (frames decoded) when it sends video, else its audio: frames that
-   * stop for media_gap_s are an outage, reported with how long ago the last one came, and the
-   * call is connected again only when frames move again (not when ICE reconnects). */
+  /** The call's media as its statistics say (media_watch.js), every half second: the trouble
+   * line and the link line, and the kiosk's reports (direct mode): the family's media that
+   * stops for media_gap_s is an outage, reported with how long ago the last of it came; the
+   * call is connected again only when it moves again (not when ICE reconnects). */
   async checkMedia() {
     const pc = this.session; // a peer connection, or a Janus party (its stats merged)
     if (!pc || !["connected", "disconnected", "failed"].includes(pc.connectionState) || this.ended) return;
     const stats = await pc.getStats();
     if (pc !== this.session) return;
-    let frames = 0, audio = 0;
-    const sent = {};
-    stats.forEach((r) => {
-      if (r.type === "inbound-rtp" && r.kind === "video") frames += r.framesDecoded || 0;
-      if (r.type === "inbound-rtp" && r.kind === "audio") audio += r.packetsReceived || 0;
-      if (r.type === "outbound-rtp") sent[r.kind] = (sent[r.kind] || 0) + (r.packetsSent || 0);
-    });
     const now = performance.now();
-    const video = this.advancing("frames", frames, now, this.gapMs);
-    const heard = this.advancing("audio", audio, now, this.gapMs);
-    const decisive = frames > 0 ? "frames" : "audio";
-    const receiving = frames > 0 ? video : heard;
-    const kinds = Object.keys(sent);
-    let sending = kinds.length > 0; // no camera or microphone at all: nothing is sent
-    for (const kind of kinds) sending = this.advancing(`sent ${kind}`, sent[kind], now) && sending;
-    const moved = this.moved[decisive];
-    this.stillS = receiving || !moved ? 0 : (now - moved[1]) / 1000;
+    const { receiving, sending, stalledS } = this.watch.read(stats, now);
     this.showTrouble();
-    this.measureLink(stats, now);
+    const video = this.local && this.local.getVideoTracks().some((x) => x.enabled);
+    if (this.watch.measureLink(stats, now, video)) this.screen.showLink(this.watch.link);
     // The kiosk tells the server a new level (staff see it); in relay mode with the state its
     // connection last reported, which the server does not bill by.
-    const link = this.side === "person" && this.link && linkKey(this.link) !== this.linkSaid ? this.link : undefined;
+    const seen = this.watch.link;
+    const link = this.side === "person" && seen && linkKey(seen) !== this.linkSaid ? seen : undefined;
     if (!this.reporter) {
       if (link && this.reported) await this.media_("connected", undefined, undefined, link);
       return;
     }
     const state = receiving ? "connected" : "disconnected";
     if (this.said === `${state}/${sending}` && !link) return;
-    await this.media_(state, sending, receiving || !moved ? undefined : this.stillS, link);
-  }
-
-  /** The link line, from the stats checkMedia took: every LINK_MS, a level shown once two
-   * readings in a row agree (a moment's dip neither flickers nor is announced). */
-  measureLink(stats, now) {
-    if (this.linkBefore && now - this.linkBefore.at < LINK_MS) return;
-    const video = this.local && this.local.getVideoTracks().some((t) => t.enabled);
-    const { figures, snapshot } = linkFigures(stats, this.linkBefore, now, video);
-    this.linkBefore = snapshot;
-    if (!figures) return;
-    const seen = linkLevel(figures);
-    if (!seen.level) return;
-    const shown = this.link && this.link.level;
-    if (shown === null || shown === seen.level || this.linkNext === seen.level) {
-      this.link = seen;
-      this.linkNext = null;
-      this.el.link.dataset.level = seen.level;
-      if (shown !== seen.level) this.el.linkLevel.textContent = seen.label;
-      this.el.linkReason.textContent = seen.reason ? `(${seen.reason})` : "";
-    } else {
-      this.linkNext = seen.level;
-    }
+    await this.media_(state, sending, stalledS, link);
   }
 
   /** The status line during trouble, from what this page sees (no picture for how long) and
    * what the server said (paused, so nobody is charged) or could not say (socket offline).
    * True if it said something. */
   showTrouble() {
-    if (this.ended || this.stillS < this.gapMs / 1000) return false;
-    const n = Math.floor(this.stillS);
+    const stillS = this.watch.stillS;
+    if (this.ended || stillS < this.watch.gapMs / 1000) return false;
+    const n = Math.floor(stillS);
     const offline = document.documentElement.dataset.socket !== "online";
     if (offline) {
       this.setStatus(t("call.no_picture_offline", { name: this.peer, n }), "reconnecting");
@@ -600,7 +461,7 @@ export class VisitCall {
   // ---------- the end ----------
   async hangUp() {
     this.byMe = true;
-    this.el.hangup.disabled = true;
+    this.screen.hangingUp();
     try {
       await this.socket.request("visit.leave", { visit_id: this.visit.id });
     } catch {
@@ -613,44 +474,23 @@ export class VisitCall {
     if (this.ended) return;
     this.ended = reason || "ended";
     this.cleanup();
-    const text = endedText(reason, { byMe: this.byMe, peer: this.peer,
-                                     payer: this.side === "family" ? "your" : "the family's" });
-    const paid = this.meter.paid;
-    this.setStatus(t("call.ended_after", { n: paid }), "ended");
-    this.el.videos.hidden = this.meter.leftBox.hidden = this.el.link.hidden = true;
-    this.el.ended.textContent = text;
-    this.el.ended.dataset.reason = this.ended;
-    this.el.ended.hidden = false;
-    this.el.hangup.hidden = this.el.mic.hidden = this.el.cam.hidden = true;
-    if (this.credits) this.credits.close();
-    this.el.back.hidden = false;
-    this.el.ended.focus();
+    this.screen.ended(this.ended, endedText(reason, {
+      byMe: this.byMe, peer: this.peer, payer: this.side === "family" ? "your" : "the family's" }));
   }
 
   cleanup() {
     if (this.socket) this.socket.urgent = false;
-    if (this.credits) this.credits.close(); // the purchase form goes back to the app
-    this.meter.stop();
     clearInterval(this.watcher);
     if (this.observer) this.observer.disconnect();
     this.closePc();
-    if (this.local) for (const t of this.local.getTracks()) t.stop();
-    this.el.remote.srcObject = null;
-    this.el.local.srcObject = null;
+    if (this.local) for (const track of this.local.getTracks()) track.stop();
+    this.screen.stop();
   }
 
   close() {
     if (!this.ended && !this.failed) return; // in a call: Hang up first
     this.cleanup();
-    this.root.hidden = true;
-    this.root.replaceChildren();
+    this.screen.close();
     if (this.onClose) this.onClose(this);
   }
-}
-
-/** What makes a new link report worth sending: a new level, or a reason where there was none
- * (the first level can be judged before the frame rate is measured; without this the staff
- * console kept "Link: Good" with no reason for the whole call). Not every new figure. */
-function linkKey(link) {
-  return `${link.level}${link.reason ? "+" : ""}`;
 }

@@ -3,7 +3,8 @@
 import { api } from "./api.js";
 import { $, h } from "./dom.js";
 import { spanText } from "./time.js";
-import { ACTIVE, VisitCall, endedText, recordingNotice, wallTime } from "./visit.js";
+import { ACTIVE, VisitCall } from "./visit.js";
+import { endedText, recordingNotice, wallTime } from "./visit/screen.js";
 import { has, t } from "./i18n.js";
 
 
