@@ -63,7 +63,8 @@ def assignments(name: str) -> list[str]:
 def test_end_reasons_are_defined_once_and_each_is_said_on_the_page() -> None:
     assert assignments("END_REASONS") == ["billing/meter.py"]
     said = set(re.findall(r'case "(\w+)":', (JS / "visit" / "screen.js").read_text()))
-    assert set(meter.END_REASONS) - said == set(), "visit/screen.js endedText has no words for these"
+    assert set(meter.END_REASONS) - said == set(), \
+        "visit/screen.js endedText has no words for these"
 
 
 def page_close_codes() -> dict[str, int]:
