@@ -16,6 +16,7 @@ from common.errors import Refused
 from server.auth import token_hash
 from server.errors import not_found
 from server.schema import accounts, devices
+from store import Record
 from store.ids import new_id
 
 # Roles that hold credits and so get a ledger account.
@@ -34,7 +35,7 @@ def normal_email(value: str) -> str:
     return value
 
 
-def public(row: Any) -> dict[str, Any]:
+def public(row: Record) -> dict[str, Any]:
     view = {"id": row.id, "role": row.role, "name": row.name,
             "facility_id": row.facility_id}
     if row.email:
@@ -56,7 +57,7 @@ def is_family(account_id: str) -> bool:
 async def create(conn: AsyncConnection, *, role: str, name: str, now: datetime,
                  email: str | None = None, password_hash: str | None = None,
                  facility_id: str | None = None, inmate_number: str | None = None,
-                 pin_hash: str | None = None) -> Any:
+                 pin_hash: str | None = None) -> Record:
     account_id = new_id(ID_PREFIX.get(role, role[:3]))
     try:
         # A savepoint, so that a duplicate leaves the caller's transaction usable.
@@ -75,18 +76,18 @@ async def create(conn: AsyncConnection, *, role: str, name: str, now: datetime,
     return await get(conn, account_id)
 
 
-async def get(conn: AsyncConnection, account_id: str) -> Any:
+async def get(conn: AsyncConnection, account_id: str) -> Record:
     row = (await conn.execute(select(accounts).where(accounts.c.id == account_id))).first()
     if row is None:
         raise not_found("The account")
     return row
 
 
-async def by_email(conn: AsyncConnection, email: str) -> Any:
+async def by_email(conn: AsyncConnection, email: str) -> Record:
     return (await conn.execute(select(accounts).where(accounts.c.email == email))).first()
 
 
-async def person_by_number(conn: AsyncConnection, facility_id: str, inmate_number: str) -> Any:
+async def person_by_number(conn: AsyncConnection, facility_id: str, inmate_number: str) -> Record:
     return (await conn.execute(select(accounts).where(
         accounts.c.facility_id == facility_id, accounts.c.inmate_number == inmate_number,
         accounts.c.role == "person"))).first()
@@ -116,7 +117,7 @@ async def register_device(conn: AsyncConnection, *, facility_id: str, label: str
     return device_id, token
 
 
-async def device_for(conn: AsyncConnection, facility_id: str, token: str) -> Any:
+async def device_for(conn: AsyncConnection, facility_id: str, token: str) -> Record:
     return (await conn.execute(select(devices).where(
         devices.c.token_hash == token_hash(token), devices.c.facility_id == facility_id,
         devices.c.revoked_at.is_(None)))).first()

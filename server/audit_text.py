@@ -21,6 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server.schema import accounts, connections, devices, facilities, messages, visits
+from store import Record
 
 TITLES = {"staff": "Officer", "admin": "Administrator"}
 
@@ -83,12 +84,12 @@ def _quote(text: Any) -> str:
     return f"'{text}'"
 
 
-def _pair(names: Names, row: Any) -> str:
+def _pair(names: Names, row: Record) -> str:
     return f"{names.name(row.family_id)} and {names.name(row.person_id)}"
 
 
 def _visit(verb: str) -> Callable[[Names, dict[str, Any], Any], str]:
-    def say(names: Names, e: dict[str, Any], row: Any) -> str:
+    def say(names: Names, e: dict[str, Any], row: Record) -> str:
         what = f"the visit of {_pair(names, row)}" if row is not None else "a visit"
         reason = e["details"].get("reason")
         return f"{verb} {what}" + (f": {_quote(reason)}" if reason else "")
@@ -96,7 +97,7 @@ def _visit(verb: str) -> Callable[[Names, dict[str, Any], Any], str]:
 
 
 def _message(verb: str) -> Callable[[Names, dict[str, Any], Any], str]:
-    def say(names: Names, e: dict[str, Any], row: Any) -> str:
+    def say(names: Names, e: dict[str, Any], row: Record) -> str:
         what = (f"a message from {names.name(row.sender_id)} to {names.name(row.recipient_id)}"
                 if row is not None else "a message")
         reason = e["details"].get("reason")
@@ -105,7 +106,7 @@ def _message(verb: str) -> Callable[[Names, dict[str, Any], Any], str]:
 
 
 def _connection(verb: str) -> Callable[[Names, dict[str, Any], Any], str]:
-    def say(names: Names, e: dict[str, Any], row: Any) -> str:
+    def say(names: Names, e: dict[str, Any], row: Record) -> str:
         what = f"between {_pair(names, row)}" if row is not None else ""
         if e["action"] == "connection.privileged":
             on = e["details"].get("privileged")
@@ -114,7 +115,7 @@ def _connection(verb: str) -> Callable[[Names, dict[str, Any], Any], str]:
     return say
 
 
-def _settings(names: Names, e: dict[str, Any], row: Any) -> str:
+def _settings(names: Names, e: dict[str, Any], row: Record) -> str:
     changed = sorted(e["details"].get("settings") or {})
     extra = [k for k in ("name", "timezone") if k in e["details"]]
     what = ", ".join(k.replace("_", " ") for k in [*changed, *extra]) or "nothing"

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from common.errors import Refused
 from server import connections, events
 from server.broker import Broker, BrokerUnavailable
@@ -14,12 +16,12 @@ from server.schema import connections as connections_table
 from server.schema import visits
 from signalling.visits import ROW as VISIT_ROW
 from signalling.visits import get as get_visit
-from store import Statement
+from store import Record, Statement
 
 log = logging.getLogger("kinwire.calls")
 
 
-async def require_contact(conn: Any, row: Any) -> None:
+async def require_contact(conn: AsyncConnection, row: Record) -> None:
     """A visit was booked on an approved contact; a block since (by either side or by staff),
     or a connection no longer approved, stops the visit as it stops messages."""
     link = await connections.get(conn, row.connection_id)
@@ -47,14 +49,14 @@ _VISIT_AND_LINK = Statement(
     .outerjoin(_c, _c.c.id == visits.c.connection_id))
 
 
-async def visit_and_link(conn: Any, visit_id: str) -> Any:
+async def visit_and_link(conn: AsyncConnection, visit_id: str) -> Record:
     """The visit's row as signalling.visits.get returns it (VisitError 404 if none), with
     `link_id`, `link_blocked_by` and `link_status` (its connection's) alongside; check those
     with `require_contact_of` once the caller is known to be a party."""
     return await get_visit(conn, visit_id, _VISIT_AND_LINK)
 
 
-def require_contact_of(row: Any) -> None:
+def require_contact_of(row: Record) -> None:
     """require_contact on a row from visit_and_link, without another read."""
     if row.link_id is None:
         raise not_found("The connection")
@@ -82,7 +84,7 @@ async def close_revoked(broker: Broker, account_id: str, session_ids: list[str])
         log.warning("broker unavailable: sockets of a revoked session stay open for now")
 
 
-async def announce_end(broker: Broker, row: Any, meters: Any = None) -> None:
+async def announce_end(broker: Broker, row: Record, meters: Any = None) -> None:
     """Both parties hear `visit.ended`; with `meters`, every process's gateway drops its cached
     "in a call" for the visit at once (server/gateway/ops.py visit_signal)."""
     if meters is not None:

@@ -21,6 +21,7 @@ from common.errors import Refused
 from server.errors import forbidden, not_found
 from server.events import Outbox
 from server.schema import accounts, connection_blocks, connections
+from store import Record
 from store.ids import new_id
 
 # What a family member may say they are to the person, shown with the request on the kiosk.
@@ -48,7 +49,7 @@ async def is_approved_contact(conn: AsyncConnection, a: str, b: str) -> bool:
     return await approved_between(conn, a, b) is not None
 
 
-async def approved_between(conn: AsyncConnection, a: str, b: str) -> Any:
+async def approved_between(conn: AsyncConnection, a: str, b: str) -> Record:
     """The connection between a and b (either way round) if it is open, else None."""
     c = connections
     row = (await conn.execute(select(c).where(
@@ -58,7 +59,7 @@ async def approved_between(conn: AsyncConnection, a: str, b: str) -> Any:
         else None
 
 
-async def get(conn: AsyncConnection, connection_id: str) -> Any:
+async def get(conn: AsyncConnection, connection_id: str) -> Record:
     row = (await conn.execute(select(connections)
                               .where(connections.c.id == connection_id))).first()
     if row is None:
@@ -66,7 +67,7 @@ async def get(conn: AsyncConnection, connection_id: str) -> Any:
     return row
 
 
-def view(row: Any, names: dict[str, str] | None = None,
+def view(row: Record, names: dict[str, str] | None = None,
          sides: dict[str, list[str]] | None = None) -> dict[str, Any]:
     names = names or {}
     return {"id": row.id, "facility_id": row.facility_id, "family_id": row.family_id,
@@ -100,7 +101,7 @@ async def _sides(conn: AsyncConnection, rows: list[Any]) -> dict[str, list[str]]
     return found
 
 
-async def _announce(conn: AsyncConnection, outbox: Outbox, row: Any, at: datetime) -> dict:
+async def _announce(conn: AsyncConnection, outbox: Outbox, row: Record, at: datetime) -> dict:
     shown = view(row, await _names(conn, {row.family_id, row.person_id}),
                  await _sides(conn, [row]))
     for party in sorted((row.family_id, row.person_id)):  # id order: see events.lock_streams
@@ -143,12 +144,12 @@ async def request(conn: AsyncConnection, outbox: Outbox, *, family_id: str, pers
     return await _unchanged(conn, existing)
 
 
-async def _pair(conn: AsyncConnection, family_id: str, person_id: str) -> Any:
+async def _pair(conn: AsyncConnection, family_id: str, person_id: str) -> Record:
     return (await conn.execute(select(connections).where(
         connections.c.family_id == family_id, connections.c.person_id == person_id))).first()
 
 
-async def _unchanged(conn: AsyncConnection, row: Any) -> dict:
+async def _unchanged(conn: AsyncConnection, row: Record) -> dict:
     """A request that changes nothing: the connection as it is, or why it cannot be asked."""
     if row.blocked_by is not None:
         raise Refused("blocked", "This connection is blocked.")
@@ -162,7 +163,7 @@ async def change(conn: AsyncConnection, outbox: Outbox, connection_id: str, *,
     return await _announce(conn, outbox, await get(conn, connection_id), at)
 
 
-def side_of(row: Any, role: str, account_id: str) -> str:
+def side_of(row: Record, role: str, account_id: str) -> str:
     """The block slot `account_id` acting as `role` owns on this connection."""
     if role == "staff":
         return "staff"
@@ -170,7 +171,7 @@ def side_of(row: Any, role: str, account_id: str) -> str:
     return "family" if account_id == row.family_id else "person"
 
 
-async def set_block(conn: AsyncConnection, outbox: Outbox, row: Any, *, side: str,
+async def set_block(conn: AsyncConnection, outbox: Outbox, row: Record, *, side: str,
                     actor_id: str, blocked: bool, at: datetime) -> tuple[dict, bool]:
     """Put or lift `side`'s own block; (the connection as shown, whether anything changed).
 
@@ -199,7 +200,7 @@ async def set_block(conn: AsyncConnection, outbox: Outbox, row: Any, *, side: st
     return await _announce(conn, outbox, await get(conn, row.id), at), blocked != held
 
 
-def check_party(row: Any, account_id: str) -> None:
+def check_party(row: Record, account_id: str) -> None:
     if account_id not in (row.family_id, row.person_id):
         raise not_found("The connection")
 

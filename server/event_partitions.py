@@ -25,13 +25,13 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from sqlalchemy import Column, MetaData, Table, bindparam, func, select, update
 
 from server import events as events_module
 from server.schema import event_heads
 from server.schema import events as events_table
+from store import Store
 from store import partitions as partitions_sql
 from store.partitions import Partition, partitions
 
@@ -52,7 +52,7 @@ def week_name(start: datetime) -> str:
     return f"events_w{start:%Y%m%d}"
 
 
-async def ensure_ahead(store: Any, now: datetime, refused: set[str] | None = None) -> int:
+async def ensure_ahead(store: Store, now: datetime, refused: set[str] | None = None) -> int:
     """Make the weeks from `now`'s through `WEEKS_AHEAD` ahead that do not exist yet; how many
     were made. A week whose rows already sit in the default partition cannot be made (they
     would have to move): it is logged, and its rows keep going to the default partition.
@@ -100,7 +100,7 @@ class Retention:
     process that takes the housekeeping lease over starts that week's heads again (recording
     them twice changes nothing)."""
 
-    def __init__(self, store: Any, batch_rows: int) -> None:
+    def __init__(self, store: Store, batch_rows: int) -> None:
         self.store, self.batch_rows = store, batch_rows
         self.cursors: dict[str, str] = {}
         # The partitions as last read: a pass (every few seconds) need not read the catalog,

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from common.errors import Refused
 from server.errors import not_found
 from server.schema import facilities
+from store import Record
 from store.ids import new_id
 
 Keyword = Annotated[str, Field(min_length=1, max_length=64)]
@@ -174,13 +175,13 @@ def plain(err: Any) -> str:
     return f"{label}: {err['msg']}."
 
 
-def public_view(row: Any, *, full: bool) -> dict[str, Any]:
+def public_view(row: Record, *, full: bool) -> dict[str, Any]:
     settings = row.settings if full else {k: row.settings[k] for k in PUBLIC_SETTINGS}
     return {"id": row.id, "name": row.name, "timezone": row.timezone, "settings": settings}
 
 
 async def create(conn: AsyncConnection, *, name: str, timezone: str,
-                 settings: dict[str, Any], now: datetime) -> Any:
+                 settings: dict[str, Any], now: datetime) -> Record:
     checked = merged_settings(FacilitySettings().model_dump(), settings)
     facility_id = new_id("fac")
     await conn.execute(facilities.insert().values(
@@ -189,7 +190,7 @@ async def create(conn: AsyncConnection, *, name: str, timezone: str,
     return await get(conn, facility_id)
 
 
-async def get(conn: AsyncConnection, facility_id: str) -> Any:
+async def get(conn: AsyncConnection, facility_id: str) -> Record:
     row = (await conn.execute(select(facilities).where(facilities.c.id == facility_id))).first()
     if row is None:
         raise not_found("The facility")
@@ -197,7 +198,7 @@ async def get(conn: AsyncConnection, facility_id: str) -> Any:
 
 
 async def update(conn: AsyncConnection, facility_id: str, *, patch: dict[str, Any],
-                 name: str | None, timezone: str | None, now: datetime) -> Any:
+                 name: str | None, timezone: str | None, now: datetime) -> Record:
     row = await get(conn, facility_id)
     values: dict[str, Any] = {"updated_at": now,
                               "settings": merged_settings(row.settings, patch).model_dump()}

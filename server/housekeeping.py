@@ -46,10 +46,13 @@ from typing import Any
 from sqlalchemy import Select, bindparam, select
 
 from billing import checkout
+from common.broker import Broker
+from common.metrics import Counters
 from server import event_partitions, events, mail, orphans, push, resets
 from server.events import Outbox
 from signalling import janus_presence, visits
 from signalling.tables import visits as visits_table
+from store import Store
 
 log = logging.getLogger("kinwire.housekeeping")
 LEASE = "housekeeping"
@@ -70,7 +73,7 @@ def missed_scan(now: datetime, limit: int) -> Select:
             .order_by(t.c.end_at).limit(limit))
 
 
-async def mark_missed(store: Any, broker: Any, now: datetime, limit: int) -> int:
+async def mark_missed(store: Store, broker: Broker, now: datetime, limit: int) -> int:
     """Mark at most `limit` visits still scheduled after their window `missed` (the oldest
     first, through ix_visits_scheduled_end) and announce each; how many."""
     sink = Outbox()
@@ -90,9 +93,9 @@ async def mark_missed(store: Any, broker: Any, now: datetime, limit: int) -> int
 
 
 class Housekeeping:
-    def __init__(self, store: Any, broker: Any, clock: Callable[[], datetime], *,
+    def __init__(self, store: Store, broker: Broker, clock: Callable[[], datetime], *,
                  node_id: str, lease_s: float, batch_rows: int, retention_s: float,
-                 metrics: Any, per_process: Callable[[datetime], None],
+                 metrics: Counters, per_process: Callable[[datetime], None],
                  attempts: Any = None, recordings: Any = None, janus_recordings: Any = None,
                  blobs: dict[str, Any] | None = None, partials: tuple[Path, ...] = (),
                  in_use: Callable[[Path], bool] = lambda path: False,

@@ -42,7 +42,7 @@ from server.mail_words import LANGUAGES, count_line, one_more, reason, words
 from server.schema import accounts, facilities, mail_outbox, notification_prefs
 from server.settings import Settings
 from signalling.tables import visits as visits_table
-from store import Store
+from store import Record, Store
 from store.ids import new_id
 
 log = logging.getLogger("kinwire.mail")
@@ -130,7 +130,7 @@ class Notifier:
     def link(self, path: str) -> str:
         return f"{self.base}{path}"
 
-    async def _family(self, conn: AsyncConnection, account_id: str, at: datetime) -> Any:
+    async def _family(self, conn: AsyncConnection, account_id: str, at: datetime) -> Record:
         """The family's address and choices (a prefs row made on first use), or None for
         any other role or an account without email."""
         a, p = accounts, notification_prefs
@@ -164,7 +164,7 @@ class Notifier:
         return unsubscribe_link(self.base, key)
 
     async def _seen(self, conn: AsyncConnection, batch_key: str,
-                    since: datetime | None = None) -> Any:
+                    since: datetime | None = None) -> Record:
         q = select(mail_outbox.c.id, mail_outbox.c.body, mail_outbox.c.sent_at).where(
             mail_outbox.c.batch_key == batch_key)
         if since is not None:
@@ -373,7 +373,7 @@ async def unsubscribe(conn: AsyncConnection, key: str, at: datetime) -> bool:
     return done.rowcount == 1
 
 
-def message_of(row: Any, mail_from: str, unsubscribe: str | None) -> EmailMessage:
+def message_of(row: Record, mail_from: str, unsubscribe: str | None) -> EmailMessage:
     msg = EmailMessage()
     msg["From"] = mail_from
     msg["To"] = row.to_addr

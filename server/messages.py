@@ -26,7 +26,7 @@ from server.events import Outbox, lock_streams
 from server.schema import connections as connections_table
 from server.schema import facilities as facilities_table
 from server.schema import messages, photos
-from store import Statement, insert_new
+from store import Record, Statement, insert_new
 from store.ids import ordered_id
 
 
@@ -75,7 +75,7 @@ async def photo_ids_of(conn: AsyncConnection, message_id: str) -> list[str]:
     return list(rows.scalars())
 
 
-def view(row: Any, viewer: Principal, photo_ids: list[str]) -> dict[str, Any]:
+def view(row: Record, viewer: Principal, photo_ids: list[str]) -> dict[str, Any]:
     mine = viewer.account_id == row.sender_id
     locked = not mine and viewer.role != "staff" and viewer.role != "admin" \
         and row.cod and row.paid_by is None
@@ -94,7 +94,7 @@ def view(row: Any, viewer: Principal, photo_ids: list[str]) -> dict[str, Any]:
     return shown
 
 
-async def get(conn: AsyncConnection, message_id: str) -> Any:
+async def get(conn: AsyncConnection, message_id: str) -> Record:
     row = (await conn.execute(select(messages).where(messages.c.id == message_id))).first()
     if row is None:
         raise not_found("The message")
@@ -105,7 +105,7 @@ def _viewer_from(account_id: str, role: str) -> Principal:
     return Principal(account_id, role, None, "", "")
 
 
-async def announce(conn: AsyncConnection, outbox: Outbox, row: Any, at: datetime,
+async def announce(conn: AsyncConnection, outbox: Outbox, row: Record, at: datetime,
                    *, new_for_recipient: bool, status_for_sender: bool) -> None:
     ids = await photo_ids_of(conn, row.id)
     if status_for_sender:
@@ -134,7 +134,7 @@ _INSERT = Statement(insert_new(messages, "sender_id", "client_key").values(
     {name: bindparam(name) for name in _INSERT_COLUMNS}))
 
 
-async def _existing(conn: AsyncConnection, sender: Principal, draft: Draft) -> Any:
+async def _existing(conn: AsyncConnection, sender: Principal, draft: Draft) -> Record:
     row = (await conn.execute(_BY_KEY, {"p_sender": sender.account_id,
                                         "p_key": draft.key})).first()
     if row is None:
@@ -158,7 +158,7 @@ async def _attach_photos(conn: AsyncConnection, owner: str, message_id: str,
                            "A photo is not yours, does not exist or is already sent.")
 
 
-async def _charge(conn: AsyncConnection, payer: str, row: Any, photo_count: int,
+async def _charge(conn: AsyncConnection, payer: str, row: Record, photo_count: int,
                   prices: dict[str, int], prefix: str, at: datetime) -> int | None:
     """Debit the payer; returns their balance after it when the debit's own UPDATE read it
     (None: nothing charged now, e.g. a repeat or a free message; read it if needed)."""

@@ -39,6 +39,7 @@ from sqlalchemy import select
 
 from server import audit
 from server.schema import photos, recording_segments, recordings
+from store import Store
 
 log = logging.getLogger("kinwire.housekeeping")
 CHECK_BATCH = 500  # keys looked up in one statement
@@ -55,7 +56,7 @@ def _photo_id(key: str) -> str:
     return key.split(".", 1)[0]  # <id>.jpg, <id>.thumb.jpg (server/photos.py photo_key)
 
 
-async def _referenced(store: Any, kind: str, keys: list[str]) -> set[str]:
+async def _referenced(store: Store, kind: str, keys: list[str]) -> set[str]:
     """Which of the keys (recordings: blob keys; photos: photo ids) a row names."""
     columns = [recordings.c.location, recording_segments.c.location] \
         if kind == "recordings" else [photos.c.id]
@@ -73,7 +74,7 @@ def real_now() -> datetime:
     return datetime.now(UTC)
 
 
-async def sweep_blobs(store: Any, stores: dict[str, Any], now: datetime, grace_s: float,
+async def sweep_blobs(store: Store, stores: dict[str, Any], now: datetime, grace_s: float,
                       limit: int, wall: Callable[[], datetime] = real_now) -> int:
     """Delete up to `limit` orphan blobs older than the grace (by `wall`) from each store
     ("recordings", "photos"); how many this call deleted. `now` stamps the audit entries."""
@@ -125,7 +126,7 @@ def stale_partials(folders: list[Path], cutoff: datetime,
     return found
 
 
-async def sweep_partials(store: Any, folders: list[Path], now: datetime, grace_s: float,
+async def sweep_partials(store: Store, folders: list[Path], now: datetime, grace_s: float,
                          in_use: Callable[[Path], bool],
                          wall: Callable[[], datetime] = real_now) -> int:
     """Delete this process's work-in-progress files older than the grace (by `wall`); how

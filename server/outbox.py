@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Table, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from store import Store
+from store import Record, Store
 
 log = logging.getLogger("kinwire.outbox")
 
@@ -48,7 +48,7 @@ async def claim(store: Store, table: Table, rows: list[Any], now: datetime) -> l
     return mine
 
 
-def settled(row: Any, error: str | None, now: datetime, *, attempts_max: int, backoff_s: float,
+def settled(row: Record, error: str | None, now: datetime, *, attempts_max: int, backoff_s: float,
             give_up: bool = False) -> tuple[dict[str, Any], str]:
     """The values that settle a claimed row (`row` as read before its claim) and what became of
     it: "sent", "given up" (`give_up`, or its last try) or "retry" (after backoff_s doubling

@@ -27,12 +27,13 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server import audit
 from server.blobs import BlobStore
 from server.facilities import RETENTION_DAYS_DEFAULT
 from server.schema import facilities, recording_segments, recordings
-from store import Store
+from store import Record, Store
 from store.ids import ordered_id
 
 log = logging.getLogger("kinwire.recording")
@@ -57,7 +58,7 @@ def _inspect(path: Path) -> tuple[int, str, int]:
     return size, digest.hexdigest(), duration_ms
 
 
-def view(row: Any, segments: list[Any] | None = None) -> dict[str, Any]:
+def view(row: Record, segments: list[Any] | None = None) -> dict[str, Any]:
     shown = {"id": row.id, "visit_id": row.visit_id, "segment": row.segment,
              "facility_id": row.facility_id, "family_id": row.family_id,
              "person_id": row.person_id, "started_at": row.started_at.isoformat(),
@@ -73,7 +74,7 @@ def view(row: Any, segments: list[Any] | None = None) -> dict[str, Any]:
     return shown
 
 
-async def segments_of(conn: Any, recording_id: str) -> list[Any]:
+async def segments_of(conn: AsyncConnection, recording_id: str) -> list[Any]:
     return list((await conn.execute(select(recording_segments).where(
         recording_segments.c.recording_id == recording_id)
         .order_by(recording_segments.c.segment))).all())
@@ -83,7 +84,7 @@ class Recordings:
     def __init__(self, store: Store, blobs: BlobStore, clock: Callable[[], datetime]) -> None:
         self.store, self.blobs, self.clock = store, blobs, clock
 
-    async def keep(self, visit: Any, path: Path, ended_at: datetime | None = None, *,
+    async def keep(self, visit: Record, path: Path, ended_at: datetime | None = None, *,
                    started_at: datetime | None = None, whole: bool = False) -> dict[str, Any]:
         """Store a finished recording file of `visit` (a visits row) as the next segment of
         the visit's recording (the record is made with the first); the local file is taken
@@ -123,7 +124,7 @@ class Recordings:
                  values["id"], values["segment"], size, duration_ms / 1000)
         return values
 
-    async def _record(self, visit: Any, new_id: str, key: str, started_at: datetime,
+    async def _record(self, visit: Record, new_id: str, key: str, started_at: datetime,
                       ended_at: datetime, duration_ms: int, size: int, sha256: str,
                       content_type: str, now: datetime, whole: bool) -> dict[str, Any]:
         async with self.store.write() as conn:

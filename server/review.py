@@ -21,6 +21,7 @@ from server import audit, messages
 from server.auth import Principal
 from server.events import Outbox
 from server.schema import messages as messages_table
+from store import Record
 
 Kind = Literal["photos", "text", "keyword"]
 
@@ -46,7 +47,7 @@ async def queue(conn: AsyncConnection, staff: Principal, facility_id: str, limit
 
 
 async def _decide(conn: AsyncConnection, staff: Principal, message_id: str, status: str,
-                  reason: str | None, at: datetime) -> Any:
+                  reason: str | None, at: datetime) -> Record:
     row = await messages.get(conn, message_id)
     if staff.role != "admin" and row.facility_id != staff.facility_id:
         raise Refused("not_found", "The message was not found.")

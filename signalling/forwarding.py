@@ -59,13 +59,28 @@ from dataclasses import dataclass
 from typing import Any
 
 import av
-from aiortc import MediaStreamTrack
+from aiortc import (
+    MediaStreamTrack,
+    RTCPeerConnection,
+    RTCRtpReceiver,
+    RTCRtpSender,
+    RTCRtpTransceiver,
+)
 from aiortc.codecs import is_rtx
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamError
-from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, RtcpRrPacket, RtcpSrPacket, pack_remb_fci
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    AnyRtcpPacket,
+    RtcpPsfbPacket,
+    RtcpRrPacket,
+    RtcpSrPacket,
+    RtpPacket,
+    pack_remb_fci,
+)
 from aiortc.utils import uint16_gt
 
+from common.metrics import Counters
 from signalling.outlets import Timeline
 
 MIME = {"video": "video/vp8", "audio": "audio/opus"}
@@ -83,7 +98,7 @@ FRAMES = "kinwire_relay_frames_total"
 KEYFRAME_REQUESTS = "kinwire_relay_keyframe_requests_total"
 
 
-def forward_codecs(pc: Any) -> None:
+def forward_codecs(pc: RTCPeerConnection) -> None:
     """After an offer is applied: keep only the forwarded codec (and its RTX) on each m-line, so
     that both legs of a visit carry the same one. ValueError when an m-line does not offer it."""
     for transceiver in pc.getTransceivers():
@@ -144,7 +159,7 @@ class Source:
     the receiver of its current session (`attach`) and the feeds that read it. `frames`,
     `packets` and `last_at` (time.monotonic of the last frame) are what the server has seen."""
 
-    def __init__(self, kind: str, metrics: Any) -> None:
+    def __init__(self, kind: str, metrics: Counters) -> None:
         self.kind, self.metrics = kind, metrics
         self.feeds: set[Feed] = set()
         self.frames = self.packets = 0
@@ -157,22 +172,22 @@ class Source:
         self._limit_bps: float | None = None  # the last limit sent to the party
         self._limited_at = -LIMIT_EVERY_S
 
-    def attach(self, receiver: Any) -> None:
+    def attach(self, receiver: RTCRtpReceiver) -> None:
         """Read the party's new session from now on (frames of any other are ignored)."""
         self._receiver, self._ssrc = receiver, None
         self.epoch += 1
 
-    def detach(self, receiver: Any) -> None:
+    def detach(self, receiver: RTCRtpReceiver) -> None:
         if self._receiver is receiver:
             self._receiver, self._ssrc = None, None
 
-    def saw_packet(self, receiver: Any, ssrc: int, primary: bool) -> None:
+    def saw_packet(self, receiver: RTCRtpReceiver, ssrc: int, primary: bool) -> None:
         if receiver is self._receiver:
             self.packets += 1
             if primary:
                 self._ssrc = ssrc
 
-    def receive(self, receiver: Any, data: bytes, timestamp: int) -> None:
+    def receive(self, receiver: RTCRtpReceiver, data: bytes, timestamp: int) -> None:
         if receiver is not self._receiver:
             return
         self.frames += 1
@@ -236,7 +251,7 @@ class _Tap(queue.Queue):  # type: ignore[type-arg]
             self._deliver(frame.data, frame.timestamp)
 
 
-def _starts_frame(packet: Any) -> bool:
+def _starts_frame(packet: RtpPacket) -> bool:
     """A VP8 payload descriptor with the S bit set and partition 0 (RFC 7741, 4.2)."""
     return bool(packet.payload) and packet.payload[0] & 0x17 == 0x10
 
@@ -274,7 +289,7 @@ class _EagerVideo(JitterBuffer):
             return self.LOSS_WAIT_S
         return min(self.LOSS_WAIT_MAX_S, max(self.LOSS_WAIT_S, 1.5 * rtt + 0.05))
 
-    def add(self, packet: Any) -> tuple[bool, JitterFrame | None]:
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
         pli, frame = super().add(packet)
         if frame is None and self._origin is not None:
             frame = self._complete()
@@ -331,14 +346,14 @@ class _EagerAudio(JitterBuffer):
         super().__init__(capacity=16)
         self._last: int | None = None
 
-    def add(self, packet: Any) -> tuple[bool, JitterFrame | None]:
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
         if self._last is not None and not uint16_gt(packet.sequence_number, self._last):
             return False, None
         self._last = packet.sequence_number
         return False, JitterFrame(packet._data, packet.timestamp)
 
 
-def recover_quickly(transceiver: Any) -> None:
+def recover_quickly(transceiver: RTCRtpTransceiver) -> None:
     """Give a video receiver `_EagerVideo` in place of aiortc's jitter buffer: a frame whose
     packet and retransmission were both lost is given up on after a round trip and a keyframe
     asked for. With aiortc's, the video stops until 512 packets have come behind the hole
@@ -359,7 +374,7 @@ def recover_quickly(transceiver: Any) -> None:
 _BUFFER = "_RTCRtpReceiver__jitter_buffer"
 
 
-def tap(transceiver: Any, source: Source) -> None:
+def tap(transceiver: RTCRtpTransceiver, source: Source) -> None:
     """Route what `transceiver`'s receiver reassembles to `source` instead of a decoder. Must be
     called before the receiver starts (in the peer connection's "track" event)."""
     receiver = transceiver.receiver
@@ -373,7 +388,7 @@ def tap(transceiver: Any, source: Source) -> None:
         setattr(receiver, _BUFFER, _EagerAudio())
     send_rtcp = receiver._send_rtcp
 
-    async def without_own_estimate(packet: Any) -> None:
+    async def without_own_estimate(packet: AnyRtcpPacket) -> None:
         if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
             return  # aiortc's receive-side REMB: not sent (module docstring, "Bandwidth")
         await send_rtcp(packet)
@@ -382,7 +397,7 @@ def tap(transceiver: Any, source: Source) -> None:
     receiver._send_rtcp_as_is = send_rtcp  # for the relay's own estimate (Source.limit)
     handle = receiver._handle_rtp_packet
 
-    async def counted(packet: Any, arrival_time_ms: int) -> None:
+    async def counted(packet: RtpPacket, arrival_time_ms: int) -> None:
         codecs = transceiver._codecs
         source.saw_packet(receiver, packet.ssrc,
                           bool(codecs) and packet.payload_type == codecs[0].payloadType)
@@ -459,19 +474,19 @@ class ForwardTrack(MediaStreamTrack):
         self.feed = Feed(source, Timeline(), self._offer, consumer)
         self.feed.start()
 
-    def attach_to(self, sender: Any) -> None:
+    def attach_to(self, sender: RTCRtpSender) -> None:
         sender.replaceTrack(self)
         sender._send_keyframe = self.want_keyframe
         if self.kind == "video":
             self._read_reports(sender)
 
-    def _read_reports(self, sender: Any) -> None:
+    def _read_reports(self, sender: RTCRtpSender) -> None:
         """The consumer's receiver reports on this stream feed its LinkEstimate, and the source
         is told (Source.limit)."""
         handle = sender._handle_rtcp_packet
         feed = self.feed
 
-        async def read(packet: Any) -> None:
+        async def read(packet: AnyRtcpPacket) -> None:
             if isinstance(packet, RtcpRrPacket | RtcpSrPacket):
                 for report in packet.reports:
                     if report.ssrc == sender._ssrc:

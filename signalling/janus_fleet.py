@@ -33,10 +33,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
 
 from sqlalchemy import delete, func, select
 
+from common.broker import Broker
 from signalling.janus import JanusEngine, JanusError, JanusUnavailable
 from signalling.janus_presence import node_of
 from signalling.media_engine import JoinCredentials, Room
@@ -44,12 +44,13 @@ from signalling.meters import NODES
 from signalling.tables import janus_handles
 from signalling.tables import visits as visits_table
 from signalling.visits import IN_CALL
+from store import Record, Store
 
 log = logging.getLogger("kinwire.janus")
 
 
 class JanusFleet:
-    def __init__(self, engine: JanusEngine, store: Any, broker: Any, *,
+    def __init__(self, engine: JanusEngine, store: Store, broker: Broker, *,
                  node_lease_s: float) -> None:
         self.engine, self.store, self.broker = engine, store, broker
         self.node_lease_s = node_lease_s
@@ -113,7 +114,7 @@ class JanusFleet:
         order = list(self.engine.servers)
         return min(self.live, key=lambda url: (counts.get(url, 0), order.index(url)))
 
-    async def join(self, row: Any, role: str, account_id: str) -> JoinCredentials:
+    async def join(self, row: Record, role: str, account_id: str) -> JoinCredentials:
         """The party's way into the visit's room, placing the room first if nobody has.
         JanusUnavailable when no server answers (the caller undoes the join)."""
         server = row.media_server
@@ -158,7 +159,7 @@ class JanusFleet:
         """A server's name (its events' emitter), from its API URL, once it was reached."""
         return self.names.get(server)
 
-    def room_of(self, row: Any) -> Room | None:
+    def room_of(self, row: Record) -> Room | None:
         if row.media_server is None:
             return None
         return self.engine.room(row.id, row.media_server, record=row.record)

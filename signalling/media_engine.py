@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from store import Record
+
 ENGINES = ("aiortc", "janus")
 ROLES = ("family", "person", "staff")
 
@@ -61,7 +63,7 @@ class RelayMedia(Protocol):
     # credentials) rather than with an offer the console sends Kinwire: when it is audited.
     watch_starts_at_reply: bool
 
-    async def admit(self, row: Any, role: str, account_id: str) -> dict[str, Any]:
+    async def admit(self, row: Record, role: str, account_id: str) -> dict[str, Any]:
         """A party joins visit `row`: place its media if nobody has; returns what the join
         reply adds (the party's credentials, if the engine has any)."""
 
@@ -69,10 +71,10 @@ class RelayMedia(Protocol):
                      watch: bool = False) -> dict[str, Any]:
         """A party's (or, `watch`, a staff member's) offer or ICE candidate for the visit."""
 
-    def check_watch(self, row: Any, signal: dict[str, Any] | None) -> None:
+    def check_watch(self, row: Record, signal: dict[str, Any] | None) -> None:
         """Raise Refused when staff may not watch `row` this way now."""
 
-    def watch_reply(self, row: Any, account_id: str) -> dict[str, Any]:
+    def watch_reply(self, row: Record, account_id: str) -> dict[str, Any]:
         """What the visit.watch reply adds for this staff member."""
 
 

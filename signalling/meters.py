@@ -61,13 +61,16 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import Select, bindparam, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from billing import ledger, meter
 from billing.ledger import LedgerError, SystemAccount
+from common.broker import Broker, Subscription
+from common.metrics import Counters
 from signalling import visits
 from signalling.leases import Lease
 from signalling.tables import visits as visits_table
-from store import Statement
+from store import Record, Statement, Store
 
 log = logging.getLogger("kinwire.meters")
 DEBIT_ATTEMPTS_MAX = 5
@@ -115,7 +118,7 @@ def in_call_scan(now: datetime) -> Select:
 
 
 class Sink(visits.EventSink, Protocol):
-    async def signal(self, broker: Any) -> None: ...
+    async def signal(self, broker: Broker) -> None: ...
 
 
 class _NoMetrics:
@@ -129,11 +132,11 @@ def ts(moment: datetime) -> float:
 
 
 class Meters:
-    def __init__(self, store: Any, broker: Any, clock: Callable[[], datetime], *,
+    def __init__(self, store: Store, broker: Broker, clock: Callable[[], datetime], *,
                  minute_s: float, lease_s: float, node_id: str,
                  sink: Callable[[], Sink],
                  push_live: Callable[[str, str, dict[str, Any]], Awaitable[Any]],
-                 metrics: Any = None, node_lease_s: float = 3.0) -> None:
+                 metrics: Counters | None = None, node_lease_s: float = 3.0) -> None:
         # metrics: anything with inc(name, **labels) and observe(name, s); None counts nothing
         self.metrics = metrics if metrics is not None else _NoMetrics()
         self.store, self.broker, self.clock = store, broker, clock
@@ -152,7 +155,7 @@ class Meters:
         self.turns = asyncio.Semaphore(STORE_TURNS)
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
-        self._subscription: Any = None
+        self._subscription: Subscription | None = None
         # Visits whose end this process heard of on the meters channel, with when (monotonic):
         # the gateway drops its cached "in a call" for them (server/gateway/ops.py).
         self.ended: dict[str, float] = {}
@@ -539,7 +542,7 @@ class _Pass:
         self.debited = 0
         self.parties: tuple[str, str] | None = None
 
-    async def run(self, conn: Any) -> bool:
+    async def run(self, conn: AsyncConnection) -> bool:
         vm = self.vm
         events = deque(vm.events)
         # The visit row is locked first (FOR UPDATE; SQLite's writer is alone anyway), then the
@@ -604,7 +607,7 @@ class _Pass:
                                          "p_meter": self.state.to_dict()})
         return True
 
-    async def _observed(self, conn: Any, row: Any) -> list[meter.Event]:
+    async def _observed(self, conn: AsyncConnection, row: Record) -> list[meter.Event]:
         """The visit row as events: hang-ups and staff ends, what is known of the call (a dead
         process's parties absent, and dropped from the row), the clock."""
         clock = ts(self.vm.m.clock())
@@ -647,7 +650,7 @@ class _Pass:
             events.append(meter.Proven(after))
         return [*events, meter.Clock(clock)]
 
-    async def _drop_dead(self, conn: Any, row: Any) -> None:
+    async def _drop_dead(self, conn: AsyncConnection, row: Record) -> None:
         """The parties whose process died are absent on the row too (visit.updated)."""
         vm, now = self.vm, self.vm.m.clock()
         family, person = self.parties if self.parties else (vm.family_id, vm.person_id)
@@ -662,7 +665,7 @@ class _Pass:
                 # media went with it; a join now places the room on a live server.
                 self.pushes.append(("visit.media_lost", {"visit_id": vm.visit_id}))
 
-    async def _debit(self, conn: Any, action: meter.Debit, family: str) -> meter.Event:
+    async def _debit(self, conn: AsyncConnection, action: meter.Debit, family: str) -> meter.Event:
         vm = self.vm
         now = vm.m.clock()
         if vm.refused == action.minute:

@@ -45,10 +45,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from common.broker import Broker, Subscription
 from common.errors import BrokerUnavailable
+from common.metrics import Counters
 from signalling import placement, visits
 from signalling.leases import Lease
 from signalling.turn import ice_servers
+from store import Record, Store
 
 if TYPE_CHECKING:
     from signalling.relayed_visit import VisitRelay
@@ -73,12 +76,12 @@ Push = Callable[[str, str, dict[str, Any]], Awaitable[Any]]
 class Relay:
     """This process's relayed visits (the module docstring says who holds which)."""
 
-    def __init__(self, store: Any, broker: Any, *, node_id: str, lease_s: float,
+    def __init__(self, store: Store, broker: Broker, *, node_id: str, lease_s: float,
                  turn_secret: str, turn_urls: tuple[str, ...], stun_urls: tuple[str, ...],
                  loopback_only: bool, recordings_dir: Path, push_live: Push,
                  party_channel: Callable[[str], str], clock: Callable[[], datetime],
                  sink: Callable[[], Any], poke: Callable[[str], Awaitable[Any]],
-                 stall_s: float, metrics: Any, gap_s: float | None = None,
+                 stall_s: float, metrics: Counters, gap_s: float | None = None,
                  keep_recording: Callable[..., Awaitable[Any]] | None = None,
                  transcode: bool = False, capacity: int = 20) -> None:
         # clock, sink, poke, stall_s, gap_s: the server observes each visit's media itself
@@ -108,7 +111,7 @@ class Relay:
         self._seq = 0
         self._changed = asyncio.Event()
         self._stopping = False
-        self._subscription: Any = None
+        self._subscription: Subscription | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._claiming: set[asyncio.Task[None]] = set()
 
@@ -348,7 +351,7 @@ class Relay:
             task.add_done_callback(self._claiming.discard)
         return held
 
-    async def _salvage(self, row: Any) -> None:
+    async def _salvage(self, row: Record) -> None:
         """A relay taking a visit over (its last relay died) keeps what that one recorded,
         when its `.part` file is in reach (a shared folder, or this process's own from before
         a restart): copied into a complete file (remux.salvage) and kept as the next segment

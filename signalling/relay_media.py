@@ -23,6 +23,7 @@ from signalling.janus import JanusError, JanusUnavailable
 from signalling.janus_fleet import JanusFleet
 from signalling.placement import RelayFull
 from signalling.relay import Relay
+from store import Record
 
 RELAY_FULL = "Every server is relaying as many visits as it can; join again in a minute."
 JANUS_DOWN = "No media server answers; join again in a minute."
@@ -38,7 +39,7 @@ class EmbeddedRelay:
     def __init__(self, relay: Relay) -> None:
         self.relay = relay
 
-    async def admit(self, row: Any, role: str, account_id: str) -> dict[str, Any]:
+    async def admit(self, row: Record, role: str, account_id: str) -> dict[str, Any]:
         try:
             await self.relay.place(row.id)
         except BrokerUnavailable:
@@ -55,10 +56,10 @@ class EmbeddedRelay:
         except RelayFull:
             raise Refused("relay_full", RELAY_FULL) from None
 
-    def check_watch(self, row: Any, signal: dict[str, Any] | None) -> None:
+    def check_watch(self, row: Record, signal: dict[str, Any] | None) -> None:
         return None
 
-    def watch_reply(self, row: Any, account_id: str) -> dict[str, Any]:
+    def watch_reply(self, row: Record, account_id: str) -> dict[str, Any]:
         return {}
 
 
@@ -71,7 +72,7 @@ class JanusMedia:
     def __init__(self, fleet: JanusFleet) -> None:
         self.fleet = fleet
 
-    async def admit(self, row: Any, role: str, account_id: str) -> dict[str, Any]:
+    async def admit(self, row: Record, role: str, account_id: str) -> dict[str, Any]:
         try:
             creds = await self.fleet.join(row, role, account_id)
         except (JanusError, JanusUnavailable):
@@ -82,13 +83,13 @@ class JanusMedia:
                      watch: bool = False) -> dict[str, Any]:
         raise Refused("janus_media", JANUS_MEDIA)  # the embedded relay relays none of these
 
-    def check_watch(self, row: Any, signal: dict[str, Any] | None) -> None:
+    def check_watch(self, row: Record, signal: dict[str, Any] | None) -> None:
         if signal is not None:
             raise Refused("janus_media", JANUS_MEDIA)
         if row.media_server is None:
             raise Refused("not_in_call", "Nobody has joined the visit's call yet.")
 
-    def watch_reply(self, row: Any, account_id: str) -> dict[str, Any]:
+    def watch_reply(self, row: Record, account_id: str) -> dict[str, Any]:
         # The console reaches Janus as the parties do (through the same TURN).
         room = self.fleet.room_of(row)
         assert room is not None, "check_watch refuses a visit with no room"

@@ -36,12 +36,14 @@ from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
 
+from common.broker import Subscription
 from signalling import placement, visits
 from signalling.forwarding import ForwardTrack, Source, forward_codecs, recover_quickly, tap
 from signalling.leases import Lease
 from signalling.outlets import Outlet, Timeline
 from signalling.recording import STREAMS, Recording
 from signalling.remux import RemuxRecording
+from store import Record
 
 if TYPE_CHECKING:
     from signalling.relay import Relay
@@ -76,7 +78,7 @@ class Session:
 class VisitRelay:
     """One relayed visit on its holder."""
 
-    def __init__(self, relay: Relay, row: Any, *, holder: str, slot: int) -> None:
+    def __init__(self, relay: Relay, row: Record, *, holder: str, slot: int) -> None:
         self.r, self.row = relay, row
         # the visit's lease names this run (`<node>/<token>`); its slot here (placement.py)
         self.holder, self.slot = holder, slot
@@ -412,7 +414,7 @@ class VisitRelay:
         log.info("visit %s relay ended (%s): media cut in %.3f s; frames received %s; "
                  "recording %s", self.visit_id, reason, cut_s, received, path)
 
-    async def _follow(self, subscription: Any) -> None:
+    async def _follow(self, subscription: Subscription) -> None:
         async for item in subscription:
             live = item.get("live") if isinstance(item, dict) else None
             if isinstance(live, dict):

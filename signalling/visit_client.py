@@ -66,6 +66,7 @@ import msgpack
 from aiortc import (
     MediaStreamTrack,
     RTCPeerConnection,
+    RTCRtpTransceiver,
     RTCSessionDescription,
 )
 from aiortc.contrib.media import MediaPlayer
@@ -639,7 +640,7 @@ class VisitClient:
             party.lost = True
             await self._janus_changed(party)
 
-    def _janus_track(self, track: MediaStreamTrack, transceiver: Any) -> None:
+    def _janus_track(self, track: MediaStreamTrack, transceiver: RTCRtpTransceiver) -> None:
         self._spawn(self._count(track))
 
     async def _janus_changed(self, party: JanusParty) -> None:

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from billing import meter
 from common.errors import Refused
 from signalling.tables import visits
-from store import Statement
+from store import Record, Statement
 
 ACTIVE = ("scheduled", "open", "live", "paused")
 IN_CALL = ("open", "live", "paused")
@@ -53,7 +53,7 @@ class VisitError(Refused):
 
 @dataclass(frozen=True)
 class Joined:
-    visit: Any
+    visit: Record
     role: str
     peer_id: str
     peer_present: bool
@@ -63,7 +63,7 @@ class Joined:
 _facilities = table("facilities", column("id"), column("timezone"))
 
 
-def public(row: Any) -> dict[str, Any]:
+def public(row: Record) -> dict[str, Any]:
     """A visit as clients see it: UTC times, and the same in the facility's time zone."""
     zone = ZoneInfo(row.timezone)
     return {"id": row.id, "facility_id": row.facility_id, "connection_id": row.connection_id,
@@ -78,7 +78,7 @@ def public(row: Any) -> dict[str, Any]:
             "link_reason": row.link_reason}
 
 
-def facts(row: Any, alive: set[str] | None = None) -> meter.Facts:
+def facts(row: Record, alive: set[str] | None = None) -> meter.Facts:
     """The row's facts for the meter. `alive`: the nodes whose liveness lease is current; a
     party held by any other node is absent (its process died). A row that names no node was
     written without one (by hand, or by a bench's loader): it is taken as it reads."""
@@ -93,14 +93,14 @@ def facts(row: Any, alive: set[str] | None = None) -> meter.Facts:
                        bool(row.person_sending), server)
 
 
-def meter_view(row: Any) -> dict[str, Any]:
+def meter_view(row: Record) -> dict[str, Any]:
     """What a party's screen shows of the meter, from the state stored on the row: the paid
     minutes, and the family's balance after the last debit (None before the first)."""
     state = getattr(row, "meter", None) or {}
     return {"paid_minutes": state.get("paid_minutes", 0), "balance": state.get("balance")}
 
 
-def pause_reason(row: Any) -> str | None:
+def pause_reason(row: Record) -> str | None:
     """Why a visit in a call is not live, for both screens (docs/visits.md, "Trust"):
     family_away, person_away, not_connected (the kiosk, or in relay mode the server, sees no
     media from the family), person_not_sending (the facility's camera or microphone stalled)."""
@@ -125,7 +125,7 @@ ROW = (select(visits, _facilities.c.timezone)
 _GET = Statement(ROW)
 
 
-async def get(conn: AsyncConnection, visit_id: str, query: Statement = _GET) -> Any:
+async def get(conn: AsyncConnection, visit_id: str, query: Statement = _GET) -> Record:
     """The visit's row (a named tuple), with its facility's `timezone` alongside (and whatever
     else `query`, ROW extended, reads)."""
     found = await query.first(conn, {"p_id": visit_id})
@@ -134,7 +134,7 @@ async def get(conn: AsyncConnection, visit_id: str, query: Statement = _GET) -> 
     return found
 
 
-def role_of(row: Any, account_id: str) -> str:
+def role_of(row: Record, account_id: str) -> str:
     if account_id == row.family_id:
         return "family"
     if account_id == row.person_id:
@@ -143,11 +143,11 @@ def role_of(row: Any, account_id: str) -> str:
     raise VisitError("not_found", "The visit was not found.")
 
 
-def peer_of(row: Any, account_id: str) -> str:
+def peer_of(row: Record, account_id: str) -> str:
     return row.person_id if role_of(row, account_id) == "family" else row.family_id
 
 
-async def announce(conn: AsyncConnection, sink: EventSink, row: Any, at: datetime) -> None:
+async def announce(conn: AsyncConnection, sink: EventSink, row: Record, at: datetime) -> None:
     # In id order, as server.events.lock_streams takes them, so no two transactions wait on
     # each other's stream heads. One emit_many: both heads bumped in that order and one
     # two-row insert (a statement less than an emit each), the view built once.
@@ -184,8 +184,8 @@ def _update(columns: tuple[str, ...]) -> Statement:
     return query
 
 
-async def _change(conn: AsyncConnection, sink: EventSink, row: Any, changes: dict[str, Any],
-                  now: datetime, stopped_at: datetime | None = None) -> Any:
+async def _change(conn: AsyncConnection, sink: EventSink, row: Record, changes: dict[str, Any],
+                  now: datetime, stopped_at: datetime | None = None) -> Record:
     """Record `changes` (fact columns) on the visit; the status follows from the facts.
     `stopped_at`: if this ends the call's being live, the media stopped then, not now; it is
     kept no earlier than the moment the visit went live."""
@@ -213,12 +213,12 @@ async def _change(conn: AsyncConnection, sink: EventSink, row: Any, changes: dic
     return fresh
 
 
-def _fields(row: Any) -> dict[str, Any]:
+def _fields(row: Record) -> dict[str, Any]:
     """A row from get() (a named tuple) or from _change (a namespace) as a dict."""
     return row._asdict() if hasattr(row, "_asdict") else vars(row)
 
 
-def _check_window(row: Any, now: datetime) -> None:
+def _check_window(row: Record, now: datetime) -> None:
     if row.status not in IN_CALL and row.status != "scheduled":
         raise VisitError("visit_over", f"The visit is {row.status}.")
     if now < row.start_at:
@@ -228,7 +228,7 @@ def _check_window(row: Any, now: datetime) -> None:
 
 
 async def join(conn: AsyncConnection, sink: EventSink, visit_id: str, account_id: str,
-               now: datetime, row: Any = None, node: str | None = None) -> Joined:
+               now: datetime, row: Record = None, node: str | None = None) -> Joined:
     """`row`: the visit's row as `get` read it in this transaction, if the caller has it.
     `node`: the process holding the party's socket (its liveness lease names it)."""
     if row is None:
@@ -250,7 +250,7 @@ async def join(conn: AsyncConnection, sink: EventSink, visit_id: str, account_id
 async def set_media(conn: AsyncConnection, sink: EventSink, visit_id: str, account_id: str,
                     connected: bool, now: datetime, node: str | None = None,
                     sending: bool | None = None, stopped_at: datetime | None = None,
-                    link: tuple[str, str | None] | None = None) -> Any:
+                    link: tuple[str, str | None] | None = None) -> Record:
     """A party's report of its own peer connection. Only the person's (the kiosk's) counts
     for billing in direct mode; `sending` (its outbound media advancing) is taken from the
     person alone. In relay mode neither counts: the server observes (`observe`).
@@ -278,7 +278,7 @@ async def set_media(conn: AsyncConnection, sink: EventSink, visit_id: str, accou
 
 
 async def drop(conn: AsyncConnection, sink: EventSink, visit_id: str, account_id: str,
-               now: datetime, node: str | None = None) -> Any:
+               now: datetime, node: str | None = None) -> Record:
     """A party's socket went away without hanging up, or its process died: absent, and the
     meter pauses. With `node`, only if that process still holds the party: one that has
     rejoined elsewhere meanwhile stays."""
@@ -293,7 +293,7 @@ async def drop(conn: AsyncConnection, sink: EventSink, visit_id: str, account_id
 
 
 async def observe(conn: AsyncConnection, sink: EventSink, visit_id: str, connected: bool,
-                  now: datetime, node: str, stopped_at: datetime | None = None) -> Any:
+                  now: datetime, node: str, stopped_at: datetime | None = None) -> Record:
     """Relay mode: what the server holding the visit's media sees (media arriving from both
     parties, the person's advancing). The only presence report that counts in relay mode.
     `stopped_at`: when the media it no longer sees last arrived (as in set_media)."""
@@ -311,7 +311,7 @@ async def observe(conn: AsyncConnection, sink: EventSink, visit_id: str, connect
 
 
 async def end(conn: AsyncConnection, sink: EventSink, visit_id: str, reason: str,
-              now: datetime) -> Any | None:
+              now: datetime) -> Record | None:
     """End a visit in a call (or one whose window passed); None if it had already ended."""
     if reason not in meter.END_REASONS:
         raise ValueError(reason)

@@ -42,6 +42,7 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from store.group import GroupCommit
 from store.inline import creator
+from store.statement import Record as Record  # a row, re-exported
 from store.statement import Statement as Statement  # the statement interface, re-exported
 from store.statement import insert_new as insert_new
 

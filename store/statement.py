@@ -28,7 +28,7 @@ import sqlite3
 from collections import namedtuple
 from collections.abc import Callable, Mapping, Sequence
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from sqlalchemy import Executable, Insert, Table
 from sqlalchemy.dialects import postgresql
@@ -37,6 +37,11 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store import quickread, raw
+
+# A row, read by its columns' names: SQLAlchemy's Row, or the namedtuple a compiled
+# statement makes on the fast paths (below). Its columns are the query's, so no one type
+# states them: the name says what it is where `Any` would say nothing.
+Record: TypeAlias = Any
 
 if TYPE_CHECKING:
     from store import Store

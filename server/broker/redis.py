@@ -45,6 +45,7 @@ from redis.exceptions import ClusterDownError, RedisClusterException, TryAgainEr
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from common.metrics import Counters
 from server.broker import BrokerUnavailable, codec, redis_url
 from server.broker.recent import RecentEvents
 from server.broker.redis_fanout import RedisFanout, _NoMetrics
@@ -148,7 +149,7 @@ class RedisBroker:
         backoff_s_min: float = 0.1,
         backoff_s_max: float = 2.0,
         health_interval_s: float = 5.0,
-        metrics: Any = None,
+        metrics: Counters | None = None,
     ) -> None:
         self.metrics = metrics if metrics is not None else _NoMetrics()
         self.recent = RecentEvents()  # what this process published lately (recent.py)

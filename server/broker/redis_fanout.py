@@ -31,11 +31,11 @@ import functools
 import itertools
 import logging
 from collections.abc import Callable
-from typing import Any
 
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
 
+from common.metrics import Counters
 from server.broker import BrokerUnavailable
 from server.broker.subscription import RECONNECTED, QueuedSubscription
 
@@ -62,7 +62,7 @@ class RedisFanout:
         health_interval_s: float,
         sharded: bool = False,
         on_lost: Callable[[RedisFanout, list[bytes]], None] | None = None,
-        metrics: Any = None,
+        metrics: Counters | None = None,
     ) -> None:
         self._new_connection = connect
         self._sharded = sharded

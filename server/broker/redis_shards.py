@@ -23,6 +23,7 @@ from typing import Any
 
 from redis.exceptions import RedisClusterException
 
+from common.metrics import Counters
 from server.broker import BrokerUnavailable
 from server.broker.redis_fanout import DOWN_ERRORS, RedisFanout
 from server.broker.subscription import QueuedSubscription
@@ -40,7 +41,7 @@ class ShardedFanout:
         backoff_s_min: float,
         backoff_s_max: float,
         health_interval_s: float,
-        metrics: Any = None,
+        metrics: Counters | None = None,
     ) -> None:
         self._cluster = cluster
         self._connect = connect

@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, select
 
+from common.broker import Subscription
 from common.errors import Refused
 from server import events
 from server.broker import Broker, BrokerUnavailable, Gap, codec
@@ -50,7 +51,7 @@ class Feed:
         self.clients: set[Client] = set()
         self.budget: Any = None  # the user's command budget (Budget or SharedBudget), shared
         self.lock = asyncio.Lock()
-        self.subscription: Any = None
+        self.subscription: Subscription | None = None
         self.task: asyncio.Task | None = None
         self.stopping = False
         # Set while a broker subscription delivers to this feed: live frames (visit signalling)

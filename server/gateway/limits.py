@@ -28,7 +28,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from redis.exceptions import RedisError
 
@@ -36,6 +36,7 @@ from server import events
 from server.broker import BrokerUnavailable, redis_url
 from server.broker.redis import UNAVAILABLE_ERRORS
 from server.gateway.client import Budget
+from server.settings import Settings
 
 log = logging.getLogger("kinwire.gateway")
 T = TypeVar("T")
@@ -281,7 +282,7 @@ def _ms(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000))
 
 
-def make_limits(settings: Any, node_id: str) -> SharedLimits | None:
+def make_limits(settings: Settings, node_id: str) -> SharedLimits | None:
     """Shared limits where Redis is configured; else None (the hub's per-process limits)."""
     if not settings.redis_url:
         return None

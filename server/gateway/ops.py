@@ -23,6 +23,7 @@ from server.context import Context
 from server.events import Outbox
 from signalling import visits
 from signalling.turn import ice_policy, ice_servers
+from store import Record
 
 if TYPE_CHECKING:
     from server.gateway.client import Client
@@ -162,7 +163,7 @@ def _cached(call: WsCall, visit_id: str) -> InCall | None:
     return known
 
 
-def _remember(call: WsCall, visit_id: str, row: Any, checked_at: float) -> InCall:
+def _remember(call: WsCall, visit_id: str, row: Record, checked_at: float) -> InCall:
     known = call.client.in_call[visit_id] = InCall(
         visits.peer_of(row, call.me.account_id), row.media, checked_at)
     return known
@@ -316,7 +317,7 @@ def _link(args: dict[str, Any]) -> tuple[str, str | None] | None:
     return quality, reason
 
 
-async def _live_news(call: WsCall, row: Any, now: Any) -> None:
+async def _live_news(call: WsCall, row: Record, now: Any) -> None:
     """`visit.live` to both parties when this command made the visit live: a report, or a
     join (the kiosk's report counts from before the family joins: docs/visits.md, "Trust")."""
     if row.status == "live" and row.media_changed_at == now:

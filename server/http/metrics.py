@@ -21,6 +21,9 @@ from typing import Any
 
 from aiohttp import web
 
+from common.broker import Broker
+from store import Store
+
 log = logging.getLogger("kinwire.metrics")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SEND_PATH = "/api/v1/messages"
@@ -160,8 +163,8 @@ def _labels(labels: Labels) -> str:
     return "{" + ",".join(f'{k}="{esc(v)}"' for k, v in labels) + "}"
 
 
-def install(app: web.Application, metrics: Metrics, *, hub: Any, store: Any,
-            broker: Any, ping_timeout_s: float = 0.5) -> None:
+def install(app: web.Application, metrics: Metrics, *, hub: Any, store: Store,
+            broker: Broker, ping_timeout_s: float = 0.5) -> None:
     """Register the scrape-time gauges and GET /metrics (unauthenticated: keep it off the
     public internet; see docs/operations.md)."""
     from sqlalchemy import func, select

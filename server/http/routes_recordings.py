@@ -8,7 +8,6 @@ the route (403); staff of another facility are told the recording does not exist
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from aiohttp import web
 from sqlalchemy import select
@@ -20,6 +19,7 @@ from server.errors import not_found
 from server.http.routing import Call, Route, json_response
 from server.recordings import segments_of, view
 from server.schema import recordings
+from store import Record
 
 RANGE = re.compile(r"^bytes=(\d{0,18})-(\d{0,18})$")
 
@@ -43,7 +43,7 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     return start, end
 
 
-async def _visible(call: Call, recording_id: str) -> Any:
+async def _visible(call: Call, recording_id: str) -> Record:
     """The recording, if the caller may see it; not_found otherwise (another facility's)."""
     async with call.ctx.store.read() as conn:
         row = (await conn.execute(select(recordings).where(

@@ -32,6 +32,7 @@ from signalling import booking
 from signalling.booking import Rules
 from signalling.visits import ACTIVE, get
 from signalling.visits import public as public_view
+from store import Record
 from store.ids import new_id
 
 BLOCKS_MAX = 96  # a whole day of 15-minute blocks; visiting hours usually allow far fewer
@@ -60,7 +61,7 @@ async def _active(conn: AsyncConnection, start: datetime, end: datetime, *, faci
         v.status.in_(ACTIVE), v.start_at < end, v.end_at > start, or_(*who))))
 
 
-async def _facility(conn: AsyncConnection, facility_id: str, lock: bool = False) -> Any:
+async def _facility(conn: AsyncConnection, facility_id: str, lock: bool = False) -> Record:
     query = select(facilities).where(facilities.c.id == facility_id)
     row = (await conn.execute(query.with_for_update() if lock else query)).first()
     if row is None:
@@ -134,7 +135,7 @@ def _slot(b: booking.Block, rules: Rules, now: datetime, covered: int | None,
 # --- booking -------------------------------------------------------------------------------
 
 
-async def _connection(conn: AsyncConnection, connection_id: str, family_id: str) -> Any:
+async def _connection(conn: AsyncConnection, connection_id: str, family_id: str) -> Record:
     c = connections.c
     row = (await conn.execute(select(connections).where(
         c.id == connection_id, c.family_id == family_id))).first()
