@@ -4,7 +4,7 @@ broker: live pushes to a party on whatever process it is connected to."""
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -17,6 +17,9 @@ from server.schema import visits
 from signalling.visits import ROW as VISIT_ROW
 from signalling.visits import get as get_visit
 from store import Record, Statement
+
+if TYPE_CHECKING:
+    from signalling.meters import Meters
 
 log = logging.getLogger("kinwire.calls")
 
@@ -84,7 +87,7 @@ async def close_revoked(broker: Broker, account_id: str, session_ids: list[str])
         log.warning("broker unavailable: sockets of a revoked session stay open for now")
 
 
-async def announce_end(broker: Broker, row: Record, meters: Any = None) -> None:
+async def announce_end(broker: Broker, row: Record, meters: Meters | None = None) -> None:
     """Both parties hear `visit.ended`; with `meters`, every process's gateway drops its cached
     "in a call" for the visit at once (server/gateway/ops.py visit_signal)."""
     if meters is not None:

@@ -41,7 +41,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Select, bindparam, select
 
@@ -53,6 +53,11 @@ from server.events import Outbox
 from signalling import janus_presence, visits
 from signalling.tables import visits as visits_table
 from store import Store
+
+if TYPE_CHECKING:
+    from server.attempts import Attempts
+    from server.janus_recordings import JanusRecordings
+    from server.recordings import Recordings
 
 log = logging.getLogger("kinwire.housekeeping")
 LEASE = "housekeeping"
@@ -96,7 +101,8 @@ class Housekeeping:
     def __init__(self, store: Store, broker: Broker, clock: Callable[[], datetime], *,
                  node_id: str, lease_s: float, batch_rows: int, retention_s: float,
                  metrics: Counters, per_process: Callable[[datetime], None],
-                 attempts: Any = None, recordings: Any = None, janus_recordings: Any = None,
+                 attempts: Attempts | None = None, recordings: Recordings | None = None,
+                 janus_recordings: JanusRecordings | None = None,
                  blobs: dict[str, Any] | None = None, partials: tuple[Path, ...] = (),
                  in_use: Callable[[Path], bool] = lambda path: False,
                  orphan_grace_s: float = 86_400.0,

@@ -145,7 +145,7 @@ class Notifier:
             return await self._family(conn, account_id, at)
         return row
 
-    async def _send(self, conn: AsyncConnection, fam: Any, account_id: str, kind: str,
+    async def _send(self, conn: AsyncConnection, fam: Record, account_id: str, kind: str,
                     subject: str, lines: list[str], at: datetime, *,
                     batch_key: str | None = None, due_at: datetime | None = None) -> None:
         if kind in (fam.off or []):
@@ -296,7 +296,7 @@ class Notifier:
                                  lines, now, batch_key=f"visit:{row.id}:reminder")
         return len(due)
 
-    async def receipt(self, conn: AsyncConnection, account_id: str, purchase: Any,
+    async def receipt(self, conn: AsyncConnection, account_id: str, purchase: Record,
                       at: datetime) -> None:
         """A purchase's receipt: amount, fee, card's last 4, date (billing/purchases.py)."""
         fam = await self._family(conn, account_id, at)

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import bindparam, select
 
@@ -30,6 +30,10 @@ from server.gateway.limits import SharedLimits
 from server.http.metrics import Metrics
 from server.schema import event_heads
 from store import Statement, Store
+
+if TYPE_CHECKING:
+    from server.gateway.client import Budget
+    from server.gateway.limits import SharedBudget
 
 log = logging.getLogger("kinwire.gateway")
 # A healthy broker confirms a subscription in about a millisecond; past this, a new socket is
@@ -49,7 +53,7 @@ class Feed:
         self.hub = hub
         self.account_id = account_id
         self.clients: set[Client] = set()
-        self.budget: Any = None  # the user's command budget (Budget or SharedBudget), shared
+        self.budget: Budget | SharedBudget | None = None  # the user's command budget, shared
         self.lock = asyncio.Lock()
         self.subscription: Subscription | None = None
         self.task: asyncio.Task | None = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -317,7 +317,7 @@ def _link(args: dict[str, Any]) -> tuple[str, str | None] | None:
     return quality, reason
 
 
-async def _live_news(call: WsCall, row: Record, now: Any) -> None:
+async def _live_news(call: WsCall, row: Record, now: datetime) -> None:
     """`visit.live` to both parties when this command made the visit live: a report, or a
     join (the kiosk's report counts from before the family joins: docs/visits.md, "Trust")."""
     if row.status == "live" and row.media_changed_at == now:

@@ -17,12 +17,15 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from common.broker import Broker
 from store import Store
+
+if TYPE_CHECKING:
+    from server.gateway.hub import Hub
 
 log = logging.getLogger("kinwire.metrics")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -163,7 +166,7 @@ def _labels(labels: Labels) -> str:
     return "{" + ",".join(f'{k}="{esc(v)}"' for k, v in labels) + "}"
 
 
-def install(app: web.Application, metrics: Metrics, *, hub: Any, store: Store,
+def install(app: web.Application, metrics: Metrics, *, hub: Hub, store: Store,
             broker: Broker, ping_timeout_s: float = 0.5) -> None:
     """Register the scrape-time gauges and GET /metrics (unauthenticated: keep it off the
     public internet; see docs/operations.md)."""

@@ -46,7 +46,7 @@ class BookingIn(Strict):
     blocks: Annotated[int, Field(ge=1, le=BLOCKS_MAX)] = 1
 
 
-def _rules(facility: Any) -> Rules:
+def _rules(facility: Record) -> Rules:
     return Rules.of(facility.timezone, facility.settings)
 
 
