@@ -41,7 +41,9 @@ reaches past its public API):
   one is below the top (a party on clean links gets no REMB at all: one of 2.5 Mbit/s sent
   every second cost the family's own upload its picture on a thin link). On a 300 kbit/s link
   the family's picture of the kiosk went from none to ~6-15 frames/s (docs/BENCHMARKS.md,
-  "Links").
+  "Links"). For the party's own upload through its link the relay does the receiver's part
+  of send-side estimation: transport-wide feedback on the party's video (transport_cc.py,
+  fed from `tap`), from which the party's browser finds the link's rate itself.
 
 Both legs must use the same codec: `forward_codecs` keeps only VP8 and Opus on every m-line of
 an offer (browsers and aiortc offer both). Drops and keyframe requests are counted in /metrics
@@ -81,6 +83,7 @@ from aiortc.rtp import (
 from aiortc.utils import uint16_gt
 
 from common.metrics import Counters
+from signalling import transport_cc
 from signalling.outlets import Timeline
 
 MIME = {"video": "video/vp8", "audio": "audio/opus"}
@@ -396,12 +399,24 @@ def tap(transceiver: RTCRtpTransceiver, source: Source) -> None:
     receiver._send_rtcp = without_own_estimate
     receiver._send_rtcp_as_is = send_rtcp  # for the relay's own estimate (Source.limit)
     handle = receiver._handle_rtp_packet
+    # The party's send-side estimate (transport_cc.py): its video packets' arrivals, fed back
+    # when the answer took the extension (otherwise no packet carries a number)
+    arrivals = transport_cc.Arrivals() if source.kind == "video" else None
 
     async def counted(packet: RtpPacket, arrival_time_ms: int) -> None:
         codecs = transceiver._codecs
         source.saw_packet(receiver, packet.ssrc,
                           bool(codecs) and packet.payload_type == codecs[0].payloadType)
         await handle(packet, arrival_time_ms)
+        seq = packet.extensions.transport_sequence_number
+        if arrivals is not None and seq is not None:
+            now = time.monotonic()
+            arrivals.add(seq, int(now * 1_000_000))
+            ours = getattr(receiver, "_RTCRtpReceiver__rtcp_ssrc", None)
+            if ours is not None and arrivals.due(now):
+                report = arrivals.feedback(ours, packet.ssrc, now)
+                if report is not None:
+                    await send_rtcp(report)  # aiortc sends bytes(packet): the bytes as they are
 
     receiver._handle_rtp_packet = counted
 

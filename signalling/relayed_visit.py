@@ -37,7 +37,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
 
 from common.broker import Subscription
-from signalling import placement, visits
+from signalling import placement, transport_cc, visits
 from signalling.forwarding import ForwardTrack, Source, forward_codecs, recover_quickly, tap
 from signalling.leases import Lease
 from signalling.outlets import Outlet, Timeline
@@ -185,6 +185,7 @@ class VisitRelay:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             if self.forward:
                 forward_codecs(pc)
+                transport_cc.negotiate(pc, sdp)  # the party's send-side estimate through us
         except BaseException:
             await session.close()  # a bad offer leaves the current session as it was
             raise
