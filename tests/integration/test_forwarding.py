@@ -248,8 +248,11 @@ async def test_frames_are_forwarded_undecoded_and_numbered_on_across_a_reconnect
     stamps = [ts for _, _, ts in viewer.rtp]
     jumps = [(b - a) % (1 << 32) for a, b in itertools.pairwise(stamps)]
     assert all(j < 90_000 * 30 for j in jumps), "timestamps never go back"
-    # Across the reconnect the timestamps jump by about the time that passed (>= 0.5 s).
-    assert max(jumps) >= 90_000 * 0.5, max(jumps)
+    # Across the reconnect the timestamps jump by about the time that passed (the family was
+    # away >= 0.5 s): stamps are taken as frames leave the relay, and the old session's last
+    # ones, queued, left up to ~0.1 s late under load (0.478 s seen in a full run); a feed that
+    # ran its numbers on would step one frame (1/15 s).
+    assert max(jumps) >= 90_000 * 0.35, max(jumps)
     assert max(jumps) <= 90_000 * (loop.time() - gone_at + 1.0)
     assert metrics.counter_value(FRAMES, outcome="forwarded", kind="video",
                                  consumer="peer") >= 40

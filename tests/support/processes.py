@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -16,18 +17,36 @@ import aiohttp
 _HANDED_OUT: set[int] = set()
 
 
+def _below_ephemeral() -> range:
+    """Ports under the kernel's ephemeral range (20000-32767 with Linux's default)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return range(max(1024, low - 12768), low)
+
+
 def free_port() -> int:
-    """A loopback port nothing listens on now, never one this process handed out before: the
-    kernel gives a closed port 0 bind the same number again soon after, so a test that chose
-    nginx's port and then started two servers once had one of them on nginx's port (nginx
-    could not bind, and the test talked TLS to a plain Kinwire)."""
-    while True:
+    """A loopback TCP port nothing listens on now, picked at random under the kernel's
+    ephemeral range, and never one this process handed out before. Not a port 0 bind: the
+    kernel hands the same numbers to every client socket of the machine (the suite opens
+    thousands), and one of them took a port between its choice and the server's bind: a
+    SeaweedFS S3 port ("bind: address already in use", seconds after the choice), and once a
+    Kinwire on the port the test had chosen for nginx. Under the range only another test's
+    choice can collide, at random, 1 in ~12,000."""
+    space = _below_ephemeral()
+    for _ in range(1000):
+        port = space.start + secrets.randbelow(len(space))
+        if port in _HANDED_OUT:
+            continue
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError(f"no free port in {space}")
 
 
 def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
