@@ -407,11 +407,15 @@ def tap(transceiver: RTCRtpTransceiver, source: Source) -> None:
         codecs = transceiver._codecs
         source.saw_packet(receiver, packet.ssrc,
                           bool(codecs) and packet.payload_type == codecs[0].payloadType)
-        await handle(packet, arrival_time_ms)
         seq = packet.extensions.transport_sequence_number
         if arrivals is not None and seq is not None:
+            # aiortc's arrival time, taken as the datagram is read, before decryption and
+            # this receiver's work: the time after them varies with the process's load, and
+            # the party's estimator would read that as a queue on its link
+            arrivals.add(seq, arrival_time_ms * 1000)
+        await handle(packet, arrival_time_ms)
+        if arrivals is not None and seq is not None:
             now = time.monotonic()
-            arrivals.add(seq, int(now * 1_000_000))
             ours = getattr(receiver, "_RTCRtpReceiver__rtcp_ssrc", None)
             if ours is not None and arrivals.due(now):
                 report = arrivals.feedback(ours, packet.ssrc, now)
