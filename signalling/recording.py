@@ -35,6 +35,8 @@ import logging
 import os
 import queue
 import threading
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +72,43 @@ def reserve(directory: Path, visit_id: str, suffix: str = ".mkv") -> tuple[Path,
             else:
                 return part, final
         n += 1
+
+
+class RecordingFile:
+    """The file a recording's worker thread writes: its visit's next free name, a `.part` from
+    `open` (what a relay taking over salvages) until `finish` renames it; closed whatever
+    happens. As a context, a failure inside is logged and ends the file, not the thread."""
+
+    def __init__(self, directory: Path, visit_id: str, suffix: str = ".mkv") -> None:
+        self.directory, self.visit_id, self.suffix = directory, visit_id, suffix
+        self.container: Any = None
+        self._names: tuple[Path, Path] | None = None
+
+    def open(self, make: Callable[[Path], Any]) -> Any:
+        """The container, made by `make` on a newly reserved `.part`."""
+        self._names = reserve(self.directory, self.visit_id, self.suffix)
+        self.container = make(self._names[0])
+        return self.container
+
+    def finish(self) -> Path:
+        """Close the complete file and give it its final name."""
+        container, self.container = self.container, None
+        container.close()
+        assert self._names is not None
+        part, final = self._names
+        part.rename(final)
+        return final
+
+    def __enter__(self) -> RecordingFile:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> bool:
+        if kind is not None:
+            log.exception("recording of visit %s failed", self.visit_id)
+        if self.container is not None:
+            with contextlib.suppress(Exception):
+                self.container.close()
+        return kind is not None and issubclass(kind, Exception)
 
 
 class Recording:
@@ -127,11 +166,10 @@ class Recording:
     # -- the worker thread
 
     def _write(self) -> None:
-        container: Any = None
-        part = final = None
         pending: list[tuple[int, Any]] = []
         size = DEFAULT_SIZE
-        try:
+        with RecordingFile(self.directory, self.visit_id) as out:
+            container = None
             while (item := self._queue.get()) is not _STOP:
                 index, frame = item
                 if container is None:
@@ -140,15 +178,13 @@ class Recording:
                         del pending[:-PENDING_MAX]
                         continue
                     size = (frame.width, frame.height)
-                    part, final = reserve(self.directory, self.visit_id)
-                    container = self._open(part, size)
+                    container = out.open(partial(self._open, size=size))
                     for held in pending:
                         self._encode(container, size, *held)
                     pending = []
                 self._encode(container, size, index, frame)
             if container is None and pending:
-                part, final = reserve(self.directory, self.visit_id)
-                container = self._open(part, size)
+                container = out.open(partial(self._open, size=size))
                 for held in pending:
                     self._encode(container, size, *held)
             if container is not None:
@@ -156,17 +192,7 @@ class Recording:
                     with contextlib.suppress(av.FFmpegError):
                         for packet in stream.encode(None):
                             container.mux(packet)
-                container.close()
-                container = None
-                assert part is not None and final is not None
-                part.rename(final)
-                self.path = final
-        except Exception:
-            log.exception("recording of visit %s failed", self.visit_id)
-        finally:
-            if container is not None:
-                with contextlib.suppress(Exception):
-                    container.close()
+                self.path = out.finish()
 
     @staticmethod
     def _open(path: Path, size: tuple[int, int]) -> Any:

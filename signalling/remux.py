@@ -41,7 +41,7 @@ import av
 
 from signalling.forwarding import Feed, Source, vp8_size
 from signalling.outlets import Timeline
-from signalling.recording import DEFAULT_SIZE, STREAMS, reserve
+from signalling.recording import DEFAULT_SIZE, STREAMS, RecordingFile
 
 log = logging.getLogger("kinwire.recording")
 PENDING_MAX = 500
@@ -106,11 +106,10 @@ class RemuxRecording:
     # -- the worker thread
 
     def _write(self) -> None:
-        container: Any = None
-        part = final = None
         pending: list[tuple[int, av.Packet]] = []  # until both video sizes are known
         sizes: dict[int, tuple[int, int]] = {}
-        try:
+        with RecordingFile(self.directory, self.visit_id, ".webm") as out:
+            container = None
             while (batch := self._queue.get()) is not _STOP:
                 for index, packet in batch:
                     if container is not None:
@@ -120,28 +119,16 @@ class RemuxRecording:
                         sizes[index] = size
                     pending.append((index, packet))
                     if len(sizes) == 2 or len(pending) >= PENDING_MAX:
-                        part, final = reserve(self.directory, self.visit_id, ".webm")
-                        container = _open(part, sizes)
+                        container = out.open(partial(_open, sizes=sizes))
                         for held in pending:
                             _mux(container, *held)
                         pending = []
             if container is None and pending:
-                part, final = reserve(self.directory, self.visit_id, ".webm")
-                container = _open(part, sizes)
+                container = out.open(partial(_open, sizes=sizes))
                 for held in pending:
                     _mux(container, *held)
             if container is not None:
-                container.close()
-                container = None
-                assert part is not None and final is not None
-                part.rename(final)
-                self.path = final
-        except Exception:
-            log.exception("recording of visit %s failed", self.visit_id)
-        finally:
-            if container is not None:
-                with contextlib.suppress(Exception):
-                    container.close()
+                self.path = out.finish()
 
 
 # Written through to the file a packet at a time, in clusters of at most a second: a process
