@@ -37,7 +37,7 @@ from server.http.janus_events import PATH
 from signalling.tables import visits
 from store import Store
 from tests.conftest import test_settings
-from tests.integration.test_janus_visits import janus_env
+from tests.integration.test_janus_visits import LONG_RECORDING, RECORDED_S, janus_env
 from tests.integration.test_relay import STAFF_PASSWORD, new_staff, recorded
 from tests.integration.test_visit_e2e import visit_now
 from tests.support.browser import KIOSK, PHONE, kiosk_sign_in, launch, require_chromium, shot
@@ -49,7 +49,7 @@ from tests.support.processes import free_port
 from tests.support.visit_pages import MEDIA, PIN, visit_parties
 
 PASSWORD = "correct horse battery"
-MINUTE_S = 2.0
+MINUTE_S = 10.0 if LONG_RECORDING else 2.0  # the family's credits last 20 minutes: 40 s at 2 s
 RESUME_WITHIN_S = 10.0
 # The remote picture of a new media session plays: it has a size and its time moves on by half
 # a second. (Janus names its tracks the same in every session: the stream tells them apart.)
@@ -76,7 +76,7 @@ async def server_of(db: str, visit_id: str) -> str | None:
         await store.close()
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(180 + (RECORDED_S if LONG_RECORDING else 0))
 async def test_a_visit_through_janus_in_the_browsers_survives_its_server(
         pg_db: str, tmp_path: Path) -> None:
     require_chromium()
@@ -179,6 +179,8 @@ async def test_a_visit_through_janus_in_the_browsers_survives_its_server(
                     # streams in both pictures, playing.
                     await watch_plays_new_streams(desk)
                     await expect(desk.locator("#watch-notice")).to_have_text("Live.")
+                    if LONG_RECORDING:  # KINWIRE_TEST_LONG_RECORDING=1: a 2-minute recording
+                        await asyncio.sleep(RECORDED_S)
 
                     # --- staff end it: both pages say so ---
                     await item.locator("button", has_text="End").click()
@@ -202,6 +204,7 @@ async def test_a_visit_through_janus_in_the_browsers_survives_its_server(
                           f"{record.duration_ms} ms listed")
                     assert abs(duration - record.duration_ms / 1000) <= 1.0, (duration, record)
                     assert record.duration_ms / 1000 > resumed_s, "the recording holds the call"
+                    assert not LONG_RECORDING or record.duration_ms / 1000 > RECORDED_S
                     assert errors == [], errors
                 finally:
                     for c in contexts:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -401,7 +402,14 @@ async def test_reference_clients_see_each_other_through_janus_and_move_when_it_d
         assert client.janus_moves == 1 and client.reconnects == 0, client
 
 
-@pytest.mark.timeout(150)
+# KINWIRE_TEST_LONG_RECORDING=1: the recorded visit runs 2 minutes (issue 16's "a 2-minute
+# visit"), not 3 s: ~2 minutes longer, so not in make test; run by hand to check that what
+# the short one shows (the duration, both parties' video decoded) holds for a long one.
+LONG_RECORDING = os.environ.get("KINWIRE_TEST_LONG_RECORDING") == "1"
+RECORDED_S = 120.0 if LONG_RECORDING else 3.0
+
+
+@pytest.mark.timeout(150 + (RECORDED_S if LONG_RECORDING else 0))
 async def test_a_staff_end_destroys_the_room_and_keeps_the_recording(
         pg_db: str, tmp_path: Path, ports: Ports, janus: Janus,
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -433,7 +441,7 @@ async def test_a_staff_end_destroys_the_room_and_keeps_the_recording(
             async with publishing(janus, person_creds), publishing(janus, family_creds):
                 await until_status(pg_db, visit_id, {"live"})
                 live_at = utcnow()
-                await asyncio.sleep(3.0)
+                await asyncio.sleep(RECORDED_S)
                 rooms = await engine.rooms_on(janus.api_url)
                 assert await rooms.exists(visit_id)
                 async with http.post(f"{b.base}/api/v1/visits/{visit_id}/end",
@@ -475,6 +483,7 @@ async def test_a_staff_end_destroys_the_room_and_keeps_the_recording(
         assert published_at <= started <= live_at, (published_at, started, live_at)
         assert abs((ended - row.ended_at).total_seconds()) < 1.0, (ended, row.ended_at)
         assert abs(record["duration_s"] - (ended - started).total_seconds()) < 0.1
+        assert record["duration_s"] >= RECORDED_S, record
         await plays_both_videos(http, b, staff, record, tmp_path / "played.webm")
     assert not janus_recording.files(janus.recordings_dir, visit_id), "the .mjr files left"
 
