@@ -16,7 +16,7 @@ from common.errors import Refused
 from server import audit, audit_text, facilities
 from server.auth import STAFF
 from server.errors import invalid
-from server.http.routing import Call, Route, json_response
+from server.http.routing import Call, Route, csv_download, json_response
 
 ACTORS_MAX = 200
 QUERY = {"actor_id": "only this actor's entries", "action": "only this action (e.g. visit.end)",
@@ -84,9 +84,7 @@ async def audit_export(call: Call) -> web.Response:
             raise Refused("too_many_rows", f"More than {cap} entries match: choose a "
                                                  "shorter date range or a filter.")
         text = audit_text.to_csv(await audit_text.described(conn, rows), zone)
-    return web.Response(text=text, content_type="text/csv", charset="utf-8", headers={
-        "Content-Disposition": 'attachment; filename="kinwire-audit.csv"',
-        "Cache-Control": "no-store"})
+    return csv_download(text, "kinwire-audit.csv")
 
 
 ROUTES = [

@@ -14,7 +14,7 @@ from server import statement
 from server.auth import PARTIES
 from server.errors import invalid
 from server.facilities import check_timezone
-from server.http.routing import Call, Route, json_response
+from server.http.routing import Call, Route, csv_download, json_response
 
 QUERY = {"from": "first day, YYYY-MM-DD", "to": "last day, YYYY-MM-DD, inclusive",
          "tz": "the IANA zone those days are in (UTC by default)"}
@@ -59,10 +59,7 @@ async def statement_export(call: Call) -> web.Response:
     if len(rows) > cap:
         raise Refused("too_many_rows", f"More than {cap} lines match: choose a shorter "
                                              "date range.")
-    return web.Response(text=statement.to_csv(rows, zone), content_type="text/csv",
-                        charset="utf-8", headers={
-                            "Content-Disposition": 'attachment; filename="kinwire-statement.csv"',
-                            "Cache-Control": "no-store"})
+    return csv_download(statement.to_csv(rows, zone), "kinwire-statement.csv")
 
 
 ROUTES = [

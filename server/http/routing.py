@@ -119,6 +119,14 @@ def json_response(body: Any, status: int = 200) -> web.Response:
     return web.json_response(body, status=status, dumps=_dumps)
 
 
+def csv_download(text: str, filename: str) -> web.Response:
+    """A CSV export, saved by the browser as `filename`, never kept by a cache (it holds a
+    user's records)."""
+    return web.Response(text=text, content_type="text/csv", charset="utf-8", headers={
+        "Content-Disposition": f'attachment; filename="{filename}"',
+        "Cache-Control": "no-store"})
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), default=str)
 
