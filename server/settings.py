@@ -538,7 +538,8 @@ def describe() -> list[tuple[str, str, str]]:
 # token, the tests' PostgreSQL, Chromium and crash seed, and the benchmarks' (KINWIRE_BENCH_*).
 # tests/integration/test_cli_operator.py keeps this list true against the repository.
 OTHER_VARIABLES = frozenset({"KINWIRE_TOKEN", "KINWIRE_TEST_PG", "KINWIRE_CHROMIUM",
-                             "KINWIRE_CRASH_SEED", "KINWIRE_TEST_LONG_OUTAGE"})
+                             "KINWIRE_CRASH_SEED", "KINWIRE_TEST_LONG_OUTAGE",
+                             "KINWIRE_TEST_LONG_RECORDING"})
 OTHER_PREFIXES = ("KINWIRE_BENCH_",)
 
 

@@ -614,7 +614,9 @@ async def interrupted_visit(http: aiohttp.ClientSession, a: Node, b: Node, db: s
         record = await listed(http, b, staff, visit_id)
         print(f"interrupted: kept {record['duration_s']:.2f} s of visit by two finishers and "
               f"a sweep at once in {took_s:.2f} s")
-        assert 2.0 < record["duration_s"] < 4.5
+        # The 4 s of publishing, give or take its start and end under load (4.57 s once in a
+        # full run); two finishers' rooms laid end to end would be twice that
+        assert 2.0 < record["duration_s"] < 6.0
     finally:
         for store in stores:
             await store.close()
