@@ -37,17 +37,16 @@ REFERENCE_US = 64_000  # the reference time's unit
 RTPFB, FMT = 205, 15
 
 
-def negotiate(pc: RTCPeerConnection, offer_sdp: str) -> bool:
+def negotiate(pc: RTCPeerConnection, offer_sdp: str) -> None:
     """After the offer is applied, before the answer: on each video m-line whose offer has the
     transport-wide sequence number extension, keep it (under the offer's id) and accept the
-    `transport-cc` feedback on its codecs. Whether any m-line took it."""
+    `transport-cc` feedback on its codecs."""
     wanted = {}
     for media in SessionDescription.parse(offer_sdp).media:
         ext = next((x for x in media.rtp.headerExtensions if x.uri == URI), None)
         has_feedback = any(FEEDBACK in codec.rtcpFeedback for codec in media.rtp.codecs)
         if media.kind == "video" and ext is not None and has_feedback:
             wanted[media.rtp.muxId] = ext.id
-    took = False
     for transceiver in pc.getTransceivers():
         ext_id = wanted.get(transceiver.mid)
         if transceiver.kind != "video" or ext_id is None:
@@ -58,8 +57,6 @@ def negotiate(pc: RTCPeerConnection, offer_sdp: str) -> bool:
         for codec in transceiver._codecs:
             if FEEDBACK not in codec.rtcpFeedback:
                 codec.rtcpFeedback.append(FEEDBACK)
-        took = True
-    return took
 
 
 @dataclass

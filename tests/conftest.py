@@ -157,13 +157,12 @@ async def _record_layout(url: str) -> None:
         await conn.close()
 
 
-async def restore_layout(conn: asyncpg.Connection, url: str) -> list[str]:
-    """Give an emptied database back the partitions of `events` it was migrated with; the
-    names of those dropped or made (none, nearly always: one catalog read)."""
+async def restore_layout(conn: asyncpg.Connection, url: str) -> None:
+    """Give an emptied database back the partitions of `events` it was migrated with (nothing
+    to do, nearly always: one catalog read)."""
     want, have = _LAYOUTS.get(url), await _layout(conn)
     if want is None or have == want:
-        return []
-    changed = sorted(n for n in set(have) | set(want) if have.get(n) != want.get(n))
+        return
     async with conn.transaction():
         for name in sorted(set(have) - set(want)):
             await conn.execute(f'DROP TABLE "{name}"')
@@ -175,7 +174,6 @@ async def restore_layout(conn: asyncpg.Connection, url: str) -> list[str]:
                 await conn.execute(f'ALTER TABLE "{name}" ADD PRIMARY KEY (account_id, seq)')
                 if not name.startswith("events_w"):  # pruned by DELETE, by `at`
                     await conn.execute(f'CREATE INDEX ON "{name}" (at)')
-    return changed
 
 
 async def reset_postgres(url: str) -> None:

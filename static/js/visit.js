@@ -31,7 +31,7 @@ export const ACTIVE = new Set(["scheduled", "open", "live", "paused"]);
  */
 export class VisitCall {
   constructor({ root, socket, visit, side, peer, balance = null, onClose, creditsForm = null }) {
-    Object.assign(this, { root, socket, visit, side, peer, onClose, creditsForm });
+    Object.assign(this, { socket, visit, side, peer, onClose }); // root and form: the screen's
     this.pc = null;
     this.janus = null; // relay mode on Janus: our party in the visit's room (janus.js)
     this.janusCreds = null; // the last join's `janus`
