@@ -117,8 +117,8 @@ async def start_janus(ctx: Context) -> aiohttp.ClientSession:
     http = aiohttp.ClientSession()
     engine = JanusEngine(http, JanusConfig(
         s.janus_urls, s.janus_admin_urls, s.janus_api_secret, s.janus_admin_secret,
-        s.janus_token_secret, s.janus_room_admin_key, s.janus_recordings_dir,
-        s.janus_public_urls))
+        s.janus_token_secret, s.janus_room_admin_key,
+        s.janus_rec_dir or s.janus_recordings_dir, s.janus_public_urls))
     ctx.janus = JanusFleet(engine, ctx.store, ctx.broker,
                            node_lease_s=s.resolved_node_lease_s)
     await ctx.janus.start()
@@ -183,11 +183,15 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
     if settings.media_engine == "janus" and settings.janus_recordings_dir:
         # Imported here: it loads PyAV, which a start on the embedded engine must not
         # (tests/unit/test_what_a_start_imports.py).
+        from server.janus_files import RemoteFolders
         from server.janus_recordings import JanusRecordings
 
-        janus_recordings = JanusRecordings(store, recordings,
-                                           Path(settings.janus_recordings_dir),
-                                           blobs.recording_staging)
+        janus_recordings = JanusRecordings(
+            store, recordings, Path(settings.janus_recordings_dir), blobs.recording_staging,
+            remote=RemoteFolders(settings.janus_recordings_urls,
+                                 settings.janus_recordings_password,
+                                 ca_file=settings.janus_recordings_ca)
+            if settings.janus_recordings_urls else None)
     relay = Relay(store, broker, node_id=meters.node_id, lease_s=settings.relay_lease_s,
                   turn_secret=settings.turn_secret, turn_urls=settings.turn_urls,
                   stun_urls=settings.stun_urls, loopback_only=settings.relay_loopback_only,
@@ -346,6 +350,8 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow,
             await asyncio.sleep(0)  # its sockets finish closing before the loop may stop
         stop.set()
         await sweeper
+        if janus_recordings is not None and janus_recordings.remote is not None:
+            await janus_recordings.remote.close()  # after the sweep's last pull
         if mailer is not None:
             await mailer
         if pusher is not None:

@@ -315,10 +315,31 @@ async def janus_fleet(settings: Settings) -> list[Check]:
                            "Janus-carried visit's recording is kept (docs/deploy.md)"))
         return checks
     checks.append(folder("janus recordings dir", Path(settings.janus_recordings_dir)))
+    checks += await janus_hosts_folders(settings)
     converter = shutil.which("janus-pp-rec")
     checks.append(ok("janus-pp-rec", converter) if converter else fail(
         "janus-pp-rec", "not found: install janus-tools, or no recorded Janus visit can be "
         "converted into a recording"))
+    return checks
+
+
+async def janus_hosts_folders(settings: Settings) -> list[Check]:
+    """KINWIRE_JANUS_RECORDINGS_URLS: each Janus host's folder lists with the password."""
+    from server.janus_files import RemoteFolders, Unreachable
+
+    checks = []
+    for url in settings.janus_recordings_urls:
+        host = RemoteFolders((url,), settings.janus_recordings_password,
+                             ca_file=settings.janus_recordings_ca)
+        try:
+            rooms = await asyncio.wait_for(host.rooms(strict=True), NET_TIMEOUT_S)
+            checks.append(ok(f"janus recordings {url}", f"lists, with the password "
+                             f"({len(rooms)} visits' files waiting)"))
+        except (Unreachable, TimeoutError) as exc:
+            checks.append(fail(f"janus recordings {url}", f"not listed ({_why(exc)}): no "
+                               "visit recorded on that host can be kept"))
+        finally:
+            await host.close()
     return checks
 
 

@@ -2,8 +2,10 @@
 deploy.md, "Janus fleet"). Janus's VideoRoom records a non-privileged visit's room into
 `.mjr` files in KINWIRE_JANUS_RECORDINGS_DIR (each room's `rec_dir`; a privileged visit's room
 is made with `record` off and locked, so Janus writes nothing for it). Kinwire reads the same
-folder: it is shared between the Janus servers and the Kinwire processes (or copied to the
-Kinwire side, under the same path, before the visit's end is handled).
+folder: it is shared between the Janus servers and the Kinwire processes, or, with
+KINWIRE_JANUS_RECORDINGS_URLS, each Janus host serves its own folder over HTTP(S) and Kinwire
+pulls a visit's files from every host into this one before converting them, and deletes on the
+hosts what it pulled once the recording is kept (server/janus_files.py).
 
 `finish(visit_id)`: once the visit has ended, its files are converted with `janus-pp-rec` and
 muxed into one WebM (signalling/janus_recording.py) on a worker thread, each janus-pp-rec run
@@ -39,6 +41,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from server.janus_files import Remote, RemoteFolders, Unreachable
 from server.recordings import Recordings
 from server.schema import recordings
 from signalling import janus_recording
@@ -57,9 +60,11 @@ POLL_S = 0.1
 class JanusRecordings:
     def __init__(self, store: Store, recordings: Recordings, folder: Path, staging: Path, *,
                  settle_s: float = SETTLE_S, sweep_grace_s: float = SWEEP_GRACE_S,
-                 wall: Callable[[], float] = time.time) -> None:
+                 wall: Callable[[], float] = time.time,
+                 remote: RemoteFolders | None = None) -> None:
         self.store, self.recordings = store, recordings
         self.folder, self.staging = folder, staging
+        self.remote = remote  # the Janus hosts' own folders, when not shared with this one
         self.settle_s, self.sweep_grace_s = settle_s, sweep_grace_s
         self.wall = wall  # the files' ages: the machine's clock, as their mtimes
 
@@ -78,7 +83,12 @@ class JanusRecordings:
                 log.warning("visit %s: %d Janus files left after its recording %s was kept: "
                             "deleted", visit_id, len(left), kept["id"])
                 await asyncio.to_thread(_delete, left)
+            await self._delete_remote_leftovers(visit_id, kept["id"])
             return kept
+        pulled: list[Remote] = []
+        if self.remote is not None:  # Unreachable: the files stay on their hosts
+            await asyncio.to_thread(self.folder.mkdir, parents=True, exist_ok=True)
+            pulled = await self.remote.pull(visit_id, self.folder, self.settle_s)
         settled = await self._settled(visit_id)
         began = time.monotonic()
         self.staging.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -90,6 +100,8 @@ class JanusRecordings:
                 if (kept := await self._kept(visit_id)) is not None:
                     return kept
                 await asyncio.to_thread(_delete, _settled_files(self.folder, visit_id, settled))
+                if self.remote is not None:
+                    await self.remote.delete(pulled)
                 return None
             await asyncio.to_thread(janus_recording.mux_tracks, found, out, visit_id)
             start = datetime.fromtimestamp(min(t.first_us for t in found) / 1e6, UTC)
@@ -103,9 +115,24 @@ class JanusRecordings:
             await asyncio.to_thread(_delete, [out, out.with_name(out.name + ".part")])
         # Only now: a crash before this line leaves the files for the next sweep.
         await asyncio.to_thread(lambda: _delete(janus_recording.files(self.folder, visit_id)))
+        if self.remote is not None:  # only what was pulled: a file listed later stays
+            await self.remote.delete(pulled)
         log.info("visit %s: %d Janus files kept as recording %s in %.2f s", visit_id,
                  len(found), record["id"], time.monotonic() - began)
         return record
+
+    async def _delete_remote_leftovers(self, visit_id: str, kept_id: str) -> None:
+        if self.remote is None:
+            return
+        try:
+            left = await self.remote.files(visit_id)
+        except Unreachable as exc:  # the next sweep lists them again
+            log.warning("visit %s: Janus hosts not listed for leftovers: %s", visit_id, exc)
+            return
+        if left:
+            log.warning("visit %s: %d Janus files left on their hosts after its recording %s "
+                        "was kept: deleted", visit_id, len(left), kept_id)
+            await self.remote.delete(left)
 
     async def _kept(self, visit_id: str) -> dict[str, Any] | None:
         async with self.store.read() as conn:
@@ -129,6 +156,8 @@ class JanusRecordings:
         starting none after SWEEP_BUDGET_S; returns how many were tried."""
         began = time.monotonic()
         rooms = await asyncio.to_thread(janus_recording.rooms, self.folder)
+        if self.remote is not None:
+            rooms |= await self.remote.rooms()
         if not rooms:
             return 0
         async with self.store.read() as conn:

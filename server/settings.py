@@ -251,12 +251,30 @@ class Settings:
     janus_events_bytes_max: int = _setting(1024 * 1024, "Largest event-handler post "
                                            "(a batch of events) accepted (413 beyond).",
                                            lo=1024, hi=64 * 1024 * 1024)
-    janus_recordings_dir: str = _setting("", "Where the Janus servers write a recorded visit's "
-                                         ".mjr files (each room's `rec_dir`), shared with "
-                                         "Kinwire's processes at the same path: Kinwire makes "
-                                         "them recordings when the visit ends. Empty: Janus "
-                                         "writes them in its working folder, where Kinwire "
-                                         "does not look (no Janus visit's recording is kept).")
+    janus_recordings_dir: str = _setting("", "Where Kinwire reads a recorded visit's .mjr "
+                                         "files and makes them a recording when the visit "
+                                         "ends: the folder the Janus servers write (each "
+                                         "room's `rec_dir`), shared with Kinwire's processes "
+                                         "at the same path, or, with "
+                                         "KINWIRE_JANUS_RECORDINGS_URLS, the folder they are "
+                                         "pulled into from the Janus hosts. Empty: no Janus "
+                                         "visit's recording is kept.")
+    janus_rec_dir: str = _setting("", "The rooms' `rec_dir`: the folder each Janus host writes "
+                                  "a recorded visit's .mjr files to, as that host names it, "
+                                  "when it is not KINWIRE_JANUS_RECORDINGS_DIR (hosts that "
+                                  "share no folder with Kinwire: KINWIRE_JANUS_RECORDINGS_URLS)."
+                                  " Empty: KINWIRE_JANUS_RECORDINGS_DIR.")
+    janus_recordings_urls: tuple[str, ...] = _setting(
+        (), "Comma-separated URLs of the Janus hosts' recording folders, served by nginx "
+        "(deploy/nginx/janus-recordings.conf), for hosts that share no folder with Kinwire: "
+        "an ended visit's .mjr files are pulled from each into KINWIRE_JANUS_RECORDINGS_DIR "
+        "and deleted on the host once its recording is kept. Empty: the folder is shared.")
+    janus_recordings_ca: str = _setting("", "A CA certificate file (PEM) that signs the "
+                                        "certificates of KINWIRE_JANUS_RECORDINGS_URLS (a "
+                                        "private network's CA). Empty: the system's CAs.")
+    janus_recordings_password: str = _setting("", "The password (user `kinwire`, HTTP basic "
+                                              "auth) of KINWIRE_JANUS_RECORDINGS_URLS.",
+                                              secret=True)
     orphan_grace_s: float = _setting(86_400.0, "Housekeeping deletes (and audits) a blob that "
                                      "no recording or photo references once it is this old, "
                                      "and a file under a .partial/ folder unchanged this long "
@@ -428,10 +446,18 @@ class Settings:
                 raise SettingsError(f"{self.env_name(name)} must be in (0, 3600]")
         if self.media_engine not in ("aiortc", "janus"):
             raise SettingsError("KINWIRE_MEDIA_ENGINE must be aiortc or janus")
-        for url in self.janus_urls + self.janus_admin_urls + self.janus_public_urls:
+        for url in self.janus_urls + self.janus_admin_urls + self.janus_public_urls + \
+                self.janus_recordings_urls:
             if not url.startswith(("http://", "https://")):
-                raise SettingsError(f"KINWIRE_JANUS_URLS, KINWIRE_JANUS_ADMIN_URLS and "
-                                    f"KINWIRE_JANUS_PUBLIC_URLS: {url!r} is not an http(s) URL")
+                raise SettingsError(f"KINWIRE_JANUS_URLS, KINWIRE_JANUS_ADMIN_URLS, "
+                                    f"KINWIRE_JANUS_PUBLIC_URLS and "
+                                    f"KINWIRE_JANUS_RECORDINGS_URLS: {url!r} is not an http(s) "
+                                    f"URL")
+        if self.janus_recordings_urls and (not self.janus_recordings_dir or
+                                           len(self.janus_recordings_password) < 16):
+            raise SettingsError("KINWIRE_JANUS_RECORDINGS_URLS needs KINWIRE_JANUS_RECORDINGS_DIR "
+                                "(where the files are pulled to) and "
+                                "KINWIRE_JANUS_RECORDINGS_PASSWORD (16 characters at least)")
         if self.janus_public_urls and len(self.janus_public_urls) != len(self.janus_urls):
             raise SettingsError("KINWIRE_JANUS_PUBLIC_URLS must be empty or name as many URLs "
                                 "as KINWIRE_JANUS_URLS, in the same order")

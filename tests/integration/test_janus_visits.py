@@ -19,12 +19,15 @@ checks its tokens' expiry on the machine's clock, and the visits are written as 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import os
+import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -40,12 +43,15 @@ from sqlalchemy import select
 from billing import ledger
 from server.blobs.configured import open_blobs
 from server.broker.memory import MemoryBroker
+from server.doctor import janus_hosts_folders
 from server.housekeeping import Housekeeping
 from server.http.janus_events import PATH
 from server.http.metrics import Metrics
+from server.janus_files import RemoteFolders, Unreachable
 from server.janus_recordings import JanusRecordings
 from server.recordings import Recordings
 from server.schema import recording_segments, recordings, utcnow
+from server.settings import Settings
 from signalling import janus_recording
 from signalling.janus import JanusConfig, JanusEngine
 from signalling.media import SyntheticVideoTrack
@@ -57,6 +63,7 @@ from tests.integration.test_janus_events import publishing
 from tests.integration.test_relay import staff_of
 from tests.integration.test_visit_e2e import MINUTE_S, account_id, debits, visit_now
 from tests.support.janus import Janus, private_janus, running_janus
+from tests.support.nginx import ROOT, private_nginx, self_signed, templated
 from tests.support.nodes import Node, Peer, RedisServer, cluster, make_pair
 from tests.support.processes import free_port
 
@@ -114,8 +121,12 @@ def janus(ports: Ports, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ja
         yield j
 
 
-def janus_env(*fleet: Janus) -> dict[str, str]:
+def janus_env(*fleet: Janus, pulled: Pulled | None = None) -> dict[str, str]:
     s = fleet[0].secrets  # the same on every server of the fleet
+    # one folder for the fleet's .mjr files, shared with Kinwire (same host here), or the
+    # Janus host's folder served by nginx and pulled into Kinwire's own
+    files = dict(KINWIRE_JANUS_RECORDINGS_DIR=str(fleet[0].recordings_dir)) if pulled is None \
+        else pulled.env
     return dict(KINWIRE_MEDIA_ENGINE="janus",
                 KINWIRE_JANUS_URLS=",".join(j.api_url for j in fleet),
                 KINWIRE_JANUS_ADMIN_URLS=",".join(j.admin_url for j in fleet),
@@ -124,19 +135,70 @@ def janus_env(*fleet: Janus) -> dict[str, str]:
                 KINWIRE_JANUS_TOKEN_SECRET=s.token_secret,
                 KINWIRE_JANUS_ROOM_ADMIN_KEY=s.room_admin_key,
                 KINWIRE_JANUS_EVENTS_PASSWORD=s.events_password,
-                # one folder for the fleet's .mjr files, shared with Kinwire (same host here)
-                KINWIRE_JANUS_RECORDINGS_DIR=str(fleet[0].recordings_dir),
-                KINWIRE_VISIT_MINUTE_S=str(MINUTE_S))
+                KINWIRE_VISIT_MINUTE_S=str(MINUTE_S), **files)
+
+
+@dataclass
+class Pulled:
+    """A Janus host's recordings folder served by deploy/nginx/janus-recordings.conf (only
+    its address, paths and certificate changed), pulled into `into` by Kinwire."""
+    served: Path  # the rooms' rec_dir on the Janus host
+    into: Path
+    port: int
+    cert: Path
+    password: str = field(default_factory=lambda: secrets.token_hex(16))
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}/recordings/"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return dict(KINWIRE_JANUS_RECORDINGS_DIR=str(self.into),
+                    KINWIRE_JANUS_REC_DIR=str(self.served),
+                    KINWIRE_JANUS_RECORDINGS_URLS=self.url,
+                    KINWIRE_JANUS_RECORDINGS_PASSWORD=self.password,
+                    KINWIRE_JANUS_RECORDINGS_CA=str(self.cert))  # self-signed: its own CA
 
 
 @asynccontextmanager
-async def kinwires(pg: str, tmp_path: Path, ports: Ports,
-                   *fleet: Janus) -> AsyncIterator[tuple[list[Node], aiohttp.ClientSession]]:
+async def served_recordings(served: Path, folder: Path) -> AsyncIterator[Pulled]:
+    pulled, site = await asyncio.to_thread(recordings_site, served, folder)
+    async with private_nginx(folder, pulled.port, site):
+        yield pulled
+
+
+def recordings_site(served: Path, folder: Path) -> tuple[Pulled, str]:
+    """The deploy file for `served`, its certificate and password file made in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cert, key = self_signed(folder, "janus1-recordings.kinwire.internal")
+    pulled = Pulled(served, folder / "pulled", free_port(), cert)
+    pulled.into.mkdir()
+    salt = secrets.token_bytes(8)  # nginx's {SSHA}: SHA-1 of password and salt, then the salt
+    digest = hashlib.sha1(pulled.password.encode() + salt).digest()  # noqa: S324 - its format
+    hashed = base64.b64encode(digest + salt).decode()
+    (folder / "htpasswd").write_text(f"kinwire:{{SSHA}}{hashed}\n")
+    return pulled, templated(RECORDINGS_SITE.read_text(), {
+        "listen 10.0.0.11:8443 ssl;": f"listen 127.0.0.1:{pulled.port} ssl;",
+        "/etc/ssl/kinwire/janus1-recordings.pem": str(cert),
+        "/etc/ssl/kinwire/janus1-recordings.key.pem": str(key),
+        "alias /var/lib/janus/recordings/;": f"alias {served}/;",
+        "/etc/nginx/kinwire-recordings.htpasswd": str(folder / "htpasswd")})
+
+
+RECORDINGS_SITE = ROOT / "deploy" / "nginx" / "janus-recordings.conf"
+
+
+@asynccontextmanager
+async def kinwires(pg: str, tmp_path: Path, ports: Ports, *fleet: Janus,
+                   pulled: Pulled | None = None,
+                   ) -> AsyncIterator[tuple[list[Node], aiohttp.ClientSession]]:
     redis = RedisServer(tmp_path)
     await redis.start()
     try:
         async with cluster(pg, redis.url, tmp_path, ports=[ports.a, ports.b],
-                           **janus_env(*fleet)) as nodes, round_robin(ports) as answered, \
+                           **janus_env(*fleet, pulled=pulled)) as nodes, \
+                round_robin(ports) as answered, \
                 aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
             yield nodes, http
             print(f"event posts answered by A, B: {answered}")
@@ -416,10 +478,13 @@ async def test_a_staff_end_destroys_the_room_and_keeps_the_recording(
     """Staff end the recorded visit on process B: the room is gone from Janus (the media cut
     there) within a second of the end's answer, the visit's handles are forgotten, and its
     .mjr files become one recording, listed for the facility's staff, as long as the media
-    was, with both parties' video. Before it, the two parties joining at once on two
-    processes got one room, and staff a watcher's token. Beside it, the adversaries of the
-    recording (`interrupted_visit`)."""
-    async with kinwires(pg_db, tmp_path, ports, janus) as ((a, b), http):
+    was, with both parties' video. The Janus host shares no folder with Kinwire here: its
+    folder is served by deploy/nginx/janus-recordings.conf, and the files are pulled from it
+    and deleted on it. Before it, the two parties joining at once on two processes got one
+    room, and staff a watcher's token. Beside it, the adversaries of the recording
+    (`interrupted_visit`, on the shared folder)."""
+    async with served_recordings(janus.recordings_dir, tmp_path / "janus-host") as pulled, \
+            kinwires(pg_db, tmp_path, ports, janus, pulled=pulled) as ((a, b), http):
         visit_id, facility_id, family_token, person_token = await a_visit(http, a, b, pg_db,
                                                                           record=True)
         staff = await staff_of(http, b, pg_db, facility_id)
@@ -485,7 +550,8 @@ async def test_a_staff_end_destroys_the_room_and_keeps_the_recording(
         assert abs(record["duration_s"] - (ended - started).total_seconds()) < 0.1
         assert record["duration_s"] >= RECORDED_S, record
         await plays_both_videos(http, b, staff, record, tmp_path / "played.webm")
-    assert not janus_recording.files(janus.recordings_dir, visit_id), "the .mjr files left"
+    assert not janus_recording.files(janus.recordings_dir, visit_id), "left on the Janus host"
+    assert not janus_recording.files(pulled.into, visit_id), "left where they were pulled to"
 
 
 def engine_of(http: aiohttp.ClientSession, janus: Janus) -> JanusEngine:
@@ -686,3 +752,97 @@ async def test_the_balance_running_out_ends_the_visit_and_destroys_the_room(
             await engine.close()
             await family.close()
             await person.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_janus_host_s_folder_is_pulled_whole_or_not_at_all(tmp_path: Path) -> None:
+    """server/janus_files.py against deploy/nginx/janus-recordings.conf (a real nginx): a
+    room's finished files and a dead server's stale `.mjr.tmp` are pulled with their times,
+    a `.tmp` still being written is waited for (up to the settling time) and left, another
+    room's files are not touched, and DELETE removes on the host exactly what was pulled.
+    Adversaries: a wrong password (nginx refuses), a host that does not answer, and a host
+    that lists a file and sends less of it: each fails the pull (Unreachable), and nothing
+    half-copied is left to be converted."""
+    served, room = tmp_path / "served", "vis_pull"
+    served.mkdir()
+    finished = served / f"videoroom-{room}-user-family-1-video-0.mjr"
+    finished.write_bytes(os.urandom(700_000))  # a few chunks
+    dead = served / f"videoroom-{room}-user-person-1-video-0.mjr.tmp"
+    dead.write_bytes(os.urandom(1000))
+    os.utime(dead, (time.time() - 60, time.time() - 60))  # its server died a minute ago
+    writing = served / f"videoroom-{room}-user-person-2-audio-1.mjr.tmp"
+    writing.write_bytes(b"still open")
+    other = served / "videoroom-vis_other-user-family-1-video-0.mjr"
+    other.write_bytes(b"another visit")
+    async with served_recordings(served, tmp_path / "host") as pulled:
+        cert = str(pulled.cert)
+        wrong = RemoteFolders((pulled.url,), "not-the-password", ca_file=cert)
+        right = RemoteFolders((pulled.url,), pulled.password, ca_file=cert)
+        down = RemoteFolders((pulled.url, f"http://127.0.0.1:{free_port()}/"), pulled.password,
+                             ca_file=cert)
+        try:
+            with pytest.raises(Unreachable, match="401"):
+                await wrong.pull(room, pulled.into, settle_s=1.0)
+            with pytest.raises(Unreachable):
+                await down.pull(room, pulled.into, settle_s=1.0)
+            assert await down.rooms() == {room, "vis_other"}  # what answers is listed
+            async def janus_writing() -> None:  # a live recorder: the file keeps changing
+                while True:
+                    with writing.open("ab") as out:
+                        out.write(b"packet")
+                    await asyncio.sleep(0.3)
+
+            writer = asyncio.create_task(janus_writing())
+            began = time.monotonic()
+            try:
+                taken = await right.pull(room, pulled.into, settle_s=2.0)
+            finally:
+                writer.cancel()
+            waited_s = time.monotonic() - began
+            assert sorted(f.name for f in taken) == sorted([finished.name, dead.name])
+            assert waited_s >= 2.0, "a .tmp still being written was not waited for"
+            for path in (finished, dead):
+                copy = pulled.into / path.name
+                assert copy.read_bytes() == path.read_bytes()
+                assert int(copy.stat().st_mtime) == int(path.stat().st_mtime)
+            assert sorted(p.name for p in pulled.into.iterdir()) == sorted(
+                [finished.name, dead.name])
+            await right.delete(taken)
+            assert sorted(p.name for p in served.iterdir()) == sorted(
+                [writing.name, other.name])
+            # `kinwire doctor` says the same of each host
+            settings = Settings(data_dir=str(tmp_path), janus_recordings_urls=(pulled.url,),
+                                janus_recordings_dir=str(pulled.into),
+                                janus_recordings_password=pulled.password,
+                                janus_recordings_ca=cert)
+            [listed] = await janus_hosts_folders(settings)
+            [refused] = await janus_hosts_folders(settings.replace(
+                janus_recordings_password="not-the-password-either"))
+            assert (listed.status, refused.status) == ("ok", "fail"), (listed, refused)
+            assert "2 visits' files waiting" in listed.detail, listed
+        finally:
+            for remote in (wrong, right, down):
+                await remote.close()
+    # A host that lists 1,000 bytes and sends 10 (its transfer cut short).
+    app = web.Application()
+    name = f"videoroom-{room}-user-family-2-video-0.mjr"
+
+    async def listing(_: web.Request) -> web.Response:
+        return web.json_response([{"name": name, "type": "file", "size": 1000,
+                                   "mtime": "Mon, 07 Dec 2026 10:00:00 GMT"}])
+
+    async def short(_: web.Request) -> web.Response:
+        return web.Response(body=b"0123456789")
+
+    app.router.add_get("/", listing)
+    app.router.add_get(f"/{name}", short)
+    server = TestServer(app, host="127.0.0.1", port=free_port())
+    await server.start_server()
+    cut = RemoteFolders((f"http://127.0.0.1:{server.port}/",), "password")
+    try:
+        with pytest.raises(Unreachable, match="10 bytes of 1000"):
+            await cut.pull(room, pulled.into, settle_s=1.0)
+        assert not (pulled.into / name).exists() and not list(pulled.into.glob("*.part"))
+    finally:
+        await cut.close()
+        await server.close()
