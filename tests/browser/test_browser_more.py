@@ -434,8 +434,18 @@ async def test_staff_watch_a_relayed_visit_in_the_console(sqlite_template: Path,
             # with the relay): when it is back, the console offers again and keeps watching,
             # on a new peer connection (the old pictures' streams are replaced).
             await note_watch_streams(desk)
+            # Every state the console shows from here, kept: a reconnection quicker than
+            # Playwright's polling (a few hundred ms apart on a loaded host) shows "Online"
+            # again before a poll could see it gone (failed a full run so, 2026-12-07).
+            await desk.evaluate("""() => {
+                const state = document.querySelector('#socket-state');
+                window.socketStates = [];
+                new MutationObserver(() => window.socketStates.push(state.dataset.socketState))
+                  .observe(state, {attributes: true, attributeFilter: ['data-socket-state']});
+              }""")
             await desk.evaluate("() => window.liveSockets.forEach(ws => ws.close())")
-            await expect(desk.locator("#socket-state")).not_to_have_text("Online")
+            await desk.wait_for_function(
+                "() => window.socketStates.some(s => s !== 'online')", timeout=10_000)
             await expect(desk.locator("#socket-state")).to_have_text("Online")
             await watch_plays_new_streams(desk)
             await expect(desk.locator("#watch-notice")).to_have_text("Live.")

@@ -192,8 +192,11 @@ async def test_backup_with_photos_in_s3_restores_them_into_an_empty_bucket(
     snapshot references out of the bucket, and the restore puts them under another, empty
     prefix (a fresh bucket), not on the target's disk. Adversaries: uploads racing the
     snapshot; a backup blob changed afterwards (verify fails, restore refuses)."""
-    prefixes = [f"bk-{name}-{secrets.token_hex(3)}" for name in ("src", "dst", "quiet")]
-    dest = await _backup_under_load(tmp_path, [seaweed.env(prefix=p) for p in prefixes])
+    prefixes = [f"bk-{name}-{secrets.token_hex(3)}" for name in ("src", "dst")]
+    # The quiet backup's exact round trip is the store-independent half: the SQLite and
+    # PostgreSQL runs above show it (here it cost ~12 s of a loaded run for nothing new).
+    dest = await _backup_under_load(tmp_path, [seaweed.env(prefix=p) for p in prefixes],
+                                    quiet_round_trip=False)
     files = read_manifest(dest)["files"]
     photos = sorted(name.removeprefix("blobs/") for name in files if name.startswith("blobs/"))
     assert photos and sorted(k.removeprefix(f"{prefixes[1]}/photos/")
@@ -213,15 +216,16 @@ async def test_backup_with_photos_in_s3_restores_them_into_an_empty_bucket(
     assert refused.returncode == 1 and "does not verify" in refused.stderr, refused.stderr
 
 
-async def _backup_under_load(tmp_path: Path, extras: list[dict[str, str]]) -> Path:
+async def _backup_under_load(tmp_path: Path, extras: list[dict[str, str]], *,
+                             quiet_round_trip: bool = True) -> Path:
     """A backup taken while purchases and photo uploads run, restored into a fresh data
     directory (and database, and blob store, per `extras`: source, target, quiet target):
-    every purchase acknowledged before the snapshot is there and every photo opens. Returns
-    the backup's folder."""
+    every purchase acknowledged before the snapshot is there and every photo opens; with
+    `quiet_round_trip`, a second backup taken once the load stopped restores to exactly what
+    the source serves. Returns the backup's folder."""
     databases = extras
     source = _env(tmp_path / "source", databases[0])
     target = _env(tmp_path / "target", databases[1])
-    quiet_target = _env(tmp_path / "quiet", databases[2])
     dest, quiet = tmp_path / "backup", tmp_path / "backup-quiet"
     acked: list[tuple[float, str]] = []  # (when acknowledged, purchase id)
     stop = asyncio.Event()
@@ -254,8 +258,9 @@ async def _backup_under_load(tmp_path: Path, extras: list[dict[str, str]]) -> Pa
         assert len(before) >= 3 and len(acked) > len(before), (len(before), len(acked))
 
         # Quiet now: a second backup must serve exactly what the source serves.
-        code, out = await kinwire_async("backup", str(quiet), env=source)
-        assert code == 0, out
+        if quiet_round_trip:
+            code, out = await kinwire_async("backup", str(quiet), env=source)
+            assert code == 0, out
         served = await family.seen()
         seen_heads = await _event_heads(source)  # what the apps may have synced up to
     assert served["photos"], "the load sent photos"
@@ -282,12 +287,14 @@ async def _backup_under_load(tmp_path: Path, extras: list[dict[str, str]]) -> Pa
     for data in seen["photos"].values():
         Image.open(io.BytesIO(data)).verify()  # every referenced photo opens
 
-    assert kinwire("restore", str(quiet), env=quiet_target).returncode == 0
-    async with serving(quiet_target) as base, aiohttp.ClientSession(base_url=base) as http:
-        assert await (await Family(http).login()).seen() == served
+    if quiet_round_trip:
+        quiet_target = _env(tmp_path / "quiet", databases[2])
+        assert kinwire("restore", str(quiet), env=quiet_target).returncode == 0
+        async with serving(quiet_target) as base, aiohttp.ClientSession(base_url=base) as http:
+            assert await (await Family(http).login()).seen() == served
 
     # Restoring over a data directory in use is refused, and changes nothing there.
-    again = kinwire("restore", str(quiet), env=target)
+    again = kinwire("restore", str(dest), env=target)
     assert again.returncode == 1 and "restore into an empty" in again.stderr, again.stderr
     return dest
 
