@@ -29,6 +29,7 @@ class FaultProxy:
         self.port = 0
         self.latency_s = 0.0
         self.refuse_until = 0.0
+        self.cuts = 0  # a connection being joined when a cut comes is cut too
         self._flowing = asyncio.Event()
         self._flowing.set()
         self._server: asyncio.Server | None = None
@@ -54,6 +55,7 @@ class FaultProxy:
 
     def cut(self, refuse_s: float = 0.0) -> None:
         self.refuse_until = time.monotonic() + refuse_s
+        self.cuts += 1
         for link in list(self._links):
             link.close()
 
@@ -80,12 +82,17 @@ class FaultProxy:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
+        cuts = self.cuts
         if time.monotonic() < self.refuse_until:
             writer.transport.abort()
             return
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:
+            writer.transport.abort()
+            return
+        if self.cuts != cuts:  # cut while this one was being joined: it was in no link
+            up_writer.transport.abort()  # yet, and must not outlive the cut
             writer.transport.abort()
             return
         link = _Link(self, (reader, writer), (up_reader, up_writer))
