@@ -186,6 +186,14 @@ class RemoteFolders:
         part.replace(target)
 
 
+def parts(folder: Path, room: str) -> list[Path]:
+    """The room's downloads a stopped process left half-done in `folder` (`<name>.part`): a
+    later pull writes them again, but once the visit is kept nothing would."""
+    return [path for path in folder.glob("videoroom-*.part")
+            if (match := janus_recording.NAME.match(path.name[:-len(".part")])) is not None
+            and match["room"] == room]
+
+
 def _same(path: Path, remote: Remote) -> bool:
     try:
         return path.stat().st_size >= remote.bytes and not remote.writing

@@ -41,6 +41,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from server import janus_files
 from server.janus_files import Remote, RemoteFolders, Unreachable
 from server.recordings import Recordings
 from server.schema import recordings
@@ -84,6 +85,7 @@ class JanusRecordings:
                             "deleted", visit_id, len(left), kept["id"])
                 await asyncio.to_thread(_delete, left)
             await self._delete_remote_leftovers(visit_id, kept["id"])
+            await asyncio.to_thread(lambda: _delete(janus_files.parts(self.folder, visit_id)))
             return kept
         pulled: list[Remote] = []
         if self.remote is not None:  # Unreachable: the files stay on their hosts
@@ -114,7 +116,8 @@ class JanusRecordings:
         finally:  # the blob store took it over, or it is not kept
             await asyncio.to_thread(_delete, [out, out.with_name(out.name + ".part")])
         # Only now: a crash before this line leaves the files for the next sweep.
-        await asyncio.to_thread(lambda: _delete(janus_recording.files(self.folder, visit_id)))
+        await asyncio.to_thread(lambda: _delete(janus_recording.files(self.folder, visit_id)
+                                                + janus_files.parts(self.folder, visit_id)))
         if self.remote is not None:  # only what was pulled: a file listed later stays
             await self.remote.delete(pulled)
         log.info("visit %s: %d Janus files kept as recording %s in %.2f s", visit_id,

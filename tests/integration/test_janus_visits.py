@@ -498,6 +498,9 @@ async def test_a_staff_end_destroys_the_room_and_keeps_the_recording(
         watch = (await watcher.call("visit.watch", visit_id=visit_id))["ok"]["janus"]
         assert watch["feed"] is None and watch["room"] == visit_id
         assert watch["token"] not in (family_creds.token, person_creds.token)
+        # A download of this visit's a stopped process left half-done where files are pulled
+        left = pulled.into / f"videoroom-{visit_id}-user-family-1-video-0.mjr.part"
+        await asyncio.to_thread(left.write_bytes, b"half a file")
         engine = engine_of(http, janus)
         beside = asyncio.create_task(interrupted_visit(http, a, b, pg_db, tmp_path, janus,
                                                        engine, monkeypatch))
@@ -551,7 +554,7 @@ async def test_a_staff_end_destroys_the_room_and_keeps_the_recording(
         assert record["duration_s"] >= RECORDED_S, record
         await plays_both_videos(http, b, staff, record, tmp_path / "played.webm")
     assert not janus_recording.files(janus.recordings_dir, visit_id), "left on the Janus host"
-    assert not janus_recording.files(pulled.into, visit_id), "left where they were pulled to"
+    assert not list(pulled.into.iterdir()), "left where they were pulled to"
 
 
 def engine_of(http: aiohttp.ClientSession, janus: Janus) -> JanusEngine:
