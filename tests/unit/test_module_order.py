@@ -22,8 +22,7 @@ def collected_modules(session: pytest.Session) -> list[Path]:
     collected the whole suite (`make test`: each xdist worker collects all of it, through the
     same hook), else a collection of the whole suite in a child process (~10 s of CPU)."""
     mine = _modules(str(item.path.relative_to(ROOT)) for item in session.items)
-    if set(mine) >= set(_modules(str(p.relative_to(ROOT))
-                                 for p in (ROOT / "tests").glob("*/test_*.py"))):
+    if set(mine) >= {p.relative_to(ROOT) for p in (ROOT / "tests").glob("*/test_*.py")}:
         return mine
     out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p",
                           "no:cacheprovider", "tests"], cwd=ROOT, capture_output=True,
