@@ -366,6 +366,7 @@ async def test_a_janus_killed_mid_call_pauses_the_visit_and_bills_no_gap(
             published_at = utcnow()
             async with publishing(placed, person_creds), publishing(placed, family_creds):
                 live_at = await until_status(pg_db, visit_id, {"live"})
+                live_wall = utcnow()
                 await asyncio.sleep(2.6 * MINUTE_S)
                 await asyncio.to_thread(placed.kill)
                 killed_at = time.monotonic()
@@ -409,10 +410,14 @@ async def test_a_janus_killed_mid_call_pauses_the_visit_and_bills_no_gap(
     assert (paid - 1) * MINUTE_S < live_s + again_s + TOLERANCE_S, "billed beyond the call"
     assert paid > paid_by_gap, "billing did not resume on the new room"
     # From the first room's first packet to the second room's last, the gap between included.
+    # The first packet comes after publishing began (then the peer's ICE and DTLS: 2.1 s more
+    # than the recording once in a full run) and before Kinwire saw the visit live (Janus's
+    # media event).
     span_s = (stopped_wall - published_at).total_seconds()
+    seen_s = (stopped_wall - live_wall).total_seconds()
     print(f"recording of both rooms: {record['duration_s']:.2f} s for {span_s:.2f} s from "
-          f"publishing in the first to hanging up in the second")
-    assert span_s - 2.0 < record["duration_s"] <= span_s + 0.5, (record, span_s)
+          f"publishing in the first to hanging up in the second ({seen_s:.2f} s from live)")
+    assert seen_s - 1.0 < record["duration_s"] <= span_s + 0.5, (record, seen_s, span_s)
     assert not janus_recording.files(first.recordings_dir, visit_id), "files left"
 
 
