@@ -40,6 +40,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
+from store import raw
 from store.group import GroupCommit
 from store.inline import creator
 from store.statement import Record as Record  # a row, re-exported
@@ -182,6 +183,7 @@ class Store:
             # samples). A connection found dead when used fails that one request as
             # `unavailable` (is_unavailable; clients retry with their idempotency key), and
             # SQLAlchemy then invalidates the whole pool, so the retry gets a fresh connection.
+            raw.check_asyncpg_adapter()  # at the store's start, before any statement
             plain, pooler_args = _postgresql_connect_args(self.url)
             self._writer = create_async_engine(
                 plain, pool_size=pool_size, max_overflow=0,
