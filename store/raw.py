@@ -15,7 +15,7 @@ dialect runs on the transaction's own DBAPI connection:
   SQLAlchemy's own cursor does, and the COMMIT or ROLLBACK stays SQLAlchemy's. A failure is
   handed to SQLAlchemy's own handling, so it is wrapped as its statements' are and a dead
   connection is invalidated with its pool: it still reads as `unavailable`
-  (store.is_unavailable). A send's ~11 statements: 2.0 -> 1.7 ms of CPU (docs/BENCHMARKS.md,
+  (store.is_unavailable). A send's ~11 statements: 1.86 -> 1.42 ms of CPU (docs/BENCHMARKS.md,
   "Sends on PostgreSQL straight on asyncpg"). This reads three private names of SQLAlchemy's
   asyncpg adapter and one of its Connection: `check_asyncpg_adapter` refuses an upgrade that
   moved them, at the store's start;

@@ -4,13 +4,13 @@ A `Statement` wraps a SQLAlchemy Core statement (select, insert, update or delet
 `.returning()` where it reads back; named `bindparam`s for its values) declared once, at
 import, in the module that owns its table. The store compiles it once per dialect and runs it
 as driver SQL on the caller's transaction (store/raw.py: on the loop on SQLite's inline writer,
-`exec_driver_sql` elsewhere): no per-call building, compiling or execution context, which cost
-more CPU than the database did on every send, billed minute and join (docs/BENCHMARKS.md,
-"Durable sends"). Values are bound and rows read back through the columns' own SQLAlchemy
-types (UTC datetimes, JSON, booleans), so a row reads and writes exactly as through
-`conn.execute`; rows come back as named tuples. Errors are the driver's through SQLAlchemy's
-wrapping (except on the inline writer, whose sqlite3 errors are raised as they are), so a dead
-database still reads as `unavailable` (store.is_unavailable).
+on asyncpg on PostgreSQL, `exec_driver_sql` elsewhere): no per-call building, compiling or
+execution context, which cost more CPU than the database did on every send, billed minute and
+join (docs/BENCHMARKS.md, "Durable sends"). Values are bound and rows read back through the
+columns' own SQLAlchemy types (UTC datetimes, JSON, booleans), so a row reads and writes
+exactly as through `conn.execute`; rows come back as named tuples. Errors are the driver's
+through SQLAlchemy's wrapping (except on the inline writer, whose sqlite3 errors are raised as
+they are), so a dead database still reads as `unavailable` (store.is_unavailable).
 
 `point_read` is a one-row lookup by a unique key outside any transaction: on SQLite straight on
 a read-only connection on the loop (store/quickread.py), elsewhere (or when that connection
