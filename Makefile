@@ -18,7 +18,9 @@ run: $(STAMP)
 # host ~40-70% slower a core (bench/calibrate.py's round 0.69-0.85 s against 0.50 s): 12.4-15.4
 # min, both cores 97% busy the whole run, so only less CPU makes it shorter (docs/BENCHMARKS.md).
 # A session later, 0.70-1.02 s a round: 714-762 s of pytest with four (CPU 95-100% busy by
-# vmstat); five took 763 s and starved a link test: four stays.
+# vmstat); five took 763 s and starved a link test: four stays. The next session, at 0.51 s a
+# round: 534-643 s of pytest (546 s, then 643 s an hour later at the same calibration), and
+# 636 s for CI's whole run from a fresh clone, install included.
 # The suite writes bytecode even where the shell says not to (PYTHONDONTWRITEBYTECODE=1 on this
 # machine): without it every test process re-rewrote ~280 plugin modules' assertions (pytest
 # start 3.8 s -> 2.0 s) and every spawned server recompiled the project (1.23 s -> 1.03 s).
