@@ -26,7 +26,7 @@ dialect runs on the transaction's own DBAPI connection:
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import sqlalchemy
@@ -62,39 +62,42 @@ def target(conn: AsyncConnection) -> tuple[Dialect, sqlite3.Connection | None]:
 
 
 async def driver_rows(conn: AsyncConnection, sql: str, values: Sequence[Any]) -> list[Any]:
-    adapter = conn.sync_connection.connection.dbapi_connection
-    if isinstance(adapter, AsyncAdapt_asyncpg_connection):
-        return await _on_asyncpg(conn, adapter, "fetch", sql, values)
+    if (adapter := _asyncpg(conn)) is not None:
+        return await _on_asyncpg(conn, adapter, sql, values, lambda pg: pg.fetch(sql, *values))
     return (await conn.exec_driver_sql(sql, tuple(values))).all()
 
 
 async def driver_run(conn: AsyncConnection, sql: str, values: Sequence[Any]) -> int:
-    adapter = conn.sync_connection.connection.dbapi_connection
-    if isinstance(adapter, AsyncAdapt_asyncpg_connection):
-        status = await _on_asyncpg(conn, adapter, "execute", sql, values)
+    if (adapter := _asyncpg(conn)) is not None:
+        status = await _on_asyncpg(conn, adapter, sql, values,
+                                   lambda pg: pg.execute(sql, *values))
         count = status.rpartition(" ")[2]  # "UPDATE 1", "INSERT 0 1"; "SAVEPOINT": none
         return int(count) if count.isdigit() else 0
     return (await conn.exec_driver_sql(sql, tuple(values))).rowcount
 
 
 async def driver_run_many(conn: AsyncConnection, sql: str, rows: list[Sequence[Any]]) -> None:
-    adapter = conn.sync_connection.connection.dbapi_connection
-    if isinstance(adapter, AsyncAdapt_asyncpg_connection):
-        await _on_asyncpg(conn, adapter, "executemany", sql, rows)
+    if (adapter := _asyncpg(conn)) is not None:
+        await _on_asyncpg(conn, adapter, sql, rows, lambda pg: pg.executemany(sql, rows))
         return
     await conn.exec_driver_sql(sql, [tuple(row) for row in rows])
 
 
-async def _on_asyncpg(conn: AsyncConnection, adapter: Any, call: str, sql: str,
-                      values: Sequence[Any]) -> Any:
-    """asyncpg's `call` (fetch, execute, executemany) in the transaction SQLAlchemy manages."""
+def _asyncpg(conn: AsyncConnection) -> Any | None:
+    """SQLAlchemy's asyncpg adapter of the connection, or None (not PostgreSQL)."""
+    adapter = conn.sync_connection.connection.dbapi_connection
+    return adapter if isinstance(adapter, AsyncAdapt_asyncpg_connection) else None
+
+
+async def _on_asyncpg(conn: AsyncConnection, adapter: Any, sql: str, values: Sequence[Any],
+                      call: Callable[[Any], Awaitable[Any]]) -> Any:
+    """`call(asyncpg connection)` in the transaction SQLAlchemy manages (`sql` and `values`
+    name the statement in an error, as SQLAlchemy's do)."""
     try:
         async with adapter._execute_mutex:
             if adapter._transaction is None:
                 await adapter._start_transaction()
-            if call == "executemany":
-                return await adapter._connection.executemany(sql, values)
-            return await getattr(adapter._connection, call)(sql, *values)
+            return await call(adapter._connection)
     except Exception as exc:
         await conn.run_sync(_raise_as_sqlalchemy, adapter, exc, sql, values)
         raise  # not reached: the above raises
