@@ -253,14 +253,18 @@ class SharedBudget:
         return True
 
     async def reserve(self) -> bool:
-        """Wait for a draw and spend a token of it; False when the shared bucket is empty."""
-        if time.monotonic() < self._empty_until:
-            return False  # a flood of refused commands costs no round trip each
-        if self._draw is None:
-            self._draw = asyncio.create_task(self._drawn(), name="limits-draw")
-        if not await asyncio.shield(self._draw):
-            return self._local.take()
-        return self.take()
+        """Wait for a draw and spend a token of it; False when the shared bucket is empty.
+        Commands arriving together on several sockets wait on one draw of a batch: those the
+        batch does not cover draw again (before: refused while the bucket still had its burst)."""
+        while True:
+            if time.monotonic() < self._empty_until:
+                return False  # a flood of refused commands costs no round trip each
+            if self._draw is None:
+                self._draw = asyncio.create_task(self._drawn(), name="limits-draw")
+            if not await asyncio.shield(self._draw):
+                return self._local.take()
+            if self.take():
+                return True
 
     async def _drawn(self) -> bool:
         """Draw a batch into hand; False when Redis did not answer."""

@@ -76,6 +76,27 @@ async def test_a_dead_process_sockets_lapse_and_a_live_ones_do_not(tmp_path: Pat
         redis.stop()
 
 
+async def test_commands_arriving_together_share_the_burst_not_one_batch(tmp_path: Path) -> None:
+    """Adversary: a user's commands arriving at the same instant on ten sockets of one process.
+    They wait on one draw of a batch (5); the rest must draw again, not be refused while the
+    bucket still holds its burst (before: 5 of 10 refused). The bucket still bounds them: of
+    60 more at once, no more than what is left of the burst and its refill."""
+    redis = RedisServer(tmp_path)
+    await redis.start()
+    limits = limits_on(redis.url, "a", op_timeout_s=10.0)
+    try:
+        budget = limits.budget("acc_1")
+        started = time.monotonic()
+        first = await asyncio.gather(*(budget.reserve() for _ in range(10)))
+        assert all(first), first
+        more = await asyncio.gather(*(budget.reserve() for _ in range(60)))
+        refill = RATE * (time.monotonic() - started)
+        assert 2 * RATE - 10 <= sum(more) <= 2 * RATE - 10 + refill + 1, (sum(more), refill)
+    finally:
+        await limits.close()
+        redis.stop()
+
+
 async def test_without_redis_the_limits_fall_back_to_the_process(tmp_path: Path) -> None:
     """Adversary: Redis down (or never reachable). Nobody is locked out: a socket is admitted
     (the hub's own per-process count still applies) and commands are metered per process."""

@@ -854,3 +854,38 @@ async def test_a_janus_host_s_folder_is_pulled_whole_or_not_at_all(tmp_path: Pat
     finally:
         await cut.close()
         await server.close()
+
+
+@pytest.mark.timeout(120)
+async def test_forty_joins_at_once_on_two_processes_place_one_room(
+        pg_db: str, tmp_path: Path, ports: Ports, janus: Janus) -> None:
+    """The same request 40 times at once: ten sockets of the family on A and ten of the person
+    on B each ask `visit.join` twice together, with two Janus servers in the fleet and no room
+    placed yet. Every join is answered (20 commands at once are within a user's burst of 40:
+    before server/gateway/limits.py's reserve drew again, all but a batch of 5 a process were
+    refused), all name one server and one room, the visit's on the server its row names, and
+    the other server has no room for it."""
+    async with running_janus(tmp_path / "j2", events_url=ports.events_url,
+                             janus_secrets=janus.secrets) as second, \
+            kinwires(pg_db, tmp_path, ports, janus, second) as ((a, b), http):
+        visit_id, _, family_token, person_token = await a_visit(http, a, b, pg_db)
+        peers = [LivePeer(http, node, token, "kinwire.v1.json")
+                 for node, token in ((a, family_token), (b, person_token)) for _ in range(10)]
+        try:
+            await asyncio.gather(*(peer.connect() for peer in peers))
+            replies = await asyncio.gather(*(peer.call("visit.join", visit_id=visit_id)
+                                             for peer in peers for _ in range(2)))
+            assert all("ok" in r for r in replies), [r for r in replies if "ok" not in r]
+            row = await row_of(pg_db, visit_id)
+            placed = {(r["ok"]["janus"]["server"], r["ok"]["janus"]["room"]) for r in replies}
+            assert placed == {(row.media_server, visit_id)}, (placed, row.media_server)
+            by_url = {janus.api_url: janus, second.api_url: second}
+            for url, server in by_url.items():
+                rooms = await engine_of(http, server).rooms_on(url)
+                assert await rooms.exists(visit_id) == (url == row.media_server), url
+        finally:
+            await asyncio.gather(*(peer.close() for peer in peers))
+            if (row := await row_of(pg_db, visit_id)).media_server:  # the module's Janus
+                placed_on = janus if row.media_server == janus.api_url else second
+                await engine_of(http, placed_on).end(
+                    engine_of(http, placed_on).room(visit_id, row.media_server, record=False))
