@@ -191,8 +191,10 @@ RECORDINGS_SITE = ROOT / "deploy" / "nginx" / "janus-recordings.conf"
 
 @asynccontextmanager
 async def kinwires(pg: str, tmp_path: Path, ports: Ports, *fleet: Janus,
-                   pulled: Pulled | None = None,
+                   pulled: Pulled | None = None, media: bool = True,
                    ) -> AsyncIterator[tuple[list[Node], aiohttp.ClientSession]]:
+    """Two Kinwire processes behind the round-robin balancer for Janus's posts; with `media`
+    (parties publish), both must have answered some of them."""
     redis = RedisServer(tmp_path)
     await redis.start()
     try:
@@ -202,7 +204,7 @@ async def kinwires(pg: str, tmp_path: Path, ports: Ports, *fleet: Janus,
                 aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
             yield nodes, http
             print(f"event posts answered by A, B: {answered}")
-            assert min(answered) > 0, answered
+            assert not media or min(answered) > 0, answered
     finally:
         redis.stop()
 
@@ -867,7 +869,7 @@ async def test_forty_joins_at_once_on_two_processes_place_one_room(
     the other server has no room for it."""
     async with running_janus(tmp_path / "j2", events_url=ports.events_url,
                              janus_secrets=janus.secrets) as second, \
-            kinwires(pg_db, tmp_path, ports, janus, second) as ((a, b), http):
+            kinwires(pg_db, tmp_path, ports, janus, second, media=False) as ((a, b), http):
         visit_id, _, family_token, person_token = await a_visit(http, a, b, pg_db)
         peers = [LivePeer(http, node, token, "kinwire.v1.json")
                  for node, token in ((a, family_token), (b, person_token)) for _ in range(10)]
