@@ -284,10 +284,21 @@ async def test_a_stall_report_pauses_the_meter_from_the_last_frame(db_url: str,
             assert reply["error"]["code"] == "invalid_input", (bad, reply)
 
         async def row() -> Any:
-            await asyncio.sleep(0.3)  # the poked meter's pass
-            async with api.ctx.store.read() as conn:
-                return (await conn.execute(visits.select().where(
-                    visits.c.id == visit_id))).first()
+            """The visit once the poked meter has applied its latest presence change: the
+            meter state is stored by a pass after the report's own transaction, and a pass
+            late under load (more than 0.3 s on two busy cores) left a state read too early
+            holding seconds accounted past the stop that the pass then took back."""
+            for _ in range(100):
+                await asyncio.sleep(0.05)
+                async with api.ctx.store.read() as conn:
+                    found = (await conn.execute(visits.select().where(
+                        visits.c.id == visit_id))).first()
+                applied = (found.meter or {}).get("presence_at")
+                if found.media_changed_at is None or (
+                        applied is not None
+                        and abs(applied - found.media_changed_at.timestamp()) < 1e-6):
+                    return found
+            raise AssertionError(f"the meter did not apply the change: {found.meter}")
 
         async def stretch(live_s: float, stalled_s: float) -> tuple[float, float, dict]:
             """Live for `live_s`, then a stall reported `stalled_s` back: (the seconds the
