@@ -39,10 +39,13 @@ bench: $(STAMP)
 
 install: $(STAMP)
 
+# uv (Astral's installer, from PyPI) rather than pip: the same packages (pip freeze compared)
+# in 13-17 s instead of 34 s from a fresh clone, 2026-12-07; bytecode compiled at install, as
+# pip did, so four test processes do not each compile the same modules on their first import.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	$(BIN)/python -m pip install --quiet 'uv>=0.9,<1'
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --compile-bytecode -e '.[test,bench]'
 	touch $(STAMP)
 
 clean:
