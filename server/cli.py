@@ -422,7 +422,7 @@ def main(argv: list[str] | None = None, default: str | None = None) -> int:
     for warning in unknown_variables():  # a misspelt setting is otherwise silently ignored
         print(warning, file=sys.stderr, flush=True)
     # metrics/logs: JSON lines or text (KINWIRE_LOG_FORMAT; `auto`: text at a terminal).
-    from server.http.logs import configure
+    from common.logs import configure
 
     configure(settings.log_level, settings.log_format)
     # Alembic announces every plugin at INFO; its warnings are what an operator needs.

@@ -221,7 +221,7 @@ def test_text_lines_are_masked_like_json_ones() -> None:
     """A token or card number that slipped into a message is masked in text logs too."""
     import logging
 
-    from server.http.logs import REQUEST_ID, TextFormatter
+    from common.logs import REQUEST_ID, TextFormatter
 
     record = logging.LogRecord("kinwire.test", logging.WARNING, __file__, 1,
                                "client sent Authorization: Bearer %s with card %s",

@@ -13,8 +13,9 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from common.logs import JsonFormatter
 from server.app import create_app
-from server.http.logs import AccessLogger, JsonFormatter
+from server.http.logs import AccessLogger
 from tests.conftest import test_settings
 from tests.support.cast import cast, send
 from tests.support.helpers import VISA, Api
