@@ -326,13 +326,24 @@ async def test_a_recorded_visit_becomes_one_file_and_a_privileged_one_none(
     folder = shared.janus.recordings_dir
     recorded = await engine.create_room("vis_recorded", record=True)
     privileged = await engine.create_room("vis_privileged", record=False)
+    def first(role: str, kind: str) -> datetime | None:
+        """When Janus first received the party's `kind` (its event's time, by Janus's clock)."""
+        return min((o.at for o in kinwire.presence.recent if o.kind == "receiving"
+                    and o.media == kind and o.party == Party("vis_recorded", role,
+                                                             f"acc_{role[0]}")), default=None)
+
     try:
         started = time.monotonic()
         async with publishing(shared.janus, engine.credentials(
                 recorded, "family", "acc_f", soon())), \
                 publishing(shared.janus, engine.credentials(privileged, "family", "acc_p", soon())):
+            # The person joins a second after Janus receives the family (counted from the
+            # family's publishing, a loaded run's slower ICE and DTLS ate into it: 1.38 s late
+            # against 1.95 s counted)
+            await until(lambda: first("family", "video") is not None, "the family's video")
+            family_seen = time.monotonic()
             await asyncio.sleep(1.0)
-            late = time.monotonic() - started
+            late = time.monotonic() - family_seen
             async with publishing(shared.janus, engine.credentials(
                     recorded, "person", "acc_p", soon())):
                 await until(lambda: presence_of(kinwire, "vis_recorded"), "both publishing")
@@ -354,17 +365,15 @@ async def test_a_recorded_visit_becomes_one_file_and_a_privileged_one_none(
         starts = [float(s.start_time * s.time_base) for s in container.streams]
         duration_s = container.duration / 1_000_000
         frames = sum(1 for _ in container.decode(video=1))
-    # The family's media spans the file; the person's starts where Janus first received it
-    # (its event's time, by Janus's clock), after the family's.
-    def first(role: str, kind: str) -> datetime:
-        return min(o.at for o in kinwire.presence.recent if o.kind == "receiving"
-                   and o.media == kind and o.party == Party("vis_recorded", role, f"acc_{role[0]}"))
+    # The family's media spans the file; the person's starts where Janus first received it,
+    # after the family's.
     assert published_s - 1.5 < duration_s <= published_s + 0.2, (duration_s, published_s)
     for video, audio in ((0, 2), (1, 3)):
         assert abs(starts[video] - starts[audio]) < 0.2  # a party's two files start together
     person_late = (first("person", "video") - first("family", "video")).total_seconds()
-    assert person_late > late - 0.5 and abs(starts[1] - starts[0] - person_late) < 0.2, (
-        starts, person_late)
+    # at least the second waited after the family was seen (Janus's clock against this one's)
+    assert person_late > late - 0.1 and abs(starts[1] - starts[0] - person_late) < 0.2, (
+        starts, person_late, late)
     assert frames > 15  # the person's camera, 15 frames a second for about 2 s, decodes
 
 
