@@ -20,7 +20,9 @@ run: $(STAMP)
 # A session later, 0.70-1.02 s a round: 714-762 s of pytest with four (CPU 95-100% busy by
 # vmstat); five took 763 s and starved a link test: four stays. The next session, at 0.51 s a
 # round: 534-643 s of pytest (546 s, then 643 s an hour later at the same calibration), and
-# 636 s for CI's whole run from a fresh clone, install included.
+# 636 s for CI's whole run from a fresh clone, install included. 2026-12-07 (round 0.54 s):
+# 606-622 s of pytest, CPU 93% busy on average (docs/BENCHMARKS.md, the suite's CPU by module);
+# 617 s for CI's whole run with uv installing; with a busy loop beside it, 722 s.
 # The suite writes bytecode even where the shell says not to (PYTHONDONTWRITEBYTECODE=1 on this
 # machine): without it every test process re-rewrote ~280 plugin modules' assertions (pytest
 # start 3.8 s -> 2.0 s) and every spawned server recompiled the project (1.23 s -> 1.03 s).

@@ -153,6 +153,7 @@ async def test_the_week_view_books_the_block_under_way_after_a_confirmation(
 async def test_a_top_up_in_the_call_keeps_it_going(sqlite_template: Path,
                                                    tmp_path: Path) -> None:
     require_chromium()
+    from playwright.async_api import TimeoutError as PlaywrightTimeout
     from playwright.async_api import async_playwright, expect
 
     expect.set_options(timeout=15_000)
@@ -223,10 +224,14 @@ async def test_a_top_up_in_the_call_keeps_it_going(sqlite_template: Path,
                 await processor.get_by_role("button", name=re.compile(r"^Pay \$")).click()
                 try:
                     await processor.wait_for_event("close")  # it hands the call page the receipt
-                except TimeoutError as exc:  # what the processor's page says, if anything
+                except PlaywrightTimeout as exc:  # what the processor's page says, if anything
+                    # (Playwright's own TimeoutError, not the built-in one: once caught as the
+                    # built-in, a window left open under load said nothing of why)
                     raise AssertionError(
                         f"the processor's window stayed open at {processor.url}: "
-                        f"{await processor.locator('#pay-notice').text_content()!r}") from exc
+                        f"{await processor.locator('#pay-notice').text_content()!r}; the call: "
+                        f"{await fam.locator('#visit-ended').get_attribute('data-reason')!r}"
+                    ) from exc
                 await expect(fam.locator("#buy-notice")).to_contain_text("600 credits added")
                 await expect(warning).to_have_attribute("data-warning", "topped_up")
                 await dialog.get_by_role("button", name="Back to the call").click()
