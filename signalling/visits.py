@@ -14,6 +14,7 @@ liveness lease gone and drops it (`drop` with the dead node). Every status chang
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from types import SimpleNamespace
@@ -204,13 +205,39 @@ async def _change(conn: AsyncConnection, sink: EventSink, row: Record, changes: 
     # Conditional on the facts read, so two processes recording at once cannot interleave.
     changed = await update.run(conn, params)
     if changed != 1:
-        return await _change(conn, sink, await get(conn, row.id), changes, now, stopped_at)
+        raise _Moved(row.id)
     # The update was conditional on the row as read: the row now is that row with `values`
     # (no second SELECT; a join costs a write transaction, and 200 of them at once queue).
     fresh = SimpleNamespace(**{**_fields(row), **values})
     if fresh.status != row.status:
         await announce(conn, sink, fresh, now)
     return fresh
+
+
+class _Moved(Exception):
+    """Another transaction changed the visit's facts between this one's read and its update."""
+
+
+MOVED_RETRIES_MAX = 50  # each retry means another transaction committed a change to the row
+
+
+async def _decided(conn: AsyncConnection, visit_id: str, row: Record,
+                   decide: Callable[[Record], Awaitable[Record]]) -> Record:
+    """`decide(row)` on the row as read (`row`, or read here if None), and again on a fresh
+    read whenever the row moved before its conditional update: the checks are made again on
+    what is there now, not only the change applied again. (Re-applying the change alone let a
+    drop by a process that had lost the party, its read taken before the party rejoined
+    elsewhere, mark the rejoined party absent: seen once on PostgreSQL, in
+    test_meter_remote_crash.)"""
+    for _ in range(MOVED_RETRIES_MAX):
+        if row is None:
+            row = await get(conn, visit_id)
+        try:
+            return await decide(row)
+        except _Moved:
+            row = None
+    raise RuntimeError(f"visit {visit_id}: its row kept changing under {MOVED_RETRIES_MAX} "
+                       "attempts to record a change")
 
 
 def _fields(row: Record) -> dict[str, Any]:
@@ -231,18 +258,22 @@ async def join(conn: AsyncConnection, sink: EventSink, visit_id: str, account_id
                now: datetime, row: Record = None, node: str | None = None) -> Joined:
     """`row`: the visit's row as `get` read it in this transaction, if the caller has it.
     `node`: the process holding the party's socket (its liveness lease names it)."""
-    if row is None:
-        row = await get(conn, visit_id)
+
+    async def decide(row: Record) -> Record:
+        role = role_of(row, account_id)
+        _check_window(row, now)
+        changes: dict[str, Any] = {f"{role}_media": "joined", f"{role}_node": node}
+        if role == "person":
+            changes["person_sending"] = True  # a fresh start: no stall until it says so
+            changes["link_quality"] = changes["link_reason"] = None  # nor a link measured yet
+        if any(getattr(row, name) != value for name, value in changes.items()):
+            # A party joining has no media yet, even if the row says "connected": its last
+            # process may have died without recording that it left.
+            row = await _change(conn, sink, row, changes, now)
+        return row
+
+    row = await _decided(conn, visit_id, row, decide)
     role = role_of(row, account_id)
-    _check_window(row, now)
-    changes: dict[str, Any] = {f"{role}_media": "joined", f"{role}_node": node}
-    if role == "person":
-        changes["person_sending"] = True  # a fresh start: no stall until it says so
-        changes["link_quality"] = changes["link_reason"] = None  # nor a link measured yet
-    if any(getattr(row, name) != value for name, value in changes.items()):
-        # A party joining has no media yet, even if the row says "connected": its last
-        # process may have died without recording that it left.
-        row = await _change(conn, sink, row, changes, now)
     peer_state = row.person_media if role == "family" else row.family_media
     return Joined(row, role, peer_of(row, account_id), peer_state != "absent")
 
@@ -259,22 +290,26 @@ async def set_media(conn: AsyncConnection, sink: EventSink, visit_id: str, accou
     (media_changed_at records it; signalling/meters.py passes it as the stop's instant).
     `link`: the link's quality (LINK_QUALITIES) and why, kept from the person alone, as
     `sending` is: the kiosk is the facility's device, and staff read it."""
-    row = await get(conn, visit_id)
-    role = role_of(row, account_id)
-    if row.status not in IN_CALL:
-        raise VisitError("not_in_call", f"The visit is {row.status}.")
-    if (row.family_media if role == "family" else row.person_media) == "absent":
-        raise VisitError("not_joined", "Join the visit first.")
-    changes: dict[str, Any] = {f"{role}_media": "connected" if connected else "joined"}
-    if node is not None:
-        changes[f"{role}_node"] = node
-    if role == "person" and sending is not None:
-        changes["person_sending"] = sending
-    if role == "person" and link is not None:
-        changes["link_quality"], changes["link_reason"] = link
-    if all(getattr(row, name) == value for name, value in changes.items()):
-        return row
-    return await _change(conn, sink, row, changes, now, stopped_at if role == "person" else None)
+
+    async def decide(row: Record) -> Record:
+        role = role_of(row, account_id)
+        if row.status not in IN_CALL:
+            raise VisitError("not_in_call", f"The visit is {row.status}.")
+        if (row.family_media if role == "family" else row.person_media) == "absent":
+            raise VisitError("not_joined", "Join the visit first.")
+        changes: dict[str, Any] = {f"{role}_media": "connected" if connected else "joined"}
+        if node is not None:
+            changes[f"{role}_node"] = node
+        if role == "person" and sending is not None:
+            changes["person_sending"] = sending
+        if role == "person" and link is not None:
+            changes["link_quality"], changes["link_reason"] = link
+        if all(getattr(row, name) == value for name, value in changes.items()):
+            return row
+        return await _change(conn, sink, row, changes, now,
+                             stopped_at if role == "person" else None)
+
+    return await _decided(conn, visit_id, None, decide)
 
 
 async def drop(conn: AsyncConnection, sink: EventSink, visit_id: str, account_id: str,
@@ -282,14 +317,18 @@ async def drop(conn: AsyncConnection, sink: EventSink, visit_id: str, account_id
     """A party's socket went away without hanging up, or its process died: absent, and the
     meter pauses. With `node`, only if that process still holds the party: one that has
     rejoined elsewhere meanwhile stays."""
-    row = await get(conn, visit_id)
-    role = role_of(row, account_id)
-    if row.status not in IN_CALL or (node is not None and getattr(row, f"{role}_node") != node):
-        return row
-    if getattr(row, f"{role}_media") == "absent":
-        return row
-    return await _change(conn, sink, row, {f"{role}_media": "absent", f"{role}_node": None},
-                         now)
+
+    async def decide(row: Record) -> Record:
+        role = role_of(row, account_id)
+        if row.status not in IN_CALL or (node is not None
+                                         and getattr(row, f"{role}_node") != node):
+            return row
+        if getattr(row, f"{role}_media") == "absent":
+            return row
+        return await _change(conn, sink, row,
+                             {f"{role}_media": "absent", f"{role}_node": None}, now)
+
+    return await _decided(conn, visit_id, None, decide)
 
 
 async def observe(conn: AsyncConnection, sink: EventSink, visit_id: str, connected: bool,
@@ -297,17 +336,20 @@ async def observe(conn: AsyncConnection, sink: EventSink, visit_id: str, connect
     """Relay mode: what the server holding the visit's media sees (media arriving from both
     parties, the person's advancing). The only presence report that counts in relay mode.
     `stopped_at`: when the media it no longer sees last arrived (as in set_media)."""
-    row = await get(conn, visit_id)
-    if row.status not in IN_CALL:
-        return row
-    if (bool(row.server_media), row.server_node) == (connected, node):
-        return row
-    if not connected and row.server_node not in (None, node):
-        # A relay that no longer holds the visit (it moved on a drain or failover) reporting
-        # the media it cut: the new relay's own view stands.
-        return row
-    return await _change(conn, sink, row, {"server_media": connected, "server_node": node}, now,
-                         stopped_at)
+
+    async def decide(row: Record) -> Record:
+        if row.status not in IN_CALL:
+            return row
+        if (bool(row.server_media), row.server_node) == (connected, node):
+            return row
+        if not connected and row.server_node not in (None, node):
+            # A relay that no longer holds the visit (it moved on a drain or failover)
+            # reporting the media it cut: the new relay's own view stands.
+            return row
+        return await _change(conn, sink, row, {"server_media": connected, "server_node": node},
+                             now, stopped_at)
+
+    return await _decided(conn, visit_id, None, decide)
 
 
 async def end(conn: AsyncConnection, sink: EventSink, visit_id: str, reason: str,

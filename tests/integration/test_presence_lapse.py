@@ -74,3 +74,38 @@ async def test_no_lapse_no_closing(db_url: str, tmp_path: Path) -> None:
         await asyncio.sleep(3 * LEASE_S)
         assert not fam.ws.closed and not per.ws.closed
         assert "pong" in (await per.call("ping"))["ok"]
+
+
+async def test_a_drop_read_before_the_party_rejoined_elsewhere_leaves_it_joined(
+        pg_db: str, tmp_path: Path) -> None:
+    """The adversary is timing on PostgreSQL: process B's drop of a party it no longer holds
+    (its socket closed) reads the visit while the party's rejoin on process A is being
+    written, and its conditional update waits on that row. The update then finds the row
+    changed; what B decided from its old read (the party is B's) no longer holds, and the party
+    stays joined on A. Before, the change was applied again to the fresh row without that check:
+    the party was marked absent, and its next media report refused `not_joined`."""
+    async with app_client(pg_db, tmp_path, visit_minute_s=5.0, meter_lease_s=1.0) as client:
+        api = Api(client)
+        ctx = api.ctx
+        c = await cast(api, credits=500)
+        visit_id = await book_now(api, c)
+        await join_both(client, c, visit_id)
+        async with ctx.store.write() as conn:  # the family is B's
+            await visits.join(conn, Outbox(), visit_id, c.family.id, utcnow(), node="node_b")
+        async with ctx.store.engine.connect() as rejoin:
+            await rejoin.begin()
+            await visits.join(rejoin, Outbox(), visit_id, c.family.id, utcnow(), node="node_a")
+
+            async def drop_on_b() -> None:
+                async with ctx.store.write() as conn:
+                    await visits.drop(conn, Outbox(), visit_id, c.family.id, utcnow(),
+                                      node="node_b")
+
+            dropping = asyncio.create_task(drop_on_b())
+            await asyncio.sleep(0.5)  # B has read the row and waits on the rejoin's lock
+            assert not dropping.done()
+            await rejoin.commit()
+        await asyncio.wait_for(dropping, 10)
+        async with ctx.store.read() as conn:
+            row = await visits.get(conn, visit_id)
+        assert (row.family_media, row.family_node) == ("joined", "node_a")
