@@ -165,6 +165,21 @@ def test_a_minute_whose_proof_never_comes_still_ends_at_the_window(db_path):
     assert result.ok, describe(result)
 
 
+@pytest.mark.xfail(strict=True, reason="known, not fixed: the family's process died and it came "
+                   "back on another with unchanged facts; the gap between was billed (issue "
+                   "note, 2026-12-07)")
+def test_a_holder_dying_and_the_party_back_elsewhere_bills_no_gap(db_path):
+    """Found by the suite's fresh seed in CI (seed 3220298586, visit 486): the family's process
+    died (102.78 on the virtual clock) and the family came back on another (104.55) with the
+    same facts as before (both connected, held elsewhere), so no presence change was applied;
+    the proofs applied then (104.22, 104.5) carried the connected time on from the last one
+    before the death (102.77), it seems (not yet traced through the shell's proof reads):
+    billed 6.44 s against 5.00 s connected with media plus 1.31 s of allowed lag. Strict: once
+    fixed, this passes and the marker must go."""
+    result = simulate(3220298586, 1, db_path, only=486)
+    assert result.ok, describe(result)
+
+
 def test_the_same_seed_replays_exactly(sqlite_template, tmp_path):
     seed = secrets.randbelow(2**32)
     traces = []
