@@ -26,6 +26,13 @@ Presence: who may say the call is connected (the trust model, docs/visits.md)
   so connected time counts only up to the latest proof, and a minute starts only at a moment
   proven (see Billing). A call held by the meter's own process needs no proof: the meter
   runs only while its process lives.
+- A proof speaks only for the processes that held the parties when it was taken. When a
+  party's socket moves to a process that did not hold it before (its process died or drained
+  and the client reconnected elsewhere), the facts may read the same as before, but the new
+  process's renewals prove nothing about the time before the party came to it: the shell says
+  so with `Observed(..., moved=True)`, and connected time counts again only from that report
+  (as when the call comes to be held by the meter's own process). Without it, a family whose
+  process died and who came back on another before a pass noticed was billed the gap.
 
 Billing
 - Prepaid by the connected minute. Connected time counts only while the call is connected by
@@ -39,7 +46,8 @@ Billing
   minute k is debited only once the call is proven at the moment the minute starts: its due
   point (where the paid time ran out), or the moment the call went live. That minute then
   starts at that proven moment, not at `DebitOk`: the family pays from a moment it was
-  connected, and no later proof is needed for what the minute covers. Time not yet proven
+  connected, and no later proof is needed for what the minute covers (the time proven while
+  its debit was pending is counted at `DebitOk`). Time not yet proven
   when the call stops being connected (the process died, a pause) is never counted, so a
   minute that falls due after a holder's death is never charged, and the seconds it would
   have covered carry over.
@@ -208,6 +216,7 @@ class Observed:  # what is known of the call now (see Presence above)
     at: float
     facts: Facts
     stopped_at: float | None = None  # a stop: when the media really stopped (see Time above)
+    moved: bool = False  # held by a process that did not hold it at the last report (Presence)
 
 
 @dataclass(frozen=True, slots=True)
@@ -435,11 +444,14 @@ def _on_observed(config: MeterConfig, s: MeterState, event: Observed, t: float) 
     if event.at < config.window_start or _stale(s, event.at):
         return s, []
     facts, was_remote = event.facts, s.facts.remote
+    # a copy of the last report (same instant) moves nothing again
+    moved = event.moved and (s.presence_at is None or event.at > s.presence_at)
     met = s.met or (facts.family != "absent" and facts.person != "absent")
     s = replace(s, presence_at=event.at, facts=facts, met=met)
     connected = PRESENCE_RULE(config.media, facts)
-    if connected and s.connected and was_remote and not facts.remote:
-        # now held here: the time the old holders never proved is not counted
+    if connected and s.connected and (moved or (was_remote and not facts.remote)):
+        # held here now, or by other processes than before: the time the old holders never
+        # proved is not counted, nor what the new ones proved before the party came to them
         return replace(s, since=t), []
     if connected == s.connected:
         return s, []
@@ -480,6 +492,10 @@ def _on_debit_ok(config: MeterConfig, s: MeterState, event: DebitOk, t: float) -
     if s.pending != event.minute:
         return s, []  # a duplicate or a late outcome: this minute is settled
     s = replace(s, paid_minutes=event.minute, pending=None, balance=event.balance)
+    # Held elsewhere, the time proven while the debit was pending waited at the old paid time:
+    # the new minute started at its proven due point, so that time is counted now (and, if it
+    # runs past the new paid time, the next minute falls due at once, not at the next event).
+    s = _account(config, s, min(t, config.window_end))
     effects: list[Action] = [_tick(config, s, t)]
     if event.balance // config.price <= 1 and "low_balance" not in s.warned:
         s = replace(s, warned=(*s.warned, "low_balance"))

@@ -399,6 +399,8 @@ class VisitMeter:
         self.lost = False  # the lease is gone (another process may hold it): stop, bill no more
         self.holders: set[str] = set()  # the processes holding its parties, as last read
         self.remote: set[str] = set()  # of those, the others whose liveness must be proven
+        # who held the family, the person and the server's observation, as last read
+        self.seats: tuple[str | None, str | None, str | None] = (None, None, None)
         self.proof_wanted: float | None = None  # meter.proof_wanted, as last adopted
         self.skipped_for: float | None = None  # the due point a timer was last skipped for
 
@@ -534,6 +536,7 @@ class _Pass:
         self.alive, self.alive_known = alive
         self.holders: set[str] = set()
         self.remote: set[str] = set()
+        self.seats = vm.seats
         self.config, self.state = vm.config, vm.state
         self.epoch = vm.epoch
         self.wake_at, self.done = vm.wake_at, vm.done
@@ -635,16 +638,28 @@ class _Pass:
         last = self.state.presence_at
         if last is not None and changed < last:
             changed = clock  # news of an older change (say, the broker is back): from now on
+        # A party (or the server's observation) is held by another process than at this
+        # meter's last pass: it left its old process (which may have died, or lives on proving
+        # nothing about it) and came back on this one, maybe with the same facts (meter.py,
+        # Presence).
+        self.seats = (row.family_node, row.person_node,
+                      row.server_node if row.server_media else None)
+        moved = self.vm.config is not None and self.state.connected and any(
+            now is not None and now != before
+            for now, before in zip(self.seats, self.vm.seats, strict=True))
+        if moved and facts == self.state.facts:
+            changed = clock  # the row keeps no instant for a move alone: from now on
         events: list[meter.Event] = []
-        if facts != self.state.facts:
-            # What the holders as last read proved, up to the change; then the change
-            before = m.proven(self.vm.remote)
+        if facts != self.state.facts or moved:
+            # What the holders as last read proved, up to the change; then the change. Not
+            # after a move: the old holders' proofs no longer speak for the party that left.
+            before = None if moved else m.proven(self.vm.remote)
             if before is not None and self.state.connected and self.state.facts.remote:
                 events.append(meter.Proven(min(before, changed)))
             # Not live: the call stopped at `changed` (a stall's report backdates it to the last
             # frame, bounded: visits.set_media), so the meter takes back the time since.
             stopped = changed if not meter.is_connected(self.config.media, facts) else None
-            events.append(meter.Observed(changed, facts, stopped_at=stopped))
+            events.append(meter.Observed(changed, facts, stopped_at=stopped, moved=moved))
         after = m.proven(self.remote)
         if after is not None:
             events.append(meter.Proven(after))
@@ -690,7 +705,7 @@ class _Pass:
             vm.family_id, vm.person_id = self.parties
         vm.config, vm.state, vm.epoch = self.config, self.state, self.epoch
         vm.wake_at, vm.done, vm.holders = self.wake_at, self.done, self.holders
-        vm.remote = self.remote
+        vm.remote, vm.seats = self.remote, self.seats
         vm.proof_wanted = None if self.done else meter.proof_wanted(self.config, self.state)
         # Due already and not proven (the pass found out): wait for the proof. Due later: the
         # meter's own timer comes first (VisitMeter._run).

@@ -13,6 +13,8 @@ import pytest
 from billing.meter import (
     EVERYTHING,
     Clock,
+    Debit,
+    DebitOk,
     Facts,
     MeterConfig,
     Observed,
@@ -157,6 +159,43 @@ def test_the_seconds_after_the_last_renewal_carry_over_when_the_parties_rejoin()
     # Minute 3 started at its proven due point, 220.25, with minute 2's 20 s used first: 8
     # minutes for 100 + 399.25 s connected (the window's last 19.25 s are not billed).
     assert shell.state.connected_s == 480.0
+
+
+@pytest.mark.parametrize("moved", [True, False])
+def test_a_party_back_on_another_process_with_the_same_facts_counts_from_its_return(moved):
+    """A dies at 100.4 s holding the family; the family is back on process C at 101.5 s, before
+    A's lease ran out, so the facts read as before (both there, held elsewhere). C renews on
+    its own time: its renewals at 100.75 and 101.75 s prove C alive, not that the family was on
+    it. Told of the move, the meter counts from the move's report; not told (the bug the billing
+    simulator found, seed 3220298586), it bills the gap."""
+    shell = Shell(config(), 100_000)
+    shell.feed(Observed(0.0, HELD))
+    renewals(shell, 0.0, 100.0)  # A's last renewal: 100 s
+    shell.run_until(102.0)
+    shell.feed(Observed(102.0, HELD, moved=moved))  # the pass that read C on the row
+    renewals(shell, 100.75, 150.75)  # C's
+    gap = 102.0 - 100.0
+    expected = 100.0 + 150.75 - 102.0
+    assert shell.state.connected_s == (expected if moved else expected + gap)
+
+
+def test_time_proven_while_a_debit_was_pending_fills_the_new_minute_at_once():
+    """Found by the billing simulator (seed 121, visit 514): a minute's debit took 92 s to be
+    confirmed (its outcome unknown, tried again) while the holders' proofs kept coming. At its
+    DebitOk the proven time still waited at the old paid time, so the next minute, due and
+    proven meanwhile, was debited only at the next event: there, the window's end."""
+    shell = Shell(config(), 100_000)
+    shell.feed(Observed(0.0, HELD))
+    renewals(shell, 0.0, 59.0)
+    shell.hold_outcomes = True
+    renewals(shell, 60.0, 150.0)  # minute 2 falls due at 60 and is debited; no answer yet
+    [pending] = shell.in_flight
+    assert pending.minute == 2 and shell.state.connected_s == 60.0
+    actions = shell.feed(DebitOk(151.0, 2, 99_900))
+    # Minute 2 started at its proven due point (60), so 60 to 120 is its time, and minute 3,
+    # due at 120 and proven up to 150, is debited now.
+    assert shell.state.connected_s == 120.0
+    assert [a.minute for a in actions if isinstance(a, Debit)] == [3]
 
 
 def test_held_here_no_proof_is_waited_for():

@@ -11,8 +11,8 @@ connected time the rules billed: (m - 1) minutes < billed time <= m minutes.
 `check_truth` judges against the world instead (the "truth" records: both parties there and
 the person's media really flowing): billed seconds (the rules', and the meter's own stored
 count) never exceed connected-with-media seconds plus the lags the product allows (a stall's
-threshold, a late report, a party back elsewhere before its crashed holder's lease ran out;
-a crashed holder's last seconds are never billed: its time counts up to its last renewal),
+threshold, a late report; a crashed holder's last seconds are never billed: its time counts
+up to its last renewal, and a party back on another process counts again only from then),
 to the credit; and in a visit without meter faults no honest minute goes unbilled.
 """
 
@@ -104,6 +104,9 @@ class Rules:
             fresh = event.at >= c.window_start and (self.last_report is None
                                                     or event.at >= self.last_report)
             if fresh:
+                # held by other processes than at the last report (a copy of it moves nothing)
+                moved = isinstance(event, Observed) and event.moved and (
+                    self.last_report is None or event.at > self.last_report)
                 self.last_report = event.at
                 both_there, connected = self._presence(event)
                 was_remote = self.remote
@@ -111,12 +114,15 @@ class Rules:
                 self.met = self.met or both_there
                 if connected and not self.on:
                     self.on, self.mark, self.live_once = True, t, True
-                elif connected and was_remote and not self.remote:
-                    self.mark = t  # held here now: what the old holders never proved is lost
+                elif connected and (moved or (was_remote and not self.remote)):
+                    # held here, or by others, now: what the old holders never proved is
+                    # lost, and the new ones prove only from here
+                    self.mark = t
                 elif not connected:
                     self.on, self.mark = False, None
         elif isinstance(event, DebitOk) and event.minute == self.pending:
             self.paid, self.pending = event.minute, None
+            self._bill(min(t, c.window_end))  # what was proven meanwhile fills the new minute
             if event.balance < 2 * c.price and "low_balance" not in self.warned:
                 self.warned.add("low_balance")
                 exp.warns.append("low_balance")

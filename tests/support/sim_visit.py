@@ -18,9 +18,7 @@ Trace records (tuples, in the order things happened):
   ("truth", t, connected)               the truth: both parties there and the person's media
                                         really flowing (what a family should pay for)
   ("allow", t, seconds)                 a lag the product allows to be billed: a stall's
-                                        threshold, a report delivered late, the gap of a
-                                        party back on another process before its crashed
-                                        holder's lease ran out
+                                        threshold, a report delivered late
   ("step", t, gen, event, actions)      an event fed to process `gen` and what its meter returned
   ("persisted", t, gen, state_dict)     a Persist action performed (the stored state)
   ("debit", t, gen, minute, key, code, balance_before)   a ledger attempt; code is the ledger's
@@ -38,7 +36,7 @@ import math
 import random
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from billing.meter import (
     Clock,
@@ -166,6 +164,14 @@ def draw_plan(seed: int, index: int) -> Plan:
                 q(rng.uniform(0, renew_s / 2)))
 
 
+@dataclass(eq=False)
+class Holder:
+    """A process holding a party's socket: it renews its liveness lease every `renew_s` from
+    `phase`, until it dies."""
+    phase: float
+    died_at: float | None = None
+
+
 @dataclass
 class Run:
     trace: list[tuple] = field(default_factory=list)
@@ -194,8 +200,10 @@ class VisitSim:
         self.stall_reported = False  # the kiosk said `sending: false`
         self.truth = False
         self.facts = Facts()  # what the shell last reported
-        self.phase = [q(self.rng.uniform(0, plan.renew_s)) for _ in (0, 1)]  # renewal times
-        self.died_at: list[float | None] = [None, None]  # a party's holder crashed then
+        self.holder = [Holder(q(self.rng.uniform(0, plan.renew_s))) for _ in (0, 1)]
+        self.known = list(self.holder)  # the holders as the shell last read them
+        self.known_at: float | None = None  # ... from the report of this instant
+        self.reported = list(self.holder)  # the holders the last report named
         self.proof_fed: float | None = None  # the latest Proven fed to the lease holder
         self.proofs: set[tuple[int, float]] = set()  # proof deliveries scheduled
         self.changed_at: float | None = None  # when the reported facts last changed
@@ -268,11 +276,11 @@ class VisitSim:
             return
         self.gone_until[party] = self.now + back_s
         self.detected[party] = False
-        self.died_at[party] = self.now  # its lease is renewed no more
+        self.holder[party].died_at = self.now  # its lease is renewed no more
         self.run.trace.append(("holder_crash", self.now, party))
         self.run.stats["holder_crashes"] += 1
-        if back_s <= detect_s:  # back elsewhere before the shell knew: the gap looks connected
-            self.run.trace.append(("allow", self.now, back_s))
+        # Back elsewhere before the shell knew, the facts read as before; the report names the
+        # new holder, and the meter counts nothing its old one did not prove (meter: moved).
         self.push(self.now + back_s, "back", party)
         self.push(self.now + detect_s, "detect", party)
         self._changed()
@@ -285,8 +293,8 @@ class VisitSim:
     def _back(self, party: int) -> None:
         if self.now >= self.gone_until[party]:
             self.detected[party] = False
-            self.died_at[party] = None  # held by another process, renewing on its own time
-            self.phase[party] = q(self.rng.uniform(0, self.plan.renew_s))
+            # held by another process, renewing on its own time
+            self.holder[party] = Holder(q(self.rng.uniform(0, self.plan.renew_s)))
             self._changed()
 
     def _stall(self, began: float, ended: float) -> None:
@@ -332,10 +340,11 @@ class VisitSim:
 
     def _report(self) -> None:
         facts = self._facts()
-        if facts == self.facts:
+        holders = tuple(self.holder)
+        if facts == self.facts and all(a is b for a, b in zip(holders, self.reported, strict=True)):
             return
-        self.facts, self.changed_at = facts, self.now
-        report = Observed(self.now, facts)
+        self.facts, self.changed_at, self.reported = facts, self.now, holders
+        report = (Observed(self.now, facts), holders)  # the row names each party's holder
         delay = q(self.rng.uniform(0, 0.4) * self.config.minute_s) if self._chance("late") else 0
         if delay:
             self.run.trace.append(("allow", self.now, delay))
@@ -345,12 +354,21 @@ class VisitSim:
                       "deliver", report)
 
     def _deliver(self, event) -> None:
+        holders = None
+        if isinstance(event, tuple):  # a report, with the holders it read
+            event, holders = event
         if self.owner is not None and isinstance(event, Observed):
             # a pass: the old holders proven up to the change, the change, the new ones (the
-            # owner may die half-way: then the rest is lost with it)
-            self._prove(self.owner, upto=event.at)
+            # owner may die half-way: then the rest is lost with it). A party held by another
+            # process than the shell last read: the old one's proofs no longer count (moved).
+            moved = self.procs[self.owner].connected and any(
+                holders[p] is not self.known[p] for p in self._held(self.owner))
+            if not moved:
+                self._prove(self.owner, upto=event.at)
+            if self.known_at is None or event.at > self.known_at:
+                self.known, self.known_at = list(holders), event.at
             if self.owner is not None:
-                self._feed(self.owner, event)
+                self._feed(self.owner, replace(event, moved=moved))
                 if self.owner is not None:
                     self._prove(self.owner)
             else:
@@ -383,12 +401,12 @@ class VisitSim:
 
     # --- proofs of the holders' liveness (Facts.remote) -----------------------------------
 
-    def _renewal(self, party: int, at: float) -> float:
-        """The party's holder's last renewal at or before `at`."""
-        if self.died_at[party] is not None:
-            at = min(at, self.died_at[party])
-        phase, every = self.phase[party], self.plan.renew_s
-        return phase + math.floor((at - phase) / every) * every
+    def _renewal(self, holder: Holder, at: float) -> float:
+        """The holder's last renewal at or before `at`."""
+        if holder.died_at is not None:
+            at = min(at, holder.died_at)
+        every = self.plan.renew_s
+        return holder.phase + math.floor((at - holder.phase) / every) * every
 
     def _held(self, gen: int) -> list[int]:
         """The parties present as the meter knows them: whose holders it must be proven."""
@@ -404,7 +422,8 @@ class VisitSim:
         held = self._held(gen)
         if not held:
             return
-        proven = min(self._renewal(p, self.now - self.plan.proof_lag_s) for p in held)
+        proven = min(self._renewal(self.known[p], self.now - self.plan.proof_lag_s)
+                     for p in held)
         if upto is not None:
             proven = min(proven, upto)
         if self.proof_fed is None or proven > self.proof_fed:
@@ -417,12 +436,12 @@ class VisitSim:
         wanted = proof_wanted(self.config, self.procs[gen]) if self.plan.remote else None
         if wanted is None or (self.proof_fed is not None and wanted <= self.proof_fed):
             return
-        seen = self._held(gen)
-        if not seen or any(self.died_at[p] is not None for p in seen):
+        seen = [self.known[p] for p in self._held(gen)]
+        if not seen or any(h.died_at is not None for h in seen):
             return
         every = self.plan.renew_s
-        at = max(self.phase[p] + math.ceil((wanted - self.phase[p]) / every) * every
-                 for p in seen) + self.plan.proof_lag_s
+        at = max(h.phase + math.ceil((wanted - h.phase) / every) * every
+                 for h in seen) + self.plan.proof_lag_s
         if (gen, at) not in self.proofs:
             self.proofs.add((gen, at))
             self.push(max(at, self.now), "proof", gen, at)
@@ -469,6 +488,7 @@ class VisitSim:
         if self.owner == gen and self.changed_at is not None:
             # The new owner reads what the visit row keeps: the facts, since the moment they
             # last changed (before the takeover).
+            self.known, self.known_at = list(self.reported), self.changed_at
             self._feed(gen, Observed(self.changed_at, self.facts))
             self._prove(gen)
         backlog, self.backlog = self.backlog, []

@@ -1,0 +1,106 @@
+"""A party back on another process, with the same facts as before, is billed again only from
+its return (signalling/meters.py, `moved`; billing/meter.py, "Presence").
+
+The adversary: process A, holding the family's socket, dies; the family's client reconnects on
+process B before any meter pass has seen A gone. The visit row then reads as before (both
+connected, held by processes other than the meter's) but names B for the family. B has been
+renewing its liveness lease all along, on its own time: its renewals prove B alive, not that
+the family was on it. Before, the meter's next pass took B's latest renewal as proof for the
+whole stretch since A's last one and billed the gap between A's death and the family's return
+(found by the billing simulator, seed 3220298586, visit 486).
+
+One real meter process (M) on the real store, with its clock and the broker's injected: every
+pass is run by hand at a chosen instant, so the interleaving is certain."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from bench.load_visits import make_visits
+from billing import ledger
+from server.broker.memory import MemoryBroker
+from server.events import Outbox
+from server.schema import utcnow
+from signalling import visits
+from signalling.leases import Lease
+from signalling.meters import NODES, Meters, VisitMeter
+from signalling.tables import visits as visits_table
+from store import Store
+
+NODE_LEASE_S = 3.0
+
+
+class Clock:
+    """Seconds since the test began, for the meter (as datetimes) and the broker (as floats);
+    only offsets from the real start time are used."""
+
+    def __init__(self) -> None:
+        self.base, self.t = utcnow(), 0.0
+
+    def now(self):
+        return self.base + timedelta(seconds=self.t)
+
+
+async def test_the_gap_between_a_holders_death_and_the_return_elsewhere_is_not_billed(
+        db_url: str) -> None:
+    clock = Clock()
+    broker = MemoryBroker(clock=lambda: clock.t)
+    store = Store(db_url)
+
+    async def nobody(_who: str, _kind: str, _data: dict) -> None:
+        return None
+
+    meters = Meters(store, broker, clock.now, minute_s=60.0, lease_s=600.0, node_id="M",
+                    sink=Outbox, push_live=nobody, node_lease_s=NODE_LEASE_S)
+    try:
+        async with store.write() as conn:
+            await ledger.ensure_system_accounts(conn)
+        [pair] = await make_visits(db_url, 1, credits=500, status="live", started_s=30)
+        visit_id = pair.visit_id
+        async with store.write() as conn:  # the family's socket on A, the kiosk's on P
+            await conn.execute(visits_table.update().where(visits_table.c.id == visit_id)
+                               .values(family_node="A", person_node="P",
+                                       media_changed_at=clock.now()))
+        lease = Lease(broker, f"meter:{visit_id}", "M", 600.0)
+        vm = VisitMeter(meters, visit_id, await lease.acquire(), lease)
+
+        async def at(t: float, *alive: str) -> None:
+            """Move the clock to `t`; the processes `alive` renew their liveness lease then."""
+            clock.t = t
+            for node in alive:
+                await broker.touch(NODES, node, NODE_LEASE_S)
+
+        async def connected_s() -> float:
+            async with store.read() as conn:
+                return (await visits.get(conn, visit_id)).meter["connected_s"]
+
+        for second in range(11):  # A and P renew every second; B, up already, too
+            await at(float(second), "A", "P", "B")
+            if second in (0, 10):
+                assert await vm._pass()
+        assert await connected_s() == pytest.approx(10.0)  # up to A's last renewal
+        # A dies at 10.5 holding the family; the family is back on B at 12, before A's lease
+        # (touched at 10, 3 s) has run out, and says so: the row names B, facts unchanged.
+        await at(11.0, "P", "B")
+        await at(12.0, "P", "B")
+        family = pair.family.account_id
+        async with store.write() as conn:
+            await visits.join(conn, Outbox(), visit_id, family, clock.now(), node="B")
+            await visits.set_media(conn, Outbox(), visit_id, family, True, clock.now(), node="B")
+        async with store.read() as conn:
+            row = await visits.get(conn, visit_id)
+        assert (row.status, row.family_node, row.family_media) == ("live", "B", "connected")
+        await at(13.0, "P", "B")
+        assert await vm._pass()
+        for second in (14.0, 15.0, 16.0):
+            await at(second, "P", "B")
+        assert await vm._pass()
+        # Billed: 0 to 10 (A's renewals), then from the pass that found the family on B (13) to
+        # B's last renewal (16). Before, B's renewals carried it on from 10: 16 s.
+        assert await connected_s() == pytest.approx(10.0 + (16.0 - 13.0))
+    finally:
+        await meters.stop()
+        await broker.close()
+        await store.close()
