@@ -647,13 +647,15 @@ class _Pass:
         moved = self.vm.config is not None and self.state.connected and any(
             now is not None and now != before
             for now, before in zip(self.seats, self.vm.seats, strict=True))
-        if moved and facts == self.state.facts:
-            changed = clock  # the row keeps no instant for a move alone: from now on
         events: list[meter.Event] = []
         if facts != self.state.facts or moved:
-            # What the holders as last read proved, up to the change; then the change. Not
-            # after a move: the old holders' proofs no longer speak for the party that left.
-            before = None if moved else m.proven(self.vm.remote)
+            # What the holders as last read proved, up to the change; then the change.
+            before = m.proven(self.vm.remote)
+            if moved:
+                if facts == self.state.facts:
+                    changed = clock  # the row keeps no instant for a move alone: from now on
+                if not self._left_only_by_death(row, facts):
+                    before = None  # the old holders' proofs no longer speak for the party
             if before is not None and self.state.connected and self.state.facts.remote:
                 events.append(meter.Proven(min(before, changed)))
             # Not live: the call stopped at `changed` (a stall's report backdates it to the last
@@ -664,6 +666,19 @@ class _Pass:
         if after is not None:
             events.append(meter.Proven(after))
         return [*events, meter.Clock(clock)]
+
+    def _left_only_by_death(self, row: Record, facts: meter.Facts) -> bool:
+        """After a move: did the parties leave their old processes only by those processes'
+        deaths? Then each old process's renewals (which stopped when it died) still prove the
+        time the party was on it. A party that left a live process, or whose leaving was
+        recorded (a drop makes the call not connected: a status change since the meter last
+        applied what it knew), may have left any time since the last pass."""
+        left = {was for now, was in zip(self.seats, self.vm.seats, strict=True)
+                if was is not None and now != was}
+        last = self.state.presence_at
+        unchanged = facts == self.state.facts and last is not None and (
+            row.media_changed_at is None or ts(row.media_changed_at) <= last)
+        return unchanged and not left & self.alive
 
     async def _drop_dead(self, conn: AsyncConnection, row: Record) -> None:
         """The parties whose process died are absent on the row too (visit.updated)."""

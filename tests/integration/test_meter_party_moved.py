@@ -43,8 +43,14 @@ class Clock:
         return self.base + timedelta(seconds=self.t)
 
 
-async def test_the_gap_between_a_holders_death_and_the_return_elsewhere_is_not_billed(
-        db_url: str) -> None:
+@pytest.mark.parametrize("old_holder", ["died", "lives"])
+async def test_the_gap_between_leaving_a_process_and_the_return_elsewhere_is_not_billed(
+        db_url: str, old_holder: str) -> None:
+    """`died`: A dies at 10.5 holding the family (its last renewal at 10); the family is back on
+    B at 12. A's renewals still prove the family up to 10 (it left A only by A's death), and
+    B's count from the pass that found the family there (13). `lives`: A lives on (the family's
+    socket there lost, its new one on B taking the seat before A noticed): A's renewals say
+    nothing of the family after the last pass (8)."""
     clock = Clock()
     broker = MemoryBroker(clock=lambda: clock.t)
     store = Store(db_url)
@@ -67,24 +73,27 @@ async def test_the_gap_between_a_holders_death_and_the_return_elsewhere_is_not_b
         vm = VisitMeter(meters, visit_id, await lease.acquire(), lease)
 
         async def at(t: float, *alive: str) -> None:
-            """Move the clock to `t`; the processes `alive` renew their liveness lease then."""
+            """Move the clock to `t`; the processes `alive` renew their liveness lease then, and
+            M's liveness loop looks (Meters._keep_alive: it notes each one's last renewal)."""
             clock.t = t
             for node in alive:
                 await broker.touch(NODES, node, NODE_LEASE_S)
+            await meters.alive()
 
         async def connected_s() -> float:
             async with store.read() as conn:
                 return (await visits.get(conn, visit_id)).meter["connected_s"]
 
+        a = ("A",) if old_holder == "lives" else ()
         for second in range(11):  # A and P renew every second; B, up already, too
             await at(float(second), "A", "P", "B")
-            if second in (0, 10):
+            if second in (0, 8):
                 assert await vm._pass()
-        assert await connected_s() == pytest.approx(10.0)  # up to A's last renewal
-        # A dies at 10.5 holding the family; the family is back on B at 12, before A's lease
-        # (touched at 10, 3 s) has run out, and says so: the row names B, facts unchanged.
-        await at(11.0, "P", "B")
-        await at(12.0, "P", "B")
+        assert await connected_s() == pytest.approx(8.0)  # up to A's renewal then
+        # The family is back on B at 12, before A's lease (touched at 10, 3 s) ran out, and
+        # says so: the row names B, the facts read as before.
+        await at(11.0, "P", "B", *a)
+        await at(12.0, "P", "B", *a)
         family = pair.family.account_id
         async with store.write() as conn:
             await visits.join(conn, Outbox(), visit_id, family, clock.now(), node="B")
@@ -92,14 +101,14 @@ async def test_the_gap_between_a_holders_death_and_the_return_elsewhere_is_not_b
         async with store.read() as conn:
             row = await visits.get(conn, visit_id)
         assert (row.status, row.family_node, row.family_media) == ("live", "B", "connected")
-        await at(13.0, "P", "B")
+        await at(13.0, "P", "B", *a)
         assert await vm._pass()
         for second in (14.0, 15.0, 16.0):
-            await at(second, "P", "B")
+            await at(second, "P", "B", *a)
         assert await vm._pass()
-        # Billed: 0 to 10 (A's renewals), then from the pass that found the family on B (13) to
-        # B's last renewal (16). Before, B's renewals carried it on from 10: 16 s.
-        assert await connected_s() == pytest.approx(10.0 + (16.0 - 13.0))
+        # Before, B's renewals carried the time on from the last proof: 16 s either way.
+        proven_on_a = 10.0 if old_holder == "died" else 8.0
+        assert await connected_s() == pytest.approx(proven_on_a + (16.0 - 13.0))
     finally:
         await meters.stop()
         await broker.close()

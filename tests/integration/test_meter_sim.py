@@ -190,6 +190,16 @@ def test_a_holder_dying_and_the_party_back_elsewhere_bills_no_gap(db_path, tmp_p
     assert not broken.ok and any("connected with media" in p for p in broken.problems)
 
 
+def test_a_party_back_elsewhere_keeps_what_its_dead_holder_proved(db_path):
+    """Found by a sweep of seeds (seed 1078, visit 299), against the move's first version,
+    which dropped the old holders' proof on every move: the person's process died 0.11 s
+    before the person was back on another, and the 1.9 s its dead process had proven since the
+    last pass went unbilled (3 minutes for 40.8 s connected, at 10 s a minute). A party that
+    left its process only by that process's death, the facts unchanged, keeps it."""
+    result = simulate(1078, 1, db_path, only=299)
+    assert result.ok, describe(result)
+
+
 def test_a_minute_proven_while_the_last_debit_was_pending_is_debited_in_the_window(db_path):
     """Found by a sweep of seeds (seed 121, visit 514): minute 3's debit was confirmed 92 s
     late; the time proven meanwhile was counted only at the next event, the window's end, and

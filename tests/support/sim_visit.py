@@ -360,10 +360,14 @@ class VisitSim:
         if self.owner is not None and isinstance(event, Observed):
             # a pass: the old holders proven up to the change, the change, the new ones (the
             # owner may die half-way: then the rest is lost with it). A party held by another
-            # process than the shell last read: the old one's proofs no longer count (moved).
-            moved = self.procs[self.owner].connected and any(
-                holders[p] is not self.known[p] for p in self._held(self.owner))
-            if not moved:
+            # process than the shell last read (moved): its old one's proofs count only if it
+            # left that process by the process's death, the facts unchanged (as the shell does).
+            state = self.procs[self.owner]
+            left = [self.known[p] for p in self._held(self.owner)
+                    if holders[p] is not self.known[p]]
+            moved = state.connected and bool(left)
+            if not moved or (event.facts == state.facts
+                             and all(h.died_at is not None for h in left)):
                 self._prove(self.owner, upto=event.at)
             if self.known_at is None or event.at > self.known_at:
                 self.known, self.known_at = list(holders), event.at
