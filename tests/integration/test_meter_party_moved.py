@@ -43,14 +43,16 @@ class Clock:
         return self.base + timedelta(seconds=self.t)
 
 
-@pytest.mark.parametrize("old_holder", ["died", "lives"])
+@pytest.mark.parametrize(("seat", "old_holder"), [("family", "died"), ("family", "lives"),
+                                                  ("relay", "died")])
 async def test_the_gap_between_leaving_a_process_and_the_return_elsewhere_is_not_billed(
-        db_url: str, old_holder: str) -> None:
-    """`died`: A dies at 10.5 holding the family (its last renewal at 10); the family is back on
-    B at 12. A's renewals still prove the family up to 10 (it left A only by A's death), and
-    B's count from the pass that found the family there (13). `lives`: A lives on (the family's
-    socket there lost, its new one on B taking the seat before A noticed): A's renewals say
-    nothing of the family after the last pass (8)."""
+        db_url: str, seat: str, old_holder: str) -> None:
+    """`family`, `died`: A dies at 10.5 holding the family (its last renewal at 10); the family
+    is back on B at 12. A's renewals still prove the family up to 10 (it left A only by A's
+    death), and B's count from the pass that found the family there (13). `lives`: A lives on
+    (the family's socket there lost, its new one on B taking the seat before A noticed): A's
+    renewals say nothing of the family after the last pass (8). `relay`: in relay mode A is the
+    process relaying the call (the server's observation); the relay is placed again on B."""
     clock = Clock()
     broker = MemoryBroker(clock=lambda: clock.t)
     store = Store(db_url)
@@ -65,10 +67,13 @@ async def test_the_gap_between_leaving_a_process_and_the_return_elsewhere_is_not
             await ledger.ensure_system_accounts(conn)
         [pair] = await make_visits(db_url, 1, credits=500, status="live", started_s=30)
         visit_id = pair.visit_id
-        async with store.write() as conn:  # the family's socket on A, the kiosk's on P
+        # The family's socket on A, the kiosk's on P; or in relay mode both on P, A relaying.
+        seats = (dict(family_node="A", person_node="P") if seat == "family" else
+                 dict(family_node="P", person_node="P", media="relay", server_media=True,
+                      server_node="A"))
+        async with store.write() as conn:
             await conn.execute(visits_table.update().where(visits_table.c.id == visit_id)
-                               .values(family_node="A", person_node="P",
-                                       media_changed_at=clock.now()))
+                               .values(media_changed_at=clock.now(), **seats))
         lease = Lease(broker, f"meter:{visit_id}", "M", 600.0)
         vm = VisitMeter(meters, visit_id, await lease.acquire(), lease)
 
@@ -96,11 +101,17 @@ async def test_the_gap_between_leaving_a_process_and_the_return_elsewhere_is_not
         await at(12.0, "P", "B", *a)
         family = pair.family.account_id
         async with store.write() as conn:
-            await visits.join(conn, Outbox(), visit_id, family, clock.now(), node="B")
-            await visits.set_media(conn, Outbox(), visit_id, family, True, clock.now(), node="B")
+            if seat == "family":
+                await visits.join(conn, Outbox(), visit_id, family, clock.now(), node="B")
+                await visits.set_media(conn, Outbox(), visit_id, family, True, clock.now(),
+                                       node="B")
+            else:  # the new relay sees the media from both
+                await visits.observe(conn, Outbox(), visit_id, True, clock.now(), node="B")
         async with store.read() as conn:
             row = await visits.get(conn, visit_id)
-        assert (row.status, row.family_node, row.family_media) == ("live", "B", "connected")
+        moved = (row.family_node, row.family_media) if seat == "family" else (
+            row.server_node, row.server_media)
+        assert (row.status, *moved) == ("live", "B", "connected" if seat == "family" else True)
         await at(13.0, "P", "B", *a)
         assert await vm._pass()
         for second in (14.0, 15.0, 16.0):

@@ -46,6 +46,7 @@ def test_a_thousand_visits_bill_exactly_their_connected_minutes(db_path):
         assert stats[f"ended {reason}"] > 5, stats
     # Issue 14's faults: crashed holders, stalled kiosks, lying families.
     assert stats["holder_crashes"] > 150 and stats["stalls"] > 200, stats
+    assert stats["relay_crashes"] > 50, stats  # the relay's process, in relay mode
     assert stats["remote"] > 600, stats  # calls held by another process than the meter's
     assert stats["family silent"] > 100 and stats["family always"] > 100, stats
 

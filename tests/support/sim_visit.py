@@ -9,10 +9,13 @@ each renewal `proof_lag_s` later (meter.Proven: before every event the shell fee
 the meter waits for one, meter.proof_wanted); that process may crash, and the party is
 gone until its client reconnects elsewhere (to a process renewing on its own schedule), while
 the shell learns of the crash only when that process's liveness lease runs out (up to
-`node_lease_s` later); the kiosk's outbound
-media may stall, which it reports once the stall has lasted `stall_s`; the family's client
-may lie (never report connected, or always). The shell reports what it knows as
-meter.Observed facts: the family's own report, the kiosk's, and in relay mode the server's.
+`node_lease_s` later). In relay mode the process relaying the call (the server's observation)
+may die the same way: the media stops until the relay is placed again elsewhere, often before
+the dead process's lease runs out. The kiosk's outbound media may stall, which it reports once
+the stall has lasted `stall_s`; the family's client may lie (never report connected, or
+always). The shell reports what it knows as meter.Observed facts (the family's own report, the
+kiosk's, and in relay mode the server's), with the processes holding them as it last read
+them: a report that names another process than the last is a move (meter.Observed.moved).
 
 Trace records (tuples, in the order things happened):
   ("truth", t, connected)               the truth: both parties there and the person's media
@@ -61,6 +64,7 @@ from billing.meter import (
 )
 
 STEPS_MAX = 20_000  # a visit that needs more is running away
+SERVER = 2  # the holders' index of the server's observation (relay mode), after the parties
 ENDERS = {"staff": StaffEnded, "hangup": HungUp, "failed": Failed}
 
 
@@ -86,7 +90,9 @@ class Plan:
     faults: dict[str, float]  # probabilities
     liar: str | None = None  # the family's client: None (honest), "silent" or "always"
     holder_crashes: list[tuple[float, int, float, float]] = field(default_factory=list)
-    # (t, party, back after s, the shell learns of it after s <= node_lease_s)
+    # (t, party, back after s, the shell learns of it after s <= node_lease_s); party 2 is the
+    # server's observation in relay mode (the process relaying the call: its death stops the
+    # media until the relay is placed again, elsewhere)
     stalls: list[tuple[float, float]] = field(default_factory=list)  # the kiosk's, [start, end)
     node_lease_s: float = 1.0
     stall_s: float = 1.0
@@ -153,6 +159,17 @@ def draw_plan(seed: int, index: int) -> Plan:
     holder_crashes = [(moment(), rng.randrange(2), q(rng.uniform(0.01, 1.0) * minute_s),
                        q(rng.uniform(0, node_lease_s)))
                       for _ in range(rng.choice([0, 0, 1, 2]) if remote else 0)]
+    if remote and config.media == "relay":
+        # From their own stream, so that every other draw (and every recorded seed's replay)
+        # stays as it was before relays could die.
+        relay_rng = random.Random(f"{seed}:{index}:relay")
+        # Half of them placed again quickly, often before the dead process's lease runs out:
+        # the observation moves under unchanged facts (meter.Observed.moved).
+        holder_crashes += [(q(relay_rng.uniform(start - 0.05 * length, end)), SERVER,
+                            max(1 / 64, q(relay_rng.choice([0.1, 1.0]) * relay_rng.random()
+                                          * minute_s)),
+                            q(relay_rng.uniform(0, node_lease_s)))
+                           for _ in range(relay_rng.choice([0, 1, 1, 2]))]
     stall_s = q(rng.uniform(0.05, 0.3) * minute_s)
     stalls = []
     for _ in range(rng.choice([0, 0, 1, 2])):
@@ -193,14 +210,18 @@ class VisitSim:
         self.owner: int | None = None  # the process holding the lease
         self.gen = 0
         self.stored: dict | None = None
-        self.want = [False, False]  # each party's own schedule: there, media flowing
-        self.gone_until = [0.0, 0.0]  # its holder process crashed: gone until it is back
-        self.detected = [False, False]  # ... and the shell knows (the lease ran out)
+        # each party's own schedule: there, media flowing (the relay, SERVER: always wanted)
+        self.want = [False, False, True]
+        self.gone_until = [0.0, 0.0, 0.0]  # its holder process crashed: gone until it is back
+        self.detected = [False, False, False]  # ... and the shell knows (the lease ran out)
         self.stalled: float | None = None  # the kiosk's media stalled since then
         self.stall_reported = False  # the kiosk said `sending: false`
         self.truth = False
         self.facts = Facts()  # what the shell last reported
         self.holder = [Holder(q(self.rng.uniform(0, plan.renew_s))) for _ in (0, 1)]
+        # the relay's process, on its own stream (the fault stream's draws stay as they were)
+        self.holder.append(Holder(q(random.Random(f"{plan.seed}:{plan.index}:relay-phase")
+                                    .uniform(0, plan.renew_s))))
         self.known = list(self.holder)  # the holders as the shell last read them
         self.known_at: float | None = None  # ... from the report of this instant
         self.reported = list(self.holder)  # the holders the last report named
@@ -278,7 +299,7 @@ class VisitSim:
         self.detected[party] = False
         self.holder[party].died_at = self.now  # its lease is renewed no more
         self.run.trace.append(("holder_crash", self.now, party))
-        self.run.stats["holder_crashes"] += 1
+        self.run.stats["holder_crashes" if party != SERVER else "relay_crashes"] += 1
         # Back elsewhere before the shell knew, the facts read as before; the report names the
         # new holder, and the meter counts nothing its old one did not prove (meter: moved).
         self.push(self.now + back_s, "back", party)
@@ -326,13 +347,21 @@ class VisitSim:
         media = self.want[0] and self.want[1]  # media flows peer to peer, holders or not
         honest = "connected" if media else "joined"
         said = {None: honest, "silent": "joined", "always": "connected"}[self.plan.liar]
+        # The server's observation (relay mode): as its process last recorded it, until that
+        # process is found dead; a relay placed again records it afresh.
+        relayed = self.config.media != "relay" or self._seen(SERVER)
         return Facts(family=said if family else "absent",
                      person=("connected" if media else "joined") if person else "absent",
                      sending=not self.stall_reported,
-                     server=media and not self.stall_reported, remote=self.plan.remote)
+                     server=media and not self.stall_reported and relayed,
+                     remote=self.plan.remote)
+
+    def _relayed(self) -> bool:
+        """The media really passes: in relay mode, only while the relay's process lives."""
+        return self.config.media != "relay" or self._there(SERVER)
 
     def _changed(self) -> None:
-        truth = self._there(0) and self._there(1) and self.stalled is None
+        truth = self._there(0) and self._there(1) and self.stalled is None and self._relayed()
         if truth != self.truth:
             self.truth = truth
             self.run.trace.append(("truth", self.now, truth))
@@ -413,9 +442,11 @@ class VisitSim:
         return holder.phase + math.floor((at - holder.phase) / every) * every
 
     def _held(self, gen: int) -> list[int]:
-        """The parties present as the meter knows them: whose holders it must be proven."""
+        """The parties present as the meter knows them, and in relay mode the server's
+        observation while it says connected: whose holders it must be proven."""
         facts = self.procs[gen].facts
-        return [p for p, state in enumerate((facts.family, facts.person)) if state != "absent"]
+        held = [p for p, state in enumerate((facts.family, facts.person)) if state != "absent"]
+        return [*held, SERVER] if self.config.media == "relay" and facts.server else held
 
     def _prove(self, gen: int, upto: float | None = None) -> None:
         """Feed the holders' latest proof, as the shell's pass does (only while it counts: the
