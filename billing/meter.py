@@ -32,7 +32,9 @@ Presence: who may say the call is connected (the trust model, docs/visits.md)
   process's renewals prove nothing about the time before the party came to it: the shell says
   so with `Observed(..., moved=True)`, and connected time counts again only from that report
   (as when the call comes to be held by the meter's own process). Without it, a family whose
-  process died and who came back on another before a pass noticed was billed the gap.
+  process died and who came back on another before a pass noticed was billed the gap. The
+  same holds when the call stopped and came back between two reports with the same facts (a
+  party dropped and rejoined on the same process, which renewed all along): `moved` too.
 
 Billing
 - Prepaid by the connected minute. Connected time counts only while the call is connected by
@@ -216,7 +218,9 @@ class Observed:  # what is known of the call now (see Presence above)
     at: float
     facts: Facts
     stopped_at: float | None = None  # a stop: when the media really stopped (see Time above)
-    moved: bool = False  # held by a process that did not hold it at the last report (Presence)
+    # held by a process that did not hold it at the last report, or stopped and back since
+    # (Presence)
+    moved: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,7 +345,11 @@ def step(config: MeterConfig, state: MeterState, event: Event) -> Result:
     elif isinstance(event, LeaseLost):
         return replace(state, halted=True), []
     t = event.at if state.now is None else max(event.at, state.now)
-    s = replace(_account(config, state, min(t, config.window_end)), now=t)
+    # A move (Presence): the time since the last accounting is not known to be a call, even
+    # held here; what the old holders proved was fed before it.
+    moved = isinstance(event, Observed) and event.moved and event.at >= config.window_start \
+        and (state.presence_at is None or event.at > state.presence_at)
+    s = replace(state if moved else _account(config, state, min(t, config.window_end)), now=t)
     if t >= config.window_end:
         reason = "time_up" if s.met else "missed"
         s, effects = replace(s, ended=reason), [End(reason)]

@@ -91,13 +91,17 @@ _WHOLE_ROW = Statement(select(_t).where(_t.c.id == bindparam("p_id")).with_for_u
 _PRESENCE = Statement(select(
     _t.c.status, _t.c.ended_at, _t.c.end_reason, _t.c.media_changed_at, _t.c.family_media,
     _t.c.person_media, _t.c.family_node, _t.c.person_node, _t.c.person_sending,
-    _t.c.server_media, _t.c.server_node, _t.c.media_server).where(
+    _t.c.server_media, _t.c.server_node, _t.c.media_server, _t.c.first_stop_at).where(
         _t.c.id == bindparam("p_id"), _t.c.meter_epoch == bindparam("p_epoch"))
     .with_for_update())
 NODES = "nodes"  # the broker presence key of the processes' liveness leases
 _KEEP_STATE = Statement(_t.update().where(_t.c.id == bindparam("p_id"),
                                           _t.c.meter_epoch == bindparam("p_epoch"))
                         .values(meter=bindparam("p_meter")))
+# The pass has applied the stops the row recorded (visits.first_stop_at).
+_STOPS_READ = Statement(_t.update().where(_t.c.id == bindparam("p_id"),
+                                          _t.c.meter_epoch == bindparam("p_epoch"))
+                        .values(first_stop_at=None))
 _TAKE_EPOCH = Statement(_t.update().where(_t.c.id == bindparam("p_id"))
                         .values(meter_epoch=bindparam("p_epoch")))
 LEASE_ERROR_LOG_S = 60.0  # a broker that keeps failing is logged once a minute, with a count
@@ -544,6 +548,8 @@ class _Pass:
         self.debiting: int | None = None  # the minute this pass tried to debit
         self.debited = 0
         self.parties: tuple[str, str] | None = None
+        self.stops_read = False  # the row's first_stop_at applied: cleared with the state
+        self.fresh = False  # the meter's first pass, with no stored state to resume
 
     async def run(self, conn: AsyncConnection) -> bool:
         vm = self.vm
@@ -567,6 +573,7 @@ class _Pass:
                 events.append(meter.TakenOver(ts(vm.m.clock())))
             else:
                 self.state = meter.MeterState()
+                self.fresh = True
         else:
             row = await _PRESENCE.first(conn, {"p_id": vm.visit_id, "p_epoch": self.epoch})
             if row is None:
@@ -608,6 +615,8 @@ class _Pass:
         if self.state != start or vm.config is None:
             await _KEEP_STATE.run(conn, {"p_id": vm.visit_id, "p_epoch": self.epoch,
                                          "p_meter": self.state.to_dict()})
+        if self.stops_read:
+            await _STOPS_READ.run(conn, {"p_id": vm.visit_id, "p_epoch": self.epoch})
         return True
 
     async def _observed(self, conn: AsyncConnection, row: Record) -> list[meter.Event]:
@@ -630,34 +639,54 @@ class _Pass:
         self.remote = held - {m.node_id}
         facts = visits.facts(row, self.alive)
         changed = ts(row.media_changed_at) if row.media_changed_at else clock
+        if self.fresh:
+            # A meter starting afresh (its claim comes as the call goes live) cannot know who
+            # held the parties before now: it counts from now, not from the row's last change.
+            changed = clock
         if facts != visits.facts(row):  # a holder is gone (or unknown): from now on
             changed = clock
             if self.alive_known:
                 await self._drop_dead(conn, row)
+                self.stops_read = True  # the drop's stop, applied now
         facts = replace(facts, remote=bool(self.remote))
         last = self.state.presence_at
         if last is not None and changed < last:
             changed = clock  # news of an older change (say, the broker is back): from now on
-        # A party (or the server's observation) is held by another process than at this
-        # meter's last pass: it left its old process (which may have died, or lives on proving
-        # nothing about it) and came back on this one, maybe with the same facts (meter.py,
-        # Presence).
+        # The call moved since this meter's last pass (meter.py, Presence), maybe coming back
+        # to the same facts: a party (or the server's observation) is held by another process
+        # (it left its old one, which may have died, or lives on proving nothing about it), or
+        # the call stopped since (`first_stop_at`; it may be live again: a party dropped and
+        # rejoined, even on the same process, whose renewals never stopped).
         self.seats = (row.family_node, row.person_node,
                       row.server_node if row.server_media else None)
-        moved = self.vm.config is not None and self.state.connected and any(
-            now is not None and now != before
-            for now, before in zip(self.seats, self.vm.seats, strict=True))
+        stop = ts(row.first_stop_at) if row.first_stop_at is not None else None
+        self.stops_read = self.stops_read or stop is not None
+        if stop is not None and last is not None and stop <= last:
+            stop = None  # a stop the meter has applied already
+        # the processes that lost a seat since the last pass
+        left = {old for now, old in zip(self.seats, self.vm.seats, strict=True)
+                if now is not None and old != now}
+        moved = self.vm.config is not None and self.state.connected \
+            and (bool(left) or stop is not None)
         events: list[meter.Event] = []
         if facts != self.state.facts or moved:
-            # What the holders as last read proved, up to the change; then the change.
+            # What the holders as last read proved, up to the change (or the first stop since);
+            # then the change. Not if a party left a live process: its renewals say nothing of
+            # the party after the last pass (a dead one's stopped at its death).
+            trusted = not (left - {None}) & self.alive
+            if left:
+                # A party came to another process since the last pass: the row keeps no
+                # instant for that (it may have come after the last status change), so from
+                # now. (The call stopped and came back on the same processes: from when it came
+                # back, `changed`.)
+                changed = clock
+            bound = changed if stop is None else min(stop, changed)
             before = m.proven(self.vm.remote)
-            if moved:
-                if facts == self.state.facts:
-                    changed = clock  # the row keeps no instant for a move alone: from now on
-                if not self._left_only_by_death(row, facts):
-                    before = None  # the old holders' proofs no longer speak for the party
-            if before is not None and self.state.connected and self.state.facts.remote:
-                events.append(meter.Proven(min(before, changed)))
+            if self.state.connected and self.state.facts.remote:
+                if trusted and before is not None:
+                    events.append(meter.Proven(min(before, bound)))
+            elif self.state.connected and moved and trusted:
+                events.append(meter.Clock(bound))  # held here: connected until it stopped
             # Not live: the call stopped at `changed` (a stall's report backdates it to the last
             # frame, bounded: visits.set_media), so the meter takes back the time since.
             stopped = changed if not meter.is_connected(self.config.media, facts) else None
@@ -666,19 +695,6 @@ class _Pass:
         if after is not None:
             events.append(meter.Proven(after))
         return [*events, meter.Clock(clock)]
-
-    def _left_only_by_death(self, row: Record, facts: meter.Facts) -> bool:
-        """After a move: did the parties leave their old processes only by those processes'
-        deaths? Then each old process's renewals (which stopped when it died) still prove the
-        time the party was on it. A party that left a live process, or whose leaving was
-        recorded (a drop makes the call not connected: a status change since the meter last
-        applied what it knew), may have left any time since the last pass."""
-        left = {was for now, was in zip(self.seats, self.vm.seats, strict=True)
-                if was is not None and now != was}
-        last = self.state.presence_at
-        unchanged = facts == self.state.facts and last is not None and (
-            row.media_changed_at is None or ts(row.media_changed_at) <= last)
-        return unchanged and not left & self.alive
 
     async def _drop_dead(self, conn: AsyncConnection, row: Record) -> None:
         """The parties whose process died are absent on the row too (visit.updated)."""

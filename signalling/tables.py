@@ -54,6 +54,10 @@ visits = Table(
     Column("server_media", Boolean, nullable=False, default=False, server_default=false()),
     Column("server_node", String(32), nullable=True),
     Column("media_changed_at", UTCDateTime, nullable=True),
+    # The first moment the call stopped being live since the meter's last pass read the row
+    # (the pass clears it): a stop and a return between two passes leave media_changed_at at
+    # the return, and this at the stop (migration 0019).
+    Column("first_stop_at", UTCDateTime, nullable=True),
     Column("ended_at", UTCDateTime, nullable=True),
     # The meter's persisted state (billing/meter.py), so another process can take it over.
     Column("meter", JSON, nullable=True),

@@ -198,6 +198,8 @@ async def _change(conn: AsyncConnection, sink: EventSink, row: Record, changes: 
         if status != "live" and stopped_at is not None and stopped_at < now:
             went_live = row.media_changed_at
             values["media_changed_at"] = max(stopped_at, went_live) if went_live else stopped_at
+        if status != "live" and row.first_stop_at is None:
+            values["first_stop_at"] = values["media_changed_at"]  # until the meter reads it
     columns = tuple(sorted(values))
     update = _update(columns)
     params = {"p_id": row.id, **{f"was_{name}": getattr(row, name) for name in _FACT_COLUMNS},

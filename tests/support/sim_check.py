@@ -91,7 +91,9 @@ class Rules:
             self.remote, self.proven = False, None
         t = event.at if self.now is None else max(self.now, event.at)
         self.now = t
-        self._bill(min(t, c.window_end))
+        if not (isinstance(event, Observed) and event.moved and event.at >= c.window_start
+                and (self.last_report is None or event.at > self.last_report)):
+            self._bill(min(t, c.window_end))  # a move: what came since was no proven call
         exp = Expect(t)
         if t >= c.window_end:
             self.ended = exp.end = "time_up" if self.met else "missed"
