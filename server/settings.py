@@ -561,11 +561,12 @@ def describe() -> list[tuple[str, str, str]]:
 
 
 # KINWIRE_* variables that are not settings but that Kinwire's own tools read: the visit client's
-# token, the tests' PostgreSQL, Chromium and crash seed, and the benchmarks' (KINWIRE_BENCH_*).
-# tests/integration/test_cli_operator.py keeps this list true against the repository.
+# token, the tests' PostgreSQL, Chromium, crash and meter-shell seeds, and the benchmarks'
+# (KINWIRE_BENCH_*). tests/integration/test_cli_operator.py keeps this list true against the
+# repository.
 OTHER_VARIABLES = frozenset({"KINWIRE_TOKEN", "KINWIRE_TEST_PG", "KINWIRE_CHROMIUM",
-                             "KINWIRE_CRASH_SEED", "KINWIRE_TEST_LONG_OUTAGE",
-                             "KINWIRE_TEST_LONG_RECORDING"})
+                             "KINWIRE_CRASH_SEED", "KINWIRE_SHELL_SEED",
+                             "KINWIRE_TEST_LONG_OUTAGE", "KINWIRE_TEST_LONG_RECORDING"})
 OTHER_PREFIXES = ("KINWIRE_BENCH_",)
 
 

@@ -12,6 +12,7 @@ import logging
 import time
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from bench.load_visits import make_visits
 from billing import ledger
@@ -41,6 +42,7 @@ async def test_a_burst_of_meters_on_a_small_pool_all_debit(pg_db: str, caplog) -
         async with store.write() as conn:
             await ledger.ensure_system_accounts(conn)
         pairs = await make_visits(pg_db, VISITS, credits=500, status="live", started_s=30)
+        await warm(store, STORE_TURNS)
         caplog.set_level(logging.ERROR, logger="kinwire.meters")
         claimed = await asyncio.gather(*(meters.claim(p.visit_id) for p in pairs))
         assert all(claimed)
@@ -61,3 +63,24 @@ async def test_a_burst_of_meters_on_a_small_pool_all_debit(pg_db: str, caplog) -
         await broker.close()
         await store.close()
         await probe.close()
+
+
+async def warm(store: Store, n: int) -> None:
+    """Open the pool's `n` write connections first, as in a process already serving: the burst
+    is about waiting for a connection, not about opening n of them at once on a loaded host,
+    where a connection's start (its TLS probe included) once took longer than the pool's 0.1 s
+    timeout, and three meters stopped before their first pass (CI, 2026-12-08)."""
+    all_held = asyncio.Barrier(n)
+
+    async def hold() -> None:
+        for _ in range(50):
+            try:
+                async with store.write() as conn:
+                    await conn.execute(select(1))
+                    await all_held.wait()
+                return
+            except (TimeoutError, OSError, SQLAlchemyError):  # a start slower than 0.1 s
+                await asyncio.sleep(0.05)
+        raise AssertionError("could not open the pool's connections")
+
+    await asyncio.gather(*(hold() for _ in range(n)))
