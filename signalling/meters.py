@@ -549,7 +549,6 @@ class _Pass:
         self.debited = 0
         self.parties: tuple[str, str] | None = None
         self.stops_read = False  # the row's first_stop_at applied: cleared with the state
-        self.fresh = False  # the meter's first pass, with no stored state to resume
 
     async def run(self, conn: AsyncConnection) -> bool:
         vm = self.vm
@@ -573,7 +572,6 @@ class _Pass:
                 events.append(meter.TakenOver(ts(vm.m.clock())))
             else:
                 self.state = meter.MeterState()
-                self.fresh = True
         else:
             row = await _PRESENCE.first(conn, {"p_id": vm.visit_id, "p_epoch": self.epoch})
             if row is None:
@@ -639,10 +637,6 @@ class _Pass:
         self.remote = held - {m.node_id}
         facts = visits.facts(row, self.alive)
         changed = ts(row.media_changed_at) if row.media_changed_at else clock
-        if self.fresh:
-            # A meter starting afresh (its claim comes as the call goes live) cannot know who
-            # held the parties before now: it counts from now, not from the row's last change.
-            changed = clock
         if facts != visits.facts(row):  # a holder is gone (or unknown): from now on
             changed = clock
             if self.alive_known:
@@ -663,9 +657,10 @@ class _Pass:
         self.stops_read = self.stops_read or stop is not None
         if stop is not None and last is not None and stop <= last:
             stop = None  # a stop the meter has applied already
-        # the processes that lost a seat since the last pass
+        # the processes that lost a seat since the last pass (a seat empty then, now taken,
+        # is a join: its instant is the row's, as the join pokes the meter)
         left = {old for now, old in zip(self.seats, self.vm.seats, strict=True)
-                if now is not None and old != now}
+                if now is not None and old is not None and old != now}
         moved = self.vm.config is not None and self.state.connected \
             and (bool(left) or stop is not None)
         events: list[meter.Event] = []
@@ -673,7 +668,7 @@ class _Pass:
             # What the holders as last read proved, up to the change (or the first stop since);
             # then the change. Not if a party left a live process: its renewals say nothing of
             # the party after the last pass (a dead one's stopped at its death).
-            trusted = not (left - {None}) & self.alive
+            trusted = not left & self.alive
             if left:
                 # A party came to another process since the last pass: the row keeps no
                 # instant for that (it may have come after the last status change), so from

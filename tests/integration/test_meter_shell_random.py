@@ -88,6 +88,8 @@ async def test_the_real_shell_bills_no_more_than_the_server_could_believe(db_url
         base = shell.clock.base.timestamp()
         belief: list[bool] = []  # tick by tick: both parties there as far as the server knew
         last_pass = 0.0
+        await shell.at(0.0, "A", "B", "C")
+        assert await shell.meter_pass()  # the claim, as the call goes live (a poke)
         for tick in range(int(RUN_S / TICK_S)):
             t = tick * TICK_S
             renewing = sorted(world.alive - {"M"}) if tick % RENEW_EVERY == 0 else []

@@ -294,11 +294,9 @@ async def test_a_stall_report_pauses_the_meter_from_the_last_frame(db_url: str,
                     found = (await conn.execute(visits.select().where(
                         visits.c.id == visit_id))).first()
                 applied = (found.meter or {}).get("presence_at")
-                # at the change (a stop backdated to the last frame), or after it (the meter's
-                # first pass counts from its own instant: signalling/meters.py, `fresh`)
                 if found.media_changed_at is None or (
                         applied is not None
-                        and applied >= found.media_changed_at.timestamp() - 1e-6):
+                        and abs(applied - found.media_changed_at.timestamp()) < 1e-6):
                     return found
             raise AssertionError(f"the meter did not apply the change: {found.meter}")
 
