@@ -298,7 +298,11 @@ async def test_a_stall_report_pauses_the_meter_from_the_last_frame(db_url: str,
                         applied is not None
                         and abs(applied - found.media_changed_at.timestamp()) < 1e-6):
                     return found
-            raise AssertionError(f"the meter did not apply the change: {found.meter}")
+            raise AssertionError(
+                f"the meter did not apply the change: {found.meter}; the row: status "
+                f"{found.status}, media_changed_at {found.media_changed_at}, first_stop_at "
+                f"{found.first_stop_at}, nodes {found.family_node}/{found.person_node}, media "
+                f"{found.family_media}/{found.person_media}")
 
         async def stretch(live_s: float, stalled_s: float) -> tuple[float, float, dict]:
             """Live for `live_s`, then a stall reported `stalled_s` back: (the seconds the
