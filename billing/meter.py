@@ -347,8 +347,7 @@ def step(config: MeterConfig, state: MeterState, event: Event) -> Result:
     t = event.at if state.now is None else max(event.at, state.now)
     # A move (Presence): the time since the last accounting is not known to be a call, even
     # held here; what the old holders proved was fed before it.
-    moved = isinstance(event, Observed) and event.moved and event.at >= config.window_start \
-        and (state.presence_at is None or event.at > state.presence_at)
+    moved = isinstance(event, Observed) and _moves(config, state, event)
     s = replace(state if moved else _account(config, state, min(t, config.window_end)), now=t)
     if t >= config.window_end:
         reason = "time_up" if s.met else "missed"
@@ -443,6 +442,12 @@ def _tick(config: MeterConfig, s: MeterState, t: float) -> Tick:
     return Tick(s.paid_minutes, max(0.0, config.window_end - t), s.balance)
 
 
+def _moves(config: MeterConfig, s: MeterState, event: Observed) -> bool:
+    """A fresh report of a move (a copy of the last report, same instant, moves nothing)."""
+    return event.moved and event.at >= config.window_start and (
+        s.presence_at is None or event.at > s.presence_at)
+
+
 def _stale(s: MeterState, at: float) -> bool:
     return s.presence_at is not None and at < s.presence_at
 
@@ -452,8 +457,7 @@ def _on_observed(config: MeterConfig, s: MeterState, event: Observed, t: float) 
     if event.at < config.window_start or _stale(s, event.at):
         return s, []
     facts, was_remote = event.facts, s.facts.remote
-    # a copy of the last report (same instant) moves nothing again
-    moved = event.moved and (s.presence_at is None or event.at > s.presence_at)
+    moved = _moves(config, s, event)
     met = s.met or (facts.family != "absent" and facts.person != "absent")
     s = replace(s, presence_at=event.at, facts=facts, met=met)
     connected = PRESENCE_RULE(config.media, facts)
